@@ -1,0 +1,422 @@
+"""Command line: argument parsing and printing, nothing else.
+
+Every command goes through ``rpc.call`` on a node: the running one for this home
+(over its control socket) or one opened here for the duration of the command.
+JSON output (``--json``) is a stable contract for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn, Protocol
+
+from p2pchat import __version__, rpc
+from p2pchat.config import (
+    BOOTSTRAP_ENV,
+    PASSPHRASE_ENV,
+    ConfigError,
+    NodeAlreadyRunning,
+    NodeLock,
+    Paths,
+    load_settings,
+    resolve_home,
+    save_settings,
+)
+from p2pchat.identity import (
+    IdentityError,
+    IdentityMissing,
+    InvalidInvite,
+    InvalidPeerId,
+    PassphraseRequired,
+    WrongPassphrase,
+    load_or_create_identity,
+)
+from p2pchat.net.control import ControlClient, ControlError
+from p2pchat.net.endpoint import EndpointError
+from p2pchat.node import Node, NodeError
+from p2pchat.store import AmbiguousContact, StoreError, UnknownContact
+
+# Exit codes are part of the scripting contract (docs/cli.md).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NO_IDENTITY = 3
+EXIT_PASSPHRASE = 4
+EXIT_UNKNOWN_CONTACT = 5
+EXIT_BAD_ID = 6
+EXIT_NETWORK = 7
+
+_KIND_EXIT = {
+    "IdentityMissing": EXIT_NO_IDENTITY,
+    "PassphraseRequired": EXIT_PASSPHRASE,
+    "WrongPassphrase": EXIT_PASSPHRASE,
+    "UnknownContact": EXIT_UNKNOWN_CONTACT,
+    "AmbiguousContact": EXIT_UNKNOWN_CONTACT,
+    "InvalidPeerId": EXIT_BAD_ID,
+    "InvalidInvite": EXIT_BAD_ID,
+    "EndpointError": EXIT_NETWORK,
+    "NodeAlreadyRunning": EXIT_NETWORK,
+}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Api(Protocol):
+    async def call(self, op: str, args: dict[str, Any]) -> Any: ...
+
+
+class _LocalApi:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def call(self, op: str, args: dict[str, Any]) -> Any:
+        return await rpc.call(self.node, op, args)
+
+
+class _RemoteApi:
+    def __init__(self, client: ControlClient) -> None:
+        self.client = client
+
+    async def call(self, op: str, args: dict[str, Any]) -> Any:
+        return await self.client.call(op, args)
+
+
+def _passphrase(args: argparse.Namespace) -> str | None:
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env:
+        return env
+    if getattr(args, "ask_passphrase", False):
+        return getpass.getpass("Passphrase: ")
+    return None
+
+
+def _open_node(paths: Paths, args: argparse.Namespace) -> Node:
+    passphrase = _passphrase(args)
+    try:
+        return Node(paths, passphrase=passphrase)
+    except PassphraseRequired:
+        if sys.stdin.isatty():
+            return Node(paths, passphrase=getpass.getpass("Passphrase: "))
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _api(paths: Paths, args: argparse.Namespace, *, network: bool = False) -> AsyncIterator[Api]:
+    """The running node if there is one, else a node opened (and maybe started) here."""
+    if NodeLock(paths).is_held_elsewhere():
+        client = ControlClient(paths.control_socket)
+        try:
+            await client.connect()
+        except OSError as exc:
+            raise CliError(
+                f"a node runs for {paths.home} but its control socket does not answer: {exc}",
+                EXIT_NETWORK,
+            ) from exc
+        try:
+            yield _RemoteApi(client)
+        finally:
+            await client.close()
+        return
+    if not paths.identity.exists():
+        raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
+    node = _open_node(paths, args)
+    try:
+        if network:
+            await node.start()
+        yield _LocalApi(node)
+    finally:
+        await node.stop()
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ---------------------------------------------------------------- commands
+async def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
+    paths.ensure()
+    passphrase = os.environ.get(PASSPHRASE_ENV) or None
+    if args.ask_passphrase and not paths.identity.exists():
+        first = getpass.getpass("New passphrase: ")
+        if first != getpass.getpass("Repeat passphrase: "):
+            raise CliError("passphrases do not match")
+        passphrase = first or None
+    identity, created = load_or_create_identity(paths.identity, passphrase)
+    settings = load_settings(paths)
+    if args.name:
+        settings["name"] = args.name
+        save_settings(paths, settings)
+    if args.json:
+        _print_json({"peer_id": identity.peer_id, "created": created})
+    else:
+        print(identity.peer_id)
+        if created:
+            print(f"created a new identity in {paths.home}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        info = await api.call("info", {"one_time": args.one_time})
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"peer id:      {info['peer_id']}")
+        print(f"name:         {info['name']}")
+        print(f"fingerprint:  {info['fingerprint']}")
+        print(f"addresses:    {', '.join(info['addresses']) or '(not listening)'}")
+        print(f"invite:       {info['invite']}")
+    return EXIT_OK
+
+
+async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        contact = await api.call(
+            "add", {"ref": args.code, "name": args.name, "addresses": args.addr or []}
+        )
+    if args.json:
+        _print_json(contact)
+    else:
+        print(f"added {contact['name']} ({contact['peer_id']})")
+    return EXIT_OK
+
+
+async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        contacts = await api.call("contacts", {})
+    if args.json:
+        _print_json(contacts)
+        return EXIT_OK
+    if not contacts:
+        print("no contacts yet: `p2pchat add INVITE`")
+    for c in contacts:
+        flags = ("online" if c["online"] else "offline") + (", verified" if c["verified"] else "")
+        unread = f", {c['unread']} unread" if c["unread"] else ""
+        print(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread})")
+    return EXIT_OK
+
+
+async def cmd_requests(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        requests = await api.call("requests", {})
+    if args.json:
+        _print_json(requests)
+        return EXIT_OK
+    if not requests:
+        print("no pending contact requests")
+    for r in requests:
+        preview = f'  "{r["preview"]}"' if r.get("preview") else ""
+        print(f"{r.get('name') or '?':<20} {r['peer_id']}  from {r.get('address')}{preview}")
+    return EXIT_OK
+
+
+async def cmd_accept(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        contact = await api.call("accept", {"ref": args.ref, "name": args.name})
+    if args.json:
+        _print_json(contact)
+    else:
+        print(f"accepted {contact['name']} ({contact['peer_id']})")
+    return EXIT_OK
+
+
+async def cmd_decline(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        await api.call("decline", {"ref": args.ref})
+    print("declined")
+    return EXIT_OK
+
+
+async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args, network=True) as api:
+        reply = await api.call(
+            "send", {"contact": args.contact, "text": args.text, "wait": args.wait}
+        )
+    message, state = reply["message"], reply["state"]
+    if args.json:
+        _print_json({"id": message["id"], "state": state, "peer_id": message["peer_id"]})
+    elif state in ("delivered", "read"):
+        print(f"delivered ({message['id']})")
+    else:
+        print(
+            f"queued ({message['id']}): not delivered yet; it stays in the outbox and is "
+            "sent when the contact is reachable and a node runs for this home"
+        )
+    return EXIT_OK
+
+
+async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        messages = await api.call("history", {"contact": args.contact, "limit": args.limit})
+    if args.json:
+        _print_json(messages)
+        return EXIT_OK
+    ticks = {"queued": "…", "sent": "✓", "delivered": "✓✓", "read": "✓✓ read"}
+    for m in messages:
+        who = "me" if m["direction"] == "out" else "them"
+        tick = f"  [{ticks.get(m['state'], m['state'])}]" if m["direction"] == "out" else ""
+        print(f"{_when(m['created_at'])}  {who:>4}: {m['body']}{tick}")
+    return EXIT_OK
+
+
+async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
+    if not paths.identity.exists():
+        raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
+    node = _open_node(paths, args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start(listen=args.listen)
+        print(f"p2pchat {node.peer_id} listening on {', '.join(node.addresses)}", flush=True)
+        await stop.wait()
+    finally:
+        await node.stop()
+    print("stopped", flush=True)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pchat", description="End-to-end encrypted peer-to-peer chat and file drop."
+    )
+    parser.add_argument("--version", action="version", version=f"p2pchat {__version__}")
+    parser.add_argument("--home", help="state folder (default: $P2PCHAT_HOME or the user data dir)")
+    parser.add_argument(
+        "--ask-passphrase",
+        action="store_true",
+        help=f"prompt for the identity passphrase (scripts: ${PASSPHRASE_ENV})",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("init", help="create the identity if missing and print the peer ID")
+    p.add_argument("--name", help="display name shown to contacts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("id", help="peer ID, fingerprint, invite and addresses")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--one-time", action="store_true", help="invite with a one-time token (no manual accept)"
+    )
+    p.set_defaults(func=cmd_id)
+
+    p = sub.add_parser("add", help="add a contact from an invite or a peer ID")
+    p.add_argument("code", metavar="CODE_OR_ID")
+    p.add_argument("--name")
+    p.add_argument("--addr", action="append", metavar="HOST:PORT", help="address hint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("contacts", help="list contacts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_contacts)
+
+    p = sub.add_parser("requests", help="list pending contact requests")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_requests)
+
+    p = sub.add_parser("accept", help="accept a contact request")
+    p.add_argument("ref", metavar="ID_OR_NAME")
+    p.add_argument("--name", help="name to store the contact under")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accept)
+
+    p = sub.add_parser("decline", help="decline a contact request")
+    p.add_argument("ref", metavar="ID_OR_NAME")
+    p.set_defaults(func=cmd_decline)
+
+    p = sub.add_parser("msg", help="send a message (through the running node, or a short-lived one)")
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for delivery (default 10)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_msg)
+
+    p = sub.add_parser("history", help="show a conversation")
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("daemon", help="run the node headless until SIGINT/SIGTERM")
+    p.add_argument("--listen", metavar="HOST:PORT", help="UDP address to listen on")
+    p.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
+    p.add_argument("--no-dht", action="store_true", help="no DHT participation")
+    p.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="HOST:PORT",
+        help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
+    )
+    p.set_defaults(func=cmd_daemon)
+    return parser
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, ControlError):
+        return _KIND_EXIT.get(exc.kind, EXIT_ERROR)
+    return _KIND_EXIT.get(type(exc).__name__, EXIT_ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        sys.exit(EXIT_OK)
+    paths = Paths(resolve_home(args.home))
+    try:
+        code = asyncio.run(args.func(paths, args))
+    except KeyboardInterrupt:
+        code = 130
+    except (
+        CliError,
+        ControlError,
+        ConfigError,
+        NodeAlreadyRunning,
+        IdentityError,
+        InvalidInvite,
+        InvalidPeerId,
+        UnknownContact,
+        AmbiguousContact,
+        StoreError,
+        NodeError,
+        EndpointError,
+        WrongPassphrase,
+        ValueError,
+    ) as exc:
+        print(f"p2pchat: error: {exc}", file=sys.stderr)
+        code = _exit_code(exc)
+    sys.exit(code)

@@ -1,0 +1,87 @@
+"""Events the node emits to its users (CLI, UI, control socket).
+
+Frozen dataclasses so a consumer can keep, compare and pass them across tasks
+without fearing that the node mutates them later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MessageState = Literal["queued", "sent", "delivered", "read"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    """Base class of everything ``Node.events()`` yields."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStarted(NodeEvent):
+    peer_id: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStopped(NodeEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived(NodeEvent):
+    peer_id: str
+    message_id: str
+    seq: int
+    body: str
+    sent_at: float
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStateChanged(NodeEvent):
+    peer_id: str
+    message_id: str
+    state: MessageState
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOnline(NodeEvent):
+    peer_id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOffline(NodeEvent):
+    peer_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TypingChanged(NodeEvent):
+    peer_id: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRequestReceived(NodeEvent):
+    """An authenticated key that is not a contact knocked: the only thing a
+    stranger can make appear in the UI."""
+
+    peer_id: str
+    name: str | None
+    preview: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactAdded(NodeEvent):
+    peer_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerKeyMismatch(NodeEvent):
+    """A dialled address answered with another key than the contact's."""
+
+    peer_id: str
+    address: str

@@ -1,0 +1,310 @@
+"""One UDP socket per node, carrying QUIC now and DHT / punch packets later.
+
+Hole punching only works if QUIC uses the very NAT mapping that discovery
+learned, so every protocol shares this socket and the endpoint demultiplexes:
+
+1. A datagram whose destination connection ID belongs to a live QUIC
+   connection goes to it (looked up first: ``d``, 0x64, the first byte of every
+   KRPC packet, is also a valid QUIC short-header first byte).
+2. An unknown CID on a long-header Initial of full size opens a server
+   connection.
+3. First byte ``d`` that is no known connection goes to the KRPC handler.
+4. First byte 0x00-0x3F (neither QUIC v1, whose fixed bit is 0x40, nor KRPC)
+   goes to the punch/relay handler, as RFC 9443 does for STUN.
+5. Anything else is dropped.
+
+aioquic's ``QuicConnection`` is sans-IO; this module is its asyncio shell in
+place of ``aioquic.asyncio.connect``, which would open a socket of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from aioquic.buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+
+from p2pchat.identity import Identity
+from p2pchat.net.quic import KEEPALIVE_INTERVAL, configuration, peer_certificate_key
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 512
+CID_LENGTH = 8
+
+PacketHandler = Callable[[bytes, tuple[str, int]], None]
+
+
+class EndpointError(Exception):
+    """The endpoint could not start (for example: port in use)."""
+
+
+class LinkHandler(Protocol):
+    """What the owner of a QUIC connection hears from it."""
+
+    def link_handshake_done(self, link: QuicLink) -> None: ...
+
+    def link_stream_data(self, link: QuicLink, stream_id: int, data: bytes, end: bool) -> None: ...
+
+    def link_terminated(self, link: QuicLink, reason: str) -> None: ...
+
+
+class QuicLink:
+    """One aioquic connection driven by the shared endpoint: timers, transmit, events."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        conn: QuicConnection,
+        address: NetworkAddress,
+        *,
+        is_client: bool,
+    ) -> None:
+        self.endpoint = endpoint
+        self.conn = conn
+        self.address = address
+        self.is_client = is_client
+        self.handler: LinkHandler | None = None
+        self.peer_cert_key: bytes | None = None
+        self.handshake_done = False
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._last_ping = endpoint.now()
+        self._ping_uid = 0
+        self._pending_stream: list[tuple[int, bytes, bool]] = []
+
+    # -- input -------------------------------------------------------------
+    def datagram_received(self, data: bytes, address: NetworkAddress) -> None:
+        self.conn.receive_datagram(data, address, now=self.endpoint.now())
+        self._process()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self.endpoint.now()
+        if self.handshake_done and now - self._last_ping >= KEEPALIVE_INTERVAL:
+            self._last_ping = now
+            self._ping_uid += 1
+            self.conn.send_ping(self._ping_uid)
+        quic_timer = self.conn.get_timer()
+        if quic_timer is not None and quic_timer <= now:
+            self.conn.handle_timer(now)
+        self._process()
+
+    def _process(self) -> None:
+        event = self.conn.next_event()
+        while event is not None:
+            self._handle_event(event)
+            event = self.conn.next_event()
+        self.transmit()
+
+    def _handle_event(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.ConnectionIdIssued):
+            self.endpoint._register_cid(event.connection_id, self)
+        elif isinstance(event, events.ConnectionIdRetired):
+            self.endpoint._unregister_cid(event.connection_id, self)
+        elif isinstance(event, events.HandshakeCompleted):
+            self.handshake_done = True
+            self.peer_cert_key = peer_certificate_key(self.conn)
+            if self.handler is not None:
+                self.handler.link_handshake_done(self)
+            for stream_id, data, end in self._pending_stream:
+                self.send_stream(stream_id, data, end)
+            self._pending_stream.clear()
+        elif isinstance(event, events.StreamDataReceived):
+            if self.handler is not None:
+                self.handler.link_stream_data(self, event.stream_id, event.data, event.end_stream)
+        elif isinstance(event, events.ConnectionTerminated):
+            reason = event.reason_phrase or f"error {event.error_code}"
+            self._terminate(reason)
+
+    def _terminate(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.endpoint._forget(self)
+        if self.handler is not None:
+            self.handler.link_terminated(self, reason)
+
+    # -- output ------------------------------------------------------------
+    def transmit(self) -> None:
+        if self.closed:
+            return
+        now = self.endpoint.now()
+        for data, addr in self.conn.datagrams_to_send(now=now):
+            self.endpoint.sendto(data, addr)
+        timer_at = self.conn.get_timer()
+        if self.handshake_done:
+            ping_at = self._last_ping + KEEPALIVE_INTERVAL
+            timer_at = ping_at if timer_at is None else min(timer_at, ping_at)
+        if timer_at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = timer_at
+            if timer_at is not None:
+                self._timer = self.endpoint.loop.call_at(timer_at, self._on_timer)
+        # aioquic reports termination of a closing connection only through events
+        # produced by handle_timer; nothing to do here.
+
+    def send_stream(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        if self.closed:
+            return
+        if not self.handshake_done:
+            self._pending_stream.append((stream_id, data, end))
+            return
+        self.conn.send_stream_data(stream_id, data, end)
+        self.transmit()
+
+    def close(self, reason: str = "", error_code: int = 0) -> None:
+        if self.closed:
+            return
+        self.conn.close(error_code=error_code, reason_phrase=reason)
+        self.transmit()
+        # Our side is done with it now; aioquic keeps the draining state on its own.
+        self._terminate(reason or "closed")
+
+
+class Endpoint(asyncio.DatagramProtocol):
+    """The node's single UDP socket and its connection table."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.loop = asyncio.get_running_loop()
+        self._server_config: QuicConfiguration = configuration(identity, is_client=False)
+        self._client_config: QuicConfiguration = configuration(identity, is_client=True)
+        self._cids: dict[bytes, QuicLink] = {}
+        self._links: set[QuicLink] = set()
+        self._transport: asyncio.DatagramTransport | None = None
+        self.on_incoming: Callable[[QuicLink], None] | None = None
+        self.krpc_handler: PacketHandler | None = None
+        self.punch_handler: PacketHandler | None = None
+        self.local_address: tuple[str, int] | None = None
+        self.dropped_datagrams = 0
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        try:
+            transport, _ = await self.loop.create_datagram_endpoint(
+                lambda: self, local_addr=(host, port)
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EndpointError(f"UDP port {host}:{port} is already in use") from exc
+            raise EndpointError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        sockname = self._transport.get_extra_info("sockname")
+        self.local_address = (str(sockname[0]), int(sockname[1]))
+        return self.local_address
+
+    def close(self) -> None:
+        for link in list(self._links):
+            link.close("node stopping")
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    @property
+    def links(self) -> frozenset[QuicLink]:
+        return frozenset(self._links)
+
+    # -- DatagramProtocol --------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable on an unconnected UDP socket: nothing to do, QUIC's
+        # loss recovery and idle timeout take care of the affected connection.
+        log.debug("UDP error: %s", exc)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:  # type: ignore[override]
+        address = (str(addr[0]), int(addr[1]))
+        try:
+            self._dispatch(data, address)
+        except Exception:  # a hostile datagram must never take the node down
+            self.dropped_datagrams += 1
+            log.exception("dropped a datagram from %s", address)
+
+    def _dispatch(self, data: bytes, address: tuple[str, int]) -> None:
+        if not data:
+            return
+        first = data[0]
+        if first < 0x40:
+            if self.punch_handler is not None:
+                self.punch_handler(data, address)
+            return
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
+        except ValueError:
+            header = None
+        if header is not None:
+            link = self._cids.get(header.destination_cid)
+            if link is not None:
+                link.datagram_received(data, address)
+                return
+            if (
+                header.packet_type == QuicPacketType.INITIAL
+                and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
+                and header.version in self._server_config.supported_versions
+            ):
+                self._accept(header.destination_cid, data, address)
+                return
+        if first == 0x64 and self.krpc_handler is not None:
+            self.krpc_handler(data, address)
+            return
+        self.dropped_datagrams += 1
+
+    def _accept(self, original_cid: bytes, data: bytes, address: tuple[str, int]) -> None:
+        if len(self._links) >= MAX_CONNECTIONS or self.on_incoming is None:
+            self.dropped_datagrams += 1
+            return
+        conn = QuicConnection(
+            configuration=self._server_config,
+            original_destination_connection_id=original_cid,
+        )
+        link = QuicLink(self, conn, address, is_client=False)
+        self._links.add(link)
+        self._register_cid(original_cid, link)
+        self._register_cid(conn.host_cid, link)
+        self.on_incoming(link)
+        link.datagram_received(data, address)
+
+    def connect(self, address: tuple[str, int]) -> QuicLink:
+        """Dial ``address`` from the shared socket; the handshake runs in the background."""
+        conn = QuicConnection(configuration=self._client_config)
+        link = QuicLink(self, conn, address, is_client=True)
+        self._links.add(link)
+        self._register_cid(conn.host_cid, link)
+        conn.connect(address, now=self.now())
+        link.transmit()
+        return link
+
+    def sendto(self, data: bytes, address: NetworkAddress) -> None:
+        if self._transport is not None:
+            self._transport.sendto(data, address)
+
+    # -- connection table --------------------------------------------------
+    def _register_cid(self, cid: bytes, link: QuicLink) -> None:
+        self._cids[cid] = link
+
+    def _unregister_cid(self, cid: bytes, link: QuicLink) -> None:
+        if self._cids.get(cid) is link:
+            del self._cids[cid]
+
+    def _forget(self, link: QuicLink) -> None:
+        self._links.discard(link)
+        for cid in [cid for cid, owner in self._cids.items() if owner is link]:
+            del self._cids[cid]

@@ -1,0 +1,175 @@
+"""A QUIC connection carrying one authenticated NaCl session and its chat frames.
+
+Stream 0 (the client's first bidirectional stream) is the control stream: the
+session handshake, then sealed chat frames.  The node above sees only
+``session_established`` / ``frame_received`` / ``connection_closed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from p2pchat.core import chat
+from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
+from p2pchat.core.session import (
+    FrameRejected,
+    HandshakeComplete,
+    PayloadReceived,
+    PeerKeyMismatch,
+    SecureSession,
+    SessionFailed,
+)
+from p2pchat.identity import Identity, format_address, peer_id_from_key
+from p2pchat.net.endpoint import QuicLink
+
+log = logging.getLogger(__name__)
+
+CONTROL_STREAM = 0
+HANDSHAKE_TIMEOUT = 10.0
+# A peer that keeps sending frames we cannot parse is closed after this many.
+MAX_BAD_FRAMES = 16
+
+
+class PeerOwner(Protocol):
+    def session_established(self, conn: PeerConnection) -> None: ...
+
+    def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None: ...
+
+    def connection_closed(self, conn: PeerConnection, reason: str) -> None: ...
+
+    def key_mismatch(self, conn: PeerConnection, seen_key: bytes) -> None: ...
+
+
+class PeerConnection:
+    """Glue between one ``QuicLink`` and one sans-IO ``SecureSession``."""
+
+    def __init__(
+        self,
+        link: QuicLink,
+        identity: Identity,
+        owner: PeerOwner,
+        *,
+        expected_peer: bytes | None = None,
+    ) -> None:
+        self.link = link
+        self.owner = owner
+        self.expected_peer = expected_peer
+        self.session = SecureSession(
+            initiator=link.is_client,
+            our_key=identity.public_key,
+            sign=identity.sign,
+            expected_peer=expected_peer,
+        )
+        self.created_at = link.endpoint.now()
+        self.established_at: float | None = None
+        self.peer_key: bytes | None = None
+        self.peer_id: str | None = None
+        self.hello: chat.Hello | None = None
+        self.closed = False
+        self.bad_frames = 0
+        link.handler = self
+        self._deadline = link.endpoint.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+
+    @property
+    def initiator(self) -> bool:
+        return self.link.is_client
+
+    @property
+    def address(self) -> str:
+        host, port = self.link.address[0], self.link.address[1]
+        return format_address(str(host), int(port))
+
+    # -- LinkHandler -------------------------------------------------------
+    def link_handshake_done(self, link: QuicLink) -> None:
+        if not link.is_client:
+            return
+        if self.expected_peer is not None and link.peer_cert_key != self.expected_peer:
+            seen = link.peer_cert_key or b""
+            self.owner.key_mismatch(self, seen)
+            self.close("peer key mismatch")
+            return
+        self.session.initiate()
+        self._flush()
+
+    def link_stream_data(self, link: QuicLink, stream_id: int, data: bytes, end: bool) -> None:
+        if stream_id != CONTROL_STREAM:
+            return  # file transfers will claim other streams
+        self.session.receive_data(data)
+        self._drain()
+        if end and not self.closed:
+            self.close("peer closed the control stream")
+
+    def link_terminated(self, link: QuicLink, reason: str) -> None:
+        self._finish(reason)
+
+    # -- session -----------------------------------------------------------
+    def _drain(self) -> None:
+        while not self.closed:
+            event = self.session.next_event()
+            if event is None:
+                break
+            if isinstance(event, HandshakeComplete):
+                self._deadline.cancel()
+                self.peer_key = event.peer_key
+                self.peer_id = peer_id_from_key(event.peer_key)
+                self.established_at = self.link.endpoint.now()
+                self.owner.session_established(self)
+            elif isinstance(event, PayloadReceived):
+                self._payload(event.payload)
+            elif isinstance(event, FrameRejected):
+                log.warning("dropped a sealed frame from %s: %s", self.address, event.reason)
+            elif isinstance(event, SessionFailed):
+                if isinstance(event.error, PeerKeyMismatch):
+                    self.owner.key_mismatch(self, event.error.seen)
+                self.close(f"session failed: {event.error}")
+        self._flush()
+
+    def _payload(self, payload: bytes) -> None:
+        try:
+            frame = chat.decode(payload)
+        except chat.UnknownFrame:
+            return  # a newer peer: ignore what we do not know
+        except RemoteProtocolError as exc:
+            self.bad_frames += 1
+            log.warning("bad chat frame from %s: %s", self.address, exc)
+            if self.bad_frames >= MAX_BAD_FRAMES:
+                self.close("too many invalid frames")
+            return
+        if isinstance(frame, chat.Hello):
+            self.hello = frame
+        self.owner.frame_received(self, frame)
+
+    def send(self, frame: chat.ChatFrame) -> bool:
+        """Seal and send one frame; False if the session cannot carry it now."""
+        if self.closed or not self.session.established:
+            return False
+        try:
+            self.session.send(chat.encode(frame))
+        except LocalProtocolError:
+            return False
+        self._flush()
+        return True
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data:
+            self.link.send_stream(CONTROL_STREAM, data)
+
+    # -- lifetime ----------------------------------------------------------
+    def _handshake_timeout(self) -> None:
+        if not self.session.established:
+            self.close("session handshake timed out")
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.link.close(reason)
+        self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._deadline.cancel()
+        self.owner.connection_closed(self, reason)

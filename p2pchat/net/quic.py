@@ -1,0 +1,78 @@
+"""QUIC settings and the certificate that binds TLS to the identity key.
+
+Each node's TLS certificate is self-signed by its Ed25519 identity key, so a
+dialling client learns during the TLS handshake whether the server holds the key
+it wanted.  aioquic does not request client certificates; the NaCl session that
+runs inside QUIC (``core/session.py``) is what authenticates the dialling side,
+and it authenticates the server a second time, independent of TLS.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
+from p2pchat.identity import Identity
+
+ALPN = "p2pchat/1"
+# Not the peer ID: QUIC Initial packets are readable by anyone on the path, and
+# a constant name keeps who-dials-whom out of them.
+SERVER_NAME = "p2pchat"
+IDLE_TIMEOUT = 20.0
+KEEPALIVE_INTERVAL = 5.0
+
+
+def make_certificate(identity: Identity) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:
+    """A self-signed certificate whose public key is the identity key."""
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(identity.seed)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.peer_id)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .sign(key, None)
+    )
+    return cert, key
+
+
+def configuration(identity: Identity, *, is_client: bool) -> QuicConfiguration:
+    """Both roles present the identity certificate; chain validation is off
+    because trust comes from the key itself, checked in ``peer_certificate_key``."""
+    cert, key = make_certificate(identity)
+    return QuicConfiguration(
+        alpn_protocols=[ALPN],
+        is_client=is_client,
+        idle_timeout=IDLE_TIMEOUT,
+        verify_mode=ssl.CERT_NONE,
+        server_name=SERVER_NAME if is_client else None,
+        certificate=cert,
+        private_key=key,
+    )
+
+
+def peer_certificate_key(conn: QuicConnection) -> bytes | None:
+    """The raw Ed25519 key of the certificate the peer proved possession of.
+
+    aioquic verifies the CertificateVerify signature with this certificate's key
+    even when chain validation is off, so the key is authenticated.  aioquic has
+    no public accessor for it, hence the private attribute.
+    """
+    cert = getattr(conn.tls, "_peer_certificate", None)
+    if cert is None:
+        return None
+    public = cert.public_key()
+    if not isinstance(public, ed25519.Ed25519PublicKey):
+        return None
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -1,0 +1,621 @@
+"""The node facade: the one object the CLI, the control socket and the UI talk to.
+
+It owns the state folder (identity, SQLite store, lock) and, once started, the
+network (``p2pchat.net``).  Chat reliability lives in the store's outbox and the
+receive-window rule (``core/window.py``); this module only decides which
+session carries a contact's frames and reacts to what arrives on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pchat.config import (
+    DEFAULT_PORT,
+    PASSPHRASE_ENV,
+    NodeLock,
+    Paths,
+    load_settings,
+    save_settings,
+)
+from p2pchat.core import chat
+from p2pchat.core.events import (
+    ContactAdded,
+    ContactRequestReceived,
+    MessageReceived,
+    MessageStateChanged,
+    NodeEvent,
+    NodeStarted,
+    NodeStopped,
+    PeerKeyMismatch,
+    PeerOffline,
+    PeerOnline,
+    TypingChanged,
+)
+from p2pchat.identity import (
+    Identity,
+    Invite,
+    format_address,
+    key_from_peer_id,
+    load_identity,
+    parse_address,
+    parse_contact_ref,
+    peer_id_from_key,
+)
+from p2pchat.net.control import ControlServer
+from p2pchat.net.endpoint import Endpoint, QuicLink
+from p2pchat.net.peer import PeerConnection
+from p2pchat.store import Contact, ContactRequest, Message, Store
+
+log = logging.getLogger(__name__)
+
+# Two sessions with one contact established within this many seconds of each
+# other are a simultaneous open, settled by a rule both sides compute alike;
+# a session that arrives later replaces the old one, which is likely stale (the
+# peer restarted, and its old connection has not timed out yet).
+RACE_WINDOW = 5.0
+MAX_BACKOFF = 30.0
+MAX_REQUEST_SESSIONS = 32
+EVENT_QUEUE_SIZE = 10_000
+MAX_NAME = 64
+
+
+class NodeError(Exception):
+    """An error the user can act on; the CLI prints it and exits non-zero."""
+
+
+class NotRunning(NodeError):
+    """The operation needs the network, and the node is not started."""
+
+
+@dataclass(slots=True)
+class _DialState:
+    attempts: int = 0
+    next_at: float = 0.0
+    index: int = 0
+    link: PeerConnection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactView:
+    """A contact as the outside sees it: stored fields plus live presence."""
+
+    peer_id: str
+    name: str
+    verified: bool
+    addresses: tuple[str, ...]
+    last_seen: float | None
+    online: bool
+    unread: int
+
+
+@dataclass(eq=False, slots=True)
+class _Subscription:
+    queue: asyncio.Queue[NodeEvent] = field(
+        default_factory=lambda: asyncio.Queue(EVENT_QUEUE_SIZE)
+    )
+
+
+class Node:
+    """One identity, its store, and (after ``start``) its network presence."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        passphrase: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.paths = paths
+        self.clock = clock
+        if passphrase is None:
+            passphrase = os.environ.get(PASSPHRASE_ENV) or None
+        self.identity: Identity = load_identity(paths.identity, passphrase)
+        self.store = Store(paths.database)
+        self.settings = load_settings(paths)
+        self._lock = NodeLock(paths)
+        self._endpoint: Endpoint | None = None
+        self._control: ControlServer | None = None
+        self._conns: set[PeerConnection] = set()
+        self._active: dict[str, PeerConnection] = {}
+        self._requests: dict[str, PeerConnection] = {}
+        self._dial: dict[str, _DialState] = {}
+        self._gaps_sent: dict[PeerConnection, int] = {}
+        self._subs: set[_Subscription] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Event | None = None
+        self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self.running = False
+
+    # ------------------------------------------------------------------ life
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    @property
+    def name(self) -> str:
+        name = self.settings.get("name")
+        return name if isinstance(name, str) and name else self.peer_id[:8]
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        if self._endpoint is None or self._endpoint.local_address is None:
+            listen = self.settings.get("listen")
+            return (listen,) if isinstance(listen, str) else ()
+        host, port = self._endpoint.local_address
+        return (format_address(host, port),)
+
+    async def start(
+        self,
+        *,
+        listen: str | None = None,
+        control: bool = True,
+    ) -> None:
+        """Take the home's lock, bind the UDP socket, serve the control socket."""
+        if self.running:
+            return
+        self._lock.acquire()
+        try:
+            host, port = parse_address(listen) if listen else self._default_listen()
+            self._endpoint = Endpoint(self.identity)
+            self._endpoint.on_incoming = self._incoming
+            bound = await self._endpoint.start(host, port)
+            self._wake = asyncio.Event()
+            if control:
+                self._control = ControlServer(self.paths.control_socket, self)
+                await self._control.start()
+        except BaseException:
+            if self._endpoint is not None:
+                self._endpoint.close()
+                self._endpoint = None
+            self._lock.release()
+            raise
+        self.running = True
+        if listen:
+            self.settings["listen"] = format_address(*bound)
+            save_settings(self.paths, self.settings)
+        self._spawn(self._dial_loop())
+        self._emit(NodeStarted(self.peer_id, self.addresses))
+        log.info("node %s listening on %s", self.peer_id, self.addresses)
+
+    def _default_listen(self) -> tuple[str, int]:
+        listen = self.settings.get("listen")
+        if isinstance(listen, str):
+            return parse_address(listen)
+        return ("0.0.0.0", DEFAULT_PORT)
+
+    async def stop(self) -> None:
+        if not self.running:
+            self.store.close()
+            return
+        self.running = False
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in list(self._conns):
+            conn.close("node stopping")
+        if self._endpoint is not None:
+            # Let the CONNECTION_CLOSE frames leave before the socket goes.
+            await asyncio.sleep(0)
+            self._endpoint.close()
+            self._endpoint = None
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
+        self._emit(NodeStopped())
+        self._lock.release()
+        self.store.close()
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node task failed", exc_info=task.exception())
+
+    # ---------------------------------------------------------------- events
+    async def events(self) -> AsyncIterator[NodeEvent]:
+        """Every event from now on; a slow consumer loses the oldest, never blocks the node."""
+        sub = _Subscription()
+        self._subs.add(sub)
+        try:
+            while True:
+                yield await sub.queue.get()
+        finally:
+            self._subs.discard(sub)
+
+    def _emit(self, event: NodeEvent) -> None:
+        for sub in self._subs:
+            if sub.queue.full():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait(event)
+        if isinstance(event, MessageStateChanged):
+            for fut in self._state_waiters.pop(event.message_id, []):
+                if not fut.done():
+                    fut.set_result(event.state)
+
+    # ------------------------------------------------------------ public API
+    def info(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "name": self.name,
+            "fingerprint": self.identity.fingerprint,
+            "addresses": list(self.addresses),
+            "invite": self.invite(),
+            "running": self.running,
+            "online": sorted(self._active),
+        }
+
+    def invite(self, *, one_time: bool = False) -> str:
+        token = self.store.create_invite_token(now=self.clock()) if one_time else None
+        return Invite(
+            peer_id=self.peer_id, addresses=self.addresses, token=token, name=self.name
+        ).encode()
+
+    def add_contact(
+        self, ref: str, *, name: str | None = None, addresses: Iterable[str] = ()
+    ) -> Contact:
+        """Add from an invite or a bare ID; an invite's token is presented on first contact."""
+        invite = parse_contact_ref(ref)
+        if invite.peer_id == self.peer_id:
+            raise NodeError("that is your own ID")
+        addrs = list(invite.addresses)
+        for addr in addresses:
+            host, port = parse_address(addr)
+            addrs.append(format_address(host, port))
+        display = _clean_name(name or invite.name) or invite.peer_id[:8]
+        contact = self.store.add_contact(
+            invite.peer_id, display, addresses=tuple(dict.fromkeys(addrs)), now=self.clock()
+        )
+        if invite.token:
+            tokens = dict(self.settings.get("pending_tokens", {}))
+            tokens[invite.peer_id] = invite.token
+            self.settings["pending_tokens"] = tokens
+            save_settings(self.paths, self.settings)
+        self._promote_request_session(contact.peer_id)
+        self._emit(ContactAdded(contact.peer_id, contact.name))
+        self._poke()
+        return contact
+
+    def contacts(self) -> list[ContactView]:
+        return [
+            ContactView(
+                peer_id=c.peer_id,
+                name=c.name,
+                verified=c.verified,
+                addresses=c.addresses,
+                last_seen=c.last_seen,
+                online=c.peer_id in self._active,
+                unread=self.store.unread_count(c.peer_id),
+            )
+            for c in self.store.list_contacts()
+        ]
+
+    def requests(self) -> list[ContactRequest]:
+        return self.store.list_requests()
+
+    def accept_request(self, ref: str, *, name: str | None = None) -> Contact:
+        request = self.store.find_request(ref)
+        contact = self.store.accept_request(
+            request.peer_id, name=_clean_name(name), now=self.clock()
+        )
+        self._promote_request_session(contact.peer_id)
+        self._emit(ContactAdded(contact.peer_id, contact.name))
+        self._poke()
+        return contact
+
+    def decline_request(self, ref: str) -> None:
+        request = self.store.find_request(ref)
+        self.store.decline_request(request.peer_id)
+        conn = self._requests.pop(request.peer_id, None)
+        if conn is not None:
+            conn.close("contact request declined")
+
+    def find_contact(self, ref: str) -> Contact:
+        return self.store.find_contact(ref)
+
+    def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
+        return self.store.history(self.store.find_contact(contact).peer_id, limit=limit)
+
+    def send_message(self, contact: str, text: str) -> Message:
+        """Store first (the outbox survives anything), then send if the contact is online."""
+        peer = self.store.find_contact(contact)
+        body = text.strip("\n")
+        if not body.strip():
+            raise NodeError("refusing to send an empty message")
+        if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
+            raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
+        message = self.store.queue_message(peer.peer_id, body, now=self.clock())
+        self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
+        conn = self._active.get(peer.peer_id)
+        if conn is not None:
+            self._transmit(conn, [message], base=self.store.outbox_base(peer.peer_id))
+        return self.store.get_message(message.id) or message
+
+    async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
+        """Wait until the message is delivered (or read); return its state then."""
+        message = self.store.get_message(message_id)
+        if message is None:
+            raise NodeError(f"no message {message_id}")
+        if message.state in ("delivered", "read"):
+            return message.state
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            fut: asyncio.Future[str] = loop.create_future()
+            self._state_waiters.setdefault(message_id, []).append(fut)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                state = await asyncio.wait_for(fut, remaining)
+                if state in ("delivered", "read"):
+                    return state
+        message = self.store.get_message(message_id)
+        return message.state if message is not None else "queued"
+
+    def set_typing(self, contact: str, active: bool) -> None:
+        conn = self._active.get(self.store.find_contact(contact).peer_id)
+        if conn is not None:
+            conn.send(chat.Typing(active))
+
+    def mark_read(self, contact: str) -> int:
+        peer = self.store.find_contact(contact)
+        seq = self.store.mark_read_incoming(peer.peer_id, self.store.recv_seq(peer.peer_id))
+        conn = self._active.get(peer.peer_id)
+        if conn is not None and seq:
+            conn.send(chat.Read(seq))
+        return seq
+
+    def is_online(self, peer_id: str) -> bool:
+        return peer_id in self._active
+
+    # --------------------------------------------------------- connections
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _incoming(self, link: QuicLink) -> None:
+        self._conns.add(PeerConnection(link, self.identity, self))
+
+    def _dial_now(self, peer_id: str, address: str) -> PeerConnection:
+        assert self._endpoint is not None
+        host, port = parse_address(address)
+        link = self._endpoint.connect((host, port))
+        conn = PeerConnection(link, self.identity, self, expected_peer=key_from_peer_id(peer_id))
+        self._conns.add(conn)
+        return conn
+
+    async def _dial_loop(self) -> None:
+        """Keep a session with every contact that has an address, backing off on failure."""
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            for contact in self.store.list_contacts():
+                self._maybe_dial(contact, now)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def _maybe_dial(self, contact: Contact, now: float) -> None:
+        peer = contact.peer_id
+        if peer in self._active or not contact.addresses:
+            return
+        state = self._dial.setdefault(peer, _DialState())
+        if state.link is not None and not state.link.closed:
+            return
+        if now < state.next_at:
+            return
+        address = contact.addresses[state.index % len(contact.addresses)]
+        state.index += 1
+        state.attempts += 1
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(state.attempts, 8))
+        state.next_at = now + delay * random.uniform(0.8, 1.2)
+        try:
+            state.link = self._dial_now(peer, address)
+        except (OSError, ValueError) as exc:
+            log.info("cannot dial %s at %s: %s", peer, address, exc)
+
+    # ------------------------------------------------- PeerOwner callbacks
+    def session_established(self, conn: PeerConnection) -> None:
+        conn.send(chat.Hello(name=self.name, token=self._pending_token(conn.peer_id)))
+
+    def _pending_token(self, peer_id: str | None) -> str | None:
+        tokens = self.settings.get("pending_tokens", {})
+        token = tokens.get(peer_id) if isinstance(tokens, dict) and peer_id else None
+        return token if isinstance(token, str) else None
+
+    def key_mismatch(self, conn: PeerConnection, seen_key: bytes) -> None:
+        expected = conn.expected_peer
+        if expected is None:
+            return
+        log.warning(
+            "%s answered with key %s instead of contact %s",
+            conn.address,
+            seen_key.hex() if seen_key else "?",
+            peer_id_from_key(expected),
+        )
+        self._emit(PeerKeyMismatch(peer_id_from_key(expected), conn.address))
+
+    def connection_closed(self, conn: PeerConnection, reason: str) -> None:
+        self._conns.discard(conn)
+        self._gaps_sent.pop(conn, None)
+        peer = conn.peer_id
+        if peer is None:
+            return
+        if self._requests.get(peer) is conn:
+            del self._requests[peer]
+        if self._active.get(peer) is conn:
+            del self._active[peer]
+            self._emit(PeerOffline(peer, reason))
+            state = self._dial.setdefault(peer, _DialState())
+            state.attempts = 0
+            # The larger key waits a little, so both sides rarely dial at once.
+            delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
+            state.next_at = asyncio.get_running_loop().time() + delay * random.uniform(1, 2)
+            self._poke()
+
+    def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
+        peer = conn.peer_id
+        if peer is None:
+            return
+        if isinstance(frame, chat.Hello):
+            if self._active.get(peer) is not conn and self._requests.get(peer) is not conn:
+                self._on_hello(conn, frame)
+            return
+        if self._active.get(peer) is conn:
+            self._on_contact_frame(conn, peer, frame)
+        elif self._requests.get(peer) is conn and isinstance(frame, chat.ChatMessage):
+            # A stranger's words are kept as the request's preview, never as chat.
+            self.store.add_request(
+                peer, name=None, address=conn.address, preview=frame.body, now=self.clock()
+            )
+
+    def _on_hello(self, conn: PeerConnection, hello: chat.Hello) -> None:
+        peer = conn.peer_id
+        assert peer is not None
+        now = self.clock()
+        if self.store.get_contact(peer) is None and hello.token:
+            if self.store.redeem_invite_token(hello.token, peer, now=now):
+                name = _clean_name(hello.name) or peer[:8]
+                self.store.add_contact(peer, name, addresses=(conn.address,), now=now)
+                self._emit(ContactAdded(peer, name))
+        if self.store.get_contact(peer) is not None:
+            self._activate(conn)
+            return
+        if len(self._requests) >= MAX_REQUEST_SESSIONS and peer not in self._requests:
+            conn.close("too many pending contact requests")
+            return
+        request, new = self.store.add_request(
+            peer, name=_clean_name(hello.name), address=conn.address, preview=None, now=now
+        )
+        if request.state == "declined":
+            conn.close("contact request declined")
+            return
+        old = self._requests.get(peer)
+        self._requests[peer] = conn
+        if old is not None and old is not conn:
+            old.close("replaced by a newer connection")
+        conn.send(chat.RequestPending())
+        if new:
+            self._emit(ContactRequestReceived(peer, request.name, request.preview))
+
+    def _promote_request_session(self, peer: str) -> None:
+        conn = self._requests.pop(peer, None)
+        if conn is not None and not conn.closed:
+            self._activate(conn)
+            # The peer held its messages back while we were strangers: ask for them.
+            conn.send(chat.Gap(self.store.recv_seq(peer) + 1))
+
+    def _activate(self, conn: PeerConnection) -> None:
+        peer = conn.peer_id
+        assert peer is not None
+        existing = self._active.get(peer)
+        if existing is not None and existing is not conn:
+            keep = self._prefer(existing, conn)
+            drop = conn if keep is existing else existing
+            del self._active[peer]
+            drop.close("duplicate connection")
+            if keep is existing:
+                self._active[peer] = existing
+                return
+        self._active[peer] = conn
+        state = self._dial.setdefault(peer, _DialState())
+        state.attempts = 0
+        state.next_at = 0.0
+        self.store.record_seen(peer, conn.address, now=self.clock())
+        self._emit(PeerOnline(peer, conn.address))
+        # Anything stored but not yet acknowledged (we may have died in between).
+        recv_seq = self.store.recv_seq(peer)
+        if recv_seq:
+            conn.send(chat.Ack(recv_seq))
+        self._resend_outbox(conn, peer, from_seq=0)
+
+    def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
+        old_at = old.established_at or 0.0
+        new_at = new.established_at or 0.0
+        if new_at - old_at > RACE_WINDOW:
+            return new
+
+        def dialer(c: PeerConnection) -> bytes:
+            return self.identity.public_key if c.initiator else (c.peer_key or b"")
+
+        if dialer(old) == dialer(new):
+            return new
+        return old if dialer(old) < dialer(new) else new
+
+    def _resend_outbox(self, conn: PeerConnection, peer: str, *, from_seq: int) -> None:
+        pending = [m for m in self.store.outbox(peer) if m.seq >= from_seq]
+        if pending:
+            self._transmit(conn, pending, base=self.store.outbox_base(peer))
+
+    def _transmit(self, conn: PeerConnection, messages: list[Message], *, base: int) -> None:
+        sent_any = False
+        for m in messages:
+            frame = chat.ChatMessage(id=m.id, seq=m.seq, base=base, sent_at=m.created_at, body=m.body)
+            sent_any = conn.send(frame) or sent_any
+        if sent_any:
+            peer = messages[0].peer_id
+            for message_id in self.store.mark_sent(peer, messages[-1].seq, self.clock()):
+                self._emit(MessageStateChanged(peer, message_id, "sent"))
+
+    def _on_contact_frame(self, conn: PeerConnection, peer: str, frame: chat.ChatFrame) -> None:
+        now = self.clock()
+        if isinstance(frame, chat.ChatMessage):
+            result = self.store.receive_message(
+                peer,
+                message_id=frame.id,
+                seq=frame.seq,
+                base=frame.base,
+                body=frame.body,
+                sent_at=frame.sent_at,
+                now=now,
+            )
+            if result.verdict == "gap":
+                want = result.recv_seq + 1
+                if self._gaps_sent.get(conn) != want:
+                    self._gaps_sent[conn] = want
+                    conn.send(chat.Gap(want))
+                return
+            conn.send(chat.Ack(result.recv_seq))
+            if result.verdict == "accept" and result.message is not None:
+                m = result.message
+                self._emit(MessageReceived(peer, m.id, m.seq, m.body, m.created_at, now))
+        elif isinstance(frame, chat.Ack):
+            for message_id in self.store.ack_outgoing(peer, frame.seq, now):
+                self._emit(MessageStateChanged(peer, message_id, "delivered"))
+        elif isinstance(frame, chat.Read):
+            for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
+                self._emit(MessageStateChanged(peer, message_id, "read"))
+        elif isinstance(frame, chat.Gap):
+            self._resend_outbox(conn, peer, from_seq=frame.want)
+        elif isinstance(frame, chat.Typing):
+            self._emit(TypingChanged(peer, frame.active))
+
+
+def _clean_name(name: str | None) -> str | None:
+    """Display names come from peers: printable, single line, bounded."""
+    if not name:
+        return None
+    cleaned = "".join(ch for ch in name if ch.isprintable()).strip()
+    return cleaned[:MAX_NAME] or None

@@ -1,0 +1,109 @@
+"""The operations the CLI may ask of a node, in one table.
+
+The same table serves a running node through its control socket and a node the
+CLI opens itself when none runs, so both paths give identical, stable JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from p2pchat.node import Node
+
+Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses (store rows, views) become plain dicts; tuples become lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_json(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def _str(args: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = args.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"argument {key!r} must be a string")
+    return value
+
+
+def _opt_str(args: dict[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"argument {key!r} must be a string")
+    return value
+
+
+async def _info(node: Node, args: dict[str, Any]) -> Any:
+    info = node.info()
+    if args.get("one_time"):
+        info["invite"] = node.invite(one_time=True)
+    return info
+
+
+async def _contacts(node: Node, args: dict[str, Any]) -> Any:
+    return node.contacts()
+
+
+async def _requests(node: Node, args: dict[str, Any]) -> Any:
+    return node.requests()
+
+
+async def _add(node: Node, args: dict[str, Any]) -> Any:
+    addresses = args.get("addresses") or []
+    if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+        raise ValueError("addresses must be a list of HOST:PORT strings")
+    return node.add_contact(_str(args, "ref"), name=_opt_str(args, "name"), addresses=addresses)
+
+
+async def _accept(node: Node, args: dict[str, Any]) -> Any:
+    return node.accept_request(_str(args, "ref"), name=_opt_str(args, "name"))
+
+
+async def _decline(node: Node, args: dict[str, Any]) -> Any:
+    node.decline_request(_str(args, "ref"))
+    return None
+
+
+async def _send(node: Node, args: dict[str, Any]) -> Any:
+    message = node.send_message(_str(args, "contact"), _str(args, "text"))
+    wait = args.get("wait", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+        raise ValueError("wait must be a non-negative number of seconds")
+    state = message.state
+    if wait and node.running:
+        state = await node.wait_for_delivery(message.id, float(wait))
+    return {"message": message, "state": state, "online": node.is_online(message.peer_id)}
+
+
+async def _history(node: Node, args: dict[str, Any]) -> Any:
+    limit = args.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError("limit must be a positive integer")
+    return node.history(_str(args, "contact"), limit=limit)
+
+
+OPS: dict[str, Op] = {
+    "info": _info,
+    "contacts": _contacts,
+    "requests": _requests,
+    "add": _add,
+    "accept": _accept,
+    "decline": _decline,
+    "send": _send,
+    "history": _history,
+}
+
+
+async def call(node: Node, op: str, args: dict[str, Any]) -> Any:
+    """Run one operation and return its JSON-ready result."""
+    handler = OPS.get(op)
+    if handler is None:
+        raise ValueError(f"unknown operation {op!r}")
+    return to_json(await handler(node, args))

@@ -1,0 +1,1093 @@
+"""The node's local state: contacts, conversations, outbox, requests and invites.
+
+Everything lives in one SQLite file so that a single committed transaction is
+the unit of truth.  The node may be SIGKILLed right after any call returns, so
+every method that writes more than one row runs in its own ``BEGIN IMMEDIATE``
+transaction (``isolation_level=None``: the sqlite3 module never opens or commits
+anything behind our back).  When a method returns, its effect is in the WAL and
+survives the process dying; with ``synchronous=NORMAL`` a power cut may lose the
+last few commits but never corrupts the file, which is the usual trade-off for a
+chat client.
+
+``BEGIN IMMEDIATE`` also matters for concurrency: a deferred transaction that
+reads and then writes can fail with ``SQLITE_BUSY`` when another connection
+committed in between, and ``busy_timeout`` cannot retry that.  Taking the write
+lock up front lets a second process (``p2pchat send`` next to a running node)
+share the file safely; WAL lets its readers proceed meanwhile.
+
+Sequence numbers live in ``conversations`` rather than in ``contacts``: removing
+a contact and adding it again, or talking to a peer that is not (yet) a
+contact, must never restart numbering at 1, because the peer's receive window
+would then treat new messages as duplicates and the ``(peer_id, direction,
+seq)`` uniqueness would reject them.  Removing a contact therefore keeps its
+history, its counters and its queued messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar, cast
+
+from p2pchat.core.events import MessageState
+from p2pchat.core.window import Verdict, classify_incoming
+
+__all__ = [
+    "MAX_ADDRESSES",
+    "MAX_PENDING_REQUESTS",
+    "MIGRATIONS",
+    "AmbiguousContact",
+    "Contact",
+    "ContactExists",
+    "ContactRequest",
+    "Direction",
+    "Message",
+    "ReceiveResult",
+    "RequestState",
+    "Store",
+    "StoreError",
+    "UnknownContact",
+]
+
+Direction = Literal["in", "out"]
+RequestState = Literal["pending", "declined"]
+
+MAX_ADDRESSES = 8
+MAX_PENDING_REQUESTS = 256
+MAX_NAME_CHARS = 64
+MAX_PREVIEW_CHARS = 200
+MAX_ADDRESS_CHARS = 256
+MIN_ID_PREFIX = 4
+DEFAULT_INVITE_TTL = 7 * 86400.0
+
+
+class StoreError(Exception):
+    """The local database cannot do what was asked."""
+
+
+class UnknownContact(StoreError):
+    """No contact (or contact request) matches the given reference."""
+
+
+class AmbiguousContact(StoreError):
+    """Several contacts match a reference; the caller should ask for more characters."""
+
+    def __init__(self, message: str, candidates: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.candidates: tuple[str, ...] = tuple(candidates)
+
+
+class ContactExists(StoreError):
+    """Another contact already uses that name.
+
+    Names are unique (case-insensitively) so that ``find_contact`` by name is
+    never ambiguous and the contact list never shows two indistinguishable rows.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    peer_id: str
+    name: str
+    verified: bool
+    added_at: float
+    addresses: tuple[str, ...]
+    last_seen: float | None
+    last_address: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    peer_id: str
+    direction: Direction
+    seq: int
+    body: str
+    created_at: float
+    received_at: float | None
+    state: MessageState
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRequest:
+    peer_id: str
+    name: str | None
+    address: str | None
+    preview: str | None
+    first_seen: float
+    last_seen: float
+    attempts: int
+    state: RequestState
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveResult:
+    """What happened to an incoming message; ``recv_seq`` is what the node acks."""
+
+    verdict: Verdict
+    message: Message | None
+    recv_seq: int
+
+
+# Each step is applied once, in order, inside the same transaction that bumps
+# ``PRAGMA user_version``; append new steps, never edit a released one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE contacts (
+        peer_id      TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        verified     INTEGER NOT NULL DEFAULT 0,
+        added_at     REAL NOT NULL,
+        addresses    TEXT NOT NULL DEFAULT '[]',
+        last_seen    REAL,
+        last_address TEXT
+    );
+
+    CREATE TABLE conversations (
+        peer_id       TEXT PRIMARY KEY,
+        send_seq      INTEGER NOT NULL DEFAULT 0,
+        recv_seq      INTEGER NOT NULL DEFAULT 0,
+        peer_read_seq INTEGER NOT NULL DEFAULT 0,
+        my_read_seq   INTEGER NOT NULL DEFAULT 0
+    );
+
+    -- pos is AUTOINCREMENT so it is never reused: it is the order the user saw.
+    CREATE TABLE messages (
+        pos         INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          TEXT NOT NULL UNIQUE,
+        peer_id     TEXT NOT NULL,
+        direction   TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        seq         INTEGER NOT NULL CHECK (seq >= 1),
+        body        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        received_at REAL,
+        state       TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered', 'read')),
+        updated_at  REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX messages_peer_direction_seq ON messages (peer_id, direction, seq);
+    CREATE INDEX messages_history ON messages (peer_id, pos);
+    -- Only delivered-but-unread rows, named with INDEXED BY by the queries that
+    -- need them: keeps read receipts and unread counts independent of how long
+    -- the history is (without statistics the planner would pick the unique index).
+    CREATE INDEX messages_unread_in ON messages (peer_id, seq)
+        WHERE direction = 'in' AND state = 'delivered';
+    CREATE INDEX messages_unread_out ON messages (peer_id, seq)
+        WHERE direction = 'out' AND state = 'delivered';
+
+    CREATE TABLE outbox (
+        message_id   TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+        peer_id      TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_attempt REAL
+    );
+    CREATE UNIQUE INDEX outbox_peer_seq ON outbox (peer_id, seq);
+
+    CREATE TABLE requests (
+        peer_id    TEXT PRIMARY KEY,
+        name       TEXT,
+        address    TEXT,
+        preview    TEXT,
+        first_seen REAL NOT NULL,
+        last_seen  REAL NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 1,
+        state      TEXT NOT NULL CHECK (state IN ('pending', 'declined'))
+    );
+    CREATE INDEX requests_state_last_seen ON requests (state, last_seen);
+
+    CREATE TABLE invite_tokens (
+        token      TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at    REAL,
+        used_by    TEXT
+    );
+    """,
+)
+
+_CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address"
+_MESSAGE_COLUMNS = "id, peer_id, direction, seq, body, created_at, received_at, state, updated_at"
+_OUTBOX_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
+_REQUEST_COLUMNS = "peer_id, name, address, preview, first_seen, last_seen, attempts, state"
+
+_T = TypeVar("_T")
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split a migration into statements so it can run inside our transaction.
+
+    ``executescript`` would commit the open transaction first, which would make
+    a half-applied migration possible and race with a second process migrating
+    the same file.
+    """
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    leftover = [
+        line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")
+    ]
+    if leftover:
+        raise StoreError(f"incomplete SQL statement in migration: {leftover[0].strip()[:80]!r}")
+    return statements
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    """Bound stranger-controlled text before it reaches the disk or the UI."""
+    if text is None:
+        return None
+    text = text.strip()[:limit]
+    return text or None
+
+
+def _clean_name(name: str) -> str:
+    cleaned = name.strip()
+    if not cleaned:
+        raise ValueError("contact name must not be empty")
+    if len(cleaned) > MAX_NAME_CHARS:
+        raise ValueError(f"contact name must be at most {MAX_NAME_CHARS} characters")
+    return cleaned
+
+
+def _default_name(peer_id: str) -> str:
+    return f"peer-{peer_id[:8]}"
+
+
+def _normalise_addresses(addresses: Iterable[str]) -> list[str]:
+    seen: list[str] = []
+    for address in addresses:
+        address = address.strip()
+        if address and address not in seen and len(address) <= MAX_ADDRESS_CHARS:
+            seen.append(address)
+    return seen[:MAX_ADDRESSES]
+
+
+def _load_addresses(raw: str | None) -> list[str]:
+    """Tolerate a damaged column: losing dial hints beats refusing to start."""
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return []
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, str)]
+
+
+def _contact(row: Sequence[Any]) -> Contact:
+    return Contact(
+        peer_id=row[0],
+        name=row[1],
+        verified=bool(row[2]),
+        added_at=row[3],
+        addresses=tuple(_load_addresses(row[4])),
+        last_seen=row[5],
+        last_address=row[6],
+    )
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return Message(
+        id=row[0],
+        peer_id=row[1],
+        direction=cast(Direction, row[2]),
+        seq=row[3],
+        body=row[4],
+        created_at=row[5],
+        received_at=row[6],
+        state=cast(MessageState, row[7]),
+        updated_at=row[8],
+    )
+
+
+def _request(row: Sequence[Any]) -> ContactRequest:
+    return ContactRequest(
+        peer_id=row[0],
+        name=row[1],
+        address=row[2],
+        preview=row[3],
+        first_seen=row[4],
+        last_seen=row[5],
+        attempts=row[6],
+        state=cast(RequestState, row[7]),
+    )
+
+
+def _resolve(
+    ref: str,
+    items: Sequence[_T],
+    peer_id: Callable[[_T], str],
+    name: Callable[[_T], str | None],
+    what: str,
+) -> _T:
+    """The lookup rule shared by contacts and requests, most specific first.
+
+    Each stage either finds exactly one match, reports ambiguity, or falls
+    through; a longer prefix never silently picks a different peer than the
+    user could see listed.
+    """
+    ref = ref.strip()
+    if not ref:
+        raise UnknownContact(f"no {what} matches an empty reference")
+    for item in items:
+        if peer_id(item) == ref:
+            return item
+    folded = ref.casefold()
+
+    def label(item: _T) -> str:
+        item_name = name(item)
+        short = peer_id(item)[:12]
+        return f"{item_name} ({short})" if item_name else short
+
+    stages: list[list[_T]] = [
+        [item for item in items if (name(item) or "").casefold() == folded],
+    ]
+    if len(ref) >= MIN_ID_PREFIX:
+        stages.append([item for item in items if peer_id(item).casefold().startswith(folded)])
+    stages.append([item for item in items if (name(item) or "").casefold().startswith(folded)])
+    for matches in stages:
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            labels = sorted(label(item) for item in matches)
+            raise AmbiguousContact(
+                f"{ref!r} matches several {what}s: {', '.join(labels)}; "
+                "type more of the name or peer id",
+                [peer_id(item) for item in matches],
+            )
+    raise UnknownContact(f"no {what} matches {ref!r}")
+
+
+class Store:
+    """One connection to the node's database; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._create_private(self.path)
+        try:
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self._db = db
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot enable WAL mode on {self.path} (got {mode!r})")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            self._migrate(db)
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _create_private(path: Path) -> None:
+        """Create the file ourselves so it never exists with a umask-wide mode.
+
+        SQLite gives the ``-wal`` and ``-shm`` files the main file's mode, so
+        restricting this one file covers all three.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc}") from exc
+        os.close(fd)
+        os.chmod(path, 0o600)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self.path} has schema version {version}, but this p2pchat only knows "
+                    f"up to version {len(MIGRATIONS)}; it was written by a newer p2pchat, "
+                    "please upgrade"
+                )
+            for step in MIGRATIONS[version:]:
+                for statement in _split_statements(step):
+                    db.execute(statement)
+            if version != len(MIGRATIONS):
+                db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._read() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable-on-return write; sqlite errors become ``StoreError``."""
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            db = self._connection()
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is closed")
+        return self._db
+
+    # -- contacts ------------------------------------------------------------
+
+    @staticmethod
+    def _get_contact(db: sqlite3.Connection, peer_id: str) -> Contact | None:
+        row = db.execute(
+            f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE peer_id = ?", (peer_id,)
+        ).fetchone()
+        return None if row is None else _contact(row)
+
+    @staticmethod
+    def _require_contact(db: sqlite3.Connection, peer_id: str) -> Contact:
+        contact = Store._get_contact(db, peer_id)
+        if contact is None:
+            raise UnknownContact(f"{peer_id} is not a contact")
+        return contact
+
+    @staticmethod
+    def _name_owner(db: sqlite3.Connection, name: str, peer_id: str) -> str | None:
+        folded = name.casefold()
+        for other_id, other_name in db.execute(
+            "SELECT peer_id, name FROM contacts WHERE peer_id != ?", (peer_id,)
+        ):
+            if other_name.casefold() == folded:
+                return cast(str, other_id)
+        return None
+
+    @staticmethod
+    def _check_name_free(db: sqlite3.Connection, name: str, peer_id: str) -> None:
+        owner = Store._name_owner(db, name, peer_id)
+        if owner is not None:
+            raise ContactExists(f"a contact named {name!r} already exists ({owner[:12]})")
+
+    @staticmethod
+    def _free_name(db: sqlite3.Connection, wanted: str, peer_id: str) -> str:
+        """A name chosen for the user (from a request or the peer id) must not fail."""
+        candidates = [wanted]
+        for width in (6, 12, len(peer_id)):
+            suffix = f"-{peer_id[:width]}"
+            candidates.append(wanted[: MAX_NAME_CHARS - len(suffix)] + suffix)
+        for candidate in candidates:
+            candidate = candidate[:MAX_NAME_CHARS]
+            if Store._name_owner(db, candidate, peer_id) is None:
+                return candidate
+        return peer_id[:MAX_NAME_CHARS]
+
+    def _upsert_contact(
+        self,
+        db: sqlite3.Connection,
+        peer_id: str,
+        name: str | None,
+        *,
+        derived_name: str | None,
+        addresses: Iterable[str],
+        now: float,
+        verified: bool,
+    ) -> Contact:
+        if not peer_id:
+            raise ValueError("peer_id must not be empty")
+        existing = self._get_contact(db, peer_id)
+        new_addresses = list(addresses)
+        final_name: str | None = None
+        if name is not None:
+            final_name = _clean_name(name)
+            self._check_name_free(db, final_name, peer_id)
+        if existing is None:
+            if final_name is None:
+                wanted = _clip(derived_name, MAX_NAME_CHARS) or _default_name(peer_id)
+                final_name = self._free_name(db, wanted, peer_id)
+            db.execute(
+                "INSERT INTO contacts (peer_id, name, verified, added_at, addresses)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    peer_id,
+                    final_name,
+                    int(verified),
+                    now,
+                    json.dumps(_normalise_addresses(new_addresses)),
+                ),
+            )
+        else:
+            merged = _normalise_addresses([*new_addresses, *existing.addresses])
+            db.execute(
+                "UPDATE contacts SET name = ?, verified = ?, addresses = ? WHERE peer_id = ?",
+                (
+                    final_name or existing.name,
+                    int(existing.verified or verified),
+                    json.dumps(merged),
+                    peer_id,
+                ),
+            )
+        db.execute("DELETE FROM requests WHERE peer_id = ?", (peer_id,))
+        return self._require_contact(db, peer_id)
+
+    def add_contact(
+        self,
+        peer_id: str,
+        name: str | None,
+        *,
+        addresses: Iterable[str] = (),
+        now: float,
+        verified: bool = False,
+    ) -> Contact:
+        """Add or refresh a contact; adding twice is how an invite re-teaches addresses.
+
+        New addresses go first (they come from the freshest invite); ``verified``
+        only ever goes up here, lowering it takes an explicit ``set_verified``.
+        """
+        with self._write() as db:
+            return self._upsert_contact(
+                db,
+                peer_id,
+                name,
+                derived_name=None,
+                addresses=addresses,
+                now=now,
+                verified=verified,
+            )
+
+    def get_contact(self, peer_id: str) -> Contact | None:
+        with self._read() as db:
+            return self._get_contact(db, peer_id)
+
+    def list_contacts(self) -> list[Contact]:
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_CONTACT_COLUMNS} FROM contacts ORDER BY name COLLATE NOCASE, peer_id"
+            ).fetchall()
+        return [_contact(row) for row in rows]
+
+    def remove_contact(self, peer_id: str) -> None:
+        """Forget the contact but keep history, counters and queued messages.
+
+        Keeping the counters is what lets the peer be re-added later without
+        the two sides disagreeing about sequence numbers.
+        """
+        with self._write() as db:
+            if db.execute("DELETE FROM contacts WHERE peer_id = ?", (peer_id,)).rowcount == 0:
+                raise UnknownContact(f"{peer_id} is not a contact")
+
+    def rename_contact(self, peer_id: str, name: str) -> Contact:
+        with self._write() as db:
+            self._require_contact(db, peer_id)
+            cleaned = _clean_name(name)
+            self._check_name_free(db, cleaned, peer_id)
+            db.execute("UPDATE contacts SET name = ? WHERE peer_id = ?", (cleaned, peer_id))
+            return self._require_contact(db, peer_id)
+
+    def set_verified(self, peer_id: str, verified: bool) -> Contact:
+        with self._write() as db:
+            self._require_contact(db, peer_id)
+            db.execute(
+                "UPDATE contacts SET verified = ? WHERE peer_id = ?", (int(verified), peer_id)
+            )
+            return self._require_contact(db, peer_id)
+
+    def set_addresses(self, peer_id: str, addresses: Iterable[str]) -> Contact:
+        with self._write() as db:
+            self._require_contact(db, peer_id)
+            db.execute(
+                "UPDATE contacts SET addresses = ? WHERE peer_id = ?",
+                (json.dumps(_normalise_addresses(addresses)), peer_id),
+            )
+            return self._require_contact(db, peer_id)
+
+    def record_seen(self, peer_id: str, address: str, now: float) -> Contact | None:
+        """Remember where a contact was last reachable; a no-op for strangers.
+
+        The node calls this on every authenticated connection, including from
+        peers that are only knocking, so it must not raise for non-contacts.
+        """
+        with self._write() as db:
+            contact = self._get_contact(db, peer_id)
+            if contact is None:
+                return None
+            addresses = list(contact.addresses)
+            address = address.strip()
+            if address and address not in addresses and len(address) <= MAX_ADDRESS_CHARS:
+                addresses.insert(0, address)
+            db.execute(
+                "UPDATE contacts SET last_seen = ?, last_address = ?, addresses = ?"
+                " WHERE peer_id = ?",
+                (now, address or None, json.dumps(addresses[:MAX_ADDRESSES]), peer_id),
+            )
+            return self._require_contact(db, peer_id)
+
+    def find_contact(self, ref: str) -> Contact:
+        """Resolve what a user typed: peer id, name, id prefix (>= 4 chars), name prefix."""
+        return _resolve(ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact")
+
+    # -- outgoing messages ---------------------------------------------------
+
+    def queue_message(
+        self, peer_id: str, body: str, *, now: float, message_id: str | None = None
+    ) -> Message:
+        """Number, store and enqueue a message in one transaction.
+
+        Passing the same ``message_id`` again returns the stored message instead
+        of sending it twice, so a caller unsure whether a call went through
+        (it was killed around it) can simply retry.
+        """
+        if not peer_id:
+            raise ValueError("peer_id must not be empty")
+        mid = message_id if message_id is not None else secrets.token_hex(16)
+        with self._write() as db:
+            row = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (mid,)
+            ).fetchone()
+            if row is not None:
+                existing = _message(row)
+                if existing.peer_id == peer_id and existing.direction == "out":
+                    return existing
+                raise StoreError(f"message id {mid!r} is already used by another message")
+            seq = int(
+                db.execute(
+                    "INSERT INTO conversations (peer_id, send_seq) VALUES (?, 1)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET send_seq = send_seq + 1"
+                    " RETURNING send_seq",
+                    (peer_id,),
+                ).fetchall()[0][0]
+            )
+            db.execute(
+                "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+                " received_at, state, updated_at)"
+                " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?)",
+                (mid, peer_id, seq, body, now, now),
+            )
+            db.execute(
+                "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
+                (mid, peer_id, seq),
+            )
+        return Message(mid, peer_id, "out", seq, body, now, None, "queued", now)
+
+    def outbox(self, peer_id: str) -> list[Message]:
+        """Unacknowledged messages in ``seq`` order, the order they must be sent in."""
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_OUTBOX_MESSAGE_COLUMNS}"
+                " FROM outbox o JOIN messages m ON m.id = o.message_id"
+                " WHERE o.peer_id = ? ORDER BY o.seq",
+                (peer_id,),
+            ).fetchall()
+        return [_message(row) for row in rows]
+
+    def outbox_peers(self) -> list[str]:
+        with self._read() as db:
+            rows = db.execute("SELECT DISTINCT peer_id FROM outbox ORDER BY peer_id").fetchall()
+        return [row[0] for row in rows]
+
+    @staticmethod
+    def _send_seq(db: sqlite3.Connection, peer_id: str) -> int:
+        row = db.execute(
+            "SELECT send_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def outbox_base(self, peer_id: str) -> int:
+        """The ``base`` to put on outgoing messages (see ``p2pchat.core.window``)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT coalesce("
+                " (SELECT min(seq) FROM outbox WHERE peer_id = ?1),"
+                " (SELECT send_seq FROM conversations WHERE peer_id = ?1) + 1,"
+                " 1)",
+                (peer_id,),
+            ).fetchone()
+        return int(row[0])
+
+    def send_seq(self, peer_id: str) -> int:
+        """The highest ``seq`` assigned to an outgoing message (0 if none)."""
+        with self._read() as db:
+            return self._send_seq(db, peer_id)
+
+    @staticmethod
+    def _changed_ids(rows: list[Any]) -> list[str]:
+        return [row[0] for row in sorted(rows, key=lambda row: row[1])]
+
+    def mark_sent(self, peer_id: str, upto_seq: int, now: float) -> list[str]:
+        """Count a transmission of the outbox up to ``upto_seq``; returns ids now 'sent'."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_attempt = ?"
+                " WHERE peer_id = ? AND seq <= ?",
+                (now, peer_id, upto_seq),
+            )
+            rows = db.execute(
+                "UPDATE messages SET state = 'sent', updated_at = ?"
+                " WHERE id IN (SELECT message_id FROM outbox WHERE peer_id = ? AND seq <= ?)"
+                " AND state = 'queued' RETURNING id, seq",
+                (now, peer_id, upto_seq),
+            ).fetchall()
+        return self._changed_ids(rows)
+
+    def ack_outgoing(self, peer_id: str, upto_seq: int, now: float) -> list[str]:
+        """Apply a cumulative delivery ack; returns ids that became 'delivered'.
+
+        An ack beyond ``send_seq`` is ignored entirely: it is either a bug or a
+        peer lying, and honouring any part of it would let a peer claim delivery
+        of messages that were never sent.
+        """
+        with self._write() as db:
+            if upto_seq < 1 or upto_seq > self._send_seq(db, peer_id):
+                return []
+            rows = db.execute(
+                "UPDATE messages SET state = 'delivered', updated_at = ?"
+                " WHERE id IN (SELECT message_id FROM outbox WHERE peer_id = ? AND seq <= ?)"
+                " AND state IN ('queued', 'sent') RETURNING id, seq",
+                (now, peer_id, upto_seq),
+            ).fetchall()
+            db.execute("DELETE FROM outbox WHERE peer_id = ? AND seq <= ?", (peer_id, upto_seq))
+        return self._changed_ids(rows)
+
+    def mark_read_outgoing(self, peer_id: str, upto_seq: int, now: float) -> list[str]:
+        """Apply the peer's read receipt; returns ids that became 'read'.
+
+        Only messages already 'delivered' move: a receipt that outruns its ack
+        does not skip the delivery step, and one beyond ``send_seq`` is ignored
+        like a lying ack.
+        """
+        with self._write() as db:
+            if upto_seq < 1 or upto_seq > self._send_seq(db, peer_id):
+                return []
+            db.execute(
+                "UPDATE conversations SET peer_read_seq = max(peer_read_seq, ?) WHERE peer_id = ?",
+                (upto_seq, peer_id),
+            )
+            rows = db.execute(
+                "UPDATE messages INDEXED BY messages_unread_out SET state = 'read', updated_at = ?"
+                " WHERE peer_id = ? AND direction = 'out' AND state = 'delivered' AND seq <= ?"
+                " RETURNING id, seq",
+                (now, peer_id, upto_seq),
+            ).fetchall()
+        return self._changed_ids(rows)
+
+    # -- incoming messages ---------------------------------------------------
+
+    def receive_message(
+        self,
+        peer_id: str,
+        *,
+        message_id: str,
+        seq: int,
+        base: int,
+        body: str,
+        sent_at: float,
+        now: float,
+    ) -> ReceiveResult:
+        """Apply the receive window and store the message in one transaction.
+
+        Reading ``recv_seq`` and storing under the same write lock is what makes
+        two racing sessions (or two processes) unable to both accept one seq.
+        A known ``message_id`` is a duplicate whatever its seq says.
+        """
+        with self._write() as db:
+            row = db.execute(
+                "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            recv_seq = 0 if row is None else int(row[0])
+            known = db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone()
+            verdict: Verdict = (
+                "duplicate" if known is not None else classify_incoming(seq, base, recv_seq)
+            )
+            if verdict != "accept":
+                return ReceiveResult(verdict, None, recv_seq)
+            db.execute(
+                "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+                " received_at, state, updated_at)"
+                " VALUES (?, ?, 'in', ?, ?, ?, ?, 'delivered', ?)",
+                (message_id, peer_id, seq, body, sent_at, now, now),
+            )
+            db.execute(
+                "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
+                " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
+                (peer_id, seq),
+            )
+        message = Message(message_id, peer_id, "in", seq, body, sent_at, now, "delivered", now)
+        return ReceiveResult("accept", message, seq)
+
+    def recv_seq(self, peer_id: str) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def mark_read_incoming(self, peer_id: str, upto_seq: int, *, now: float | None = None) -> int:
+        """Advance our read marker (never backwards, never past what we hold).
+
+        ``now`` stamps ``updated_at`` on the messages that change; without it
+        their timestamps are left alone.
+        """
+        with self._write() as db:
+            row = db.execute(
+                "SELECT recv_seq, my_read_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            if row is None:
+                return 0
+            recv_seq, my_read_seq = int(row[0]), int(row[1])
+            new_read_seq = max(my_read_seq, min(upto_seq, recv_seq))
+            if new_read_seq != my_read_seq:
+                db.execute(
+                    "UPDATE conversations SET my_read_seq = ? WHERE peer_id = ?",
+                    (new_read_seq, peer_id),
+                )
+            db.execute(
+                "UPDATE messages INDEXED BY messages_unread_in"
+                " SET state = 'read', updated_at = coalesce(?, updated_at)"
+                " WHERE peer_id = ? AND direction = 'in' AND state = 'delivered' AND seq <= ?",
+                (now, peer_id, new_read_seq),
+            )
+        return new_read_seq
+
+    def unread_count(self, peer_id: str) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count(*) FROM messages INDEXED BY messages_unread_in"
+                " WHERE peer_id = ? AND direction = 'in' AND state = 'delivered'",
+                (peer_id,),
+            ).fetchone()
+        return int(row[0])
+
+    # -- history -------------------------------------------------------------
+
+    def history(self, peer_id: str, *, limit: int | None = None) -> list[Message]:
+        """Both directions in the order they were stored, which is the order shown.
+
+        Ordering by the peer's ``sent_at`` would let a skewed clock reshuffle
+        a conversation the user already read.
+        """
+        if limit is not None and limit <= 0:
+            return []
+        with self._read() as db:
+            if limit is None:
+                rows = db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? ORDER BY pos",
+                    (peer_id,),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM ("
+                    f" SELECT pos, {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ?"
+                    " ORDER BY pos DESC LIMIT ?) ORDER BY pos",
+                    (peer_id, limit),
+                ).fetchall()
+        return [_message(row) for row in rows]
+
+    def get_message(self, message_id: str) -> Message | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+        return None if row is None else _message(row)
+
+    # -- contact requests ----------------------------------------------------
+
+    @staticmethod
+    def _get_request(db: sqlite3.Connection, peer_id: str) -> ContactRequest | None:
+        row = db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE peer_id = ?", (peer_id,)
+        ).fetchone()
+        return None if row is None else _request(row)
+
+    def add_request(
+        self,
+        peer_id: str,
+        *,
+        name: str | None,
+        address: str | None,
+        preview: str | None,
+        now: float,
+    ) -> tuple[ContactRequest | None, bool]:
+        """Record a knock from a stranger; the bool says whether to notify the user.
+
+        Only a brand-new row notifies: a pending request was already shown and
+        a declined peer must not be able to pester.  Pending rows are capped,
+        evicting the stalest, so a flood of fresh keys cannot grow the file
+        without bound.  Returns ``(None, False)`` for a peer that is already a
+        contact: that is not a request and nothing is stored.
+        """
+        if not peer_id:
+            raise ValueError("peer_id must not be empty")
+        name = _clip(name, MAX_NAME_CHARS)
+        address = _clip(address, MAX_ADDRESS_CHARS)
+        preview = _clip(preview, MAX_PREVIEW_CHARS)
+        with self._write() as db:
+            if self._get_contact(db, peer_id) is not None:
+                return None, False
+            existing = self._get_request(db, peer_id)
+            if existing is None:
+                pending = int(
+                    db.execute("SELECT count(*) FROM requests WHERE state = 'pending'").fetchone()[
+                        0
+                    ]
+                )
+                excess = pending - MAX_PENDING_REQUESTS + 1
+                if excess > 0:
+                    db.execute(
+                        "DELETE FROM requests WHERE peer_id IN ("
+                        " SELECT peer_id FROM requests WHERE state = 'pending'"
+                        " ORDER BY last_seen, first_seen, peer_id LIMIT ?)",
+                        (excess,),
+                    )
+                db.execute(
+                    "INSERT INTO requests (peer_id, name, address, preview, first_seen,"
+                    " last_seen, attempts, state) VALUES (?, ?, ?, ?, ?, ?, 1, 'pending')",
+                    (peer_id, name, address, preview, now, now),
+                )
+                created = True
+            elif existing.state == "declined":
+                db.execute(
+                    "UPDATE requests SET last_seen = ?, attempts = attempts + 1 WHERE peer_id = ?",
+                    (now, peer_id),
+                )
+                created = False
+            else:
+                db.execute(
+                    "UPDATE requests SET last_seen = ?, attempts = attempts + 1,"
+                    " name = coalesce(?, name), address = coalesce(?, address),"
+                    " preview = coalesce(?, preview) WHERE peer_id = ?",
+                    (now, name, address, preview, peer_id),
+                )
+                created = False
+            return self._get_request(db, peer_id), created
+
+    def list_requests(self) -> list[ContactRequest]:
+        """Pending requests, most recently active first."""
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE state = 'pending'"
+                " ORDER BY last_seen DESC, peer_id"
+            ).fetchall()
+        return [_request(row) for row in rows]
+
+    def get_request(self, peer_id: str) -> ContactRequest | None:
+        with self._read() as db:
+            return self._get_request(db, peer_id)
+
+    def find_request(self, ref: str) -> ContactRequest:
+        """Resolve a pending request the way ``find_contact`` resolves contacts."""
+        return _resolve(
+            ref, self.list_requests(), lambda r: r.peer_id, lambda r: r.name, "contact request"
+        )
+
+    def accept_request(self, peer_id: str, *, name: str | None, now: float) -> Contact:
+        """Turn a request (pending or declined) into a contact.
+
+        An explicit ``name`` must be free (``ContactExists``); the name the
+        stranger announced is only a suggestion and is suffixed with the peer id
+        when it collides, so accepting never fails on someone else's choice.
+        """
+        with self._write() as db:
+            request = self._get_request(db, peer_id)
+            if request is None:
+                raise UnknownContact(f"no contact request from {peer_id}")
+            return self._upsert_contact(
+                db,
+                peer_id,
+                name,
+                derived_name=request.name,
+                addresses=[request.address] if request.address else [],
+                now=now,
+                verified=False,
+            )
+
+    def decline_request(self, peer_id: str) -> None:
+        with self._write() as db:
+            updated = db.execute(
+                "UPDATE requests SET state = 'declined' WHERE peer_id = ?", (peer_id,)
+            ).rowcount
+            if updated == 0:
+                raise UnknownContact(f"no contact request from {peer_id}")
+
+    # -- invite tokens -------------------------------------------------------
+
+    def create_invite_token(self, *, now: float, ttl: float = DEFAULT_INVITE_TTL) -> str:
+        """Issue a single-use token; expired unused ones are purged on the way."""
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        token = secrets.token_urlsafe(16)
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM invite_tokens WHERE used_at IS NULL AND expires_at <= ?", (now,)
+            )
+            db.execute(
+                "INSERT INTO invite_tokens (token, created_at, expires_at) VALUES (?, ?, ?)",
+                (token, now, now + ttl),
+            )
+        return token
+
+    def redeem_invite_token(self, token: str, peer_id: str, *, now: float) -> bool:
+        """True exactly once per valid token; the check and the marking are one UPDATE."""
+        with self._write() as db:
+            updated = db.execute(
+                "UPDATE invite_tokens SET used_at = ?, used_by = ?"
+                " WHERE token = ? AND used_at IS NULL AND expires_at > ?",
+                (now, peer_id, token, now),
+            ).rowcount
+        return updated == 1

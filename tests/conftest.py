@@ -1,0 +1,86 @@
+"""Shared fixtures: real state folders, real nodes on 127.0.0.1, real UDP/QUIC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from p2pchat.config import Paths, save_settings
+from p2pchat.core.events import NodeEvent
+from p2pchat.identity import create_identity
+from p2pchat.node import Node
+
+os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_home(root: Path, name: str) -> Paths:
+    paths = Paths(root / name)
+    paths.ensure()
+    create_identity(paths.identity)
+    save_settings(paths, {"name": name, "listen": f"127.0.0.1:{free_udp_port()}"})
+    return paths
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+class EventLog:
+    """Collects a node's events in the background for assertions."""
+
+    def __init__(self, node: Node) -> None:
+        self.events: list[NodeEvent] = []
+        self._task = asyncio.ensure_future(self._run(node))
+
+    async def _run(self, node: Node) -> None:
+        async for event in node.events():
+            self.events.append(event)
+
+    def of(self, kind: type[NodeEvent]) -> list[NodeEvent]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+StartNode = Callable[[str], Awaitable[Node]]
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
+    """Start real nodes listening on 127.0.0.1 (each its own home); stop them all after."""
+    nodes: list[Node] = []
+
+    async def start(name: str) -> Node:
+        home = tmp_path / name
+        paths = Paths(home) if (home / "identity.key").exists() else make_home(tmp_path, name)
+        node = Node(paths)
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        await node.stop()

@@ -1,0 +1,105 @@
+"""Run real ``p2pchat`` processes for tests that kill and restart them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from p2pchat.config import Paths
+from p2pchat.net.control import ControlClient
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("P2PCHAT_HOME", None)
+    env.pop("P2PCHAT_PASSPHRASE", None)
+    env["P2PCHAT_KDF_FAST"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    home: Path, *args: str, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2pchat", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        input=input,
+        timeout=120,
+    )
+
+
+class Daemon:
+    """``p2pchat daemon`` in a child process, driven through its control socket."""
+
+    def __init__(self, home: Path, listen: str) -> None:
+        self.paths = Paths(home)
+        self.listen = listen
+        self.proc: subprocess.Popen[str] | None = None
+        self.client: ControlClient | None = None
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "p2pchat", "--home", str(self.paths.home),
+                "daemon", "--listen", self.listen, "--no-mdns", "--no-dht",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(),
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read() if self.proc.stdout else ""
+                raise RuntimeError(f"daemon exited early: {out}")
+            try:
+                client = ControlClient(self.paths.control_socket)
+                await client.connect()
+                await client.call("info", {})
+                self.client = client
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def call(self, op: str, **args: Any) -> Any:
+        assert self.client is not None
+        return await self.client.call(op, args)
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, exactly like a crash or power loss."""
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+
+    async def stop(self) -> str:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        out = ""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                out, _ = self.proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+            self.proc = None
+        return out

@@ -1,0 +1,306 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from p2pchat.core.chat import (
+    MAX_BODY_BYTES,
+    MAX_SEQ,
+    Ack,
+    ChatFrame,
+    ChatMessage,
+    Gap,
+    Hello,
+    Ping,
+    Read,
+    RequestPending,
+    Typing,
+    UnknownFrame,
+    decode,
+    encode,
+)
+from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
+from p2pchat.core.session import MAX_PLAINTEXT
+
+MESSAGE_ID = "0123456789abcdef0123456789abcdef"
+
+
+def message(**overrides: Any) -> ChatMessage:
+    fields: dict[str, Any] = {
+        "id": MESSAGE_ID,
+        "seq": 5,
+        "base": 3,
+        "sent_at": 1_700_000_000.25,
+        "body": "hi",
+    }
+    fields.update(overrides)
+    return ChatMessage(**fields)
+
+
+def raw_message(**overrides: Any) -> bytes:
+    fields: dict[str, Any] = {
+        "t": "msg",
+        "i": MESSAGE_ID,
+        "s": 5,
+        "b": 3,
+        "at": 1.5,
+        "m": "hi",
+    }
+    fields.update(overrides)
+    return bytes(msgpack.packb({k: v for k, v in fields.items() if v is not ...}))
+
+
+ALL_FRAMES: list[ChatFrame] = [
+    Hello(),
+    Hello(name="Alice", token="invite-123"),
+    Hello(name="Zoë 🌸", version=1),
+    message(),
+    message(body="multi\nline\ttext ✓", seq=1, base=1, sent_at=0.0),
+    message(body="", seq=MAX_SEQ, base=MAX_SEQ, sent_at=-1.0),
+    Ack(seq=0),
+    Ack(seq=42),
+    Read(seq=7),
+    Typing(active=True),
+    Typing(active=False),
+    Gap(want=1),
+    RequestPending(),
+    Ping(),
+]
+
+
+@pytest.mark.parametrize("frame", ALL_FRAMES, ids=repr)
+def test_round_trip(frame: ChatFrame) -> None:
+    assert decode(encode(frame)) == frame
+
+
+def test_round_trip_covers_every_frame_type() -> None:
+    kinds = {type(f) for f in ALL_FRAMES}
+    assert kinds == {Hello, ChatMessage, Ack, Read, Typing, Gap, RequestPending, Ping}
+
+
+def test_largest_message_fits_in_a_session_payload() -> None:
+    frame = message(body="€" * (MAX_BODY_BYTES // 3), id="f" * 32, seq=MAX_SEQ, base=MAX_SEQ)
+    assert len(encode(frame)) <= MAX_PLAINTEXT
+
+
+def test_encoding_uses_short_keys() -> None:
+    assert msgpack.unpackb(encode(Ack(seq=3))) == {"t": "ack", "s": 3}
+
+
+# -- boundaries ----------------------------------------------------------------
+
+
+def test_body_exactly_max_bytes_accepted() -> None:
+    body = "a" * MAX_BODY_BYTES
+    assert decode(raw_message(m=body)) == message(body=body, sent_at=1.5)
+    assert decode(encode(message(body=body))) == message(body=body)
+
+
+def test_body_one_byte_over_refused() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(raw_message(m="a" * (MAX_BODY_BYTES + 1)))
+    with pytest.raises(LocalProtocolError):
+        encode(message(body="a" * (MAX_BODY_BYTES + 1)))
+
+
+def test_body_limit_counts_utf8_bytes() -> None:
+    body = "é" * (MAX_BODY_BYTES // 2) + "x"
+    with pytest.raises(RemoteProtocolError):
+        decode(raw_message(m=body))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"s": True},
+        {"b": True},
+        {"s": 1.0},
+        {"s": 0, "b": 0},
+        {"s": 3, "b": 4},
+        {"s": MAX_SEQ + 1, "b": 1},
+        {"s": -1},
+        {"s": ...},
+        {"i": MESSAGE_ID.upper()},
+        {"i": MESSAGE_ID[:-1]},
+        {"i": MESSAGE_ID + "0"},
+        {"i": "g" * 32},
+        {"i": MESSAGE_ID.encode()},
+        {"at": math.nan},
+        {"at": math.inf},
+        {"at": "now"},
+        {"at": True},
+        {"m": b"bytes body"},
+        {"m": "nul\x00inside"},
+        {"m": None},
+    ],
+    ids=repr,
+)
+def test_invalid_message_fields_refused(overrides: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(raw_message(**overrides))
+
+
+def test_integral_timestamp_accepted() -> None:
+    assert decode(raw_message(at=1_700_000_000)) == message(sent_at=1_700_000_000.0, seq=5, base=3)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"t": "ack", "s": True},
+        {"t": "ack", "s": -1},
+        {"t": "ack"},
+        {"t": "read", "s": 2**53},
+        {"t": "typing", "a": 1},
+        {"t": "typing"},
+        {"t": "gap", "w": 0},
+        {"t": "hello", "v": 0},
+        {"t": "hello", "v": True},
+        {"t": "hello"},
+        {"t": "hello", "v": 1, "n": "x" * 65},
+        {"t": "hello", "v": 1, "k": "x" * 65},
+        {"t": "hello", "v": 1, "n": "evil\x1b[2J"},
+        {"t": "hello", "v": 1, "n": "line\nbreak"},
+        {"t": "hello", "v": 1, "n": 5},
+        {"t": 1},
+        {"s": 1},
+        {b"t": "ack", b"s": 1},
+        [1, 2],
+        "ack",
+        None,
+    ],
+    ids=repr,
+)
+def test_invalid_frames_refused(obj: object) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(msgpack.packb(obj))
+    assert not isinstance(info.value, UnknownFrame)
+
+
+def test_hello_limits_are_in_characters() -> None:
+    assert decode(encode(Hello(name="ü" * 64, token="t" * 64))) == Hello(
+        name="ü" * 64, token="t" * 64
+    )
+
+
+def test_unknown_type_is_distinguishable() -> None:
+    with pytest.raises(UnknownFrame) as info:
+        decode(msgpack.packb({"t": "file-offer", "size": 10}))
+    assert info.value.frame_type == "file-offer"
+    assert isinstance(info.value, RemoteProtocolError)
+
+
+def test_unknown_keys_in_known_frames_ignored() -> None:
+    assert decode(msgpack.packb({"t": "ack", "s": 1, "future": [1, 2]})) == Ack(seq=1)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb({"t": "ping"}) + b"\x00",
+        msgpack.packb({"t": "ping"})[:-1],
+        b"\x81\xa1t\xa4p\xffng",  # invalid utf-8 in the tag
+        b"\x91" * 5000,  # deep nesting
+        b"\xdd\xff\xff\xff\xff",  # array header claiming 4 billion items
+        b"\xdb\xff\xff\xff\xff",  # string header claiming 4 GiB
+        msgpack.packb({"t": "ping", "x": list(range(1000))}),
+        msgpack.packb({str(i): i for i in range(1000)}),
+    ],
+)
+def test_malformed_msgpack_refused(payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(payload)
+
+
+def test_encode_refuses_invalid_frames() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode(message(base=6, seq=5))
+    with pytest.raises(LocalProtocolError):
+        encode(message(id="not-hex"))
+    with pytest.raises(LocalProtocolError):
+        encode(message(body="\ud800"))
+    with pytest.raises(LocalProtocolError):
+        encode(message(sent_at=math.nan))
+    with pytest.raises(LocalProtocolError):
+        encode(Hello(name="n" * 65))
+    with pytest.raises(LocalProtocolError):
+        encode("ping")  # type: ignore[arg-type]
+
+
+# -- fuzzing -------------------------------------------------------------------
+
+_FRAME_TYPES = (Hello, ChatMessage, Ack, Read, Typing, Gap, RequestPending, Ping)
+
+
+def _decode_only_frame_or_remote_error(payload: bytes) -> None:
+    try:
+        frame = decode(payload)
+    except RemoteProtocolError:
+        return
+    assert isinstance(frame, _FRAME_TYPES)
+
+
+_fuzz_settings = settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_fuzz_settings
+@given(st.binary(max_size=300))
+def test_fuzz_decode_arbitrary_bytes(payload: bytes) -> None:
+    _decode_only_frame_or_remote_error(payload)
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.sampled_from(["msg", "hello", "ack", "read", "typing", "gap", "pending", "ping"]),
+    st.sampled_from([MESSAGE_ID, 0, 1, 2**53 - 1, 2**53, -0.0, "\x00"]),
+)
+_keys = st.one_of(
+    st.sampled_from(["t", "v", "n", "k", "i", "s", "b", "at", "m", "a", "w"]),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+)
+_objects = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5), st.dictionaries(_keys, children, max_size=8)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(_objects)
+def test_fuzz_decode_arbitrary_msgpack_objects(obj: object) -> None:
+    _decode_only_frame_or_remote_error(msgpack.packb(obj))
+
+
+@_fuzz_settings
+@given(
+    st.fixed_dictionaries(
+        {"t": st.sampled_from(["msg", "hello", "ack", "read", "typing", "gap", "pending"])},
+        optional={k: _scalars for k in ["v", "n", "k", "i", "s", "b", "at", "m", "a", "w"]},
+    )
+)
+def test_fuzz_decode_known_tags(obj: dict[str, object]) -> None:
+    """Maps with a real tag exercise the field validators, not just the tag check."""
+    payload = msgpack.packb(obj)
+    try:
+        frame = decode(payload)
+    except UnknownFrame:
+        pytest.fail("known tag reported as unknown")
+    except RemoteProtocolError:
+        return
+    assert isinstance(frame, _FRAME_TYPES)
+    assert decode(encode(frame)) == frame

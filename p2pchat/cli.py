@@ -39,7 +39,9 @@ from p2pchat.identity import (
     InvalidPeerId,
     PassphraseRequired,
     WrongPassphrase,
+    format_address,
     load_or_create_identity,
+    parse_address,
 )
 from p2pchat.net.control import ControlClient, ControlError
 from p2pchat.net.endpoint import EndpointError
@@ -115,7 +117,9 @@ def _open_node(paths: Paths, args: argparse.Namespace) -> Node:
 
 
 @contextlib.asynccontextmanager
-async def _api(paths: Paths, args: argparse.Namespace, *, network: bool = False) -> AsyncIterator[Api]:
+async def _api(
+    paths: Paths, args: argparse.Namespace, *, network: bool = False
+) -> AsyncIterator[Api]:
     """The running node if there is one, else a node opened (and maybe started) here."""
     if NodeLock(paths).is_held_elsewhere():
         client = ControlClient(paths.control_socket)
@@ -163,8 +167,12 @@ async def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
         passphrase = first or None
     identity, created = load_or_create_identity(paths.identity, passphrase)
     settings = load_settings(paths)
-    if args.name:
-        settings["name"] = args.name
+    if args.name or args.listen:
+        if args.name:
+            settings["name"] = args.name
+        if args.listen:
+            host, port = parse_address(args.listen)
+            settings["listen"] = format_address(host, port)
         save_settings(paths, settings)
     if args.json:
         _print_json({"peer_id": identity.peer_id, "created": created})
@@ -314,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create the identity if missing and print the peer ID")
     p.add_argument("--name", help="display name shown to contacts")
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help="default UDP address for nodes of this home"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
 
@@ -349,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="ID_OR_NAME")
     p.set_defaults(func=cmd_decline)
 
-    p = sub.add_parser("msg", help="send a message (through the running node, or a short-lived one)")
+    p = sub.add_parser(
+        "msg", help="send a message (through the running node, or a short-lived one)"
+    )
     p.add_argument("contact", metavar="CONTACT")
     p.add_argument("text", metavar="TEXT")
     p.add_argument(

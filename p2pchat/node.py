@@ -572,7 +572,9 @@ class Node:
     def _transmit(self, conn: PeerConnection, messages: list[Message], *, base: int) -> None:
         sent_any = False
         for m in messages:
-            frame = chat.ChatMessage(id=m.id, seq=m.seq, base=base, sent_at=m.created_at, body=m.body)
+            frame = chat.ChatMessage(
+                id=m.id, seq=m.seq, base=base, sent_at=m.created_at, body=m.body
+            )
             sent_any = conn.send(frame) or sent_any
         if sent_any:
             peer = messages[0].peer_id

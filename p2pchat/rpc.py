@@ -76,7 +76,7 @@ async def _send(node: Node, args: dict[str, Any]) -> Any:
     wait = args.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
         raise ValueError("wait must be a non-negative number of seconds")
-    state = message.state
+    state: str = message.state
     if wait and node.running:
         state = await node.wait_for_delivery(message.id, float(wait))
     return {"message": message, "state": state, "online": node.is_online(message.peer_id)}

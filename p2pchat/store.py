@@ -2,12 +2,12 @@
 
 Everything lives in one SQLite file so that a single committed transaction is
 the unit of truth.  The node may be SIGKILLed right after any call returns, so
-every method that writes more than one row runs in its own ``BEGIN IMMEDIATE``
-transaction (``isolation_level=None``: the sqlite3 module never opens or commits
-anything behind our back).  When a method returns, its effect is in the WAL and
-survives the process dying; with ``synchronous=NORMAL`` a power cut may lose the
-last few commits but never corrupts the file, which is the usual trade-off for a
-chat client.
+every method that writes runs as exactly one ``BEGIN IMMEDIATE`` transaction
+(``isolation_level=None``: the sqlite3 module never opens or commits anything
+behind our back).  When a method returns, its effect is in the WAL and survives
+the process dying; with ``synchronous=NORMAL`` a power cut may lose the last few
+commits but never corrupts the file, which is the usual trade-off for a chat
+client.
 
 ``BEGIN IMMEDIATE`` also matters for concurrency: a deferred transaction that
 reads and then writes can fail with ``SQLITE_BUSY`` when another connection
@@ -86,10 +86,13 @@ class AmbiguousContact(StoreError):
 
 
 class ContactExists(StoreError):
-    """Another contact already uses that name.
+    """Another contact already uses the name the user chose.
 
     Names are unique (case-insensitively) so that ``find_contact`` by name is
     never ambiguous and the contact list never shows two indistinguishable rows.
+    Only names typed by the user are refused; names that arrive from peers
+    (invites, hellos, requests) are suffixed instead, because a stranger's
+    choice of name must not make adding them fail.
     """
 
 
@@ -546,6 +549,7 @@ class Store:
         name: str | None,
         *,
         derived_name: str | None,
+        strict_name: bool,
         addresses: Iterable[str],
         now: float,
         verified: bool,
@@ -557,7 +561,10 @@ class Store:
         final_name: str | None = None
         if name is not None:
             final_name = _clean_name(name)
-            self._check_name_free(db, final_name, peer_id)
+            if strict_name:
+                self._check_name_free(db, final_name, peer_id)
+            else:
+                final_name = self._free_name(db, final_name, peer_id)
         if existing is None:
             if final_name is None:
                 wanted = _clip(derived_name, MAX_NAME_CHARS) or _default_name(peer_id)
@@ -598,8 +605,11 @@ class Store:
     ) -> Contact:
         """Add or refresh a contact; adding twice is how an invite re-teaches addresses.
 
-        New addresses go first (they come from the freshest invite); ``verified``
-        only ever goes up here, lowering it takes an explicit ``set_verified``.
+        The node passes names that peers announce, so a name already used by
+        another contact is suffixed with the peer id rather than refused; the
+        returned contact carries the final name.  New addresses go first (they
+        come from the freshest invite); ``verified`` only ever goes up here,
+        lowering it takes an explicit ``set_verified``.
         """
         with self._write() as db:
             return self._upsert_contact(
@@ -607,6 +617,7 @@ class Store:
                 peer_id,
                 name,
                 derived_name=None,
+                strict_name=False,
                 addresses=addresses,
                 now=now,
                 verified=verified,
@@ -963,14 +974,16 @@ class Store:
         address: str | None,
         preview: str | None,
         now: float,
-    ) -> tuple[ContactRequest | None, bool]:
+    ) -> tuple[ContactRequest, bool]:
         """Record a knock from a stranger; the bool says whether to notify the user.
 
         Only a brand-new row notifies: a pending request was already shown and
         a declined peer must not be able to pester.  Pending rows are capped,
         evicting the stalest, so a flood of fresh keys cannot grow the file
-        without bound.  Returns ``(None, False)`` for a peer that is already a
-        contact: that is not a request and nothing is stored.
+        without bound.
+
+        A peer that is already a contact is not a request: nothing is stored
+        and the returned request is a transient view with ``attempts == 0``.
         """
         if not peer_id:
             raise ValueError("peer_id must not be empty")
@@ -979,7 +992,8 @@ class Store:
         preview = _clip(preview, MAX_PREVIEW_CHARS)
         with self._write() as db:
             if self._get_contact(db, peer_id) is not None:
-                return None, False
+                transient = ContactRequest(peer_id, name, address, preview, now, now, 0, "pending")
+                return transient, False
             existing = self._get_request(db, peer_id)
             if existing is None:
                 pending = int(
@@ -1015,7 +1029,9 @@ class Store:
                     (now, name, address, preview, peer_id),
                 )
                 created = False
-            return self._get_request(db, peer_id), created
+            stored = self._get_request(db, peer_id)
+            assert stored is not None  # written in this very transaction
+            return stored, created
 
     def list_requests(self) -> list[ContactRequest]:
         """Pending requests, most recently active first."""
@@ -1052,6 +1068,7 @@ class Store:
                 peer_id,
                 name,
                 derived_name=request.name,
+                strict_name=True,
                 addresses=[request.address] if request.address else [],
                 now=now,
                 verified=False,

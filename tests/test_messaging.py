@@ -110,7 +110,7 @@ async def test_stranger_becomes_a_request_not_chat(start_node: StartNode) -> Non
     assert not log_b.of(MessageReceived)
     assert b.store.history(a.peer_id) == []
     assert a.store.get_message(sent.id).state != "delivered"  # type: ignore[union-attr]
-    assert [e for e in log_b.of(ContactRequestReceived)][0].peer_id == a.peer_id  # type: ignore[attr-defined]
+    assert log_b.of(ContactRequestReceived)[0].peer_id == a.peer_id  # type: ignore[attr-defined]
     # Accepting turns the held-back message into chat, delivered exactly once.
     b.accept_request("alice")
     await wait_until(lambda: bodies(b, "alice", "in") == ["hi, it's alice"])

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
@@ -205,7 +205,7 @@ class Endpoint(asyncio.DatagramProtocol):
             if exc.errno == errno.EADDRINUSE:
                 raise EndpointError(f"UDP port {host}:{port} is already in use") from exc
             raise EndpointError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._transport = transport
         sockname = self._transport.get_extra_info("sockname")
         self.local_address = (str(sockname[0]), int(sockname[1]))
         return self.local_address
@@ -230,7 +230,7 @@ class Endpoint(asyncio.DatagramProtocol):
         # loss recovery and idle timeout take care of the affected connection.
         log.debug("UDP error: %s", exc)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         address = (str(addr[0]), int(addr[1]))
         try:
             self._dispatch(data, address)

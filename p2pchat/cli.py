@@ -287,6 +287,20 @@ async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        peers = await api.call("nearby", {})
+    if args.json:
+        _print_json(peers)
+        return EXIT_OK
+    if not peers:
+        print("nobody nearby (is a node running with LAN discovery on?)")
+    for p in peers:
+        tag = "contact" if p["is_contact"] else "not a contact: `p2pchat add ID`"
+        print(f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})")
+    return EXIT_OK
+
+
 async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
     if not paths.identity.exists():
         raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
@@ -376,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("nearby", help="peers seen on the LAN (mDNS)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nearby)
 
     p = sub.add_parser("daemon", help="run the node headless until SIGINT/SIGTERM")
     p.add_argument("--listen", metavar="HOST:PORT", help="UDP address to listen on")

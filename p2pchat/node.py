@@ -29,9 +29,12 @@ from p2pchat.config import (
 from p2pchat.core import chat
 from p2pchat.core.events import (
     ContactAdded,
+    ContactChanged,
     ContactRequestReceived,
     MessageReceived,
     MessageStateChanged,
+    NearbyPeerFound,
+    NearbyPeerLost,
     NodeEvent,
     NodeStarted,
     NodeStopped,
@@ -49,6 +52,7 @@ from p2pchat.identity import (
     parse_address,
     parse_contact_ref,
     peer_id_from_key,
+    safety_number,
 )
 from p2pchat.net.control import ControlServer
 from p2pchat.net.endpoint import Endpoint, QuicLink
@@ -97,6 +101,18 @@ class ContactView:
     unread: int
 
 
+@dataclass(frozen=True, slots=True)
+class NearbyPeer:
+    """A peer seen by a discovery source; the ID is a claim until a session proves it."""
+
+    peer_id: str
+    name: str | None
+    addresses: tuple[str, ...]
+    source: str
+    seen_at: float
+    is_contact: bool
+
+
 @dataclass(eq=False, slots=True)
 class _Subscription:
     queue: asyncio.Queue[NodeEvent] = field(
@@ -133,6 +149,7 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._nearby: dict[str, NearbyPeer] = {}
         self.running = False
 
     # ------------------------------------------------------------------ life
@@ -279,6 +296,9 @@ class Node:
         if invite.peer_id == self.peer_id:
             raise NodeError("that is your own ID")
         addrs = list(invite.addresses)
+        seen = self._nearby.get(invite.peer_id)
+        if seen is not None:
+            addrs.extend(seen.addresses)
         for addr in addresses:
             host, port = parse_address(addr)
             addrs.append(format_address(host, port))
@@ -388,6 +408,77 @@ class Node:
 
     def is_online(self, peer_id: str) -> bool:
         return peer_id in self._active
+
+    def set_name(self, name: str) -> str:
+        """Our display name, sent to peers in Hello from the next session on."""
+        cleaned = _clean_name(name)
+        if cleaned is None:
+            raise NodeError("a display name needs at least one printable character")
+        self.settings["name"] = cleaned
+        save_settings(self.paths, self.settings)
+        return cleaned
+
+    def rename_contact(self, ref: str, name: str) -> Contact:
+        cleaned = _clean_name(name)
+        if cleaned is None:
+            raise NodeError("a contact name needs at least one printable character")
+        contact = self.store.rename_contact(self.store.find_contact(ref).peer_id, cleaned)
+        self._emit(ContactChanged(contact.peer_id))
+        return contact
+
+    def safety_number(self, ref: str) -> str:
+        """Compare this aloud or side by side with the contact's own screen."""
+        peer = self.store.find_contact(ref)
+        return safety_number(self.identity.public_key, key_from_peer_id(peer.peer_id))
+
+    def verify_contact(self, ref: str, verified: bool = True) -> Contact:
+        contact = self.store.set_verified(self.store.find_contact(ref).peer_id, verified)
+        self._emit(ContactChanged(contact.peer_id))
+        return contact
+
+    # ------------------------------------------------------------ discovery
+    def nearby(self) -> list[NearbyPeer]:
+        return sorted(self._nearby.values(), key=lambda p: (p.name or "", p.peer_id))
+
+    def peer_discovered(
+        self, peer_id: str, addresses: Iterable[str], *, source: str, name: str | None = None
+    ) -> None:
+        """A discovery source (mDNS, DHT) claims ``peer_id`` is reachable at ``addresses``.
+
+        Nothing is trusted yet: a contact is dialled with its key as the expected
+        peer, so a false claim ends in a key mismatch, not in a session.
+        """
+        if peer_id == self.peer_id:
+            return
+        addrs = tuple(dict.fromkeys(addresses))
+        contact = self.store.get_contact(peer_id)
+        if contact is not None:
+            merged = tuple(dict.fromkeys((*addrs, *contact.addresses)))[:8]
+            if merged != contact.addresses:
+                self.store.set_addresses(peer_id, merged)
+            if peer_id not in self._active:
+                state = self._dial.setdefault(peer_id, _DialState())
+                state.next_at = 0.0
+                state.index = 0
+                self._poke()
+        before = self._nearby.get(peer_id)
+        entry = NearbyPeer(
+            peer_id=peer_id,
+            name=_clean_name(name),
+            addresses=addrs,
+            source=source,
+            seen_at=self.clock(),
+            is_contact=contact is not None,
+        )
+        self._nearby[peer_id] = entry
+        if before is None or before.addresses != addrs or before.name != entry.name:
+            self._emit(NearbyPeerFound(peer_id, entry.name, addrs, source))
+
+    def peer_lost(self, peer_id: str, *, source: str) -> None:
+        entry = self._nearby.get(peer_id)
+        if entry is not None and entry.source == source:
+            del self._nearby[peer_id]
+            self._emit(NearbyPeerLost(peer_id, source))
 
     # --------------------------------------------------------- connections
     def _poke(self) -> None:

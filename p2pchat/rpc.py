@@ -89,7 +89,18 @@ async def _history(node: Node, args: dict[str, Any]) -> Any:
     return node.history(_str(args, "contact"), limit=limit)
 
 
+async def _nearby(node: Node, args: dict[str, Any]) -> Any:
+    return node.nearby()
+
+
+async def _verify(node: Node, args: dict[str, Any]) -> Any:
+    contact = node.verify_contact(_str(args, "contact"), bool(args.get("verified", True)))
+    return {"contact": contact, "safety_number": node.safety_number(contact.peer_id)}
+
+
 OPS: dict[str, Op] = {
+    "nearby": _nearby,
+    "verify": _verify,
     "info": _info,
     "contacts": _contacts,
     "requests": _requests,

@@ -85,3 +85,27 @@ class PeerKeyMismatch(NodeEvent):
 
     peer_id: str
     address: str
+
+
+@dataclass(frozen=True, slots=True)
+class NearbyPeerFound(NodeEvent):
+    """A peer announced itself nearby (LAN).  Its ID is only a claim until a
+    session proves the key; non-contacts can be added with one request."""
+
+    peer_id: str
+    name: str | None
+    addresses: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class NearbyPeerLost(NodeEvent):
+    peer_id: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContactChanged(NodeEvent):
+    """A contact's stored details changed (name, verified flag, addresses)."""
+
+    peer_id: str

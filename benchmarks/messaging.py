@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""Messaging benchmark: p2pchat 1:1 chat against a bare aioquic echo, in one run.
+
+Usage (from the repository root)::
+
+    python3 benchmarks/messaging.py [--messages N] [--rtt-samples M] [--rounds R] [--profile]
+
+Everything runs in one process and one asyncio loop, and every socket is bound
+to 127.0.0.1 and talks only to 127.0.0.1.  Both sides of each pair share that
+loop, so every figure includes the work of the sender *and* the receiver.
+
+p2pchat
+    Two real ``Node`` objects, each in its own temporary home with a fresh
+    identity, listening on loopback ports and contacts of each other.  Only
+    alice knows bob's address, so exactly one connection is opened (no
+    simultaneous open to settle while measuring).
+
+    * round trip: alice sends a message, bob's event stream sees
+      ``MessageReceived`` and bob sends a reply at once, alice's event stream
+      sees the reply's ``MessageReceived``.  This is the full path twice:
+      SQLite commits, sealing, QUIC, the receive window, acks.
+    * delivery ack: ``send_message`` until alice's event stream sees
+      ``MessageStateChanged(..., "delivered")`` for that message.
+    * throughput: alice sends N messages as fast as she can; rate until bob has
+      seen all N ``MessageReceived`` events, and until alice has seen all N
+      ``delivered`` events.
+
+aioquic reference
+    ``aioquic.asyncio.serve`` on 127.0.0.1 with a throwaway self-signed
+    certificate, ALPN "bench", and a client on one bidirectional stream.  Each
+    message is a 4-byte big-endian length and a payload whose first byte says
+    what the server does with it: ``E`` echo it back, ``C`` count it, ``F``
+    answer with the count so far.
+
+    * round trip: a 100-byte ``E`` message written and read back.
+    * throughput: N ``C`` messages, then one ``F``; rate until the server has
+      read all N, and until the client has the server's count back.  The
+      server acknowledges once at the end (p2pchat acks every message).
+
+The client is opened as ``aioquic.asyncio.connect`` opens it (a
+``QuicConnectionProtocol`` on its own UDP socket), except that the socket is
+bound to 127.0.0.1: ``connect`` itself binds the wildcard ``::``.
+
+Ratios are slowdown factors, p2pchat time over aioquic time: for latency
+``p2pchat ms / aioquic ms``, for throughput ``aioquic msg/s / p2pchat msg/s``.
+Larger means p2pchat is slower; 1.0 would be parity.
+
+The figures depend on the machine and its load; nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import datetime
+import gc
+import math
+import os
+import platform
+import pstats
+import socket
+import sqlite3
+import ssl
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from aioquic.asyncio import QuicConnectionProtocol, serve
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from p2pchat.config import Paths, save_settings
+from p2pchat.core.events import MessageReceived, MessageStateChanged, NodeEvent
+from p2pchat.identity import create_identity
+from p2pchat.node import EVENT_QUEUE_SIZE, Node
+
+LOOPBACK = "127.0.0.1"
+ALPN = "bench"
+BODY_BYTES = 100
+WARMUP = 50
+# Senders yield to the loop after this many messages, so event subscribers
+# keep up and the receiver can start working while the sender still sends.
+CHUNK = 256
+PHASE_TIMEOUT = 120.0
+HEADER = struct.Struct(">I")
+
+
+# --------------------------------------------------------------------- helpers
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def body(tag: str, i: int) -> str:
+    """A 100-byte ASCII message body: tag, index, padding."""
+    head = f"{tag} {i:08d} "
+    return head + "x" * (BODY_BYTES - len(head))
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50)
+
+
+@dataclass
+class Latency:
+    samples: list[float] = field(default_factory=list)  # seconds
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.samples, 50) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.samples, 99) * 1000
+
+
+@dataclass
+class Throughput:
+    """One bulk run: seconds from the first send until each milestone."""
+
+    messages: int
+    queued: float  # the sender's loop finished
+    received: float  # the receiver has all N
+    confirmed: float  # the sender knows the receiver has all N
+
+    def rate(self, elapsed: float) -> float:
+        return self.messages / elapsed
+
+
+@dataclass
+class Results:
+    rtt: Latency = field(default_factory=Latency)
+    ack: Latency | None = None
+    bulk: list[Throughput] = field(default_factory=list)
+
+    def rate(self, milestone: str) -> float:
+        return median([run.rate(getattr(run, milestone)) for run in self.bulk])
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+# ------------------------------------------------------------------- p2pchat
+def make_home(root: Path, name: str) -> Paths:
+    """A state folder with an unsealed identity and a loopback listen address."""
+    paths = Paths(root / name)
+    paths.ensure()
+    create_identity(paths.identity)
+    save_settings(paths, {"name": name, "listen": f"{LOOPBACK}:{free_udp_port()}"})
+    return paths
+
+
+class Tap:
+    """Consumes a node's event stream and hands each event to the current handler."""
+
+    def __init__(self, node: Node) -> None:
+        self.handler: Callable[[NodeEvent], None] | None = None
+        self._task = asyncio.ensure_future(self._run(node))
+
+    async def _run(self, node: Node) -> None:
+        async for event in node.events():
+            if self.handler is not None:
+                self.handler(event)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def chat_pair() -> AsyncIterator[tuple[Node, Node, Tap, Tap]]:
+    with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
+        root = Path(tmp)
+        alice = Node(make_home(root, "alice"))
+        bob = Node(make_home(root, "bob"))
+        try:
+            await alice.start(control=False)
+            await bob.start(control=False)
+            tap_a, tap_b = Tap(alice), Tap(bob)
+            await asyncio.sleep(0)  # let both taps subscribe
+            # Only alice dials: bob learns her address from the session itself.
+            bob.add_contact(alice.peer_id, name="alice")
+            alice.add_contact(bob.peer_id, name="bob", addresses=bob.addresses)
+            await wait_until(lambda: alice.is_online(bob.peer_id) and bob.is_online(alice.peer_id))
+            try:
+                yield alice, bob, tap_a, tap_b
+            finally:
+                await tap_a.close()
+                await tap_b.close()
+        finally:
+            await alice.stop()
+            await bob.stop()
+
+
+async def chat_round_trips(
+    alice: Node, bob: Node, tap_a: Tap, tap_b: Tap, count: int
+) -> Latency:
+    loop = asyncio.get_running_loop()
+    alice_id, bob_id = alice.peer_id, bob.peer_id
+    waiter: asyncio.Future[float] | None = None
+
+    def on_bob(event: NodeEvent) -> None:
+        if isinstance(event, MessageReceived) and event.body.startswith("ping"):
+            bob.send_message(alice_id, "pong" + event.body[4:])
+
+    def on_alice(event: NodeEvent) -> None:
+        if isinstance(event, MessageReceived) and waiter is not None and not waiter.done():
+            waiter.set_result(time.perf_counter())
+
+    tap_a.handler, tap_b.handler = on_alice, on_bob
+    result = Latency()
+    try:
+        for i in range(WARMUP + count):
+            waiter = loop.create_future()
+            start = time.perf_counter()
+            alice.send_message(bob_id, body("ping", i))
+            end = await asyncio.wait_for(waiter, PHASE_TIMEOUT)
+            if i >= WARMUP:
+                result.samples.append(end - start)
+    finally:
+        tap_a.handler = tap_b.handler = None
+    return result
+
+
+async def chat_ack_round_trips(alice: Node, bob: Node, tap_a: Tap, count: int) -> Latency:
+    loop = asyncio.get_running_loop()
+    bob_id = bob.peer_id
+    pending: str | None = None
+    waiter: asyncio.Future[float] | None = None
+
+    def on_alice(event: NodeEvent) -> None:
+        if (
+            isinstance(event, MessageStateChanged)
+            and event.state == "delivered"
+            and event.message_id == pending
+            and waiter is not None
+            and not waiter.done()
+        ):
+            waiter.set_result(time.perf_counter())
+
+    tap_a.handler = on_alice
+    result = Latency()
+    try:
+        for i in range(WARMUP + count):
+            waiter = loop.create_future()
+            start = time.perf_counter()
+            pending = alice.send_message(bob_id, body("probe", i)).id
+            end = await asyncio.wait_for(waiter, PHASE_TIMEOUT)
+            if i >= WARMUP:
+                result.samples.append(end - start)
+    finally:
+        tap_a.handler = None
+    return result
+
+
+async def chat_bulk(alice: Node, bob: Node, tap_a: Tap, tap_b: Tap, n: int) -> Throughput:
+    loop = asyncio.get_running_loop()
+    received_all: asyncio.Future[float] = loop.create_future()
+    delivered_all: asyncio.Future[float] = loop.create_future()
+    alice_id, bob_id = alice.peer_id, bob.peer_id
+    counts = {"received": 0, "delivered": 0}
+    recv_before = bob.store.recv_seq(alice_id)
+
+    def on_bob(event: NodeEvent) -> None:
+        if isinstance(event, MessageReceived) and event.body.startswith("bulk"):
+            counts["received"] += 1
+            if counts["received"] == n:
+                received_all.set_result(time.perf_counter())
+
+    def on_alice(event: NodeEvent) -> None:
+        # Earlier phases are fully delivered, so every "delivered" now is a bulk message.
+        if isinstance(event, MessageStateChanged) and event.state == "delivered":
+            counts["delivered"] += 1
+            if counts["delivered"] == n:
+                delivered_all.set_result(time.perf_counter())
+
+    tap_a.handler, tap_b.handler = on_alice, on_bob
+    try:
+        start = time.perf_counter()
+        for i in range(n):
+            alice.send_message(bob_id, body("bulk", i))
+            if i % CHUNK == CHUNK - 1:
+                await asyncio.sleep(0)
+        queued = time.perf_counter()
+        received = await asyncio.wait_for(received_all, PHASE_TIMEOUT)
+        confirmed = await asyncio.wait_for(delivered_all, PHASE_TIMEOUT)
+    finally:
+        tap_a.handler = tap_b.handler = None
+    if bob.store.recv_seq(alice_id) != recv_before + n or alice.store.outbox(bob_id):
+        raise RuntimeError("bulk run did not end with every message stored and acknowledged")
+    return Throughput(n, queued - start, received - start, confirmed - start)
+
+
+async def bench_p2pchat(args: argparse.Namespace, profiler: cProfile.Profile | None) -> Results:
+    results = Results()
+    async with chat_pair() as (alice, bob, tap_a, tap_b):
+        gc.collect()
+        results.rtt = await chat_round_trips(alice, bob, tap_a, tap_b, args.rtt_samples)
+        gc.collect()
+        results.ack = await chat_ack_round_trips(alice, bob, tap_a, args.rtt_samples)
+        await chat_bulk(alice, bob, tap_a, tap_b, min(args.messages, 500))  # warm-up
+        for _ in range(args.rounds):
+            gc.collect()
+            results.bulk.append(await chat_bulk(alice, bob, tap_a, tap_b, args.messages))
+        if profiler is not None:
+            gc.collect()
+            profiler.enable()
+            await chat_bulk(alice, bob, tap_a, tap_b, args.messages)
+            profiler.disable()
+    return results
+
+
+# ---------------------------------------------------------- aioquic reference
+def write_certificate(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class BenchServer:
+    """Serves the echo/count protocol on every stream a client opens."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.finished_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stream_handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                header = await reader.readexactly(HEADER.size)
+                payload = await reader.readexactly(HEADER.unpack(header)[0])
+                kind = payload[:1]
+                if kind == b"E":
+                    writer.write(header + payload)
+                elif kind == b"C":
+                    self.count += 1
+                elif kind == b"F":
+                    self.finished_at = time.perf_counter()
+                    writer.write(HEADER.pack(4) + HEADER.pack(self.count))
+                    self.count = 0
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def connect_loopback(
+    port: int, configuration: QuicConfiguration
+) -> AsyncIterator[QuicConnectionProtocol]:
+    """``aioquic.asyncio.connect`` with the client socket bound to 127.0.0.1."""
+    loop = asyncio.get_running_loop()
+    connection = QuicConnection(configuration=configuration)
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: QuicConnectionProtocol(connection), local_addr=(LOOPBACK, 0)
+    )
+    try:
+        protocol.connect((LOOPBACK, port))
+        await asyncio.wait_for(protocol.wait_connected(), 10)
+        yield protocol
+    finally:
+        protocol.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(protocol.wait_closed(), 5)
+        transport.close()
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(HEADER.size)
+    return await reader.readexactly(HEADER.unpack(header)[0])
+
+
+async def quic_round_trips(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: int
+) -> Latency:
+    result = Latency()
+    for i in range(WARMUP + count):
+        message = frame(b"E" + body("echo", i).encode()[1:])
+        start = time.perf_counter()
+        writer.write(message)
+        await asyncio.wait_for(read_frame(reader), PHASE_TIMEOUT)
+        end = time.perf_counter()
+        if i >= WARMUP:
+            result.samples.append(end - start)
+    return result
+
+
+async def quic_bulk(
+    server: BenchServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+) -> Throughput:
+    start = time.perf_counter()
+    for i in range(n):
+        writer.write(frame(b"C" + body("bulk", i).encode()[1:]))
+        if i % CHUNK == CHUNK - 1:
+            await asyncio.sleep(0)
+    writer.write(frame(b"F"))
+    queued = time.perf_counter()
+    reply = await asyncio.wait_for(read_frame(reader), PHASE_TIMEOUT)
+    confirmed = time.perf_counter()
+    if HEADER.unpack(reply)[0] != n:
+        raise RuntimeError(f"server counted {HEADER.unpack(reply)[0]} of {n} messages")
+    return Throughput(n, queued - start, server.finished_at - start, confirmed - start)
+
+
+async def bench_aioquic(args: argparse.Namespace, profiler: cProfile.Profile | None) -> Results:
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="aioquic-bench-") as tmp:
+        cert_path, key_path = write_certificate(Path(tmp))
+        server_config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+        server_config.load_cert_chain(cert_path, key_path)
+        client_config = QuicConfiguration(
+            is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE, server_name="bench"
+        )
+        handler = BenchServer()
+        port = free_udp_port()
+        quic_server = await serve(
+            LOOPBACK, port, configuration=server_config, stream_handler=handler.stream_handler
+        )
+        try:
+            async with connect_loopback(port, client_config) as client:
+                reader, writer = await client.create_stream()
+                gc.collect()
+                results.rtt = await quic_round_trips(reader, writer, args.rtt_samples)
+                await quic_bulk(handler, reader, writer, min(args.messages, 500))  # warm-up
+                for _ in range(args.rounds):
+                    gc.collect()
+                    results.bulk.append(await quic_bulk(handler, reader, writer, args.messages))
+                if profiler is not None:
+                    gc.collect()
+                    profiler.enable()
+                    await quic_bulk(handler, reader, writer, args.messages)
+                    profiler.disable()
+        finally:
+            quic_server.close()
+            await handler.close()
+    return results
+
+
+# ------------------------------------------------------------------ profiling
+CATEGORIES = (
+    ("SQLite (store.py + sqlite3)", ("p2pchat/store.py", "sqlite3.")),
+    ("NaCl sealing/opening", ("nacl/", "_sodium")),
+    ("msgpack + frame checks (chat.py)", ("msgpack", "p2pchat/core/chat.py")),
+    ("aioquic (QUIC + packet protection)", ("aioquic/", "_buffer", "_crypto")),
+    ("other p2pchat code", ("p2pchat/",)),
+    ("asyncio loop + UDP syscalls", ("asyncio/", "selectors", "socket")),
+)
+
+
+def profile_breakdown(profiler: cProfile.Profile) -> list[tuple[str, float]]:
+    """Own time (tottime) per layer; the shares matter, cProfile inflates the total."""
+    stats = pstats.Stats(profiler)
+    totals: dict[str, float] = {}
+    for (filename, _line, func), row in stats.stats.items():
+        where = f"{filename} {func}"
+        label = next(
+            (name for name, keys in CATEGORIES if any(k in where for k in keys)), "everything else"
+        )
+        totals[label] = totals.get(label, 0.0) + row[2]
+    return sorted(totals.items(), key=lambda item: -item[1])
+
+
+def print_profile(title: str, profiler: cProfile.Profile, n: int) -> None:
+    breakdown = profile_breakdown(profiler)
+    total = sum(seconds for _, seconds in breakdown)
+    print(f"\n{title} (cProfile own time, one bulk run of {n:,} messages)")
+    for label, seconds in breakdown:
+        print(
+            f"  {label:<38} {seconds / n * 1e6:8.1f} µs/msg  {100 * seconds / total:5.1f} %"
+        )
+    print(f"  {'total':<38} {total / n * 1e6:8.1f} µs/msg")
+
+
+# -------------------------------------------------------------------- report
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None:
+    cpus = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    print()
+    print(f"date       {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"python     {platform.python_version()} ({platform.python_implementation()})")
+    print(
+        f"packages   aioquic {package_version('aioquic')}, pynacl {package_version('pynacl')},"
+        f" msgpack {package_version('msgpack')}, cryptography {package_version('cryptography')},"
+        f" SQLite {sqlite3.sqlite_version}"
+    )
+    print(f"machine    {platform.system()} {platform.machine()}, {cpu_model()},"
+          f" {cpus} CPUs ({usable} usable)")
+    print(
+        f"workload   {BODY_BYTES}-byte messages; {args.rtt_samples} round trips after {WARMUP}"
+        f" warm-up; bulk {args.messages:,} messages x {args.rounds} rounds (median)"
+    )
+    print("ratio      slowdown = p2pchat time / aioquic time  (throughput: aioquic rate / p2pchat"
+          " rate)")
+    print()
+    assert chat.ack is not None
+    rows = [
+        ("round trip p50 (ms)", chat.rtt.p50_ms, quic.rtt.p50_ms, "p2pchat: message + reply"),
+        ("round trip p99 (ms)", chat.rtt.p99_ms, quic.rtt.p99_ms, "aioquic: echo"),
+        ("delivery ack p50 (ms)", chat.ack.p50_ms, quic.rtt.p50_ms, "send -> 'delivered'"),
+        ("delivery ack p99 (ms)", chat.ack.p99_ms, quic.rtt.p99_ms, "vs the same echo"),
+    ]
+    header = f"{'':<26}{'p2pchat':>12}{'aioquic':>12}{'slowdown':>10}  note"
+    print(header)
+    print("-" * (len(header) + 26))
+    for label, ours, ref, note in rows:
+        print(f"{label:<26}{ours:>12.3f}{ref:>12.3f}{ours / ref:>9.1f}x  {note}")
+    for label, milestone, note in (
+        ("received (msg/s)", "received", "receiver has all N"),
+        ("confirmed (msg/s)", "confirmed", "sender knows (acks)"),
+    ):
+        ours, ref = chat.rate(milestone), quic.rate(milestone)
+        print(f"{label:<26}{ours:>12,.0f}{ref:>12,.0f}{ref / ours:>9.1f}x  {note}")
+    print()
+    for name, res in (("p2pchat", chat), ("aioquic", quic)):
+        runs = ", ".join(
+            f"{r.rate(r.received):,.0f}/{r.rate(r.confirmed):,.0f}" for r in res.bulk
+        )
+        send_loop = median([r.queued for r in res.bulk]) / args.messages * 1e6
+        print(
+            f"{name} bulk rounds (received/confirmed msg/s): {runs};"
+            f" sender loop {send_loop:.0f} µs/msg"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="p2pchat 1:1 messaging against a bare aioquic echo, on 127.0.0.1.",
+    )
+    parser.add_argument(
+        "--messages", type=int, default=2000, metavar="N",
+        help="messages per bulk throughput round (default 2000)",
+    )
+    parser.add_argument(
+        "--rtt-samples", type=int, default=1000, metavar="M",
+        help="measured round trips per latency figure, after a warm-up of 50 (default 1000)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, metavar="R",
+        help="bulk rounds per side; the median rate is reported (default 3)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="after the timed runs, profile one more bulk round per side with cProfile",
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.messages <= EVENT_QUEUE_SIZE:
+        parser.error(f"--messages must be between 1 and {EVENT_QUEUE_SIZE}")
+    if args.rtt_samples < 1 or args.rounds < 1:
+        parser.error("--rtt-samples and --rounds must be positive")
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    chat_profiler = cProfile.Profile() if args.profile else None
+    quic_profiler = cProfile.Profile() if args.profile else None
+    print("p2pchat: two nodes on 127.0.0.1 ...", flush=True)
+    chat = await bench_p2pchat(args, chat_profiler)
+    print("aioquic: echo server and client on 127.0.0.1 ...", flush=True)
+    quic = await bench_aioquic(args, quic_profiler)
+    print_report(args, chat, quic)
+    if chat_profiler is not None and quic_profiler is not None:
+        print_profile("p2pchat", chat_profiler, args.messages)
+        print_profile("aioquic reference", quic_profiler, args.messages)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

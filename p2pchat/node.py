@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from p2pchat.config import (
@@ -57,7 +58,8 @@ from p2pchat.identity import (
 from p2pchat.net.control import ControlServer
 from p2pchat.net.endpoint import Endpoint, QuicLink
 from p2pchat.net.peer import PeerConnection
-from p2pchat.store import Contact, ContactRequest, Message, Store
+from p2pchat.net.transfers import TransferError, TransferManager, TransferPolicy
+from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,16 @@ class Node:
         self._wake: asyncio.Event | None = None
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._nearby: dict[str, NearbyPeer] = {}
+        downloads = self.settings.get("downloads")
+        self.transfers = TransferManager(
+            self.store,
+            TransferPolicy(Path(downloads) if isinstance(downloads, str) else paths.downloads),
+            clock=self.clock,
+            emit=self._emit,
+            connection_for=self._active.get,
+            is_contact=lambda peer: self.store.get_contact(peer) is not None,
+            spawn=self._spawn,
+        )
         self.running = False
 
     # ------------------------------------------------------------------ life
@@ -175,21 +187,35 @@ class Node:
         *,
         listen: str | None = None,
         control: bool = True,
+        downloads: Path | None = None,
+        accept_files_from: Iterable[str] = (),
     ) -> None:
-        """Take the home's lock, bind the UDP socket, serve the control socket."""
+        """Take the home's lock, bind the UDP socket, serve the control socket.
+
+        ``accept_files_from`` lists contacts (or ``"contacts"`` for all of them)
+        whose file offers are accepted without asking: for headless receivers.
+        """
         if self.running:
             return
+        if downloads is not None:
+            self.transfers.policy.downloads = _absolute(downloads)
+        self.transfers.policy.accept_from = frozenset(
+            ref if ref == "contacts" else self.store.find_contact(ref).peer_id
+            for ref in accept_files_from
+        )
         self._lock.acquire()
         try:
             host, port = parse_address(listen) if listen else self._default_listen()
             self._endpoint = Endpoint(self.identity)
             self._endpoint.on_incoming = self._incoming
             bound = await self._endpoint.start(host, port)
+            await self.transfers.start(bound[0])
             self._wake = asyncio.Event()
             if control:
                 self._control = ControlServer(self.paths.control_socket, self)
                 await self._control.start()
         except BaseException:
+            await self.transfers.stop()
             if self._endpoint is not None:
                 self._endpoint.close()
                 self._endpoint = None
@@ -219,6 +245,7 @@ class Node:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.transfers.stop()
         for conn in list(self._conns):
             conn.close("node stopping")
         if self._endpoint is not None:
@@ -436,6 +463,54 @@ class Node:
         self._emit(ContactChanged(contact.peer_id))
         return contact
 
+    # ------------------------------------------------------------ file drop
+    async def offer_files(self, contact: str, paths: Iterable[Path]) -> Transfer:
+        """Offer files or folders; they are sent once the contact accepts."""
+        peer = self.store.find_contact(contact)
+        return await self.transfers.offer(peer.peer_id, [Path(p) for p in paths])
+
+    def list_transfers(self, contact: str | None = None) -> list[Transfer]:
+        peer_id = self.store.find_contact(contact).peer_id if contact else None
+        return self.store.list_transfers(peer_id=peer_id)
+
+    def get_transfer(self, transfer_id: str) -> Transfer:
+        matches = [t for t in self.store.list_transfers() if t.id.startswith(transfer_id)]
+        if len(transfer_id) < 4 or len(matches) != 1:
+            raise TransferError(f"no single transfer matches {transfer_id!r}")
+        return matches[0]
+
+    def accept_transfer(
+        self, transfer_id: str, *, only: list[int] | None = None, folder: Path | None = None
+    ) -> Transfer:
+        return self.transfers.accept(self.get_transfer(transfer_id).id, only=only, folder=folder)
+
+    def decline_transfer(self, transfer_id: str, reason: str = "declined") -> None:
+        self.transfers.decline(self.get_transfer(transfer_id).id, reason)
+
+    def cancel_transfer(self, transfer_id: str) -> None:
+        self.transfers.cancel(self.get_transfer(transfer_id).id)
+
+    async def wait_transfer(self, transfer_id: str, timeout: float) -> str:
+        """Wait until the transfer reaches a final state; return the state then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        queue = _Subscription()
+        self._subs.add(queue)
+        try:
+            while True:
+                t = self.store.get_transfer(transfer_id)
+                if t is None:
+                    raise TransferError(f"no transfer {transfer_id}")
+                if t.state in ("done", "declined", "cancelled", "failed"):
+                    return t.state
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return t.state
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.queue.get(), min(remaining, 1.0))
+        finally:
+            self._subs.discard(queue)
+
     # ------------------------------------------------------------ discovery
     def nearby(self) -> list[NearbyPeer]:
         return sorted(self._nearby.values(), key=lambda p: (p.name or "", p.peer_id))
@@ -504,6 +579,7 @@ class Node:
             now = loop.time()
             for contact in self.store.list_contacts():
                 self._maybe_dial(contact, now)
+            self.transfers.tick()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -548,8 +624,15 @@ class Node:
         )
         self._emit(PeerKeyMismatch(peer_id_from_key(expected), conn.address))
 
+    def stream_received(
+        self, conn: PeerConnection, stream_id: int, data: bytes, end: bool
+    ) -> None:
+        if conn.peer_id is not None and self._active.get(conn.peer_id) is conn:
+            self.transfers.stream_data(conn, stream_id, data, end)
+
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
         self._conns.discard(conn)
+        self.transfers.connection_closed(conn)
         self._gaps_sent.pop(conn, None)
         peer = conn.peer_id
         if peer is None:
@@ -641,6 +724,7 @@ class Node:
         if recv_seq:
             conn.send(chat.Ack(recv_seq))
         self._resend_outbox(conn, peer, from_seq=0)
+        self.transfers.peer_online(conn)
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
         old_at = old.established_at or 0.0
@@ -704,6 +788,22 @@ class Node:
             self._resend_outbox(conn, peer, from_seq=frame.want)
         elif isinstance(frame, chat.Typing):
             self._emit(TypingChanged(peer, frame.active))
+        elif isinstance(frame, _FILE_FRAMES):
+            self.transfers.frame_received(peer, frame)
+
+
+_FILE_FRAMES = (
+    chat.FileOffer,
+    chat.FileAccept,
+    chat.FileDecline,
+    chat.FileCancel,
+    chat.FileProgress,
+    chat.FileResult,
+)
+
+
+def _absolute(path: Path) -> Path:
+    return path.expanduser().absolute()
 
 
 def _clean_name(name: str | None) -> str | None:

@@ -133,6 +133,38 @@ class ContactRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferFile:
+    index: int
+    path: str
+    size: int
+    hash: bytes
+    source: str | None
+    part: str | None
+    final: str | None
+    accepted: bool
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    id: str
+    peer_id: str
+    direction: str
+    state: str
+    created_at: float
+    updated_at: float
+    error: str | None
+    bytes_moved: int
+    attempts: int
+    folder: str | None
+    files: tuple[TransferFile, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(f.size for f in self.files if f.accepted)
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiveResult:
     """What happened to an incoming message; ``recv_seq`` is what the node acks."""
 
@@ -213,6 +245,37 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at REAL NOT NULL,
         used_at    REAL,
         used_by    TEXT
+    );
+    """,
+    """
+    -- File drop: one row per transfer, one per offered file.  The receiver's
+    -- progress is the size of its .part file (every byte in it was authenticated),
+    -- so nothing per chunk needs to be written here.
+    CREATE TABLE transfers (
+        id          TEXT PRIMARY KEY,
+        peer_id     TEXT NOT NULL,
+        direction   TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        state       TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        error       TEXT,
+        bytes_moved INTEGER NOT NULL DEFAULT 0,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        folder      TEXT
+    );
+    CREATE INDEX transfers_peer ON transfers (peer_id, created_at);
+    CREATE TABLE transfer_files (
+        transfer_id TEXT NOT NULL REFERENCES transfers (id) ON DELETE CASCADE,
+        idx         INTEGER NOT NULL,
+        path        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        hash        BLOB NOT NULL,
+        source      TEXT,
+        part        TEXT,
+        final       TEXT,
+        accepted    INTEGER NOT NULL DEFAULT 1,
+        done        INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (transfer_id, idx)
     );
     """,
 )
@@ -1108,3 +1171,135 @@ class Store:
                 (now, peer_id, token, now),
             ).rowcount
         return updated == 1
+
+    # -- file transfers ------------------------------------------------------
+
+    def create_transfer(
+        self,
+        transfer_id: str,
+        peer_id: str,
+        *,
+        direction: str,
+        state: str,
+        files: Sequence[tuple[str, int, bytes, str | None]],
+        now: float,
+        folder: str | None = None,
+    ) -> Transfer:
+        """``files``: (relative path, size, hash, local source path or None)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO transfers (id, peer_id, direction, state, created_at, updated_at,"
+                " folder) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (transfer_id, peer_id, direction, state, now, now, folder),
+            )
+            db.executemany(
+                "INSERT INTO transfer_files (transfer_id, idx, path, size, hash, source)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(transfer_id, i, p, size, h, src) for i, (p, size, h, src) in enumerate(files)],
+            )
+        transfer = self.get_transfer(transfer_id)
+        assert transfer is not None
+        return transfer
+
+    def get_transfer(self, transfer_id: str) -> Transfer | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT id, peer_id, direction, state, created_at, updated_at, error,"
+                " bytes_moved, attempts, folder FROM transfers WHERE id = ?",
+                (transfer_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            files = db.execute(
+                "SELECT idx, path, size, hash, source, part, final, accepted, done"
+                " FROM transfer_files WHERE transfer_id = ? ORDER BY idx",
+                (transfer_id,),
+            ).fetchall()
+        entries = tuple(
+            TransferFile(
+                f[0], f[1], f[2], bytes(f[3]), f[4], f[5], f[6], bool(f[7]), bool(f[8])
+            )
+            for f in files
+        )
+        return Transfer(
+            id=row[0],
+            peer_id=row[1],
+            direction=row[2],
+            state=row[3],
+            created_at=row[4],
+            updated_at=row[5],
+            error=row[6],
+            bytes_moved=row[7],
+            attempts=row[8],
+            folder=row[9],
+            files=entries,
+        )
+
+    def list_transfers(
+        self,
+        *,
+        peer_id: str | None = None,
+        direction: str | None = None,
+        states: Sequence[str] | None = None,
+    ) -> list[Transfer]:
+        query = "SELECT id FROM transfers"
+        clauses: list[str] = []
+        params: list[Any] = []
+        if direction is not None:
+            clauses.append("direction = ?")
+            params.append(direction)
+        if peer_id is not None:
+            clauses.append("peer_id = ?")
+            params.append(peer_id)
+        if states is not None:
+            clauses.append(f"state IN ({', '.join('?' for _ in states)})")
+            params.extend(states)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        with self._read() as db:
+            ids = [r[0] for r in db.execute(query + " ORDER BY created_at", params)]
+        return [t for t in (self.get_transfer(i) for i in ids) if t is not None]
+
+    def set_transfer_state(
+        self, transfer_id: str, state: str, *, now: float, error: str | None = None
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE transfers SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                (state, error, now, transfer_id),
+            )
+
+    def add_transfer_bytes(self, transfer_id: str, count: int, *, now: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE transfers SET bytes_moved = bytes_moved + ?, updated_at = ? WHERE id = ?",
+                (count, now, transfer_id),
+            )
+
+    def set_transfer_folder(self, transfer_id: str, folder: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE transfers SET folder = ? WHERE id = ?", (folder, transfer_id))
+
+    def bump_transfer_attempts(self, transfer_id: str, *, now: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE transfers SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (now, transfer_id),
+            )
+
+    def set_transfer_files(
+        self,
+        transfer_id: str,
+        updates: Sequence[tuple[int, dict[str, Any]]],
+    ) -> None:
+        """Per-file updates of ``part``, ``final``, ``accepted`` or ``done``."""
+        allowed = {"part", "final", "accepted", "done"}
+        with self._write() as db:
+            for index, fields in updates:
+                if not fields.keys() <= allowed:
+                    raise ValueError(f"cannot update {set(fields) - allowed}")
+                sets = ", ".join(f"{k} = ?" for k in fields)
+                db.execute(
+                    f"UPDATE transfer_files SET {sets} WHERE transfer_id = ? AND idx = ?",
+                    (*fields.values(), transfer_id, index),
+                )

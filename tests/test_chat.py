@@ -210,7 +210,7 @@ def test_unknown_keys_in_known_frames_ignored() -> None:
         b"\x91" * 5000,  # deep nesting
         b"\xdd\xff\xff\xff\xff",  # array header claiming 4 billion items
         b"\xdb\xff\xff\xff\xff",  # string header claiming 4 GiB
-        msgpack.packb({"t": "ping", "x": list(range(1000))}),
+        msgpack.packb({"t": "ping", "x": list(range(5000))}),
         msgpack.packb({str(i): i for i in range(1000)}),
     ],
 )

@@ -545,3 +545,14 @@ def test_fuzz_structured_handshake_messages(message: dict[str, object]) -> None:
     responder.receive_data(frame)
     responder.receive_data(frame)
     _check_fuzz_events(responder)
+
+
+def test_exported_keys_agree_and_differ_by_label_and_session(
+    alice: SigningKey, bob: SigningKey
+) -> None:
+    i, r = connected(alice, bob)
+    second = connected(alice, bob)
+    assert i.export_key(b"file", b"t1") == r.export_key(b"file", b"t1")
+    assert i.export_key(b"file", b"t1") != i.export_key(b"file", b"t2")
+    assert i.export_key(b"file") != i.export_key(b"other")
+    assert second[0].export_key(b"file", b"t1") != i.export_key(b"file", b"t1")

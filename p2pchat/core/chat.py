@@ -35,6 +35,13 @@ __all__ = [
     "Ack",
     "ChatFrame",
     "ChatMessage",
+    "FileAccept",
+    "FileCancel",
+    "FileDecline",
+    "FileEntry",
+    "FileOffer",
+    "FileProgress",
+    "FileResult",
     "Gap",
     "Hello",
     "Ping",
@@ -55,7 +62,14 @@ MAX_SEQ = 2**53 - 1
 MAX_VERSION = 2**16 - 1
 
 _MAX_MAP_LEN = 32
-_MAX_ARRAY_LEN = 32
+# A file offer lists its files; everything stays inside one 64 KiB session frame.
+MAX_OFFER_FILES = 2048
+_MAX_ARRAY_LEN = MAX_OFFER_FILES
+MAX_PATH_BYTES = 4096
+MAX_FILE_SIZE = 2**53 - 1
+MAX_REASON_CHARS = 200
+HASH_SIZE = 32
+ATTEMPT_SIZE = 16
 _MAX_EXT_LEN = 64
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -126,7 +140,75 @@ class Ping:
     pass
 
 
-ChatFrame = Hello | ChatMessage | Ack | Read | Typing | Gap | RequestPending | Ping
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One offered file: a relative '/'-separated path, its size and BLAKE2b-256."""
+
+    path: str
+    size: int
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FileOffer:
+    id: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True, slots=True)
+class FileAccept:
+    """Send these files from these offsets (what I already hold, verified).
+
+    ``attempt`` names this data connection: the data channel's key is derived
+    from the session and it, so each attempt gets fresh keys.  ``tcp_port`` is a
+    direct TCP port to send to (0: use a QUIC stream of this session).
+    """
+
+    id: str
+    offsets: tuple[tuple[int, int], ...]
+    attempt: bytes
+    tcp_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileDecline:
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileCancel:
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileProgress:
+    """Receiver -> sender: bytes of ``attempt`` stored so far (flow control + progress)."""
+
+    id: str
+    attempt: bytes
+    received: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """Receiver -> sender: every file verified and published (ok), or why not."""
+
+    id: str
+    ok: bool
+    error: str | None = None
+
+
+FileFrame = FileOffer | FileAccept | FileDecline | FileCancel | FileProgress | FileResult
+
+ChatFrame = (
+    Hello | ChatMessage | Ack | Read | Typing | Gap | RequestPending | Ping | FileFrame
+)
 
 _T_HELLO = "hello"
 _T_MSG = "msg"
@@ -136,6 +218,12 @@ _T_TYPING = "typing"
 _T_GAP = "gap"
 _T_PENDING = "pending"
 _T_PING = "ping"
+_T_FOFFER = "foffer"
+_T_FACCEPT = "faccept"
+_T_FDECLINE = "fdecline"
+_T_FCANCEL = "fcancel"
+_T_FPROGRESS = "fprogress"
+_T_FRESULT = "fresult"
 
 
 def _to_map(frame: ChatFrame) -> dict[str, Any]:
@@ -167,6 +255,27 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
         return {"t": _T_PENDING}
     if isinstance(frame, Ping):
         return {"t": _T_PING}
+    if isinstance(frame, FileOffer):
+        return {"t": _T_FOFFER, "i": frame.id, "f": [[f.path, f.size, f.hash] for f in frame.files]}
+    if isinstance(frame, FileAccept):
+        return {
+            "t": _T_FACCEPT,
+            "i": frame.id,
+            "o": [list(pair) for pair in frame.offsets],
+            "a": frame.attempt,
+            "p": frame.tcp_port,
+        }
+    if isinstance(frame, FileDecline):
+        return {"t": _T_FDECLINE, "i": frame.id, "r": frame.reason}
+    if isinstance(frame, FileCancel):
+        return {"t": _T_FCANCEL, "i": frame.id, "r": frame.reason}
+    if isinstance(frame, FileProgress):
+        return {"t": _T_FPROGRESS, "i": frame.id, "a": frame.attempt, "n": frame.received}
+    if isinstance(frame, FileResult):
+        m = {"t": _T_FRESULT, "i": frame.id, "ok": frame.ok}
+        if frame.error is not None:
+            m["e"] = frame.error
+        return m
     raise LocalProtocolError(f"not a chat frame: {frame!r}")
 
 
@@ -222,6 +331,28 @@ class _Reader:
             raise self.fail(f"field {key!r} contains NUL")
         return value
 
+    def get_id(self, key: str) -> str:
+        value = self.get_str(key, 32)
+        if _ID_RE.fullmatch(value) is None:
+            raise self.fail(f"field {key!r} must be 32 lowercase hex characters")
+        return value
+
+    def get_bytes(self, key: str, size: int) -> bytes:
+        value = self._m.get(key)
+        if type(value) is not bytes or len(value) != size:
+            raise self.fail(f"field {key!r} must be {size} bytes")
+        return value
+
+    def get_list(self, key: str, max_len: int) -> list[Any]:
+        value = self._m.get(key)
+        if type(value) is not list or len(value) > max_len:
+            raise self.fail(f"field {key!r} must be a list of at most {max_len} items")
+        return value
+
+    def get_reason(self, key: str) -> str:
+        value = self.get_label(key, MAX_REASON_CHARS)
+        return value or ""
+
     def get_label(self, key: str, max_chars: int) -> str | None:
         """An optional short single-line string shown in lists and prompts.
 
@@ -276,9 +407,70 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
             token=r.get_label("k", MAX_TOKEN_CHARS),
             version=r.get_int("v", 1, MAX_VERSION),
         )
+    if kind.startswith("f"):
+        frame = _file_frame(kind, r, err)
+        if frame is not None:
+            return frame
     if err is LocalProtocolError:
         raise err(f"unknown chat frame type {kind!r}")
     raise UnknownFrame(kind)
+
+
+def _file_frame(kind: str, r: _Reader, err: type[ProtocolError]) -> ChatFrame | None:
+    """File-drop frames: types and ranges here; path safety is the receiver's job
+    (``core/filedrop.py``), which answers an unsafe offer with a decline."""
+    if kind == _T_FOFFER:
+        entries = []
+        for item in r.get_list("f", MAX_OFFER_FILES):
+            if type(item) is not list or len(item) != 3:
+                raise err("file entry must be [path, size, hash]")
+            path, size, digest = item
+            if (
+                type(path) is not str
+                or not path
+                or len(path.encode("utf-8", "replace")) > MAX_PATH_BYTES
+            ):
+                raise err("file path must be a non-empty string of at most 4096 bytes")
+            if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+                raise err("file size out of range")
+            if type(digest) is not bytes or len(digest) != HASH_SIZE:
+                raise err("file hash must be 32 bytes")
+            entries.append(FileEntry(path, size, digest))
+        if not entries:
+            raise err("a file offer needs at least one file")
+        return FileOffer(id=r.get_id("i"), files=tuple(entries))
+    if kind == _T_FACCEPT:
+        offsets = []
+        for pair in r.get_list("o", MAX_OFFER_FILES):
+            if (
+                type(pair) is not list
+                or len(pair) != 2
+                or type(pair[0]) is not int
+                or type(pair[1]) is not int
+                or not 0 <= pair[0] < MAX_OFFER_FILES
+                or not 0 <= pair[1] <= MAX_FILE_SIZE
+            ):
+                raise err("accepted file must be [index, offset]")
+            offsets.append((pair[0], pair[1]))
+        return FileAccept(
+            id=r.get_id("i"),
+            offsets=tuple(offsets),
+            attempt=r.get_bytes("a", ATTEMPT_SIZE),
+            tcp_port=r.get_int("p", 0, 65535),
+        )
+    if kind == _T_FDECLINE:
+        return FileDecline(id=r.get_id("i"), reason=r.get_reason("r"))
+    if kind == _T_FCANCEL:
+        return FileCancel(id=r.get_id("i"), reason=r.get_reason("r"))
+    if kind == _T_FPROGRESS:
+        return FileProgress(
+            id=r.get_id("i"),
+            attempt=r.get_bytes("a", ATTEMPT_SIZE),
+            received=r.get_int("n", 0, MAX_FILE_SIZE),
+        )
+    if kind == _T_FRESULT:
+        return FileResult(id=r.get_id("i"), ok=r.get_bool("ok"), error=r.get_label("e", 200))
+    return None
 
 
 def encode(frame: ChatFrame) -> bytes:

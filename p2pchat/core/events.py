@@ -109,3 +109,37 @@ class ContactChanged(NodeEvent):
     """A contact's stored details changed (name, verified flag, addresses)."""
 
     peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOffered(NodeEvent):
+    """A contact offers files; nothing is written until it is accepted."""
+
+    transfer_id: str
+    peer_id: str
+    files: tuple[tuple[str, int], ...]
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress(NodeEvent):
+    transfer_id: str
+    peer_id: str
+    direction: str
+    done: int
+    total: int
+    rate: float
+    """Bytes per second over the last interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStateChanged(NodeEvent):
+    """States: offered, pending, accepted, sending, receiving, done, declined,
+    cancelled, failed.  ``paths`` are the published files when done (receiver)."""
+
+    transfer_id: str
+    peer_id: str
+    direction: str
+    state: str
+    error: str | None = None
+    paths: tuple[str, ...] = ()

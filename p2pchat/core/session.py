@@ -266,6 +266,7 @@ class SecureSession:
         self._pending_transcript: bytes | None = None
         self._send_key: bytes | None = None
         self._recv_key: bytes | None = None
+        self._exporter: bytes | None = None
         self._send_counter = 0
         self._recv_counter = 0
         self._rejected = 0
@@ -292,6 +293,22 @@ class SecureSession:
     @property
     def max_plaintext(self) -> int:
         return self._max_frame - COUNTER_SIZE - TAG_SIZE
+
+    def export_key(self, label: bytes, context: bytes = b"") -> bytes:
+        """A 32-byte key both ends derive alike, bound to this session's handshake.
+
+        Lets side channels (a file transfer over TCP, say) be sealed with keys that
+        only the two authenticated parties of this session can know, and that die
+        with it (forward secrecy carries over).  Distinct labels give independent keys.
+        """
+        if self._exporter is None or self._state is _State.FAILED:
+            raise LocalProtocolError("no established session to export a key from")
+        return hashlib.blake2b(
+            label + b"\x00" + context,
+            digest_size=KEY_SIZE,
+            key=self._exporter,
+            person=b"p2pchat-exp-key",
+        ).digest()
 
     def initiate(self) -> None:
         if not self._initiator:
@@ -397,6 +414,10 @@ class SecureSession:
         th = hashlib.blake2b(bound_transcript, digest_size=KEY_SIZE).digest()
         self._recv_key = _bind_key(rx, th)
         self._send_key = _bind_key(tx, th)
+        i2r, r2i = (tx, rx) if self._initiator else (rx, tx)
+        self._exporter = hashlib.blake2b(
+            i2r + r2i, digest_size=KEY_SIZE, key=th, person=b"p2pchat-export"
+        ).digest()
         self._eph_secret = None
 
     def _on_i1(self, frame: bytes) -> None:

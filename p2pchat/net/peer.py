@@ -40,6 +40,10 @@ class PeerOwner(Protocol):
 
     def key_mismatch(self, conn: PeerConnection, seen_key: bytes) -> None: ...
 
+    def stream_received(
+        self, conn: PeerConnection, stream_id: int, data: bytes, end: bool
+    ) -> None: ...
+
 
 class PeerConnection:
     """Glue between one ``QuicLink`` and one sans-IO ``SecureSession``."""
@@ -94,7 +98,12 @@ class PeerConnection:
 
     def link_stream_data(self, link: QuicLink, stream_id: int, data: bytes, end: bool) -> None:
         if stream_id != CONTROL_STREAM:
-            return  # file transfers will claim other streams
+            # Data streams only after the session proved who is on the other end,
+            # and only unidirectional ones the peer opened (file transfers).
+            peer_initiated = (stream_id & 1) == (0 if not link.is_client else 1)
+            if self.session.established and stream_id & 2 and peer_initiated:
+                self.owner.stream_received(self, stream_id, data, end)
+            return
         self.session.receive_data(data)
         self._drain()
         if end and not self.closed:
@@ -150,6 +159,12 @@ class PeerConnection:
             return False
         self._flush()
         return True
+
+    def open_uni_stream(self) -> int:
+        return int(self.link.conn.get_next_available_stream_id(is_unidirectional=True))
+
+    def send_stream(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        self.link.send_stream(stream_id, data, end)
 
     def _flush(self) -> None:
         data = self.session.data_to_send()

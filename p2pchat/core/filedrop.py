@@ -1,0 +1,262 @@
+"""File drop, sans-IO: what an offer may name, and the sealed data channel format.
+
+A transfer's bytes travel on a data channel (a QUIC stream of the session, or a
+direct TCP connection when the receiver is reachable: see docs/filedrop.md).
+Whatever carries them, the bytes are the same: a preamble, then records sealed
+with libsodium's secretstream (XChaCha20-Poly1305) under a key derived from the
+authenticated session (``SecureSession.export_key``) and a fresh per-attempt
+nonce, so only the two parties of that session can produce or read them.
+
+    preamble = b"P2PF" || version (1) || transfer id (16) || attempt (16) || header (24)
+    record   = length (4, big-endian) || secretstream ciphertext of
+               index (4) || offset (8) || data
+
+The receiver checks that every record continues exactly where the previous one
+ended (no gaps, no overlaps, nothing beyond the offered size), and the last record
+carries secretstream's FINAL tag, so truncation, reordering, replay and extension
+are all detected.  The content hash (BLAKE2b-256 of the whole file) is checked
+before a file gets its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import unicodedata
+from dataclasses import dataclass
+
+from nacl import bindings as sodium
+
+from p2pchat.core.chat import FileEntry
+from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
+
+MAGIC = b"P2PF"
+VERSION = 1
+ID_SIZE = 16
+ATTEMPT_SIZE = 16
+HEADER_SIZE = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES
+PREAMBLE_SIZE = len(MAGIC) + 1 + ID_SIZE + ATTEMPT_SIZE + HEADER_SIZE
+CHUNK_SIZE = 256 * 1024
+_ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES
+_POS = struct.Struct(">IQ")
+_LEN = struct.Struct(">I")
+MAX_RECORD = _POS.size + CHUNK_SIZE + _ABYTES
+KEY_LABEL = b"p2pchat/1 file"
+_TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+_TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
+
+# Names Windows refuses or maps to devices, whatever the extension.
+_DEVICE_NAMES = frozenset(
+    {"con", "prn", "aux", "nul", "clock$", "conin$", "conout$"}
+    | {f"com{i}" for i in range(10)}
+    | {f"lpt{i}" for i in range(10)}
+)
+MAX_COMPONENT_BYTES = 255
+MAX_DEPTH = 32
+
+
+class UnsafePath(RemoteProtocolError):
+    """An offered name that could escape the download folder or fool the user."""
+
+
+def new_hasher() -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=32)
+
+
+def safe_parts(path: str) -> tuple[str, ...]:
+    """Split an offered relative path into components we can safely create.
+
+    Refused outright (the offer is declined): absolute paths, drive letters,
+    backslashes, ``.``/``..``/empty components, NUL and control characters,
+    overlong components, deep nesting.  Device names and names ending in a dot or a
+    space (which Windows silently rewrites) get a leading underscore instead.
+    """
+    if not path or path.startswith("/") or "\\" in path:
+        raise UnsafePath(f"refusing absolute or backslashed path {path!r}")
+    parts = path.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafePath("path nests too deep")
+    cleaned: list[str] = []
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafePath(f"refusing path component {part!r} in {path!r}")
+        if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in part):
+            raise UnsafePath(f"refusing control or formatting characters in {path!r}")
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            raise UnsafePath("path component too long")
+        if len(part) >= 2 and part[1] == ":" and part[0].isalpha():
+            raise UnsafePath(f"refusing drive-qualified path {path!r}")
+        if part.split(".")[0].lower().rstrip(" ") in _DEVICE_NAMES or part[-1] in ". ":
+            part = "_" + part
+        cleaned.append(part)
+    return tuple(cleaned)
+
+
+def check_offer(files: tuple[FileEntry, ...]) -> list[tuple[str, ...]]:
+    """Validate every path of an offer; two entries may not name the same file."""
+    seen: set[tuple[str, ...]] = set()
+    result = []
+    for entry in files:
+        parts = safe_parts(entry.path)
+        key = tuple(p.casefold() for p in parts)
+        if key in seen:
+            raise UnsafePath(f"offer names {entry.path!r} twice")
+        seen.add(key)
+        result.append(parts)
+    # A file may not also be a folder of another entry ("a" and "a/b").
+    prefixes = {key[:i] for key in seen for i in range(1, len(key))}
+    if seen & prefixes:
+        raise UnsafePath("offer uses one name as both a file and a folder")
+    return result
+
+
+def transfer_key(exported: bytes) -> bytes:
+    """The data channel key, given ``session.export_key(KEY_LABEL, id + attempt)``."""
+    if len(exported) != sodium.crypto_secretstream_xchacha20poly1305_KEYBYTES:
+        raise LocalProtocolError("exported key has the wrong size")
+    return exported
+
+
+@dataclass(frozen=True, slots=True)
+class Preamble:
+    transfer_id: bytes
+    attempt: bytes
+    header: bytes
+
+
+def parse_preamble(data: bytes) -> Preamble:
+    if len(data) != PREAMBLE_SIZE or not data.startswith(MAGIC):
+        raise RemoteProtocolError("not a p2pchat file channel")
+    if data[4] != VERSION:
+        raise RemoteProtocolError(f"unsupported file channel version {data[4]}")
+    at = len(MAGIC) + 1
+    return Preamble(
+        transfer_id=data[at : at + ID_SIZE],
+        attempt=data[at + ID_SIZE : at + ID_SIZE + ATTEMPT_SIZE],
+        header=data[at + ID_SIZE + ATTEMPT_SIZE :],
+    )
+
+
+class Sealer:
+    """Sender side of one data channel attempt."""
+
+    def __init__(self, key: bytes, transfer_id: bytes, attempt: bytes) -> None:
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
+        self.preamble = MAGIC + bytes([VERSION]) + transfer_id + attempt + header
+        self.finished = False
+
+    def seal(self, index: int, offset: int, data: bytes, *, final: bool = False) -> bytes:
+        if self.finished:
+            raise LocalProtocolError("data channel already finished")
+        if len(data) > CHUNK_SIZE:
+            raise LocalProtocolError("chunk too large")
+        tag = _TAG_FINAL if final else _TAG_MESSAGE
+        self.finished = final
+        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
+            self._state, _POS.pack(index, offset) + data, None, tag
+        )
+        return _LEN.pack(len(sealed)) + sealed
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    index: int
+    offset: int
+    data: bytes | memoryview
+    final: bool
+
+
+class Opener:
+    """Receiver side: turns channel bytes into authenticated records, in order.
+
+    ``plan`` is the list of (index, offset, size) the receiver asked for; any
+    record that does not continue exactly at the expected position is refused.
+    """
+
+    def __init__(self, key: bytes, header: bytes, plan: list[tuple[int, int, int]]) -> None:
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        try:
+            sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key)
+        except Exception as exc:
+            raise RemoteProtocolError("bad data channel header") from exc
+        self._buf = bytearray()
+        self._plan = [p for p in plan if p[1] < p[2]]
+        self._pos = 0  # index into plan
+        self._offset = self._plan[0][1] if self._plan else 0
+        self.finished = False
+
+    @property
+    def expected(self) -> tuple[int, int] | None:
+        if self._pos >= len(self._plan):
+            return None
+        return self._plan[self._pos][0], self._offset
+
+    @staticmethod
+    def record_length(prefix: bytes) -> int:
+        """Validate a 4-byte length prefix before reading the record it announces."""
+        (length,) = _LEN.unpack(prefix)
+        if length > MAX_RECORD or length < _POS.size + _ABYTES:
+            raise RemoteProtocolError(f"data record of {length} bytes refused")
+        return int(length)
+
+    def feed(self, data: bytes) -> list[Record]:
+        if self.finished and data:
+            raise RemoteProtocolError("data after the final record")
+        buf = self._buf
+        buf += data
+        records: list[Record] = []
+        at = 0
+        # Walk the buffer with an index and compact once: deleting each record from
+        # the front would copy the rest of a multi-megabyte buffer every time.
+        while len(buf) - at >= _LEN.size:
+            (length,) = _LEN.unpack_from(buf, at)
+            if length > MAX_RECORD or length < _POS.size + _ABYTES:
+                raise RemoteProtocolError(f"data record of {length} bytes refused")
+            end = at + _LEN.size + length
+            if len(buf) < end:
+                break
+            records.append(self.open_record(bytes(buf[at + _LEN.size : end])))
+            at = end
+            if self.finished:
+                if len(buf) > at:
+                    raise RemoteProtocolError("data after the final record")
+                break
+        del buf[:at]
+        return records
+
+    def open_record(self, sealed: bytes) -> Record:
+        """One sealed record (without its length prefix), for callers that frame
+        the stream themselves and want to skip a copy."""
+        if self.finished:
+            raise RemoteProtocolError("data after the final record")
+        try:
+            plain, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
+                self._state, sealed, None
+            )
+        except Exception as exc:
+            raise RemoteProtocolError("a data record failed authentication") from exc
+        index, offset = _POS.unpack_from(plain)
+        data = memoryview(plain)[_POS.size :]
+        if data:
+            expected = self.expected
+            if expected is None or (index, offset) != expected:
+                raise RemoteProtocolError(
+                    f"data record at file {index} offset {offset}, expected {expected}"
+                )
+            size = self._plan[self._pos][2]
+            if offset + len(data) > size:
+                raise RemoteProtocolError("data beyond the offered size")
+            self._offset += len(data)
+            if self._offset == size:
+                self._pos += 1
+                if self._pos < len(self._plan):
+                    self._offset = self._plan[self._pos][1]
+        final = tag == _TAG_FINAL
+        if final:
+            if self.expected is not None:
+                raise RemoteProtocolError("data channel ended before all data arrived")
+            self.finished = True
+        elif not data:
+            raise RemoteProtocolError("empty data record")
+        return Record(index, offset, data, final)

@@ -3,7 +3,8 @@
 
 Usage (from the repository root)::
 
-    python3 benchmarks/messaging.py [--messages N] [--rtt-samples M] [--rounds R] [--profile]
+    python3 benchmarks/messaging.py [--messages N] [--rtt-samples M] [--rounds R]
+                                    [--sweep] [--profile]
 
 Everything runs in one process and one asyncio loop, and every socket is bound
 to 127.0.0.1 and talks only to 127.0.0.1.  Both sides of each pair share that
@@ -21,8 +22,9 @@ p2pchat
       SQLite commits, sealing, QUIC, the receive window, acks.
     * delivery ack: ``send_message`` until alice's event stream sees
       ``MessageStateChanged(..., "delivered")`` for that message.
-    * throughput: alice sends N messages as fast as she can; rate until bob has
-      seen all N ``MessageReceived`` events, and until alice has seen all N
+    * throughput: alice sends N messages as fast as she can (yielding to the
+      loop every 256, as the reference client does); rate until bob has seen
+      all N ``MessageReceived`` events, and until alice has seen all N
       ``delivered`` events.
 
 aioquic reference
@@ -93,6 +95,8 @@ WARMUP = 50
 # keep up and the receiver can start working while the sender still sends.
 CHUNK = 256
 PHASE_TIMEOUT = 120.0
+# Burst sizes for --sweep: p2pchat's cost per message depends on the burst size.
+SWEEP = (250, 500, 1000, 2000, 4000)
 HEADER = struct.Struct(">I")
 
 
@@ -151,6 +155,7 @@ class Results:
     rtt: Latency = field(default_factory=Latency)
     ack: Latency | None = None
     bulk: list[Throughput] = field(default_factory=list)
+    sweep: list[Throughput] = field(default_factory=list)
 
     def rate(self, milestone: str) -> float:
         return median([run.rate(getattr(run, milestone)) for run in self.bulk])
@@ -218,9 +223,7 @@ async def chat_pair() -> AsyncIterator[tuple[Node, Node, Tap, Tap]]:
             await bob.stop()
 
 
-async def chat_round_trips(
-    alice: Node, bob: Node, tap_a: Tap, tap_b: Tap, count: int
-) -> Latency:
+async def chat_round_trips(alice: Node, bob: Node, tap_a: Tap, tap_b: Tap, count: int) -> Latency:
     loop = asyncio.get_running_loop()
     alice_id, bob_id = alice.peer_id, bob.peer_id
     waiter: asyncio.Future[float] | None = None
@@ -328,6 +331,9 @@ async def bench_p2pchat(args: argparse.Namespace, profiler: cProfile.Profile | N
         for _ in range(args.rounds):
             gc.collect()
             results.bulk.append(await chat_bulk(alice, bob, tap_a, tap_b, args.messages))
+        for n in SWEEP if args.sweep else ():
+            gc.collect()
+            results.sweep.append(await chat_bulk(alice, bob, tap_a, tap_b, n))
         if profiler is not None:
             gc.collect()
             profiler.enable()
@@ -483,6 +489,9 @@ async def bench_aioquic(args: argparse.Namespace, profiler: cProfile.Profile | N
                 for _ in range(args.rounds):
                     gc.collect()
                     results.bulk.append(await quic_bulk(handler, reader, writer, args.messages))
+                for n in SWEEP if args.sweep else ():
+                    gc.collect()
+                    results.sweep.append(await quic_bulk(handler, reader, writer, n))
                 if profiler is not None:
                     gc.collect()
                     profiler.enable()
@@ -499,7 +508,7 @@ CATEGORIES = (
     ("SQLite (store.py + sqlite3)", ("p2pchat/store.py", "sqlite3.")),
     ("NaCl sealing/opening", ("nacl/", "_sodium")),
     ("msgpack + frame checks (chat.py)", ("msgpack", "p2pchat/core/chat.py")),
-    ("aioquic (QUIC + packet protection)", ("aioquic/", "_buffer", "_crypto")),
+    ("aioquic (QUIC + packet protection)", ("aioquic/", "_buffer", "_crypto", ".aead.AESGCM")),
     ("other p2pchat code", ("p2pchat/",)),
     ("asyncio loop + UDP syscalls", ("asyncio/", "selectors", "socket")),
 )
@@ -523,9 +532,7 @@ def print_profile(title: str, profiler: cProfile.Profile, n: int) -> None:
     total = sum(seconds for _, seconds in breakdown)
     print(f"\n{title} (cProfile own time, one bulk run of {n:,} messages)")
     for label, seconds in breakdown:
-        print(
-            f"  {label:<38} {seconds / n * 1e6:8.1f} µs/msg  {100 * seconds / total:5.1f} %"
-        )
+        print(f"  {label:<38} {seconds / n * 1e6:8.1f} µs/msg  {100 * seconds / total:5.1f} %")
     print(f"  {'total':<38} {total / n * 1e6:8.1f} µs/msg")
 
 
@@ -556,14 +563,18 @@ def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None
         f" msgpack {package_version('msgpack')}, cryptography {package_version('cryptography')},"
         f" SQLite {sqlite3.sqlite_version}"
     )
-    print(f"machine    {platform.system()} {platform.machine()}, {cpu_model()},"
-          f" {cpus} CPUs ({usable} usable)")
+    print(
+        f"machine    {platform.system()} {platform.machine()}, {cpu_model()},"
+        f" {cpus} CPUs ({usable} usable)"
+    )
     print(
         f"workload   {BODY_BYTES}-byte messages; {args.rtt_samples} round trips after {WARMUP}"
         f" warm-up; bulk {args.messages:,} messages x {args.rounds} rounds (median)"
     )
-    print("ratio      slowdown = p2pchat time / aioquic time  (throughput: aioquic rate / p2pchat"
-          " rate)")
+    print(
+        "ratio      slowdown = p2pchat time / aioquic time  (throughput: aioquic rate / p2pchat"
+        " rate)"
+    )
     print()
     assert chat.ack is not None
     rows = [
@@ -585,13 +596,23 @@ def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None
         print(f"{label:<26}{ours:>12,.0f}{ref:>12,.0f}{ref / ours:>9.1f}x  {note}")
     print()
     for name, res in (("p2pchat", chat), ("aioquic", quic)):
-        runs = ", ".join(
-            f"{r.rate(r.received):,.0f}/{r.rate(r.confirmed):,.0f}" for r in res.bulk
-        )
+        runs = ", ".join(f"{r.rate(r.received):,.0f}/{r.rate(r.confirmed):,.0f}" for r in res.bulk)
         send_loop = median([r.queued for r in res.bulk]) / args.messages * 1e6
         print(
             f"{name} bulk rounds (received/confirmed msg/s): {runs};"
-            f" sender loop {send_loop:.0f} µs/msg"
+            f" send loop {send_loop:.0f} µs/msg"
+        )
+
+
+def print_sweep(chat: Results, quic: Results) -> None:
+    print("\nburst size sweep (one round per size; until the receiver has all N)")
+    columns = ("N", 6), ("p2pchat msg/s", 15), ("µs/msg", 9), ("aioquic msg/s", 15), ("µs/msg", 9)
+    print("".join(f"{title:>{width}}" for title, width in columns) + f"{'slowdown':>10}")
+    for ours, ref in zip(chat.sweep, quic.sweep, strict=True):
+        rate, ref_rate = ours.rate(ours.received), ref.rate(ref.received)
+        print(
+            f"{ours.messages:>6}{rate:>15,.0f}{1e6 / rate:>9.0f}"
+            f"{ref_rate:>15,.0f}{1e6 / ref_rate:>9.1f}{ref_rate / rate:>9.0f}x"
         )
 
 
@@ -600,19 +621,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="p2pchat 1:1 messaging against a bare aioquic echo, on 127.0.0.1.",
     )
     parser.add_argument(
-        "--messages", type=int, default=2000, metavar="N",
+        "--messages",
+        type=int,
+        default=2000,
+        metavar="N",
         help="messages per bulk throughput round (default 2000)",
     )
     parser.add_argument(
-        "--rtt-samples", type=int, default=1000, metavar="M",
+        "--rtt-samples",
+        type=int,
+        default=1000,
+        metavar="M",
         help="measured round trips per latency figure, after a warm-up of 50 (default 1000)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, metavar="R",
-        help="bulk rounds per side; the median rate is reported (default 3)",
+        "--rounds",
+        type=int,
+        default=5,
+        metavar="R",
+        help="bulk rounds per side; the median rate is reported (default 5)",
     )
     parser.add_argument(
-        "--profile", action="store_true",
+        "--sweep",
+        action="store_true",
+        help=f"also run one bulk round per burst size {', '.join(map(str, SWEEP))} on each side",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
         help="after the timed runs, profile one more bulk round per side with cProfile",
     )
     args = parser.parse_args(argv)
@@ -631,6 +667,8 @@ async def main_async(args: argparse.Namespace) -> None:
     print("aioquic: echo server and client on 127.0.0.1 ...", flush=True)
     quic = await bench_aioquic(args, quic_profiler)
     print_report(args, chat, quic)
+    if args.sweep:
+        print_sweep(chat, quic)
     if chat_profiler is not None and quic_profiler is not None:
         print_profile("p2pchat", chat_profiler, args.messages)
         print_profile("aioquic reference", quic_profiler, args.messages)

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from p2pchat import __version__, rpc
@@ -45,6 +46,8 @@ from p2pchat.identity import (
 )
 from p2pchat.net.control import ControlClient, ControlError
 from p2pchat.net.endpoint import EndpointError
+from p2pchat.net.mdns import MdnsOptions
+from p2pchat.net.transfers import TransferError
 from p2pchat.node import Node, NodeError
 from p2pchat.store import AmbiguousContact, StoreError, UnknownContact
 
@@ -287,6 +290,97 @@ async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+async def cmd_send(paths: Paths, args: argparse.Namespace) -> int:
+    files = [str(Path(p).expanduser().absolute()) for p in args.paths]
+    async with _api(paths, args, network=True) as api:
+        t = await api.call("send_files", {"contact": args.contact, "paths": files})
+        if not args.json:
+            print(f"offered {len(t['files'])} file(s), {_size(t['total'])} ({t['id']})")
+        state = t["state"]
+        if args.wait:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            deadline = started + args.timeout
+            last = ""
+            while state not in ("done", "declined", "cancelled", "failed"):
+                if loop.time() > deadline:
+                    break
+                state = await api.call("wait_transfer", {"id": t["id"], "timeout": 0.5})
+                view = await api.call("transfer", {"id": t["id"]})
+                if not args.json and view.get("progress"):
+                    done, total = view["progress"]
+                    line = f"\r{state}: {_size(done)} / {_size(total)}"
+                    if line != last:
+                        print(line, end="", flush=True)
+                        last = line
+            t = await api.call("transfer", {"id": t["id"]})
+            if not args.json and last:
+                print()
+    if args.json:
+        _print_json(t)
+    elif t["state"] == "done":
+        print(f"delivered and verified ({_size(t['total'])})")
+    elif t["state"] in ("declined", "cancelled", "failed"):
+        print(f"{t['state']}: {t.get('error') or ''}".rstrip(": "))
+    else:
+        print(f"{t['state']}: the transfer continues whenever a node runs for this home")
+    return EXIT_OK if t["state"] not in ("declined", "cancelled", "failed") else EXIT_ERROR
+
+
+async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        transfers = await api.call("transfers", {})
+    if args.json:
+        _print_json(transfers)
+        return EXIT_OK
+    if not transfers:
+        print("no transfers")
+    for t in transfers:
+        arrow = "->" if t["direction"] == "out" else "<-"
+        names = ", ".join(f["path"] for f in t["files"][:3]) + (
+            " ..." if len(t["files"]) > 3 else ""
+        )
+        size = _size(t["total"])
+        print(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+    return EXIT_OK
+
+
+async def cmd_accept_file(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        t = await api.call(
+            "accept_file",
+            {
+                "id": args.id,
+                "only": args.only,
+                "folder": str(Path(args.to).absolute()) if args.to else None,
+            },
+        )
+    print(f"accepted {t['id']}: saving to {t['folder']}")
+    return EXIT_OK
+
+
+async def cmd_decline_file(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        await api.call("decline_file", {"id": args.id})
+    print("declined")
+    return EXIT_OK
+
+
+async def cmd_cancel_file(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        await api.call("cancel_file", {"id": args.id})
+    print("cancelled")
+    return EXIT_OK
+
+
 async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:
     async with _api(paths, args) as api:
         peers = await api.call("nearby", {})
@@ -310,7 +404,19 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await node.start(listen=args.listen)
+        mdns: MdnsOptions | None = None
+        if not args.no_mdns:
+            mdns = MdnsOptions(
+                interfaces=tuple(args.mdns_interface or ()),
+                hidden=args.mdns_hidden,
+                share_name=args.mdns_share_name,
+            )
+        await node.start(
+            listen=args.listen,
+            mdns=mdns,
+            downloads=Path(args.downloads) if args.downloads else None,
+            accept_files_from=args.accept_files_from,
+        )
         print(f"p2pchat {node.peer_id} listening on {', '.join(node.addresses)}", flush=True)
         await stop.wait()
     finally:
@@ -391,6 +497,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
 
+    p = sub.add_parser("send", help="offer files or folders to a contact")
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("--wait", action="store_true", help="block until delivered, with progress")
+    p.add_argument("--timeout", type=float, default=24 * 3600, help="with --wait: give up after")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("transfers", help="list file transfers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_transfers)
+
+    p = sub.add_parser("accept-file", help="accept an incoming file offer")
+    p.add_argument("id", metavar="TRANSFER_ID")
+    p.add_argument("--only", type=int, action="append", metavar="INDEX", help="only these files")
+    p.add_argument("--to", metavar="DIR", help="save into DIR instead of the download folder")
+    p.set_defaults(func=cmd_accept_file)
+
+    p = sub.add_parser("decline-file", help="decline an incoming file offer")
+    p.add_argument("id", metavar="TRANSFER_ID")
+    p.set_defaults(func=cmd_decline_file)
+
+    p = sub.add_parser("cancel-file", help="cancel a transfer (either side)")
+    p.add_argument("id", metavar="TRANSFER_ID")
+    p.set_defaults(func=cmd_cancel_file)
+
     p = sub.add_parser("nearby", help="peers seen on the LAN (mDNS)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
@@ -398,12 +530,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("daemon", help="run the node headless until SIGINT/SIGTERM")
     p.add_argument("--listen", metavar="HOST:PORT", help="UDP address to listen on")
     p.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
+    p.add_argument(
+        "--mdns-interface",
+        action="append",
+        metavar="IFACE_OR_ADDR",
+        help="LAN discovery only on this interface or local address (repeatable)",
+    )
+    p.add_argument(
+        "--mdns-hidden",
+        action="store_true",
+        help="find peers on the LAN without announcing this node",
+    )
+    p.add_argument(
+        "--mdns-share-name",
+        action="store_true",
+        help="include the display name in LAN announcements (off: only ID and port)",
+    )
     p.add_argument("--no-dht", action="store_true", help="no DHT participation")
     p.add_argument(
         "--bootstrap",
         action="append",
         metavar="HOST:PORT",
         help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
+    )
+    p.add_argument("--downloads", metavar="DIR", help="where received files go")
+    p.add_argument(
+        "--accept-files-from",
+        action="append",
+        default=[],
+        metavar="CONTACT|contacts",
+        help="accept file offers from this contact (or all contacts) without asking",
     )
     p.set_defaults(func=cmd_daemon)
     return parser
@@ -446,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         NodeError,
         EndpointError,
         WrongPassphrase,
+        TransferError,
         ValueError,
     ) as exc:
         print(f"p2pchat: error: {exc}", file=sys.stderr)

@@ -57,6 +57,7 @@ from p2pchat.identity import (
 )
 from p2pchat.net.control import ControlServer
 from p2pchat.net.endpoint import Endpoint, QuicLink
+from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfers import TransferError, TransferManager, TransferPolicy
 from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
@@ -137,11 +138,13 @@ class Node:
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
         self.identity: Identity = load_identity(paths.identity, passphrase)
+        self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
         self.store = Store(paths.database)
         self.settings = load_settings(paths)
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
+        self._mdns: MdnsService | None = None
         self._conns: set[PeerConnection] = set()
         self._active: dict[str, PeerConnection] = {}
         self._requests: dict[str, PeerConnection] = {}
@@ -167,7 +170,7 @@ class Node:
     # ------------------------------------------------------------------ life
     @property
     def peer_id(self) -> str:
-        return self.identity.peer_id
+        return self._peer_id
 
     @property
     def name(self) -> str:
@@ -189,8 +192,12 @@ class Node:
         control: bool = True,
         downloads: Path | None = None,
         accept_files_from: Iterable[str] = (),
+        mdns: MdnsOptions | None = None,
     ) -> None:
         """Take the home's lock, bind the UDP socket, serve the control socket.
+
+        ``mdns`` turns LAN discovery on (None, the default, keeps the node silent
+        on the LAN: tests and embedders opt in, the CLI daemon opts out).
 
         ``accept_files_from`` lists contacts (or ``"contacts"`` for all of them)
         whose file offers are accepted without asking: for headless receivers.
@@ -211,10 +218,16 @@ class Node:
             bound = await self._endpoint.start(host, port)
             await self.transfers.start(bound[0])
             self._wake = asyncio.Event()
+            if mdns is not None:
+                self._mdns = MdnsService(self, mdns)
+                await self._mdns.start(bound)
             if control:
                 self._control = ControlServer(self.paths.control_socket, self)
                 await self._control.start()
         except BaseException:
+            if self._mdns is not None:
+                await self._mdns.stop()
+                self._mdns = None
             await self.transfers.stop()
             if self._endpoint is not None:
                 self._endpoint.close()
@@ -240,6 +253,10 @@ class Node:
             self.store.close()
             return
         self.running = False
+        if self._mdns is not None:
+            # Goodbyes first, while the sockets still work: the LAN forgets us now.
+            await self._mdns.stop()
+            self._mdns = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -753,7 +770,10 @@ class Node:
             sent_any = conn.send(frame) or sent_any
         if sent_any:
             peer = messages[0].peer_id
-            for message_id in self.store.mark_sent(peer, messages[-1].seq, self.clock()):
+            sent = self.store.mark_sent(
+                peer, messages[-1].seq, self.clock(), from_seq=messages[0].seq
+            )
+            for message_id in sent:
                 self._emit(MessageStateChanged(peer, message_id, "sent"))
 
     def _on_contact_frame(self, conn: PeerConnection, peer: str, frame: chat.ChatFrame) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from p2pchat.node import Node
+from p2pchat.store import Transfer
 
 Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
 
@@ -18,7 +20,9 @@ Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
 def to_json(value: Any) -> Any:
     """Dataclasses (store rows, views) become plain dicts; tuples become lists."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: to_json(v) for k, v in dataclasses.asdict(value).items()}
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, bytes):
+        return value.hex()
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
     if isinstance(value, dict):
@@ -98,7 +102,69 @@ async def _verify(node: Node, args: dict[str, Any]) -> Any:
     return {"contact": contact, "safety_number": node.safety_number(contact.peer_id)}
 
 
+async def _send_files(node: Node, args: dict[str, Any]) -> Any:
+    paths = args.get("paths")
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        raise ValueError("paths must be a non-empty list of strings")
+    t = await node.offer_files(_str(args, "contact"), [Path(p) for p in paths])
+    return _transfer_view(t)
+
+
+async def _transfers(node: Node, args: dict[str, Any]) -> Any:
+    return [_transfer_view(t, node) for t in node.list_transfers(_opt_str(args, "contact"))]
+
+
+async def _transfer(node: Node, args: dict[str, Any]) -> Any:
+    return _transfer_view(node.get_transfer(_str(args, "id")), node)
+
+
+async def _accept_file(node: Node, args: dict[str, Any]) -> Any:
+    folder = _opt_str(args, "folder")
+    only = args.get("only")
+    if only is not None and (
+        not isinstance(only, list) or not all(type(i) is int for i in only)
+    ):
+        raise ValueError("only must be a list of file indices")
+    t = node.accept_transfer(
+        _str(args, "id"), only=only, folder=Path(folder) if folder else None
+    )
+    return _transfer_view(t)
+
+
+async def _decline_file(node: Node, args: dict[str, Any]) -> Any:
+    node.decline_transfer(_str(args, "id"))
+    return None
+
+
+async def _cancel_file(node: Node, args: dict[str, Any]) -> Any:
+    node.cancel_transfer(_str(args, "id"))
+    return None
+
+
+async def _wait_transfer(node: Node, args: dict[str, Any]) -> Any:
+    timeout = args.get("timeout", 0)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+        raise ValueError("timeout must be a non-negative number of seconds")
+    return await node.wait_transfer(_str(args, "id"), float(timeout))
+
+
+def _transfer_view(t: Transfer, node: Node | None = None) -> dict[str, Any]:
+    """A transfer for scripts: hashes as hex, sizes and progress as plain numbers."""
+    view = to_json(t)
+    view["total"] = t.total
+    progress = node.transfers.progress(t.id) if node is not None else None
+    view["progress"] = list(progress) if progress else None
+    return dict(view)
+
+
 OPS: dict[str, Op] = {
+    "send_files": _send_files,
+    "transfers": _transfers,
+    "transfer": _transfer,
+    "accept_file": _accept_file,
+    "decline_file": _decline_file,
+    "cancel_file": _cancel_file,
+    "wait_transfer": _wait_transfer,
     "nearby": _nearby,
     "verify": _verify,
     "info": _info,

@@ -844,19 +844,24 @@ class Store:
     def _changed_ids(rows: list[Any]) -> list[str]:
         return [row[0] for row in sorted(rows, key=lambda row: row[1])]
 
-    def mark_sent(self, peer_id: str, upto_seq: int, now: float) -> list[str]:
-        """Count a transmission of the outbox up to ``upto_seq``; returns ids now 'sent'."""
+    def mark_sent(
+        self, peer_id: str, upto_seq: int, now: float, *, from_seq: int = 0
+    ) -> list[str]:
+        """Count a transmission of outbox messages ``from_seq..upto_seq``; returns ids
+        now 'sent'.  Bounded below so that sending one new message does not touch
+        every older unacknowledged row (a burst would otherwise cost O(n^2))."""
         with self._write() as db:
             db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_attempt = ?"
-                " WHERE peer_id = ? AND seq <= ?",
-                (now, peer_id, upto_seq),
+                " WHERE peer_id = ? AND seq BETWEEN ? AND ?",
+                (now, peer_id, from_seq, upto_seq),
             )
             rows = db.execute(
                 "UPDATE messages SET state = 'sent', updated_at = ?"
-                " WHERE id IN (SELECT message_id FROM outbox WHERE peer_id = ? AND seq <= ?)"
+                " WHERE id IN (SELECT message_id FROM outbox"
+                " WHERE peer_id = ? AND seq BETWEEN ? AND ?)"
                 " AND state = 'queued' RETURNING id, seq",
-                (now, peer_id, upto_seq),
+                (now, peer_id, from_seq, upto_seq),
             ).fetchall()
         return self._changed_ids(rows)
 

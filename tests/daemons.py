@@ -40,9 +40,10 @@ def run_cli(
 class Daemon:
     """``p2pchat daemon`` in a child process, driven through its control socket."""
 
-    def __init__(self, home: Path, listen: str) -> None:
+    def __init__(self, home: Path, listen: str, *, extra: list[str] | None = None) -> None:
         self.paths = Paths(home)
         self.listen = listen
+        self.extra = extra or []
         self.proc: subprocess.Popen[str] | None = None
         self.client: ControlClient | None = None
 
@@ -51,6 +52,7 @@ class Daemon:
             [
                 sys.executable, "-m", "p2pchat", "--home", str(self.paths.home),
                 "daemon", "--listen", self.listen, "--no-mdns", "--no-dht",
+                *self.extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -280,6 +280,11 @@ def _scope(selection: Sequence[str]) -> _Scope:
     )
 
 
+def _describe(key: tuple[str | int, ...], interfaces: InterfaceChoice | BindList) -> str:
+    where = ", ".join(str(k) for k in key) or "no address yet"
+    return f"all interfaces ({where})" if not isinstance(interfaces, list) else where
+
+
 # ------------------------------------------------------------------ service
 class MdnsService:
     """Announce and browse on the LAN for one node; owns every task it starts."""
@@ -299,6 +304,7 @@ class MdnsService:
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Future[None] | None = None
         self._limit = asyncio.Semaphore(MAX_RESOLVING)
         self._warned = False
         self.running = False
@@ -330,6 +336,10 @@ class MdnsService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._closing is not None:
+            # The periodic check was cancelled half way through closing: finish that.
+            with contextlib.suppress(Exception):
+                await self._closing
         await self._close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -380,13 +390,42 @@ class MdnsService:
             and not (a.version == 6 and (bound.version == 4 or a.is_link_local))
         )[:MAX_ADDRESSES]
 
+    def _ip_version(self, interfaces: InterfaceChoice | BindList) -> IPVersion:
+        if not isinstance(interfaces, list):
+            return IPVersion.All if self._family() == 6 else IPVersion.V4Only
+        v6 = any(isinstance(i, int) or ":" in i for i in interfaces)
+        v4 = any(isinstance(i, str) and ":" not in i for i in interfaces)
+        return IPVersion.All if v4 and v6 else IPVersion.V6Only if v6 else IPVersion.V4Only
+
     async def _refresh(self, scope: _Scope) -> None:
         self._scope_now = scope
         interfaces, key = self._bind(scope)
-        if self._zc is None or key != self._bind_key:
+        if self._zc is None:
+            await self._reopen(interfaces, key)
+        elif key != self._bind_key and not await self._rebind(interfaces, key):
             await self._reopen(interfaces, key)
         if self._zc is not None:
             await self._sync_announcement(scope)
+
+    async def _rebind(
+        self, interfaces: InterfaceChoice | BindList, key: tuple[str | int, ...]
+    ) -> bool:
+        """Move the open sockets to the new interface set; False if zeroconf cannot.
+
+        Newer zeroconf reconciles its sockets in place, so peers see no goodbye
+        and no second probe; older versions get a full reopen instead.
+        """
+        update = getattr(self._zc, "async_update_interfaces", None)
+        if update is None or (isinstance(interfaces, list) and not interfaces):
+            return False
+        try:
+            await update(interfaces, self._ip_version(interfaces))
+        except Exception as exc:
+            log.info("mDNS could not follow the interface change in place: %s", exc)
+            return False
+        self._bind_key = key
+        log.info("LAN discovery follows the interfaces: %s", _describe(key, interfaces))
+        return True
 
     async def _reopen(
         self, interfaces: InterfaceChoice | BindList, key: tuple[str | int, ...]
@@ -395,13 +434,8 @@ class MdnsService:
         if isinstance(interfaces, list) and not interfaces:
             self._warn(f"no address on {', '.join(self._options.interfaces)} yet")
             return
-        # With a list zeroconf reads the families from it; with All, ask for v6 too
-        # only when our socket can use v6 addresses.
-        ip_version: IPVersion | None = None
-        if not isinstance(interfaces, list):
-            ip_version = IPVersion.All if self._family() == 6 else IPVersion.V4Only
         try:
-            zc = AsyncZeroconf(interfaces=interfaces, ip_version=ip_version)
+            zc = AsyncZeroconf(interfaces=interfaces, ip_version=self._ip_version(interfaces))
         except (OSError, RuntimeError, ValueError) as exc:
             self._warn(f"cannot open mDNS sockets: {exc}")
             return
@@ -411,7 +445,7 @@ class MdnsService:
         self._browser = AsyncServiceBrowser(
             zc.zeroconf, [SERVICE_TYPE], handlers=[self._on_state_change]
         )
-        log.info("LAN discovery on %s", "all interfaces" if not key else list(key))
+        log.info("LAN discovery on %s", _describe(key, interfaces))
 
     def _warn(self, message: str) -> None:
         """Once per outage: the periodic check keeps retrying quietly."""
@@ -430,8 +464,12 @@ class MdnsService:
         self._registered = False
         self._bind_key = None
         if zc is not None:
+            # Shielded: a cancelled caller must not leave sockets half closed.
+            self._closing = asyncio.ensure_future(zc.async_close())  # sends the goodbyes
             try:
-                await zc.async_close()  # sends the goodbyes for what we registered
+                await asyncio.shield(self._closing)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("closing mDNS")
         for peer_id in list(self._published):

@@ -102,6 +102,8 @@ class _Outgoing:
     transfer_id: str
     attempt: bytes
     acked: int = 0
+    sent: int = 0
+    total: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -272,6 +274,7 @@ class TransferManager:
         sent = 0
         rate = _Rate()
         total = sum(files[i].size - off for i, off in accept.offsets)
+        out.total = total
         log.info("sending %s via %s (%d bytes)", t.id, via, total)
 
         async def put(data: bytes) -> None:
@@ -305,6 +308,7 @@ class TransferManager:
                         await put(sealer.seal(index, position, chunk))
                         position += len(chunk)
                         sent += len(chunk)
+                        out.sent = sent
                         if rate.due(sent):
                             self.emit(TransferProgress(t.id, peer, "out", sent, total, rate.rate))
             await put(sealer.seal(0, 0, b"", final=True))
@@ -335,6 +339,16 @@ class TransferManager:
             log.info("direct TCP to %s:%d failed (%s): using QUIC", host, port, exc)
             return None
         return writer
+
+    def progress(self, transfer_id: str) -> tuple[int, int] | None:
+        """(bytes moved, bytes to move) of the running attempt, if one runs."""
+        out = self._outgoing.get(transfer_id)
+        if out is not None:
+            return out.sent, out.total
+        for (tid, _attempt), inc in self._incoming.items():
+            if tid == transfer_id and inc.opener is not None:
+                return inc.received, sum(size - off for _i, off, size in inc.plan)
+        return None
 
     def _on_progress(self, peer: str, frame: chat.FileProgress) -> None:
         out = self._outgoing.get(frame.id)

@@ -1,0 +1,155 @@
+"""Sans-IO file drop pieces: offered names and the sealed data channel."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pchat.core.chat import FileEntry
+from p2pchat.core.errors import RemoteProtocolError
+from p2pchat.core.filedrop import (
+    CHUNK_SIZE,
+    Opener,
+    Sealer,
+    UnsafePath,
+    check_offer,
+    parse_preamble,
+    safe_parts,
+)
+
+HASH = bytes(32)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "a/../../b",
+        "a//b",
+        "./a",
+        "C:/Windows/x",
+        "c:evil",
+        "a\\..\\b",
+        "nul\x00byte",
+        "bell\x07",
+        "line\nbreak",
+        "rtl\u202eexe.txt",
+        "",
+        "x" * 300,
+        "/".join(["d"] * 40),
+    ],
+)
+def test_unsafe_paths_are_refused(path: str) -> None:
+    with pytest.raises(UnsafePath):
+        safe_parts(path)
+
+
+def test_device_names_and_trailing_dots_are_defused() -> None:
+    assert safe_parts("CON") == ("_CON",)
+    assert safe_parts("dir/lpt1.txt") == ("dir", "_lpt1.txt")
+    assert safe_parts("name.") == ("_name.",)
+    assert safe_parts("photos/2024/a b.jpg") == ("photos", "2024", "a b.jpg")
+
+
+def test_offer_cannot_name_a_file_twice_or_as_folder() -> None:
+    with pytest.raises(UnsafePath):
+        check_offer((FileEntry("a.txt", 1, HASH), FileEntry("A.TXT", 1, HASH)))
+    with pytest.raises(UnsafePath):
+        check_offer((FileEntry("a", 1, HASH), FileEntry("a/b", 1, HASH)))
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=400)
+def test_safe_parts_never_escapes(path: str) -> None:
+    try:
+        parts = safe_parts(path)
+    except UnsafePath:
+        return
+    assert parts and all(p not in ("", ".", "..") and "/" not in p for p in parts)
+    assert not any(ch in p for p in parts for ch in "\x00\\\n\r")
+
+
+def channel(sizes: list[int], *, offsets: list[int] | None = None) -> tuple[Sealer, Opener]:
+    key, tid, attempt = os.urandom(32), os.urandom(16), os.urandom(16)
+    sealer = Sealer(key, tid, attempt)
+    pre = parse_preamble(sealer.preamble)
+    assert pre.transfer_id == tid and pre.attempt == attempt
+    offsets = offsets or [0] * len(sizes)
+    plan = [(i, offsets[i], size) for i, size in enumerate(sizes)]
+    return sealer, Opener(key, pre.header, plan)
+
+
+def test_round_trip_and_final() -> None:
+    data = os.urandom(CHUNK_SIZE + 100)
+    sealer, opener = channel([len(data), 0, 5])
+    blob = (
+        sealer.seal(0, 0, data[:CHUNK_SIZE])
+        + sealer.seal(0, CHUNK_SIZE, data[CHUNK_SIZE:])
+        + sealer.seal(2, 0, b"hello")
+        + sealer.seal(0, 0, b"", final=True)
+    )
+    records = []
+    for i in range(0, len(blob), 7777):
+        records += opener.feed(blob[i : i + 7777])
+    assert b"".join(bytes(r.data) for r in records if r.index == 0) == data
+    assert opener.finished and records[-1].final
+
+
+def test_tampered_record_is_detected() -> None:
+    sealer, opener = channel([100])
+    record = bytearray(sealer.seal(0, 0, b"x" * 100))
+    record[20] ^= 1
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        opener.feed(bytes(record))
+
+
+def test_wrong_position_gap_and_extension_refused() -> None:
+    sealer, opener = channel([10])
+    with pytest.raises(RemoteProtocolError, match="expected"):
+        opener.feed(sealer.seal(0, 5, b"abcde"))
+    sealer, opener = channel([10])
+    with pytest.raises(RemoteProtocolError, match="beyond"):
+        opener.feed(sealer.seal(0, 0, b"x" * 11))
+    sealer, opener = channel([10])
+    opener.feed(sealer.seal(0, 0, b"x" * 10))
+    with pytest.raises(RemoteProtocolError):
+        opener.feed(sealer.seal(0, 10, b"more"))
+
+
+def test_early_final_and_replayed_records_refused() -> None:
+    sealer, opener = channel([10])
+    with pytest.raises(RemoteProtocolError, match="before all data"):
+        opener.feed(sealer.seal(0, 0, b"x" * 5, final=True))
+    sealer, opener = channel([10])
+    first = sealer.seal(0, 0, b"x" * 5)
+    opener.feed(first)
+    with pytest.raises(RemoteProtocolError):
+        opener.feed(first)
+
+
+def test_resume_offsets_are_enforced() -> None:
+    sealer, opener = channel([100], offsets=[60])
+    with pytest.raises(RemoteProtocolError):
+        opener.feed(sealer.seal(0, 0, b"y" * 40))
+    sealer, opener = channel([100], offsets=[60])
+    assert [r.offset for r in opener.feed(sealer.seal(0, 60, b"y" * 40))] == [60]
+
+
+def test_oversized_record_refused_before_buffering() -> None:
+    _sealer, opener = channel([10])
+    with pytest.raises(RemoteProtocolError, match="refused"):
+        opener.feed(b"\xff\xff\xff\xff")
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=300)
+def test_opener_fuzz(data: bytes) -> None:
+    _sealer, opener = channel([1000])
+    try:
+        opener.feed(data)
+    except RemoteProtocolError:
+        pass

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -149,6 +150,14 @@ async def _api(
         await node.stop()
 
 
+def _safe(text: object) -> str:
+    """Peers choose names, previews and bodies: never let them drive the terminal."""
+    return "".join(
+        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf") else "\ufffd"
+        for ch in str(text)
+    )
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
@@ -156,7 +165,10 @@ def _print_json(value: Any) -> None:
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 # ---------------------------------------------------------------- commands
@@ -223,7 +235,7 @@ async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
     for c in contacts:
         flags = ("online" if c["online"] else "offline") + (", verified" if c["verified"] else "")
         unread = f", {c['unread']} unread" if c["unread"] else ""
-        print(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread})")
+        print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread})"))
     return EXIT_OK
 
 
@@ -237,7 +249,8 @@ async def cmd_requests(paths: Paths, args: argparse.Namespace) -> int:
         print("no pending contact requests")
     for r in requests:
         preview = f'  "{r["preview"]}"' if r.get("preview") else ""
-        print(f"{r.get('name') or '?':<20} {r['peer_id']}  from {r.get('address')}{preview}")
+        line = f"{r.get('name') or '?':<20} {r['peer_id']}  from {r.get('address')}{preview}"
+        print(_safe(line))
     return EXIT_OK
 
 
@@ -286,7 +299,7 @@ async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
     for m in messages:
         who = "me" if m["direction"] == "out" else "them"
         tick = f"  [{ticks.get(m['state'], m['state'])}]" if m["direction"] == "out" else ""
-        print(f"{_when(m['created_at'])}  {who:>4}: {m['body']}{tick}")
+        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {m['body']}{tick}"))
     return EXIT_OK
 
 

@@ -150,6 +150,7 @@ class Node:
         self._requests: dict[str, PeerConnection] = {}
         self._dial: dict[str, _DialState] = {}
         self._gaps_sent: dict[PeerConnection, int] = {}
+        self._gaps_answered: dict[PeerConnection, int] = {}
         self._subs: set[_Subscription] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
@@ -624,6 +625,15 @@ class Node:
     def session_established(self, conn: PeerConnection) -> None:
         conn.send(chat.Hello(name=self.name, token=self._pending_token(conn.peer_id)))
 
+    def _forget_token(self, peer_id: str) -> None:
+        """The token went out in this session's Hello: one presentation is all it
+        gets, so it is not repeated in every later Hello."""
+        if self._pending_token(peer_id) is not None:
+            tokens = dict(self.settings.get("pending_tokens", {}))
+            tokens.pop(peer_id, None)
+            self.settings["pending_tokens"] = tokens
+            save_settings(self.paths, self.settings)
+
     def _pending_token(self, peer_id: str | None) -> str | None:
         tokens = self.settings.get("pending_tokens", {})
         token = tokens.get(peer_id) if isinstance(tokens, dict) and peer_id else None
@@ -651,6 +661,7 @@ class Node:
         self._conns.discard(conn)
         self.transfers.connection_closed(conn)
         self._gaps_sent.pop(conn, None)
+        self._gaps_answered.pop(conn, None)
         peer = conn.peer_id
         if peer is None:
             return
@@ -735,6 +746,7 @@ class Node:
         state.attempts = 0
         state.next_at = 0.0
         self.store.record_seen(peer, conn.address, now=self.clock())
+        self._forget_token(peer)
         self._emit(PeerOnline(peer, conn.address))
         # Anything stored but not yet acknowledged (we may have died in between).
         recv_seq = self.store.recv_seq(peer)
@@ -762,6 +774,8 @@ class Node:
             self._transmit(conn, pending, base=self.store.outbox_base(peer))
 
     def _transmit(self, conn: PeerConnection, messages: list[Message], *, base: int) -> None:
+        if conn.held_as_request:
+            return  # the peer has not accepted us: keep them in the outbox
         sent_any = False
         for m in messages:
             frame = chat.ChatMessage(
@@ -805,7 +819,13 @@ class Node:
             for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):
-            self._resend_outbox(conn, peer, from_seq=frame.want)
+            # A peer asking again for what it asked before gets nothing new: one
+            # resend per distinct request and session keeps a hostile contact from
+            # making us flood our own send buffer.
+            if conn.held_as_request or self._gaps_answered.get(conn) != frame.want:
+                conn.held_as_request = False
+                self._gaps_answered[conn] = frame.want
+                self._resend_outbox(conn, peer, from_seq=frame.want)
         elif isinstance(frame, chat.Typing):
             self._emit(TypingChanged(peer, frame.active))
         elif isinstance(frame, _FILE_FRAMES):

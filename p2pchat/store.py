@@ -1093,7 +1093,7 @@ class Store:
                 db.execute(
                     "UPDATE requests SET last_seen = ?, attempts = attempts + 1,"
                     " name = coalesce(?, name), address = coalesce(?, address),"
-                    " preview = coalesce(?, preview) WHERE peer_id = ?",
+                    " preview = coalesce(preview, ?) WHERE peer_id = ?",
                     (now, name, address, preview, peer_id),
                 )
                 created = False

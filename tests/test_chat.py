@@ -61,7 +61,7 @@ ALL_FRAMES: list[ChatFrame] = [
     Hello(name="Zoë 🌸", version=1),
     message(),
     message(body="multi\nline\ttext ✓", seq=1, base=1, sent_at=0.0),
-    message(body="", seq=MAX_SEQ, base=MAX_SEQ, sent_at=-1.0),
+    message(body="", seq=MAX_SEQ, base=MAX_SEQ, sent_at=0.0),
     Ack(seq=0),
     Ack(seq=42),
     Read(seq=7),
@@ -304,3 +304,12 @@ def test_fuzz_decode_known_tags(obj: dict[str, object]) -> None:
         return
     assert isinstance(frame, _FRAME_TYPES)
     assert decode(encode(frame)) == frame
+
+
+@pytest.mark.parametrize("at", [-1.0, 1e300, 1e11 + 1])
+def test_implausible_timestamps_refused(at: float) -> None:
+    frame = msgpack.packb(
+        {"t": "msg", "i": "0" * 32, "s": 1, "b": 1, "at": at, "m": "x"}, use_bin_type=True
+    )
+    with pytest.raises(RemoteProtocolError, match="timestamp"):
+        decode(frame)

@@ -482,7 +482,13 @@ def test_request_lifecycle(store: Store) -> None:
 
     req, new = store.add_request(BOB, name=None, address=None, preview="again", now=5.0)
     assert not new
-    assert (req.attempts, req.last_seen, req.preview, req.address) == (2, 5.0, "again", "1.2.3.4:5")
+    # The first words a stranger sent stay the preview: later ones cannot replace them.
+    assert (req.attempts, req.last_seen, req.preview, req.address) == (
+        2,
+        5.0,
+        "x" * 200,
+        "1.2.3.4:5",
+    )
     assert [r.peer_id for r in store.list_requests()] == [BOB]
 
     contact = store.accept_request(BOB, name=None, now=6.0)

@@ -60,6 +60,7 @@ MAX_TOKEN_CHARS = 64
 MAX_SEQ = 2**53 - 1
 """Sequence numbers stay exactly representable as IEEE doubles, for peers in JS."""
 MAX_VERSION = 2**16 - 1
+MAX_TIMESTAMP = 1e11
 
 _MAX_MAP_LEN = 32
 # A file offer lists its files; everything stays inside one 64 KiB session frame.
@@ -317,6 +318,14 @@ class _Reader:
             raise self.fail(f"field {key!r} must be a finite number")
         return value
 
+    def get_time(self, key: str) -> float:
+        """A Unix timestamp a person could see: 1970 to the year 5138, so that
+        formatting it as a date can never fail."""
+        value = self.get_float(key)
+        if not 0.0 <= value <= MAX_TIMESTAMP:
+            raise self.fail(f"field {key!r} is not a plausible timestamp")
+        return value
+
     def get_str(self, key: str, max_bytes: int) -> str:
         value = self._m.get(key)
         if type(value) is not str:
@@ -386,7 +395,7 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
             id=message_id,
             seq=seq,
             base=base,
-            sent_at=r.get_float("at"),
+            sent_at=r.get_time("at"),
             body=r.get_str("m", MAX_BODY_BYTES),
         )
     if kind == _T_ACK:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 CONTROL_STREAM = 0
 HANDSHAKE_TIMEOUT = 10.0
+# An authenticated peer must introduce itself (Hello) promptly, or it would hold a
+# connection slot for free: keepalives stop QUIC's idle timeout from firing.
+HELLO_TIMEOUT = 10.0
 # A peer that keeps sending frames we cannot parse is closed after this many.
 MAX_BAD_FRAMES = 16
 
@@ -70,6 +73,8 @@ class PeerConnection:
         self.peer_key: bytes | None = None
         self.peer_id: str | None = None
         self.hello: chat.Hello | None = None
+        self.held_as_request = False
+        """The peer told us we are not its contact yet: hold our messages back."""
         self.closed = False
         self.bad_frames = 0
         link.handler = self
@@ -120,6 +125,9 @@ class PeerConnection:
                 break
             if isinstance(event, HandshakeComplete):
                 self._deadline.cancel()
+                self._deadline = self.link.endpoint.loop.call_later(
+                    HELLO_TIMEOUT, self._hello_timeout
+                )
                 self.peer_key = event.peer_key
                 self.peer_id = peer_id_from_key(event.peer_key)
                 self.established_at = self.link.endpoint.now()
@@ -146,7 +154,13 @@ class PeerConnection:
                 self.close("too many invalid frames")
             return
         if isinstance(frame, chat.Hello):
+            if self.hello is None:
+                self._deadline.cancel()
             self.hello = frame
+        elif self.hello is None:
+            return  # nothing counts before the peer introduced itself
+        if isinstance(frame, chat.RequestPending):
+            self.held_as_request = True
         self.owner.frame_received(self, frame)
 
     def send(self, frame: chat.ChatFrame) -> bool:
@@ -172,6 +186,10 @@ class PeerConnection:
             self.link.send_stream(CONTROL_STREAM, data)
 
     # -- lifetime ----------------------------------------------------------
+    def _hello_timeout(self) -> None:
+        if self.hello is None:
+            self.close("no hello")
+
     def _handshake_timeout(self) -> None:
         if not self.session.established:
             self.close("session handshake timed out")

@@ -143,7 +143,7 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
-    """One offered file: a relative '/'-separated path, its size and BLAKE2b-256."""
+    """One offered file: a relative '/'-separated path, its size and BLAKE3-256."""
 
     path: str
     size: int

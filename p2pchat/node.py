@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import random
@@ -18,6 +19,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import ifaddr
 
 from p2pchat.config import (
     DEFAULT_PORT,
@@ -45,9 +48,11 @@ from p2pchat.core.events import (
     TypingChanged,
 )
 from p2pchat.identity import (
+    INVITE_PREFIX,
     Identity,
     Invite,
     format_address,
+    is_peer_id,
     key_from_peer_id,
     load_identity,
     parse_address,
@@ -56,6 +61,7 @@ from p2pchat.identity import (
     safety_number,
 )
 from p2pchat.net.control import ControlServer
+from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
@@ -73,6 +79,11 @@ MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
 MAX_NAME = 64
+# A contact unreachable at its known addresses (this many dials without a session, or
+# no address at all) is looked up in the DHT; repeated lookups back off up to an hour.
+DHT_AFTER_ATTEMPTS = 2
+DHT_RETRY_MIN = 5.0
+DHT_RETRY_MAX = 3600.0
 
 
 class NodeError(Exception):
@@ -145,6 +156,9 @@ class Node:
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
         self._mdns: MdnsService | None = None
+        self._dht: DhtService | None = None
+        self._dht_retry: dict[str, tuple[float, float]] = {}
+        self._dht_resolving: set[str] = set()
         self._conns: set[PeerConnection] = set()
         self._active: dict[str, PeerConnection] = {}
         self._requests: dict[str, PeerConnection] = {}
@@ -180,11 +194,18 @@ class Node:
 
     @property
     def addresses(self) -> tuple[str, ...]:
+        """Where peers can reach us: a wildcard bind is spelled out per interface,
+        since ``0.0.0.0:47474`` in an invite would be useless to the reader."""
         if self._endpoint is None or self._endpoint.local_address is None:
             listen = self.settings.get("listen")
-            return (listen,) if isinstance(listen, str) else ()
-        host, port = self._endpoint.local_address
-        return (format_address(host, port),)
+            if not isinstance(listen, str):
+                return ()
+            host, port = parse_address(listen)
+        else:
+            host, port = self._endpoint.local_address
+        if host not in ("0.0.0.0", "::"):
+            return (format_address(host, port),)
+        return tuple(format_address(ip, port) for ip in _interface_ips(v6=host == "::"))
 
     async def start(
         self,
@@ -194,8 +215,12 @@ class Node:
         downloads: Path | None = None,
         accept_files_from: Iterable[str] = (),
         mdns: MdnsOptions | None = None,
+        dht: DhtOptions | None = None,
     ) -> None:
         """Take the home's lock, bind the UDP socket, serve the control socket.
+
+        ``dht`` joins the DHT on the same socket; None (the default) keeps the node
+        off it, so tests never reach bootstrap nodes they did not name.
 
         ``mdns`` turns LAN discovery on (None, the default, keeps the node silent
         on the LAN: tests and embedders opt in, the CLI daemon opts out).
@@ -218,6 +243,15 @@ class Node:
             self._endpoint.on_incoming = self._incoming
             bound = await self._endpoint.start(host, port)
             await self.transfers.start(bound[0])
+            if dht is not None:
+                self._dht = DhtService(
+                    self._endpoint,
+                    self.identity,
+                    dht,
+                    state_path=self.paths.dht_state,
+                    clock=self.clock,
+                )
+                await self._dht.start()
             self._wake = asyncio.Event()
             if mdns is not None:
                 self._mdns = MdnsService(self, mdns)
@@ -229,6 +263,9 @@ class Node:
             if self._mdns is not None:
                 await self._mdns.stop()
                 self._mdns = None
+            if self._dht is not None:
+                await self._dht.stop()
+                self._dht = None
             await self.transfers.stop()
             if self._endpoint is not None:
                 self._endpoint.close()
@@ -258,6 +295,9 @@ class Node:
             # Goodbyes first, while the sockets still work: the LAN forgets us now.
             await self._mdns.stop()
             self._mdns = None
+        if self._dht is not None:
+            await self._dht.stop()  # saves the routing table for the next start
+            self._dht = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -597,10 +637,57 @@ class Node:
             now = loop.time()
             for contact in self.store.list_contacts():
                 self._maybe_dial(contact, now)
+                self._maybe_resolve(contact, now)
             self.transfers.tick()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def _maybe_resolve(self, contact: Contact, now: float) -> None:
+        """Ask the DHT for the contact's signed record when its known addresses fail."""
+        peer = contact.peer_id
+        if self._dht is None or peer in self._active:
+            self._dht_retry.pop(peer, None)
+            return
+        state = self._dial.get(peer)
+        if contact.addresses and (state is None or state.attempts < DHT_AFTER_ATTEMPTS):
+            return
+        next_at, delay = self._dht_retry.get(peer, (0.0, DHT_RETRY_MIN))
+        if now < next_at or peer in self._dht_resolving:
+            return
+        self._dht_retry[peer] = (now + delay, min(DHT_RETRY_MAX, delay * 2))
+        self._dht_resolving.add(peer)
+        self._spawn(self._resolve_contact(peer))
+
+    async def _resolve_contact(self, peer_id: str) -> None:
+        try:
+            addresses = await self.dht_lookup(peer_id)
+        except (NodeError, DhtError) as exc:
+            log.info("DHT lookup of %s failed: %s", peer_id, exc)
+            return
+        finally:
+            self._dht_resolving.discard(peer_id)
+        if addresses and self.running:
+            self.peer_discovered(peer_id, addresses, source="dht")
+
+    def dht_status(self) -> dict[str, Any]:
+        return self._require_dht().status()
+
+    async def dht_lookup(self, ref: str) -> list[str]:
+        """Addresses from the signed DHT record of a contact (name or ID) or any peer ID."""
+        dht = self._require_dht()
+        if is_peer_id(ref) or ref.startswith(INVITE_PREFIX):
+            peer_id = parse_contact_ref(ref).peer_id
+        else:
+            peer_id = self.store.find_contact(ref).peer_id
+        return await dht.resolve(peer_id)
+
+    def _require_dht(self) -> DhtService:
+        if not self.running:
+            raise NotRunning("the node is not running")
+        if self._dht is None:
+            raise NodeError("the DHT is off (the node was started without it, e.g. --no-dht)")
+        return self._dht
 
     def _maybe_dial(self, contact: Contact, now: float) -> None:
         peer = contact.peer_id
@@ -840,6 +927,24 @@ _FILE_FRAMES = (
     chat.FileProgress,
     chat.FileResult,
 )
+
+
+def _interface_ips(*, v6: bool) -> list[str]:
+    """Unicast addresses of this host's interfaces, loopback last (reads, never sends)."""
+    found: list[str] = []
+    loop: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                addr = ipaddress.ip_address(ip.ip)
+            elif v6:
+                addr = ipaddress.ip_address(ip.ip[0].split("%")[0])
+            else:
+                continue
+            if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
+                continue
+            (loop if addr.is_loopback else found).append(str(addr))
+    return list(dict.fromkeys(found + loop))
 
 
 def _absolute(path: Path) -> Path:

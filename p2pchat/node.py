@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -125,6 +126,7 @@ class NearbyPeer:
     source: str
     seen_at: float
     is_contact: bool
+    verified: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -170,6 +172,7 @@ class Node:
         self._wake: asyncio.Event | None = None
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._nearby: dict[str, NearbyPeer] = {}
+        self._hints: dict[str, tuple[str, ...]] = {}
         downloads = self.settings.get("downloads")
         self.transfers = TransferManager(
             self.store,
@@ -571,7 +574,12 @@ class Node:
 
     # ------------------------------------------------------------ discovery
     def nearby(self) -> list[NearbyPeer]:
-        return sorted(self._nearby.values(), key=lambda p: (p.name or "", p.peer_id))
+        """Announced peers; ``verified`` once a session with that key exists."""
+        proven = self._active.keys() | self._requests.keys()
+        return sorted(
+            (dataclasses.replace(p, verified=p.peer_id in proven) for p in self._nearby.values()),
+            key=lambda p: (p.name or "", p.peer_id),
+        )
 
     def peer_discovered(
         self, peer_id: str, addresses: Iterable[str], *, source: str, name: str | None = None
@@ -586,9 +594,10 @@ class Node:
         addrs = tuple(dict.fromkeys(addresses))
         contact = self.store.get_contact(peer_id)
         if contact is not None:
-            merged = tuple(dict.fromkeys((*addrs, *contact.addresses)))[:8]
-            if merged != contact.addresses:
-                self.store.set_addresses(peer_id, merged)
+            # Kept in memory only: a claim must not push the contact's proven
+            # addresses out of its stored list.  An address is stored once a
+            # session over it proved the key (``record_seen``).
+            self._hints[peer_id] = addrs[:8]
             if peer_id not in self._active:
                 state = self._dial.setdefault(peer_id, _DialState())
                 state.next_at = 0.0
@@ -691,14 +700,15 @@ class Node:
 
     def _maybe_dial(self, contact: Contact, now: float) -> None:
         peer = contact.peer_id
-        if peer in self._active or not contact.addresses:
+        candidates = tuple(dict.fromkeys((*self._hints.get(peer, ()), *contact.addresses)))
+        if peer in self._active or not candidates:
             return
         state = self._dial.setdefault(peer, _DialState())
         if state.link is not None and not state.link.closed:
             return
         if now < state.next_at:
             return
-        address = contact.addresses[state.index % len(contact.addresses)]
+        address = candidates[state.index % len(candidates)]
         state.index += 1
         state.attempts += 1
         delay = min(MAX_BACKOFF, 0.5 * 2 ** min(state.attempts, 8))

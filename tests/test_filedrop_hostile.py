@@ -90,7 +90,7 @@ async def test_malicious_offers(start_node: StartNode, tmp_path: Path) -> None:
         key = session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
         sealer = Sealer(key, bytes.fromhex(tid), accept.attempt)
         host, _ = parse_address(b.addresses[0])
-        reader, writer = await asyncio.open_connection(host, accept.tcp_port)
+        _reader, writer = await asyncio.open_connection(host, accept.tcp_port)
         writer.write(sealer.preamble)
         offset = 0
         try:

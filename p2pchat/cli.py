@@ -30,6 +30,7 @@ from p2pchat.config import (
     NodeAlreadyRunning,
     NodeLock,
     Paths,
+    bootstrap_list,
     load_settings,
     resolve_home,
     save_settings,
@@ -46,6 +47,7 @@ from p2pchat.identity import (
     parse_address,
 )
 from p2pchat.net.control import ControlClient, ControlError
+from p2pchat.net.dht import DhtOptions
 from p2pchat.net.endpoint import EndpointError
 from p2pchat.net.mdns import MdnsOptions
 from p2pchat.net.transfers import TransferError
@@ -404,7 +406,65 @@ async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:
         print("nobody nearby (is a node running with LAN discovery on?)")
     for p in peers:
         tag = "contact" if p["is_contact"] else "not a contact: `p2pchat add ID`"
+        if not p.get("verified"):
+            tag += ", ID not yet proven"
         print(f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})")
+    return EXIT_OK
+
+
+def _require_running(paths: Paths) -> None:
+    """The DHT lives only in a running node; a node opened just for one command has none."""
+    if not NodeLock(paths).is_held_elsewhere():
+        raise CliError(
+            f"no node runs for {paths.home}: start one with `p2pchat daemon`", EXIT_NETWORK
+        )
+
+
+async def cmd_dht_status(paths: Paths, args: argparse.Namespace) -> int:
+    _require_running(paths)
+    async with _api(paths, args) as api:
+        st = await api.call("dht_status", {})
+    if args.json:
+        _print_json(st)
+        return EXIT_OK
+    ext = st["external_address"]
+    if ext is None:
+        votes = ", ".join(f"{v} says {a}" for v, a in sorted(st["votes"].items()))
+        external = f"unknown ({votes or 'no votes yet'})"
+    else:
+        port = "same port to everyone" if ext["port_consistent"] else "port varies"
+        kept = ", port preserved" if ext["port_preserved"] else ""
+        external = f"{ext['address']} ({ext['voters']} voters, {port}{kept})"
+    rec = st["record"]
+    if rec["published_at"] is not None:
+        record = (
+            f"seq {rec['seq']}, stored on {rec['stored']} nodes at {_when(rec['published_at'])}: "
+            + (", ".join(rec["addresses"]) or "-")
+        )
+    else:
+        record = "not published yet" + (f" (last try: seq {rec['seq']})" if rec["seq"] else "")
+    print(f"node id:        {st['node_id']}")
+    print(f"mode:           {st['mode']}")
+    print(f"routing table:  {st['table_size']} nodes ({st['table_confirmed']} confirmed)")
+    print(f"external addr:  {external}")
+    print(f"nat:            {st['nat']}")
+    print(f"bootstrap:      {', '.join(st['bootstrap']) or '(none: first node of a swarm)'}")
+    print(f"peer record:    {record}")
+    return EXIT_OK
+
+
+async def cmd_dht_lookup(paths: Paths, args: argparse.Namespace) -> int:
+    _require_running(paths)
+    async with _api(paths, args) as api:
+        found = await api.call("dht_lookup", {"peer": args.peer})
+    if args.json:
+        _print_json(found)
+    elif not found["addresses"]:
+        print("no record found in the DHT")
+        return EXIT_ERROR
+    else:
+        for address in found["addresses"]:
+            print(address)
     return EXIT_OK
 
 
@@ -429,6 +489,7 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             mdns=mdns,
             downloads=Path(args.downloads) if args.downloads else None,
             accept_files_from=args.accept_files_from,
+            dht=None if args.no_dht else DhtOptions(bootstrap=bootstrap_list(args.bootstrap)),
         )
         print(f"p2pchat {node.peer_id} listening on {', '.join(node.addresses)}", flush=True)
         await stop.wait()
@@ -539,6 +600,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nearby", help="peers seen on the LAN (mDNS)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
+
+    p = sub.add_parser("dht", help="the running node's DHT: status and record lookups")
+    dht = p.add_subparsers(dest="dht_command", required=True, metavar="{status,lookup}")
+    q = dht.add_parser("status", help="routing table, external address, published record")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_dht_status)
+    q = dht.add_parser("lookup", help="the addresses in a peer's signed DHT record")
+    q.add_argument("peer", metavar="ID_OR_CONTACT")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_dht_lookup)
 
     p = sub.add_parser("daemon", help="run the node headless until SIGINT/SIGTERM")
     p.add_argument("--listen", metavar="HOST:PORT", help="UDP address to listen on")

@@ -12,7 +12,9 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,14 @@ APP_NAME = "p2pchat"
 HOME_ENV = "P2PCHAT_HOME"
 PASSPHRASE_ENV = "P2PCHAT_PASSPHRASE"
 BOOTSTRAP_ENV = "P2PCHAT_BOOTSTRAP"
+# The well-known Mainline routers: only for a daemon given no --bootstrap and no
+# $P2PCHAT_BOOTSTRAP (tests always name their own nodes).
+DEFAULT_BOOTSTRAP = (
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+    "dht.libtorrent.org:25401",
+)
 DEFAULT_PORT = 47474
 # sockaddr_un.sun_path is 108 bytes on Linux (104 on macOS); stay clear of both.
 _MAX_UNIX_PATH = 100
@@ -63,6 +73,10 @@ class Paths:
     @property
     def settings(self) -> Path:
         return self.home / "settings.json"
+
+    @property
+    def dht_state(self) -> Path:
+        return self.home / "dht.state"
 
     @property
     def lock(self) -> Path:
@@ -120,6 +134,17 @@ def save_settings(paths: Paths, settings: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, paths.settings)
+
+
+def bootstrap_list(
+    cli: Sequence[str] | None, environ: Mapping[str, str] = os.environ
+) -> tuple[str, ...]:
+    """``--bootstrap`` beats ``$P2PCHAT_BOOTSTRAP`` (comma or whitespace separated)
+    beats the public routers."""
+    if cli:
+        return tuple(cli)
+    from_env = tuple(re.split(r"[\s,]+", environ.get(BOOTSTRAP_ENV, "").strip()))
+    return tuple(e for e in from_env if e) or DEFAULT_BOOTSTRAP
 
 
 class NodeLock:

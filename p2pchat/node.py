@@ -659,7 +659,8 @@ class Node:
             self._dht_retry.pop(peer, None)
             return
         state = self._dial.get(peer)
-        if contact.addresses and (state is None or state.attempts < DHT_AFTER_ATTEMPTS):
+        known = contact.addresses or self._hints.get(peer)
+        if known and (state is None or state.attempts < DHT_AFTER_ATTEMPTS):
             return
         next_at, delay = self._dht_retry.get(peer, (0.0, DHT_RETRY_MIN))
         if now < next_at or peer in self._dht_resolving:

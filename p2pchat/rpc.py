@@ -97,6 +97,14 @@ async def _nearby(node: Node, args: dict[str, Any]) -> Any:
     return node.nearby()
 
 
+async def _dht_status(node: Node, args: dict[str, Any]) -> Any:
+    return node.dht_status()
+
+
+async def _dht_lookup(node: Node, args: dict[str, Any]) -> Any:
+    return {"peer": _str(args, "peer"), "addresses": await node.dht_lookup(_str(args, "peer"))}
+
+
 async def _verify(node: Node, args: dict[str, Any]) -> Any:
     contact = node.verify_contact(_str(args, "contact"), bool(args.get("verified", True)))
     return {"contact": contact, "safety_number": node.safety_number(contact.peer_id)}
@@ -166,6 +174,8 @@ OPS: dict[str, Op] = {
     "cancel_file": _cancel_file,
     "wait_transfer": _wait_transfer,
     "nearby": _nearby,
+    "dht_status": _dht_status,
+    "dht_lookup": _dht_lookup,
     "verify": _verify,
     "info": _info,
     "contacts": _contacts,

@@ -1,0 +1,457 @@
+"""The DHT on the node's shared UDP socket, with real daemons on 127.0.0.1.
+
+Every swarm here is private: the first daemon is the only bootstrap node and the others
+name it with ``--bootstrap``; nothing is sent beyond loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pchat import cli
+from p2pchat.config import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP, bootstrap_list
+from p2pchat.dht.bencode import bdecode, bencode
+from p2pchat.dht.krpc import compact_addr
+from p2pchat.dht.records import PEER_RECORD_SALT, PeerRecord
+from p2pchat.identity import Identity, key_from_peer_id, load_identity
+from p2pchat.net import dht as dht_module
+from p2pchat.net.control import ControlClient
+from p2pchat.net.dht import DhtOptions, DhtService
+from p2pchat.net.endpoint import Endpoint
+from p2pchat.node import NodeError
+
+from .conftest import StartNode, free_udp_port, make_home
+from .daemons import Daemon, cli_env, run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class DhtDaemon(Daemon):
+    """``p2pchat daemon`` with the DHT on (``Daemon`` always passes ``--no-dht``)."""
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "p2pchat", "--home", str(self.paths.home),
+                "daemon", "--listen", self.listen, "--no-mdns", *self.extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(),
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read() if self.proc.stdout else ""
+                raise RuntimeError(f"daemon exited early: {out}")
+            try:
+                client = ControlClient(self.paths.control_socket)
+                await client.connect()
+                await client.call("info", {})
+                self.client = client
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    @property
+    def peer_id(self) -> str:
+        return load_identity(self.paths.identity).peer_id
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+Swarm = tuple[DhtDaemon, DhtDaemon, DhtDaemon]
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    """Poll an async check until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
+    """A bootstrap daemon and two others (alice, bob) that know only the bootstrap."""
+    boot_port = free_udp_port()
+    bootstrap = ["--bootstrap", f"127.0.0.1:{boot_port}"]
+    daemons = [
+        DhtDaemon(make_home(tmp_path, name).home, f"127.0.0.1:{port}", extra=bootstrap)
+        for name, port in (("boot", boot_port), ("alice", free_udp_port()),
+                           ("bob", free_udp_port()))
+    ]
+    boot, alice, bob = daemons
+    try:
+        await boot.start()
+        await asyncio.gather(alice.start(), bob.start())
+        yield boot, alice, bob
+    finally:
+        for d in daemons:
+            await d.stop()
+
+
+async def published(d: DhtDaemon) -> dict[str, Any] | None:
+    status: dict[str, Any] = await d.call("dht_status")
+    return status if status["record"]["published_at"] is not None else None
+
+
+async def delivered(sender: DhtDaemon, contact: str, body: str) -> bool:
+    history = await sender.call("history", contact=contact)
+    return any(m["body"] == body and m["state"] in ("delivered", "read") for m in history)
+
+
+async def test_contact_added_by_bare_id_is_found_through_the_dht(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    boot, alice, bob = swarm
+    bob_status = await until(lambda: published(bob))
+    assert bob_status["record"]["addresses"] == [bob.listen]
+    assert bob_status["record"]["stored"] >= 1
+    assert bob_status["read_only"] is False  # private swarm: serving from the start
+
+    # Alice knows nothing but Bob's ID: no invite, no address.
+    await alice.call("add", ref=bob.peer_id, name="bob", addresses=[])
+    await alice.call("send", contact="bob", text="found you through the DHT", wait=0)
+    # Alice resolved Bob's record and dialled him: Bob sees her contact request.
+    await until(lambda: bob.call("requests"))
+    await bob.call("accept", ref=alice.peer_id, name="alice")
+    await until(lambda: delivered(alice, "bob", "found you through the DHT"))
+    bodies = [m["body"] for m in await bob.call("history", contact="alice")]
+    assert bodies == ["found you through the DHT"]
+    contact = (await alice.call("contacts"))[0]
+    assert contact["addresses"] == [bob.listen]
+    nearby = {p["peer_id"]: p for p in await alice.call("nearby")}
+    assert nearby[bob.peer_id]["source"] == "dht"
+
+    # The CLI commands, through the running node's control socket.
+    status = json.loads(run_cli(alice.paths.home, "dht", "status", "--json").stdout)
+    assert status["table_size"] > 0
+    assert status["bootstrap"] == [f"127.0.0.1:{boot.listen.rsplit(':', 1)[1]}"]
+    assert status["record"]["seq"] is not None and status["record"]["stored"] >= 1
+    plain = run_cli(alice.paths.home, "dht", "status")
+    assert plain.returncode == 0 and "routing table:" in plain.stdout
+    found = run_cli(alice.paths.home, "dht", "lookup", bob.peer_id, "--json")
+    assert json.loads(found.stdout)["addresses"] == [bob.listen]
+    by_name = run_cli(alice.paths.home, "dht", "lookup", "bob")
+    assert by_name.stdout.split() == [bob.listen]
+
+    # The routing table outlives the process (owner-only file).
+    await alice.stop()
+    state = alice.paths.home / "dht.state"
+    assert state.exists() and (state.stat().st_mode & 0o777) == 0o600
+
+
+async def test_dht_commands_explain_when_there_is_no_dht(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "carol").home
+    nothing = run_cli(home, "dht", "status")
+    assert nothing.returncode == cli.EXIT_NETWORK and "no node runs" in nothing.stderr
+    daemon = Daemon(home, f"127.0.0.1:{free_udp_port()}")  # --no-dht
+    await daemon.start()
+    try:
+        off = run_cli(home, "dht", "lookup", Identity.generate().peer_id)
+        assert off.returncode == cli.EXIT_ERROR and "DHT is off" in off.stderr
+    finally:
+        await daemon.stop()
+
+
+class KrpcClient(asyncio.DatagramProtocol):
+    """A raw UDP socket on 127.0.0.1 that speaks (or abuses) KRPC."""
+
+    def __init__(self) -> None:
+        self.replies: list[dict[bytes, Any]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls) -> KrpcClient:
+        return await cls.open_on("127.0.0.1")
+
+    @classmethod
+    async def open_on(cls, host: str) -> KrpcClient:
+        loop = asyncio.get_running_loop()
+        client = cls()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: client, local_addr=(host, 0)
+        )
+        client.transport = transport
+        return client
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        try:
+            message = bdecode(data)
+        except Exception:
+            return
+        if isinstance(message, dict):
+            self.replies.append(message)
+
+    def send(self, data: bytes, target: str) -> None:
+        assert self.transport is not None
+        host, port = target.rsplit(":", 1)
+        self.transport.sendto(data, (host, int(port)))
+
+    def query(self, target: str, method: bytes, args: dict[bytes, Any], tid: bytes) -> None:
+        args = {b"id": os.urandom(20), **args}
+        self.send(bencode({b"t": tid, b"y": b"q", b"q": method, b"a": args}), target)
+
+    def reply(self, tid: bytes) -> dict[bytes, Any] | None:
+        return next((r for r in self.replies if r.get(b"t") == tid), None)
+
+    async def answer(self, tid: bytes) -> dict[bytes, Any]:
+        async def check() -> dict[bytes, Any] | None:
+            return self.reply(tid)
+
+        reply: dict[bytes, Any] = await until(check, timeout=5)
+        return reply
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def test_quic_and_krpc_share_the_socket_under_load(swarm: Swarm) -> None:
+    _boot, alice, bob = swarm
+    await until(lambda: published(bob))
+    await alice.call("add", ref=bob.peer_id, name="bob", addresses=[])
+    await bob.call("add", ref=alice.peer_id, name="alice", addresses=[])
+    await alice.call("send", contact="bob", text="warm-up", wait=0)
+    await until(lambda: delivered(alice, "bob", "warm-up"))
+
+    krpc = await KrpcClient.open()
+    stop = asyncio.Event()
+
+    async def hammer() -> int:
+        sent = 0
+        while not stop.is_set():
+            for _ in range(20):
+                tid = sent.to_bytes(4, "big")
+                if sent % 2:
+                    krpc.query(bob.listen, b"ping", {}, tid)
+                else:
+                    krpc.query(bob.listen, b"find_node", {b"target": os.urandom(20)}, tid)
+                sent += 1
+            await asyncio.sleep(0.01)
+        return sent
+
+    flood = asyncio.ensure_future(hammer())
+    try:
+        bodies = [f"under load {i}" for i in range(100)]
+        for body in bodies:
+            await alice.call("send", contact="bob", text=body, wait=0)
+        await until(lambda: delivered(alice, "bob", bodies[-1]), timeout=30)
+        # Meanwhile the DHT keeps answering on the same port (within its rate limit).
+        assert await alice.call("dht_lookup", peer="bob") == {
+            "peer": "bob",
+            "addresses": [bob.listen],
+        }
+    finally:
+        stop.set()
+        sent = await flood
+        krpc.close()
+    received = [m["body"] for m in await bob.call("history", contact="alice")]
+    assert received == ["warm-up", *bodies]
+    answered = [r for r in krpc.replies if r.get(b"y") == b"r"]
+    assert sent > 500 and len(answered) >= 40
+    stats = (await bob.call("dht_status"))["stats"]
+    assert stats["received"] >= sent // 2
+
+
+async def test_hostile_krpc_leaves_node_and_chat_standing(swarm: Swarm) -> None:
+    boot, alice, bob = swarm
+    await until(lambda: published(bob))
+    target = boot.listen  # holds Bob's record
+    krpc = await KrpcClient.open()
+    try:
+        # Garbage: not bencode, truncated, nested to the hilt, oversized, wrong types.
+        junk = [
+            b"d" + os.urandom(200),
+            b"d1:t2:xy1:y1:q",
+            b"d" + b"l" * 5000 + b"e" * 5000 + b"e",
+            b"d1:ad2:id20:" + b"x" * 20 + b"e1:q4:ping1:t2:aa1:y1:q" + b"e" * 3,
+            b"d1:ad2:idi5ee1:q4:ping1:t2:ab1:y1:qe",
+            b"d1:ad2:id20:" + b"x" * 20 + b"e1:q9:not_a_verb1:t2:ac1:y1:qe",
+            b"d" + b"x" * 65_000,
+            bytes([0x64]) + b"\x00" * 1499,
+        ]
+        for data in junk:
+            krpc.send(data, target)
+        # A forged record for Bob: his key, a newer seq, a signature that is not his.
+        krpc.query(target, b"get", {b"target": os.urandom(20)}, b"tok1")
+        token = (await krpc.answer(b"tok1"))[b"r"][b"token"]
+        forged = PeerRecord(addresses=(("127.0.0.1", 9),)).encode()
+        put = {
+            b"k": key_from_peer_id(bob.peer_id),
+            b"salt": PEER_RECORD_SALT,
+            b"seq": int(time.time()) + 10_000,
+            b"sig": os.urandom(64),
+            b"token": token,
+            b"v": bdecode(forged),
+        }
+        krpc.query(target, b"put", put, b"put1")
+        reply = await krpc.answer(b"put1")
+        assert reply[b"y"] == b"e" and reply[b"e"][0] == 206
+        # A flood from one source: answered up to the per-IP rate, the rest dropped.
+        for i in range(3000):
+            krpc.query(target, b"ping", {}, b"f" + i.to_bytes(3, "big"))
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0.5)
+    finally:
+        krpc.close()
+    assert boot.alive and alice.alive and bob.alive
+    stats = (await boot.call("dht_status"))["stats"]
+    assert stats["dropped_malformed"] >= 4 and stats["dropped_rate"] > 500
+    await asyncio.sleep(2.5)  # let the shared 127.0.0.1 rate bucket refill
+    found = await alice.call("dht_lookup", peer=bob.peer_id)
+    assert found["addresses"] == [bob.listen]  # the genuine record, not the forgery
+    await alice.call("add", ref=bob.peer_id, name="bob", addresses=[])
+    await bob.call("add", ref=alice.peer_id, name="alice", addresses=[])
+    await alice.call("send", contact="bob", text="still standing", wait=0)
+    await until(lambda: delivered(alice, "bob", "still standing"))
+
+
+# ---------------------------------------------------------------- in-process services
+
+
+async def service(
+    bootstrap: tuple[str, ...] = (), *, state: Path | None = None, **options: Any
+) -> DhtService:
+    identity = Identity.generate()
+    endpoint = Endpoint(identity)
+    await endpoint.start("127.0.0.1", 0)
+    dht = DhtService(
+        endpoint, identity, DhtOptions(bootstrap=bootstrap, **options), state_path=state
+    )
+    await dht.start()
+    return dht
+
+
+async def close(dht: DhtService) -> None:
+    await dht.stop()
+    dht._endpoint.close()
+
+
+def test_bootstrap_list_precedence() -> None:
+    env = {BOOTSTRAP_ENV: " 127.0.0.1:1, 127.0.0.1:2\n127.0.0.1:3 ,"}
+    assert bootstrap_list(["127.0.0.1:9"], env) == ("127.0.0.1:9",)
+    assert bootstrap_list(None, env) == ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
+    assert bootstrap_list([], {BOOTSTRAP_ENV: " "}) == DEFAULT_BOOTSTRAP
+    with pytest.raises(ValueError):
+        DhtOptions(bootstrap=("no-port",))
+
+
+async def test_node_start_keeps_the_dht_off_by_default(start_node: StartNode) -> None:
+    node = await start_node("quiet")
+    with pytest.raises(NodeError, match="DHT is off"):
+        node.dht_status()
+    krpc = await KrpcClient.open()
+    try:
+        krpc.query(node.addresses[0], b"ping", {}, b"p1")
+        await asyncio.sleep(0.3)
+        assert krpc.replies == []
+    finally:
+        krpc.close()
+
+
+async def test_routing_table_and_id_survive_a_restart(tmp_path: Path) -> None:
+    first = await service()
+    second = await service((f"127.0.0.1:{first.status()['listen'].rsplit(':', 1)[1]}",),
+                           state=tmp_path / "dht.state")
+    try:
+        assert await second.wait_ready(5)
+        before = second.status()
+        assert before["table_size"] == 1
+    finally:
+        await close(second)
+    again = await service(state=tmp_path / "dht.state")
+    try:
+        after = again.status()
+        assert after["node_id"] == before["node_id"] and after["table_size"] == 1
+    finally:
+        await close(again)
+        await close(first)
+
+
+class FakeVoter(asyncio.DatagramProtocol):
+    """A DHT node on its own loopback IP that answers queries, telling the
+    requester its address (the BEP 42 ``ip`` field)."""
+
+    def __init__(self) -> None:
+        self.queries: list[dict[bytes, Any]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+        self.node_id = os.urandom(20)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        message = bdecode(data)
+        assert isinstance(message, dict) and message[b"y"] == b"q"
+        self.queries.append(message)
+        host, port = str(addr[0]), int(addr[1])
+        reply = {
+            b"t": message[b"t"],
+            b"y": b"r",
+            b"ip": compact_addr((host, port)),
+            b"r": {b"id": self.node_id, b"nodes": b""},
+        }
+        assert self.transport is not None
+        self.transport.sendto(bencode(reply), (host, port))
+
+
+async def test_read_only_until_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The public-swarm rule, played on loopback: the bootstrap voters count as public."""
+    monkeypatch.setattr(dht_module, "is_bep42_exempt", lambda ip: False)
+    loop = asyncio.get_running_loop()
+    voters: list[FakeVoter] = []
+    for n in (2, 3, 4):
+        voter = FakeVoter()
+        voter.transport, _ = await loop.create_datagram_endpoint(
+            lambda v=voter: v, local_addr=(f"127.0.0.{n}", 0)  # type: ignore[misc]
+        )
+        voters.append(voter)
+    bootstrap = tuple(
+        f"127.0.0.{n}:{v.transport.get_extra_info('sockname')[1]}"  # type: ignore[union-attr]
+        for n, v in zip((2, 3, 4), voters, strict=True)
+    )
+    dht = await service(bootstrap)
+    target = dht.status()["listen"]
+    try:
+        assert await dht.wait_ready(5)
+        status = dht.status()
+        # Three distinct voters agree on our address, but nobody has reached us unasked.
+        assert status["external_address"]["address"] == target
+        assert status["read_only"] is True and "unsolicited" in status["mode"]
+        assert all(q.get(b"ro") == 1 for v in voters for q in v.queries)  # BEP 43
+        # A node we queried pinging back proves nothing about inbound reachability.
+        known = await KrpcClient.open_on("127.0.0.2")
+        known.query(target, b"ping", {}, b"k1")
+        await asyncio.sleep(0.2)
+        assert known.replies == [] and dht.status()["read_only"] is True
+        known.close()
+        # A query from an IP we never sent to came through: serve, answering it too.
+        stranger = await KrpcClient.open_on("127.0.0.5")
+        stranger.query(target, b"ping", {}, b"s1")
+        assert (await stranger.answer(b"s1"))[b"y"] == b"r"
+        assert dht.status()["read_only"] is False
+        stranger.close()
+    finally:
+        await close(dht)
+        for voter in voters:
+            assert voter.transport is not None
+            voter.transport.close()

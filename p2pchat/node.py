@@ -216,7 +216,7 @@ class Node:
         listen: str | None = None,
         control: bool = True,
         downloads: Path | None = None,
-        accept_files_from: Iterable[str] = (),
+        accept_files_from: str | Iterable[str] = (),
         mdns: MdnsOptions | None = None,
         dht: DhtOptions | None = None,
     ) -> None:
@@ -235,6 +235,8 @@ class Node:
             return
         if downloads is not None:
             self.transfers.policy.downloads = _absolute(downloads)
+        if isinstance(accept_files_from, str):
+            accept_files_from = (accept_files_from,)
         self.transfers.policy.accept_from = frozenset(
             ref if ref == "contacts" else self.store.find_contact(ref).peer_id
             for ref in accept_files_from

@@ -512,6 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"prompt for the identity passphrase (scripts: ${PASSPHRASE_ENV})",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0)
+    app = parser.add_argument_group("the terminal app (p2pchat with no command)")
+    app.add_argument("--listen", dest="app_listen", metavar="HOST:PORT", help="UDP address")
+    app.add_argument("--no-mdns", dest="app_no_mdns", action="store_true", help="no LAN discovery")
+    app.add_argument("--no-dht", dest="app_no_dht", action="store_true", help="no DHT")
+    app.add_argument(
+        "--bootstrap",
+        dest="app_bootstrap",
+        action="append",
+        metavar="HOST:PORT",
+        help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
+    )
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("init", help="create the identity if missing and print the peer ID")
@@ -649,6 +660,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_app(paths: Paths, args: argparse.Namespace) -> int:
+    """No command: the terminal app on this home's node."""
+    from p2pchat import ui  # Textual loads only when the app is wanted
+
+    passphrase = os.environ.get(PASSPHRASE_ENV) or None
+    if passphrase is None and args.ask_passphrase and paths.identity.exists():
+        passphrase = getpass.getpass("Passphrase: ")
+    mdns = None if args.app_no_mdns else MdnsOptions(interfaces=(), hidden=False, share_name=False)
+    dht = None if args.app_no_dht else DhtOptions(bootstrap=bootstrap_list(args.app_bootstrap))
+    return ui.run(paths, passphrase=passphrase, listen=args.app_listen, mdns=mdns, dht=dht)
+
+
 def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, CliError):
         return exc.code
@@ -664,10 +687,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command is None:
-        parser.print_help()
-        sys.exit(EXIT_OK)
     paths = Paths(resolve_home(args.home))
+    if args.command is None:
+        sys.exit(_run_app(paths, args))
     try:
         code = asyncio.run(args.func(paths, args))
     except KeyboardInterrupt:

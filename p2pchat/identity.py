@@ -265,6 +265,11 @@ class Identity:
         return bytes(self.signing_key.sign(message).signature)
 
 
+def key_fingerprint(public_key: bytes) -> str:
+    """The short, readable form of any Ed25519 public key (ours or a contact's)."""
+    return _fingerprint(public_key)
+
+
 def _fingerprint(public_key: bytes) -> str:
     digest = hashlib.blake2b(public_key, digest_size=32).digest()[:16]
     text = digest.hex().upper()

@@ -340,15 +340,26 @@ class Node:
             log.error("node task failed", exc_info=task.exception())
 
     # ---------------------------------------------------------------- events
-    async def events(self) -> AsyncIterator[NodeEvent]:
-        """Every event from now on; a slow consumer loses the oldest, never blocks the node."""
+    def events(self) -> AsyncIterator[NodeEvent]:
+        """Every event from this call on (subscribed at once, not at the first
+        iteration, so nothing emitted in between is lost); a slow consumer loses
+        the oldest events, never blocks the node."""
         sub = _Subscription()
         self._subs.add(sub)
-        try:
-            while True:
-                yield await sub.queue.get()
-        finally:
-            self._subs.discard(sub)
+
+        async def stream() -> AsyncIterator[NodeEvent]:
+            try:
+                while True:
+                    yield await sub.queue.get()
+            finally:
+                self._subs.discard(sub)
+
+        return stream()
+
+    def update_settings(self, **values: Any) -> None:
+        """Change settings through the node's own copy, so no writer loses another's keys."""
+        self.settings.update(values)
+        save_settings(self.paths, self.settings)
 
     def _emit(self, event: NodeEvent) -> None:
         for sub in self._subs:

@@ -1,0 +1,302 @@
+"""The Textual application: boots a node for one home and hands it to the main screen.
+
+The app owns the node's lifetime.  It opens the identity (asking for a
+passphrase or running the first-run setup when needed), starts the network
+inside the app's own event loop, forwards ``Node.events()`` to whichever
+screen is in front, and stops the node when the app exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.theme import Theme
+
+from p2pchat.config import (
+    ConfigError,
+    NodeAlreadyRunning,
+    NodeLock,
+    Paths,
+    load_settings,
+    save_settings,
+)
+from p2pchat.identity import IdentityError, PassphraseRequired, WrongPassphrase
+from p2pchat.node import Node
+from p2pchat.store import StoreError
+from p2pchat.ui.format import Clock
+from p2pchat.ui.messages import NodeEventArrived
+from p2pchat.ui.palette import ChatCommands, PaletteCommand
+from p2pchat.ui.screens.main import MainScreen, Mode
+from p2pchat.ui.screens.setup import (
+    FatalScreen,
+    FirstRunScreen,
+    InviteScreen,
+    NodeBusyScreen,
+    PassphraseScreen,
+    StartingScreen,
+)
+
+log = logging.getLogger(__name__)
+
+DARK_THEME = "textual-dark"
+LIGHT_THEME = "textual-light"
+
+
+class ChatApp(App[int]):
+    """p2pchat in the terminal.
+
+    ``clock`` and ``tz`` exist so tests and screenshots can pin what time the
+    screen shows; ``network=False`` opens the store without going online
+    (snapshot tests use it; so does the read-only fallback).
+    ``start_options`` go to ``Node.start`` as they are: LAN discovery and DHT
+    options are built by the caller, since the UI may not import the network
+    package that defines them.
+    """
+
+    CSS_PATH = "app.tcss"
+    TITLE = "p2pchat"
+    COMMANDS = App.COMMANDS | {ChatCommands}
+    # Textual types this as an instance attribute, so it cannot be annotated ClassVar here.
+    HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012
+        (0, "-narrow"),
+        (110, "-wide"),
+    ]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]  # noqa: RUF012
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+t", "toggle_theme", "Theme", id="toggle_theme"),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        passphrase: str | None = None,
+        listen: str | None = None,
+        clock: Clock = time.time,
+        tz: dt.tzinfo | None = None,
+        network: bool = True,
+        start_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.paths = paths
+        self.passphrase = passphrase
+        self.listen = listen
+        self.clock = clock
+        self.tz = tz
+        self.network = network
+        self.start_options = dict(start_options or {})
+        self.node: Node | None = None
+        self.main: MainScreen | None = None
+        self.bell_enabled = False
+        self._stopping = False
+
+    # -------------------------------------------------------------- boot
+    def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        self.push_screen(StartingScreen())
+        self._boot()
+
+    def _starting(self, text: str) -> None:
+        screen = self.screen
+        if isinstance(screen, StartingScreen):
+            screen.say(text)
+
+    @work(exclusive=True, group="boot")
+    async def _boot(self) -> None:
+        """Identity, node, network, then the main screen; every failure ends on a screen."""
+        try:
+            settings = load_settings(self.paths)
+        except ConfigError as exc:
+            await self._fatal("Cannot read the settings", str(exc))
+            return
+        self.apply_settings(settings)
+        mode: Mode = "online" if self.network else "offline"
+        detail = ""
+        if self.network and NodeLock(self.paths).is_held_elsewhere():
+            choice = await self.push_screen_wait(
+                NodeBusyScreen(str(self.paths.home), self._lock_detail())
+            )
+            if choice != "read-only":
+                self.exit(0)
+                return
+            mode, detail = "read-only", "a p2pchat daemon runs for this home"
+        first_run = not self.paths.identity.exists()
+        passphrase = self.passphrase
+        if first_run:
+            if mode == "read-only":
+                await self._fatal("No identity", f"There is no identity in {self.paths.home}.")
+                return
+            result = await self.push_screen_wait(FirstRunScreen(self.paths))
+            if result is None:
+                self.exit(0)
+                return
+            passphrase = result.passphrase
+        self._starting("Opening your identity…")
+        node = await self._open_node(passphrase)
+        if node is None:
+            return
+        self.node = node
+        self.apply_settings(node.settings)
+        self._pump_events(node)
+        # Let the pump subscribe before the node can emit anything.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if mode == "online":
+            self._starting("Starting the network…")
+            mode, detail = await self._start_network(node)
+        if first_run:
+            await self.push_screen_wait(
+                InviteScreen(node.name, node.invite(), node.identity.fingerprint)
+            )
+        self.main = MainScreen(
+            node, clock=self.clock, tz=self.tz, mode=mode, detail=detail, bell=self.bell_enabled
+        )
+        await self.switch_screen(self.main)
+
+    def _lock_detail(self) -> str:
+        try:
+            pid = self.paths.lock.read_text(encoding="utf-8").strip()
+        except OSError:
+            pid = ""
+        where = f"Home: {self.paths.home}"
+        return f"{where}\nProcess: {pid}" if pid else where
+
+    async def _open_node(self, passphrase: str | None) -> Node | None:
+        async def unlock(secret: str | None) -> Node:
+            # Unsealing runs Argon2id: a thread keeps the screen responsive meanwhile.
+            return await asyncio.to_thread(Node, self.paths, passphrase=secret, clock=self.clock)
+
+        error: str | None = None
+        try:
+            return await unlock(passphrase)
+        except PassphraseRequired:
+            pass
+        except WrongPassphrase:
+            error = "Wrong passphrase, try again."
+        except (IdentityError, ConfigError, StoreError, OSError) as exc:
+            await self._fatal("Cannot open your identity", str(exc))
+            return None
+        node = await self.push_screen_wait(PassphraseScreen(str(self.paths.home), unlock, error))
+        if node is None:
+            self.exit(0)
+        return node
+
+    async def _start_network(self, node: Node) -> tuple[Mode, str]:
+        try:
+            await node.start(listen=self.listen, **self.start_options)
+        except NodeAlreadyRunning as exc:
+            self.notify(str(exc), title="Read-only", severity="warning", markup=False)
+            return "read-only", "a p2pchat daemon runs for this home"
+        except Exception as exc:  # the socket layer reports bind failures in several types
+            log.warning("network did not start: %s", exc)
+            self.notify(
+                f"{exc}. Messages will be queued and sent by the next node that runs.",
+                title="Offline",
+                severity="error",
+                timeout=15,
+                markup=False,
+            )
+            return "offline", f"cannot listen: {exc}"
+        return "online", ""
+
+    async def _fatal(self, title: str, detail: str) -> None:
+        await self.push_screen_wait(FatalScreen(title, detail))
+        self.exit(1, return_code=1)
+
+    @work(exclusive=True, group="events")
+    async def _pump_events(self, node: Node) -> None:
+        async for event in node.events():
+            if self.main is not None:
+                self.main.post_message(NodeEventArrived(event))
+
+    # ---------------------------------------------------------- shutdown
+    async def action_quit(self) -> None:
+        await self.stop_node()
+        self.exit(0)
+
+    async def on_unmount(self) -> None:
+        await self.stop_node()
+
+    async def stop_node(self) -> None:
+        """Say we stopped typing, stop the node, release the home (idempotent)."""
+        node, self.node = self.node, None
+        if node is None:
+            return
+        if self.main is not None:
+            self.main.detach()
+        self.workers.cancel_group(self, "events")
+        await node.stop()
+
+    # ---------------------------------------------------------- settings
+    def apply_settings(self, settings: dict[str, Any]) -> None:
+        """Theme, key bindings and bell from ``settings.json`` (see docs/ui.md)."""
+        theme = settings.get("theme")
+        if isinstance(theme, str) and theme in self.available_themes:
+            self.theme = theme
+        keys = settings.get("keys")
+        if isinstance(keys, dict):
+            keymap = {k: v for k, v in keys.items() if isinstance(k, str) and isinstance(v, str)}
+            self.set_keymap(keymap)
+        self.bell_enabled = settings.get("bell") is True
+
+    def save_setting(self, key: str, value: object) -> None:
+        """Write one setting through the node's own dict, so neither overwrites the other.
+
+        The node rewrites the whole settings file when it changes its own keys;
+        writing a separate copy here would be lost at its next save.
+        """
+        if self.node is not None:
+            if self.node.settings.get(key) != value:
+                try:
+                    self.node.update_settings(**{key: value})
+                except OSError as exc:
+                    self.notify(f"Cannot save settings: {exc}", severity="error", markup=False)
+            return
+        else:
+            try:
+                settings = load_settings(self.paths)
+            except ConfigError:
+                return
+        if settings.get(key) == value:
+            return
+        settings[key] = value
+        try:
+            save_settings(self.paths, settings)
+        except OSError as exc:
+            self.notify(f"Cannot save settings: {exc}", severity="error", markup=False)
+
+    def _theme_changed(self, theme: Theme) -> None:
+        if self.node is not None:
+            self.save_setting("theme", theme.name)
+
+    def action_toggle_theme(self) -> None:
+        self.theme = LIGHT_THEME if self.current_theme.dark else DARK_THEME
+
+    def action_toggle_bell(self) -> None:
+        self.bell_enabled = not self.bell_enabled
+        if self.main is not None:
+            self.main.bell = self.bell_enabled
+        self.save_setting("bell", self.bell_enabled)
+        self.notify(f"Bell {'on' if self.bell_enabled else 'off'}", timeout=2)
+
+    def palette_commands(self, screen: Screen[Any] | None = None) -> Iterator[PaletteCommand]:
+        if screen is None:
+            screen = self.screen
+        if isinstance(screen, MainScreen):
+            yield from screen.palette_commands()
+        yield "Toggle light/dark theme", "Saved in settings.json", self.action_toggle_theme
+        yield "Toggle bell", "Ring the terminal bell on new messages", self.action_toggle_bell
+        yield "Quit p2pchat", "Stop the node and leave", self._quit_from_palette
+
+    def _quit_from_palette(self) -> None:
+        self.run_worker(self.action_quit(), group="quit")

@@ -1,0 +1,314 @@
+"""The right-hand pane: one conversation, newest at the bottom.
+
+Every row is a :class:`ConversationItem` so kinds other than text messages
+(file transfer cards, once file drop exists) slot into the same timeline:
+subclass it, give it a timestamp, and pass it to :meth:`ConversationView.add_item`;
+day separators and trimming then work for it unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from rich.console import RenderableType
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.content import Content
+from textual.widget import Widget
+from textual.widgets import Static
+
+from p2pchat.core.events import MessageState
+from p2pchat.ui.format import (
+    STATE_LABELS,
+    TICKS,
+    advance_state,
+    clock_time,
+    day_label,
+    day_of,
+    safe_text,
+)
+
+AUTHOR_WIDTH = 10
+NARROW_AUTHOR_WIDTH = 7
+# A conversation pane with thousands of widgets makes every layout slow; older
+# history stays in the store (``p2pchat history`` shows it all).
+MAX_ITEMS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLine:
+    """What one message row needs, whether it came from history or from an event."""
+
+    message_id: str
+    outgoing: bool
+    author: str
+    body: str
+    at: float
+    state: MessageState
+
+
+class ConversationItem(Widget):
+    """A row of the timeline; ``at`` decides which day separator it sits under."""
+
+    DEFAULT_CSS = """
+    ConversationItem { height: auto; }
+    """
+
+    def __init__(self, at: float, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.at = at
+
+
+class MessageItem(ConversationItem):
+    """One message: time, author, body, and for our own messages the delivery ticks."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "message--time",
+        "message--author-in",
+        "message--author-out",
+        "message--tick",
+        "message--tick-read",
+    }
+
+    DEFAULT_CSS = """
+    MessageItem { height: auto; padding: 0 1; }
+    MessageItem > .message--time { color: $text-muted; }
+    MessageItem > .message--author-in { color: $text-secondary; text-style: bold; }
+    MessageItem > .message--author-out { color: $text-primary; text-style: bold; }
+    MessageItem > .message--tick { color: $text-muted; }
+    MessageItem > .message--tick-read { color: $accent; text-style: bold; }
+    """
+
+    def __init__(self, line: ChatLine, tz: dt.tzinfo | None) -> None:
+        super().__init__(line.at)
+        self.line = line
+        self.tz = tz
+        self.set_class(line.outgoing, "-outgoing")
+        self._apply_state_class()
+
+    @property
+    def state(self) -> MessageState:
+        return self.line.state
+
+    def set_state(self, state: MessageState) -> None:
+        new = advance_state(self.line.state, state)
+        if new != self.line.state:
+            self.line = replace(self.line, state=new)
+            self._apply_state_class()
+            self.refresh(layout=True)
+
+    def _apply_state_class(self) -> None:
+        for state in STATE_LABELS:
+            self.set_class(state == self.line.state, f"-{state}")
+
+    def render(self) -> RenderableType:
+        line = self.line
+        grid = Table.grid(padding=(0, 1), expand=True)
+        grid.add_column(width=5, no_wrap=True)
+        # Narrow panes give the text the room rather than the names.
+        author_width = AUTHOR_WIDTH if self.size.width >= 70 else NARROW_AUTHOR_WIDTH
+        grid.add_column(width=author_width, justify="right", no_wrap=True, overflow="ellipsis")
+        grid.add_column(ratio=1, overflow="fold")
+        author_class = "message--author-out" if line.outgoing else "message--author-in"
+        body = Text(safe_text(line.body))
+        if line.outgoing:
+            tick_class = "message--tick-read" if line.state == "read" else "message--tick"
+            body.append(" ")
+            body.append(TICKS[line.state], style=self.get_component_rich_style(tick_class))
+        grid.add_row(
+            Text(
+                clock_time(line.at, self.tz),
+                style=self.get_component_rich_style("message--time"),
+            ),
+            Text(line.author, style=self.get_component_rich_style(author_class)),
+            body,
+        )
+        return grid
+
+
+class DaySeparator(ConversationItem):
+    DEFAULT_CSS = """
+    DaySeparator { height: 1; color: $text-muted; padding: 0 1; }
+    """
+
+    def __init__(self, at: float, label: str) -> None:
+        super().__init__(at)
+        self.label = label
+
+    def render(self) -> RenderableType:
+        return Rule(Text(self.label, style=self.rich_style), style=self.rich_style)
+
+
+class Timeline(VerticalScroll):
+    """The scrolling part; replaced whole when another conversation opens.
+
+    Swapping the container (rather than emptying it) lets the new rows mount
+    at once: removal in Textual completes later, and rows of the old and the
+    new conversation may share IDs when the same conversation is reloaded.
+    """
+
+    DEFAULT_CSS = """
+    Timeline { height: 1fr; scrollbar-size-vertical: 1; }
+    Timeline > .conv-empty { color: $text-muted; padding: 1 2; }
+    """
+
+    def __init__(self, *children: Widget) -> None:
+        super().__init__(*children)
+        self.can_focus = False
+
+    def on_mount(self) -> None:
+        self.scroll_end(animate=False, immediate=True)
+        self.anchor()
+
+
+class ConversationView(Vertical):
+    """Header, warning banner, the scrolling timeline and the typing line."""
+
+    DEFAULT_CSS = """
+    ConversationView { height: 1fr; }
+    ConversationView > #conv-header { height: 1; padding: 0 1; background: $panel; }
+    ConversationView > #conv-banner {
+        display: none; height: auto; padding: 0 1;
+        background: $error; color: $text; text-style: bold;
+    }
+    ConversationView > #conv-banner.-visible { display: block; }
+    ConversationView > #conv-typing { height: 1; padding: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self, *, tz: dt.tzinfo | None, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.tz = tz
+        self.peer_id: str | None = None
+        self._today: dt.date | None = None
+        self._timeline = Timeline()
+        self._messages: dict[str, MessageItem] = {}
+        self._last: ConversationItem | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="conv-header", markup=False)
+        yield Static(id="conv-banner", markup=False)
+        yield self._timeline
+        yield Static(id="conv-typing", markup=False)
+
+    @property
+    def timeline(self) -> Timeline:
+        return self._timeline
+
+    def _replace_timeline(self, children: list[Widget]) -> None:
+        old = self._timeline
+        self._timeline = Timeline(*children)
+        self.mount(self._timeline, after=old)
+        old.remove()
+
+    # ------------------------------------------------------------ content
+    def show_placeholder(self, text: Content | str) -> None:
+        self.peer_id = None
+        self.set_header("")
+        self.set_banner(None)
+        self.set_typing(None)
+        self._messages = {}
+        self._last = None
+        self._replace_timeline([Static(text, classes="conv-empty")])
+
+    def show(
+        self,
+        peer_id: str,
+        header: Content | str,
+        lines: Iterable[ChatLine],
+        *,
+        today: dt.date,
+        empty_hint: str,
+    ) -> None:
+        """Replace the timeline with ``lines`` (oldest first)."""
+        self.peer_id = peer_id
+        self._today = today
+        self.set_header(header)
+        self.set_typing(None)
+        items: list[Widget] = []
+        messages: dict[str, MessageItem] = {}
+        last_day: dt.date | None = None
+        self._last = None
+        for line in list(lines)[-MAX_ITEMS:]:
+            day = day_of(line.at, self.tz)
+            if day != last_day:
+                items.append(DaySeparator(line.at, day_label(day, today)))
+                last_day = day
+            item = MessageItem(line, self.tz)
+            messages[line.message_id] = item
+            items.append(item)
+            self._last = item
+        if not items:
+            items.append(Static(empty_hint, classes="conv-empty", markup=False))
+        self._messages = messages
+        self._replace_timeline(items)
+
+    def add_item(self, item: ConversationItem) -> None:
+        """Append a row at the bottom, under a new day separator if the day changed."""
+        timeline = self._timeline
+        for empty in timeline.query(".conv-empty"):
+            empty.remove()
+        day = day_of(item.at, self.tz)
+        last = self._last
+        new: list[Widget] = []
+        if last is None or day_of(last.at, self.tz) != day:
+            today = self._today if self._today is not None else day
+            new.append(DaySeparator(item.at, day_label(day, max(today, day))))
+        new.append(item)
+        self._last = item
+        timeline.mount_all(new)
+        self._trim()
+
+    def add_line(self, line: ChatLine) -> None:
+        if line.message_id in self._messages:
+            return
+        item = MessageItem(line, self.tz)
+        self._messages[line.message_id] = item
+        self.add_item(item)
+
+    def has_message(self, message_id: str) -> bool:
+        return message_id in self._messages
+
+    def set_state(self, message_id: str, state: MessageState) -> None:
+        item = self._messages.get(message_id)
+        if item is not None:
+            item.set_state(state)
+
+    def message_items(self) -> list[MessageItem]:
+        return list(self._messages.values())
+
+    def _trim(self) -> None:
+        children = list(self._timeline.children)
+        excess = len(children) - MAX_ITEMS
+        if excess > 0:
+            dropped = children[:excess]
+            for child in dropped:
+                if isinstance(child, MessageItem):
+                    self._messages.pop(child.line.message_id, None)
+            self._timeline.remove_children(dropped)
+
+    # ------------------------------------------------------------- chrome
+    def set_header(self, header: Content | str) -> None:
+        self.query_one("#conv-header", Static).update(header)
+
+    def set_banner(self, text: str | None) -> None:
+        banner = self.query_one("#conv-banner", Static)
+        banner.update(text or "")
+        banner.set_class(bool(text), "-visible")
+
+    @property
+    def banner_text(self) -> str:
+        banner = self.query_one("#conv-banner", Static)
+        return str(banner.content) if banner.has_class("-visible") else ""
+
+    def set_typing(self, text: str | None) -> None:
+        self.query_one("#conv-typing", Static).update(text or "")
+
+    @property
+    def typing_text(self) -> str:
+        return str(self.query_one("#conv-typing", Static).content)

@@ -1,0 +1,61 @@
+"""One line at the bottom: who I am, where I listen, how many are online."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.content import Content
+from textual.widgets import Static
+
+from p2pchat.ui.format import short_id
+
+NETWORK_STYLES = {
+    "online": "$success",
+    "starting": "$warning",
+    "offline": "$text-muted",
+    "read-only": "$warning",
+    "error": "$error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusInfo:
+    name: str
+    peer_id: str
+    addresses: tuple[str, ...]
+    online: int
+    contacts: int
+    network: str
+    detail: str = ""
+
+
+class StatusBar(Static):
+    """Facts that change rarely; ``network`` grows richer once NAT traversal lands."""
+
+    DEFAULT_CSS = """
+    StatusBar { height: 1; padding: 0 1; background: $panel; color: $text; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, markup=False)
+        self.info: StatusInfo | None = None
+
+    def show(self, info: StatusInfo) -> None:
+        if info == self.info:
+            return
+        self.info = info
+        addresses = ", ".join(info.addresses) if info.addresses else "not listening"
+        network = info.network + (f": {info.detail}" if info.detail else "")
+        self.update(
+            Content.assemble(
+                (info.name, "bold"),
+                (f" {short_id(info.peer_id)}", "$text-muted"),
+                ("  │  ", "$text-muted"),
+                addresses,
+                ("  │  ", "$text-muted"),
+                (f"{info.online}/{info.contacts} online", ""),
+                ("  │  ", "$text-muted"),
+                ("net ", "$text-muted"),
+                (network, NETWORK_STYLES.get(info.network, "")),
+            )
+        )

@@ -173,10 +173,9 @@ class Node:
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._nearby: dict[str, NearbyPeer] = {}
         self._hints: dict[str, tuple[str, ...]] = {}
-        downloads = self.settings.get("downloads")
         self.transfers = TransferManager(
             self.store,
-            TransferPolicy(Path(downloads) if isinstance(downloads, str) else paths.downloads),
+            _transfer_policy(self.settings, paths),
             clock=self.clock,
             emit=self._emit,
             connection_for=self._active.get,
@@ -951,6 +950,23 @@ _FILE_FRAMES = (
     chat.FileProgress,
     chat.FileResult,
 )
+
+
+def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
+    """Download folder and size limits from settings.json (see docs/filedrop.md)."""
+    downloads = settings.get("downloads")
+    policy = TransferPolicy(Path(downloads) if isinstance(downloads, str) else paths.downloads)
+    limit = settings.get("max_incoming_bytes")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        policy.max_incoming = limit
+    per_contact = settings.get("max_incoming_bytes_per_contact")
+    if isinstance(per_contact, dict):
+        policy.per_contact_max = {
+            str(peer): int(n)
+            for peer, n in per_contact.items()
+            if isinstance(n, int) and not isinstance(n, bool) and n >= 0
+        }
+    return policy
 
 
 def _interface_ips(*, v6: bool) -> list[str]:

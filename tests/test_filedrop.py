@@ -198,3 +198,15 @@ async def test_sigkill_receiver_halfway_resumes(tmp_path: Path) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_size_limits_from_settings(start_node: StartNode, tmp_path: Path) -> None:
+    a, b, downloads = await pair(start_node, tmp_path)
+    b.update_settings(max_incoming_bytes_per_contact={a.peer_id: 1000})
+    from p2pchat.node import _transfer_policy
+
+    b.transfers.policy.per_contact_max = _transfer_policy(b.settings, b.paths).per_contact_max
+    t = await a.offer_files("bob", [random_file(tmp_path / "src" / "big", 5000)])
+    assert await a.wait_transfer(t.id, 20) == "declined"
+    assert "too large" in (a.store.get_transfer(t.id).error or "")  # type: ignore[union-attr]
+    assert not downloads.exists() or not any(downloads.iterdir())

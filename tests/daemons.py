@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,29 @@ def run_cli(
     )
 
 
+async def wait_for_control(
+    paths: Paths,
+    proc: subprocess.Popen[str],
+    *,
+    output: Callable[[], str],
+    timeout: float = 30,
+) -> ControlClient:
+    """Wait until a freshly started daemon answers on its control socket."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited early ({proc.returncode}): {output()}")
+        try:
+            client = ControlClient(paths.control_socket)
+            await client.connect()
+            await client.call("info", {})
+            return client
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 class Daemon:
     """``p2pchat daemon`` in a child process, driven through its control socket."""
 
@@ -47,33 +71,25 @@ class Daemon:
         self.proc: subprocess.Popen[str] | None = None
         self.client: ControlClient | None = None
 
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "p2pchat", "--home", str(self.paths.home),
+            "daemon", "--listen", self.listen, "--no-mdns", "--no-dht",
+            *self.extra,
+        ]  # fmt: skip
+
     async def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "p2pchat", "--home", str(self.paths.home),
-                "daemon", "--listen", self.listen, "--no-mdns", "--no-dht",
-                *self.extra,
-            ],
+            self.argv(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=cli_env(),
         )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read() if self.proc.stdout else ""
-                raise RuntimeError(f"daemon exited early: {out}")
-            try:
-                client = ControlClient(self.paths.control_socket)
-                await client.connect()
-                await client.call("info", {})
-                self.client = client
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        proc = self.proc
+        self.client = await wait_for_control(
+            self.paths, proc, output=lambda: proc.stdout.read() if proc.stdout else ""
+        )
 
     async def call(self, op: str, **args: Any) -> Any:
         assert self.client is not None

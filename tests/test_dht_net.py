@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,13 +23,12 @@ from p2pchat.dht.krpc import compact_addr
 from p2pchat.dht.records import PEER_RECORD_SALT, PeerRecord
 from p2pchat.identity import Identity, key_from_peer_id, load_identity
 from p2pchat.net import dht as dht_module
-from p2pchat.net.control import ControlClient
 from p2pchat.net.dht import DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint
 from p2pchat.node import NodeError
 
 from .conftest import StartNode, free_udp_port, make_home
-from .daemons import Daemon, cli_env, run_cli
+from .daemons import Daemon, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,32 +36,8 @@ pytestmark = pytest.mark.timeout(120)
 class DhtDaemon(Daemon):
     """``p2pchat daemon`` with the DHT on (``Daemon`` always passes ``--no-dht``)."""
 
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "p2pchat", "--home", str(self.paths.home),
-                "daemon", "--listen", self.listen, "--no-mdns", *self.extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=cli_env(),
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read() if self.proc.stdout else ""
-                raise RuntimeError(f"daemon exited early: {out}")
-            try:
-                client = ControlClient(self.paths.control_socket)
-                await client.connect()
-                await client.call("info", {})
-                self.client = client
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+    def argv(self) -> list[str]:
+        return [a for a in super().argv() if a != "--no-dht"]
 
     @property
     def peer_id(self) -> str:
@@ -97,8 +70,11 @@ async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
     bootstrap = ["--bootstrap", f"127.0.0.1:{boot_port}"]
     daemons = [
         DhtDaemon(make_home(tmp_path, name).home, f"127.0.0.1:{port}", extra=bootstrap)
-        for name, port in (("boot", boot_port), ("alice", free_udp_port()),
-                           ("bob", free_udp_port()))
+        for name, port in (
+            ("boot", boot_port),
+            ("alice", free_udp_port()),
+            ("bob", free_udp_port()),
+        )
     ]
     boot, alice, bob = daemons
     try:
@@ -189,9 +165,7 @@ class KrpcClient(asyncio.DatagramProtocol):
     async def open_on(cls, host: str) -> KrpcClient:
         loop = asyncio.get_running_loop()
         client = cls()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: client, local_addr=(host, 0)
-        )
+        transport, _ = await loop.create_datagram_endpoint(lambda: client, local_addr=(host, 0))
         client.transport = transport
         return client
 
@@ -373,8 +347,9 @@ async def test_node_start_keeps_the_dht_off_by_default(start_node: StartNode) ->
 
 async def test_routing_table_and_id_survive_a_restart(tmp_path: Path) -> None:
     first = await service()
-    second = await service((f"127.0.0.1:{first.status()['listen'].rsplit(':', 1)[1]}",),
-                           state=tmp_path / "dht.state")
+    second = await service(
+        (f"127.0.0.1:{first.status()['listen'].rsplit(':', 1)[1]}",), state=tmp_path / "dht.state"
+    )
     try:
         assert await second.wait_ready(5)
         before = second.status()
@@ -422,7 +397,8 @@ async def test_read_only_until_reachable(monkeypatch: pytest.MonkeyPatch) -> Non
     for n in (2, 3, 4):
         voter = FakeVoter()
         voter.transport, _ = await loop.create_datagram_endpoint(
-            lambda v=voter: v, local_addr=(f"127.0.0.{n}", 0)  # type: ignore[misc]
+            lambda v=voter: v,
+            local_addr=(f"127.0.0.{n}", 0),  # type: ignore[misc]
         )
         voters.append(voter)
     bootstrap = tuple(

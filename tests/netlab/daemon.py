@@ -18,7 +18,7 @@ from p2pchat.config import Paths
 from p2pchat.identity import load_identity
 from p2pchat.net.control import ControlClient
 
-from ..daemons import cli_env
+from ..daemons import cli_env, wait_for_control
 from .lab import Host
 
 
@@ -62,20 +62,9 @@ class NsDaemon:
             self.proc = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT, env=cli_env())
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited early ({self.proc.returncode}): {self.output()}")
-            try:
-                client = ControlClient(self.paths.control_socket)
-                await client.connect()
-                await client.call("info", {})
-                self.client = client
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        self.client = await wait_for_control(
+            self.paths, self.proc, output=self.output, timeout=timeout
+        )
 
     async def call(self, op: str, **args: Any) -> Any:
         assert self.client is not None, "daemon not started"

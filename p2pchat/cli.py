@@ -344,7 +344,7 @@ async def cmd_send(paths: Paths, args: argparse.Namespace) -> int:
     elif t["state"] == "done":
         print(f"delivered and verified ({_size(t['total'])})")
     elif t["state"] in ("declined", "cancelled", "failed"):
-        print(f"{t['state']}: {t.get('error') or ''}".rstrip(": "))
+        print(_safe(f"{t['state']}: {t.get('error') or ''}".rstrip(": ")))
     else:
         print(f"{t['state']}: the transfer continues whenever a node runs for this home")
     return EXIT_OK if t["state"] not in ("declined", "cancelled", "failed") else EXIT_ERROR

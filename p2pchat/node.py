@@ -80,6 +80,9 @@ MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
 MAX_NAME = 64
+# Distinct resend requests honoured per session; a genuine peer needs a handful.
+MAX_GAPS_PER_SESSION = 64
+MAX_INVITE_ADDRESSES = 8
 # A contact unreachable at its known addresses (this many dials without a session, or
 # no address at all) is looked up in the DHT; repeated lookups back off up to an hour.
 DHT_AFTER_ATTEMPTS = 2
@@ -166,7 +169,7 @@ class Node:
         self._requests: dict[str, PeerConnection] = {}
         self._dial: dict[str, _DialState] = {}
         self._gaps_sent: dict[PeerConnection, int] = {}
-        self._gaps_answered: dict[PeerConnection, int] = {}
+        self._gaps_answered: dict[PeerConnection, set[int]] = {}
         self._subs: set[_Subscription] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
@@ -207,7 +210,10 @@ class Node:
             host, port = self._endpoint.local_address
         if host not in ("0.0.0.0", "::"):
             return (format_address(host, port),)
-        return tuple(format_address(ip, port) for ip in _interface_ips(v6=host == "::"))
+        ips = _interface_ips(v6=host == "::")
+        # Loopback only helps a peer on this very machine; list it only when alone.
+        public = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback] or ips
+        return tuple(format_address(ip, port) for ip in public[:MAX_INVITE_ADDRESSES])
 
     async def start(
         self,
@@ -781,10 +787,16 @@ class Node:
             del self._active[peer]
             self._emit(PeerOffline(peer, reason))
             state = self._dial.setdefault(peer, _DialState())
-            state.attempts = 0
-            # The larger key waits a little, so both sides rarely dial at once.
-            delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
-            state.next_at = asyncio.get_running_loop().time() + delay * random.uniform(1, 2)
+            now = asyncio.get_running_loop().time()
+            if conn.held_as_request:
+                # We are only a pending request there: knocking again soon would just
+                # resend the introduction.  Their accept dials us anyway.
+                state.next_at = now + MAX_BACKOFF * random.uniform(1, 2)
+            else:
+                state.attempts = 0
+                # The larger key waits a little, so both sides rarely dial at once.
+                delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
+                state.next_at = now + delay * random.uniform(1, 2)
             self._poke()
 
     def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
@@ -932,9 +944,12 @@ class Node:
             # A peer asking again for what it asked before gets nothing new: one
             # resend per distinct request and session keeps a hostile contact from
             # making us flood our own send buffer.
-            if conn.held_as_request or self._gaps_answered.get(conn) != frame.want:
+            answered = self._gaps_answered.setdefault(conn, set())
+            if conn.held_as_request or (
+                frame.want not in answered and len(answered) < MAX_GAPS_PER_SESSION
+            ):
                 conn.held_as_request = False
-                self._gaps_answered[conn] = frame.want
+                answered.add(frame.want)
                 self._resend_outbox(conn, peer, from_seq=frame.want)
         elif isinstance(frame, chat.Typing):
             self._emit(TypingChanged(peer, frame.active))

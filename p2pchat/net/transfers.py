@@ -58,6 +58,7 @@ WINDOW = 8 << 20
 OFFER_TIMEOUT = 15 * 60.0
 TCP_CONNECT_TIMEOUT = 3.0
 PREAMBLE_TIMEOUT = 10.0
+MAX_UNCLAIMED_TCP = 16
 MAX_ATTEMPTS = 5
 DISK_MARGIN = 64 << 20
 DEFAULT_MAX_INCOMING = 64 << 30
@@ -94,6 +95,7 @@ class _Incoming:
     files: dict[int, BinaryIO] = field(default_factory=dict)
     hashers: dict[int, Any] = field(default_factory=dict)
     disk: _DiskQueue | None = None
+    prepared: asyncio.Future[None] | None = None
     received: int = 0
     reported: int = 0
     started: float = 0.0
@@ -183,6 +185,10 @@ class TransferManager:
         self._outgoing: dict[str, _Outgoing] = {}
         self._streams: dict[tuple[PeerConnection, int], _Incoming | None] = {}
         self._stream_buf: dict[tuple[PeerConnection, int], bytearray] = {}
+        self._stream_queues: dict[
+            tuple[PeerConnection, int], asyncio.Queue[tuple[bytes, bool]]
+        ] = {}
+        self._tcp_unclaimed = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------- lifetime
@@ -332,7 +338,7 @@ class TransferManager:
                 await put(record)
                 sent += length
                 out.sent = sent
-                if rate.due(sent):
+                if rate.due(sent) or length == 0:  # the FINAL record: always report the end
                     self.emit(TransferProgress(t.id, peer, "out", sent, total, rate.rate))
             if writer is not None:
                 await writer.drain()
@@ -544,8 +550,16 @@ class TransferManager:
         if task is not None:
             self._tasks.add(task)
         inc: _Incoming | None = None
+        self._tcp_unclaimed += 1
         try:
-            preamble = await asyncio.wait_for(reader.readexactly(PREAMBLE_SIZE), PREAMBLE_TIMEOUT)
+            if self._tcp_unclaimed > MAX_UNCLAIMED_TCP:
+                return  # somebody is opening connections without a transfer to carry
+            try:
+                preamble = await asyncio.wait_for(
+                    reader.readexactly(PREAMBLE_SIZE), PREAMBLE_TIMEOUT
+                )
+            finally:
+                self._tcp_unclaimed -= 1
             inc = self._claim(preamble, "tcp")
             if inc is None:
                 return
@@ -565,13 +579,20 @@ class TransferManager:
         except RemoteProtocolError as exc:
             if inc is not None:
                 await self._channel_failed(inc, str(exc))
+        except OSError as exc:
+            if inc is not None:
+                self._disk_failed(inc, exc)
         finally:
             if task is not None:
                 self._tasks.discard(task)
             writer.close()
 
     def stream_data(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
-        """Bytes of a QUIC stream the peer opened for a transfer."""
+        """Bytes of a QUIC stream the peer opened for a transfer.
+
+        Each stream gets one consumer task fed through a queue, so its records are
+        handled strictly in order even while a disk write or a hash is awaited.
+        """
         key = (conn, stream_id)
         if key not in self._streams:
             if sum(1 for c, _ in self._streams if c is conn) >= 4:
@@ -594,39 +615,51 @@ class TransferManager:
             self._streams[key] = inc
             data = bytes(buf[PREAMBLE_SIZE:])
             del self._stream_buf[key]
-        self._track(self._stream_chunk(key, inc, data, end))
+            queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+            self._stream_queues[key] = queue
+            self._track(self._stream_consumer(key, inc, queue))
+        self._stream_queues[key].put_nowait((data, end))
 
-    async def _stream_chunk(
-        self, key: tuple[PeerConnection, int], inc: _Incoming, data: bytes, end: bool
+    async def _stream_consumer(
+        self,
+        key: tuple[PeerConnection, int],
+        inc: _Incoming,
+        queue: asyncio.Queue[tuple[bytes, bool]],
     ) -> None:
-        # aioquic hands data over in order; the tasks run in creation order too.
         try:
-            assert inc.opener is not None
-            for record in inc.opener.feed(data):
-                if not await self._store_record(inc, record.index, record.offset, record.data):
-                    self._forget_stream(key)
+            while True:
+                data, end = await queue.get()
+                assert inc.opener is not None
+                for record in inc.opener.feed(data):
+                    if not await self._store_record(
+                        inc, record.index, record.offset, record.data
+                    ):
+                        return
+                    if record.final:
+                        await self._finish(inc)
+                        return
+                if end:
+                    self._interrupted(inc, "the data stream ended early")
                     return
-                if record.final:
-                    self._forget_stream(key)
-                    await self._finish(inc)
-                    return
-            if end:
-                self._forget_stream(key)
-                self._interrupted(inc, "the data stream ended early")
         except RemoteProtocolError as exc:
-            self._forget_stream(key)
             await self._channel_failed(inc, str(exc))
+        except OSError as exc:
+            self._disk_failed(inc, exc)
+        finally:
+            self._forget_stream(key)
 
     def _forget_stream(self, key: tuple[PeerConnection, int]) -> None:
         self._streams.pop(key, None)
         self._stream_buf.pop(key, None)
+        self._stream_queues.pop(key, None)
 
     def connection_closed(self, conn: PeerConnection) -> None:
         for key in [k for k in self._streams if k[0] is conn]:
-            inc = self._streams[key]
-            self._forget_stream(key)
-            if inc is not None:
-                self._interrupted(inc, "the session closed")
+            queue = self._stream_queues.get(key)
+            if queue is not None:
+                queue.put_nowait((b"", True))  # its consumer reports the interruption
+            else:
+                self._forget_stream(key)
 
     def _claim(
         self, preamble: bytes, via: str, conn: PeerConnection | None = None
@@ -662,22 +695,18 @@ class TransferManager:
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
             fh = os.fdopen(fd, "r+b")
             fh.truncate(offset)
-            hasher = new_hasher()
-            fh.seek(0)
-            remaining = offset
-            while remaining:
-                block = fh.read(min(remaining, 4 << 20))
-                if not block:
-                    break
-                hasher.update(block)
-                remaining -= len(block)
-            fh.seek(offset)
             inc.files[index] = fh
-            inc.hashers[index] = hasher
+            inc.hashers[index] = new_hasher()
+        # What a resumed .part already holds is hashed on a thread before any new
+        # record lands, so a large resume does not stall every session of the node.
+        inc.prepared = asyncio.ensure_future(asyncio.to_thread(_hash_prefixes, inc))
 
     async def _store_record(
         self, inc: _Incoming, index: int, offset: int, data: bytes | memoryview
     ) -> bool:
+        if inc.prepared is not None:
+            await inc.prepared
+            inc.prepared = None
         if data:
             fh = inc.files[index]
             hasher = inc.hashers[index]
@@ -733,16 +762,15 @@ class TransferManager:
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         t = self.store.get_transfer(inc.transfer_id)
         assert t is not None
+        if inc.prepared is not None:
+            await inc.prepared
+            inc.prepared = None
         # Files that were complete before this attempt (or empty) still need verifying.
         for f in t.files:
             if f.accepted and not f.done:
                 if f.size == 0:
                     Path(_part(f)).touch()
-                hasher = new_hasher()
-                with open(_part(f), "rb") as fh:
-                    while block := fh.read(4 << 20):
-                        hasher.update(block)
-                if hasher.digest() != f.hash:
+                if await asyncio.to_thread(_hash_file, Path(_part(f))) != f.hash:
                     self._fail_incoming(t, f"{f.path}: content hash mismatch, file discarded")
                     return
                 final = _publish(Path(_part(f)), Path(f.final or ""))
@@ -781,6 +809,15 @@ class TransferManager:
         else:
             self._request_data(t)
 
+    def _disk_failed(self, inc: _Incoming, exc: OSError) -> None:
+        """Disk full, folder gone, permissions: nothing the sender can fix by retrying."""
+        log.error("transfer %s: cannot write: %s", inc.transfer_id, exc)
+        self._incoming.pop((inc.transfer_id, inc.attempt), None)
+        self._close_files(inc)
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is not None and t.state not in TERMINAL:
+            self._fail_incoming(t, f"cannot write the file: {exc.strerror or exc}")
+
     def _fail_incoming(self, t: Transfer, why: str) -> None:
         self._send(t.peer_id, chat.FileResult(t.id, False, why[:200]))
         self._state(t, "failed", why)
@@ -790,10 +827,18 @@ class TransferManager:
         if inc.disk is not None:
             inc.disk.close()  # waits for queued writes: never close a file under them
             inc.disk = None
-        for fh in inc.files.values():
-            with contextlib.suppress(OSError):
-                fh.close()
+        handles = list(inc.files.values())
         inc.files.clear()
+
+        def close(_: object = None) -> None:
+            for fh in handles:
+                with contextlib.suppress(OSError):
+                    fh.close()
+
+        if inc.prepared is not None and not inc.prepared.done():
+            inc.prepared.add_done_callback(close)  # the hashing thread still reads them
+        else:
+            close()
 
     def _drop_parts(self, t: Transfer) -> None:
         for key in [k for k in self._incoming if k[0] == t.id]:
@@ -902,6 +947,21 @@ def _collect(paths: list[Path]) -> list[tuple[str, int, bytes, str | None]]:
     if not entries:
         raise TransferError("nothing to send (empty folder?)")
     return entries
+
+
+def _hash_prefixes(inc: _Incoming) -> None:
+    """Feed each resumed file's hasher with what its .part already holds."""
+    for index, offset, _size in inc.plan:
+        fh, hasher = inc.files[index], inc.hashers[index]
+        fh.seek(0)
+        remaining = offset
+        while remaining:
+            block = fh.read(min(remaining, 4 << 20))
+            if not block:
+                break
+            hasher.update(block)
+            remaining -= len(block)
+        fh.seek(offset)
 
 
 def _hash_file(path: Path) -> bytes:

@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,14 +345,14 @@ class Node:
             log.error("node task failed", exc_info=task.exception())
 
     # ---------------------------------------------------------------- events
-    def events(self) -> AsyncIterator[NodeEvent]:
+    def events(self) -> AsyncGenerator[NodeEvent, None]:
         """Every event from this call on (subscribed at once, not at the first
         iteration, so nothing emitted in between is lost); a slow consumer loses
         the oldest events, never blocks the node."""
         sub = _Subscription()
         self._subs.add(sub)
 
-        async def stream() -> AsyncIterator[NodeEvent]:
+        async def stream() -> AsyncGenerator[NodeEvent, None]:
             try:
                 while True:
                     yield await sub.queue.get()

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from p2pchat.core.events import NodeEvent
 from p2pchat.node import Node
 from p2pchat.store import Transfer
 
@@ -165,7 +166,58 @@ def _transfer_view(t: Transfer, node: Node | None = None) -> dict[str, Any]:
     return dict(view)
 
 
+async def _find_contact(node: Node, args: dict[str, Any]) -> Any:
+    return node.find_contact(_str(args, "ref"))
+
+
+async def _invite(node: Node, args: dict[str, Any]) -> Any:
+    return node.invite(one_time=bool(args.get("one_time")))
+
+
+async def _typing(node: Node, args: dict[str, Any]) -> Any:
+    node.set_typing(_str(args, "contact"), bool(args.get("active")))
+    return None
+
+
+async def _mark_read(node: Node, args: dict[str, Any]) -> Any:
+    return node.mark_read(_str(args, "contact"))
+
+
+async def _set_name(node: Node, args: dict[str, Any]) -> Any:
+    return node.set_name(_str(args, "name"))
+
+
+async def _rename(node: Node, args: dict[str, Any]) -> Any:
+    return node.rename_contact(_str(args, "contact"), _str(args, "name"))
+
+
+async def _safety_number(node: Node, args: dict[str, Any]) -> Any:
+    return node.safety_number(_str(args, "contact"))
+
+
+async def _update_settings(node: Node, args: dict[str, Any]) -> Any:
+    values = args.get("values")
+    if not isinstance(values, dict):
+        raise ValueError("values must be an object")
+    node.update_settings(**{str(k): v for k, v in values.items()})
+    return node.settings
+
+
+async def _progress(node: Node, args: dict[str, Any]) -> Any:
+    progress = node.transfers.progress(_str(args, "id"))
+    return list(progress) if progress else None
+
+
 OPS: dict[str, Op] = {
+    "find_contact": _find_contact,
+    "invite": _invite,
+    "typing": _typing,
+    "mark_read": _mark_read,
+    "set_name": _set_name,
+    "rename": _rename,
+    "safety_number": _safety_number,
+    "update_settings": _update_settings,
+    "progress": _progress,
     "send_files": _send_files,
     "transfers": _transfers,
     "transfer": _transfer,
@@ -186,6 +238,11 @@ OPS: dict[str, Op] = {
     "send": _send,
     "history": _history,
 }
+
+
+def event_to_json(event: NodeEvent) -> dict[str, Any]:
+    """One node event as a JSON object with its class name under ``"type"``."""
+    return {"type": type(event).__name__, **to_json(event)}
 
 
 async def call(node: Node, op: str, args: dict[str, Any]) -> Any:

@@ -78,6 +78,9 @@ class ControlServer:
                     break
                 if not line:
                     break
+                if line.strip() == b'{"op": "events"}':
+                    await self._stream_events(reader, writer)
+                    break
                 writer.write(json.dumps(await self._handle(line)).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -86,6 +89,36 @@ class ControlServer:
             if task is not None:
                 self._clients.discard(task)
             writer.close()
+
+    async def _stream_events(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Turn this connection into the node's event stream (an attached UI's view).
+
+        Ends when the client hangs up; a client that stops reading is dropped once
+        the socket buffer fills instead of holding events in memory forever.
+        """
+        from p2pchat import rpc
+
+        events = self.node.events()
+        writer.write(b'{"ok": true, "result": "streaming"}\n')
+        hangup = asyncio.ensure_future(reader.read())
+        try:
+            while not hangup.done():
+                next_event = asyncio.ensure_future(anext(events))
+                done, _ = await asyncio.wait(
+                    {next_event, hangup}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if next_event not in done:
+                    next_event.cancel()
+                    break
+                writer.write(json.dumps(rpc.event_to_json(next_event.result())).encode() + b"\n")
+                await asyncio.wait_for(writer.drain(), 10)
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            hangup.cancel()
+            await events.aclose()
 
     async def _handle(self, line: bytes) -> dict[str, Any]:
         from p2pchat import rpc  # rpc imports node, which imports this module

@@ -1,0 +1,60 @@
+"""Attaching to a running daemon: the same Node API over the control socket."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from p2pchat.core.events import MessageReceived, NodeEvent, PeerOnline
+from p2pchat.remote import RemoteNode
+from p2pchat.store import UnknownContact
+
+from .conftest import StartNode, free_udp_port, make_home, wait_until
+from .daemons import Daemon
+
+
+async def test_remote_node_mirrors_the_daemon(start_node: StartNode, tmp_path: Path) -> None:
+    home = make_home(tmp_path, "alice")
+    daemon = Daemon(home.home, f"127.0.0.1:{free_udp_port()}")
+    await daemon.start()
+    bob = await start_node("bob")
+    remote = RemoteNode(home)
+    await remote.start()
+    seen: list[NodeEvent] = []
+
+    async def watch() -> None:
+        async for event in remote.events():
+            seen.append(event)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        assert remote.peer_id == (await daemon.call("info"))["peer_id"]
+        assert len(remote.identity.fingerprint) == 39
+        remote.add_contact(bob.peer_id, name="bob", addresses=bob.addresses)
+        bob.add_contact(remote.peer_id, name="alice", addresses=[daemon.listen])
+        await wait_until(lambda: remote.is_online(bob.peer_id), timeout=20)
+        assert any(isinstance(e, PeerOnline) for e in seen)
+        sent = remote.send_message("bob", "from the attached app")
+        assert sent.body == "from the attached app"
+        await wait_until(lambda: [m.body for m in bob.history("alice")] == [sent.body])
+        bob.send_message("alice", "hello back")
+        await wait_until(
+            lambda: any(isinstance(e, MessageReceived) and e.body == "hello back" for e in seen)
+        )
+        contacts = remote.contacts()
+        assert [c.name for c in contacts] == ["bob"] and contacts[0].addresses
+        history = remote.history("bob")
+        assert [m.direction for m in history] == ["out", "in"]
+        assert remote.mark_read("bob") == 1
+        assert len(remote.safety_number("bob").split()) == 12
+        assert remote.verify_contact("bob").verified
+        with pytest.raises(UnknownContact):
+            remote.history("nobody")
+        remote.update_settings(theme="textual-light")
+        assert remote.settings["theme"] == "textual-light"
+    finally:
+        watcher.cancel()
+        await remote.stop()
+        await daemon.stop()

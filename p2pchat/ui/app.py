@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from textual import work
 from textual.app import App
@@ -30,7 +30,8 @@ from p2pchat.config import (
     save_settings,
 )
 from p2pchat.identity import IdentityError, PassphraseRequired, WrongPassphrase
-from p2pchat.node import Node
+from p2pchat.node import Node, NodeError
+from p2pchat.remote import RemoteNode
 from p2pchat.store import StoreError
 from p2pchat.ui.format import Clock
 from p2pchat.ui.messages import NodeEventArrived
@@ -123,6 +124,8 @@ class ChatApp(App[int]):
         mode: Mode = "online" if self.network else "offline"
         detail = ""
         if self.network and NodeLock(self.paths).is_held_elsewhere():
+            if await self._attach_to_daemon():
+                return
             choice = await self.push_screen_wait(
                 NodeBusyScreen(str(self.paths.home), self._lock_detail())
             )
@@ -162,6 +165,31 @@ class ChatApp(App[int]):
             node, clock=self.clock, tz=self.tz, mode=mode, detail=detail, bell=self.bell_enabled
         )
         await self.switch_screen(self.main)
+
+    async def _attach_to_daemon(self) -> bool:
+        """A daemon runs for this home: become its face instead of a second node."""
+        self._starting("Attaching to the running node…")
+        remote = RemoteNode(self.paths, clock=self.clock)
+        try:
+            await remote.start()
+        except (NodeError, OSError) as exc:
+            log.warning("cannot attach to the running node: %s", exc)
+            return False
+        # RemoteNode offers every Node method the app uses, with the same types.
+        node = cast(Node, remote)
+        self.node = node
+        self.apply_settings(remote.settings)
+        self._pump_events(node)
+        self.main = MainScreen(
+            node,
+            clock=self.clock,
+            tz=self.tz,
+            mode="online",
+            detail="attached to the running daemon",
+            bell=self.bell_enabled,
+        )
+        await self.switch_screen(self.main)
+        return True
 
     def _lock_detail(self) -> str:
         try:
@@ -288,6 +316,11 @@ class ChatApp(App[int]):
             self.main.bell = self.bell_enabled
         self.save_setting("bell", self.bell_enabled)
         self.notify(f"Bell {'on' if self.bell_enabled else 'off'}", timeout=2)
+
+    def action_show_offer(self, transfer_id: str) -> None:
+        """The file offer notification's link: open that conversation and ask."""
+        if self.main is not None and not self.main.detached:
+            self.main.show_offer(transfer_id)
 
     def palette_commands(self, screen: Screen[Any] | None = None) -> Iterator[PaletteCommand]:
         if screen is None:

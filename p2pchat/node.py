@@ -117,6 +117,9 @@ class ContactView:
     last_seen: float | None
     online: bool
     unread: int
+    route: str | None = None
+    """How the live session runs: "lan" (a local-network or loopback address) or
+    "direct" (any other address); None when offline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,9 +435,42 @@ class Node:
                 last_seen=c.last_seen,
                 online=c.peer_id in self._active,
                 unread=self.store.unread_count(c.peer_id),
+                route=self._route(c.peer_id),
             )
             for c in self.store.list_contacts()
         ]
+
+    def _route(self, peer_id: str) -> str | None:
+        conn = self._active.get(peer_id)
+        if conn is None:
+            return None
+        try:
+            ip = ipaddress.ip_address(str(conn.link.address[0]).split("%")[0])
+        except ValueError:
+            return "direct"
+        local = ip.is_private or ip.is_loopback or ip.is_link_local
+        return "lan" if local else "direct"
+
+    def network_status(self) -> dict[str, Any]:
+        """What a status bar shows: addresses, peers online and nearby, DHT and NAT."""
+        status: dict[str, Any] = {
+            "running": self.running,
+            "addresses": list(self.addresses),
+            "online": len(self._active),
+            "nearby": sum(1 for p in self._nearby.values() if p.source == "mdns"),
+            "mdns": self._mdns is not None,
+            "dht": None,
+        }
+        if self._dht is not None:
+            dht = self._dht.status()
+            external = dht.get("external_address") or {}
+            status["dht"] = {
+                "nodes": dht.get("table_size"),
+                "external_address": external.get("address"),
+                "nat": dht.get("nat"),
+                "read_only": dht.get("read_only"),
+            }
+        return status
 
     def requests(self) -> list[ContactRequest]:
         return self.store.list_requests()

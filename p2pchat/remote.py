@@ -193,6 +193,9 @@ class RemoteNode:
         self._info = self._call("info")
         return self._info
 
+    def network_status(self) -> dict[str, Any]:
+        return dict(self._call("network_status"))
+
     def invite(self, *, one_time: bool = False) -> str:
         return str(self._call("invite", one_time=one_time))
 

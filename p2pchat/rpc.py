@@ -208,7 +208,12 @@ async def _progress(node: Node, args: dict[str, Any]) -> Any:
     return list(progress) if progress else None
 
 
+async def _network_status(node: Node, args: dict[str, Any]) -> Any:
+    return node.network_status()
+
+
 OPS: dict[str, Op] = {
+    "network_status": _network_status,
     "find_contact": _find_contact,
     "invite": _invite,
     "typing": _typing,

@@ -136,3 +136,15 @@ async def test_one_time_invite_needs_no_accept(start_node: StartNode) -> None:
     assert all(x.peer_id != c.peer_id for x in a.contacts())
     assert log_b.of(PeerOnline)
     await log_b.close()
+
+
+async def test_presence_route_and_network_status(start_node: StartNode) -> None:
+    a = await start_node("alice")
+    b = await start_node("bob")
+    befriend(a, b)
+    await wait_until(lambda: a.is_online(b.peer_id))
+    (view,) = a.contacts()
+    assert view.online and view.route == "lan"  # 127.0.0.1 is this machine
+    status = a.network_status()
+    assert status["online"] == 1 and status["addresses"] == list(a.addresses)
+    assert status["dht"] is None and status["mdns"] is False

@@ -31,12 +31,15 @@ from p2pchat.identity import create_identity  # noqa: E402
 from p2pchat.node import Node  # noqa: E402
 from p2pchat.ui.app import ChatApp  # noqa: E402
 from p2pchat.ui.screens.contacts import AddContactScreen  # noqa: E402
+from p2pchat.ui.screens.files import OfferScreen  # noqa: E402
 from p2pchat.ui.screens.main import MainScreen  # noqa: E402
 from p2pchat.ui.screens.setup import FirstRunScreen  # noqa: E402
 from p2pchat.ui.screens.verify import VerifyScreen  # noqa: E402
+from p2pchat.ui.widgets import TransferCard  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 SIZE = (120, 36)
+MB = 1_000_000
 
 
 def free_port() -> int:
@@ -82,6 +85,59 @@ async def shoot(pilot: Pilot[object], name: str) -> Path:
     app.save_screenshot(path.name, str(OUT))
     print(f"wrote {path.relative_to(ROOT)}")
     return path
+
+
+def random_file(path: Path, size: int) -> Path:
+    """Incompressible content, written in chunks (the clip is a few hundred MB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            chunk = min(left, 1 << 22)
+            fh.write(os.urandom(chunk))
+            left -= chunk
+    return path
+
+
+async def file_drop(pilot: Pilot[object], main: MainScreen, bob: Node, root: Path) -> list[Path]:
+    """Alice sends a PDF, then bob offers a folder with a large clip: the offer, and
+    the transfer half way."""
+    app = pilot.app
+    alice = main.node
+    bob.set_typing("alice", False)
+    await until(pilot, lambda: not main.conversation.typing_text)
+    # Folders show as ~/… on screen, as on a real desktop.
+    home = root / "home" / "alice"
+    os.environ["HOME"] = str(home)
+    alice.transfers.policy.downloads = home / "Downloads"
+    bob.transfers.policy.downloads = root / "bob-downloads"
+    bob.transfers.policy.accept_from = frozenset({"contacts"})
+    recipe = random_file(root / "outbox" / "recipe-book.pdf", 2_400_000)
+    await pilot.press(*f"/send {recipe}")
+    await pilot.press("enter")
+    await until(pilot, lambda: any(t.state == "done" for t in alice.list_transfers("bob")), 60)
+    bob.send_message("alice", "got it, thanks! and here are the photos from the trip")
+    await until(pilot, lambda: len(main.conversation.message_items()) == 6)
+    holiday = root / "bob-outbox" / "holiday"
+    for name, size in (("IMG_2041.jpg", 3_180_112), ("IMG_2042.jpg", 2_904_551)):
+        random_file(holiday / name, size)
+    random_file(holiday / "clip.mp4", 640 * MB)
+    offered = await bob.offer_files("alice", [holiday])
+    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    shots = [await shoot(pilot, "file-offer")]
+    await pilot.click("#accept")
+    await until(pilot, lambda: app.screen is main)
+    card = main.conversation.card(offered.id)
+    assert isinstance(card, TransferCard)
+
+    def half_way() -> bool:
+        info = card.info
+        return info.state == "receiving" and card.rate is not None and 0.3 < info.done / info.total
+
+    await until(pilot, half_way, 120)
+    shots.append(await shoot(pilot, "transfer"))
+    await until(pilot, lambda: card.info.state == "done", 300)
+    return shots
 
 
 async def conversation(root: Path) -> list[Path]:
@@ -132,6 +188,8 @@ async def conversation(root: Path) -> list[Path]:
             await until(pilot, lambda: isinstance(app.screen, VerifyScreen))
             shots.append(await shoot(pilot, "verify"))
             await pilot.press("escape")
+            await until(pilot, lambda: app.screen is main)
+            shots += await file_drop(pilot, main, bob, root)
     finally:
         await bob.stop()
         await carol.stop()

@@ -317,6 +317,11 @@ class ChatApp(App[int]):
         self.save_setting("bell", self.bell_enabled)
         self.notify(f"Bell {'on' if self.bell_enabled else 'off'}", timeout=2)
 
+    def action_show_offer(self, transfer_id: str) -> None:
+        """The file offer notification's link: open that conversation and ask."""
+        if self.main is not None and not self.main.detached:
+            self.main.show_offer(transfer_id)
+
     def palette_commands(self, screen: Screen[Any] | None = None) -> Iterator[PaletteCommand]:
         if screen is None:
             screen = self.screen

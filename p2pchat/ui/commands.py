@@ -25,6 +25,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("nick", "/nick NAME", "change your display name", 1),
     CommandSpec("rename", "/rename NAME", "rename this contact (only you see it)", 1),
     CommandSpec("invite", "/invite", "show your invite and fingerprint"),
+    CommandSpec(
+        "send",
+        "/send PATH [PATH...]",
+        "send files or folders to this contact (quote paths with spaces)",
+        1,
+    ),
+    CommandSpec("transfers", "/transfers", "list file transfers (F3)"),
     CommandSpec("help", "/help", "keys and commands"),
     CommandSpec("quit", "/quit", "leave p2pchat"),
 )

@@ -1,9 +1,9 @@
 """Pure helpers that turn node data into what the screen shows.
 
-Kept free of Textual so the rules (tick symbols, day boundaries, what counts as
-a pasted path, how typing notifications are throttled) can be unit-tested
-without running an app, and so a time zone and a clock can be injected:
-snapshot tests need the same output on every machine.
+Kept free of Textual so the rules (tick symbols, day boundaries, how typing
+notifications are throttled) can be unit-tested without running an app, and
+so a time zone and a clock can be injected: snapshot tests need the same
+output on every machine.  The file drop rules live beside it in ``files.py``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import datetime as dt
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from p2pchat.core.events import MessageState
 from p2pchat.identity import key_fingerprint, key_from_peer_id
@@ -135,31 +133,6 @@ def safety_rows(number: str, per_row: int = 4) -> list[str]:
 
 def fingerprint_rows(fingerprint: str, per_row: int = 4) -> list[str]:
     return safety_rows(fingerprint, per_row)
-
-
-def pasted_path(text: str) -> Path | None:
-    """The file a paste names, if it names exactly one existing file.
-
-    Terminals paste a dropped file as its path, sometimes quoted, with
-    backslash-escaped spaces or as a ``file://`` URL.  Anything else is text.
-    """
-    candidate = text.strip()
-    if not candidate or "\n" in candidate or len(candidate) > 4096:
-        return None
-    if len(candidate) >= 2 and candidate[0] == candidate[-1] and candidate[0] in "'\"":
-        candidate = candidate[1:-1]
-    if candidate.startswith("file://"):
-        parsed = urlparse(candidate)
-        if parsed.netloc not in ("", "localhost"):
-            return None
-        candidate = unquote(parsed.path)
-    else:
-        candidate = candidate.replace("\\ ", " ")
-    try:
-        path = Path(candidate).expanduser()
-        return path if path.is_absolute() and path.is_file() else None
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass(slots=True)

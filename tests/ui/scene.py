@@ -108,3 +108,79 @@ def build_scene(root: Path) -> Scene:
     finally:
         store.close()
     return Scene(paths, me, bob, carol, dave, others["erin"])
+
+
+# ---------------------------------------------------------------- file drop
+PHOTOS_ID = "a1" * 16
+SLIDES_ID = "b2" * 16
+BUDGET_ID = "c3" * 16
+OFFER_ID = "d4" * 16
+DOWNLOADS = "/home/alice/Downloads"
+HASH = bytes(32)
+# What the node reports for the slides while the snapshot is taken.
+SLIDES_PROGRESS = (31_500_000, 48_200_000, 12_400_000.0)
+OFFER_FILES = (
+    ("trip/IMG_2041.jpg", 4_812_330),
+    ("trip/IMG_2042.jpg", 5_120_004),
+    ("trip/IMG_2043.jpg", 4_977_152),
+    ("trip/map.pdf", 912_384),
+    ("trip/notes.txt", 2_211),
+)
+
+
+def add_transfers(scene: Scene) -> None:
+    """A finished incoming folder and an outgoing file half way, with bob; a declined
+    offer to carol yesterday.  States are written as they are: no network involved."""
+    store = Store(scene.paths.database)
+    try:
+        photos = [
+            ("photos/IMG_1998.jpg", 5_204_113),
+            ("photos/IMG_1999.jpg", 4_903_877),
+            ("photos/IMG_2000.jpg", 5_511_020),
+        ]
+        store.create_transfer(
+            PHOTOS_ID,
+            scene.bob,
+            direction="in",
+            state="pending",
+            files=[(path, size, HASH, None) for path, size in photos],
+            now=_at(0, 15, 14),
+        )
+        store.set_transfer_folder(PHOTOS_ID, DOWNLOADS)
+        store.set_transfer_files(
+            PHOTOS_ID,
+            [(i, {"done": 1, "final": f"{DOWNLOADS}/{p}"}) for i, (p, _) in enumerate(photos)],
+        )
+        store.set_transfer_state(PHOTOS_ID, "done", now=_at(0, 15, 15))
+        store.create_transfer(
+            SLIDES_ID,
+            scene.bob,
+            direction="out",
+            state="offered",
+            files=[("slides.pdf", 48_200_000, HASH, "/home/alice/talks/slides.pdf")],
+            now=_at(0, 15, 25),
+        )
+        store.set_transfer_state(SLIDES_ID, "sending", now=_at(0, 15, 26))
+        store.create_transfer(
+            BUDGET_ID,
+            scene.carol,
+            direction="out",
+            state="offered",
+            files=[("budget.xlsx", 84_211, HASH, "/home/alice/budget.xlsx")],
+            now=_at(-1, 21, 35),
+        )
+        store.set_transfer_state(BUDGET_ID, "declined", now=_at(-1, 21, 40), error="declined")
+    finally:
+        store.close()
+
+
+def add_offer(store: Store, bob: str) -> None:
+    """Bob offers a folder of holiday pictures, waiting for an answer."""
+    store.create_transfer(
+        OFFER_ID,
+        bob,
+        direction="in",
+        state="pending",
+        files=[(path, size, HASH, None) for path, size in OFFER_FILES],
+        now=_at(0, 15, 29),
+    )

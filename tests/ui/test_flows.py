@@ -7,7 +7,6 @@ from pathlib import Path
 from textual import events
 from textual.app import App
 from textual.geometry import Region
-from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Digits, Input, Static, TextArea
 
@@ -24,6 +23,7 @@ from p2pchat.identity import (
 )
 from p2pchat.node import Node
 from p2pchat.ui.screens.contacts import AddContactScreen, RequestScreen
+from p2pchat.ui.screens.files import OfferScreen
 from p2pchat.ui.screens.help import HelpScreen
 from p2pchat.ui.screens.main import MainScreen
 from p2pchat.ui.screens.setup import FirstRunScreen, InviteScreen, NodeBusyScreen, PassphraseScreen
@@ -499,37 +499,27 @@ async def test_command_palette_offers_the_screen_actions(
         await until(pilot, lambda: isinstance(app.screen, VerifyScreen))
 
 
-async def test_pasted_file_path_is_offered_to_the_extension_point(tmp_path: Path) -> None:
+async def test_pasted_path_without_a_conversation_stays_text(tmp_path: Path) -> None:
+    """File drop needs a contact to send to: without one, a pasted path is just text."""
     dropped = tmp_path / "photo.jpg"
     dropped.write_bytes(b"\xff\xd8")
     app = app_for(make_home(tmp_path, "alice"))
     async with app.run_test(size=(100, 30)) as pilot:
         main = await main_screen(pilot)
         composer = main.query_one(Composer)
-        posted: list[object] = []
-        post = composer.post_message
-
-        def record(message: Message) -> bool:
-            posted.append(message)
-            return post(message)
-
-        composer.post_message = record  # type: ignore[method-assign]
+        assert composer.intercept_paths
         app.post_message(events.Paste(str(dropped)))  # as the terminal delivers it
         await until(pilot, lambda: composer.text == str(dropped))
-        offered = [m.path for m in posted if isinstance(m, Composer.PathPasted)]
-        assert offered == [dropped]
-        composer.clear()
-        app.post_message(events.Paste("not a path at all"))
-        await until(pilot, lambda: composer.text == "not a path at all")
-        assert len([m for m in posted if isinstance(m, Composer.PathPasted)]) == 1
+        assert app.screen is main
 
 
-async def test_decline_command_and_file_offer_notice(tmp_path: Path, start_node: StartNode) -> None:
+async def test_decline_command_then_a_file_offer_asks(
+    tmp_path: Path, start_node: StartNode
+) -> None:
     bob = await start_node("bob")
     carol = await start_node("carol")
     app = app_for(make_home(tmp_path, "alice"))
     async with app.run_test(size=(120, 40)) as pilot:
-        notes = record_notifications(app)
         main = await main_screen(pilot)
         node = app.node
         assert node is not None
@@ -544,7 +534,8 @@ async def test_decline_command_and_file_offer_notice(tmp_path: Path, start_node:
         await until(pilot, lambda: node.is_online(bob.peer_id) and bob.is_online(node.peer_id))
         report = tmp_path / "report.pdf"
         report.write_bytes(b"%PDF" + b"0" * 2000)
+        await until(pilot, lambda: main.current == bob.peer_id)
         await bob.offer_files("alice", [report])
-        await until(pilot, lambda: any(title == "File offer" for title, _, _ in notes))
-        message = next(m for t, m, _ in notes if t == "File offer")
-        assert "report.pdf" in message and "accept-file" in message
+        # Bob's conversation is open: the offer asks at once (tests/ui/test_filedrop.py).
+        await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+        assert "report.pdf" in str(app.screen.query_one("#offer-list", Static).render())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,6 @@ from p2pchat.ui.format import (
     day_label,
     fingerprint_of,
     one_line,
-    pasted_path,
     relative_time,
     safe_text,
     safety_rows,
@@ -108,15 +106,3 @@ def test_commands() -> None:
         parse_command("/nick")
     with pytest.raises(CommandError, match="unknown command /frob"):
         parse_command("/frob x")
-
-
-def test_pasted_path(tmp_path: Path) -> None:
-    target = tmp_path / "holiday photo.jpg"
-    target.write_bytes(b"jpeg")
-    assert pasted_path(str(target)) == target
-    assert pasted_path(f"'{target}'") == target
-    assert pasted_path(str(target).replace(" ", "\\ ")) == target
-    assert pasted_path(target.as_uri()) == target
-    assert pasted_path("just some words") is None
-    assert pasted_path(str(tmp_path)) is None  # a folder is not a file to send
-    assert pasted_path(f"{target}\n{target}") is None

@@ -15,14 +15,30 @@ import pytest
 from textual.pilot import Pilot
 
 from p2pchat.config import Paths
+from p2pchat.core.events import TransferOffered, TransferProgress
 from p2pchat.ui.app import ChatApp
+from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.screens.contacts import AddContactScreen
+from p2pchat.ui.screens.files import OfferScreen, TransfersScreen
 from p2pchat.ui.screens.main import MainScreen
 from p2pchat.ui.screens.setup import FirstRunScreen
 from p2pchat.ui.screens.verify import VerifyScreen
+from p2pchat.ui.widgets import TransferCard
 
 from .conftest import still_cursors, until
-from .scene import UTC, Scene, build_scene, frozen_clock
+from .scene import (
+    DOWNLOADS,
+    OFFER_FILES,
+    OFFER_ID,
+    SLIDES_ID,
+    SLIDES_PROGRESS,
+    UTC,
+    Scene,
+    add_offer,
+    add_transfers,
+    build_scene,
+    frozen_clock,
+)
 
 SIZES = [pytest.param((120, 40), id="120x40"), pytest.param((80, 24), id="80x24")]
 
@@ -32,6 +48,13 @@ SnapCompare = Callable[..., bool]
 @pytest.fixture
 def scene(tmp_path: Path) -> Scene:
     return build_scene(tmp_path)
+
+
+@pytest.fixture
+def transfer_scene(tmp_path: Path) -> Scene:
+    scene = build_scene(tmp_path)
+    add_transfers(scene)
+    return scene
 
 
 async def settle_main(pilot: Pilot[Any], scene: Scene) -> MainScreen:
@@ -116,3 +139,56 @@ def test_first_run(snap_compare: SnapCompare, tmp_path: Path, size: tuple[int, i
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+# ------------------------------------------------------------- file drop
+async def slides_half_way(pilot: Pilot[Any], main: MainScreen) -> None:
+    """The node reports the slides' progress once; the card shows it at the next flush."""
+    done, total, rate = SLIDES_PROGRESS
+    event = TransferProgress(SLIDES_ID, main.current or "", "out", done, total, rate)
+    main.post_message(NodeEventArrived(event))
+    main.node.transfers.policy.downloads = Path(DOWNLOADS)
+    card = main.conversation.card(SLIDES_ID)
+    assert card is not None
+    assert isinstance(card, TransferCard)
+    await until(pilot, lambda: card.info.done == done)
+
+
+async def offer_arrives(pilot: Pilot[Any], main: MainScreen) -> None:
+    await slides_half_way(pilot, main)
+    assert main.current is not None
+    add_offer(main.node.store, main.current)
+    total = sum(size for _, size in OFFER_FILES)
+    event = TransferOffered(OFFER_ID, main.current or "", OFFER_FILES, total)
+    main.post_message(NodeEventArrived(event))
+    await until(pilot, lambda: isinstance(pilot.app.screen, OfferScreen))
+
+
+async def open_transfers(pilot: Pilot[Any], main: MainScreen) -> None:
+    await slides_half_way(pilot, main)
+    await pilot.press("f3")
+    await until(pilot, lambda: isinstance(pilot.app.screen, TransfersScreen))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_conversation_with_transfers(
+    snap_compare: SnapCompare, transfer_scene: Scene, size: tuple[int, int]
+) -> None:
+    run_before = then(slides_half_way, transfer_scene)
+    assert snap_compare(transfer_scene.app(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_offer_modal(
+    snap_compare: SnapCompare, transfer_scene: Scene, size: tuple[int, int]
+) -> None:
+    run_before = then(offer_arrives, transfer_scene)
+    assert snap_compare(transfer_scene.app(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_transfers_panel(
+    snap_compare: SnapCompare, transfer_scene: Scene, size: tuple[int, int]
+) -> None:
+    run_before = then(open_transfers, transfer_scene)
+    assert snap_compare(transfer_scene.app(), terminal_size=size, run_before=run_before)

@@ -4,22 +4,31 @@ Everything it knows comes from the ``Node`` facade: a full read when it needs
 one (opening a conversation, refreshing the list) and the node's events in
 between.  Node calls here are short SQLite reads and writes that the node
 itself also performs on this event loop; the slow work (unlocking a key,
-starting the network) happens in workers before this screen exists.
+starting the network, hashing files before an offer) happens in workers.
+
+File transfers show as cards in the conversation (and in the F3 panel).
+Progress events only record the latest figures; the periodic flush redraws
+the affected cards, so a fast transfer costs a few redraws a second whatever
+rate the node reports at.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -37,11 +46,22 @@ from p2pchat.core.events import (
     PeerOffline,
     PeerOnline,
     TransferOffered,
+    TransferProgress,
+    TransferStateChanged,
     TypingChanged,
 )
 from p2pchat.node import ContactView, Node, NodeError
-from p2pchat.store import Contact, ContactRequest, Message, StoreError
+from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
+from p2pchat.ui import heap
 from p2pchat.ui.commands import CommandError, SlashCommand, message_text, parse_command
+from p2pchat.ui.files import (
+    RateMeter,
+    TransferInfo,
+    describe_paths,
+    opener_argv,
+    send_paths,
+    transfer_title,
+)
 from p2pchat.ui.format import (
     Clock,
     TypingSignal,
@@ -54,6 +74,14 @@ from p2pchat.ui.format import (
 )
 from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.screens.contacts import AddContactScreen, RequestScreen
+from p2pchat.ui.screens.files import (
+    ConfirmSendScreen,
+    FilePickerScreen,
+    FolderPickerScreen,
+    OfferScreen,
+    TransfersScreen,
+    downloads_folder,
+)
 from p2pchat.ui.screens.help import HelpScreen
 from p2pchat.ui.screens.verify import VerifyScreen
 from p2pchat.ui.widgets import (
@@ -63,11 +91,13 @@ from p2pchat.ui.widgets import (
     ContactList,
     ConversationView,
     NearbyEntry,
+    PreparingCard,
     RequestEntry,
     StatusBar,
     StatusInfo,
+    TransferCard,
 )
-from p2pchat.ui.widgets.sidebar import REQUEST
+from p2pchat.ui.widgets.sidebar import CONTACT, REQUEST
 
 Mode = Literal["online", "offline", "read-only"]
 PaletteCommand = tuple[str, str, Callable[[], object]]
@@ -79,6 +109,18 @@ REMOTE_TYPING_TTL = 8.0
 # Bursts of events (a reconnect replays a whole outbox) are coalesced: the list
 # is redrawn and read receipts are sent at most this often.
 FLUSH_INTERVAL = 0.15
+# How long to wait for the file manager opener before giving up on its exit code.
+OPENER_TIMEOUT = 15.0
+
+
+class TransferListener(Protocol):
+    """A screen with transfer cards of its own (the panel, an offer modal)."""
+
+    def transfer_changed(self, info: TransferInfo) -> None: ...
+
+    def transfer_progress(
+        self, transfer_id: str, done: int, total: int, rate: float | None
+    ) -> None: ...
 
 
 class MainScreen(Screen[None]):
@@ -86,6 +128,8 @@ class MainScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "add_contact", "Add contact", id="add_contact"),
         Binding("f2", "verify", "Verify", id="verify"),
+        Binding("ctrl+o", "send_file", "Send file", id="send_file"),
+        Binding("f3", "transfers", "Transfers", id="transfers"),
         Binding("alt+down", "step_contact(1)", "Next chat", id="next_contact", show=False),
         Binding("alt+up", "step_contact(-1)", "Previous chat", id="prev_contact", show=False),
         Binding("f1", "help", "Help", id="help"),
@@ -118,6 +162,12 @@ class MainScreen(Screen[None]):
         self._sidebar_dirty = False
         self._read_due = False
         self._last_minute = 0
+        # Transfers: smoothed speeds, and the latest progress not drawn yet.
+        self._meters: dict[str, RateMeter] = {}
+        self.rates: dict[str, float] = {}
+        self._progress_due: dict[str, tuple[int, int]] = {}
+        self._last_progress: dict[str, tuple[int, int]] = {}
+        self._incoming_lines: list[ChatLine] = []
         self.ready = False
         self.detached = False
 
@@ -151,11 +201,25 @@ class MainScreen(Screen[None]):
         else:
             self._show_welcome()
         self._update_composer()
+        self.composer.intercept_paths = self.mode != "read-only"
         self.composer.focus()
         self.set_interval(1.0, self._tick)
         self.set_interval(FLUSH_INTERVAL, self._flush)
         self.watch(self.app, "app_focus", self._app_focus_changed, init=False)
+        # Once the first screen is drawn, the app's long-lived objects exist.
+        self.call_after_refresh(heap.settle)
         self.ready = True
+
+    def on_unmount(self) -> None:
+        heap.release()
+
+    def on_resize(self) -> None:
+        # A narrow key bar has no room for the padding between keys, nor for the
+        # palette's key (F1 lists it with the others).
+        footer = self.query_one(Footer)
+        narrow = self.size.width < 100
+        footer.compact = narrow
+        footer.show_command_palette = not narrow
 
     def on_screen_resume(self) -> None:
         self._schedule_sidebar()
@@ -205,10 +269,23 @@ class MainScreen(Screen[None]):
 
     def _flush(self) -> None:
         """Apply what the last events asked for, at most once per interval."""
+        self._draw_incoming()
         if self._sidebar_dirty:
             self.refresh_sidebar()
         if self._read_due:
             self._mark_read()
+        if self._progress_due:
+            self._draw_progress()
+
+    def _draw_incoming(self) -> None:
+        """Messages of the open conversation that arrived since the last flush.
+
+        Anything else that adds to the bottom of the pane draws these first, so
+        rows keep the order in which things happened.
+        """
+        if self._incoming_lines:
+            lines, self._incoming_lines = self._incoming_lines, []
+            self.conversation.add_lines(lines)
 
     def _update_status(self, online: int, contacts: int) -> None:
         if self.mode == "read-only":
@@ -241,11 +318,14 @@ class MainScreen(Screen[None]):
             self._send_typing(self._throttle.stop())
         self.current = peer_id
         self.names[peer_id] = contact.name
+        self._incoming_lines = []  # the history read below has them
         messages = self.node.history(peer_id, limit=HISTORY_LIMIT)
+        cards = [self._card(self._info(t)) for t in self.node.list_transfers(peer_id)]
         self.conversation.show(
             peer_id,
             self._header(contact),
             [self._line(m, contact.name) for m in messages],
+            cards=cards,
             today=day_of(self.clock(), self.tz),
             empty_hint=f"No messages with {contact.name} yet. Say hello!",
         )
@@ -310,7 +390,9 @@ class MainScreen(Screen[None]):
             composer.placeholder = "/add CODE_OR_ID to add a contact · /help"
         else:
             name = self.names.get(self.current, short_id(self.current))
-            composer.placeholder = f"Message {name} (Enter sends, Ctrl+J new line, /help)"
+            composer.placeholder = (
+                f"Message {name} (Enter sends, Ctrl+J new line, Ctrl+O file, /help)"
+            )
 
     def _visible(self) -> bool:
         """The user can see the open conversation: our screen on top, terminal focused."""
@@ -369,6 +451,7 @@ class MainScreen(Screen[None]):
             if restore is not None:
                 restore.load_text(text)
             return
+        self._draw_incoming()
         self.conversation.add_line(self._line(message, self.names.get(peer, "")))
         self._schedule_sidebar()
 
@@ -379,10 +462,23 @@ class MainScreen(Screen[None]):
 
     @on(Composer.PathPasted)
     def _path_pasted(self, event: Composer.PathPasted) -> None:
-        """File drop hooks in here (offer ``event.path`` to the open contact).
+        """A drop (a paste of existing paths): ask before sending; "no" pastes the text."""
+        composer = event.composer
+        peer = self.current
+        if peer is None or self.mode == "read-only":
+            composer.insert(event.text)
+            return
+        paths = event.paths
 
-        Until file transfer exists the pasted path stays what it is: text.
-        """
+        def answered(send: bool | None) -> None:
+            if send:
+                self.offer_paths(peer, paths)
+            else:
+                composer.insert(event.text)
+                composer.post_message(Composer.Typed())
+            composer.focus()
+
+        self.app.push_screen(ConfirmSendScreen(paths, self.name_of(peer)), answered)
 
     @on(Composer.ScrollRequested)
     def _scroll(self, event: Composer.ScrollRequested) -> None:
@@ -495,6 +591,14 @@ class MainScreen(Screen[None]):
     def _cmd_invite(self, args: str) -> None:
         self.action_add_contact()
 
+    def _cmd_send(self, args: str) -> None:
+        if self.current is None:
+            raise NodeError("open a conversation first")
+        self.offer_paths(self.current, send_paths(args))
+
+    def _cmd_transfers(self, args: str) -> None:
+        self.action_transfers()
+
     def _cmd_help(self, args: str) -> None:
         self.action_help()
 
@@ -525,6 +629,39 @@ class MainScreen(Screen[None]):
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen(self.key_help()))
 
+    def action_send_file(self) -> None:
+        peer = self.current
+        if peer is None:
+            self.notify("Open a conversation to send files", severity="warning")
+            return
+        if self.mode == "read-only":
+            self.notify("Read-only: cannot send while another node runs", severity="warning")
+            return
+
+        def picked(paths: list[Path] | None) -> None:
+            if paths:
+                self.offer_paths(peer, paths)
+            self.composer.focus()
+
+        self.app.push_screen(FilePickerScreen(self.name_of(peer)), picked)
+
+    def action_transfers(self) -> None:
+        for screen in self.app.screen_stack:
+            if isinstance(screen, TransfersScreen):
+                return
+        infos = [self._info(t) for t in self.node.list_transfers()]
+        self.app.push_screen(
+            TransfersScreen(
+                infos,
+                names=self.name_of,
+                my_name=self.node.name,
+                rates=self.rates,
+                tz=self.tz,
+                today=day_of(self.clock(), self.tz),
+                on_action=self._card_action,
+            )
+        )
+
     def action_step_contact(self, delta: int) -> None:
         peer = self.contact_list.step_contact(delta, self.current)
         if peer is not None:
@@ -548,6 +685,15 @@ class MainScreen(Screen[None]):
         if self.current is not None:
             name = self.names.get(self.current, "this contact")
             yield f"Verify {name}", "Compare safety numbers", self.action_verify
+            yield f"Send a file to {name}", "Pick a file or folder (Ctrl+O)", self.action_send_file
+        yield "Transfers", "Every file transfer, with progress (F3)", self.action_transfers
+        for t in self.node.list_transfers():
+            if t.direction == "in" and t.state == "pending":
+                yield (
+                    f"Answer file offer: {one_line(transfer_title(_names(t)), 40)}",
+                    f"from {self.name_of(t.peer_id)}",
+                    partial(self.show_offer, t.id),
+                )
         for peer, name in sorted(self.names.items(), key=lambda item: item[1].casefold()):
             yield (
                 f"Open conversation: {name}",
@@ -566,6 +712,11 @@ class MainScreen(Screen[None]):
     # ------------------------------------------------------- list events
     @on(ContactList.ContactHighlighted)
     def _contact_highlighted(self, event: ContactList.ContactHighlighted) -> None:
+        highlighted = self.contact_list.highlighted_option
+        if highlighted is not None and highlighted.id != CONTACT + event.peer_id:
+            # Stale: the cursor moved on (a list refresh re-highlights the old row, and
+            # the palette or a notification may open another conversation meanwhile).
+            return
         self.open_conversation(event.peer_id)
 
     @on(ContactList.RequestSelected)
@@ -602,6 +753,7 @@ class MainScreen(Screen[None]):
             self._incoming_message(event)
         elif isinstance(event, MessageStateChanged):
             if event.peer_id == self.current:
+                self._draw_incoming()
                 self.conversation.set_state(event.message_id, event.state)
         elif isinstance(event, TypingChanged):
             if event.active:
@@ -641,6 +793,10 @@ class MainScreen(Screen[None]):
             self._schedule_sidebar()
         elif isinstance(event, TransferOffered):
             self._on_file_offer(event)
+        elif isinstance(event, TransferProgress):
+            self._on_transfer_progress(event)
+        elif isinstance(event, TransferStateChanged):
+            self._on_transfer_state(event)
 
     def _incoming_message(self, event: MessageReceived) -> None:
         peer = event.peer_id
@@ -648,7 +804,9 @@ class MainScreen(Screen[None]):
         self._remote_typing.pop(peer, None)
         self._needs_read.add(peer)
         if peer == self.current:
-            self.conversation.add_line(
+            # Drawn at the next flush, together with whatever else arrives by then:
+            # each row added lays the whole pane out again.
+            self._incoming_lines.append(
                 ChatLine(
                     message_id=event.message_id,
                     outgoing=False,
@@ -682,24 +840,262 @@ class MainScreen(Screen[None]):
             self.conversation.set_banner(text)
         self._schedule_sidebar()
 
+    # ------------------------------------------------------------ transfers
+    def name_of(self, peer_id: str) -> str:
+        return self.names.get(peer_id) or short_id(peer_id)
+
+    def _info(self, t: Transfer) -> TransferInfo:
+        """The card's view of ``t``; only a moving transfer has a running attempt to ask about."""
+        progress = None
+        if t.state in ("accepted", "sending", "receiving"):
+            progress = self.node.transfers.progress(t.id) or self._last_progress.get(t.id)
+        return TransferInfo.from_transfer(t, progress)
+
+    def _fresh_info(self, transfer_id: str) -> TransferInfo | None:
+        try:
+            return self._info(self.node.get_transfer(transfer_id))
+        except Exception:  # TransferError (p2pchat.net) or a closed store: nothing to show
+            return None
+
+    def _card(self, info: TransferInfo) -> TransferCard:
+        name = self.name_of(info.peer_id)
+        return TransferCard(
+            info,
+            author=name if info.incoming else self.node.name,
+            peer_name=name,
+            tz=self.tz,
+            rate=self.rates.get(info.transfer_id),
+        )
+
+    def _listeners(self) -> list[TransferListener]:
+        return [
+            screen
+            for screen in self.app.screen_stack
+            if isinstance(screen, (TransfersScreen, OfferScreen))
+        ]
+
+    def _show_transfer(self, info: TransferInfo) -> None:
+        """Bring every card of this transfer up to date (adding one to the open chat)."""
+        if info.peer_id == self.current:
+            card = self.conversation.card(info.transfer_id)
+            if isinstance(card, TransferCard):
+                card.update_info(info)
+            elif card is None:
+                self._draw_incoming()
+                self.conversation.add_item(self._card(info))
+        for listener in self._listeners():
+            listener.transfer_changed(info)
+
     def _on_file_offer(self, event: TransferOffered) -> None:
-        """Files wait for an answer; until the transfer UI exists, say where to give it."""
-        name = self.names.get(event.peer_id) or short_id(event.peer_id)
+        """A card in the conversation; the modal when it is on screen, else a notification."""
+        info = self._fresh_info(event.transfer_id)
+        if info is None:
+            return
+        self._show_transfer(info)
+        self._ring()
+        if not info.awaiting_answer:
+            return  # accepted on its own (--accept-files-from) before we got here
+        name = self.name_of(event.peer_id)
+        if event.peer_id == self.current:
+            self.app.push_screen(OfferScreen(self.node, info, name), self._offer_answered)
+            return
         first = one_line(event.files[0][0], 40) if event.files else "?"
         more = f" and {len(event.files) - 1} more" if len(event.files) > 1 else ""
+        link = f"app.show_offer('{event.transfer_id}')"
         self.notify(
-            f"{name} offers {first}{more} ({human_size(event.total)}). Answer with "
-            f"`p2pchat accept-file {event.transfer_id}` or `decline-file` in a shell.",
+            f"[@click={link}]{escape(name)} offers {escape(first)}{escape(more)} "
+            f"({human_size(event.total)}). Click here to answer, or press F3.[/]",
             title="File offer",
             severity="warning",
             timeout=30,
-            markup=False,
         )
-        self._ring()
+
+    def _offer_answered(self, answer: str | None) -> None:
+        self.composer.focus()
+
+    def show_offer(self, transfer_id: str) -> None:
+        """Open the offer's conversation and ask (the notification's and palette's action)."""
+        info = self._fresh_info(transfer_id)
+        if info is None:
+            return
+        self.open_conversation(info.peer_id)
+        if not info.awaiting_answer:
+            self.notify(f"That offer is {info.state} already", timeout=4)
+            return
+        if any(
+            isinstance(s, OfferScreen) and s.transfer_id == transfer_id
+            for s in self.app.screen_stack
+        ):
+            return
+        self.app.push_screen(
+            OfferScreen(self.node, info, self.name_of(info.peer_id)), self._offer_answered
+        )
+
+    def _on_transfer_progress(self, event: TransferProgress) -> None:
+        meter = self._meters.get(event.transfer_id)
+        if meter is None:
+            meter = self._meters[event.transfer_id] = RateMeter()
+        self.rates[event.transfer_id] = meter.update(event.rate, time.monotonic())
+        self._progress_due[event.transfer_id] = (event.done, event.total)
+        self._last_progress[event.transfer_id] = (event.done, event.total)
+
+    def _draw_progress(self) -> None:
+        due, self._progress_due = self._progress_due, {}
+        listeners = self._listeners()
+        for transfer_id, (done, total) in due.items():
+            rate = self.rates.get(transfer_id)
+            card = self.conversation.card(transfer_id)
+            if isinstance(card, TransferCard):
+                card.set_progress(done, total, rate)
+            for listener in listeners:
+                listener.transfer_progress(transfer_id, done, total, rate)
+
+    def _on_transfer_state(self, event: TransferStateChanged) -> None:
+        info = self._fresh_info(event.transfer_id)
+        if info is None:
+            return
+        if info.finished:
+            self._meters.pop(info.transfer_id, None)
+            self.rates.pop(info.transfer_id, None)
+            self._progress_due.pop(info.transfer_id, None)
+            self._last_progress.pop(info.transfer_id, None)
+        self._show_transfer(info)
+        if event.state in ("done", "declined", "cancelled", "failed"):
+            self._transfer_ended(info, event)
+
+    def _transfer_ended(self, info: TransferInfo, event: TransferStateChanged) -> None:
+        """Say how it ended when the card is not in view."""
+        if info.peer_id == self.current and self._visible():
+            return
+        name = self.name_of(info.peer_id)
+        title = one_line(info.title, 60)
+        if event.state == "done":
+            text = f"Received {title} from {name}" if info.incoming else f"{name} received {title}"
+            self.notify(text, title="File transfer", timeout=6, markup=False)
+        elif event.state == "failed":
+            self.notify(
+                f"{title} ({name}): {event.error or 'failed'}",
+                title="File transfer failed",
+                severity="error",
+                timeout=10,
+                markup=False,
+            )
+        elif event.state == "declined" and not info.incoming:
+            self.notify(f"{name} declined {title}", title="File transfer", markup=False)
+        elif event.state == "cancelled":
+            self.notify(f"{title} ({name}): cancelled", title="File transfer", markup=False)
+
+    @on(TransferCard.Action)
+    def _card_action_message(self, event: TransferCard.Action) -> None:
+        event.stop()
+        self._card_action(event)
+
+    def _card_action(self, event: TransferCard.Action) -> None:
+        """A card's button, in the conversation or in the panel."""
+        info = event.card.info
+        name = self.name_of(info.peer_id)
+        try:
+            if event.action == "accept":
+                self.node.accept_transfer(info.transfer_id)
+            elif event.action == "decline":
+                self.node.decline_transfer(info.transfer_id)
+            elif event.action == "cancel":
+                self.node.cancel_transfer(info.transfer_id)
+            elif event.action == "save_as":
+                self._save_as(info, name)
+            elif event.action == "open":
+                self.open_folder(info)
+        except Exception as exc:  # TransferError lives in p2pchat.net, which the UI may not import
+            self.notify(str(exc), severity="error", markup=False)
+
+    def _save_as(self, info: TransferInfo, name: str) -> None:
+        def chosen(folder: Path | None) -> None:
+            if folder is None:
+                return
+            try:
+                self.node.accept_transfer(info.transfer_id, folder=folder)
+            except Exception as exc:  # see _card_action
+                self.notify(str(exc), severity="error", markup=False)
+
+        self.app.push_screen(
+            FolderPickerScreen(
+                f"Save {name}'s files in…", initial=downloads_folder(self.node) or Path.home()
+            ),
+            chosen,
+        )
+
+    def open_folder(self, info: TransferInfo) -> None:
+        """Show where a received transfer went: the file manager if there is one."""
+        folder = info.folder or (str(Path(info.saved[0]).parent) if info.saved else None)
+        if folder is None:
+            self.notify("This transfer saved nothing", severity="warning")
+            return
+        argv = opener_argv(folder)
+        if argv is None:
+            self.notify(f"Saved in {folder}", title="Files", timeout=10, markup=False)
+            return
+        self.run_worker(self._run_opener(argv, folder), group="open-folder")
+
+    async def _run_opener(self, argv: list[str], folder: str) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.notify(f"Cannot open {folder}: {exc}", severity="warning", markup=False)
+            return
+        try:
+            code = await asyncio.wait_for(proc.wait(), OPENER_TIMEOUT)
+        except TimeoutError:
+            return  # some openers stay until the file manager closes
+        if code != 0:
+            self.notify(
+                f"No file manager answered; the files are in {folder}",
+                severity="warning",
+                timeout=10,
+                markup=False,
+            )
+
+    def offer_paths(self, peer: str, paths: list[Path]) -> None:
+        """Offer files in a worker (hashing big files takes a while): "preparing…" meanwhile."""
+        if self.mode == "read-only":
+            self.notify("Read-only: cannot send while another node runs", severity="warning")
+            return
+        placeholder = PreparingCard(
+            self.clock(), author=self.node.name, what=describe_paths(paths), tz=self.tz
+        )
+        if peer == self.current:
+            self._draw_incoming()
+            self.conversation.add_item(placeholder)
+        self.run_worker(self._offer(peer, paths, placeholder), group="offers")
+
+    async def _offer(self, peer: str, paths: list[Path], placeholder: PreparingCard) -> None:
+        try:
+            transfer = await self.node.offer_files(peer, paths)
+        except Exception as exc:  # missing files, too many files, a closed store...
+            self.notify(f"Cannot send: {exc}", severity="error", markup=False)
+            return
+        finally:
+            self.conversation.remove_item(placeholder)
+        if self.detached:
+            return
+        if peer == self.current and self.conversation.card(transfer.id) is None:
+            self._draw_incoming()
+            self.conversation.add_item(self._card(self._info(transfer)))
+        for listener in self._listeners():
+            listener.transfer_changed(self._info(transfer))
 
     def _ring(self) -> None:
         if self.bell:
             self.app.bell()
+
+
+def _names(t: Transfer) -> list[tuple[str, int]]:
+    return [(f.path, f.size) for f in t.files]
 
 
 def _message_time(m: Message) -> float:

@@ -11,6 +11,7 @@ from p2pchat.ui.widgets.conversation import (
 from p2pchat.ui.widgets.error_line import ErrorLine
 from p2pchat.ui.widgets.sidebar import ContactEntry, ContactList, NearbyEntry, RequestEntry
 from p2pchat.ui.widgets.status import StatusBar, StatusInfo
+from p2pchat.ui.widgets.transfers import PreparingCard, TransferCard
 
 __all__ = [
     "ChatLine",
@@ -23,7 +24,9 @@ __all__ = [
     "ErrorLine",
     "MessageItem",
     "NearbyEntry",
+    "PreparingCard",
     "RequestEntry",
     "StatusBar",
     "StatusInfo",
+    "TransferCard",
 ]

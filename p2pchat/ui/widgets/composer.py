@@ -17,7 +17,8 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import TextArea
 
-from p2pchat.ui.format import InputHistory, pasted_path
+from p2pchat.ui.files import pasted_paths
+from p2pchat.ui.format import InputHistory
 
 NEWLINE_KEYS = frozenset({"ctrl+j", "shift+enter", "alt+enter"})
 
@@ -58,17 +59,26 @@ class Composer(TextArea):
         """The user changed the text by typing or pasting (not by sending or recalling)."""
 
     class PathPasted(Message):
-        """A paste named an existing file.
+        """A paste named existing files or folders (a drag and drop, in most terminals).
 
-        The extension point for file drop: today nothing handles it and the
-        path is inserted as text; the file transfer UI will offer the file
-        from here and stop the insertion.
+        Sent instead of inserting the text while ``intercept_paths`` is on: the
+        handler decides (offer the files, or :meth:`Composer.insert` the
+        ``text`` as typed after all).
         """
 
-        def __init__(self, composer: Composer, path: Path) -> None:
+        def __init__(self, composer: Composer, paths: list[Path], text: str) -> None:
             super().__init__()
             self.composer = composer
-            self.path = path
+            self.paths = paths
+            self.text = text
+
+        @property
+        def path(self) -> Path:
+            return self.paths[0]
+
+        @property
+        def control(self) -> Composer:
+            return self.composer
 
     class ScrollRequested(Message):
         """Page Up/Down in the composer scroll the conversation, as in IRC clients."""
@@ -87,6 +97,9 @@ class Composer(TextArea):
             placeholder=placeholder,
         )
         self.sent_history = InputHistory()
+        # Off: a pasted path is just text.  The main screen turns it on and
+        # answers PathPasted (file drop).
+        self.intercept_paths = False
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":
@@ -105,9 +118,14 @@ class Composer(TextArea):
         # TextArea's own handler runs next (Textual calls each class's handler).
 
     async def _on_paste(self, event: events.Paste) -> None:
-        path = pasted_path(event.text)
-        if path is not None:
-            self.post_message(self.PathPasted(self, path))
+        if self.intercept_paths and not self.read_only:
+            paths = pasted_paths(event.text)
+            if paths:
+                # Not inserted: TextArea's own handler must not run.
+                event.stop()
+                event.prevent_default()
+                self.post_message(self.PathPasted(self, paths, event.text))
+                return
         self.post_message(self.Typed())
         # TextArea's own handler inserts the text next.
 

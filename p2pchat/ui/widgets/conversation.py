@@ -1,15 +1,18 @@
 """The right-hand pane: one conversation, newest at the bottom.
 
 Every row is a :class:`ConversationItem` so kinds other than text messages
-(file transfer cards, once file drop exists) slot into the same timeline:
-subclass it, give it a timestamp, and pass it to :meth:`ConversationView.add_item`;
-day separators and trimming then work for it unchanged.
+(file transfer cards) slot into the same timeline: subclass it, give it a
+timestamp, and pass it to :meth:`ConversationView.show` (merged by time with
+the messages) or :meth:`ConversationView.add_item` (at the bottom); day
+separators and trimming then work for it unchanged.  Items with a
+``transfer_id`` (cards) can be found again with :meth:`ConversationView.card`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import heapq
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -20,6 +23,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
+from textual.events import Resize
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -36,6 +40,14 @@ from p2pchat.ui.format import (
 
 AUTHOR_WIDTH = 10
 NARROW_AUTHOR_WIDTH = 7
+# Rows narrower than this give the text the room rather than the names.
+NARROW_ROW = 70
+
+
+def author_width(row_width: int) -> int:
+    return AUTHOR_WIDTH if row_width >= NARROW_ROW else NARROW_AUTHOR_WIDTH
+
+
 # A conversation pane with thousands of widgets makes every layout slow; older
 # history stays in the store (``p2pchat history`` shows it all).
 MAX_ITEMS = 400
@@ -63,6 +75,25 @@ class ConversationItem(Widget):
     def __init__(self, at: float, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.at = at
+        # The author column's width, known before the first layout (the view
+        # sets it) so that a new row is measured once: asking for ``self.size``
+        # while rendering costs a map of the whole screen for an unplaced row.
+        self.author_width = AUTHOR_WIDTH
+
+    def on_resize(self, event: Resize) -> None:
+        width = author_width(event.size.width)
+        if width != self.author_width:
+            self.author_width = width
+            self.author_width_changed()
+
+    def author_width_changed(self) -> None:
+        """The row became narrow or wide (a terminal resize): redraw, maybe taller."""
+        self.refresh(layout=True)
+
+    @property
+    def transfer_id(self) -> str | None:
+        """Cards of file transfers name theirs; other rows have none."""
+        return None
 
 
 class MessageItem(ConversationItem):
@@ -112,8 +143,7 @@ class MessageItem(ConversationItem):
         grid = Table.grid(padding=(0, 1), expand=True)
         grid.add_column(width=5, no_wrap=True)
         # Narrow panes give the text the room rather than the names.
-        author_width = AUTHOR_WIDTH if self.size.width >= 70 else NARROW_AUTHOR_WIDTH
-        grid.add_column(width=author_width, justify="right", no_wrap=True, overflow="ellipsis")
+        grid.add_column(width=self.author_width, justify="right", no_wrap=True, overflow="ellipsis")
         grid.add_column(ratio=1, overflow="fold")
         author_class = "message--author-out" if line.outgoing else "message--author-in"
         body = Text(safe_text(line.body))
@@ -188,7 +218,9 @@ class ConversationView(Vertical):
         self._today: dt.date | None = None
         self._timeline = Timeline()
         self._messages: dict[str, MessageItem] = {}
+        self._cards: dict[str, ConversationItem] = {}
         self._last: ConversationItem | None = None
+        self._empty_hint = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="conv-header", markup=False)
@@ -213,7 +245,9 @@ class ConversationView(Vertical):
         self.set_banner(None)
         self.set_typing(None)
         self._messages = {}
+        self._cards = {}
         self._last = None
+        self._empty_hint = True
         self._replace_timeline([Static(text, classes="conv-empty")])
 
     def show(
@@ -224,52 +258,104 @@ class ConversationView(Vertical):
         *,
         today: dt.date,
         empty_hint: str,
+        cards: Sequence[ConversationItem] = (),
     ) -> None:
-        """Replace the timeline with ``lines`` (oldest first)."""
+        """Replace the timeline with ``lines`` (oldest first) and ``cards``, merged by time."""
         self.peer_id = peer_id
         self._today = today
         self.set_header(header)
         self.set_typing(None)
+        rows: list[ConversationItem] = list(
+            heapq.merge(
+                (MessageItem(line, self.tz) for line in lines),
+                sorted(cards, key=lambda card: card.at),
+                key=lambda item: item.at,
+            )
+        )[-MAX_ITEMS:]
         items: list[Widget] = []
         messages: dict[str, MessageItem] = {}
+        found: dict[str, ConversationItem] = {}
         last_day: dt.date | None = None
         self._last = None
-        for line in list(lines)[-MAX_ITEMS:]:
-            day = day_of(line.at, self.tz)
+        width = self.row_author_width()
+        for item in rows:
+            item.author_width = width
+            day = day_of(item.at, self.tz)
             if day != last_day:
-                items.append(DaySeparator(line.at, day_label(day, today)))
+                items.append(DaySeparator(item.at, day_label(day, today)))
                 last_day = day
-            item = MessageItem(line, self.tz)
-            messages[line.message_id] = item
+            if isinstance(item, MessageItem):
+                messages[item.line.message_id] = item
+            elif item.transfer_id is not None:
+                found[item.transfer_id] = item
             items.append(item)
             self._last = item
+        self._empty_hint = not items
         if not items:
             items.append(Static(empty_hint, classes="conv-empty", markup=False))
         self._messages = messages
+        self._cards = found
         self._replace_timeline(items)
 
     def add_item(self, item: ConversationItem) -> None:
         """Append a row at the bottom, under a new day separator if the day changed."""
+        self.add_items([item])
+
+    def add_items(self, items: Sequence[ConversationItem]) -> None:
+        """Append rows in one mount: the pane is laid out once for the lot."""
+        if not items:
+            return
         timeline = self._timeline
-        for empty in timeline.query(".conv-empty"):
-            empty.remove()
-        day = day_of(item.at, self.tz)
-        last = self._last
+        if self._empty_hint:
+            self._empty_hint = False
+            for empty in timeline.query(".conv-empty"):
+                empty.remove()
+        width = self.row_author_width()
         new: list[Widget] = []
-        if last is None or day_of(last.at, self.tz) != day:
-            today = self._today if self._today is not None else day
-            new.append(DaySeparator(item.at, day_label(day, max(today, day))))
-        new.append(item)
-        self._last = item
+        for item in items:
+            day = day_of(item.at, self.tz)
+            last = self._last
+            if last is None or day_of(last.at, self.tz) != day:
+                today = self._today if self._today is not None else day
+                new.append(DaySeparator(item.at, day_label(day, max(today, day))))
+            item.author_width = width
+            new.append(item)
+            self._last = item
+            if item.transfer_id is not None:
+                self._cards[item.transfer_id] = item
         timeline.mount_all(new)
         self._trim()
 
+    def row_author_width(self) -> int:
+        """The author column for rows of this pane (rows lose the padding and scrollbar)."""
+        return author_width(self.size.width - 3) if self.size.width else AUTHOR_WIDTH
+
+    def remove_item(self, item: ConversationItem) -> None:
+        """Take a row out (a placeholder whose real card arrived)."""
+        if item.transfer_id is not None and self._cards.get(item.transfer_id) is item:
+            del self._cards[item.transfer_id]
+        if item.parent is self._timeline:
+            item.remove()
+
+    def card(self, transfer_id: str) -> ConversationItem | None:
+        return self._cards.get(transfer_id)
+
+    def cards(self) -> list[ConversationItem]:
+        return list(self._cards.values())
+
     def add_line(self, line: ChatLine) -> None:
-        if line.message_id in self._messages:
-            return
-        item = MessageItem(line, self.tz)
-        self._messages[line.message_id] = item
-        self.add_item(item)
+        self.add_lines([line])
+
+    def add_lines(self, lines: Iterable[ChatLine]) -> None:
+        """New messages at the bottom (those already shown are skipped)."""
+        items: list[ConversationItem] = []
+        for line in lines:
+            if line.message_id in self._messages:
+                continue
+            item = MessageItem(line, self.tz)
+            self._messages[line.message_id] = item
+            items.append(item)
+        self.add_items(items)
 
     def has_message(self, message_id: str) -> bool:
         return message_id in self._messages
@@ -290,6 +376,8 @@ class ConversationView(Vertical):
             for child in dropped:
                 if isinstance(child, MessageItem):
                     self._messages.pop(child.line.message_id, None)
+                elif isinstance(child, ConversationItem) and child.transfer_id is not None:
+                    self._cards.pop(child.transfer_id, None)
             self._timeline.remove_children(dropped)
 
     # ------------------------------------------------------------- chrome
@@ -307,7 +395,11 @@ class ConversationView(Vertical):
         return str(banner.content) if banner.has_class("-visible") else ""
 
     def set_typing(self, text: str | None) -> None:
-        self.query_one("#conv-typing", Static).update(text or "")
+        # Called for every incoming message: the line is one row high whatever it
+        # says, so an unchanged text costs nothing and a new one only a repaint.
+        typing = self.query_one("#conv-typing", Static)
+        if str(typing.content) != (text or ""):
+            typing.update(text or "", layout=False)
 
     @property
     def typing_text(self) -> str:

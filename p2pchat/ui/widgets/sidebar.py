@@ -96,7 +96,9 @@ class ContactList(OptionList):
     ) -> None:
         """Rebuild the list, keeping the cursor on the same entry."""
         keep = self.highlighted_option.id if self.highlighted_option is not None else None
-        if keep is None and current is not None:
+        if current is not None and (keep is None or keep.startswith(CONTACT)):
+            # The open conversation wins over a contact row the cursor was left on: it
+            # was opened some other way (palette, notification) before its row existed.
             keep = CONTACT + current
         options: list[Option] = [
             _heading("Contacts", len(contacts)),

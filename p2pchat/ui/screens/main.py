@@ -54,6 +54,7 @@ from p2pchat.node import ContactView, Node, NodeError
 from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
 from p2pchat.ui import heap
 from p2pchat.ui.commands import CommandError, SlashCommand, message_text, parse_command
+from p2pchat.ui.desktop import notify_desktop
 from p2pchat.ui.files import (
     RateMeter,
     TransferInfo,
@@ -261,6 +262,7 @@ class MainScreen(Screen[None]):
             unread=view.unread,
             last_activity=activity,
             warning=view.peer_id in self.warnings,
+            route=view.route,
         )
 
     def _schedule_sidebar(self) -> None:
@@ -291,7 +293,7 @@ class MainScreen(Screen[None]):
         if self.mode == "read-only":
             network, detail = "read-only", self.detail
         elif self.node.running:
-            network, detail = "online", ""
+            network, detail = "online", self._network_detail()
         else:
             network, detail = ("error" if self.detail else "offline"), self.detail
         self.query_one("#status", StatusBar).show(
@@ -777,7 +779,7 @@ class MainScreen(Screen[None]):
                 severity="warning",
                 markup=False,
             )
-            self._ring()
+            self._ring("Contact request", f"{who} wants to add you")
             self._schedule_sidebar()
         elif isinstance(event, PeerKeyMismatch):
             self._on_key_mismatch(event)
@@ -820,7 +822,7 @@ class MainScreen(Screen[None]):
             self._schedule_read()
         if peer != self.current or not self._visible():
             self.notify(one_line(event.body, 120), title=name, markup=False)
-            self._ring()
+            self._ring(name, one_line(event.body, 120))
         self._schedule_sidebar()
 
     def _on_key_mismatch(self, event: PeerKeyMismatch) -> None:
@@ -892,10 +894,10 @@ class MainScreen(Screen[None]):
         if info is None:
             return
         self._show_transfer(info)
-        self._ring()
+        name = self.name_of(event.peer_id)
+        self._ring("File offer", f"{name} offers {one_line(info.title, 80)}")
         if not info.awaiting_answer:
             return  # accepted on its own (--accept-files-from) before we got here
-        name = self.name_of(event.peer_id)
         if event.peer_id == self.current:
             self.app.push_screen(OfferScreen(self.node, info, name), self._offer_answered)
             return
@@ -1089,9 +1091,27 @@ class MainScreen(Screen[None]):
         for listener in self._listeners():
             listener.transfer_changed(self._info(transfer))
 
-    def _ring(self) -> None:
+    def _network_detail(self) -> str:
+        """LAN peers, DHT size and NAT kind, as far as the node knows them."""
+        try:
+            status = self.node.network_status()
+        except Exception:  # an attached daemon that went away: keep the bar quiet
+            return ""
+        parts = []
+        if status.get("mdns"):
+            parts.append(f"LAN {status.get('nearby', 0)} nearby")
+        dht = status.get("dht")
+        if dht:
+            parts.append(f"DHT {dht.get('nodes') or 0} nodes")
+            if dht.get("nat"):
+                parts.append(f"NAT {dht['nat']}")
+        return " · ".join(parts)
+
+    def _ring(self, title: str = "", body: str = "") -> None:
         if self.bell:
             self.app.bell()
+        if title and self.node.settings.get("desktop_notifications") is True:
+            self.run_worker(notify_desktop(title, body), group="desktop", exclusive=False)
 
 
 def _names(t: Transfer) -> list[tuple[str, int]]:

@@ -39,6 +39,8 @@ class ContactEntry:
     unread: int
     last_activity: float | None
     warning: bool = False
+    route: str | None = None
+    """"lan" or "direct" while online (how the session runs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,12 @@ class ContactList(OptionList):
         if c.unread:
             parts.append((" ", ""))
             parts.append((f" {c.unread} ", "$text on $accent bold"))
-        presence = "online" if c.online else relative_time(c.last_activity, now, self.tz)
+        if c.online:
+            presence = {"lan": "online · LAN", "direct": "online · direct"}.get(
+                c.route or "", "online"
+            )
+        else:
+            presence = relative_time(c.last_activity, now, self.tz)
         second = ("\n  " + presence, "$text-muted")
         return Content.assemble(*parts, second)
 

@@ -66,7 +66,8 @@ from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
-from p2pchat.net.transfers import TransferError, TransferManager, TransferPolicy
+from p2pchat.net.transfers import TransferError as TransferError
+from p2pchat.net.transfers import TransferManager, TransferPolicy
 from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
 
 log = logging.getLogger(__name__)
@@ -589,6 +590,9 @@ class Node:
         return self.store.list_transfers(peer_id=peer_id)
 
     def get_transfer(self, transfer_id: str) -> Transfer:
+        exact = self.store.get_transfer(transfer_id)
+        if exact is not None:
+            return exact
         matches = [t for t in self.store.list_transfers() if t.id.startswith(transfer_id)]
         if len(transfer_id) < 4 or len(matches) != 1:
             raise TransferError(f"no single transfer matches {transfer_id!r}")

@@ -743,9 +743,13 @@ class TransferManager:
         if inc.disk is not None:
             await inc.disk.drain()
         fh = inc.files.pop(index)
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
+
+        def settle(fh: BinaryIO = fh) -> None:
+            fh.flush()
+            os.fsync(fh.fileno())  # durable before it may take its final name
+            fh.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, settle)
         t = self.store.get_transfer(inc.transfer_id)
         assert t is not None
         f = t.files[index]

@@ -28,6 +28,7 @@ MOVING_STATES = frozenset({"accepted", "sending", "receiving"})
 MAX_PASTE = 16_384
 # The speed shown is smoothed over about this many seconds.
 RATE_TAU = 2.0
+OPEN_HINT = "press o to open folder"
 
 
 # ------------------------------------------------------------------ parsing
@@ -306,7 +307,7 @@ def status_text(info: TransferInfo, peer: str, rate: float | None = None) -> str
     if state == "done":
         if info.incoming:
             where = display_folder(info.folder) if info.folder else "the downloads folder"
-            return f"✓ done · saved to {where} — press o to open folder"
+            return f"✓ done · saved to {where} — {OPEN_HINT}"
         return f"✓ done · {peer} has it"
     if state == "declined":
         who = "you" if info.incoming else peer

@@ -207,7 +207,9 @@ async def test_open_folder_runs_the_file_manager(
     assert card is not None
     await until(pilot, lambda: card.info.state == "done")
     assert card.status.endswith("press o to open folder")
-    card.focus()
+    assert pair.main.composer.has_focus
+    await pilot.press("shift+tab")  # the message box's neighbour: the latest card
+    assert card.has_focus
     await pilot.press("o")
     await until(pilot, lambda: marker.exists() and marker.read_text() == str(pair.downloads))
     assert app.screen is pair.main

@@ -19,10 +19,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
-from p2pchat.ui.files import TransferInfo, overall_done, status_text
+from p2pchat.ui.files import OPEN_HINT, TransferInfo, overall_done, status_text
 from p2pchat.ui.format import clock_time, human_size, one_line
 from p2pchat.ui.widgets.conversation import ConversationItem
 
@@ -35,15 +36,21 @@ STATE_CLASSES = (
 )
 
 
-OPEN_HINT = "press o to open folder"
-
-
 def card_id(transfer_id: str) -> str:
     return f"transfer-{transfer_id}"
 
 
 class _Status(Static):
     """The status line; its "open folder" hint is also a link for the mouse."""
+
+    def __init__(self, *, classes: str) -> None:
+        super().__init__(classes=classes)
+        # Kept from resize events: asking for ``self.size`` of a row scrolled out
+        # of view makes the compositor map the whole screen.
+        self._shape = (0, 0)
+
+    def on_resize(self, event: Resize) -> None:
+        self._shape = (event.size.width, event.size.height)
 
     def show(self, text: str) -> None:
         if text.endswith(OPEN_HINT):
@@ -53,7 +60,7 @@ class _Status(Static):
             content = Content(text)
         # Progress redraws this line several times a second: while it keeps its
         # height, repaint it alone instead of laying out the whole conversation.
-        width, height = self.size
+        width, height = self._shape
         same_height = bool(width) and content.get_height(self.styles.get_rules(), width) == height
         self.update(content, layout=not same_height)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import string
 import sys
@@ -53,8 +52,6 @@ os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
 from textual import events  # noqa: E402
 from textual.pilot import Pilot  # noqa: E402
 
-from p2pchat.config import Paths, save_settings  # noqa: E402
-from p2pchat.identity import create_identity  # noqa: E402
 from p2pchat.ui.app import ChatApp  # noqa: E402
 from p2pchat.ui.screens.main import MainScreen  # noqa: E402
 from p2pchat.ui.widgets import Composer, TransferCard  # noqa: E402
@@ -66,18 +63,8 @@ ALPHABET = string.ascii_lowercase
 KEY_INTERVAL = 0.025
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_home(root: Path, name: str) -> Paths:
-    paths = Paths(root / name)
-    paths.ensure()
-    create_identity(paths.identity)
-    save_settings(paths, {"name": name, "listen": f"127.0.0.1:{free_port()}"})
-    return paths
+from tests.daemons import free_udp_port as free_port  # noqa: E402
+from tests.daemons import make_home  # noqa: E402
 
 
 def percentile(samples: list[float], q: float) -> float:

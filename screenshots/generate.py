@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,7 @@ os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
 
 from textual.pilot import Pilot  # noqa: E402
 
-from p2pchat.config import Paths, save_settings  # noqa: E402
-from p2pchat.identity import create_identity  # noqa: E402
+from p2pchat.config import Paths  # noqa: E402
 from p2pchat.node import Node  # noqa: E402
 from p2pchat.ui.app import ChatApp  # noqa: E402
 from p2pchat.ui.screens.contacts import AddContactScreen  # noqa: E402
@@ -42,18 +40,8 @@ SIZE = (120, 36)
 MB = 1_000_000
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_home(root: Path, name: str) -> Paths:
-    paths = Paths(root / name)
-    paths.ensure()
-    create_identity(paths.identity)
-    save_settings(paths, {"name": name, "listen": f"127.0.0.1:{free_port()}"})
-    return paths
+from tests.daemons import free_udp_port as free_port  # noqa: E402
+from tests.daemons import make_home  # noqa: E402
 
 
 async def until(pilot: Pilot[object], predicate: Callable[[], object], timeout: float = 30) -> None:

@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from p2pchat.config import Paths, save_settings
+from p2pchat.config import Paths
 from p2pchat.core.events import NodeEvent
-from p2pchat.identity import create_identity
 from p2pchat.node import Node
 
+from .daemons import free_udp_port, make_home
+
 os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_home(root: Path, name: str) -> Paths:
-    paths = Paths(root / name)
-    paths.ensure()
-    create_identity(paths.identity)
-    save_settings(paths, {"name": name, "listen": f"127.0.0.1:{free_udp_port()}"})
-    return paths
+__all__ = ["EventLog", "StartNode", "free_udp_port", "make_home", "wait_until"]
 
 
 async def wait_until(

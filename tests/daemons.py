@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,8 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from p2pchat.config import Paths
+from p2pchat.config import Paths, save_settings
+from p2pchat.identity import create_identity
 from p2pchat.net.control import ControlClient
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_home(root: Path, name: str) -> Paths:
+    """A state folder with a fresh identity, a display name and a loopback port."""
+    paths = Paths(root / name)
+    paths.ensure()
+    create_identity(paths.identity)
+    save_settings(paths, {"name": name, "listen": f"127.0.0.1:{free_udp_port()}"})
+    return paths
 
 
 def cli_env(**extra: str) -> dict[str, str]:

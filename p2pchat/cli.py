@@ -266,11 +266,18 @@ async def cmd_accept(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_decline(paths: Paths, args: argparse.Namespace) -> int:
+async def _plain(
+    paths: Paths, args: argparse.Namespace, op: str, call_args: dict[str, Any], done: str
+) -> int:
+    """Commands whose whole output is one word once the node did it."""
     async with _api(paths, args) as api:
-        await api.call("decline", {"ref": args.ref})
-    print("declined")
+        await api.call(op, call_args)
+    print(done)
     return EXIT_OK
+
+
+async def cmd_decline(paths: Paths, args: argparse.Namespace) -> int:
+    return await _plain(paths, args, "decline", {"ref": args.ref}, "declined")
 
 
 async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
@@ -383,17 +390,11 @@ async def cmd_accept_file(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_decline_file(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        await api.call("decline_file", {"id": args.id})
-    print("declined")
-    return EXIT_OK
+    return await _plain(paths, args, "decline_file", {"id": args.id}, "declined")
 
 
 async def cmd_cancel_file(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        await api.call("cancel_file", {"id": args.id})
-    print("cancelled")
-    return EXIT_OK
+    return await _plain(paths, args, "cancel_file", {"id": args.id}, "cancelled")
 
 
 async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:

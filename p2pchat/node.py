@@ -46,6 +46,7 @@ from p2pchat.core.events import (
     PeerKeyMismatch,
     PeerOffline,
     PeerOnline,
+    TransferStateChanged,
     TypingChanged,
 )
 from p2pchat.identity import (
@@ -66,6 +67,7 @@ from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
+from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
 from p2pchat.net.transfers import TransferManager, TransferPolicy
 from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
@@ -186,8 +188,6 @@ class Node:
             clock=self.clock,
             emit=self._emit,
             connection_for=self._active.get,
-            is_contact=lambda peer: self.store.get_contact(peer) is not None,
-            spawn=self._spawn,
         )
         self.running = False
 
@@ -613,22 +613,29 @@ class Node:
         """Wait until the transfer reaches a final state; return the state then."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        queue = _Subscription()
-        self._subs.add(queue)
+        events = self.events()
         try:
             while True:
                 t = self.store.get_transfer(transfer_id)
                 if t is None:
                     raise TransferError(f"no transfer {transfer_id}")
-                if t.state in ("done", "declined", "cancelled", "failed"):
+                if t.state in TERMINAL_TRANSFER_STATES:
                     return t.state
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                # Only this transfer's state changes warrant another look at the store.
+                while (remaining := deadline - loop.time()) > 0:
+                    try:
+                        event = await asyncio.wait_for(anext(events), remaining)
+                    except TimeoutError:
+                        break
+                    if (
+                        isinstance(event, TransferStateChanged)
+                        and event.transfer_id == transfer_id
+                    ):
+                        break
+                else:
                     return t.state
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queue.queue.get(), min(remaining, 1.0))
         finally:
-            self._subs.discard(queue)
+            await events.aclose()
 
     # ------------------------------------------------------------ discovery
     def nearby(self) -> list[NearbyPeer]:

@@ -96,6 +96,7 @@ class _Incoming:
     hashers: dict[int, Any] = field(default_factory=dict)
     disk: _DiskQueue | None = None
     prepared: asyncio.Future[None] | None = None
+    rate: _Rate = field(default_factory=lambda: _Rate())
     received: int = 0
     reported: int = 0
     started: float = 0.0
@@ -169,16 +170,12 @@ class TransferManager:
         clock: Callable[[], float],
         emit: Callable[[NodeEvent], None],
         connection_for: Callable[[str], PeerConnection | None],
-        is_contact: Callable[[str], bool],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
     ) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
         self.emit = emit
         self.connection_for = connection_for
-        self.is_contact = is_contact
-        self.spawn = spawn
         self._server: asyncio.base_events.Server | None = None
         self.tcp_port = 0
         self._incoming: dict[tuple[str, bytes], _Incoming] = {}
@@ -723,19 +720,22 @@ class TransferManager:
             if offset + len(data) == size and not await self._complete_file(inc, index):
                 return False
             if inc.received - inc.reported >= PROGRESS_EVERY:
+                # The frame every MiB is flow control; the event is for people, so it
+                # goes out at most every EVENT_INTERVAL, like the sender's.
                 inc.reported = inc.received
                 inc.conn.send(chat.FileProgress(inc.transfer_id, inc.attempt, inc.received))
-                total = sum(s - o for _i, o, s in inc.plan)
-                self.emit(
-                    TransferProgress(
-                        inc.transfer_id,
-                        inc.conn.peer_id or "",
-                        "in",
-                        inc.received,
-                        total,
-                        inc.received / max(time.monotonic() - inc.started, 1e-6),
+                if inc.rate.due(inc.received):
+                    total = sum(s - o for _i, o, s in inc.plan)
+                    self.emit(
+                        TransferProgress(
+                            inc.transfer_id,
+                            inc.conn.peer_id or "",
+                            "in",
+                            inc.received,
+                            total,
+                            inc.rate.rate,
+                        )
                     )
-                )
         return True
 
     async def _complete_file(self, inc: _Incoming, index: int) -> bool:

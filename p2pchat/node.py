@@ -49,6 +49,7 @@ from p2pchat.core.events import (
     TransferStateChanged,
     TypingChanged,
 )
+from p2pchat.core.punch import is_public_ip
 from p2pchat.identity import (
     INVITE_PREFIX,
     Identity,
@@ -64,9 +65,12 @@ from p2pchat.identity import (
 )
 from p2pchat.net.control import ControlServer
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
-from p2pchat.net.endpoint import Endpoint, QuicLink
+from p2pchat.net.dial import Dialer, Route
+from p2pchat.net.endpoint import AuxSocket, Endpoint, QuicLink
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
+from p2pchat.net.punch import PunchService, RendezvousNode
+from p2pchat.net.quic import smoothed_rtt
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
 from p2pchat.net.transfers import TransferManager, TransferPolicy
@@ -101,14 +105,6 @@ class NotRunning(NodeError):
     """The operation needs the network, and the node is not started."""
 
 
-@dataclass(slots=True)
-class _DialState:
-    attempts: int = 0
-    next_at: float = 0.0
-    index: int = 0
-    link: PeerConnection | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class ContactView:
     """A contact as the outside sees it: stored fields plus live presence."""
@@ -121,8 +117,13 @@ class ContactView:
     online: bool
     unread: int
     route: str | None = None
-    """How the live session runs: "lan" (a local-network or loopback address) or
-    "direct" (any other address); None when offline."""
+    """The same as ``path`` (the name the app reads until it moves to ``path``)."""
+    path: str | None = None
+    """How the live session runs: "lan" (the peer's address is on one of our own
+    subnets), "direct" (any other address dialled or accepted as is, loopback
+    included), "punched" (a path a hole punch opened), None when offline."""
+    rtt_ms: float | None = None
+    """QUIC's smoothed round-trip time of the live session, in milliseconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +141,7 @@ class NearbyPeer:
 
 @dataclass(eq=False, slots=True)
 class _Subscription:
-    queue: asyncio.Queue[NodeEvent] = field(
-        default_factory=lambda: asyncio.Queue(EVENT_QUEUE_SIZE)
-    )
+    queue: asyncio.Queue[NodeEvent] = field(default_factory=lambda: asyncio.Queue(EVENT_QUEUE_SIZE))
 
 
 class Node:
@@ -173,7 +172,12 @@ class Node:
         self._conns: set[PeerConnection] = set()
         self._active: dict[str, PeerConnection] = {}
         self._requests: dict[str, PeerConnection] = {}
-        self._dial: dict[str, _DialState] = {}
+        self._dialer: Dialer | None = None
+        self._punch: PunchService | None = None
+        self._rendezvous_config: tuple[RendezvousNode, ...] = ()
+        self._routes: dict[str, tuple[tuple[str, int], ...]] = {}
+        """Rendezvous addresses of contacts, from their DHT records (in memory)."""
+        self._nat_hints: dict[str, str] = {}
         self._gaps_sent: dict[PeerConnection, int] = {}
         self._gaps_answered: dict[PeerConnection, set[int]] = {}
         self._subs: set[_Subscription] = set()
@@ -231,8 +235,15 @@ class Node:
         accept_files_from: str | Iterable[str] = (),
         mdns: MdnsOptions | None = None,
         dht: DhtOptions | None = None,
+        relay: bool = False,
+        rendezvous: Iterable[str] = (),
     ) -> None:
         """Take the home's lock, bind the UDP socket, serve the control socket.
+
+        ``rendezvous`` (``PEER_ID@HOST:PORT`` strings) are nodes to register with when
+        we sit behind a NAT (the DHT's bootstrap nodes and reachable contacts are
+        tried too); ``relay`` makes this node a rendezvous for anyone, not only for
+        its contacts (``docs/nat.md``).
 
         ``dht`` joins the DHT on the same socket; None (the default) keeps the node
         off it, so tests never reach bootstrap nodes they did not name.
@@ -253,6 +264,7 @@ class Node:
             ref if ref == "contacts" else self.store.find_contact(ref).peer_id
             for ref in accept_files_from
         )
+        self._rendezvous_config = tuple(_parse_rendezvous(entry) for entry in rendezvous)
         self._lock.acquire()
         try:
             host, port = parse_address(listen) if listen else self._default_listen()
@@ -270,6 +282,20 @@ class Node:
                     clock=self.clock,
                 )
                 await self._dht.start()
+            self._punch = PunchService(
+                self._endpoint,
+                self.identity,
+                relay=relay,
+                is_contact=lambda key: self.store.get_contact(peer_id_from_key(key)) is not None,
+                local_candidates=self._local_candidates,
+                external=self._dht_external if self._dht is not None else None,
+                on_change=self._rendezvous_changed,
+                clock=self.clock,
+            )
+            await self._punch.start()
+            self._dialer = Dialer(
+                self._open_connection, punch=self._punch, local_networks=_local_networks
+            )
             self._wake = asyncio.Event()
             if mdns is not None:
                 self._mdns = MdnsService(self, mdns)
@@ -281,6 +307,10 @@ class Node:
             if self._mdns is not None:
                 await self._mdns.stop()
                 self._mdns = None
+            if self._punch is not None:
+                await self._punch.stop()
+                self._punch = None
+            self._dialer = None
             if self._dht is not None:
                 await self._dht.stop()
                 self._dht = None
@@ -316,6 +346,12 @@ class Node:
         if self._dht is not None:
             await self._dht.stop()  # saves the routing table for the next start
             self._dht = None
+        if self._dialer is not None:
+            await self._dialer.stop()
+            self._dialer = None
+        if self._punch is not None:
+            await self._punch.stop()
+            self._punch = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -440,21 +476,29 @@ class Node:
                 last_seen=c.last_seen,
                 online=c.peer_id in self._active,
                 unread=self.store.unread_count(c.peer_id),
-                route=self._route(c.peer_id),
+                route=self._path(c.peer_id),
+                path=self._path(c.peer_id),
+                rtt_ms=self._rtt_ms(c.peer_id),
             )
             for c in self.store.list_contacts()
         ]
 
-    def _route(self, peer_id: str) -> str | None:
+    def _path(self, peer_id: str) -> str | None:
         conn = self._active.get(peer_id)
         if conn is None:
             return None
+        if conn.path is not None:
+            return conn.path
         try:
             ip = ipaddress.ip_address(str(conn.link.address[0]).split("%")[0])
         except ValueError:
             return "direct"
-        local = ip.is_private or ip.is_loopback or ip.is_link_local
-        return "lan" if local else "direct"
+        return "lan" if any(ip in net for net in _local_networks()) else "direct"
+
+    def _rtt_ms(self, peer_id: str) -> float | None:
+        conn = self._active.get(peer_id)
+        rtt = smoothed_rtt(conn.link.conn) if conn is not None else None
+        return None if rtt is None else round(rtt * 1000, 1)
 
     def network_status(self) -> dict[str, Any]:
         """What a status bar shows: addresses, peers online and nearby, DHT and NAT."""
@@ -476,6 +520,19 @@ class Node:
                 "nat": dht.get("nat"),
                 "read_only": dht.get("read_only"),
             }
+        return status
+
+    def net_status(self) -> dict[str, Any]:
+        """``p2pchat net``: how this node is reachable and what strangers cost it."""
+        if not self.running or self._punch is None or self._endpoint is None:
+            raise NotRunning("the node is not running")
+        status: dict[str, Any] = {"addresses": list(self.addresses)}
+        status.update(self._punch.status())
+        status["handshakes"] = self._handshake_status()
+        status["socket_buffers"] = self._endpoint.socket_buffers
+        status["dht"] = self._dht is not None
+        if self._dialer is not None:
+            status["dial"] = dict(self._dialer.stats)
         return status
 
     def _handshake_status(self) -> dict[str, Any] | None:
@@ -641,10 +698,7 @@ class Node:
                         event = await asyncio.wait_for(anext(events), remaining)
                     except TimeoutError:
                         break
-                    if (
-                        isinstance(event, TransferStateChanged)
-                        and event.transfer_id == transfer_id
-                    ):
+                    if isinstance(event, TransferStateChanged) and event.transfer_id == transfer_id:
                         break
                 else:
                     return t.state
@@ -661,9 +715,17 @@ class Node:
         )
 
     def peer_discovered(
-        self, peer_id: str, addresses: Iterable[str], *, source: str, name: str | None = None
+        self,
+        peer_id: str,
+        addresses: Iterable[str],
+        *,
+        source: str,
+        name: str | None = None,
+        rendezvous: Iterable[str] = (),
+        nat: str | None = None,
     ) -> None:
-        """A discovery source (mDNS, DHT) claims ``peer_id`` is reachable at ``addresses``.
+        """A discovery source (mDNS, DHT) claims ``peer_id`` is reachable at ``addresses``
+        (and, from a DHT record, through the ``rendezvous`` nodes, behind a ``nat``).
 
         Nothing is trusted yet: a contact is dialled with its key as the expected
         peer, so a false claim ends in a key mismatch, not in a session.
@@ -677,10 +739,13 @@ class Node:
             # addresses out of its stored list.  An address is stored once a
             # session over it proved the key (``record_seen``).
             self._hints[peer_id] = addrs[:8]
-            if peer_id not in self._active:
-                state = self._dial.setdefault(peer_id, _DialState())
-                state.next_at = 0.0
-                state.index = 0
+            routes = tuple(parse_address(a) for a in rendezvous)[:4]
+            if routes:
+                self._routes[peer_id] = routes
+            if nat is not None:
+                self._nat_hints[peer_id] = nat
+            if peer_id not in self._active and self._dialer is not None:
+                self._dialer.retry_after(peer_id, 0.0)
                 self._poke()
         before = self._nearby.get(peer_id)
         entry = NearbyPeer(
@@ -707,13 +772,20 @@ class Node:
             self._wake.set()
 
     def _incoming(self, link: QuicLink) -> None:
-        self._conns.add(PeerConnection(link, self.identity, self))
+        conn = PeerConnection(link, self.identity, self)
+        address = (str(link.address[0]), int(link.address[1]))
+        if self._punch is not None and self._punch.was_punched(address, link.via):
+            conn.path = "punched"
+        self._conns.add(conn)
 
-    def _dial_now(self, peer_id: str, address: str) -> PeerConnection:
+    def _open_connection(
+        self, peer_id: str, address: tuple[str, int], via: AuxSocket | None, path: str
+    ) -> PeerConnection:
+        """The dialer's way to dial: a connection the node owns, expecting ``peer_id``."""
         assert self._endpoint is not None
-        host, port = parse_address(address)
-        link = self._endpoint.connect((host, port))
+        link = self._endpoint.connect(address, via=via)
         conn = PeerConnection(link, self.identity, self, expected_peer=key_from_peer_id(peer_id))
+        conn.path = "punched" if path == "punched" else None
         self._conns.add(conn)
         return conn
 
@@ -724,13 +796,15 @@ class Node:
         while True:
             now = loop.time()
             known: set[str] = set()
-            for contact in self.store.list_contacts():
+            contacts = self.store.list_contacts()
+            for contact in contacts:
                 self._maybe_dial(contact, now)
                 self._maybe_resolve(contact, now)
                 for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
                     with contextlib.suppress(ValueError):
                         known.add(parse_address(address)[0])
             self._known_ips = known
+            self._refresh_rendezvous(contacts)
             self.transfers.tick()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -742,9 +816,9 @@ class Node:
         if self._dht is None or peer in self._active:
             self._dht_retry.pop(peer, None)
             return
-        state = self._dial.get(peer)
+        failures = self._dialer.failures(peer) if self._dialer is not None else 0
         known = contact.addresses or self._hints.get(peer)
-        if known and (state is None or state.attempts < DHT_AFTER_ATTEMPTS):
+        if known and failures < DHT_AFTER_ATTEMPTS:
             return
         next_at, delay = self._dht_retry.get(peer, (0.0, DHT_RETRY_MIN))
         if now < next_at or peer in self._dht_resolving:
@@ -784,24 +858,61 @@ class Node:
         return self._dht
 
     def _maybe_dial(self, contact: Contact, now: float) -> None:
+        """Hand what we know about reaching the contact to the dialer (``net/dial.py``)."""
         peer = contact.peer_id
-        candidates = tuple(dict.fromkeys((*self._hints.get(peer, ()), *contact.addresses)))
-        if peer in self._active or not candidates:
+        if peer in self._active or self._dialer is None:
             return
-        state = self._dial.setdefault(peer, _DialState())
-        if state.link is not None and not state.link.closed:
+        addresses = []
+        for text in dict.fromkeys((*self._hints.get(peer, ()), *contact.addresses)):
+            with contextlib.suppress(ValueError):
+                addresses.append(parse_address(text))
+        route = Route(
+            addresses=tuple(addresses),
+            rendezvous=self._routes.get(peer, ()),
+            nat=self._nat_hints.get(peer, "unknown"),
+        )
+        self._dialer.want(peer, route, now)
+
+    # ------------------------------------------------------------ rendezvous
+    def _local_candidates(self) -> list[tuple[str, int]]:
+        out = []
+        for text in self.addresses:
+            with contextlib.suppress(ValueError):
+                out.append(parse_address(text))
+        return out
+
+    def _dht_external(self) -> tuple[list[tuple[str, int]], str]:
+        """Reflexive addresses and NAT kind as the DHT measured them."""
+        dht = self._dht
+        if dht is None or not dht.running:
+            return [], "unknown"
+        kind = str(dht.status().get("nat", "unknown"))
+        legacy = {"consistent": "endpoint-independent", "random": "endpoint-dependent"}
+        return dht.reachable_addresses(), legacy.get(kind, kind)
+
+    def _refresh_rendezvous(self, contacts: list[Contact]) -> None:
+        """Where to register, best first: configured nodes, the DHT's bootstrap nodes,
+        then contacts we reached at a public address."""
+        if self._punch is None:
             return
-        if now < state.next_at:
-            return
-        address = candidates[state.index % len(candidates)]
-        state.index += 1
-        state.attempts += 1
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(state.attempts, 8))
-        state.next_at = now + delay * random.uniform(0.8, 1.2)
-        try:
-            state.link = self._dial_now(peer, address)
-        except (OSError, ValueError) as exc:
-            log.info("cannot dial %s at %s: %s", peer, address, exc)
+        nodes = list(self._rendezvous_config)
+        if self._dht is not None:
+            for entry in self._dht.options.bootstrap:
+                with contextlib.suppress(ValueError):
+                    nodes.append(RendezvousNode(parse_address(entry), None, "bootstrap"))
+        for contact in contacts:
+            conn = self._active.get(contact.peer_id)
+            if conn is None or not conn.initiator or conn.path == "punched":
+                continue
+            address = (str(conn.link.address[0]), int(conn.link.address[1]))
+            if self._nat_hints.get(contact.peer_id) == "none" or is_public_ip(address[0]):
+                key = key_from_peer_id(contact.peer_id)
+                nodes.append(RendezvousNode(address, key, "contact"))
+        self._punch.set_rendezvous(nodes)
+
+    def _rendezvous_changed(self) -> None:
+        """A registration came up, went away, or the address it sees changed."""
+        self._poke()
 
     # ------------------------------------------------- PeerOwner callbacks
     def session_established(self, conn: PeerConnection) -> None:
@@ -833,9 +944,7 @@ class Node:
         )
         self._emit(PeerKeyMismatch(peer_id_from_key(expected), conn.address))
 
-    def stream_received(
-        self, conn: PeerConnection, stream_id: int, data: bytes, end: bool
-    ) -> None:
+    def stream_received(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
         if conn.peer_id is not None and self._active.get(conn.peer_id) is conn:
             self.transfers.stream_data(conn, stream_id, data, end)
 
@@ -852,17 +961,15 @@ class Node:
         if self._active.get(peer) is conn:
             del self._active[peer]
             self._emit(PeerOffline(peer, reason))
-            state = self._dial.setdefault(peer, _DialState())
-            now = asyncio.get_running_loop().time()
-            if conn.held_as_request:
-                # We are only a pending request there: knocking again soon would just
-                # resend the introduction.  Their accept dials us anyway.
-                state.next_at = now + MAX_BACKOFF * random.uniform(1, 2)
-            else:
-                state.attempts = 0
-                # The larger key waits a little, so both sides rarely dial at once.
-                delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
-                state.next_at = now + delay * random.uniform(1, 2)
+            if self._dialer is not None:
+                if conn.held_as_request:
+                    # We are only a pending request there: knocking again soon would
+                    # just resend the introduction.  Their accept dials us anyway.
+                    self._dialer.retry_after(peer, MAX_BACKOFF * random.uniform(1, 2))
+                else:
+                    # The larger key waits a little, so both sides rarely dial at once.
+                    delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
+                    self._dialer.retry_after(peer, delay * random.uniform(1, 2), reset=True)
             self._poke()
 
     def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
@@ -930,9 +1037,8 @@ class Node:
                 self._active[peer] = existing
                 return
         self._active[peer] = conn
-        state = self._dial.setdefault(peer, _DialState())
-        state.attempts = 0
-        state.next_at = 0.0
+        if self._dialer is not None:
+            self._dialer.established(peer, conn)
         self.store.record_seen(peer, conn.address, now=self.clock())
         self._forget_token(peer)
         self._emit(PeerOnline(peer, conn.address))
@@ -1066,6 +1172,28 @@ def _interface_ips(*, v6: bool) -> list[str]:
                 continue
             (loop if addr.is_loopback else found).append(str(addr))
     return list(dict.fromkeys(found + loop))
+
+
+def _local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The subnets of our non-loopback interfaces: a peer in one of them is on our LAN."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            host = ip.ip if isinstance(ip.ip, str) else ip.ip[0].split("%")[0]
+            with contextlib.suppress(ValueError):
+                net = ipaddress.ip_interface(f"{host}/{ip.network_prefix}").network
+                if not net.is_loopback and not net.is_link_local:
+                    nets.append(net)
+    return nets
+
+
+def _parse_rendezvous(entry: str) -> RendezvousNode:
+    """``PEER_ID@HOST:PORT`` (or ``HOST:PORT``: whoever answers there)."""
+    peer, sep, address = entry.rpartition("@")
+    if sep and not is_peer_id(peer):
+        raise NodeError(f"not a peer ID in rendezvous {entry!r}")
+    key = key_from_peer_id(peer) if sep else None
+    return RendezvousNode(parse_address(address), key, "configured")
 
 
 def _absolute(path: Path) -> Path:

@@ -359,6 +359,6 @@ def test_connect_for_someone_not_registered_is_refused_and_floods_are_capped() -
             (f"203.0.113.{i}", 1),
             0.5,
         )
-        for data, dest in srv.datagrams_to_send():
+        for _data, dest in srv.datagrams_to_send():
             forwarded += dest == R_ADDR
     assert forwarded == 3 and srv.stats["connect_rate_limited"] == 27

@@ -735,7 +735,7 @@ class PunchPlan:
             self._spray_ports = [p for p in self.rng.sample(range(low, high + 1), SPRAY_BUDGET)]
             self._spray_ports = [p for p in self._spray_ports if p not in known]
             self._spray_targets = (
-                tuple(dict.fromkeys(ip for ip, _ in self.peers if _is_public(ip)))
+                tuple(dict.fromkeys(ip for ip, _ in self.peers if is_public_ip(ip)))
                 or tuple(dict.fromkeys(ip for ip, _ in self.peers))[:1]
             )
         if self.mode is Mode.LISTEN and self.listen_sockets <= 0:
@@ -771,7 +771,7 @@ class PunchPlan:
                 out.append(Send((ip, port)))
                 self._sprayed += 1
         if self.mode is Mode.LISTEN:
-            public = [a for a in self.peers if _is_public(a[0])] or list(self.peers[:1])
+            public = [a for a in self.peers if is_public_ip(a[0])] or list(self.peers[:1])
             while (
                 self.start + self._listen_round * LISTEN_REFRESH <= now
                 and self.start + self._listen_round * LISTEN_REFRESH < self.end
@@ -783,14 +783,14 @@ class PunchPlan:
 
     @property
     def probes_planned(self) -> int:
-        public = [a for a in self.peers if _is_public(a[0])] or list(self.peers[:1])
+        public = [a for a in self.peers if is_public_ip(a[0])] or list(self.peers[:1])
         listen = 0
         if self.mode is Mode.LISTEN:
             listen = self.listen_sockets * len(public) * int(DURATION // LISTEN_REFRESH)
         return len(ROUNDS) * len(self.peers) + len(self._spray_ports) + listen
 
 
-def _is_public(ip: str) -> bool:
+def is_public_ip(ip: str) -> bool:
     """Worth birthday probing: a global address.  In tests and labs, TEST-NET
     ranges count too (they stand for the Internet there)."""
     try:
@@ -814,4 +814,4 @@ def _is_documentation(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bo
 def order_candidates(candidates: Sequence[Addr]) -> tuple[Addr, ...]:
     """Public addresses first, then the rest, without repeats."""
     unique = list(dict.fromkeys(candidates))
-    return tuple(sorted(unique, key=lambda a: 0 if _is_public(a[0]) else 1))[:MAX_CANDIDATES]
+    return tuple(sorted(unique, key=lambda a: 0 if is_public_ip(a[0]) else 1))[:MAX_CANDIDATES]

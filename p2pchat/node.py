@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ifaddr
-
 from p2pchat.config import (
     DEFAULT_PORT,
     PASSPHRASE_ENV,
@@ -65,6 +63,7 @@ from p2pchat.identity import (
 from p2pchat.net.control import ControlServer
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
+from p2pchat.net.interfaces import interface_ips
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
@@ -214,7 +213,7 @@ class Node:
             host, port = self._endpoint.local_address
         if host not in ("0.0.0.0", "::"):
             return (format_address(host, port),)
-        ips = _interface_ips(v6=host == "::")
+        ips = interface_ips(v6=host == "::")
         # Loopback only helps a peer on this very machine; list it only when alone.
         public = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback] or ips
         return tuple(format_address(ip, port) for ip in public[:MAX_INVITE_ADDRESSES])
@@ -1029,24 +1028,6 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
             if isinstance(n, int) and not isinstance(n, bool) and n >= 0
         }
     return policy
-
-
-def _interface_ips(*, v6: bool) -> list[str]:
-    """Unicast addresses of this host's interfaces, loopback last (reads, never sends)."""
-    found: list[str] = []
-    loop: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                addr = ipaddress.ip_address(ip.ip)
-            elif v6:
-                addr = ipaddress.ip_address(ip.ip[0].split("%")[0])
-            else:
-                continue
-            if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
-                continue
-            (loop if addr.is_loopback else found).append(str(addr))
-    return list(dict.fromkeys(found + loop))
 
 
 def _absolute(path: Path) -> Path:

@@ -181,6 +181,9 @@ class Node:
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._nearby: dict[str, NearbyPeer] = {}
         self._hints: dict[str, tuple[str, ...]] = {}
+        self._known_ips: set[str] = set()
+        """IPs where contacts were seen or are hinted: their handshakes may use the
+        endpoint's reserve when strangers fill the pool."""
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -254,6 +257,7 @@ class Node:
             host, port = parse_address(listen) if listen else self._default_listen()
             self._endpoint = Endpoint(self.identity)
             self._endpoint.on_incoming = self._incoming
+            self._endpoint.known_source = lambda ip: ip in self._known_ips
             bound = await self._endpoint.start(host, port)
             await self.transfers.start(bound[0])
             if dht is not None:
@@ -460,6 +464,7 @@ class Node:
             "nearby": sum(1 for p in self._nearby.values() if p.source == "mdns"),
             "mdns": self._mdns is not None,
             "dht": None,
+            "handshakes": self._handshake_status(),
         }
         if self._dht is not None:
             dht = self._dht.status()
@@ -470,6 +475,15 @@ class Node:
                 "nat": dht.get("nat"),
                 "read_only": dht.get("read_only"),
             }
+        return status
+
+    def _handshake_status(self) -> dict[str, Any] | None:
+        """The inbound QUIC admission counters (docs/nat.md, "Initial floods")."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            return None
+        status: dict[str, Any] = dict(endpoint.gate.status(endpoint.now()))
+        status["dropped_datagrams"] = endpoint.dropped_datagrams
         return status
 
     def requests(self) -> list[ContactRequest]:
@@ -708,9 +722,14 @@ class Node:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
+            known: set[str] = set()
             for contact in self.store.list_contacts():
                 self._maybe_dial(contact, now)
                 self._maybe_resolve(contact, now)
+                for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
+                    with contextlib.suppress(ValueError):
+                        known.add(parse_address(address)[0])
+            self._known_ips = known
             self.transfers.tick()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -21,31 +21,16 @@ from p2pchat.config import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP, bootstrap_list
 from p2pchat.dht.bencode import bdecode, bencode
 from p2pchat.dht.krpc import compact_addr
 from p2pchat.dht.records import PEER_RECORD_SALT, PeerRecord
-from p2pchat.identity import Identity, key_from_peer_id, load_identity
+from p2pchat.identity import Identity, key_from_peer_id
 from p2pchat.net import dht as dht_module
 from p2pchat.net.dht import DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint
 from p2pchat.node import NodeError
 
 from .conftest import StartNode, free_udp_port, make_home
-from .daemons import Daemon, run_cli
+from .daemons import Daemon, DhtDaemon, run_cli
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class DhtDaemon(Daemon):
-    """``p2pchat daemon`` with the DHT on (``Daemon`` always passes ``--no-dht``)."""
-
-    def argv(self) -> list[str]:
-        return [a for a in super().argv() if a != "--no-dht"]
-
-    @property
-    def peer_id(self) -> str:
-        return load_identity(self.paths.identity).peer_id
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 Swarm = tuple[DhtDaemon, DhtDaemon, DhtDaemon]

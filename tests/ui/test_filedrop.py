@@ -31,7 +31,7 @@ from p2pchat.ui.screens.main import MainScreen
 from p2pchat.ui.widgets import Composer, TransferCard
 
 from ..conftest import StartNode, make_home, wait_until
-from .conftest import app_for, main_screen, until
+from .conftest import app_for, main_screen, showing, until
 
 MB = 1 << 20
 
@@ -115,7 +115,7 @@ async def test_offer_is_accepted_from_the_modal_and_lands_byte_identical(pair: P
     pilot, app = pair.pilot, pair.app
     source = payload(pair.tmp / "outbox" / "holiday.mov", 6 * MB + 12345)
     offered = await pair.peer.offer_files("alice", [source])
-    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    await until(pilot, lambda: showing(app, OfferScreen))
     modal = app.screen
     assert isinstance(modal, OfferScreen) and modal.transfer_id == offered.id
     listing = str(modal.query_one("#offer-list").render())
@@ -139,7 +139,7 @@ async def test_decline_from_the_modal_reaches_the_sender(pair: Pair) -> None:
     pilot, app = pair.pilot, pair.app
     source = payload(pair.tmp / "outbox" / "spam.zip", 4096)
     offered = await pair.peer.offer_files("alice", [source])
-    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    await until(pilot, lambda: showing(app, OfferScreen))
     await pilot.pause()
     await click(pilot, "#decline")
     await wait_until(lambda: pair.peer.get_transfer(offered.id).state == "declined")
@@ -175,7 +175,7 @@ async def test_offer_from_a_contact_off_screen_notifies_and_opens_it(
     assert "Answer file offer: notes.txt" in titles
     assert "Send a file to bob" in titles and "Transfers" in titles
     await app.run_action(f"show_offer('{offered.id}')")
-    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    await until(pilot, lambda: showing(app, OfferScreen))
     assert main.current == carol.peer_id
     assert main.conversation.card(offered.id) is not None
     await pilot.press("escape")  # later: the card keeps the buttons
@@ -264,7 +264,7 @@ async def test_pasted_path_asks_then_sends(pair: Pair) -> None:
     composer = main.query_one(Composer)
     # As a terminal delivers a drop of two files: quoted, space separated.
     app.post_message(events.Paste(f"'{photo}' '{other}'"))
-    await until(pilot, lambda: isinstance(app.screen, ConfirmSendScreen))
+    await until(pilot, lambda: showing(app, ConfirmSendScreen))
     await pilot.pause()
     title = str(app.screen.query_one(".card-title").render())
     assert title == "Send 2 files to bob?"
@@ -286,7 +286,7 @@ async def test_pasted_path_declined_is_inserted_as_text(pair: Pair) -> None:
     path = payload(pair.tmp / "drop" / "notes.txt", 10)
     composer = main.query_one(Composer)
     app.post_message(events.Paste(path.as_uri()))
-    await until(pilot, lambda: isinstance(app.screen, ConfirmSendScreen))
+    await until(pilot, lambda: showing(app, ConfirmSendScreen))
     await pilot.pause()
     await click(pilot, "#no")
     await until(pilot, lambda: composer.text == path.as_uri())
@@ -305,7 +305,7 @@ async def test_file_picker_sends_the_file_under_the_cursor(
     payload(home / "drawing.svg", 5000)
     monkeypatch.setenv("HOME", str(home))
     await pilot.press("ctrl+o")
-    await until(pilot, lambda: isinstance(app.screen, FilePickerScreen))
+    await until(pilot, lambda: showing(app, FilePickerScreen))
     tree = app.screen.query_one(FileTree)
     await until(pilot, lambda: len(tree.root.children) == 1)
     await pilot.press("down", "enter")
@@ -332,11 +332,11 @@ async def test_cancel_from_the_card_and_answers_from_the_panel(pair: Pair) -> No
     main.open_conversation(peer.peer_id)
     await until(pilot, lambda: main.current == peer.peer_id)
     offered = await peer.offer_files("alice", [payload(pair.tmp / "p" / "list.csv", 2000)])
-    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    await until(pilot, lambda: showing(app, OfferScreen))
     await pilot.press("escape")
     await until(pilot, lambda: app.screen is main)
     await pilot.press("f3")
-    await until(pilot, lambda: isinstance(app.screen, TransfersScreen))
+    await until(pilot, lambda: showing(app, TransfersScreen))
     await pilot.pause()
     panel = app.screen
     assert isinstance(panel, TransfersScreen)

@@ -67,7 +67,7 @@ from p2pchat.ui.screens.verify import VerifyScreen
 from p2pchat.ui.widgets import Composer, ErrorLine
 from p2pchat.ui.widgets.sidebar import NEARBY, REQUEST
 
-from .conftest import fixed_home, main_screen, until, write_fixed_identity
+from .conftest import fixed_home, main_screen, showing, until, write_fixed_identity
 from .scene import NOW, frozen_clock
 
 MARK = "EVIL"
@@ -323,14 +323,14 @@ async def test_every_screen_shows_hostile_peer_text_literally(
 
         # Every modal, with the hostile contact, request and nearby peer.
         await pilot.press("f2")
-        await until(pilot, lambda: isinstance(app.screen, VerifyScreen))
+        await until(pilot, lambda: showing(app, VerifyScreen))
         await settle(pilot)
         check_screen(app, LITERAL)
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is main)
 
         main.show_request(frank)
-        await until(pilot, lambda: isinstance(app.screen, RequestScreen))
+        await until(pilot, lambda: showing(app, RequestScreen))
         await settle(pilot)
         check_screen(app, LITERAL, "␛[31mEVIL")
         assert app.screen.query_one("#request-name", Input).value.startswith(LITERAL)
@@ -340,7 +340,7 @@ async def test_every_screen_shows_hostile_peer_text_literally(
         main.contact_list.highlighted = main.contact_list.get_option_index(NEARBY + gina)
         main.contact_list.focus()
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, AddContactScreen))
+        await until(pilot, lambda: showing(app, AddContactScreen))
         await settle(pilot)
         check_screen(app)
         assert app.screen.query_one("#add-name", Input).value.startswith(LITERAL)
@@ -348,7 +348,7 @@ async def test_every_screen_shows_hostile_peer_text_literally(
         await until(pilot, lambda: app.screen is main)
 
         await pilot.press("f1")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await until(pilot, lambda: showing(app, HelpScreen))
         await settle(pilot)
         check_screen(app)
         await pilot.press("escape")
@@ -356,7 +356,7 @@ async def test_every_screen_shows_hostile_peer_text_literally(
 
         main.composer.focus()
         await pilot.press("ctrl+o")
-        await until(pilot, lambda: isinstance(app.screen, FilePickerScreen))
+        await until(pilot, lambda: showing(app, FilePickerScreen))
         await settle(pilot)
         picker = app.screen
         assert isinstance(picker, FilePickerScreen)
@@ -370,7 +370,7 @@ async def test_every_screen_shows_hostile_peer_text_literally(
 
         main.composer.focus()
         app.post_message(events.Paste(" ".join(f"'{p}'" for p in dropped)))
-        await until(pilot, lambda: isinstance(app.screen, ConfirmSendScreen))
+        await until(pilot, lambda: showing(app, ConfirmSendScreen))
         await settle(pilot)
         check_screen(app, "[red]EVIL.txt")
         await pilot.press("escape")
@@ -388,27 +388,27 @@ async def test_every_screen_shows_hostile_peer_text_literally(
             )
         files = tuple((name, 1000) for name in FILE_NAMES)
         main.post_message(NodeEventArrived(TransferOffered(OFFER_ID, dave, files, 4000)))
-        await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+        await until(pilot, lambda: showing(app, OfferScreen))
         await settle(pilot)
         check_screen(app, LITERAL, "␛[31mEVIL␛[0m.bin")
         await pilot.click("#save-as")
-        await until(pilot, lambda: isinstance(app.screen, FolderPickerScreen))
+        await until(pilot, lambda: showing(app, FolderPickerScreen))
         await settle(pilot)
         check_screen(app, "[red]EVIL folder")
         await pilot.press("escape")
-        await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+        await until(pilot, lambda: showing(app, OfferScreen))
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is main)
 
         await pilot.press("f3")
-        await until(pilot, lambda: isinstance(app.screen, TransfersScreen))
+        await until(pilot, lambda: showing(app, TransfersScreen))
         await settle(pilot)
         check_screen(app, LITERAL, "␛[31mEVIL␛[0m")
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is main)
 
         await pilot.press("ctrl+p")
-        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await until(pilot, lambda: showing(app, CommandPalette))
         await settle(pilot)
         check_screen(app, LITERAL)
         await pilot.press(*"EVIL")
@@ -430,10 +430,10 @@ async def test_setup_screens_show_hostile_text_literally(
     home = Paths(tmp_path / "[red]EVIL[/] home")
     app = ChatApp(home, clock=frozen_clock, network=False)
     async with app.run_test(size=(100, 36)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, FirstRunScreen))
+        await until(pilot, lambda: showing(app, FirstRunScreen))
         app.screen.query_one("#name", Input).value = MARKUP + ANSI
         await pilot.press("enter", "enter", "enter")
-        await until(pilot, lambda: isinstance(app.screen, InviteScreen), 30)
+        await until(pilot, lambda: showing(app, InviteScreen), 30)
         await settle(pilot)
         check_screen(app, "You are [red]EVIL[/]")
         await pilot.press("enter")
@@ -494,7 +494,7 @@ async def test_a_contact_whose_name_is_markup_can_talk_to_us(
                 REQUEST + dave.peer_id
             )
             await pilot.press("enter")
-            await until(pilot, lambda: isinstance(app.screen, RequestScreen))
+            await until(pilot, lambda: showing(app, RequestScreen))
             await pilot.click("#accept")
             await until(pilot, lambda: main.current == dave.peer_id)
             await until(pilot, lambda: "knock knock [red]x[/]" in "\n".join(screen_lines(app)))

@@ -432,3 +432,51 @@ async def test_read_only_until_reachable(monkeypatch: pytest.MonkeyPatch) -> Non
         for voter in voters:
             assert voter.transport is not None
             voter.transport.close()
+
+
+async def test_addresses_from_every_source_and_the_record_that_carries_them() -> None:
+    """A wildcard-bound node publishes; contacts' and rendezvous nodes' observations,
+    the NAT kind and the rendezvous list reach the record that others look up."""
+    first = await service()
+    boot = f"127.0.0.1:{first.status()['listen'].rsplit(':', 1)[1]}"
+    identity = Identity.generate()
+    endpoint = Endpoint(identity)
+    await endpoint.start("0.0.0.0", 0)
+    port = endpoint.local_address[1] if endpoint.local_address else 0
+    second = DhtService(endpoint, identity, DhtOptions(bootstrap=(boot,)))
+    await second.start()
+    try:
+        assert await second.wait_ready(5)
+        # The named bootstrap saw us at 127.0.0.1 with our own port: no NAT, on its word.
+        assert second.reflexive_addresses() == [("127.0.0.1", port)]
+        assert second.nat_kind() == "none"
+        record = await until(lambda: first.lookup_record(identity.peer_id, timeout=5))
+        assert ("127.0.0.1", port) in record.dial_addresses()
+
+        # What authenticated peers saw: one contact is believed, two agreeing on the
+        # port make the mapping endpoint-independent; public addresses come first.
+        contact, rendezvous = Identity.generate().peer_id, Identity.generate().peer_id
+        second.observed(("203.0.113.7", 40000), "contact", contact)
+        assert second.reflexive_addresses()[0] == ("203.0.113.7", 40000)
+        assert second.nat_kind() == "unknown"
+        second.observed("203.0.113.7:40000", "rendezvous", rendezvous)
+        assert second.nat_kind() == "endpoint-independent"
+        second.set_rendezvous([(rendezvous, "198.51.100.7:4001")])
+        assert second.rendezvous() == [(rendezvous, ("198.51.100.7", 4001))]
+
+        async def republished() -> Any:
+            found = await first.lookup_record(identity.peer_id, timeout=5)
+            return found if found is not None and found.rendezvous else None
+
+        found = await until(republished)
+        assert found.addresses[0] == ("203.0.113.7", 40000)
+        assert found.nat == "endpoint-independent"
+        assert found.rendezvous == ((key_from_peer_id(rendezvous), ("198.51.100.7", 4001)),)
+        status = second.status()
+        assert status["nat"] == "endpoint-independent"
+        assert status["observations"][contact]["source"] == "contact"
+        with pytest.raises(dht_module.DhtError):
+            second.observed(("203.0.113.7", 1), "gossip", contact)
+    finally:
+        await close(second)
+        await close(first)

@@ -25,13 +25,7 @@ from typing import Final
 
 from ..core.errors import LocalProtocolError
 from .bencode import BencodeError, bdecode
-from .bep42 import (
-    ExternalAddress,
-    ExternalAddressVoter,
-    is_bep42_exempt,
-    is_valid_node_id,
-    node_id_for_ip,
-)
+from .bep42 import is_bep42_exempt, is_valid_node_id, node_id_for_ip
 from .events import DhtEvent, ExternalAddressChanged, NodeIdChanged
 from .krpc import (
     ERROR_PROTOCOL,
@@ -63,6 +57,7 @@ from .lookup import (
     PutOp,
     Traversal,
 )
+from .reflexive import SOURCE_BOOTSTRAP, SOURCE_DHT, ReflexiveAddress, ReflexiveAddresses
 from .routing import RoutingNode, RoutingTable, dump_state, load_state
 from .storage import (
     Item,
@@ -182,7 +177,9 @@ class DhtCore:
             max_per_source=cfg.items_per_source,
             lifetime=cfg.item_lifetime,
         )
-        self._voter = ExternalAddressVoter(threshold=cfg.vote_threshold, local_port=local_port)
+        self._reflexive = ReflexiveAddresses(threshold=cfg.vote_threshold, local_port=local_port)
+        #: Addresses whose BEP 42 ``ip`` reports count as trusted (configured bootstraps).
+        self._trusted_observers: set[Addr] = set()
         self._next_maintenance = now + cfg.maintenance_interval
         self._bootstrap_addrs: list[Addr] = []
         self._next_self_refresh = now + cfg.self_refresh_interval
@@ -208,11 +205,15 @@ class DhtCore:
         return self._node_id
 
     @property
-    def external_address(self) -> ExternalAddress | None:
-        return self._voter.current
+    def external_address(self) -> ReflexiveAddress | None:
+        """The primary reflexive address (see :mod:`.reflexive`)."""
+        return self._reflexive.primary
 
-    def external_votes(self) -> dict[str, Addr]:
-        return self._voter.votes()
+    @property
+    def reflexive(self) -> ReflexiveAddresses:
+        """Everything we know about our reflexive addresses and NAT kind (read it only:
+        feed it through :meth:`observe_address`)."""
+        return self._reflexive
 
     def routing_table(self, family: int = 4) -> RoutingTable:
         return self._tables[family]
@@ -482,7 +483,7 @@ class DhtCore:
                 for node in table.on_response(message.sender_id, addr, now):
                     self._ping(node, now)
             if message.ip is not None:
-                self._vote(addr[0], message.ip, now)
+                self._vote(addr, message.ip, now)
         op = pending.op
         if op is None or op.op_id not in self._ops:
             return
@@ -530,6 +531,8 @@ class DhtCore:
         self._tokens.rotate_if_due(now)
         self._peers.expire(now)
         self._items.expire(now)
+        if self._reflexive.expire(now):
+            self._address_changed(now)
         table = self._tables[4]
         confirmed = sum(1 for node in table if node.confirmed)
         few = confirmed < self.config.k and (len(table) or self._bootstrap_addrs)
@@ -552,12 +555,37 @@ class DhtCore:
 
     # ------------------------------------------------------------------ external address
 
-    def _vote(self, voter_ip: str, reported: Addr, now: float) -> None:
-        decision = self._voter.add_vote(voter_ip, reported, now)
-        if decision is None:
+    def trust_observers(self, addrs: Iterable[Addr]) -> None:
+        """The BEP 42 ``ip`` these nodes report is trusted like a contact's observation:
+        they are bootstrap nodes the user named, not strangers."""
+        self._trusted_observers = set(addrs)
+
+    def set_local_addresses(self, ips: Iterable[str], port: int | None, now: float) -> None:
+        """Our own addresses: an observation equal to one of them means no NAT."""
+        if self._reflexive.set_local(frozenset(ips), port):
+            self._address_changed(now)
+
+    def observe_address(self, observer: str, address: Addr, source: str, now: float) -> None:
+        """Someone saw our packets come from ``address`` (see :mod:`.reflexive` for the
+        kinds of observer and how much each is believed)."""
+        if self._reflexive.observe(observer, address, source, now):
+            self._address_changed(now)
+
+    def _vote(self, voter: Addr, reported: Addr, now: float) -> None:
+        if voter in self._trusted_observers:
+            self.observe_address(f"{voter[0]}:{voter[1]}", reported, SOURCE_BOOTSTRAP, now)
+        else:
+            self.observe_address(voter[0], reported, SOURCE_DHT, now)
+
+    def _address_changed(self, now: float) -> None:
+        book = self._reflexive
+        self._events.append(
+            ExternalAddressChanged(tuple(a.addr for a in book.accepted), book.nat_kind)
+        )
+        primary = book.primary
+        if primary is None:
             return
-        self._events.append(ExternalAddressChanged(decision))
-        ip = decision.ip
+        ip = primary.ip
         if (
             self.enforce_bep42
             and ":" not in ip

@@ -23,6 +23,7 @@ from p2pchat.dht.events import (
 )
 from p2pchat.dht.krpc import MAX_DATAGRAM, ErrorMessage, Ping, Response, encode_message
 from p2pchat.dht.records import PeerRecord, make_record_item, read_record_item
+from p2pchat.dht.reflexive import NAT_EI
 from p2pchat.dht.storage import Item
 from p2pchat.identity import Identity
 
@@ -343,10 +344,10 @@ def test_external_address_vote_and_bep42_id_change() -> None:
         events.append(event)
     changed = [e for e in events if isinstance(e, ExternalAddressChanged)]
     assert len(changed) == 1
-    address = changed[0].address
-    assert (address.ip, address.port, address.voters) == ("124.31.75.21", 6881, 3)
-    assert address.port_consistent and address.port_preserved
-    assert core.external_address == address
+    assert changed[0].addresses == (("124.31.75.21", 6881),)
+    assert changed[0].nat == NAT_EI  # three observers saw one port
+    address = core.external_address
+    assert address is not None and address.observers == 3 and not address.trusted
     id_change = [e for e in events if isinstance(e, NodeIdChanged)]
     assert id_change and id_change[0].old_id == old_id
     assert core.node_id != old_id

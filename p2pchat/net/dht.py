@@ -760,6 +760,7 @@ class DhtService:
             "stored_items": core.stored_item_count(),
             "stored_peers": core.stored_peer_count(),
             "pending": core.pending_count(),
+            "budgets": core.budgets(),
             "stats": dict(core.stats),
         }
 

@@ -254,9 +254,10 @@ class NodeBusyScreen(Screen[str]):
             yield Static("p2pchat is already running for this home", classes="card-title")
             yield Static(literal(self.detail, multiline=True), classes="card-text")
             yield Static(
-                "Only one node can own an identity at a time, and the one running for this "
-                "home does not answer on its control socket. Stop it and start p2pchat "
-                "again, or read your history without sending.",
+                "Only one node can own an identity at a time, and the process that owns "
+                "it did not answer on its control socket (it may be stopped or shutting "
+                "down). Try again in a moment, stop that process, or read your history "
+                "without sending.",
                 classes="card-text",
             )
             with Horizontal(classes="buttons"):

@@ -128,7 +128,7 @@ async def test_offer_is_accepted_from_the_modal_and_lands_byte_identical(pair: P
     await until(pilot, lambda: app.screen is pair.main)
     await until(pilot, lambda: card.info.state == "done", 60)
     assert ("accepted", True) in seen or ("receiving", True) in seen  # a progress bar showed
-    assert card.progress_bar is None  # and went away when done
+    await until(pilot, lambda: card.progress_bar is None)  # and went away when done
     assert card.status.startswith("✓ done · saved to ") and str(pair.downloads) in card.status
     received = pair.downloads / "holiday.mov"
     assert received.read_bytes() == source.read_bytes()

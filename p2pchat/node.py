@@ -23,6 +23,7 @@ from typing import Any
 
 import ifaddr
 
+from p2pchat.atrest import PassphraseChange, change_passphrase, open_home
 from p2pchat.config import (
     DEFAULT_PORT,
     PASSPHRASE_ENV,
@@ -56,7 +57,6 @@ from p2pchat.identity import (
     format_address,
     is_peer_id,
     key_from_peer_id,
-    load_identity,
     parse_address,
     parse_contact_ref,
     peer_id_from_key,
@@ -70,7 +70,7 @@ from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
 from p2pchat.net.transfers import TransferManager, TransferPolicy
-from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
+from p2pchat.store import Contact, ContactRequest, Message, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,9 @@ class Node:
         self.clock = clock
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
-        self.identity: Identity = load_identity(paths.identity, passphrase)
+        self.identity: Identity
+        self.identity, self.store = open_home(paths, passphrase)
         self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
-        self.store = Store(paths.database)
         self.settings = load_settings(paths)
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
@@ -364,6 +364,23 @@ class Node:
                 self._subs.discard(sub)
 
         return stream()
+
+    @property
+    def database_encrypted(self) -> bool:
+        """Whether the history is encrypted at rest (the identity has a passphrase)."""
+        return self.store.encrypted
+
+    async def change_passphrase(self, old: str | None, new: str | None) -> PassphraseChange:
+        """Set, change or remove (``new`` None) the passphrase of the key file and database.
+
+        Runs in this node, which owns the database, so neither the daemon nor the
+        app has to stop; while the database is copied, store calls wait.  Refused
+        (``DatabaseBusy``) while another process has the database open.  See
+        ``p2pchat.atrest`` for the crash-safe swap.
+        """
+        return await asyncio.to_thread(
+            change_passphrase, self.paths, self.store, self.identity, old, new
+        )
 
     def update_settings(self, **values: Any) -> None:
         """Change settings through the node's own copy, so no writer loses another's keys."""

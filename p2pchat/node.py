@@ -163,6 +163,7 @@ class Node:
         self.identity, self.store = open_home(paths, passphrase)
         self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
         self.settings = load_settings(paths)
+        self._move_pending_tokens()
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
@@ -434,10 +435,7 @@ class Node:
             invite.peer_id, display, addresses=tuple(dict.fromkeys(addrs)), now=self.clock()
         )
         if invite.token:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens[invite.peer_id] = invite.token
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+            self.store.save_pending_token(invite.peer_id, invite.token)
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
         self._poke()
@@ -808,16 +806,21 @@ class Node:
     def _forget_token(self, peer_id: str) -> None:
         """The token went out in this session's Hello: one presentation is all it
         gets, so it is not repeated in every later Hello."""
-        if self._pending_token(peer_id) is not None:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens.pop(peer_id, None)
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+        self.store.drop_pending_token(peer_id)
 
     def _pending_token(self, peer_id: str | None) -> str | None:
-        tokens = self.settings.get("pending_tokens", {})
-        token = tokens.get(peer_id) if isinstance(tokens, dict) and peer_id else None
-        return token if isinstance(token, str) else None
+        return self.store.pending_token(peer_id) if peer_id else None
+
+    def _move_pending_tokens(self) -> None:
+        """Older versions kept these in settings.json, where they named contacts in clear."""
+        tokens = self.settings.pop("pending_tokens", None)
+        if tokens is None:
+            return
+        if isinstance(tokens, dict):
+            for peer_id, token in tokens.items():
+                if isinstance(peer_id, str) and isinstance(token, str):
+                    self.store.save_pending_token(peer_id, token)
+        save_settings(self.paths, self.settings)
 
     def key_mismatch(self, conn: PeerConnection, seen_key: bytes) -> None:
         expected = conn.expected_peer

@@ -290,6 +290,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (transfer_id, idx)
     );
     """,
+    """
+    -- One-time tokens of invites we redeemed, waiting for the first Hello to that
+    -- peer.  Here rather than in settings.json so that a home with a passphrase holds
+    -- no contact's peer ID in clear.
+    CREATE TABLE pending_tokens (
+        peer_id TEXT PRIMARY KEY,
+        token   TEXT NOT NULL
+    );
+    """,
 )
 
 _CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address"
@@ -1363,6 +1372,25 @@ class Store:
                 raise UnknownContact(f"no contact request from {peer_id}")
 
     # -- invite tokens -------------------------------------------------------
+
+    def save_pending_token(self, peer_id: str, token: str) -> None:
+        """Remember the token of a peer's invite until our Hello has presented it."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pending_tokens (peer_id, token) VALUES (?, ?)",
+                (peer_id, token),
+            )
+
+    def pending_token(self, peer_id: str) -> str | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT token FROM pending_tokens WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def drop_pending_token(self, peer_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM pending_tokens WHERE peer_id = ?", (peer_id,))
 
     def create_invite_token(self, *, now: float, ttl: float = DEFAULT_INVITE_TTL) -> str:
         """Issue a single-use token; expired unused ones are purged on the way."""

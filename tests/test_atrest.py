@@ -17,6 +17,7 @@ from p2pchat.atrest import database_key, open_home
 from p2pchat.config import Paths, save_settings
 from p2pchat.identity import (
     Identity,
+    Invite,
     WrongPassphrase,
     create_identity,
     key_from_peer_id,
@@ -329,3 +330,32 @@ async def test_no_history_in_the_home_folder_after_real_traffic(tmp_path: Path) 
     # The logs (here at -vv) carry no message text either.
     for text in texts:
         assert text not in a.output and text not in b.output
+
+
+def test_a_waiting_invite_token_names_no_contact_in_clear(tmp_path: Path) -> None:
+    """The token of a redeemed invite waits for the inviter to be reachable; the
+    inviter's peer ID it is filed under stays inside the encrypted database."""
+    inviter = Identity(bytes(32))
+    paths = sealed_home(tmp_path, "bob")
+    node = Node(paths, passphrase="correct horse")
+    try:
+        invite = Invite(inviter.peer_id, ("127.0.0.1:9",), token="tok-waiting", name="Al")
+        node.add_contact(invite.encode())
+        assert node._pending_token(inviter.peer_id) == "tok-waiting"
+    finally:
+        node.store.close()
+    assert leaks(paths.home, {"peer ID": inviter.peer_id.encode(), "token": b"tok-waiting"}) == []
+
+
+def test_tokens_kept_in_settings_by_older_versions_move_into_the_database(
+    tmp_path: Path,
+) -> None:
+    paths = plain_home(tmp_path, "bob")
+    peer = Identity(bytes(32)).peer_id
+    save_settings(paths, {"name": "bob", "pending_tokens": {peer: "tok-old"}})
+    node = Node(paths)
+    try:
+        assert node._pending_token(peer) == "tok-old"
+        assert "pending_tokens" not in paths.settings.read_text()
+    finally:
+        node.store.close()

@@ -818,7 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detach",
         action="store_true",
-        help="run in the background; return once the node answers (output in daemon.log)",
+        help="run in the background; return once the node answers (output in daemon.log, "
+        "none for an identity with a passphrase)",
     )
     p.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
     p.add_argument(

@@ -359,3 +359,22 @@ def test_tokens_kept_in_settings_by_older_versions_move_into_the_database(
         assert "pending_tokens" not in paths.settings.read_text()
     finally:
         node.store.close()
+
+
+def test_a_detached_daemon_of_an_encrypted_home_keeps_no_log(tmp_path: Path) -> None:
+    """Log lines can name contacts; an encrypted home gets no daemon.log in clear."""
+    paths = sealed_home(tmp_path, "alice")
+    listen = ("--listen", f"127.0.0.1:{free_udp_port()}", "--no-mdns", "--no-dht")
+    wrong = run_cli(paths.home, "daemon", "--detach", *listen,
+                    env=cli_env(P2PCHAT_PASSPHRASE="wrong"))  # fmt: skip
+    assert wrong.returncode == cli.EXIT_PASSPHRASE and "wrong passphrase" in wrong.stderr
+    env = cli_env(P2PCHAT_PASSPHRASE="correct horse")
+    started = run_cli(paths.home, "daemon", "--detach", *listen, env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        contacts = run_cli(paths.home, "contacts", "--json")  # answered by the daemon
+        assert contacts.returncode == 0, contacts.stderr
+    finally:
+        stopped = run_cli(paths.home, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not (paths.home / "daemon.log").exists()

@@ -16,12 +16,10 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import ifaddr
 
 from p2pchat.config import (
     DEFAULT_PORT,
@@ -62,14 +60,14 @@ from p2pchat.identity import (
     peer_id_from_key,
     safety_number,
 )
-from p2pchat.net.control import ControlServer
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
+from p2pchat.net.interfaces import interface_ips
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
+from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.net.transfers import TransferManager, TransferPolicy
 from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
 
 log = logging.getLogger(__name__)
@@ -86,11 +84,14 @@ MAX_NAME = 64
 # Distinct resend requests honoured per session; a genuine peer needs a handful.
 MAX_GAPS_PER_SESSION = 64
 MAX_INVITE_ADDRESSES = 8
+# Transfers per page of ``list_transfers`` unless the caller asks for another size.
+TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
 # no address at all) is looked up in the DHT; repeated lookups back off up to an hour.
 DHT_AFTER_ATTEMPTS = 2
 DHT_RETRY_MIN = 5.0
 DHT_RETRY_MAX = 3600.0
+RUNNING_TRANSFER_STATES = ("accepted", "sending", "receiving")
 
 
 class NodeError(Exception):
@@ -165,7 +166,7 @@ class Node:
         self.settings = load_settings(paths)
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
-        self._control: ControlServer | None = None
+        self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._mdns: MdnsService | None = None
         self._dht: DhtService | None = None
         self._dht_retry: dict[str, tuple[float, float]] = {}
@@ -182,6 +183,9 @@ class Node:
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._nearby: dict[str, NearbyPeer] = {}
         self._hints: dict[str, tuple[str, ...]] = {}
+        self._known_ips: set[str] = set()
+        """IPs where contacts were seen or are hinted: their handshakes may use the
+        endpoint's reserve when strangers fill the pool."""
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -190,6 +194,8 @@ class Node:
             connection_for=self._active.get,
         )
         self.running = False
+        self.start_options: dict[str, Any] = {}
+        """What the last ``start`` was given, so a hand-off can start a daemon alike."""
 
     # ------------------------------------------------------------------ life
     @property
@@ -214,22 +220,32 @@ class Node:
             host, port = self._endpoint.local_address
         if host not in ("0.0.0.0", "::"):
             return (format_address(host, port),)
-        ips = _interface_ips(v6=host == "::")
+        ips = interface_ips(v6=host == "::")
         # Loopback only helps a peer on this very machine; list it only when alone.
         public = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback] or ips
         return tuple(format_address(ip, port) for ip in public[:MAX_INVITE_ADDRESSES])
+
+    @property
+    def listen_address(self) -> str | None:
+        """The UDP address this node is bound to (as given, not spelled out per
+        interface), or None before ``start``."""
+        if self._endpoint is None or self._endpoint.local_address is None:
+            return None
+        return format_address(*self._endpoint.local_address)
 
     async def start(
         self,
         *,
         listen: str | None = None,
-        control: bool = True,
         downloads: Path | None = None,
         accept_files_from: str | Iterable[str] = (),
         mdns: MdnsOptions | None = None,
         dht: DhtOptions | None = None,
     ) -> None:
-        """Take the home's lock, bind the UDP socket, serve the control socket.
+        """Take the home's lock and bind the UDP socket.
+
+        The control socket is not the node's business: whoever owns the node (the
+        daemon, or the app that started first) serves it, see ``p2pchat/owner.py``.
 
         ``dht`` joins the DHT on the same socket; None (the default) keeps the node
         off it, so tests never reach bootstrap nodes they did not name.
@@ -242,6 +258,13 @@ class Node:
         """
         if self.running:
             return
+        self.start_options = {
+            "listen": listen,
+            "downloads": downloads,
+            "accept_files_from": accept_files_from,
+            "mdns": mdns,
+            "dht": dht,
+        }
         if downloads is not None:
             self.transfers.policy.downloads = _absolute(downloads)
         if isinstance(accept_files_from, str):
@@ -255,6 +278,7 @@ class Node:
             host, port = parse_address(listen) if listen else self._default_listen()
             self._endpoint = Endpoint(self.identity)
             self._endpoint.on_incoming = self._incoming
+            self._endpoint.known_source = lambda ip: ip in self._known_ips
             bound = await self._endpoint.start(host, port)
             await self.transfers.start(bound[0])
             if dht is not None:
@@ -270,9 +294,6 @@ class Node:
             if mdns is not None:
                 self._mdns = MdnsService(self, mdns)
                 await self._mdns.start(bound)
-            if control:
-                self._control = ControlServer(self.paths.control_socket, self)
-                await self._control.start()
         except BaseException:
             if self._mdns is not None:
                 await self._mdns.stop()
@@ -300,7 +321,21 @@ class Node:
             return parse_address(listen)
         return ("0.0.0.0", DEFAULT_PORT)
 
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` first thing when the node stops (once).
+
+        The owner's control server registers its ``stop`` here, so every attached
+        view sees its connection close the moment the node starts going away.
+        """
+        self._stop_hooks.append(hook)
+
     async def stop(self) -> None:
+        hooks, self._stop_hooks = self._stop_hooks, []
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a stop hook failed")
         if not self.running:
             self.store.close()
             return
@@ -325,9 +360,6 @@ class Node:
             await asyncio.sleep(0)
             self._endpoint.close()
             self._endpoint = None
-        if self._control is not None:
-            await self._control.stop()
-            self._control = None
         self._emit(NodeStopped())
         self._lock.release()
         self.store.close()
@@ -453,7 +485,8 @@ class Node:
         return "lan" if local else "direct"
 
     def network_status(self) -> dict[str, Any]:
-        """What a status bar shows: addresses, peers online and nearby, DHT and NAT."""
+        """What a status bar shows: addresses, peers online and nearby, DHT and NAT;
+        and what file drop turned away (``file_drop``: docs/threat-model.md, "Budgets")."""
         status: dict[str, Any] = {
             "running": self.running,
             "addresses": list(self.addresses),
@@ -461,6 +494,8 @@ class Node:
             "nearby": sum(1 for p in self._nearby.values() if p.source == "mdns"),
             "mdns": self._mdns is not None,
             "dht": None,
+            "handshakes": self._handshake_status(),
+            "file_drop": self.transfers.status(),
         }
         if self._dht is not None:
             dht = self._dht.status()
@@ -471,6 +506,15 @@ class Node:
                 "nat": dht.get("nat"),
                 "read_only": dht.get("read_only"),
             }
+        return status
+
+    def _handshake_status(self) -> dict[str, Any] | None:
+        """The inbound QUIC admission counters (docs/nat.md, "Initial floods")."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            return None
+        status: dict[str, Any] = dict(endpoint.gate.status(endpoint.now()))
+        status["dropped_datagrams"] = endpoint.dropped_datagrams
         return status
 
     def requests(self) -> list[ContactRequest]:
@@ -585,18 +629,37 @@ class Node:
         peer = self.store.find_contact(contact)
         return await self.transfers.offer(peer.peer_id, [Path(p) for p in paths])
 
-    def list_transfers(self, contact: str | None = None) -> list[Transfer]:
+    def list_transfers(
+        self,
+        contact: str | None = None,
+        *,
+        limit: int = TRANSFER_PAGE_SIZE,
+        before: str | None = None,
+    ) -> list[Transfer]:
+        """Transfers newest first, one page: at most ``limit`` of them (and a bounded
+        number of file rows, so a page costs the same whatever the database holds).
+        For the next page pass the last id of this one as ``before``."""
         peer_id = self.store.find_contact(contact).peer_id if contact else None
-        return self.store.list_transfers(peer_id=peer_id)
+        if before is not None:
+            before = self.get_transfer(before).id
+        return self.transfers.page(peer_id, limit=limit, before=before)
+
+    def running_transfers(self) -> list[Transfer]:
+        """Transfers moving bytes now (accepted, sending, receiving): what quitting
+        this node would interrupt.  They resume from where they were once a node
+        runs for this home again (or hand the node to a daemon: ``owner.hand_off``)."""
+        return self.store.list_transfers(states=RUNNING_TRANSFER_STATES)
 
     def get_transfer(self, transfer_id: str) -> Transfer:
         exact = self.store.get_transfer(transfer_id)
         if exact is not None:
             return exact
-        matches = [t for t in self.store.list_transfers() if t.id.startswith(transfer_id)]
-        if len(transfer_id) < 4 or len(matches) != 1:
+        matches = self.store.find_transfer_ids(transfer_id) if len(transfer_id) >= 4 else []
+        if len(matches) != 1:
             raise TransferError(f"no single transfer matches {transfer_id!r}")
-        return matches[0]
+        found = self.store.get_transfer(matches[0])
+        assert found is not None
+        return found
 
     def accept_transfer(
         self, transfer_id: str, *, only: list[int] | None = None, folder: Path | None = None
@@ -709,9 +772,14 @@ class Node:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
+            known: set[str] = set()
             for contact in self.store.list_contacts():
                 self._maybe_dial(contact, now)
                 self._maybe_resolve(contact, now)
+                for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
+                    with contextlib.suppress(ValueError):
+                        known.add(parse_address(address)[0])
+            self._known_ips = known
             self.transfers.tick()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -1029,24 +1097,6 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
             if isinstance(n, int) and not isinstance(n, bool) and n >= 0
         }
     return policy
-
-
-def _interface_ips(*, v6: bool) -> list[str]:
-    """Unicast addresses of this host's interfaces, loopback last (reads, never sends)."""
-    found: list[str] = []
-    loop: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                addr = ipaddress.ip_address(ip.ip)
-            elif v6:
-                addr = ipaddress.ip_address(ip.ip[0].split("%")[0])
-            else:
-                continue
-            if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
-                continue
-            (loop if addr.is_loopback else found).append(str(addr))
-    return list(dict.fromkeys(found + loop))
 
 
 def _absolute(path: Path) -> Path:

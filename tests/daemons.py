@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pchat.config import Paths, save_settings
-from p2pchat.identity import create_identity
+from p2pchat.identity import create_identity, load_identity
 from p2pchat.net.control import ControlClient
 
 
@@ -138,3 +138,19 @@ class Daemon:
                 out, _ = self.proc.communicate()
             self.proc = None
         return out
+
+
+class DhtDaemon(Daemon):
+    """``p2pchat daemon`` with the DHT on (``Daemon`` always passes ``--no-dht``); name
+    the bootstrap in ``extra``."""
+
+    def argv(self) -> list[str]:
+        return [a for a in super().argv() if a != "--no-dht"]
+
+    @property
+    def peer_id(self) -> str:
+        return load_identity(self.paths.identity).peer_id
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None

@@ -25,8 +25,8 @@ from typing import Any
 
 import msgpack
 
+import p2pchat.core.group.codec as codec
 from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from p2pchat.core.group import codec
 from p2pchat.core.group.messages import (
     MAX_CONTENT_BYTES,
     MAX_HEADER_BYTES,

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
+import p2pchat.core.group.codec as codec
 from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
-from p2pchat.core.group import codec
 from p2pchat.core.group.codec import ErrorType
 
 __all__ = [

@@ -34,8 +34,8 @@ from typing import Literal
 import nacl.exceptions
 import nacl.signing
 
+import p2pchat.core.group.codec as codec
 from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
-from p2pchat.core.group import codec
 from p2pchat.core.group.codec import ErrorType
 
 __all__ = [

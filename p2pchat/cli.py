@@ -46,6 +46,7 @@ from p2pchat.identity import (
     load_or_create_identity,
     parse_address,
 )
+from p2pchat.names import InvalidName, normalise_name
 from p2pchat.net.control import ControlClient, ControlError
 from p2pchat.net.dht import DhtOptions
 from p2pchat.net.endpoint import EndpointError
@@ -72,6 +73,7 @@ _KIND_EXIT = {
     "AmbiguousContact": EXIT_UNKNOWN_CONTACT,
     "InvalidPeerId": EXIT_BAD_ID,
     "InvalidInvite": EXIT_BAD_ID,
+    "InvalidName": EXIT_USAGE,
     "EndpointError": EXIT_NETWORK,
     "NodeAlreadyRunning": EXIT_NETWORK,
 }
@@ -175,6 +177,8 @@ def _when(ts: float | None) -> str:
 
 # ---------------------------------------------------------------- commands
 async def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
+    # Checked before anything is created: a refused name leaves no half-made home.
+    name = None if args.name is None else normalise_name(args.name)
     paths.ensure()
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
     if args.ask_passphrase and not paths.identity.exists():
@@ -184,9 +188,9 @@ async def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
         passphrase = first or None
     identity, created = load_or_create_identity(paths.identity, passphrase)
     settings = load_settings(paths)
-    if args.name or args.listen:
-        if args.name:
-            settings["name"] = args.name
+    if name is not None or args.listen:
+        if name is not None:
+            settings["name"] = name
         if args.listen:
             host, port = parse_address(args.listen)
             settings["listen"] = format_address(host, port)
@@ -223,6 +227,16 @@ async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
         _print_json(contact)
     else:
         print(f"added {contact['name']} ({contact['peer_id']})")
+    return EXIT_OK
+
+
+async def cmd_rename(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        contact = await api.call("rename", {"contact": args.contact, "name": args.name})
+    if args.json:
+        _print_json(contact)
+    else:
+        print(_safe(f"renamed to {contact['name']} ({contact['peer_id']})"))
     return EXIT_OK
 
 
@@ -548,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
 
+    p = sub.add_parser("rename", help="change the name a contact is stored under")
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("name", metavar="NEW_NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rename)
+
     p = sub.add_parser("contacts", help="list contacts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_contacts)
@@ -703,6 +723,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         IdentityError,
         InvalidInvite,
         InvalidPeerId,
+        InvalidName,
         UnknownContact,
         AmbiguousContact,
         StoreError,

@@ -27,6 +27,7 @@ from p2pchat.config import Paths, load_settings
 from p2pchat.core import events as events_module
 from p2pchat.core.events import NodeEvent, PeerOffline, PeerOnline
 from p2pchat.identity import InvalidInvite, InvalidPeerId
+from p2pchat.names import InvalidName
 from p2pchat.node import ContactView, NearbyPeer, NodeError
 from p2pchat.store import (
     AmbiguousContact,
@@ -47,6 +48,7 @@ _ERRORS: dict[str, Callable[[str], Exception]] = {
     "StoreError": StoreError,
     "InvalidInvite": InvalidInvite,
     "InvalidPeerId": InvalidPeerId,
+    "InvalidName": InvalidName,
     "ValueError": ValueError,
 }
 

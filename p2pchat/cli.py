@@ -30,7 +30,6 @@ from p2pchat.config import (
     NodeAlreadyRunning,
     NodeLock,
     Paths,
-    bootstrap_list,
     load_settings,
     resolve_home,
     save_settings,
@@ -442,14 +441,15 @@ async def cmd_dht_status(paths: Paths, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(st)
         return EXIT_OK
-    ext = st["external_address"]
-    if ext is None:
-        votes = ", ".join(f"{v} says {a}" for v, a in sorted(st["votes"].items()))
-        external = f"unknown ({votes or 'no votes yet'})"
+    if not st["reflexive"]:
+        seen = sorted(st["observations"].items())
+        votes = ", ".join(f"{o} ({v['source']}) says {v['address']}" for o, v in seen)
+        external = f"unknown ({votes or 'nobody has seen us yet'})"
     else:
-        port = "same port to everyone" if ext["port_consistent"] else "port varies"
-        kept = ", port preserved" if ext["port_preserved"] else ""
-        external = f"{ext['address']} ({ext['voters']} voters, {port}{kept})"
+        external = ", ".join(
+            f"{a['address']} ({a['observers']} observers{', trusted' if a['trusted'] else ''})"
+            for a in st["reflexive"]
+        )
     rec = st["record"]
     if rec["published_at"] is not None:
         record = (
@@ -463,6 +463,9 @@ async def cmd_dht_status(paths: Paths, args: argparse.Namespace) -> int:
     print(f"routing table:  {st['table_size']} nodes ({st['table_confirmed']} confirmed)")
     print(f"external addr:  {external}")
     print(f"nat:            {st['nat']}")
+    print(f"local addrs:    {', '.join(st['local_addresses']) or '-'}")
+    rendezvous = ", ".join(f"{r['address']} ({r['peer_id'][:8]})" for r in st["rendezvous"])
+    print(f"rendezvous:     {rendezvous or '-'}")
     print(f"bootstrap:      {', '.join(st['bootstrap']) or '(none: first node of a swarm)'}")
     print(f"peer record:    {record}")
     return EXIT_OK
@@ -504,7 +507,7 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             mdns=mdns,
             downloads=Path(args.downloads) if args.downloads else None,
             accept_files_from=args.accept_files_from,
-            dht=None if args.no_dht else DhtOptions(bootstrap=bootstrap_list(args.bootstrap)),
+            dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
         )
         print(f"p2pchat {node.peer_id} listening on {', '.join(node.addresses)}", flush=True)
         await stop.wait()
@@ -689,7 +692,7 @@ def _run_app(paths: Paths, args: argparse.Namespace) -> int:
     if passphrase is None and args.ask_passphrase and paths.identity.exists():
         passphrase = getpass.getpass("Passphrase: ")
     mdns = None if args.app_no_mdns else MdnsOptions(interfaces=(), hidden=False, share_name=False)
-    dht = None if args.app_no_dht else DhtOptions(bootstrap=bootstrap_list(args.app_bootstrap))
+    dht = None if args.app_no_dht else DhtOptions.configured(args.app_bootstrap)
     return ui.run(paths, passphrase=passphrase, listen=args.app_listen, mdns=mdns, dht=dht)
 
 

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ifaddr
-
 from p2pchat.config import (
     DEFAULT_PORT,
     PASSPHRASE_ENV,
@@ -66,6 +64,7 @@ from p2pchat.names import name_problem, normalise_name, repair_name
 from p2pchat.net.control import ControlServer
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
+from p2pchat.net.interfaces import interface_ips
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
@@ -185,6 +184,9 @@ class Node:
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._nearby: dict[str, NearbyPeer] = {}
         self._hints: dict[str, tuple[str, ...]] = {}
+        self._known_ips: set[str] = set()
+        """IPs where contacts were seen or are hinted: their handshakes may use the
+        endpoint's reserve when strangers fill the pool."""
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -232,7 +234,7 @@ class Node:
             host, port = self._endpoint.local_address
         if host not in ("0.0.0.0", "::"):
             return (format_address(host, port),)
-        ips = _interface_ips(v6=host == "::")
+        ips = interface_ips(v6=host == "::")
         # Loopback only helps a peer on this very machine; list it only when alone.
         public = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback] or ips
         return tuple(format_address(ip, port) for ip in public[:MAX_INVITE_ADDRESSES])
@@ -273,6 +275,7 @@ class Node:
             host, port = parse_address(listen) if listen else self._default_listen()
             self._endpoint = Endpoint(self.identity)
             self._endpoint.on_incoming = self._incoming
+            self._endpoint.known_source = lambda ip: ip in self._known_ips
             bound = await self._endpoint.start(host, port)
             await self.transfers.start(bound[0])
             if dht is not None:
@@ -485,6 +488,7 @@ class Node:
             "nearby": sum(1 for p in self._nearby.values() if p.source == "mdns"),
             "mdns": self._mdns is not None,
             "dht": None,
+            "handshakes": self._handshake_status(),
         }
         if self._dht is not None:
             dht = self._dht.status()
@@ -495,6 +499,15 @@ class Node:
                 "nat": dht.get("nat"),
                 "read_only": dht.get("read_only"),
             }
+        return status
+
+    def _handshake_status(self) -> dict[str, Any] | None:
+        """The inbound QUIC admission counters (docs/nat.md, "Initial floods")."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            return None
+        status: dict[str, Any] = dict(endpoint.gate.status(endpoint.now()))
+        status["dropped_datagrams"] = endpoint.dropped_datagrams
         return status
 
     def requests(self) -> list[ContactRequest]:
@@ -730,9 +743,14 @@ class Node:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
+            known: set[str] = set()
             for contact in self.store.list_contacts():
                 self._maybe_dial(contact, now)
                 self._maybe_resolve(contact, now)
+                for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
+                    with contextlib.suppress(ValueError):
+                        known.add(parse_address(address)[0])
+            self._known_ips = known
             self.transfers.tick()
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
@@ -1061,24 +1079,6 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
             if isinstance(n, int) and not isinstance(n, bool) and n >= 0
         }
     return policy
-
-
-def _interface_ips(*, v6: bool) -> list[str]:
-    """Unicast addresses of this host's interfaces, loopback last (reads, never sends)."""
-    found: list[str] = []
-    loop: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                addr = ipaddress.ip_address(ip.ip)
-            elif v6:
-                addr = ipaddress.ip_address(ip.ip[0].split("%")[0])
-            else:
-                continue
-            if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
-                continue
-            (loop if addr.is_loopback else found).append(str(addr))
-    return list(dict.fromkeys(found + loop))
 
 
 def _absolute(path: Path) -> Path:

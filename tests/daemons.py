@@ -19,7 +19,7 @@ from p2pchat.config import Paths, save_settings
 from p2pchat.core import chat
 from p2pchat.core.errors import RemoteProtocolError
 from p2pchat.core.session import HandshakeComplete, PayloadReceived, SecureSession
-from p2pchat.identity import Identity, create_identity, parse_address
+from p2pchat.identity import Identity, create_identity, load_identity, parse_address
 from p2pchat.net.control import ControlClient
 from p2pchat.net.endpoint import Endpoint, QuicLink
 
@@ -145,6 +145,22 @@ class Daemon:
                 out, _ = self.proc.communicate()
             self.proc = None
         return out
+
+
+class DhtDaemon(Daemon):
+    """``p2pchat daemon`` with the DHT on (``Daemon`` always passes ``--no-dht``); name
+    the bootstrap in ``extra``."""
+
+    def argv(self) -> list[str]:
+        return [a for a in super().argv() if a != "--no-dht"]
+
+    @property
+    def peer_id(self) -> str:
+        return load_identity(self.paths.identity).peer_id
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
 
 class HostileLink:

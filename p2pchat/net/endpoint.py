@@ -6,8 +6,9 @@ learned, so every protocol shares this socket and the endpoint demultiplexes:
 1. A datagram whose destination connection ID belongs to a live QUIC
    connection goes to it (looked up first: ``d``, 0x64, the first byte of every
    KRPC packet, is also a valid QUIC short-header first byte).
-2. An unknown CID on a long-header Initial of full size opens a server
-   connection.
+2. An unknown CID on a long-header Initial of full size may open a server
+   connection: ``admission.py`` decides (Retry under load, the Initial must
+   decrypt, a small pool for handshakes not yet authenticated).
 3. First byte ``d`` that is no known connection goes to the KRPC handler.
 4. First byte 0x00-0x3F (neither QUIC v1, whose fixed bit is 0x40, nor KRPC)
    goes to the punch/relay handler, as RFC 9443 does for STUN.
@@ -29,10 +30,12 @@ from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
 
 from p2pchat.identity import Identity
+from p2pchat.net.admission import Accept, InitialGate, Reply
 from p2pchat.net.quic import KEEPALIVE_INTERVAL, configuration, peer_certificate_key
+from p2pchat.net.sockopts import raise_buffers
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,18 @@ class QuicLink:
         self._last_ping = endpoint.now()
         self._ping_uid = 0
         self._pending_stream: list[tuple[int, bytes, bool]] = []
+        self._pending_slot: str | None = None
+        """The source IP whose admission slot this server link holds until its peer
+        authenticates or it closes."""
+
+    def authenticated(self) -> None:
+        """The peer proved its key: leave the pool of unauthenticated handshakes."""
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._pending_slot is not None:
+            self.endpoint.gate.released(self._pending_slot)
+            self._pending_slot = None
 
     # -- input -------------------------------------------------------------
     def datagram_received(self, data: bytes, address: NetworkAddress) -> None:
@@ -130,6 +145,7 @@ class QuicLink:
         if self.closed:
             return
         self.closed = True
+        self._release_slot()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -192,6 +208,10 @@ class Endpoint(asyncio.DatagramProtocol):
         self.punch_handler: PacketHandler | None = None
         self.local_address: tuple[str, int] | None = None
         self.dropped_datagrams = 0
+        self.gate = InitialGate()
+        self.known_source: Callable[[str], bool] | None = None
+        """Whether an IP belongs to a known contact (it may use the gate's reserve)."""
+        self.socket_buffers: tuple[int, int] | None = None
 
     def now(self) -> float:
         return self.loop.time()
@@ -208,6 +228,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._transport = transport
         sockname = self._transport.get_extra_info("sockname")
         self.local_address = (str(sockname[0]), int(sockname[1]))
+        self.socket_buffers = raise_buffers(self._transport.get_extra_info("socket"))
         return self.local_address
 
     def close(self) -> None:
@@ -246,8 +267,9 @@ class Endpoint(asyncio.DatagramProtocol):
             if self.punch_handler is not None:
                 self.punch_handler(data, address)
             return
+        buf = Buffer(data=data)
         try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
+            header = pull_quic_header(buf, host_cid_length=CID_LENGTH)
         except ValueError:
             header = None
         if header is not None:
@@ -260,24 +282,39 @@ class Endpoint(asyncio.DatagramProtocol):
                 and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
                 and header.version in self._server_config.supported_versions
             ):
-                self._accept(header.destination_cid, data, address)
+                self._admit(header, buf.tell(), data, address)
                 return
         if first == 0x64 and self.krpc_handler is not None:
             self.krpc_handler(data, address)
             return
         self.dropped_datagrams += 1
 
-    def _accept(self, original_cid: bytes, data: bytes, address: tuple[str, int]) -> None:
+    def _admit(
+        self, header: QuicHeader, encrypted_offset: int, data: bytes, address: tuple[str, int]
+    ) -> None:
         if len(self._links) >= MAX_CONNECTIONS or self.on_incoming is None:
+            self.dropped_datagrams += 1
+            return
+        known = self.known_source is not None and self.known_source(address[0])
+        decision = self.gate.decide(
+            data, header, encrypted_offset, address, self.now(), known_source=known
+        )
+        if isinstance(decision, Reply):
+            self.sendto(decision.packet, address)
+            return
+        if not isinstance(decision, Accept):
             self.dropped_datagrams += 1
             return
         conn = QuicConnection(
             configuration=self._server_config,
-            original_destination_connection_id=original_cid,
+            original_destination_connection_id=decision.original_destination_cid,
+            retry_source_connection_id=decision.retry_source_cid,
         )
         link = QuicLink(self, conn, address, is_client=False)
+        self.gate.opened(address[0])
+        link._pending_slot = address[0]
         self._links.add(link)
-        self._register_cid(original_cid, link)
+        self._register_cid(header.destination_cid, link)
         self._register_cid(conn.host_cid, link)
         self.on_incoming(link)
         link.datagram_received(data, address)

@@ -130,6 +130,7 @@ class PeerConnection:
                 )
                 self.peer_key = event.peer_key
                 self.peer_id = peer_id_from_key(event.peer_key)
+                self.link.authenticated()
                 self.established_at = self.link.endpoint.now()
                 self.owner.session_established(self)
             elif isinstance(event, PayloadReceived):

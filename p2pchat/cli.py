@@ -161,6 +161,13 @@ def _safe(text: object) -> str:
     )
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
@@ -371,13 +378,17 @@ async def cmd_send(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
+    query = {"limit": args.limit, "before": args.before}
     async with _api(paths, args) as api:
-        transfers = await api.call("transfers", {})
+        transfers = await api.call("transfers", query)
+        more = bool(transfers) and bool(
+            await api.call("transfers", {"limit": 1, "before": transfers[-1]["id"]})
+        )
     if args.json:
         _print_json(transfers)
         return EXIT_OK
     if not transfers:
-        print("no transfers")
+        print("no more transfers" if args.before else "no transfers")
     for t in transfers:
         arrow = "->" if t["direction"] == "out" else "<-"
         names = ", ".join(f["path"] for f in t["files"][:3]) + (
@@ -385,6 +396,8 @@ async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
         )
         size = _size(t["total"])
         print(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+    if more:
+        print(f"older transfers: p2pchat transfers --before {transfers[-1]['id'][:12]}")
     return EXIT_OK
 
 
@@ -614,7 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_send)
 
-    p = sub.add_parser("transfers", help="list file transfers")
+    p = sub.add_parser("transfers", help="list file transfers, newest first, one page")
+    p.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N (max 500)"
+    )
+    p.add_argument("--before", metavar="ID", help="the page after the transfer ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_transfers)
 

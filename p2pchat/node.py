@@ -67,9 +67,9 @@ from p2pchat.net.endpoint import Endpoint, QuicLink
 from p2pchat.net.interfaces import interface_ips
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
+from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.net.transfers import TransferManager, TransferPolicy
 from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ EVENT_QUEUE_SIZE = 10_000
 # Distinct resend requests honoured per session; a genuine peer needs a handful.
 MAX_GAPS_PER_SESSION = 64
 MAX_INVITE_ADDRESSES = 8
+# Transfers per page of ``list_transfers`` unless the caller asks for another size.
+TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
 # no address at all) is looked up in the DHT; repeated lookups back off up to an hour.
 DHT_AFTER_ATTEMPTS = 2
@@ -480,7 +482,8 @@ class Node:
         return "lan" if local else "direct"
 
     def network_status(self) -> dict[str, Any]:
-        """What a status bar shows: addresses, peers online and nearby, DHT and NAT."""
+        """What a status bar shows: addresses, peers online and nearby, DHT and NAT;
+        and what file drop turned away (``file_drop``: docs/threat-model.md, "Budgets")."""
         status: dict[str, Any] = {
             "running": self.running,
             "addresses": list(self.addresses),
@@ -489,6 +492,7 @@ class Node:
             "mdns": self._mdns is not None,
             "dht": None,
             "handshakes": self._handshake_status(),
+            "file_drop": self.transfers.status(),
         }
         if self._dht is not None:
             dht = self._dht.status()
@@ -619,18 +623,31 @@ class Node:
         peer = self.store.find_contact(contact)
         return await self.transfers.offer(peer.peer_id, [Path(p) for p in paths])
 
-    def list_transfers(self, contact: str | None = None) -> list[Transfer]:
+    def list_transfers(
+        self,
+        contact: str | None = None,
+        *,
+        limit: int = TRANSFER_PAGE_SIZE,
+        before: str | None = None,
+    ) -> list[Transfer]:
+        """Transfers newest first, one page: at most ``limit`` of them (and a bounded
+        number of file rows, so a page costs the same whatever the database holds).
+        For the next page pass the last id of this one as ``before``."""
         peer_id = self.store.find_contact(contact).peer_id if contact else None
-        return self.store.list_transfers(peer_id=peer_id)
+        if before is not None:
+            before = self.get_transfer(before).id
+        return self.transfers.page(peer_id, limit=limit, before=before)
 
     def get_transfer(self, transfer_id: str) -> Transfer:
         exact = self.store.get_transfer(transfer_id)
         if exact is not None:
             return exact
-        matches = [t for t in self.store.list_transfers() if t.id.startswith(transfer_id)]
-        if len(transfer_id) < 4 or len(matches) != 1:
+        matches = self.store.find_transfer_ids(transfer_id) if len(transfer_id) >= 4 else []
+        if len(matches) != 1:
             raise TransferError(f"no single transfer matches {transfer_id!r}")
-        return matches[0]
+        found = self.store.get_transfer(matches[0])
+        assert found is not None
+        return found
 
     def accept_transfer(
         self, transfer_id: str, *, only: list[int] | None = None, folder: Path | None = None

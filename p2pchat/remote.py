@@ -28,7 +28,7 @@ from p2pchat.core import events as events_module
 from p2pchat.core.events import NodeEvent, PeerOffline, PeerOnline
 from p2pchat.identity import InvalidInvite, InvalidPeerId
 from p2pchat.names import InvalidName
-from p2pchat.node import ContactView, NearbyPeer, NodeError
+from p2pchat.node import TRANSFER_PAGE_SIZE, ContactView, NearbyPeer, NodeError
 from p2pchat.store import (
     AmbiguousContact,
     Contact,
@@ -285,8 +285,15 @@ class RemoteNode:
             other._file.close()
             sock.close()
 
-    def list_transfers(self, contact: str | None = None) -> list[Transfer]:
-        return [_transfer(t) for t in self._call("transfers", contact=contact)]
+    def list_transfers(
+        self,
+        contact: str | None = None,
+        *,
+        limit: int = TRANSFER_PAGE_SIZE,
+        before: str | None = None,
+    ) -> list[Transfer]:
+        page = self._call("transfers", contact=contact, limit=limit, before=before)
+        return [_transfer(t) for t in page]
 
     def get_transfer(self, transfer_id: str) -> Transfer:
         return _transfer(self._call("transfer", id=transfer_id))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pchat.core.events import NodeEvent
-from p2pchat.node import Node
+from p2pchat.node import TRANSFER_PAGE_SIZE, Node
 from p2pchat.store import Transfer
 
 Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
@@ -120,7 +120,15 @@ async def _send_files(node: Node, args: dict[str, Any]) -> Any:
 
 
 async def _transfers(node: Node, args: dict[str, Any]) -> Any:
-    return [_transfer_view(t, node) for t in node.list_transfers(_opt_str(args, "contact"))]
+    """One page, newest first: ``limit`` (default 50, at most 500) and ``before`` (the
+    last id of the previous page)."""
+    limit = args.get("limit", TRANSFER_PAGE_SIZE)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError("limit must be a positive integer")
+    page = node.list_transfers(
+        _opt_str(args, "contact"), limit=limit, before=_opt_str(args, "before")
+    )
+    return [_transfer_view(t, node) for t in page]
 
 
 async def _transfer(node: Node, args: dict[str, Any]) -> Any:

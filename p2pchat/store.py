@@ -278,6 +278,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (transfer_id, idx)
     );
     """,
+    """
+    -- File drop budgets: how many file rows each transfer holds (so a contact's share
+    -- is one indexed sum), and indexes for paged listings, expiry and pruning.
+    ALTER TABLE transfers ADD COLUMN file_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE transfers SET file_count =
+        (SELECT COUNT(*) FROM transfer_files WHERE transfer_id = transfers.id);
+    CREATE INDEX transfers_created ON transfers (created_at, id);
+    CREATE INDEX transfers_state ON transfers (direction, state, updated_at);
+    """,
 )
 
 _CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address"
@@ -1214,8 +1223,8 @@ class Store:
         with self._write() as db:
             db.execute(
                 "INSERT INTO transfers (id, peer_id, direction, state, created_at, updated_at,"
-                " folder) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (transfer_id, peer_id, direction, state, now, now, folder),
+                " folder, file_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (transfer_id, peer_id, direction, state, now, now, folder, len(files)),
             )
             db.executemany(
                 "INSERT INTO transfer_files (transfer_id, idx, path, size, hash, source)"
@@ -1227,38 +1236,49 @@ class Store:
         return transfer
 
     def get_transfer(self, transfer_id: str) -> Transfer | None:
+        found = self.get_transfers([transfer_id])
+        return found[0] if found else None
+
+    def get_transfers(self, ids: Sequence[str]) -> list[Transfer]:
+        """Whole transfers (with their files) in the order of ``ids``; two queries."""
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
         with self._read() as db:
-            row = db.execute(
+            rows = db.execute(
                 "SELECT id, peer_id, direction, state, created_at, updated_at, error,"
-                " bytes_moved, attempts, folder FROM transfers WHERE id = ?",
-                (transfer_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            files = db.execute(
-                "SELECT idx, path, size, hash, source, part, final, accepted, done"
-                " FROM transfer_files WHERE transfer_id = ? ORDER BY idx",
-                (transfer_id,),
+                f" bytes_moved, attempts, folder FROM transfers WHERE id IN ({marks})",
+                list(ids),
             ).fetchall()
-        entries = tuple(
-            TransferFile(
-                f[0], f[1], f[2], bytes(f[3]), f[4], f[5], f[6], bool(f[7]), bool(f[8])
+            files = db.execute(
+                "SELECT transfer_id, idx, path, size, hash, source, part, final, accepted, done"
+                f" FROM transfer_files WHERE transfer_id IN ({marks}) ORDER BY transfer_id, idx",
+                list(ids),
+            ).fetchall()
+        entries: dict[str, list[TransferFile]] = {}
+        for f in files:
+            entries.setdefault(f[0], []).append(
+                TransferFile(
+                    f[1], f[2], f[3], bytes(f[4]), f[5], f[6], f[7], bool(f[8]), bool(f[9])
+                )
             )
-            for f in files
-        )
-        return Transfer(
-            id=row[0],
-            peer_id=row[1],
-            direction=row[2],
-            state=row[3],
-            created_at=row[4],
-            updated_at=row[5],
-            error=row[6],
-            bytes_moved=row[7],
-            attempts=row[8],
-            folder=row[9],
-            files=entries,
-        )
+        by_id = {
+            row[0]: Transfer(
+                id=row[0],
+                peer_id=row[1],
+                direction=row[2],
+                state=row[3],
+                created_at=row[4],
+                updated_at=row[5],
+                error=row[6],
+                bytes_moved=row[7],
+                attempts=row[8],
+                folder=row[9],
+                files=tuple(entries.get(row[0], ())),
+            )
+            for row in rows
+        }
+        return [by_id[i] for i in ids if i in by_id]
 
     def list_transfers(
         self,
@@ -1266,8 +1286,16 @@ class Store:
         peer_id: str | None = None,
         direction: str | None = None,
         states: Sequence[str] | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        max_files: int | None = None,
     ) -> list[Transfer]:
-        query = "SELECT id FROM transfers"
+        """Newest first.  ``before``: only transfers older than that one (the next page).
+
+        ``limit`` bounds the transfers and ``max_files`` the file rows a page loads
+        (a page always holds at least one transfer), so a listing costs the same
+        whatever the database holds.
+        """
         clauses: list[str] = []
         params: list[Any] = []
         if direction is not None:
@@ -1279,11 +1307,134 @@ class Store:
         if states is not None:
             clauses.append(f"state IN ({', '.join('?' for _ in states)})")
             params.extend(states)
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
         with self._read() as db:
-            ids = [r[0] for r in db.execute(query + " ORDER BY created_at", params)]
-        return [t for t in (self.get_transfer(i) for i in ids) if t is not None]
+            if before is not None:
+                row = db.execute(
+                    "SELECT created_at, id FROM transfers WHERE id = ?", (before,)
+                ).fetchone()
+                if row is None:
+                    raise StoreError(f"no transfer {before}")
+                clauses.append("(created_at, id) < (?, ?)")
+                params.extend(row)
+            query = "SELECT id, file_count FROM transfers"
+            if clauses:
+                query += " WHERE " + " AND ".join(clauses)
+            query += " ORDER BY created_at DESC, id DESC"
+            if limit is not None:
+                query += " LIMIT ?"
+                params.append(limit)
+            ids: list[str] = []
+            files = 0
+            for transfer_id, count in db.execute(query, params):
+                if max_files is not None and ids and files + count > max_files:
+                    break
+                ids.append(transfer_id)
+                files += count
+        return self.get_transfers(ids)
+
+    def find_transfer_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Ids starting with ``prefix`` (ids are lowercase hex), through the primary key."""
+        prefix = prefix.lower()
+        with self._read() as db:
+            return [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM transfers WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                    (prefix, prefix + "\U0010ffff", limit),
+                )
+            ]
+
+    def transfer_ids(
+        self,
+        *,
+        direction: str,
+        states: Sequence[str],
+        peer_id: str | None = None,
+        created_before: float | None = None,
+        updated_after: float | None = None,
+    ) -> list[str]:
+        """Ids of transfers in some states (oldest first), for sweeps that need no rows."""
+        query = (
+            "SELECT id FROM transfers WHERE direction = ?"
+            f" AND state IN ({', '.join('?' for _ in states)})"
+        )
+        params: list[Any] = [direction, *states]
+        if peer_id is not None:
+            query += " AND peer_id = ?"
+            params.append(peer_id)
+        if created_before is not None:
+            query += " AND created_at < ?"
+            params.append(created_before)
+        if updated_after is not None:
+            query += " AND updated_at > ?"
+            params.append(updated_after)
+        with self._read() as db:
+            return [r[0] for r in db.execute(query + " ORDER BY created_at", params)]
+
+    def transfer_usage(
+        self, *, direction: str, peer_id: str | None = None, states: Sequence[str] | None = None
+    ) -> tuple[int, int]:
+        """(transfers, file rows) stored for one peer, or for everyone."""
+        query = "SELECT COUNT(*), COALESCE(SUM(file_count), 0) FROM transfers WHERE direction = ?"
+        params: list[Any] = [direction]
+        if peer_id is not None:
+            query += " AND peer_id = ?"
+            params.append(peer_id)
+        if states is not None:
+            query += f" AND state IN ({', '.join('?' for _ in states)})"
+            params.extend(states)
+        with self._read() as db:
+            count, files = db.execute(query, params).fetchone()
+        return int(count), int(files)
+
+    def prune_transfers(
+        self,
+        *,
+        direction: str,
+        states: Sequence[str],
+        transfers: int,
+        files: int,
+        peer_id: str | None = None,
+    ) -> int:
+        """Delete the least recently updated transfers in ``states`` until at least
+        ``transfers`` transfers and ``files`` file rows are gone (or none are left).
+
+        Returns how many transfers were deleted.
+        """
+        query = (
+            "SELECT id, file_count FROM transfers WHERE direction = ?"
+            f" AND state IN ({', '.join('?' for _ in states)})"
+        )
+        params: list[Any] = [direction, *states]
+        if peer_id is not None:
+            query += " AND peer_id = ?"
+            params.append(peer_id)
+        query += " ORDER BY updated_at LIMIT 512"
+        doomed: list[str] = []
+        with self._write() as db:
+            freed_rows = freed_files = 0
+            for transfer_id, count in db.execute(query, params).fetchall():
+                if freed_rows >= transfers and freed_files >= files:
+                    break
+                doomed.append(transfer_id)
+                freed_rows += 1
+                freed_files += count
+            db.executemany("DELETE FROM transfers WHERE id = ?", [(i,) for i in doomed])
+        return len(doomed)
+
+    def running_incoming_files(self) -> list[tuple[str | None, str | None, int]]:
+        """(folder, part file, size) of every accepted, unfinished incoming file of
+        a transfer still under way: what the disk has been promised."""
+        with self._read() as db:
+            return [
+                (r[0], r[1], int(r[2]))
+                for r in db.execute(
+                    "SELECT t.folder, f.part, f.size FROM transfers t"
+                    " JOIN transfer_files f ON f.transfer_id = t.id"
+                    " WHERE t.direction = 'in' AND t.state IN ('accepted', 'receiving')"
+                    " AND f.accepted = 1 AND f.done = 0"
+                )
+            ]
 
     def set_transfer_state(
         self, transfer_id: str, state: str, *, now: float, error: str | None = None

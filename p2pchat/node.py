@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,6 @@ from p2pchat.identity import (
     safety_number,
 )
 from p2pchat.names import name_problem, normalise_name, repair_name
-from p2pchat.net.control import ControlServer
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
 from p2pchat.net.interfaces import interface_ips
@@ -92,6 +91,7 @@ TRANSFER_PAGE_SIZE = PAGE_SIZE
 DHT_AFTER_ATTEMPTS = 2
 DHT_RETRY_MIN = 5.0
 DHT_RETRY_MAX = 3600.0
+RUNNING_TRANSFER_STATES = ("accepted", "sending", "receiving")
 
 
 class NodeError(Exception):
@@ -169,7 +169,7 @@ class Node:
         self._name = self._load_name()
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
-        self._control: ControlServer | None = None
+        self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._mdns: MdnsService | None = None
         self._dht: DhtService | None = None
         self._dht_retry: dict[str, tuple[float, float]] = {}
@@ -197,6 +197,8 @@ class Node:
             connection_for=self._active.get,
         )
         self.running = False
+        self.start_options: dict[str, Any] = {}
+        """What the last ``start`` was given, so a hand-off can start a daemon alike."""
 
     # ------------------------------------------------------------------ life
     @property
@@ -241,17 +243,27 @@ class Node:
         public = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback] or ips
         return tuple(format_address(ip, port) for ip in public[:MAX_INVITE_ADDRESSES])
 
+    @property
+    def listen_address(self) -> str | None:
+        """The UDP address this node is bound to (as given, not spelled out per
+        interface), or None before ``start``."""
+        if self._endpoint is None or self._endpoint.local_address is None:
+            return None
+        return format_address(*self._endpoint.local_address)
+
     async def start(
         self,
         *,
         listen: str | None = None,
-        control: bool = True,
         downloads: Path | None = None,
         accept_files_from: str | Iterable[str] = (),
         mdns: MdnsOptions | None = None,
         dht: DhtOptions | None = None,
     ) -> None:
-        """Take the home's lock, bind the UDP socket, serve the control socket.
+        """Take the home's lock and bind the UDP socket.
+
+        The control socket is not the node's business: whoever owns the node (the
+        daemon, or the app that started first) serves it, see ``p2pchat/owner.py``.
 
         ``dht`` joins the DHT on the same socket; None (the default) keeps the node
         off it, so tests never reach bootstrap nodes they did not name.
@@ -264,6 +276,13 @@ class Node:
         """
         if self.running:
             return
+        self.start_options = {
+            "listen": listen,
+            "downloads": downloads,
+            "accept_files_from": accept_files_from,
+            "mdns": mdns,
+            "dht": dht,
+        }
         if downloads is not None:
             self.transfers.policy.downloads = _absolute(downloads)
         if isinstance(accept_files_from, str):
@@ -293,9 +312,6 @@ class Node:
             if mdns is not None:
                 self._mdns = MdnsService(self, mdns)
                 await self._mdns.start(bound)
-            if control:
-                self._control = ControlServer(self.paths.control_socket, self)
-                await self._control.start()
         except BaseException:
             if self._mdns is not None:
                 await self._mdns.stop()
@@ -323,7 +339,21 @@ class Node:
             return parse_address(listen)
         return ("0.0.0.0", DEFAULT_PORT)
 
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` first thing when the node stops (once).
+
+        The owner's control server registers its ``stop`` here, so every attached
+        view sees its connection close the moment the node starts going away.
+        """
+        self._stop_hooks.append(hook)
+
     async def stop(self) -> None:
+        hooks, self._stop_hooks = self._stop_hooks, []
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a stop hook failed")
         if not self.running:
             self.store.close()
             return
@@ -348,9 +378,6 @@ class Node:
             await asyncio.sleep(0)
             self._endpoint.close()
             self._endpoint = None
-        if self._control is not None:
-            await self._control.stop()
-            self._control = None
         self._emit(NodeStopped())
         self._lock.release()
         self.store.close()
@@ -637,6 +664,12 @@ class Node:
         if before is not None:
             before = self.get_transfer(before).id
         return self.transfers.page(peer_id, limit=limit, before=before)
+
+    def running_transfers(self) -> list[Transfer]:
+        """Transfers moving bytes now (accepted, sending, receiving): what quitting
+        this node would interrupt.  They resume from where they were once a node
+        runs for this home again (or hand the node to a daemon: ``owner.hand_off``)."""
+        return self.store.list_transfers(states=RUNNING_TRANSFER_STATES)
 
     def get_transfer(self, transfer_id: str) -> Transfer:
         exact = self.store.get_transfer(transfer_id)

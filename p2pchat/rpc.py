@@ -131,6 +131,10 @@ async def _transfers(node: Node, args: dict[str, Any]) -> Any:
     return [_transfer_view(t, node) for t in page]
 
 
+async def _running_transfers(node: Node, args: dict[str, Any]) -> Any:
+    return [_transfer_view(t, node) for t in node.running_transfers()]
+
+
 async def _transfer(node: Node, args: dict[str, Any]) -> Any:
     return _transfer_view(node.get_transfer(_str(args, "id")), node)
 
@@ -234,6 +238,7 @@ OPS: dict[str, Op] = {
     "send_files": _send_files,
     "transfers": _transfers,
     "transfer": _transfer,
+    "running_transfers": _running_transfers,
     "accept_file": _accept_file,
     "decline_file": _decline_file,
     "cancel_file": _cancel_file,

@@ -49,6 +49,7 @@ from p2pchat.identity import (
     load_or_create_identity,
     parse_address,
 )
+from p2pchat.names import InvalidName, normalise_name
 from p2pchat.net.control import CALL_TIMEOUT, ControlClient, ControlError
 from p2pchat.net.dht import DhtOptions
 from p2pchat.net.endpoint import EndpointError
@@ -76,6 +77,7 @@ _KIND_EXIT = {
     "AmbiguousContact": EXIT_UNKNOWN_CONTACT,
     "InvalidPeerId": EXIT_BAD_ID,
     "InvalidInvite": EXIT_BAD_ID,
+    "InvalidName": EXIT_USAGE,
     "EndpointError": EXIT_NETWORK,
     "NodeAlreadyRunning": EXIT_NETWORK,
     "ControlUnavailable": EXIT_NETWORK,
@@ -210,6 +212,10 @@ def _ensure_identity(paths: Paths, args: argparse.Namespace) -> tuple[Identity, 
 
     ``--name`` and ``--listen`` are saved either way.
     """
+    # Checked before anything is created: a refused name leaves no half-made home.
+    name = getattr(args, "name", None)
+    if name is not None:
+        name = normalise_name(name)
     paths.ensure()
     recover(paths)  # a passphrase change cut short may have left identity.key.next
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
@@ -229,11 +235,10 @@ def _ensure_identity(paths: Paths, args: argparse.Namespace) -> tuple[Identity, 
         passphrase = getpass.getpass("Passphrase: ")
         identity, created = load_or_create_identity(paths.identity, passphrase)
     settings = load_settings(paths)
-    name = getattr(args, "name", None)
     listen = getattr(args, "init_listen", None)
-    if name or listen:
-        if name:
-            settings["name"] = _display_name(name)
+    if name is not None or listen:
+        if name is not None:
+            settings["name"] = name
         if listen:
             host, port = parse_address(listen)
             settings["listen"] = format_address(host, port)
@@ -241,13 +246,6 @@ def _ensure_identity(paths: Paths, args: argparse.Namespace) -> tuple[Identity, 
     if created:
         print(f"created a new identity in {paths.home}", file=sys.stderr)
     return identity, created, passphrase
-
-
-def _display_name(name: str) -> str:
-    cleaned = name.strip()
-    if not cleaned:
-        raise CliError("a display name needs at least one printable character", EXIT_USAGE)
-    return cleaned
 
 
 async def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
@@ -282,6 +280,16 @@ async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
         _print_json(contact)
     else:
         print(f"added {contact['name']} ({contact['peer_id']})")
+    return EXIT_OK
+
+
+async def cmd_rename(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        contact = await api.call("rename", {"contact": args.contact, "name": args.name})
+    if args.json:
+        _print_json(contact)
+    else:
+        print(_safe(f"renamed to {contact['name']} ({contact['peer_id']})"))
     return EXIT_OK
 
 
@@ -721,6 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
 
+    p = sub.add_parser("rename", help="change the name a contact is stored under")
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("name", metavar="NEW_NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rename)
+
     p = sub.add_parser("contacts", help="list contacts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_contacts)
@@ -903,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         IdentityError,
         InvalidInvite,
         InvalidPeerId,
+        InvalidName,
         UnknownContact,
         AmbiguousContact,
         StoreError,

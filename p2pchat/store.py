@@ -43,6 +43,7 @@ import sqlcipher3
 
 from p2pchat.core.events import MessageState
 from p2pchat.core.window import Verdict, classify_incoming
+from p2pchat.names import MAX_NAME_CHARS, normalise_name, repair_name
 
 __all__ = [
     "MAX_ADDRESSES",
@@ -66,7 +67,6 @@ RequestState = Literal["pending", "declined"]
 
 MAX_ADDRESSES = 8
 MAX_PENDING_REQUESTS = 256
-MAX_NAME_CHARS = 64
 MAX_PREVIEW_CHARS = 200
 MAX_ADDRESS_CHARS = 256
 MIN_ID_PREFIX = 4
@@ -346,15 +346,6 @@ def _clip(text: str | None, limit: int) -> str | None:
         return None
     text = text.strip()[:limit]
     return text or None
-
-
-def _clean_name(name: str) -> str:
-    cleaned = name.strip()
-    if not cleaned:
-        raise ValueError("contact name must not be empty")
-    if len(cleaned) > MAX_NAME_CHARS:
-        raise ValueError(f"contact name must be at most {MAX_NAME_CHARS} characters")
-    return cleaned
 
 
 def _default_name(peer_id: str) -> str:
@@ -853,14 +844,14 @@ class Store:
         new_addresses = list(addresses)
         final_name: str | None = None
         if name is not None:
-            final_name = _clean_name(name)
+            final_name = normalise_name(name)
             if strict_name:
                 self._check_name_free(db, final_name, peer_id)
             else:
                 final_name = self._free_name(db, final_name, peer_id)
         if existing is None:
             if final_name is None:
-                wanted = _clip(derived_name, MAX_NAME_CHARS) or _default_name(peer_id)
+                wanted = repair_name(derived_name) or _default_name(peer_id)
                 final_name = self._free_name(db, wanted, peer_id)
             db.execute(
                 "INSERT INTO contacts (peer_id, name, verified, added_at, addresses)"
@@ -940,10 +931,39 @@ class Store:
     def rename_contact(self, peer_id: str, name: str) -> Contact:
         with self._write() as db:
             self._require_contact(db, peer_id)
-            cleaned = _clean_name(name)
+            cleaned = normalise_name(name)
             self._check_name_free(db, cleaned, peer_id)
             db.execute("UPDATE contacts SET name = ? WHERE peer_id = ?", (cleaned, peer_id))
             return self._require_contact(db, peer_id)
+
+    def repair_names(self) -> list[tuple[str, str | None, str | None]]:
+        """Bring names stored by older versions under the name rule (``p2pchat.names``).
+
+        Those versions stored whatever was typed or announced, and a name with a
+        control character or over the length limit broke every session that
+        carried it.  Returns ``(peer_id, old, new)`` for each contact or request
+        changed; a read-only pass when nothing needs repair.
+        """
+        with self._read() as db:
+            contacts = db.execute("SELECT peer_id, name FROM contacts").fetchall()
+            requests = db.execute(
+                "SELECT peer_id, name FROM requests WHERE name IS NOT NULL"
+            ).fetchall()
+        bad_contacts = [(p, n) for p, n in contacts if repair_name(n) != n]
+        bad_requests = [(p, n) for p, n in requests if repair_name(n) != n]
+        if not bad_contacts and not bad_requests:
+            return []
+        changed: list[tuple[str, str | None, str | None]] = []
+        with self._write() as db:
+            for peer_id, old in bad_contacts:
+                new = self._free_name(db, repair_name(old) or _default_name(peer_id), peer_id)
+                db.execute("UPDATE contacts SET name = ? WHERE peer_id = ?", (new, peer_id))
+                changed.append((peer_id, old, new))
+            for peer_id, old in bad_requests:
+                fixed = repair_name(old)
+                db.execute("UPDATE requests SET name = ? WHERE peer_id = ?", (fixed, peer_id))
+                changed.append((peer_id, old, fixed))
+        return changed
 
     def set_verified(self, peer_id: str, verified: bool) -> Contact:
         with self._write() as db:
@@ -1285,7 +1305,7 @@ class Store:
         """
         if not peer_id:
             raise ValueError("peer_id must not be empty")
-        name = _clip(name, MAX_NAME_CHARS)
+        name = repair_name(name)
         address = _clip(address, MAX_ADDRESS_CHARS)
         preview = _clip(preview, MAX_PREVIEW_CHARS)
         with self._write() as db:

@@ -35,6 +35,7 @@ from p2pchat.config import NodeAlreadyRunning, NodeLock, Paths, load_settings
 from p2pchat.core import events as events_module
 from p2pchat.core.events import NodeConnectionLost, NodeEvent, PeerOffline, PeerOnline
 from p2pchat.identity import InvalidInvite, InvalidPeerId
+from p2pchat.names import InvalidName
 from p2pchat.node import TRANSFER_PAGE_SIZE, ContactView, NearbyPeer, Node, NodeError
 from p2pchat.owner import start_owned
 from p2pchat.store import (
@@ -63,6 +64,7 @@ _ERRORS: dict[str, Callable[[str], Exception]] = {
     "StoreError": StoreError,
     "InvalidInvite": InvalidInvite,
     "InvalidPeerId": InvalidPeerId,
+    "InvalidName": InvalidName,
     "ValueError": ValueError,
 }
 

@@ -224,7 +224,13 @@ async def _network_status(node: Node, args: dict[str, Any]) -> Any:
     return node.network_status()
 
 
+async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
+    change = await node.change_passphrase(_opt_str(args, "old"), _opt_str(args, "new"))
+    return {**to_json(change), "summary": change.describe()}
+
+
 OPS: dict[str, Op] = {
+    "passphrase": _passphrase,
     "network_status": _network_status,
     "find_contact": _find_contact,
     "invite": _invite,

@@ -476,7 +476,7 @@ async def test_a_contact_whose_name_is_markup_can_talk_to_us(
 
     spy = MarkupSpy(monkeypatch)
     dave = Node(make_home(tmp_path, "dave"))
-    dave.set_name("[link=file:///etc/passwd][reverse]EVIL[/][/link] \u202egnp.exe")
+    dave.set_name("[link=file:///etc/passwd][reverse]EVIL[/][/link] gnp.exe")
     await dave.start(listen=f"127.0.0.1:{free_udp_port()}")
     alice_paths = make_home(tmp_path, "alice")
     try:

@@ -8,16 +8,22 @@ flood offers, and a received file is never left half published.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 from p2pchat.core import chat
 from p2pchat.core.filedrop import KEY_LABEL, PREAMBLE_SIZE, Sealer
 from p2pchat.core.session import SecureSession
-from p2pchat.identity import parse_address
+from p2pchat.identity import Identity, parse_address
+from p2pchat.net import transfers
+from p2pchat.net.endpoint import Endpoint
 from p2pchat.node import Node
 
 from ..conftest import StartNode, wait_until
+from ..daemons import Daemon, make_home, rss_kib
 from ..test_filedrop import digest, pair, random_file
 from ..test_filedrop_hostile import HostileContact
 from ..test_hostile import RawPeer, raw_endpoint
@@ -122,10 +128,11 @@ async def test_garbage_preambles(start_node: StartNode, tmp_path: Path) -> None:
     assert tcp_counters(b)["tcp_channels"] == tcp_before + 1
 
 
-async def hostile_contact(b: Node) -> tuple[HostileContact, SecureSession, object]:
-    endpoint, identity = await raw_endpoint()
-    b.add_contact(identity.peer_id, name="mallory")
-    peer = RawPeer(endpoint, b.addresses[0])
+async def hostile_session(
+    endpoint: Endpoint, identity: Identity, address: str
+) -> tuple[HostileContact, SecureSession]:
+    """A contact built from the package's own classes that sends whatever it likes."""
+    peer = RawPeer(endpoint, address)
     await asyncio.wait_for(peer.handshake.wait(), 10)
     session = SecureSession(initiator=True, our_key=identity.public_key, sign=identity.sign)
     session.initiate()
@@ -133,6 +140,13 @@ async def hostile_contact(b: Node) -> tuple[HostileContact, SecureSession, objec
     hostile = HostileContact(peer, session)
     await wait_until(hostile.pump, timeout=10)
     hostile.send(chat.Hello(name="mallory"))
+    return hostile, session
+
+
+async def hostile_contact(b: Node) -> tuple[HostileContact, SecureSession, Endpoint]:
+    endpoint, identity = await raw_endpoint()
+    b.add_contact(identity.peer_id, name="mallory")
+    hostile, session = await hostile_session(endpoint, identity, b.addresses[0])
     await wait_until(lambda: b.is_online(identity.peer_id))
     return hostile, session, endpoint
 
@@ -166,4 +180,104 @@ async def test_claimed_channel_that_goes_silent_is_dropped_and_retried(
         again = hostile.of(chat.FileAccept)[1]
         assert isinstance(again, chat.FileAccept) and again.attempt != accept.attempt
     finally:
-        endpoint.close()  # type: ignore[attr-defined]
+        endpoint.close()
+
+
+def stored_rows(database: Path) -> tuple[int, int]:
+    """(transfers, file rows) in a running daemon's database, read-only."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+        transfers_count = db.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
+        files = db.execute("SELECT COUNT(*) FROM transfer_files").fetchone()[0]
+    return int(transfers_count), int(files)
+
+
+FLOOD_OFFERS = 400
+FILES_PER_FLOOD_OFFER = 1000
+
+
+async def test_offer_and_cancel_flood_stays_bounded(start_node: StartNode, tmp_path: Path) -> None:
+    """A contact offers 1,000 files and cancels at once, 400 times as fast as QUIC takes
+    it.  Once each offer was stored and listing them froze the node.  Now: rows and RSS
+    stay bounded, ``transfers`` answers within a second, chat still gets through."""
+    paths = make_home(tmp_path, "victim")
+    victim = Daemon(paths.home, json.loads(paths.settings.read_text())["listen"])
+    await victim.start()
+    endpoint, identity = await raw_endpoint()
+    try:
+        assert victim.proc is not None
+        alice = await start_node("alice")
+        victim_id = (await victim.call("info"))["peer_id"]
+        await victim.call("add", ref=alice.peer_id, name="alice", addresses=list(alice.addresses))
+        alice.add_contact(victim_id, name="victim", addresses=[victim.listen])
+        await victim.call("add", ref=identity.peer_id, name="mallory")
+        hostile, _session = await hostile_session(endpoint, identity, victim.listen)
+
+        async def online() -> bool:
+            contacts = await victim.call("contacts")
+            return all(c["online"] for c in contacts)
+
+        deadline = time.monotonic() + 20
+        while not await online():
+            assert time.monotonic() < deadline, "contacts never came online"
+            await asyncio.sleep(0.1)
+        rss_before = rss_kib(victim.proc.pid)
+
+        files = tuple(
+            chat.FileEntry(f"f{i:04d}", 1, bytes(32)) for i in range(FILES_PER_FLOOD_OFFER)
+        )
+        marker = os.urandom(16).hex()
+
+        async def flood() -> None:
+            for n in range(FLOOD_OFFERS):
+                tid = os.urandom(16).hex()
+                hostile.send(chat.FileOffer(tid, files))
+                hostile.send(chat.FileCancel(tid, "never mind"))
+                if n % 8 == 0:
+                    await asyncio.sleep(0.01)  # let the endpoint put it on the wire
+            # Frames are handled in order: the answer to this one means all were.
+            hostile.send(chat.FileOffer(marker, (chat.FileEntry("../x", 1, bytes(32)),)))
+
+        flooding = asyncio.ensure_future(flood())
+        try:
+            await asyncio.sleep(1.0)  # the victim is busy with the flood now
+            # Chat still gets through, and listing answers, while the flood runs.
+            sent = alice.send_message("victim", "still there?")
+            assert await alice.wait_for_delivery(sent.id, 10) == "delivered"
+            started = time.monotonic()
+            page = await victim.call("transfers")
+            assert time.monotonic() - started < 1.0
+            assert len(page) <= transfers.PAGE_SIZE
+            await flooding
+        finally:
+            flooding.cancel()
+
+        def declines() -> list[chat.FileDecline]:
+            return [f for f in hostile.of(chat.FileDecline) if isinstance(f, chat.FileDecline)]
+
+        def answered() -> bool:
+            return any(f.id == marker for f in declines())
+
+        await wait_until(answered, timeout=120, interval=0.1)
+        count, rows = stored_rows(paths.database)
+        assert count <= transfers.MAX_STORED_PER_CONTACT
+        assert rows <= transfers.MAX_STORED_FILES_PER_CONTACT
+        assert rss_kib(victim.proc.pid) - rss_before < 64 * 1024
+        started = time.monotonic()
+        page = await victim.call("transfers", limit=transfers.MAX_PAGE_SIZE)
+        assert time.monotonic() - started < 1.0
+        assert sum(len(t["files"]) for t in page) <= transfers.PAGE_FILES
+        status = await victim.call("network_status")
+        assert status["file_drop"]["offers_refused"] > 0
+        # The refusal told the contact why.
+        reasons = {f.reason for f in declines()}
+        assert any(r.startswith("too many offers") for r in reasons), reasons
+        # Paging walks the rest: newest first, no overlap.
+        first = await victim.call("transfers", limit=3)
+        second = await victim.call("transfers", limit=3, before=first[-1]["id"])
+        assert [t["created_at"] for t in first + second] == sorted(
+            (t["created_at"] for t in first + second), reverse=True
+        )
+        assert not {t["id"] for t in first} & {t["id"] for t in second}
+    finally:
+        endpoint.close()
+        await victim.stop()

@@ -136,6 +136,10 @@ async def _transfers(node: Node, args: dict[str, Any]) -> Any:
     return [_transfer_view(t, node) for t in page]
 
 
+async def _running_transfers(node: Node, args: dict[str, Any]) -> Any:
+    return [_transfer_view(t, node) for t in node.running_transfers()]
+
+
 async def _transfer(node: Node, args: dict[str, Any]) -> Any:
     return _transfer_view(node.get_transfer(_str(args, "id")), node)
 
@@ -225,7 +229,13 @@ async def _network_status(node: Node, args: dict[str, Any]) -> Any:
     return node.network_status()
 
 
+async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
+    change = await node.change_passphrase(_opt_str(args, "old"), _opt_str(args, "new"))
+    return {**to_json(change), "summary": change.describe()}
+
+
 OPS: dict[str, Op] = {
+    "passphrase": _passphrase,
     "network_status": _network_status,
     "find_contact": _find_contact,
     "invite": _invite,
@@ -239,6 +249,7 @@ OPS: dict[str, Op] = {
     "send_files": _send_files,
     "transfers": _transfers,
     "transfer": _transfer,
+    "running_transfers": _running_transfers,
     "accept_file": _accept_file,
     "decline_file": _decline_file,
     "cancel_file": _cancel_file,

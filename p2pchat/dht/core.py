@@ -513,8 +513,14 @@ class DhtCore:
     def _table_for(self, addr: Addr) -> RoutingTable:
         return self._tables[6 if ":" in addr[0] else 4]
 
-    def _bep42_ok(self, node_id: bytes, ip: str) -> bool:
-        return not self.enforce_bep42 or is_valid_node_id(node_id, ip)
+    def _bep42_ok(self, node_id: bytes, addr: Addr) -> bool:
+        """BEP 42 holds, or is not enforced, or the node is a bootstrap the user named
+        (a self-hosted first node may not know its public address to fit its ID to)."""
+        return (
+            not self.enforce_bep42
+            or is_valid_node_id(node_id, addr[0])
+            or addr in self._trusted_observers
+        )
 
     def _on_reply(self, message: Response | ErrorMessage, addr: Addr, now: float) -> None:
         pending = self._pending.get(message.tid)
@@ -524,7 +530,7 @@ class DhtCore:
         del self._pending[message.tid]
         self._mark_verified(addr, now)
         if isinstance(message, Response):
-            if message.sender_id != self._node_id and self._bep42_ok(message.sender_id, addr[0]):
+            if message.sender_id != self._node_id and self._bep42_ok(message.sender_id, addr):
                 table = self._table_for(addr)
                 for node in table.on_response(message.sender_id, addr, now):
                     self._ping(node, now)
@@ -607,9 +613,16 @@ class DhtCore:
         self._trusted_observers = set(addrs)
 
     def set_local_addresses(self, ips: Iterable[str], port: int | None, now: float) -> None:
-        """Our own addresses: an observation equal to one of them means no NAT."""
+        """Our own addresses: an observation equal to one of them means no NAT. A public
+        IPv4 address among them is what others see us at, so before anyone has told us
+        our address, our BEP 42 ID is fitted to it."""
+        ips = list(ips)
         if self._reflexive.set_local(frozenset(ips), port):
             self._address_changed(now)
+        if self._reflexive.primary is None:
+            public = [ip for ip in ips if ":" not in ip and not is_bep42_exempt(ip)]
+            if public:
+                self._fit_id_to(public[0], now)
 
     def observe_address(self, observer: str, address: Addr, source: str, now: float) -> None:
         """Someone saw our packets come from ``address`` (see :mod:`.reflexive` for the
@@ -628,10 +641,11 @@ class DhtCore:
         self._events.append(
             ExternalAddressChanged(tuple(a.addr for a in book.accepted), book.nat_kind)
         )
-        primary = book.primary
-        if primary is None:
-            return
-        ip = primary.ip
+        if book.primary is not None:
+            self._fit_id_to(book.primary.ip, now)
+
+    def _fit_id_to(self, ip: str, now: float) -> None:
+        """With BEP 42 enforced, adopt a node ID that fits our public IPv4 address."""
         if (
             self.enforce_bep42
             and ":" not in ip
@@ -686,7 +700,7 @@ class DhtCore:
         if not self._allow(addr, now):
             return
         sender = query.sender_id
-        if not query.read_only and sender != self._node_id and self._bep42_ok(sender, addr[0]):
+        if not query.read_only and sender != self._node_id and self._bep42_ok(sender, addr):
             for node in self._table_for(addr).on_query(sender, addr, now):
                 self._ping(node, now)
         base = Response(tid=query.tid, sender_id=self._node_id, ip=addr)

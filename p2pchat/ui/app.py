@@ -31,6 +31,7 @@ from p2pchat.config import (
 )
 from p2pchat.identity import IdentityError, PassphraseRequired, WrongPassphrase
 from p2pchat.node import Node, NodeError
+from p2pchat.owner import start_owned
 from p2pchat.remote import RemoteNode
 from p2pchat.store import StoreError
 from p2pchat.ui.format import Clock
@@ -221,7 +222,9 @@ class ChatApp(App[int]):
 
     async def _start_network(self, node: Node) -> tuple[Mode, str]:
         try:
-            await node.start(listen=self.listen, **self.start_options)
+            # The app that starts the node owns it: it serves the control socket too,
+            # so the CLI and other views attach to this node.
+            await start_owned(node, listen=self.listen, **self.start_options)
         except NodeAlreadyRunning as exc:
             self.notify(str(exc), title="Read-only", severity="warning", markup=False)
             return "read-only", "a p2pchat daemon runs for this home"

@@ -389,6 +389,33 @@ def test_external_address_vote_and_bep42_id_change() -> None:
     assert is_valid_node_id(core.node_id, "124.31.75.21")
 
 
+def test_a_public_interface_address_fits_the_id_before_anyone_votes() -> None:
+    core = make_core(1, now=100, enforce_bep42=True, local_port=6881)
+    old_id = core.node_id
+    core.set_local_addresses(["10.0.0.5"], 6881, 100)  # private: exempt, nothing to fit
+    assert core.node_id == old_id
+    core.set_local_addresses(["10.0.0.5", "198.51.100.100"], 6881, 100)
+    assert is_valid_node_id(core.node_id, "198.51.100.100") and core.node_id != old_id
+    changed = [e for e in iter(core.next_event, None) if isinstance(e, NodeIdChanged)]
+    assert [e.old_id for e in changed] == [old_id]
+
+
+def test_a_named_bootstrap_enters_the_table_whatever_its_id() -> None:
+    """A self-hosted first node on a public address may not know its address yet to fit
+    its ID to; the user named it, so BEP 42 enforcement does not keep it out."""
+    boot = ("198.51.100.100", 4001)
+    stranger = ("198.51.100.101", 4001)
+    for trusted, expected in ((True, 1), (False, 0)):
+        core = make_core(1, now=100, enforce_bep42=True)
+        if trusted:
+            core.trust_observers([boot])
+        core.bootstrap([boot, stranger], 100)
+        for data, dst in core.datagrams_to_send():
+            reply = Response(tid=bdecode(data)[b"t"], sender_id=bytes(20), ip=("9.9.9.9", 1))
+            core.receive_datagram(encode_message(reply), dst, 100)
+        assert len(core.routing_table()) == expected
+
+
 def test_state_survives_a_restart() -> None:
     wire = swarm(12)
     core = wire.cores[addr(4)]

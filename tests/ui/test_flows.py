@@ -169,7 +169,7 @@ async def test_running_daemon_is_explained_and_history_stays_readable(
 ) -> None:
     paths = make_home(tmp_path, "alice")
     daemon = Node(paths)
-    await daemon.start(control=False)
+    await daemon.start()
     bob = Identity.generate().peer_id
     daemon.add_contact(bob, name="bob")
     daemon.send_message("bob", "written by the daemon")
@@ -467,7 +467,7 @@ async def test_quitting_stops_the_node_and_frees_the_home(tmp_path: Path) -> Non
         await pilot.press("ctrl+q")
         await until(pilot, lambda: not node.running)
     again = Node(paths)
-    await again.start(listen=f"127.0.0.1:{free_udp_port()}", control=False)
+    await again.start(listen=f"127.0.0.1:{free_udp_port()}")
     await again.stop()
 
 

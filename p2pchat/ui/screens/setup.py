@@ -254,9 +254,9 @@ class NodeBusyScreen(Screen[str]):
             yield Static("p2pchat is already running for this home", classes="card-title")
             yield Static(self.detail, classes="card-text", markup=False)
             yield Static(
-                "Only one node can own an identity at a time. The terminal UI cannot attach "
-                "to a running daemon yet (planned: it will talk to it over the control "
-                "socket). Stop the daemon and start p2pchat again, or read your history "
+                "Only one node can own an identity at a time, and the process that owns "
+                "it did not answer on its control socket (it may be stopped or shutting "
+                "down). Try again in a moment, stop that process, or read your history "
                 "without sending.",
                 classes="card-text",
             )

@@ -847,13 +847,12 @@ class P2pchatInProcess(Contender):
         try:
             await bob.start(
                 listen=self.pair.listen["b"],
-                control=False,
                 downloads=self.pair.downloads["b"],
                 accept_files_from=["contacts"],
             )
         except TypeError as exc:  # a start() without the file drop's keywords
             raise p2pchat_unavailable(exc) from exc
-        await alice.start(listen=self.pair.listen["a"], control=False)
+        await alice.start(listen=self.pair.listen["a"])
         deadline = time.monotonic() + 30
         while not (alice.is_online(bob.peer_id) and bob.is_online(alice.peer_id)):
             if time.monotonic() > deadline:

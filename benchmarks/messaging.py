@@ -205,8 +205,8 @@ async def chat_pair() -> AsyncIterator[tuple[Node, Node, Tap, Tap]]:
         alice = Node(make_home(root, "alice"))
         bob = Node(make_home(root, "bob"))
         try:
-            await alice.start(control=False)
-            await bob.start(control=False)
+            await alice.start()
+            await bob.start()
             tap_a, tap_b = Tap(alice), Tap(bob)
             await asyncio.sleep(0)  # let both taps subscribe
             # Only alice dials: bob learns her address from the session itself.

@@ -23,19 +23,21 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from p2pchat import __version__, rpc
+from p2pchat.atrest import recover
 from p2pchat.config import (
     BOOTSTRAP_ENV,
+    NEW_PASSPHRASE_ENV,
     PASSPHRASE_ENV,
     ConfigError,
     NodeAlreadyRunning,
     NodeLock,
     Paths,
-    bootstrap_list,
     load_settings,
     resolve_home,
     save_settings,
 )
 from p2pchat.identity import (
+    Identity,
     IdentityError,
     IdentityMissing,
     InvalidInvite,
@@ -43,15 +45,18 @@ from p2pchat.identity import (
     PassphraseRequired,
     WrongPassphrase,
     format_address,
+    is_sealed,
     load_or_create_identity,
     parse_address,
 )
-from p2pchat.net.control import ControlClient, ControlError
+from p2pchat.names import InvalidName, normalise_name
+from p2pchat.net.control import CALL_TIMEOUT, ControlClient, ControlError
 from p2pchat.net.dht import DhtOptions
 from p2pchat.net.endpoint import EndpointError
 from p2pchat.net.mdns import MdnsOptions
 from p2pchat.net.transfers import TransferError
 from p2pchat.node import Node, NodeError
+from p2pchat.owner import spawn_daemon, start_owned
 from p2pchat.store import AmbiguousContact, StoreError, UnknownContact
 
 # Exit codes are part of the scripting contract (docs/cli.md).
@@ -72,8 +77,10 @@ _KIND_EXIT = {
     "AmbiguousContact": EXIT_UNKNOWN_CONTACT,
     "InvalidPeerId": EXIT_BAD_ID,
     "InvalidInvite": EXIT_BAD_ID,
+    "InvalidName": EXIT_USAGE,
     "EndpointError": EXIT_NETWORK,
     "NodeAlreadyRunning": EXIT_NETWORK,
+    "ControlUnavailable": EXIT_NETWORK,
 }
 
 
@@ -95,12 +102,23 @@ class _LocalApi:
         return await rpc.call(self.node, op, args)
 
 
+# Operations that take long on purpose: hashing files to offer, a DHT lookup, and
+# ``send`` waiting for delivery (its own ``wait`` plus the usual margin).
+_SLOW_OPS: dict[str, float | None] = {"send_files": None, "dht_lookup": 120.0}
+
+
 class _RemoteApi:
     def __init__(self, client: ControlClient) -> None:
         self.client = client
 
     async def call(self, op: str, args: dict[str, Any]) -> Any:
-        return await self.client.call(op, args)
+        timeout: float | None = CALL_TIMEOUT
+        if op in _SLOW_OPS:
+            timeout = _SLOW_OPS[op]
+        elif op in ("send", "wait_transfer"):
+            wait = args.get("wait", args.get("timeout", 0))
+            timeout = CALL_TIMEOUT + (float(wait) if isinstance(wait, (int, float)) else 0.0)
+        return await self.client.call(op, args, timeout=timeout)
 
 
 def _passphrase(args: argparse.Namespace) -> str | None:
@@ -112,26 +130,32 @@ def _passphrase(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _open_node(paths: Paths, args: argparse.Namespace) -> Node:
-    passphrase = _passphrase(args)
+def _open_node(paths: Paths, args: argparse.Namespace, passphrase: str | None = None) -> Node:
+    passphrase = passphrase or _passphrase(args)
     try:
         return Node(paths, passphrase=passphrase)
-    except PassphraseRequired:
+    except PassphraseRequired as exc:
         if sys.stdin.isatty():
             return Node(paths, passphrase=getpass.getpass("Passphrase: "))
-        raise
+        raise PassphraseRequired(
+            f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase"
+        ) from None
 
 
 @contextlib.asynccontextmanager
 async def _api(
-    paths: Paths, args: argparse.Namespace, *, network: bool = False
+    paths: Paths,
+    args: argparse.Namespace,
+    *,
+    network: bool = False,
+    passphrase: str | None = None,
 ) -> AsyncIterator[Api]:
     """The running node if there is one, else a node opened (and maybe started) here."""
     if NodeLock(paths).is_held_elsewhere():
         client = ControlClient(paths.control_socket)
         try:
             await client.connect()
-        except OSError as exc:
+        except (OSError, ControlError) as exc:
             raise CliError(
                 f"a node runs for {paths.home} but its control socket does not answer: {exc}",
                 EXIT_NETWORK,
@@ -143,10 +167,11 @@ async def _api(
         return
     if not paths.identity.exists():
         raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
-    node = _open_node(paths, args)
+    node = _open_node(paths, args, passphrase)
     try:
         if network:
-            await node.start()
+            # Serve the control socket too: other commands reach this short-lived node.
+            await start_owned(node)
         yield _LocalApi(node)
     finally:
         await node.stop()
@@ -158,6 +183,13 @@ def _safe(text: object) -> str:
         ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf") else "\ufffd"
         for ch in str(text)
     )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _print_json(value: Any) -> None:
@@ -174,29 +206,54 @@ def _when(ts: float | None) -> str:
 
 
 # ---------------------------------------------------------------- commands
-async def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
+def _ensure_identity(paths: Paths, args: argparse.Namespace) -> tuple[Identity, bool, str | None]:
+    """Load the home's identity or create it (``init``, and ``daemon`` on a fresh home,
+    like the app's first run); returns it, whether it is new, and its passphrase.
+
+    ``--name`` and ``--listen`` are saved either way.
+    """
+    # Checked before anything is created: a refused name leaves no half-made home.
+    name = getattr(args, "name", None)
+    if name is not None:
+        name = normalise_name(name)
     paths.ensure()
+    recover(paths)  # a passphrase change cut short may have left identity.key.next
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
-    if args.ask_passphrase and not paths.identity.exists():
-        first = getpass.getpass("New passphrase: ")
-        if first != getpass.getpass("Repeat passphrase: "):
-            raise CliError("passphrases do not match")
-        passphrase = first or None
-    identity, created = load_or_create_identity(paths.identity, passphrase)
+    if passphrase is None and args.ask_passphrase:
+        if paths.identity.exists():
+            passphrase = getpass.getpass("Passphrase: ") or None
+        else:
+            first = getpass.getpass("New passphrase: ")
+            if first != getpass.getpass("Repeat passphrase: "):
+                raise CliError("passphrases do not match")
+            passphrase = first or None
+    try:
+        identity, created = load_or_create_identity(paths.identity, passphrase)
+    except PassphraseRequired:
+        if not sys.stdin.isatty():
+            raise
+        passphrase = getpass.getpass("Passphrase: ")
+        identity, created = load_or_create_identity(paths.identity, passphrase)
     settings = load_settings(paths)
-    if args.name or args.listen:
-        if args.name:
-            settings["name"] = args.name
-        if args.listen:
-            host, port = parse_address(args.listen)
+    listen = getattr(args, "init_listen", None)
+    if name is not None or listen:
+        if name is not None:
+            settings["name"] = name
+        if listen:
+            host, port = parse_address(listen)
             settings["listen"] = format_address(host, port)
         save_settings(paths, settings)
+    if created:
+        print(f"created a new identity in {paths.home}", file=sys.stderr)
+    return identity, created, passphrase
+
+
+async def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
+    identity, created, _ = _ensure_identity(paths, args)
     if args.json:
         _print_json({"peer_id": identity.peer_id, "created": created})
     else:
         print(identity.peer_id)
-        if created:
-            print(f"created a new identity in {paths.home}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -223,6 +280,16 @@ async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
         _print_json(contact)
     else:
         print(f"added {contact['name']} ({contact['peer_id']})")
+    return EXIT_OK
+
+
+async def cmd_rename(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        contact = await api.call("rename", {"contact": args.contact, "name": args.name})
+    if args.json:
+        _print_json(contact)
+    else:
+        print(_safe(f"renamed to {contact['name']} ({contact['peer_id']})"))
     return EXIT_OK
 
 
@@ -358,13 +425,17 @@ async def cmd_send(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
+    query = {"limit": args.limit, "before": args.before}
     async with _api(paths, args) as api:
-        transfers = await api.call("transfers", {})
+        transfers = await api.call("transfers", query)
+        more = bool(transfers) and bool(
+            await api.call("transfers", {"limit": 1, "before": transfers[-1]["id"]})
+        )
     if args.json:
         _print_json(transfers)
         return EXIT_OK
     if not transfers:
-        print("no transfers")
+        print("no more transfers" if args.before else "no transfers")
     for t in transfers:
         arrow = "->" if t["direction"] == "out" else "<-"
         names = ", ".join(f["path"] for f in t["files"][:3]) + (
@@ -372,6 +443,8 @@ async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
         )
         size = _size(t["total"])
         print(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+    if more:
+        print(f"older transfers: p2pchat transfers --before {transfers[-1]['id'][:12]}")
     return EXIT_OK
 
 
@@ -413,6 +486,53 @@ async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _current_passphrase(args: argparse.Namespace) -> str:
+    secret = os.environ.get(PASSPHRASE_ENV)
+    if secret:
+        return secret
+    if args.ask_passphrase or sys.stdin.isatty():
+        return getpass.getpass("Current passphrase: ")
+    raise CliError(
+        f"the identity has a passphrase: set {PASSPHRASE_ENV} or use --ask-passphrase",
+        EXIT_PASSPHRASE,
+    )
+
+
+def _new_passphrase() -> str:
+    secret = os.environ.get(NEW_PASSPHRASE_ENV)
+    if secret:
+        return secret
+    if not sys.stdin.isatty():
+        raise CliError(f"no terminal to ask for the new passphrase: set {NEW_PASSPHRASE_ENV}")
+    first = getpass.getpass("New passphrase: ")
+    if not first:
+        raise CliError("the new passphrase is empty")
+    if first != getpass.getpass("Repeat new passphrase: "):
+        raise CliError("passphrases do not match")
+    return first
+
+
+async def cmd_passphrase(paths: Paths, args: argparse.Namespace) -> int:
+    """Set, change or remove the passphrase of the key file and the database together."""
+    if not paths.identity.exists():
+        raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
+    recover(paths)
+    sealed = is_sealed(paths.identity)
+    if args.action == "set" and sealed:
+        raise CliError("the identity already has a passphrase: `p2pchat passphrase change`")
+    if args.action != "set" and not sealed:
+        raise CliError("the identity has no passphrase: `p2pchat passphrase set`")
+    old = _current_passphrase(args) if sealed else None
+    new = None if args.action == "remove" else _new_passphrase()
+    async with _api(paths, args, passphrase=old) as api:
+        result = await api.call("passphrase", {"old": old, "new": new})
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["summary"])
+    return EXIT_OK
+
+
 def _require_running(paths: Paths) -> None:
     """The DHT lives only in a running node; a node opened just for one command has none."""
     if not NodeLock(paths).is_held_elsewhere():
@@ -428,14 +548,15 @@ async def cmd_dht_status(paths: Paths, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(st)
         return EXIT_OK
-    ext = st["external_address"]
-    if ext is None:
-        votes = ", ".join(f"{v} says {a}" for v, a in sorted(st["votes"].items()))
-        external = f"unknown ({votes or 'no votes yet'})"
+    if not st["reflexive"]:
+        seen = sorted(st["observations"].items())
+        votes = ", ".join(f"{o} ({v['source']}) says {v['address']}" for o, v in seen)
+        external = f"unknown ({votes or 'nobody has seen us yet'})"
     else:
-        port = "same port to everyone" if ext["port_consistent"] else "port varies"
-        kept = ", port preserved" if ext["port_preserved"] else ""
-        external = f"{ext['address']} ({ext['voters']} voters, {port}{kept})"
+        external = ", ".join(
+            f"{a['address']} ({a['observers']} observers{', trusted' if a['trusted'] else ''})"
+            for a in st["reflexive"]
+        )
     rec = st["record"]
     if rec["published_at"] is not None:
         record = (
@@ -449,6 +570,9 @@ async def cmd_dht_status(paths: Paths, args: argparse.Namespace) -> int:
     print(f"routing table:  {st['table_size']} nodes ({st['table_confirmed']} confirmed)")
     print(f"external addr:  {external}")
     print(f"nat:            {st['nat']}")
+    print(f"local addrs:    {', '.join(st['local_addresses']) or '-'}")
+    rendezvous = ", ".join(f"{r['address']} ({r['peer_id'][:8]})" for r in st["rendezvous"])
+    print(f"rendezvous:     {rendezvous or '-'}")
     print(f"bootstrap:      {', '.join(st['bootstrap']) or '(none: first node of a swarm)'}")
     print(f"peer record:    {record}")
     return EXIT_OK
@@ -469,10 +593,45 @@ async def cmd_dht_lookup(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _daemon_options(args: argparse.Namespace) -> list[str]:
+    """The daemon's own options again, for the detached copy of this command."""
+    out: list[str] = []
+    if args.listen:
+        out += ["--listen", args.listen]
+    if args.no_mdns:
+        out.append("--no-mdns")
+    for interface in args.mdns_interface or ():
+        out += ["--mdns-interface", interface]
+    if args.mdns_hidden:
+        out.append("--mdns-hidden")
+    if args.mdns_share_name:
+        out.append("--mdns-share-name")
+    if args.no_dht:
+        out.append("--no-dht")
+    for entry in args.bootstrap or ():
+        out += ["--bootstrap", entry]
+    if args.downloads:
+        out += ["--downloads", str(Path(args.downloads).expanduser().absolute())]
+    for ref in args.accept_files_from:
+        out += ["--accept-files-from", ref]
+    return out
+
+
+def _listening(info: dict[str, Any]) -> str:
+    return f"p2pchat {info['peer_id']} listening on {', '.join(info['addresses'])}"
+
+
 async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
-    if not paths.identity.exists():
-        raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
-    node = _open_node(paths, args)
+    _identity, _created, passphrase = _ensure_identity(paths, args)
+    if NodeLock(paths).is_held_elsewhere():
+        raise NodeAlreadyRunning(f"a p2pchat node is already running for {paths.home}")
+    if args.detach:
+        pid = await spawn_daemon(paths, _daemon_options(args), passphrase=passphrase)
+        async with _api(paths, args) as api:
+            info = await api.call("info", {})
+        print(f"{_listening(info)} (pid {pid})", flush=True)
+        return EXIT_OK
+    node = Node(paths, passphrase=passphrase)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -485,18 +644,37 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
                 hidden=args.mdns_hidden,
                 share_name=args.mdns_share_name,
             )
-        await node.start(
+        await start_owned(
+            node,
+            shutdown=stop.set,
             listen=args.listen,
             mdns=mdns,
             downloads=Path(args.downloads) if args.downloads else None,
             accept_files_from=args.accept_files_from,
-            dht=None if args.no_dht else DhtOptions(bootstrap=bootstrap_list(args.bootstrap)),
+            dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
         )
-        print(f"p2pchat {node.peer_id} listening on {', '.join(node.addresses)}", flush=True)
+        print(_listening(node.info()), flush=True)
         await stop.wait()
     finally:
         await node.stop()
     print("stopped", flush=True)
+    return EXIT_OK
+
+
+async def cmd_stop(paths: Paths, args: argparse.Namespace) -> int:
+    """Ask the daemon that owns this home to stop, and wait until it has."""
+    lock = NodeLock(paths)
+    if not lock.is_held_elsewhere():
+        raise CliError(f"no node runs for {paths.home}", EXIT_NETWORK)
+    async with _api(paths, args) as api:
+        await api.call("shutdown", {})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    while lock.is_held_elsewhere():
+        if loop.time() > deadline:
+            raise CliError(f"the node did not stop within {args.timeout:g} s", EXIT_NETWORK)
+        await asyncio.sleep(0.05)
+    print("stopped")
     return EXIT_OK
 
 
@@ -529,7 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create the identity if missing and print the peer ID")
     p.add_argument("--name", help="display name shown to contacts")
     p.add_argument(
-        "--listen", metavar="HOST:PORT", help="default UDP address for nodes of this home"
+        "--listen",
+        dest="init_listen",
+        metavar="HOST:PORT",
+        help="default UDP address for nodes of this home",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
@@ -547,6 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--addr", action="append", metavar="HOST:PORT", help="address hint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("rename", help="change the name a contact is stored under")
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("name", metavar="NEW_NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rename)
 
     p = sub.add_parser("contacts", help="list contacts")
     p.add_argument("--json", action="store_true")
@@ -591,7 +778,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_send)
 
-    p = sub.add_parser("transfers", help="list file transfers")
+    p = sub.add_parser("transfers", help="list file transfers, newest first, one page")
+    p.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N (max 500)"
+    )
+    p.add_argument("--before", metavar="ID", help="the page after the transfer ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_transfers)
 
@@ -623,8 +814,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_dht_lookup)
 
-    p = sub.add_parser("daemon", help="run the node headless until SIGINT/SIGTERM")
+    p = sub.add_parser(
+        "passphrase",
+        help="set, change or remove the passphrase that encrypts the key and the history",
+    )
+    p.add_argument("action", choices=("set", "change", "remove"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_passphrase)
+
+    p = sub.add_parser(
+        "daemon",
+        help="run the node headless until SIGINT/SIGTERM or `p2pchat stop` "
+        "(creates the identity on first use)",
+    )
     p.add_argument("--listen", metavar="HOST:PORT", help="UDP address to listen on")
+    p.add_argument("--name", help="display name (saved; used when creating the identity)")
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background; return once the node answers (output in daemon.log, "
+        "none for an identity with a passphrase)",
+    )
     p.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
     p.add_argument(
         "--mdns-interface",
@@ -658,6 +868,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept file offers from this contact (or all contacts) without asking",
     )
     p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("stop", help="stop the daemon running for this home")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.set_defaults(func=cmd_stop)
     return parser
 
 
@@ -669,7 +883,7 @@ def _run_app(paths: Paths, args: argparse.Namespace) -> int:
     if passphrase is None and args.ask_passphrase and paths.identity.exists():
         passphrase = getpass.getpass("Passphrase: ")
     mdns = None if args.app_no_mdns else MdnsOptions(interfaces=(), hidden=False, share_name=False)
-    dht = None if args.app_no_dht else DhtOptions(bootstrap=bootstrap_list(args.app_bootstrap))
+    dht = None if args.app_no_dht else DhtOptions.configured(args.app_bootstrap)
     return ui.run(paths, passphrase=passphrase, listen=args.app_listen, mdns=mdns, dht=dht)
 
 
@@ -703,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         IdentityError,
         InvalidInvite,
         InvalidPeerId,
+        InvalidName,
         UnknownContact,
         AmbiguousContact,
         StoreError,

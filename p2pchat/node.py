@@ -16,13 +16,12 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ifaddr
-
+from p2pchat.atrest import PassphraseChange, change_passphrase, open_home
 from p2pchat.config import (
     DEFAULT_PORT,
     PASSPHRASE_ENV,
@@ -57,24 +56,24 @@ from p2pchat.identity import (
     format_address,
     is_peer_id,
     key_from_peer_id,
-    load_identity,
     parse_address,
     parse_contact_ref,
     peer_id_from_key,
     safety_number,
 )
-from p2pchat.net.control import ControlServer
+from p2pchat.names import name_problem, normalise_name, repair_name
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.dial import Dialer, Route
 from p2pchat.net.endpoint import AuxSocket, Endpoint, QuicLink
+from p2pchat.net.interfaces import interface_ips, local_networks
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.punch import PunchService, RendezvousNode
 from p2pchat.net.quic import smoothed_rtt
+from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.net.transfers import TransferManager, TransferPolicy
-from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
+from p2pchat.store import Contact, ContactRequest, Message, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +85,17 @@ RACE_WINDOW = 5.0
 MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
-MAX_NAME = 64
 # Distinct resend requests honoured per session; a genuine peer needs a handful.
 MAX_GAPS_PER_SESSION = 64
 MAX_INVITE_ADDRESSES = 8
+# Transfers per page of ``list_transfers`` unless the caller asks for another size.
+TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
 # no address at all) is looked up in the DHT; repeated lookups back off up to an hour.
 DHT_AFTER_ATTEMPTS = 2
 DHT_RETRY_MIN = 5.0
 DHT_RETRY_MAX = 3600.0
+RUNNING_TRANSFER_STATES = ("accepted", "sending", "receiving")
 
 
 class NodeError(Exception):
@@ -158,13 +159,17 @@ class Node:
         self.clock = clock
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
-        self.identity: Identity = load_identity(paths.identity, passphrase)
+        self.identity: Identity
+        self.identity, self.store = open_home(paths, passphrase)
         self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
-        self.store = Store(paths.database)
+        for peer, old, new in self.store.repair_names():
+            log.warning("stored name %r of %s breaks the name rule; now %r", old, peer, new)
         self.settings = load_settings(paths)
+        self._move_pending_tokens()
+        self._name = self._load_name()
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
-        self._control: ControlServer | None = None
+        self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._mdns: MdnsService | None = None
         self._dht: DhtService | None = None
         self._dht_retry: dict[str, tuple[float, float]] = {}
@@ -197,6 +202,8 @@ class Node:
             connection_for=self._active.get,
         )
         self.running = False
+        self.start_options: dict[str, Any] = {}
+        """What the last ``start`` was given, so a hand-off can start a daemon alike."""
 
     # ------------------------------------------------------------------ life
     @property
@@ -205,8 +212,23 @@ class Node:
 
     @property
     def name(self) -> str:
-        name = self.settings.get("name")
-        return name if isinstance(name, str) and name else self.peer_id[:8]
+        return self._name
+
+    def _load_name(self) -> str:
+        """Our display name from settings, repaired if an older version stored one
+        that breaks the name rule (it would fail every Hello and every invite)."""
+        stored = self.settings.get("name")
+        name = repair_name(stored) if isinstance(stored, str) else None
+        if stored is not None and name != stored:
+            problem = name_problem(stored)
+            if problem is not None:
+                log.warning("the stored display name is refused (%s); using %r", problem, name)
+            if name is None:
+                self.settings.pop("name", None)
+            else:
+                self.settings["name"] = name
+            save_settings(self.paths, self.settings)
+        return name or self.peer_id[:8]
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -221,16 +243,23 @@ class Node:
             host, port = self._endpoint.local_address
         if host not in ("0.0.0.0", "::"):
             return (format_address(host, port),)
-        ips = _interface_ips(v6=host == "::")
+        ips = interface_ips(v6=host == "::")
         # Loopback only helps a peer on this very machine; list it only when alone.
         public = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback] or ips
         return tuple(format_address(ip, port) for ip in public[:MAX_INVITE_ADDRESSES])
+
+    @property
+    def listen_address(self) -> str | None:
+        """The UDP address this node is bound to (as given, not spelled out per
+        interface), or None before ``start``."""
+        if self._endpoint is None or self._endpoint.local_address is None:
+            return None
+        return format_address(*self._endpoint.local_address)
 
     async def start(
         self,
         *,
         listen: str | None = None,
-        control: bool = True,
         downloads: Path | None = None,
         accept_files_from: str | Iterable[str] = (),
         mdns: MdnsOptions | None = None,
@@ -238,7 +267,10 @@ class Node:
         relay: bool = False,
         rendezvous: Iterable[str] = (),
     ) -> None:
-        """Take the home's lock, bind the UDP socket, serve the control socket.
+        """Take the home's lock and bind the UDP socket.
+
+        The control socket is not the node's business: whoever owns the node (the
+        daemon, or the app that started first) serves it, see ``p2pchat/owner.py``.
 
         ``rendezvous`` (``PEER_ID@HOST:PORT`` strings) are nodes to register with when
         we sit behind a NAT (the DHT's bootstrap nodes and reachable contacts are
@@ -256,6 +288,13 @@ class Node:
         """
         if self.running:
             return
+        self.start_options = {
+            "listen": listen,
+            "downloads": downloads,
+            "accept_files_from": accept_files_from,
+            "mdns": mdns,
+            "dht": dht,
+        }
         if downloads is not None:
             self.transfers.policy.downloads = _absolute(downloads)
         if isinstance(accept_files_from, str):
@@ -294,15 +333,12 @@ class Node:
             )
             await self._punch.start()
             self._dialer = Dialer(
-                self._open_connection, punch=self._punch, local_networks=_local_networks
+                self._open_connection, punch=self._punch, local_networks=local_networks
             )
             self._wake = asyncio.Event()
             if mdns is not None:
                 self._mdns = MdnsService(self, mdns)
                 await self._mdns.start(bound)
-            if control:
-                self._control = ControlServer(self.paths.control_socket, self)
-                await self._control.start()
         except BaseException:
             if self._mdns is not None:
                 await self._mdns.stop()
@@ -334,7 +370,21 @@ class Node:
             return parse_address(listen)
         return ("0.0.0.0", DEFAULT_PORT)
 
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` first thing when the node stops (once).
+
+        The owner's control server registers its ``stop`` here, so every attached
+        view sees its connection close the moment the node starts going away.
+        """
+        self._stop_hooks.append(hook)
+
     async def stop(self) -> None:
+        hooks, self._stop_hooks = self._stop_hooks, []
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a stop hook failed")
         if not self.running:
             self.store.close()
             return
@@ -365,9 +415,6 @@ class Node:
             await asyncio.sleep(0)
             self._endpoint.close()
             self._endpoint = None
-        if self._control is not None:
-            await self._control.stop()
-            self._control = None
         self._emit(NodeStopped())
         self._lock.release()
         self.store.close()
@@ -405,10 +452,30 @@ class Node:
 
         return stream()
 
+    @property
+    def database_encrypted(self) -> bool:
+        """Whether the history is encrypted at rest (the identity has a passphrase)."""
+        return self.store.encrypted
+
+    async def change_passphrase(self, old: str | None, new: str | None) -> PassphraseChange:
+        """Set, change or remove (``new`` None) the passphrase of the key file and database.
+
+        Runs in this node, which owns the database, so neither the daemon nor the
+        app has to stop; while the database is copied, store calls wait.  Refused
+        (``DatabaseBusy``) while another process has the database open.  See
+        ``p2pchat.atrest`` for the crash-safe swap.
+        """
+        return await asyncio.to_thread(
+            change_passphrase, self.paths, self.store, self.identity, old, new
+        )
+
     def update_settings(self, **values: Any) -> None:
         """Change settings through the node's own copy, so no writer loses another's keys."""
+        if "name" in values:
+            values["name"] = normalise_name(values["name"])
         self.settings.update(values)
         save_settings(self.paths, self.settings)
+        self._name = self._load_name()
 
     def _emit(self, event: NodeEvent) -> None:
         for sub in self._subs:
@@ -452,15 +519,15 @@ class Node:
         for addr in addresses:
             host, port = parse_address(addr)
             addrs.append(format_address(host, port))
-        display = _clean_name(name or invite.name) or invite.peer_id[:8]
+        if name is not None:
+            display = normalise_name(name)
+        else:
+            display = repair_name(invite.name) or invite.peer_id[:8]
         contact = self.store.add_contact(
             invite.peer_id, display, addresses=tuple(dict.fromkeys(addrs)), now=self.clock()
         )
         if invite.token:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens[invite.peer_id] = invite.token
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+            self.store.save_pending_token(invite.peer_id, invite.token)
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
         self._poke()
@@ -493,7 +560,7 @@ class Node:
             ip = ipaddress.ip_address(str(conn.link.address[0]).split("%")[0])
         except ValueError:
             return "direct"
-        return "lan" if any(ip in net for net in _local_networks()) else "direct"
+        return "lan" if any(ip in net for net in local_networks()) else "direct"
 
     def _rtt_ms(self, peer_id: str) -> float | None:
         conn = self._active.get(peer_id)
@@ -501,7 +568,8 @@ class Node:
         return None if rtt is None else round(rtt * 1000, 1)
 
     def network_status(self) -> dict[str, Any]:
-        """What a status bar shows: addresses, peers online and nearby, DHT and NAT."""
+        """What a status bar shows: addresses, peers online and nearby, DHT and NAT;
+        and what file drop turned away (``file_drop``: docs/threat-model.md, "Budgets")."""
         status: dict[str, Any] = {
             "running": self.running,
             "addresses": list(self.addresses),
@@ -510,6 +578,7 @@ class Node:
             "mdns": self._mdns is not None,
             "dht": None,
             "handshakes": self._handshake_status(),
+            "file_drop": self.transfers.status(),
         }
         if self._dht is not None:
             dht = self._dht.status()
@@ -550,7 +619,7 @@ class Node:
     def accept_request(self, ref: str, *, name: str | None = None) -> Contact:
         request = self.store.find_request(ref)
         contact = self.store.accept_request(
-            request.peer_id, name=_clean_name(name), now=self.clock()
+            request.peer_id, name=None if name is None else normalise_name(name), now=self.clock()
         )
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
@@ -624,18 +693,15 @@ class Node:
         return peer_id in self._active
 
     def set_name(self, name: str) -> str:
-        """Our display name, sent to peers in Hello from the next session on."""
-        cleaned = _clean_name(name)
-        if cleaned is None:
-            raise NodeError("a display name needs at least one printable character")
-        self.settings["name"] = cleaned
-        save_settings(self.paths, self.settings)
-        return cleaned
+        """Our display name, sent to peers in Hello from the next session on.
+
+        Raises ``InvalidName`` (a ValueError) saying why a name is refused.
+        """
+        self.update_settings(name=name)
+        return self._name
 
     def rename_contact(self, ref: str, name: str) -> Contact:
-        cleaned = _clean_name(name)
-        if cleaned is None:
-            raise NodeError("a contact name needs at least one printable character")
+        cleaned = normalise_name(name)
         contact = self.store.rename_contact(self.store.find_contact(ref).peer_id, cleaned)
         self._emit(ContactChanged(contact.peer_id))
         return contact
@@ -656,18 +722,37 @@ class Node:
         peer = self.store.find_contact(contact)
         return await self.transfers.offer(peer.peer_id, [Path(p) for p in paths])
 
-    def list_transfers(self, contact: str | None = None) -> list[Transfer]:
+    def list_transfers(
+        self,
+        contact: str | None = None,
+        *,
+        limit: int = TRANSFER_PAGE_SIZE,
+        before: str | None = None,
+    ) -> list[Transfer]:
+        """Transfers newest first, one page: at most ``limit`` of them (and a bounded
+        number of file rows, so a page costs the same whatever the database holds).
+        For the next page pass the last id of this one as ``before``."""
         peer_id = self.store.find_contact(contact).peer_id if contact else None
-        return self.store.list_transfers(peer_id=peer_id)
+        if before is not None:
+            before = self.get_transfer(before).id
+        return self.transfers.page(peer_id, limit=limit, before=before)
+
+    def running_transfers(self) -> list[Transfer]:
+        """Transfers moving bytes now (accepted, sending, receiving): what quitting
+        this node would interrupt.  They resume from where they were once a node
+        runs for this home again (or hand the node to a daemon: ``owner.hand_off``)."""
+        return self.store.list_transfers(states=RUNNING_TRANSFER_STATES)
 
     def get_transfer(self, transfer_id: str) -> Transfer:
         exact = self.store.get_transfer(transfer_id)
         if exact is not None:
             return exact
-        matches = [t for t in self.store.list_transfers() if t.id.startswith(transfer_id)]
-        if len(transfer_id) < 4 or len(matches) != 1:
+        matches = self.store.find_transfer_ids(transfer_id) if len(transfer_id) >= 4 else []
+        if len(matches) != 1:
             raise TransferError(f"no single transfer matches {transfer_id!r}")
-        return matches[0]
+        found = self.store.get_transfer(matches[0])
+        assert found is not None
+        return found
 
     def accept_transfer(
         self, transfer_id: str, *, only: list[int] | None = None, folder: Path | None = None
@@ -738,6 +823,7 @@ class Node:
             # Kept in memory only: a claim must not push the contact's proven
             # addresses out of its stored list.  An address is stored once a
             # session over it proved the key (``record_seen``).
+            known_before = (self._hints.get(peer_id), self._routes.get(peer_id))
             self._hints[peer_id] = addrs[:8]
             routes = tuple(parse_address(a) for a in rendezvous)[:4]
             if routes:
@@ -745,12 +831,15 @@ class Node:
             if nat is not None:
                 self._nat_hints[peer_id] = nat
             if peer_id not in self._active and self._dialer is not None:
-                self._dialer.retry_after(peer_id, 0.0)
+                if known_before != (self._hints.get(peer_id), self._routes.get(peer_id)):
+                    self._dialer.refresh(peer_id)  # new ways to try: start over now
+                else:
+                    self._dialer.retry_after(peer_id, 0.0)
                 self._poke()
         before = self._nearby.get(peer_id)
         entry = NearbyPeer(
             peer_id=peer_id,
-            name=_clean_name(name),
+            name=repair_name(name),
             addresses=addrs,
             source=source,
             seen_at=self.clock(),
@@ -807,8 +896,12 @@ class Node:
             self._refresh_rendezvous(contacts)
             self.transfers.tick()
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+            # races with the wake-up (a poke right before stop()), and stop() then
+            # waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
 
     def _maybe_resolve(self, contact: Contact, now: float) -> None:
         """Ask the DHT for the contact's signed record when its known addresses fail."""
@@ -818,7 +911,9 @@ class Node:
             return
         failures = self._dialer.failures(peer) if self._dialer is not None else 0
         known = contact.addresses or self._hints.get(peer)
-        if known and failures < DHT_AFTER_ATTEMPTS:
+        # Without a route through a rendezvous we cannot punch: ask for the record at
+        # once; with one, only when the known ways keep failing.
+        if known and peer in self._routes and failures < DHT_AFTER_ATTEMPTS:
             return
         next_at, delay = self._dht_retry.get(peer, (0.0, DHT_RETRY_MIN))
         if now < next_at or peer in self._dht_resolving:
@@ -828,15 +923,23 @@ class Node:
         self._spawn(self._resolve_contact(peer))
 
     async def _resolve_contact(self, peer_id: str) -> None:
+        """The contact's signed record: addresses to dial, rendezvous nodes to punch
+        through, and its NAT kind, all handed to the dialer as claims."""
         try:
-            addresses = await self.dht_lookup(peer_id)
+            record = await self._require_dht().lookup_record(peer_id)
         except (NodeError, DhtError) as exc:
             log.info("DHT lookup of %s failed: %s", peer_id, exc)
             return
         finally:
             self._dht_resolving.discard(peer_id)
-        if addresses and self.running:
-            self.peer_discovered(peer_id, addresses, source="dht")
+        if record is None or not self.running:
+            return
+        addresses = [format_address(*a) for a in record.dial_addresses()]
+        rendezvous = [format_address(*addr) for _, addr in record.rendezvous]
+        if addresses or rendezvous:
+            self.peer_discovered(
+                peer_id, addresses, source="dht", rendezvous=rendezvous, nat=record.nat
+            )
 
     def dht_status(self) -> dict[str, Any]:
         return self._require_dht().status()
@@ -886,9 +989,7 @@ class Node:
         dht = self._dht
         if dht is None or not dht.running:
             return [], "unknown"
-        kind = str(dht.status().get("nat", "unknown"))
-        legacy = {"consistent": "endpoint-independent", "random": "endpoint-dependent"}
-        return dht.reachable_addresses(), legacy.get(kind, kind)
+        return dht.reflexive_addresses(), dht.nat_kind()
 
     def _refresh_rendezvous(self, contacts: list[Contact]) -> None:
         """Where to register, best first: configured nodes, the DHT's bootstrap nodes,
@@ -911,7 +1012,16 @@ class Node:
         self._punch.set_rendezvous(nodes)
 
     def _rendezvous_changed(self) -> None:
-        """A registration came up, went away, or the address it sees changed."""
+        """A registration came up, went away, or the address it sees changed: the DHT
+        learns what the rendezvous nodes see and where we can be reached."""
+        dht, punch = self._dht, self._punch
+        if dht is not None and dht.running and punch is not None:
+            for reg in punch.registrations():
+                if reg.observed is not None and reg.rendezvous_key is not None:
+                    dht.observed(reg.observed, "rendezvous", peer_id_from_key(reg.rendezvous_key))
+            nodes = [(peer_id_from_key(k), a) for k, a in punch.registered_rendezvous()]
+            if nodes != dht.rendezvous():
+                dht.set_rendezvous(nodes)
         self._poke()
 
     # ------------------------------------------------- PeerOwner callbacks
@@ -921,16 +1031,21 @@ class Node:
     def _forget_token(self, peer_id: str) -> None:
         """The token went out in this session's Hello: one presentation is all it
         gets, so it is not repeated in every later Hello."""
-        if self._pending_token(peer_id) is not None:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens.pop(peer_id, None)
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+        self.store.drop_pending_token(peer_id)
 
     def _pending_token(self, peer_id: str | None) -> str | None:
-        tokens = self.settings.get("pending_tokens", {})
-        token = tokens.get(peer_id) if isinstance(tokens, dict) and peer_id else None
-        return token if isinstance(token, str) else None
+        return self.store.pending_token(peer_id) if peer_id else None
+
+    def _move_pending_tokens(self) -> None:
+        """Older versions kept these in settings.json, where they named contacts in clear."""
+        tokens = self.settings.pop("pending_tokens", None)
+        if tokens is None:
+            return
+        if isinstance(tokens, dict):
+            for peer_id, token in tokens.items():
+                if isinstance(peer_id, str) and isinstance(token, str):
+                    self.store.save_pending_token(peer_id, token)
+        save_settings(self.paths, self.settings)
 
     def key_mismatch(self, conn: PeerConnection, seen_key: bytes) -> None:
         expected = conn.expected_peer
@@ -992,9 +1107,16 @@ class Node:
         peer = conn.peer_id
         assert peer is not None
         now = self.clock()
+        if hello.name_problem is not None:
+            log.warning(
+                "%s announced a name that breaks the name rule (%s); using %r",
+                peer,
+                hello.name_problem,
+                hello.name,
+            )
         if self.store.get_contact(peer) is None and hello.token:
             if self.store.redeem_invite_token(hello.token, peer, now=now):
-                name = _clean_name(hello.name) or peer[:8]
+                name = hello.name or peer[:8]
                 self.store.add_contact(peer, name, addresses=(conn.address,), now=now)
                 self._emit(ContactAdded(peer, name))
         if self.store.get_contact(peer) is not None:
@@ -1004,7 +1126,7 @@ class Node:
             conn.close("too many pending contact requests")
             return
         request, new = self.store.add_request(
-            peer, name=_clean_name(hello.name), address=conn.address, preview=None, now=now
+            peer, name=hello.name, address=conn.address, preview=None, now=now
         )
         if request.state == "declined":
             conn.close("contact request declined")
@@ -1156,37 +1278,6 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
     return policy
 
 
-def _interface_ips(*, v6: bool) -> list[str]:
-    """Unicast addresses of this host's interfaces, loopback last (reads, never sends)."""
-    found: list[str] = []
-    loop: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                addr = ipaddress.ip_address(ip.ip)
-            elif v6:
-                addr = ipaddress.ip_address(ip.ip[0].split("%")[0])
-            else:
-                continue
-            if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
-                continue
-            (loop if addr.is_loopback else found).append(str(addr))
-    return list(dict.fromkeys(found + loop))
-
-
-def _local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The subnets of our non-loopback interfaces: a peer in one of them is on our LAN."""
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            host = ip.ip if isinstance(ip.ip, str) else ip.ip[0].split("%")[0]
-            with contextlib.suppress(ValueError):
-                net = ipaddress.ip_interface(f"{host}/{ip.network_prefix}").network
-                if not net.is_loopback and not net.is_link_local:
-                    nets.append(net)
-    return nets
-
-
 def _parse_rendezvous(entry: str) -> RendezvousNode:
     """``PEER_ID@HOST:PORT`` (or ``HOST:PORT``: whoever answers there)."""
     peer, sep, address = entry.rpartition("@")
@@ -1198,11 +1289,3 @@ def _parse_rendezvous(entry: str) -> RendezvousNode:
 
 def _absolute(path: Path) -> Path:
     return path.expanduser().absolute()
-
-
-def _clean_name(name: str | None) -> str | None:
-    """Display names come from peers: printable, single line, bounded."""
-    if not name:
-        return None
-    cleaned = "".join(ch for ch in name if ch.isprintable()).strip()
-    return cleaned[:MAX_NAME] or None

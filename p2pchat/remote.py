@@ -1,14 +1,22 @@
 """The node already running for a home, driven through its control socket.
 
-``p2pchat`` (the terminal app) attaches to a running ``p2pchat daemon`` instead of
-refusing to start.  ``RemoteNode`` offers the same methods as ``Node`` for
-everything the app uses, with the same return types, so the app does not know
-which one it has.
+One node runs per home; whichever process starts first owns it (the daemon, or
+the terminal app), and every other app attaches here.  ``RemoteNode`` offers
+the same methods as ``Node`` for everything the app uses, with the same return
+types, so the app does not know which one it has.
 
-Calls are synchronous over a blocking Unix socket: the daemon answers from memory
-and SQLite in about a millisecond, which is cheaper than turning every UI call into
-a coroutine.  Events arrive on a second, asynchronous connection that the daemon
-switches into streaming mode (``{"op": "events"}``).
+Calls are synchronous over a blocking Unix socket: the owner answers from
+memory and SQLite in about a millisecond, which is cheaper than turning every
+UI call into a coroutine.  Events arrive on a second, asynchronous connection
+that the owner switches into streaming mode (``{"op": "events"}``).
+
+The owner can go away at any moment (it quits, crashes, is SIGKILLed or
+stopped).  Nothing here then raises a socket error: the event stream ends with
+``NodeConnectionLost`` the moment its socket closes, every later call raises
+``OwnerGone``, and a call the owner does not answer in time (SIGSTOP) raises
+``OwnerNotResponding`` after ``CALL_TIMEOUT``.  ``take_over`` (and
+``attach_or_own`` for a fresh start) then starts the node in this process, or
+attaches to whoever owns the home by then.
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from p2pchat.config import Paths, load_settings
+from p2pchat.config import NodeAlreadyRunning, NodeLock, Paths, load_settings
 from p2pchat.core import events as events_module
-from p2pchat.core.events import NodeEvent, PeerOffline, PeerOnline
+from p2pchat.core.events import NodeConnectionLost, NodeEvent, PeerOffline, PeerOnline
 from p2pchat.identity import InvalidInvite, InvalidPeerId
-from p2pchat.node import ContactView, NearbyPeer, NodeError
+from p2pchat.names import InvalidName
+from p2pchat.node import TRANSFER_PAGE_SIZE, ContactView, NearbyPeer, Node, NodeError
+from p2pchat.owner import start_owned
 from p2pchat.store import (
     AmbiguousContact,
     Contact,
@@ -40,6 +50,13 @@ from p2pchat.store import (
     UnknownContact,
 )
 
+CONNECT_TIMEOUT = 2.0
+CALL_TIMEOUT = 3.0
+# After a call timed out, calls fail at once for this long instead of each
+# freezing the caller again; then the next call tries the owner afresh.
+QUIET_AFTER_TIMEOUT = 2.0
+TAKE_OVER_WAIT = 10.0
+
 _ERRORS: dict[str, Callable[[str], Exception]] = {
     "UnknownContact": UnknownContact,
     "AmbiguousContact": AmbiguousContact,
@@ -47,12 +64,25 @@ _ERRORS: dict[str, Callable[[str], Exception]] = {
     "StoreError": StoreError,
     "InvalidInvite": InvalidInvite,
     "InvalidPeerId": InvalidPeerId,
+    "InvalidName": InvalidName,
     "ValueError": ValueError,
 }
 
 
 class RemoteError(NodeError):
     """The running node refused or failed the request."""
+
+
+class OwnerUnavailable(NodeError):
+    """The process that owns the node cannot be reached (see the subclasses)."""
+
+
+class OwnerGone(OwnerUnavailable):
+    """The owner closed its control socket or is not there any more."""
+
+
+class OwnerNotResponding(OwnerUnavailable):
+    """The owner accepted the connection but did not answer in time (stopped, hung)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,81 +120,180 @@ class _Transfers:
         return (int(result[0]), int(result[1])) if result else None
 
 
-class RemoteNode:
-    def __init__(self, paths: Paths, *, clock: Callable[[], float] = time.time) -> None:
-        self.paths = paths
-        self.clock = clock
-        self.settings: dict[str, Any] = load_settings(paths)
-        self.running = False
-        self.transfers = _Transfers(self)
-        self._sock: socket.socket | None = None
-        self._file: BinaryIO | None = None
-        self._info: dict[str, Any] = {}
-        self._online: set[str] = set()
+class _Line:
+    """One blocking request/answer connection to the control socket."""
 
-    # ------------------------------------------------------------ plumbing
-    async def start(self, **_options: Any) -> None:
-        """Attach; the daemon already has its network options."""
+    def __init__(self, path: Path, timeout: float | None) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(30)
+        sock.settimeout(CONNECT_TIMEOUT)
         try:
-            sock.connect(str(self.paths.control_socket))
+            sock.connect(str(path))
+        except TimeoutError:
+            sock.close()
+            raise OwnerNotResponding("the running node does not accept connections") from None
         except OSError as exc:
             sock.close()
-            raise RemoteError(f"the running node does not answer: {exc}") from exc
-        self._sock = sock
-        self._file = sock.makefile("rb")
-        self._info = self._call("info")
-        self._online = set(self._info.get("online", []))
-        self.running = True
+            raise OwnerGone(f"no node answers on {path}: {exc.strerror or exc}") from None
+        sock.settimeout(timeout)
+        self.sock = sock
+        self.file: BinaryIO = sock.makefile("rb")
 
-    async def stop(self) -> None:
-        """Detach (the daemon keeps running)."""
-        self.running = False
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def _call(self, op: str, **args: Any) -> Any:
-        if self._sock is None or self._file is None:
-            raise RemoteError("not attached to a running node")
-        self._sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
-        line = self._file.readline()
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        """One request and its answer; socket trouble becomes ``OwnerUnavailable``."""
+        try:
+            self.sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+            line = self.file.readline()
+        except TimeoutError:
+            raise OwnerNotResponding(
+                "the running node did not answer in time (is it stopped?)"
+            ) from None
+        except OSError as exc:
+            raise OwnerGone(f"the running node went away ({exc.strerror or exc})") from None
         if not line:
-            raise RemoteError("the running node closed the control socket")
-        reply = json.loads(line)
+            raise OwnerGone("the running node closed the connection")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise RemoteError("the running node sent a malformed answer") from None
+        if not isinstance(reply, dict):
+            raise RemoteError("the running node sent a malformed answer")
         if not reply.get("ok"):
             kind, message = str(reply.get("kind")), str(reply.get("error"))
             raise _ERRORS.get(kind, RemoteError)(message)
         return reply.get("result")
 
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+class RemoteNode:
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        clock: Callable[[], float] = time.time,
+        call_timeout: float = CALL_TIMEOUT,
+    ) -> None:
+        self.paths = paths
+        self.clock = clock
+        self.call_timeout = call_timeout
+        self.settings: dict[str, Any] = load_settings(paths)
+        self.running = False
+        self.transfers = _Transfers(self)
+        self.lost: str | None = None
+        """Why the owner went away (set once ``NodeConnectionLost`` was seen), else None."""
+        self._line: _Line | None = None
+        self._quiet_until = 0.0
+        self._info: dict[str, Any] = {}
+        self._online: set[str] = set()
+
+    # ------------------------------------------------------------ plumbing
+    async def start(self, **_options: Any) -> None:
+        """Attach; the owner already has its network options.
+
+        Raises ``OwnerGone`` when no node answers, ``OwnerNotResponding`` when
+        one holds the socket but stays silent for ``call_timeout``.
+        """
+        self._info = self._call("info")
+        self._online = set(self._info.get("online", []))
+        self.running = True
+
+    async def stop(self) -> None:
+        """Detach (the owner keeps running)."""
+        self.running = False
+        line, self._line = self._line, None
+        if line is not None:
+            line.close()
+
+    def _call(self, op: str, **args: Any) -> Any:
+        if self.lost is not None:
+            raise OwnerGone(f"the node's owner went away: {self.lost}")
+        if time.monotonic() < self._quiet_until:
+            raise OwnerNotResponding("the running node is not answering (is it stopped?)")
+        try:
+            if self._line is None:
+                self._line = _Line(self.paths.control_socket, self.call_timeout)
+            return self._line.call(op, args)
+        except OwnerUnavailable as exc:
+            # The stream may be out of step now (an answer may still come): start over.
+            if self._line is not None:
+                self._line.close()
+                self._line = None
+            if isinstance(exc, OwnerNotResponding):
+                self._quiet_until = time.monotonic() + QUIET_AFTER_TIMEOUT
+            raise
+
+    def _call_fresh(self, op: str, **args: Any) -> Any:
+        """A call on its own connection with no time limit, for slow operations run
+        off the loop (hashing files to offer)."""
+        if self.lost is not None:
+            raise OwnerGone(f"the node's owner went away: {self.lost}")
+        line = _Line(self.paths.control_socket, None)
+        try:
+            return line.call(op, args)
+        finally:
+            line.close()
+
     def events(self) -> AsyncGenerator[NodeEvent, None]:
+        """The owner's events; ends with ``NodeConnectionLost`` when the owner goes."""
+
         async def stream() -> AsyncGenerator[NodeEvent, None]:
-            reader, writer = await asyncio.open_unix_connection(
-                str(self.paths.control_socket), limit=1 << 22
-            )
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_unix_connection(str(self.paths.control_socket), limit=1 << 22),
+                    CONNECT_TIMEOUT,
+                )
+            except (OSError, TimeoutError) as exc:
+                yield self._lose(f"cannot reach the node's owner: {exc or 'timeout'}")
+                return
+            reason = "the node's owner closed the connection"
             try:
                 writer.write(b'{"op": "events"}\n')
                 await writer.drain()
                 await reader.readline()  # {"ok": true, "result": "streaming"}
                 while line := await reader.readline():
-                    event = self._event(json.loads(line))
+                    try:
+                        event = self._event(json.loads(line))
+                    except (ValueError, TypeError, KeyError):
+                        continue  # one event this version cannot read, not a lost owner
                     if event is not None:
                         yield event
+            except (OSError, ValueError) as exc:  # ValueError: an over-long line
+                reason = f"the connection to the node's owner failed: {exc}"
             finally:
                 writer.close()
-                with contextlib.suppress(ConnectionError):
+                with contextlib.suppress(OSError):
                     await writer.wait_closed()
+            yield self._lose(reason)
 
         return stream()
+
+    def _lose(self, reason: str) -> NodeConnectionLost:
+        self.lost = reason
+        self.running = False
+        self._online.clear()
+        return NodeConnectionLost(reason)
+
+    async def take_over(
+        self, *, passphrase: str | None = None, wait: float = TAKE_OVER_WAIT, **start_options: Any
+    ) -> Node | RemoteNode:
+        """After the owner went away: run the node here, or attach to its new owner.
+
+        Detaches this view, then ``attach_or_own`` (see there). ``start_options``
+        go to ``Node.start`` if the node starts here; a sealed identity needs
+        ``passphrase`` (``PassphraseRequired``/``WrongPassphrase`` otherwise,
+        from ``p2pchat.identity``).
+        """
+        await self.stop()
+        return await attach_or_own(
+            self.paths, passphrase=passphrase, clock=self.clock, wait=wait, **start_options
+        )
 
     def _event(self, data: dict[str, Any]) -> NodeEvent | None:
         cls = getattr(events_module, str(data.pop("type", "")), None)
         if not (isinstance(cls, type) and issubclass(cls, NodeEvent)):
-            return None  # a newer daemon's event this version does not know
+            return None  # a newer owner's event this version does not know
         event: NodeEvent = _build(cls, data)
         if isinstance(event, PeerOnline):
             self._online.add(event.peer_id)
@@ -271,20 +400,15 @@ class RemoteNode:
         # Hashing large files takes the daemon a while: do not block the app meanwhile.
         return _transfer(await loop.run_in_executor(None, call))
 
-    def _call_fresh(self, op: str, **args: Any) -> Any:
-        """A call on its own connection, for slow operations run off the loop."""
-        other = RemoteNode(self.paths)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(self.paths.control_socket))
-        other._sock, other._file = sock, sock.makefile("rb")
-        try:
-            return other._call(op, **args)
-        finally:
-            other._file.close()
-            sock.close()
-
-    def list_transfers(self, contact: str | None = None) -> list[Transfer]:
-        return [_transfer(t) for t in self._call("transfers", contact=contact)]
+    def list_transfers(
+        self,
+        contact: str | None = None,
+        *,
+        limit: int = TRANSFER_PAGE_SIZE,
+        before: str | None = None,
+    ) -> list[Transfer]:
+        page = self._call("transfers", contact=contact, limit=limit, before=before)
+        return [_transfer(t) for t in page]
 
     def get_transfer(self, transfer_id: str) -> Transfer:
         return _transfer(self._call("transfer", id=transfer_id))
@@ -302,3 +426,53 @@ class RemoteNode:
 
     def cancel_transfer(self, transfer_id: str) -> None:
         self._call("cancel_file", id=transfer_id)
+
+    def running_transfers(self) -> list[Transfer]:
+        return [_transfer(t) for t in self._call("running_transfers")]
+
+
+async def attach_or_own(
+    paths: Paths,
+    *,
+    passphrase: str | None = None,
+    clock: Callable[[], float] = time.time,
+    wait: float = TAKE_OVER_WAIT,
+    **start_options: Any,
+) -> Node | RemoteNode:
+    """The home's node: started here (with its control socket) if nobody owns it,
+    else a ``RemoteNode`` attached to its owner.
+
+    Two views racing for a free home both end up right: the loser of the lock
+    attaches to the winner.  An owner that is starting up or shutting down holds
+    the lock without answering for a moment, so this retries for ``wait``
+    seconds before raising ``OwnerNotResponding`` or ``OwnerGone``.  Opening the
+    identity runs Argon2id for a sealed key, in a thread.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    lock = NodeLock(paths)
+    while True:
+        error: OwnerUnavailable
+        if not lock.is_held_elsewhere():
+            node = await asyncio.to_thread(Node, paths, passphrase=passphrase, clock=clock)
+            try:
+                await start_owned(node, **start_options)
+            except NodeAlreadyRunning:
+                await node.stop()
+                error = OwnerGone("another process took the node meanwhile")
+            except BaseException:
+                await node.stop()
+                raise
+            else:
+                return node
+        else:
+            remote = RemoteNode(paths, clock=clock)
+            try:
+                await remote.start()
+            except OwnerUnavailable as exc:
+                error = exc
+            else:
+                return remote
+        if loop.time() >= deadline:
+            raise error
+        await asyncio.sleep(0.1)

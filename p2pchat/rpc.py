@@ -12,22 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from p2pchat.core.events import NodeEvent
-from p2pchat.node import Node
+from p2pchat.node import TRANSFER_PAGE_SIZE, Node
 from p2pchat.store import Transfer
 
 Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
 
 
 def to_json(value: Any) -> Any:
-    """Dataclasses (store rows, views) become plain dicts; tuples become lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
+    """Dataclasses (store rows, views) become plain dicts; tuples become lists.
+
+    Plain values are tested first: a page of transfers holds thousands of them.
+    """
+    if value is None or isinstance(value, (str, int, float)):
+        return value
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
 
 
@@ -120,7 +125,19 @@ async def _send_files(node: Node, args: dict[str, Any]) -> Any:
 
 
 async def _transfers(node: Node, args: dict[str, Any]) -> Any:
-    return [_transfer_view(t, node) for t in node.list_transfers(_opt_str(args, "contact"))]
+    """One page, newest first: ``limit`` (default 50, at most 500) and ``before`` (the
+    last id of the previous page)."""
+    limit = args.get("limit", TRANSFER_PAGE_SIZE)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError("limit must be a positive integer")
+    page = node.list_transfers(
+        _opt_str(args, "contact"), limit=limit, before=_opt_str(args, "before")
+    )
+    return [_transfer_view(t, node) for t in page]
+
+
+async def _running_transfers(node: Node, args: dict[str, Any]) -> Any:
+    return [_transfer_view(t, node) for t in node.running_transfers()]
 
 
 async def _transfer(node: Node, args: dict[str, Any]) -> Any:
@@ -212,7 +229,13 @@ async def _network_status(node: Node, args: dict[str, Any]) -> Any:
     return node.network_status()
 
 
+async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
+    change = await node.change_passphrase(_opt_str(args, "old"), _opt_str(args, "new"))
+    return {**to_json(change), "summary": change.describe()}
+
+
 OPS: dict[str, Op] = {
+    "passphrase": _passphrase,
     "network_status": _network_status,
     "find_contact": _find_contact,
     "invite": _invite,
@@ -226,6 +249,7 @@ OPS: dict[str, Op] = {
     "send_files": _send_files,
     "transfers": _transfers,
     "transfer": _transfer,
+    "running_transfers": _running_transfers,
     "accept_file": _accept_file,
     "decline_file": _decline_file,
     "cancel_file": _cancel_file,

@@ -132,8 +132,8 @@ async def conversation(root: Path) -> list[Path]:
     alice_paths = make_home(root, "alice")
     bob = Node(make_home(root, "bob"))
     carol = Node(make_home(root, "carol"))
-    await bob.start(control=False)
-    await carol.start(control=False)
+    await bob.start()
+    await carol.start()
     shots: list[Path] = []
     app = ChatApp(alice_paths, listen=f"127.0.0.1:{free_port()}")
     try:

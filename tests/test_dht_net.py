@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,31 +22,17 @@ from p2pchat.config import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP, bootstrap_list
 from p2pchat.dht.bencode import bdecode, bencode
 from p2pchat.dht.krpc import compact_addr
 from p2pchat.dht.records import PEER_RECORD_SALT, PeerRecord
-from p2pchat.identity import Identity, key_from_peer_id, load_identity
+from p2pchat.identity import Identity, key_from_peer_id
 from p2pchat.net import dht as dht_module
 from p2pchat.net.dht import DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint
+from p2pchat.net.sockopts import raise_buffers
 from p2pchat.node import NodeError
 
 from .conftest import StartNode, free_udp_port, make_home
-from .daemons import Daemon, run_cli
+from .daemons import Daemon, DhtDaemon, run_cli
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class DhtDaemon(Daemon):
-    """``p2pchat daemon`` with the DHT on (``Daemon`` always passes ``--no-dht``)."""
-
-    def argv(self) -> list[str]:
-        return [a for a in super().argv() if a != "--no-dht"]
-
-    @property
-    def peer_id(self) -> str:
-        return load_identity(self.paths.identity).peer_id
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 Swarm = tuple[DhtDaemon, DhtDaemon, DhtDaemon]
@@ -303,6 +290,73 @@ async def test_hostile_krpc_leaves_node_and_chat_standing(swarm: Swarm) -> None:
     await until(lambda: delivered(alice, "bob", "still standing"))
 
 
+#: Kernel memory one 1,400-byte datagram takes in a receive queue on loopback (measured:
+#: 92 fit in the default 208 KiB, 3,640 in a granted 8 MiB).
+DATAGRAM_TRUESIZE = 2304
+DEFAULT_QUEUE = 92
+
+
+async def test_a_burst_of_junk_does_not_drop_valid_pings(tmp_path: Path) -> None:
+    """Thousands of junk datagrams at once overflowed the default ~208 KiB receive queue
+    and valid pings in the middle of the burst were lost; the raised buffers hold it."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        granted = (raise_buffers(probe) or (0, 0))[0]
+    finally:
+        probe.close()
+    burst = min(2000, granted // DATAGRAM_TRUESIZE // 2)
+    if burst < 5 * DEFAULT_QUEUE:
+        pytest.skip(f"the kernel grants only {granted} bytes of receive buffer here")
+    port = free_udp_port()
+    node = DhtDaemon(
+        make_home(tmp_path, "node").home,
+        f"127.0.0.1:{port}",
+        extra=["--bootstrap", f"127.0.0.1:{port}"],
+    )
+    await node.start()
+    try:
+        await until(lambda: node.call("dht_status"))
+        junk = b"d" + os.urandom(1399)
+        pings = 10
+        every = burst // pings
+
+        def blast() -> set[bytes]:
+            """The burst with pings in its middle, then every ping reply within 30 s."""
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood,
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pinger,
+            ):
+                pinger.bind(("127.0.0.2", 0))  # its own IP: the per-IP limit is not in play
+                for i in range(burst):
+                    flood.sendto(junk, ("127.0.0.1", port))
+                    if i % every == every // 2:
+                        ping = {
+                            b"a": {b"id": os.urandom(20)},
+                            b"q": b"ping",
+                            b"t": b"p%03d" % (i // every),
+                            b"y": b"q",
+                        }
+                        pinger.sendto(bencode(ping), ("127.0.0.1", port))
+                answered: set[bytes] = set()
+                deadline = time.monotonic() + 30
+                while len(answered) < pings and time.monotonic() < deadline:
+                    pinger.settimeout(max(0.01, deadline - time.monotonic()))
+                    try:
+                        reply = bdecode(pinger.recv(2048))
+                    except TimeoutError:
+                        break
+                    if isinstance(reply, dict) and reply.get(b"y") == b"r":
+                        answered.add(reply[b"t"])
+                return answered
+
+        answered = await asyncio.to_thread(blast)
+        assert len(answered) == pings, f"{pings - len(answered)} of {pings} pings lost"
+        stats = (await node.call("dht_status"))["stats"]
+        assert stats["dropped_malformed"] >= burst // 2  # the junk did reach the node
+    finally:
+        await node.stop()
+
+
 # ---------------------------------------------------------------- in-process services
 
 
@@ -432,3 +486,51 @@ async def test_read_only_until_reachable(monkeypatch: pytest.MonkeyPatch) -> Non
         for voter in voters:
             assert voter.transport is not None
             voter.transport.close()
+
+
+async def test_addresses_from_every_source_and_the_record_that_carries_them() -> None:
+    """A wildcard-bound node publishes; contacts' and rendezvous nodes' observations,
+    the NAT kind and the rendezvous list reach the record that others look up."""
+    first = await service()
+    boot = f"127.0.0.1:{first.status()['listen'].rsplit(':', 1)[1]}"
+    identity = Identity.generate()
+    endpoint = Endpoint(identity)
+    await endpoint.start("0.0.0.0", 0)
+    port = endpoint.local_address[1] if endpoint.local_address else 0
+    second = DhtService(endpoint, identity, DhtOptions(bootstrap=(boot,)))
+    await second.start()
+    try:
+        assert await second.wait_ready(5)
+        # The named bootstrap saw us at 127.0.0.1 with our own port: no NAT, on its word.
+        assert second.reflexive_addresses() == [("127.0.0.1", port)]
+        assert second.nat_kind() == "none"
+        record = await until(lambda: first.lookup_record(identity.peer_id, timeout=5))
+        assert ("127.0.0.1", port) in record.dial_addresses()
+
+        # What authenticated peers saw: one contact is believed, two agreeing on the
+        # port make the mapping endpoint-independent; public addresses come first.
+        contact, rendezvous = Identity.generate().peer_id, Identity.generate().peer_id
+        second.observed(("203.0.113.7", 40000), "contact", contact)
+        assert second.reflexive_addresses()[0] == ("203.0.113.7", 40000)
+        assert second.nat_kind() == "unknown"
+        second.observed("203.0.113.7:40000", "rendezvous", rendezvous)
+        assert second.nat_kind() == "endpoint-independent"
+        second.set_rendezvous([(rendezvous, "198.51.100.7:4001")])
+        assert second.rendezvous() == [(rendezvous, ("198.51.100.7", 4001))]
+
+        async def republished() -> Any:
+            found = await first.lookup_record(identity.peer_id, timeout=5)
+            return found if found is not None and found.rendezvous else None
+
+        found = await until(republished)
+        assert found.addresses[0] == ("203.0.113.7", 40000)
+        assert found.nat == "endpoint-independent"
+        assert found.rendezvous == ((key_from_peer_id(rendezvous), ("198.51.100.7", 4001)),)
+        status = second.status()
+        assert status["nat"] == "endpoint-independent"
+        assert status["observations"][contact]["source"] == "contact"
+        with pytest.raises(dht_module.DhtError):
+            second.observed(("203.0.113.7", 1), "gossip", contact)
+    finally:
+        await close(second)
+        await close(first)

@@ -171,7 +171,7 @@ def test_daemon_flags() -> None:
 async def test_nodes_started_in_process_stay_off_the_lan(tmp_path: Path) -> None:
     """``Node.start()`` defaults to no mDNS, so the other tests never multicast."""
     node = Node(make_home(tmp_path, "quiet"))
-    await node.start(control=False)
+    await node.start()
     try:
         assert node._mdns is None
     finally:
@@ -181,6 +181,6 @@ async def test_nodes_started_in_process_stay_off_the_lan(tmp_path: Path) -> None
 async def test_an_unknown_interface_is_a_clear_error(tmp_path: Path) -> None:
     node = Node(make_home(tmp_path, "picky"))
     with pytest.raises(mdns.MdnsError, match="no-such-if0"):
-        await node.start(control=False, mdns=MdnsOptions(interfaces=("no-such-if0",)))
+        await node.start(mdns=MdnsOptions(interfaces=("no-such-if0",)))
     assert not node.running and node._endpoint is None
     await node.stop()

@@ -29,6 +29,18 @@ class NodeStopped(NodeEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeConnectionLost(NodeEvent):
+    """An attached view's owner went away (its control socket closed).
+
+    Only ``RemoteNode.events()`` yields it, as its last event: every later call
+    on that ``RemoteNode`` raises ``OwnerGone``; ``RemoteNode.take_over`` starts
+    the node here or attaches to whoever owns it now.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class MessageReceived(NodeEvent):
     peer_id: str
     message_id: str

@@ -1,13 +1,11 @@
-"""BEP 42: node IDs tied to IP addresses, and learning our own external address.
+"""BEP 42: node IDs tied to IP addresses.
 
 The ID rule makes it expensive to place many Sybil nodes next to a chosen target: the
 first 21 bits of a node ID must be a CRC32C of the node's (masked) IP address. Private,
 loopback and link-local addresses are exempt because nothing can be verified about them.
 
-The external-address vote uses the ``ip`` field other nodes put in their replies. A
-single replier could lie, so an address is only believed once enough *distinct* voters
-(distinct by their own IP) agree. Whether they also agree on the port is what tells the
-hole-punching code whether our NAT keeps one mapping for all destinations.
+Learning our own external address from the ``ip`` field of replies lives in
+:mod:`.reflexive`, with the other sources of that knowledge.
 
 CRC32C is computed with a 256-entry table in pure Python: BEP 42 hashes 4 or 8 bytes, so
 a compiled ``crc32c`` dependency would buy nothing measurable.
@@ -16,15 +14,9 @@ a compiled ``crc32c`` dependency would buy nothing measurable.
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
-from dataclasses import dataclass
 from typing import Final
 
-from .krpc import Addr
-
 __all__ = [
-    "ExternalAddress",
-    "ExternalAddressVoter",
     "crc32c",
     "is_bep42_exempt",
     "is_valid_node_id",
@@ -113,102 +105,3 @@ def is_valid_node_id(node_id: bytes, ip: str) -> bool:
         and node_id[1] == (crc >> 16) & 0xFF
         and (node_id[2] & 0xF8) == ((crc >> 8) & 0xF8)
     )
-
-
-# --------------------------------------------------------------------------- voting
-
-
-@dataclass(frozen=True, slots=True)
-class ExternalAddress:
-    """What enough distinct nodes agree our public address is.
-
-    ``port_consistent``: every agreeing voter saw the same port, i.e. the NAT (if any)
-    reuses one mapping for all destinations, which is what makes hole punching work.
-    ``port_preserved``: that port is also our local port (no port translation at all).
-    """
-
-    ip: str
-    port: int
-    voters: int
-    port_consistent: bool
-    port_preserved: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Vote:
-    reported: Addr
-    at: float
-
-
-class ExternalAddressVoter:
-    """Collects ``ip`` fields from replies, one vote per voter IP, bounded in size."""
-
-    def __init__(
-        self,
-        *,
-        threshold: int = 3,
-        max_voters: int = 64,
-        vote_lifetime: float = 3600.0,
-        local_port: int | None = None,
-    ) -> None:
-        if threshold < 1:
-            raise ValueError("threshold must be at least 1")
-        self.threshold = threshold
-        self.max_voters = max_voters
-        self.vote_lifetime = vote_lifetime
-        self.local_port = local_port
-        self._votes: dict[str, _Vote] = {}
-        self._current: ExternalAddress | None = None
-
-    @property
-    def current(self) -> ExternalAddress | None:
-        return self._current
-
-    def votes(self) -> dict[str, Addr]:
-        """Voter IP -> the address that voter reported (latest vote each)."""
-        return {voter: vote.reported for voter, vote in self._votes.items()}
-
-    def add_vote(self, voter_ip: str, reported: Addr, now: float) -> ExternalAddress | None:
-        """Record a vote; return the new decision if it changed, else ``None``."""
-        self._votes.pop(voter_ip, None)
-        self._votes[voter_ip] = _Vote(reported, now)
-        self._expire(now)
-        while len(self._votes) > self.max_voters:
-            del self._votes[next(iter(self._votes))]
-        decision = self._decide()
-        if decision is None:
-            return None
-        previous = self._current
-        if previous is not None and (
-            previous.ip,
-            previous.port,
-            previous.port_consistent,
-            previous.port_preserved,
-        ) == (decision.ip, decision.port, decision.port_consistent, decision.port_preserved):
-            self._current = decision
-            return None
-        self._current = decision
-        return decision
-
-    def _expire(self, now: float) -> None:
-        stale = [v for v, vote in self._votes.items() if now - vote.at > self.vote_lifetime]
-        for voter in stale:
-            del self._votes[voter]
-
-    def _decide(self) -> ExternalAddress | None:
-        ips = Counter(vote.reported[0] for vote in self._votes.values())
-        if not ips:
-            return None
-        ip, count = ips.most_common(1)[0]
-        if count < self.threshold:
-            return None
-        ports = Counter(vote.reported[1] for vote in self._votes.values() if vote.reported[0] == ip)
-        port = ports.most_common(1)[0][0]
-        consistent = len(ports) == 1
-        return ExternalAddress(
-            ip=ip,
-            port=port,
-            voters=count,
-            port_consistent=consistent,
-            port_preserved=consistent and self.local_port is not None and port == self.local_port,
-        )

@@ -25,13 +25,8 @@ from typing import Final
 
 from ..core.errors import LocalProtocolError
 from .bencode import BencodeError, bdecode
-from .bep42 import (
-    ExternalAddress,
-    ExternalAddressVoter,
-    is_bep42_exempt,
-    is_valid_node_id,
-    node_id_for_ip,
-)
+from .bep42 import is_bep42_exempt, is_valid_node_id, node_id_for_ip
+from .budget import KeyedBuckets, TokenBucket
 from .events import DhtEvent, ExternalAddressChanged, NodeIdChanged
 from .krpc import (
     ERROR_PROTOCOL,
@@ -63,6 +58,7 @@ from .lookup import (
     PutOp,
     Traversal,
 )
+from .reflexive import SOURCE_BOOTSTRAP, SOURCE_DHT, ReflexiveAddress, ReflexiveAddresses
 from .routing import RoutingNode, RoutingTable, dump_state, load_state
 from .storage import (
     Item,
@@ -107,6 +103,15 @@ class DhtConfig:
     rate_per_ip: float = 20.0
     burst_per_ip: float = 40.0
     max_rate_entries: int = 4096
+    #: Replies per second to all sources that have not proved their address together
+    #: (forged source addresses make replies a reflection weapon), and the burst.
+    unverified_reply_rate: float = 50.0
+    unverified_reply_burst: float = 100.0
+    #: The separate share of sources that answered one of our queries recently.
+    verified_reply_rate: float = 200.0
+    verified_reply_burst: float = 400.0
+    max_verified: int = 4096
+    verified_lifetime: float = 30 * 60.0
     #: Peers returned in one get_peers reply.
     max_values: int = 50
     vote_threshold: int = 3
@@ -168,8 +173,16 @@ class DhtCore:
         self._ops: dict[int, Operation] = {}
         self._outbox: list[tuple[bytes, Addr]] = []
         self._events: deque[DhtEvent] = deque()
-        self._rate: OrderedDict[str, list[float]] = OrderedDict()
         cfg = self.config
+        self._rate: KeyedBuckets[str] = KeyedBuckets(
+            cfg.rate_per_ip, cfg.burst_per_ip, cfg.max_rate_entries
+        )
+        self._unverified_budget = TokenBucket(
+            cfg.unverified_reply_rate, cfg.unverified_reply_burst, now
+        )
+        self._verified_budget = TokenBucket(cfg.verified_reply_rate, cfg.verified_reply_burst, now)
+        #: Addresses that answered one of our queries (proof they are really there), and when.
+        self._verified: OrderedDict[Addr, float] = OrderedDict()
         self._tokens = TokenManager(now=now, rotation=cfg.token_rotation)
         self._peers = PeerStore(
             max_per_hash=cfg.peers_per_hash,
@@ -182,7 +195,9 @@ class DhtCore:
             max_per_source=cfg.items_per_source,
             lifetime=cfg.item_lifetime,
         )
-        self._voter = ExternalAddressVoter(threshold=cfg.vote_threshold, local_port=local_port)
+        self._reflexive = ReflexiveAddresses(threshold=cfg.vote_threshold, local_port=local_port)
+        #: Addresses whose BEP 42 ``ip`` reports count as trusted (configured bootstraps).
+        self._trusted_observers: set[Addr] = set()
         self._next_maintenance = now + cfg.maintenance_interval
         self._bootstrap_addrs: list[Addr] = []
         self._next_self_refresh = now + cfg.self_refresh_interval
@@ -192,6 +207,10 @@ class DhtCore:
             "sent": 0,
             "dropped_malformed": 0,
             "dropped_rate": 0,
+            "replies_unverified": 0,
+            "replies_verified": 0,
+            "dropped_budget_unverified": 0,
+            "dropped_budget_verified": 0,
             "dropped_unsolicited": 0,
             "internal_errors": 0,
         }
@@ -208,11 +227,15 @@ class DhtCore:
         return self._node_id
 
     @property
-    def external_address(self) -> ExternalAddress | None:
-        return self._voter.current
+    def external_address(self) -> ReflexiveAddress | None:
+        """The primary reflexive address (see :mod:`.reflexive`)."""
+        return self._reflexive.primary
 
-    def external_votes(self) -> dict[str, Addr]:
-        return self._voter.votes()
+    @property
+    def reflexive(self) -> ReflexiveAddresses:
+        """Everything we know about our reflexive addresses and NAT kind (read it only:
+        feed it through :meth:`observe_address`)."""
+        return self._reflexive
 
     def routing_table(self, family: int = 4) -> RoutingTable:
         return self._tables[family]
@@ -221,6 +244,29 @@ class DhtCore:
         """Our ID and known contacts, to pass back as ``state=`` after a restart."""
         nodes = self._tables[4].good_enough_nodes() + self._tables[6].good_enough_nodes()
         return dump_state(self._node_id, nodes)
+
+    def budgets(self) -> dict[str, dict[str, float]]:
+        """The reply budgets (per second, burst) and what they let through or dropped."""
+        cfg, stats = self.config, self.stats
+        return {
+            "per_ip": {
+                "rate": cfg.rate_per_ip,
+                "burst": cfg.burst_per_ip,
+                "dropped": stats["dropped_rate"],
+            },
+            "unverified": {
+                "rate": cfg.unverified_reply_rate,
+                "burst": cfg.unverified_reply_burst,
+                "replied": stats["replies_unverified"],
+                "dropped": stats["dropped_budget_unverified"],
+            },
+            "verified": {
+                "rate": cfg.verified_reply_rate,
+                "burst": cfg.verified_reply_burst,
+                "replied": stats["replies_verified"],
+                "dropped": stats["dropped_budget_verified"],
+            },
+        }
 
     def pending_count(self) -> int:
         return len(self._pending)
@@ -456,7 +502,7 @@ class DhtCore:
             message = decode_message(data)
         except KrpcError as exc:
             self.stats["dropped_malformed"] += 1
-            if exc.tid is not None and not self.read_only and self._allow(addr[0], now):
+            if exc.tid is not None and not self.read_only and self._allow(addr, now):
                 self._error(exc.tid, exc.code, str(exc)[:100], addr)
             return
         if isinstance(message, Response | ErrorMessage):
@@ -467,8 +513,14 @@ class DhtCore:
     def _table_for(self, addr: Addr) -> RoutingTable:
         return self._tables[6 if ":" in addr[0] else 4]
 
-    def _bep42_ok(self, node_id: bytes, ip: str) -> bool:
-        return not self.enforce_bep42 or is_valid_node_id(node_id, ip)
+    def _bep42_ok(self, node_id: bytes, addr: Addr) -> bool:
+        """BEP 42 holds, or is not enforced, or the node is a bootstrap the user named
+        (a self-hosted first node may not know its public address to fit its ID to)."""
+        return (
+            not self.enforce_bep42
+            or is_valid_node_id(node_id, addr[0])
+            or addr in self._trusted_observers
+        )
 
     def _on_reply(self, message: Response | ErrorMessage, addr: Addr, now: float) -> None:
         pending = self._pending.get(message.tid)
@@ -476,13 +528,14 @@ class DhtCore:
             self.stats["dropped_unsolicited"] += 1
             return
         del self._pending[message.tid]
+        self._mark_verified(addr, now)
         if isinstance(message, Response):
-            if message.sender_id != self._node_id and self._bep42_ok(message.sender_id, addr[0]):
+            if message.sender_id != self._node_id and self._bep42_ok(message.sender_id, addr):
                 table = self._table_for(addr)
                 for node in table.on_response(message.sender_id, addr, now):
                     self._ping(node, now)
             if message.ip is not None:
-                self._vote(addr[0], message.ip, now)
+                self._vote(addr, message.ip, now)
         op = pending.op
         if op is None or op.op_id not in self._ops:
             return
@@ -530,6 +583,8 @@ class DhtCore:
         self._tokens.rotate_if_due(now)
         self._peers.expire(now)
         self._items.expire(now)
+        if self._reflexive.expire(now):
+            self._address_changed(now)
         table = self._tables[4]
         confirmed = sum(1 for node in table if node.confirmed)
         few = confirmed < self.config.k and (len(table) or self._bootstrap_addrs)
@@ -552,12 +607,45 @@ class DhtCore:
 
     # ------------------------------------------------------------------ external address
 
-    def _vote(self, voter_ip: str, reported: Addr, now: float) -> None:
-        decision = self._voter.add_vote(voter_ip, reported, now)
-        if decision is None:
-            return
-        self._events.append(ExternalAddressChanged(decision))
-        ip = decision.ip
+    def trust_observers(self, addrs: Iterable[Addr]) -> None:
+        """The BEP 42 ``ip`` these nodes report is trusted like a contact's observation:
+        they are bootstrap nodes the user named, not strangers."""
+        self._trusted_observers = set(addrs)
+
+    def set_local_addresses(self, ips: Iterable[str], port: int | None, now: float) -> None:
+        """Our own addresses: an observation equal to one of them means no NAT. A public
+        IPv4 address among them is what others see us at, so before anyone has told us
+        our address, our BEP 42 ID is fitted to it."""
+        ips = list(ips)
+        if self._reflexive.set_local(frozenset(ips), port):
+            self._address_changed(now)
+        if self._reflexive.primary is None:
+            public = [ip for ip in ips if ":" not in ip and not is_bep42_exempt(ip)]
+            if public:
+                self._fit_id_to(public[0], now)
+
+    def observe_address(self, observer: str, address: Addr, source: str, now: float) -> None:
+        """Someone saw our packets come from ``address`` (see :mod:`.reflexive` for the
+        kinds of observer and how much each is believed)."""
+        if self._reflexive.observe(observer, address, source, now):
+            self._address_changed(now)
+
+    def _vote(self, voter: Addr, reported: Addr, now: float) -> None:
+        if voter in self._trusted_observers:
+            self.observe_address(f"{voter[0]}:{voter[1]}", reported, SOURCE_BOOTSTRAP, now)
+        else:
+            self.observe_address(voter[0], reported, SOURCE_DHT, now)
+
+    def _address_changed(self, now: float) -> None:
+        book = self._reflexive
+        self._events.append(
+            ExternalAddressChanged(tuple(a.addr for a in book.accepted), book.nat_kind)
+        )
+        if book.primary is not None:
+            self._fit_id_to(book.primary.ip, now)
+
+    def _fit_id_to(self, ip: str, now: float) -> None:
+        """With BEP 42 enforced, adopt a node ID that fits our public IPv4 address."""
         if (
             self.enforce_bep42
             and ":" not in ip
@@ -574,33 +662,45 @@ class DhtCore:
 
     # ------------------------------------------------------------------ serving queries
 
-    def _allow(self, ip: str, now: float) -> bool:
-        """Per-source-IP token bucket; beyond it, queries are dropped unanswered."""
-        cfg = self.config
-        entry = self._rate.get(ip)
-        if entry is None:
-            if len(self._rate) >= cfg.max_rate_entries:
-                self._rate.popitem(last=False)
-            entry = [cfg.burst_per_ip, now]
-            self._rate[ip] = entry
-        else:
-            self._rate.move_to_end(ip)
-            elapsed = max(0.0, now - entry[1])
-            entry[0] = min(cfg.burst_per_ip, entry[0] + elapsed * cfg.rate_per_ip)
-            entry[1] = now
-        if entry[0] < 1.0:
+    def _mark_verified(self, addr: Addr, now: float) -> None:
+        """``addr`` answered a query with our random transaction ID: it is really there."""
+        self._verified.pop(addr, None)
+        self._verified[addr] = now
+        while len(self._verified) > self.config.max_verified:
+            self._verified.popitem(last=False)
+
+    def is_verified(self, addr: Addr, now: float) -> bool:
+        seen = self._verified.get(addr)
+        if seen is None:
             return False
-        entry[0] -= 1.0
+        if now - seen > self.config.verified_lifetime:
+            del self._verified[addr]
+            return False
+        return True
+
+    def _allow(self, addr: Addr, now: float) -> bool:
+        """May we answer ``addr`` now? Its IP's bucket, then the global budget of its
+        kind (see :mod:`.budget`); beyond either, the query is dropped unanswered."""
+        if not self._rate.take(addr[0], now):
+            self.stats["dropped_rate"] += 1
+            return False
+        if self.is_verified(addr, now):
+            kind, budget = "verified", self._verified_budget
+        else:
+            kind, budget = "unverified", self._unverified_budget
+        if not budget.take(now):
+            self.stats[f"dropped_budget_{kind}"] += 1
+            return False
+        self.stats[f"replies_{kind}"] += 1
         return True
 
     def _on_query(self, query: Query, addr: Addr, now: float) -> None:
         if self.read_only:
             return  # BEP 43: read-only nodes do not answer
-        if not self._allow(addr[0], now):
-            self.stats["dropped_rate"] += 1
+        if not self._allow(addr, now):
             return
         sender = query.sender_id
-        if not query.read_only and sender != self._node_id and self._bep42_ok(sender, addr[0]):
+        if not query.read_only and sender != self._node_id and self._bep42_ok(sender, addr):
             for node in self._table_for(addr).on_query(sender, addr, now):
                 self._ping(node, now)
         base = Response(tid=query.tid, sender_id=self._node_id, ip=addr)

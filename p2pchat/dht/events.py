@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .bep42 import ExternalAddress
 from .krpc import Addr, NodeInfo
 from .storage import Item
 
@@ -105,9 +104,14 @@ class PutDone:
 
 @dataclass(frozen=True, slots=True)
 class ExternalAddressChanged:
-    """Enough distinct nodes now agree on a (new) external address for us."""
+    """Our accepted reflexive addresses or our NAT kind changed (:mod:`.reflexive`).
 
-    address: ExternalAddress
+    ``addresses`` are the accepted reflexive addresses, the primary one first (empty
+    when none is accepted any more); ``nat`` is the NAT kind.
+    """
+
+    addresses: tuple[Addr, ...]
+    nat: str
 
 
 @dataclass(frozen=True, slots=True)

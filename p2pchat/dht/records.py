@@ -6,7 +6,8 @@ namespaces it to p2pchat, and ``seq`` is the publication time in Unix seconds, s
 record always wins and storage nodes refuse to roll it back (BEP 44 error 302).
 
 A record is public: anyone who knows (or guesses) a peer ID can read the addresses,
-relays and NAT kind in it. ``docs/dht.md`` spells out what that reveals.
+rendezvous nodes, relays and NAT kind in it. ``docs/dht.md`` spells out what that
+reveals and documents the format.
 
 Decoding is strict because the bytes come from arbitrary DHT nodes: a record that is too
 large, has the wrong types or too many entries is rejected whole.
@@ -21,12 +22,15 @@ from typing import Any, Final, Protocol
 from ..core.errors import RemoteProtocolError
 from .bencode import BencodeError, bdecode, bencode
 from .krpc import Addr, compact_addr, parse_compact_addr
+from .reflexive import NAT_ED, NAT_EI, NAT_KINDS, NAT_UNKNOWN
 from .storage import MAX_VALUE_SIZE, Item, mutable_target
 
 __all__ = [
     "DISCOVERY_INFO_HASH",
     "MAX_ADDRESSES",
+    "MAX_LOCAL",
     "MAX_RELAYS",
+    "MAX_RENDEZVOUS",
     "NAT_KINDS",
     "PEER_RECORD_SALT",
     "PeerRecord",
@@ -40,12 +44,15 @@ __all__ = [
 PEER_RECORD_SALT: Final = b"p2pchat/1 peer"
 #: The info-hash p2pchat nodes announce under so they can find one another.
 DISCOVERY_INFO_HASH: Final = hashlib.sha1(b"p2pchat/1 discovery").digest()
-RECORD_VERSION: Final = 1
+#: 2 added ``l`` (LAN addresses) and ``z`` (rendezvous nodes); version 1 records parse.
+RECORD_VERSION: Final = 2
 MAX_ADDRESSES: Final = 8
+MAX_LOCAL: Final = 8
 MAX_RELAYS: Final = 4
-#: What the NAT classification found: none (public address), consistent (same external
-#: port towards every destination: hole punching works), random (it does not).
-NAT_KINDS: Final = ("unknown", "none", "consistent", "random")
+MAX_RENDEZVOUS: Final = 4
+KEY_LENGTH: Final = 32
+#: NAT kinds as version 1 records spelled them.
+_LEGACY_NAT: Final = {"consistent": NAT_EI, "random": NAT_ED}
 
 
 class RecordError(RemoteProtocolError):
@@ -63,18 +70,37 @@ class Signer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PeerRecord:
-    """Contact hints for one identity."""
+    """Contact hints for one identity.
+
+    ``addresses``: reflexive (public) addresses, the best first; ``local``: the host's
+    own interface addresses, for peers on the same LAN; ``rendezvous``: (Ed25519 key,
+    address) of nodes that forward connect requests to us; ``nat``: one of
+    :data:`~p2pchat.dht.reflexive.NAT_KINDS`.
+    """
 
     addresses: tuple[Addr, ...]
     relays: tuple[Addr, ...] = ()
-    nat: str = "unknown"
+    nat: str = NAT_UNKNOWN
+    local: tuple[Addr, ...] = ()
+    rendezvous: tuple[tuple[bytes, Addr], ...] = ()
     version: int = RECORD_VERSION
 
     def __post_init__(self) -> None:
-        if len(self.addresses) > MAX_ADDRESSES or len(self.relays) > MAX_RELAYS:
+        if (
+            len(self.addresses) > MAX_ADDRESSES
+            or len(self.local) > MAX_LOCAL
+            or len(self.relays) > MAX_RELAYS
+            or len(self.rendezvous) > MAX_RENDEZVOUS
+        ):
             raise ValueError("too many addresses in a peer record")
         if self.nat not in NAT_KINDS:
             raise ValueError(f"unknown NAT kind {self.nat!r}")
+        if any(len(key) != KEY_LENGTH for key, _ in self.rendezvous):
+            raise ValueError("a rendezvous key is 32 bytes")
+
+    def dial_addresses(self) -> tuple[Addr, ...]:
+        """Everything worth dialling, public addresses first, without repeats."""
+        return tuple(dict.fromkeys((*self.addresses, *self.local)))
 
     def encode(self) -> bytes:
         """The bencoded ``v`` of the BEP 44 item."""
@@ -83,8 +109,12 @@ class PeerRecord:
             b"n": self.nat.encode(),
             b"ver": self.version,
         }
+        if self.local:
+            doc[b"l"] = [compact_addr(a) for a in self.local]
         if self.relays:
             doc[b"r"] = [compact_addr(a) for a in self.relays]
+        if self.rendezvous:
+            doc[b"z"] = [key + compact_addr(a) for key, a in self.rendezvous]
         value = bencode(doc)
         if len(value) > MAX_VALUE_SIZE:
             raise ValueError("peer record does not fit in a BEP 44 item")
@@ -103,15 +133,18 @@ class PeerRecord:
         version = doc.get(b"ver")
         if not isinstance(version, int) or version < 1:
             raise RecordError("peer record has no valid version")
-        nat_raw = doc.get(b"n", b"unknown")
+        nat_raw = doc.get(b"n", NAT_UNKNOWN.encode())
         if not isinstance(nat_raw, bytes):
             raise RecordError("NAT kind is not a string")
         nat = nat_raw.decode("ascii", "replace")
+        nat = _LEGACY_NAT.get(nat, nat)
         return cls(
             addresses=_addr_list(doc.get(b"a", []), MAX_ADDRESSES),
             relays=_addr_list(doc.get(b"r", []), MAX_RELAYS),
             # Kinds added by later versions read as "unknown" rather than failing.
-            nat=nat if nat in NAT_KINDS else "unknown",
+            nat=nat if nat in NAT_KINDS else NAT_UNKNOWN,
+            local=_addr_list(doc.get(b"l", []), MAX_LOCAL),
+            rendezvous=_rendezvous_list(doc.get(b"z", [])),
             version=version,
         )
 
@@ -125,6 +158,20 @@ def _addr_list(raw: Any, limit: int) -> tuple[Addr, ...]:
         if addr is None:
             raise RecordError("bad compact address in peer record")
         out.append(addr)
+    return tuple(out)
+
+
+def _rendezvous_list(raw: Any) -> tuple[tuple[bytes, Addr], ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_RENDEZVOUS:
+        raise RecordError("rendezvous list malformed or too long")
+    out: list[tuple[bytes, Addr]] = []
+    for entry in raw:
+        addr = None
+        if isinstance(entry, bytes) and len(entry) > KEY_LENGTH:
+            addr = parse_compact_addr(entry[KEY_LENGTH:])
+        if addr is None:
+            raise RecordError("bad rendezvous entry in peer record")
+        out.append((entry[:KEY_LENGTH], addr))
     return tuple(out)
 
 

@@ -1,9 +1,14 @@
-"""The local control socket: how ``p2pchat msg`` reaches the node already running.
+"""The local control socket: how other processes reach the node that owns a home.
 
 A Unix socket in the state folder, created owner-only (umask 0177, then
 chmod 0600) in a 0700 folder, and every connecting process is checked with
 ``SO_PEERCRED`` so another local user cannot drive the node even if the
 permissions were loosened.  One JSON object per line each way.
+
+This module knows nothing of the node: the process that owns the node (the
+daemon, or the app that started first; see ``p2pchat/owner.py``) hands the
+server a request handler and an event source.  That keeps ``net/`` below the
+facade: nothing here imports ``p2pchat.node`` or ``p2pchat.rpc``.
 """
 
 from __future__ import annotations
@@ -15,15 +20,26 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from p2pchat.node import Node
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20
+# A client that connects must not be left hanging by an owner that stopped
+# answering (SIGSTOP, a hung loop): connecting and each call are bounded.
+CONNECT_TIMEOUT = 2.0
+CALL_TIMEOUT = 10.0
+# A streaming client that stops reading is dropped after this long instead of
+# making the owner hold its events in memory.
+STREAM_DRAIN_TIMEOUT = 10.0
+ACCEPT_DRAIN = 0.05
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""Runs one operation and returns its JSON-ready result (or raises)."""
+EventSource = Callable[[], AsyncIterator[dict[str, Any]]]
+"""A fresh subscription to the owner's events, each one a JSON-ready object."""
 
 
 class ControlError(Exception):
@@ -34,15 +50,26 @@ class ControlError(Exception):
         self.kind = kind
 
 
+class ControlUnavailable(ControlError):
+    """Nobody answers on the control socket (gone, or not answering in time)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "ControlUnavailable")
+
+
 class ControlServer:
-    def __init__(self, path: Path, node: Node) -> None:
+    """Serves ``handler`` to owner-only clients; ``{"op": "events"}`` streams ``events``."""
+
+    def __init__(self, path: Path, handler: Handler, events: EventSource | None = None) -> None:
         self.path = path
-        self.node = node
+        self.handler = handler
+        self.events = events
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     async def start(self) -> None:
-        # We hold the home's lock, so a socket file left here is stale.
+        # The owner holds the home's lock, so a socket file left here is stale.
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         old = os.umask(0o177)
@@ -55,10 +82,24 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
+        """Close the socket and every client connection: attached views see EOF now."""
+        self._closing = True
         if self._server is not None:
+            # Unlink first: no new client can connect.  Then let the loop accept what
+            # is already queued (those connections are closed at once, ``_closing``):
+            # asyncio 3.11 leaks, open and silent, a connection it accepts after
+            # ``Server.close()``, and the client would wait on it forever.
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            await asyncio.sleep(ACCEPT_DRAIN)
             self._server.close()
-            for task in list(self._clients):
-                task.cancel()
+            while self._clients:
+                for task in list(self._clients):
+                    task.cancel()
+                for task in list(self._clients):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                    self._clients.discard(task)
             await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):
@@ -69,7 +110,7 @@ class ControlServer:
         if task is not None:
             self._clients.add(task)
         try:
-            if not _same_user(writer):
+            if self._closing or not _same_user(writer):
                 return
             while True:
                 try:
@@ -78,10 +119,11 @@ class ControlServer:
                     break
                 if not line:
                     break
-                if line.strip() == b'{"op": "events"}':
+                request = _parse(line)
+                if isinstance(request, tuple) and request[0] == "events" and self.events:
                     await self._stream_events(reader, writer)
                     break
-                writer.write(json.dumps(await self._handle(line)).encode() + b"\n")
+                writer.write(json.dumps(await self._handle(request)).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -93,16 +135,16 @@ class ControlServer:
     async def _stream_events(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """Turn this connection into the node's event stream (an attached UI's view).
+        """Turn this connection into the owner's event stream (an attached view).
 
         Ends when the client hangs up; a client that stops reading is dropped once
         the socket buffer fills instead of holding events in memory forever.
         """
-        from p2pchat import rpc
-
-        events = self.node.events()
+        assert self.events is not None
+        events = self.events()
         writer.write(b'{"ok": true, "result": "streaming"}\n')
         hangup = asyncio.ensure_future(reader.read())
+        next_event: asyncio.Future[dict[str, Any]] | None = None
         try:
             while not hangup.done():
                 next_event = asyncio.ensure_future(anext(events))
@@ -110,30 +152,44 @@ class ControlServer:
                     {next_event, hangup}, return_when=asyncio.FIRST_COMPLETED
                 )
                 if next_event not in done:
-                    next_event.cancel()
                     break
-                writer.write(json.dumps(rpc.event_to_json(next_event.result())).encode() + b"\n")
-                await asyncio.wait_for(writer.drain(), 10)
-        except (ConnectionError, TimeoutError):
+                writer.write(json.dumps(next_event.result()).encode() + b"\n")
+                next_event = None
+                await asyncio.wait_for(writer.drain(), STREAM_DRAIN_TIMEOUT)
+        except (ConnectionError, TimeoutError, StopAsyncIteration):
             pass
         finally:
             hangup.cancel()
-            await events.aclose()
+            if next_event is not None and not next_event.done():
+                # The generator is suspended inside this task: end it there first.
+                next_event.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await next_event
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
-    async def _handle(self, line: bytes) -> dict[str, Any]:
-        from p2pchat import rpc  # rpc imports node, which imports this module
-
+    async def _handle(self, request: tuple[str, dict[str, Any]] | Exception) -> dict[str, Any]:
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-                raise ValueError("request must be an object with an 'op'")
-            args = request.get("args") or {}
-            if not isinstance(args, dict):
-                raise ValueError("'args' must be an object")
-            result = await rpc.call(self.node, request["op"], args)
-        except Exception as exc:  # reported to the client, never fatal to the node
+            if isinstance(request, Exception):
+                raise request
+            result = await self.handler(*request)
+        except Exception as exc:  # reported to the client, never fatal to the owner
             return {"ok": False, "error": str(exc), "kind": type(exc).__name__}
         return {"ok": True, "result": result}
+
+
+def _parse(line: bytes) -> tuple[str, dict[str, Any]] | Exception:
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        return ValueError(f"request is not JSON: {exc}")
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        return ValueError("request must be an object with an 'op'")
+    args = request.get("args") or {}
+    if not isinstance(args, dict):
+        return ValueError("'args' must be an object")
+    return request["op"], args
 
 
 def _same_user(writer: asyncio.StreamWriter) -> bool:
@@ -146,32 +202,59 @@ def _same_user(writer: asyncio.StreamWriter) -> bool:
 
 
 class ControlClient:
-    """Talks to the running node; same ``call`` signature as ``rpc.call``."""
+    """Talks to the running node; same ``call`` signature as ``rpc.call``.
 
-    def __init__(self, path: Path) -> None:
+    Connecting and every call are bounded (``timeout``; an operation that waits
+    on purpose, like ``msg --wait``, passes its own): an owner that was stopped
+    with SIGSTOP makes the call fail with ``ControlUnavailable`` instead of
+    hanging the caller.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = CALL_TIMEOUT) -> None:
         self.path = path
+        self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.open_unix_connection(
-            str(self.path), limit=64 * MAX_REQUEST
-        )
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.path), limit=64 * MAX_REQUEST),
+                CONNECT_TIMEOUT,
+            )
+        except TimeoutError:
+            raise ControlUnavailable(
+                f"the node's control socket {self.path} does not accept connections"
+            ) from None
 
-    async def call(self, op: str, args: dict[str, Any]) -> Any:
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
-        await self._writer.drain()
-        line = await self._reader.readline()
+    async def call(self, op: str, args: dict[str, Any], *, timeout: float | None = None) -> Any:
+        if self._reader is None or self._writer is None:
+            raise ControlUnavailable("not connected to the running node")
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                self._writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
+                await self._writer.drain()
+                line = await self._reader.readline()
+        except TimeoutError:
+            await self.close()
+            raise ControlUnavailable(
+                f"the running node did not answer within {limit:g} s (is it stopped?)"
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            await self.close()
+            raise ControlUnavailable(f"the running node went away: {exc}") from exc
         if not line:
-            raise ControlError("the running node closed the control socket", "ControlError")
+            await self.close()
+            raise ControlUnavailable("the running node closed the control socket")
         reply = json.loads(line)
         if not reply.get("ok"):
             raise ControlError(str(reply.get("error")), str(reply.get("kind")))
         return reply.get("result")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(ConnectionError):
-                await self._writer.wait_closed()
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()

@@ -28,11 +28,12 @@ import random
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from p2pchat.config import DEFAULT_BOOTSTRAP, bootstrap_list
 from p2pchat.core.errors import LocalProtocolError
 from p2pchat.dht.bep42 import is_bep42_exempt
 from p2pchat.dht.core import DhtConfig, DhtCore
@@ -50,15 +51,25 @@ from p2pchat.dht.krpc import Addr, ErrorMessage, KrpcError, Response, decode_mes
 from p2pchat.dht.records import (
     DISCOVERY_INFO_HASH,
     MAX_ADDRESSES,
+    MAX_LOCAL,
+    MAX_RENDEZVOUS,
     PEER_RECORD_SALT,
     PeerRecord,
     RecordError,
     make_record_item,
     read_record_item,
 )
+from p2pchat.dht.reflexive import NAT_ED, SOURCES
 from p2pchat.dht.storage import Item
-from p2pchat.identity import Identity, format_address, key_from_peer_id, parse_address
+from p2pchat.identity import (
+    Identity,
+    format_address,
+    key_from_peer_id,
+    parse_address,
+    peer_id_from_key,
+)
 from p2pchat.net.endpoint import Endpoint
+from p2pchat.net.interfaces import interface_ips
 
 __all__ = ["DhtError", "DhtOptions", "DhtService"]
 
@@ -80,6 +91,9 @@ REBOOTSTRAP_INTERVAL: Final = 60.0
 UNSOLICITED_AFTER: Final = 600.0
 MAX_CONTACTED: Final = 4096
 RESOLVE_TIMEOUT: Final = 30.0
+#: How often a wildcard-bound node re-reads its interface addresses (a laptop that
+#: changes networks gets a new one; the record follows).
+INTERFACE_POLL: Final = 10.0
 STATE_FILE_MODE: Final = 0o600
 _WILDCARDS: Final = ("0.0.0.0", "::")
 
@@ -96,16 +110,29 @@ class DhtOptions:
     an empty list makes this node the first of a swarm.  ``read_only`` forces BEP 43
     mode on or off; ``None`` chooses automatically (module docstring).
     ``enforce_bep42`` is for the public DHT; a swarm whose members have public addresses
-    but arbitrary node IDs turns it off.
+    but arbitrary node IDs turns it off.  ``trust_bootstrap``: the bootstrap nodes were
+    named by the user, so the address they see us at is believed on their word alone
+    (a stranger's needs two more to agree); the CLI turns it off when it falls back to
+    the public routers.
     """
 
     bootstrap: tuple[str, ...] = ()
     read_only: bool | None = None
     enforce_bep42: bool = True
+    trust_bootstrap: bool = True
 
     def __post_init__(self) -> None:
         for entry in self.bootstrap:
             parse_address(entry)  # fail at configuration time, not at bootstrap time
+
+    @classmethod
+    def configured(
+        cls, cli: Sequence[str] | None, environ: Mapping[str, str] = os.environ
+    ) -> DhtOptions:
+        """Options from ``--bootstrap`` / ``$P2PCHAT_BOOTSTRAP`` / the public routers; only
+        bootstrap nodes the user named are trusted to tell us our address."""
+        bootstrap = bootstrap_list(cli, environ)
+        return cls(bootstrap=bootstrap, trust_bootstrap=bootstrap != DEFAULT_BOOTSTRAP)
 
 
 @dataclass(slots=True)
@@ -149,6 +176,9 @@ class DhtService:
         self._loop = asyncio.get_running_loop()
         self._local: Addr = endpoint.local_address
         self._family = socket.AF_INET6 if ":" in self._local[0] else socket.AF_INET
+        #: Our own IPs: the bound one, or every interface's for a wildcard bind.
+        self._local_ips: tuple[str, ...] = ()
+        self._rendezvous: tuple[tuple[bytes, Addr], ...] = ()
         self._core: DhtCore | None = None
         self._waiters: dict[int, asyncio.Future[DhtEvent]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -202,6 +232,9 @@ class DhtService:
             self._read_only_reason = "forced by configuration"
         self._endpoint.krpc_handler = self.datagram_received
         self.running = True
+        self._refresh_local_ips()
+        if self._local[0] in _WILDCARDS:
+            self._spawn(self._interface_loop())
         self._spawn(self._bootstrap_loop())
         self._spawn(self._presence_loop())
         self._spawn(self._save_loop())
@@ -332,10 +365,11 @@ class DhtService:
 
     def _on_event(self, event: DhtEvent) -> None:
         if isinstance(event, ExternalAddressChanged):
-            a = event.address
-            log.info("external address %s:%d (%d voters)", a.ip, a.port, a.voters)
-            if a.ip != self._external_ip:
-                self._external_ip = a.ip
+            shown = ", ".join(format_address(*a) for a in event.addresses) or "none"
+            log.info("reflexive addresses: %s (NAT %s)", shown, event.nat)
+            ip = event.addresses[0][0] if event.addresses else None
+            if ip != self._external_ip:
+                self._external_ip = ip
                 self._unsolicited_from = None  # a new network: prove reachability again
             self._update_mode()
             self._changed.set()
@@ -374,7 +408,7 @@ class DhtService:
             read_only, reason = False, "serving: private swarm (local bootstrap addresses)"
         elif external is None:
             read_only, reason = True, "read-only: external address not known yet"
-        elif not external.port_consistent:
+        elif core.reflexive.nat_kind == NAT_ED:
             read_only, reason = True, "read-only: the NAT changes our port per destination"
         elif self._unsolicited_from is None:
             read_only, reason = True, "read-only: no unsolicited query has reached us yet"
@@ -417,11 +451,32 @@ class DhtService:
         if port != addr[1]:
             return False
         return addr[0] == host or (
-            host in _WILDCARDS and (addr[0].startswith("127.") or addr[0] == "::1")
+            host in _WILDCARDS and (_is_loopback(addr[0]) or addr[0] in self._local_ips)
         )
+
+    def _refresh_local_ips(self) -> None:
+        """Tell the core which addresses are ours (an observer seeing one of them with
+        our port means no NAT); re-read for wildcard binds, whose set can change."""
+        host, port = self._local
+        if host in _WILDCARDS:
+            ips = tuple(interface_ips(v6=self._family == socket.AF_INET6))
+        else:
+            ips = (host,)
+        if ips != self._local_ips:
+            self._local_ips = ips
+            self.core.set_local_addresses(ips, port, self._loop.time())
+            self._changed.set()
+            self._flush()
+
+    async def _interface_loop(self) -> None:
+        while True:
+            await asyncio.sleep(INTERFACE_POLL)
+            self._refresh_local_ips()
 
     async def _bootstrap(self) -> None:
         self._bootstrap_resolved, self._bootstrap_complete = await self._resolve_bootstrap()
+        if self.options.trust_bootstrap:
+            self.core.trust_observers(self._bootstrap_resolved)
         self._update_mode()
         addrs = list(self._bootstrap_resolved)
         event = await self._run(lambda now: self.core.bootstrap(addrs, now))
@@ -487,8 +542,11 @@ class DhtService:
         assert isinstance(event, PutDone)
         return event
 
-    async def resolve(self, peer_id: str, *, timeout: float = RESOLVE_TIMEOUT) -> list[str]:
-        """The addresses in ``peer_id``'s signed record; empty if none is found.
+    async def lookup_record(
+        self, peer_id: str, *, timeout: float = RESOLVE_TIMEOUT
+    ) -> PeerRecord | None:
+        """``peer_id``'s signed record (addresses, NAT kind, rendezvous nodes), or ``None``
+        when none is found in time.
 
         The record is checked against the key the peer ID spells, so a storage node can
         withhold it but not forge it.
@@ -498,47 +556,93 @@ class DhtService:
         try:
             item = await asyncio.wait_for(self.get_item(key, PEER_RECORD_SALT), timeout)
         except TimeoutError:
-            return []
+            return None
         if item is None:
-            return []
+            return None
         try:
-            record = read_record_item(item, key)
+            return read_record_item(item, key)
         except RecordError as exc:
             log.info("ignoring the DHT record of %s: %s", peer_id, exc)
+            return None
+
+    async def resolve(self, peer_id: str, *, timeout: float = RESOLVE_TIMEOUT) -> list[str]:
+        """The addresses worth dialling in ``peer_id``'s record; empty if none is found."""
+        record = await self.lookup_record(peer_id, timeout=timeout)
+        if record is None:
             return []
         out: list[str] = []
-        for host, port in record.addresses:
+        for host, port in record.dial_addresses():
             with contextlib.suppress(ValueError):
                 out.append(format_address(host, port))
         return out
 
     # ------------------------------------------------------------------ our presence
-    def reachable_addresses(self) -> list[Addr]:
-        """Where others can try to reach us: the voted external address (when the NAT
-        keeps one port for every destination) and the bound address unless wildcard."""
-        out: list[Addr] = []
-        external = self._core.external_address if self._core is not None else None
-        if external is not None and external.port_consistent:
-            out.append((external.ip, external.port))
-        if self._local[0] not in _WILDCARDS and self._local not in out:
-            out.append(self._local)
-        return out[:MAX_ADDRESSES]
+    def observed(self, address: Addr | str, source_kind: str, observer_id: str) -> None:
+        """Someone saw our packets come from ``address``.
 
-    def _nat_kind(self) -> str:
-        external = self._core.external_address if self._core is not None else None
-        if external is None:
-            return "unknown"
-        if external.port_preserved and external.ip == self._local[0]:
-            return "none"
-        return "consistent" if external.port_consistent else "random"
+        ``source_kind`` is ``"contact"`` or ``"rendezvous"`` for a peer on an
+        authenticated session (``observer_id``: its peer ID; one such report is
+        believed), ``"bootstrap"`` for a node the user named, ``"dht"`` for a stranger
+        (``observer_id``: its IP; three must agree).  A change of our reflexive
+        addresses or NAT kind republishes the record.
+        """
+        if source_kind not in SOURCES:
+            raise DhtError(f"unknown observation source {source_kind!r}")
+        addr = parse_address(address) if isinstance(address, str) else address
+        core = self.core
+        core.observe_address(
+            observer_id, (str(addr[0]), int(addr[1])), source_kind, self._loop.time()
+        )
+        self._flush()
+
+    def reflexive_addresses(self) -> list[Addr]:
+        """Where others see us: the accepted reflexive addresses, the best first."""
+        if self._core is None:
+            return []
+        return [a.addr for a in self._core.reflexive.accepted][:MAX_ADDRESSES]
+
+    def nat_kind(self) -> str:
+        """``unknown``, ``none``, ``endpoint-independent`` or ``endpoint-dependent``
+        (:mod:`p2pchat.dht.reflexive`)."""
+        return self._core.reflexive.nat_kind if self._core is not None else "unknown"
+
+    def local_addresses(self) -> list[Addr]:
+        """Our own addresses for peers on the same network: the bound one, or every
+        interface's for a wildcard bind (loopback only when there is nothing else)."""
+        ips = [ip for ip in self._local_ips if not _is_loopback(ip)] or list(self._local_ips)
+        if self._local[0] in _WILDCARDS:
+            return [(ip, self._local[1]) for ip in ips][:MAX_LOCAL]
+        return [self._local]
+
+    def set_rendezvous(self, nodes: Iterable[tuple[str, Addr | str]]) -> None:
+        """The (peer ID, address) of the rendezvous nodes we are registered with; the
+        record is republished with them."""
+        out: list[tuple[bytes, Addr]] = []
+        for peer_id, address in nodes:
+            addr = parse_address(address) if isinstance(address, str) else address
+            out.append((key_from_peer_id(peer_id), (str(addr[0]), int(addr[1]))))
+        if len(out) > MAX_RENDEZVOUS:
+            raise DhtError(f"at most {MAX_RENDEZVOUS} rendezvous nodes fit in the record")
+        self._rendezvous = tuple(out)
+        self._changed.set()
+
+    def rendezvous(self) -> list[tuple[str, Addr]]:
+        return [(peer_id_from_key(key), addr) for key, addr in self._rendezvous]
 
     def current_record(self) -> PeerRecord:
-        return PeerRecord(addresses=tuple(self.reachable_addresses()), nat=self._nat_kind())
+        addresses = self.reflexive_addresses()
+        local = [a for a in self.local_addresses() if a not in addresses]
+        return PeerRecord(
+            addresses=tuple(addresses),
+            nat=self.nat_kind(),
+            local=tuple(local),
+            rendezvous=self._rendezvous,
+        )
 
     async def publish(self) -> PutDone | None:
         """Put our signed record now; ``None`` when we know no address to publish."""
         record = self.current_record()
-        if not record.addresses:
+        if not record.dial_addresses():
             return None
         pub = self._pub
         item = make_record_item(self._identity, record, self._clock(), previous_seq=pub.seq)
@@ -607,32 +711,40 @@ class DhtService:
     # ------------------------------------------------------------------ diagnostics
     def status(self) -> dict[str, Any]:
         core = self.core
-        external = core.external_address
+        book = core.reflexive
         t4, t6 = core.routing_table(4), core.routing_table(6)
         pub = self._pub
+        reflexive = [
+            {
+                "address": format_address(a.ip, a.port),
+                "observers": a.observers,
+                "trusted": a.trusted,
+            }
+            for a in book.accepted
+        ]
         return {
             "node_id": core.node_id.hex(),
             "listen": format_address(*self._local),
             "table_size": len(t4) + len(t6),
             "table_confirmed": sum(1 for n in t4 if n.confirmed)
             + sum(1 for n in t6 if n.confirmed),
-            "external_address": None
-            if external is None
-            else {
-                "address": format_address(external.ip, external.port),
-                "voters": external.voters,
-                "port_consistent": external.port_consistent,
-                "port_preserved": external.port_preserved,
+            "external_address": reflexive[0] if reflexive else None,
+            "reflexive": reflexive,
+            "observations": {
+                observer: {"address": format_address(*seen), "source": source}
+                for observer, (seen, source) in book.observations().items()
             },
-            "votes": {
-                ip: format_address(*reported) for ip, reported in core.external_votes().items()
-            },
-            "port_preserving": bool(external is not None and external.port_preserved),
-            "nat": self._nat_kind(),
+            "nat": book.nat_kind,
+            "local_addresses": [format_address(*a) for a in self.local_addresses()],
+            "rendezvous": [
+                {"peer_id": peer_id, "address": format_address(*addr)}
+                for peer_id, addr in self.rendezvous()
+            ],
             "read_only": core.read_only,
             "mode": self._read_only_reason,
             "bootstrap": list(self.options.bootstrap),
             "bootstrap_resolved": [format_address(*a) for a in self._bootstrap_resolved],
+            "bootstrap_trusted": self.options.trust_bootstrap,
             "ready": self.ready,
             "record": {
                 "seq": pub.seq,
@@ -641,15 +753,20 @@ class DhtService:
                 "errors": [list(e) for e in pub.errors],
                 "addresses": []
                 if pub.record is None
-                else [format_address(*a) for a in pub.record.addresses],
+                else [format_address(*a) for a in pub.record.dial_addresses()],
                 "nat": None if pub.record is None else pub.record.nat,
             },
             "announce": {"announced_at": pub.announced_at, "stored": pub.announce_stored},
             "stored_items": core.stored_item_count(),
             "stored_peers": core.stored_peer_count(),
             "pending": core.pending_count(),
+            "budgets": core.budgets(),
             "stats": dict(core.stats),
         }
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
 
 
 def _is_ip(host: str) -> bool:

@@ -133,6 +133,14 @@ class Dialer:
             peer.failures = 0
         peer.next_at = self.loop.time() + delay
 
+    def refresh(self, peer_id: str) -> None:
+        """New ways to reach the contact are known: end the running attempt (it did
+        not know them) without counting it as a failure, and start over now."""
+        peer = self._peers.setdefault(peer_id, _Peer())
+        if peer.attempt is not None:
+            self._finish(peer_id, peer, success=False, counted=False)
+        peer.next_at = 0.0
+
     def want(self, peer_id: str, route: Route, now: float) -> None:
         """The contact has no session: start an attempt if one is due."""
         peer = self._peers.setdefault(peer_id, _Peer())
@@ -238,7 +246,7 @@ class Dialer:
                     other.close("another path won")
         self._finish(peer_id, peer, success=True)
 
-    def _finish(self, peer_id: str, peer: _Peer, *, success: bool) -> None:
+    def _finish(self, peer_id: str, peer: _Peer, *, success: bool, counted: bool = True) -> None:
         attempt = peer.attempt
         peer.attempt = None
         if attempt is not None:
@@ -254,7 +262,7 @@ class Dialer:
         if success:
             peer.failures = 0
             peer.last_error = None
-        else:
+        elif counted:
             peer.failures += 1
             delay = min(MAX_BACKOFF, 0.5 * 2 ** min(peer.failures, 8))
             peer.next_at = self.loop.time() + delay * random.uniform(0.8, 1.2)

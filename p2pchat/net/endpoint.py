@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import socket
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -36,16 +35,12 @@ from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
 from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, InitialGate, Reply
 from p2pchat.net.quic import KEEPALIVE_INTERVAL, configuration, peer_certificate_key
+from p2pchat.net.sockopts import raise_buffers
 
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 512
 CID_LENGTH = 8
-# Bursts (a DHT reply storm, a flood of junk next to real traffic) must not overflow
-# the kernel's default ~208 KiB receive queue; Linux caps the request at
-# net.core.rmem_max, which is all we get without privileges.
-SOCKET_RCVBUF = 4 * 1024 * 1024
-SOCKET_SNDBUF = 1024 * 1024
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
 PunchHandler = Callable[[bytes, tuple[str, int], "AuxSocket | None"], None]
@@ -241,7 +236,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._transport = transport
         sockname = self._transport.get_extra_info("sockname")
         self.local_address = (str(sockname[0]), int(sockname[1]))
-        self.socket_buffers = _raise_buffers(self._transport.get_extra_info("socket"))
+        self.socket_buffers = raise_buffers(self._transport.get_extra_info("socket"))
         return self.local_address
 
     def close(self) -> None:
@@ -407,21 +402,6 @@ class Endpoint(asyncio.DatagramProtocol):
         self._links.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
             del self._cids[cid]
-
-
-def _raise_buffers(sock: socket.socket | None) -> tuple[int, int] | None:
-    """Ask for large socket buffers; what the kernel granted (Linux reports double)."""
-    if sock is None:
-        return None
-    for option, size in ((socket.SO_RCVBUF, SOCKET_RCVBUF), (socket.SO_SNDBUF, SOCKET_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, size)
-        except OSError as exc:  # capped or refused: keep the default
-            log.debug("cannot set socket buffer %s: %s", option, exc)
-    return (
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-    )
 
 
 class AuxSocket(asyncio.DatagramProtocol):

@@ -1,38 +1,44 @@
 """File drop on the wire: offers on the session, bytes on a data channel.
 
 The offer/accept/result frames travel on the contact's authenticated session
-(``core/chat.py``).  The bytes travel on a data channel chosen per attempt:
+(``core/chat.py``).  The bytes travel on a data channel chosen per attempt
+(``transfer_channels.py``):
 
 * a direct TCP connection to a port the receiver announces in its accept, when
   it can be reached (LAN, loopback): the kernel's TCP moves bulk data an order of
   magnitude faster than QUIC implemented in Python (docs/filedrop.md);
-* otherwise a unidirectional QUIC stream of the same session.
+* otherwise, or when that connection is refused or dies before it is claimed, a
+  unidirectional QUIC stream of the same session.
 
 Either way the content is sealed with secretstream under a key exported from
 the session (``core/filedrop.py``), so the channel adds no trust: a stranger who
 connects to the TCP port cannot produce a single record the receiver accepts.
 Progress lives on disk: the receiver's ``.part`` files hold only authenticated
-bytes, so a restart resumes from their sizes.
+bytes, so a restart resumes from their sizes.  The receiver drives retries: a
+channel that ends early, fails or goes silent makes it ask again with a fresh
+attempt while the session lives.
+
+What a contact can make us store or do is budgeted here: offers per contact
+(rate), files per offer, stored incoming transfers and file rows per contact and
+in all, listings per page (docs/threat-model.md, "Budgets").
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
-import errno
 import logging
 import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from p2pchat.core import chat
+from p2pchat.core.budget import RateBudget
 from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
 from p2pchat.core.events import NodeEvent, TransferOffered, TransferProgress, TransferStateChanged
 from p2pchat.core.filedrop import (
@@ -47,30 +53,64 @@ from p2pchat.core.filedrop import (
     parse_preamble,
 )
 from p2pchat.net.peer import PeerConnection
-from p2pchat.store import Store, Transfer, TransferFile
+from p2pchat.net.transfer_channels import (
+    CLAIMED,
+    DataSender,
+    Outgoing,
+    QuicSender,
+    TcpGate,
+    TcpSender,
+)
+from p2pchat.net.transfer_files import (
+    FOLDER_MODE,
+    STAGING,
+    DiskQueue,
+    TransferError,
+    choose_roots,
+    collect,
+    hash_file,
+    hash_prefixes,
+    make_folders,
+    part_path,
+    part_size,
+    publish_all,
+    remove_staging,
+    same_device,
+    sealed_records,
+)
+from p2pchat.store import Store, Transfer
+
+__all__ = ["TERMINAL", "TransferError", "TransferManager", "TransferPolicy"]
 
 log = logging.getLogger(__name__)
 
-# Receiver -> sender progress every this many bytes; the QUIC path never has more
-# than WINDOW unacknowledged bytes in flight (aioquic would buffer without limit).
+# Receiver -> sender progress every this many bytes (flow control on QUIC).
 PROGRESS_EVERY = 1 << 20
-WINDOW = 8 << 20
 OFFER_TIMEOUT = 15 * 60.0
-TCP_CONNECT_TIMEOUT = 3.0
-PREAMBLE_TIMEOUT = 10.0
-MAX_UNCLAIMED_TCP = 16
+PREAMBLE_TIMEOUT = 5.0
+DATA_IDLE_TIMEOUT = 30.0
 MAX_ATTEMPTS = 5
 DISK_MARGIN = 64 << 20
 DEFAULT_MAX_INCOMING = 64 << 30
-MAX_PENDING_OFFERS_PER_PEER = 16
 EVENT_INTERVAL = 0.25
-STAGING = ".p2pchat-incoming"
+
+# Budgets of what a contact's offers make us store (docs/threat-model.md, "Budgets").
+MAX_PENDING_OFFERS_PER_PEER = 16
+MAX_FILES_PER_OFFER = 1024
+OFFER_BURST = 32
+OFFER_RATE = 0.5
+"""New offers per second a contact may make once its burst is spent, counting the
+ones that are refused, declined or cancelled at once: an offer is work and rows."""
+MAX_STORED_PER_CONTACT = 256
+MAX_STORED_FILES_PER_CONTACT = 32_768
+MAX_STORED = 4096
+MAX_STORED_FILES = 262_144
+# Listings: one page holds at most this many transfers and (about) file rows.
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+PAGE_FILES = 2048
 
 TERMINAL = ("done", "declined", "cancelled", "failed")
-
-
-class TransferError(Exception):
-    """A transfer request the user has to fix (missing file, unknown transfer...)."""
 
 
 @dataclass(slots=True)
@@ -81,6 +121,11 @@ class TransferPolicy:
     max_incoming: int = DEFAULT_MAX_INCOMING
     per_contact_max: dict[str, int] = field(default_factory=dict)
     offer_timeout: float = OFFER_TIMEOUT
+    preamble_timeout: float = PREAMBLE_TIMEOUT
+    """A TCP data connection must present its preamble this soon after it is accepted."""
+    data_idle_timeout: float = DATA_IDLE_TIMEOUT
+    """A claimed data channel (either carrier) that brings nothing for this long is
+    dropped, and the receiver asks again with a fresh attempt."""
 
 
 @dataclass(eq=False, slots=True)
@@ -94,52 +139,14 @@ class _Incoming:
     opener: Opener | None = None
     files: dict[int, BinaryIO] = field(default_factory=dict)
     hashers: dict[int, Any] = field(default_factory=dict)
-    disk: _DiskQueue | None = None
+    verified: set[int] = field(default_factory=set)
+    disk: DiskQueue | None = None
     prepared: asyncio.Future[None] | None = None
     rate: _Rate = field(default_factory=lambda: _Rate())
     received: int = 0
     reported: int = 0
     started: float = 0.0
     via: str = ""
-
-
-@dataclass(eq=False, slots=True)
-class _Outgoing:
-    transfer_id: str
-    attempt: bytes
-    acked: int = 0
-    sent: int = 0
-    total: int = 0
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-
-class _DiskQueue:
-    """Disk writes and hashing on one worker thread, in order, a few records deep.
-
-    The loop decrypts record n+1 while the thread writes and hashes record n
-    (file writes, BLAKE3 and libsodium all release the GIL), which nearly doubles
-    what one receiver moves on a two-core machine.
-    """
-
-    DEPTH = 8
-
-    def __init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchat-disk")
-        self._pending: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def submit(self, job: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        self._pending.append(loop.run_in_executor(self._pool, job))
-        while len(self._pending) > self.DEPTH:
-            await self._pending.popleft()
-
-    async def drain(self) -> None:
-        while self._pending:
-            await self._pending.popleft()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
 
 
 class _Rate:
@@ -179,14 +186,34 @@ class TransferManager:
         self._server: asyncio.base_events.Server | None = None
         self.tcp_port = 0
         self._incoming: dict[tuple[str, bytes], _Incoming] = {}
-        self._outgoing: dict[str, _Outgoing] = {}
+        self._outgoing: dict[str, Outgoing] = {}
         self._streams: dict[tuple[PeerConnection, int], _Incoming | None] = {}
         self._stream_buf: dict[tuple[PeerConnection, int], bytearray] = {}
         self._stream_queues: dict[
             tuple[PeerConnection, int], asyncio.Queue[tuple[bytes, bool]]
         ] = {}
-        self._tcp_unclaimed = 0
+        self._gate = TcpGate()
+        self._offer_budget = RateBudget(rate=OFFER_RATE, burst=OFFER_BURST)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.counters = {
+            "tcp_channels": 0,
+            "quic_channels": 0,
+            "tcp_refused": 0,
+            "tcp_no_preamble": 0,
+            "tcp_bad_preamble": 0,
+            "idle_channels": 0,
+            "tcp_fallbacks": 0,
+            "offers_refused": 0,
+            "transfers_pruned": 0,
+        }
+        """What the node turned away or gave up, for ``Node.network_status()``:
+        TCP connections over the unclaimed caps, without a preamble in time or with
+        one of no expected attempt, claimed channels dropped for silence, sends
+        that fell back to QUIC, offers refused by a budget, finished incoming
+        transfers deleted to make room."""
+
+    def status(self) -> dict[str, int]:
+        return {**self.counters, "tcp_unclaimed": self._gate.unclaimed}
 
     # ------------------------------------------------------------- lifetime
     async def start(self, host: str) -> None:
@@ -203,14 +230,14 @@ class TransferManager:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        for out in self._outgoing.values():
+            if out.task is not None:
+                out.task.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for out in self._outgoing.values():
-            if out.task is not None:
-                out.task.cancel()
         for inc in list(self._incoming.values()):
             self._close_files(inc)
         self._incoming.clear()
@@ -220,10 +247,17 @@ class TransferManager:
             self._server = None
 
     def _track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Every task of the manager is tracked, cancelled by ``stop`` and has its
+        exception looked at, so none ends as "exception was never retrieved"."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("file drop task failed: %r", exc, exc_info=exc)
 
     def _state(self, t: Transfer, state: str, error: str | None = None, **kw: Any) -> None:
         self.store.set_transfer_state(t.id, state, now=self.clock(), error=error)
@@ -236,9 +270,11 @@ class TransferManager:
     # --------------------------------------------------------------- sender
     async def offer(self, peer_id: str, paths: list[Path]) -> Transfer:
         """Hash the files (in a thread: large files take a while) and offer them."""
-        entries = await asyncio.to_thread(_collect, paths)
-        if len(entries) > chat.MAX_OFFER_FILES:
-            raise TransferError(f"too many files for one offer ({len(entries)})")
+        entries = await asyncio.to_thread(collect, paths)
+        if len(entries) > MAX_FILES_PER_OFFER:
+            raise TransferError(
+                f"too many files for one offer ({len(entries)}, at most {MAX_FILES_PER_OFFER})"
+            )
         transfer_id = secrets.token_hex(16)
         frame = chat.FileOffer(
             transfer_id, tuple(chat.FileEntry(rel, size, h) for rel, size, h, _src in entries)
@@ -261,11 +297,19 @@ class TransferManager:
         """A session with the peer came up: re-offer what is unfinished (resume)."""
         peer = conn.peer_id
         assert peer is not None
-        for t in self.store.list_transfers(peer_id=peer, direction="out"):
-            if t.state in ("offered", "accepted", "sending"):
-                conn.send(self._offer_frame(t))
-            elif t.state == "cancelled" and self.clock() - t.updated_at < 7 * 86400:
-                conn.send(chat.FileCancel(t.id, t.error or "cancelled by the sender"))
+        unfinished = self.store.transfer_ids(
+            direction="out", states=("offered", "accepted", "sending"), peer_id=peer
+        )
+        for t in self.store.get_transfers(unfinished):
+            conn.send(self._offer_frame(t))
+        recent = self.store.transfer_ids(
+            direction="out",
+            states=("cancelled",),
+            peer_id=peer,
+            updated_after=self.clock() - 7 * 86400,
+        )
+        for t in self.store.get_transfers(recent):
+            conn.send(chat.FileCancel(t.id, t.error or "cancelled by the sender"))
 
     def _on_accept(self, peer: str, frame: chat.FileAccept) -> None:
         t = self.store.get_transfer(frame.id)
@@ -284,7 +328,7 @@ class TransferManager:
         old = self._outgoing.pop(t.id, None)
         if old is not None and old.task is not None:
             old.task.cancel()
-        out = _Outgoing(t.id, frame.attempt)
+        out = Outgoing(t.id, frame.attempt)
         self._outgoing[t.id] = out
         self.store.set_transfer_files(
             t.id,
@@ -296,74 +340,61 @@ class TransferManager:
         self._state(t, "sending")
         out.task = self._track(self._send_attempt(peer, t, frame, out))
 
+    async def _open_channel(
+        self, conn: PeerConnection, t: Transfer, accept: chat.FileAccept, out: Outgoing
+    ) -> tuple[DataSender, Sealer]:
+        """Direct TCP if the receiver claims it, else a QUIC stream of the session.
+
+        The key is the attempt's either way; a fallback gets a fresh secretstream
+        header (safe with one key), and the receiver takes whichever channel
+        presents the attempt first.
+        """
+        tid = bytes.fromhex(t.id)
+        key = conn.session.export_key(KEY_LABEL, tid + accept.attempt)
+        if accept.tcp_port:
+            sealer = Sealer(key, tid, accept.attempt)
+            host = str(conn.link.address[0])
+            tcp = await TcpSender.open(host, accept.tcp_port, sealer.preamble)
+            if tcp is not None:
+                return tcp, sealer
+            self.counters["tcp_fallbacks"] += 1
+        if conn.closed:
+            raise ConnectionError("session closed")
+        sealer = Sealer(key, tid, accept.attempt)
+        quic = QuicSender(conn, out)
+        await quic.put(sealer.preamble)
+        return quic, sealer
+
     async def _send_attempt(
-        self, peer: str, t: Transfer, accept: chat.FileAccept, out: _Outgoing
+        self, peer: str, t: Transfer, accept: chat.FileAccept, out: Outgoing
     ) -> None:
         conn = self.connection_for(peer)
         if conn is None:
             return
-        key = conn.session.export_key(KEY_LABEL, bytes.fromhex(t.id) + accept.attempt)
-        sealer = Sealer(key, bytes.fromhex(t.id), accept.attempt)
-        writer = await self._open_tcp(conn, accept.tcp_port) if accept.tcp_port else None
-        via = "tcp" if writer is not None else "quic"
-        stream_id = None if writer is not None else conn.open_uni_stream()
         files = {f.index: f for f in t.files}
-        sent = 0
+        out.total = sum(files[i].size - off for i, off in accept.offsets)
         rate = _Rate()
-        total = sum(files[i].size - off for i, off in accept.offsets)
-        out.total = total
-        log.info("sending %s via %s (%d bytes)", t.id, via, total)
-
-        async def put(data: bytes) -> None:
-            nonlocal sent
-            if writer is not None:
-                writer.write(data)
-                if writer.transport.get_write_buffer_size() > 4 * CHUNK_SIZE:
-                    await writer.drain()
-            else:
-                assert stream_id is not None
-                while sent - out.acked > WINDOW:
-                    out.wake.clear()
-                    await out.wake.wait()
-                if conn.closed:
-                    raise ConnectionError("session closed")
-                conn.send_stream(stream_id, data)
-
+        channel: DataSender | None = None
         try:
-            await put(sealer.preamble)
-            async for record, length in _sealed_records(sealer, files, accept.offsets):
-                await put(record)
-                sent += length
-                out.sent = sent
-                if rate.due(sent) or length == 0:  # the FINAL record: always report the end
-                    self.emit(TransferProgress(t.id, peer, "out", sent, total, rate.rate))
-            if writer is not None:
-                await writer.drain()
-            else:
-                assert stream_id is not None
-                conn.send_stream(stream_id, b"", end=True)
+            channel, sealer = await self._open_channel(conn, t, accept, out)
+            log.info("sending %s via %s (%d bytes)", t.id, channel.via, out.total)
+            async for record, length in sealed_records(sealer, files, accept.offsets):
+                await channel.put(record)
+                out.sent += length
+                if rate.due(out.sent) or length == 0:  # the FINAL record: always report
+                    self.emit(TransferProgress(t.id, peer, "out", out.sent, out.total, rate.rate))
+            await channel.finish()
         except TransferError as exc:
             self._send(peer, chat.FileCancel(t.id, str(exc)[:200]))
             self._state(t, "failed", str(exc))
-        except (ConnectionError, OSError) as exc:
+        except OSError as exc:  # ConnectionError and TimeoutError included
+            # The receiver notices too (end of channel, or its read deadline) and asks
+            # again with a fresh attempt while the session lives.
             log.info("transfer %s attempt interrupted: %s", t.id, exc)
         finally:
-            self.store.add_transfer_bytes(t.id, sent, now=self.clock())
-            if writer is not None:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-
-    async def _open_tcp(self, conn: PeerConnection, port: int) -> asyncio.StreamWriter | None:
-        host = str(conn.link.address[0])
-        try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), TCP_CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
-            log.info("direct TCP to %s:%d failed (%s): using QUIC", host, port, exc)
-            return None
-        return writer
+            self.store.add_transfer_bytes(t.id, out.sent, now=self.clock())
+            if channel is not None:
+                await channel.close()
 
     def progress(self, transfer_id: str) -> tuple[int, int] | None:
         """(bytes moved, bytes to move) of the running attempt, if one runs."""
@@ -377,9 +408,8 @@ class TransferManager:
 
     def _on_progress(self, peer: str, frame: chat.FileProgress) -> None:
         out = self._outgoing.get(frame.id)
-        if out is not None and out.attempt == frame.attempt and frame.received > out.acked:
-            out.acked = frame.received
-            out.wake.set()
+        if out is not None and out.attempt == frame.attempt:
+            out.ack(frame.received)
 
     def _on_result(self, peer: str, frame: chat.FileResult) -> None:
         t = self.store.get_transfer(frame.id)
@@ -399,18 +429,16 @@ class TransferManager:
                 return
             self._answer_known(t)
             return
-        try:
-            check_offer(frame.files)
-        except UnsafePath as exc:
-            self._refuse(peer, frame, f"unsafe file name: {exc}")
+        # Every new offer spends from the contact's budget, whatever becomes of it:
+        # an offer cancelled at once still cost us a check and rows.
+        if not self._offer_budget.allow(peer, time.monotonic()):
+            self._refuse(
+                peer, frame, f"too many offers ({self._offer_budget.describe()})", quiet=True
+            )
             return
-        limit = min(self.policy.max_incoming, self.policy.per_contact_max.get(peer, 1 << 62))
-        if frame.total > limit:
-            self._refuse(peer, frame, f"too large ({frame.total} bytes, limit {limit})")
-            return
-        pending = self.store.list_transfers(peer_id=peer, direction="in", states=["pending"])
-        if len(pending) >= MAX_PENDING_OFFERS_PER_PEER:
-            self._refuse(peer, frame, "too many pending offers")
+        reason = self._offer_refusal(peer, frame)
+        if reason is not None:
+            self._refuse(peer, frame, reason)
             return
         t = self.store.create_transfer(
             frame.id,
@@ -429,8 +457,60 @@ class TransferManager:
             except TransferError as exc:
                 self.decline(t.id, str(exc))
 
-    def _refuse(self, peer: str, frame: chat.FileOffer, reason: str) -> None:
-        log.warning("refused a file offer from %s: %s", peer, reason)
+    def _offer_refusal(self, peer: str, frame: chat.FileOffer) -> str | None:
+        """Why a new offer cannot be taken, or None (after making room for it)."""
+        if len(frame.files) > MAX_FILES_PER_OFFER:
+            count = len(frame.files)
+            return f"too many files in one offer ({count}, at most {MAX_FILES_PER_OFFER})"
+        try:
+            check_offer(frame.files)
+        except UnsafePath as exc:
+            return f"unsafe file name: {exc}"
+        limit = min(self.policy.max_incoming, self.policy.per_contact_max.get(peer, 1 << 62))
+        if frame.total > limit:
+            return f"too large ({frame.total} bytes, limit {limit})"
+        pending, _ = self.store.transfer_usage(direction="in", peer_id=peer, states=["pending"])
+        if pending >= MAX_PENDING_OFFERS_PER_PEER:
+            return f"too many pending offers (at most {MAX_PENDING_OFFERS_PER_PEER})"
+        return self._make_room(peer, len(frame.files))
+
+    def _make_room(self, peer: str, files: int) -> str | None:
+        """Keep stored incoming transfers within the contact's and the global budget:
+        the least recently finished ones go first; unfinished ones are never deleted,
+        so when they alone fill the budget the offer is refused."""
+        for scope, max_transfers, max_files, whose in (
+            (peer, MAX_STORED_PER_CONTACT, MAX_STORED_FILES_PER_CONTACT, "from you"),
+            (None, MAX_STORED, MAX_STORED_FILES, "in all"),
+        ):
+            count, rows = self.store.transfer_usage(direction="in", peer_id=scope)
+            over_transfers = count + 1 - max_transfers
+            over_files = rows + files - max_files
+            if over_transfers <= 0 and over_files <= 0:
+                continue
+            self.counters["transfers_pruned"] += self.store.prune_transfers(
+                direction="in",
+                states=TERMINAL,
+                transfers=max(0, over_transfers),
+                files=max(0, over_files),
+                peer_id=scope,
+            )
+            count, rows = self.store.transfer_usage(direction="in", peer_id=scope)
+            if count + 1 > max_transfers or rows + files > max_files:
+                return (
+                    f"too many unfinished transfers {whose} (at most {max_transfers} transfers"
+                    f" and {max_files} files kept): finish or cancel some first"
+                )
+        return None
+
+    def _refuse(
+        self, peer: str, frame: chat.FileOffer, reason: str, *, quiet: bool = False
+    ) -> None:
+        self.counters["offers_refused"] += 1
+        # Refusals beyond the rate budget are not logged one by one: a flood of
+        # offers must not become a flood of log lines.
+        (log.debug if quiet else log.warning)(
+            "refused a file offer from %s: %s", peer, reason
+        )
         self._send(peer, chat.FileDecline(frame.id, reason[:200]))
 
     def _answer_known(self, t: Transfer) -> None:
@@ -453,18 +533,15 @@ class TransferManager:
         if t.state != "pending":
             raise TransferError(f"transfer {transfer_id} is {t.state}, not pending")
         target = (folder or self.policy.downloads).expanduser().resolve()
-        target.mkdir(parents=True, exist_ok=True)
+        target.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         chosen = set(range(len(t.files))) if only is None else set(only)
         if not chosen or not chosen <= set(range(len(t.files))):
             raise TransferError("choose at least one of the offered files")
-        need = sum(f.size for f in t.files if f.index in chosen)
-        free = shutil.disk_usage(target).free
-        if need + DISK_MARGIN > free:
-            raise TransferError(f"not enough disk space ({need} bytes needed, {free} free)")
+        self._check_space(target, sum(f.size for f in t.files if f.index in chosen))
         staging = target / STAGING / t.id
-        staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_folders(target, staging)
         parts = check_offer(tuple(chat.FileEntry(f.path, f.size, f.hash) for f in t.files))
-        roots = _choose_roots(target, {p[0] for i, p in enumerate(parts) if i in chosen})
+        roots = choose_roots(target, {p[0] for i, p in enumerate(parts) if i in chosen})
         updates = []
         for f, p in zip(t.files, parts, strict=True):
             final = target.joinpath(roots[p[0]], *p[1:])
@@ -484,6 +561,30 @@ class TransferManager:
         self._state(t, "accepted")
         self._request_data(t)
         return t
+
+    def _check_space(self, target: Path, need: int) -> None:
+        """Room for ``need`` more bytes, after what accepted transfers still have to
+        write on that file system and a margin kept free for everything else."""
+        free = shutil.disk_usage(target).free
+        reserved = 0
+        devices: dict[str, bool] = {}
+        for folder, part, size in self.store.running_incoming_files():
+            if folder is not None:
+                if folder not in devices:
+                    devices[folder] = same_device(folder, target)
+                if not devices[folder]:
+                    continue
+            have = 0
+            if part is not None:
+                with contextlib.suppress(OSError):
+                    have = os.stat(part).st_size
+            reserved += max(0, size - have)
+        if need + DISK_MARGIN > free - reserved:
+            promised = f", {reserved} of them promised to transfers under way" if reserved else ""
+            raise TransferError(
+                f"not enough disk space ({need} bytes needed plus {DISK_MARGIN >> 20} MiB kept"
+                f" free; {free} bytes free{promised})"
+            )
 
     def decline(self, transfer_id: str, reason: str = "declined") -> None:
         t = self._incoming_transfer(transfer_id)
@@ -531,8 +632,7 @@ class TransferManager:
         plan = []
         for f in t.files:
             if f.accepted and not f.done:
-                have = _part_size(f)
-                plan.append((f.index, min(have, f.size), f.size))
+                plan.append((f.index, min(part_size(f), f.size), f.size))
         attempt = secrets.token_bytes(16)
         inc = _Incoming(t.id, attempt, conn, plan, started=time.monotonic())
         self._incoming[(t.id, attempt)] = inc
@@ -543,26 +643,53 @@ class TransferManager:
 
     # ----------------------------------------------------------- data path
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection to the TCP data port, from anyone."""
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        inc: _Incoming | None = None
-        self._tcp_unclaimed += 1
         try:
-            if self._tcp_unclaimed > MAX_UNCLAIMED_TCP:
-                return  # somebody is opening connections without a transfer to carry
+            inc = await self._tcp_claim(reader, writer)
+            if inc is not None:
+                writer.write(CLAIMED)
+                await self._tcp_receive(inc, reader)
+        except Exception:  # never let one connection's bug reach the node
+            log.exception("TCP data connection failed")
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+
+    async def _tcp_claim(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> _Incoming | None:
+        """The attempt this connection's preamble names, within the unclaimed caps
+        and the preamble deadline; None closes the connection."""
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        with self._gate.admit(ip) as admitted:
+            if not admitted:
+                self.counters["tcp_refused"] += 1
+                return None
             try:
-                preamble = await asyncio.wait_for(
-                    reader.readexactly(PREAMBLE_SIZE), PREAMBLE_TIMEOUT
-                )
-            finally:
-                self._tcp_unclaimed -= 1
+                async with asyncio.timeout(self.policy.preamble_timeout):
+                    preamble = await reader.readexactly(PREAMBLE_SIZE)
+            except TimeoutError:
+                self.counters["tcp_no_preamble"] += 1
+                return None
+            except (asyncio.IncompleteReadError, ConnectionError):
+                self.counters["tcp_no_preamble"] += 1
+                return None
             inc = self._claim(preamble, "tcp")
             if inc is None:
-                return
+                self.counters["tcp_bad_preamble"] += 1
+            return inc
+
+    async def _tcp_receive(self, inc: _Incoming, reader: asyncio.StreamReader) -> None:
+        try:
             while True:
-                prefix = await reader.readexactly(4)
-                sealed = await reader.readexactly(Opener.record_length(prefix))
+                async with asyncio.timeout(self.policy.data_idle_timeout):
+                    prefix = await reader.readexactly(4)
+                    sealed = await reader.readexactly(Opener.record_length(prefix))
                 assert inc.opener is not None
                 record = inc.opener.open_record(sealed)
                 if not await self._store_record(inc, record.index, record.offset, record.data):
@@ -570,19 +697,14 @@ class TransferManager:
                 if record.final:
                     await self._finish(inc)
                     return
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-            if inc is not None:
-                self._interrupted(inc, "the data connection ended early")
+        except TimeoutError:
+            self._went_silent(inc)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._interrupted(inc, "the data connection ended early")
         except RemoteProtocolError as exc:
-            if inc is not None:
-                await self._channel_failed(inc, str(exc))
+            await self._channel_failed(inc, str(exc))
         except OSError as exc:
-            if inc is not None:
-                self._disk_failed(inc, exc)
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
+            self._disk_failed(inc, exc)
 
     def stream_data(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
         """Bytes of a QUIC stream the peer opened for a transfer.
@@ -625,7 +747,8 @@ class TransferManager:
     ) -> None:
         try:
             while True:
-                data, end = await queue.get()
+                async with asyncio.timeout(self.policy.data_idle_timeout):
+                    data, end = await queue.get()
                 assert inc.opener is not None
                 for record in inc.opener.feed(data):
                     if not await self._store_record(
@@ -638,6 +761,8 @@ class TransferManager:
                 if end:
                     self._interrupted(inc, "the data stream ended early")
                     return
+        except TimeoutError:
+            self._went_silent(inc)
         except RemoteProtocolError as exc:
             await self._channel_failed(inc, str(exc))
         except OSError as exc:
@@ -670,15 +795,16 @@ class TransferManager:
             return None
         if inc.conn.closed:
             return None
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is None or t.state not in ("accepted", "receiving"):
+            return None
         key = inc.conn.session.export_key(KEY_LABEL, p.transfer_id + p.attempt)
         try:
             inc.opener = Opener(key, p.header, inc.plan)
         except RemoteProtocolError:
             return None
-        t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
-            return None
         inc.via = via
+        self.counters[f"{via}_channels"] += 1
         self._open_files(inc, t)
         if t.state != "receiving":
             self._state(t, "receiving")
@@ -686,24 +812,37 @@ class TransferManager:
 
     def _open_files(self, inc: _Incoming, t: Transfer) -> None:
         files = {f.index: f for f in t.files}
+        jobs: list[tuple[BinaryIO, Any, int]] = []
         for index, offset, _size in inc.plan:
-            f = files[index]
-            part = Path(_part(f))
-            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(part_path(files[index]), os.O_RDWR | os.O_CREAT, 0o600)
             fh = os.fdopen(fd, "r+b")
             fh.truncate(offset)
             inc.files[index] = fh
             inc.hashers[index] = new_hasher()
+            jobs.append((fh, inc.hashers[index], offset))
         # What a resumed .part already holds is hashed on a thread before any new
         # record lands, so a large resume does not stall every session of the node.
-        inc.prepared = asyncio.ensure_future(asyncio.to_thread(_hash_prefixes, inc))
+        # The thread gets its own list: tearing the attempt down cannot change it.
+        inc.prepared = self._track(asyncio.to_thread(hash_prefixes, jobs))
+
+    def _is_current(self, inc: _Incoming) -> bool:
+        """Whether ``inc`` is still the attempt we wait for: a newer attempt, a
+        cancel or a failure supersedes it, and its channel must then stop quietly."""
+        return self._incoming.get((inc.transfer_id, inc.attempt)) is inc
 
     async def _store_record(
         self, inc: _Incoming, index: int, offset: int, data: bytes | memoryview
     ) -> bool:
+        """Write (and hash) one record; False ends the channel (superseded or failed).
+
+        Every await may let the attempt be superseded, so it is checked again after
+        each one before the attempt's files are touched.
+        """
         if inc.prepared is not None:
             await inc.prepared
             inc.prepared = None
+        if not self._is_current(inc):
+            return False
         if data:
             fh = inc.files[index]
             hasher = inc.hashers[index]
@@ -713,8 +852,10 @@ class TransferManager:
                 hasher.update(data)
 
             if inc.disk is None:
-                inc.disk = _DiskQueue()
+                inc.disk = DiskQueue()
             await inc.disk.submit(job)
+            if not self._is_current(inc):
+                return False
             inc.received += len(data)
             size = next(s for i, _o, s in inc.plan if i == index)
             if offset + len(data) == size and not await self._complete_file(inc, index):
@@ -739,7 +880,8 @@ class TransferManager:
         return True
 
     async def _complete_file(self, inc: _Incoming, index: int) -> bool:
-        """Verify the hash before the file may take its final name."""
+        """The last byte of a file is in: make it durable and check its hash now (a
+        mismatch ends the transfer early); its name waits for the whole transfer."""
         if inc.disk is not None:
             await inc.disk.drain()
         fh = inc.files.pop(index)
@@ -751,34 +893,59 @@ class TransferManager:
 
         await asyncio.get_running_loop().run_in_executor(None, settle)
         t = self.store.get_transfer(inc.transfer_id)
-        assert t is not None
+        if t is None or not self._is_current(inc):
+            return False
         f = t.files[index]
         if inc.hashers.pop(index).digest() != f.hash:
             self._fail_incoming(t, f"{f.path}: content hash mismatch, file discarded")
             self._incoming.pop((inc.transfer_id, inc.attempt), None)
             self._close_files(inc)
             return False
-        final = _publish(Path(_part(f)), Path(f.final or ""))
-        self.store.set_transfer_files(t.id, [(index, {"done": 1, "final": str(final)})])
+        inc.verified.add(index)
         return True
 
     async def _finish(self, inc: _Incoming) -> None:
-        self._incoming.pop((inc.transfer_id, inc.attempt), None)
-        t = self.store.get_transfer(inc.transfer_id)
-        assert t is not None
+        """The FINAL record arrived: verify what is not verified yet, then publish
+        every file at once, so a transfer is either done and published or not.
+
+        The attempt stays current until it is done, so a disk error on the way
+        (an ``OSError`` the caller hands to ``_disk_failed``) fails it cleanly.
+        """
         if inc.prepared is not None:
             await inc.prepared
             inc.prepared = None
-        # Files that were complete before this attempt (or empty) still need verifying.
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is None or t.folder is None:
+            return
+        ready: list[tuple[int, Path, Path]] = []
         for f in t.files:
-            if f.accepted and not f.done:
+            if not f.accepted or f.done:
+                continue
+            part = Path(part_path(f))
+            if f.index not in inc.verified:
+                # Complete before this attempt (a resume), or empty.
                 if f.size == 0:
-                    Path(_part(f)).touch()
-                if await asyncio.to_thread(_hash_file, Path(_part(f))) != f.hash:
+                    os.close(os.open(part, os.O_WRONLY | os.O_CREAT, 0o600))
+                digest = await asyncio.to_thread(hash_file, part)
+                if not self._is_current(inc):
+                    return
+                if digest != f.hash:
+                    self._incoming.pop((inc.transfer_id, inc.attempt), None)
                     self._fail_incoming(t, f"{f.path}: content hash mismatch, file discarded")
                     return
-                final = _publish(Path(_part(f)), Path(f.final or ""))
-                self.store.set_transfer_files(t.id, [(f.index, {"done": 1, "final": str(final)})])
+            ready.append((f.index, part, Path(f.final or "")))
+        if not self._is_current(inc):
+            return
+        # No await from here on: nothing can supersede the attempt while it publishes.
+        finals = publish_all(Path(t.folder), [(part, final) for _i, part, final in ready])
+        self._incoming.pop((inc.transfer_id, inc.attempt), None)
+        self.store.set_transfer_files(
+            t.id,
+            [
+                (index, {"done": 1, "final": str(final)})
+                for (index, _part, _final), final in zip(ready, finals, strict=True)
+            ],
+        )
         self.store.add_transfer_bytes(t.id, inc.received, now=self.clock())
         elapsed = max(time.monotonic() - inc.started, 1e-9)
         log.info(
@@ -792,19 +959,39 @@ class TransferManager:
         assert t is not None
         self._state(t, "done", paths=tuple(f.final or "" for f in t.files if f.accepted))
         inc.conn.send(chat.FileResult(t.id, True))
-        _remove_staging(t)
+        remove_staging(t)
 
     def _interrupted(self, inc: _Incoming, why: str) -> None:
-        """The channel died (peer restarted, link dropped): keep parts, resume later."""
+        """The channel died (peer restarted, link dropped, sender gave up): keep the
+        parts, and if the session still lives ask again at once (a fresh attempt,
+        within the attempt budget); otherwise the sender's re-offer resumes it."""
+        if not self._is_current(inc):
+            return  # superseded: whoever replaced it carries on
         log.info("transfer %s interrupted: %s", inc.transfer_id, why)
         self.store.add_transfer_bytes(inc.transfer_id, inc.received, now=self.clock())
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
+        if inc.conn.closed or self.connection_for(inc.conn.peer_id or "") is not inc.conn:
+            return
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is not None and t.state in ("accepted", "receiving"):
+            self._request_data(t)
+
+    def _went_silent(self, inc: _Incoming) -> None:
+        if self._is_current(inc):
+            self.counters["idle_channels"] += 1
+        self._interrupted(
+            inc, f"no data for {self.policy.data_idle_timeout:g} s on the {inc.via} channel"
+        )
 
     async def _channel_failed(self, inc: _Incoming, why: str) -> None:
         """Bad data on the channel: nothing unauthenticated was written; retry fresh."""
+        if not self._is_current(inc):
+            return
         log.warning("transfer %s: data channel failed: %s", inc.transfer_id, why)
-        self._interrupted(inc, why)
+        self.store.add_transfer_bytes(inc.transfer_id, inc.received, now=self.clock())
+        self._incoming.pop((inc.transfer_id, inc.attempt), None)
+        self._close_files(inc)
         t = self.store.get_transfer(inc.transfer_id)
         if t is None or t.state not in ("accepted", "receiving"):
             return
@@ -815,6 +1002,8 @@ class TransferManager:
 
     def _disk_failed(self, inc: _Incoming, exc: OSError) -> None:
         """Disk full, folder gone, permissions: nothing the sender can fix by retrying."""
+        if not self._is_current(inc):
+            return
         log.error("transfer %s: cannot write: %s", inc.transfer_id, exc)
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
@@ -852,7 +1041,7 @@ class TransferManager:
             if f.part and not f.done:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f.part)
-        _remove_staging(fresh)
+        remove_staging(fresh)
 
     # ------------------------------------------------------------- frames
     def frame_received(self, peer: str, frame: chat.FileFrame) -> None:
@@ -874,173 +1063,25 @@ class TransferManager:
 
     def tick(self) -> None:
         """Pending offers nobody answered expire; the sender hears why."""
-        now = self.clock()
-        for t in self.store.list_transfers(direction="in", states=["pending"]):
-            if now - t.created_at > self.policy.offer_timeout:
-                self.decline(t.id, "timeout: the offer was not answered")
+        expired = self.store.transfer_ids(
+            direction="in",
+            states=("pending",),
+            created_before=self.clock() - self.policy.offer_timeout,
+        )
+        for transfer_id in expired:
+            self.decline(transfer_id, "timeout: the offer was not answered")
 
-
-# --------------------------------------------------------------- file helpers
-async def _sealed_records(
-    sealer: Sealer, files: dict[int, TransferFile], offsets: tuple[tuple[int, int], ...]
-) -> AsyncIterator[tuple[bytes, int]]:
-    """Read and seal on a worker thread, a few records ahead of the socket.
-
-    Yields (record, plaintext bytes); the last record is the FINAL one.  Reading
-    and sealing release the GIL, so the loop keeps the socket busy meanwhile.
-    """
-    loop = asyncio.get_running_loop()
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchat-read")
-    pending: collections.deque[asyncio.Future[tuple[bytes, int]]] = collections.deque()
-    handles: list[BinaryIO] = []
-
-    def read_seal(fh: BinaryIO, index: int, position: int, want: int) -> tuple[bytes, int]:
-        chunk = fh.read(want)
-        if len(chunk) != want:
-            raise TransferError("a file shrank while sending")
-        return sealer.seal(index, position, chunk), want
-
-    try:
-        for index, offset in sorted(offsets):
-            entry = files[index]
-            source: BinaryIO = open(_source(entry), "rb")  # closed in finally
-            handles.append(source)
-            if os.fstat(source.fileno()).st_size != entry.size:
-                raise TransferError(f"{entry.path} changed since it was offered")
-            source.seek(offset)
-            position = offset
-            while position < entry.size:
-                want = min(CHUNK_SIZE, entry.size - position)
-                pending.append(loop.run_in_executor(pool, read_seal, source, index, position, want))
-                position += want
-                if len(pending) >= 4:
-                    yield await pending.popleft()
-        while pending:
-            yield await pending.popleft()
-        yield sealer.seal(0, 0, b"", final=True), 0
-    finally:
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for handle in handles:
-            handle.close()
-
-
-def _collect(paths: list[Path]) -> list[tuple[str, int, bytes, str | None]]:
-    """Files to offer: each path is a file, or a folder sent with its structure."""
-    entries: list[tuple[str, int, bytes, str | None]] = []
-    for path in paths:
-        path = path.expanduser()
-        if not path.exists():
-            raise TransferError(f"{path}: no such file or folder")
-        if path.is_dir():
-            root = path.resolve()
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    full = Path(dirpath) / name
-                    if full.is_symlink() or not full.is_file():
-                        continue
-                    rel = full.relative_to(root.parent).as_posix()
-                    entries.append((rel, full.stat().st_size, _hash_file(full), str(full)))
-        elif path.is_file():
-            full = path.resolve()
-            entries.append((full.name, full.stat().st_size, _hash_file(full), str(full)))
-        else:
-            raise TransferError(f"{path}: not a regular file or folder")
-    if not entries:
-        raise TransferError("nothing to send (empty folder?)")
-    return entries
-
-
-def _hash_prefixes(inc: _Incoming) -> None:
-    """Feed each resumed file's hasher with what its .part already holds."""
-    for index, offset, _size in inc.plan:
-        fh, hasher = inc.files[index], inc.hashers[index]
-        fh.seek(0)
-        remaining = offset
-        while remaining:
-            block = fh.read(min(remaining, 4 << 20))
-            if not block:
-                break
-            hasher.update(block)
-            remaining -= len(block)
-        fh.seek(offset)
-
-
-def _hash_file(path: Path) -> bytes:
-    hasher = new_hasher()
-    with open(path, "rb") as fh:
-        while block := fh.read(4 << 20):
-            hasher.update(block)
-    return hasher.digest()
-
-
-def _source(entry: TransferFile) -> str:
-    if entry.source is None:
-        raise TransferError(f"{entry.path}: source file unknown")
-    return entry.source
-
-
-def _part(entry: TransferFile) -> str:
-    if entry.part is None:
-        raise TransferError(f"{entry.path}: no part file assigned")
-    return entry.part
-
-
-def _part_size(entry: TransferFile) -> int:
-    try:
-        return os.stat(_part(entry)).st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _with_suffix(path: Path, n: int) -> Path:
-    if path.suffix and path.stem:
-        return path.with_name(f"{path.stem} ({n}){path.suffix}")
-    return path.with_name(f"{path.name} ({n})")
-
-
-def _choose_roots(folder: Path, roots: set[str]) -> dict[str, str]:
-    """Top-level names that clash with what is already there get " (1)", " (2)"..."""
-    chosen: dict[str, str] = {}
-    for root in sorted(roots):
-        candidate = folder / root
-        n = 0
-        while candidate.exists() or candidate.name in chosen.values():
-            n += 1
-            candidate = _with_suffix(folder / root, n)
-        chosen[root] = candidate.name
-    return chosen
-
-
-def _publish(part: Path, final: Path) -> Path:
-    """Give a verified file its name, never replacing anything that exists."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    candidate, n = final, 0
-    while True:
-        try:
-            os.link(part, candidate)  # fails if the name exists: no silent overwrite
-            break
-        except FileExistsError:
-            n += 1
-            candidate = _with_suffix(final, n)
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP):
-                raise
-            if candidate.exists():
-                n += 1
-                candidate = _with_suffix(final, n)
-                continue
-            os.rename(part, candidate)
-            return candidate
-    os.unlink(part)
-    return candidate
-
-
-def _remove_staging(t: Transfer) -> None:
-    if t.folder:
-        with contextlib.suppress(OSError):
-            (Path(t.folder) / STAGING / t.id).rmdir()
-        with contextlib.suppress(OSError):
-            (Path(t.folder) / STAGING).rmdir()
+    # ------------------------------------------------------------- listings
+    def page(
+        self, peer_id: str | None, *, limit: int = PAGE_SIZE, before: str | None = None
+    ) -> list[Transfer]:
+        """Newest first, at most ``limit`` transfers (and at most ``PAGE_FILES`` file
+        rows); the next page starts ``before`` the last id of this one."""
+        if limit < 1:
+            raise TransferError("limit must be at least 1")
+        return self.store.list_transfers(
+            peer_id=peer_id,
+            limit=min(limit, MAX_PAGE_SIZE),
+            before=before,
+            max_files=PAGE_FILES,
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from p2pchat.dht.bep42 import (
-    ExternalAddressVoter,
     crc32c,
     is_bep42_exempt,
     is_valid_node_id,
@@ -67,49 +66,3 @@ def test_local_networks_are_exempt(ip: str) -> None:
 def test_public_addresses_are_not_exempt() -> None:
     assert not is_bep42_exempt("124.31.75.21")
     assert not is_valid_node_id(b"\x00" * 20, "124.31.75.21")
-
-
-def test_vote_needs_distinct_voters() -> None:
-    voter = ExternalAddressVoter(threshold=3, local_port=5000)
-    assert voter.add_vote("1.1.1.1", ("9.9.9.9", 5000), 0) is None
-    assert voter.add_vote("1.1.1.1", ("9.9.9.9", 5000), 1) is None  # same voter twice
-    assert voter.add_vote("2.2.2.2", ("9.9.9.9", 5000), 2) is None
-    decided = voter.add_vote("3.3.3.3", ("9.9.9.9", 5000), 3)
-    assert decided is not None
-    assert (decided.ip, decided.port, decided.voters) == ("9.9.9.9", 5000, 3)
-    assert decided.port_consistent and decided.port_preserved
-    assert voter.add_vote("4.4.4.4", ("9.9.9.9", 5000), 4) is None  # unchanged: no event
-    assert set(voter.votes()) == {"1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"}
-
-
-def test_inconsistent_ports_mean_a_symmetric_nat() -> None:
-    voter = ExternalAddressVoter(threshold=3, local_port=5000)
-    for i, port in enumerate((40001, 40002, 40003)):
-        result = voter.add_vote(f"1.1.1.{i}", ("9.9.9.9", port), i)
-    assert result is not None
-    assert not result.port_consistent and not result.port_preserved
-
-
-def test_translated_but_consistent_port() -> None:
-    voter = ExternalAddressVoter(threshold=2, local_port=5000)
-    voter.add_vote("1.1.1.1", ("9.9.9.9", 6000), 0)
-    result = voter.add_vote("1.1.1.2", ("9.9.9.9", 6000), 0)
-    assert result is not None and result.port_consistent and not result.port_preserved
-
-
-def test_a_minority_of_liars_does_not_win() -> None:
-    voter = ExternalAddressVoter(threshold=3)
-    voter.add_vote("6.6.6.6", ("1.2.3.4", 1), 0)
-    voter.add_vote("6.6.6.7", ("1.2.3.4", 1), 0)
-    for i in range(4):
-        voter.add_vote(f"8.8.8.{i}", ("9.9.9.9", 7), 0)
-    assert voter.current is not None and voter.current.ip == "9.9.9.9"
-
-
-def test_votes_are_bounded_and_expire() -> None:
-    voter = ExternalAddressVoter(threshold=3, max_voters=5, vote_lifetime=10)
-    for i in range(50):
-        voter.add_vote(f"1.1.{i}.1", ("9.9.9.9", 1), 0)
-    assert len(voter.votes()) == 5
-    voter.add_vote("2.2.2.2", ("9.9.9.9", 1), 100)
-    assert list(voter.votes()) == ["2.2.2.2"]

@@ -23,6 +23,7 @@ from p2pchat.dht.events import (
 )
 from p2pchat.dht.krpc import MAX_DATAGRAM, ErrorMessage, Ping, Response, encode_message
 from p2pchat.dht.records import PeerRecord, make_record_item, read_record_item
+from p2pchat.dht.reflexive import NAT_EI
 from p2pchat.dht.storage import Item
 from p2pchat.identity import Identity
 
@@ -169,6 +170,41 @@ def test_rate_table_is_bounded() -> None:
             query_bytes(b"ping", {b"id": b"p" * 20}), (f"127.1.{i // 250}.{i % 250}", 1), 100
         )
     assert len(core._rate) == 50
+
+
+def test_global_budget_for_unverified_sources_keeps_a_share_for_verified_ones() -> None:
+    """Forged source addresses defeat a per-IP limit: replies to sources that never
+    answered us share one small budget, nodes that did keep their own."""
+    config = DhtConfig(
+        unverified_reply_rate=10,
+        unverified_reply_burst=20,
+        verified_reply_rate=5,
+        verified_reply_burst=10,
+    )
+    wire = Wire()
+    _me, core = wire.add(1, config=config)
+    friend, other = wire.add(2, config=config)
+    core.bootstrap([friend], wire.now)  # the friend answers us: verified
+    wire.run()
+    assert core.is_verified(friend, wire.now)
+    wire.advance(5)  # the budgets are full again
+    before = core.stats["replies_unverified"]
+    ping = query_bytes(b"ping", {b"id": b"p" * 20})
+    for i in range(256):
+        for _ in range(5):
+            core.receive_datagram(ping, (f"127.50.{i}.1", 6881), wire.now)
+    answered = [a for data, a in core.datagrams_to_send() if bdecode(data)[b"y"] != b"q"]
+    assert len(answered) == 20  # the unverified burst, whatever the number of sources
+    assert core.stats["replies_unverified"] - before == 20
+    assert core.stats["dropped_budget_unverified"] == 256 * 5 - 20
+    # The verified friend is still answered, from its own share.
+    op = other.find_node(b"t" * 20, wire.now)
+    wire.run()
+    assert isinstance(wire.event_for(friend, op), LookupDone)
+    assert core.stats["replies_verified"] >= 1
+    # The unverified budget refills at its rate.
+    core.receive_datagram(ping, ("127.60.0.1", 6881), wire.now + 1.0)
+    assert any(a == ("127.60.0.1", 6881) for _, a in core.datagrams_to_send())
 
 
 # ------------------------------------------------------------------ tokens and storage
@@ -343,14 +379,41 @@ def test_external_address_vote_and_bep42_id_change() -> None:
         events.append(event)
     changed = [e for e in events if isinstance(e, ExternalAddressChanged)]
     assert len(changed) == 1
-    address = changed[0].address
-    assert (address.ip, address.port, address.voters) == ("124.31.75.21", 6881, 3)
-    assert address.port_consistent and address.port_preserved
-    assert core.external_address == address
+    assert changed[0].addresses == (("124.31.75.21", 6881),)
+    assert changed[0].nat == NAT_EI  # three observers saw one port
+    address = core.external_address
+    assert address is not None and address.observers == 3 and not address.trusted
     id_change = [e for e in events if isinstance(e, NodeIdChanged)]
     assert id_change and id_change[0].old_id == old_id
     assert core.node_id != old_id
     assert is_valid_node_id(core.node_id, "124.31.75.21")
+
+
+def test_a_public_interface_address_fits_the_id_before_anyone_votes() -> None:
+    core = make_core(1, now=100, enforce_bep42=True, local_port=6881)
+    old_id = core.node_id
+    core.set_local_addresses(["10.0.0.5"], 6881, 100)  # private: exempt, nothing to fit
+    assert core.node_id == old_id
+    core.set_local_addresses(["10.0.0.5", "198.51.100.100"], 6881, 100)
+    assert is_valid_node_id(core.node_id, "198.51.100.100") and core.node_id != old_id
+    changed = [e for e in iter(core.next_event, None) if isinstance(e, NodeIdChanged)]
+    assert [e.old_id for e in changed] == [old_id]
+
+
+def test_a_named_bootstrap_enters_the_table_whatever_its_id() -> None:
+    """A self-hosted first node on a public address may not know its address yet to fit
+    its ID to; the user named it, so BEP 42 enforcement does not keep it out."""
+    boot = ("198.51.100.100", 4001)
+    stranger = ("198.51.100.101", 4001)
+    for trusted, expected in ((True, 1), (False, 0)):
+        core = make_core(1, now=100, enforce_bep42=True)
+        if trusted:
+            core.trust_observers([boot])
+        core.bootstrap([boot, stranger], 100)
+        for data, dst in core.datagrams_to_send():
+            reply = Response(tid=bdecode(data)[b"t"], sender_id=bytes(20), ip=("9.9.9.9", 1))
+            core.receive_datagram(encode_message(reply), dst, 100)
+        assert len(core.routing_table()) == expected
 
 
 def test_state_survives_a_restart() -> None:

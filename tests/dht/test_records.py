@@ -8,6 +8,9 @@ from p2pchat.dht.bencode import bencode
 from p2pchat.dht.records import (
     DISCOVERY_INFO_HASH,
     MAX_ADDRESSES,
+    MAX_LOCAL,
+    MAX_RELAYS,
+    MAX_RENDEZVOUS,
     PEER_RECORD_SALT,
     PeerRecord,
     RecordError,
@@ -15,13 +18,16 @@ from p2pchat.dht.records import (
     read_record_item,
     record_target,
 )
+from p2pchat.dht.reflexive import NAT_ED, NAT_EI, NAT_UNKNOWN
 from p2pchat.dht.storage import MAX_VALUE_SIZE, Item, mutable_target
 from p2pchat.identity import Identity
 
 RECORD = PeerRecord(
     addresses=(("203.0.113.5", 4433), ("2001:db8::5", 4433)),
     relays=(("198.51.100.9", 4433),),
-    nat="consistent",
+    nat=NAT_EI,
+    local=(("192.168.1.5", 4433),),
+    rendezvous=((bytes(range(32)), ("198.51.100.7", 4001)),),
 )
 
 
@@ -46,8 +52,12 @@ def test_seq_never_goes_backwards() -> None:
 def test_worst_case_record_fits_in_a_bep44_item() -> None:
     big = PeerRecord(
         addresses=tuple((f"2001:db8::{i}", 65535) for i in range(MAX_ADDRESSES)),
-        relays=tuple((f"2001:db8:1::{i}", 65535) for i in range(4)),
-        nat="consistent",
+        relays=tuple((f"2001:db8:1::{i}", 65535) for i in range(MAX_RELAYS)),
+        nat=NAT_EI,
+        local=tuple((f"fd00::{i}", 65535) for i in range(MAX_LOCAL)),
+        rendezvous=tuple(
+            (bytes([i]) * 32, (f"2001:db8:2::{i}", 65535)) for i in range(MAX_RENDEZVOUS)
+        ),
     )
     assert len(big.encode()) <= MAX_VALUE_SIZE
 
@@ -71,6 +81,11 @@ def test_someone_elses_or_forged_record_is_rejected() -> None:
         bencode({b"ver": 1, b"a": [b"\x01\x02\x03\x04\x00\x01"] * (MAX_ADDRESSES + 1)}),
         bencode({b"ver": 1, b"a": b"notalist"}),
         bencode({b"ver": 1, b"a": [], b"n": 5}),
+        bencode({b"ver": 2, b"a": [], b"l": [b"short"]}),
+        bencode({b"ver": 2, b"a": [], b"z": [b"\x01" * 32]}),
+        bencode({b"ver": 2, b"a": [], b"z": [b"\x01" * 31 + b"\x01\x02\x03\x04\x00\x01"]}),
+        bencode({b"ver": 2, b"a": [], b"z": b"notalist"}),
+        bencode({b"ver": 2, b"a": [], b"z": [b"\x01" * 38] * (MAX_RENDEZVOUS + 1)}),
         b"garbage",
         bencode(b"x" * 1200),
     ],
@@ -84,6 +99,23 @@ def test_unknown_fields_and_kinds_are_tolerated() -> None:
     value = bencode({b"ver": 2, b"a": [], b"n": b"quantum", b"zz": b"future"})
     record = PeerRecord.decode(value)
     assert record.nat == "unknown" and record.version == 2
+
+
+def test_version_1_records_still_parse() -> None:
+    """Before LAN addresses, rendezvous nodes and the RFC 4787 NAT names."""
+    old = bencode({b"a": [b"\xcb\x00\x71\x05\x11\x51"], b"n": b"consistent", b"ver": 1})
+    record = PeerRecord.decode(old)
+    assert record.addresses == (("203.0.113.5", 4433),) and record.nat == NAT_EI
+    assert record.local == () and record.rendezvous == () and record.version == 1
+    assert PeerRecord.decode(bencode({b"a": [], b"n": b"random", b"ver": 1})).nat == NAT_ED
+    assert PeerRecord.decode(bencode({b"ver": 1})).nat == NAT_UNKNOWN
+
+
+def test_dial_addresses_public_first_without_repeats() -> None:
+    record = PeerRecord(
+        addresses=(("203.0.113.5", 1), ("10.0.0.2", 1)), local=(("10.0.0.2", 1), ("10.1.0.2", 1))
+    )
+    assert record.dial_addresses() == (("203.0.113.5", 1), ("10.0.0.2", 1), ("10.1.0.2", 1))
 
 
 def test_discovery_info_hash_is_fixed() -> None:

@@ -23,7 +23,8 @@ from .lab import Host
 
 
 class NsDaemon:
-    """A real daemon process in ``host``'s namespace; mDNS on unless ``mdns=False``."""
+    """A real daemon process in ``host``'s namespace; mDNS on unless ``mdns=False``,
+    the DHT off unless ``dht=True`` (then name the bootstrap in ``extra``)."""
 
     def __init__(
         self,
@@ -32,12 +33,14 @@ class NsDaemon:
         *,
         listen: str = "0.0.0.0:4001",
         mdns: bool = True,
+        dht: bool = False,
         extra: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.paths = Paths(home)
         self.listen = listen
         self.mdns = mdns
+        self.dht = dht
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
         self.client: ControlClient | None = None
@@ -51,8 +54,10 @@ class NsDaemon:
     async def start(self, timeout: float = 30) -> None:
         argv = [
             sys.executable, "-m", "p2pchat", "-v", "--home", str(self.paths.home),
-            "daemon", "--listen", self.listen, "--no-dht",
+            "daemon", "--listen", self.listen,
         ]  # fmt: skip
+        if not self.dht:
+            argv.append("--no-dht")
         if not self.mdns:
             argv.append("--no-mdns")
         argv.extend(self.extra)

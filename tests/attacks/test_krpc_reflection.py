@@ -1,0 +1,123 @@
+"""Issue 9, hole 9: KRPC reflection through forged source addresses.
+
+The per-IP rate limit (20/s, burst 40) does nothing against queries whose source
+addresses are forged: each forged address is a new IP with a full bucket, so a serving
+node answered ~3,000 queries per second, every reply several times the query's size,
+aimed wherever the attacker liked. Replies to sources that never answered one of our
+queries now share one global budget (``DhtConfig.unverified_reply_rate`` / ``_burst``),
+and nodes that did answer keep a separate share.
+
+Loopback is a whole /8, so 256 sockets on 127.77.i.1 are 256 distinct source IPs, as a
+forger's packets would be; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pchat.dht.bencode import bencode
+from p2pchat.dht.core import DhtConfig
+from tests.daemons import DhtDaemon, free_udp_port, make_home, run_cli
+
+SOURCES = 256
+QUERIES_PER_SOURCE = 30  # under the per-IP burst of 40: only a global budget stops them
+pytestmark = pytest.mark.timeout(120)
+
+
+class Counter(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.replies += 1
+
+
+@pytest.fixture
+async def swarm(tmp_path: Path) -> AsyncIterator[tuple[DhtDaemon, DhtDaemon]]:
+    boot_port = free_udp_port()
+    bootstrap = ["--bootstrap", f"127.0.0.1:{boot_port}"]
+    boot = DhtDaemon(make_home(tmp_path, "boot").home, f"127.0.0.1:{boot_port}", extra=bootstrap)
+    alice = DhtDaemon(
+        make_home(tmp_path, "alice").home, f"127.0.0.1:{free_udp_port()}", extra=bootstrap
+    )
+    try:
+        await boot.start()
+        await alice.start()
+        yield boot, alice
+    finally:
+        await alice.stop()
+        await boot.stop()
+
+
+async def until(check: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_forged_sources_share_one_reply_budget(
+    swarm: tuple[DhtDaemon, DhtDaemon],
+) -> None:
+    boot, alice = swarm
+
+    async def alice_published() -> bool:
+        status = await alice.call("dht_status")
+        return status["record"]["published_at"] is not None
+
+    await until(alice_published)
+    host, port = boot.listen.rsplit(":", 1)
+    target = (host, int(port))
+    loop = asyncio.get_running_loop()
+    sockets: list[tuple[asyncio.DatagramTransport, Counter]] = []
+    for i in range(SOURCES):
+        counter = Counter()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda c=counter: c,  # type: ignore[misc]
+            local_addr=(f"127.77.{i}.1", 0),
+        )
+        sockets.append((transport, counter))
+    config = DhtConfig()
+    started = time.monotonic()
+    try:
+        for n in range(QUERIES_PER_SOURCE):
+            for transport, _ in sockets:
+                query = {
+                    b"a": {b"id": os.urandom(20), b"target": os.urandom(20)},
+                    b"q": b"find_node",
+                    b"t": n.to_bytes(2, "big"),
+                    b"y": b"q",
+                }
+                transport.sendto(bencode(query), target)
+            await asyncio.sleep(0)
+        # Meanwhile a node that proved its address (Alice answered Boot's queries) is
+        # still served: her lookup of her own record goes through Boot.
+        found = await alice.call("dht_lookup", peer=alice.peer_id)
+        await asyncio.sleep(1.0)
+        elapsed = time.monotonic() - started
+    finally:
+        for transport, _ in sockets:
+            transport.close()
+    sent = SOURCES * QUERIES_PER_SOURCE
+    replies = sum(counter.replies for _, counter in sockets)
+    bound = config.unverified_reply_burst + config.unverified_reply_rate * elapsed
+    assert replies <= bound, (replies, bound, elapsed)
+    assert found["addresses"] == [alice.listen]
+    status = json.loads(run_cli(boot.paths.home, "dht", "status", "--json").stdout)
+    stats = status["stats"]
+    assert stats["dropped_budget_unverified"] >= sent - bound
+    assert stats["replies_verified"] >= 1
+    assert status["budgets"]["unverified"]["rate"] == config.unverified_reply_rate
+    assert boot.alive and alice.alive
+

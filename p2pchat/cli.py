@@ -541,6 +541,45 @@ def _require_running(paths: Paths) -> None:
         )
 
 
+async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
+    """How the running node is reachable: NAT kind, reflexive addresses, rendezvous."""
+    _require_running(paths)
+    async with _api(paths, args) as api:
+        st = await api.call("net_status", {})
+    if args.json:
+        _print_json(st)
+        return EXIT_OK
+    regs = [
+        f"{r['address']} ({(r['peer_id'] or '?')[:8]}): {r['state']}"
+        + (f", sees us at {r['observed']}" if r["observed"] else "")
+        + (f", {r['reason']}" if r["reason"] else "")
+        for r in st["registrations"]
+    ]
+    hs = st["handshakes"] or {}
+    rv = st["rendezvous"]
+    print(f"addresses:      {', '.join(st['addresses']) or '-'}")
+    print(f"nat:            {st['nat']}")
+    print(f"reflexive:      {', '.join(st['reflexive']) or '-'}")
+    print(f"registered at:  {('; '.join(regs)) or '-'}")
+    print(
+        f"rendezvous for: {rv.get('registrations', 0)} nodes"
+        + (" (relay: anyone)" if st["relay"] else " (contacts only)")
+        + f", {rv.get('connect_forwarded', 0)} connect requests forwarded"
+    )
+    punched = st["punch"]
+    print(
+        f"punching:       {punched.get('paths_found', 0)} paths found, "
+        f"{punched.get('accepted', 0)} requests accepted, {punched.get('declined', 0)} declined"
+    )
+    print(
+        f"handshakes:     {hs.get('pending', 0)} pending, {hs.get('retry_sent', 0)} retries, "
+        f"{hs.get('initial_undecryptable', 0)} junk Initials, "
+        f"{hs.get('refused_pool_full', 0) + hs.get('refused_source_cap', 0)} refused"
+        + (" (under load)" if hs.get("under_load") else "")
+    )
+    return EXIT_OK
+
+
 async def cmd_dht_status(paths: Paths, args: argparse.Namespace) -> int:
     _require_running(paths)
     async with _api(paths, args) as api:
@@ -610,6 +649,10 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
         out.append("--no-dht")
     for entry in args.bootstrap or ():
         out += ["--bootstrap", entry]
+    for entry in args.rendezvous:
+        out += ["--rendezvous", entry]
+    if args.relay:
+        out.append("--relay")
     if args.downloads:
         out += ["--downloads", str(Path(args.downloads).expanduser().absolute())]
     for ref in args.accept_files_from:
@@ -652,6 +695,8 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             downloads=Path(args.downloads) if args.downloads else None,
             accept_files_from=args.accept_files_from,
             dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
+            relay=args.relay,
+            rendezvous=args.rendezvous,
         )
         print(_listening(node.info()), flush=True)
         await stop.wait()
@@ -804,6 +849,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
 
+    p = sub.add_parser(
+        "net", help="the running node's reachability: NAT kind, addresses, rendezvous, counters"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_net)
+
     p = sub.add_parser("dht", help="the running node's DHT: status and record lookups")
     dht = p.add_subparsers(dest="dht_command", required=True, metavar="{status,lookup}")
     q = dht.add_parser("status", help="routing table, external address, published record")
@@ -858,6 +909,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="HOST:PORT",
         help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
+    )
+    p.add_argument(
+        "--rendezvous",
+        action="append",
+        default=[],
+        metavar="PEER@HOST:PORT",
+        help="a reachable node to register with when behind a NAT (repeatable; the DHT "
+        "bootstrap nodes and reachable contacts are tried too)",
+    )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="be a rendezvous for anyone, not only for contacts (a public node)",
     )
     p.add_argument("--downloads", metavar="DIR", help="where received files go")
     p.add_argument(

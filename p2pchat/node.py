@@ -294,6 +294,8 @@ class Node:
             "accept_files_from": accept_files_from,
             "mdns": mdns,
             "dht": dht,
+            "relay": relay,
+            "rendezvous": tuple(rendezvous),
         }
         if downloads is not None:
             self.transfers.policy.downloads = _absolute(downloads)
@@ -303,7 +305,9 @@ class Node:
             ref if ref == "contacts" else self.store.find_contact(ref).peer_id
             for ref in accept_files_from
         )
-        self._rendezvous_config = tuple(_parse_rendezvous(entry) for entry in rendezvous)
+        self._rendezvous_config = tuple(
+            _parse_rendezvous(entry) for entry in self.start_options["rendezvous"]
+        )
         self._lock.acquire()
         try:
             host, port = parse_address(listen) if listen else self._default_listen()

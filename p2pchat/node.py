@@ -120,8 +120,8 @@ class ContactView:
     route: str | None = None
     """The same as ``path`` (the name the app reads until it moves to ``path``)."""
     path: str | None = None
-    """How the live session runs: "lan" (the peer's address is on one of our own
-    subnets), "direct" (any other address dialled or accepted as is, loopback
+    """How the live session runs: "lan" (the peer's private address is on one of our
+    own subnets), "direct" (any other address dialled or accepted as is, loopback
     included), "punched" (a path a hole punch opened), None when offline."""
     rtt_ms: float | None = None
     """QUIC's smoothed round-trip time of the live session, in milliseconds."""
@@ -183,6 +183,8 @@ class Node:
         self._routes: dict[str, tuple[tuple[str, int], ...]] = {}
         """Rendezvous addresses of contacts, from their DHT records (in memory)."""
         self._nat_hints: dict[str, str] = {}
+        self._public_ips: set[str] = set()
+        """The public IPs the rendezvous nodes saw us at, since the last move."""
         self._gaps_sent: dict[PeerConnection, int] = {}
         self._gaps_answered: dict[PeerConnection, set[int]] = {}
         self._subs: set[_Subscription] = set()
@@ -563,6 +565,10 @@ class Node:
         try:
             ip = ipaddress.ip_address(str(conn.link.address[0]).split("%")[0])
         except ValueError:
+            return "direct"
+        # A LAN is a private network we share a link with; a public address on our
+        # own subnet (a datacenter, an ISP segment) is still just direct.
+        if is_public_ip(str(ip)):
             return "direct"
         return "lan" if any(ip in net for net in local_networks()) else "direct"
 
@@ -980,6 +986,30 @@ class Node:
         )
         self._dialer.want(peer, route, now)
 
+    def _network_moved(self) -> None:
+        """Our NAT gave us another public address (a new WAN address, another network).
+
+        Peers behind filtering NATs drop what we now send from the new address, and
+        QUIC's idle timeout would take 20 s to notice: close the sessions that do not
+        run on the LAN and dial again at once (through the contacts' rendezvous nodes,
+        which follow us by our keepalives).  Unacknowledged messages are resent on the
+        new sessions, as after any reconnect.
+        """
+        punch = self._punch
+        ips = {ip for ip, _ in punch.observed_addresses()} if punch is not None else set()
+        fresh = ips - self._public_ips
+        self._public_ips = ips
+        if not fresh:
+            return  # a port moved on an endpoint-dependent NAT, or a second report
+        seen = ", ".join(sorted(fresh))
+        for peer, conn in list(self._active.items()):
+            if self._path(peer) != "lan":
+                log.info("our public address is now %s: reconnecting to %s", seen, peer[:12])
+                conn.close("our public address changed")
+                if self._dialer is not None:
+                    self._dialer.refresh(peer)
+        self._poke()
+
     # ------------------------------------------------------------ rendezvous
     def _local_candidates(self) -> list[tuple[str, int]]:
         out = []
@@ -1015,10 +1045,15 @@ class Node:
                 nodes.append(RendezvousNode(address, key, "contact"))
         self._punch.set_rendezvous(nodes)
 
-    def _rendezvous_changed(self) -> None:
+    def _rendezvous_changed(self, moved: bool) -> None:
         """A registration came up, went away, or the address it sees changed: the DHT
-        learns what the rendezvous nodes see and where we can be reached."""
+        learns what the rendezvous nodes see and where we can be reached.  ``moved``:
+        our public address changed, so every session through the old one is dead."""
         dht, punch = self._dht, self._punch
+        if moved:
+            self._network_moved()
+        elif punch is not None:
+            self._public_ips |= {ip for ip, _ in punch.observed_addresses()}
         if dht is not None and dht.running and punch is not None:
             for reg in punch.registrations():
                 if reg.observed is not None and reg.rendezvous_key is not None:
@@ -1030,7 +1065,26 @@ class Node:
 
     # ------------------------------------------------- PeerOwner callbacks
     def session_established(self, conn: PeerConnection) -> None:
+        if conn.path is None:
+            conn.path = self._through_nat(conn)
         conn.send(chat.Hello(name=self.name, token=self._pending_token(conn.peer_id)))
+
+    def _through_nat(self, conn: PeerConnection) -> str | None:
+        """"punched" when the session crossed a filtering NAT on the way in: theirs
+        when we dialled (their record says they sit behind one), ours when they did;
+        such a path is open only because both sides sent first (a punch, or two dials
+        at once).  None leaves the label to the address (lan or direct)."""
+        punch = self._punch
+        if punch is None:
+            return None
+        link = conn.link
+        address = (str(link.address[0]), int(link.address[1]))
+        if not is_public_ip(address[0]):
+            return None
+        if punch.was_punched(address, link.via):
+            return "punched"
+        nat = self._nat_hints.get(conn.peer_id or "") if conn.initiator else punch.nat_kind()
+        return "punched" if nat in ("endpoint-independent", "endpoint-dependent") else None
 
     def _forget_token(self, peer_id: str) -> None:
         """The token went out in this session's Hello: one presentation is all it

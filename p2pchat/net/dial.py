@@ -239,6 +239,8 @@ class Dialer:
     def established(self, peer_id: str, conn: Connection) -> None:
         """A session with the contact is up (ours or theirs): the race is over."""
         peer = self._peers.setdefault(peer_id, _Peer())
+        if self.punch is not None:
+            self.punch.connected(key_from_peer_id(peer_id))
         attempt = peer.attempt
         if attempt is not None:
             for other in attempt.conns:

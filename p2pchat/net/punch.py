@@ -128,7 +128,7 @@ class PunchService:
         is_contact: Callable[[bytes], bool] = lambda key: False,
         local_candidates: Callable[[], list[Addr]] = list,
         external: Callable[[], tuple[list[Addr], str]] | None = None,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -246,15 +246,16 @@ class PunchService:
     # ------------------------------------------------------------------ registrations
     def set_rendezvous(self, nodes: Iterable[RendezvousNode]) -> None:
         """Where we may register, best first; we keep at most two registrations."""
-        own = self.endpoint.local_address
+        own = {self.endpoint.local_address, *self.local_candidates()}
         wanted: list[RendezvousNode] = []
         for node in nodes:
-            if node.key == self.identity.public_key or node.addr == own:
+            if node.key == self.identity.public_key or node.addr in own:
                 continue
             if node.addr not in {n.addr for n in wanted}:
                 wanted.append(node)
-        self._wanted = wanted
-        self._wake.set()
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._wake.set()
 
     def registrations(self) -> list[RegistrationClient]:
         return [reg for reg in self._regs.values() if reg.registered]
@@ -296,9 +297,10 @@ class PunchService:
         return punch.order_candidates(found)
 
     def _reg_events(self, reg: RegistrationClient) -> None:
-        changed = False
+        changed = moved = False
         while (event := reg.next_event()) is not None:
             changed = True
+            moved = moved or event.kind == "moved"
             log.info(
                 "rendezvous %s: %s %s %s",
                 format_address(*reg.addr),
@@ -309,7 +311,7 @@ class PunchService:
             if event.kind == "refused":
                 self._wake.set()  # take another one meanwhile
         if changed and self.on_change is not None:
-            self.on_change()
+            self.on_change(moved)
 
     def _flush_reg(self, reg: RegistrationClient) -> None:
         for data, dest in reg.datagrams_to_send():
@@ -672,6 +674,14 @@ class PunchService:
         )
         if session.on_path is not None:
             session.on_path(addr, via)
+
+    def connected(self, peer_key: bytes) -> None:
+        """A session with this peer is up: its punches (either side) can stop."""
+        for session in list(self._sessions.values()):
+            if session.peer_key == peer_key and session.paths:
+                if session.task is not None:
+                    session.task.cancel()
+                self._end(session)
 
     def was_punched(self, addr: Addr, via: AuxSocket | None) -> bool:
         """Whether a probe recently answered on this path (labels the connection)."""

@@ -70,6 +70,7 @@ from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.punch import PunchService, RendezvousNode
 from p2pchat.net.quic import smoothed_rtt
+from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
@@ -180,6 +181,7 @@ class Node:
         self._dialer: Dialer | None = None
         self._punch: PunchService | None = None
         self._rendezvous_config: tuple[RendezvousNode, ...] = ()
+        self._finder: RendezvousFinder | None = None
         self._routes: dict[str, tuple[tuple[str, int], ...]] = {}
         """Rendezvous addresses of contacts, from their DHT records (in memory)."""
         self._nat_hints: dict[str, str] = {}
@@ -338,6 +340,8 @@ class Node:
                 clock=self.clock,
             )
             await self._punch.start()
+            if self._dht is not None:
+                self._finder = RendezvousFinder(self._dht, self._punch, relay=relay)
             self._dialer = Dialer(
                 self._open_connection, punch=self._punch, local_networks=local_networks
             )
@@ -367,6 +371,8 @@ class Node:
             self.settings["listen"] = format_address(*bound)
             save_settings(self.paths, self.settings)
         self._spawn(self._dial_loop())
+        if self._finder is not None:
+            self._spawn(self._finder.run())
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
@@ -402,6 +408,7 @@ class Node:
         if self._dht is not None:
             await self._dht.stop()  # saves the routing table for the next start
             self._dht = None
+        self._finder = None
         if self._dialer is not None:
             await self._dialer.stop()
             self._dialer = None
@@ -1026,12 +1033,13 @@ class Node:
         return dht.reflexive_addresses(), dht.nat_kind()
 
     def _refresh_rendezvous(self, contacts: list[Contact]) -> None:
-        """Where to register, best first: configured nodes, the DHT's bootstrap nodes,
-        then contacts we reached at a public address."""
+        """Where to register, best first (``net/rendezvous.py``): configured nodes, the
+        bootstrap nodes the user named, contacts we reached at a public address, and
+        public relays found on the DHT when the others are too few."""
         if self._punch is None:
             return
         nodes = list(self._rendezvous_config)
-        if self._dht is not None:
+        if self._dht is not None and self._dht.options.trust_bootstrap:
             for entry in self._dht.options.bootstrap:
                 with contextlib.suppress(ValueError):
                     nodes.append(RendezvousNode(parse_address(entry), None, "bootstrap"))
@@ -1043,6 +1051,9 @@ class Node:
             if self._nat_hints.get(contact.peer_id) == "none" or is_public_ip(address[0]):
                 key = key_from_peer_id(contact.peer_id)
                 nodes.append(RendezvousNode(address, key, "contact"))
+        if self._finder is not None:
+            self._finder.wanted = len(nodes) < 2
+            nodes.extend(self._finder.found)
         self._punch.set_rendezvous(nodes)
 
     def _rendezvous_changed(self, moved: bool) -> None:

@@ -94,7 +94,7 @@ TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
 # no address at all) is looked up in the DHT; repeated lookups back off up to an hour.
 DHT_AFTER_ATTEMPTS = 2
-DHT_RETRY_MIN = 5.0
+DHT_RETRY_MIN = 1.0
 DHT_RETRY_MAX = 3600.0
 RUNNING_TRANSFER_STATES = ("accepted", "sending", "receiving")
 

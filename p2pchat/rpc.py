@@ -19,15 +19,20 @@ Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
 
 
 def to_json(value: Any) -> Any:
-    """Dataclasses (store rows, views) become plain dicts; tuples become lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
+    """Dataclasses (store rows, views) become plain dicts; tuples become lists.
+
+    Plain values are tested first: a page of transfers holds thousands of them.
+    """
+    if value is None or isinstance(value, (str, int, float)):
+        return value
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
 
 

@@ -108,7 +108,7 @@ MAX_STORED_FILES = 262_144
 # Listings: one page holds at most this many transfers and (about) file rows.
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-PAGE_FILES = 8192
+PAGE_FILES = 2048
 
 TERMINAL = ("done", "declined", "cancelled", "failed")
 
@@ -1075,7 +1075,7 @@ class TransferManager:
     def page(
         self, peer_id: str | None, *, limit: int = PAGE_SIZE, before: str | None = None
     ) -> list[Transfer]:
-        """Newest first, at most ``limit`` transfers (and about ``PAGE_FILES`` file
+        """Newest first, at most ``limit`` transfers (and at most ``PAGE_FILES`` file
         rows); the next page starts ``before`` the last id of this one."""
         if limit < 1:
             raise TransferError("limit must be at least 1")

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, cast
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
 
@@ -37,6 +38,7 @@ from p2pchat.store import StoreError
 from p2pchat.ui.format import Clock
 from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.palette import ChatCommands, PaletteCommand
+from p2pchat.ui.safe import clean, one_line
 from p2pchat.ui.screens.main import MainScreen, Mode
 from p2pchat.ui.screens.passphrase import passphrase_command
 from p2pchat.ui.screens.setup import (
@@ -51,6 +53,8 @@ from p2pchat.ui.screens.setup import (
 log = logging.getLogger(__name__)
 
 DARK_THEME = "textual-dark"
+# A toast says what happened in a few lines; the rest of a long error is noise.
+NOTIFY_LIMIT = 400
 LIGHT_THEME = "textual-light"
 
 
@@ -268,6 +272,30 @@ class ChatApp(App[int]):
             self.main.detach()
         self.workers.cancel_group(self, "events")
         await node.stop()
+
+    # ------------------------------------------------------ notifications
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast of the app, shown as literal text whatever ``markup`` says.
+
+        Toasts carry names, file names and error words that peers chose; as
+        markup, ``[`` in any of them would restyle the toast, run an action or
+        raise ``MarkupError``.  Widgets' and screens' ``notify`` land here too.
+        """
+        super().notify(
+            clean(message, multiline=True, limit=NOTIFY_LIMIT),
+            title=one_line(title, 80),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     # ---------------------------------------------------------- settings
     def apply_settings(self, settings: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.palette import ChatCommands, PaletteCommand
 from p2pchat.ui.safe import clean, one_line
 from p2pchat.ui.screens.main import MainScreen, Mode
+from p2pchat.ui.screens.passphrase import passphrase_command
 from p2pchat.ui.screens.setup import (
     FatalScreen,
     FirstRunScreen,
@@ -360,6 +361,8 @@ class ChatApp(App[int]):
             yield from screen.palette_commands()
         yield "Toggle light/dark theme", "Saved in settings.json", self.action_toggle_theme
         yield "Toggle bell", "Ring the terminal bell on new messages", self.action_toggle_bell
+        if self.node is not None:
+            yield passphrase_command(self, self.node)
         yield "Quit p2pchat", "Stop the node and leave", self._quit_from_palette
 
     def _quit_from_palette(self) -> None:

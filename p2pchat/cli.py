@@ -102,9 +102,14 @@ class _LocalApi:
         return await rpc.call(self.node, op, args)
 
 
-# Operations that take long on purpose: hashing files to offer, a DHT lookup, and
-# ``send`` waiting for delivery (its own ``wait`` plus the usual margin).
-_SLOW_OPS: dict[str, float | None] = {"send_files": None, "dht_lookup": 120.0}
+# Operations that take long on purpose: hashing files to offer, a DHT lookup, a
+# passphrase change (Argon2id and a copy of the whole database), and ``send``
+# waiting for delivery (its own ``wait`` plus the usual margin).
+_SLOW_OPS: dict[str, float | None] = {
+    "send_files": None,
+    "dht_lookup": 120.0,
+    "passphrase": None,
+}
 
 
 class _RemoteApi:

@@ -40,6 +40,7 @@ from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.palette import ChatCommands, PaletteCommand
 from p2pchat.ui.safe import clean, one_line
 from p2pchat.ui.screens.main import MainScreen, Mode
+from p2pchat.ui.screens.passphrase import passphrase_command
 from p2pchat.ui.screens.setup import (
     FatalScreen,
     FirstRunScreen,
@@ -388,6 +389,8 @@ class ChatApp(App[int]):
             "Also show news as desktop notifications (notify-send, osascript)",
             self.action_toggle_desktop,
         )
+        if self.node is not None:
+            yield passphrase_command(self, self.node)
         yield "Quit p2pchat", "Stop the node and leave", self._quit_from_palette
 
     def _quit_from_palette(self) -> None:

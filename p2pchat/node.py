@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pchat.atrest import PassphraseChange, change_passphrase, open_home
 from p2pchat.config import (
     DEFAULT_PORT,
     PASSPHRASE_ENV,
@@ -54,7 +55,6 @@ from p2pchat.identity import (
     format_address,
     is_peer_id,
     key_from_peer_id,
-    load_identity,
     parse_address,
     parse_contact_ref,
     peer_id_from_key,
@@ -69,7 +69,7 @@ from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.store import Contact, ContactRequest, Message, Store, StoreError, Transfer
+from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,13 @@ class Node:
         self.clock = clock
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
-        self.identity: Identity = load_identity(paths.identity, passphrase)
+        self.identity: Identity
+        self.identity, self.store = open_home(paths, passphrase)
         self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
-        self.store = Store(paths.database)
         for peer, old, new in self.store.repair_names():
             log.warning("stored name %r of %s breaks the name rule; now %r", old, peer, new)
         self.settings = load_settings(paths)
+        self._move_pending_tokens()
         self._name = self._load_name()
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
@@ -427,6 +428,23 @@ class Node:
 
         return stream()
 
+    @property
+    def database_encrypted(self) -> bool:
+        """Whether the history is encrypted at rest (the identity has a passphrase)."""
+        return self.store.encrypted
+
+    async def change_passphrase(self, old: str | None, new: str | None) -> PassphraseChange:
+        """Set, change or remove (``new`` None) the passphrase of the key file and database.
+
+        Runs in this node, which owns the database, so neither the daemon nor the
+        app has to stop; while the database is copied, store calls wait.  Refused
+        (``DatabaseBusy``) while another process has the database open.  See
+        ``p2pchat.atrest`` for the crash-safe swap.
+        """
+        return await asyncio.to_thread(
+            change_passphrase, self.paths, self.store, self.identity, old, new
+        )
+
     def update_settings(self, **values: Any) -> None:
         """Change settings through the node's own copy, so no writer loses another's keys."""
         if "name" in values:
@@ -486,10 +504,7 @@ class Node:
             invite.peer_id, display, addresses=tuple(dict.fromkeys(addrs)), now=self.clock()
         )
         if invite.token:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens[invite.peer_id] = invite.token
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+            self.store.save_pending_token(invite.peer_id, invite.token)
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
         self._poke()
@@ -900,16 +915,21 @@ class Node:
     def _forget_token(self, peer_id: str) -> None:
         """The token went out in this session's Hello: one presentation is all it
         gets, so it is not repeated in every later Hello."""
-        if self._pending_token(peer_id) is not None:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens.pop(peer_id, None)
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+        self.store.drop_pending_token(peer_id)
 
     def _pending_token(self, peer_id: str | None) -> str | None:
-        tokens = self.settings.get("pending_tokens", {})
-        token = tokens.get(peer_id) if isinstance(tokens, dict) and peer_id else None
-        return token if isinstance(token, str) else None
+        return self.store.pending_token(peer_id) if peer_id else None
+
+    def _move_pending_tokens(self) -> None:
+        """Older versions kept these in settings.json, where they named contacts in clear."""
+        tokens = self.settings.pop("pending_tokens", None)
+        if tokens is None:
+            return
+        if isinstance(tokens, dict):
+            for peer_id, token in tokens.items():
+                if isinstance(peer_id, str) and isinstance(token, str):
+                    self.store.save_pending_token(peer_id, token)
+        save_settings(self.paths, self.settings)
 
     def key_mismatch(self, conn: PeerConnection, seen_key: bytes) -> None:
         expected = conn.expected_peer

@@ -98,7 +98,8 @@ def test_migration_to_per_conversation_ids_keeps_everything(db_path: Path) -> No
     the position counter all survive the rebuild, and the foreign key still cascades."""
     import p2pchat.store as store_module
 
-    old = store_module.MIGRATIONS[:3]
+    rebuild = next(i for i, step in enumerate(MIGRATIONS) if "messages_v4" in step)
+    old = store_module.MIGRATIONS[:rebuild]
     db_path.parent.mkdir(parents=True, exist_ok=True)
     raw = sqlite3.connect(db_path, isolation_level=None)
     raw.execute("PRAGMA foreign_keys = ON")

@@ -302,6 +302,19 @@ class DhtCore:
     def local_item(self, target: bytes, now: float) -> Item | None:
         return self._items.get(target, now)
 
+    def store_own(self, item: Item, now: float) -> bool:
+        """Keep one of our own items in our storage too, as if we had been sent a put:
+        a serving node is one of the nodes that exist near its own record's target (in
+        a small swarm maybe the only one serving), and lookups reaching it find it."""
+        try:
+            return self._items.put(item, source="(self)", now=now)
+        except PutRejected:
+            return False
+
+    def serving_contacts(self) -> int:
+        """Contacts that answered us (confirmed): the nodes a put could reach."""
+        return sum(1 for table in self._tables.values() for node in table if node.confirmed)
+
     # ------------------------------------------------------------------ driver interface
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
@@ -708,7 +721,10 @@ class DhtCore:
     def _allow(self, addr: Addr, now: float) -> bool:
         """May we answer ``addr`` now? Its IP's bucket, then the global budget of its
         kind (see :mod:`.budget`); beyond either, the query is dropped unanswered."""
-        if not self._rate.take(addr[0], now):
+        # Every process on this host shares 127.0.0.1 (a local swarm would share one
+        # bucket); any 127/8 address is free to use anyway, which the global budgets cover.
+        key = f"{addr[0]}:{addr[1]}" if addr[0].startswith("127.") or addr[0] == "::1" else addr[0]
+        if not self._rate.take(key, now):
             self.stats["dropped_rate"] += 1
             return False
         if self.is_verified(addr, now):

@@ -24,6 +24,8 @@ import platformdirs
 APP_NAME = "p2pchat"
 HOME_ENV = "P2PCHAT_HOME"
 PASSPHRASE_ENV = "P2PCHAT_PASSPHRASE"
+# The new passphrase for `p2pchat passphrase set|change` run without a terminal.
+NEW_PASSPHRASE_ENV = "P2PCHAT_NEW_PASSPHRASE"
 BOOTSTRAP_ENV = "P2PCHAT_BOOTSTRAP"
 # The well-known Mainline routers: only for a daemon given no --bootstrap and no
 # $P2PCHAT_BOOTSTRAP (tests always name their own nodes).

@@ -32,6 +32,8 @@ import nacl.secret
 import nacl.signing
 import nacl.utils
 
+from p2pchat.names import InvalidName, normalise_name
+
 __all__ = [
     "INVITE_PREFIX",
     "MAX_INVITE_CHARS",
@@ -46,6 +48,8 @@ __all__ = [
     "create_identity",
     "format_address",
     "is_peer_id",
+    "is_sealed",
+    "key_file_bytes",
     "key_from_peer_id",
     "load_identity",
     "load_or_create_identity",
@@ -507,6 +511,27 @@ def create_identity(path: Path, passphrase: str | None = None) -> Identity:
     return identity
 
 
+def is_sealed(path: Path) -> bool:
+    """Whether the key file at ``path`` is protected by a passphrase (nothing is unsealed)."""
+    path = Path(path)
+    try:
+        doc = json.loads(_read_key_file(path))
+    except (ValueError, RecursionError):
+        raise _corrupt(path, "not valid JSON") from None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind not in (_KIND_PLAIN, _KIND_SEALED):
+        raise _corrupt(path, f"unknown kind {kind!r}")
+    return bool(kind == _KIND_SEALED)
+
+
+def key_file_bytes(identity: Identity, passphrase: str | None) -> bytes:
+    """The key file for ``identity``, sealed under ``passphrase`` (None: in the clear).
+
+    For a passphrase change, which writes the file itself (``p2pchat.atrest``).
+    """
+    return _encode_key_file(identity, passphrase)
+
+
 def load_or_create_identity(
     path: Path, passphrase: str | None = None, *, create: bool = True
 ) -> tuple[Identity, bool]:
@@ -643,23 +668,15 @@ INVITE_PREFIX: Final = "p2pchat:"
 MAX_INVITE_CHARS: Final = 2048
 _MAX_ADDRESSES: Final = 16
 _MAX_TOKEN: Final = 64
-_MAX_NAME: Final = 64
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
-# Characters that would let a suggested name rewrite the terminal or reorder text around it.
-_BIDI_CONTROLS: Final = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
-_FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
-def _check_name(name: str) -> None:
-    if not 1 <= len(name) <= _MAX_NAME:
-        raise InvalidInvite(f"name must be 1..{_MAX_NAME} characters")
-    if not name.strip():
-        raise InvalidInvite("name must not be blank")
-    for ch in name:
-        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-            raise InvalidInvite(f"name contains control character U+{ord(ch):04X}")
+def _check_name(name: str) -> str:
+    """The invite's suggested name under the one name rule (``p2pchat.names``)."""
+    try:
+        return normalise_name(name)
+    except InvalidName as exc:
+        raise InvalidInvite(f"invite name refused: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,7 +720,7 @@ class Invite:
         if self.name is not None:
             if not isinstance(self.name, str):
                 raise InvalidInvite("name must be text")
-            _check_name(self.name)
+            object.__setattr__(self, "name", _check_name(self.name))
         if len(self.encode()) > MAX_INVITE_CHARS:
             raise InvalidInvite(f"invite would exceed {MAX_INVITE_CHARS} characters")
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pchat.atrest import PassphraseChange, change_passphrase, open_home
 from p2pchat.config import (
     DEFAULT_PORT,
     PASSPHRASE_ENV,
@@ -54,12 +55,12 @@ from p2pchat.identity import (
     format_address,
     is_peer_id,
     key_from_peer_id,
-    load_identity,
     parse_address,
     parse_contact_ref,
     peer_id_from_key,
     safety_number,
 )
+from p2pchat.names import name_problem, normalise_name, repair_name
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
 from p2pchat.net.interfaces import interface_ips
@@ -68,7 +69,7 @@ from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
+from p2pchat.store import Contact, ContactRequest, Message, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,6 @@ RACE_WINDOW = 5.0
 MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
-MAX_NAME = 64
 # Distinct resend requests honoured per session; a genuine peer needs a handful.
 MAX_GAPS_PER_SESSION = 64
 MAX_INVITE_ADDRESSES = 8
@@ -160,10 +160,14 @@ class Node:
         self.clock = clock
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
-        self.identity: Identity = load_identity(paths.identity, passphrase)
+        self.identity: Identity
+        self.identity, self.store = open_home(paths, passphrase)
         self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
-        self.store = Store(paths.database)
+        for peer, old, new in self.store.repair_names():
+            log.warning("stored name %r of %s breaks the name rule; now %r", old, peer, new)
         self.settings = load_settings(paths)
+        self._move_pending_tokens()
+        self._name = self._load_name()
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
@@ -204,8 +208,23 @@ class Node:
 
     @property
     def name(self) -> str:
-        name = self.settings.get("name")
-        return name if isinstance(name, str) and name else self.peer_id[:8]
+        return self._name
+
+    def _load_name(self) -> str:
+        """Our display name from settings, repaired if an older version stored one
+        that breaks the name rule (it would fail every Hello and every invite)."""
+        stored = self.settings.get("name")
+        name = repair_name(stored) if isinstance(stored, str) else None
+        if stored is not None and name != stored:
+            problem = name_problem(stored)
+            if problem is not None:
+                log.warning("the stored display name is refused (%s); using %r", problem, name)
+            if name is None:
+                self.settings.pop("name", None)
+            else:
+                self.settings["name"] = name
+            save_settings(self.paths, self.settings)
+        return name or self.peer_id[:8]
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -397,10 +416,30 @@ class Node:
 
         return stream()
 
+    @property
+    def database_encrypted(self) -> bool:
+        """Whether the history is encrypted at rest (the identity has a passphrase)."""
+        return self.store.encrypted
+
+    async def change_passphrase(self, old: str | None, new: str | None) -> PassphraseChange:
+        """Set, change or remove (``new`` None) the passphrase of the key file and database.
+
+        Runs in this node, which owns the database, so neither the daemon nor the
+        app has to stop; while the database is copied, store calls wait.  Refused
+        (``DatabaseBusy``) while another process has the database open.  See
+        ``p2pchat.atrest`` for the crash-safe swap.
+        """
+        return await asyncio.to_thread(
+            change_passphrase, self.paths, self.store, self.identity, old, new
+        )
+
     def update_settings(self, **values: Any) -> None:
         """Change settings through the node's own copy, so no writer loses another's keys."""
+        if "name" in values:
+            values["name"] = normalise_name(values["name"])
         self.settings.update(values)
         save_settings(self.paths, self.settings)
+        self._name = self._load_name()
 
     def _emit(self, event: NodeEvent) -> None:
         for sub in self._subs:
@@ -444,15 +483,15 @@ class Node:
         for addr in addresses:
             host, port = parse_address(addr)
             addrs.append(format_address(host, port))
-        display = _clean_name(name or invite.name) or invite.peer_id[:8]
+        if name is not None:
+            display = normalise_name(name)
+        else:
+            display = repair_name(invite.name) or invite.peer_id[:8]
         contact = self.store.add_contact(
             invite.peer_id, display, addresses=tuple(dict.fromkeys(addrs)), now=self.clock()
         )
         if invite.token:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens[invite.peer_id] = invite.token
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+            self.store.save_pending_token(invite.peer_id, invite.token)
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
         self._poke()
@@ -523,7 +562,7 @@ class Node:
     def accept_request(self, ref: str, *, name: str | None = None) -> Contact:
         request = self.store.find_request(ref)
         contact = self.store.accept_request(
-            request.peer_id, name=_clean_name(name), now=self.clock()
+            request.peer_id, name=None if name is None else normalise_name(name), now=self.clock()
         )
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
@@ -597,18 +636,15 @@ class Node:
         return peer_id in self._active
 
     def set_name(self, name: str) -> str:
-        """Our display name, sent to peers in Hello from the next session on."""
-        cleaned = _clean_name(name)
-        if cleaned is None:
-            raise NodeError("a display name needs at least one printable character")
-        self.settings["name"] = cleaned
-        save_settings(self.paths, self.settings)
-        return cleaned
+        """Our display name, sent to peers in Hello from the next session on.
+
+        Raises ``InvalidName`` (a ValueError) saying why a name is refused.
+        """
+        self.update_settings(name=name)
+        return self._name
 
     def rename_contact(self, ref: str, name: str) -> Contact:
-        cleaned = _clean_name(name)
-        if cleaned is None:
-            raise NodeError("a contact name needs at least one printable character")
+        cleaned = normalise_name(name)
         contact = self.store.rename_contact(self.store.find_contact(ref).peer_id, cleaned)
         self._emit(ContactChanged(contact.peer_id))
         return contact
@@ -734,7 +770,7 @@ class Node:
         before = self._nearby.get(peer_id)
         entry = NearbyPeer(
             peer_id=peer_id,
-            name=_clean_name(name),
+            name=repair_name(name),
             addresses=addrs,
             source=source,
             seen_at=self.clock(),
@@ -782,8 +818,12 @@ class Node:
             self._known_ips = known
             self.transfers.tick()
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+            # races with the wake-up (a poke right before stop()), and stop() then
+            # waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
 
     def _maybe_resolve(self, contact: Contact, now: float) -> None:
         """Ask the DHT for the contact's signed record when its known addresses fail."""
@@ -859,16 +899,21 @@ class Node:
     def _forget_token(self, peer_id: str) -> None:
         """The token went out in this session's Hello: one presentation is all it
         gets, so it is not repeated in every later Hello."""
-        if self._pending_token(peer_id) is not None:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens.pop(peer_id, None)
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+        self.store.drop_pending_token(peer_id)
 
     def _pending_token(self, peer_id: str | None) -> str | None:
-        tokens = self.settings.get("pending_tokens", {})
-        token = tokens.get(peer_id) if isinstance(tokens, dict) and peer_id else None
-        return token if isinstance(token, str) else None
+        return self.store.pending_token(peer_id) if peer_id else None
+
+    def _move_pending_tokens(self) -> None:
+        """Older versions kept these in settings.json, where they named contacts in clear."""
+        tokens = self.settings.pop("pending_tokens", None)
+        if tokens is None:
+            return
+        if isinstance(tokens, dict):
+            for peer_id, token in tokens.items():
+                if isinstance(peer_id, str) and isinstance(token, str):
+                    self.store.save_pending_token(peer_id, token)
+        save_settings(self.paths, self.settings)
 
     def key_mismatch(self, conn: PeerConnection, seen_key: bytes) -> None:
         expected = conn.expected_peer
@@ -934,9 +979,16 @@ class Node:
         peer = conn.peer_id
         assert peer is not None
         now = self.clock()
+        if hello.name_problem is not None:
+            log.warning(
+                "%s announced a name that breaks the name rule (%s); using %r",
+                peer,
+                hello.name_problem,
+                hello.name,
+            )
         if self.store.get_contact(peer) is None and hello.token:
             if self.store.redeem_invite_token(hello.token, peer, now=now):
-                name = _clean_name(hello.name) or peer[:8]
+                name = hello.name or peer[:8]
                 self.store.add_contact(peer, name, addresses=(conn.address,), now=now)
                 self._emit(ContactAdded(peer, name))
         if self.store.get_contact(peer) is not None:
@@ -946,7 +998,7 @@ class Node:
             conn.close("too many pending contact requests")
             return
         request, new = self.store.add_request(
-            peer, name=_clean_name(hello.name), address=conn.address, preview=None, now=now
+            peer, name=hello.name, address=conn.address, preview=None, now=now
         )
         if request.state == "declined":
             conn.close("contact request declined")
@@ -1102,10 +1154,3 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
 def _absolute(path: Path) -> Path:
     return path.expanduser().absolute()
 
-
-def _clean_name(name: str | None) -> str | None:
-    """Display names come from peers: printable, single line, bounded."""
-    if not name:
-        return None
-    cleaned = "".join(ch for ch in name if ch.isprintable()).strip()
-    return cleaned[:MAX_NAME] or None

@@ -25,11 +25,13 @@ history, its counters and its queued messages.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,8 +39,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
+import sqlcipher3
+
 from p2pchat.core.events import MessageState
 from p2pchat.core.window import Verdict, classify_incoming
+from p2pchat.names import MAX_NAME_CHARS, normalise_name, repair_name
 
 __all__ = [
     "MAX_ADDRESSES",
@@ -62,7 +67,6 @@ RequestState = Literal["pending", "declined"]
 
 MAX_ADDRESSES = 8
 MAX_PENDING_REQUESTS = 256
-MAX_NAME_CHARS = 64
 MAX_PREVIEW_CHARS = 200
 MAX_ADDRESS_CHARS = 256
 MIN_ID_PREFIX = 4
@@ -71,6 +75,14 @@ DEFAULT_INVITE_TTL = 7 * 86400.0
 
 class StoreError(Exception):
     """The local database cannot do what was asked."""
+
+
+class DatabaseBusy(StoreError):
+    """Another process holds the database in a way that excludes this request."""
+
+
+class DatabaseKeyError(StoreError):
+    """The database cannot be read with the key given (or without one)."""
 
 
 class UnknownContact(StoreError):
@@ -287,6 +299,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX transfers_created ON transfers (created_at, id);
     CREATE INDEX transfers_state ON transfers (direction, state, updated_at);
     """,
+    """
+    -- One-time tokens of invites we redeemed, waiting for the first Hello to that
+    -- peer.  Here rather than in settings.json so that a home with a passphrase holds
+    -- no contact's peer ID in clear.
+    CREATE TABLE pending_tokens (
+        peer_id TEXT PRIMARY KEY,
+        token   TEXT NOT NULL
+    );
+    """,
 )
 
 _CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address"
@@ -325,15 +346,6 @@ def _clip(text: str | None, limit: int) -> str | None:
         return None
     text = text.strip()[:limit]
     return text or None
-
-
-def _clean_name(name: str) -> str:
-    cleaned = name.strip()
-    if not cleaned:
-        raise ValueError("contact name must not be empty")
-    if len(cleaned) > MAX_NAME_CHARS:
-        raise ValueError(f"contact name must be at most {MAX_NAME_CHARS} characters")
-    return cleaned
 
 
 def _default_name(peer_id: str) -> str:
@@ -446,36 +458,235 @@ def _resolve(
     raise UnknownContact(f"no {what} matches {ref!r}")
 
 
-class Store:
-    """One connection to the node's database; safe to share between threads."""
+# -- opening the database ------------------------------------------------------
+#
+# The one place where a connection to the node's database is made.  A home with
+# a passphrase keeps its database in SQLCipher (every page, the WAL included,
+# encrypted with AES-256 and authenticated with HMAC-SHA512) under a raw 256-bit
+# key derived from the unlocked identity (``p2pchat.atrest``); a home without
+# one keeps an ordinary SQLite file opened by the standard library, exactly as
+# before encryption existed.
 
-    def __init__(self, path: Path) -> None:
+# Both bindings implement the same DB-API but raise their own exception classes.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, sqlcipher3.Error)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# How long opening waits for a re-encryption by another process to finish.
+LOCK_WAIT = 120.0
+
+
+def database_is_plaintext(path: Path) -> bool | None:
+    """True for an ordinary SQLite file, False for an encrypted one, None when empty or absent.
+
+    SQLCipher encrypts the whole first page, header included (its first 16 bytes
+    are the random salt), so an encrypted file never starts with SQLite's magic.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return None
+    if not head:
+        return None
+    return head == _SQLITE_MAGIC
+
+
+def pending_rekey_marker(path: Path) -> Path:
+    """The commit marker of an unfinished passphrase change (see ``p2pchat.atrest``)."""
+    return path.with_name(path.name + ".rekey")
+
+
+def open_database(path: Path, key: bytes | None, *, sqlcipher: bool = False) -> sqlite3.Connection:
+    """Connect to the database at ``path``, encrypted under ``key`` or plain when None.
+
+    A plain database is opened by the standard library unless ``sqlcipher`` asks for
+    the SQLCipher binding (re-encryption needs its ``sqlcipher_export``).  Raises
+    :class:`DatabaseKeyError` when the file and the key do not go together.
+    """
+    plaintext = database_is_plaintext(path)
+    if key is None and plaintext is False:
+        raise DatabaseKeyError(
+            f"{path} is encrypted, but the identity has no passphrase; was identity.key "
+            "replaced by an unprotected copy?"
+        )
+    if key is not None and plaintext is True:
+        raise DatabaseKeyError(f"{path} is not encrypted, but a database key was given")
+    try:
+        if key is None and not sqlcipher:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        else:
+            raw = sqlcipher3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            # Same DB-API; the cast lets the store keep one connection type.
+            db = cast(sqlite3.Connection, raw)
+            # SQLCipher's own log would print to stderr on a key that does not fit;
+            # every failure reaches us as an exception, which says it once.
+            db.execute("PRAGMA cipher_log_level = NONE")
+            if key is not None:
+                if len(key) != 32:
+                    raise ValueError("a database key is 32 bytes")
+                # A raw key skips SQLCipher's PBKDF2: it is already a uniform 256-bit
+                # key, and the passphrase's Argon2id ran when the identity was unlocked.
+                db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+                # Wiping every freed SQLite buffer would not keep the key or the seed
+                # out of process memory; docs/performance.md has the measured cost.
+                db.execute("PRAGMA cipher_memory_security = OFF")
+    except DB_ERRORS as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    try:
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except DB_ERRORS as exc:
+            if key is not None:
+                raise DatabaseKeyError(
+                    f"cannot decrypt {path}: it was not encrypted by this identity, or it is "
+                    "damaged"
+                ) from None
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        db.execute("PRAGMA busy_timeout = 5000")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot enable WAL mode on {path} (got {mode!r})")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        # Sorts, temporary tables and indices stay in memory, never in a temp file.
+        db.execute("PRAGMA temp_store = MEMORY")
+    except DB_ERRORS as exc:
+        db.close()
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class StoreLock:
+    """An ``flock`` on ``<database>.lock`` that every open :class:`Store` holds shared.
+
+    A passphrase change swaps the database file for a re-encrypted copy; it takes
+    this lock exclusively first, so no process can be left holding (and writing
+    to) the file that was replaced.  The kernel releases it when a process dies.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
+        self._fd: int | None = None
+
+    def shared(self, timeout: float = LOCK_WAIT) -> None:
+        """Hold the lock shared, waiting up to ``timeout`` for a re-encryption to end."""
+        self._take(fcntl.LOCK_SH, timeout)
+
+    def exclusive(self, timeout: float = 0.0) -> None:
+        """Hold the lock alone; fails at once if another store is open anywhere.
+
+        Converting a shared lock is not atomic: on failure this process holds no
+        lock at all until it calls :meth:`shared` again.
+        """
+        self._take(fcntl.LOCK_EX, timeout)
+
+    def _take(self, operation: int, timeout: float) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+            self._fd = fd
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, operation | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        if operation == fcntl.LOCK_EX:
+            raise DatabaseBusy(
+                f"the database in {self.path.parent} is open in another p2pchat process "
+                "(the app, a command, or a node opened by a test or script): close it and "
+                "try again"
+            )
+        raise DatabaseBusy(
+            f"the database in {self.path.parent} is being re-encrypted by another p2pchat "
+            "process (a passphrase change); try again when it is done"
+        )
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+@dataclass(slots=True)
+class Reopen:
+    """What :meth:`Store.offline` reopens with: its file lock and the (new) key."""
+
+    lock: StoreLock
+    key: bytes | None
+
+
+class Store:
+    """One connection to the node's database; safe to share between threads.
+
+    ``key`` is the SQLCipher key of an encrypted database (None: plain SQLite).
+    ``lock`` is a :class:`StoreLock` the caller already holds shared; the store
+    then owns it.  Without one the store takes its own.
+    """
+
+    def __init__(
+        self, path: Path, *, key: bytes | None = None, lock: StoreLock | None = None
+    ) -> None:
         self.path = Path(path)
+        self._key = key
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._create_private(self.path)
+        self._file_lock = lock if lock is not None else StoreLock(self.path)
         try:
-            db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        self._db = db
-        try:
-            db.execute("PRAGMA busy_timeout = 5000")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"cannot enable WAL mode on {self.path} (got {mode!r})")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA foreign_keys = ON")
-            self._migrate(db)
-        except sqlite3.Error as exc:
+            if lock is None:
+                self._file_lock.shared()
+            self._create_private(self.path)
+            self._db = self._open()
+            self._migrate(self._db)
+        except DB_ERRORS as exc:
             self.close()
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         except BaseException:
             self.close()
             raise
+
+    def _open(self) -> sqlite3.Connection:
+        marker = pending_rekey_marker(self.path)
+        if marker.exists():
+            raise StoreError(
+                f"{marker} shows an unfinished passphrase change; open this home with "
+                "p2pchat (any command) to finish it"
+            )
+        return open_database(self.path, self._key)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._key is not None
+
+    @contextmanager
+    def offline(self) -> Iterator[Reopen]:
+        """Close the connection so the caller can replace the database file.
+
+        Every store call from other threads waits meanwhile.  The caller may take
+        the yielded lock exclusively and set the key to reopen with; on the way out
+        the lock is shared again and the database reopened.
+        """
+        with self._lock:
+            if self._db is None:
+                raise StoreError("store is closed")
+            self._db.close()
+            self._db = None
+            reopen = Reopen(self._file_lock, self._key)
+            try:
+                yield reopen
+            finally:
+                self._file_lock.shared()
+                self._key = reopen.key
+                self._db = self._open()
 
     @staticmethod
     def _create_private(path: Path) -> None:
@@ -521,6 +732,7 @@ class Store:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            self._file_lock.release()
 
     def __enter__(self) -> Store:
         return self
@@ -552,7 +764,7 @@ class Store:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except DB_ERRORS as exc:
                 raise StoreError(f"database error: {exc}") from exc
 
     @contextmanager
@@ -561,7 +773,7 @@ class Store:
             db = self._connection()
             try:
                 yield db
-            except sqlite3.Error as exc:
+            except DB_ERRORS as exc:
                 raise StoreError(f"database error: {exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:
@@ -632,14 +844,14 @@ class Store:
         new_addresses = list(addresses)
         final_name: str | None = None
         if name is not None:
-            final_name = _clean_name(name)
+            final_name = normalise_name(name)
             if strict_name:
                 self._check_name_free(db, final_name, peer_id)
             else:
                 final_name = self._free_name(db, final_name, peer_id)
         if existing is None:
             if final_name is None:
-                wanted = _clip(derived_name, MAX_NAME_CHARS) or _default_name(peer_id)
+                wanted = repair_name(derived_name) or _default_name(peer_id)
                 final_name = self._free_name(db, wanted, peer_id)
             db.execute(
                 "INSERT INTO contacts (peer_id, name, verified, added_at, addresses)"
@@ -719,10 +931,39 @@ class Store:
     def rename_contact(self, peer_id: str, name: str) -> Contact:
         with self._write() as db:
             self._require_contact(db, peer_id)
-            cleaned = _clean_name(name)
+            cleaned = normalise_name(name)
             self._check_name_free(db, cleaned, peer_id)
             db.execute("UPDATE contacts SET name = ? WHERE peer_id = ?", (cleaned, peer_id))
             return self._require_contact(db, peer_id)
+
+    def repair_names(self) -> list[tuple[str, str | None, str | None]]:
+        """Bring names stored by older versions under the name rule (``p2pchat.names``).
+
+        Those versions stored whatever was typed or announced, and a name with a
+        control character or over the length limit broke every session that
+        carried it.  Returns ``(peer_id, old, new)`` for each contact or request
+        changed; a read-only pass when nothing needs repair.
+        """
+        with self._read() as db:
+            contacts = db.execute("SELECT peer_id, name FROM contacts").fetchall()
+            requests = db.execute(
+                "SELECT peer_id, name FROM requests WHERE name IS NOT NULL"
+            ).fetchall()
+        bad_contacts = [(p, n) for p, n in contacts if repair_name(n) != n]
+        bad_requests = [(p, n) for p, n in requests if repair_name(n) != n]
+        if not bad_contacts and not bad_requests:
+            return []
+        changed: list[tuple[str, str | None, str | None]] = []
+        with self._write() as db:
+            for peer_id, old in bad_contacts:
+                new = self._free_name(db, repair_name(old) or _default_name(peer_id), peer_id)
+                db.execute("UPDATE contacts SET name = ? WHERE peer_id = ?", (new, peer_id))
+                changed.append((peer_id, old, new))
+            for peer_id, old in bad_requests:
+                fixed = repair_name(old)
+                db.execute("UPDATE requests SET name = ? WHERE peer_id = ?", (fixed, peer_id))
+                changed.append((peer_id, old, fixed))
+        return changed
 
     def set_verified(self, peer_id: str, verified: bool) -> Contact:
         with self._write() as db:
@@ -1064,7 +1305,7 @@ class Store:
         """
         if not peer_id:
             raise ValueError("peer_id must not be empty")
-        name = _clip(name, MAX_NAME_CHARS)
+        name = repair_name(name)
         address = _clip(address, MAX_ADDRESS_CHARS)
         preview = _clip(preview, MAX_PREVIEW_CHARS)
         with self._write() as db:
@@ -1160,6 +1401,25 @@ class Store:
                 raise UnknownContact(f"no contact request from {peer_id}")
 
     # -- invite tokens -------------------------------------------------------
+
+    def save_pending_token(self, peer_id: str, token: str) -> None:
+        """Remember the token of a peer's invite until our Hello has presented it."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pending_tokens (peer_id, token) VALUES (?, ?)",
+                (peer_id, token),
+            )
+
+    def pending_token(self, peer_id: str) -> str | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT token FROM pending_tokens WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def drop_pending_token(self, peer_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM pending_tokens WHERE peer_id = ?", (peer_id,))
 
     def create_invite_token(self, *, now: float, ttl: float = DEFAULT_INVITE_TTL) -> str:
         """Issue a single-use token; expired unused ones are purged on the way."""

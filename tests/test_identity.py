@@ -471,7 +471,7 @@ PEER_ID = Identity(SEED).peer_id
         Invite(PEER_ID, ("1.2.3.4:5",)),
         Invite(PEER_ID, ("[::1]:4000", "example.com:443"), token="tok-EN_1", name="Alice"),
         Invite(PEER_ID, token="x" * 64),
-        Invite(PEER_ID, name="Zoë 👩\u200d💻"),
+        Invite(PEER_ID, name="Zoë 👩💻 ❤"),
         Invite(PEER_ID, tuple(f"10.0.0.{i}:{1000 + i}" for i in range(16))),
     ],
 )

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from p2pchat import names
 from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -55,7 +56,9 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 MAX_BODY_BYTES = 16 * 1024
-MAX_NAME_CHARS = 64
+MAX_NAME_CHARS = names.MAX_NAME_CHARS
+# A peer's announced name is repaired, not refused; this much of it is looked at.
+_MAX_WIRE_NAME_CHARS = 4 * MAX_NAME_CHARS
 MAX_TOKEN_CHARS = 64
 MAX_SEQ = 2**53 - 1
 """Sequence numbers stay exactly representable as IEEE doubles, for peers in JS."""
@@ -89,11 +92,16 @@ class Hello:
 
     ``token`` lets a stranger prove an invitation so the request can skip the
     "unknown sender" queue; ``name`` is only a suggestion for the contact list.
+
+    A name that breaks the name rule (``p2pchat.names``) never costs the peer
+    its session: ``decode`` repairs it (or drops it) and says why in
+    ``name_problem``, which is local information and never sent.
     """
 
     name: str | None = None
     token: str | None = None
     version: int = PROTOCOL_VERSION
+    name_problem: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +370,30 @@ class _Reader:
         value = self.get_label(key, MAX_REASON_CHARS)
         return value or ""
 
+    def get_name(self, key: str) -> tuple[str | None, str | None]:
+        """A display name and, for a peer's, what was wrong with it.
+
+        We send only names that are already valid and normalised.  A peer's bad
+        name is repaired instead of failing the frame: refusing a Hello would
+        close the session every few seconds over a cosmetic field.
+        """
+        value = self._m.get(key)
+        if value is None:
+            return None, None
+        if self._err is LocalProtocolError:
+            problem = names.name_problem(value)
+            if problem is None and names.normalise_name(value) != value:
+                problem = "name is not in normal form"
+            if problem is not None:
+                raise self.fail(f"field {key!r}: {problem}")
+            return value, None
+        if not isinstance(value, str):
+            return None, "the announced name is not text"
+        problem = names.name_problem(value[:_MAX_WIRE_NAME_CHARS])
+        if len(value) > _MAX_WIRE_NAME_CHARS:
+            problem = f"a name must be at most {MAX_NAME_CHARS} characters"
+        return names.repair_name(value[:_MAX_WIRE_NAME_CHARS]), problem
+
     def get_label(self, key: str, max_chars: int) -> str | None:
         """An optional short single-line string shown in lists and prompts.
 
@@ -411,10 +443,12 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
     if kind == _T_PENDING:
         return RequestPending()
     if kind == _T_HELLO:
+        name, problem = r.get_name("n")
         return Hello(
-            name=r.get_label("n", MAX_NAME_CHARS),
+            name=name,
             token=r.get_label("k", MAX_TOKEN_CHARS),
             version=r.get_int("v", 1, MAX_VERSION),
+            name_problem=problem,
         )
     if kind.startswith("f"):
         frame = _file_frame(kind, r, err)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, cast
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
 
@@ -37,7 +38,9 @@ from p2pchat.store import StoreError
 from p2pchat.ui.format import Clock
 from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.palette import ChatCommands, PaletteCommand
+from p2pchat.ui.safe import clean, one_line
 from p2pchat.ui.screens.main import MainScreen, Mode
+from p2pchat.ui.screens.passphrase import passphrase_command
 from p2pchat.ui.screens.setup import (
     FatalScreen,
     FirstRunScreen,
@@ -50,6 +53,8 @@ from p2pchat.ui.screens.setup import (
 log = logging.getLogger(__name__)
 
 DARK_THEME = "textual-dark"
+# A toast says what happened in a few lines; the rest of a long error is noise.
+NOTIFY_LIMIT = 400
 LIGHT_THEME = "textual-light"
 
 
@@ -268,6 +273,30 @@ class ChatApp(App[int]):
         self.workers.cancel_group(self, "events")
         await node.stop()
 
+    # ------------------------------------------------------ notifications
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast of the app, shown as literal text whatever ``markup`` says.
+
+        Toasts carry names, file names and error words that peers chose; as
+        markup, ``[`` in any of them would restyle the toast, run an action or
+        raise ``MarkupError``.  Widgets' and screens' ``notify`` land here too.
+        """
+        super().notify(
+            clean(message, multiline=True, limit=NOTIFY_LIMIT),
+            title=one_line(title, 80),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
+
     # ---------------------------------------------------------- settings
     def apply_settings(self, settings: dict[str, Any]) -> None:
         """Theme, key bindings and bell from ``settings.json`` (see docs/ui.md)."""
@@ -332,6 +361,8 @@ class ChatApp(App[int]):
             yield from screen.palette_commands()
         yield "Toggle light/dark theme", "Saved in settings.json", self.action_toggle_theme
         yield "Toggle bell", "Ring the terminal bell on new messages", self.action_toggle_bell
+        if self.node is not None:
+            yield passphrase_command(self, self.node)
         yield "Quit p2pchat", "Stop the node and leave", self._quit_from_palette
 
     def _quit_from_palette(self) -> None:

@@ -28,7 +28,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -69,11 +68,11 @@ from p2pchat.ui.format import (
     TypingThrottle,
     day_of,
     human_size,
-    one_line,
     relative_time,
     short_id,
 )
 from p2pchat.ui.messages import NodeEventArrived
+from p2pchat.ui.safe import literal, one_line, shown_name
 from p2pchat.ui.screens.contacts import AddContactScreen, RequestScreen
 from p2pchat.ui.screens.files import (
     ConfirmSendScreen,
@@ -239,7 +238,7 @@ class MainScreen(Screen[None]):
         views = self.node.contacts()
         entries = [self._entry(view) for view in views]
         entries.sort(key=lambda e: (-(e.last_activity or 0.0), e.name.casefold()))
-        self.names = {view.peer_id: view.name for view in views}
+        self.names = {view.peer_id: shown_name(view.name, short_id(view.peer_id)) for view in views}
         self._needs_read |= {view.peer_id for view in views if view.unread}
         requests = [RequestEntry(r.peer_id, r.name, r.preview) for r in self.node.requests()]
         nearby = [
@@ -319,17 +318,17 @@ class MainScreen(Screen[None]):
         if peer_id != self.current:
             self._send_typing(self._throttle.stop())
         self.current = peer_id
-        self.names[peer_id] = contact.name
+        self.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
         self._incoming_lines = []  # the history read below has them
         messages = self.node.history(peer_id, limit=HISTORY_LIMIT)
         cards = [self._card(self._info(t)) for t in self.node.list_transfers(peer_id)]
         self.conversation.show(
             peer_id,
             self._header(contact),
-            [self._line(m, contact.name) for m in messages],
+            [self._line(m, shown) for m in messages],
             cards=cards,
             today=day_of(self.clock(), self.tz),
-            empty_hint=f"No messages with {contact.name} yet. Say hello!",
+            empty_hint=f"No messages with {shown} yet. Say hello!",
         )
         self.conversation.set_banner(self.warnings.get(peer_id))
         self._show_remote_typing()
@@ -350,7 +349,9 @@ class MainScreen(Screen[None]):
 
     def _header(self, contact: Contact) -> Content:
         online = self.node.is_online(contact.peer_id)
-        parts: list[str | tuple[str, str]] = [(contact.name, "bold")]
+        parts: list[str | tuple[str, str]] = [
+            (shown_name(contact.name, short_id(contact.peer_id)), "bold")
+        ]
         if contact.verified:
             parts.append(("  ✔ verified", "$success"))
         else:
@@ -392,7 +393,7 @@ class MainScreen(Screen[None]):
             composer.placeholder = "/add CODE_OR_ID to add a contact · /help"
         else:
             name = self.names.get(self.current, short_id(self.current))
-            composer.placeholder = (
+            composer.placeholder = literal(
                 f"Message {name} (Enter sends, Ctrl+J new line, Ctrl+O file, /help)"
             )
 
@@ -903,10 +904,9 @@ class MainScreen(Screen[None]):
             return
         first = one_line(event.files[0][0], 40) if event.files else "?"
         more = f" and {len(event.files) - 1} more" if len(event.files) > 1 else ""
-        link = f"app.show_offer('{event.transfer_id}')"
         self.notify(
-            f"[@click={link}]{escape(name)} offers {escape(first)}{escape(more)} "
-            f"({human_size(event.total)}). Click here to answer, or press F3.[/]",
+            f"{name} offers {first}{more} ({human_size(event.total)}). "
+            "F3 lists it with Accept and Decline.",
             title="File offer",
             severity="warning",
             timeout=30,

@@ -8,6 +8,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from p2pchat.ui.format import short_id
+from p2pchat.ui.safe import one_line
 
 NETWORK_STYLES = {
     "online": "$success",
@@ -44,11 +45,13 @@ class StatusBar(Static):
         if info == self.info:
             return
         self.info = info
-        addresses = ", ".join(info.addresses) if info.addresses else "not listening"
-        network = info.network + (f": {info.detail}" if info.detail else "")
+        # Every part may carry outside text (a name from settings, an error's words).
+        name = one_line(info.name, 32)
+        addresses = one_line(", ".join(info.addresses), 80) or "not listening"
+        network = one_line(info.network + (f": {info.detail}" if info.detail else ""), 120)
         self.update(
             Content.assemble(
-                (info.name, "bold"),
+                (name, "bold"),
                 (f" {short_id(info.peer_id)}", "$text-muted"),
                 ("  │  ", "$text-muted"),
                 addresses,

@@ -639,3 +639,38 @@ async def test_concurrent_auto_accepts_reserve_disk_space(
         assert digest(bob.seen_downloads() / "big.bin") == digest(src)
     finally:
         await bob.stop()
+
+
+async def test_quic_data_sent_far_ahead_of_progress_fails_the_channel(
+    start_node: StartNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender that ignores the 8 MiB window on a QUIC data stream cannot make the
+    receiver queue without bound: past 16 MiB waiting, the channel fails and the
+    receiver asks again.  (The bytes are handed to the receiver in one go, exactly as
+    aioquic would deliver a fast sender's stream data before the consumer runs.)"""
+    caplog.set_level(logging.WARNING)
+    b, _downloads, hostile, session, endpoint, _host = await receiving_contact(
+        start_node, tmp_path
+    )
+    b.transfers.tcp_port = 0  # the data rides a QUIC stream
+    try:
+        tid = os.urandom(16).hex()
+        size = 32 * MiB
+        hostile.send(chat.FileOffer(tid, (chat.FileEntry("big.bin", size, bytes(32)),)))
+        await wait_until(lambda: bool(accepts(hostile, tid)))
+        accept = accepts(hostile, tid)[0]
+        assert accept.tcp_port == 0
+        mallory = next(c.peer_id for c in b.contacts() if c.name == "mallory")
+        conn = b.transfers.connection_for(mallory)
+        assert conn is not None
+        key = session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
+        sealer = Sealer(key, bytes.fromhex(tid), accept.attempt)
+        stream_id = 2  # the client's first unidirectional stream
+        b.transfers.stream_data(conn, stream_id, sealer.preamble, False)
+        chunk = os.urandom(CHUNK_SIZE)
+        for at in range(0, 20 * MiB, CHUNK_SIZE):
+            b.transfers.stream_data(conn, stream_id, sealer.seal(0, at, chunk), False)
+        await wait_until(lambda: len(accepts(hostile, tid)) >= 2, timeout=30)
+        assert any("sent ahead of progress" in r.getMessage() for r in caplog.records)
+    finally:
+        endpoint.close()

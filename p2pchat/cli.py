@@ -273,6 +273,13 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
         print(f"fingerprint:  {info['fingerprint']}")
         print(f"addresses:    {', '.join(info['addresses']) or '(not listening)'}")
         print(f"invite:       {info['invite']}")
+        if info.get("storage_error"):
+            print(
+                _safe(
+                    f"warning:      the database failed ({info['storage_error']}); "
+                    "incoming messages wait at their senders until it works again"
+                )
+            )
     return EXIT_OK
 
 
@@ -309,7 +316,8 @@ async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
     for c in contacts:
         flags = ("online" if c["online"] else "offline") + (", verified" if c["verified"] else "")
         unread = f", {c['unread']} unread" if c["unread"] else ""
-        print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread})"))
+        waiting = f", messages held: {c['deferred']}" if c.get("deferred") else ""
+        print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread}{waiting})"))
     return EXIT_OK
 
 

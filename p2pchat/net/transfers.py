@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pchat.core import chat
-from p2pchat.core.budget import KeyedBuckets
+from p2pchat.core.budget import RateBudget
 from p2pchat.core.errors import LocalProtocolError
 from p2pchat.core.events import NodeEvent, TransferOffered, TransferProgress, TransferStateChanged
 from p2pchat.core.filedrop import (
@@ -137,7 +137,7 @@ class TransferManager:
         self._server: asyncio.base_events.Server | None = None
         self.tcp_port = 0
         self._outgoing: dict[str, Outgoing] = {}
-        self._offer_budget: KeyedBuckets[str] = KeyedBuckets(OFFER_RATE, OFFER_BURST, 4096)
+        self._offer_budget = RateBudget(rate=OFFER_RATE, burst=OFFER_BURST)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.receiver = DataReceiver(self)
         self.counters = {
@@ -375,8 +375,8 @@ class TransferManager:
             return
         # Every new offer spends from the contact's budget, whatever becomes of it:
         # an offer cancelled at once still cost us a check and rows.
-        if not self._offer_budget.take(peer, time.monotonic()):
-            pace = f"at most {OFFER_BURST} at once, then one every {1 / OFFER_RATE:g} s"
+        if not self._offer_budget.allow(peer, time.monotonic()):
+            pace = self._offer_budget.describe()
             self._refuse(peer, frame, f"too many offers ({pace})", quiet=True)
             return
         reason = self._offer_refusal(peer, frame)

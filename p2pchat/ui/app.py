@@ -347,7 +347,24 @@ class ChatApp(App[int]):
         if self.main is not None:
             self.main.bell = self.bell_enabled
         self.save_setting("bell", self.bell_enabled)
-        self.notify(f"Bell {'on' if self.bell_enabled else 'off'}", timeout=2)
+        self._alerts_changed()
+
+    def action_toggle_desktop(self) -> None:
+        on = not self._desktop_enabled()
+        self.save_setting("desktop_notifications", on)
+        self._alerts_changed()
+
+    def _desktop_enabled(self) -> bool:
+        settings = self.node.settings if self.node is not None else {}
+        return settings.get("desktop_notifications") is True
+
+    def _alerts_changed(self) -> None:
+        """The status bar says which alerts are on; a toast confirms the change."""
+        bell = "on" if self.bell_enabled else "off"
+        desktop = "on" if self._desktop_enabled() else "off"
+        if self.main is not None and not self.main.detached:
+            self.main.refresh_sidebar()
+        self.notify(f"Bell {bell}, desktop notifications {desktop}", timeout=3)
 
     def action_show_offer(self, transfer_id: str) -> None:
         """The file offer notification's link: open that conversation and ask."""
@@ -360,7 +377,18 @@ class ChatApp(App[int]):
         if isinstance(screen, MainScreen):
             yield from screen.palette_commands()
         yield "Toggle light/dark theme", "Saved in settings.json", self.action_toggle_theme
-        yield "Toggle bell", "Ring the terminal bell on new messages", self.action_toggle_bell
+        bell = "on" if self.bell_enabled else "off"
+        desktop = "on" if self._desktop_enabled() else "off"
+        yield (
+            f"Toggle bell (now {bell})",
+            "Ring the terminal bell on news outside the open conversation",
+            self.action_toggle_bell,
+        )
+        yield (
+            f"Toggle desktop notifications (now {desktop})",
+            "Also show news as desktop notifications (notify-send, osascript)",
+            self.action_toggle_desktop,
+        )
         if self.node is not None:
             yield passphrase_command(self, self.node)
         yield "Quit p2pchat", "Stop the node and leave", self._quit_from_palette

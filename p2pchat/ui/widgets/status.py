@@ -28,6 +28,8 @@ class StatusInfo:
     contacts: int
     network: str
     detail: str = ""
+    alerts: str = ""
+    """What else tells the user about news: "bell", "desktop", both, or "" (neither)."""
 
 
 class StatusBar(Static):
@@ -60,5 +62,8 @@ class StatusBar(Static):
                 ("  │  ", "$text-muted"),
                 ("net ", "$text-muted"),
                 (network, NETWORK_STYLES.get(info.network, "")),
+                ("  │  ", "$text-muted"),
+                ("alerts ", "$text-muted"),
+                (info.alerts or "off", ""),
             )
         )

@@ -419,6 +419,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` owner-only (it must not exist), write all of ``data``, fsync it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # os.open's mode is filtered through the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_new_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that it appears complete or not at all, never clobbering.
 
@@ -432,18 +447,8 @@ def _write_new_file(path: Path, data: bytes) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
     tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o600)
     try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)  # os.open's mode is filtered through the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_private_file(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:

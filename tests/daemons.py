@@ -96,10 +96,18 @@ async def wait_for_control(
 class Daemon:
     """``p2pchat daemon`` in a child process, driven through its control socket."""
 
-    def __init__(self, home: Path, listen: str, *, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        listen: str,
+        *,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.paths = Paths(home)
         self.listen = listen
         self.extra = extra or []
+        self.env = env  # None: cli_env()
         self.proc: subprocess.Popen[str] | None = None
         self.client: ControlClient | None = None
 
@@ -116,7 +124,7 @@ class Daemon:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=cli_env(),
+            env=self.env or cli_env(),
         )
         proc = self.proc
         self.client = await wait_for_control(

@@ -102,9 +102,14 @@ class _LocalApi:
         return await rpc.call(self.node, op, args)
 
 
-# Operations that take long on purpose: hashing files to offer, a DHT lookup, and
-# ``send`` waiting for delivery (its own ``wait`` plus the usual margin).
-_SLOW_OPS: dict[str, float | None] = {"send_files": None, "dht_lookup": 120.0}
+# Operations that take long on purpose: hashing files to offer, a DHT lookup, a
+# passphrase change (Argon2id and a copy of the whole database), and ``send``
+# waiting for delivery (its own ``wait`` plus the usual margin).
+_SLOW_OPS: dict[str, float | None] = {
+    "send_files": None,
+    "dht_lookup": 120.0,
+    "passphrase": None,
+}
 
 
 class _RemoteApi:
@@ -268,6 +273,13 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
         print(f"fingerprint:  {info['fingerprint']}")
         print(f"addresses:    {', '.join(info['addresses']) or '(not listening)'}")
         print(f"invite:       {info['invite']}")
+        if info.get("storage_error"):
+            print(
+                _safe(
+                    f"warning:      the database failed ({info['storage_error']}); "
+                    "incoming messages wait at their senders until it works again"
+                )
+            )
     return EXIT_OK
 
 
@@ -304,7 +316,8 @@ async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
     for c in contacts:
         flags = ("online" if c["online"] else "offline") + (", verified" if c["verified"] else "")
         unread = f", {c['unread']} unread" if c["unread"] else ""
-        print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread})"))
+        waiting = f", messages held: {c['deferred']}" if c.get("deferred") else ""
+        print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread}{waiting})"))
     return EXIT_OK
 
 
@@ -542,41 +555,45 @@ def _require_running(paths: Paths) -> None:
 
 
 async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
-    """How the running node is reachable: NAT kind, reflexive addresses, rendezvous."""
+    """The running node's network status: how it is reachable (NAT kind, reflexive
+    addresses, rendezvous nodes; docs/nat.md) and the counters of every budget
+    (docs/threat-model.md, "Budgets"): what peers were refused, and why."""
     _require_running(paths)
     async with _api(paths, args) as api:
-        st = await api.call("net_status", {})
+        status = await api.call("network_status", {})
     if args.json:
-        _print_json(st)
+        _print_json(status)
         return EXIT_OK
-    regs = [
-        f"{r['address']} ({(r['peer_id'] or '?')[:8]}): {r['state']}"
-        + (f", sees us at {r['observed']}" if r["observed"] else "")
-        + (f", {r['reason']}" if r["reason"] else "")
-        for r in st["registrations"]
-    ]
-    hs = st["handshakes"] or {}
-    rv = st["rendezvous"]
-    print(f"addresses:      {', '.join(st['addresses']) or '-'}")
-    print(f"nat:            {st['nat']}")
-    print(f"reflexive:      {', '.join(st['reflexive']) or '-'}")
-    print(f"registered at:  {('; '.join(regs)) or '-'}")
-    print(
-        f"rendezvous for: {rv.get('registrations', 0)} nodes"
-        + (" (relay: anyone)" if st["relay"] else " (contacts only)")
-        + f", {rv.get('connect_forwarded', 0)} connect requests forwarded"
-    )
-    punched = st["punch"]
-    print(
-        f"punching:       {punched.get('paths_found', 0)} paths found, "
-        f"{punched.get('accepted', 0)} requests accepted, {punched.get('declined', 0)} declined"
-    )
-    print(
-        f"handshakes:     {hs.get('pending', 0)} pending, {hs.get('retry_sent', 0)} retries, "
-        f"{hs.get('initial_undecryptable', 0)} junk Initials, "
-        f"{hs.get('refused_pool_full', 0) + hs.get('refused_source_cap', 0)} refused"
-        + (" (under load)" if hs.get("under_load") else "")
-    )
+    print(f"addresses:  {', '.join(status.get('addresses') or []) or '(not listening)'}")
+    print(f"online:     {status.get('online')} contact(s), {status.get('nearby')} nearby")
+    reach = status.get("reachability")
+    if isinstance(reach, dict):
+        regs = [
+            f"{r['address']} ({(r['peer_id'] or '?')[:8]}): {r['state']}"
+            + (f", sees us at {r['observed']}" if r["observed"] else "")
+            + (f", {r['reason']}" if r["reason"] else "")
+            for r in reach["registrations"]
+        ]
+        served = reach["rendezvous"]
+        print(f"nat:        {reach['nat']}")
+        print(f"reflexive:  {', '.join(reach['reflexive']) or '-'}")
+        print(_safe(f"registered: {'; '.join(regs) or '-'}"))
+        print(
+            f"rendezvous: for {served.get('registrations', 0)} nodes"
+            + (" (relay: anyone)" if reach["relay"] else " (contacts only)")
+            + f", {served.get('connect_forwarded', 0)} connect requests forwarded"
+        )
+    skip = {"reachability"}
+    for section in sorted(k for k, v in status.items() if isinstance(v, dict) and k not in skip):
+        values = status[section]
+        flat = ", ".join(
+            f"{key} {value}" for key, value in sorted(values.items()) if value not in (None, {})
+        )
+        print(_safe(f"{section + ':':<11} {flat}"))
+    if isinstance(reach, dict):
+        punched = reach["punch"]
+        flat = ", ".join(f"{k} {v}" for k, v in sorted(punched.items()))
+        print(_safe(f"{'punch:':<11} {flat}"))
     return EXIT_OK
 
 
@@ -850,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_nearby)
 
     p = sub.add_parser(
-        "net", help="the running node's reachability: NAT kind, addresses, rendezvous, counters"
+        "net", help="the running node's reachability (NAT, rendezvous) and budget counters"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_net)

@@ -35,7 +35,6 @@ from p2pchat.core.events import (
     ContactAdded,
     ContactChanged,
     ContactRequestReceived,
-    MessageReceived,
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
@@ -49,6 +48,7 @@ from p2pchat.core.events import (
     TypingChanged,
 )
 from p2pchat.core.punch import is_public_ip
+from p2pchat.delivery import Delivery, daily_quota_setting
 from p2pchat.identity import (
     INVITE_PREFIX,
     Identity,
@@ -74,7 +74,7 @@ from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.store import Contact, ContactRequest, Message, Transfer
+from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,6 @@ RACE_WINDOW = 5.0
 MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
-# Distinct resend requests honoured per session; a genuine peer needs a handful.
-MAX_GAPS_PER_SESSION = 64
 MAX_INVITE_ADDRESSES = 8
 # Transfers per page of ``list_transfers`` unless the caller asks for another size.
 TRANSFER_PAGE_SIZE = PAGE_SIZE
@@ -126,6 +124,10 @@ class ContactView:
     included), "punched" (a path a hole punch opened), None when offline."""
     rtt_ms: float | None = None
     """QUIC's smoothed round-trip time of the live session, in milliseconds."""
+    deferred: str | None = None
+    """Why our queued messages wait although the contact is reachable: its node asked
+    us to hold them (its storage failed, or our daily allowance there is used up).
+    The reason comes from the contact's node: render it literally."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +189,6 @@ class Node:
         self._nat_hints: dict[str, str] = {}
         self._public_ips: set[str] = set()
         """The public IPs the rendezvous nodes saw us at, since the last move."""
-        self._gaps_sent: dict[PeerConnection, int] = {}
-        self._gaps_answered: dict[PeerConnection, set[int]] = {}
         self._subs: set[_Subscription] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
@@ -198,6 +198,13 @@ class Node:
         self._known_ips: set[str] = set()
         """IPs where contacts were seen or are hinted: their handshakes may use the
         endpoint's reserve when strangers fill the pool."""
+        self.delivery = Delivery(
+            self.store,
+            clock=self.clock,
+            emit=self._emit,
+            active=self._active.get,
+            daily_quota=lambda: daily_quota_setting(self.settings),
+        )
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -427,6 +434,11 @@ class Node:
             # Let the CONNECTION_CLOSE frames leave before the socket goes.
             await asyncio.sleep(0)
             self._endpoint.close()
+            # The port is free only once the socket is closed, a loop turn later (or
+            # after queued datagrams left): a restart right away must find it free.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._endpoint.wait_closed()
             self._endpoint = None
         self._emit(NodeStopped())
         self._lock.release()
@@ -510,6 +522,7 @@ class Node:
             "invite": self.invite(),
             "running": self.running,
             "online": sorted(self._active),
+            "storage_error": self.delivery.storage_error,
         }
 
     def invite(self, *, one_time: bool = False) -> str:
@@ -559,6 +572,7 @@ class Node:
                 route=self._path(c.peer_id),
                 path=self._path(c.peer_id),
                 rtt_ms=self._rtt_ms(c.peer_id),
+                deferred=self.delivery.paused_reason(c.peer_id),
             )
             for c in self.store.list_contacts()
         ]
@@ -585,8 +599,9 @@ class Node:
         return None if rtt is None else round(rtt * 1000, 1)
 
     def network_status(self) -> dict[str, Any]:
-        """What a status bar shows: addresses, peers online and nearby, DHT and NAT;
-        and what file drop turned away (``file_drop``: docs/threat-model.md, "Budgets")."""
+        """What a status bar and ``p2pchat net`` show: addresses, peers online and
+        nearby, DHT and NAT, how we are reachable (``reachability``: docs/nat.md), and
+        what every budget turned away (docs/threat-model.md, "Budgets")."""
         status: dict[str, Any] = {
             "running": self.running,
             "addresses": list(self.addresses),
@@ -594,8 +609,10 @@ class Node:
             "nearby": sum(1 for p in self._nearby.values() if p.source == "mdns"),
             "mdns": self._mdns is not None,
             "dht": None,
+            "reachability": self._reachability(),
             "handshakes": self._handshake_status(),
             "file_drop": self.transfers.status(),
+            "messages": self.delivery.status(),
         }
         if self._dht is not None:
             dht = self._dht.status()
@@ -608,17 +625,17 @@ class Node:
             }
         return status
 
-    def net_status(self) -> dict[str, Any]:
-        """``p2pchat net``: how this node is reachable and what strangers cost it."""
-        if not self.running or self._punch is None or self._endpoint is None:
-            raise NotRunning("the node is not running")
-        status: dict[str, Any] = {"addresses": list(self.addresses)}
-        status.update(self._punch.status())
-        status["handshakes"] = self._handshake_status()
+    def _reachability(self) -> dict[str, Any] | None:
+        """NAT kind, reflexive addresses, rendezvous registrations (ours and those we
+        hold for others), punch counters, socket buffers and dial attempts."""
+        if self._punch is None or self._endpoint is None:
+            return None
+        status: dict[str, Any] = dict(self._punch.status())
         status["socket_buffers"] = self._endpoint.socket_buffers
-        status["dht"] = self._dht is not None
         if self._dialer is not None:
             status["dial"] = dict(self._dialer.stats)
+        if self._finder is not None:
+            status["relays_found_on_dht"] = len(self._finder.found)
         return status
 
     def _handshake_status(self) -> dict[str, Any] | None:
@@ -668,8 +685,8 @@ class Node:
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
         conn = self._active.get(peer.peer_id)
         if conn is not None:
-            self._transmit(conn, [message], base=self.store.outbox_base(peer.peer_id))
-        return self.store.get_message(message.id) or message
+            self.delivery.send_new(conn, message)
+        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
 
     async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
         """Wait until the message is delivered (or read); return its state then."""
@@ -912,6 +929,7 @@ class Node:
             self._known_ips = known
             self._refresh_rendezvous(contacts)
             self.transfers.tick()
+            self.delivery.tick()
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
             # races with the wake-up (a poke right before stop()), and stop() then
@@ -1135,8 +1153,7 @@ class Node:
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
         self._conns.discard(conn)
         self.transfers.connection_closed(conn)
-        self._gaps_sent.pop(conn, None)
-        self._gaps_answered.pop(conn, None)
+        self.delivery.connection_closed(conn)
         peer = conn.peer_id
         if peer is None:
             return
@@ -1157,6 +1174,18 @@ class Node:
             self._poke()
 
     def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
+        """Every frame of every session; a failing database never escapes from here
+        (it would reach aioquic's event loop and drop the rest of the datagram)."""
+        try:
+            self._frame_received(conn, frame)
+        except StoreError as exc:
+            self.delivery.storage_failed(exc)
+            if isinstance(frame, chat.Hello) and not conn.closed:
+                # Unclassified, the connection would idle on keepalives for good; the
+                # peer redials with backoff and finds the database working again.
+                conn.close("local storage failure")
+
+    def _frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
         peer = conn.peer_id
         if peer is None:
             return
@@ -1230,14 +1259,17 @@ class Node:
         self._active[peer] = conn
         if self._dialer is not None:
             self._dialer.established(peer, conn)
-        self.store.record_seen(peer, conn.address, now=self.clock())
+        try:
+            self.store.record_seen(peer, conn.address, now=self.clock())
+        except StoreError as exc:
+            self.delivery.storage_failed(exc)  # only the address book misses a line
         self._forget_token(peer)
         self._emit(PeerOnline(peer, conn.address))
         # Anything stored but not yet acknowledged (we may have died in between).
         recv_seq = self.store.recv_seq(peer)
         if recv_seq:
             conn.send(chat.Ack(recv_seq))
-        self._resend_outbox(conn, peer, from_seq=0)
+        self.delivery.session_active(conn, peer)
         self.transfers.peer_online(conn)
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
@@ -1253,50 +1285,12 @@ class Node:
             return new
         return old if dialer(old) < dialer(new) else new
 
-    def _resend_outbox(self, conn: PeerConnection, peer: str, *, from_seq: int) -> None:
-        pending = [m for m in self.store.outbox(peer) if m.seq >= from_seq]
-        if pending:
-            self._transmit(conn, pending, base=self.store.outbox_base(peer))
-
-    def _transmit(self, conn: PeerConnection, messages: list[Message], *, base: int) -> None:
-        if conn.held_as_request:
-            return  # the peer has not accepted us: keep them in the outbox
-        sent_any = False
-        for m in messages:
-            frame = chat.ChatMessage(
-                id=m.id, seq=m.seq, base=base, sent_at=m.created_at, body=m.body
-            )
-            sent_any = conn.send(frame) or sent_any
-        if sent_any:
-            peer = messages[0].peer_id
-            sent = self.store.mark_sent(
-                peer, messages[-1].seq, self.clock(), from_seq=messages[0].seq
-            )
-            for message_id in sent:
-                self._emit(MessageStateChanged(peer, message_id, "sent"))
-
     def _on_contact_frame(self, conn: PeerConnection, peer: str, frame: chat.ChatFrame) -> None:
         now = self.clock()
         if isinstance(frame, chat.ChatMessage):
-            result = self.store.receive_message(
-                peer,
-                message_id=frame.id,
-                seq=frame.seq,
-                base=frame.base,
-                body=frame.body,
-                sent_at=frame.sent_at,
-                now=now,
-            )
-            if result.verdict == "gap":
-                want = result.recv_seq + 1
-                if self._gaps_sent.get(conn) != want:
-                    self._gaps_sent[conn] = want
-                    conn.send(chat.Gap(want))
-                return
-            conn.send(chat.Ack(result.recv_seq))
-            if result.verdict == "accept" and result.message is not None:
-                m = result.message
-                self._emit(MessageReceived(peer, m.id, m.seq, m.body, m.created_at, now))
+            self.delivery.on_message(conn, peer, frame)
+        elif isinstance(frame, chat.Defer):
+            self.delivery.on_defer(conn, peer, frame)
         elif isinstance(frame, chat.Ack):
             for message_id in self.store.ack_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "delivered"))
@@ -1304,16 +1298,7 @@ class Node:
             for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):
-            # A peer asking again for what it asked before gets nothing new: one
-            # resend per distinct request and session keeps a hostile contact from
-            # making us flood our own send buffer.
-            answered = self._gaps_answered.setdefault(conn, set())
-            if conn.held_as_request or (
-                frame.want not in answered and len(answered) < MAX_GAPS_PER_SESSION
-            ):
-                conn.held_as_request = False
-                answered.add(frame.want)
-                self._resend_outbox(conn, peer, from_seq=frame.want)
+            self.delivery.on_gap(conn, peer, frame.want)
         elif isinstance(frame, chat.Typing):
             self._emit(TypingChanged(peer, frame.active))
         elif isinstance(frame, _FILE_FRAMES):

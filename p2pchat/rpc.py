@@ -229,10 +229,6 @@ async def _network_status(node: Node, args: dict[str, Any]) -> Any:
     return node.network_status()
 
 
-async def _net_status(node: Node, args: dict[str, Any]) -> Any:
-    return node.net_status()
-
-
 async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
     change = await node.change_passphrase(_opt_str(args, "old"), _opt_str(args, "new"))
     return {**to_json(change), "summary": change.describe()}
@@ -241,7 +237,6 @@ async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
 OPS: dict[str, Op] = {
     "passphrase": _passphrase,
     "network_status": _network_status,
-    "net_status": _net_status,
     "find_contact": _find_contact,
     "invite": _invite,
     "typing": _typing,

@@ -178,11 +178,17 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class ReceiveResult:
-    """What happened to an incoming message; ``recv_seq`` is what the node acks."""
+    """What happened to an incoming message; ``recv_seq`` is what the node acks.
 
-    verdict: Verdict
+    ``"quota"``: the window would accept it, but the contact's message bytes for the
+    day are used up; nothing was stored and ``retry_at`` (wall clock) is when the
+    next day's allowance starts.
+    """
+
+    verdict: Verdict | Literal["quota"]
     message: Message | None
     recv_seq: int
+    retry_at: float | None = None
 
 
 # Each step is applied once, in order, inside the same transaction that bumps
@@ -308,6 +314,66 @@ MIGRATIONS: tuple[str, ...] = (
         token   TEXT NOT NULL
     );
     """,
+    """
+    -- Message ids are unique per conversation, not across the whole table: a contact
+    -- reusing another contact's id must not make that contact's message a duplicate
+    -- forever.  SQLite cannot change a constraint in place, so messages and outbox
+    -- (whose foreign key must follow) are rebuilt.  The outbox goes first, so dropping
+    -- the old messages table cascades into nothing.
+    CREATE TABLE messages_v4 (
+        pos         INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          TEXT NOT NULL,
+        peer_id     TEXT NOT NULL,
+        direction   TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        seq         INTEGER NOT NULL CHECK (seq >= 1),
+        body        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        received_at REAL,
+        state       TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered', 'read')),
+        updated_at  REAL NOT NULL,
+        UNIQUE (peer_id, id)
+    );
+    INSERT INTO messages_v4 (pos, id, peer_id, direction, seq, body, created_at,
+        received_at, state, updated_at)
+        SELECT pos, id, peer_id, direction, seq, body, created_at, received_at, state,
+        updated_at FROM messages ORDER BY pos;
+    -- pos is never reused: carry the counter over, not just the highest row left.
+    UPDATE sqlite_sequence SET seq = max(seq,
+        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0))
+        WHERE name = 'messages_v4';
+    CREATE TABLE outbox_v4 (
+        message_id   TEXT NOT NULL,
+        peer_id      TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_attempt REAL,
+        PRIMARY KEY (peer_id, message_id),
+        FOREIGN KEY (peer_id, message_id) REFERENCES messages_v4 (peer_id, id)
+            ON DELETE CASCADE
+    );
+    INSERT INTO outbox_v4 (message_id, peer_id, seq, attempts, last_attempt)
+        SELECT message_id, peer_id, seq, attempts, last_attempt FROM outbox;
+    DROP TABLE outbox;
+    DROP TABLE messages;
+    ALTER TABLE messages_v4 RENAME TO messages;
+    ALTER TABLE outbox_v4 RENAME TO outbox;
+    CREATE UNIQUE INDEX messages_peer_direction_seq ON messages (peer_id, direction, seq);
+    CREATE INDEX messages_history ON messages (peer_id, pos);
+    CREATE INDEX messages_unread_in ON messages (peer_id, seq)
+        WHERE direction = 'in' AND state = 'delivered';
+    CREATE INDEX messages_unread_out ON messages (peer_id, seq)
+        WHERE direction = 'out' AND state = 'delivered';
+    CREATE UNIQUE INDEX outbox_peer_seq ON outbox (peer_id, seq);
+
+    -- Message bytes accepted from each contact per UTC day (the daily quota).
+    CREATE TABLE intake (
+        peer_id  TEXT NOT NULL,
+        day      INTEGER NOT NULL,
+        bytes    INTEGER NOT NULL DEFAULT 0,
+        messages INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (peer_id, day)
+    ) WITHOUT ROWID;
+    """,
 )
 
 _CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address"
@@ -316,6 +382,24 @@ _OUTBOX_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.s
 _REQUEST_COLUMNS = "peer_id, name, address, preview, first_seen, last_seen, attempts, state"
 
 _T = TypeVar("_T")
+
+
+def _transfer_filter(
+    direction: str | None, states: Sequence[str] | None, peer_id: str | None
+) -> tuple[list[str], list[Any]]:
+    """WHERE clauses (joined with AND by the caller) and their parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if direction is not None:
+        clauses.append("direction = ?")
+        params.append(direction)
+    if states is not None:
+        clauses.append(f"state IN ({', '.join('?' for _ in states)})")
+        params.extend(states)
+    if peer_id is not None:
+        clauses.append("peer_id = ?")
+        params.append(peer_id)
+    return clauses, params
 
 
 def _split_statements(script: str) -> list[str]:
@@ -1023,11 +1107,12 @@ class Store:
         mid = message_id if message_id is not None else secrets.token_hex(16)
         with self._write() as db:
             row = db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (mid,)
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+                (peer_id, mid),
             ).fetchone()
             if row is not None:
                 existing = _message(row)
-                if existing.peer_id == peer_id and existing.direction == "out":
+                if existing.direction == "out":
                     return existing
                 raise StoreError(f"message id {mid!r} is already used by another message")
             seq = int(
@@ -1055,7 +1140,7 @@ class Store:
         with self._read() as db:
             rows = db.execute(
                 f"SELECT {_OUTBOX_MESSAGE_COLUMNS}"
-                " FROM outbox o JOIN messages m ON m.id = o.message_id"
+                " FROM outbox o JOIN messages m ON m.peer_id = o.peer_id AND m.id = o.message_id"
                 " WHERE o.peer_id = ? ORDER BY o.seq",
                 (peer_id,),
             ).fetchall()
@@ -1108,8 +1193,7 @@ class Store:
             )
             rows = db.execute(
                 "UPDATE messages SET state = 'sent', updated_at = ?"
-                " WHERE id IN (SELECT message_id FROM outbox"
-                " WHERE peer_id = ? AND seq BETWEEN ? AND ?)"
+                " WHERE peer_id = ? AND direction = 'out' AND seq BETWEEN ? AND ?"
                 " AND state = 'queued' RETURNING id, seq",
                 (now, peer_id, from_seq, upto_seq),
             ).fetchall()
@@ -1127,7 +1211,7 @@ class Store:
                 return []
             rows = db.execute(
                 "UPDATE messages SET state = 'delivered', updated_at = ?"
-                " WHERE id IN (SELECT message_id FROM outbox WHERE peer_id = ? AND seq <= ?)"
+                " WHERE peer_id = ? AND direction = 'out' AND seq <= ?"
                 " AND state IN ('queued', 'sent') RETURNING id, seq",
                 (now, peer_id, upto_seq),
             ).fetchall()
@@ -1168,24 +1252,46 @@ class Store:
         body: str,
         sent_at: float,
         now: float,
+        daily_quota: int | None = None,
     ) -> ReceiveResult:
         """Apply the receive window and store the message in one transaction.
 
         Reading ``recv_seq`` and storing under the same write lock is what makes
         two racing sessions (or two processes) unable to both accept one seq.
-        A known ``message_id`` is a duplicate whatever its seq says.
+        A ``message_id`` this peer already used is a duplicate whatever its seq
+        says; another peer's ids do not matter (ids are unique per conversation).
+
+        ``daily_quota`` bounds the UTF-8 bytes of message bodies stored from this
+        peer per UTC day (``intake``); a message over it is refused, not stored.
         """
+        size = len(body.encode("utf-8"))
+        day = int(now // 86400)
         with self._write() as db:
             row = db.execute(
                 "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
             ).fetchone()
             recv_seq = 0 if row is None else int(row[0])
-            known = db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone()
+            known = db.execute(
+                "SELECT 1 FROM messages WHERE peer_id = ? AND id = ?", (peer_id, message_id)
+            ).fetchone()
             verdict: Verdict = (
                 "duplicate" if known is not None else classify_incoming(seq, base, recv_seq)
             )
             if verdict != "accept":
                 return ReceiveResult(verdict, None, recv_seq)
+            if daily_quota is not None:
+                used = db.execute(
+                    "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
+                ).fetchone()
+                if (0 if used is None else int(used[0])) + size > daily_quota:
+                    return ReceiveResult("quota", None, recv_seq, retry_at=(day + 1) * 86400.0)
+            db.execute("DELETE FROM intake WHERE peer_id = ? AND day < ?", (peer_id, day))
+            db.execute(
+                "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, 1)"
+                " ON CONFLICT (peer_id, day) DO UPDATE"
+                " SET bytes = bytes + excluded.bytes, messages = messages + 1",
+                (peer_id, day, size),
+            )
             db.execute(
                 "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
                 " received_at, state, updated_at)"
@@ -1199,6 +1305,15 @@ class Store:
             )
         message = Message(message_id, peer_id, "in", seq, body, sent_at, now, "delivered", now)
         return ReceiveResult("accept", message, seq)
+
+    def intake_today(self, peer_id: str, *, now: float) -> tuple[int, int]:
+        """(bytes, messages) stored from ``peer_id`` this UTC day."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT bytes, messages FROM intake WHERE peer_id = ? AND day = ?",
+                (peer_id, int(now // 86400)),
+            ).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def recv_seq(self, peer_id: str) -> int:
         with self._read() as db:
@@ -1268,11 +1383,22 @@ class Store:
                 ).fetchall()
         return [_message(row) for row in rows]
 
-    def get_message(self, message_id: str) -> Message | None:
+    def get_message(self, message_id: str, *, peer_id: str | None = None) -> Message | None:
+        """A message by id.  Ids are unique per conversation; without ``peer_id`` our
+        own outgoing message wins (its id was drawn here, so it names one message),
+        then the earliest stored incoming one."""
         with self._read() as db:
-            row = db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
+            if peer_id is not None:
+                row = db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+                    (peer_id, message_id),
+                ).fetchone()
+            else:
+                row = db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+                    " ORDER BY direction = 'out' DESC, pos LIMIT 1",
+                    (message_id,),
+                ).fetchone()
         return None if row is None else _message(row)
 
     # -- contact requests ----------------------------------------------------
@@ -1536,17 +1662,7 @@ class Store:
         (a page always holds at least one transfer), so a listing costs the same
         whatever the database holds.
         """
-        clauses: list[str] = []
-        params: list[Any] = []
-        if direction is not None:
-            clauses.append("direction = ?")
-            params.append(direction)
-        if peer_id is not None:
-            clauses.append("peer_id = ?")
-            params.append(peer_id)
-        if states is not None:
-            clauses.append(f"state IN ({', '.join('?' for _ in states)})")
-            params.extend(states)
+        clauses, params = _transfer_filter(direction, states, peer_id)
         with self._read() as db:
             if before is not None:
                 row = db.execute(
@@ -1594,20 +1710,14 @@ class Store:
         updated_after: float | None = None,
     ) -> list[str]:
         """Ids of transfers in some states (oldest first), for sweeps that need no rows."""
-        query = (
-            "SELECT id FROM transfers WHERE direction = ?"
-            f" AND state IN ({', '.join('?' for _ in states)})"
-        )
-        params: list[Any] = [direction, *states]
-        if peer_id is not None:
-            query += " AND peer_id = ?"
-            params.append(peer_id)
+        clauses, params = _transfer_filter(direction, states, peer_id)
         if created_before is not None:
-            query += " AND created_at < ?"
+            clauses.append("created_at < ?")
             params.append(created_before)
         if updated_after is not None:
-            query += " AND updated_at > ?"
+            clauses.append("updated_at > ?")
             params.append(updated_after)
+        query = "SELECT id FROM transfers WHERE " + " AND ".join(clauses)
         with self._read() as db:
             return [r[0] for r in db.execute(query + " ORDER BY created_at", params)]
 
@@ -1615,14 +1725,9 @@ class Store:
         self, *, direction: str, peer_id: str | None = None, states: Sequence[str] | None = None
     ) -> tuple[int, int]:
         """(transfers, file rows) stored for one peer, or for everyone."""
-        query = "SELECT COUNT(*), COALESCE(SUM(file_count), 0) FROM transfers WHERE direction = ?"
-        params: list[Any] = [direction]
-        if peer_id is not None:
-            query += " AND peer_id = ?"
-            params.append(peer_id)
-        if states is not None:
-            query += f" AND state IN ({', '.join('?' for _ in states)})"
-            params.extend(states)
+        clauses, params = _transfer_filter(direction, states, peer_id)
+        query = "SELECT COUNT(*), COALESCE(SUM(file_count), 0) FROM transfers WHERE "
+        query += " AND ".join(clauses)
         with self._read() as db:
             count, files = db.execute(query, params).fetchone()
         return int(count), int(files)
@@ -1641,14 +1746,8 @@ class Store:
 
         Returns how many transfers were deleted.
         """
-        query = (
-            "SELECT id, file_count FROM transfers WHERE direction = ?"
-            f" AND state IN ({', '.join('?' for _ in states)})"
-        )
-        params: list[Any] = [direction, *states]
-        if peer_id is not None:
-            query += " AND peer_id = ?"
-            params.append(peer_id)
+        clauses, params = _transfer_filter(direction, states, peer_id)
+        query = "SELECT id, file_count FROM transfers WHERE " + " AND ".join(clauses)
         query += " ORDER BY updated_at LIMIT 512"
         doomed: list[str] = []
         with self._write() as db:

@@ -49,7 +49,9 @@ def address_of(node: Node) -> str:
 
 
 def status(node: Node) -> dict[str, Any]:
-    return node.net_status()
+    reach = node.network_status()["reachability"]
+    assert isinstance(reach, dict)
+    return reach
 
 
 async def registered(node: Node, count: int = 1) -> None:

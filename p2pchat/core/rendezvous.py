@@ -34,6 +34,7 @@ import nacl.hash
 import nacl.utils
 
 from p2pchat.core import punch
+from p2pchat.core.budget import RateBudget, TokenBucket
 from p2pchat.core.punch import (
     Addr,
     Connect,
@@ -90,22 +91,6 @@ class RendezvousLimits:
     max_rate_entries: int = 4096
 
 
-class _Bucket:
-    __slots__ = ("at", "tokens")
-
-    def __init__(self, burst: float, now: float) -> None:
-        self.tokens = burst
-        self.at = now
-
-    def take(self, rate: float, burst: float, now: float) -> bool:
-        self.tokens = min(burst, self.tokens + (now - self.at) * rate)
-        self.at = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
 @dataclass(slots=True)
 class _Registration:
     key: bytes
@@ -144,9 +129,12 @@ class RendezvousServer:
         self._secret = nacl.utils.random(32)
         self._registrations: dict[bytes, _Registration] = {}
         self._per_ip: dict[str, int] = {}
-        self._rates: OrderedDict[str, _Bucket] = OrderedDict()
-        self._target_rates: dict[bytes, _Bucket] = {}
-        self._global = _Bucket(self.limits.global_burst, 0.0)
+        limits = self.limits
+        self._rates = RateBudget(limits.ip_rate, limits.ip_burst, limits.max_rate_entries)
+        self._target_rates = RateBudget(
+            limits.target_rate, limits.target_burst, limits.max_registrations
+        )
+        self._global = TokenBucket(limits.global_rate, limits.global_burst, 0.0)
         self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
         self._out: list[tuple[bytes, Addr]] = []
         self.stats: dict[str, int] = {}
@@ -213,15 +201,7 @@ class RendezvousServer:
 
     # ------------------------------------------------------------------ rates
     def _rate_ok(self, ip: str, now: float) -> bool:
-        bucket = self._rates.get(ip)
-        if bucket is None:
-            bucket = _Bucket(self.limits.ip_burst, now)
-            self._rates[ip] = bucket
-            if len(self._rates) > self.limits.max_rate_entries:
-                self._rates.popitem(last=False)
-        else:
-            self._rates.move_to_end(ip)
-        return bucket.take(self.limits.ip_rate, self.limits.ip_burst, now)
+        return self._rates.allow(ip, now)
 
     # ------------------------------------------------------------------ registration
     def _cookie(
@@ -347,18 +327,8 @@ class RendezvousServer:
         if len(packet.blob) < punch.SEALED_OVERHEAD + punch.SIG:
             self._count("connect_bad")
             return
-        bucket = self._target_rates.get(packet.target_key)
-        if bucket is None:
-            bucket = _Bucket(self.limits.target_burst, now)
-            self._target_rates[packet.target_key] = bucket
-            if len(self._target_rates) > self.limits.max_registrations:
-                self._target_rates = {
-                    k: b for k, b in self._target_rates.items() if k in self._registrations
-                }
         limits = self.limits
-        if not bucket.take(limits.target_rate, limits.target_burst, now) or not self._global.take(
-            limits.global_rate, limits.global_burst, now
-        ):
+        if not self._target_rates.allow(packet.target_key, now) or not self._global.take(now):
             self._count("connect_rate_limited")
             self._send(
                 ConnectReply(packet.target_key, packet.request_id, Status.FULL, None, b""), addr

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from p2pchat.core import punch
+from p2pchat.core.budget import TokenBucket
 from p2pchat.core.punch import (
     NAT_ED,
     NAT_EI,
@@ -154,8 +155,7 @@ class PunchService:
         self._sessions: dict[bytes, _Session] = {}
         self._sync_events: dict[bytes, asyncio.Event] = {}
         self._seen_requests: OrderedDict[bytes, float] = OrderedDict()
-        self._stranger_tokens = STRANGER_BURST
-        self._stranger_at = 0.0
+        self._strangers = TokenBucket(STRANGER_RATE, STRANGER_BURST, self.loop.time())
         self._punched: dict[tuple[Addr, int], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -554,15 +554,10 @@ class PunchService:
         session.task = self._spawn(self._target_run(session, mode, peers))
 
     def _stranger_budget(self, now: float) -> bool:
-        self._stranger_tokens = min(
-            STRANGER_BURST, self._stranger_tokens + (now - self._stranger_at) * STRANGER_RATE
-        )
-        self._stranger_at = now
-        if self._stranger_tokens < 1.0:
-            self._count("stranger_refused")
-            return False
-        self._stranger_tokens -= 1.0
-        return True
+        if self._strangers.take(now):
+            return True
+        self._count("stranger_refused")
+        return False
 
     def _sync(self, packet: punch.Sync, addr: Addr, now: float) -> None:
         session = self._sessions.get(packet.request_id)

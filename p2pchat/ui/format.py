@@ -195,3 +195,35 @@ class TypingThrottle:
             return []
         peer, self.peer = self.peer, None
         return [(peer, False)]
+
+
+@dataclass(slots=True)
+class AlertLimiter:
+    """Decide when a notice may also ring the bell or show a desktop notification.
+
+    A contact who sends 500 messages is one event for the user: alert once for
+    a subject (``key``), then stay quiet about it for ``per_key`` seconds; and
+    never alert more often than every ``gap`` seconds overall.
+    """
+
+    per_key: float = 60.0
+    gap: float = 3.0
+    last: dict[str, float] = field(default_factory=dict)
+    last_any: float | None = None
+
+    def allow(self, key: str, now: float) -> bool:
+        if self.last_any is not None and now - self.last_any < self.gap:
+            return False
+        previous = self.last.get(key)
+        if previous is not None and now - previous < self.per_key:
+            return False
+        self.last[key] = now
+        self.last_any = now
+        if len(self.last) > 1024:  # forget the oldest subjects
+            for old in sorted(self.last, key=self.last.__getitem__)[:512]:
+                del self.last[old]
+        return True
+
+    def forget(self, key: str) -> None:
+        """The user looked at the subject: its next news may alert again."""
+        self.last.pop(key, None)

@@ -158,23 +158,15 @@ async def test_offer_from_a_contact_off_screen_notifies_and_opens_it(
     carol.add_contact(node.peer_id, name="alice", addresses=node.addresses)
     await until(pilot, lambda: node.is_online(carol.peer_id))
     main.open_conversation(pair.peer.peer_id)
-    notes: list[str] = []
-    notify = app.notify
-
-    def record(message: str, **kwargs: object) -> None:
-        notes.append(message)
-        notify(message, **kwargs)  # type: ignore[arg-type]
-
-    app.notify = record  # type: ignore[method-assign]
     offered = await carol.offer_files("alice", [payload(pair.tmp / "c" / "notes.txt", 100)])
-    await until(pilot, lambda: any("notes.txt" in n for n in notes))
+    key = f"offer:{offered.id}"
+    await until(pilot, lambda: key in main.notices.notices)
     assert app.screen is main and main.current == pair.peer.peer_id  # no modal for carol
-    note = next(n for n in notes if "notes.txt" in n)
-    assert "F3" in note  # where to answer it
+    assert "notes.txt" in main.notices.notices[key].text
     titles = [title for title, _, _ in app.palette_commands()]
     assert "Answer file offer: notes.txt" in titles
     assert "Send a file to bob" in titles and "Transfers" in titles
-    await app.run_action(f"show_offer('{offered.id}')")
+    main.notices.activate(key)  # what a click on the notice does
     await until(pilot, lambda: showing(app, OfferScreen))
     assert main.current == carol.peer_id
     assert main.conversation.card(offered.id) is not None

@@ -221,14 +221,15 @@ async def test_incoming_contact_request_is_accepted_from_the_list(
     bob = await start_node("bob")
     app = app_for(make_home(tmp_path, "alice"))
     async with app.run_test(size=(120, 40)) as pilot:
-        notes = record_notifications(app)
+        toasts = record_notifications(app)
         main = await main_screen(pilot)
         node = app.node
         assert node is not None
         bob.add_contact(node.invite(), name="alice")
         sent = bob.send_message("alice", "hi, it's bob")
         await until(pilot, lambda: bob.peer_id in main.contact_list.request_ids)
-        await until(pilot, lambda: any(title == "Contact request" for title, _, _ in notes))
+        await until(pilot, lambda: f"req:{bob.peer_id}" in main.notices.notices)
+        assert toasts == []  # news goes to the notices, not to toasts
         await until(pilot, lambda: "hi, it's bob" in "".join(sidebar_rows(main)))
         contact_list = main.contact_list
         contact_list.focus()
@@ -296,7 +297,9 @@ async def test_received_message_appears_counts_unread_and_is_marked_read(
         main.open_conversation(carol)
         sent = bob.send_message("alice", "are you there?")
         await until(pilot, lambda: "bob  1 " in row_for(main, "bob"))
-        await until(pilot, lambda: any(t == "bob" and m == "are you there?" for t, m, _ in notes))
+        key = f"msg:{bob.peer_id}"
+        await until(pilot, lambda: key in main.notices.notices)
+        assert main.notices.notices[key].text == "are you there?" and notes == []
         await wait_until(lambda: bob.store.get_message(sent.id).state == "delivered")  # type: ignore[union-attr]
         # Bob's conversation is the most recent, so it sits above Carol's.
         await pilot.press("alt+up")
@@ -343,7 +346,7 @@ async def test_key_mismatch_raises_a_loud_warning(tmp_path: Path, start_node: St
     bob = Identity.generate().peer_id
     app = app_for(make_home(tmp_path, "alice"))
     async with app.run_test(size=(120, 40)) as pilot:
-        notes = record_notifications(app)
+        toasts = record_notifications(app)
         main = await main_screen(pilot)
         node = app.node
         assert node is not None
@@ -351,7 +354,8 @@ async def test_key_mismatch_raises_a_loud_warning(tmp_path: Path, start_node: St
         await until(pilot, lambda: main.current == bob)
         await until(pilot, lambda: "different key" in main.conversation.banner_text, 30)
         assert mallory.addresses[0] in main.conversation.banner_text
-        assert any(sev == "error" and title == "Key mismatch" for title, _, sev in notes)
+        notice = main.notices.notices[f"mismatch:{bob}"]
+        assert notice.severity == "error" and notice.title == "Key mismatch" and toasts == []
         await until(pilot, lambda: "⚠" in row_for(main, "bob"))
 
 
@@ -491,7 +495,7 @@ async def test_command_palette_offers_the_screen_actions(
         await until(pilot, lambda: main.current == bob.peer_id)
         titles = [title for title, _, _ in app.palette_commands()]
         assert "Add contact" in titles and "Verify bob" in titles
-        assert "Open conversation: bob" in titles and "Toggle bell" in titles
+        assert "Open conversation: bob" in titles and "Toggle bell (now off)" in titles
         await pilot.press("ctrl+p")
         await type_text(pilot, "verify bob")
         await pilot.pause(0.3)

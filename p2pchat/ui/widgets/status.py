@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from textual.content import Content
 from textual.widgets import Static
@@ -16,6 +16,7 @@ NETWORK_STYLES = {
     "offline": "$text-muted",
     "read-only": "$warning",
     "error": "$error",
+    "lost": "$error",
 }
 
 
@@ -28,6 +29,8 @@ class StatusInfo:
     contacts: int
     network: str
     detail: str = ""
+    alerts: str = ""
+    """What else tells the user about news: "bell", "desktop", both, or "" (neither)."""
 
 
 class StatusBar(Static):
@@ -60,5 +63,13 @@ class StatusBar(Static):
                 ("  │  ", "$text-muted"),
                 ("net ", "$text-muted"),
                 (network, NETWORK_STYLES.get(info.network, "")),
+                ("  │  ", "$text-muted"),
+                ("alerts ", "$text-muted"),
+                (info.alerts or "off", ""),
             )
         )
+
+    def show_state(self, network: str, detail: str) -> None:
+        """Only the network part changed (the node went away, or came back)."""
+        if self.info is not None:
+            self.show(replace(self.info, network=network, detail=detail))

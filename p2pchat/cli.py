@@ -600,9 +600,8 @@ async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
             f"{key} {value}" for key, value in sorted(values.items()) if value not in (None, {})
         )
         print(_safe(f"{section + ':':<11} {flat}"))
-    if isinstance(reach, dict):
-        punched = reach["punch"]
-        flat = ", ".join(f"{k} {v}" for k, v in sorted(punched.items()))
+    if isinstance(reach, dict) and reach["punch"]:
+        flat = ", ".join(f"{k} {v}" for k, v in sorted(reach["punch"].items()))
         print(_safe(f"{'punch:':<11} {flat}"))
     return EXIT_OK
 

@@ -87,6 +87,7 @@ from p2pchat.ui.screens.files import (
 from p2pchat.ui.screens.guard import GuardedScreen, OwnerWatcher
 from p2pchat.ui.screens.help import HelpScreen
 from p2pchat.ui.screens.verify import VerifyScreen
+from p2pchat.ui.state import last_conversation, save_state
 from p2pchat.ui.widgets import (
     ChatLine,
     Composer,
@@ -210,7 +211,11 @@ class MainScreen(GuardedScreen[None]):
 
     def on_mount(self) -> None:
         contacts = self.refresh_sidebar()
-        if contacts:
+        # The conversation open when the app last ran, else the most recent one.
+        last = last_conversation(self.node.paths)
+        if any(c.peer_id == last for c in contacts):
+            self.open_conversation(str(last))
+        elif contacts:
             self.open_conversation(contacts[0].peer_id)
         else:
             self._show_welcome()
@@ -284,6 +289,7 @@ class MainScreen(GuardedScreen[None]):
             last_activity=activity,
             warning=view.peer_id in self.warnings,
             route=view.route,
+            last_seen=view.last_seen,
         )
 
     def _schedule_sidebar(self) -> None:
@@ -352,6 +358,7 @@ class MainScreen(GuardedScreen[None]):
         if peer_id != self.current:
             self._send_typing(self._throttle.stop())
         self.current = peer_id
+        save_state(self.node.paths, conversation=peer_id)
         self.notices.drop(f"msg:{peer_id}")
         self._alerts.forget(f"msg:{peer_id}")
         self.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
@@ -467,7 +474,11 @@ class MainScreen(GuardedScreen[None]):
         try:
             command = parse_command(event.text)
         except CommandError as exc:
-            self.notify(str(exc), severity="warning", markup=False)
+            # Keep what was typed: it may be a message that starts with "/" (send it
+            # with "//"), or a command with a typo to fix.
+            event.composer.load_text(event.text)
+            event.composer.move_cursor(event.composer.document.end)
+            self.notify(f"{exc} (the text is still in the box)", severity="warning")
             return
         if command is not None:
             self.run_command(command)
@@ -505,6 +516,12 @@ class MainScreen(GuardedScreen[None]):
 
     @on(Composer.Typed)
     def _typed(self) -> None:
+        if self.composer.text.lstrip().startswith(
+            "/"
+        ) and not self.composer.text.lstrip().startswith("//"):
+            # A command is not a message: the contact is not told we type.
+            self._send_typing(self._throttle.stop())
+            return
         if self.current is not None and self.mode == "online" and self.live:
             self._send_typing(self._throttle.keystroke(self.current, time.monotonic()))
 
@@ -603,6 +620,13 @@ class MainScreen(GuardedScreen[None]):
             del self._remote_typing[peer]
         if expired:
             self._show_remote_typing()
+        for card in self.conversation.cards():
+            if isinstance(card, TransferCard):
+                card.check_stall(now)
+        for listener in self._listeners():
+            if isinstance(listener, TransfersScreen):
+                for card in listener.cards():
+                    card.check_stall(now)
         minute = int(now // 60)
         if minute != self._last_minute:
             self._last_minute = minute
@@ -693,7 +717,7 @@ class MainScreen(GuardedScreen[None]):
         self.action_help()
 
     def _cmd_quit(self, args: str) -> None:
-        self.app.exit()
+        self.run_worker(self.app.run_action("quit"), group="quit")
 
     # ------------------------------------------------------------ actions
     def action_add_contact(self, ref: str = "", name: str = "") -> None:
@@ -762,6 +786,10 @@ class MainScreen(GuardedScreen[None]):
         rows: list[tuple[str, str]] = []
         for active in self.active_bindings.values():
             binding = active.binding
+            # Only the app's and this screen's keys: the focused widget's own keys
+            # (the message box's cursor and selection keys) are not p2pchat's to list.
+            if active.node not in (self, self.app):
+                continue
             if not binding.description or binding.description in seen:
                 continue
             seen.add(binding.description)

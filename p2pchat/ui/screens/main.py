@@ -114,6 +114,8 @@ REMOTE_TYPING_TTL = 8.0
 # Bursts of events (a reconnect replays a whole outbox) are coalesced: the list
 # is redrawn and read receipts are sent at most this often.
 FLUSH_INTERVAL = 0.15
+# Messages sent outside this screen are looked up among this many latest ones.
+SENT_ELSEWHERE_WINDOW = 20
 # How long to wait for the file manager opener before giving up on its exit code.
 OPENER_TIMEOUT = 15.0
 
@@ -877,7 +879,11 @@ class MainScreen(GuardedScreen[None]):
         elif isinstance(event, MessageStateChanged):
             if event.peer_id == self.current:
                 self._draw_incoming()
+                if not self.conversation.has_message(event.message_id):
+                    self._sent_elsewhere(event.peer_id)
                 self.conversation.set_state(event.message_id, event.state)
+            if event.state == "queued":
+                self._schedule_sidebar()
         elif isinstance(event, TypingChanged):
             if event.active:
                 self._remote_typing[event.peer_id] = time.monotonic() + REMOTE_TYPING_TTL
@@ -949,6 +955,18 @@ class MainScreen(GuardedScreen[None]):
             # click, the conversation has it; the bell and the desktop may say so.
             self._alert(f"msg:{peer}", name, event.body)
         self._schedule_sidebar()
+
+    def _sent_elsewhere(self, peer: str) -> None:
+        """A message of ours this screen did not send (``p2pchat msg``, another view of
+        the same node): show it, from the store, where it belongs."""
+        name = self.names.get(peer) or short_id(peer)
+        recent = self.node.history(peer, limit=SENT_ELSEWHERE_WINDOW)
+        lines = [
+            self._line(m, name)
+            for m in recent
+            if m.direction == "out" and not self.conversation.has_message(m.id)
+        ]
+        self.conversation.add_lines(lines)
 
     def _on_key_mismatch(self, event: PeerKeyMismatch) -> None:
         name = self.names.get(event.peer_id) or short_id(event.peer_id)

@@ -8,11 +8,11 @@ the invite on screen so it can be copied by hand in one step.
 
 from __future__ import annotations
 
-from textual.dom import DOMNode
+from textual.widget import Widget
 from textual.widgets import TextArea
 
 
-def copy_invite(where: DOMNode, invite: str, shown: TextArea) -> None:
+def copy_invite(where: Widget, invite: str, shown: TextArea) -> None:
     where.app.copy_to_clipboard(invite)
     shown.focus()
     shown.select_all()

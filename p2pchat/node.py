@@ -31,10 +31,12 @@ from p2pchat.config import (
 )
 from p2pchat.core import chat
 from p2pchat.core.events import (
+    AwaitingAcceptance,
     ContactAdded,
     ContactChanged,
     ContactRequestReceived,
     MessageReceived,
+    MessageSent,
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
@@ -124,6 +126,8 @@ class ContactView:
     route: str | None = None
     """How the live session runs: "lan" (a local-network or loopback address) or
     "direct" (any other address); None when offline."""
+    awaiting_acceptance: bool = False
+    """Their node answered that we are not its contact yet: our messages wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,6 +473,7 @@ class Node:
                 online=c.peer_id in self._active,
                 unread=self.store.unread_count(c.peer_id),
                 route=self._route(c.peer_id),
+                awaiting_acceptance=self.awaiting_acceptance(c.peer_id),
             )
             for c in self.store.list_contacts()
         ]
@@ -552,6 +557,9 @@ class Node:
         if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
             raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
         message = self.store.queue_message(peer.peer_id, body, now=self.clock())
+        self._emit(
+            MessageSent(message.peer_id, message.id, message.seq, message.body, message.created_at)
+        )
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
         conn = self._active.get(peer.peer_id)
         if conn is not None:
@@ -559,26 +567,43 @@ class Node:
         return self.store.get_message(message.id) or message
 
     async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
-        """Wait until the message is delivered (or read); return its state then."""
+        """Wait until the message is delivered (or read); return its state then.
+
+        Returns early, with the message still ``queued``, when the contact's node
+        answers that we are not its contact yet (``awaiting_acceptance``): waiting
+        longer would not help, they have to accept our request first.
+        """
         message = self.store.get_message(message_id)
         if message is None:
             raise NodeError(f"no message {message_id}")
-        if message.state in ("delivered", "read"):
-            return message.state
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            fut: asyncio.Future[str] = loop.create_future()
-            self._state_waiters.setdefault(message_id, []).append(fut)
+        while message.state not in ("delivered", "read"):
+            if self.awaiting_acceptance(message.peer_id):
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                state = await asyncio.wait_for(fut, remaining)
-                if state in ("delivered", "read"):
-                    return state
-        message = self.store.get_message(message_id)
-        return message.state if message is not None else "queued"
+            fut: asyncio.Future[str] = loop.create_future()
+            waiters = self._state_waiters.setdefault(message_id, [])
+            waiters.append(fut)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await fut
+            finally:
+                if fut in waiters:
+                    waiters.remove(fut)
+                if not waiters and self._state_waiters.get(message_id) is waiters:
+                    del self._state_waiters[message_id]
+            message = self.store.get_message(message_id) or message
+        return message.state
+
+    def awaiting_acceptance(self, peer_id: str) -> bool:
+        """Whether the contact's node told this session that we are not its contact
+        yet (our messages wait in the outbox until they accept)."""
+        conn = self._active.get(peer_id)
+        return conn is not None and conn.held_as_request
 
     def set_typing(self, contact: str, active: bool) -> None:
         conn = self._active.get(self.store.find_contact(contact).peer_id)
@@ -687,7 +712,8 @@ class Node:
                 # Only this transfer's state changes warrant another look at the store.
                 while (remaining := deadline - loop.time()) > 0:
                     try:
-                        event = await asyncio.wait_for(anext(events), remaining)
+                        async with asyncio.timeout(remaining):
+                            event = await anext(events)
                     except TimeoutError:
                         break
                     if (
@@ -782,8 +808,12 @@ class Node:
             self._known_ips = known
             self.transfers.tick()
             self._wake.clear()
+            # asyncio.timeout, not wait_for: in 3.11 wait_for swallows a cancel that
+            # arrives as the event is set (a _poke during stop), and stop would
+            # then wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
 
     def _maybe_resolve(self, contact: Contact, now: float) -> None:
         """Ask the DHT for the contact's signed record when its known addresses fail."""
@@ -901,6 +931,9 @@ class Node:
         if self._active.get(peer) is conn:
             del self._active[peer]
             self._emit(PeerOffline(peer, reason))
+            # What this session carried without an ack waits for the next one.
+            self._requeue(peer)
+            self.transfers.peer_offline(peer, f"{self._name_of(peer)} went offline ({reason})")
             state = self._dial.setdefault(peer, _DialState())
             now = asyncio.get_running_loop().time()
             if conn.held_as_request:
@@ -913,6 +946,14 @@ class Node:
                 delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
                 state.next_at = now + delay * random.uniform(1, 2)
             self._poke()
+
+    def _requeue(self, peer: str) -> None:
+        for message_id in self.store.requeue_sent(peer, self.clock()):
+            self._emit(MessageStateChanged(peer, message_id, "queued"))
+
+    def _name_of(self, peer: str) -> str:
+        contact = self.store.get_contact(peer)
+        return contact.name if contact is not None else peer[:8]
 
     def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
         peer = conn.peer_id
@@ -1068,6 +1109,11 @@ class Node:
                 self._resend_outbox(conn, peer, from_seq=frame.want)
         elif isinstance(frame, chat.Typing):
             self._emit(TypingChanged(peer, frame.active))
+        elif isinstance(frame, chat.RequestPending):
+            # (PeerConnection set held_as_request.)  What went out before this
+            # answer is held there, not stored: it is queued again here.
+            self._requeue(peer)
+            self._emit(AwaitingAcceptance(peer))
         elif isinstance(frame, _FILE_FRAMES):
             self.transfers.frame_received(peer, frame)
 

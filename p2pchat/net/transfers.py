@@ -111,6 +111,13 @@ MAX_PAGE_SIZE = 500
 PAGE_FILES = 8192
 
 TERMINAL = ("done", "declined", "cancelled", "failed")
+RUNNING = ("accepted", "sending", "receiving")
+# A transfer whose contact went offline (or that was running when the node
+# stopped) waits in "paused" and resumes from the .part files once a session is
+# back: a paused receiver asks for the rest, a paused sender re-offers.
+PAUSED = "paused"
+RESUMABLE_IN = ("accepted", "receiving", PAUSED)
+RESUMABLE_OUT = ("offered", "accepted", "sending", PAUSED)
 
 
 @dataclass(slots=True)
@@ -217,7 +224,15 @@ class TransferManager:
 
     # ------------------------------------------------------------- lifetime
     async def start(self, host: str) -> None:
-        """Listen for direct TCP data channels on the node's address."""
+        """Listen for direct TCP data channels on the node's address.
+
+        Transfers that were moving when the last node of this home stopped (or
+        died) are paused now: nothing moves them until their contact is back.
+        """
+        for direction in ("in", "out"):
+            stale = self.store.transfer_ids(direction=direction, states=RUNNING)
+            for t in self.store.get_transfers(stale):
+                self._state(t, PAUSED, "the node was restarted")
         try:
             self._server = await asyncio.start_server(
                 self._tcp_client, host=host, port=0, limit=4 * CHUNK_SIZE
@@ -297,9 +312,7 @@ class TransferManager:
         """A session with the peer came up: re-offer what is unfinished (resume)."""
         peer = conn.peer_id
         assert peer is not None
-        unfinished = self.store.transfer_ids(
-            direction="out", states=("offered", "accepted", "sending"), peer_id=peer
-        )
+        unfinished = self.store.transfer_ids(direction="out", states=RESUMABLE_OUT, peer_id=peer)
         for t in self.store.get_transfers(unfinished):
             conn.send(self._offer_frame(t))
         recent = self.store.transfer_ids(
@@ -315,7 +328,7 @@ class TransferManager:
         t = self.store.get_transfer(frame.id)
         if t is None or t.peer_id != peer or t.direction != "out":
             return
-        if t.state not in ("offered", "accepted", "sending"):
+        if t.state not in RESUMABLE_OUT:
             if t.state == "cancelled":
                 self._send(peer, chat.FileCancel(t.id, t.error or "cancelled by the sender"))
             return
@@ -515,7 +528,7 @@ class TransferManager:
 
     def _answer_known(self, t: Transfer) -> None:
         """The sender re-offers after a reconnect: resume, or repeat our answer."""
-        if t.state in ("accepted", "receiving"):
+        if t.state in RESUMABLE_IN:
             self._request_data(t)
         elif t.state == "done":
             self._send(t.peer_id, chat.FileResult(t.id, True))
@@ -775,6 +788,24 @@ class TransferManager:
         self._stream_buf.pop(key, None)
         self._stream_queues.pop(key, None)
 
+    def peer_offline(self, peer_id: str, reason: str) -> None:
+        """The contact's session ended: what was moving with them stops now and says
+        so (``paused``, with the reason as its error) instead of showing its last
+        rate until a data channel times out.  Both sides keep what they have and
+        resume when a session is back (the sender re-offers, the receiver asks for
+        the rest from its ``.part`` sizes)."""
+        for direction in ("in", "out"):
+            ids = self.store.transfer_ids(direction=direction, states=RUNNING, peer_id=peer_id)
+            for t in self.store.get_transfers(ids):
+                out = self._outgoing.pop(t.id, None)
+                if out is not None and out.task is not None:
+                    out.task.cancel()  # its channel closes in the task's finally
+                for key in [k for k in self._incoming if k[0] == t.id]:
+                    inc = self._incoming.pop(key)
+                    self.store.add_transfer_bytes(t.id, inc.received, now=self.clock())
+                    self._close_files(inc)
+                self._state(t, PAUSED, reason)
+
     def connection_closed(self, conn: PeerConnection) -> None:
         for key in [k for k in self._streams if k[0] is conn]:
             queue = self._stream_queues.get(key)
@@ -796,7 +827,7 @@ class TransferManager:
         if inc.conn.closed:
             return None
         t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
+        if t is None or t.state not in RESUMABLE_IN:
             return None
         key = inc.conn.session.export_key(KEY_LABEL, p.transfer_id + p.attempt)
         try:
@@ -974,7 +1005,7 @@ class TransferManager:
         if inc.conn.closed or self.connection_for(inc.conn.peer_id or "") is not inc.conn:
             return
         t = self.store.get_transfer(inc.transfer_id)
-        if t is not None and t.state in ("accepted", "receiving"):
+        if t is not None and t.state in RESUMABLE_IN:
             self._request_data(t)
 
     def _went_silent(self, inc: _Incoming) -> None:
@@ -993,7 +1024,7 @@ class TransferManager:
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
         t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
+        if t is None or t.state not in RESUMABLE_IN:
             return
         if t.attempts >= MAX_ATTEMPTS:
             self._fail_incoming(t, f"data channel failed: {why}")

@@ -32,6 +32,8 @@ import nacl.secret
 import nacl.signing
 import nacl.utils
 
+from p2pchat.names import InvalidName, normalise_name
+
 __all__ = [
     "INVITE_PREFIX",
     "MAX_INVITE_CHARS",
@@ -46,6 +48,8 @@ __all__ = [
     "create_identity",
     "format_address",
     "is_peer_id",
+    "is_sealed",
+    "key_file_bytes",
     "key_from_peer_id",
     "load_identity",
     "load_or_create_identity",
@@ -284,7 +288,6 @@ _KIND_SEALED: Final = "argon2id-secretbox"
 _MAX_KEY_FILE_BYTES: Final = 64 * 1024
 _SALT_SIZE: Final = nacl.pwhash.argon2id.SALTBYTES
 _BOX_SIZE: Final = nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES + KEY_SIZE
-_FAST_KDF_ENV: Final = "P2PCHAT_KDF_FAST"
 
 # Upper bounds protect against a damaged file asking for terabytes of memory.
 _OPSLIMIT_RANGE: Final = (
@@ -297,11 +300,19 @@ _MEMLIMIT_RANGE: Final = (
 )
 
 
+KDF_COST: tuple[int, int] = (
+    nacl.pwhash.argon2id.OPSLIMIT_MODERATE,
+    nacl.pwhash.argon2id.MEMLIMIT_MODERATE,
+)
+"""Argon2id (opslimit, memlimit) for newly sealed key files.  Nothing in the package
+lowers it, and no environment variable or setting reaches it: only the test suite
+replaces it, in its own processes (``tests/conftest.py``, ``tests/fastkdf/``).  A key
+file records its own cost, so loading never depends on this."""
+
+
 def _kdf_limits() -> tuple[int, int]:
-    # Read at call time, not import time, so tests can switch it per test.
-    if os.environ.get(_FAST_KDF_ENV) == "1":
-        return nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN
-    return nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.MEMLIMIT_MODERATE
+    # Read at call time, so a test that replaces KDF_COST affects keys made after it.
+    return KDF_COST
 
 
 def _passphrase_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
@@ -415,6 +426,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` owner-only (it must not exist), write all of ``data``, fsync it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # os.open's mode is filtered through the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_new_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that it appears complete or not at all, never clobbering.
 
@@ -428,18 +454,8 @@ def _write_new_file(path: Path, data: bytes) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
     tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o600)
     try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)  # os.open's mode is filtered through the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_private_file(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -505,6 +521,27 @@ def create_identity(path: Path, passphrase: str | None = None) -> Identity:
     identity = Identity.generate()
     _write_new_file(path, _encode_key_file(identity, passphrase))
     return identity
+
+
+def is_sealed(path: Path) -> bool:
+    """Whether the key file at ``path`` is protected by a passphrase (nothing is unsealed)."""
+    path = Path(path)
+    try:
+        doc = json.loads(_read_key_file(path))
+    except (ValueError, RecursionError):
+        raise _corrupt(path, "not valid JSON") from None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind not in (_KIND_PLAIN, _KIND_SEALED):
+        raise _corrupt(path, f"unknown kind {kind!r}")
+    return bool(kind == _KIND_SEALED)
+
+
+def key_file_bytes(identity: Identity, passphrase: str | None) -> bytes:
+    """The key file for ``identity``, sealed under ``passphrase`` (None: in the clear).
+
+    For a passphrase change, which writes the file itself (``p2pchat.atrest``).
+    """
+    return _encode_key_file(identity, passphrase)
 
 
 def load_or_create_identity(
@@ -643,23 +680,15 @@ INVITE_PREFIX: Final = "p2pchat:"
 MAX_INVITE_CHARS: Final = 2048
 _MAX_ADDRESSES: Final = 16
 _MAX_TOKEN: Final = 64
-_MAX_NAME: Final = 64
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
-# Characters that would let a suggested name rewrite the terminal or reorder text around it.
-_BIDI_CONTROLS: Final = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
-_FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
-def _check_name(name: str) -> None:
-    if not 1 <= len(name) <= _MAX_NAME:
-        raise InvalidInvite(f"name must be 1..{_MAX_NAME} characters")
-    if not name.strip():
-        raise InvalidInvite("name must not be blank")
-    for ch in name:
-        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-            raise InvalidInvite(f"name contains control character U+{ord(ch):04X}")
+def _check_name(name: str) -> str:
+    """The invite's suggested name under the one name rule (``p2pchat.names``)."""
+    try:
+        return normalise_name(name)
+    except InvalidName as exc:
+        raise InvalidInvite(f"invite name refused: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,7 +732,7 @@ class Invite:
         if self.name is not None:
             if not isinstance(self.name, str):
                 raise InvalidInvite("name must be text")
-            _check_name(self.name)
+            object.__setattr__(self, "name", _check_name(self.name))
         if len(self.encode()) > MAX_INVITE_CHARS:
             raise InvalidInvite(f"invite would exceed {MAX_INVITE_CHARS} characters")
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from p2pchat import names
 from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Ack",
     "ChatFrame",
     "ChatMessage",
+    "Defer",
     "FileAccept",
     "FileCancel",
     "FileDecline",
@@ -55,7 +57,9 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 MAX_BODY_BYTES = 16 * 1024
-MAX_NAME_CHARS = 64
+MAX_NAME_CHARS = names.MAX_NAME_CHARS
+# A peer's announced name is repaired, not refused; this much of it is looked at.
+_MAX_WIRE_NAME_CHARS = 4 * MAX_NAME_CHARS
 MAX_TOKEN_CHARS = 64
 MAX_SEQ = 2**53 - 1
 """Sequence numbers stay exactly representable as IEEE doubles, for peers in JS."""
@@ -69,6 +73,9 @@ _MAX_ARRAY_LEN = MAX_OFFER_FILES
 MAX_PATH_BYTES = 4096
 MAX_FILE_SIZE = 2**53 - 1
 MAX_REASON_CHARS = 200
+MAX_WHY_CHARS = 16
+MAX_RETRY_AFTER = 7 * 86400.0
+"""A ``defer`` asks for at most a week's pause; the sender clamps it further."""
 HASH_SIZE = 32
 ATTEMPT_SIZE = 16
 _MAX_EXT_LEN = 64
@@ -89,11 +96,16 @@ class Hello:
 
     ``token`` lets a stranger prove an invitation so the request can skip the
     "unknown sender" queue; ``name`` is only a suggestion for the contact list.
+
+    A name that breaks the name rule (``p2pchat.names``) never costs the peer
+    its session: ``decode`` repairs it (or drops it) and says why in
+    ``name_problem``, which is local information and never sent.
     """
 
     name: str | None = None
     token: str | None = None
     version: int = PROTOCOL_VERSION
+    name_problem: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +141,19 @@ class Gap:
     """Resend your outbox starting at ``want``: an earlier message never arrived."""
 
     want: int
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """I cannot store your message ``seq`` now: keep it (and what follows) queued and
+    send it again in ``retry_after`` seconds.  ``why`` is a short code (``"storage"``:
+    my database failed; ``"quota"``: you used up your daily message allowance), and
+    ``reason`` says it in words the sender's user can read."""
+
+    seq: int
+    retry_after: float
+    why: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +233,7 @@ class FileResult:
 FileFrame = FileOffer | FileAccept | FileDecline | FileCancel | FileProgress | FileResult
 
 ChatFrame = (
-    Hello | ChatMessage | Ack | Read | Typing | Gap | RequestPending | Ping | FileFrame
+    Hello | ChatMessage | Ack | Read | Typing | Gap | Defer | RequestPending | Ping | FileFrame
 )
 
 _T_HELLO = "hello"
@@ -217,6 +242,7 @@ _T_ACK = "ack"
 _T_READ = "read"
 _T_TYPING = "typing"
 _T_GAP = "gap"
+_T_DEFER = "defer"
 _T_PENDING = "pending"
 _T_PING = "ping"
 _T_FOFFER = "foffer"
@@ -252,6 +278,14 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
         return {"t": _T_TYPING, "a": frame.active}
     if isinstance(frame, Gap):
         return {"t": _T_GAP, "w": frame.want}
+    if isinstance(frame, Defer):
+        return {
+            "t": _T_DEFER,
+            "s": frame.seq,
+            "a": frame.retry_after,
+            "w": frame.why,
+            "r": frame.reason,
+        }
     if isinstance(frame, RequestPending):
         return {"t": _T_PENDING}
     if isinstance(frame, Ping):
@@ -362,6 +396,30 @@ class _Reader:
         value = self.get_label(key, MAX_REASON_CHARS)
         return value or ""
 
+    def get_name(self, key: str) -> tuple[str | None, str | None]:
+        """A display name and, for a peer's, what was wrong with it.
+
+        We send only names that are already valid and normalised.  A peer's bad
+        name is repaired instead of failing the frame: refusing a Hello would
+        close the session every few seconds over a cosmetic field.
+        """
+        value = self._m.get(key)
+        if value is None:
+            return None, None
+        if self._err is LocalProtocolError:
+            problem = names.name_problem(value)
+            if problem is None and names.normalise_name(value) != value:
+                problem = "name is not in normal form"
+            if problem is not None:
+                raise self.fail(f"field {key!r}: {problem}")
+            return value, None
+        if not isinstance(value, str):
+            return None, "the announced name is not text"
+        problem = names.name_problem(value[:_MAX_WIRE_NAME_CHARS])
+        if len(value) > _MAX_WIRE_NAME_CHARS:
+            problem = f"a name must be at most {MAX_NAME_CHARS} characters"
+        return names.repair_name(value[:_MAX_WIRE_NAME_CHARS]), problem
+
     def get_label(self, key: str, max_chars: int) -> str | None:
         """An optional short single-line string shown in lists and prompts.
 
@@ -406,15 +464,27 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
         return Typing(active=r.get_bool("a"))
     if kind == _T_GAP:
         return Gap(want=r.get_int("w", 1, MAX_SEQ))
+    if kind == _T_DEFER:
+        retry_after = r.get_float("a")
+        if not 0.0 <= retry_after <= MAX_RETRY_AFTER:
+            raise err(f"field 'a' out of range: {retry_after}")
+        return Defer(
+            seq=r.get_int("s", 1, MAX_SEQ),
+            retry_after=retry_after,
+            why=r.get_label("w", MAX_WHY_CHARS) or "",
+            reason=r.get_reason("r"),
+        )
     if kind == _T_PING:
         return Ping()
     if kind == _T_PENDING:
         return RequestPending()
     if kind == _T_HELLO:
+        name, problem = r.get_name("n")
         return Hello(
-            name=r.get_label("n", MAX_NAME_CHARS),
+            name=name,
             token=r.get_label("k", MAX_TOKEN_CHARS),
             version=r.get_int("v", 1, MAX_VERSION),
+            name_problem=problem,
         )
     if kind.startswith("f"):
         frame = _file_frame(kind, r, err)

@@ -364,6 +364,26 @@ def test_lookup_survives_dead_nodes_without_retrying_forever() -> None:
     assert len(wire.log) - sent_before < 50  # quiet once done
 
 
+def test_dead_nodes_cost_a_lookup_its_usual_round_trips_not_the_fixed_timeout() -> None:
+    """Replies here take no time, so once round trips are measured a dead node is slow
+    after 0.1 s and given up after 0.25 s (the floors), in parallel, instead of being
+    waited for 2 s each; the queries stay open for the routing table's sake."""
+    wire = swarm(20)
+    dead = {addr(n) for n in (1, 2, 3, 4, 6, 7)}
+    wire.dropped.update(dead)
+    me = addr(10)
+    core = wire.cores[me]
+    op = core.find_node(random.Random(4).randbytes(20), wire.now)
+    wire.run()
+    wire.advance(0.6)
+    event = wire.event_for(me, op)
+    assert isinstance(event, LookupDone) and event.stats.timeouts >= 1
+    assert not {n.addr for n in event.nodes} & dead
+    assert core.pending_count() >= 1  # the given-up queries, until their real timeout
+    wire.advance(3)
+    assert core.pending_count() == 0
+
+
 def test_external_address_vote_and_bep42_id_change() -> None:
     core = make_core(1, now=100, enforce_bep42=True, local_port=6881)
     old_id = core.node_id
@@ -387,6 +407,33 @@ def test_external_address_vote_and_bep42_id_change() -> None:
     assert id_change and id_change[0].old_id == old_id
     assert core.node_id != old_id
     assert is_valid_node_id(core.node_id, "124.31.75.21")
+
+
+def test_a_public_interface_address_fits_the_id_before_anyone_votes() -> None:
+    core = make_core(1, now=100, enforce_bep42=True, local_port=6881)
+    old_id = core.node_id
+    core.set_local_addresses(["10.0.0.5"], 6881, 100)  # private: exempt, nothing to fit
+    assert core.node_id == old_id
+    core.set_local_addresses(["10.0.0.5", "198.51.100.100"], 6881, 100)
+    assert is_valid_node_id(core.node_id, "198.51.100.100") and core.node_id != old_id
+    changed = [e for e in iter(core.next_event, None) if isinstance(e, NodeIdChanged)]
+    assert [e.old_id for e in changed] == [old_id]
+
+
+def test_a_named_bootstrap_enters_the_table_whatever_its_id() -> None:
+    """A self-hosted first node on a public address may not know its address yet to fit
+    its ID to; the user named it, so BEP 42 enforcement does not keep it out."""
+    boot = ("198.51.100.100", 4001)
+    stranger = ("198.51.100.101", 4001)
+    for trusted, expected in ((True, 1), (False, 0)):
+        core = make_core(1, now=100, enforce_bep42=True)
+        if trusted:
+            core.trust_observers([boot])
+        core.bootstrap([boot, stranger], 100)
+        for data, dst in core.datagrams_to_send():
+            reply = Response(tid=bdecode(data)[b"t"], sender_id=bytes(20), ip=("9.9.9.9", 1))
+            core.receive_datagram(encode_message(reply), dst, 100)
+        assert len(core.routing_table()) == expected
 
 
 def test_state_survives_a_restart() -> None:

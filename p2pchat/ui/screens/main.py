@@ -28,9 +28,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.markup import escape
-from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 
 from p2pchat.core.events import (
     ContactAdded,
@@ -40,6 +38,7 @@ from p2pchat.core.events import (
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
+    NodeConnectionLost,
     NodeStarted,
     NodeStopped,
     PeerKeyMismatch,
@@ -51,6 +50,7 @@ from p2pchat.core.events import (
     TypingChanged,
 )
 from p2pchat.node import ContactView, Node, NodeError
+from p2pchat.remote import OwnerGone, OwnerUnavailable
 from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
 from p2pchat.ui import heap
 from p2pchat.ui.commands import CommandError, SlashCommand, message_text, parse_command
@@ -64,16 +64,17 @@ from p2pchat.ui.files import (
     transfer_title,
 )
 from p2pchat.ui.format import (
+    AlertLimiter,
     Clock,
     TypingSignal,
     TypingThrottle,
     day_of,
     human_size,
-    one_line,
     relative_time,
     short_id,
 )
 from p2pchat.ui.messages import NodeEventArrived
+from p2pchat.ui.safe import literal, one_line, shown_name
 from p2pchat.ui.screens.contacts import AddContactScreen, RequestScreen
 from p2pchat.ui.screens.files import (
     ConfirmSendScreen,
@@ -83,6 +84,7 @@ from p2pchat.ui.screens.files import (
     TransfersScreen,
     downloads_folder,
 )
+from p2pchat.ui.screens.guard import GuardedScreen, OwnerWatcher
 from p2pchat.ui.screens.help import HelpScreen
 from p2pchat.ui.screens.verify import VerifyScreen
 from p2pchat.ui.widgets import (
@@ -98,6 +100,7 @@ from p2pchat.ui.widgets import (
     StatusInfo,
     TransferCard,
 )
+from p2pchat.ui.widgets.notices import NoticeTray, Severity
 from p2pchat.ui.widgets.sidebar import CONTACT, REQUEST
 
 Mode = Literal["online", "offline", "read-only"]
@@ -124,7 +127,7 @@ class TransferListener(Protocol):
     ) -> None: ...
 
 
-class MainScreen(Screen[None]):
+class MainScreen(GuardedScreen[None]):
     AUTO_FOCUS = "#composer"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "add_contact", "Add contact", id="add_contact"),
@@ -169,8 +172,12 @@ class MainScreen(Screen[None]):
         self._progress_due: dict[str, tuple[int, int]] = {}
         self._last_progress: dict[str, tuple[int, int]] = {}
         self._incoming_lines: list[ChatLine] = []
+        self._alerts = AlertLimiter()
         self.ready = False
         self.detached = False
+        self.suspended: str | None = None
+        """Why the node cannot be used right now (an attached view's owner went away
+        or does not answer); None while it can."""
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -179,8 +186,10 @@ class MainScreen(Screen[None]):
                 yield ContactList(tz=self.tz, id="contacts")
             with Vertical(id="chat"):
                 yield ConversationView(tz=self.tz, id="conversation")
+                yield Static(id="owner-banner")
                 yield Composer(id="composer")
         yield StatusBar(id="status")
+        yield NoticeTray(id="notices")
         yield Footer()
 
     @property
@@ -195,6 +204,10 @@ class MainScreen(Screen[None]):
     def composer(self) -> Composer:
         return self.query_one("#composer", Composer)
 
+    @property
+    def notices(self) -> NoticeTray:
+        return self.query_one("#notices", NoticeTray)
+
     def on_mount(self) -> None:
         contacts = self.refresh_sidebar()
         if contacts:
@@ -204,8 +217,8 @@ class MainScreen(Screen[None]):
         self._update_composer()
         self.composer.intercept_paths = self.mode != "read-only"
         self.composer.focus()
-        self.set_interval(1.0, self._tick)
-        self.set_interval(FLUSH_INTERVAL, self._flush)
+        self.set_interval(1.0, self.guarded(self._tick))
+        self.set_interval(FLUSH_INTERVAL, self.guarded(self._flush))
         self.watch(self.app, "app_focus", self._app_focus_changed, init=False)
         # Once the first screen is drawn, the app's long-lived objects exist.
         self.call_after_refresh(heap.settle)
@@ -231,16 +244,24 @@ class MainScreen(Screen[None]):
             self._schedule_read()
 
     # ----------------------------------------------------------- sidebar
+    @property
+    def live(self) -> bool:
+        """The node can be called (not stopping, not lost)."""
+        return not self.detached and self.suspended is None
+
     def refresh_sidebar(self) -> list[ContactEntry]:
         """Re-read contacts, requests and nearby peers; the list keeps its cursor."""
         self._sidebar_dirty = False
-        if self.detached:
+        if not self.live:
             return []
         views = self.node.contacts()
         entries = [self._entry(view) for view in views]
         entries.sort(key=lambda e: (-(e.last_activity or 0.0), e.name.casefold()))
-        self.names = {view.peer_id: view.name for view in views}
+        self.names = {view.peer_id: shown_name(view.name, short_id(view.peer_id)) for view in views}
         self._needs_read |= {view.peer_id for view in views if view.unread}
+        for view in views:
+            # The notice counts what the list counts, so the two never disagree.
+            self.notices.set_count(f"msg:{view.peer_id}", view.unread)
         requests = [RequestEntry(r.peer_id, r.name, r.preview) for r in self.node.requests()]
         nearby = [
             NearbyEntry(p.peer_id, p.name, p.source, p.verified)
@@ -271,6 +292,9 @@ class MainScreen(Screen[None]):
 
     def _flush(self) -> None:
         """Apply what the last events asked for, at most once per interval."""
+        self.notices.flush()
+        if not self.live:
+            return
         self._draw_incoming()
         if self._sidebar_dirty:
             self.refresh_sidebar()
@@ -305,8 +329,17 @@ class MainScreen(Screen[None]):
                 contacts=contacts,
                 network=network,
                 detail=detail,
+                alerts=" + ".join(self.alert_kinds()),
             )
         )
+
+    def alert_kinds(self) -> list[str]:
+        """The ways news reaches the user besides the notices: shown in the status bar."""
+        return [
+            kind
+            for kind, on in (("bell", self.bell), ("desktop", self.desktop_notifications))
+            if on
+        ]
 
     # ------------------------------------------------------ conversation
     def open_conversation(self, peer_id: str, *, reload: bool = False) -> None:
@@ -319,17 +352,19 @@ class MainScreen(Screen[None]):
         if peer_id != self.current:
             self._send_typing(self._throttle.stop())
         self.current = peer_id
-        self.names[peer_id] = contact.name
+        self.notices.drop(f"msg:{peer_id}")
+        self._alerts.forget(f"msg:{peer_id}")
+        self.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
         self._incoming_lines = []  # the history read below has them
         messages = self.node.history(peer_id, limit=HISTORY_LIMIT)
         cards = [self._card(self._info(t)) for t in self.node.list_transfers(peer_id)]
         self.conversation.show(
             peer_id,
             self._header(contact),
-            [self._line(m, contact.name) for m in messages],
+            [self._line(m, shown) for m in messages],
             cards=cards,
             today=day_of(self.clock(), self.tz),
-            empty_hint=f"No messages with {contact.name} yet. Say hello!",
+            empty_hint=f"No messages with {shown} yet. Say hello!",
         )
         self.conversation.set_banner(self.warnings.get(peer_id))
         self._show_remote_typing()
@@ -350,7 +385,9 @@ class MainScreen(Screen[None]):
 
     def _header(self, contact: Contact) -> Content:
         online = self.node.is_online(contact.peer_id)
-        parts: list[str | tuple[str, str]] = [(contact.name, "bold")]
+        parts: list[str | tuple[str, str]] = [
+            (shown_name(contact.name, short_id(contact.peer_id)), "bold")
+        ]
         if contact.verified:
             parts.append(("  ✔ verified", "$success"))
         else:
@@ -392,7 +429,7 @@ class MainScreen(Screen[None]):
             composer.placeholder = "/add CODE_OR_ID to add a contact · /help"
         else:
             name = self.names.get(self.current, short_id(self.current))
-            composer.placeholder = (
+            composer.placeholder = literal(
                 f"Message {name} (Enter sends, Ctrl+J new line, Ctrl+O file, /help)"
             )
 
@@ -407,7 +444,7 @@ class MainScreen(Screen[None]):
         self._read_due = False
         peer = self.current
         if (
-            self.detached
+            not self.live
             or peer is None
             or self.mode == "read-only"
             or peer not in self._needs_read
@@ -418,6 +455,8 @@ class MainScreen(Screen[None]):
         self._needs_read.discard(peer)
         try:
             self.node.mark_read(peer)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError):
             return
         self._schedule_sidebar()
@@ -439,6 +478,11 @@ class MainScreen(Screen[None]):
         if self.mode == "read-only":
             self.notify("Read-only: cannot send while another node runs", severity="warning")
             return
+        if not self.live:
+            self.notify(f"Not sent: {self.suspended or 'the node is stopping'}", severity="warning")
+            if restore is not None:
+                restore.load_text(text)
+            return
         peer = self.current
         if peer is None:
             self.notify("Pick a contact first (or /add one)", severity="warning")
@@ -448,6 +492,8 @@ class MainScreen(Screen[None]):
         self._send_typing(self._throttle.stop())
         try:
             message = self.node.send_message(peer, text)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError) as exc:
             self.notify(str(exc), severity="error", markup=False)
             if restore is not None:
@@ -459,7 +505,7 @@ class MainScreen(Screen[None]):
 
     @on(Composer.Typed)
     def _typed(self) -> None:
-        if self.current is not None and self.mode == "online":
+        if self.current is not None and self.mode == "online" and self.live:
             self._send_typing(self._throttle.keystroke(self.current, time.monotonic()))
 
     @on(Composer.PathPasted)
@@ -490,25 +536,65 @@ class MainScreen(Screen[None]):
         else:
             log.scroll_page_down()
 
+    # ------------------------------------------------------ losing the node
+    def suspend(self, why: str) -> None:
+        """The node cannot be used now: say why above the message box, touch it no more.
+
+        What is typed stays in the message box; sending waits until
+        :meth:`resume`.
+        """
+        self.suspended = why
+        banner = self.query_one("#owner-banner", Static)
+        banner.update(literal(why, multiline=True))
+        banner.add_class("-visible")
+        self._throttle.stop()
+        self.conversation.set_typing(None)
+        self._remote_typing.clear()
+        self.query_one("#status", StatusBar).show_state("lost", why)
+
+    def resume(
+        self, node: Node | None = None, *, mode: Mode | None = None, detail: str = ""
+    ) -> None:
+        """The node answers again, or another one replaced it (taken over, new owner)."""
+        if node is not None:
+            self.node = node
+        if mode is not None:
+            self.mode = mode
+            self.detail = detail
+        why, self.suspended = self.suspended, None
+        try:
+            self.refresh_sidebar()
+            if self.current is not None:
+                self.open_conversation(self.current, reload=True)
+        except OwnerUnavailable:
+            self.suspended = why  # not yet after all
+            raise
+        self.query_one("#owner-banner", Static).remove_class("-visible")
+        self.composer.intercept_paths = self.mode != "read-only"
+        self._update_composer()
+
     def detach(self) -> None:
         """The node is about to stop: say we stopped typing, then touch it no more.
 
         The periodic flush would otherwise read from a closed store while the
         app winds down.
         """
-        self._send_typing(self._throttle.stop())
+        if self.live:
+            self._send_typing(self._throttle.stop())
         self.detached = True
 
     def _send_typing(self, signals: list[TypingSignal]) -> None:
         for peer, active in signals:
             try:
                 self.node.set_typing(peer, active)
+            except OwnerUnavailable:
+                raise  # the screen's guard tells the app (screens/guard.py)
             except (NodeError, StoreError):
                 continue
 
     def _tick(self) -> None:
         """Once a second: stop our typing signal when idle, expire the peer's, age times."""
-        if self.detached:
+        if not self.live:
             return
         now = time.monotonic()
         self._send_typing(self._throttle.tick(now))
@@ -534,6 +620,8 @@ class MainScreen(Screen[None]):
         handler = getattr(self, f"_cmd_{command.name}")
         try:
             handler(command.args)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (ValueError, NodeError, StoreError) as exc:
             self.notify(str(exc), severity="error", markup=False)
 
@@ -749,7 +837,12 @@ class MainScreen(Screen[None]):
     @on(NodeEventArrived)
     def _node_event(self, message: NodeEventArrived) -> None:
         event = message.event
-        if self.detached:
+        if isinstance(event, NodeConnectionLost):
+            watcher = self.app
+            if isinstance(watcher, OwnerWatcher) and not self.detached:
+                watcher.owner_unavailable(OwnerGone(event.reason))
+            return
+        if not self.live:
             return
         if isinstance(event, MessageReceived):
             self._incoming_message(event)
@@ -772,14 +865,15 @@ class MainScreen(Screen[None]):
                 self._remote_typing.pop(event.peer_id, None)
                 self._show_remote_typing()
         elif isinstance(event, ContactRequestReceived):
-            who = event.name or short_id(event.peer_id)
-            self.notify(
-                f"{who} wants to add you. Select the request in the list to answer.",
-                title="Contact request",
+            who = shown_name(event.name, short_id(event.peer_id))
+            self._notice(
+                f"req:{event.peer_id}",
+                "Contact request",
+                f"{who} wants to add you. Click here, or select the request in the list.",
                 severity="warning",
-                markup=False,
+                timeout=20,
+                target=f"request:{event.peer_id}",
             )
-            self._ring("Contact request", f"{who} wants to add you")
             self._schedule_sidebar()
         elif isinstance(event, PeerKeyMismatch):
             self._on_key_mismatch(event)
@@ -820,9 +914,12 @@ class MainScreen(Screen[None]):
             )
             self._show_remote_typing()
             self._schedule_read()
-        if peer != self.current or not self._visible():
-            self.notify(one_line(event.body, 120), title=name, markup=False)
-            self._ring(name, one_line(event.body, 120))
+        if peer != self.current:
+            self._notice(f"msg:{peer}", name, event.body, target=f"peer:{peer}")
+        elif not self._visible():
+            # Open but not in view (another window has the focus): no notice to
+            # click, the conversation has it; the bell and the desktop may say so.
+            self._alert(f"msg:{peer}", name, event.body)
         self._schedule_sidebar()
 
     def _on_key_mismatch(self, event: PeerKeyMismatch) -> None:
@@ -836,8 +933,14 @@ class MainScreen(Screen[None]):
         key = (event.peer_id, event.address)
         if key not in self._mismatches_seen:
             self._mismatches_seen.add(key)
-            self.notify(text, title="Key mismatch", severity="error", timeout=30, markup=False)
-            self._ring()
+            self._notice(
+                f"mismatch:{event.peer_id}",
+                "Key mismatch",
+                text,
+                severity="error",
+                timeout=30,
+                target=f"peer:{event.peer_id}",
+            )
         if event.peer_id == self.current:
             self.conversation.set_banner(text)
         self._schedule_sidebar()
@@ -856,6 +959,8 @@ class MainScreen(Screen[None]):
     def _fresh_info(self, transfer_id: str) -> TransferInfo | None:
         try:
             return self._info(self.node.get_transfer(transfer_id))
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except Exception:  # TransferError (p2pchat.net) or a closed store: nothing to show
             return None
 
@@ -895,21 +1000,21 @@ class MainScreen(Screen[None]):
             return
         self._show_transfer(info)
         name = self.name_of(event.peer_id)
-        self._ring("File offer", f"{name} offers {one_line(info.title, 80)}")
         if not info.awaiting_answer:
             return  # accepted on its own (--accept-files-from) before we got here
         if event.peer_id == self.current:
+            self._alert(f"offer:{event.transfer_id}", "File offer", f"{name} offers {info.title}")
             self.app.push_screen(OfferScreen(self.node, info, name), self._offer_answered)
             return
         first = one_line(event.files[0][0], 40) if event.files else "?"
         more = f" and {len(event.files) - 1} more" if len(event.files) > 1 else ""
-        link = f"app.show_offer('{event.transfer_id}')"
-        self.notify(
-            f"[@click={link}]{escape(name)} offers {escape(first)}{escape(more)} "
-            f"({human_size(event.total)}). Click here to answer, or press F3.[/]",
-            title="File offer",
+        self._notice(
+            f"offer:{event.transfer_id}",
+            "File offer",
+            f"{name} offers {first}{more} ({human_size(event.total)}). Click to answer (or F3).",
             severity="warning",
             timeout=30,
+            target=f"offer:{event.transfer_id}",
         )
 
     def _offer_answered(self, answer: str | None) -> None:
@@ -971,21 +1076,25 @@ class MainScreen(Screen[None]):
             return
         name = self.name_of(info.peer_id)
         title = one_line(info.title, 60)
+        key, target = f"xfer:{info.transfer_id}", f"peer:{info.peer_id}"
+        self.notices.drop(f"offer:{info.transfer_id}")
         if event.state == "done":
             text = f"Received {title} from {name}" if info.incoming else f"{name} received {title}"
-            self.notify(text, title="File transfer", timeout=6, markup=False)
+            self._notice(key, "File transfer", text, target=target, alert=False)
         elif event.state == "failed":
-            self.notify(
+            self._notice(
+                key,
+                "File transfer failed",
                 f"{title} ({name}): {event.error or 'failed'}",
-                title="File transfer failed",
                 severity="error",
-                timeout=10,
-                markup=False,
+                timeout=15,
+                target=target,
+                alert=False,
             )
         elif event.state == "declined" and not info.incoming:
-            self.notify(f"{name} declined {title}", title="File transfer", markup=False)
+            self._notice(key, "File transfer", f"{name} declined {title}", target=target)
         elif event.state == "cancelled":
-            self.notify(f"{title} ({name}): cancelled", title="File transfer", markup=False)
+            self._notice(key, "File transfer", f"{title} ({name}): cancelled", target=target)
 
     @on(TransferCard.Action)
     def _card_action_message(self, event: TransferCard.Action) -> None:
@@ -1007,6 +1116,8 @@ class MainScreen(Screen[None]):
                 self._save_as(info, name)
             elif event.action == "open":
                 self.open_folder(info)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except Exception as exc:  # TransferError lives in p2pchat.net, which the UI may not import
             self.notify(str(exc), severity="error", markup=False)
 
@@ -1016,6 +1127,8 @@ class MainScreen(Screen[None]):
                 return
             try:
                 self.node.accept_transfer(info.transfer_id, folder=folder)
+            except OwnerUnavailable:
+                raise  # the screen's guard tells the app (screens/guard.py)
             except Exception as exc:  # see _card_action
                 self.notify(str(exc), severity="error", markup=False)
 
@@ -1078,6 +1191,11 @@ class MainScreen(Screen[None]):
     async def _offer(self, peer: str, paths: list[Path], placeholder: PreparingCard) -> None:
         try:
             transfer = await self.node.offer_files(peer, paths)
+        except OwnerUnavailable as exc:
+            watcher = self.app
+            if isinstance(watcher, OwnerWatcher):
+                watcher.owner_unavailable(exc)
+            return
         except Exception as exc:  # missing files, too many files, a closed store...
             self.notify(f"Cannot send: {exc}", severity="error", markup=False)
             return
@@ -1107,11 +1225,51 @@ class MainScreen(Screen[None]):
                 parts.append(f"NAT {dht['nat']}")
         return " · ".join(parts)
 
-    def _ring(self, title: str = "", body: str = "") -> None:
-        if self.bell:
+    # ---------------------------------------------------------- notices
+    def _notice(
+        self,
+        key: str,
+        title: str,
+        text: str,
+        *,
+        severity: Severity = "information",
+        timeout: float = 8.0,
+        target: str | None = None,
+        alert: bool = True,
+    ) -> None:
+        """One notice per subject (``key``), updated in place; the first may also alert."""
+        self.notices.post(key, title, text, severity=severity, timeout=timeout, target=target)
+        if alert:
+            self._alert(key, title, text)
+
+    def _alert(self, key: str, title: str, body: str) -> None:
+        """Bell and desktop notification, at most once per subject a minute (AlertLimiter)."""
+        bell = self.bell
+        desktop = self.desktop_notifications
+        if not (bell or desktop) or not self._alerts.allow(key, time.monotonic()):
+            return
+        if bell:
             self.app.bell()
-        if title and self.node.settings.get("desktop_notifications") is True:
+        if desktop:
             self.run_worker(notify_desktop(title, body), group="desktop", exclusive=False)
+
+    @property
+    def desktop_notifications(self) -> bool:
+        try:
+            return self.node.settings.get("desktop_notifications") is True
+        except Exception:  # an attached view whose owner went away
+            return False
+
+    @on(NoticeTray.Activated)
+    def _notice_clicked(self, event: NoticeTray.Activated) -> None:
+        event.stop()
+        kind, _, value = (event.target or "").partition(":")
+        if kind == "peer":
+            self.open_conversation(value)
+        elif kind == "request":
+            self.show_request(value)
+        elif kind == "offer":
+            self.show_offer(value)
 
 
 def _names(t: Transfer) -> list[tuple[str, int]]:

@@ -1,0 +1,117 @@
+"""The DHT between real daemons on non-loopback addresses, in network namespaces.
+
+Loopback hides what goes wrong on a real network: every node there has the same IP,
+and loopback bootstrap addresses make a private swarm. Here the hosts have addresses
+on the lab's internet segment (198.51.100.0/24, TEST-NET-2, which exists only inside
+the lab's namespaces), so the bootstrap is a "public" node and every rule for a public
+swarm applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from .conftest import make_home
+from .netlab import Lab, list_namespaces, open_lab, prepare, unavailable_reason
+from .netlab.daemon import NsDaemon
+from .netlab.topologies import INTERNET, PUBLIC_ADDRESS
+
+REASON = unavailable_reason()
+pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.timeout(180)]
+
+T = TypeVar("T")
+PORT = 4001
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    prepare()
+    with open_lab() as lab:
+        yield lab
+    assert [ns for ns in list_namespaces() if ns.startswith(lab.run_id)] == []
+
+
+async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def delivered(sender: NsDaemon, contact: str, body: str) -> bool:
+    history = await sender.call("history", contact=contact)
+    return any(m["body"] == body and m["state"] in ("delivered", "read") for m in history)
+
+
+async def test_swarm_of_three_on_public_addresses_finds_peers_by_id(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A public bootstrap and two hosts without NAT, everyone bound to 0.0.0.0, contacts
+    added by peer ID alone: each node learns its address from the named bootstrap,
+    publishes it, and the other finds it."""
+    internet = lab.netns("inet-sw")
+    lab.bridge(internet)
+    hosts = {
+        name: lab.host(name, internet, f"{address}/24")
+        for name, address in (
+            ("boot", PUBLIC_ADDRESS),
+            ("alice", f"{INTERNET}.11"),
+            ("bob", f"{INTERNET}.12"),
+        )
+    }
+    daemons = {
+        name: NsDaemon(
+            host,
+            make_home(tmp_path, name).home,
+            listen=f"0.0.0.0:{PORT}",
+            mdns=False,
+            dht=True,
+            extra=("--bootstrap", f"{PUBLIC_ADDRESS}:{PORT}"),
+        )
+        for name, host in hosts.items()
+    }
+    boot, alice, bob = daemons["boot"], daemons["alice"], daemons["bob"]
+    try:
+        await boot.start()
+        await asyncio.gather(alice.start(), bob.start())
+
+        async def published(d: NsDaemon) -> dict[str, Any] | None:
+            status: dict[str, Any] = await d.call("dht_status")
+            record = status["record"]
+            return status if record["published_at"] and record["stored"] else None
+
+        for name in ("alice", "bob"):
+            status = await until(lambda n=name: published(daemons[n]), 30, f"{name} published")
+            own = f"{hosts[name].address}:{PORT}"
+            # The bootstrap the user named saw our own address and port: no NAT.
+            assert status["reflexive"][0]["address"] == own
+            assert status["reflexive"][0]["trusted"] is True
+            assert status["nat"] == "none"
+            assert own in status["record"]["addresses"]
+        # Bob's record, looked up by Alice through the bootstrap's storage.
+        found = await alice.call("dht_lookup", peer=bob.peer_id)
+        assert f"{hosts['bob'].address}:{PORT}" in found["addresses"]
+
+        # Peer IDs only: no invite, no address.
+        await alice.call("add", ref=bob.peer_id, name="bob", addresses=[])
+        await alice.call("send", contact="bob", text="found you by ID", wait=0)
+        await until(lambda: bob.call("requests"), 60, "Bob to see Alice's request")
+        await bob.call("accept", ref=alice.peer_id, name="alice")
+        await until(lambda: delivered(alice, "bob", "found you by ID"), 60, "delivery to Bob")
+        await bob.call("send", contact="alice", text="and you", wait=0)
+        await until(lambda: delivered(bob, "alice", "and you"), 60, "delivery to Alice")
+        bodies = [m["body"] for m in await alice.call("history", contact="bob")]
+        assert bodies == ["found you by ID", "and you"]
+    finally:
+        for d in daemons.values():
+            await d.stop()

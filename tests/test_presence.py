@@ -164,3 +164,23 @@ async def test_msg_to_someone_who_has_not_accepted_returns_at_once(
         assert await bob.wait_for_delivery(message.id, 30) == "delivered"
     finally:
         await log.close()
+
+
+async def test_a_stalled_loop_is_not_a_dead_peer(start_node: StartNode) -> None:
+    """Liveness judges the peer, not our own loop: after a 5 s stall of the loop both
+    nodes run in, the silence is ours, and nobody is declared offline."""
+    a = await start_node("alice")
+    b = await start_node("bob")
+    a.add_contact(b.peer_id, name="bob", addresses=b.addresses)
+    b.add_contact(a.peer_id, name="alice", addresses=a.addresses)
+    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
+    logs = [EventLog(a), EventLog(b)]
+    try:
+        await asyncio.sleep(0.5)
+        time.sleep(5)  # noqa: ASYNC251 - the point: nothing on this loop runs meanwhile
+        await asyncio.sleep(3)
+        assert a.is_online(b.peer_id) and b.is_online(a.peer_id)
+        assert not logs[0].of(PeerOffline) and not logs[1].of(PeerOffline)
+    finally:
+        for log in logs:
+            await log.close()

@@ -88,6 +88,7 @@ class QuicLink:
         self._last_ping = endpoint.now()
         self._last_heard = endpoint.now()
         self._keepalive = KEEPALIVE_INTERVAL * (1 if is_client else 2)
+        self._grace_until = 0.0
         self._ping_uid = 0
         self._pending_stream: list[tuple[int, bytes, bool]] = []
         self._pending_slot: str | None = None
@@ -111,10 +112,15 @@ class QuicLink:
         self._process()
 
     def _on_timer(self) -> None:
+        now = self.endpoint.now()
+        late = now - self._timer_at if self._timer_at is not None else 0.0
         self._timer = None
         self._timer_at = None
-        now = self.endpoint.now()
         if self.handshake_done:
+            if late > self._keepalive:
+                # Our own loop stalled: the silence may be ours.  Ping, and give the
+                # answer a keepalive interval before judging the peer.
+                self._grace_until = now + self._keepalive
             # Liveness (docs/protocol.md): the side that heard nothing for a while
             # pings, and the answer (an ACK) is heard by the other side too.  The
             # dialling side pings after a second, the accepting side only after
@@ -122,7 +128,7 @@ class QuicLink:
             # pair exchanges one ping and one ACK a second, and a peer that
             # vanished (SIGKILL, cable) is given up on within LIVENESS_TIMEOUT
             # instead of QUIC's 20 s idle timeout.
-            if now - self._last_heard >= LIVENESS_TIMEOUT:
+            if now - self._last_heard >= LIVENESS_TIMEOUT and now >= self._grace_until:
                 self.close(f"no answer for {LIVENESS_TIMEOUT:g} s")
                 return
             if now - max(self._last_heard, self._last_ping) >= self._keepalive:
@@ -183,7 +189,7 @@ class QuicLink:
         timer_at = self.conn.get_timer()
         if self.handshake_done:
             ping_at = max(self._last_heard, self._last_ping) + self._keepalive
-            ping_at = min(ping_at, self._last_heard + LIVENESS_TIMEOUT)
+            ping_at = min(ping_at, max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until))
             timer_at = ping_at if timer_at is None else min(timer_at, ping_at)
         if timer_at != self._timer_at:
             if self._timer is not None:

@@ -373,11 +373,27 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
         reply = await api.call(
             "send", {"contact": args.contact, "text": args.text, "wait": args.wait}
         )
+        contact = await api.call("find_contact", {"ref": reply["message"]["peer_id"]})
     message, state = reply["message"], reply["state"]
+    waiting = bool(reply.get("awaiting_acceptance")) and state not in ("delivered", "read")
     if args.json:
-        _print_json({"id": message["id"], "state": state, "peer_id": message["peer_id"]})
+        _print_json(
+            {
+                "id": message["id"],
+                "state": state,
+                "peer_id": message["peer_id"],
+                "awaiting_acceptance": waiting,
+            }
+        )
     elif state in ("delivered", "read"):
         print(f"delivered ({message['id']})")
+    elif waiting:
+        print(
+            _safe(
+                f"waiting for {contact['name']} to accept your request ({message['id']}): the "
+                "message is queued and goes out once they do"
+            )
+        )
     else:
         print(
             f"queued ({message['id']}): not delivered yet; it stays in the outbox and is "

@@ -44,6 +44,8 @@ from tests.netlab.topologies import (
 )
 
 PORT = 4001
+#: Trials per pair of public daemons (each trial adds one record per site IP).
+PUBLIC_LIFETIME = 8
 BOOTSTRAP = (f"{PUBLIC_ADDRESS}:{PORT}", f"{PUBLIC_ADDRESS}:{PORT + 1}")
 
 
@@ -157,20 +159,35 @@ async def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="p2pchat-connect-"))
     lab = Lab()
     publics: list[NsDaemon] = []
-    try:
-        net = build_internet(lab, MATRIX_SITES, port=PORT)
+    generation = 0
+
+    async def fresh_publics() -> None:
+        """New public daemons (empty DHT storage): the hosts of the lab publish a new
+        identity's record every trial, and a DHT node keeps at most 16 items per
+        source IP, which a real address never reaches this way."""
+        nonlocal publics, generation
+        for d in publics:
+            await d.stop()
+        generation += 1
         publics = [
-            daemon(net.public, make_home(root, "pub").home, "--relay"),
-            daemon(net.public, make_home(root, "pub2").home, "--relay", port=PORT + 1),
+            daemon(net.public, make_home(root, f"pub-{generation}").home, "--relay"),
+            daemon(
+                net.public, make_home(root, f"pub2-{generation}").home, "--relay", port=PORT + 1
+            ),
         ]
         for d in publics:
             await d.start()
+
+    try:
+        net = build_internet(lab, MATRIX_SITES, port=PORT)
         print("| pair | trials | p50 (s) | p95 (s) | max (s) | paths |")
         print("| --- | ---: | ---: | ---: | ---: | --- |")
         for name, (x, y) in pairs.items():
             times: list[float] = []
             paths: dict[str, int] = {}
             for n in range(args.trials):
+                if n % PUBLIC_LIFETIME == 0:
+                    await fresh_publics()
                 took, path = await trial(lab, net, root, x, y, n)
                 times.append(took)
                 paths[path] = paths.get(path, 0) + 1
@@ -190,6 +207,7 @@ async def main() -> int:
                 ("preserving-preserving", ("p1", "p2")),
                 ("preserving-random", ("p1", "r1")),
             ):
+                await fresh_publics()
                 rate, path = await file_drop(lab, net, root, x, y, args.filedrop_mib)
                 print(f"| {name}, {args.filedrop_mib} MiB | {path} | {rate:.1f} |", flush=True)
     finally:

@@ -288,7 +288,6 @@ _KIND_SEALED: Final = "argon2id-secretbox"
 _MAX_KEY_FILE_BYTES: Final = 64 * 1024
 _SALT_SIZE: Final = nacl.pwhash.argon2id.SALTBYTES
 _BOX_SIZE: Final = nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES + KEY_SIZE
-_FAST_KDF_ENV: Final = "P2PCHAT_KDF_FAST"
 
 # Upper bounds protect against a damaged file asking for terabytes of memory.
 _OPSLIMIT_RANGE: Final = (
@@ -301,11 +300,19 @@ _MEMLIMIT_RANGE: Final = (
 )
 
 
+KDF_COST: tuple[int, int] = (
+    nacl.pwhash.argon2id.OPSLIMIT_MODERATE,
+    nacl.pwhash.argon2id.MEMLIMIT_MODERATE,
+)
+"""Argon2id (opslimit, memlimit) for newly sealed key files.  Nothing in the package
+lowers it, and no environment variable or setting reaches it: only the test suite
+replaces it, in its own processes (``tests/conftest.py``, ``tests/fastkdf/``).  A key
+file records its own cost, so loading never depends on this."""
+
+
 def _kdf_limits() -> tuple[int, int]:
-    # Read at call time, not import time, so tests can switch it per test.
-    if os.environ.get(_FAST_KDF_ENV) == "1":
-        return nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN
-    return nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.MEMLIMIT_MODERATE
+    # Read at call time, so a test that replaces KDF_COST affects keys made after it.
+    return KDF_COST
 
 
 def _passphrase_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:

@@ -32,9 +32,11 @@ from p2pchat.config import (
 )
 from p2pchat.core import chat
 from p2pchat.core.events import (
+    AwaitingAcceptance,
     ContactAdded,
     ContactChanged,
     ContactRequestReceived,
+    MessageSent,
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
@@ -47,6 +49,7 @@ from p2pchat.core.events import (
     TransferStateChanged,
     TypingChanged,
 )
+from p2pchat.core.filedrop import RUNNING_STATES
 from p2pchat.delivery import Delivery, daily_quota_setting
 from p2pchat.identity import (
     INVITE_PREFIX,
@@ -89,7 +92,6 @@ TRANSFER_PAGE_SIZE = PAGE_SIZE
 DHT_AFTER_ATTEMPTS = 2
 DHT_RETRY_MIN = 5.0
 DHT_RETRY_MAX = 3600.0
-RUNNING_TRANSFER_STATES = ("accepted", "sending", "receiving")
 
 
 class NodeError(Exception):
@@ -126,6 +128,8 @@ class ContactView:
     """Why our queued messages wait although the contact is reachable: its node asked
     us to hold them (its storage failed, or our daily allowance there is used up).
     The reason comes from the contact's node: render it literally."""
+    awaiting_acceptance: bool = False
+    """Their node answered that we are not its contact yet: our messages wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,6 +526,7 @@ class Node:
                 unread=self.store.unread_count(c.peer_id),
                 route=self._route(c.peer_id),
                 deferred=self.delivery.paused_reason(c.peer_id),
+                awaiting_acceptance=self.awaiting_acceptance(c.peer_id),
             )
             for c in self.store.list_contacts()
         ]
@@ -606,6 +611,9 @@ class Node:
         if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
             raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
         message = self.store.queue_message(peer.peer_id, body, now=self.clock())
+        self._emit(
+            MessageSent(message.peer_id, message.id, message.seq, message.body, message.created_at)
+        )
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
         conn = self._active.get(peer.peer_id)
         if conn is not None:
@@ -613,26 +621,43 @@ class Node:
         return self.store.get_message(message.id, peer_id=peer.peer_id) or message
 
     async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
-        """Wait until the message is delivered (or read); return its state then."""
+        """Wait until the message is delivered (or read); return its state then.
+
+        Returns early, with the message still ``queued``, when the contact's node
+        answers that we are not its contact yet (``awaiting_acceptance``): waiting
+        longer would not help, they have to accept our request first.
+        """
         message = self.store.get_message(message_id)
         if message is None:
             raise NodeError(f"no message {message_id}")
-        if message.state in ("delivered", "read"):
-            return message.state
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            fut: asyncio.Future[str] = loop.create_future()
-            self._state_waiters.setdefault(message_id, []).append(fut)
+        while message.state not in ("delivered", "read"):
+            if self.awaiting_acceptance(message.peer_id):
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                state = await asyncio.wait_for(fut, remaining)
-                if state in ("delivered", "read"):
-                    return state
-        message = self.store.get_message(message_id)
-        return message.state if message is not None else "queued"
+            fut: asyncio.Future[str] = loop.create_future()
+            waiters = self._state_waiters.setdefault(message_id, [])
+            waiters.append(fut)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await fut
+            finally:
+                if fut in waiters:
+                    waiters.remove(fut)
+                if not waiters and self._state_waiters.get(message_id) is waiters:
+                    del self._state_waiters[message_id]
+            message = self.store.get_message(message_id) or message
+        return message.state
+
+    def awaiting_acceptance(self, peer_id: str) -> bool:
+        """Whether the contact's node told this session that we are not its contact
+        yet (our messages wait in the outbox until they accept)."""
+        conn = self._active.get(peer_id)
+        return conn is not None and conn.held_as_request
 
     def set_typing(self, contact: str, active: bool) -> None:
         conn = self._active.get(self.store.find_contact(contact).peer_id)
@@ -699,7 +724,7 @@ class Node:
         """Transfers moving bytes now (accepted, sending, receiving): what quitting
         this node would interrupt.  They resume from where they were once a node
         runs for this home again (or hand the node to a daemon: ``owner.hand_off``)."""
-        return self.store.list_transfers(states=RUNNING_TRANSFER_STATES)
+        return self.store.list_transfers(states=RUNNING_STATES)
 
     def get_transfer(self, transfer_id: str) -> Transfer:
         exact = self.store.get_transfer(transfer_id)
@@ -738,7 +763,8 @@ class Node:
                 # Only this transfer's state changes warrant another look at the store.
                 while (remaining := deadline - loop.time()) > 0:
                     try:
-                        event = await asyncio.wait_for(anext(events), remaining)
+                        async with asyncio.timeout(remaining):
+                            event = await anext(events)
                     except TimeoutError:
                         break
                     if (
@@ -961,6 +987,9 @@ class Node:
         if self._active.get(peer) is conn:
             del self._active[peer]
             self._emit(PeerOffline(peer, reason))
+            # What this session carried without an ack waits for the next one.
+            self._requeue(peer)
+            self.transfers.peer_offline(peer, f"{self._name_of(peer)} went offline ({reason})")
             state = self._dial.setdefault(peer, _DialState())
             now = asyncio.get_running_loop().time()
             if conn.held_as_request:
@@ -973,6 +1002,14 @@ class Node:
                 delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
                 state.next_at = now + delay * random.uniform(1, 2)
             self._poke()
+
+    def _requeue(self, peer: str) -> None:
+        for message_id in self.store.requeue_sent(peer, self.clock()):
+            self._emit(MessageStateChanged(peer, message_id, "queued"))
+
+    def _name_of(self, peer: str) -> str:
+        contact = self.store.get_contact(peer)
+        return contact.name if contact is not None else peer[:8]
 
     def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
         """Every frame of every session; a failing database never escapes from here
@@ -1103,6 +1140,11 @@ class Node:
             self.delivery.on_gap(conn, peer, frame.want)
         elif isinstance(frame, chat.Typing):
             self._emit(TypingChanged(peer, frame.active))
+        elif isinstance(frame, chat.RequestPending):
+            # (PeerConnection set held_as_request.)  What went out before this
+            # answer is held there, not stored: it is queued again here.
+            self._requeue(peer)
+            self._emit(AwaitingAcceptance(peer))
         elif isinstance(frame, _FILE_FRAMES):
             self.transfers.frame_received(peer, frame)
 

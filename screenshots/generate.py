@@ -21,7 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
 
 from textual.pilot import Pilot  # noqa: E402
 
@@ -62,6 +61,9 @@ def still(app: ChatApp) -> None:
     for field in app.screen.query(Input):
         field.cursor_blink = False
     app.clear_notifications()
+    if isinstance(app.screen, MainScreen):
+        app.screen.notices.drop_where(lambda notice: True)
+        app.screen.notices.flush()
 
 
 async def shoot(pilot: Pilot[object], name: str) -> Path:

@@ -51,7 +51,6 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("P2PCHAT_HOME", None)
     env.pop("P2PCHAT_PASSPHRASE", None)
-    env["P2PCHAT_KDF_FAST"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -34,7 +34,12 @@ from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
 
 from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, InitialGate, Reply
-from p2pchat.net.quic import KEEPALIVE_INTERVAL, configuration, peer_certificate_key
+from p2pchat.net.quic import (
+    KEEPALIVE_INTERVAL,
+    LIVENESS_TIMEOUT,
+    configuration,
+    peer_certificate_key,
+)
 from p2pchat.net.sockopts import raise_buffers
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,9 @@ class QuicLink:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._last_ping = endpoint.now()
+        self._last_heard = endpoint.now()
+        self._keepalive = KEEPALIVE_INTERVAL * (1 if is_client else 2)
+        self._grace_until = 0.0
         self._ping_uid = 0
         self._pending_stream: list[tuple[int, bytes, bool]] = []
         self._pending_slot: str | None = None
@@ -98,17 +106,35 @@ class QuicLink:
 
     # -- input -------------------------------------------------------------
     def datagram_received(self, data: bytes, address: NetworkAddress) -> None:
-        self.conn.receive_datagram(data, address, now=self.endpoint.now())
+        now = self.endpoint.now()
+        self._last_heard = now
+        self.conn.receive_datagram(data, address, now=now)
         self._process()
 
     def _on_timer(self) -> None:
+        now = self.endpoint.now()
+        late = now - self._timer_at if self._timer_at is not None else 0.0
         self._timer = None
         self._timer_at = None
-        now = self.endpoint.now()
-        if self.handshake_done and now - self._last_ping >= KEEPALIVE_INTERVAL:
-            self._last_ping = now
-            self._ping_uid += 1
-            self.conn.send_ping(self._ping_uid)
+        if self.handshake_done:
+            if late > self._keepalive:
+                # Our own loop stalled: the silence may be ours.  Ping, and give the
+                # answer a keepalive interval before judging the peer.
+                self._grace_until = now + self._keepalive
+            # Liveness (docs/protocol.md): the side that heard nothing for a while
+            # pings, and the answer (an ACK) is heard by the other side too.  The
+            # dialling side pings after a second, the accepting side only after
+            # two (a backstop, should the dialler be an older version), so an idle
+            # pair exchanges one ping and one ACK a second, and a peer that
+            # vanished (SIGKILL, cable) is given up on within LIVENESS_TIMEOUT
+            # instead of QUIC's 20 s idle timeout.
+            if now - self._last_heard >= LIVENESS_TIMEOUT and now >= self._grace_until:
+                self.close(f"no answer for {LIVENESS_TIMEOUT:g} s")
+                return
+            if now - max(self._last_heard, self._last_ping) >= self._keepalive:
+                self._last_ping = now
+                self._ping_uid += 1
+                self.conn.send_ping(self._ping_uid)
         quic_timer = self.conn.get_timer()
         if quic_timer is not None and quic_timer <= now:
             self.conn.handle_timer(now)
@@ -162,7 +188,8 @@ class QuicLink:
             self.endpoint.sendto(data, addr)
         timer_at = self.conn.get_timer()
         if self.handshake_done:
-            ping_at = self._last_ping + KEEPALIVE_INTERVAL
+            ping_at = max(self._last_heard, self._last_ping) + self._keepalive
+            ping_at = min(ping_at, max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until))
             timer_at = ping_at if timer_at is None else min(timer_at, ping_at)
         if timer_at != self._timer_at:
             if self._timer is not None:

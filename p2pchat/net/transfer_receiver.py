@@ -24,7 +24,14 @@ from typing import Any, BinaryIO, Protocol
 from p2pchat.core import chat
 from p2pchat.core.errors import RemoteProtocolError
 from p2pchat.core.events import NodeEvent, TransferProgress
-from p2pchat.core.filedrop import KEY_LABEL, PREAMBLE_SIZE, Opener, new_hasher, parse_preamble
+from p2pchat.core.filedrop import (
+    KEY_LABEL,
+    PREAMBLE_SIZE,
+    RESUMABLE_IN,
+    Opener,
+    new_hasher,
+    parse_preamble,
+)
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfer_channels import CLAIMED, Rate, TcpGate
 from p2pchat.net.transfer_files import (
@@ -42,6 +49,10 @@ log = logging.getLogger(__name__)
 # Receiver -> sender progress every this many bytes (flow control on QUIC).
 PROGRESS_EVERY = 1 << 20
 MAX_STREAMS_PER_CONNECTION = 4
+MAX_QUEUED_STREAM_BYTES = 16 << 20
+"""Bytes of one QUIC data stream waiting for its consumer.  An honest sender keeps at
+most 8 MiB beyond the last progress report (``WINDOW``), and reports come every MiB
+stored, so more than this means it ignores the window: the channel fails."""
 
 
 @dataclass(eq=False, slots=True)
@@ -119,8 +130,9 @@ class DataReceiver:
         self._streams: dict[tuple[PeerConnection, int], Attempt | None] = {}
         self._stream_buf: dict[tuple[PeerConnection, int], bytearray] = {}
         self._stream_queues: dict[
-            tuple[PeerConnection, int], asyncio.Queue[tuple[bytes, bool]]
+            tuple[PeerConnection, int], asyncio.Queue[tuple[bytes | None, bool]]
         ] = {}
+        self._stream_queued: dict[tuple[PeerConnection, int], int] = {}
 
     @property
     def policy(self) -> Deadlines:
@@ -143,6 +155,14 @@ class DataReceiver:
         """Drop every attempt of a transfer (cancelled, failed, superseded)."""
         for key in [k for k in self._incoming if k[0] == transfer_id]:
             self._close_files(self._incoming.pop(key))
+
+    def pause(self, transfer_id: str) -> None:
+        """The contact went offline: end the transfer's attempts, keeping the parts
+        (and counting what they brought) for the resume."""
+        for key in [k for k in self._incoming if k[0] == transfer_id]:
+            inc = self._incoming.pop(key)
+            self.store.add_transfer_bytes(transfer_id, inc.received, now=self.manager.clock())
+            self._close_files(inc)
 
     def close(self) -> None:
         for inc in list(self._incoming.values()):
@@ -242,21 +262,35 @@ class DataReceiver:
             self._streams[key] = inc
             data = bytes(buf[PREAMBLE_SIZE:])
             del self._stream_buf[key]
-            queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
-            self._stream_queues[key] = queue
-            self.manager.track(self._stream_consumer(key, inc, queue))
-        self._stream_queues[key].put_nowait((data, end))
+            fresh: asyncio.Queue[tuple[bytes | None, bool]] = asyncio.Queue()
+            self._stream_queues[key] = fresh
+            self.manager.track(self._stream_consumer(key, inc, fresh))
+        queue = self._stream_queues.get(key)
+        if queue is None:
+            return  # overrun: dropped until its consumer has stopped
+        queued = self._stream_queued.get(key, 0) + len(data)
+        if queued > MAX_QUEUED_STREAM_BYTES:
+            del self._stream_queues[key]
+            queue.put_nowait((None, True))  # its consumer fails the channel
+            return
+        self._stream_queued[key] = queued
+        queue.put_nowait((data, end))
 
     async def _stream_consumer(
         self,
         key: tuple[PeerConnection, int],
         inc: Attempt,
-        queue: asyncio.Queue[tuple[bytes, bool]],
+        queue: asyncio.Queue[tuple[bytes | None, bool]],
     ) -> None:
         try:
             while True:
                 async with asyncio.timeout(self.policy.data_idle_timeout):
                     data, end = await queue.get()
+                if data is None:
+                    raise RemoteProtocolError(
+                        f"more than {MAX_QUEUED_STREAM_BYTES >> 20} MiB sent ahead of progress"
+                    )
+                self._stream_queued[key] = self._stream_queued.get(key, 0) - len(data)
                 assert inc.opener is not None
                 for record in inc.opener.feed(data):
                     if not await self._store_record(
@@ -282,6 +316,7 @@ class DataReceiver:
         self._streams.pop(key, None)
         self._stream_buf.pop(key, None)
         self._stream_queues.pop(key, None)
+        self._stream_queued.pop(key, None)
 
     def connection_closed(self, conn: PeerConnection) -> None:
         for key in [k for k in self._streams if k[0] is conn]:
@@ -304,7 +339,7 @@ class DataReceiver:
         if inc.conn.closed:
             return None
         t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
+        if t is None or t.state not in RESUMABLE_IN:
             return None
         key = inc.conn.session.export_key(KEY_LABEL, p.transfer_id + p.attempt)
         try:
@@ -483,7 +518,7 @@ class DataReceiver:
         if inc.conn.closed or self.manager.connection_for(inc.conn.peer_id or "") is not inc.conn:
             return
         t = self.store.get_transfer(inc.transfer_id)
-        if t is not None and t.state in ("accepted", "receiving"):
+        if t is not None and t.state in RESUMABLE_IN:
             self.manager.request_data(t)
 
     def _went_silent(self, inc: Attempt) -> None:
@@ -502,7 +537,7 @@ class DataReceiver:
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
         t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
+        if t is None or t.state not in RESUMABLE_IN:
             return
         self.manager.retry_bad_channel(t, why)
 
@@ -514,7 +549,7 @@ class DataReceiver:
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
         t = self.store.get_transfer(inc.transfer_id)
-        if t is not None and t.state in ("accepted", "receiving"):
+        if t is not None and t.state in RESUMABLE_IN:
             self.manager.fail_incoming(t, f"cannot write the file: {exc.strerror or exc}")
 
     def _close_files(self, inc: Attempt) -> None:

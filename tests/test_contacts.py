@@ -74,8 +74,9 @@ async def test_block_refuses_sessions_and_requests_and_unblock_restores(
         queued = b.send_message("alice", "are you there?")
         # Bob keeps dialling (he does not know); every session is refused at once.
         online_before = len(log.of(PeerOffline))
-        await wait_until(lambda: b._dial.get(a.peer_id) is not None, timeout=10)
-        await wait_until(lambda: b._dial[a.peer_id].attempts >= 2, timeout=30)
+        assert b._dialer is not None
+        dialer = b._dialer
+        await wait_until(lambda: dialer.failures(a.peer_id) >= 2, timeout=30)
         assert not a.is_online(b.peer_id) and a.requests() == []
         assert len(log.of(PeerOffline)) == online_before  # never came online
         assert b.store.get_message(queued.id).state == "queued"  # type: ignore[union-attr]

@@ -231,6 +231,7 @@ async def test_a_message_sent_with_the_cli_appears_in_the_open_conversation(
         assert proc.returncode == 0, out
         await until(
             pilot,
-            lambda: [i.line.body for i in main.conversation.message_items()]
-            == ["written in a shell"],
+            lambda: (
+                [i.line.body for i in main.conversation.message_items()] == ["written in a shell"]
+            ),
         )

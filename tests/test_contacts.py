@@ -107,16 +107,9 @@ async def test_blocking_a_stranger_drops_the_request_and_later_knocks(
     b = await start_node("bob")
     b.send_message("alice", "please")
 
-    def refused() -> bool:
-        state = b._dial.get(a.peer_id)
-        return (
-            state is not None
-            and state.attempts >= 1
-            and state.link is not None
-            and (state.link.closed)
-        )
-
-    await wait_until(refused, timeout=30)
+    assert b._dialer is not None
+    dialer = b._dialer
+    await wait_until(lambda: dialer.failures(a.peer_id) >= 1, timeout=30)
     assert a.requests() == [] and not b.is_online(a.peer_id)
     assert [x.name for x in a.blocked()] == ["bob"]  # the name it knocked with
 

@@ -112,6 +112,9 @@ async def test_swarm_of_three_on_public_addresses_finds_peers_by_id(
         await until(lambda: delivered(bob, "alice", "and you"), 60, "delivery to Alice")
         bodies = [m["body"] for m in await alice.call("history", contact="bob")]
         assert bodies == ["found you by ID", "and you"]
+        # Each told the other, in its Hello, where it sees the other's packets come from.
+        seen_by_bob = (await alice.call("dht_status"))["observations"][bob.peer_id]
+        assert seen_by_bob == {"address": f"{hosts['alice'].address}:{PORT}", "source": "contact"}
     finally:
         for d in daemons.values():
             await d.stop()

@@ -554,6 +554,26 @@ def _require_running(paths: Paths) -> None:
         )
 
 
+async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
+    """The running node's network status with the counters of every budget
+    (docs/threat-model.md, "Budgets"): what peers were refused, and why."""
+    _require_running(paths)
+    async with _api(paths, args) as api:
+        status = await api.call("network_status", {})
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    print(f"addresses:  {', '.join(status.get('addresses') or []) or '(not listening)'}")
+    print(f"online:     {status.get('online')} contact(s), {status.get('nearby')} nearby")
+    for section in sorted(k for k, v in status.items() if isinstance(v, dict)):
+        values = status[section]
+        flat = ", ".join(
+            f"{key} {value}" for key, value in sorted(values.items()) if value not in (None, {})
+        )
+        print(_safe(f"{section + ':':<11} {flat}"))
+    return EXIT_OK
+
+
 async def cmd_dht_status(paths: Paths, args: argparse.Namespace) -> int:
     _require_running(paths)
     async with _api(paths, args) as api:
@@ -816,6 +836,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nearby", help="peers seen on the LAN (mDNS)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
+
+    p = sub.add_parser("net", help="the running node's network status and budget counters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_net)
 
     p = sub.add_parser("dht", help="the running node's DHT: status and record lookups")
     dht = p.add_subparsers(dest="dht_command", required=True, metavar="{status,lookup}")

@@ -17,9 +17,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Static, Tree
 
 from p2pchat.node import Node
+from p2pchat.remote import OwnerUnavailable
 from p2pchat.ui.files import TransferInfo, describe_paths, display_folder
 from p2pchat.ui.format import clock_time, day_of, human_size
 from p2pchat.ui.safe import clean, literal, one_line, shown_name
+from p2pchat.ui.screens.guard import GuardedModal
 from p2pchat.ui.widgets.error_line import ErrorLine
 from p2pchat.ui.widgets.transfers import TransferCard
 
@@ -271,7 +273,7 @@ class ConfirmSendScreen(ModalScreen[bool]):
         self.dismiss(False)
 
 
-class OfferScreen(ModalScreen[str | None]):
+class OfferScreen(GuardedModal[str | None]):
     """A contact offers files: the list with sizes, and Accept / Decline / Save as… / Later.
 
     Dismisses with ``"accepted"``, ``"declined"`` or ``None`` (answer later, from
@@ -344,6 +346,8 @@ class OfferScreen(ModalScreen[str | None]):
         # The node raises TransferError, from p2pchat.net, which the UI may not import.
         try:
             self.node.accept_transfer(self.transfer_id, folder=folder)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except Exception as exc:
             self.query_one("#offer-error", ErrorLine).show(str(exc))
             return
@@ -371,6 +375,8 @@ class OfferScreen(ModalScreen[str | None]):
     def _decline(self) -> None:
         try:
             self.node.decline_transfer(self.transfer_id)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except Exception as exc:  # see _answer
             self.query_one("#offer-error", ErrorLine).show(str(exc))
             return
@@ -391,7 +397,7 @@ class OfferScreen(ModalScreen[str | None]):
         return None
 
 
-class TransfersScreen(ModalScreen[None]):
+class TransfersScreen(GuardedModal[None]):
     """Every transfer, newest first, with progress and the actions of each state.
 
     The main screen feeds it the same updates as the conversation's cards and

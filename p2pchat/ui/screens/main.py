@@ -28,8 +28,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 
 from p2pchat.core.events import (
     ContactAdded,
@@ -39,6 +38,7 @@ from p2pchat.core.events import (
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
+    NodeConnectionLost,
     NodeStarted,
     NodeStopped,
     PeerKeyMismatch,
@@ -50,6 +50,7 @@ from p2pchat.core.events import (
     TypingChanged,
 )
 from p2pchat.node import ContactView, Node, NodeError
+from p2pchat.remote import OwnerGone, OwnerUnavailable
 from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
 from p2pchat.ui import heap
 from p2pchat.ui.commands import CommandError, SlashCommand, message_text, parse_command
@@ -83,6 +84,7 @@ from p2pchat.ui.screens.files import (
     TransfersScreen,
     downloads_folder,
 )
+from p2pchat.ui.screens.guard import GuardedScreen, OwnerWatcher
 from p2pchat.ui.screens.help import HelpScreen
 from p2pchat.ui.screens.verify import VerifyScreen
 from p2pchat.ui.widgets import (
@@ -125,7 +127,7 @@ class TransferListener(Protocol):
     ) -> None: ...
 
 
-class MainScreen(Screen[None]):
+class MainScreen(GuardedScreen[None]):
     AUTO_FOCUS = "#composer"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "add_contact", "Add contact", id="add_contact"),
@@ -173,6 +175,9 @@ class MainScreen(Screen[None]):
         self._alerts = AlertLimiter()
         self.ready = False
         self.detached = False
+        self.suspended: str | None = None
+        """Why the node cannot be used right now (an attached view's owner went away
+        or does not answer); None while it can."""
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -181,6 +186,7 @@ class MainScreen(Screen[None]):
                 yield ContactList(tz=self.tz, id="contacts")
             with Vertical(id="chat"):
                 yield ConversationView(tz=self.tz, id="conversation")
+                yield Static(id="owner-banner")
                 yield Composer(id="composer")
         yield StatusBar(id="status")
         yield NoticeTray(id="notices")
@@ -211,8 +217,8 @@ class MainScreen(Screen[None]):
         self._update_composer()
         self.composer.intercept_paths = self.mode != "read-only"
         self.composer.focus()
-        self.set_interval(1.0, self._tick)
-        self.set_interval(FLUSH_INTERVAL, self._flush)
+        self.set_interval(1.0, self.guarded(self._tick))
+        self.set_interval(FLUSH_INTERVAL, self.guarded(self._flush))
         self.watch(self.app, "app_focus", self._app_focus_changed, init=False)
         # Once the first screen is drawn, the app's long-lived objects exist.
         self.call_after_refresh(heap.settle)
@@ -238,10 +244,15 @@ class MainScreen(Screen[None]):
             self._schedule_read()
 
     # ----------------------------------------------------------- sidebar
+    @property
+    def live(self) -> bool:
+        """The node can be called (not stopping, not lost)."""
+        return not self.detached and self.suspended is None
+
     def refresh_sidebar(self) -> list[ContactEntry]:
         """Re-read contacts, requests and nearby peers; the list keeps its cursor."""
         self._sidebar_dirty = False
-        if self.detached:
+        if not self.live:
             return []
         views = self.node.contacts()
         entries = [self._entry(view) for view in views]
@@ -281,6 +292,9 @@ class MainScreen(Screen[None]):
 
     def _flush(self) -> None:
         """Apply what the last events asked for, at most once per interval."""
+        self.notices.flush()
+        if not self.live:
+            return
         self._draw_incoming()
         if self._sidebar_dirty:
             self.refresh_sidebar()
@@ -288,7 +302,6 @@ class MainScreen(Screen[None]):
             self._mark_read()
         if self._progress_due:
             self._draw_progress()
-        self.notices.flush()
 
     def _draw_incoming(self) -> None:
         """Messages of the open conversation that arrived since the last flush.
@@ -431,7 +444,7 @@ class MainScreen(Screen[None]):
         self._read_due = False
         peer = self.current
         if (
-            self.detached
+            not self.live
             or peer is None
             or self.mode == "read-only"
             or peer not in self._needs_read
@@ -442,6 +455,8 @@ class MainScreen(Screen[None]):
         self._needs_read.discard(peer)
         try:
             self.node.mark_read(peer)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError):
             return
         self._schedule_sidebar()
@@ -463,6 +478,11 @@ class MainScreen(Screen[None]):
         if self.mode == "read-only":
             self.notify("Read-only: cannot send while another node runs", severity="warning")
             return
+        if not self.live:
+            self.notify(f"Not sent: {self.suspended or 'the node is stopping'}", severity="warning")
+            if restore is not None:
+                restore.load_text(text)
+            return
         peer = self.current
         if peer is None:
             self.notify("Pick a contact first (or /add one)", severity="warning")
@@ -472,6 +492,8 @@ class MainScreen(Screen[None]):
         self._send_typing(self._throttle.stop())
         try:
             message = self.node.send_message(peer, text)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError) as exc:
             self.notify(str(exc), severity="error", markup=False)
             if restore is not None:
@@ -483,7 +505,7 @@ class MainScreen(Screen[None]):
 
     @on(Composer.Typed)
     def _typed(self) -> None:
-        if self.current is not None and self.mode == "online":
+        if self.current is not None and self.mode == "online" and self.live:
             self._send_typing(self._throttle.keystroke(self.current, time.monotonic()))
 
     @on(Composer.PathPasted)
@@ -514,25 +536,65 @@ class MainScreen(Screen[None]):
         else:
             log.scroll_page_down()
 
+    # ------------------------------------------------------ losing the node
+    def suspend(self, why: str) -> None:
+        """The node cannot be used now: say why above the message box, touch it no more.
+
+        What is typed stays in the message box; sending waits until
+        :meth:`resume`.
+        """
+        self.suspended = why
+        banner = self.query_one("#owner-banner", Static)
+        banner.update(literal(why, multiline=True))
+        banner.add_class("-visible")
+        self._throttle.stop()
+        self.conversation.set_typing(None)
+        self._remote_typing.clear()
+        self.query_one("#status", StatusBar).show_state("lost", why)
+
+    def resume(
+        self, node: Node | None = None, *, mode: Mode | None = None, detail: str = ""
+    ) -> None:
+        """The node answers again, or another one replaced it (taken over, new owner)."""
+        if node is not None:
+            self.node = node
+        if mode is not None:
+            self.mode = mode
+            self.detail = detail
+        why, self.suspended = self.suspended, None
+        try:
+            self.refresh_sidebar()
+            if self.current is not None:
+                self.open_conversation(self.current, reload=True)
+        except OwnerUnavailable:
+            self.suspended = why  # not yet after all
+            raise
+        self.query_one("#owner-banner", Static).remove_class("-visible")
+        self.composer.intercept_paths = self.mode != "read-only"
+        self._update_composer()
+
     def detach(self) -> None:
         """The node is about to stop: say we stopped typing, then touch it no more.
 
         The periodic flush would otherwise read from a closed store while the
         app winds down.
         """
-        self._send_typing(self._throttle.stop())
+        if self.live:
+            self._send_typing(self._throttle.stop())
         self.detached = True
 
     def _send_typing(self, signals: list[TypingSignal]) -> None:
         for peer, active in signals:
             try:
                 self.node.set_typing(peer, active)
+            except OwnerUnavailable:
+                raise  # the screen's guard tells the app (screens/guard.py)
             except (NodeError, StoreError):
                 continue
 
     def _tick(self) -> None:
         """Once a second: stop our typing signal when idle, expire the peer's, age times."""
-        if self.detached:
+        if not self.live:
             return
         now = time.monotonic()
         self._send_typing(self._throttle.tick(now))
@@ -558,6 +620,8 @@ class MainScreen(Screen[None]):
         handler = getattr(self, f"_cmd_{command.name}")
         try:
             handler(command.args)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (ValueError, NodeError, StoreError) as exc:
             self.notify(str(exc), severity="error", markup=False)
 
@@ -773,7 +837,12 @@ class MainScreen(Screen[None]):
     @on(NodeEventArrived)
     def _node_event(self, message: NodeEventArrived) -> None:
         event = message.event
-        if self.detached:
+        if isinstance(event, NodeConnectionLost):
+            watcher = self.app
+            if isinstance(watcher, OwnerWatcher) and not self.detached:
+                watcher.owner_unavailable(OwnerGone(event.reason))
+            return
+        if not self.live:
             return
         if isinstance(event, MessageReceived):
             self._incoming_message(event)
@@ -890,6 +959,8 @@ class MainScreen(Screen[None]):
     def _fresh_info(self, transfer_id: str) -> TransferInfo | None:
         try:
             return self._info(self.node.get_transfer(transfer_id))
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except Exception:  # TransferError (p2pchat.net) or a closed store: nothing to show
             return None
 
@@ -1045,6 +1116,8 @@ class MainScreen(Screen[None]):
                 self._save_as(info, name)
             elif event.action == "open":
                 self.open_folder(info)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except Exception as exc:  # TransferError lives in p2pchat.net, which the UI may not import
             self.notify(str(exc), severity="error", markup=False)
 
@@ -1054,6 +1127,8 @@ class MainScreen(Screen[None]):
                 return
             try:
                 self.node.accept_transfer(info.transfer_id, folder=folder)
+            except OwnerUnavailable:
+                raise  # the screen's guard tells the app (screens/guard.py)
             except Exception as exc:  # see _card_action
                 self.notify(str(exc), severity="error", markup=False)
 
@@ -1116,6 +1191,11 @@ class MainScreen(Screen[None]):
     async def _offer(self, peer: str, paths: list[Path], placeholder: PreparingCard) -> None:
         try:
             transfer = await self.node.offer_files(peer, paths)
+        except OwnerUnavailable as exc:
+            watcher = self.app
+            if isinstance(watcher, OwnerWatcher):
+                watcher.owner_unavailable(exc)
+            return
         except Exception as exc:  # missing files, too many files, a closed store...
             self.notify(f"Cannot send: {exc}", severity="error", markup=False)
             return

@@ -262,6 +262,7 @@ class NodeBusyScreen(Screen[str]):
             )
             with Horizontal(classes="buttons"):
                 yield Button("Read history only", id="read-only", compact=True)
+                yield Button("Try again", id="retry", compact=True)
                 yield Button("Quit", id="quit", variant="primary", compact=True)
         yield Footer()
 

@@ -9,16 +9,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.screen import ModalScreen
 from textual.widgets import Button, Digits, Static
 
 from p2pchat.node import Node
 from p2pchat.store import Contact
 from p2pchat.ui.format import fingerprint_of, fingerprint_rows, safety_rows
 from p2pchat.ui.safe import literal, shown_name
+from p2pchat.ui.screens.guard import GuardedModal
 
 
-class VerifyScreen(ModalScreen[bool]):
+class VerifyScreen(GuardedModal[bool]):
     """Safety number in large groups beside the contact's name and fingerprint.
 
     Wide terminals get big three-line digits (easier to read out across a

@@ -87,6 +87,7 @@ from p2pchat.ui.screens.files import (
 from p2pchat.ui.screens.guard import GuardedScreen, OwnerWatcher
 from p2pchat.ui.screens.help import HelpScreen
 from p2pchat.ui.screens.verify import VerifyScreen
+from p2pchat.ui.state import last_conversation, save_state
 from p2pchat.ui.widgets import (
     ChatLine,
     Composer,
@@ -113,6 +114,8 @@ REMOTE_TYPING_TTL = 8.0
 # Bursts of events (a reconnect replays a whole outbox) are coalesced: the list
 # is redrawn and read receipts are sent at most this often.
 FLUSH_INTERVAL = 0.15
+# Messages sent outside this screen are looked up among this many latest ones.
+SENT_ELSEWHERE_WINDOW = 20
 # How long to wait for the file manager opener before giving up on its exit code.
 OPENER_TIMEOUT = 15.0
 
@@ -210,7 +213,11 @@ class MainScreen(GuardedScreen[None]):
 
     def on_mount(self) -> None:
         contacts = self.refresh_sidebar()
-        if contacts:
+        # The conversation open when the app last ran, else the most recent one.
+        last = last_conversation(self.node.paths)
+        if any(c.peer_id == last for c in contacts):
+            self.open_conversation(str(last))
+        elif contacts:
             self.open_conversation(contacts[0].peer_id)
         else:
             self._show_welcome()
@@ -284,6 +291,7 @@ class MainScreen(GuardedScreen[None]):
             last_activity=activity,
             warning=view.peer_id in self.warnings,
             route=view.route,
+            last_seen=view.last_seen,
         )
 
     def _schedule_sidebar(self) -> None:
@@ -352,6 +360,7 @@ class MainScreen(GuardedScreen[None]):
         if peer_id != self.current:
             self._send_typing(self._throttle.stop())
         self.current = peer_id
+        save_state(self.node.paths, conversation=peer_id)
         self.notices.drop(f"msg:{peer_id}")
         self._alerts.forget(f"msg:{peer_id}")
         self.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
@@ -467,7 +476,11 @@ class MainScreen(GuardedScreen[None]):
         try:
             command = parse_command(event.text)
         except CommandError as exc:
-            self.notify(str(exc), severity="warning", markup=False)
+            # Keep what was typed: it may be a message that starts with "/" (send it
+            # with "//"), or a command with a typo to fix.
+            event.composer.load_text(event.text)
+            event.composer.move_cursor(event.composer.document.end)
+            self.notify(f"{exc} (the text is still in the box)", severity="warning")
             return
         if command is not None:
             self.run_command(command)
@@ -505,6 +518,12 @@ class MainScreen(GuardedScreen[None]):
 
     @on(Composer.Typed)
     def _typed(self) -> None:
+        if self.composer.text.lstrip().startswith(
+            "/"
+        ) and not self.composer.text.lstrip().startswith("//"):
+            # A command is not a message: the contact is not told we type.
+            self._send_typing(self._throttle.stop())
+            return
         if self.current is not None and self.mode == "online" and self.live:
             self._send_typing(self._throttle.keystroke(self.current, time.monotonic()))
 
@@ -603,6 +622,13 @@ class MainScreen(GuardedScreen[None]):
             del self._remote_typing[peer]
         if expired:
             self._show_remote_typing()
+        for card in self.conversation.cards():
+            if isinstance(card, TransferCard):
+                card.check_stall(now)
+        for listener in self._listeners():
+            if isinstance(listener, TransfersScreen):
+                for card in listener.cards():
+                    card.check_stall(now)
         minute = int(now // 60)
         if minute != self._last_minute:
             self._last_minute = minute
@@ -693,7 +719,7 @@ class MainScreen(GuardedScreen[None]):
         self.action_help()
 
     def _cmd_quit(self, args: str) -> None:
-        self.app.exit()
+        self.run_worker(self.app.run_action("quit"), group="quit")
 
     # ------------------------------------------------------------ actions
     def action_add_contact(self, ref: str = "", name: str = "") -> None:
@@ -762,6 +788,10 @@ class MainScreen(GuardedScreen[None]):
         rows: list[tuple[str, str]] = []
         for active in self.active_bindings.values():
             binding = active.binding
+            # Only the app's and this screen's keys: the focused widget's own keys
+            # (the message box's cursor and selection keys) are not p2pchat's to list.
+            if active.node not in (self, self.app):
+                continue
             if not binding.description or binding.description in seen:
                 continue
             seen.add(binding.description)
@@ -849,7 +879,11 @@ class MainScreen(GuardedScreen[None]):
         elif isinstance(event, MessageStateChanged):
             if event.peer_id == self.current:
                 self._draw_incoming()
+                if not self.conversation.has_message(event.message_id):
+                    self._sent_elsewhere(event.peer_id)
                 self.conversation.set_state(event.message_id, event.state)
+            if event.state == "queued":
+                self._schedule_sidebar()
         elif isinstance(event, TypingChanged):
             if event.active:
                 self._remote_typing[event.peer_id] = time.monotonic() + REMOTE_TYPING_TTL
@@ -921,6 +955,18 @@ class MainScreen(GuardedScreen[None]):
             # click, the conversation has it; the bell and the desktop may say so.
             self._alert(f"msg:{peer}", name, event.body)
         self._schedule_sidebar()
+
+    def _sent_elsewhere(self, peer: str) -> None:
+        """A message of ours this screen did not send (``p2pchat msg``, another view of
+        the same node): show it, from the store, where it belongs."""
+        name = self.names.get(peer) or short_id(peer)
+        recent = self.node.history(peer, limit=SENT_ELSEWHERE_WINDOW)
+        lines = [
+            self._line(m, name)
+            for m in recent
+            if m.direction == "out" and not self.conversation.has_message(m.id)
+        ]
+        self.conversation.add_lines(lines)
 
     def _on_key_mismatch(self, event: PeerKeyMismatch) -> None:
         name = self.names.get(event.peer_id) or short_id(event.peer_id)

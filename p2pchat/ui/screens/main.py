@@ -31,10 +31,12 @@ from textual.content import Content
 from textual.widgets import Footer, Static
 
 from p2pchat.core.events import (
+    AwaitingAcceptance,
     ContactAdded,
     ContactChanged,
     ContactRequestReceived,
     MessageReceived,
+    MessageSent,
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
@@ -114,8 +116,6 @@ REMOTE_TYPING_TTL = 8.0
 # Bursts of events (a reconnect replays a whole outbox) are coalesced: the list
 # is redrawn and read receipts are sent at most this often.
 FLUSH_INTERVAL = 0.15
-# Messages sent outside this screen are looked up among this many latest ones.
-SENT_ELSEWHERE_WINDOW = 20
 # How long to wait for the file manager opener before giving up on its exit code.
 OPENER_TIMEOUT = 15.0
 
@@ -176,6 +176,9 @@ class MainScreen(GuardedScreen[None]):
         self._last_progress: dict[str, tuple[int, int]] = {}
         self._incoming_lines: list[ChatLine] = []
         self._alerts = AlertLimiter()
+        # Why our messages to a contact wait although it may be online (not accepted
+        # yet, or its node deferred them), for the header.
+        self._waiting: dict[str, str] = {}
         self.ready = False
         self.detached = False
         self.suspended: str | None = None
@@ -265,6 +268,11 @@ class MainScreen(GuardedScreen[None]):
         entries = [self._entry(view) for view in views]
         entries.sort(key=lambda e: (-(e.last_activity or 0.0), e.name.casefold()))
         self.names = {view.peer_id: shown_name(view.name, short_id(view.peer_id)) for view in views}
+        reasons = {view.peer_id: _waiting(view) for view in views}
+        waiting = {peer: why for peer, why in reasons.items() if why}
+        if waiting != self._waiting:
+            self._waiting = waiting
+            self._refresh_header()
         self._needs_read |= {view.peer_id for view in views if view.unread}
         for view in views:
             # The notice counts what the list counts, so the two never disagree.
@@ -406,6 +414,9 @@ class MainScreen(GuardedScreen[None]):
         else:
             seen = relative_time(contact.last_seen, self.clock(), self.tz)
             parts.append((f"  ○ offline, last seen {seen}", "$text-muted"))
+        waiting = self._waiting.get(contact.peer_id)
+        if waiting:
+            parts.append((f"  · {one_line(waiting, 60)}", "$text-warning"))
         parts.append((f"  {short_id(contact.peer_id, 12)}", "$text-muted"))
         return Content.assemble(*parts)
 
@@ -876,14 +887,16 @@ class MainScreen(GuardedScreen[None]):
             return
         if isinstance(event, MessageReceived):
             self._incoming_message(event)
+        elif isinstance(event, MessageSent):
+            self._sent_elsewhere(event)
         elif isinstance(event, MessageStateChanged):
             if event.peer_id == self.current:
                 self._draw_incoming()
-                if not self.conversation.has_message(event.message_id):
-                    self._sent_elsewhere(event.peer_id)
                 self.conversation.set_state(event.message_id, event.state)
-            if event.state == "queued":
-                self._schedule_sidebar()
+        elif isinstance(event, AwaitingAcceptance):
+            self._schedule_sidebar()
+            if event.peer_id == self.current:
+                self._refresh_header()
         elif isinstance(event, TypingChanged):
             if event.active:
                 self._remote_typing[event.peer_id] = time.monotonic() + REMOTE_TYPING_TTL
@@ -956,17 +969,23 @@ class MainScreen(GuardedScreen[None]):
             self._alert(f"msg:{peer}", name, event.body)
         self._schedule_sidebar()
 
-    def _sent_elsewhere(self, peer: str) -> None:
-        """A message of ours this screen did not send (``p2pchat msg``, another view of
-        the same node): show it, from the store, where it belongs."""
-        name = self.names.get(peer) or short_id(peer)
-        recent = self.node.history(peer, limit=SENT_ELSEWHERE_WINDOW)
-        lines = [
-            self._line(m, name)
-            for m in recent
-            if m.direction == "out" and not self.conversation.has_message(m.id)
-        ]
-        self.conversation.add_lines(lines)
+    def _sent_elsewhere(self, event: MessageSent) -> None:
+        """A message of ours was stored: shown here unless this screen sent it (it was
+        sent with ``p2pchat msg``, or from another view of the same node)."""
+        self._schedule_sidebar()
+        if event.peer_id != self.current or self.conversation.has_message(event.message_id):
+            return
+        self._draw_incoming()
+        self.conversation.add_line(
+            ChatLine(
+                message_id=event.message_id,
+                outgoing=True,
+                author=self.node.name,
+                body=event.body,
+                at=event.created_at,
+                state="queued",
+            )
+        )
 
     def _on_key_mismatch(self, event: PeerKeyMismatch) -> None:
         name = self.names.get(event.peer_id) or short_id(event.peer_id)
@@ -1320,6 +1339,15 @@ class MainScreen(GuardedScreen[None]):
 
 def _names(t: Transfer) -> list[tuple[str, int]]:
     return [(f.path, f.size) for f in t.files]
+
+
+def _waiting(view: ContactView) -> str:
+    """What holds our messages to ``view`` back, in words ("" when nothing does)."""
+    if view.awaiting_acceptance:
+        return "they have not accepted you yet: messages wait"
+    if view.deferred:
+        return f"their node holds our messages back: {view.deferred}"
+    return ""
 
 
 def _message_time(m: Message) -> float:

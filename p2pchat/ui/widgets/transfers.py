@@ -35,6 +35,7 @@ STATE_CLASSES = (
     "-done",
     "-stopped",
     "-failed",
+    "-stalled",
 )
 
 
@@ -85,6 +86,8 @@ def _state_class(info: TransferInfo) -> str:
         return "-failed"
     if info.state in ("declined", "cancelled"):
         return "-stopped"
+    if info.state == "paused":
+        return "-stalled"
     if info.moving:
         return "-moving"
     return "-pending"

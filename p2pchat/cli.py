@@ -581,7 +581,8 @@ def _require_running(paths: Paths) -> None:
 
 
 async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
-    """The running node's network status with the counters of every budget
+    """The running node's network status: how it is reachable (NAT kind, reflexive
+    addresses, rendezvous nodes; docs/nat.md) and the counters of every budget
     (docs/threat-model.md, "Budgets"): what peers were refused, and why."""
     _require_running(paths)
     async with _api(paths, args) as api:
@@ -591,12 +592,33 @@ async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"addresses:  {', '.join(status.get('addresses') or []) or '(not listening)'}")
     print(f"online:     {status.get('online')} contact(s), {status.get('nearby')} nearby")
-    for section in sorted(k for k, v in status.items() if isinstance(v, dict)):
+    reach = status.get("reachability")
+    if isinstance(reach, dict):
+        regs = [
+            f"{r['address']} ({(r['peer_id'] or '?')[:8]}): {r['state']}"
+            + (f", sees us at {r['observed']}" if r["observed"] else "")
+            + (f", {r['reason']}" if r["reason"] else "")
+            for r in reach["registrations"]
+        ]
+        served = reach["rendezvous"]
+        print(f"nat:        {reach['nat']}")
+        print(f"reflexive:  {', '.join(reach['reflexive']) or '-'}")
+        print(_safe(f"registered: {'; '.join(regs) or '-'}"))
+        print(
+            f"rendezvous: for {served.get('registrations', 0)} nodes"
+            + (" (relay: anyone)" if reach["relay"] else " (contacts only)")
+            + f", {served.get('connect_forwarded', 0)} connect requests forwarded"
+        )
+    skip = {"reachability"}
+    for section in sorted(k for k, v in status.items() if isinstance(v, dict) and k not in skip):
         values = status[section]
         flat = ", ".join(
             f"{key} {value}" for key, value in sorted(values.items()) if value not in (None, {})
         )
         print(_safe(f"{section + ':':<11} {flat}"))
+    if isinstance(reach, dict) and reach["punch"]:
+        flat = ", ".join(f"{k} {v}" for k, v in sorted(reach["punch"].items()))
+        print(_safe(f"{'punch:':<11} {flat}"))
     return EXIT_OK
 
 
@@ -669,6 +691,10 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
         out.append("--no-dht")
     for entry in args.bootstrap or ():
         out += ["--bootstrap", entry]
+    for entry in args.rendezvous:
+        out += ["--rendezvous", entry]
+    if args.relay:
+        out.append("--relay")
     if args.downloads:
         out += ["--downloads", str(Path(args.downloads).expanduser().absolute())]
     for ref in args.accept_files_from:
@@ -717,6 +743,8 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             downloads=Path(args.downloads) if args.downloads else None,
             accept_files_from=args.accept_files_from,
             dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
+            relay=args.relay,
+            rendezvous=args.rendezvous,
         )
         print(_listening(node.info()), flush=True)
         await stop.wait()
@@ -869,7 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
 
-    p = sub.add_parser("net", help="the running node's network status and budget counters")
+    p = sub.add_parser(
+        "net", help="the running node's reachability (NAT, rendezvous) and budget counters"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_net)
 
@@ -927,6 +957,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="HOST:PORT",
         help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
+    )
+    p.add_argument(
+        "--rendezvous",
+        action="append",
+        default=[],
+        metavar="PEER@HOST:PORT",
+        help="a reachable node to register with when behind a NAT (repeatable; the DHT "
+        "bootstrap nodes and reachable contacts are tried too)",
+    )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="be a rendezvous for anyone, not only for contacts (a public node)",
     )
     p.add_argument("--downloads", metavar="DIR", help="where received files go")
     p.add_argument(

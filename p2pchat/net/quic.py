@@ -81,3 +81,15 @@ def peer_certificate_key(conn: QuicConnection) -> bytes | None:
     if not isinstance(public, ed25519.Ed25519PublicKey):
         return None
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def smoothed_rtt(conn: QuicConnection) -> float | None:
+    """QUIC's smoothed round-trip time in seconds, once a sample exists.
+
+    aioquic keeps it in its loss-recovery object without a public accessor.
+    """
+    loss = getattr(conn, "_loss", None)
+    if loss is None or not getattr(loss, "_rtt_initialized", False):
+        return None
+    rtt = getattr(loss, "_rtt_smoothed", None)
+    return float(rtt) if isinstance(rtt, int | float) else None

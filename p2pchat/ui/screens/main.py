@@ -104,7 +104,7 @@ from p2pchat.ui.widgets import (
     TransferCard,
 )
 from p2pchat.ui.widgets.notices import NoticeTray, Severity
-from p2pchat.ui.widgets.sidebar import CONTACT, REQUEST
+from p2pchat.ui.widgets.sidebar import CONTACT, REQUEST, path_words
 
 Mode = Literal["online", "offline", "read-only"]
 PaletteCommand = tuple[str, str, Callable[[], object]]
@@ -179,6 +179,7 @@ class MainScreen(GuardedScreen[None]):
         # Why our messages to a contact wait although it may be online (not accepted
         # yet, or its node deferred them), for the header.
         self._waiting: dict[str, str] = {}
+        self._paths: dict[str, str] = {}
         self.ready = False
         self.detached = False
         self.suspended: str | None = None
@@ -268,6 +269,11 @@ class MainScreen(GuardedScreen[None]):
         entries = [self._entry(view) for view in views]
         entries.sort(key=lambda e: (-(e.last_activity or 0.0), e.name.casefold()))
         self.names = {view.peer_id: shown_name(view.name, short_id(view.peer_id)) for view in views}
+        paths = {view.peer_id: path_words(view.path or view.route, view.rtt_ms) for view in views}
+        if paths.get(self.current or "") != self._paths.get(self.current or ""):
+            self._paths = paths
+            self._refresh_header()
+        self._paths = paths
         reasons = {view.peer_id: _waiting(view) for view in views}
         waiting = {peer: why for peer, why in reasons.items() if why}
         if waiting != self._waiting:
@@ -298,7 +304,8 @@ class MainScreen(GuardedScreen[None]):
             unread=view.unread,
             last_activity=activity,
             warning=view.peer_id in self.warnings,
-            route=view.route,
+            route=view.path or view.route,
+            rtt_ms=view.rtt_ms,
             last_seen=view.last_seen,
         )
 
@@ -411,6 +418,9 @@ class MainScreen(GuardedScreen[None]):
             parts.append(("  not verified (F2)", "$text-muted"))
         if online:
             parts.append(("  ● online", "$success"))
+            path = self._paths.get(contact.peer_id, "")
+            if path:
+                parts.append((path, "$text-muted"))
         else:
             seen = relative_time(contact.last_seen, self.clock(), self.tz)
             parts.append((f"  ○ offline, last seen {seen}", "$text-muted"))

@@ -58,7 +58,6 @@ from p2pchat.ui import heap
 from p2pchat.ui.commands import CommandError, SlashCommand, message_text, parse_command
 from p2pchat.ui.desktop import notify_desktop
 from p2pchat.ui.files import (
-    RateMeter,
     TransferInfo,
     describe_paths,
     opener_argv,
@@ -98,6 +97,7 @@ from p2pchat.ui.widgets import (
     ConversationView,
     NearbyEntry,
     PreparingCard,
+    ProgressBoard,
     RequestEntry,
     StatusBar,
     StatusInfo,
@@ -110,9 +110,6 @@ Mode = Literal["online", "offline", "read-only"]
 PaletteCommand = tuple[str, str, Callable[[], object]]
 
 HISTORY_LIMIT = 300
-# A peer that stops typing without saying so (crash, lost link) should not
-# look busy forever; peers repeat "typing" every few seconds while they type.
-REMOTE_TYPING_TTL = 8.0
 # Bursts of events (a reconnect replays a whole outbox) are coalesced: the list
 # is redrawn and read receipts are sent at most this often.
 FLUSH_INTERVAL = 0.15
@@ -163,18 +160,13 @@ class MainScreen(GuardedScreen[None]):
         self.names: dict[str, str] = {}
         self.warnings: dict[str, str] = {}
         self._mismatches_seen: set[tuple[str, str]] = set()
-        self._remote_typing: dict[str, float] = {}
         self._needs_read: set[str] = set()
         self._throttle = TypingThrottle()
         self._sidebar_dirty = False
         self._read_due = False
         self._last_minute = 0
         # Transfers: smoothed speeds, and the latest progress not drawn yet.
-        self._meters: dict[str, RateMeter] = {}
-        self.rates: dict[str, float] = {}
-        self._progress_due: dict[str, tuple[int, int]] = {}
-        self._last_progress: dict[str, tuple[int, int]] = {}
-        self._incoming_lines: list[ChatLine] = []
+        self.progress = ProgressBoard()
         self._alerts = AlertLimiter()
         # Why our messages to a contact wait although it may be online (not accepted
         # yet, or its node deferred them), for the header.
@@ -318,23 +310,12 @@ class MainScreen(GuardedScreen[None]):
         self.notices.flush()
         if not self.live:
             return
-        self._draw_incoming()
+        self.conversation.flush_pending()
         if self._sidebar_dirty:
             self.refresh_sidebar()
         if self._read_due:
             self._mark_read()
-        if self._progress_due:
-            self._draw_progress()
-
-    def _draw_incoming(self) -> None:
-        """Messages of the open conversation that arrived since the last flush.
-
-        Anything else that adds to the bottom of the pane draws these first, so
-        rows keep the order in which things happened.
-        """
-        if self._incoming_lines:
-            lines, self._incoming_lines = self._incoming_lines, []
-            self.conversation.add_lines(lines)
+        self._draw_progress()
 
     def _update_status(self, online: int, contacts: int) -> None:
         if self.mode == "read-only":
@@ -379,7 +360,6 @@ class MainScreen(GuardedScreen[None]):
         self.notices.drop(f"msg:{peer_id}")
         self._alerts.forget(f"msg:{peer_id}")
         self.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
-        self._incoming_lines = []  # the history read below has them
         messages = self.node.history(peer_id, limit=HISTORY_LIMIT)
         cards = [self._card(self._info(t)) for t in self.node.list_transfers(peer_id)]
         self.conversation.show(
@@ -391,7 +371,6 @@ class MainScreen(GuardedScreen[None]):
             empty_hint=f"No messages with {shown} yet. Say hello!",
         )
         self.conversation.set_banner(self.warnings.get(peer_id))
-        self._show_remote_typing()
         self.contact_list.select_contact(peer_id)
         self._update_composer()
         self._schedule_read()
@@ -533,7 +512,6 @@ class MainScreen(GuardedScreen[None]):
             if restore is not None:
                 restore.load_text(text)
             return
-        self._draw_incoming()
         self.conversation.add_line(self._line(message, self.names.get(peer, "")))
         self._schedule_sidebar()
 
@@ -589,7 +567,7 @@ class MainScreen(GuardedScreen[None]):
         banner.add_class("-visible")
         self._throttle.stop()
         self.conversation.set_typing(None)
-        self._remote_typing.clear()
+        self.conversation.forget_typing()
         self.query_one("#status", StatusBar).show_state("lost", why)
 
     def resume(
@@ -638,11 +616,7 @@ class MainScreen(GuardedScreen[None]):
             return
         now = time.monotonic()
         self._send_typing(self._throttle.tick(now))
-        expired = [peer for peer, until in self._remote_typing.items() if until <= now]
-        for peer in expired:
-            del self._remote_typing[peer]
-        if expired:
-            self._show_remote_typing()
+        self.conversation.expire_typing(now)
         for card in self.conversation.cards():
             if isinstance(card, TransferCard):
                 card.check_stall(now)
@@ -654,13 +628,6 @@ class MainScreen(GuardedScreen[None]):
         if minute != self._last_minute:
             self._last_minute = minute
             self._schedule_sidebar()
-
-    def _show_remote_typing(self) -> None:
-        peer = self.current
-        if peer is not None and peer in self._remote_typing:
-            self.conversation.set_typing(f"{self.names.get(peer, short_id(peer))} is typing…")
-        else:
-            self.conversation.set_typing(None)
 
     # ----------------------------------------------------------- commands
     def run_command(self, command: SlashCommand) -> None:
@@ -792,7 +759,7 @@ class MainScreen(GuardedScreen[None]):
                 infos,
                 names=self.name_of,
                 my_name=self.node.name,
-                rates=self.rates,
+                rates=self.progress.rates,
                 tz=self.tz,
                 today=day_of(self.clock(), self.tz),
                 on_action=self._card_action,
@@ -901,26 +868,20 @@ class MainScreen(GuardedScreen[None]):
             self._sent_elsewhere(event)
         elif isinstance(event, MessageStateChanged):
             if event.peer_id == self.current:
-                self._draw_incoming()
                 self.conversation.set_state(event.message_id, event.state)
         elif isinstance(event, AwaitingAcceptance):
             self._schedule_sidebar()
             if event.peer_id == self.current:
                 self._refresh_header()
         elif isinstance(event, TypingChanged):
-            if event.active:
-                self._remote_typing[event.peer_id] = time.monotonic() + REMOTE_TYPING_TTL
-            else:
-                self._remote_typing.pop(event.peer_id, None)
-            if event.peer_id == self.current:
-                self._show_remote_typing()
+            name = self.name_of(event.peer_id)
+            self.conversation.peer_typing(event.peer_id, name, event.active, time.monotonic())
         elif isinstance(event, (PeerOnline, PeerOffline)):
             self._schedule_sidebar()
             if event.peer_id == self.current:
                 self._refresh_header()
             if isinstance(event, PeerOffline):
-                self._remote_typing.pop(event.peer_id, None)
-                self._show_remote_typing()
+                self.conversation.peer_typing(event.peer_id, "", False, time.monotonic())
         elif isinstance(event, ContactRequestReceived):
             who = shown_name(event.name, short_id(event.peer_id))
             self._notice(
@@ -954,12 +915,11 @@ class MainScreen(GuardedScreen[None]):
     def _incoming_message(self, event: MessageReceived) -> None:
         peer = event.peer_id
         name = self.names.get(peer) or short_id(peer)
-        self._remote_typing.pop(peer, None)
+        self.conversation.peer_typing(peer, name, False, time.monotonic())
         self._needs_read.add(peer)
         if peer == self.current:
-            # Drawn at the next flush, together with whatever else arrives by then:
-            # each row added lays the whole pane out again.
-            self._incoming_lines.append(
+            # Drawn at the next flush, together with whatever else arrives by then.
+            self.conversation.queue_line(
                 ChatLine(
                     message_id=event.message_id,
                     outgoing=False,
@@ -969,7 +929,6 @@ class MainScreen(GuardedScreen[None]):
                     state="delivered",
                 )
             )
-            self._show_remote_typing()
             self._schedule_read()
         if peer != self.current:
             self._notice(f"msg:{peer}", name, event.body, target=f"peer:{peer}")
@@ -985,7 +944,6 @@ class MainScreen(GuardedScreen[None]):
         self._schedule_sidebar()
         if event.peer_id != self.current or self.conversation.has_message(event.message_id):
             return
-        self._draw_incoming()
         self.conversation.add_line(
             ChatLine(
                 message_id=event.message_id,
@@ -1028,7 +986,7 @@ class MainScreen(GuardedScreen[None]):
         """The card's view of ``t``; only a moving transfer has a running attempt to ask about."""
         progress = None
         if t.state in ("accepted", "sending", "receiving"):
-            progress = self.node.transfers.progress(t.id) or self._last_progress.get(t.id)
+            progress = self.node.transfers.progress(t.id) or self.progress.last(t.id)
         return TransferInfo.from_transfer(t, progress)
 
     def _fresh_info(self, transfer_id: str) -> TransferInfo | None:
@@ -1046,7 +1004,7 @@ class MainScreen(GuardedScreen[None]):
             author=name if info.incoming else self.node.name,
             peer_name=name,
             tz=self.tz,
-            rate=self.rates.get(info.transfer_id),
+            rate=self.progress.rate(info.transfer_id),
         )
 
     def _listeners(self) -> list[TransferListener]:
@@ -1063,7 +1021,6 @@ class MainScreen(GuardedScreen[None]):
             if isinstance(card, TransferCard):
                 card.update_info(info)
             elif card is None:
-                self._draw_incoming()
                 self.conversation.add_item(self._card(info))
         for listener in self._listeners():
             listener.transfer_changed(info)
@@ -1114,18 +1071,15 @@ class MainScreen(GuardedScreen[None]):
         )
 
     def _on_transfer_progress(self, event: TransferProgress) -> None:
-        meter = self._meters.get(event.transfer_id)
-        if meter is None:
-            meter = self._meters[event.transfer_id] = RateMeter()
-        self.rates[event.transfer_id] = meter.update(event.rate, time.monotonic())
-        self._progress_due[event.transfer_id] = (event.done, event.total)
-        self._last_progress[event.transfer_id] = (event.done, event.total)
+        self.progress.record(event, time.monotonic())
 
     def _draw_progress(self) -> None:
-        due, self._progress_due = self._progress_due, {}
+        due = self.progress.due()
+        if not due:
+            return
         listeners = self._listeners()
         for transfer_id, (done, total) in due.items():
-            rate = self.rates.get(transfer_id)
+            rate = self.progress.rate(transfer_id)
             card = self.conversation.card(transfer_id)
             if isinstance(card, TransferCard):
                 card.set_progress(done, total, rate)
@@ -1137,10 +1091,7 @@ class MainScreen(GuardedScreen[None]):
         if info is None:
             return
         if info.finished:
-            self._meters.pop(info.transfer_id, None)
-            self.rates.pop(info.transfer_id, None)
-            self._progress_due.pop(info.transfer_id, None)
-            self._last_progress.pop(info.transfer_id, None)
+            self.progress.forget(info.transfer_id)
         self._show_transfer(info)
         if event.state in ("done", "declined", "cancelled", "failed"):
             self._transfer_ended(info, event)
@@ -1259,7 +1210,6 @@ class MainScreen(GuardedScreen[None]):
             self.clock(), author=self.node.name, what=describe_paths(paths), tz=self.tz
         )
         if peer == self.current:
-            self._draw_incoming()
             self.conversation.add_item(placeholder)
         self.run_worker(self._offer(peer, paths, placeholder), group="offers")
 
@@ -1279,7 +1229,6 @@ class MainScreen(GuardedScreen[None]):
         if self.detached:
             return
         if peer == self.current and self.conversation.card(transfer.id) is None:
-            self._draw_incoming()
             self.conversation.add_item(self._card(self._info(transfer)))
         for listener in self._listeners():
             listener.transfer_changed(self._info(transfer))

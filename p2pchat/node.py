@@ -1122,7 +1122,13 @@ class Node:
     def session_established(self, conn: PeerConnection) -> None:
         if conn.path is None:
             conn.path = self._through_nat(conn)
-        conn.send(chat.Hello(name=self.name, token=self._pending_token(conn.peer_id)))
+        conn.send(
+            chat.Hello(
+                name=self.name,
+                token=self._pending_token(conn.peer_id),
+                seen=conn.address,  # where we see the peer: its reflexive address
+            )
+        )
 
     def _through_nat(self, conn: PeerConnection) -> str | None:
         """"punched" when the session crossed a filtering NAT on the way in: theirs
@@ -1255,6 +1261,10 @@ class Node:
                 self.store.add_contact(peer, name, addresses=(conn.address,), now=now)
                 self._emit(ContactAdded(peer, name))
         if self.store.get_contact(peer) is not None:
+            if hello.seen is not None and self._dht is not None:
+                # A contact on an authenticated session told us where it sees us.
+                with contextlib.suppress(ValueError, DhtError):
+                    self._dht.observed(hello.seen, "contact", peer)
             self._activate(conn)
             return
         if len(self._requests) >= MAX_REQUEST_SESSIONS and peer not in self._requests:

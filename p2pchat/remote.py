@@ -41,6 +41,7 @@ from p2pchat.node import TRANSFER_PAGE_SIZE, ContactView, NearbyPeer, Node, Node
 from p2pchat.owner import start_owned
 from p2pchat.store import (
     AmbiguousContact,
+    BlockedPeer,
     Contact,
     ContactExists,
     ContactRequest,
@@ -367,6 +368,24 @@ class RemoteNode:
 
     def decline_request(self, ref: str) -> None:
         self._call("decline", ref=ref)
+
+    def remove_contact(self, ref: str) -> Contact:
+        return _build(Contact, self._call("remove", contact=ref))  # type: ignore[no-any-return]
+
+    def block(self, ref: str) -> BlockedPeer:
+        return _build(BlockedPeer, self._call("block", ref=ref))  # type: ignore[no-any-return]
+
+    def unblock(self, ref: str) -> BlockedPeer:
+        return _build(BlockedPeer, self._call("unblock", ref=ref))  # type: ignore[no-any-return]
+
+    def blocked(self) -> list[BlockedPeer]:
+        return [_build(BlockedPeer, b) for b in self._call("blocked")]
+
+    def is_blocked(self, peer_id: str) -> bool:
+        return any(b.peer_id == peer_id for b in self.blocked())
+
+    def set_muted(self, ref: str, muted: bool = True) -> Contact:
+        return _build(Contact, self._call("mute", contact=ref, muted=muted))  # type: ignore[no-any-return]
 
     def rename_contact(self, ref: str, name: str) -> Contact:
         return _build(Contact, self._call("rename", contact=ref, name=name))  # type: ignore[no-any-return]

@@ -152,13 +152,9 @@ async def _transfer(node: Node, args: dict[str, Any]) -> Any:
 async def _accept_file(node: Node, args: dict[str, Any]) -> Any:
     folder = _opt_str(args, "folder")
     only = args.get("only")
-    if only is not None and (
-        not isinstance(only, list) or not all(type(i) is int for i in only)
-    ):
+    if only is not None and (not isinstance(only, list) or not all(type(i) is int for i in only)):
         raise ValueError("only must be a list of file indices")
-    t = node.accept_transfer(
-        _str(args, "id"), only=only, folder=Path(folder) if folder else None
-    )
+    t = node.accept_transfer(_str(args, "id"), only=only, folder=Path(folder) if folder else None)
     return _transfer_view(t)
 
 
@@ -213,6 +209,29 @@ async def _rename(node: Node, args: dict[str, Any]) -> Any:
     return node.rename_contact(_str(args, "contact"), _str(args, "name"))
 
 
+async def _remove(node: Node, args: dict[str, Any]) -> Any:
+    return node.remove_contact(_str(args, "contact"))
+
+
+async def _block(node: Node, args: dict[str, Any]) -> Any:
+    return node.block(_str(args, "ref"))
+
+
+async def _unblock(node: Node, args: dict[str, Any]) -> Any:
+    return node.unblock(_str(args, "ref"))
+
+
+async def _blocked(node: Node, args: dict[str, Any]) -> Any:
+    return node.blocked()
+
+
+async def _mute(node: Node, args: dict[str, Any]) -> Any:
+    muted = args.get("muted", True)
+    if not isinstance(muted, bool):
+        raise ValueError("muted must be true or false")
+    return node.set_muted(_str(args, "contact"), muted)
+
+
 async def _safety_number(node: Node, args: dict[str, Any]) -> Any:
     return node.safety_number(_str(args, "contact"))
 
@@ -240,6 +259,11 @@ async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
 
 
 OPS: dict[str, Op] = {
+    "remove": _remove,
+    "block": _block,
+    "unblock": _unblock,
+    "blocked": _blocked,
+    "mute": _mute,
     "passphrase": _passphrase,
     "network_status": _network_status,
     "find_contact": _find_contact,

@@ -61,6 +61,8 @@ MAX_NAME_CHARS = names.MAX_NAME_CHARS
 # A peer's announced name is repaired, not refused; this much of it is looked at.
 _MAX_WIRE_NAME_CHARS = 4 * MAX_NAME_CHARS
 MAX_TOKEN_CHARS = 64
+#: ``[IPv6]:port`` is at most 47 characters.
+MAX_SEEN_CHARS = 64
 MAX_SEQ = 2**53 - 1
 """Sequence numbers stay exactly representable as IEEE doubles, for peers in JS."""
 MAX_VERSION = 2**16 - 1
@@ -96,6 +98,9 @@ class Hello:
 
     ``token`` lets a stranger prove an invitation so the request can skip the
     "unknown sender" queue; ``name`` is only a suggestion for the contact list.
+    ``seen`` is the address the sender sees the receiver's packets come from
+    (``host:port``): the receiver's reflexive address, which a contact's word is
+    enough for (``p2pchat.dht.reflexive``). Older peers do not send it.
 
     A name that breaks the name rule (``p2pchat.names``) never costs the peer
     its session: ``decode`` repairs it (or drops it) and says why in
@@ -105,6 +110,7 @@ class Hello:
     name: str | None = None
     token: str | None = None
     version: int = PROTOCOL_VERSION
+    seen: str | None = None
     name_problem: str | None = field(default=None, compare=False)
 
 
@@ -260,6 +266,8 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
             m["n"] = frame.name
         if frame.token is not None:
             m["k"] = frame.token
+        if frame.seen is not None:
+            m["o"] = frame.seen
         return m
     if isinstance(frame, ChatMessage):
         return {
@@ -485,6 +493,7 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
             token=r.get_label("k", MAX_TOKEN_CHARS),
             version=r.get_int("v", 1, MAX_VERSION),
             name_problem=problem,
+            seen=r.get_label("o", MAX_SEEN_CHARS),
         )
     if kind.startswith("f"):
         frame = _file_frame(kind, r, err)

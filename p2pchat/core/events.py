@@ -143,8 +143,24 @@ class NearbyPeerLost(NodeEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ContactRemoved(NodeEvent):
+    """The contact was removed (its history stays; it can knock again as a stranger)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockChanged(NodeEvent):
+    """A key was put on the block list (no sessions, no requests, no lookups) or
+    taken off it.  It may be a contact (``ContactView.blocked``) or a stranger."""
+
+    peer_id: str
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ContactChanged(NodeEvent):
-    """A contact's stored details changed (name, verified flag, addresses)."""
+    """A contact's stored details changed (name, verified or muted flag, addresses)."""
 
     peer_id: str
 

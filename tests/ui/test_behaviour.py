@@ -12,7 +12,12 @@ import pytest
 from textual.containers import VerticalScroll
 from textual.widgets import Button, Static
 
-from p2pchat.core.events import MessageStateChanged, TransferProgress, TypingChanged
+from p2pchat.core.events import (
+    MessageReceived,
+    MessageStateChanged,
+    TransferProgress,
+    TypingChanged,
+)
 from p2pchat.identity import Identity
 from p2pchat.net.control import ControlClient
 from p2pchat.owner import answers
@@ -265,3 +270,39 @@ async def test_a_killed_contact_goes_offline_and_its_ticks_go_back_to_queued(
             assert offline_after < 10, f"shown offline only after {offline_after:.1f} s"
     finally:
         await bob.stop()
+
+
+async def test_mute_block_unblock_and_remove_from_the_app(tmp_path: Path) -> None:
+    app = app_for(make_home(tmp_path, "alice"))
+    async with app.run_test(size=(120, 36)) as pilot:
+        main = await main_screen(pilot)
+        node = main.node
+        bob, carol = Identity.generate().peer_id, Identity.generate().peer_id
+        node.add_contact(carol, name="carol")
+        node.add_contact(bob, name="bob")
+        main.open_conversation(bob)
+        await type_text(pilot, "/mute")
+        await pilot.press("enter")
+        await until(pilot, lambda: node.find_contact(bob).muted)
+        await until(pilot, lambda: "muted" in row_for(main, "bob"))
+        main.open_conversation(carol)
+        event = MessageReceived(bob, "m1", 1, "psst", node.clock(), node.clock())
+        main.post_message(NodeEventArrived(event))
+        await pilot.pause(0.4)
+        assert f"msg:{bob}" not in main.notices.notices  # muted: no notice
+        titles = [title for title, _, _ in app.palette_commands()]
+        assert "Mute carol" in titles and "Block carol" in titles and "Remove carol" in titles
+        main.open_conversation(bob)
+        await type_text(pilot, "/block")
+        await pilot.press("enter")
+        await until(pilot, lambda: [b.peer_id for b in node.blocked()] == [bob])
+        await until(pilot, lambda: "blocked" in row_for(main, "bob"))
+        assert "Unblock bob" in [title for title, _, _ in app.palette_commands()]
+        await type_text(pilot, "/unblock bob")
+        await pilot.press("enter")
+        await until(pilot, lambda: node.blocked() == [])
+        await type_text(pilot, "/remove")
+        await pilot.press("enter")
+        await until(pilot, lambda: row_for(main, "bob") == "")
+        assert main.current == carol
+        assert [c.peer_id for c in node.contacts()] == [carol]

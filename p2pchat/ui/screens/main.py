@@ -32,8 +32,10 @@ from textual.widgets import Footer, Static
 
 from p2pchat.core.events import (
     AwaitingAcceptance,
+    BlockChanged,
     ContactAdded,
     ContactChanged,
+    ContactRemoved,
     ContactRequestReceived,
     MessageReceived,
     MessageSent,
@@ -172,6 +174,7 @@ class MainScreen(GuardedScreen[None]):
         # yet, or its node deferred them), for the header.
         self._waiting: dict[str, str] = {}
         self._paths: dict[str, str] = {}
+        self._muted: set[str] = set()
         self.ready = False
         self.detached = False
         self.suspended: str | None = None
@@ -266,6 +269,7 @@ class MainScreen(GuardedScreen[None]):
             self._paths = paths
             self._refresh_header()
         self._paths = paths
+        self._muted = {view.peer_id for view in views if view.muted}
         reasons = {view.peer_id: _waiting(view) for view in views}
         waiting = {peer: why for peer, why in reasons.items() if why}
         if waiting != self._waiting:
@@ -296,6 +300,8 @@ class MainScreen(GuardedScreen[None]):
             unread=view.unread,
             last_activity=activity,
             warning=view.peer_id in self.warnings,
+            muted=view.muted,
+            blocked=view.blocked,
             route=view.path or view.route,
             rtt_ms=view.rtt_ms,
             last_seen=view.last_seen,
@@ -692,6 +698,60 @@ class MainScreen(GuardedScreen[None]):
         self.refresh_sidebar()
         self.open_conversation(contact.peer_id, reload=True)
 
+    def _cmd_mute(self, args: str) -> None:
+        self._set_muted(True)
+
+    def _cmd_unmute(self, args: str) -> None:
+        self._set_muted(False)
+
+    def _set_muted(self, muted: bool) -> None:
+        peer = self._need_current()
+        contact = self.node.set_muted(peer, muted)
+        self.notices.drop(f"msg:{peer}")
+        state = "muted: no notifications" if muted else "notifications on again"
+        self.notify(f"{shown_name(contact.name)} {state}", timeout=3)
+        self.refresh_sidebar()
+
+    def _cmd_remove(self, args: str) -> None:
+        peer = self._need_current()
+        contact = self.node.remove_contact(peer)
+        self.notify(
+            f"Removed {shown_name(contact.name)}; the history stays. /block stops them "
+            "from asking again.",
+            timeout=6,
+        )
+        self._contact_gone(peer)
+
+    def _cmd_block(self, args: str) -> None:
+        ref = args or self._need_current()
+        entry = self.node.block(ref)
+        who = shown_name(entry.name, short_id(entry.peer_id))
+        self.notify(f"Blocked {who}: no sessions, no requests. /unblock {who} undoes it.")
+        self._contact_gone(entry.peer_id, keep=True)
+
+    def _cmd_unblock(self, args: str) -> None:
+        entry = self.node.unblock(args)
+        self.notify(f"Unblocked {shown_name(entry.name, short_id(entry.peer_id))}", timeout=3)
+        self.refresh_sidebar()
+
+    def _need_current(self) -> str:
+        if self.current is None:
+            raise NodeError("open a conversation first")
+        return self.current
+
+    def _contact_gone(self, peer: str, *, keep: bool = False) -> None:
+        """After a remove or block: the list again, and another conversation if it was open."""
+        self.notices.drop_where(lambda n: n.target in (f"peer:{peer}", f"request:{peer}"))
+        contacts = self.refresh_sidebar()
+        if peer == self.current and not any(c.peer_id == peer for c in contacts):
+            others = [c.peer_id for c in contacts if c.peer_id != peer]
+            if others:
+                self.open_conversation(others[0])
+            else:
+                self._show_welcome()
+        elif peer == self.current and keep:
+            self._refresh_header()
+
     def _cmd_invite(self, args: str) -> None:
         self.action_add_contact()
 
@@ -771,6 +831,9 @@ class MainScreen(GuardedScreen[None]):
         if peer is not None:
             self.open_conversation(peer)
 
+    def _palette_command(self, name: str, args: str) -> None:
+        self.run_command(SlashCommand(name, args))
+
     def key_help(self) -> list[tuple[str, str]]:
         seen: set[str] = set()
         rows: list[tuple[str, str]] = []
@@ -794,6 +857,22 @@ class MainScreen(GuardedScreen[None]):
             name = self.names.get(self.current, "this contact")
             yield f"Verify {name}", "Compare safety numbers", self.action_verify
             yield f"Send a file to {name}", "Pick a file or folder (Ctrl+O)", self.action_send_file
+            muted = self.current in self._muted
+            yield (
+                f"{'Unmute' if muted else 'Mute'} {name}",
+                "Notifications for this contact (/mute, /unmute)",
+                partial(self._palette_command, "unmute" if muted else "mute", ""),
+            )
+            yield (
+                f"Remove {name}",
+                "History stays; they may ask again (/remove)",
+                partial(self._palette_command, "remove", ""),
+            )
+            yield (
+                f"Block {name}",
+                "No sessions, no requests, no lookups (/block)",
+                partial(self._palette_command, "block", ""),
+            )
         yield "Transfers", "Every file transfer, with progress (F3)", self.action_transfers
         for t in self.node.list_transfers():
             if t.direction == "in" and t.state == "pending":
@@ -814,6 +893,17 @@ class MainScreen(GuardedScreen[None]):
                 f"Answer request: {label}",
                 "Accept or decline",
                 partial(self.show_request, request.peer_id),
+            )
+        try:
+            blocked = self.node.blocked()
+        except (NodeError, StoreError):
+            blocked = []
+        for entry in blocked:
+            label = shown_name(entry.name, short_id(entry.peer_id))
+            yield (
+                f"Unblock {label}",
+                "Take them off the block list (/unblock)",
+                partial(self._palette_command, "unblock", entry.peer_id),
             )
         yield "Help", "Keys and commands", self.action_help
 
@@ -901,6 +991,11 @@ class MainScreen(GuardedScreen[None]):
                 self._refresh_header()
             elif self.current is None and isinstance(event, ContactAdded):
                 self.open_conversation(event.peer_id)
+        elif isinstance(event, (ContactRemoved, BlockChanged)):
+            if event.peer_id == self.current:
+                self._contact_gone(event.peer_id, keep=True)
+            else:
+                self._schedule_sidebar()
         elif isinstance(event, (NearbyPeerFound, NearbyPeerLost)):
             self._schedule_sidebar()
         elif isinstance(event, (NodeStarted, NodeStopped)):
@@ -930,7 +1025,9 @@ class MainScreen(GuardedScreen[None]):
                 )
             )
             self._schedule_read()
-        if peer != self.current:
+        if peer in self._muted:
+            pass  # counted in the list, nothing else
+        elif peer != self.current:
             self._notice(f"msg:{peer}", name, event.body, target=f"peer:{peer}")
         elif not self._visible():
             # Open but not in view (another window has the focus): no notice to

@@ -43,6 +43,8 @@ class ContactEntry:
     route: str | None = None
     """"lan", "direct" or "punched" while online (how the session runs)."""
     rtt_ms: float | None = None
+    muted: bool = False
+    blocked: bool = False
     last_seen: float | None = None
     """When a session with them last ran (what the header's "last seen" says too)."""
 
@@ -141,6 +143,10 @@ class ContactList(OptionList):
         else:
             # The same words as the conversation header, from the same fact.
             presence = f"seen {relative_time(c.last_seen, now, self.tz)}"
+        if c.blocked:
+            presence = "blocked"
+        elif c.muted:
+            presence += " · muted"
         second = ("\n  " + presence, "$text-muted")
         return Content.assemble(*parts, second)
 

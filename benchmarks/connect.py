@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2pchat.config import Paths
 from p2pchat.node import Node
-from tests.daemons import make_home
+from tests.daemons import delivered, make_home, path_of
 from tests.netlab import Lab, prepare, unavailable_reason
-from tests.netlab.daemon import NsDaemon, delivered, path_of
+from tests.netlab.daemon import NsDaemon
 from tests.netlab.topologies import (
     MATRIX_PAIRS,
     MATRIX_SITES,

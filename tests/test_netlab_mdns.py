@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,12 @@ import pytest
 from p2pchat.identity import Identity
 
 from .conftest import make_home
-from .daemons import run_cli
-from .netlab import Host, Lab, list_namespaces, open_lab, prepare, unavailable_reason
-from .netlab.daemon import NsDaemon, until
+from .daemons import run_cli, until
+from .netlab import Host, Lab, unavailable_reason
+from .netlab.daemon import NsDaemon
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    prepare()
-    with open_lab() as lab:
-        yield lab
-    assert [ns for ns in list_namespaces() if ns.startswith(lab.run_id)] == []
-
 
 async def nearby(daemon: NsDaemon) -> dict[str, dict[str, Any]]:
     return {p["peer_id"]: p for p in await daemon.call("nearby")}

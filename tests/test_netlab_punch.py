@@ -26,8 +26,9 @@ import pytest
 import pytest_asyncio
 
 from .conftest import make_home
+from .daemons import delivered, path_of, until
 from .netlab import Lab, list_namespaces, prepare, unavailable_reason
-from .netlab.daemon import NsDaemon, delivered, path_of, until
+from .netlab.daemon import NsDaemon
 from .netlab.topologies import (
     MATRIX_PAIRS,
     MATRIX_SITES,

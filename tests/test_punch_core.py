@@ -275,7 +275,7 @@ def test_registration_needs_the_key_and_the_address_that_got_the_cookie() -> Non
     v, r, mallory = Identity.generate(), Identity.generate(), Identity.generate()
     srv = server(v)
     srv.receive(punch.RegHello(r.public_key), R_ADDR, 0.0)
-    (data, _), = srv.datagrams_to_send()
+    ((data, _),) = srv.datagrams_to_send()
     challenge = punch.decode(data)
     assert isinstance(challenge, punch.RegChallenge)
     # Mallory registers in r's name with the cookie: cannot sign as r.

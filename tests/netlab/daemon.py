@@ -11,9 +11,8 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from p2pchat.config import Paths
 from p2pchat.identity import load_identity
@@ -21,34 +20,6 @@ from p2pchat.net.control import ControlClient
 
 from ..daemons import cli_env, wait_for_control
 from .lab import Host
-
-T = TypeVar("T")
-
-
-async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    """Poll an async check until it returns something truthy (a liveness bound)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-async def delivered(sender: NsDaemon, contact: str, body: str) -> bool:
-    """Whether ``sender``'s message ``body`` to ``contact`` was acknowledged."""
-    history = await sender.call("history", contact=contact)
-    return any(m["body"] == body and m["state"] in ("delivered", "read") for m in history)
-
-
-async def path_of(d: NsDaemon, peer_id: str) -> str | None:
-    """The path (``lan``, ``direct``, ``punched``) of ``d``'s live session with a peer."""
-    for c in await d.call("contacts"):
-        if c["peer_id"] == peer_id and c["online"]:
-            return str(c["path"])
-    return None
 
 
 class NsDaemon:

@@ -258,13 +258,10 @@ class Dialer:
             peer.next_at = self.loop.time() + delay * random.uniform(0.8, 1.2)
 
     def forget(self, peer_id: str) -> None:
+        """Stop reaching for this peer (removed or blocked): its attempt ends now."""
         peer = self._peers.pop(peer_id, None)
         if peer is not None and peer.attempt is not None:
-            attempt = peer.attempt
-            for handle in attempt.handles:
-                handle.cancel()
-            if attempt.punch is not None:
-                attempt.punch.cancel()
+            self._finish(peer_id, peer, success=False, counted=False)
 
     async def stop(self) -> None:
         for peer in self._peers.values():

@@ -588,8 +588,11 @@ class TransferManager:
         attempt = secrets.token_bytes(16)
         self.receiver.expect(t, conn, plan, attempt)
         self.store.bump_transfer_attempts(t.id, now=self.clock())
-        # After repeated failures of the direct path, stay on the session's QUIC.
-        port = self.tcp_port if t.attempts < 2 else 0
+        # After repeated failures of the direct path, stay on the session's QUIC; a
+        # punched session crossed a NAT that lets in nothing else (docs/nat.md), so a
+        # TCP connection to our port could only time out.
+        direct = t.attempts < 2 and conn.path != "punched"
+        port = self.tcp_port if direct else 0
         conn.send(chat.FileAccept(t.id, tuple((i, off) for i, off, _ in plan), attempt, port))
 
     def retry_bad_channel(self, t: Transfer, why: str) -> None:

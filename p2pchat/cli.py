@@ -273,9 +273,11 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
         info = await api.call("info", {"one_time": args.one_time})
     if args.json:
         _print_json(info)
+    elif args.invite:
+        print(info["invite"])
     else:
         print(f"peer id:      {info['peer_id']}")
-        print(f"name:         {info['name']}")
+        print(_safe(f"name:         {info['name']}"))
         print(f"fingerprint:  {info['fingerprint']}")
         print(f"addresses:    {', '.join(info['addresses']) or '(not listening)'}")
         print(f"invite:       {info['invite']}")
@@ -911,6 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--one-time", action="store_true", help="invite with a one-time token (no manual accept)"
     )
+    p.add_argument("--invite", action="store_true", help="print only the invite (for scripts)")
     p.set_defaults(func=cmd_id)
 
     p = sub.add_parser("add", help="add a contact from an invite or a peer ID")

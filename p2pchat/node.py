@@ -103,6 +103,7 @@ MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
 MAX_INVITE_ADDRESSES = 8
+ACCEPT_GRACE = 1.0
 # Transfers per page of ``list_transfers`` unless the caller asks for another size.
 TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
@@ -871,19 +872,26 @@ class Node:
 
         Returns early, with the message still ``queued``, when the contact's node
         answers that we are not its contact yet (``awaiting_acceptance``): waiting
-        longer would not help, they have to accept our request first.
+        longer would not help, they have to accept our request first.  If that was
+        already so when the call began, it waits up to ``ACCEPT_GRACE`` seconds
+        first: their accept may be on its way.
         """
         message = self.store.get_message(message_id)
         if message is None:
             raise NodeError(f"no message {message_id}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        held = self.awaiting_acceptance(message.peer_id)
+        grace_until = loop.time() + ACCEPT_GRACE if held else 0.0
         while message.state not in ("delivered", "read"):
-            if self.awaiting_acceptance(message.peer_id):
+            now = loop.time()
+            if self.awaiting_acceptance(message.peer_id) and now >= grace_until:
                 break
-            remaining = deadline - loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 break
+            if grace_until > now:
+                remaining = min(remaining, grace_until - now)
             fut: asyncio.Future[str] = loop.create_future()
             waiters = self._state_waiters.setdefault(message_id, [])
             waiters.append(fut)

@@ -38,6 +38,8 @@ from p2pchat.core.events import (
     ContactChanged,
     ContactRemoved,
     ContactRequestReceived,
+    MessageDeleted,
+    MessageEdited,
     MessageSent,
     MessageStateChanged,
     NearbyPeerFound,
@@ -101,6 +103,7 @@ MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
 MAX_INVITE_ADDRESSES = 8
+ACCEPT_GRACE = 1.0
 # Transfers per page of ``list_transfers`` unless the caller asks for another size.
 TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
@@ -783,42 +786,112 @@ class Node:
     def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
         return self.store.history(self.store.find_contact(contact).peer_id, limit=limit)
 
-    def send_message(self, contact: str, text: str) -> Message:
-        """Store first (the outbox survives anything), then send if the contact is online."""
+    def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
+        """Store first (the outbox survives anything), then send if the contact is online.
+
+        ``reply_to``: a message of this conversation (either direction; a unique
+        prefix of its id will do) that this one answers.
+        """
         peer = self.store.find_contact(contact)
-        body = text.strip("\n")
-        if not body.strip():
-            raise NodeError("refusing to send an empty message")
-        if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
-            raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
-        message = self.store.queue_message(peer.peer_id, body, now=self.clock())
+        body = _message_body(text)
+        quoted = None
+        if reply_to is not None:
+            quoted = self.find_message(reply_to, contact=peer.peer_id).id
+        message = self.store.queue_message(peer.peer_id, body, now=self.clock(), reply_to=quoted)
         self._emit(
-            MessageSent(message.peer_id, message.id, message.seq, message.body, message.created_at)
-        )
+            MessageSent(
+                message.peer_id, message.id, message.seq, message.body, message.created_at,
+                message.reply_to,
+            )
+        )  # fmt: skip
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
-        conn = self._active.get(peer.peer_id)
+        self._send_now(message)
+        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
+
+    def _send_now(self, message: Message) -> None:
+        conn = self._active.get(message.peer_id)
         if conn is not None:
             self.delivery.send_new(conn, message)
-        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
+
+    def find_message(self, ref: str, *, contact: str | None = None) -> Message:
+        """A message by id or by a unique prefix of it (at least 4 characters), in
+        one conversation (``contact``: a reference, as for ``find_contact``) or in any.
+        Edits and deletions themselves are not messages here."""
+        peer = self.store.find_contact(contact).peer_id if contact is not None else None
+        ref = ref.strip().lower()
+        exact = self.store.get_message(ref, peer_id=peer)
+        if exact is not None and exact.kind == "text":
+            return exact
+        ids = self.store.message_ids(ref, peer_id=peer) if len(ref) >= 4 else []
+        if len(ids) != 1:
+            what = "several messages" if ids else "no message"
+            raise NodeError(f"{what} with id {ref!r}" + (" in that conversation" if peer else ""))
+        found = self.store.get_message(ids[0], peer_id=peer)
+        assert found is not None
+        return found
+
+    def get_message(self, message_id: str, *, contact: str | None = None) -> Message | None:
+        """The message with this exact id, or None: how a view shows the text a
+        reply quotes (resolved here, never sent along with the reply)."""
+        try:
+            return self.find_message(message_id, contact=contact)
+        except NodeError:
+            return None
+
+    def edit_message(self, ref: str, text: str) -> Message:
+        """Change the text of one of our messages, here and (in order, exactly once,
+        whenever it is reachable) at the contact.  Returns the message as edited."""
+        body = _message_body(text)
+        message = self.find_message(ref)
+        try:
+            changed, edit = self.store.edit_message(message.id, body, now=self.clock())
+        except StoreError as exc:
+            raise NodeError(str(exc)) from exc
+        assert changed.edited_at is not None
+        self._emit(
+            MessageEdited(changed.peer_id, changed.id, "out", changed.body, changed.edited_at)
+        )
+        self._send_now(edit)
+        return changed
+
+    def delete_message(self, ref: str) -> Message:
+        """Delete one of our messages for both sides: it becomes a tombstone here (no
+        text kept, not even earlier edits) and at the contact.  Returns the tombstone."""
+        message = self.find_message(ref)
+        try:
+            changed, delete = self.store.delete_message(message.id, now=self.clock())
+        except StoreError as exc:
+            raise NodeError(str(exc)) from exc
+        assert changed.deleted_at is not None
+        self._emit(MessageDeleted(changed.peer_id, changed.id, "out", changed.deleted_at))
+        self._send_now(delete)
+        return changed
 
     async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
         """Wait until the message is delivered (or read); return its state then.
 
         Returns early, with the message still ``queued``, when the contact's node
         answers that we are not its contact yet (``awaiting_acceptance``): waiting
-        longer would not help, they have to accept our request first.
+        longer would not help, they have to accept our request first.  If that was
+        already so when the call began, it waits up to ``ACCEPT_GRACE`` seconds
+        first: their accept may be on its way.
         """
         message = self.store.get_message(message_id)
         if message is None:
             raise NodeError(f"no message {message_id}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        held = self.awaiting_acceptance(message.peer_id)
+        grace_until = loop.time() + ACCEPT_GRACE if held else 0.0
         while message.state not in ("delivered", "read"):
-            if self.awaiting_acceptance(message.peer_id):
+            now = loop.time()
+            if self.awaiting_acceptance(message.peer_id) and now >= grace_until:
                 break
-            remaining = deadline - loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 break
+            if grace_until > now:
+                remaining = min(remaining, grace_until - now)
             fut: asyncio.Future[str] = loop.create_future()
             waiters = self._state_waiters.setdefault(message_id, [])
             waiters.append(fut)
@@ -1241,7 +1314,7 @@ class Node:
         )
 
     def _through_nat(self, conn: PeerConnection) -> str | None:
-        """"punched" when the session crossed a filtering NAT on the way in: theirs
+        """ "punched" when the session crossed a filtering NAT on the way in: theirs
         when we dialled (their record says they sit behind one), ours when they did;
         such a path is open only because both sides sent first (a punch, or two dials
         at once).  None leaves the label to the address (lan or direct)."""
@@ -1475,6 +1548,15 @@ _FILE_FRAMES = (
     chat.FileProgress,
     chat.FileResult,
 )
+
+
+def _message_body(text: str) -> str:
+    body = text.strip("\n")
+    if not body.strip():
+        raise NodeError("refusing to send an empty message")
+    if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
+        raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
+    return body
 
 
 def _resolve_blocked(ref: str, blocked: list[BlockedPeer]) -> BlockedPeer:

@@ -401,9 +401,19 @@ class RemoteNode:
     def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
         return [_build(Message, m) for m in self._call("history", contact=contact, limit=limit)]
 
-    def send_message(self, contact: str, text: str) -> Message:
-        result = self._call("send", contact=contact, text=text, wait=0)
+    def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
+        result = self._call("send", contact=contact, text=text, wait=0, reply_to=reply_to)
         return _build(Message, result["message"])  # type: ignore[no-any-return]
+
+    def edit_message(self, ref: str, text: str) -> Message:
+        return _build(Message, self._call("edit", id=ref, text=text))  # type: ignore[no-any-return]
+
+    def delete_message(self, ref: str) -> Message:
+        return _build(Message, self._call("delete", id=ref))  # type: ignore[no-any-return]
+
+    def get_message(self, message_id: str, *, contact: str | None = None) -> Message | None:
+        found = self._call("message", id=message_id, contact=contact)
+        return None if found is None else _build(Message, found)
 
     def set_typing(self, contact: str, active: bool) -> None:
         self._call("typing", contact=contact, active=active)

@@ -13,7 +13,7 @@ from typing import Any
 
 from p2pchat.core.events import NodeEvent
 from p2pchat.node import TRANSFER_PAGE_SIZE, Node
-from p2pchat.store import Transfer
+from p2pchat.store import Message, Transfer
 
 Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
 
@@ -82,7 +82,9 @@ async def _decline(node: Node, args: dict[str, Any]) -> Any:
 
 
 async def _send(node: Node, args: dict[str, Any]) -> Any:
-    message = node.send_message(_str(args, "contact"), _str(args, "text"))
+    message = node.send_message(
+        _str(args, "contact"), _str(args, "text"), reply_to=_opt_str(args, "reply_to")
+    )
     wait = args.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
         raise ValueError("wait must be a non-negative number of seconds")
@@ -90,7 +92,7 @@ async def _send(node: Node, args: dict[str, Any]) -> Any:
     if wait and node.running:
         state = await node.wait_for_delivery(message.id, float(wait))
     return {
-        "message": message,
+        "message": message_view(message),
         "state": state,
         "online": node.is_online(message.peer_id),
         "awaiting_acceptance": node.awaiting_acceptance(message.peer_id),
@@ -101,7 +103,29 @@ async def _history(node: Node, args: dict[str, Any]) -> Any:
     limit = args.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError("limit must be a positive integer")
-    return node.history(_str(args, "contact"), limit=limit)
+    return [message_view(m) for m in node.history(_str(args, "contact"), limit=limit)]
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    """A message for scripts: its fields, ``edited``/``deleted`` flags, and none of
+    the bookkeeping (``kind``, ``target``) that only edit and delete rows use."""
+    view = {k: v for k, v in to_json(m).items() if k not in ("kind", "target")}
+    view["edited"] = m.edited_at is not None
+    view["deleted"] = m.deleted_at is not None
+    return view
+
+
+async def _edit(node: Node, args: dict[str, Any]) -> Any:
+    return message_view(node.edit_message(_str(args, "id"), _str(args, "text")))
+
+
+async def _delete(node: Node, args: dict[str, Any]) -> Any:
+    return message_view(node.delete_message(_str(args, "id")))
+
+
+async def _message(node: Node, args: dict[str, Any]) -> Any:
+    found = node.get_message(_str(args, "id"), contact=_opt_str(args, "contact"))
+    return None if found is None else message_view(found)
 
 
 async def _nearby(node: Node, args: dict[str, Any]) -> Any:
@@ -259,6 +283,9 @@ async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
 
 
 OPS: dict[str, Op] = {
+    "edit": _edit,
+    "delete": _delete,
+    "message": _message,
     "remove": _remove,
     "block": _block,
     "unblock": _unblock,

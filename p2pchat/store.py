@@ -1652,6 +1652,19 @@ class Store:
                 ).fetchall()
         return [_message(row) for row in rows]
 
+    def message_ids(self, prefix: str, *, peer_id: str | None = None, limit: int = 2) -> list[str]:
+        """Ids of text messages that start with ``prefix`` (to resolve what a user
+        typed; ``limit`` 2 is enough to tell unique from ambiguous)."""
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix):
+            return []
+        query = "SELECT DISTINCT id FROM messages WHERE kind = 'text' AND id >= ? AND id < ?"
+        params: list[Any] = [prefix, prefix + "g"]
+        if peer_id is not None:
+            query += " AND peer_id = ?"
+            params.append(peer_id)
+        with self._read() as db:
+            return [r[0] for r in db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))]
+
     def get_message(self, message_id: str, *, peer_id: str | None = None) -> Message | None:
         """A message by id.  Ids are unique per conversation; without ``peer_id`` our
         own outgoing message wins (its id was drawn here, so it names one message),

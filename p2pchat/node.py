@@ -63,6 +63,7 @@ from p2pchat.identity import (
 from p2pchat.names import name_problem, normalise_name, repair_name
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.endpoint import Endpoint, QuicLink
+from p2pchat.net.groups import GroupService
 from p2pchat.net.interfaces import interface_ips
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
@@ -194,8 +195,10 @@ class Node:
             _transfer_policy(self.settings, paths),
             clock=self.clock,
             emit=self._emit,
-            connection_for=self._active.get,
+            connection_for=self._session_for,
         )
+        self.groups = GroupService(self)
+        """Group chat (docs/groups.md): the group part of the Node API."""
         self.running = False
         self.start_options: dict[str, Any] = {}
         """What the last ``start`` was given, so a hand-off can start a daemon alike."""
@@ -378,6 +381,7 @@ class Node:
             await asyncio.sleep(0)
             self._endpoint.close()
             self._endpoint = None
+        self.groups.save()
         self._emit(NodeStopped())
         self._lock.release()
         self.store.close()
@@ -802,6 +806,7 @@ class Node:
                         known.add(parse_address(address)[0])
             self._known_ips = known
             self.transfers.tick()
+            self.groups.tick(now)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
             # races with the wake-up (a poke right before stop()), and stop() then
@@ -879,7 +884,18 @@ class Node:
 
     # ------------------------------------------------- PeerOwner callbacks
     def session_established(self, conn: PeerConnection) -> None:
-        conn.send(chat.Hello(name=self.name, token=self._pending_token(conn.peer_id)))
+        conn.send(
+            chat.Hello(
+                name=self.name,
+                token=self._pending_token(conn.peer_id),
+                groups=tuple(sorted(self.groups.hello_groups(conn))),
+            )
+        )
+
+    def _session_for(self, peer_id: str) -> PeerConnection | None:
+        """The session that carries a peer's file frames: its contact session, or a
+        group session (file drops to a group)."""
+        return self._active.get(peer_id) or self.groups.session(peer_id)
 
     def _forget_token(self, peer_id: str) -> None:
         """The token went out in this session's Hello: one presentation is all it
@@ -910,12 +926,13 @@ class Node:
     def stream_received(
         self, conn: PeerConnection, stream_id: int, data: bytes, end: bool
     ) -> None:
-        if conn.peer_id is not None and self._active.get(conn.peer_id) is conn:
+        if conn.peer_id is not None and self._session_for(conn.peer_id) is conn:
             self.transfers.stream_data(conn, stream_id, data, end)
 
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
         self._conns.discard(conn)
         self.transfers.connection_closed(conn)
+        self.groups.connection_closed(conn)
         self._gaps_sent.pop(conn, None)
         self._gaps_answered.pop(conn, None)
         peer = conn.peer_id
@@ -942,6 +959,9 @@ class Node:
     def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
         peer = conn.peer_id
         if peer is None:
+            return
+        if self.groups.owns(conn):
+            self.groups.frame_received(conn, frame)
             return
         if isinstance(frame, chat.Hello):
             if self._active.get(peer) is not conn and self._requests.get(peer) is not conn:
@@ -974,6 +994,8 @@ class Node:
         if self.store.get_contact(peer) is not None:
             self._activate(conn)
             return
+        if self.groups.admit(conn, hello):
+            return  # a fellow group member: a group session, no contact request
         if len(self._requests) >= MAX_REQUEST_SESSIONS and peer not in self._requests:
             conn.close("too many pending contact requests")
             return
@@ -1023,6 +1045,7 @@ class Node:
             conn.send(chat.Ack(recv_seq))
         self._resend_outbox(conn, peer, from_seq=0)
         self.transfers.peer_online(conn)
+        self.groups.peer_online(conn)
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
         old_at = old.established_at or 0.0
@@ -1102,6 +1125,8 @@ class Node:
             self._emit(TypingChanged(peer, frame.active))
         elif isinstance(frame, _FILE_FRAMES):
             self.transfers.frame_received(peer, frame)
+        elif isinstance(frame, chat.GROUP_FRAME_TYPES):
+            self.groups.frame_received(conn, frame)
 
 
 _FILE_FRAMES = (

@@ -626,11 +626,11 @@ class GroupReplica:
         view.answers.refill(now)
         view.answers.tokens -= nbytes
 
-    def sent(self, peer: bytes, messages: Iterable[GroupMessage]) -> None:
-        """Messages handed to this member's session (not pushed to it again)."""
+    def sent(self, peer: bytes, refs: Iterable[MessageRef]) -> None:
+        """Messages (author, seq) handed to this member's session (not pushed again)."""
         view = self._peers.setdefault(peer, _PeerView())
-        for m in messages:
-            view.sent.setdefault(m.author, SeqSet()).add(m.seq)
+        for author, seq in refs:
+            view.sent.setdefault(author, SeqSet()).add(seq)
 
     def peer_has(self, peer: bytes, author: bytes, shown: int, now: float) -> bool:
         """A member acknowledged or announced covering ``author``'s messages up to
@@ -643,6 +643,20 @@ class GroupReplica:
         if not SeqSet([(1, shown)]).minus(self.coverage(author)) or not self.is_member(peer):
             return False
         return not self._waiting(view, now)
+
+    def lacks_from(self, peer: bytes, summary: Summary, now: float) -> bool:
+        """The member's summary shows operations or messages it holds that we lack (and
+        we are not already waiting for its answer): the node should ask it."""
+        view = self._peers.setdefault(peer, _PeerView())
+        if self._waiting(view, now) or not self.is_member(peer):
+            return False
+        if not self.membership.knows(summary.heads):
+            return True
+        for entry in summary.authors:
+            held = entry.coverage().minus(SeqSet([(1, entry.floor)]) if entry.floor else SeqSet())
+            if held.minus(self.coverage(entry.author)):
+                return True
+        return False
 
     def _waiting(self, view: _PeerView, now: float) -> bool:
         return view.asked_at is not None and now - view.asked_at < self.limits.ask_timeout

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from p2pchat.core.events import ContactRequestReceived
 from p2pchat.core.group.events import (
     GroupInviteReceived,
     GroupMessageReceived,
     GroupMessageView,
 )
+from p2pchat.net.endpoint import EndpointError
+from p2pchat.net.groups import GroupError
 from p2pchat.node import Node
 
 from .conftest import EventLog, StartNode, wait_until
@@ -180,3 +186,91 @@ async def test_five_members_never_all_online_get_every_message_once(
         assert set(ids) == {h.message_id for h in history} - mine
     # One shared order everywhere.
     assert len({tuple(h.message_id for h in final[n]) for n in names}) == 1
+
+
+async def group_of(start_node: StartNode, names: list[str]) -> tuple[list[Node], str]:
+    """Real nodes, all contacts of the first, in one group everyone accepted."""
+    nodes = [await start_node(n) for n in names]
+    admin = nodes[0]
+    for x in nodes[1:]:
+        befriend(admin, x)
+    await wait_until(lambda: all(admin.is_online(x.peer_id) for x in nodes[1:]))
+    group = admin.groups.create("crowd", names[1:]).group_id
+    for x in nodes[1:]:
+        await accept_when_invited(x, group)
+    await wait_until(
+        lambda: all(x.groups.get(group).members == len(nodes) for x in nodes)
+    )
+    return nodes, group
+
+
+async def restart(start_node: StartNode, name: str) -> Node:
+    """Start a stopped node again on its port, once the old socket is really gone
+    (asyncio closes a transport's socket on the next loop iteration)."""
+    for _ in range(100):
+        try:
+            return await start_node(name)
+        except EndpointError:
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"{name}'s port stayed busy")
+
+
+def members_of(node: Node, group: str) -> list[str]:
+    return sorted(v.peer_id for v in node.groups.members(group))
+
+
+async def test_concurrent_changes_by_two_admins_converge(start_node: StartNode) -> None:
+    nodes, group = await group_of(start_node, ["alice", "bob", "carol", "dave"])
+    a, b, c, d = nodes
+    a.groups.promote(group, b.peer_id)
+    await wait_until(lambda: b.groups.get(group).role == "admin")
+    x = await start_node("xavier")
+    befriend(a, x)
+    await wait_until(lambda: a.is_online(x.peer_id))
+    # Neither admin has seen the other's change when making its own.
+    a.groups.add_member(group, "xavier")
+    a.groups.rename(group, "renamed by alice")
+    b.groups.remove_member(group, c.peer_id)
+    b.groups.rename(group, "renamed by bob")
+    await accept_when_invited(x, group)
+    everyone = [a, b, d, x]
+    expected = sorted([a.peer_id, b.peer_id, d.peer_id, x.peer_id])
+    await wait_until(lambda: all(members_of(n, group) == expected for n in everyone), timeout=30)
+    names = {n.groups.get(group).name for n in everyone}
+    assert len(names) == 1 and names <= {"renamed by alice", "renamed by bob"}
+    await wait_until(lambda: c.groups.get(group).status == "removed")
+
+
+async def test_removed_member_gets_nothing_sent_after_its_removal(
+    start_node: StartNode,
+) -> None:
+    nodes, group = await group_of(start_node, ["alice", "bob", "carol", "dave"])
+    a, b, c, d = nodes
+    befriend(b, c)
+    c.groups.send(group, "carol, before")
+    await wait_until(lambda: all("carol, before" in texts(n, group) for n in nodes))
+    # carol writes and goes offline; the removal races her message and dave's.
+    c.groups.send(group, "carol, racing")
+    await c.stop()
+    a.groups.remove_member(group, c.peer_id)
+    d.groups.send(group, "dave, racing")
+    a.groups.send(group, "alice, after")
+    remaining = [a, b, d]
+    await wait_until(lambda: all("alice, after" in texts(n, group) for n in (b, d)))
+    b.groups.send(group, "bob, after")
+    d.groups.send(group, "dave, after")
+    for n in remaining:
+        await wait_until(lambda n=n: {"bob, after", "dave, after"} <= set(texts(n, group)))
+    expected = sorted(n.peer_id for n in remaining)
+    assert all(members_of(n, group) == expected for n in remaining)
+    # carol comes back believing she is a member and asks everyone she knows.
+    c = await restart(start_node, "carol")
+    await wait_until(lambda: c.groups.get(group).status == "removed", timeout=30)
+    await wait_until(lambda: b.is_online(c.peer_id) and a.is_online(c.peer_id))
+    await asyncio.sleep(1)  # a grace period for anything that should not come
+    got = set(texts(c, group))
+    assert not got & {"alice, after", "bob, after", "dave, after"}
+    assert {"carol, before", "carol, racing"} <= got
+    assert c.peer_id not in members_of(c, group)
+    with pytest.raises(GroupError):
+        c.groups.send(group, "let me back in")

@@ -634,23 +634,27 @@ class GroupService:
 
     def admit(self, conn: PeerConnection, hello: chat.Hello) -> bool:
         """A non-contact introduced itself: take the session as a group session if the
-        peer is a fellow member (or we dialled it as one), or if its Hello names a group
-        we are in (it must then prove membership with its operations, soon)."""
-        peer = conn.peer_id
+        peer is a member of a group we know (or we dialled it as one).  If it is not
+        (yet) to us but its Hello names groups, hold the session for up to
+        ``TENTATIVE_TIMEOUT``: the operations that make it a member may still be on
+        their way (to us, or to it).  Otherwise it is a stranger: a contact request."""
         key = conn.peer_key
-        if peer is None or key is None:
+        if conn.peer_id is None or key is None:
             return False
-        shared = [gid for gid, r in self._joined() if r.state().is_member(key)]
-        claimed = [gid for gid in hello.groups if gid in self._replicas]
-        if not shared and conn not in self._dialing:
-            if not any(self._rows[g].status == "joined" for g in claimed):
-                return False
-            if len(self._tentative) >= MAX_TENTATIVE:
-                return False
-            self._tentative[conn] = self._mono()
+        if conn in self._dialing or self._is_member_somewhere(key):
+            self._attach(conn)
             return True
-        self._attach(conn)
+        if not hello.groups or len(self._tentative) >= MAX_TENTATIVE:
+            return False
+        self._tentative[conn] = self._mono()
         return True
+
+    def _is_member_somewhere(self, key: bytes) -> bool:
+        return any(
+            r.state().is_member(key)
+            for gid, r in self._replicas.items()
+            if self._rows[gid].status in ("joined", "invited")
+        )
 
     def _attach(self, conn: PeerConnection) -> None:
         peer = conn.peer_id
@@ -770,7 +774,9 @@ class GroupService:
     def tick(self, now: float) -> None:
         """From the node's dial loop: expire unproven sessions, dial members, save."""
         for conn, since in list(self._tentative.items()):
-            if now - since > TENTATIVE_TIMEOUT:
+            if conn.peer_key is not None and self._is_member_somewhere(conn.peer_key):
+                self._attach(conn)
+            elif now - since > TENTATIVE_TIMEOUT:
                 conn.close("not a member of the group it named")
         wanted: dict[str, list[bytes]] = {}
         for gid, replica in self._joined():
@@ -878,7 +884,14 @@ class GroupService:
         if isinstance(frame, GroupOps):
             self._on_ops(conn, gid, replica, frame)
             return
-        if replica is None or row.status != "joined" or conn in self._tentative:
+        if replica is None or conn in self._tentative:
+            return
+        if isinstance(frame, GroupPeers):
+            # Hints are welcome before we accept an invitation too: we will need them.
+            if row.status in ("joined", "invited"):
+                self._on_peers(replica, frame)
+            return
+        if row.status != "joined":
             return
         now = self._mono()
         if isinstance(frame, GroupSummary):
@@ -905,14 +918,15 @@ class GroupService:
                     self._delivery_changed(gid, replica, before, shown)
             if ask:
                 self._ask(gid, replica, key)
-        elif isinstance(frame, GroupPeers):
-            members = replica.state().members
-            for member, addresses in frame.peers[: len(members)]:
-                pid = self._pid(member)
-                if member in members and member != self.me and addresses:
-                    if self.node.store.get_contact(pid) is None:
-                        self._learn(pid, addresses)
-            self.node._poke()
+
+    def _on_peers(self, replica: GroupReplica, frame: GroupPeers) -> None:
+        members = replica.state().members
+        for member, addresses in frame.peers[: len(members)]:
+            pid = self._pid(member)
+            if member in members and member != self.me and addresses:
+                if self.node.store.get_contact(pid) is None:
+                    self._learn(pid, addresses)
+        self.node._poke()
 
     def _delivery_changed(
         self, gid: bytes, replica: GroupReplica, before: tuple[bytes, ...], shown: int
@@ -1013,9 +1027,7 @@ class GroupService:
             session = self.session(self._pid(peer))
             if session is not None:
                 self._send_plan(session, gid, replica, peer, plan)
-        if conn in self._tentative and any(
-            r.state().is_member(key or b"") for _, r in self._joined()
-        ):
+        if conn in self._tentative and self._is_member_somewhere(key or b""):
             self._attach(conn)
 
     def _invitation_ready(self, gid: bytes, replica: GroupReplica) -> None:

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from p2pchat import __version__, rpc
+from p2pchat.atrest import recover
 from p2pchat.config import (
     BOOTSTRAP_ENV,
+    NEW_PASSPHRASE_ENV,
     PASSPHRASE_ENV,
     ConfigError,
     NodeAlreadyRunning,
@@ -43,6 +45,7 @@ from p2pchat.identity import (
     PassphraseRequired,
     WrongPassphrase,
     format_address,
+    is_sealed,
     load_or_create_identity,
     parse_address,
 )
@@ -99,9 +102,14 @@ class _LocalApi:
         return await rpc.call(self.node, op, args)
 
 
-# Operations that take long on purpose: hashing files to offer, a DHT lookup, and
-# ``send`` waiting for delivery (its own ``wait`` plus the usual margin).
-_SLOW_OPS: dict[str, float | None] = {"send_files": None, "dht_lookup": 120.0}
+# Operations that take long on purpose: hashing files to offer, a DHT lookup, a
+# passphrase change (Argon2id and a copy of the whole database), and ``send``
+# waiting for delivery (its own ``wait`` plus the usual margin).
+_SLOW_OPS: dict[str, float | None] = {
+    "send_files": None,
+    "dht_lookup": 120.0,
+    "passphrase": None,
+}
 
 
 class _RemoteApi:
@@ -127,19 +135,25 @@ def _passphrase(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _open_node(paths: Paths, args: argparse.Namespace) -> Node:
-    passphrase = _passphrase(args)
+def _open_node(paths: Paths, args: argparse.Namespace, passphrase: str | None = None) -> Node:
+    passphrase = passphrase or _passphrase(args)
     try:
         return Node(paths, passphrase=passphrase)
-    except PassphraseRequired:
+    except PassphraseRequired as exc:
         if sys.stdin.isatty():
             return Node(paths, passphrase=getpass.getpass("Passphrase: "))
-        raise
+        raise PassphraseRequired(
+            f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase"
+        ) from None
 
 
 @contextlib.asynccontextmanager
 async def _api(
-    paths: Paths, args: argparse.Namespace, *, network: bool = False
+    paths: Paths,
+    args: argparse.Namespace,
+    *,
+    network: bool = False,
+    passphrase: str | None = None,
 ) -> AsyncIterator[Api]:
     """The running node if there is one, else a node opened (and maybe started) here."""
     if NodeLock(paths).is_held_elsewhere():
@@ -158,7 +172,7 @@ async def _api(
         return
     if not paths.identity.exists():
         raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
-    node = _open_node(paths, args)
+    node = _open_node(paths, args, passphrase)
     try:
         if network:
             # Serve the control socket too: other commands reach this short-lived node.
@@ -208,6 +222,7 @@ def _ensure_identity(paths: Paths, args: argparse.Namespace) -> tuple[Identity, 
     if name is not None:
         name = normalise_name(name)
     paths.ensure()
+    recover(paths)  # a passphrase change cut short may have left identity.key.next
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
     if passphrase is None and args.ask_passphrase:
         if paths.identity.exists():
@@ -258,6 +273,13 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
         print(f"fingerprint:  {info['fingerprint']}")
         print(f"addresses:    {', '.join(info['addresses']) or '(not listening)'}")
         print(f"invite:       {info['invite']}")
+        if info.get("storage_error"):
+            print(
+                _safe(
+                    f"warning:      the database failed ({info['storage_error']}); "
+                    "incoming messages wait at their senders until it works again"
+                )
+            )
     return EXIT_OK
 
 
@@ -294,7 +316,8 @@ async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
     for c in contacts:
         flags = ("online" if c["online"] else "offline") + (", verified" if c["verified"] else "")
         unread = f", {c['unread']} unread" if c["unread"] else ""
-        print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread})"))
+        waiting = f", messages held: {c['deferred']}" if c.get("deferred") else ""
+        print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread}{waiting})"))
     return EXIT_OK
 
 
@@ -473,6 +496,53 @@ async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:
         if not p.get("verified"):
             tag += ", ID not yet proven"
         print(f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})")
+    return EXIT_OK
+
+
+def _current_passphrase(args: argparse.Namespace) -> str:
+    secret = os.environ.get(PASSPHRASE_ENV)
+    if secret:
+        return secret
+    if args.ask_passphrase or sys.stdin.isatty():
+        return getpass.getpass("Current passphrase: ")
+    raise CliError(
+        f"the identity has a passphrase: set {PASSPHRASE_ENV} or use --ask-passphrase",
+        EXIT_PASSPHRASE,
+    )
+
+
+def _new_passphrase() -> str:
+    secret = os.environ.get(NEW_PASSPHRASE_ENV)
+    if secret:
+        return secret
+    if not sys.stdin.isatty():
+        raise CliError(f"no terminal to ask for the new passphrase: set {NEW_PASSPHRASE_ENV}")
+    first = getpass.getpass("New passphrase: ")
+    if not first:
+        raise CliError("the new passphrase is empty")
+    if first != getpass.getpass("Repeat new passphrase: "):
+        raise CliError("passphrases do not match")
+    return first
+
+
+async def cmd_passphrase(paths: Paths, args: argparse.Namespace) -> int:
+    """Set, change or remove the passphrase of the key file and the database together."""
+    if not paths.identity.exists():
+        raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
+    recover(paths)
+    sealed = is_sealed(paths.identity)
+    if args.action == "set" and sealed:
+        raise CliError("the identity already has a passphrase: `p2pchat passphrase change`")
+    if args.action != "set" and not sealed:
+        raise CliError("the identity has no passphrase: `p2pchat passphrase set`")
+    old = _current_passphrase(args) if sealed else None
+    new = None if args.action == "remove" else _new_passphrase()
+    async with _api(paths, args, passphrase=old) as api:
+        result = await api.call("passphrase", {"old": old, "new": new})
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["summary"])
     return EXIT_OK
 
 
@@ -758,6 +828,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_dht_lookup)
 
     p = sub.add_parser(
+        "passphrase",
+        help="set, change or remove the passphrase that encrypts the key and the history",
+    )
+    p.add_argument("action", choices=("set", "change", "remove"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_passphrase)
+
+    p = sub.add_parser(
         "daemon",
         help="run the node headless until SIGINT/SIGTERM or `p2pchat stop` "
         "(creates the identity on first use)",
@@ -767,7 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detach",
         action="store_true",
-        help="run in the background; return once the node answers (output in daemon.log)",
+        help="run in the background; return once the node answers (output in daemon.log, "
+        "none for an identity with a passphrase)",
     )
     p.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
     p.add_argument(

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import platformdirs
 APP_NAME = "p2pchat"
 HOME_ENV = "P2PCHAT_HOME"
 PASSPHRASE_ENV = "P2PCHAT_PASSPHRASE"
+# The new passphrase for `p2pchat passphrase set|change` run without a terminal.
+NEW_PASSPHRASE_ENV = "P2PCHAT_NEW_PASSPHRASE"
 BOOTSTRAP_ENV = "P2PCHAT_BOOTSTRAP"
 # The well-known Mainline routers: only for a daemon given no --bootstrap and no
 # $P2PCHAT_BOOTSTRAP (tests always name their own nodes).
@@ -87,30 +90,110 @@ class Paths:
         return platformdirs.user_downloads_path()
 
     @property
+    def socket_pointer(self) -> Path:
+        """Names the private folder of the control socket when it cannot live in the
+        home and there is no usable ``$XDG_RUNTIME_DIR`` (see ``control_socket``)."""
+        return self.home / "control.dir"
+
+    @property
     def control_socket(self) -> Path:
         """The owner-only Unix socket of the running node.
 
-        A deep home folder would overflow ``sun_path``; then the socket lives in a
-        private per-user folder under the temp dir, named by a hash of the home.
+        A deep home folder would overflow ``sun_path``.  The socket then lives in
+        ``$XDG_RUNTIME_DIR/p2pchat/`` (named by a hash of the home) when that folder
+        is ours and private, else in a folder made by ``mkdtemp`` (unpredictable
+        name, 0700) whose path the home records in ``control.dir``.  A fixed name
+        under the shared temp dir would let another user create it first and keep
+        the node from starting.  Nothing found (no node ever ran): the direct path,
+        whose length makes a connect fail with a clear error.
         """
         direct = self.home / "control.sock"
-        if len(os.fsencode(direct)) <= _MAX_UNIX_PATH:
+        if _fits(direct):
             return direct
-        digest = hashlib.blake2b(os.fsencode(self.home), digest_size=10).hexdigest()
-        runtime = Path(tempfile.gettempdir()) / f"p2pchat-{os.getuid()}"
-        return runtime / f"{digest}.sock"
+        runtime = _xdg_socket(self.home)
+        if runtime is not None:
+            return runtime
+        folder = _read_pointer(self.socket_pointer)
+        return folder / "control.sock" if folder is not None else direct
 
     def ensure(self) -> None:
-        """Create the home folder owner-only (0700): it holds the key and history."""
+        """Create the home folder owner-only (0700): it holds the key and history;
+        and the private folder of the control socket when it lives elsewhere."""
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
             os.chmod(self.home, 0o700)
-        sock_dir = self.control_socket.parent
-        if sock_dir != self.home:
-            sock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if sock_dir.stat().st_uid != os.getuid():
-                raise ConfigError(f"{sock_dir} belongs to another user")
-            os.chmod(sock_dir, 0o700)
+        if _fits(self.home / "control.sock"):
+            return
+        runtime = _xdg_socket(self.home)
+        if runtime is not None:
+            with contextlib.suppress(FileExistsError):
+                runtime.parent.mkdir(mode=0o700)
+            _check_private(runtime.parent)
+            return
+        if _read_pointer(self.socket_pointer) is not None:
+            return
+        folder = Path(tempfile.mkdtemp(prefix="p2pchat-"))
+        _check_private(folder)
+        tmp = self.socket_pointer.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(str(folder) + "\n")
+        os.replace(tmp, self.socket_pointer)
+
+
+def _fits(path: Path) -> bool:
+    return len(os.fsencode(path)) <= _MAX_UNIX_PATH
+
+
+def _is_private_dir(folder: Path) -> bool:
+    """A real folder (not a link), owned by us, with no access for group or others."""
+    try:
+        st = folder.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode)
+        and st.st_uid == os.getuid()
+        and stat.S_IMODE(st.st_mode) & 0o077 == 0
+    )
+
+
+def _check_private(folder: Path) -> None:
+    if not _is_private_dir(folder):
+        raise ConfigError(
+            f"{folder} (the control socket's folder) must be a folder owned by you with "
+            "mode 0700; remove it or fix its owner and mode"
+        )
+
+
+def _xdg_socket(home: Path) -> Path | None:
+    """``$XDG_RUNTIME_DIR/p2pchat/<hash of home>.sock``, if that folder is usable:
+    set, absolute, ours, private (so nobody else can have made ``p2pchat`` in it)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if not runtime or not os.path.isabs(runtime):
+        return None
+    base = Path(runtime)
+    try:
+        st = base.stat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    digest = hashlib.blake2b(os.fsencode(home), digest_size=10).hexdigest()
+    path = base / "p2pchat" / f"{digest}.sock"
+    return path if _fits(path) else None
+
+
+def _read_pointer(pointer: Path) -> Path | None:
+    """The folder ``control.dir`` names, if it still is a private folder of ours."""
+    try:
+        text = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    folder = Path(text)
+    if not text or not folder.is_absolute() or not _fits(folder / "control.sock"):
+        return None
+    return folder if _is_private_dir(folder) else None
 
 
 def load_settings(paths: Paths) -> dict[str, Any]:

@@ -48,6 +48,8 @@ __all__ = [
     "create_identity",
     "format_address",
     "is_peer_id",
+    "is_sealed",
+    "key_file_bytes",
     "key_from_peer_id",
     "load_identity",
     "load_or_create_identity",
@@ -507,6 +509,27 @@ def create_identity(path: Path, passphrase: str | None = None) -> Identity:
     identity = Identity.generate()
     _write_new_file(path, _encode_key_file(identity, passphrase))
     return identity
+
+
+def is_sealed(path: Path) -> bool:
+    """Whether the key file at ``path`` is protected by a passphrase (nothing is unsealed)."""
+    path = Path(path)
+    try:
+        doc = json.loads(_read_key_file(path))
+    except (ValueError, RecursionError):
+        raise _corrupt(path, "not valid JSON") from None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind not in (_KIND_PLAIN, _KIND_SEALED):
+        raise _corrupt(path, f"unknown kind {kind!r}")
+    return bool(kind == _KIND_SEALED)
+
+
+def key_file_bytes(identity: Identity, passphrase: str | None) -> bytes:
+    """The key file for ``identity``, sealed under ``passphrase`` (None: in the clear).
+
+    For a passphrase change, which writes the file itself (``p2pchat.atrest``).
+    """
+    return _encode_key_file(identity, passphrase)
 
 
 def load_or_create_identity(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pchat.atrest import PassphraseChange, change_passphrase, open_home
 from p2pchat.config import (
     DEFAULT_PORT,
     PASSPHRASE_ENV,
@@ -34,7 +35,6 @@ from p2pchat.core.events import (
     ContactAdded,
     ContactChanged,
     ContactRequestReceived,
-    MessageReceived,
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
@@ -47,6 +47,7 @@ from p2pchat.core.events import (
     TransferStateChanged,
     TypingChanged,
 )
+from p2pchat.delivery import Delivery, daily_quota_setting
 from p2pchat.identity import (
     INVITE_PREFIX,
     Identity,
@@ -54,7 +55,6 @@ from p2pchat.identity import (
     format_address,
     is_peer_id,
     key_from_peer_id,
-    load_identity,
     parse_address,
     parse_contact_ref,
     peer_id_from_key,
@@ -70,7 +70,7 @@ from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.store import Contact, ContactRequest, Message, Store, Transfer
+from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,6 @@ RACE_WINDOW = 5.0
 MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
-# Distinct resend requests honoured per session; a genuine peer needs a handful.
-MAX_GAPS_PER_SESSION = 64
 MAX_INVITE_ADDRESSES = 8
 # Transfers per page of ``list_transfers`` unless the caller asks for another size.
 TRANSFER_PAGE_SIZE = PAGE_SIZE
@@ -125,6 +123,10 @@ class ContactView:
     route: str | None = None
     """How the live session runs: "lan" (a local-network or loopback address) or
     "direct" (any other address); None when offline."""
+    deferred: str | None = None
+    """Why our queued messages wait although the contact is reachable: its node asked
+    us to hold them (its storage failed, or our daily allowance there is used up).
+    The reason comes from the contact's node: render it literally."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,12 +163,13 @@ class Node:
         self.clock = clock
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
-        self.identity: Identity = load_identity(paths.identity, passphrase)
+        self.identity: Identity
+        self.identity, self.store = open_home(paths, passphrase)
         self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
-        self.store = Store(paths.database)
         for peer, old, new in self.store.repair_names():
             log.warning("stored name %r of %s breaks the name rule; now %r", old, peer, new)
         self.settings = load_settings(paths)
+        self._move_pending_tokens()
         self._name = self._load_name()
         self._lock = NodeLock(paths)
         self._endpoint: Endpoint | None = None
@@ -179,8 +182,6 @@ class Node:
         self._active: dict[str, PeerConnection] = {}
         self._requests: dict[str, PeerConnection] = {}
         self._dial: dict[str, _DialState] = {}
-        self._gaps_sent: dict[PeerConnection, int] = {}
-        self._gaps_answered: dict[PeerConnection, set[int]] = {}
         self._subs: set[_Subscription] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
@@ -190,6 +191,13 @@ class Node:
         self._known_ips: set[str] = set()
         """IPs where contacts were seen or are hinted: their handshakes may use the
         endpoint's reserve when strangers fill the pool."""
+        self.delivery = Delivery(
+            self.store,
+            clock=self.clock,
+            emit=self._emit,
+            active=self._active.get,
+            daily_quota=lambda: daily_quota_setting(self.settings),
+        )
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -380,6 +388,11 @@ class Node:
             # Let the CONNECTION_CLOSE frames leave before the socket goes.
             await asyncio.sleep(0)
             self._endpoint.close()
+            # The port is free only once the socket is closed, a loop turn later (or
+            # after queued datagrams left): a restart right away must find it free.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._endpoint.wait_closed()
             self._endpoint = None
         self.groups.save()
         self._emit(NodeStopped())
@@ -419,6 +432,23 @@ class Node:
 
         return stream()
 
+    @property
+    def database_encrypted(self) -> bool:
+        """Whether the history is encrypted at rest (the identity has a passphrase)."""
+        return self.store.encrypted
+
+    async def change_passphrase(self, old: str | None, new: str | None) -> PassphraseChange:
+        """Set, change or remove (``new`` None) the passphrase of the key file and database.
+
+        Runs in this node, which owns the database, so neither the daemon nor the
+        app has to stop; while the database is copied, store calls wait.  Refused
+        (``DatabaseBusy``) while another process has the database open.  See
+        ``p2pchat.atrest`` for the crash-safe swap.
+        """
+        return await asyncio.to_thread(
+            change_passphrase, self.paths, self.store, self.identity, old, new
+        )
+
     def update_settings(self, **values: Any) -> None:
         """Change settings through the node's own copy, so no writer loses another's keys."""
         if "name" in values:
@@ -447,6 +477,7 @@ class Node:
             "invite": self.invite(),
             "running": self.running,
             "online": sorted(self._active),
+            "storage_error": self.delivery.storage_error,
         }
 
     def invite(self, *, one_time: bool = False) -> str:
@@ -477,10 +508,7 @@ class Node:
             invite.peer_id, display, addresses=tuple(dict.fromkeys(addrs)), now=self.clock()
         )
         if invite.token:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens[invite.peer_id] = invite.token
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+            self.store.save_pending_token(invite.peer_id, invite.token)
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
         self._poke()
@@ -497,6 +525,7 @@ class Node:
                 online=c.peer_id in self._active,
                 unread=self.store.unread_count(c.peer_id),
                 route=self._route(c.peer_id),
+                deferred=self.delivery.paused_reason(c.peer_id),
             )
             for c in self.store.list_contacts()
         ]
@@ -524,6 +553,7 @@ class Node:
             "dht": None,
             "handshakes": self._handshake_status(),
             "file_drop": self.transfers.status(),
+            "messages": self.delivery.status(),
         }
         if self._dht is not None:
             dht = self._dht.status()
@@ -583,8 +613,8 @@ class Node:
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
         conn = self._active.get(peer.peer_id)
         if conn is not None:
-            self._transmit(conn, [message], base=self.store.outbox_base(peer.peer_id))
-        return self.store.get_message(message.id) or message
+            self.delivery.send_new(conn, message)
+        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
 
     async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
         """Wait until the message is delivered (or read); return its state then."""
@@ -806,6 +836,7 @@ class Node:
                         known.add(parse_address(address)[0])
             self._known_ips = known
             self.transfers.tick()
+            self.delivery.tick()
             self.groups.tick(now)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
@@ -900,16 +931,21 @@ class Node:
     def _forget_token(self, peer_id: str) -> None:
         """The token went out in this session's Hello: one presentation is all it
         gets, so it is not repeated in every later Hello."""
-        if self._pending_token(peer_id) is not None:
-            tokens = dict(self.settings.get("pending_tokens", {}))
-            tokens.pop(peer_id, None)
-            self.settings["pending_tokens"] = tokens
-            save_settings(self.paths, self.settings)
+        self.store.drop_pending_token(peer_id)
 
     def _pending_token(self, peer_id: str | None) -> str | None:
-        tokens = self.settings.get("pending_tokens", {})
-        token = tokens.get(peer_id) if isinstance(tokens, dict) and peer_id else None
-        return token if isinstance(token, str) else None
+        return self.store.pending_token(peer_id) if peer_id else None
+
+    def _move_pending_tokens(self) -> None:
+        """Older versions kept these in settings.json, where they named contacts in clear."""
+        tokens = self.settings.pop("pending_tokens", None)
+        if tokens is None:
+            return
+        if isinstance(tokens, dict):
+            for peer_id, token in tokens.items():
+                if isinstance(peer_id, str) and isinstance(token, str):
+                    self.store.save_pending_token(peer_id, token)
+        save_settings(self.paths, self.settings)
 
     def key_mismatch(self, conn: PeerConnection, seen_key: bytes) -> None:
         expected = conn.expected_peer
@@ -932,9 +968,8 @@ class Node:
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
         self._conns.discard(conn)
         self.transfers.connection_closed(conn)
+        self.delivery.connection_closed(conn)
         self.groups.connection_closed(conn)
-        self._gaps_sent.pop(conn, None)
-        self._gaps_answered.pop(conn, None)
         peer = conn.peer_id
         if peer is None:
             return
@@ -957,6 +992,18 @@ class Node:
             self._poke()
 
     def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
+        """Every frame of every session; a failing database never escapes from here
+        (it would reach aioquic's event loop and drop the rest of the datagram)."""
+        try:
+            self._frame_received(conn, frame)
+        except StoreError as exc:
+            self.delivery.storage_failed(exc)
+            if isinstance(frame, chat.Hello) and not conn.closed:
+                # Unclassified, the connection would idle on keepalives for good; the
+                # peer redials with backoff and finds the database working again.
+                conn.close("local storage failure")
+
+    def _frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
         peer = conn.peer_id
         if peer is None:
             return
@@ -1036,14 +1083,17 @@ class Node:
         state = self._dial.setdefault(peer, _DialState())
         state.attempts = 0
         state.next_at = 0.0
-        self.store.record_seen(peer, conn.address, now=self.clock())
+        try:
+            self.store.record_seen(peer, conn.address, now=self.clock())
+        except StoreError as exc:
+            self.delivery.storage_failed(exc)  # only the address book misses a line
         self._forget_token(peer)
         self._emit(PeerOnline(peer, conn.address))
         # Anything stored but not yet acknowledged (we may have died in between).
         recv_seq = self.store.recv_seq(peer)
         if recv_seq:
             conn.send(chat.Ack(recv_seq))
-        self._resend_outbox(conn, peer, from_seq=0)
+        self.delivery.session_active(conn, peer)
         self.transfers.peer_online(conn)
         self.groups.peer_online(conn)
 
@@ -1060,50 +1110,12 @@ class Node:
             return new
         return old if dialer(old) < dialer(new) else new
 
-    def _resend_outbox(self, conn: PeerConnection, peer: str, *, from_seq: int) -> None:
-        pending = [m for m in self.store.outbox(peer) if m.seq >= from_seq]
-        if pending:
-            self._transmit(conn, pending, base=self.store.outbox_base(peer))
-
-    def _transmit(self, conn: PeerConnection, messages: list[Message], *, base: int) -> None:
-        if conn.held_as_request:
-            return  # the peer has not accepted us: keep them in the outbox
-        sent_any = False
-        for m in messages:
-            frame = chat.ChatMessage(
-                id=m.id, seq=m.seq, base=base, sent_at=m.created_at, body=m.body
-            )
-            sent_any = conn.send(frame) or sent_any
-        if sent_any:
-            peer = messages[0].peer_id
-            sent = self.store.mark_sent(
-                peer, messages[-1].seq, self.clock(), from_seq=messages[0].seq
-            )
-            for message_id in sent:
-                self._emit(MessageStateChanged(peer, message_id, "sent"))
-
     def _on_contact_frame(self, conn: PeerConnection, peer: str, frame: chat.ChatFrame) -> None:
         now = self.clock()
         if isinstance(frame, chat.ChatMessage):
-            result = self.store.receive_message(
-                peer,
-                message_id=frame.id,
-                seq=frame.seq,
-                base=frame.base,
-                body=frame.body,
-                sent_at=frame.sent_at,
-                now=now,
-            )
-            if result.verdict == "gap":
-                want = result.recv_seq + 1
-                if self._gaps_sent.get(conn) != want:
-                    self._gaps_sent[conn] = want
-                    conn.send(chat.Gap(want))
-                return
-            conn.send(chat.Ack(result.recv_seq))
-            if result.verdict == "accept" and result.message is not None:
-                m = result.message
-                self._emit(MessageReceived(peer, m.id, m.seq, m.body, m.created_at, now))
+            self.delivery.on_message(conn, peer, frame)
+        elif isinstance(frame, chat.Defer):
+            self.delivery.on_defer(conn, peer, frame)
         elif isinstance(frame, chat.Ack):
             for message_id in self.store.ack_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "delivered"))
@@ -1111,16 +1123,7 @@ class Node:
             for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):
-            # A peer asking again for what it asked before gets nothing new: one
-            # resend per distinct request and session keeps a hostile contact from
-            # making us flood our own send buffer.
-            answered = self._gaps_answered.setdefault(conn, set())
-            if conn.held_as_request or (
-                frame.want not in answered and len(answered) < MAX_GAPS_PER_SESSION
-            ):
-                conn.held_as_request = False
-                answered.add(frame.want)
-                self._resend_outbox(conn, peer, from_seq=frame.want)
+            self.delivery.on_gap(conn, peer, frame.want)
         elif isinstance(frame, chat.Typing):
             self._emit(TypingChanged(peer, frame.active))
         elif isinstance(frame, _FILE_FRAMES):

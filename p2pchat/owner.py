@@ -25,6 +25,7 @@ from typing import Any
 
 from p2pchat import rpc
 from p2pchat.config import PASSPHRASE_ENV, Paths
+from p2pchat.identity import IdentityError, is_sealed
 from p2pchat.net.control import ControlClient, ControlError, ControlServer
 from p2pchat.net.dht import DhtOptions
 from p2pchat.net.mdns import MdnsOptions
@@ -132,18 +133,26 @@ async def spawn_daemon(
 
     The daemon outlives this process (it is not our child in any way that
     matters: new session, no terminal, output appended to ``daemon.log`` in the
-    home).  A sealed identity's passphrase reaches it through its environment,
-    which only the same user can read.  If it exits before it is ready, the end of
-    its log is in the error.
+    home, or discarded when the identity has a passphrase).  A sealed identity's
+    passphrase reaches it through its environment, which only the same user can
+    read.  If it exits before it is ready, the end of its log is in the error.
     """
     paths.ensure()
-    log_path = paths.home / LOG_NAME
+    log_path: Path | None = paths.home / LOG_NAME
+    if _has_passphrase(paths):
+        # Log lines name contacts (key mismatches, repaired names): a home whose
+        # history is encrypted at rest keeps none in clear (docs/storage.md).
+        log_path = None
     env = dict(os.environ)
     env.pop(PASSPHRASE_ENV, None)
     if passphrase:
         env[PASSPHRASE_ENV] = passphrase
     argv = [sys.executable, "-m", "p2pchat", "--home", str(paths.home), "daemon", *args]
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = (
+        os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if log_path is not None
+        else os.open(os.devnull, os.O_WRONLY)
+    )
     try:
         # Not asyncio's subprocess: that ties the child to this loop's watcher, and
         # this child must outlive the loop.  Popen only forks and execs here.
@@ -163,9 +172,13 @@ async def spawn_daemon(
     deadline = loop.time() + timeout
     while True:
         if proc.poll() is not None:
-            raise HandOffError(
-                f"the daemon exited ({proc.returncode}) before it was ready: {_tail(log_path)}"
+            why = (
+                _tail(log_path)
+                if log_path is not None
+                else "run `p2pchat daemon` in a terminal to see why (a home with a "
+                "passphrase keeps no daemon.log)"
             )
+            raise HandOffError(f"the daemon exited ({proc.returncode}) before it was ready: {why}")
         if await answers(paths):
             return proc.pid
         if loop.time() > deadline:
@@ -203,6 +216,13 @@ async def hand_off(
     paths = node.paths
     await node.stop()
     return await spawn_daemon(paths, args, passphrase=passphrase, timeout=timeout)
+
+
+def _has_passphrase(paths: Paths) -> bool:
+    try:
+        return is_sealed(paths.identity)
+    except IdentityError:
+        return False  # the daemon itself will say what is wrong with the key file
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -31,10 +31,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from p2pchat.atrest import PassphraseChange
 from p2pchat.config import NodeAlreadyRunning, NodeLock, Paths, load_settings
 from p2pchat.core import events as events_module
 from p2pchat.core.events import NodeConnectionLost, NodeEvent, PeerOffline, PeerOnline
-from p2pchat.identity import InvalidInvite, InvalidPeerId
+from p2pchat.identity import InvalidInvite, InvalidPeerId, WrongPassphrase
 from p2pchat.names import InvalidName
 from p2pchat.node import TRANSFER_PAGE_SIZE, ContactView, NearbyPeer, Node, NodeError
 from p2pchat.owner import start_owned
@@ -43,6 +44,7 @@ from p2pchat.store import (
     Contact,
     ContactExists,
     ContactRequest,
+    DatabaseBusy,
     Message,
     StoreError,
     Transfer,
@@ -66,6 +68,8 @@ _ERRORS: dict[str, Callable[[str], Exception]] = {
     "InvalidPeerId": InvalidPeerId,
     "InvalidName": InvalidName,
     "ValueError": ValueError,
+    "WrongPassphrase": WrongPassphrase,
+    "DatabaseBusy": DatabaseBusy,
 }
 
 
@@ -387,6 +391,16 @@ class RemoteNode:
 
     def mark_read(self, contact: str) -> int:
         return int(self._call("mark_read", contact=contact))
+
+    async def change_passphrase(self, old: str | None, new: str | None) -> PassphraseChange:
+        """Carried out by the owner, which holds the database (``Node.change_passphrase``)."""
+
+        def call() -> Any:
+            return self._call_fresh("passphrase", old=old, new=new)
+
+        # Argon2id and a copy of the whole database: no time limit, off the loop.
+        result = await asyncio.get_running_loop().run_in_executor(None, call)
+        return _build(PassphraseChange, result)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ files
     async def offer_files(self, contact: str, paths: Iterable[Path]) -> Transfer:

@@ -19,15 +19,20 @@ Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
 
 
 def to_json(value: Any) -> Any:
-    """Dataclasses (store rows, views) become plain dicts; tuples become lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
+    """Dataclasses (store rows, views) become plain dicts; tuples become lists.
+
+    Plain values are tested first: a page of transfers holds thousands of them.
+    """
+    if value is None or isinstance(value, (str, int, float)):
+        return value
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
 
 
@@ -224,7 +229,13 @@ async def _network_status(node: Node, args: dict[str, Any]) -> Any:
     return node.network_status()
 
 
+async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
+    change = await node.change_passphrase(_opt_str(args, "old"), _opt_str(args, "new"))
+    return {**to_json(change), "summary": change.describe()}
+
+
 OPS: dict[str, Op] = {
+    "passphrase": _passphrase,
     "network_status": _network_status,
     "find_contact": _find_contact,
     "invite": _invite,

@@ -25,17 +25,21 @@ history, its counters and its queued messages.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
+
+import sqlcipher3
 
 from p2pchat.core.events import MessageState
 from p2pchat.core.window import Verdict, classify_incoming
@@ -71,6 +75,14 @@ DEFAULT_INVITE_TTL = 7 * 86400.0
 
 class StoreError(Exception):
     """The local database cannot do what was asked."""
+
+
+class DatabaseBusy(StoreError):
+    """Another process holds the database in a way that excludes this request."""
+
+
+class DatabaseKeyError(StoreError):
+    """The database cannot be read with the key given (or without one)."""
 
 
 class UnknownContact(StoreError):
@@ -166,11 +178,17 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class ReceiveResult:
-    """What happened to an incoming message; ``recv_seq`` is what the node acks."""
+    """What happened to an incoming message; ``recv_seq`` is what the node acks.
 
-    verdict: Verdict
+    ``"quota"``: the window would accept it, but the contact's message bytes for the
+    day are used up; nothing was stored and ``retry_at`` (wall clock) is when the
+    next day's allowance starts.
+    """
+
+    verdict: Verdict | Literal["quota"]
     message: Message | None
     recv_seq: int
+    retry_at: float | None = None
 
 
 # Each step is applied once, in order, inside the same transaction that bumps
@@ -286,6 +304,75 @@ MIGRATIONS: tuple[str, ...] = (
         (SELECT COUNT(*) FROM transfer_files WHERE transfer_id = transfers.id);
     CREATE INDEX transfers_created ON transfers (created_at, id);
     CREATE INDEX transfers_state ON transfers (direction, state, updated_at);
+    """,
+    """
+    -- One-time tokens of invites we redeemed, waiting for the first Hello to that
+    -- peer.  Here rather than in settings.json so that a home with a passphrase holds
+    -- no contact's peer ID in clear.
+    CREATE TABLE pending_tokens (
+        peer_id TEXT PRIMARY KEY,
+        token   TEXT NOT NULL
+    );
+    """,
+    """
+    -- Message ids are unique per conversation, not across the whole table: a contact
+    -- reusing another contact's id must not make that contact's message a duplicate
+    -- forever.  SQLite cannot change a constraint in place, so messages and outbox
+    -- (whose foreign key must follow) are rebuilt.  The outbox goes first, so dropping
+    -- the old messages table cascades into nothing.
+    CREATE TABLE messages_v4 (
+        pos         INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          TEXT NOT NULL,
+        peer_id     TEXT NOT NULL,
+        direction   TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        seq         INTEGER NOT NULL CHECK (seq >= 1),
+        body        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        received_at REAL,
+        state       TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered', 'read')),
+        updated_at  REAL NOT NULL,
+        UNIQUE (peer_id, id)
+    );
+    INSERT INTO messages_v4 (pos, id, peer_id, direction, seq, body, created_at,
+        received_at, state, updated_at)
+        SELECT pos, id, peer_id, direction, seq, body, created_at, received_at, state,
+        updated_at FROM messages ORDER BY pos;
+    -- pos is never reused: carry the counter over, not just the highest row left.
+    UPDATE sqlite_sequence SET seq = max(seq,
+        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0))
+        WHERE name = 'messages_v4';
+    CREATE TABLE outbox_v4 (
+        message_id   TEXT NOT NULL,
+        peer_id      TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_attempt REAL,
+        PRIMARY KEY (peer_id, message_id),
+        FOREIGN KEY (peer_id, message_id) REFERENCES messages_v4 (peer_id, id)
+            ON DELETE CASCADE
+    );
+    INSERT INTO outbox_v4 (message_id, peer_id, seq, attempts, last_attempt)
+        SELECT message_id, peer_id, seq, attempts, last_attempt FROM outbox;
+    DROP TABLE outbox;
+    DROP TABLE messages;
+    ALTER TABLE messages_v4 RENAME TO messages;
+    ALTER TABLE outbox_v4 RENAME TO outbox;
+    CREATE UNIQUE INDEX messages_peer_direction_seq ON messages (peer_id, direction, seq);
+    CREATE INDEX messages_history ON messages (peer_id, pos);
+    CREATE INDEX messages_unread_in ON messages (peer_id, seq)
+        WHERE direction = 'in' AND state = 'delivered';
+    CREATE INDEX messages_unread_out ON messages (peer_id, seq)
+        WHERE direction = 'out' AND state = 'delivered';
+    CREATE UNIQUE INDEX outbox_peer_seq ON outbox (peer_id, seq);
+
+    -- Message bytes accepted from each contact per UTC day (the daily quota).
+    CREATE TABLE intake (
+        peer_id  TEXT NOT NULL,
+        day      INTEGER NOT NULL,
+        bytes    INTEGER NOT NULL DEFAULT 0,
+        messages INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (peer_id, day)
+    ) WITHOUT ROWID;
     """,
     """
     -- Groups (docs/groups.md): the signed operations and messages exactly as received,
@@ -500,36 +587,235 @@ def _resolve(
     raise UnknownContact(f"no {what} matches {ref!r}")
 
 
-class Store:
-    """One connection to the node's database; safe to share between threads."""
+# -- opening the database ------------------------------------------------------
+#
+# The one place where a connection to the node's database is made.  A home with
+# a passphrase keeps its database in SQLCipher (every page, the WAL included,
+# encrypted with AES-256 and authenticated with HMAC-SHA512) under a raw 256-bit
+# key derived from the unlocked identity (``p2pchat.atrest``); a home without
+# one keeps an ordinary SQLite file opened by the standard library, exactly as
+# before encryption existed.
 
-    def __init__(self, path: Path) -> None:
+# Both bindings implement the same DB-API but raise their own exception classes.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, sqlcipher3.Error)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# How long opening waits for a re-encryption by another process to finish.
+LOCK_WAIT = 120.0
+
+
+def database_is_plaintext(path: Path) -> bool | None:
+    """True for an ordinary SQLite file, False for an encrypted one, None when empty or absent.
+
+    SQLCipher encrypts the whole first page, header included (its first 16 bytes
+    are the random salt), so an encrypted file never starts with SQLite's magic.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return None
+    if not head:
+        return None
+    return head == _SQLITE_MAGIC
+
+
+def pending_rekey_marker(path: Path) -> Path:
+    """The commit marker of an unfinished passphrase change (see ``p2pchat.atrest``)."""
+    return path.with_name(path.name + ".rekey")
+
+
+def open_database(path: Path, key: bytes | None, *, sqlcipher: bool = False) -> sqlite3.Connection:
+    """Connect to the database at ``path``, encrypted under ``key`` or plain when None.
+
+    A plain database is opened by the standard library unless ``sqlcipher`` asks for
+    the SQLCipher binding (re-encryption needs its ``sqlcipher_export``).  Raises
+    :class:`DatabaseKeyError` when the file and the key do not go together.
+    """
+    plaintext = database_is_plaintext(path)
+    if key is None and plaintext is False:
+        raise DatabaseKeyError(
+            f"{path} is encrypted, but the identity has no passphrase; was identity.key "
+            "replaced by an unprotected copy?"
+        )
+    if key is not None and plaintext is True:
+        raise DatabaseKeyError(f"{path} is not encrypted, but a database key was given")
+    try:
+        if key is None and not sqlcipher:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        else:
+            raw = sqlcipher3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            # Same DB-API; the cast lets the store keep one connection type.
+            db = cast(sqlite3.Connection, raw)
+            # SQLCipher's own log would print to stderr on a key that does not fit;
+            # every failure reaches us as an exception, which says it once.
+            db.execute("PRAGMA cipher_log_level = NONE")
+            if key is not None:
+                if len(key) != 32:
+                    raise ValueError("a database key is 32 bytes")
+                # A raw key skips SQLCipher's PBKDF2: it is already a uniform 256-bit
+                # key, and the passphrase's Argon2id ran when the identity was unlocked.
+                db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+                # Wiping every freed SQLite buffer would not keep the key or the seed
+                # out of process memory; docs/performance.md has the measured cost.
+                db.execute("PRAGMA cipher_memory_security = OFF")
+    except DB_ERRORS as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    try:
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except DB_ERRORS as exc:
+            if key is not None:
+                raise DatabaseKeyError(
+                    f"cannot decrypt {path}: it was not encrypted by this identity, or it is "
+                    "damaged"
+                ) from None
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        db.execute("PRAGMA busy_timeout = 5000")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot enable WAL mode on {path} (got {mode!r})")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        # Sorts, temporary tables and indices stay in memory, never in a temp file.
+        db.execute("PRAGMA temp_store = MEMORY")
+    except DB_ERRORS as exc:
+        db.close()
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class StoreLock:
+    """An ``flock`` on ``<database>.lock`` that every open :class:`Store` holds shared.
+
+    A passphrase change swaps the database file for a re-encrypted copy; it takes
+    this lock exclusively first, so no process can be left holding (and writing
+    to) the file that was replaced.  The kernel releases it when a process dies.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
+        self._fd: int | None = None
+
+    def shared(self, timeout: float = LOCK_WAIT) -> None:
+        """Hold the lock shared, waiting up to ``timeout`` for a re-encryption to end."""
+        self._take(fcntl.LOCK_SH, timeout)
+
+    def exclusive(self, timeout: float = 0.0) -> None:
+        """Hold the lock alone; fails at once if another store is open anywhere.
+
+        Converting a shared lock is not atomic: on failure this process holds no
+        lock at all until it calls :meth:`shared` again.
+        """
+        self._take(fcntl.LOCK_EX, timeout)
+
+    def _take(self, operation: int, timeout: float) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+            self._fd = fd
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, operation | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        if operation == fcntl.LOCK_EX:
+            raise DatabaseBusy(
+                f"the database in {self.path.parent} is open in another p2pchat process "
+                "(the app, a command, or a node opened by a test or script): close it and "
+                "try again"
+            )
+        raise DatabaseBusy(
+            f"the database in {self.path.parent} is being re-encrypted by another p2pchat "
+            "process (a passphrase change); try again when it is done"
+        )
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+@dataclass(slots=True)
+class Reopen:
+    """What :meth:`Store.offline` reopens with: its file lock and the (new) key."""
+
+    lock: StoreLock
+    key: bytes | None
+
+
+class Store:
+    """One connection to the node's database; safe to share between threads.
+
+    ``key`` is the SQLCipher key of an encrypted database (None: plain SQLite).
+    ``lock`` is a :class:`StoreLock` the caller already holds shared; the store
+    then owns it.  Without one the store takes its own.
+    """
+
+    def __init__(
+        self, path: Path, *, key: bytes | None = None, lock: StoreLock | None = None
+    ) -> None:
         self.path = Path(path)
+        self._key = key
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._create_private(self.path)
+        self._file_lock = lock if lock is not None else StoreLock(self.path)
         try:
-            db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        self._db = db
-        try:
-            db.execute("PRAGMA busy_timeout = 5000")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"cannot enable WAL mode on {self.path} (got {mode!r})")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA foreign_keys = ON")
-            self._migrate(db)
-        except sqlite3.Error as exc:
+            if lock is None:
+                self._file_lock.shared()
+            self._create_private(self.path)
+            self._db = self._open()
+            self._migrate(self._db)
+        except DB_ERRORS as exc:
             self.close()
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         except BaseException:
             self.close()
             raise
+
+    def _open(self) -> sqlite3.Connection:
+        marker = pending_rekey_marker(self.path)
+        if marker.exists():
+            raise StoreError(
+                f"{marker} shows an unfinished passphrase change; open this home with "
+                "p2pchat (any command) to finish it"
+            )
+        return open_database(self.path, self._key)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._key is not None
+
+    @contextmanager
+    def offline(self) -> Iterator[Reopen]:
+        """Close the connection so the caller can replace the database file.
+
+        Every store call from other threads waits meanwhile.  The caller may take
+        the yielded lock exclusively and set the key to reopen with; on the way out
+        the lock is shared again and the database reopened.
+        """
+        with self._lock:
+            if self._db is None:
+                raise StoreError("store is closed")
+            self._db.close()
+            self._db = None
+            reopen = Reopen(self._file_lock, self._key)
+            try:
+                yield reopen
+            finally:
+                self._file_lock.shared()
+                self._key = reopen.key
+                self._db = self._open()
 
     @staticmethod
     def _create_private(path: Path) -> None:
@@ -575,6 +861,7 @@ class Store:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            self._file_lock.release()
 
     def __enter__(self) -> Store:
         return self
@@ -606,7 +893,7 @@ class Store:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except DB_ERRORS as exc:
                 raise StoreError(f"database error: {exc}") from exc
 
     @contextmanager
@@ -615,7 +902,7 @@ class Store:
             db = self._connection()
             try:
                 yield db
-            except sqlite3.Error as exc:
+            except DB_ERRORS as exc:
                 raise StoreError(f"database error: {exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:
@@ -865,11 +1152,12 @@ class Store:
         mid = message_id if message_id is not None else secrets.token_hex(16)
         with self._write() as db:
             row = db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (mid,)
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+                (peer_id, mid),
             ).fetchone()
             if row is not None:
                 existing = _message(row)
-                if existing.peer_id == peer_id and existing.direction == "out":
+                if existing.direction == "out":
                     return existing
                 raise StoreError(f"message id {mid!r} is already used by another message")
             seq = int(
@@ -897,7 +1185,7 @@ class Store:
         with self._read() as db:
             rows = db.execute(
                 f"SELECT {_OUTBOX_MESSAGE_COLUMNS}"
-                " FROM outbox o JOIN messages m ON m.id = o.message_id"
+                " FROM outbox o JOIN messages m ON m.peer_id = o.peer_id AND m.id = o.message_id"
                 " WHERE o.peer_id = ? ORDER BY o.seq",
                 (peer_id,),
             ).fetchall()
@@ -950,8 +1238,7 @@ class Store:
             )
             rows = db.execute(
                 "UPDATE messages SET state = 'sent', updated_at = ?"
-                " WHERE id IN (SELECT message_id FROM outbox"
-                " WHERE peer_id = ? AND seq BETWEEN ? AND ?)"
+                " WHERE peer_id = ? AND direction = 'out' AND seq BETWEEN ? AND ?"
                 " AND state = 'queued' RETURNING id, seq",
                 (now, peer_id, from_seq, upto_seq),
             ).fetchall()
@@ -969,7 +1256,7 @@ class Store:
                 return []
             rows = db.execute(
                 "UPDATE messages SET state = 'delivered', updated_at = ?"
-                " WHERE id IN (SELECT message_id FROM outbox WHERE peer_id = ? AND seq <= ?)"
+                " WHERE peer_id = ? AND direction = 'out' AND seq <= ?"
                 " AND state IN ('queued', 'sent') RETURNING id, seq",
                 (now, peer_id, upto_seq),
             ).fetchall()
@@ -1010,24 +1297,46 @@ class Store:
         body: str,
         sent_at: float,
         now: float,
+        daily_quota: int | None = None,
     ) -> ReceiveResult:
         """Apply the receive window and store the message in one transaction.
 
         Reading ``recv_seq`` and storing under the same write lock is what makes
         two racing sessions (or two processes) unable to both accept one seq.
-        A known ``message_id`` is a duplicate whatever its seq says.
+        A ``message_id`` this peer already used is a duplicate whatever its seq
+        says; another peer's ids do not matter (ids are unique per conversation).
+
+        ``daily_quota`` bounds the UTF-8 bytes of message bodies stored from this
+        peer per UTC day (``intake``); a message over it is refused, not stored.
         """
+        size = len(body.encode("utf-8"))
+        day = int(now // 86400)
         with self._write() as db:
             row = db.execute(
                 "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
             ).fetchone()
             recv_seq = 0 if row is None else int(row[0])
-            known = db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone()
+            known = db.execute(
+                "SELECT 1 FROM messages WHERE peer_id = ? AND id = ?", (peer_id, message_id)
+            ).fetchone()
             verdict: Verdict = (
                 "duplicate" if known is not None else classify_incoming(seq, base, recv_seq)
             )
             if verdict != "accept":
                 return ReceiveResult(verdict, None, recv_seq)
+            if daily_quota is not None:
+                used = db.execute(
+                    "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
+                ).fetchone()
+                if (0 if used is None else int(used[0])) + size > daily_quota:
+                    return ReceiveResult("quota", None, recv_seq, retry_at=(day + 1) * 86400.0)
+            db.execute("DELETE FROM intake WHERE peer_id = ? AND day < ?", (peer_id, day))
+            db.execute(
+                "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, 1)"
+                " ON CONFLICT (peer_id, day) DO UPDATE"
+                " SET bytes = bytes + excluded.bytes, messages = messages + 1",
+                (peer_id, day, size),
+            )
             db.execute(
                 "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
                 " received_at, state, updated_at)"
@@ -1041,6 +1350,15 @@ class Store:
             )
         message = Message(message_id, peer_id, "in", seq, body, sent_at, now, "delivered", now)
         return ReceiveResult("accept", message, seq)
+
+    def intake_today(self, peer_id: str, *, now: float) -> tuple[int, int]:
+        """(bytes, messages) stored from ``peer_id`` this UTC day."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT bytes, messages FROM intake WHERE peer_id = ? AND day = ?",
+                (peer_id, int(now // 86400)),
+            ).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def recv_seq(self, peer_id: str) -> int:
         with self._read() as db:
@@ -1110,11 +1428,22 @@ class Store:
                 ).fetchall()
         return [_message(row) for row in rows]
 
-    def get_message(self, message_id: str) -> Message | None:
+    def get_message(self, message_id: str, *, peer_id: str | None = None) -> Message | None:
+        """A message by id.  Ids are unique per conversation; without ``peer_id`` our
+        own outgoing message wins (its id was drawn here, so it names one message),
+        then the earliest stored incoming one."""
         with self._read() as db:
-            row = db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
+            if peer_id is not None:
+                row = db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+                    (peer_id, message_id),
+                ).fetchone()
+            else:
+                row = db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+                    " ORDER BY direction = 'out' DESC, pos LIMIT 1",
+                    (message_id,),
+                ).fetchone()
         return None if row is None else _message(row)
 
     # -- contact requests ----------------------------------------------------
@@ -1243,6 +1572,25 @@ class Store:
                 raise UnknownContact(f"no contact request from {peer_id}")
 
     # -- invite tokens -------------------------------------------------------
+
+    def save_pending_token(self, peer_id: str, token: str) -> None:
+        """Remember the token of a peer's invite until our Hello has presented it."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pending_tokens (peer_id, token) VALUES (?, ?)",
+                (peer_id, token),
+            )
+
+    def pending_token(self, peer_id: str) -> str | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT token FROM pending_tokens WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def drop_pending_token(self, peer_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM pending_tokens WHERE peer_id = ?", (peer_id,))
 
     def create_invite_token(self, *, now: float, ttl: float = DEFAULT_INVITE_TTL) -> str:
         """Issue a single-use token; expired unused ones are purged on the way."""

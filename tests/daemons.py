@@ -39,6 +39,14 @@ def make_home(root: Path, name: str) -> Paths:
     return paths
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (Linux ``/proc``), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("P2PCHAT_HOME", None)

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 from p2pchat import cli
+from p2pchat.store import Store
 
 from .conftest import free_udp_port, wait_until
 from .daemons import Daemon, cli_env, run_cli
@@ -117,3 +118,25 @@ async def test_queued_then_delivered_through_the_cli(tmp_path: Path) -> None:
         await alice.stop()
         if bob is not None:
             await bob.stop()
+
+
+def test_transfers_are_listed_newest_first_in_pages(tmp_path: Path) -> None:
+    home = tmp_path / "alice"
+    init(home, "alice")
+    peer = "b" * 52
+    with Store(home / "p2pchat.db") as store:
+        for n in range(5):
+            store.create_transfer(
+                f"{n:02d}" + "0" * 30, peer, direction="in", state="declined",
+                files=[(f"file{n}.txt", n, bytes(32), None)], now=1000.0 + n,
+            )  # fmt: skip
+    page = json.loads(run_cli(home, "transfers", "--limit", "2", "--json").stdout)
+    assert [t["files"][0]["path"] for t in page] == ["file4.txt", "file3.txt"]
+    plain = run_cli(home, "transfers", "--limit", "2")
+    assert plain.returncode == 0, plain.stderr
+    hint = "older transfers: p2pchat transfers --before 030000000000"
+    assert plain.stdout.splitlines()[-1] == hint
+    rest = json.loads(run_cli(home, "transfers", "--before", "0300", "--json").stdout)
+    assert [t["files"][0]["path"] for t in rest] == ["file2.txt", "file1.txt", "file0.txt"]
+    last = run_cli(home, "transfers", "--before", "0300")
+    assert "older transfers" not in last.stdout

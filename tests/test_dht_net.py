@@ -21,7 +21,7 @@ from p2pchat import cli
 from p2pchat.config import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP, bootstrap_list
 from p2pchat.dht.bencode import bdecode, bencode
 from p2pchat.dht.krpc import compact_addr
-from p2pchat.dht.records import PEER_RECORD_SALT, PeerRecord
+from p2pchat.dht.records import PEER_RECORD_SALT, PeerRecord, record_target
 from p2pchat.identity import Identity, key_from_peer_id
 from p2pchat.net import dht as dht_module
 from p2pchat.net.dht import DhtOptions, DhtService
@@ -534,3 +534,42 @@ async def test_addresses_from_every_source_and_the_record_that_carries_them() ->
     finally:
         await close(second)
         await close(first)
+
+
+async def test_a_record_lands_on_several_nodes_and_survives_one_of_them_dying() -> None:
+    """The first node to publish in a growing swarm of ten: its record first reaches
+    one node, is republished as the table grows, and ends on several, so losing one
+    storer loses nothing."""
+    nodes = [await service()]
+    boot = (nodes[0].status()["listen"],)
+    try:
+        first = await service(boot)
+        nodes.append(first)
+        await until(lambda: _async(first.status()["record"]["stored"] >= 1))
+        for _ in range(8):
+            nodes.append(await service(boot))
+        key = first._identity.public_key
+        target = record_target(key)
+
+        def holders() -> list[DhtService]:
+            return [
+                n for n in nodes if n is not first and n.running
+                and n.core.local_item(target, asyncio.get_running_loop().time()) is not None
+            ]  # fmt: skip
+
+        await until(lambda: _async(len(holders()) >= 4), timeout=60)
+        status = first.status()["record"]
+        assert status["stored"] >= 4 and status["reach"] >= 4
+        victim = holders()[0]
+        await close(victim)
+        asker = next(n for n in nodes if n.running and n is not first and n not in holders())
+        record = await asker.lookup_record(first._identity.peer_id, timeout=10)
+        assert record is not None and record.dial_addresses()
+    finally:
+        for node in nodes:
+            if node.running:
+                await close(node)
+
+
+async def _async(value: Any) -> Any:
+    return value

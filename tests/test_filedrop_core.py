@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -55,6 +56,21 @@ def test_device_names_and_trailing_dots_are_defused() -> None:
     assert safe_parts("photos/2024/a b.jpg") == ("photos", "2024", "a b.jpg")
 
 
+def test_dotfiles_are_renamed_visibly() -> None:
+    assert safe_parts(".bashrc") == ("_.bashrc",)
+    assert safe_parts("project/.git/config") == ("project", "_.git", "config")
+    assert safe_parts("..hidden") == ("_..hidden",)
+
+
+def test_names_are_nfc_and_normalisation_twins_collide() -> None:
+    composed, decomposed = "caf\u00e9.txt", "cafe\u0301.txt"
+    assert safe_parts(decomposed) == (composed,)
+    with pytest.raises(UnsafePath):
+        check_offer((FileEntry(composed, 1, HASH), FileEntry(decomposed, 1, HASH)))
+    with pytest.raises(UnsafePath):
+        check_offer((FileEntry(".a", 1, HASH), FileEntry("_.a", 1, HASH)))
+
+
 def test_offer_cannot_name_a_file_twice_or_as_folder() -> None:
     with pytest.raises(UnsafePath):
         check_offer((FileEntry("a.txt", 1, HASH), FileEntry("A.TXT", 1, HASH)))
@@ -71,6 +87,8 @@ def test_safe_parts_never_escapes(path: str) -> None:
         return
     assert parts and all(p not in ("", ".", "..") and "/" not in p for p in parts)
     assert not any(ch in p for p in parts for ch in "\x00\\\n\r")
+    assert not any(p.startswith(".") for p in parts)
+    assert all(unicodedata.is_normalized("NFC", p) for p in parts)
 
 
 def channel(sizes: list[int], *, offsets: list[int] | None = None) -> tuple[Sealer, Opener]:

@@ -354,7 +354,9 @@ def test_payload_size_limits(alice: SigningKey, bob: SigningKey) -> None:
     assert events_r == [PayloadReceived(b"m" * MAX_PLAINTEXT), PayloadReceived(b"")]
 
 
-def test_tampered_frame_rejected_then_next_accepted(alice: SigningKey, bob: SigningKey) -> None:
+def test_tampered_frame_rejected_then_the_genuine_one_accepted(
+    alice: SigningKey, bob: SigningKey
+) -> None:
     initiator, responder = connected(alice, bob)
     initiator.send(b"one")
     initiator.send(b"two")
@@ -364,9 +366,24 @@ def test_tampered_frame_rejected_then_next_accepted(alice: SigningKey, bob: Sign
     responder.receive_data(bytes(tampered))
     events = drain(responder)
     assert len(events) == 1 and isinstance(events[0], FrameRejected)
-    responder.receive_data(second)
-    assert drain(responder) == [PayloadReceived(b"two")]
+    responder.receive_data(first + second)
+    assert drain(responder) == [PayloadReceived(b"one"), PayloadReceived(b"two")]
     assert responder.established
+
+
+def test_a_skipped_counter_fails_the_session(alice: SigningKey, bob: SigningKey) -> None:
+    """Frames must arrive with consecutive counters: an authentic frame after a gap
+    proves a frame was dropped (a relay could do it silently), so the session ends."""
+    initiator, responder = connected(alice, bob)
+    initiator.send(b"one")
+    initiator.send(b"dropped on the way")
+    initiator.send(b"three")
+    first, _, third = sealed_frames(initiator)
+    responder.receive_data(first + third)
+    events = drain(responder)
+    assert events[0] == PayloadReceived(b"one")
+    assert isinstance(events[1], SessionFailed) and "skipped" in str(events[1].error)
+    assert responder.failed
 
 
 def test_tampered_counter_rejected(alice: SigningKey, bob: SigningKey) -> None:
@@ -393,15 +410,14 @@ def test_replayed_frame_rejected(alice: SigningKey, bob: SigningKey) -> None:
     assert "replay" in events[0].reason
 
 
-def test_reordered_frame_rejected(alice: SigningKey, bob: SigningKey) -> None:
+def test_reordered_frames_fail_the_session(alice: SigningKey, bob: SigningKey) -> None:
     initiator, responder = connected(alice, bob)
     initiator.send(b"1")
     initiator.send(b"2")
     first, second = sealed_frames(initiator)
     responder.receive_data(second + first)
     events = drain(responder)
-    assert events[0] == PayloadReceived(b"2")
-    assert isinstance(events[1], FrameRejected)
+    assert len(events) == 1 and isinstance(events[0], SessionFailed)
 
 
 def test_short_sealed_frame_rejected(alice: SigningKey, bob: SigningKey) -> None:

@@ -93,6 +93,43 @@ def test_reopen_keeps_data_and_does_not_remigrate(db_path: Path) -> None:
         assert s.queue_message(BOB, "two", now=3.0).seq == 2
 
 
+def test_migration_to_per_conversation_ids_keeps_everything(db_path: Path) -> None:
+    """A database from before ids were per conversation: rows, outbox, counters and
+    the position counter all survive the rebuild, and the foreign key still cascades."""
+    import p2pchat.store as store_module
+
+    rebuild = next(i for i, step in enumerate(MIGRATIONS) if "messages_v4" in step)
+    old = store_module.MIGRATIONS[:rebuild]
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    raw.execute("PRAGMA foreign_keys = ON")
+    for step in old:
+        for statement in store_module._split_statements(step):
+            raw.execute(statement)
+    raw.execute(f"PRAGMA user_version = {len(old)}")
+    raw.execute(
+        "INSERT INTO messages (pos, id, peer_id, direction, seq, body, created_at, state,"
+        " updated_at) VALUES (7, 'm1', ?, 'out', 1, 'queued one', 1, 'sent', 1),"
+        " (9, 'm2', ?, 'in', 1, 'from carol', 1, 'delivered', 1)",
+        (BOB, CAROL),
+    )
+    raw.execute("INSERT INTO outbox (message_id, peer_id, seq) VALUES ('m1', ?, 1)", (BOB,))
+    raw.execute("DELETE FROM messages WHERE pos = 9")  # the counter must stay at 9
+    raw.execute("INSERT INTO conversations (peer_id, send_seq) VALUES (?, 1)", (BOB,))
+    raw.close()
+    with Store(db_path) as s:
+        assert s.schema_version == len(MIGRATIONS)
+        assert [m.body for m in s.outbox(BOB)] == ["queued one"]
+        following = s.queue_message(BOB, "next", now=2.0)
+        assert following.seq == 2
+        positions = s._connection().execute("SELECT pos FROM messages ORDER BY pos").fetchall()
+        assert positions == [(7,), (10,)]
+        assert s.ack_outgoing(BOB, 1, now=3.0) == ["m1"]
+        s._connection().execute("DELETE FROM messages WHERE id = ?", (following.id,))
+        assert s.outbox(BOB) == []
+        assert s._connection().execute("PRAGMA foreign_key_check").fetchall() == []
+
+
 def test_newer_schema_is_refused(db_path: Path) -> None:
     Store(db_path).close()
     with sqlite3.connect(db_path) as raw:
@@ -278,10 +315,12 @@ def test_queue_with_explicit_id_is_idempotent(store: Store) -> None:
     m = store.queue_message(BOB, "hi", now=1.0, message_id="fixed")
     assert store.queue_message(BOB, "hi", now=2.0, message_id="fixed") == m
     assert len(store.outbox(BOB)) == 1
+    receive(store, 1, mid="theirs")
     with pytest.raises(StoreError):
-        store.queue_message(CAROL, "hi", now=2.0, message_id="fixed")
-    assert store.outbox(CAROL) == []
-    assert store.queue_message(CAROL, "x", now=3.0).seq == 1  # the failed call used no seq
+        store.queue_message(BOB, "hi", now=2.0, message_id="theirs")
+    assert store.queue_message(BOB, "x", now=3.0).seq == 2  # the failed call used no seq
+    # Ids are per conversation: another contact may use the same one.
+    assert store.queue_message(CAROL, "hi", now=2.0, message_id="fixed").seq == 1
 
 
 def test_messages_do_not_need_a_contact_and_survive_removal(store: Store) -> None:
@@ -342,9 +381,41 @@ def test_known_message_id_is_a_duplicate(store: Store) -> None:
     r = receive(store, 2, mid="same")
     assert (r.verdict, r.recv_seq) == ("duplicate", 1)
     assert len(store.history(BOB)) == 1
-    # An id we used for an outgoing message cannot be smuggled in either.
+    # An id we used for an outgoing message in this conversation cannot be smuggled in.
     out = store.queue_message(CAROL, "mine", now=1.0)
     assert receive(store, 1, mid=out.id, peer=CAROL).verdict == "duplicate"
+
+
+def test_another_contacts_message_id_is_not_a_duplicate(store: Store) -> None:
+    """Dedup is by (peer, id): a contact reusing another contact's id (or one of our
+    own outgoing ids to someone else) blocks nothing."""
+    receive(store, 1, mid="shared", peer=CAROL)
+    out = store.queue_message(CAROL, "mine", now=1.0)
+    assert receive(store, 1, mid="shared").verdict == "accept"
+    assert receive(store, 2, mid=out.id).verdict == "accept"
+    assert [m.body for m in store.history(BOB)] == ["body 1", "body 2"]
+    assert store.get_message(out.id) == out
+    assert store.get_message("shared", peer_id=BOB) is not None
+
+
+def test_daily_quota_refuses_without_storing(store: Store) -> None:
+    day = 86400.0 * 20000
+    ok = store.receive_message(
+        BOB, message_id="a" * 32, seq=1, base=1, body="x" * 600, sent_at=1.0,
+        now=day + 10, daily_quota=1000,
+    )  # fmt: skip
+    assert ok.verdict == "accept"
+    refused = store.receive_message(
+        BOB, message_id="b" * 32, seq=2, base=1, body="y" * 600, sent_at=1.0,
+        now=day + 20, daily_quota=1000,
+    )  # fmt: skip
+    assert (refused.verdict, refused.recv_seq, refused.retry_at) == ("quota", 1, day + 86400)
+    assert store.intake_today(BOB, now=day + 30) == (600, 1)
+    later = store.receive_message(
+        BOB, message_id="b" * 32, seq=2, base=1, body="y" * 600, sent_at=1.0,
+        now=day + 86400, daily_quota=1000,
+    )  # fmt: skip
+    assert later.verdict == "accept"
 
 
 def test_incoming_read_marker(store: Store) -> None:

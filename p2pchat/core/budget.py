@@ -35,6 +35,12 @@ class RateBudget:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def allow(self, key: str, now: float) -> bool:
+        if self.available(key, now) < 1.0:
+            return False
+        self.spend(key, 1.0, now)
+        return True
+
+    def _bucket(self, key: str, now: float) -> _Bucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_keys:
@@ -45,10 +51,22 @@ class RateBudget:
             elapsed = max(0.0, now - bucket.at)
             bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
             bucket.at = now
-        if bucket.tokens < 1.0:
-            return False
-        bucket.tokens -= 1.0
-        return True
+        return bucket
+
+    def available(self, key: str, now: float) -> float:
+        """Tokens ``key`` could spend now (for costs of more than one token, such as
+        bytes, checked against several budgets before any is charged)."""
+        return self._bucket(key, now).tokens
+
+    def spend(self, key: str, cost: float, now: float) -> None:
+        """Charge ``cost`` tokens (the caller checked ``available``)."""
+        bucket = self._bucket(key, now)
+        bucket.tokens = max(0.0, bucket.tokens - cost)
+
+    def wait(self, key: str, cost: float, now: float) -> float:
+        """Seconds until ``key`` can spend ``cost`` tokens (0 if it can now)."""
+        missing = min(cost, self.burst) - self.available(key, now)
+        return max(0.0, missing / self.rate)
 
     def describe(self) -> str:
         """The budget in words, for refusals sent back to the peer."""

@@ -38,6 +38,7 @@ __all__ = [
     "Ack",
     "ChatFrame",
     "ChatMessage",
+    "Defer",
     "FileAccept",
     "FileCancel",
     "FileDecline",
@@ -74,6 +75,9 @@ _MAX_ARRAY_LEN = MAX_OFFER_FILES
 MAX_PATH_BYTES = 4096
 MAX_FILE_SIZE = 2**53 - 1
 MAX_REASON_CHARS = 200
+MAX_WHY_CHARS = 16
+MAX_RETRY_AFTER = 7 * 86400.0
+"""A ``defer`` asks for at most a week's pause; the sender clamps it further."""
 HASH_SIZE = 32
 ATTEMPT_SIZE = 16
 _MAX_EXT_LEN = 64
@@ -142,6 +146,19 @@ class Gap:
     """Resend your outbox starting at ``want``: an earlier message never arrived."""
 
     want: int
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """I cannot store your message ``seq`` now: keep it (and what follows) queued and
+    send it again in ``retry_after`` seconds.  ``why`` is a short code (``"storage"``:
+    my database failed; ``"quota"``: you used up your daily message allowance), and
+    ``reason`` says it in words the sender's user can read."""
+
+    seq: int
+    retry_after: float
+    why: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +244,7 @@ ChatFrame = (
     | Read
     | Typing
     | Gap
+    | Defer
     | RequestPending
     | Ping
     | FileFrame
@@ -249,6 +267,7 @@ _T_ACK = "ack"
 _T_READ = "read"
 _T_TYPING = "typing"
 _T_GAP = "gap"
+_T_DEFER = "defer"
 _T_PENDING = "pending"
 _T_PING = "ping"
 _T_FOFFER = "foffer"
@@ -286,6 +305,14 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
         return {"t": _T_TYPING, "a": frame.active}
     if isinstance(frame, Gap):
         return {"t": _T_GAP, "w": frame.want}
+    if isinstance(frame, Defer):
+        return {
+            "t": _T_DEFER,
+            "s": frame.seq,
+            "a": frame.retry_after,
+            "w": frame.why,
+            "r": frame.reason,
+        }
     if isinstance(frame, RequestPending):
         return {"t": _T_PENDING}
     if isinstance(frame, Ping):
@@ -466,6 +493,16 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
         return Typing(active=r.get_bool("a"))
     if kind == _T_GAP:
         return Gap(want=r.get_int("w", 1, MAX_SEQ))
+    if kind == _T_DEFER:
+        retry_after = r.get_float("a")
+        if not 0.0 <= retry_after <= MAX_RETRY_AFTER:
+            raise err(f"field 'a' out of range: {retry_after}")
+        return Defer(
+            seq=r.get_int("s", 1, MAX_SEQ),
+            retry_after=retry_after,
+            why=r.get_label("w", MAX_WHY_CHARS) or "",
+            reason=r.get_reason("r"),
+        )
     if kind == _T_PING:
         return Ping()
     if kind == _T_PENDING:

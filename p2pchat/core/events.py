@@ -155,3 +155,34 @@ class TransferStateChanged(NodeEvent):
     state: str
     error: str | None = None
     paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryDeferred(NodeEvent):
+    """The contact's node refused our messages for now: its database failed
+    (``why == "storage"``) or we used up our daily allowance there (``"quota"``).
+    They stay queued and go out again at ``retry_at`` (wall clock); nothing is lost.
+    ``reason`` comes from the contact's node: render it literally."""
+
+    peer_id: str
+    why: str
+    reason: str
+    retry_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingDeferred(NodeEvent):
+    """We refused a contact's messages for now (our database failed, or the contact
+    used up its daily allowance); the contact keeps them queued and retries."""
+
+    peer_id: str
+    why: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StorageProblem(NodeEvent):
+    """The local database failed (disk full, I/O error): ``error`` says how.  None
+    once writes succeed again.  Incoming messages wait at their senders meanwhile."""
+
+    error: str | None

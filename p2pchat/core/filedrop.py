@@ -75,7 +75,13 @@ def safe_parts(path: str) -> tuple[str, ...]:
     Refused outright (the offer is declined): absolute paths, drive letters,
     backslashes, ``.``/``..``/empty components, NUL and control characters,
     overlong components, deep nesting.  Device names and names ending in a dot or a
-    space (which Windows silently rewrites) get a leading underscore instead.
+    space (which Windows silently rewrites) get a leading underscore instead, and so
+    do names starting with a dot: nothing received is hidden, and nothing lands as a
+    configuration file (``.bashrc`` arrives as ``_.bashrc``).
+
+    Every component is normalised to NFC, so names that differ only in Unicode
+    normalisation are the same name (``check_offer`` and the receiver's clash check
+    compare them that way).
     """
     if not path or path.startswith("/") or "\\" in path:
         raise UnsafePath(f"refusing absolute or backslashed path {path!r}")
@@ -84,6 +90,7 @@ def safe_parts(path: str) -> tuple[str, ...]:
         raise UnsafePath("path nests too deep")
     cleaned: list[str] = []
     for part in parts:
+        part = unicodedata.normalize("NFC", part)
         if part in ("", ".", ".."):
             raise UnsafePath(f"refusing path component {part!r} in {path!r}")
         if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in part):
@@ -92,14 +99,19 @@ def safe_parts(path: str) -> tuple[str, ...]:
             raise UnsafePath("path component too long")
         if len(part) >= 2 and part[1] == ":" and part[0].isalpha():
             raise UnsafePath(f"refusing drive-qualified path {path!r}")
-        if part.split(".")[0].lower().rstrip(" ") in _DEVICE_NAMES or part[-1] in ". ":
+        if (
+            part.split(".")[0].lower().rstrip(" ") in _DEVICE_NAMES
+            or part[-1] in ". "
+            or part[0] == "."
+        ):
             part = "_" + part
         cleaned.append(part)
     return tuple(cleaned)
 
 
 def check_offer(files: tuple[FileEntry, ...]) -> list[tuple[str, ...]]:
-    """Validate every path of an offer; two entries may not name the same file."""
+    """Validate every path of an offer; two entries may not name the same file
+    (compared after NFC and case folding, as a reader and many file systems would)."""
     seen: set[tuple[str, ...]] = set()
     result = []
     for entry in files:

@@ -43,12 +43,16 @@ identity key reveals nothing about earlier sessions.
 
 Data frames: ``counter (8 bytes, big-endian) || XChaCha20-Poly1305(payload)``
 with nonce ``16 zero bytes || counter`` and the counter as associated data.
-Counters start at 1 in each direction and strictly increase, so a (key, nonce)
-pair is never reused.  The stream is ordered and reliable, so a counter that
-does not exceed the last accepted one can only be a replay or an injection; such
-a frame, or one that fails authentication, is reported and dropped.  A genuine
-peer never produces one, so after ``MAX_REJECTED`` of them the session is torn
-down rather than letting an attacker keep us busy.
+Counters start at 1 in each direction and go up by exactly one per frame, so a
+(key, nonce) pair is never reused and a missing frame is noticed.  A frame whose
+counter is not above the last accepted one can only be a replay or an injection;
+such a frame, or one that fails authentication, is reported and dropped.  A
+genuine peer never produces one, so after ``MAX_REJECTED`` of them the session
+is torn down rather than letting an attacker keep us busy.  An *authentic* frame
+whose counter skips values proves that frames were lost on the way (over QUIC
+that cannot happen; through a relay it could, and silently dropping an
+``fcancel`` or a ``read`` would mislead): the session fails, and the peers
+reconnect and resend what is unacknowledged.
 
 Any malformed, oversized, unexpected or out-of-order handshake message fails the
 session at once: there is nothing to recover before authentication.
@@ -491,6 +495,11 @@ class SecureSession:
         except nacl.exceptions.CryptoError:
             self._reject("frame failed authentication")
             return
+        if counter != self._recv_counter + 1:
+            # Authentic, so the peer really sent it: the frames before it were lost.
+            raise RemoteProtocolError(
+                f"frames {self._recv_counter + 1}..{counter - 1} never arrived (counter skipped)"
+            )
         self._recv_counter = counter
         self._events.append(PayloadReceived(payload))
 

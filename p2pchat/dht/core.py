@@ -60,6 +60,7 @@ from .lookup import (
 )
 from .reflexive import SOURCE_BOOTSTRAP, SOURCE_DHT, ReflexiveAddress, ReflexiveAddresses
 from .routing import RoutingNode, RoutingTable, dump_state, load_state
+from .rtt import RttTable
 from .storage import (
     Item,
     ItemStore,
@@ -78,6 +79,10 @@ _LOOKUP: Final = 0
 _STORE: Final = 1
 _PING: Final = 2
 
+_SLOW: Final = 0
+_GIVE_UP: Final = 1
+_HARD: Final = 2
+
 
 @dataclass(frozen=True, slots=True)
 class DhtConfig:
@@ -85,10 +90,15 @@ class DhtConfig:
 
     k: int = 8
     alpha: int = 3
-    #: A query unanswered after this long has failed.
+    #: A query unanswered after this long has failed (for the routing table too).
     query_timeout: float = 2.0
-    #: After this long a lookup stops waiting for a query and sends another one.
+    #: At the latest after this long a lookup sends another query in parallel; sooner
+    #: when round trips are known (``rtt.py``), but not before ``min_slow``.
     slow_timeout: float = 1.0
+    min_slow: float = 0.1
+    #: A lookup stops waiting for a query after twice the usual round trip, at least
+    #: this long (and at most ``query_timeout``).
+    min_give_up: float = 0.25
     max_candidates: int = 64
     max_pending: int = 512
     #: Outstanding pings that verify nodes which queried us (the rest stay unconfirmed).
@@ -131,6 +141,7 @@ class _Pending:
     addr: Addr
     purpose: int
     seq: int
+    sent_at: float
     op: Operation | None = None
     cand: Candidate | None = None
 
@@ -167,7 +178,9 @@ class DhtCore:
         for info in saved:
             self._table_for(info.addr).add_unconfirmed(info.id, info.addr, now)
         self._pending: dict[bytes, _Pending] = {}
-        self._timers: list[tuple[float, int, bytes, bool]] = []
+        #: (deadline, pending seq, tid, kind): _HARD fails the query; _SLOW and _GIVE_UP
+        #: tell its lookup (``rtt.py``).
+        self._timers: list[tuple[float, int, bytes, int]] = []
         self._seq = itertools.count()
         self._op_ids = itertools.count(1)
         self._ops: dict[int, Operation] = {}
@@ -196,6 +209,12 @@ class DhtCore:
             lifetime=cfg.item_lifetime,
         )
         self._reflexive = ReflexiveAddresses(threshold=cfg.vote_threshold, local_port=local_port)
+        self._rtt = RttTable(
+            min_slow=cfg.min_slow,
+            max_slow=cfg.slow_timeout,
+            min_give_up=cfg.min_give_up,
+            max_give_up=cfg.query_timeout,
+        )
         #: Addresses whose BEP 42 ``ip`` reports count as trusted (configured bootstraps).
         self._trusted_observers: set[Addr] = set()
         self._next_maintenance = now + cfg.maintenance_interval
@@ -282,6 +301,19 @@ class DhtCore:
 
     def local_item(self, target: bytes, now: float) -> Item | None:
         return self._items.get(target, now)
+
+    def store_own(self, item: Item, now: float) -> bool:
+        """Keep one of our own items in our storage too, as if we had been sent a put:
+        a serving node is one of the nodes that exist near its own record's target (in
+        a small swarm maybe the only one serving), and lookups reaching it find it."""
+        try:
+            return self._items.put(item, source="(self)", now=now)
+        except PutRejected:
+            return False
+
+    def serving_contacts(self) -> int:
+        """Contacts that answered us (confirmed): the nodes a put could reach."""
+        return sum(1 for table in self._tables.values() for node in table if node.confirmed)
 
     # ------------------------------------------------------------------ driver interface
 
@@ -408,7 +440,7 @@ class DhtCore:
             max_candidates=cfg.max_candidates,
         )
         for table in self._tables.values():
-            for node in table.closest(target, cfg.k):
+            for node in table.closest(target, cfg.k, healthy_first=True):
                 traversal.add_seed(node.id, node.addr)
         return traversal
 
@@ -455,10 +487,13 @@ class DhtCore:
         cand: Candidate | None = None,
     ) -> None:
         seq = next(self._seq)
-        self._pending[query.tid] = _Pending(query.tid, addr, purpose, seq, op, cand)
-        heapq.heappush(self._timers, (now + self.config.query_timeout, seq, query.tid, True))
+        self._pending[query.tid] = _Pending(query.tid, addr, purpose, seq, now, op, cand)
+        timers = self._timers
+        heapq.heappush(timers, (now + self.config.query_timeout, seq, query.tid, _HARD))
         if purpose == _LOOKUP:
-            heapq.heappush(self._timers, (now + self.config.slow_timeout, seq, query.tid, False))
+            rtt = self._rtt
+            heapq.heappush(timers, (now + rtt.slow_after(addr), seq, query.tid, _SLOW))
+            heapq.heappush(timers, (now + rtt.give_up_after(), seq, query.tid, _GIVE_UP))
         self._send(encode_message(query), addr)
 
     def _send(self, data: bytes, addr: Addr) -> None:
@@ -529,6 +564,7 @@ class DhtCore:
             return
         del self._pending[message.tid]
         self._mark_verified(addr, now)
+        self._rtt.sample(addr, now - pending.sent_at)
         if isinstance(message, Response):
             if message.sender_id != self._node_id and self._bep42_ok(message.sender_id, addr):
                 table = self._table_for(addr)
@@ -556,18 +592,22 @@ class DhtCore:
     def _handle_timer(self, now: float) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, seq, tid, hard = heapq.heappop(timers)
+            _, seq, tid, kind = heapq.heappop(timers)
             pending = self._pending.get(tid)
             if pending is None or pending.seq != seq:
                 continue
             op = pending.op
-            if not hard:
+            if kind != _HARD:
                 if op is not None and pending.cand is not None and op.op_id in self._ops:
-                    op.traversal.on_slow(pending.cand)
+                    if kind == _SLOW:
+                        op.traversal.on_slow(pending.cand)
+                    else:
+                        op.traversal.on_give_up(pending.cand)
                     self._pump(op, now)
                 continue
             del self._pending[tid]
             self._table_for(pending.addr).on_failure(pending.addr, now)
+            self._rtt.forget(pending.addr)  # next time: the current overall estimate
             if op is None or op.op_id not in self._ops:
                 continue
             if pending.purpose == _STORE:
@@ -681,7 +721,10 @@ class DhtCore:
     def _allow(self, addr: Addr, now: float) -> bool:
         """May we answer ``addr`` now? Its IP's bucket, then the global budget of its
         kind (see :mod:`.budget`); beyond either, the query is dropped unanswered."""
-        if not self._rate.take(addr[0], now):
+        # Every process on this host shares 127.0.0.1 (a local swarm would share one
+        # bucket); any 127/8 address is free to use anyway, which the global budgets cover.
+        key = f"{addr[0]}:{addr[1]}" if addr[0].startswith("127.") or addr[0] == "::1" else addr[0]
+        if not self._rate.take(key, now):
             self.stats["dropped_rate"] += 1
             return False
         if self.is_verified(addr, now):

@@ -30,7 +30,8 @@ class LookupStats:
     """How an iterative lookup went; the simulation aggregates these.
 
     ``hops`` is the longest referral chain that led to a node among the final results: 1
-    means the seeds themselves were the closest nodes.
+    means the seeds themselves were the closest nodes. ``timeouts`` counts queries that
+    failed or were still unanswered (slow) when the lookup ended.
     """
 
     hops: int

@@ -2,7 +2,8 @@
 
 A :class:`Traversal` is the generic part: it keeps the candidates sorted by XOR distance
 to the target, says which ones to query next (at most ``alpha`` outstanding, only among
-the ``k`` closest that have not failed) and decides when the lookup is over: when the
+the ``k`` closest that have not failed, a slow one making room for the next) and decides
+when the lookup is over: when the
 ``k`` closest non-failed candidates have all answered. Because only the current ``k``
 closest are ever queried, a lookup ends as soon as nothing closer turns up; because each
 contact is queried at most once and the candidate list is bounded, it cannot run forever.
@@ -72,7 +73,10 @@ class Candidate:
     distance: int
     round: int
     state: int = NEW
+    #: Unanswered for longer than usual: it no longer counts against ``alpha``.
     slow: bool = False
+    #: Unanswered for so long that the lookup may end without it.
+    given_up: bool = False
     token: bytes | None = None
 
 
@@ -129,10 +133,11 @@ class Traversal:
             return
         self._seen_ids.add(node_id)
         cand = Candidate(node_id, addr, distance, round_)
+        self._by_addr[addr] = cand
+
         index = bisect.bisect(self._keys, distance)
         self._keys.insert(index, distance)
         self._sorted.insert(index, cand)
-        self._by_addr[addr] = cand
         self._trim()
 
     def _trim(self) -> None:
@@ -167,7 +172,7 @@ class Traversal:
                 out.append(cand)
         active = sum(1 for c in self._sorted if c.state == INFLIGHT and not c.slow)
         active += len(out)
-        for cand in self._sorted[: self.k]:
+        for cand in self._window():
             if active >= self.alpha or len(out) >= capacity:
                 break
             if cand.state == NEW:
@@ -210,6 +215,11 @@ class Traversal:
         if cand.state == INFLIGHT:
             cand.slow = True
 
+    def on_give_up(self, cand: Candidate) -> None:
+        if cand.state == INFLIGHT:
+            cand.slow = cand.given_up = True
+
+
     def _fail(self, cand: Candidate) -> None:
         cand.state = FAILED
         if cand.id is not None and cand in self._sorted:
@@ -217,12 +227,36 @@ class Traversal:
             del self._sorted[index]
             del self._keys[index]
 
+    def _window(self) -> list[Candidate]:
+        """The ``k`` closest candidates that have not failed, not counting slow queries:
+        a slow (probably dead) node brings the next candidate into play at once, so dead
+        nodes near the target are waited for in parallel, not one after another."""
+        window: list[Candidate] = []
+        for cand in self._sorted:
+            if len(window) >= self.k:
+                break
+            if not (cand.state == INFLIGHT and cand.slow):
+                window.append(cand)
+        return window
+
     def is_done(self) -> bool:
+        """The ``k`` closest that answer in time have all answered, and no closer query is
+        still worth waiting for (a given-up one's answer is used if the lookup is still
+        running when it comes)."""
         if self.finished:
             return True
         if any(c.state == INFLIGHT for c in self._bootstrap):
             return False
-        return all(c.state == RESPONDED for c in self._sorted[: self.k])
+        window = self._window()
+        if any(c.state != RESPONDED for c in window):
+            return False
+        last = window[-1].distance if window else None
+        for cand in self._sorted:
+            if last is not None and cand.distance > last:
+                break
+            if cand.state == INFLIGHT and not cand.given_up:
+                return False
+        return bool(window) or not any(c.state == INFLIGHT for c in self._sorted)
 
     def results(self) -> list[Candidate]:
         """The ``k`` closest candidates that answered, closest first."""
@@ -238,7 +272,8 @@ class Traversal:
             hops=max((c.round for c in results), default=0),
             queried=self.queried,
             responded=self.responded,
-            timeouts=self.timeouts,
+            # Queries still open when the lookup ended count as timed out for it.
+            timeouts=self.timeouts + sum(1 for c in self.inflight() if c.slow),
         )
 
 

@@ -141,11 +141,15 @@ class RoutingTable:
         shared = ID_BITS - (id_int ^ self.own_int).bit_length()
         return min(shared, len(self.buckets) - 1)
 
-    def closest(self, target: bytes, n: int, *, vouch: bool = False) -> list[RoutingNode]:
+    def closest(
+        self, target: bytes, n: int, *, vouch: bool = False, healthy_first: bool = False
+    ) -> list[RoutingNode]:
         """The ``n`` non-bad nodes closest to ``target`` by XOR distance.
 
         With ``vouch`` only nodes we would recommend to others: they have answered us and
-        have not failed a query since.
+        have not failed a query since. With ``healthy_first`` nodes whose last query
+        failed come only after all the others (a lookup seeded with them would start by
+        waiting for probably dead nodes).
         """
         t = int.from_bytes(target, "big")
         if vouch:
@@ -157,6 +161,13 @@ class RoutingTable:
         else:
             limit = self.max_failures
             pool = [node for node in self._by_id.values() if node.failures < limit]
+        if healthy_first:
+            healthy = [node for node in pool if node.failures == 0]
+            found = heapq.nsmallest(n, healthy, key=lambda node: node.id_int ^ t)
+            if len(found) < n:
+                failing = [node for node in pool if node.failures]
+                found += heapq.nsmallest(n - len(found), failing, key=lambda nd: nd.id_int ^ t)
+            return found
         return heapq.nsmallest(n, pool, key=lambda node: node.id_int ^ t)
 
     # ------------------------------------------------------------------ updates

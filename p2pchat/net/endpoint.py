@@ -212,6 +212,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.known_source: Callable[[str], bool] | None = None
         """Whether an IP belongs to a known contact (it may use the gate's reserve)."""
         self.socket_buffers: tuple[int, int] | None = None
+        self._released = asyncio.Event()
 
     def now(self) -> float:
         return self.loop.time()
@@ -242,9 +243,17 @@ class Endpoint(asyncio.DatagramProtocol):
     def links(self) -> frozenset[QuicLink]:
         return frozenset(self._links)
 
+    async def wait_closed(self) -> None:
+        """Until the socket is really closed: ``close`` only schedules that (after any
+        queued datagrams), and a node restarted at once would find its port taken."""
+        await self._released.wait()
+
     # -- DatagramProtocol --------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._released.set()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable on an unconnected UDP socket: nothing to do, QUIC's

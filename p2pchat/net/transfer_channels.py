@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,6 +40,8 @@ WINDOW = 8 << 20
 """The QUIC carrier never has more unacknowledged bytes in flight (aioquic would
 buffer without limit)."""
 MAX_UNCLAIMED_TCP = 16
+EVENT_INTERVAL = 0.25
+"""Progress events (for people) at most this often per attempt, on either side."""
 MAX_UNCLAIMED_TCP_PER_SOURCE = 4
 
 
@@ -53,6 +56,23 @@ def source_key(ip: str) -> str:
             return str(addr.ipv4_mapped)
         return str(ipaddress.IPv6Network((addr, 64), strict=False))
     return str(addr)
+
+
+class Rate:
+    """Throttled progress events with a smoothed rate."""
+
+    def __init__(self) -> None:
+        self.last_t = time.monotonic()
+        self.last_n = 0
+        self.rate = 0.0
+
+    def due(self, done: int) -> bool:
+        now = time.monotonic()
+        if now - self.last_t < EVENT_INTERVAL:
+            return False
+        self.rate = (done - self.last_n) / (now - self.last_t)
+        self.last_t, self.last_n = now, done
+        return True
 
 
 class TcpGate:

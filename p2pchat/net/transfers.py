@@ -1,8 +1,9 @@
 """File drop on the wire: offers on the session, bytes on a data channel.
 
 The offer/accept/result frames travel on the contact's authenticated session
-(``core/chat.py``).  The bytes travel on a data channel chosen per attempt
-(``transfer_channels.py``):
+(``core/chat.py``); this module is that agreement, both directions.  The bytes
+travel on a data channel chosen per attempt (``transfer_channels.py``; the
+receiving end is ``transfer_receiver.py``, the disk side ``transfer_files.py``):
 
 * a direct TCP connection to a port the receiver announces in its accept, when
   it can be reached (LAN, loopback): the kernel's TCP moves bulk data an order of
@@ -35,64 +36,52 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from p2pchat.core import chat
 from p2pchat.core.budget import RateBudget
-from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
+from p2pchat.core.errors import LocalProtocolError
 from p2pchat.core.events import NodeEvent, TransferOffered, TransferProgress, TransferStateChanged
 from p2pchat.core.filedrop import (
     CHUNK_SIZE,
     KEY_LABEL,
-    PREAMBLE_SIZE,
-    Opener,
     Sealer,
     UnsafePath,
     check_offer,
-    new_hasher,
-    parse_preamble,
 )
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfer_channels import (
-    CLAIMED,
     DataSender,
     Outgoing,
     QuicSender,
-    TcpGate,
+    Rate,
     TcpSender,
 )
 from p2pchat.net.transfer_files import (
     FOLDER_MODE,
     STAGING,
-    DiskQueue,
     TransferError,
     choose_roots,
     collect,
-    hash_file,
-    hash_prefixes,
     make_folders,
-    part_path,
     part_size,
-    publish_all,
     remove_staging,
     same_device,
     sealed_records,
 )
+from p2pchat.net.transfer_receiver import DataReceiver
 from p2pchat.store import Store, Transfer
 
 __all__ = ["TERMINAL", "TransferError", "TransferManager", "TransferPolicy"]
 
 log = logging.getLogger(__name__)
 
-# Receiver -> sender progress every this many bytes (flow control on QUIC).
-PROGRESS_EVERY = 1 << 20
 OFFER_TIMEOUT = 15 * 60.0
 PREAMBLE_TIMEOUT = 5.0
 DATA_IDLE_TIMEOUT = 30.0
 MAX_ATTEMPTS = 5
 DISK_MARGIN = 64 << 20
 DEFAULT_MAX_INCOMING = 64 << 30
-EVENT_INTERVAL = 0.25
 
 # Budgets of what a contact's offers make us store (docs/threat-model.md, "Budgets").
 MAX_PENDING_OFFERS_PER_PEER = 16
@@ -108,7 +97,7 @@ MAX_STORED_FILES = 262_144
 # Listings: one page holds at most this many transfers and (about) file rows.
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-PAGE_FILES = 8192
+PAGE_FILES = 2048
 
 TERMINAL = ("done", "declined", "cancelled", "failed")
 
@@ -126,44 +115,6 @@ class TransferPolicy:
     data_idle_timeout: float = DATA_IDLE_TIMEOUT
     """A claimed data channel (either carrier) that brings nothing for this long is
     dropped, and the receiver asks again with a fresh attempt."""
-
-
-@dataclass(eq=False, slots=True)
-class _Incoming:
-    """One expected data channel (receiver side)."""
-
-    transfer_id: str
-    attempt: bytes
-    conn: PeerConnection
-    plan: list[tuple[int, int, int]]
-    opener: Opener | None = None
-    files: dict[int, BinaryIO] = field(default_factory=dict)
-    hashers: dict[int, Any] = field(default_factory=dict)
-    verified: set[int] = field(default_factory=set)
-    disk: DiskQueue | None = None
-    prepared: asyncio.Future[None] | None = None
-    rate: _Rate = field(default_factory=lambda: _Rate())
-    received: int = 0
-    reported: int = 0
-    started: float = 0.0
-    via: str = ""
-
-
-class _Rate:
-    """Throttled progress events with a smoothed rate."""
-
-    def __init__(self) -> None:
-        self.last_t = time.monotonic()
-        self.last_n = 0
-        self.rate = 0.0
-
-    def due(self, done: int) -> bool:
-        now = time.monotonic()
-        if now - self.last_t < EVENT_INTERVAL:
-            return False
-        self.rate = (done - self.last_n) / (now - self.last_t)
-        self.last_t, self.last_n = now, done
-        return True
 
 
 class TransferManager:
@@ -185,16 +136,10 @@ class TransferManager:
         self.connection_for = connection_for
         self._server: asyncio.base_events.Server | None = None
         self.tcp_port = 0
-        self._incoming: dict[tuple[str, bytes], _Incoming] = {}
         self._outgoing: dict[str, Outgoing] = {}
-        self._streams: dict[tuple[PeerConnection, int], _Incoming | None] = {}
-        self._stream_buf: dict[tuple[PeerConnection, int], bytearray] = {}
-        self._stream_queues: dict[
-            tuple[PeerConnection, int], asyncio.Queue[tuple[bytes, bool]]
-        ] = {}
-        self._gate = TcpGate()
         self._offer_budget = RateBudget(rate=OFFER_RATE, burst=OFFER_BURST)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.receiver = DataReceiver(self)
         self.counters = {
             "tcp_channels": 0,
             "quic_channels": 0,
@@ -213,14 +158,14 @@ class TransferManager:
         transfers deleted to make room."""
 
     def status(self) -> dict[str, int]:
-        return {**self.counters, "tcp_unclaimed": self._gate.unclaimed}
+        return {**self.counters, "tcp_unclaimed": self.receiver.gate.unclaimed}
 
     # ------------------------------------------------------------- lifetime
     async def start(self, host: str) -> None:
         """Listen for direct TCP data channels on the node's address."""
         try:
             self._server = await asyncio.start_server(
-                self._tcp_client, host=host, port=0, limit=4 * CHUNK_SIZE
+                self.receiver.tcp_client, host=host, port=0, limit=4 * CHUNK_SIZE
             )
         except OSError as exc:
             log.warning("no direct TCP data channel (%s): transfers use QUIC", exc)
@@ -238,28 +183,30 @@ class TransferManager:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for inc in list(self._incoming.values()):
-            self._close_files(inc)
-        self._incoming.clear()
+        self.receiver.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
 
-    def _track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Every task of the manager is tracked, cancelled by ``stop`` and has its
+    def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Every task of file drop is tracked, cancelled by ``stop`` and has its
         exception looked at, so none ends as "exception was never retrieved"."""
         task = asyncio.ensure_future(coro)
+        self.adopt(task)
+        return task
+
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        """Track a task started elsewhere (the TCP server's per-connection tasks)."""
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
-        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("file drop task failed: %r", exc, exc_info=exc)
 
-    def _state(self, t: Transfer, state: str, error: str | None = None, **kw: Any) -> None:
+    def set_state(self, t: Transfer, state: str, error: str | None = None, **kw: Any) -> None:
         self.store.set_transfer_state(t.id, state, now=self.clock(), error=error)
         self.emit(TransferStateChanged(t.id, t.peer_id, t.direction, state, error, **kw))
 
@@ -334,7 +281,7 @@ class TransferManager:
         for index, offset in frame.offsets:
             if index not in files or offset > files[index].size:
                 self._send(peer, chat.FileCancel(t.id, "invalid accept"))
-                self._state(t, "failed", "the receiver sent an invalid accept")
+                self.set_state(t, "failed", "the receiver sent an invalid accept")
                 return
         old = self._outgoing.pop(t.id, None)
         if old is not None and old.task is not None:
@@ -348,8 +295,8 @@ class TransferManager:
                 for f in t.files
             ],
         )
-        self._state(t, "sending")
-        out.task = self._track(self._send_attempt(peer, t, frame, out))
+        self.set_state(t, "sending")
+        out.task = self.track(self._send_attempt(peer, t, frame, out))
 
     async def _open_channel(
         self, conn: PeerConnection, t: Transfer, accept: chat.FileAccept, out: Outgoing
@@ -384,7 +331,7 @@ class TransferManager:
             return
         files = {f.index: f for f in t.files}
         out.total = sum(files[i].size - off for i, off in accept.offsets)
-        rate = _Rate()
+        rate = Rate()
         channel: DataSender | None = None
         try:
             channel, sealer = await self._open_channel(conn, t, accept, out)
@@ -397,7 +344,7 @@ class TransferManager:
             await channel.finish()
         except TransferError as exc:
             self._send(peer, chat.FileCancel(t.id, str(exc)[:200]))
-            self._state(t, "failed", str(exc))
+            self.set_state(t, "failed", str(exc))
         except OSError as exc:  # ConnectionError and TimeoutError included
             # The receiver notices too (end of channel, or its read deadline) and asks
             # again with a fresh attempt while the session lives.
@@ -412,10 +359,7 @@ class TransferManager:
         out = self._outgoing.get(transfer_id)
         if out is not None:
             return out.sent, out.total
-        for (tid, _attempt), inc in self._incoming.items():
-            if tid == transfer_id and inc.opener is not None:
-                return inc.received, sum(size - off for _i, off, size in inc.plan)
-        return None
+        return self.receiver.progress(transfer_id)
 
     def _on_progress(self, peer: str, frame: chat.FileProgress) -> None:
         out = self._outgoing.get(frame.id)
@@ -428,9 +372,9 @@ class TransferManager:
             return
         self._outgoing.pop(t.id, None)
         if frame.ok:
-            self._state(t, "done")
+            self.set_state(t, "done")
         else:
-            self._state(t, "failed", frame.error or "the receiver could not verify the files")
+            self.set_state(t, "failed", frame.error or "the receiver could not verify the files")
 
     # ------------------------------------------------------------- receiver
     def _on_offer(self, peer: str, frame: chat.FileOffer) -> None:
@@ -527,7 +471,7 @@ class TransferManager:
     def _answer_known(self, t: Transfer) -> None:
         """The sender re-offers after a reconnect: resume, or repeat our answer."""
         if t.state in ("accepted", "receiving"):
-            self._request_data(t)
+            self.request_data(t)
         elif t.state == "done":
             self._send(t.peer_id, chat.FileResult(t.id, True))
         elif t.state == "declined":
@@ -569,8 +513,8 @@ class TransferManager:
         self.store.set_transfer_files(t.id, updates)
         self.store.set_transfer_folder(t.id, str(target))
         t = self._incoming_transfer(transfer_id)
-        self._state(t, "accepted")
-        self._request_data(t)
+        self.set_state(t, "accepted")
+        self.request_data(t)
         return t
 
     def _check_space(self, target: Path, need: int) -> None:
@@ -602,7 +546,7 @@ class TransferManager:
         if t.state in TERMINAL:
             return
         self._send(t.peer_id, chat.FileDecline(t.id, reason[:200]))
-        self._state(t, "declined", reason)
+        self.set_state(t, "declined", reason)
         self._drop_parts(t)
 
     def cancel(self, transfer_id: str, reason: str = "cancelled") -> None:
@@ -613,14 +557,13 @@ class TransferManager:
             return
         self._send(t.peer_id, chat.FileCancel(t.id, reason[:200]))
         self._stop_local(t)
-        self._state(t, "cancelled", reason)
+        self.set_state(t, "cancelled", reason)
 
     def _stop_local(self, t: Transfer) -> None:
         out = self._outgoing.pop(t.id, None)
         if out is not None and out.task is not None:
             out.task.cancel()
-        for key in [k for k in self._incoming if k[0] == t.id]:
-            self._close_files(self._incoming.pop(key))
+        self.receiver.forget(t.id)
         if t.direction == "in":
             self._drop_parts(t)
 
@@ -630,429 +573,53 @@ class TransferManager:
             raise TransferError(f"no incoming transfer {transfer_id}")
         return t
 
-    def _request_data(self, t: Transfer) -> None:
+    def request_data(self, t: Transfer) -> None:
         """Ask for what is missing, with a fresh attempt (and fresh keys)."""
         conn = self.connection_for(t.peer_id)
         if conn is None:
             return
         if t.attempts >= MAX_ATTEMPTS * 4:
-            self._fail_incoming(t, "too many interrupted attempts")
+            self.fail_incoming(t, "too many interrupted attempts")
             return
-        for key in [k for k in self._incoming if k[0] == t.id]:
-            self._close_files(self._incoming.pop(key))
         plan = []
         for f in t.files:
             if f.accepted and not f.done:
                 plan.append((f.index, min(part_size(f), f.size), f.size))
         attempt = secrets.token_bytes(16)
-        inc = _Incoming(t.id, attempt, conn, plan, started=time.monotonic())
-        self._incoming[(t.id, attempt)] = inc
+        self.receiver.expect(t, conn, plan, attempt)
         self.store.bump_transfer_attempts(t.id, now=self.clock())
         # After repeated failures of the direct path, stay on the session's QUIC.
         port = self.tcp_port if t.attempts < 2 else 0
         conn.send(chat.FileAccept(t.id, tuple((i, off) for i, off, _ in plan), attempt, port))
 
-    # ----------------------------------------------------------- data path
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection to the TCP data port, from anyone."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            inc = await self._tcp_claim(reader, writer)
-            if inc is not None:
-                writer.write(CLAIMED)
-                await self._tcp_receive(inc, reader)
-        except Exception:  # never let one connection's bug reach the node
-            log.exception("TCP data connection failed")
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
-
-    async def _tcp_claim(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> _Incoming | None:
-        """The attempt this connection's preamble names, within the unclaimed caps
-        and the preamble deadline; None closes the connection."""
-        peer = writer.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        with self._gate.admit(ip) as admitted:
-            if not admitted:
-                self.counters["tcp_refused"] += 1
-                return None
-            try:
-                async with asyncio.timeout(self.policy.preamble_timeout):
-                    preamble = await reader.readexactly(PREAMBLE_SIZE)
-            except TimeoutError:
-                self.counters["tcp_no_preamble"] += 1
-                return None
-            except (asyncio.IncompleteReadError, ConnectionError):
-                self.counters["tcp_no_preamble"] += 1
-                return None
-            inc = self._claim(preamble, "tcp")
-            if inc is None:
-                self.counters["tcp_bad_preamble"] += 1
-            return inc
-
-    async def _tcp_receive(self, inc: _Incoming, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                async with asyncio.timeout(self.policy.data_idle_timeout):
-                    prefix = await reader.readexactly(4)
-                    sealed = await reader.readexactly(Opener.record_length(prefix))
-                assert inc.opener is not None
-                record = inc.opener.open_record(sealed)
-                if not await self._store_record(inc, record.index, record.offset, record.data):
-                    return
-                if record.final:
-                    await self._finish(inc)
-                    return
-        except TimeoutError:
-            self._went_silent(inc)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            self._interrupted(inc, "the data connection ended early")
-        except RemoteProtocolError as exc:
-            await self._channel_failed(inc, str(exc))
-        except OSError as exc:
-            self._disk_failed(inc, exc)
-
-    def stream_data(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
-        """Bytes of a QUIC stream the peer opened for a transfer.
-
-        Each stream gets one consumer task fed through a queue, so its records are
-        handled strictly in order even while a disk write or a hash is awaited.
-        """
-        key = (conn, stream_id)
-        if key not in self._streams:
-            if sum(1 for c, _ in self._streams if c is conn) >= 4:
-                conn.close("too many data streams")
-                return
-            self._streams[key] = None
-            self._stream_buf[key] = bytearray()
-        inc = self._streams[key]
-        if inc is None:
-            buf = self._stream_buf[key]
-            buf += data
-            if len(buf) < PREAMBLE_SIZE:
-                if end:
-                    self._forget_stream(key)
-                return
-            inc = self._claim(bytes(buf[:PREAMBLE_SIZE]), "quic", conn)
-            if inc is None:
-                self._forget_stream(key)
-                return
-            self._streams[key] = inc
-            data = bytes(buf[PREAMBLE_SIZE:])
-            del self._stream_buf[key]
-            queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
-            self._stream_queues[key] = queue
-            self._track(self._stream_consumer(key, inc, queue))
-        self._stream_queues[key].put_nowait((data, end))
-
-    async def _stream_consumer(
-        self,
-        key: tuple[PeerConnection, int],
-        inc: _Incoming,
-        queue: asyncio.Queue[tuple[bytes, bool]],
-    ) -> None:
-        try:
-            while True:
-                async with asyncio.timeout(self.policy.data_idle_timeout):
-                    data, end = await queue.get()
-                assert inc.opener is not None
-                for record in inc.opener.feed(data):
-                    if not await self._store_record(
-                        inc, record.index, record.offset, record.data
-                    ):
-                        return
-                    if record.final:
-                        await self._finish(inc)
-                        return
-                if end:
-                    self._interrupted(inc, "the data stream ended early")
-                    return
-        except TimeoutError:
-            self._went_silent(inc)
-        except RemoteProtocolError as exc:
-            await self._channel_failed(inc, str(exc))
-        except OSError as exc:
-            self._disk_failed(inc, exc)
-        finally:
-            self._forget_stream(key)
-
-    def _forget_stream(self, key: tuple[PeerConnection, int]) -> None:
-        self._streams.pop(key, None)
-        self._stream_buf.pop(key, None)
-        self._stream_queues.pop(key, None)
-
-    def connection_closed(self, conn: PeerConnection) -> None:
-        for key in [k for k in self._streams if k[0] is conn]:
-            queue = self._stream_queues.get(key)
-            if queue is not None:
-                queue.put_nowait((b"", True))  # its consumer reports the interruption
-            else:
-                self._forget_stream(key)
-
-    def _claim(
-        self, preamble: bytes, via: str, conn: PeerConnection | None = None
-    ) -> _Incoming | None:
-        try:
-            p = parse_preamble(preamble)
-        except RemoteProtocolError:
-            return None
-        inc = self._incoming.get((p.transfer_id.hex(), p.attempt))
-        if inc is None or inc.opener is not None or (conn is not None and conn is not inc.conn):
-            return None
-        if inc.conn.closed:
-            return None
-        t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
-            return None
-        key = inc.conn.session.export_key(KEY_LABEL, p.transfer_id + p.attempt)
-        try:
-            inc.opener = Opener(key, p.header, inc.plan)
-        except RemoteProtocolError:
-            return None
-        inc.via = via
-        self.counters[f"{via}_channels"] += 1
-        self._open_files(inc, t)
-        if t.state != "receiving":
-            self._state(t, "receiving")
-        return inc
-
-    def _open_files(self, inc: _Incoming, t: Transfer) -> None:
-        files = {f.index: f for f in t.files}
-        jobs: list[tuple[BinaryIO, Any, int]] = []
-        for index, offset, _size in inc.plan:
-            fd = os.open(part_path(files[index]), os.O_RDWR | os.O_CREAT, 0o600)
-            fh = os.fdopen(fd, "r+b")
-            fh.truncate(offset)
-            inc.files[index] = fh
-            inc.hashers[index] = new_hasher()
-            jobs.append((fh, inc.hashers[index], offset))
-        # What a resumed .part already holds is hashed on a thread before any new
-        # record lands, so a large resume does not stall every session of the node.
-        # The thread gets its own list: tearing the attempt down cannot change it.
-        inc.prepared = self._track(asyncio.to_thread(hash_prefixes, jobs))
-
-    def _is_current(self, inc: _Incoming) -> bool:
-        """Whether ``inc`` is still the attempt we wait for: a newer attempt, a
-        cancel or a failure supersedes it, and its channel must then stop quietly."""
-        return self._incoming.get((inc.transfer_id, inc.attempt)) is inc
-
-    async def _store_record(
-        self, inc: _Incoming, index: int, offset: int, data: bytes | memoryview
-    ) -> bool:
-        """Write (and hash) one record; False ends the channel (superseded or failed).
-
-        Every await may let the attempt be superseded, so it is checked again after
-        each one before the attempt's files are touched.
-        """
-        if inc.prepared is not None:
-            await inc.prepared
-            inc.prepared = None
-        if not self._is_current(inc):
-            return False
-        if data:
-            fh = inc.files[index]
-            hasher = inc.hashers[index]
-
-            def job(fh: BinaryIO = fh, hasher: Any = hasher, data: Any = data) -> None:
-                fh.write(data)
-                hasher.update(data)
-
-            if inc.disk is None:
-                inc.disk = DiskQueue()
-            await inc.disk.submit(job)
-            if not self._is_current(inc):
-                return False
-            inc.received += len(data)
-            size = next(s for i, _o, s in inc.plan if i == index)
-            if offset + len(data) == size and not await self._complete_file(inc, index):
-                return False
-            if inc.received - inc.reported >= PROGRESS_EVERY:
-                # The frame every MiB is flow control; the event is for people, so it
-                # goes out at most every EVENT_INTERVAL, like the sender's.
-                inc.reported = inc.received
-                inc.conn.send(chat.FileProgress(inc.transfer_id, inc.attempt, inc.received))
-                if inc.rate.due(inc.received):
-                    total = sum(s - o for _i, o, s in inc.plan)
-                    self.emit(
-                        TransferProgress(
-                            inc.transfer_id,
-                            inc.conn.peer_id or "",
-                            "in",
-                            inc.received,
-                            total,
-                            inc.rate.rate,
-                        )
-                    )
-        return True
-
-    async def _complete_file(self, inc: _Incoming, index: int) -> bool:
-        """The last byte of a file is in: make it durable and check its hash now (a
-        mismatch ends the transfer early); its name waits for the whole transfer."""
-        if inc.disk is not None:
-            await inc.disk.drain()
-        fh = inc.files.pop(index)
-
-        def settle(fh: BinaryIO = fh) -> None:
-            fh.flush()
-            os.fsync(fh.fileno())  # durable before it may take its final name
-            fh.close()
-
-        await asyncio.get_running_loop().run_in_executor(None, settle)
-        t = self.store.get_transfer(inc.transfer_id)
-        if t is None or not self._is_current(inc):
-            return False
-        f = t.files[index]
-        if inc.hashers.pop(index).digest() != f.hash:
-            self._fail_incoming(t, f"{f.path}: content hash mismatch, file discarded")
-            self._incoming.pop((inc.transfer_id, inc.attempt), None)
-            self._close_files(inc)
-            return False
-        inc.verified.add(index)
-        return True
-
-    async def _finish(self, inc: _Incoming) -> None:
-        """The FINAL record arrived: verify what is not verified yet, then publish
-        every file at once, so a transfer is either done and published or not.
-
-        The attempt stays current until it is done, so a disk error on the way
-        (an ``OSError`` the caller hands to ``_disk_failed``) fails it cleanly.
-        """
-        if inc.prepared is not None:
-            await inc.prepared
-            inc.prepared = None
-        t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.folder is None:
-            return
-        ready: list[tuple[int, Path, Path]] = []
-        for f in t.files:
-            if not f.accepted or f.done:
-                continue
-            part = Path(part_path(f))
-            if f.index not in inc.verified:
-                # Complete before this attempt (a resume), or empty.
-                if f.size == 0:
-                    os.close(os.open(part, os.O_WRONLY | os.O_CREAT, 0o600))
-                digest = await asyncio.to_thread(hash_file, part)
-                if not self._is_current(inc):
-                    return
-                if digest != f.hash:
-                    self._incoming.pop((inc.transfer_id, inc.attempt), None)
-                    self._fail_incoming(t, f"{f.path}: content hash mismatch, file discarded")
-                    return
-            ready.append((f.index, part, Path(f.final or "")))
-        if not self._is_current(inc):
-            return
-        # No await from here on: nothing can supersede the attempt while it publishes.
-        finals = publish_all(Path(t.folder), [(part, final) for _i, part, final in ready])
-        self._incoming.pop((inc.transfer_id, inc.attempt), None)
-        self.store.set_transfer_files(
-            t.id,
-            [
-                (index, {"done": 1, "final": str(final)})
-                for (index, _part, _final), final in zip(ready, finals, strict=True)
-            ],
-        )
-        self.store.add_transfer_bytes(t.id, inc.received, now=self.clock())
-        elapsed = max(time.monotonic() - inc.started, 1e-9)
-        log.info(
-            "received %s: %d bytes via %s, %.1f MB/s since the accept",
-            t.id,
-            inc.received,
-            inc.via,
-            inc.received / elapsed / 1e6,
-        )
-        t = self.store.get_transfer(t.id)
-        assert t is not None
-        self._state(t, "done", paths=tuple(f.final or "" for f in t.files if f.accepted))
-        inc.conn.send(chat.FileResult(t.id, True))
-        remove_staging(t)
-
-    def _interrupted(self, inc: _Incoming, why: str) -> None:
-        """The channel died (peer restarted, link dropped, sender gave up): keep the
-        parts, and if the session still lives ask again at once (a fresh attempt,
-        within the attempt budget); otherwise the sender's re-offer resumes it."""
-        if not self._is_current(inc):
-            return  # superseded: whoever replaced it carries on
-        log.info("transfer %s interrupted: %s", inc.transfer_id, why)
-        self.store.add_transfer_bytes(inc.transfer_id, inc.received, now=self.clock())
-        self._incoming.pop((inc.transfer_id, inc.attempt), None)
-        self._close_files(inc)
-        if inc.conn.closed or self.connection_for(inc.conn.peer_id or "") is not inc.conn:
-            return
-        t = self.store.get_transfer(inc.transfer_id)
-        if t is not None and t.state in ("accepted", "receiving"):
-            self._request_data(t)
-
-    def _went_silent(self, inc: _Incoming) -> None:
-        if self._is_current(inc):
-            self.counters["idle_channels"] += 1
-        self._interrupted(
-            inc, f"no data for {self.policy.data_idle_timeout:g} s on the {inc.via} channel"
-        )
-
-    async def _channel_failed(self, inc: _Incoming, why: str) -> None:
-        """Bad data on the channel: nothing unauthenticated was written; retry fresh."""
-        if not self._is_current(inc):
-            return
-        log.warning("transfer %s: data channel failed: %s", inc.transfer_id, why)
-        self.store.add_transfer_bytes(inc.transfer_id, inc.received, now=self.clock())
-        self._incoming.pop((inc.transfer_id, inc.attempt), None)
-        self._close_files(inc)
-        t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
-            return
+    def retry_bad_channel(self, t: Transfer, why: str) -> None:
+        """A channel of ``t`` brought bad data: a fresh attempt, up to ``MAX_ATTEMPTS``."""
         if t.attempts >= MAX_ATTEMPTS:
-            self._fail_incoming(t, f"data channel failed: {why}")
+            self.fail_incoming(t, f"data channel failed: {why}")
         else:
-            self._request_data(t)
+            self.request_data(t)
 
-    def _disk_failed(self, inc: _Incoming, exc: OSError) -> None:
-        """Disk full, folder gone, permissions: nothing the sender can fix by retrying."""
-        if not self._is_current(inc):
-            return
-        log.error("transfer %s: cannot write: %s", inc.transfer_id, exc)
-        self._incoming.pop((inc.transfer_id, inc.attempt), None)
-        self._close_files(inc)
-        t = self.store.get_transfer(inc.transfer_id)
-        if t is not None and t.state not in TERMINAL:
-            self._fail_incoming(t, f"cannot write the file: {exc.strerror or exc}")
-
-    def _fail_incoming(self, t: Transfer, why: str) -> None:
+    def fail_incoming(self, t: Transfer, why: str) -> None:
         self._send(t.peer_id, chat.FileResult(t.id, False, why[:200]))
-        self._state(t, "failed", why)
+        self.set_state(t, "failed", why)
         self._drop_parts(t)
 
-    def _close_files(self, inc: _Incoming) -> None:
-        if inc.disk is not None:
-            inc.disk.close()  # waits for queued writes: never close a file under them
-            inc.disk = None
-        handles = list(inc.files.values())
-        inc.files.clear()
-
-        def close(_: object = None) -> None:
-            for fh in handles:
-                with contextlib.suppress(OSError):
-                    fh.close()
-
-        if inc.prepared is not None and not inc.prepared.done():
-            inc.prepared.add_done_callback(close)  # the hashing thread still reads them
-        else:
-            close()
-
     def _drop_parts(self, t: Transfer) -> None:
-        for key in [k for k in self._incoming if k[0] == t.id]:
-            self._close_files(self._incoming.pop(key))
+        self.receiver.forget(t.id)
         fresh = self.store.get_transfer(t.id) or t
         for f in fresh.files:
             if f.part and not f.done:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f.part)
         remove_staging(fresh)
+
+    # ------------------------------------------------------------- data
+    def stream_data(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
+        """Bytes of a QUIC stream the peer opened (a data channel)."""
+        self.receiver.stream_data(conn, stream_id, data, end)
+
+    def connection_closed(self, conn: PeerConnection) -> None:
+        self.receiver.connection_closed(conn)
 
     # ------------------------------------------------------------- frames
     def frame_received(self, peer: str, frame: chat.FileFrame) -> None:
@@ -1070,7 +637,7 @@ class TransferManager:
                 return
             self._stop_local(t)
             state = "declined" if isinstance(frame, chat.FileDecline) else "cancelled"
-            self._state(t, state, frame.reason or state)
+            self.set_state(t, state, frame.reason or state)
 
     def tick(self) -> None:
         """Pending offers nobody answered expire; the sender hears why."""
@@ -1086,7 +653,7 @@ class TransferManager:
     def page(
         self, peer_id: str | None, *, limit: int = PAGE_SIZE, before: str | None = None
     ) -> list[Transfer]:
-        """Newest first, at most ``limit`` transfers (and about ``PAGE_FILES`` file
+        """Newest first, at most ``limit`` transfers (and at most ``PAGE_FILES`` file
         rows); the next page starts ``before`` the last id of this one."""
         if limit < 1:
             raise TransferError("limit must be at least 1")

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, cast
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
 
@@ -37,7 +38,9 @@ from p2pchat.store import StoreError
 from p2pchat.ui.format import Clock
 from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.palette import ChatCommands, PaletteCommand
+from p2pchat.ui.safe import clean, one_line
 from p2pchat.ui.screens.main import MainScreen, Mode
+from p2pchat.ui.screens.passphrase import passphrase_command
 from p2pchat.ui.screens.setup import (
     FatalScreen,
     FirstRunScreen,
@@ -50,6 +53,8 @@ from p2pchat.ui.screens.setup import (
 log = logging.getLogger(__name__)
 
 DARK_THEME = "textual-dark"
+# A toast says what happened in a few lines; the rest of a long error is noise.
+NOTIFY_LIMIT = 400
 LIGHT_THEME = "textual-light"
 
 
@@ -268,6 +273,30 @@ class ChatApp(App[int]):
         self.workers.cancel_group(self, "events")
         await node.stop()
 
+    # ------------------------------------------------------ notifications
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast of the app, shown as literal text whatever ``markup`` says.
+
+        Toasts carry names, file names and error words that peers chose; as
+        markup, ``[`` in any of them would restyle the toast, run an action or
+        raise ``MarkupError``.  Widgets' and screens' ``notify`` land here too.
+        """
+        super().notify(
+            clean(message, multiline=True, limit=NOTIFY_LIMIT),
+            title=one_line(title, 80),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
+
     # ---------------------------------------------------------- settings
     def apply_settings(self, settings: dict[str, Any]) -> None:
         """Theme, key bindings and bell from ``settings.json`` (see docs/ui.md)."""
@@ -318,7 +347,24 @@ class ChatApp(App[int]):
         if self.main is not None:
             self.main.bell = self.bell_enabled
         self.save_setting("bell", self.bell_enabled)
-        self.notify(f"Bell {'on' if self.bell_enabled else 'off'}", timeout=2)
+        self._alerts_changed()
+
+    def action_toggle_desktop(self) -> None:
+        on = not self._desktop_enabled()
+        self.save_setting("desktop_notifications", on)
+        self._alerts_changed()
+
+    def _desktop_enabled(self) -> bool:
+        settings = self.node.settings if self.node is not None else {}
+        return settings.get("desktop_notifications") is True
+
+    def _alerts_changed(self) -> None:
+        """The status bar says which alerts are on; a toast confirms the change."""
+        bell = "on" if self.bell_enabled else "off"
+        desktop = "on" if self._desktop_enabled() else "off"
+        if self.main is not None and not self.main.detached:
+            self.main.refresh_sidebar()
+        self.notify(f"Bell {bell}, desktop notifications {desktop}", timeout=3)
 
     def action_show_offer(self, transfer_id: str) -> None:
         """The file offer notification's link: open that conversation and ask."""
@@ -331,7 +377,20 @@ class ChatApp(App[int]):
         if isinstance(screen, MainScreen):
             yield from screen.palette_commands()
         yield "Toggle light/dark theme", "Saved in settings.json", self.action_toggle_theme
-        yield "Toggle bell", "Ring the terminal bell on new messages", self.action_toggle_bell
+        bell = "on" if self.bell_enabled else "off"
+        desktop = "on" if self._desktop_enabled() else "off"
+        yield (
+            f"Toggle bell (now {bell})",
+            "Ring the terminal bell on news outside the open conversation",
+            self.action_toggle_bell,
+        )
+        yield (
+            f"Toggle desktop notifications (now {desktop})",
+            "Also show news as desktop notifications (notify-send, osascript)",
+            self.action_toggle_desktop,
+        )
+        if self.node is not None:
+            yield passphrase_command(self, self.node)
         yield "Quit p2pchat", "Stop the node and leave", self._quit_from_palette
 
     def _quit_from_palette(self) -> None:

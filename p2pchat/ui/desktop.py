@@ -9,18 +9,26 @@ the bell remain.
 from __future__ import annotations
 
 import asyncio
+import html
 import shutil
 import sys
 
+from p2pchat.ui.safe import one_line
+
 
 def notifier_command(title: str, body: str) -> list[str] | None:
-    """The command that shows one notification here, or None if there is no tool."""
-    title, body = title[:80], body[:200]
+    """The command that shows one notification here, or None if there is no tool.
+
+    Both texts usually come from peers: control and format characters go (see
+    ``safe.py``), and for ``notify-send`` the body is escaped, since most
+    notification daemons read it as HTML-like markup (``<a href>``, ``<img>``).
+    """
+    title, body = one_line(title, 80), one_line(body, 200)
     if sys.platform == "darwin" and shutil.which("osascript"):
         script = f"display notification {_quote(body)} with title {_quote(title)}"
         return ["osascript", "-e", script]
     if shutil.which("notify-send"):
-        return ["notify-send", "--app-name=p2pchat", "--", title, body]
+        return ["notify-send", "--app-name=p2pchat", "--", title, html.escape(body, quote=False)]
     return None
 
 

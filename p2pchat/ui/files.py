@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from p2pchat.store import Transfer
-from p2pchat.ui.format import human_size, one_line
+from p2pchat.ui.format import human_size
+from p2pchat.ui.safe import one_line
 
 FINAL_STATES = frozenset({"done", "declined", "cancelled", "failed"})
 # Bytes move (or are about to) in these states: the card shows a progress bar.

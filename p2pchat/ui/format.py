@@ -9,7 +9,6 @@ output on every machine.  The file drop rules live beside it in ``files.py``.
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,47 +26,20 @@ STATE_LABELS: dict[MessageState, str] = {
     "read": "read",
 }
 
-# Text from peers must not be able to reorder what is around it on screen.
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
-
 
 def advance_state(current: MessageState, new: MessageState) -> MessageState:
     """States only move forward: events can arrive after a fresher read of the store."""
     return new if STATE_RANK[new] > STATE_RANK[current] else current
 
 
-def safe_text(text: str) -> str:
-    """Keep line breaks, drop what could drive the terminal or flip text direction.
-
-    Message bodies come from peers; an escape sequence or a right-to-left
-    override in one must not rewrite the rest of the screen.
-    """
-    out: list[str] = []
-    for ch in text.replace("\r\n", "\n").replace("\t", "    "):
-        if ch == "\n":
-            out.append(ch)
-        elif ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Cs"):
-            continue
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def one_line(text: str, limit: int = 80) -> str:
-    """A preview that fits in a list row or a notification."""
-    flat = " ".join(safe_text(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def human_size(size: int) -> str:
+def human_size(size: float) -> str:
+    """Binary units, exactly as the CLI prints them (``12.4 MiB``), so both agree."""
     value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"  # pragma: no cover - the loop returns at GB
+        value /= 1024
+    return f"{value:.1f} TiB"
 
 
 def short_id(peer_id: str, length: int = 8) -> str:
@@ -223,3 +195,35 @@ class TypingThrottle:
             return []
         peer, self.peer = self.peer, None
         return [(peer, False)]
+
+
+@dataclass(slots=True)
+class AlertLimiter:
+    """Decide when a notice may also ring the bell or show a desktop notification.
+
+    A contact who sends 500 messages is one event for the user: alert once for
+    a subject (``key``), then stay quiet about it for ``per_key`` seconds; and
+    never alert more often than every ``gap`` seconds overall.
+    """
+
+    per_key: float = 60.0
+    gap: float = 3.0
+    last: dict[str, float] = field(default_factory=dict)
+    last_any: float | None = None
+
+    def allow(self, key: str, now: float) -> bool:
+        if self.last_any is not None and now - self.last_any < self.gap:
+            return False
+        previous = self.last.get(key)
+        if previous is not None and now - previous < self.per_key:
+            return False
+        self.last[key] = now
+        self.last_any = now
+        if len(self.last) > 1024:  # forget the oldest subjects
+            for old in sorted(self.last, key=self.last.__getitem__)[:512]:
+                del self.last[old]
+        return True
+
+    def forget(self, key: str) -> None:
+        """The user looked at the subject: its next news may alert again."""
+        self.last.pop(key, None)

@@ -18,17 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, make_home
+from tests.daemons import Daemon, make_home, rss_kib
 
 FLOOD_RATE = 2000
 FLOOD_PORTS = 64
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture

@@ -8,16 +8,31 @@ flood offers, and a received file is never left half published.
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
+import logging
 import os
+import shlex
+import shutil
+import sqlite3
+import stat
+import subprocess
+import time
+import unicodedata
 from pathlib import Path
 
+import pytest
+
 from p2pchat.core import chat
-from p2pchat.core.filedrop import KEY_LABEL, PREAMBLE_SIZE, Sealer
+from p2pchat.core.filedrop import CHUNK_SIZE, KEY_LABEL, PREAMBLE_SIZE, Sealer, new_hasher
 from p2pchat.core.session import SecureSession
-from p2pchat.identity import parse_address
+from p2pchat.identity import Identity, parse_address
+from p2pchat.net import transfers
+from p2pchat.net.endpoint import Endpoint
 from p2pchat.node import Node
 
 from ..conftest import StartNode, wait_until
+from ..daemons import Daemon, make_home, rss_kib
 from ..test_filedrop import digest, pair, random_file
 from ..test_filedrop_hostile import HostileContact
 from ..test_hostile import RawPeer, raw_endpoint
@@ -122,10 +137,11 @@ async def test_garbage_preambles(start_node: StartNode, tmp_path: Path) -> None:
     assert tcp_counters(b)["tcp_channels"] == tcp_before + 1
 
 
-async def hostile_contact(b: Node) -> tuple[HostileContact, SecureSession, object]:
-    endpoint, identity = await raw_endpoint()
-    b.add_contact(identity.peer_id, name="mallory")
-    peer = RawPeer(endpoint, b.addresses[0])
+async def hostile_session(
+    endpoint: Endpoint, identity: Identity, address: str
+) -> tuple[HostileContact, SecureSession]:
+    """A contact built from the package's own classes that sends whatever it likes."""
+    peer = RawPeer(endpoint, address)
     await asyncio.wait_for(peer.handshake.wait(), 10)
     session = SecureSession(initiator=True, our_key=identity.public_key, sign=identity.sign)
     session.initiate()
@@ -133,6 +149,13 @@ async def hostile_contact(b: Node) -> tuple[HostileContact, SecureSession, objec
     hostile = HostileContact(peer, session)
     await wait_until(hostile.pump, timeout=10)
     hostile.send(chat.Hello(name="mallory"))
+    return hostile, session
+
+
+async def hostile_contact(b: Node) -> tuple[HostileContact, SecureSession, Endpoint]:
+    endpoint, identity = await raw_endpoint()
+    b.add_contact(identity.peer_id, name="mallory")
+    hostile, session = await hostile_session(endpoint, identity, b.addresses[0])
     await wait_until(lambda: b.is_online(identity.peer_id))
     return hostile, session, endpoint
 
@@ -166,4 +189,416 @@ async def test_claimed_channel_that_goes_silent_is_dropped_and_retried(
         again = hostile.of(chat.FileAccept)[1]
         assert isinstance(again, chat.FileAccept) and again.attempt != accept.attempt
     finally:
-        endpoint.close()  # type: ignore[attr-defined]
+        endpoint.close()
+
+
+def stored_rows(database: Path) -> tuple[int, int]:
+    """(transfers, file rows) in a running daemon's database, read-only."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+        transfers_count = db.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
+        files = db.execute("SELECT COUNT(*) FROM transfer_files").fetchone()[0]
+    return int(transfers_count), int(files)
+
+
+FLOOD_OFFERS = 400
+FILES_PER_FLOOD_OFFER = 1000
+
+
+async def test_offer_and_cancel_flood_stays_bounded(start_node: StartNode, tmp_path: Path) -> None:
+    """A contact offers 1,000 files and cancels at once, 400 times as fast as QUIC takes
+    it.  Once each offer was stored and listing them froze the node.  Now: rows and RSS
+    stay bounded, ``transfers`` answers within a second, chat still gets through."""
+    paths = make_home(tmp_path, "victim")
+    victim = Daemon(paths.home, json.loads(paths.settings.read_text())["listen"])
+    await victim.start()
+    endpoint, identity = await raw_endpoint()
+    try:
+        assert victim.proc is not None
+        alice = await start_node("alice")
+        victim_id = (await victim.call("info"))["peer_id"]
+        await victim.call("add", ref=alice.peer_id, name="alice", addresses=list(alice.addresses))
+        alice.add_contact(victim_id, name="victim", addresses=[victim.listen])
+        await victim.call("add", ref=identity.peer_id, name="mallory")
+        hostile, _session = await hostile_session(endpoint, identity, victim.listen)
+
+        async def online() -> bool:
+            contacts = await victim.call("contacts")
+            return all(c["online"] for c in contacts)
+
+        deadline = time.monotonic() + 20
+        while not await online():
+            assert time.monotonic() < deadline, "contacts never came online"
+            await asyncio.sleep(0.1)
+        rss_before = rss_kib(victim.proc.pid)
+
+        files = tuple(
+            chat.FileEntry(f"f{i:04d}", 1, bytes(32)) for i in range(FILES_PER_FLOOD_OFFER)
+        )
+        marker = os.urandom(16).hex()
+
+        async def flood() -> None:
+            for n in range(FLOOD_OFFERS):
+                tid = os.urandom(16).hex()
+                hostile.send(chat.FileOffer(tid, files))
+                hostile.send(chat.FileCancel(tid, "never mind"))
+                if n % 8 == 0:
+                    await asyncio.sleep(0.01)  # let the endpoint put it on the wire
+            # Frames are handled in order: the answer to this one means all were.
+            hostile.send(chat.FileOffer(marker, (chat.FileEntry("../x", 1, bytes(32)),)))
+
+        flooding = asyncio.ensure_future(flood())
+        try:
+            await asyncio.sleep(1.0)  # the victim is busy with the flood now
+            # Chat still gets through, and listing answers, while the flood runs.
+            sent = alice.send_message("victim", "still there?")
+            assert await alice.wait_for_delivery(sent.id, 10) == "delivered"
+            started = time.monotonic()
+            page = await victim.call("transfers")
+            assert time.monotonic() - started < 1.0
+            assert len(page) <= transfers.PAGE_SIZE
+            await flooding
+        finally:
+            flooding.cancel()
+
+        def declines() -> list[chat.FileDecline]:
+            return [f for f in hostile.of(chat.FileDecline) if isinstance(f, chat.FileDecline)]
+
+        def answered() -> bool:
+            return any(f.id == marker for f in declines())
+
+        await wait_until(answered, timeout=120, interval=0.1)
+        count, rows = stored_rows(paths.database)
+        assert count <= transfers.MAX_STORED_PER_CONTACT
+        assert rows <= transfers.MAX_STORED_FILES_PER_CONTACT
+        assert rss_kib(victim.proc.pid) - rss_before < 64 * 1024
+        started = time.monotonic()
+        page = await victim.call("transfers", limit=transfers.MAX_PAGE_SIZE)
+        assert time.monotonic() - started < 1.0
+        assert sum(len(t["files"]) for t in page) <= transfers.PAGE_FILES
+        status = await victim.call("network_status")
+        assert status["file_drop"]["offers_refused"] > 0
+        # The refusal told the contact why.
+        reasons = {f.reason for f in declines()}
+        assert any(r.startswith("too many offers") for r in reasons), reasons
+        # Paging walks the rest: newest first, no overlap.
+        first = await victim.call("transfers", limit=3)
+        second = await victim.call("transfers", limit=3, before=first[-1]["id"])
+        assert [t["created_at"] for t in first + second] == sorted(
+            (t["created_at"] for t in first + second), reverse=True
+        )
+        assert not {t["id"] for t in first} & {t["id"] for t in second}
+    finally:
+        endpoint.close()
+        await victim.stop()
+
+
+# ------------------------------------------------------------------ hole 10
+
+
+def blake3(data: bytes) -> bytes:
+    hasher = new_hasher()
+    hasher.update(data)
+    return hasher.digest()
+
+
+def accepts(hostile: HostileContact, tid: str) -> list[chat.FileAccept]:
+    found = hostile.of(chat.FileAccept)
+    return [f for f in found if isinstance(f, chat.FileAccept) and f.id == tid]
+
+
+def results(hostile: HostileContact, tid: str) -> list[chat.FileResult]:
+    found = hostile.of(chat.FileResult)
+    return [f for f in found if isinstance(f, chat.FileResult) and f.id == tid]
+
+
+class HostileChannel:
+    """The hostile sender's side of one data channel, on the carrier the accept names."""
+
+    def __init__(self, hostile: HostileContact, session: SecureSession, tid: str,
+                 accept: chat.FileAccept) -> None:  # fmt: skip
+        key = session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
+        self.sealer = Sealer(key, bytes.fromhex(tid), accept.attempt)
+        self.link = hostile.peer.link
+        self.stream_id: int | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    @classmethod
+    async def open(
+        cls, hostile: HostileContact, session: SecureSession, host: str, tid: str,
+        accept: chat.FileAccept,
+    ) -> HostileChannel:  # fmt: skip
+        channel = cls(hostile, session, tid, accept)
+        if accept.tcp_port:
+            channel.reader, channel.writer = await asyncio.open_connection(host, accept.tcp_port)
+        else:
+            channel.stream_id = channel.link.conn.get_next_available_stream_id(
+                is_unidirectional=True
+            )
+        await channel.write(channel.sealer.preamble)
+        return channel
+
+    async def write(self, data: bytes) -> None:
+        if self.writer is not None:
+            self.writer.write(data)
+            await self.writer.drain()
+        else:
+            assert self.stream_id is not None
+            self.link.send_stream(self.stream_id, data)
+            await asyncio.sleep(0)
+
+    async def claimed(self) -> bool:
+        if self.reader is None:
+            return True  # QUIC streams are one-way: nothing to wait for
+        return await asyncio.wait_for(self.reader.read(1), 10) == b"\x01"
+
+    async def close(self) -> None:
+        """Hang up at once (TCP close, or end of the QUIC stream)."""
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            assert self.stream_id is not None
+            self.link.send_stream(self.stream_id, b"", end=True)
+
+    async def until_dropped(self) -> None:
+        """Until the receiver closes a TCP channel (a QUIC stream just gets a moment)."""
+        if self.reader is not None:
+            await asyncio.wait_for(self.reader.read(), 20)
+        else:
+            await asyncio.sleep(0.2)
+
+
+async def send_files(
+    hostile: HostileContact, session: SecureSession, host: str, tid: str,
+    accept: chat.FileAccept, data: list[bytes],
+) -> None:  # fmt: skip
+    """What an honest sender would send for ``accept``."""
+    channel = await HostileChannel.open(hostile, session, host, tid, accept)
+    assert await channel.claimed()
+    for index, offset in accept.offsets:
+        for at in range(offset, len(data[index]), CHUNK_SIZE):
+            await channel.write(channel.sealer.seal(index, at, data[index][at : at + CHUNK_SIZE]))
+    await channel.write(channel.sealer.seal(0, 0, b"", final=True))
+    await channel.until_dropped()
+    await channel.close()
+
+
+async def receiving_contact(
+    start_node: StartNode, tmp_path: Path
+) -> tuple[Node, Path, HostileContact, SecureSession, Endpoint, str]:
+    b = await start_node("bob")
+    downloads = tmp_path / "downloads"
+    b.transfers.policy.downloads = downloads
+    b.transfers.policy.accept_from = frozenset({"contacts"})
+    hostile, session, endpoint = await hostile_contact(b)
+    host, _ = parse_address(b.addresses[0])
+    return b, downloads, hostile, session, endpoint, host
+
+
+async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """The offered bytes (with the right hash), then more: each attempt fails at the
+    extra record.  The file was once published at once and the transfer then failed;
+    now a transfer is published whole after its final record, or not at all."""
+    b, downloads, hostile, session, endpoint, host = await receiving_contact(start_node, tmp_path)
+    try:
+        content = os.urandom(1000)
+        tid = os.urandom(16).hex()
+        hostile.send(chat.FileOffer(tid, (chat.FileEntry("small.txt", 1000, blake3(content)),)))
+        done = 0
+        while (t := b.store.get_transfer(tid)) is None or t.state != "failed":
+            seen = done
+            await wait_until(
+                lambda: len(accepts(hostile, tid)) > seen or bool(results(hostile, tid))  # noqa: B023
+            )
+            if results(hostile, tid):
+                break
+            accept = accepts(hostile, tid)[done]
+            done += 1
+            channel = await HostileChannel.open(hostile, session, host, tid, accept)
+            await channel.write(channel.sealer.seal(0, 0, content))
+            await channel.write(channel.sealer.seal(0, 1000, b"beyond the offered size"))
+            await channel.until_dropped()
+            await channel.close()
+            assert not (downloads / "small.txt").exists(), "published while not done"
+            assert done < 30
+        await wait_until(lambda: b.store.get_transfer(tid).state == "failed")  # type: ignore[union-attr]
+        assert not (downloads / "small.txt").exists()
+        assert not list(downloads.rglob("*.part"))
+        assert results(hostile, tid) and not results(hostile, tid)[0].ok
+    finally:
+        endpoint.close()
+
+
+async def test_dotfiles_normalisation_twins_and_private_folders(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """``.bashrc`` arrives visibly renamed; a name that is the NFC twin of one already in
+    the folder is renamed, not put beside it; twins in one offer are refused; folders
+    created for received files are private."""
+    b, downloads, hostile, session, endpoint, host = await receiving_contact(start_node, tmp_path)
+    try:
+        downloads.mkdir(parents=True)
+        composed = unicodedata.normalize("NFC", "caf\u00e9.txt")
+        (downloads / composed).write_bytes(b"already here")
+        data = [os.urandom(3000), os.urandom(2000), os.urandom(1000)]
+        names = [".bashrc", unicodedata.normalize("NFD", composed), "album/disc 1/track.flac"]
+        tid = os.urandom(16).hex()
+        entries = tuple(
+            chat.FileEntry(n, len(d), blake3(d)) for n, d in zip(names, data, strict=True)
+        )
+        hostile.send(chat.FileOffer(tid, entries))
+        await wait_until(lambda: bool(accepts(hostile, tid)))
+        await send_files(hostile, session, host, tid, accepts(hostile, tid)[0], data)
+        await wait_until(lambda: bool(results(hostile, tid)))
+        assert results(hostile, tid)[0].ok
+        assert not (downloads / ".bashrc").exists()
+        assert (downloads / "_.bashrc").read_bytes() == data[0]
+        assert (downloads / composed).read_bytes() == b"already here"
+        twin = unicodedata.normalize("NFC", "caf\u00e9 (1).txt")
+        assert (downloads / twin).read_bytes() == data[1]
+        assert sorted(os.listdir(downloads)) == sorted(["_.bashrc", composed, twin, "album"])
+        for folder in (downloads / "album", downloads / "album" / "disc 1"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        assert (downloads / "album" / "disc 1" / "track.flac").read_bytes() == data[2]
+        # Two names of one offer that differ only in normalisation: refused.
+        tid2 = os.urandom(16).hex()
+        hostile.send(
+            chat.FileOffer(
+                tid2,
+                (
+                    chat.FileEntry(unicodedata.normalize("NFC", "\u00e9"), 1, bytes(32)),
+                    chat.FileEntry(unicodedata.normalize("NFD", "\u00e9"), 1, bytes(32)),
+                ),
+            )
+        )
+        await wait_until(
+            lambda: any(
+                isinstance(f, chat.FileDecline) and f.id == tid2
+                for f in hostile.of(chat.FileDecline)
+            )
+        )
+        assert b.store.get_transfer(tid2) is None
+    finally:
+        endpoint.close()
+
+
+async def test_interrupting_resumes_races_nothing(
+    start_node: StartNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A contact resumes a half-received transfer of 40 files and drops each channel
+    right after its preamble, while the receiver hashes what it already holds.  That
+    used to raise KeyError in the hashing thread ("Task exception was never retrieved");
+    now every round is clean and the transfer still completes."""
+    caplog.set_level(logging.ERROR)
+    _b, downloads, hostile, session, endpoint, host = await receiving_contact(start_node, tmp_path)
+    try:
+        data = [os.urandom(256 * 1024) for _ in range(40)]
+        tid = os.urandom(16).hex()
+        offer = chat.FileOffer(
+            tid, tuple(chat.FileEntry(f"f{i:02d}", len(d), blake3(d)) for i, d in enumerate(data))
+        )
+        hostile.send(offer)
+        await wait_until(lambda: bool(accepts(hostile, tid)))
+        # Most of it, then the channel ends early.
+        channel = await HostileChannel.open(hostile, session, host, tid, accepts(hostile, tid)[0])
+        for i, d in enumerate(data):
+            await channel.write(channel.sealer.seal(i, 0, d if i < 39 else d[:100_000]))
+        await channel.close()
+        for _round in range(6):
+            seen = len(accepts(hostile, tid))
+            try:
+                await wait_until(lambda: len(accepts(hostile, tid)) > seen, timeout=1.5)  # noqa: B023
+            except AssertionError:
+                hostile.send(offer)  # ask to resume (a re-offer, as after a reconnect)
+                await wait_until(lambda: len(accepts(hostile, tid)) > seen)  # noqa: B023
+            # The receiver hashes 10 MB it already holds; the channel goes at once.
+            channel = await HostileChannel.open(
+                hostile, session, host, tid, accepts(hostile, tid)[-1]
+            )
+            await channel.close()
+            await asyncio.sleep(0.05)
+        seen = len(accepts(hostile, tid))
+        hostile.send(offer)
+        await wait_until(lambda: len(accepts(hostile, tid)) > seen)
+        await send_files(hostile, session, host, tid, accepts(hostile, tid)[-1], data)
+        await wait_until(lambda: bool(results(hostile, tid)), timeout=30)
+        assert results(hostile, tid)[0].ok, results(hostile, tid)
+        assert (downloads / "f39").read_bytes() == data[39]
+        gc.collect()
+        await asyncio.sleep(0.1)
+        errors = [
+            r.getMessage() for r in caplog.records
+            if r.levelno >= logging.ERROR and r.name.startswith(("asyncio", "p2pchat"))
+        ]  # fmt: skip
+        assert not errors, errors
+    finally:
+        endpoint.close()
+
+
+class SmallDiskDaemon(Daemon):
+    """A daemon whose download folder is a small tmpfs in its own mount namespace."""
+
+    def __init__(self, home: Path, listen: str, downloads: Path, size_mib: int) -> None:
+        super().__init__(
+            home, listen, extra=["--downloads", str(downloads), "--accept-files-from", "contacts"]
+        )
+        self.downloads = downloads
+        self.size_mib = size_mib
+
+    def argv(self) -> list[str]:
+        inner = " ".join(shlex.quote(a) for a in super().argv())
+        mount = f"mount -t tmpfs -o size={self.size_mib}m,mode=0700 tmpfs {self.downloads}"
+        script = f"{mount} && exec {inner}"
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+    def seen_downloads(self) -> Path:
+        """The download folder as the daemon sees it (its mount namespace)."""
+        assert self.proc is not None
+        return Path(f"/proc/{self.proc.pid}/root") / self.downloads.relative_to("/")
+
+
+def can_mount_tmpfs() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs a private mount namespace (root)")
+async def test_concurrent_auto_accepts_reserve_disk_space(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Two offers of 90 MiB to a headless receiver with 160 MiB free, both arriving
+    before any data flows (queued while it was offline): each fits alone, both did not,
+    and both died of ENOSPC.  Now the second is declined, saying why (with the 64 MiB
+    margin and what the first still needs), and the first completes."""
+    paths = make_home(tmp_path, "bob")
+    downloads = tmp_path / "small-disk"
+    downloads.mkdir()
+    bob = SmallDiskDaemon(
+        paths.home, json.loads(paths.settings.read_text())["listen"], downloads, 160
+    )
+    alice = await start_node("alice")
+    await bob.start()
+    try:
+        bob_id = (await bob.call("info"))["peer_id"]
+        await bob.call("add", ref=alice.peer_id, name="alice", addresses=list(alice.addresses))
+        await bob.stop()
+        alice.add_contact(bob_id, name="bob", addresses=[bob.listen])
+        src = random_file(tmp_path / "src" / "big.bin", 90 * MiB)
+        first = await alice.offer_files("bob", [src])
+        second = await alice.offer_files("bob", [src])
+        await bob.start()  # bob dials alice; both offers arrive back to back
+        assert await alice.wait_transfer(first.id, 120) == "done"
+        assert await alice.wait_transfer(second.id, 120) == "declined"
+        why = alice.get_transfer(second.id).error or ""
+        assert "not enough disk space" in why and "64 MiB" in why, why
+        assert "promised" in why, why
+        assert digest(bob.seen_downloads() / "big.bin") == digest(src)
+    finally:
+        await bob.stop()

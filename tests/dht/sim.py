@@ -27,7 +27,7 @@ from p2pchat.dht.core import DhtConfig, DhtCore
 from p2pchat.dht.events import DhtEvent, GetItemDone, LookupDone, PutDone
 from p2pchat.dht.krpc import Addr
 
-__all__ = ["ChurnResult", "SimNetwork", "run_simulation"]
+__all__ = ["ChurnResult", "SimNetwork", "lookup_times_with_dead_nodes", "run_simulation"]
 
 _DELIVER = 0
 _TIMER = 1
@@ -41,6 +41,8 @@ class SimNode:
     alive: bool = True
     timer: float | None = None
     events: list[DhtEvent] = field(default_factory=list)
+    #: Virtual time at which each operation's event came out.
+    ended_at: dict[int, float] = field(default_factory=dict)
 
 
 class SimNetwork:
@@ -107,6 +109,9 @@ class SimNetwork:
             self._push(self.now + self.rng.uniform(lo, hi), _DELIVER, (target, data, node.addr))
         while (event := core.next_event()) is not None:
             node.events.append(event)
+            op_id = getattr(event, "op_id", None)
+            if op_id is not None:
+                node.ended_at[op_id] = self.now
         timer = core.get_timer()
         if timer is not None and timer != node.timer:
             node.timer = timer
@@ -307,3 +312,31 @@ def run_simulation(
         if log:
             print(f"  churn {churn:.0%} done at {time.perf_counter() - started:.1f} s", flush=True)
     return results
+
+
+def lookup_times_with_dead_nodes(
+    n: int, *, dead: float, lookups: int = 100, seed: int = 1
+) -> tuple[list[float], int]:
+    """Kill ``dead`` of the nodes and, at once (their contacts still in every table),
+    time ``lookups`` lookups from random live nodes, one at a time: durations in
+    virtual seconds, and how many returned exactly the true k closest live nodes."""
+    net = SimNetwork(seed=seed)
+    net.build(n)
+    order = list(net.nodes)
+    net.rng.shuffle(order)
+    for node in order[: round(dead * n)]:
+        net.kill(node)
+    live = net.live()
+    times: list[float] = []
+    exact = 0
+    for _ in range(lookups):
+        node = net.rng.choice(live)
+        target = net.rng.randbytes(20)
+        started = net.now
+        op_id = node.core.find_node(target, net.now)
+        net._after(node)
+        event = net.wait_for(node, op_id)
+        assert isinstance(event, LookupDone)
+        times.append(node.ended_at[op_id] - started)
+        exact += {i.id for i in event.nodes} == net.true_closest(target, net.config.k, node)
+    return times, exact

@@ -364,6 +364,26 @@ def test_lookup_survives_dead_nodes_without_retrying_forever() -> None:
     assert len(wire.log) - sent_before < 50  # quiet once done
 
 
+def test_dead_nodes_cost_a_lookup_its_usual_round_trips_not_the_fixed_timeout() -> None:
+    """Replies here take no time, so once round trips are measured a dead node is slow
+    after 0.1 s and given up after 0.25 s (the floors), in parallel, instead of being
+    waited for 2 s each; the queries stay open for the routing table's sake."""
+    wire = swarm(20)
+    dead = {addr(n) for n in (1, 2, 3, 4, 6, 7)}
+    wire.dropped.update(dead)
+    me = addr(10)
+    core = wire.cores[me]
+    op = core.find_node(random.Random(4).randbytes(20), wire.now)
+    wire.run()
+    wire.advance(0.6)
+    event = wire.event_for(me, op)
+    assert isinstance(event, LookupDone) and event.stats.timeouts >= 1
+    assert not {n.addr for n in event.nodes} & dead
+    assert core.pending_count() >= 1  # the given-up queries, until their real timeout
+    wire.advance(3)
+    assert core.pending_count() == 0
+
+
 def test_external_address_vote_and_bep42_id_change() -> None:
     core = make_core(1, now=100, enforce_bep42=True, local_port=6881)
     old_id = core.node_id

@@ -34,7 +34,7 @@ async def until(
 
 async def main_screen(pilot: Pilot[object], timeout: float = 20.0) -> MainScreen:
     app = pilot.app
-    await until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.ready, timeout)
+    await until(pilot, lambda: showing(app, MainScreen) and app.screen.ready, timeout)
     screen = app.screen
     assert isinstance(screen, MainScreen)
     return screen
@@ -70,3 +70,9 @@ def still_cursors(app: App[object]) -> None:
         text_area.cursor_blink = False
     for field in app.screen.query(Input):
         field.cursor_blink = False
+
+
+def showing(app: App[object], screen_type: type[object]) -> bool:
+    """``screen_type`` is on top and composed (pushed screens mount a moment later)."""
+    screen = app.screen
+    return isinstance(screen, screen_type) and screen.is_mounted

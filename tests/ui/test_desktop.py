@@ -21,12 +21,12 @@ async def test_notify_send_gets_title_and_body_as_arguments(
     tool.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    assert await notify_desktop("bob", "hi; $(rm -rf ~) `x`")
+    assert await notify_desktop("bob", "hi; $(rm -rf ~) `x` <b>\x1b[2J")
     assert record.read_text().splitlines() == [
         "--app-name=p2pchat",
         "--",
         "bob",
-        "hi; $(rm -rf ~) `x`",
+        "hi; $(rm -rf ~) `x` &lt;b&gt;␛[2J",
     ]
 
 

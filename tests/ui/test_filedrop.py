@@ -31,7 +31,7 @@ from p2pchat.ui.screens.main import MainScreen
 from p2pchat.ui.widgets import Composer, TransferCard
 
 from ..conftest import StartNode, make_home, wait_until
-from .conftest import app_for, main_screen, until
+from .conftest import app_for, main_screen, showing, until
 
 MB = 1 << 20
 
@@ -115,11 +115,11 @@ async def test_offer_is_accepted_from_the_modal_and_lands_byte_identical(pair: P
     pilot, app = pair.pilot, pair.app
     source = payload(pair.tmp / "outbox" / "holiday.mov", 6 * MB + 12345)
     offered = await pair.peer.offer_files("alice", [source])
-    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    await until(pilot, lambda: showing(app, OfferScreen))
     modal = app.screen
     assert isinstance(modal, OfferScreen) and modal.transfer_id == offered.id
     listing = str(modal.query_one("#offer-list").render())
-    assert "holiday.mov" in listing and "6.3 MB" in listing
+    assert "holiday.mov" in listing and "6.0 MiB" in listing
     card = pair.card(offered.id)
     assert card is not None and card.info.awaiting_answer  # the inline card came with it
     seen = watch(card)
@@ -128,7 +128,7 @@ async def test_offer_is_accepted_from_the_modal_and_lands_byte_identical(pair: P
     await until(pilot, lambda: app.screen is pair.main)
     await until(pilot, lambda: card.info.state == "done", 60)
     assert ("accepted", True) in seen or ("receiving", True) in seen  # a progress bar showed
-    assert card.progress_bar is None  # and went away when done
+    await until(pilot, lambda: card.progress_bar is None)  # and went away when done
     assert card.status.startswith("✓ done · saved to ") and str(pair.downloads) in card.status
     received = pair.downloads / "holiday.mov"
     assert received.read_bytes() == source.read_bytes()
@@ -139,7 +139,7 @@ async def test_decline_from_the_modal_reaches_the_sender(pair: Pair) -> None:
     pilot, app = pair.pilot, pair.app
     source = payload(pair.tmp / "outbox" / "spam.zip", 4096)
     offered = await pair.peer.offer_files("alice", [source])
-    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    await until(pilot, lambda: showing(app, OfferScreen))
     await pilot.pause()
     await click(pilot, "#decline")
     await wait_until(lambda: pair.peer.get_transfer(offered.id).state == "declined")
@@ -158,24 +158,16 @@ async def test_offer_from_a_contact_off_screen_notifies_and_opens_it(
     carol.add_contact(node.peer_id, name="alice", addresses=node.addresses)
     await until(pilot, lambda: node.is_online(carol.peer_id))
     main.open_conversation(pair.peer.peer_id)
-    notes: list[str] = []
-    notify = app.notify
-
-    def record(message: str, **kwargs: object) -> None:
-        notes.append(message)
-        notify(message, **kwargs)  # type: ignore[arg-type]
-
-    app.notify = record  # type: ignore[method-assign]
     offered = await carol.offer_files("alice", [payload(pair.tmp / "c" / "notes.txt", 100)])
-    await until(pilot, lambda: any("notes.txt" in n for n in notes))
+    key = f"offer:{offered.id}"
+    await until(pilot, lambda: key in main.notices.notices)
     assert app.screen is main and main.current == pair.peer.peer_id  # no modal for carol
-    note = next(n for n in notes if "notes.txt" in n)
-    assert f"show_offer('{offered.id}')" in note  # the whole toast is a link
+    assert "notes.txt" in main.notices.notices[key].text
     titles = [title for title, _, _ in app.palette_commands()]
     assert "Answer file offer: notes.txt" in titles
     assert "Send a file to bob" in titles and "Transfers" in titles
-    await app.run_action(f"show_offer('{offered.id}')")
-    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    main.notices.activate(key)  # what a click on the notice does
+    await until(pilot, lambda: showing(app, OfferScreen))
     assert main.current == carol.peer_id
     assert main.conversation.card(offered.id) is not None
     await pilot.press("escape")  # later: the card keeps the buttons
@@ -264,7 +256,7 @@ async def test_pasted_path_asks_then_sends(pair: Pair) -> None:
     composer = main.query_one(Composer)
     # As a terminal delivers a drop of two files: quoted, space separated.
     app.post_message(events.Paste(f"'{photo}' '{other}'"))
-    await until(pilot, lambda: isinstance(app.screen, ConfirmSendScreen))
+    await until(pilot, lambda: showing(app, ConfirmSendScreen))
     await pilot.pause()
     title = str(app.screen.query_one(".card-title").render())
     assert title == "Send 2 files to bob?"
@@ -286,7 +278,7 @@ async def test_pasted_path_declined_is_inserted_as_text(pair: Pair) -> None:
     path = payload(pair.tmp / "drop" / "notes.txt", 10)
     composer = main.query_one(Composer)
     app.post_message(events.Paste(path.as_uri()))
-    await until(pilot, lambda: isinstance(app.screen, ConfirmSendScreen))
+    await until(pilot, lambda: showing(app, ConfirmSendScreen))
     await pilot.pause()
     await click(pilot, "#no")
     await until(pilot, lambda: composer.text == path.as_uri())
@@ -305,7 +297,7 @@ async def test_file_picker_sends_the_file_under_the_cursor(
     payload(home / "drawing.svg", 5000)
     monkeypatch.setenv("HOME", str(home))
     await pilot.press("ctrl+o")
-    await until(pilot, lambda: isinstance(app.screen, FilePickerScreen))
+    await until(pilot, lambda: showing(app, FilePickerScreen))
     tree = app.screen.query_one(FileTree)
     await until(pilot, lambda: len(tree.root.children) == 1)
     await pilot.press("down", "enter")
@@ -332,11 +324,11 @@ async def test_cancel_from_the_card_and_answers_from_the_panel(pair: Pair) -> No
     main.open_conversation(peer.peer_id)
     await until(pilot, lambda: main.current == peer.peer_id)
     offered = await peer.offer_files("alice", [payload(pair.tmp / "p" / "list.csv", 2000)])
-    await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+    await until(pilot, lambda: showing(app, OfferScreen))
     await pilot.press("escape")
     await until(pilot, lambda: app.screen is main)
     await pilot.press("f3")
-    await until(pilot, lambda: isinstance(app.screen, TransfersScreen))
+    await until(pilot, lambda: showing(app, TransfersScreen))
     await pilot.pause()
     panel = app.screen
     assert isinstance(panel, TransfersScreen)

@@ -87,7 +87,7 @@ def test_transfer_titles() -> None:
     assert transfer_title([("report.pdf", 10)]) == "report.pdf"
     assert transfer_title([("album/a.jpg", 1), ("album/sub/b.jpg", 2)]) == "album/ (2 files)"
     assert transfer_title([("a.txt", 1), ("b.txt", 2), ("c.txt", 3)]) == "a.txt and 2 more"
-    assert transfer_title([("a\x1b[2Jb.txt", 1)]) == "a[2Jb.txt"  # no escape reaches the screen
+    assert transfer_title([("a\x1b[2Jb.txt", 1)]) == "a␛[2Jb.txt"  # no escape reaches the screen
 
 
 def test_progress_after_a_resume_counts_what_came_before() -> None:
@@ -173,9 +173,9 @@ def test_status_lines_for_every_state() -> None:
     assert status_text(_info("offered", "out"), "bob") == "waiting for bob to accept"
     assert (
         status_text(_info("receiving"), "bob", 12_400_000)
-        == "receiving · 31.5 MB / 48.2 MB · 12.4 MB/s · 2 s left"
+        == "receiving · 30.0 MiB / 46.0 MiB · 11.8 MiB/s · 2 s left"
     )
-    assert status_text(_info("sending", "out"), "bob") == "sending · 31.5 MB / 48.2 MB"
+    assert status_text(_info("sending", "out"), "bob") == "sending · 30.0 MiB / 46.0 MiB"
     done = status_text(_info("done", folder="/srv/in"), "bob")
     assert done == "✓ done · saved to /srv/in — press o to open folder"
     assert status_text(_info("done", "out"), "bob") == "✓ done · bob has it"

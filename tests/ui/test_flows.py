@@ -32,7 +32,7 @@ from p2pchat.ui.widgets import Composer, MessageItem
 from p2pchat.ui.widgets.sidebar import REQUEST
 
 from ..conftest import EventLog, StartNode, free_udp_port, make_home, wait_until
-from .conftest import app_for, main_screen, until
+from .conftest import app_for, main_screen, showing, until
 
 Notes = list[tuple[str, str, str]]
 
@@ -99,10 +99,10 @@ async def test_first_run_creates_identity_shows_invite_then_main(tmp_path: Path)
     paths = Paths(tmp_path / "carol")
     app = app_for(paths)
     async with app.run_test(size=(100, 36)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, FirstRunScreen))
+        await until(pilot, lambda: showing(app, FirstRunScreen))
         await type_text(pilot, "carol")
         await pilot.press("enter", "enter", "enter")  # name, passphrase, again: create
-        await until(pilot, lambda: isinstance(app.screen, InviteScreen))
+        await until(pilot, lambda: showing(app, InviteScreen))
         assert paths.identity.exists()
         assert load_settings(paths)["name"] == "carol"
         node = app.node
@@ -124,7 +124,7 @@ async def test_first_run_with_passphrase_seals_the_key(tmp_path: Path) -> None:
     paths = Paths(tmp_path / "dora")
     app = app_for(paths)
     async with app.run_test(size=(100, 36)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, FirstRunScreen))
+        await until(pilot, lambda: showing(app, FirstRunScreen))
         await type_text(pilot, "dora")
         await pilot.press("enter")
         await type_text(pilot, "s3cret")
@@ -136,7 +136,7 @@ async def test_first_run_with_passphrase_seals_the_key(tmp_path: Path) -> None:
         assert not paths.identity.exists()
         app.screen.query_one("#passphrase2", Input).value = "s3cret"
         await pilot.click("#create")
-        await until(pilot, lambda: isinstance(app.screen, InviteScreen))
+        await until(pilot, lambda: showing(app, InviteScreen))
     try:
         load_identity(paths.identity)
     except PassphraseRequired:
@@ -153,7 +153,7 @@ async def test_sealed_identity_asks_for_the_passphrase(tmp_path: Path) -> None:
     save_settings(paths, {"name": "erin"})
     app = app_for(paths)
     async with app.run_test(size=(100, 36)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, PassphraseScreen))
+        await until(pilot, lambda: showing(app, PassphraseScreen))
         await type_text(pilot, "wrong")
         await pilot.press("enter")
         error = app.screen.query_one("#unlock-error", Static)
@@ -176,7 +176,7 @@ async def test_running_daemon_is_explained_and_history_stays_readable(
     try:
         app = app_for(paths)
         async with app.run_test(size=(100, 30)) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, NodeBusyScreen))
+            await until(pilot, lambda: showing(app, NodeBusyScreen))
             text = " ".join(str(s.content) for s in app.screen.query(Static))
             assert "already running" in text and "control socket" in text
             await pilot.click("#read-only")
@@ -199,7 +199,7 @@ async def test_add_contact_by_pasting_the_peers_invite(
         node = app.node
         assert node is not None
         await pilot.press("ctrl+n")
-        await until(pilot, lambda: isinstance(app.screen, AddContactScreen))
+        await until(pilot, lambda: showing(app, AddContactScreen))
         modal = app.screen
         assert modal.query_one("#my-invite", TextArea).text == node.invite()
         field = modal.query_one("#add-ref", Input)
@@ -221,20 +221,21 @@ async def test_incoming_contact_request_is_accepted_from_the_list(
     bob = await start_node("bob")
     app = app_for(make_home(tmp_path, "alice"))
     async with app.run_test(size=(120, 40)) as pilot:
-        notes = record_notifications(app)
+        toasts = record_notifications(app)
         main = await main_screen(pilot)
         node = app.node
         assert node is not None
         bob.add_contact(node.invite(), name="alice")
         sent = bob.send_message("alice", "hi, it's bob")
         await until(pilot, lambda: bob.peer_id in main.contact_list.request_ids)
-        await until(pilot, lambda: any(title == "Contact request" for title, _, _ in notes))
+        await until(pilot, lambda: f"req:{bob.peer_id}" in main.notices.notices)
+        assert toasts == []  # news goes to the notices, not to toasts
         await until(pilot, lambda: "hi, it's bob" in "".join(sidebar_rows(main)))
         contact_list = main.contact_list
         contact_list.focus()
         contact_list.highlighted = contact_list.get_option_index(REQUEST + bob.peer_id)
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, RequestScreen))
+        await until(pilot, lambda: showing(app, RequestScreen))
         details = str(app.screen.query_one("#request-details", Static).content)
         assert bob.peer_id in details and "hi, it's bob" in details
         await pilot.click("#accept")
@@ -296,7 +297,9 @@ async def test_received_message_appears_counts_unread_and_is_marked_read(
         main.open_conversation(carol)
         sent = bob.send_message("alice", "are you there?")
         await until(pilot, lambda: "bob  1 " in row_for(main, "bob"))
-        await until(pilot, lambda: any(t == "bob" and m == "are you there?" for t, m, _ in notes))
+        key = f"msg:{bob.peer_id}"
+        await until(pilot, lambda: key in main.notices.notices)
+        assert main.notices.notices[key].text == "are you there?" and notes == []
         await wait_until(lambda: bob.store.get_message(sent.id).state == "delivered")  # type: ignore[union-attr]
         # Bob's conversation is the most recent, so it sits above Carol's.
         await pilot.press("alt+up")
@@ -343,7 +346,7 @@ async def test_key_mismatch_raises_a_loud_warning(tmp_path: Path, start_node: St
     bob = Identity.generate().peer_id
     app = app_for(make_home(tmp_path, "alice"))
     async with app.run_test(size=(120, 40)) as pilot:
-        notes = record_notifications(app)
+        toasts = record_notifications(app)
         main = await main_screen(pilot)
         node = app.node
         assert node is not None
@@ -351,7 +354,8 @@ async def test_key_mismatch_raises_a_loud_warning(tmp_path: Path, start_node: St
         await until(pilot, lambda: main.current == bob)
         await until(pilot, lambda: "different key" in main.conversation.banner_text, 30)
         assert mallory.addresses[0] in main.conversation.banner_text
-        assert any(sev == "error" and title == "Key mismatch" for title, _, sev in notes)
+        notice = main.notices.notices[f"mismatch:{bob}"]
+        assert notice.severity == "error" and notice.title == "Key mismatch" and toasts == []
         await until(pilot, lambda: "⚠" in row_for(main, "bob"))
 
 
@@ -368,7 +372,7 @@ async def test_verify_shows_the_safety_number_and_marks_verified(
         befriend(node, bob)
         await until(pilot, lambda: main.current == bob.peer_id)
         await pilot.press("f2")
-        await until(pilot, lambda: isinstance(app.screen, VerifyScreen))
+        await until(pilot, lambda: showing(app, VerifyScreen))
         modal = app.screen
         expected = safety_number(node.identity.public_key, key_from_peer_id(bob.peer_id))
         assert expected == bob.safety_number("alice")
@@ -428,7 +432,7 @@ async def test_slash_commands_and_input_history(tmp_path: Path, start_node: Star
         composer.clear()
         await type_text(pilot, "/help")
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await until(pilot, lambda: showing(app, HelpScreen))
         help_text = str(app.screen.query_one("#help-commands", Static).content)
         assert "/verify" in help_text and "/accept" in help_text
         keys_text = str(app.screen.query_one("#help-keys", Static).content)
@@ -450,7 +454,7 @@ async def test_theme_toggle_and_keymap_come_from_settings(tmp_path: Path) -> Non
         assert not app.current_theme.dark
         await until(pilot, lambda: load_settings(paths).get("theme") == "textual-light")
         await pilot.press("ctrl+b")
-        await until(pilot, lambda: isinstance(app.screen, AddContactScreen))
+        await until(pilot, lambda: showing(app, AddContactScreen))
     app2 = app_for(paths)
     async with app2.run_test(size=(100, 30)) as pilot:
         await main_screen(pilot)
@@ -491,12 +495,12 @@ async def test_command_palette_offers_the_screen_actions(
         await until(pilot, lambda: main.current == bob.peer_id)
         titles = [title for title, _, _ in app.palette_commands()]
         assert "Add contact" in titles and "Verify bob" in titles
-        assert "Open conversation: bob" in titles and "Toggle bell" in titles
+        assert "Open conversation: bob" in titles and "Toggle bell (now off)" in titles
         await pilot.press("ctrl+p")
         await type_text(pilot, "verify bob")
         await pilot.pause(0.3)
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, VerifyScreen))
+        await until(pilot, lambda: showing(app, VerifyScreen))
 
 
 async def test_pasted_path_without_a_conversation_stays_text(tmp_path: Path) -> None:
@@ -537,5 +541,5 @@ async def test_decline_command_then_a_file_offer_asks(
         await until(pilot, lambda: main.current == bob.peer_id)
         await bob.offer_files("alice", [report])
         # Bob's conversation is open: the offer asks at once (tests/ui/test_filedrop.py).
-        await until(pilot, lambda: isinstance(app.screen, OfferScreen))
+        await until(pilot, lambda: showing(app, OfferScreen))
         assert "report.pdf" in str(app.screen.query_one("#offer-list", Static).render())

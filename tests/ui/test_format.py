@@ -14,11 +14,10 @@ from p2pchat.ui.format import (
     advance_state,
     day_label,
     fingerprint_of,
-    one_line,
     relative_time,
-    safe_text,
     safety_rows,
 )
+from p2pchat.ui.safe import clean, one_line
 
 UTC = dt.UTC
 NOW = dt.datetime(2025, 3, 14, 15, 30, tzinfo=UTC).timestamp()
@@ -32,7 +31,7 @@ def test_states_only_move_forward() -> None:
 
 def test_peer_text_cannot_drive_the_terminal() -> None:
     hostile = "hi\x1b[2J\x07 \u202eevil\u202c\r\nnext\tline"
-    assert safe_text(hostile) == "hi[2J evil\nnext    line"
+    assert clean(hostile, multiline=True) == "hi␛[2J␇ evil\nnext    line"
     assert one_line("a\n\nb  c", 80) == "a b c"
     assert one_line("x" * 10, 5) == "xxxx…"
 

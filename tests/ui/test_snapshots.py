@@ -25,7 +25,7 @@ from p2pchat.ui.screens.setup import FirstRunScreen
 from p2pchat.ui.screens.verify import VerifyScreen
 from p2pchat.ui.widgets import TransferCard
 
-from .conftest import still_cursors, until
+from .conftest import showing, still_cursors, until
 from .scene import (
     DOWNLOADS,
     OFFER_FILES,
@@ -60,7 +60,7 @@ def transfer_scene(tmp_path: Path) -> Scene:
 async def settle_main(pilot: Pilot[Any], scene: Scene) -> MainScreen:
     """Main screen up, the nearby peer listed, bob's conversation open and read."""
     app = pilot.app
-    await until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.ready)
+    await until(pilot, lambda: showing(app, MainScreen) and app.screen.ready)
     main = app.screen
     assert isinstance(main, MainScreen)
     node = main.node
@@ -95,12 +95,12 @@ async def nothing(pilot: Pilot[Any], main: MainScreen) -> None:
 
 async def open_add_contact(pilot: Pilot[Any], main: MainScreen) -> None:
     await pilot.press("ctrl+n")
-    await until(pilot, lambda: isinstance(pilot.app.screen, AddContactScreen))
+    await until(pilot, lambda: showing(pilot.app, AddContactScreen))
 
 
 async def open_verify(pilot: Pilot[Any], main: MainScreen) -> None:
     await pilot.press("f2")
-    await until(pilot, lambda: isinstance(pilot.app.screen, VerifyScreen))
+    await until(pilot, lambda: showing(pilot.app, VerifyScreen))
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -133,7 +133,7 @@ def test_first_run(snap_compare: SnapCompare, tmp_path: Path, size: tuple[int, i
     app = ChatApp(Paths(tmp_path / "new"), clock=frozen_clock, tz=UTC, network=False)
 
     async def run_before(pilot: Pilot[Any]) -> None:
-        await until(pilot, lambda: isinstance(pilot.app.screen, FirstRunScreen))
+        await until(pilot, lambda: showing(pilot.app, FirstRunScreen))
         await pilot.press(*"alice")
         still_cursors(pilot.app)
         await pilot.pause()
@@ -161,13 +161,13 @@ async def offer_arrives(pilot: Pilot[Any], main: MainScreen) -> None:
     total = sum(size for _, size in OFFER_FILES)
     event = TransferOffered(OFFER_ID, main.current or "", OFFER_FILES, total)
     main.post_message(NodeEventArrived(event))
-    await until(pilot, lambda: isinstance(pilot.app.screen, OfferScreen))
+    await until(pilot, lambda: showing(pilot.app, OfferScreen))
 
 
 async def open_transfers(pilot: Pilot[Any], main: MainScreen) -> None:
     await slides_half_way(pilot, main)
     await pilot.press("f3")
-    await until(pilot, lambda: isinstance(pilot.app.screen, TransfersScreen))
+    await until(pilot, lambda: showing(pilot.app, TransfersScreen))
 
 
 @pytest.mark.parametrize("size", SIZES)

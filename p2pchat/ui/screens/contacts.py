@@ -14,7 +14,8 @@ from textual.widgets import Button, Input, Label, Static, TextArea
 
 from p2pchat.node import Node, NodeError
 from p2pchat.store import ContactRequest, StoreError
-from p2pchat.ui.format import fingerprint_of, one_line, relative_time, short_id
+from p2pchat.ui.format import fingerprint_of, relative_time, short_id
+from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.widgets.error_line import ErrorLine
 
 
@@ -29,9 +30,12 @@ class AddContactScreen(ModalScreen[str | None]):
     def __init__(self, node: Node, *, ref: str = "", name: str = "") -> None:
         super().__init__()
         self.node = node
-        self.ref = ref
-        self.contact_name = name
-        self.invite = node.invite()
+        self.ref = clean(ref)
+        self.contact_name = one_line(name, 64)  # a nearby peer's claim
+        try:
+            self.invite = node.invite()
+        except (ValueError, NodeError) as exc:  # a hand-edited name the invite format refuses
+            self.invite = f"No invite: {exc}"
 
     def compose(self) -> ComposeResult:
         info = self.node.info()
@@ -107,17 +111,17 @@ class RequestScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         r = self.request
-        claimed = r.name or short_id(r.peer_id)
+        claimed = shown_name(r.name, short_id(r.peer_id))
         with Vertical(id="request-card", classes="modal-card"):
-            yield Static(f"Contact request from {claimed}", classes="card-title", markup=False)
+            yield Static(literal(f"Contact request from {claimed}"), classes="card-title")
             yield Static(
                 "The name is what they chose and proves nothing; the key below is what "
                 "you would be talking to. Verify it after accepting.",
                 classes="card-text",
             )
-            yield Static(self._details(), id="request-details", markup=False)
+            yield Static(literal(self._details(), multiline=True), id="request-details")
             yield Label("Name to save them under")
-            yield Input(r.name or "", id="request-name")
+            yield Input(shown_name(r.name), id="request-name")
             yield ErrorLine("", id="request-error")
             with Horizontal(classes="buttons"):
                 yield Button("Later", id="later", compact=True)
@@ -130,7 +134,7 @@ class RequestScreen(ModalScreen[str | None]):
         lines = [
             f"Peer ID      {r.peer_id}",
             f"Fingerprint  {fingerprint_of(r.peer_id)}",
-            f"From         {r.address or 'unknown address'}",
+            f"From         {one_line(r.address or 'unknown address', 80)}",
             f"First seen   {relative_time(r.first_seen, now, self.tz)}"
             f" ({r.attempts} attempt{'s' if r.attempts != 1 else ''})",
         ]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -17,7 +18,8 @@ from textual.widgets import Button, DirectoryTree, Input, Static, Tree
 
 from p2pchat.node import Node
 from p2pchat.ui.files import TransferInfo, describe_paths, display_folder
-from p2pchat.ui.format import clock_time, day_of, human_size, one_line, safe_text
+from p2pchat.ui.format import clock_time, day_of, human_size
+from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.widgets.error_line import ErrorLine
 from p2pchat.ui.widgets.transfers import TransferCard
 
@@ -44,14 +46,27 @@ def _visible(paths: Iterable[Path]) -> list[Path]:
     return [p for p in paths if not p.name.startswith(".")]
 
 
-class FileTree(DirectoryTree):
+class SafeTree(DirectoryTree):
+    """A directory tree whose labels are literal.
+
+    ``Tree`` parses ``str`` labels as markup, and file names in the downloads
+    folder were chosen by whoever sent the files.
+    """
+
+    def process_label(self, label: str | Text) -> Text:
+        if isinstance(label, Text):
+            return Text(clean(label.plain))
+        return Text(clean(label))
+
+
+class FileTree(SafeTree):
     """Files and folders, hidden ones left out."""
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
         return _visible(paths)
 
 
-class FolderTree(DirectoryTree):
+class FolderTree(SafeTree):
     """Folders only: where received files may go."""
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
@@ -73,18 +88,18 @@ class FilePickerScreen(ModalScreen[list[Path] | None]):
 
     def __init__(self, peer_name: str, *, start: Path | None = None) -> None:
         super().__init__()
-        self.peer_name = peer_name
+        self.peer_name = shown_name(peer_name)
         self.start = start or Path.home()
         self.highlighted: Path | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-card", classes="modal-card"):
-            yield Static(f"Send to {self.peer_name}", classes="card-title", markup=False)
+            yield Static(literal(f"Send to {self.peer_name}"), classes="card-title")
             yield Input(
                 str(self.start), placeholder="type a path, Enter to go there", id="picker-path"
             )
             yield FileTree(self.start, id="picker-tree")
-            yield Static(id="picker-hint", markup=False)
+            yield Static(id="picker-hint")
             yield ErrorLine("", id="picker-error")
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel", compact=True)
@@ -113,7 +128,7 @@ class FilePickerScreen(ModalScreen[list[Path] | None]):
             text = f"Enter sends {path.name} · the folder button sends {folder}"
         else:
             text = f"Enter on a file sends it · the folder button sends {folder}"
-        self.query_one("#picker-hint", Static).update(text)
+        self.query_one("#picker-hint", Static).update(literal(text))
         self.query_one("#send-file", Button).disabled = path is None or _is_dir(path)
 
     @on(Tree.NodeHighlighted, "#picker-tree")
@@ -171,7 +186,7 @@ class FolderPickerScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="folder-card", classes="modal-card"):
-            yield Static(self.title_text, classes="card-title", markup=False)
+            yield Static(literal(self.title_text), classes="card-title")
             yield Input(
                 str(self.initial), placeholder="a folder (created if missing)", id="folder-path"
             )
@@ -223,7 +238,7 @@ class ConfirmSendScreen(ModalScreen[bool]):
     def __init__(self, paths: Sequence[Path], peer_name: str) -> None:
         super().__init__()
         self.paths = list(paths)
-        self.peer_name = peer_name
+        self.peer_name = shown_name(peer_name)
 
     def compose(self) -> ComposeResult:
         paths = self.paths
@@ -237,11 +252,9 @@ class ConfirmSendScreen(ModalScreen[bool]):
         if count > self.SHOWN:
             listing.append(f"… and {count - self.SHOWN} more")
         with Vertical(id="confirm-card", classes="modal-card"):
-            yield Static(
-                f"Send {count} {noun} to {self.peer_name}?", classes="card-title", markup=False
-            )
-            yield Static(describe_paths(paths), classes="card-hint", markup=False)
-            yield Static("\n".join(listing), id="confirm-paths", markup=False)
+            yield Static(literal(f"Send {count} {noun} to {self.peer_name}?"), classes="card-title")
+            yield Static(literal(describe_paths(paths)), classes="card-hint")
+            yield Static(literal("\n".join(listing), multiline=True), id="confirm-paths")
             with Horizontal(classes="buttons"):
                 yield Button("No, paste as text", id="no", compact=True)
                 yield Button("Send", id="yes", variant="primary", compact=True)
@@ -274,7 +287,7 @@ class OfferScreen(ModalScreen[str | None]):
         super().__init__()
         self.node = node
         self.info = info
-        self.peer_name = peer_name
+        self.peer_name = shown_name(peer_name)
 
     @property
     def transfer_id(self) -> str:
@@ -286,9 +299,8 @@ class OfferScreen(ModalScreen[str | None]):
         files = f"{count} file{'s' if count != 1 else ''}"
         with Vertical(id="offer-card", classes="modal-card"):
             yield Static(
-                f"{self.peer_name} offers {one_line(info.title, 80)}",
+                literal(f"{self.peer_name} offers {one_line(info.title, 80)}"),
                 classes="card-title",
-                markup=False,
             )
             yield Static(
                 f"{files}, {human_size(info.total)} in all. Nothing is written to your disk "
@@ -312,7 +324,7 @@ class OfferScreen(ModalScreen[str | None]):
         sizes = [human_size(size) for _, size in shown]
         width = max((len(s) for s in sizes), default=0)
         rows = [
-            Content.assemble((s.rjust(width), "$text-muted"), "  ", safe_text(path))
+            Content.assemble((s.rjust(width), "$text-muted"), "  ", one_line(path, 200))
             for (path, _), s in zip(shown, sizes, strict=True)
         ]
         extra = len(self.info.files) - len(shown)
@@ -323,7 +335,7 @@ class OfferScreen(ModalScreen[str | None]):
     def _target_line(self) -> Content:
         folder = downloads_folder(self.node)
         where = display_folder(str(folder)) if folder else "the downloads folder"
-        return Content.assemble(("Save to  ", "$text-muted"), (where, "bold"))
+        return Content.assemble(("Save to  ", "$text-muted"), (one_line(where, 200), "bold"))
 
     def on_mount(self) -> None:
         self.query_one("#offer-files", VerticalScroll).focus()

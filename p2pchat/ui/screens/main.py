@@ -28,7 +28,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -64,16 +63,17 @@ from p2pchat.ui.files import (
     transfer_title,
 )
 from p2pchat.ui.format import (
+    AlertLimiter,
     Clock,
     TypingSignal,
     TypingThrottle,
     day_of,
     human_size,
-    one_line,
     relative_time,
     short_id,
 )
 from p2pchat.ui.messages import NodeEventArrived
+from p2pchat.ui.safe import literal, one_line, shown_name
 from p2pchat.ui.screens.contacts import AddContactScreen, RequestScreen
 from p2pchat.ui.screens.files import (
     ConfirmSendScreen,
@@ -98,6 +98,7 @@ from p2pchat.ui.widgets import (
     StatusInfo,
     TransferCard,
 )
+from p2pchat.ui.widgets.notices import NoticeTray, Severity
 from p2pchat.ui.widgets.sidebar import CONTACT, REQUEST
 
 Mode = Literal["online", "offline", "read-only"]
@@ -169,6 +170,7 @@ class MainScreen(Screen[None]):
         self._progress_due: dict[str, tuple[int, int]] = {}
         self._last_progress: dict[str, tuple[int, int]] = {}
         self._incoming_lines: list[ChatLine] = []
+        self._alerts = AlertLimiter()
         self.ready = False
         self.detached = False
 
@@ -181,6 +183,7 @@ class MainScreen(Screen[None]):
                 yield ConversationView(tz=self.tz, id="conversation")
                 yield Composer(id="composer")
         yield StatusBar(id="status")
+        yield NoticeTray(id="notices")
         yield Footer()
 
     @property
@@ -194,6 +197,10 @@ class MainScreen(Screen[None]):
     @property
     def composer(self) -> Composer:
         return self.query_one("#composer", Composer)
+
+    @property
+    def notices(self) -> NoticeTray:
+        return self.query_one("#notices", NoticeTray)
 
     def on_mount(self) -> None:
         contacts = self.refresh_sidebar()
@@ -239,8 +246,11 @@ class MainScreen(Screen[None]):
         views = self.node.contacts()
         entries = [self._entry(view) for view in views]
         entries.sort(key=lambda e: (-(e.last_activity or 0.0), e.name.casefold()))
-        self.names = {view.peer_id: view.name for view in views}
+        self.names = {view.peer_id: shown_name(view.name, short_id(view.peer_id)) for view in views}
         self._needs_read |= {view.peer_id for view in views if view.unread}
+        for view in views:
+            # The notice counts what the list counts, so the two never disagree.
+            self.notices.set_count(f"msg:{view.peer_id}", view.unread)
         requests = [RequestEntry(r.peer_id, r.name, r.preview) for r in self.node.requests()]
         nearby = [
             NearbyEntry(p.peer_id, p.name, p.source, p.verified)
@@ -278,6 +288,7 @@ class MainScreen(Screen[None]):
             self._mark_read()
         if self._progress_due:
             self._draw_progress()
+        self.notices.flush()
 
     def _draw_incoming(self) -> None:
         """Messages of the open conversation that arrived since the last flush.
@@ -305,8 +316,17 @@ class MainScreen(Screen[None]):
                 contacts=contacts,
                 network=network,
                 detail=detail,
+                alerts=" + ".join(self.alert_kinds()),
             )
         )
+
+    def alert_kinds(self) -> list[str]:
+        """The ways news reaches the user besides the notices: shown in the status bar."""
+        return [
+            kind
+            for kind, on in (("bell", self.bell), ("desktop", self.desktop_notifications))
+            if on
+        ]
 
     # ------------------------------------------------------ conversation
     def open_conversation(self, peer_id: str, *, reload: bool = False) -> None:
@@ -319,17 +339,19 @@ class MainScreen(Screen[None]):
         if peer_id != self.current:
             self._send_typing(self._throttle.stop())
         self.current = peer_id
-        self.names[peer_id] = contact.name
+        self.notices.drop(f"msg:{peer_id}")
+        self._alerts.forget(f"msg:{peer_id}")
+        self.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
         self._incoming_lines = []  # the history read below has them
         messages = self.node.history(peer_id, limit=HISTORY_LIMIT)
         cards = [self._card(self._info(t)) for t in self.node.list_transfers(peer_id)]
         self.conversation.show(
             peer_id,
             self._header(contact),
-            [self._line(m, contact.name) for m in messages],
+            [self._line(m, shown) for m in messages],
             cards=cards,
             today=day_of(self.clock(), self.tz),
-            empty_hint=f"No messages with {contact.name} yet. Say hello!",
+            empty_hint=f"No messages with {shown} yet. Say hello!",
         )
         self.conversation.set_banner(self.warnings.get(peer_id))
         self._show_remote_typing()
@@ -350,7 +372,9 @@ class MainScreen(Screen[None]):
 
     def _header(self, contact: Contact) -> Content:
         online = self.node.is_online(contact.peer_id)
-        parts: list[str | tuple[str, str]] = [(contact.name, "bold")]
+        parts: list[str | tuple[str, str]] = [
+            (shown_name(contact.name, short_id(contact.peer_id)), "bold")
+        ]
         if contact.verified:
             parts.append(("  ✔ verified", "$success"))
         else:
@@ -392,7 +416,7 @@ class MainScreen(Screen[None]):
             composer.placeholder = "/add CODE_OR_ID to add a contact · /help"
         else:
             name = self.names.get(self.current, short_id(self.current))
-            composer.placeholder = (
+            composer.placeholder = literal(
                 f"Message {name} (Enter sends, Ctrl+J new line, Ctrl+O file, /help)"
             )
 
@@ -772,14 +796,15 @@ class MainScreen(Screen[None]):
                 self._remote_typing.pop(event.peer_id, None)
                 self._show_remote_typing()
         elif isinstance(event, ContactRequestReceived):
-            who = event.name or short_id(event.peer_id)
-            self.notify(
-                f"{who} wants to add you. Select the request in the list to answer.",
-                title="Contact request",
+            who = shown_name(event.name, short_id(event.peer_id))
+            self._notice(
+                f"req:{event.peer_id}",
+                "Contact request",
+                f"{who} wants to add you. Click here, or select the request in the list.",
                 severity="warning",
-                markup=False,
+                timeout=20,
+                target=f"request:{event.peer_id}",
             )
-            self._ring("Contact request", f"{who} wants to add you")
             self._schedule_sidebar()
         elif isinstance(event, PeerKeyMismatch):
             self._on_key_mismatch(event)
@@ -820,9 +845,12 @@ class MainScreen(Screen[None]):
             )
             self._show_remote_typing()
             self._schedule_read()
-        if peer != self.current or not self._visible():
-            self.notify(one_line(event.body, 120), title=name, markup=False)
-            self._ring(name, one_line(event.body, 120))
+        if peer != self.current:
+            self._notice(f"msg:{peer}", name, event.body, target=f"peer:{peer}")
+        elif not self._visible():
+            # Open but not in view (another window has the focus): no notice to
+            # click, the conversation has it; the bell and the desktop may say so.
+            self._alert(f"msg:{peer}", name, event.body)
         self._schedule_sidebar()
 
     def _on_key_mismatch(self, event: PeerKeyMismatch) -> None:
@@ -836,8 +864,14 @@ class MainScreen(Screen[None]):
         key = (event.peer_id, event.address)
         if key not in self._mismatches_seen:
             self._mismatches_seen.add(key)
-            self.notify(text, title="Key mismatch", severity="error", timeout=30, markup=False)
-            self._ring()
+            self._notice(
+                f"mismatch:{event.peer_id}",
+                "Key mismatch",
+                text,
+                severity="error",
+                timeout=30,
+                target=f"peer:{event.peer_id}",
+            )
         if event.peer_id == self.current:
             self.conversation.set_banner(text)
         self._schedule_sidebar()
@@ -895,21 +929,21 @@ class MainScreen(Screen[None]):
             return
         self._show_transfer(info)
         name = self.name_of(event.peer_id)
-        self._ring("File offer", f"{name} offers {one_line(info.title, 80)}")
         if not info.awaiting_answer:
             return  # accepted on its own (--accept-files-from) before we got here
         if event.peer_id == self.current:
+            self._alert(f"offer:{event.transfer_id}", "File offer", f"{name} offers {info.title}")
             self.app.push_screen(OfferScreen(self.node, info, name), self._offer_answered)
             return
         first = one_line(event.files[0][0], 40) if event.files else "?"
         more = f" and {len(event.files) - 1} more" if len(event.files) > 1 else ""
-        link = f"app.show_offer('{event.transfer_id}')"
-        self.notify(
-            f"[@click={link}]{escape(name)} offers {escape(first)}{escape(more)} "
-            f"({human_size(event.total)}). Click here to answer, or press F3.[/]",
-            title="File offer",
+        self._notice(
+            f"offer:{event.transfer_id}",
+            "File offer",
+            f"{name} offers {first}{more} ({human_size(event.total)}). Click to answer (or F3).",
             severity="warning",
             timeout=30,
+            target=f"offer:{event.transfer_id}",
         )
 
     def _offer_answered(self, answer: str | None) -> None:
@@ -971,21 +1005,25 @@ class MainScreen(Screen[None]):
             return
         name = self.name_of(info.peer_id)
         title = one_line(info.title, 60)
+        key, target = f"xfer:{info.transfer_id}", f"peer:{info.peer_id}"
+        self.notices.drop(f"offer:{info.transfer_id}")
         if event.state == "done":
             text = f"Received {title} from {name}" if info.incoming else f"{name} received {title}"
-            self.notify(text, title="File transfer", timeout=6, markup=False)
+            self._notice(key, "File transfer", text, target=target, alert=False)
         elif event.state == "failed":
-            self.notify(
+            self._notice(
+                key,
+                "File transfer failed",
                 f"{title} ({name}): {event.error or 'failed'}",
-                title="File transfer failed",
                 severity="error",
-                timeout=10,
-                markup=False,
+                timeout=15,
+                target=target,
+                alert=False,
             )
         elif event.state == "declined" and not info.incoming:
-            self.notify(f"{name} declined {title}", title="File transfer", markup=False)
+            self._notice(key, "File transfer", f"{name} declined {title}", target=target)
         elif event.state == "cancelled":
-            self.notify(f"{title} ({name}): cancelled", title="File transfer", markup=False)
+            self._notice(key, "File transfer", f"{title} ({name}): cancelled", target=target)
 
     @on(TransferCard.Action)
     def _card_action_message(self, event: TransferCard.Action) -> None:
@@ -1107,11 +1145,51 @@ class MainScreen(Screen[None]):
                 parts.append(f"NAT {dht['nat']}")
         return " · ".join(parts)
 
-    def _ring(self, title: str = "", body: str = "") -> None:
-        if self.bell:
+    # ---------------------------------------------------------- notices
+    def _notice(
+        self,
+        key: str,
+        title: str,
+        text: str,
+        *,
+        severity: Severity = "information",
+        timeout: float = 8.0,
+        target: str | None = None,
+        alert: bool = True,
+    ) -> None:
+        """One notice per subject (``key``), updated in place; the first may also alert."""
+        self.notices.post(key, title, text, severity=severity, timeout=timeout, target=target)
+        if alert:
+            self._alert(key, title, text)
+
+    def _alert(self, key: str, title: str, body: str) -> None:
+        """Bell and desktop notification, at most once per subject a minute (AlertLimiter)."""
+        bell = self.bell
+        desktop = self.desktop_notifications
+        if not (bell or desktop) or not self._alerts.allow(key, time.monotonic()):
+            return
+        if bell:
             self.app.bell()
-        if title and self.node.settings.get("desktop_notifications") is True:
+        if desktop:
             self.run_worker(notify_desktop(title, body), group="desktop", exclusive=False)
+
+    @property
+    def desktop_notifications(self) -> bool:
+        try:
+            return self.node.settings.get("desktop_notifications") is True
+        except Exception:  # an attached view whose owner went away
+            return False
+
+    @on(NoticeTray.Activated)
+    def _notice_clicked(self, event: NoticeTray.Activated) -> None:
+        event.stop()
+        kind, _, value = (event.target or "").partition(":")
+        if kind == "peer":
+            self.open_conversation(value)
+        elif kind == "request":
+            self.show_request(value)
+        elif kind == "offer":
+            self.show_offer(value)
 
 
 def _names(t: Transfer) -> list[tuple[str, int]]:

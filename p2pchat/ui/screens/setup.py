@@ -18,6 +18,7 @@ from p2pchat.config import Paths, load_settings, save_settings
 from p2pchat.identity import WrongPassphrase, create_identity
 from p2pchat.node import Node
 from p2pchat.ui.format import fingerprint_rows
+from p2pchat.ui.safe import literal, shown_name
 from p2pchat.ui.widgets.error_line import ErrorLine
 
 MAX_NAME = 64
@@ -145,7 +146,7 @@ class InviteScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with Center(), Vertical(id="invite-card", classes="card"):
-            yield Static(f"You are {self.display_name}", classes="card-title", markup=False)
+            yield Static(literal(f"You are {shown_name(self.display_name)}"), classes="card-title")
             yield Static(
                 "Send this invite to a friend (any channel will do: it carries no secret). "
                 "When they add it, you will see their contact request.",
@@ -192,9 +193,8 @@ class PassphraseScreen(Screen[Node | None]):
         with Center(), Vertical(id="unlock-card", classes="card"):
             yield Static("Unlock your identity", classes="card-title")
             yield Static(
-                f"The key in {self.home} is protected by a passphrase.",
+                literal(f"The key in {self.home} is protected by a passphrase."),
                 classes="card-text",
-                markup=False,
             )
             yield Input(password=True, id="unlock-passphrase", placeholder="passphrase")
             yield ErrorLine(self.first_error or "", id="unlock-error")
@@ -252,7 +252,7 @@ class NodeBusyScreen(Screen[str]):
     def compose(self) -> ComposeResult:
         with Center(), Vertical(id="busy-card", classes="card"):
             yield Static("p2pchat is already running for this home", classes="card-title")
-            yield Static(self.detail, classes="card-text", markup=False)
+            yield Static(literal(self.detail, multiline=True), classes="card-text")
             yield Static(
                 "Only one node can own an identity at a time, and the process that owns "
                 "it did not answer on its control socket (it may be stopped or shutting "
@@ -288,9 +288,9 @@ class FatalScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with Center(), Vertical(id="fatal-card", classes="card"):
-            yield Static(self.title_text, classes="card-title", markup=False)
+            yield Static(literal(self.title_text), classes="card-title")
             with VerticalScroll(id="fatal-detail"):
-                yield Static(self.detail, classes="card-text", markup=False)
+                yield Static(literal(self.detail, multiline=True), classes="card-text")
             with Horizontal(classes="buttons"):
                 yield Button("Quit", id="quit", variant="error", compact=True)
         yield Footer()
@@ -313,10 +313,10 @@ class StartingScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Center(), Vertical(id="starting-card", classes="card"):
             yield Static("p2pchat", classes="card-title")
-            yield Static(self.text, id="starting-text", classes="card-text")
+            yield Static(literal(self.text), id="starting-text", classes="card-text")
             yield LoadingIndicator()
 
     def say(self, text: str) -> None:
         self.text = text
         for label in self.query("#starting-text").results(Static):
-            label.update(text)
+            label.update(literal(text))

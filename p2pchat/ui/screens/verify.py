@@ -15,6 +15,7 @@ from textual.widgets import Button, Digits, Static
 from p2pchat.node import Node
 from p2pchat.store import Contact
 from p2pchat.ui.format import fingerprint_of, fingerprint_rows, safety_rows
+from p2pchat.ui.safe import literal, shown_name
 
 
 class VerifyScreen(ModalScreen[bool]):
@@ -36,17 +37,20 @@ class VerifyScreen(ModalScreen[bool]):
         self.contact = contact
         self.number = node.safety_number(contact.peer_id)
         self.verified = contact.verified
+        self.contact_name = shown_name(contact.name, contact.peer_id[:8])
 
     def compose(self) -> ComposeResult:
         c = self.contact
         me = self.node.info()
+        shown = self.contact_name
         with Vertical(id="verify-card", classes="modal-card"):
-            yield Static(f"Verify {c.name}", classes="card-title", markup=False)
+            yield Static(literal(f"Verify {shown}"), classes="card-title")
             yield Static(
-                f"Compare this number with the one {c.name} sees on their screen, in person "
-                "or on a call you trust. If all twelve groups match, nobody sits between you.",
+                literal(
+                    f"Compare this number with the one {shown} sees on their screen, in person "
+                    "or on a call you trust. If all twelve groups match, nobody sits between you."
+                ),
                 classes="card-text",
-                markup=False,
             )
             with Horizontal(id="verify-columns"):
                 with Vertical(id="safety-panel"):
@@ -60,7 +64,7 @@ class VerifyScreen(ModalScreen[bool]):
                         markup=False,
                     )
                 with Vertical(id="identity-panel"):
-                    yield Static(c.name, classes="panel-title", markup=False)
+                    yield Static(literal(shown), classes="panel-title")
                     yield Static(
                         "\n".join(fingerprint_rows(fingerprint_of(c.peer_id))),
                         id="verify-their-fp",
@@ -87,7 +91,7 @@ class VerifyScreen(ModalScreen[bool]):
         toggle = self.query_one("#toggle", Button)
         if self.verified:
             status.update(
-                Content.assemble(("✔ ", "$success bold"), (f"{self.contact.name} is verified", ""))
+                Content.assemble(("✔ ", "$success bold"), (f"{self.contact_name} is verified", ""))
             )
             toggle.label = "Remove verification"
             toggle.variant = "default"
@@ -101,8 +105,6 @@ class VerifyScreen(ModalScreen[bool]):
         contact = self.node.verify_contact(self.contact.peer_id, not self.verified)
         self.verified = contact.verified
         self._show_status()
-        if self.verified:
-            self.notify(f"{contact.name} is now verified", timeout=3)
 
     @on(Button.Pressed, "#close")
     def action_close(self) -> None:

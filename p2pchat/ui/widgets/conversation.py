@@ -35,8 +35,8 @@ from p2pchat.ui.format import (
     clock_time,
     day_label,
     day_of,
-    safe_text,
 )
+from p2pchat.ui.safe import clean, literal, shown_name
 
 AUTHOR_WIDTH = 10
 NARROW_AUTHOR_WIDTH = 7
@@ -120,6 +120,9 @@ class MessageItem(ConversationItem):
         super().__init__(line.at)
         self.line = line
         self.tz = tz
+        # Cleaned once: render runs on every repaint.
+        self._body = clean(line.body, multiline=True)
+        self._author = shown_name(line.author)
         self.set_class(line.outgoing, "-outgoing")
         self._apply_state_class()
 
@@ -146,7 +149,7 @@ class MessageItem(ConversationItem):
         grid.add_column(width=self.author_width, justify="right", no_wrap=True, overflow="ellipsis")
         grid.add_column(ratio=1, overflow="fold")
         author_class = "message--author-out" if line.outgoing else "message--author-in"
-        body = Text(safe_text(line.body))
+        body = Text(self._body)
         if line.outgoing:
             tick_class = "message--tick-read" if line.state == "read" else "message--tick"
             body.append(" ")
@@ -156,7 +159,7 @@ class MessageItem(ConversationItem):
                 clock_time(line.at, self.tz),
                 style=self.get_component_rich_style("message--time"),
             ),
-            Text(line.author, style=self.get_component_rich_style(author_class)),
+            Text(self._author, style=self.get_component_rich_style(author_class)),
             body,
         )
         return grid
@@ -248,7 +251,8 @@ class ConversationView(Vertical):
         self._cards = {}
         self._last = None
         self._empty_hint = True
-        self._replace_timeline([Static(text, classes="conv-empty")])
+        shown = text if isinstance(text, Content) else literal(text, multiline=True)
+        self._replace_timeline([Static(shown, classes="conv-empty")])
 
     def show(
         self,
@@ -292,7 +296,7 @@ class ConversationView(Vertical):
             self._last = item
         self._empty_hint = not items
         if not items:
-            items.append(Static(empty_hint, classes="conv-empty", markup=False))
+            items.append(Static(literal(empty_hint), classes="conv-empty"))
         self._messages = messages
         self._cards = found
         self._replace_timeline(items)
@@ -382,11 +386,13 @@ class ConversationView(Vertical):
 
     # ------------------------------------------------------------- chrome
     def set_header(self, header: Content | str) -> None:
-        self.query_one("#conv-header", Static).update(header)
+        """``header`` is Content built from cleaned parts, or plain text shown as it is."""
+        shown = header if isinstance(header, Content) else literal(header)
+        self.query_one("#conv-header", Static).update(shown)
 
     def set_banner(self, text: str | None) -> None:
         banner = self.query_one("#conv-banner", Static)
-        banner.update(text or "")
+        banner.update(literal(text or "", multiline=True))
         banner.set_class(bool(text), "-visible")
 
     @property
@@ -398,8 +404,9 @@ class ConversationView(Vertical):
         # Called for every incoming message: the line is one row high whatever it
         # says, so an unchanged text costs nothing and a new one only a repaint.
         typing = self.query_one("#conv-typing", Static)
-        if str(typing.content) != (text or ""):
-            typing.update(text or "", layout=False)
+        shown = literal(text or "", limit=200)
+        if typing.content != shown:
+            typing.update(shown, layout=False)
 
     @property
     def typing_text(self) -> str:

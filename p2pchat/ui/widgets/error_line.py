@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
+from p2pchat.ui.safe import literal
+
 
 class ErrorLine(Static):
     """Forms on small terminals cannot spare a blank line for an error that may never come."""
@@ -14,11 +16,12 @@ class ErrorLine(Static):
     """
 
     def __init__(self, text: str = "", *, id: str | None = None) -> None:
-        super().__init__(text, id=id, markup=False)
+        super().__init__(literal(text, multiline=True), id=id)
         self.set_class(bool(text), "-shown")
 
     def show(self, text: str) -> None:
-        self.update(text)
+        """``text`` is shown literally: errors quote names and words that peers chose."""
+        self.update(literal(text, multiline=True))
         self.set_class(bool(text), "-shown")
 
     @property

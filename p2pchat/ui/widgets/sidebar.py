@@ -19,7 +19,8 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
-from p2pchat.ui.format import one_line, relative_time, short_id
+from p2pchat.ui.format import relative_time, short_id
+from p2pchat.ui.safe import one_line
 
 CONTACT = "c:"
 REQUEST = "r:"
@@ -199,4 +200,5 @@ def _nearby_prompt(n: NearbyEntry) -> Content:
     name = one_line(n.name, NAME_CHARS) if n.name else short_id(n.peer_id)
     # Until a session proves it, the ID is only what the announcement claimed.
     proof = "" if n.proven else ", unproven"
-    return Content.assemble(("+ ", "$text-muted"), name, (f"\n  {n.source}{proof}", "$text-muted"))
+    source = one_line(n.source, PREVIEW_CHARS)
+    return Content.assemble(("+ ", "$text-muted"), name, (f"\n  {source}{proof}", "$text-muted"))

@@ -8,6 +8,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from p2pchat.ui.format import short_id
+from p2pchat.ui.safe import one_line
 
 NETWORK_STYLES = {
     "online": "$success",
@@ -27,6 +28,8 @@ class StatusInfo:
     contacts: int
     network: str
     detail: str = ""
+    alerts: str = ""
+    """What else tells the user about news: "bell", "desktop", both, or "" (neither)."""
 
 
 class StatusBar(Static):
@@ -44,11 +47,13 @@ class StatusBar(Static):
         if info == self.info:
             return
         self.info = info
-        addresses = ", ".join(info.addresses) if info.addresses else "not listening"
-        network = info.network + (f": {info.detail}" if info.detail else "")
+        # Every part may carry outside text (a name from settings, an error's words).
+        name = one_line(info.name, 32)
+        addresses = one_line(", ".join(info.addresses), 80) or "not listening"
+        network = one_line(info.network + (f": {info.detail}" if info.detail else ""), 120)
         self.update(
             Content.assemble(
-                (info.name, "bold"),
+                (name, "bold"),
                 (f" {short_id(info.peer_id)}", "$text-muted"),
                 ("  │  ", "$text-muted"),
                 addresses,
@@ -57,5 +62,8 @@ class StatusBar(Static):
                 ("  │  ", "$text-muted"),
                 ("net ", "$text-muted"),
                 (network, NETWORK_STYLES.get(info.network, "")),
+                ("  │  ", "$text-muted"),
+                ("alerts ", "$text-muted"),
+                (info.alerts or "off", ""),
             )
         )

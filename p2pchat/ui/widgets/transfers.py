@@ -24,7 +24,8 @@ from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
 from p2pchat.ui.files import OPEN_HINT, TransferInfo, overall_done, status_text
-from p2pchat.ui.format import clock_time, human_size, one_line
+from p2pchat.ui.format import clock_time, human_size
+from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.widgets.conversation import ConversationItem
 
 STATE_CLASSES = (
@@ -53,6 +54,7 @@ class _Status(Static):
         self._shape = (event.size.width, event.size.height)
 
     def show(self, text: str) -> None:
+        text = clean(text, multiline=True)  # names, file names and error words of peers
         if text.endswith(OPEN_HINT):
             head = text[: -len(OPEN_HINT)]
             content = Content.from_markup(f"$head[@click=open_folder]{OPEN_HINT}[/]", head=head)
@@ -152,8 +154,8 @@ class TransferCard(ConversationItem):
     ) -> None:
         super().__init__(info.created_at, id=card_id(info.transfer_id))
         self.info = info
-        self.author = author
-        self.peer_name = peer_name
+        self.author = shown_name(author)
+        self.peer_name = shown_name(peer_name)
         self.tz = tz
         self.time_text = time_text
         self.with_peer = with_peer
@@ -170,7 +172,7 @@ class TransferCard(ConversationItem):
     def compose(self) -> ComposeResult:
         info = self.info
         yield Static(self.time_text or clock_time(info.created_at, self.tz), classes="tc-time")
-        author = Static(self.author, classes="tc-author", markup=False)
+        author = Static(literal(self.author), classes="tc-author")
         author.styles.width = self.author_width
         yield author
         with Vertical(classes="tc-body"):
@@ -328,13 +330,13 @@ class PreparingCard(ConversationItem):
 
     def __init__(self, at: float, *, author: str, what: str, tz: dt.tzinfo | None) -> None:
         super().__init__(at)
-        self.author = author
+        self.author = shown_name(author)
         self.what = what
         self.tz = tz
 
     def compose(self) -> ComposeResult:
         yield Static(clock_time(self.at, self.tz), classes="tc-time")
-        author = Static(self.author, classes="tc-author", markup=False)
+        author = Static(literal(self.author), classes="tc-author")
         author.styles.width = self.author_width
         yield author
         yield Static(

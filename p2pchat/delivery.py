@@ -1,0 +1,400 @@
+"""How chat messages move between this node and its contacts, under budgets.
+
+The outbox and the receive window (``store.py``, ``core/window.py``) make delivery
+exactly-once and in order; this module decides *when* frames go out and what a
+contact may make us spend:
+
+* **Resends** (everything the outbox sends again: when a session becomes active,
+  on a ``gap`` request, after a deferral) draw on byte and message budgets per
+  contact and in total.  What a budget does not cover now is not dropped: the
+  resend pauses and continues, in order, as the budget refills (``tick``).  A
+  session may also honour only so many ``gap`` requests (a burst, then one every
+  few seconds), whatever state the connection is in: before, a ``pending`` frame
+  followed by a ``gap`` got the whole outbox resent every time.
+* **Refusals we receive** (``defer`` frames): the contact's node could not store a
+  message (its database failed) or we used up our daily allowance there.  Our
+  messages stay queued, sending to that contact pauses for the time it asked
+  (bounded), the user is told why (``DeliveryDeferred``), then the outbox is
+  resent from the refused message.
+* **Refusals we send**: a message we cannot store (``StoreError``: disk full, I/O
+  error) or that is over the contact's daily quota is not acknowledged; the
+  contact gets one ``defer`` naming a retry time (growing with repeated storage
+  failures, at most a few seconds, so a conversation recovers promptly once space
+  returns), and whatever it sends before then is dropped unread, without touching
+  the database.  The user sees ``StorageProblem`` / ``IncomingDeferred``.
+
+Nothing here owns sockets or tasks: the node calls in with frames and on its
+dial-loop tick, and every decision reads an injected clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from p2pchat.core import chat
+from p2pchat.core.budget import RateBudget
+from p2pchat.core.events import (
+    DeliveryDeferred,
+    IncomingDeferred,
+    MessageReceived,
+    MessageStateChanged,
+    NodeEvent,
+    StorageProblem,
+)
+from p2pchat.store import Message, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_DAILY_MESSAGE_BYTES",
+    "Delivery",
+    "daily_quota_setting",
+]
+
+# Resends per contact: a burst that covers a large outbox once, then a steady pace.
+RESEND_BYTES_BURST = 4 * 1024 * 1024
+RESEND_BYTES_RATE = 256 * 1024
+RESEND_MESSAGES_BURST = 1024
+RESEND_MESSAGES_RATE = 64
+# Resends to all contacts together.
+GLOBAL_RESEND_BYTES_BURST = 16 * 1024 * 1024
+GLOBAL_RESEND_BYTES_RATE = 1024 * 1024
+GLOBAL_RESEND_MESSAGES_BURST = 4096
+GLOBAL_RESEND_MESSAGES_RATE = 256
+# Gap requests one session may have honoured: a burst, then one every 5 s.
+GAPS_PER_SESSION_BURST = 64
+GAPS_PER_SESSION_RATE = 0.2
+# What a resent message costs beyond its body: frame, msgpack fields, seal.
+MESSAGE_OVERHEAD = 96
+# Refusing after a storage failure: the first retry after 0.5 s, doubling to 4 s.
+STORAGE_RETRY_MIN = 0.5
+STORAGE_RETRY_MAX = 4.0
+# We drop a refused contact's messages unread for this share of the time we asked it
+# to wait, so its retry (timed by its own clock) never lands inside the window.
+REFUSE_SHARE = 0.75
+# Pauses a contact can ask of us: at least this short, at most a day.
+MIN_PAUSE = 0.5
+MAX_PAUSE = 86400.0
+DEFAULT_DAILY_MESSAGE_BYTES = 8 * 1024 * 1024
+"""Message bytes each contact may have stored here per UTC day (``settings.json``:
+``max_message_bytes_per_day``; 0 means no limit)."""
+QUOTA_SETTING = "max_message_bytes_per_day"
+STORAGE_REASON = "the contact's device cannot store messages right now (is its disk full?)"
+
+
+def daily_quota_setting(settings: dict[str, Any]) -> int | None:
+    """The per-contact daily message quota in bytes, or None for no limit."""
+    value = settings.get(QUOTA_SETTING)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value or None
+    return DEFAULT_DAILY_MESSAGE_BYTES
+
+
+class Link(Protocol):
+    """What delivery needs of a contact's session (``net.peer.PeerConnection``)."""
+
+    peer_id: str | None
+    held_as_request: bool
+    closed: bool
+
+    def send(self, frame: chat.ChatFrame) -> bool: ...
+
+
+@dataclass(slots=True)
+class _Resend:
+    next_seq: int
+
+
+@dataclass(slots=True)
+class _Pause:
+    until: float
+    from_seq: int
+    why: str
+    reason: str
+
+
+def _cost(message: Message) -> int:
+    return len(message.body.encode("utf-8")) + MESSAGE_OVERHEAD
+
+
+class Delivery:
+    """Chat message flow for one node: see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float],
+        emit: Callable[[NodeEvent], None],
+        active: Callable[[str], Link | None],
+        daily_quota: Callable[[], int | None],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.monotonic = monotonic
+        self._emit = emit
+        self._active = active
+        self._daily_quota = daily_quota
+        self._peer_bytes = RateBudget(rate=RESEND_BYTES_RATE, burst=RESEND_BYTES_BURST)
+        self._peer_messages = RateBudget(rate=RESEND_MESSAGES_RATE, burst=RESEND_MESSAGES_BURST)
+        self._all_bytes = RateBudget(
+            rate=GLOBAL_RESEND_BYTES_RATE, burst=GLOBAL_RESEND_BYTES_BURST, max_keys=1
+        )
+        self._all_messages = RateBudget(
+            rate=GLOBAL_RESEND_MESSAGES_RATE, burst=GLOBAL_RESEND_MESSAGES_BURST, max_keys=1
+        )
+        self._gap_budgets: dict[Link, RateBudget] = {}
+        self._gaps_sent: dict[Link, int] = {}
+        self._resends: dict[Link, _Resend] = {}
+        self._paused: dict[str, _Pause] = {}
+        self._refusing: dict[str, float] = {}
+        self._storage_failures: dict[str, int] = {}
+        self.storage_error: str | None = None
+        self.counters: dict[str, int] = {
+            "resent_messages": 0,
+            "resent_bytes": 0,
+            "resends_waiting_for_budget": 0,
+            "gaps_refused": 0,
+            "deferred_by_contacts": 0,
+            "refused_storage": 0,
+            "refused_quota": 0,
+            "dropped_while_refusing": 0,
+        }
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "storage_error": self.storage_error,
+            "paused_contacts": len(self._paused),
+            "resends_in_progress": len(self._resends),
+            "daily_quota": self._daily_quota(),
+        }
+
+    def paused_reason(self, peer_id: str) -> str | None:
+        """Why our messages to ``peer_id`` wait, if the contact asked us to wait."""
+        pause = self._paused.get(peer_id)
+        return None if pause is None else pause.reason
+
+    # ------------------------------------------------------------ sessions
+    def session_active(self, conn: Link, peer: str) -> None:
+        """A session became the contact's active one: the outbox goes out again.
+
+        A pause the contact asked for on an earlier session ends: a new session
+        is a fresh start on both sides, and the contact asks again if it must.
+        """
+        self._paused.pop(peer, None)
+        self.resend(conn, peer, from_seq=0)
+
+    def connection_closed(self, conn: Link) -> None:
+        self._resends.pop(conn, None)
+        self._gap_budgets.pop(conn, None)
+        self._gaps_sent.pop(conn, None)
+
+    # ------------------------------------------------------------ outbound
+    def send_new(self, conn: Link, message: Message) -> None:
+        """A message the user just wrote: straight out, unless a resend or a pause
+        for this contact is in progress (then it goes out in order behind it)."""
+        peer = message.peer_id
+        if peer in self._paused:
+            return
+        resend = self._resends.get(conn)
+        if resend is not None:
+            self._pump(conn, resend)
+            return
+        self._transmit(conn, [message])
+
+    def resend(self, conn: Link, peer: str, *, from_seq: int) -> None:
+        """Send the outbox again from ``from_seq``, as the budgets allow."""
+        resend = self._resends.get(conn)
+        if resend is None:
+            resend = self._resends[conn] = _Resend(from_seq)
+        else:
+            resend.next_seq = min(resend.next_seq, from_seq)
+        self._pump(conn, resend)
+
+    def on_gap(self, conn: Link, peer: str, want: int) -> None:
+        """The contact misses messages from ``want`` on."""
+        conn.held_as_request = False  # answering a gap is how a request is accepted
+        resend = self._resends.get(conn)
+        if resend is not None and want >= resend.next_seq:
+            return  # already on its way
+        budget = self._gap_budgets.get(conn)
+        if budget is None:
+            budget = self._gap_budgets[conn] = RateBudget(
+                rate=GAPS_PER_SESSION_RATE, burst=GAPS_PER_SESSION_BURST, max_keys=1
+            )
+        if not budget.allow("", self.monotonic()):
+            self.counters["gaps_refused"] += 1
+            log.info("gap request from %s ignored: over this session's budget", peer)
+            return
+        self.resend(conn, peer, from_seq=want)
+
+    def on_defer(self, conn: Link, peer: str, frame: chat.Defer) -> None:
+        """The contact cannot take message ``frame.seq`` now: pause, then resend."""
+        if frame.seq > self.store.send_seq(peer):
+            return  # names a message we never sent: a confused or lying peer
+        delay = min(MAX_PAUSE, max(MIN_PAUSE, frame.retry_after))
+        before = self._paused.get(peer)
+        self._paused[peer] = _Pause(
+            self.monotonic() + delay, min(frame.seq, before.from_seq) if before else frame.seq,
+            frame.why, frame.reason,
+        )  # fmt: skip
+        self._resends.pop(conn, None)
+        self.counters["deferred_by_contacts"] += 1
+        if before is None or (before.why, before.reason) != (frame.why, frame.reason):
+            log.info("%s defers our messages for %.1f s: %s", peer, delay, frame.reason)
+            self._emit(DeliveryDeferred(peer, frame.why, frame.reason, self.clock() + delay))
+
+    def tick(self) -> None:
+        """Called about once a second: end pauses that are over, continue resends."""
+        now = self.monotonic()
+        for peer, pause in list(self._paused.items()):
+            if now < pause.until:
+                continue
+            del self._paused[peer]
+            conn = self._active(peer)
+            if conn is not None:
+                self.resend(conn, peer, from_seq=pause.from_seq)
+        for conn, resend in list(self._resends.items()):
+            self._pump(conn, resend)
+        for peer, until in list(self._refusing.items()):
+            if now >= until:
+                del self._refusing[peer]
+
+    def _pump(self, conn: Link, resend: _Resend) -> None:
+        peer = conn.peer_id
+        if peer is None or conn.closed or self._active(peer) is not conn:
+            self._resends.pop(conn, None)
+            return
+        if conn.held_as_request or peer in self._paused:
+            return
+        pending = [m for m in self.store.outbox(peer) if m.seq >= resend.next_seq]
+        now = self.monotonic()
+        batch: list[Message] = []
+        for message in pending:
+            cost = _cost(message)
+            if (
+                self._peer_bytes.available(peer, now) < cost
+                or self._all_bytes.available("", now) < cost
+                or self._peer_messages.available(peer, now) < 1
+                or self._all_messages.available("", now) < 1
+            ):
+                self.counters["resends_waiting_for_budget"] += 1
+                break
+            self._peer_bytes.spend(peer, cost, now)
+            self._all_bytes.spend("", cost, now)
+            self._peer_messages.spend(peer, 1, now)
+            self._all_messages.spend("", 1, now)
+            self.counters["resent_messages"] += 1
+            self.counters["resent_bytes"] += cost
+            batch.append(message)
+        if batch:
+            self._transmit(conn, batch)
+            resend.next_seq = batch[-1].seq + 1
+        if len(batch) == len(pending):
+            self._resends.pop(conn, None)
+
+    def _transmit(self, conn: Link, messages: list[Message]) -> None:
+        if conn.held_as_request or not messages:
+            return  # the peer has not accepted us: keep them in the outbox
+        peer = messages[0].peer_id
+        base = self.store.outbox_base(peer)
+        sent_any = False
+        for m in messages:
+            frame = chat.ChatMessage(
+                id=m.id, seq=m.seq, base=base, sent_at=m.created_at, body=m.body
+            )
+            sent_any = conn.send(frame) or sent_any
+        if not sent_any:
+            return
+        try:
+            sent = self.store.mark_sent(
+                peer, messages[-1].seq, self.clock(), from_seq=messages[0].seq
+            )
+        except StoreError as exc:
+            self.storage_failed(exc)  # the frames are out; only the tick mark is lost
+            return
+        for message_id in sent:
+            self._emit(MessageStateChanged(peer, message_id, "sent"))
+
+    # ------------------------------------------------------------ inbound
+    def on_message(self, conn: Link, peer: str, frame: chat.ChatMessage) -> None:
+        """Store (or refuse) one message from a contact and answer it."""
+        now = self.monotonic()
+        until = self._refusing.get(peer)
+        if until is not None:
+            if now < until:
+                self.counters["dropped_while_refusing"] += 1
+                return  # the contact was told when to come back
+            del self._refusing[peer]
+        wall = self.clock()
+        try:
+            result = self.store.receive_message(
+                peer,
+                message_id=frame.id,
+                seq=frame.seq,
+                base=frame.base,
+                body=frame.body,
+                sent_at=frame.sent_at,
+                now=wall,
+                daily_quota=self._daily_quota(),
+            )
+        except StoreError as exc:
+            self.storage_failed(exc)
+            failures = self._storage_failures.get(peer, 0) + 1
+            self._storage_failures[peer] = failures
+            delay = min(STORAGE_RETRY_MAX, STORAGE_RETRY_MIN * 2 ** (failures - 1))
+            self.counters["refused_storage"] += 1
+            self._refuse(conn, peer, frame.seq, delay, "storage", STORAGE_REASON, str(exc))
+            return
+        self.storage_ok()
+        self._storage_failures.pop(peer, None)
+        if result.verdict == "quota":
+            assert result.retry_at is not None
+            delay = min(MAX_PAUSE, max(1.0, result.retry_at - wall))
+            quota = self._daily_quota()
+            reason = (
+                f"daily message allowance used up ({quota} bytes a day); "
+                "the rest is accepted from 00:00 UTC"
+            )
+            self.counters["refused_quota"] += 1
+            self._refuse(conn, peer, frame.seq, delay, "quota", reason, reason)
+            return
+        if result.verdict == "gap":
+            want = result.recv_seq + 1
+            if self._gaps_sent.get(conn) != want:
+                self._gaps_sent[conn] = want
+                conn.send(chat.Gap(want))
+            return
+        conn.send(chat.Ack(result.recv_seq))
+        if result.verdict == "accept" and result.message is not None:
+            m = result.message
+            self._emit(MessageReceived(peer, m.id, m.seq, m.body, m.created_at, wall))
+
+    def _refuse(
+        self, conn: Link, peer: str, seq: int, delay: float, why: str, reason: str, local: str
+    ) -> None:
+        self._refusing[peer] = self.monotonic() + delay * REFUSE_SHARE
+        conn.send(chat.Defer(seq=seq, retry_after=delay, why=why, reason=reason))
+        log.warning("refused message %d from %s for %.1f s: %s", seq, peer, delay, local)
+        self._emit(IncomingDeferred(peer, why, local))
+
+    # ------------------------------------------------------------ storage state
+    def storage_failed(self, exc: StoreError) -> None:
+        error = str(exc)
+        if error != self.storage_error:
+            log.error("the database failed: %s", error)
+            self.storage_error = error
+            self._emit(StorageProblem(error))
+
+    def storage_ok(self) -> None:
+        if self.storage_error is not None:
+            log.warning("the database works again")
+            self.storage_error = None
+            self._emit(StorageProblem(None))

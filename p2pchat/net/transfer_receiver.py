@@ -1,0 +1,536 @@
+"""File drop, receiving side: the data channels that bring a transfer's bytes.
+
+``TransferManager`` (``transfers.py``) agrees on a transfer over the session and
+asks for data with a fresh attempt; ``DataReceiver`` waits for that attempt's
+channel on the TCP data port or on a QUIC stream of the session, opens the
+sealed records, writes and hashes them on a worker thread, and publishes the
+transfer whole after its final record.  Every path out of an attempt (done,
+ended early, silent, bad data, disk error, superseded) goes through one of a few
+methods that release what it holds and tell the manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from p2pchat.core import chat
+from p2pchat.core.errors import RemoteProtocolError
+from p2pchat.core.events import NodeEvent, TransferProgress
+from p2pchat.core.filedrop import KEY_LABEL, PREAMBLE_SIZE, Opener, new_hasher, parse_preamble
+from p2pchat.net.peer import PeerConnection
+from p2pchat.net.transfer_channels import CLAIMED, Rate, TcpGate
+from p2pchat.net.transfer_files import (
+    DiskQueue,
+    hash_file,
+    hash_prefixes,
+    part_path,
+    publish_all,
+    remove_staging,
+)
+from p2pchat.store import Store, Transfer
+
+log = logging.getLogger(__name__)
+
+# Receiver -> sender progress every this many bytes (flow control on QUIC).
+PROGRESS_EVERY = 1 << 20
+MAX_STREAMS_PER_CONNECTION = 4
+
+
+@dataclass(eq=False, slots=True)
+class Attempt:
+    """One attempt of an incoming transfer: the data channel we expect, then receive."""
+
+    transfer_id: str
+    attempt: bytes
+    conn: PeerConnection
+    plan: list[tuple[int, int, int]]
+    opener: Opener | None = None
+    files: dict[int, BinaryIO] = field(default_factory=dict)
+    hashers: dict[int, Any] = field(default_factory=dict)
+    verified: set[int] = field(default_factory=set)
+    disk: DiskQueue | None = None
+    prepared: asyncio.Future[None] | None = None
+    rate: Rate = field(default_factory=lambda: Rate())
+    received: int = 0
+    reported: int = 0
+    started: float = 0.0
+    via: str = ""
+
+
+class Deadlines(Protocol):
+    @property
+    def preamble_timeout(self) -> float: ...
+
+    @property
+    def data_idle_timeout(self) -> float: ...
+
+
+class ReceiverHost(Protocol):
+    """What the receiver needs from ``TransferManager``, which owns it (a protocol, so
+    this module does not import the manager's)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def policy(self) -> Deadlines: ...
+
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def emit(self) -> Callable[[NodeEvent], None]: ...
+
+    @property
+    def connection_for(self) -> Callable[[str], PeerConnection | None]: ...
+
+    def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+
+    def adopt(self, task: asyncio.Task[Any]) -> None: ...
+
+    def set_state(self, t: Transfer, state: str, error: str | None = None, **kw: Any) -> None: ...
+
+    def request_data(self, t: Transfer) -> None: ...
+
+    def retry_bad_channel(self, t: Transfer, why: str) -> None: ...
+
+    def fail_incoming(self, t: Transfer, why: str) -> None: ...
+
+
+class DataReceiver:
+    """The data channels of every incoming transfer of one node."""
+
+    def __init__(self, manager: ReceiverHost) -> None:
+        self.manager = manager
+        self.store = manager.store
+        self.gate = TcpGate()
+        self._incoming: dict[tuple[str, bytes], Attempt] = {}
+        self._streams: dict[tuple[PeerConnection, int], Attempt | None] = {}
+        self._stream_buf: dict[tuple[PeerConnection, int], bytearray] = {}
+        self._stream_queues: dict[
+            tuple[PeerConnection, int], asyncio.Queue[tuple[bytes, bool]]
+        ] = {}
+
+    @property
+    def policy(self) -> Deadlines:
+        return self.manager.policy
+
+    def expect(
+        self,
+        t: Transfer,
+        conn: PeerConnection,
+        plan: list[tuple[int, int, int]],
+        attempt: bytes,
+    ) -> None:
+        """Wait for ``attempt`` of ``t``; earlier attempts of it are dropped."""
+        self.forget(t.id)
+        self._incoming[(t.id, attempt)] = Attempt(
+            t.id, attempt, conn, plan, started=time.monotonic()
+        )
+
+    def forget(self, transfer_id: str) -> None:
+        """Drop every attempt of a transfer (cancelled, failed, superseded)."""
+        for key in [k for k in self._incoming if k[0] == transfer_id]:
+            self._close_files(self._incoming.pop(key))
+
+    def close(self) -> None:
+        for inc in list(self._incoming.values()):
+            self._close_files(inc)
+        self._incoming.clear()
+
+    def progress(self, transfer_id: str) -> tuple[int, int] | None:
+        for (tid, _attempt), inc in self._incoming.items():
+            if tid == transfer_id and inc.opener is not None:
+                return inc.received, sum(size - off for _i, off, size in inc.plan)
+        return None
+
+    async def tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection to the TCP data port, from anyone."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.manager.adopt(task)
+        try:
+            inc = await self._tcp_claim(reader, writer)
+            if inc is not None:
+                writer.write(CLAIMED)
+                await self._tcp_receive(inc, reader)
+        except Exception:  # never let one connection's bug reach the node
+            log.exception("TCP data connection failed")
+        finally:
+            writer.close()
+
+    async def _tcp_claim(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Attempt | None:
+        """The attempt this connection's preamble names, within the unclaimed caps
+        and the preamble deadline; None closes the connection."""
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        with self.gate.admit(ip) as admitted:
+            if not admitted:
+                self.manager.counters["tcp_refused"] += 1
+                return None
+            try:
+                async with asyncio.timeout(self.policy.preamble_timeout):
+                    preamble = await reader.readexactly(PREAMBLE_SIZE)
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                self.manager.counters["tcp_no_preamble"] += 1
+                return None
+            inc = self._claim(preamble, "tcp")
+            if inc is None:
+                self.manager.counters["tcp_bad_preamble"] += 1
+            return inc
+
+    async def _tcp_receive(self, inc: Attempt, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                async with asyncio.timeout(self.policy.data_idle_timeout):
+                    prefix = await reader.readexactly(4)
+                    sealed = await reader.readexactly(Opener.record_length(prefix))
+                assert inc.opener is not None
+                record = inc.opener.open_record(sealed)
+                if not await self._store_record(inc, record.index, record.offset, record.data):
+                    return
+                if record.final:
+                    await self._finish(inc)
+                    return
+        except TimeoutError:
+            self._went_silent(inc)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._interrupted(inc, "the data connection ended early")
+        except RemoteProtocolError as exc:
+            await self._channel_failed(inc, str(exc))
+        except OSError as exc:
+            self._disk_failed(inc, exc)
+
+    def stream_data(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
+        """Bytes of a QUIC stream the peer opened for a transfer.
+
+        Each stream gets one consumer task fed through a queue, so its records are
+        handled strictly in order even while a disk write or a hash is awaited.
+        """
+        key = (conn, stream_id)
+        if key not in self._streams:
+            if sum(1 for c, _ in self._streams if c is conn) >= MAX_STREAMS_PER_CONNECTION:
+                conn.close("too many data streams")
+                return
+            self._streams[key] = None
+            self._stream_buf[key] = bytearray()
+        inc = self._streams[key]
+        if inc is None:
+            buf = self._stream_buf[key]
+            buf += data
+            if len(buf) < PREAMBLE_SIZE:
+                if end:
+                    self._forget_stream(key)
+                return
+            inc = self._claim(bytes(buf[:PREAMBLE_SIZE]), "quic", conn)
+            if inc is None:
+                self._forget_stream(key)
+                return
+            self._streams[key] = inc
+            data = bytes(buf[PREAMBLE_SIZE:])
+            del self._stream_buf[key]
+            queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+            self._stream_queues[key] = queue
+            self.manager.track(self._stream_consumer(key, inc, queue))
+        self._stream_queues[key].put_nowait((data, end))
+
+    async def _stream_consumer(
+        self,
+        key: tuple[PeerConnection, int],
+        inc: Attempt,
+        queue: asyncio.Queue[tuple[bytes, bool]],
+    ) -> None:
+        try:
+            while True:
+                async with asyncio.timeout(self.policy.data_idle_timeout):
+                    data, end = await queue.get()
+                assert inc.opener is not None
+                for record in inc.opener.feed(data):
+                    if not await self._store_record(
+                        inc, record.index, record.offset, record.data
+                    ):
+                        return
+                    if record.final:
+                        await self._finish(inc)
+                        return
+                if end:
+                    self._interrupted(inc, "the data stream ended early")
+                    return
+        except TimeoutError:
+            self._went_silent(inc)
+        except RemoteProtocolError as exc:
+            await self._channel_failed(inc, str(exc))
+        except OSError as exc:
+            self._disk_failed(inc, exc)
+        finally:
+            self._forget_stream(key)
+
+    def _forget_stream(self, key: tuple[PeerConnection, int]) -> None:
+        self._streams.pop(key, None)
+        self._stream_buf.pop(key, None)
+        self._stream_queues.pop(key, None)
+
+    def connection_closed(self, conn: PeerConnection) -> None:
+        for key in [k for k in self._streams if k[0] is conn]:
+            queue = self._stream_queues.get(key)
+            if queue is not None:
+                queue.put_nowait((b"", True))  # its consumer reports the interruption
+            else:
+                self._forget_stream(key)
+
+    def _claim(
+        self, preamble: bytes, via: str, conn: PeerConnection | None = None
+    ) -> Attempt | None:
+        try:
+            p = parse_preamble(preamble)
+        except RemoteProtocolError:
+            return None
+        inc = self._incoming.get((p.transfer_id.hex(), p.attempt))
+        if inc is None or inc.opener is not None or (conn is not None and conn is not inc.conn):
+            return None
+        if inc.conn.closed:
+            return None
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is None or t.state not in ("accepted", "receiving"):
+            return None
+        key = inc.conn.session.export_key(KEY_LABEL, p.transfer_id + p.attempt)
+        try:
+            inc.opener = Opener(key, p.header, inc.plan)
+        except RemoteProtocolError:
+            return None
+        inc.via = via
+        self.manager.counters[f"{via}_channels"] += 1
+        self._open_files(inc, t)
+        if t.state != "receiving":
+            self.manager.set_state(t, "receiving")
+        return inc
+
+    def _open_files(self, inc: Attempt, t: Transfer) -> None:
+        files = {f.index: f for f in t.files}
+        jobs: list[tuple[BinaryIO, Any, int]] = []
+        for index, offset, _size in inc.plan:
+            fd = os.open(part_path(files[index]), os.O_RDWR | os.O_CREAT, 0o600)
+            fh = os.fdopen(fd, "r+b")
+            fh.truncate(offset)
+            inc.files[index] = fh
+            inc.hashers[index] = new_hasher()
+            jobs.append((fh, inc.hashers[index], offset))
+        # What a resumed .part already holds is hashed on a thread before any new
+        # record lands, so a large resume does not stall every session of the node.
+        # The thread gets its own list: tearing the attempt down cannot change it.
+        inc.prepared = self.manager.track(asyncio.to_thread(hash_prefixes, jobs))
+
+    def _is_current(self, inc: Attempt) -> bool:
+        """Whether ``inc`` is still the attempt we wait for: a newer attempt, a
+        cancel or a failure supersedes it, and its channel must then stop quietly."""
+        return self._incoming.get((inc.transfer_id, inc.attempt)) is inc
+
+    async def _store_record(
+        self, inc: Attempt, index: int, offset: int, data: bytes | memoryview
+    ) -> bool:
+        """Write (and hash) one record; False ends the channel (superseded or failed).
+
+        Every await may let the attempt be superseded, so it is checked again after
+        each one before the attempt's files are touched.
+        """
+        if inc.prepared is not None:
+            await inc.prepared
+            inc.prepared = None
+        if not self._is_current(inc):
+            return False
+        if data:
+            fh = inc.files[index]
+            hasher = inc.hashers[index]
+
+            def job(fh: BinaryIO = fh, hasher: Any = hasher, data: Any = data) -> None:
+                fh.write(data)
+                hasher.update(data)
+
+            if inc.disk is None:
+                inc.disk = DiskQueue()
+            await inc.disk.submit(job)
+            if not self._is_current(inc):
+                return False
+            inc.received += len(data)
+            size = next(s for i, _o, s in inc.plan if i == index)
+            if offset + len(data) == size and not await self._complete_file(inc, index):
+                return False
+            if inc.received - inc.reported >= PROGRESS_EVERY:
+                # The frame every MiB is flow control; the event is for people, so it
+                # goes out at most every EVENT_INTERVAL, like the sender's.
+                inc.reported = inc.received
+                inc.conn.send(chat.FileProgress(inc.transfer_id, inc.attempt, inc.received))
+                if inc.rate.due(inc.received):
+                    total = sum(s - o for _i, o, s in inc.plan)
+                    self.manager.emit(
+                        TransferProgress(
+                            inc.transfer_id,
+                            inc.conn.peer_id or "",
+                            "in",
+                            inc.received,
+                            total,
+                            inc.rate.rate,
+                        )
+                    )
+        return True
+
+    async def _complete_file(self, inc: Attempt, index: int) -> bool:
+        """The last byte of a file is in: make it durable and check its hash now (a
+        mismatch ends the transfer early); its name waits for the whole transfer."""
+        if inc.disk is not None:
+            await inc.disk.drain()
+        fh = inc.files.pop(index)
+
+        def settle(fh: BinaryIO = fh) -> None:
+            fh.flush()
+            os.fsync(fh.fileno())  # durable before it may take its final name
+            fh.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, settle)
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is None or not self._is_current(inc):
+            return False
+        f = t.files[index]
+        if inc.hashers.pop(index).digest() != f.hash:
+            self.manager.fail_incoming(t, f"{f.path}: content hash mismatch, file discarded")
+            self._incoming.pop((inc.transfer_id, inc.attempt), None)
+            self._close_files(inc)
+            return False
+        inc.verified.add(index)
+        return True
+
+    async def _finish(self, inc: Attempt) -> None:
+        """The FINAL record arrived: verify what is not verified yet, then publish
+        every file at once, so a transfer is either done and published or not.
+
+        The attempt stays current until it is done, so a disk error on the way
+        (an ``OSError`` the caller hands to ``_disk_failed``) fails it cleanly.
+        """
+        if inc.prepared is not None:
+            await inc.prepared
+            inc.prepared = None
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is None or t.folder is None:
+            return
+        ready: list[tuple[int, Path, Path]] = []
+        for f in t.files:
+            if not f.accepted or f.done:
+                continue
+            part = Path(part_path(f))
+            if f.index not in inc.verified:
+                # Complete before this attempt (a resume), or empty.
+                if f.size == 0:
+                    os.close(os.open(part, os.O_WRONLY | os.O_CREAT, 0o600))
+                digest = await asyncio.to_thread(hash_file, part)
+                if not self._is_current(inc):
+                    return
+                if digest != f.hash:
+                    self._incoming.pop((inc.transfer_id, inc.attempt), None)
+                    why = f"{f.path}: content hash mismatch, file discarded"
+                    self.manager.fail_incoming(t, why)
+                    return
+            ready.append((f.index, part, Path(f.final or "")))
+        if not self._is_current(inc):
+            return
+        # No await from here on: nothing can supersede the attempt while it publishes.
+        finals = publish_all(Path(t.folder), [(part, final) for _i, part, final in ready])
+        self._incoming.pop((inc.transfer_id, inc.attempt), None)
+        self.store.set_transfer_files(
+            t.id,
+            [
+                (index, {"done": 1, "final": str(final)})
+                for (index, _part, _final), final in zip(ready, finals, strict=True)
+            ],
+        )
+        self.store.add_transfer_bytes(t.id, inc.received, now=self.manager.clock())
+        elapsed = max(time.monotonic() - inc.started, 1e-9)
+        log.info(
+            "received %s: %d bytes via %s, %.1f MB/s since the accept",
+            t.id,
+            inc.received,
+            inc.via,
+            inc.received / elapsed / 1e6,
+        )
+        t = self.store.get_transfer(t.id)
+        assert t is not None
+        self.manager.set_state(t, "done", paths=tuple(f.final or "" for f in t.files if f.accepted))
+        inc.conn.send(chat.FileResult(t.id, True))
+        remove_staging(t)
+
+    def _interrupted(self, inc: Attempt, why: str) -> None:
+        """The channel died (peer restarted, link dropped, sender gave up): keep the
+        parts, and if the session still lives ask again at once (a fresh attempt,
+        within the attempt budget); otherwise the sender's re-offer resumes it."""
+        if not self._is_current(inc):
+            return  # superseded: whoever replaced it carries on
+        log.info("transfer %s interrupted: %s", inc.transfer_id, why)
+        self.store.add_transfer_bytes(inc.transfer_id, inc.received, now=self.manager.clock())
+        self._incoming.pop((inc.transfer_id, inc.attempt), None)
+        self._close_files(inc)
+        if inc.conn.closed or self.manager.connection_for(inc.conn.peer_id or "") is not inc.conn:
+            return
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is not None and t.state in ("accepted", "receiving"):
+            self.manager.request_data(t)
+
+    def _went_silent(self, inc: Attempt) -> None:
+        if self._is_current(inc):
+            self.manager.counters["idle_channels"] += 1
+        self._interrupted(
+            inc, f"no data for {self.policy.data_idle_timeout:g} s on the {inc.via} channel"
+        )
+
+    async def _channel_failed(self, inc: Attempt, why: str) -> None:
+        """Bad data on the channel: nothing unauthenticated was written; retry fresh."""
+        if not self._is_current(inc):
+            return
+        log.warning("transfer %s: data channel failed: %s", inc.transfer_id, why)
+        self.store.add_transfer_bytes(inc.transfer_id, inc.received, now=self.manager.clock())
+        self._incoming.pop((inc.transfer_id, inc.attempt), None)
+        self._close_files(inc)
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is None or t.state not in ("accepted", "receiving"):
+            return
+        self.manager.retry_bad_channel(t, why)
+
+    def _disk_failed(self, inc: Attempt, exc: OSError) -> None:
+        """Disk full, folder gone, permissions: nothing the sender can fix by retrying."""
+        if not self._is_current(inc):
+            return
+        log.error("transfer %s: cannot write: %s", inc.transfer_id, exc)
+        self._incoming.pop((inc.transfer_id, inc.attempt), None)
+        self._close_files(inc)
+        t = self.store.get_transfer(inc.transfer_id)
+        if t is not None and t.state in ("accepted", "receiving"):
+            self.manager.fail_incoming(t, f"cannot write the file: {exc.strerror or exc}")
+
+    def _close_files(self, inc: Attempt) -> None:
+        if inc.disk is not None:
+            inc.disk.close()  # waits for queued writes: never close a file under them
+            inc.disk = None
+        handles = list(inc.files.values())
+        inc.files.clear()
+
+        def close(_: object = None) -> None:
+            for fh in handles:
+                with contextlib.suppress(OSError):
+                    fh.close()
+
+        if inc.prepared is not None and not inc.prepared.done():
+            inc.prepared.add_done_callback(close)  # the hashing thread still reads them
+        else:
+            close()
+

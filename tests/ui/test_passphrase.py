@@ -1,0 +1,70 @@
+"""The passphrase screen, driven with Pilot: set, a wrong current one, remove."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import Button, Input, Static
+
+from p2pchat.identity import is_sealed
+from p2pchat.store import database_is_plaintext
+from p2pchat.ui.screens.passphrase import PassphraseSettingsScreen
+
+from ..conftest import make_home
+from .conftest import app_for, main_screen, until
+
+BOB = "b2" * 16
+
+
+async def test_set_then_remove_from_the_palette(tmp_path: Path) -> None:
+    paths = make_home(tmp_path, "alice")
+    app = app_for(paths)
+    notes: list[str] = []
+    original = app.notify
+
+    def notify(message: str, **kwargs: object) -> None:
+        notes.append(message)
+        original(message, **kwargs)  # type: ignore[arg-type]
+
+    app.notify = notify  # type: ignore[method-assign]
+    async with app.run_test(size=(100, 40)) as pilot:
+        await main_screen(pilot)
+        node = app.node
+        assert node is not None
+        node.store.queue_message(BOB, "kept across both changes", now=1.0)
+
+        async def open_screen() -> PassphraseSettingsScreen:
+            [entry] = [c for c in app.palette_commands() if c[0] == "Passphrase…"]
+            app.call_later(entry[2])
+            await until(pilot, lambda: isinstance(app.screen, PassphraseSettingsScreen))
+            screen = app.screen
+            assert isinstance(screen, PassphraseSettingsScreen)
+            return screen
+
+        screen = await open_screen()
+        assert not screen.query("#pass-current")
+        screen.query_one("#pass-new", Input).value = "tui secret"
+        screen.query_one("#pass-repeat", Input).value = "tui secreX"
+        await pilot.click("#set")
+        error = screen.query_one("#pass-error", Static)
+        await until(pilot, lambda: "differ" in str(error.content))
+        screen.query_one("#pass-repeat", Input).value = "tui secret"
+        await pilot.click("#set")
+        await until(pilot, lambda: not isinstance(app.screen, PassphraseSettingsScreen))
+        await until(pilot, lambda: any("encrypted in" in n for n in notes))
+        assert is_sealed(paths.identity) and database_is_plaintext(paths.database) is False
+        # The app's node goes on, now on the encrypted database.
+        assert [m.body for m in node.store.outbox(BOB)] == ["kept across both changes"]
+
+        screen = await open_screen()
+        assert screen.query_one("#remove", Button)
+        screen.query_one("#pass-current", Input).value = "not it"
+        await pilot.click("#remove")
+        error = screen.query_one("#pass-error", Static)
+        await until(pilot, lambda: "wrong" in str(error.content))
+        assert is_sealed(paths.identity)
+        screen.query_one("#pass-current", Input).value = "tui secret"
+        await pilot.click("#remove")
+        await until(pilot, lambda: any("decrypted in" in n for n in notes))
+        assert not is_sealed(paths.identity) and database_is_plaintext(paths.database)
+        assert [m.body for m in node.store.outbox(BOB)] == ["kept across both changes"]

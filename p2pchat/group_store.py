@@ -278,6 +278,14 @@ class GroupStore:
             ).fetchone()
         return None if row is None else _message(group_id, row)
 
+    def by_id(self, group_id: bytes, message_id: str) -> StoredMessage | None:
+        with self.store._read() as db:
+            row = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM group_messages WHERE group_id = ? AND id = ?",
+                (group_id, message_id),
+            ).fetchone()
+        return None if row is None else _message(group_id, row)
+
     def of_kind(self, group_id: bytes, author: bytes, kind: str) -> list[StoredMessage]:
         """An author's shown messages of one kind (``files``: its file drops)."""
         with self.store._read() as db:

@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -59,6 +59,7 @@ from p2pchat.core.group.frames import (
 )
 from p2pchat.core.group.messages import MAX_CONTENT_BYTES, GroupMessage
 from p2pchat.core.group.ops import Op
+from p2pchat.core.group.ranges import SeqSet
 from p2pchat.core.group.replica import GroupLimits, GroupReplica, SyncPlan, prefixes
 from p2pchat.group_store import GroupRow, GroupStatus, GroupStore, StoredMessage
 from p2pchat.identity import Identity, InvalidPeerId, key_from_peer_id, peer_id_from_key
@@ -111,6 +112,8 @@ class GroupHost(Protocol):
 
     async def dht_lookup(self, ref: str) -> list[str]: ...
 
+    def events(self) -> AsyncGenerator[NodeEvent, None]: ...
+
 
 class NearbyClaim(Protocol):
     @property
@@ -135,6 +138,7 @@ DHT_RETRY_MAX = 3600.0
 MARKS_EVERY = 5.0
 MAX_HINTS = 8
 HINTS_EVERY = 10.0
+MAX_DELIVERY_EVENTS = 256
 FILES_KIND = "files"
 
 
@@ -540,7 +544,40 @@ class GroupService:
         return [self._message_view(gid, replica, m) for m in self.db.history(gid, limit=limit)]
 
     def mark_read(self, ref: str) -> None:
+        """Everything shown so far counts as read (unread counts drop to 0)."""
         self.db.mark_read(self.find(ref))
+
+    def delivered(self, ref: str, message_id: str) -> int:
+        """How many current members are known to hold a message (us included)."""
+        gid = self.find(ref)
+        replica = self._replicas.get(gid)
+        m = self.db.by_id(gid, message_id)
+        if replica is None or m is None:
+            raise GroupError(f"no message {message_id} in this group")
+        return len(replica.delivered_to(m.author, m.seq))
+
+    async def wait_delivered(
+        self, ref: str, message_id: str, at_least: int, timeout: float
+    ) -> int:
+        """Wait until ``at_least`` members hold the message, or ``timeout`` seconds;
+        return how many hold it then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        events = self.node.events()
+        try:
+            while (count := self.delivered(ref, message_id)) < at_least:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        while True:
+                            event = await anext(events)
+                            if isinstance(event, GroupDeliveryChanged):
+                                break
+            return count
+        finally:
+            await events.aclose()
 
     # ------------------------------------------------------- local changes
     def _require_joined(self, ref: str) -> tuple[bytes, GroupReplica]:
@@ -896,7 +933,10 @@ class GroupService:
         now = self._mono()
         if isinstance(frame, GroupSummary):
             self._heard.add((gid, key))
+            known = replica.known_coverage(key, self.me)
             plan = replica.peer_summary(key, frame.summary, now)
+            self._delivery_changed(gid, replica, replica.known_coverage(key, self.me).minus(known))
+            self._dirty_marks.add(gid)
             if plan is not None:
                 self._send_plan(conn, gid, replica, key, plan)
                 self._send_hints(gid, replica, conn)
@@ -912,10 +952,11 @@ class GroupService:
             self._dirty_marks.add(gid)
             ask = False
             for author, shown in frame.marks:
-                before = replica.delivered_to(author, shown) if author == self.me else ()
+                known = replica.known_coverage(key, author)
                 ask = replica.peer_has(key, author, shown, now) or ask
                 if author == self.me:
-                    self._delivery_changed(gid, replica, before, shown)
+                    newly = replica.known_coverage(key, author).minus(known)
+                    self._delivery_changed(gid, replica, newly)
             if ask:
                 self._ask(gid, replica, key)
 
@@ -928,17 +969,14 @@ class GroupService:
                     self._learn(pid, addresses)
         self.node._poke()
 
-    def _delivery_changed(
-        self, gid: bytes, replica: GroupReplica, before: tuple[bytes, ...], shown: int
-    ) -> None:
-        after = replica.delivered_to(self.me, shown)
-        if len(after) == len(before):
-            return
-        m = self.db.message(gid, self.me, shown)
-        if m is not None:
-            self.node._emit(
-                GroupDeliveryChanged(gid.hex(), m.id, len(after), len(replica.state().members))
-            )
+    def _delivery_changed(self, gid: bytes, replica: GroupReplica, newly: SeqSet) -> None:
+        """One more member holds these of our messages: tell the UI (for the newest
+        ``MAX_DELIVERY_EVENTS`` of them; an acknowledged backlog is not worth more)."""
+        seqs = list(newly)[-MAX_DELIVERY_EVENTS:]
+        members = len(replica.state().members)
+        for m in self.db.messages(gid, [(self.me, seq) for seq in seqs]):
+            count = len(replica.delivered_to(self.me, m.seq))
+            self.node._emit(GroupDeliveryChanged(gid.hex(), m.id, count, members))
 
     def _send_plan(
         self, conn: PeerConnection, gid: bytes, replica: GroupReplica, key: bytes, plan: SyncPlan

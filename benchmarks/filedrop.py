@@ -651,7 +651,6 @@ class Aioquic(Contender):
 # ................................................................ p2pchat
 def p2pchat_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("P2PCHAT_HOME", "P2PCHAT_PASSPHRASE")}
-    env["P2PCHAT_KDF_FAST"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return env

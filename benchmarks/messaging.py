@@ -39,6 +39,12 @@ aioquic reference
       read all N, and until the client has the server's count back.  The
       server acknowledges once at the end (p2pchat acks every message).
 
+p2pchat with a passphrase
+    The same p2pchat measurements again with both homes protected by a
+    passphrase, so both databases are SQLCipher-encrypted (docs/storage.md).
+    The ratio printed is encrypted time over plain time (for throughput, plain
+    rate over encrypted rate): what encryption at rest costs end to end.
+
 The client is opened as ``aioquic.asyncio.connect`` opens it (a
 ``QuicConnectionProtocol`` on its own UDP socket), except that the socket is
 bound to 127.0.0.1: ``connect`` itself binds the wildcard ``::``.
@@ -171,11 +177,15 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> No
 
 
 # ------------------------------------------------------------------- p2pchat
-def make_home(root: Path, name: str) -> Paths:
-    """A state folder with an unsealed identity and a loopback listen address."""
+PASSPHRASE = "benchmark passphrase"
+
+
+def make_home(root: Path, name: str, passphrase: str | None = None) -> Paths:
+    """A state folder with an identity (sealed when given a passphrase, and then with
+    an encrypted database) and a loopback listen address."""
     paths = Paths(root / name)
     paths.ensure()
-    create_identity(paths.identity)
+    create_identity(paths.identity, passphrase)
     save_settings(paths, {"name": name, "listen": f"{LOOPBACK}:{free_udp_port()}"})
     return paths
 
@@ -199,11 +209,13 @@ class Tap:
 
 
 @contextlib.asynccontextmanager
-async def chat_pair() -> AsyncIterator[tuple[Node, Node, Tap, Tap]]:
+async def chat_pair(passphrase: str | None = None) -> AsyncIterator[tuple[Node, Node, Tap, Tap]]:
     with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
         root = Path(tmp)
-        alice = Node(make_home(root, "alice"))
-        bob = Node(make_home(root, "bob"))
+        alice = Node(make_home(root, "alice", passphrase), passphrase=passphrase)
+        bob = Node(make_home(root, "bob", passphrase), passphrase=passphrase)
+        if alice.database_encrypted != (passphrase is not None):
+            raise RuntimeError("the homes are not encrypted as asked")
         try:
             await alice.start()
             await bob.start()
@@ -320,9 +332,11 @@ async def chat_bulk(alice: Node, bob: Node, tap_a: Tap, tap_b: Tap, n: int) -> T
     return Throughput(n, queued - start, received - start, confirmed - start)
 
 
-async def bench_p2pchat(args: argparse.Namespace, profiler: cProfile.Profile | None) -> Results:
+async def bench_p2pchat(
+    args: argparse.Namespace, profiler: cProfile.Profile | None, passphrase: str | None = None
+) -> Results:
     results = Results()
-    async with chat_pair() as (alice, bob, tap_a, tap_b):
+    async with chat_pair(passphrase) as (alice, bob, tap_a, tap_b):
         gc.collect()
         results.rtt = await chat_round_trips(alice, bob, tap_a, tap_b, args.rtt_samples)
         gc.collect()
@@ -604,6 +618,26 @@ def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None
         )
 
 
+def print_encryption(plain: Results, sealed: Results) -> None:
+    """What encryption at rest costs end to end: the same runs with SQLCipher databases."""
+    assert plain.ack is not None and sealed.ack is not None
+    print("\nencryption at rest: p2pchat with a passphrase (SQLCipher) against without")
+    header = f"{'':<26}{'plain':>12}{'encrypted':>12}{'ratio':>10}"
+    print(header)
+    print("-" * len(header))
+    for label, ours, base in (
+        ("round trip p50 (ms)", sealed.rtt.p50_ms, plain.rtt.p50_ms),
+        ("round trip p99 (ms)", sealed.rtt.p99_ms, plain.rtt.p99_ms),
+        ("delivery ack p50 (ms)", sealed.ack.p50_ms, plain.ack.p50_ms),
+        ("delivery ack p99 (ms)", sealed.ack.p99_ms, plain.ack.p99_ms),
+    ):
+        print(f"{label:<26}{base:>12.3f}{ours:>12.3f}{ours / base:>9.2f}x")
+    for label, milestone in (("received (msg/s)", "received"), ("confirmed (msg/s)", "confirmed")):
+        ours, base = sealed.rate(milestone), plain.rate(milestone)
+        print(f"{label:<26}{base:>12,.0f}{ours:>12,.0f}{base / ours:>9.2f}x")
+    print("ratio: encrypted time / plain time (throughput: plain rate / encrypted rate)")
+
+
 def print_sweep(chat: Results, quic: Results) -> None:
     print("\nburst size sweep (one round per size; until the receiver has all N)")
     columns = ("N", 6), ("p2pchat msg/s", 15), ("µs/msg", 9), ("aioquic msg/s", 15), ("µs/msg", 9)
@@ -664,9 +698,12 @@ async def main_async(args: argparse.Namespace) -> None:
     quic_profiler = cProfile.Profile() if args.profile else None
     print("p2pchat: two nodes on 127.0.0.1 ...", flush=True)
     chat = await bench_p2pchat(args, chat_profiler)
+    print("p2pchat with passphrases (encrypted databases) ...", flush=True)
+    sealed = await bench_p2pchat(args, None, PASSPHRASE)
     print("aioquic: echo server and client on 127.0.0.1 ...", flush=True)
     quic = await bench_aioquic(args, quic_profiler)
     print_report(args, chat, quic)
+    print_encryption(chat, sealed)
     if args.sweep:
         print_sweep(chat, quic)
     if chat_profiler is not None and quic_profiler is not None:

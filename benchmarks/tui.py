@@ -47,7 +47,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
 
 from textual import events  # noqa: E402
 from textual.pilot import Pilot  # noqa: E402

@@ -52,6 +52,7 @@ from p2pchat.identity import (
     is_sealed,
     key_file_bytes,
     load_identity,
+    write_private_file,
 )
 from p2pchat.store import (
     DB_ERRORS,
@@ -350,10 +351,10 @@ def _rekey(
         size = files.db_next.stat().st_size
     if key_file is not None:
         _write_durable(files.key_next, key_file)
-    _fsync_dir(files.home)
+    _fsync(files.home)
     _write_durable(files.marker_tmp, plan.dump())
     os.replace(files.marker_tmp, files.marker)
-    _fsync_dir(files.home)  # the commit point
+    _fsync(files.home)  # the commit point
     _roll_forward(files, plan)
     database: Literal["encrypted", "decrypted", "unchanged"] = "unchanged"
     if plan.database:
@@ -389,7 +390,7 @@ def _export(source: Path, from_key: bytes | None, target: Path, to_key: bytes | 
     finally:
         db.close()
     os.chmod(target, 0o600)
-    _fsync_file(target)
+    _fsync(target)
     return messages
 
 
@@ -423,7 +424,7 @@ def _recover(files: _Files) -> bool:
             leftover.unlink()
             found = True
     if found:
-        _fsync_dir(home)
+        _fsync(home)
         log.warning("discarded an interrupted passphrase change in %s", home)
     return found
 
@@ -440,10 +441,10 @@ def _roll_forward(files: _Files, plan: _Plan) -> None:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         os.replace(files.db_next, files.database)
-    _fsync_dir(files.home)
+    _fsync(files.home)
     with contextlib.suppress(FileNotFoundError):
         files.marker.unlink()
-    _fsync_dir(files.home)
+    _fsync(files.home)
 
 
 def _scrub(path: Path) -> None:
@@ -466,27 +467,13 @@ def _scrub(path: Path) -> None:
 def _write_durable(path: Path, data: bytes) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_private_file(path, data)
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Make a file's data, or a folder's entries, durable; failure aborts the change
+    (unlike the key file's best-effort folder sync in ``identity``)."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -288,7 +288,6 @@ _KIND_SEALED: Final = "argon2id-secretbox"
 _MAX_KEY_FILE_BYTES: Final = 64 * 1024
 _SALT_SIZE: Final = nacl.pwhash.argon2id.SALTBYTES
 _BOX_SIZE: Final = nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES + KEY_SIZE
-_FAST_KDF_ENV: Final = "P2PCHAT_KDF_FAST"
 
 # Upper bounds protect against a damaged file asking for terabytes of memory.
 _OPSLIMIT_RANGE: Final = (
@@ -301,11 +300,19 @@ _MEMLIMIT_RANGE: Final = (
 )
 
 
+KDF_COST: tuple[int, int] = (
+    nacl.pwhash.argon2id.OPSLIMIT_MODERATE,
+    nacl.pwhash.argon2id.MEMLIMIT_MODERATE,
+)
+"""Argon2id (opslimit, memlimit) for newly sealed key files.  Nothing in the package
+lowers it, and no environment variable or setting reaches it: only the test suite
+replaces it, in its own processes (``tests/conftest.py``, ``tests/fastkdf/``).  A key
+file records its own cost, so loading never depends on this."""
+
+
 def _kdf_limits() -> tuple[int, int]:
-    # Read at call time, not import time, so tests can switch it per test.
-    if os.environ.get(_FAST_KDF_ENV) == "1":
-        return nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN
-    return nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.MEMLIMIT_MODERATE
+    # Read at call time, so a test that replaces KDF_COST affects keys made after it.
+    return KDF_COST
 
 
 def _passphrase_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
@@ -419,6 +426,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` owner-only (it must not exist), write all of ``data``, fsync it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # os.open's mode is filtered through the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_new_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that it appears complete or not at all, never clobbering.
 
@@ -432,18 +454,8 @@ def _write_new_file(path: Path, data: bytes) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
     tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o600)
     try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)  # os.open's mode is filtered through the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_private_file(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:

@@ -447,6 +447,24 @@ _REQUEST_COLUMNS = "peer_id, name, address, preview, first_seen, last_seen, atte
 _T = TypeVar("_T")
 
 
+def _transfer_filter(
+    direction: str | None, states: Sequence[str] | None, peer_id: str | None
+) -> tuple[list[str], list[Any]]:
+    """WHERE clauses (joined with AND by the caller) and their parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if direction is not None:
+        clauses.append("direction = ?")
+        params.append(direction)
+    if states is not None:
+        clauses.append(f"state IN ({', '.join('?' for _ in states)})")
+        params.extend(states)
+    if peer_id is not None:
+        clauses.append("peer_id = ?")
+        params.append(peer_id)
+    return clauses, params
+
+
 def _split_statements(script: str) -> list[str]:
     """Split a migration into statements so it can run inside our transaction.
 
@@ -1707,17 +1725,7 @@ class Store:
         (a page always holds at least one transfer), so a listing costs the same
         whatever the database holds.
         """
-        clauses: list[str] = []
-        params: list[Any] = []
-        if direction is not None:
-            clauses.append("direction = ?")
-            params.append(direction)
-        if peer_id is not None:
-            clauses.append("peer_id = ?")
-            params.append(peer_id)
-        if states is not None:
-            clauses.append(f"state IN ({', '.join('?' for _ in states)})")
-            params.extend(states)
+        clauses, params = _transfer_filter(direction, states, peer_id)
         with self._read() as db:
             if before is not None:
                 row = db.execute(
@@ -1765,20 +1773,14 @@ class Store:
         updated_after: float | None = None,
     ) -> list[str]:
         """Ids of transfers in some states (oldest first), for sweeps that need no rows."""
-        query = (
-            "SELECT id FROM transfers WHERE direction = ?"
-            f" AND state IN ({', '.join('?' for _ in states)})"
-        )
-        params: list[Any] = [direction, *states]
-        if peer_id is not None:
-            query += " AND peer_id = ?"
-            params.append(peer_id)
+        clauses, params = _transfer_filter(direction, states, peer_id)
         if created_before is not None:
-            query += " AND created_at < ?"
+            clauses.append("created_at < ?")
             params.append(created_before)
         if updated_after is not None:
-            query += " AND updated_at > ?"
+            clauses.append("updated_at > ?")
             params.append(updated_after)
+        query = "SELECT id FROM transfers WHERE " + " AND ".join(clauses)
         with self._read() as db:
             return [r[0] for r in db.execute(query + " ORDER BY created_at", params)]
 
@@ -1786,14 +1788,9 @@ class Store:
         self, *, direction: str, peer_id: str | None = None, states: Sequence[str] | None = None
     ) -> tuple[int, int]:
         """(transfers, file rows) stored for one peer, or for everyone."""
-        query = "SELECT COUNT(*), COALESCE(SUM(file_count), 0) FROM transfers WHERE direction = ?"
-        params: list[Any] = [direction]
-        if peer_id is not None:
-            query += " AND peer_id = ?"
-            params.append(peer_id)
-        if states is not None:
-            query += f" AND state IN ({', '.join('?' for _ in states)})"
-            params.extend(states)
+        clauses, params = _transfer_filter(direction, states, peer_id)
+        query = "SELECT COUNT(*), COALESCE(SUM(file_count), 0) FROM transfers WHERE "
+        query += " AND ".join(clauses)
         with self._read() as db:
             count, files = db.execute(query, params).fetchone()
         return int(count), int(files)
@@ -1812,14 +1809,8 @@ class Store:
 
         Returns how many transfers were deleted.
         """
-        query = (
-            "SELECT id, file_count FROM transfers WHERE direction = ?"
-            f" AND state IN ({', '.join('?' for _ in states)})"
-        )
-        params: list[Any] = [direction, *states]
-        if peer_id is not None:
-            query += " AND peer_id = ?"
-            params.append(peer_id)
+        clauses, params = _transfer_filter(direction, states, peer_id)
+        query = "SELECT id, file_count FROM transfers WHERE " + " AND ".join(clauses)
         query += " ORDER BY updated_at LIMIT 512"
         doomed: list[str] = []
         with self._write() as db:

@@ -7,15 +7,25 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import nacl.pwhash.argon2id
 import pytest
 
+import p2pchat.identity
 from p2pchat.config import Paths
 from p2pchat.core.events import NodeEvent
 from p2pchat.node import Node
 
 from .daemons import free_udp_port, make_home
 
-os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
+# Sealing key files at full Argon2id cost takes a second and 256 MiB each: the suite
+# lowers it in this process and, through tests/fastkdf/sitecustomize.py, in the
+# processes it starts.  The package has no switch for it.
+p2pchat.identity.KDF_COST = (nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN)
+FAST_KDF = str(Path(__file__).resolve().parent / "fastkdf")
+if FAST_KDF not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [FAST_KDF, os.environ.get("PYTHONPATH")])
+    )
 __all__ = ["EventLog", "StartNode", "free_udp_port", "make_home", "wait_until"]
 
 

@@ -51,7 +51,6 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("P2PCHAT_HOME", None)
     env.pop("P2PCHAT_PASSPHRASE", None)
-    env["P2PCHAT_KDF_FAST"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -96,10 +95,18 @@ async def wait_for_control(
 class Daemon:
     """``p2pchat daemon`` in a child process, driven through its control socket."""
 
-    def __init__(self, home: Path, listen: str, *, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        listen: str,
+        *,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.paths = Paths(home)
         self.listen = listen
         self.extra = extra or []
+        self.env = env  # None: cli_env()
         self.proc: subprocess.Popen[str] | None = None
         self.client: ControlClient | None = None
 
@@ -116,7 +123,7 @@ class Daemon:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=cli_env(),
+            env=self.env or cli_env(),
         )
         proc = self.proc
         self.client = await wait_for_control(

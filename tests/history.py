@@ -15,7 +15,7 @@ def history_body(i: int) -> str:
 
 def fill_history(store: Store, peer_id: str, count: int, *, now: float = 1_700_000_000.0) -> None:
     """``count`` delivered messages with ``peer_id``, alternating in and out, written with
-    one ``executemany`` in one transaction (100,000 take about a second)."""
+    one ``executemany`` in one transaction (100,000 take a few seconds)."""
     rows = []
     sent = received = 0
     for i in range(count):

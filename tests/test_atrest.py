@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +33,8 @@ from p2pchat.store import (
     database_is_plaintext,
 )
 
-from .daemons import Daemon, cli_env, free_udp_port, run_cli, wait_for_control
+from .daemons import Daemon, cli_env, free_udp_port, run_cli
+from .history import fill_history, history_body
 
 BOB = "b2" * 16
 SECRET = "the eagle lands at midnight"
@@ -226,26 +228,13 @@ class SealedDaemon(Daemon):
     """A daemon for a home with a passphrase, logging everything it logs at -vv."""
 
     def __init__(self, paths: Paths, passphrase: str, extra: list[str]) -> None:
-        super().__init__(paths.home, f"127.0.0.1:{free_udp_port()}", extra=extra)
-        self.passphrase = passphrase
+        env = cli_env(P2PCHAT_PASSPHRASE=passphrase)
+        super().__init__(paths.home, f"127.0.0.1:{free_udp_port()}", extra=extra, env=env)
         self.output = ""
 
     def argv(self) -> list[str]:
         argv = super().argv()
         return [*argv[:3], "-vv", *argv[3:]]
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.argv(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=cli_env(P2PCHAT_PASSPHRASE=self.passphrase),
-        )
-        proc = self.proc
-        self.client = await wait_for_control(
-            self.paths, proc, output=lambda: proc.stdout.read() if proc.stdout else ""
-        )
 
 
 def regular_files(folder: Path) -> list[Path]:
@@ -378,3 +367,31 @@ def test_a_detached_daemon_of_an_encrypted_home_keeps_no_log(tmp_path: Path) -> 
         stopped = run_cli(paths.home, "stop")
     assert stopped.returncode == 0, stopped.stderr
     assert not (paths.home / "daemon.log").exists()
+
+
+def test_migrating_a_store_of_100000_messages(tmp_path: Path) -> None:
+    """`passphrase set` on a home with 100,000 plaintext messages: all of them come
+    through, none stays readable on disk, and the command says how long it took."""
+    count = 100_000
+    paths = plain_home(tmp_path, "alice")
+    with Store(paths.database) as store:
+        store.add_contact(BOB, "Bobbington Contactname", now=1.0)
+        fill_history(store, BOB, count)
+    assert history_body(count - 1).encode() in paths.database.read_bytes()
+    result = run_cli(
+        paths.home, "passphrase", "set", env=cli_env(P2PCHAT_NEW_PASSPHRASE="long history")
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.fullmatch(
+        r"passphrase set; the database \(100,000 messages, [0-9.]+ MiB\) was encrypted in "
+        r"([0-9.]+) s\n",
+        result.stdout,
+    )
+    assert match, result.stdout
+    data = home_bytes(paths)
+    assert not any(history_body(i).encode() in data for i in range(0, count, 997))
+    assert b"Bobbington Contactname" not in data
+    _, store = open_home(paths, "long history")
+    with store:
+        bodies = [m.body for m in store.history(BOB)]
+    assert bodies == [history_body(i) for i in range(count)]

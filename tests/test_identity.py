@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import p2pchat.identity as identity_module
 from p2pchat.identity import (
     MAX_INVITE_CHARS,
     Identity,
@@ -44,7 +45,8 @@ ALPHABET = "ybndrfg8ejkmcpqxot1uwisza345h769"
 
 @pytest.fixture
 def fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("P2PCHAT_KDF_FAST", "1")
+    fast = (nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN)
+    monkeypatch.setattr(identity_module, "KDF_COST", fast)
 
 
 @pytest.fixture
@@ -240,8 +242,12 @@ def test_passphrase_round_trip(
     assert doc["public_key"] == ident.public_key.hex()
     assert doc["opslimit"] == nacl.pwhash.argon2id.OPSLIMIT_MIN
     assert doc["memlimit"] == nacl.pwhash.argon2id.MEMLIMIT_MIN
-    # The limits come from the file, so loading does not depend on the environment.
-    monkeypatch.delenv("P2PCHAT_KDF_FAST")
+    # The limits come from the file, so loading does not depend on the current cost.
+    monkeypatch.setattr(
+        identity_module,
+        "KDF_COST",
+        (nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.MEMLIMIT_MODERATE),
+    )
     assert load_identity(path, "correct horse") == ident
 
 

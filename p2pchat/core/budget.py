@@ -1,69 +1,94 @@
-"""Rate budgets per peer, sans-IO: the caller passes ``now``.
+"""Token buckets, sans-IO (the caller passes ``now``): how often, or how much, a peer
+may make the node do something, per key and in total.
 
-A token bucket per key (a contact's peer ID, a source address): ``burst`` tokens
-to start with, ``rate`` more per second, one spent per action.  The table of keys
-is bounded too (least recently used keys are forgotten first), so the budget
-itself cannot be grown without limit by someone cycling through keys.  A
+``TokenBucket`` is one budget: ``rate`` tokens per second, at most ``burst`` saved
+up.  ``RateBudget`` keeps one per key (a contact's peer ID, a source address, a
+connection) in a table that is bounded too, least recently used keys forgotten
+first, so the budget itself cannot be grown by someone cycling through keys.  A
 forgotten key starts again with a full bucket, which is why ``max_keys`` should
-exceed the number of keys that can be active at once (for contacts: all of them).
+exceed the number of keys that can be active at once, or a global bucket should
+stand behind the keyed one.  Used for DHT replies (``dht/budget.py``), resends and
+message quotas (``delivery.py``) and file offers (``net/transfers.py``).
 
-Hand-written because it is a dozen lines and the libraries on PyPI are either
+Hand-written because it is a few lines and the libraries on PyPI are either
 asyncio-bound (they sleep instead of answering "not now") or unmaintained.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["KeyedBuckets", "RateBudget", "TokenBucket"]
+
+K = TypeVar("K")
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    at: float
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; starts full."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = now
+
+    def refill(self, now: float) -> float:
+        """Add what accrued since the last look; return the tokens available."""
+        elapsed = max(0.0, now - self.last)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.last = now
+        return self.tokens
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        if self.refill(now) < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class RateBudget:
-    """``allow(key, now)`` is True while ``key`` has a token left, and spends it."""
+    """One :class:`TokenBucket` per key, at most ``max_keys`` of them."""
 
-    def __init__(self, *, rate: float, burst: float, max_keys: int = 4096) -> None:
+    def __init__(self, rate: float, burst: float, max_keys: int = 4096) -> None:
         if rate <= 0 or burst < 1 or max_keys < 1:
             raise ValueError("a budget needs a positive rate, a burst of at least 1 and keys")
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
 
-    def allow(self, key: str, now: float) -> bool:
-        if self.available(key, now) < 1.0:
-            return False
-        self.spend(key, 1.0, now)
-        return True
-
-    def _bucket(self, key: str, now: float) -> _Bucket:
+    def _bucket(self, key: Hashable, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_keys:
                 self._buckets.popitem(last=False)
-            bucket = self._buckets[key] = _Bucket(self.burst, now)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
         else:
             self._buckets.move_to_end(key)
-            elapsed = max(0.0, now - bucket.at)
-            bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
-            bucket.at = now
         return bucket
 
-    def available(self, key: str, now: float) -> float:
+    def allow(self, key: Hashable, now: float) -> bool:
+        """Spend one of ``key``'s tokens if it has one."""
+        return self._bucket(key, now).take(now)
+
+    take = allow
+
+    def available(self, key: Hashable, now: float) -> float:
         """Tokens ``key`` could spend now (for costs of more than one token, such as
         bytes, checked against several budgets before any is charged)."""
-        return self._bucket(key, now).tokens
+        return self._bucket(key, now).refill(now)
 
-    def spend(self, key: str, cost: float, now: float) -> None:
+    def spend(self, key: Hashable, cost: float, now: float) -> None:
         """Charge ``cost`` tokens (the caller checked ``available``)."""
         bucket = self._bucket(key, now)
-        bucket.tokens = max(0.0, bucket.tokens - cost)
+        bucket.tokens = max(0.0, bucket.refill(now) - cost)
 
-    def wait(self, key: str, cost: float, now: float) -> float:
+    def wait(self, key: Hashable, cost: float, now: float) -> float:
         """Seconds until ``key`` can spend ``cost`` tokens (0 if it can now)."""
         missing = min(cost, self.burst) - self.available(key, now)
         return max(0.0, missing / self.rate)
@@ -73,3 +98,10 @@ class RateBudget:
         every = 1.0 / self.rate
         pace = f"one every {every:g} s" if every >= 1 else f"{self.rate:g} a second"
         return f"at most {self.burst:g} at once, then {pace}"
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class KeyedBuckets(RateBudget, Generic[K]):
+    """A :class:`RateBudget` with its key type spelled out (the DHT's name for it)."""

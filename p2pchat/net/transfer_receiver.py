@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 # Receiver -> sender progress every this many bytes (flow control on QUIC).
 PROGRESS_EVERY = 1 << 20
 MAX_STREAMS_PER_CONNECTION = 4
+MAX_QUEUED_STREAM_BYTES = 16 << 20
+"""Bytes of one QUIC data stream waiting for its consumer.  An honest sender keeps at
+most 8 MiB beyond the last progress report (``WINDOW``), and reports come every MiB
+stored, so more than this means it ignores the window: the channel fails."""
 
 
 @dataclass(eq=False, slots=True)
@@ -119,8 +123,9 @@ class DataReceiver:
         self._streams: dict[tuple[PeerConnection, int], Attempt | None] = {}
         self._stream_buf: dict[tuple[PeerConnection, int], bytearray] = {}
         self._stream_queues: dict[
-            tuple[PeerConnection, int], asyncio.Queue[tuple[bytes, bool]]
+            tuple[PeerConnection, int], asyncio.Queue[tuple[bytes | None, bool]]
         ] = {}
+        self._stream_queued: dict[tuple[PeerConnection, int], int] = {}
 
     @property
     def policy(self) -> Deadlines:
@@ -242,21 +247,35 @@ class DataReceiver:
             self._streams[key] = inc
             data = bytes(buf[PREAMBLE_SIZE:])
             del self._stream_buf[key]
-            queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
-            self._stream_queues[key] = queue
-            self.manager.track(self._stream_consumer(key, inc, queue))
-        self._stream_queues[key].put_nowait((data, end))
+            fresh: asyncio.Queue[tuple[bytes | None, bool]] = asyncio.Queue()
+            self._stream_queues[key] = fresh
+            self.manager.track(self._stream_consumer(key, inc, fresh))
+        queue = self._stream_queues.get(key)
+        if queue is None:
+            return  # overrun: dropped until its consumer has stopped
+        queued = self._stream_queued.get(key, 0) + len(data)
+        if queued > MAX_QUEUED_STREAM_BYTES:
+            del self._stream_queues[key]
+            queue.put_nowait((None, True))  # its consumer fails the channel
+            return
+        self._stream_queued[key] = queued
+        queue.put_nowait((data, end))
 
     async def _stream_consumer(
         self,
         key: tuple[PeerConnection, int],
         inc: Attempt,
-        queue: asyncio.Queue[tuple[bytes, bool]],
+        queue: asyncio.Queue[tuple[bytes | None, bool]],
     ) -> None:
         try:
             while True:
                 async with asyncio.timeout(self.policy.data_idle_timeout):
                     data, end = await queue.get()
+                if data is None:
+                    raise RemoteProtocolError(
+                        f"more than {MAX_QUEUED_STREAM_BYTES >> 20} MiB sent ahead of progress"
+                    )
+                self._stream_queued[key] = self._stream_queued.get(key, 0) - len(data)
                 assert inc.opener is not None
                 for record in inc.opener.feed(data):
                     if not await self._store_record(
@@ -282,6 +301,7 @@ class DataReceiver:
         self._streams.pop(key, None)
         self._stream_buf.pop(key, None)
         self._stream_queues.pop(key, None)
+        self._stream_queued.pop(key, None)
 
     def connection_closed(self, conn: PeerConnection) -> None:
         for key in [k for k in self._streams if k[0] is conn]:

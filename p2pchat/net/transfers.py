@@ -387,9 +387,8 @@ class TransferManager:
         # Every new offer spends from the contact's budget, whatever becomes of it:
         # an offer cancelled at once still cost us a check and rows.
         if not self._offer_budget.allow(peer, time.monotonic()):
-            self._refuse(
-                peer, frame, f"too many offers ({self._offer_budget.describe()})", quiet=True
-            )
+            pace = self._offer_budget.describe()
+            self._refuse(peer, frame, f"too many offers ({pace})", quiet=True)
             return
         reason = self._offer_refusal(peer, frame)
         if reason is not None:

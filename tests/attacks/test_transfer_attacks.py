@@ -176,18 +176,55 @@ async def test_claimed_channel_that_goes_silent_is_dropped_and_retried(
         await wait_until(lambda: bool(hostile.of(chat.FileAccept)))
         accept = hostile.of(chat.FileAccept)[0]
         assert isinstance(accept, chat.FileAccept) and accept.tcp_port
-        key = session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
-        sealer = Sealer(key, bytes.fromhex(tid), accept.attempt)
         host, _ = parse_address(b.addresses[0])
-        reader, writer = await asyncio.open_connection(host, accept.tcp_port)
-        writer.write(sealer.preamble)
-        await writer.drain()
+        channel = await HostileChannel.open(hostile, session, host, tid, accept)
+        assert await channel.claimed()
         # The node closes the silent channel and asks again with a new attempt.
-        assert await asyncio.wait_for(reader.read(), 20) == b"\x01"  # claimed, then closed
+        await channel.until_dropped()
         await wait_until(lambda: len(hostile.of(chat.FileAccept)) >= 2, timeout=20)
-        writer.close()
+        await channel.close()
         again = hostile.of(chat.FileAccept)[1]
         assert isinstance(again, chat.FileAccept) and again.attempt != accept.attempt
+        assert tcp_counters(b)["idle_channels"] == 1
+    finally:
+        endpoint.close()
+
+
+async def test_stored_transfers_are_pruned_oldest_finished_first(
+    start_node: StartNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the stored-transfer budget of a contact the oldest finished offers go;
+    when unfinished ones alone fill it, a new offer is refused and told why."""
+    monkeypatch.setattr(transfers, "MAX_STORED_PER_CONTACT", 4)
+    b = await start_node("bob")
+    hostile, _session, endpoint = await hostile_contact(b)
+    try:
+        ids = [os.urandom(16).hex() for _ in range(7)]
+
+        def offer(tid: str) -> None:
+            hostile.send(chat.FileOffer(tid, (chat.FileEntry("a.txt", 1, bytes(32)),)))
+
+        for tid in ids[:2]:
+            offer(tid)
+            hostile.send(chat.FileCancel(tid, "never mind"))
+        for tid in ids[2:6]:
+            offer(tid)
+        offer(ids[6])
+        await wait_until(
+            lambda: any(
+                isinstance(f, chat.FileDecline) and f.id == ids[6]
+                for f in hostile.of(chat.FileDecline)
+            )
+        )
+        assert [b.store.get_transfer(t) is not None for t in ids] == [False] * 2 + [True] * 4 + [
+            False
+        ]
+        decline = next(
+            f for f in hostile.of(chat.FileDecline) if isinstance(f, chat.FileDecline)
+        )
+        assert decline.reason.startswith("too many unfinished transfers from you"), decline
+        assert tcp_counters(b)["transfers_pruned"] == 2
+        assert tcp_counters(b)["offers_refused"] == 1
     finally:
         endpoint.close()
 
@@ -602,3 +639,38 @@ async def test_concurrent_auto_accepts_reserve_disk_space(
         assert digest(bob.seen_downloads() / "big.bin") == digest(src)
     finally:
         await bob.stop()
+
+
+async def test_quic_data_sent_far_ahead_of_progress_fails_the_channel(
+    start_node: StartNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender that ignores the 8 MiB window on a QUIC data stream cannot make the
+    receiver queue without bound: past 16 MiB waiting, the channel fails and the
+    receiver asks again.  (The bytes are handed to the receiver in one go, exactly as
+    aioquic would deliver a fast sender's stream data before the consumer runs.)"""
+    caplog.set_level(logging.WARNING)
+    b, _downloads, hostile, session, endpoint, _host = await receiving_contact(
+        start_node, tmp_path
+    )
+    b.transfers.tcp_port = 0  # the data rides a QUIC stream
+    try:
+        tid = os.urandom(16).hex()
+        size = 32 * MiB
+        hostile.send(chat.FileOffer(tid, (chat.FileEntry("big.bin", size, bytes(32)),)))
+        await wait_until(lambda: bool(accepts(hostile, tid)))
+        accept = accepts(hostile, tid)[0]
+        assert accept.tcp_port == 0
+        mallory = next(c.peer_id for c in b.contacts() if c.name == "mallory")
+        conn = b.transfers.connection_for(mallory)
+        assert conn is not None
+        key = session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
+        sealer = Sealer(key, bytes.fromhex(tid), accept.attempt)
+        stream_id = 2  # the client's first unidirectional stream
+        b.transfers.stream_data(conn, stream_id, sealer.preamble, False)
+        chunk = os.urandom(CHUNK_SIZE)
+        for at in range(0, 20 * MiB, CHUNK_SIZE):
+            b.transfers.stream_data(conn, stream_id, sealer.seal(0, at, chunk), False)
+        await wait_until(lambda: len(accepts(hostile, tid)) >= 2, timeout=30)
+        assert any("sent ahead of progress" in r.getMessage() for r in caplog.records)
+    finally:
+        endpoint.close()

@@ -12,6 +12,7 @@ from p2pchat.ui.screens.passphrase import PassphraseSettingsScreen
 
 from ..conftest import make_home
 from .conftest import app_for, main_screen, until
+from .test_flows import record_notifications
 
 BOB = "b2" * 16
 
@@ -19,14 +20,7 @@ BOB = "b2" * 16
 async def test_set_then_remove_from_the_palette(tmp_path: Path) -> None:
     paths = make_home(tmp_path, "alice")
     app = app_for(paths)
-    notes: list[str] = []
-    original = app.notify
-
-    def notify(message: str, **kwargs: object) -> None:
-        notes.append(message)
-        original(message, **kwargs)  # type: ignore[arg-type]
-
-    app.notify = notify  # type: ignore[method-assign]
+    notes = record_notifications(app)
     async with app.run_test(size=(100, 40)) as pilot:
         await main_screen(pilot)
         node = app.node
@@ -51,7 +45,7 @@ async def test_set_then_remove_from_the_palette(tmp_path: Path) -> None:
         screen.query_one("#pass-repeat", Input).value = "tui secret"
         await pilot.click("#set")
         await until(pilot, lambda: not isinstance(app.screen, PassphraseSettingsScreen))
-        await until(pilot, lambda: any("encrypted in" in n for n in notes))
+        await until(pilot, lambda: any("encrypted in" in n for _, n, _ in notes))
         assert is_sealed(paths.identity) and database_is_plaintext(paths.database) is False
         # The app's node goes on, now on the encrypted database.
         assert [m.body for m in node.store.outbox(BOB)] == ["kept across both changes"]
@@ -65,6 +59,6 @@ async def test_set_then_remove_from_the_palette(tmp_path: Path) -> None:
         assert is_sealed(paths.identity)
         screen.query_one("#pass-current", Input).value = "tui secret"
         await pilot.click("#remove")
-        await until(pilot, lambda: any("decrypted in" in n for n in notes))
+        await until(pilot, lambda: any("decrypted in" in n for _, n, _ in notes))
         assert not is_sealed(paths.identity) and database_is_plaintext(paths.database)
         assert [m.body for m in node.store.outbox(BOB)] == ["kept across both changes"]

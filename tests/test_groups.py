@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -19,6 +20,11 @@ from p2pchat.node import Node
 from .conftest import EventLog, StartNode, wait_until
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
+    """A liveness bound, generous: these tests run many real nodes on a shared machine."""
+    await wait_until(predicate, timeout=timeout)
+
+
 def befriend(a: Node, b: Node) -> None:
     a.add_contact(b.peer_id, name=b.name, addresses=b.addresses)
     b.add_contact(a.peer_id, name=a.name, addresses=a.addresses)
@@ -29,7 +35,7 @@ def texts(node: Node, group: str) -> list[str]:
 
 
 async def accept_when_invited(node: Node, group_id: str) -> None:
-    await wait_until(lambda: any(v.group_id == group_id for v in node.groups.invites()))
+    await eventually(lambda: any(v.group_id == group_id for v in node.groups.invites()))
     node.groups.accept(group_id)
 
 
@@ -38,17 +44,17 @@ async def test_invite_accept_and_talk(start_node: StartNode) -> None:
     b = await start_node("bob")
     befriend(a, b)
     log_b = EventLog(b)
-    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
+    await eventually(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
     view = a.groups.create("friends", ["bob"])
     assert view.status == "joined" and view.members == 2
     a.groups.send(view.group_id, "before bob accepted")
     await accept_when_invited(b, view.group_id)
     invites = [e for e in log_b.of(GroupInviteReceived) if isinstance(e, GroupInviteReceived)]
     assert invites and invites[0].name == "friends" and invites[0].inviter == a.peer_id
-    await wait_until(lambda: texts(b, view.group_id) == ["before bob accepted"])
+    await eventually(lambda: texts(b, view.group_id) == ["before bob accepted"])
     b.groups.send(view.group_id, "hi all")
     a.groups.send(view.group_id, "welcome")
-    await wait_until(lambda: texts(a, view.group_id) == texts(b, view.group_id)
+    await eventually(lambda: texts(a, view.group_id) == texts(b, view.group_id)
                      and len(texts(a, view.group_id)) == 3)
     received = [e for e in log_b.of(GroupMessageReceived) if isinstance(e, GroupMessageReceived)]
     assert [e.message.text for e in received] == ["before bob accepted", "welcome"]
@@ -64,14 +70,14 @@ async def test_members_who_are_not_contacts_talk_without_a_request(
     befriend(a, b)
     befriend(a, c)  # b and c do not know each other
     log_b, log_c = EventLog(b), EventLog(c)
-    await wait_until(lambda: a.is_online(b.peer_id) and a.is_online(c.peer_id))
+    await eventually(lambda: a.is_online(b.peer_id) and a.is_online(c.peer_id))
     view = a.groups.create("trio", ["bob", "carol"])
     await accept_when_invited(b, view.group_id)
     await accept_when_invited(c, view.group_id)
     # b and c find each other through a's hints and open a group session.
-    await wait_until(lambda: b.groups.session(c.peer_id) is not None, timeout=30)
+    await eventually(lambda: b.groups.session(c.peer_id) is not None)
     b.groups.send(view.group_id, "hello carol")
-    await wait_until(lambda: "hello carol" in texts(c, view.group_id))
+    await eventually(lambda: "hello carol" in texts(c, view.group_id))
     assert b.store.get_contact(c.peer_id) is None and c.store.get_contact(b.peer_id) is None
     assert not log_b.of(ContactRequestReceived) and not log_c.of(ContactRequestReceived)
     assert b.requests() == [] and c.requests() == []
@@ -125,7 +131,7 @@ async def test_five_members_never_all_online_get_every_message_once(
     for name in names[1:]:
         x = await m.up(name)
         await accept_when_invited(x, group)
-        await wait_until(lambda x=x: x.groups.get(group).members == 5)
+        await eventually(lambda x=x: x.groups.get(group).members == 5)
         await m.down(name)
         assert len(m.online()) <= 2
 
@@ -141,30 +147,30 @@ async def test_five_members_never_all_online_get_every_message_once(
     await m.up("bob")
     await posts("alice", "a1", "a2", "a3")
     await posts("bob", "b1")
-    await wait_until(lambda: has("alice", "b1") and has("bob", "a1", "a2", "a3"))
+    await eventually(lambda: has("alice", "b1") and has("bob", "a1", "a2", "a3"))
     await m.down("alice")
     await m.up("carol")
-    await wait_until(lambda: has("carol", "a1", "a2", "a3", "b1"), timeout=40)
+    await eventually(lambda: has("carol", "a1", "a2", "a3", "b1"))
     await posts("carol", "c1")
-    await wait_until(lambda: has("bob", "c1"))
+    await eventually(lambda: has("bob", "c1"))
     await m.down("bob")
     await m.up("dave")
-    await wait_until(lambda: has("dave", "a1", "a2", "a3", "b1", "c1"), timeout=40)
+    await eventually(lambda: has("dave", "a1", "a2", "a3", "b1", "c1"))
     await posts("dave", "d1")
-    await wait_until(lambda: has("carol", "d1"))
+    await eventually(lambda: has("carol", "d1"))
     await m.down("carol")
     await m.up("erin")
-    await wait_until(lambda: has("erin", "a1", "a2", "a3", "b1", "c1", "d1"), timeout=40)
+    await eventually(lambda: has("erin", "a1", "a2", "a3", "b1", "c1", "d1"))
     # alice (offline all along) is the author of what carol, dave and erin just got.
     assert "alice" not in m.online()
     await posts("erin", "e1")
-    await wait_until(lambda: has("dave", "e1"))
+    await eventually(lambda: has("dave", "e1"))
     await m.down("dave")
     everything = ["a1", "a2", "a3", "b1", "c1", "d1", "e1"]
     final: dict[str, list[GroupMessageView]] = {}
 
     async def settle(name: str) -> None:
-        await wait_until(lambda: has(name, *everything), timeout=40)
+        await eventually(lambda: has(name, *everything))
         final[name] = m.nodes[name].groups.history(group)
 
     await settle("erin")
@@ -194,11 +200,11 @@ async def group_of(start_node: StartNode, names: list[str]) -> tuple[list[Node],
     admin = nodes[0]
     for x in nodes[1:]:
         befriend(admin, x)
-    await wait_until(lambda: all(admin.is_online(x.peer_id) for x in nodes[1:]))
+    await eventually(lambda: all(admin.is_online(x.peer_id) for x in nodes[1:]))
     group = admin.groups.create("crowd", names[1:]).group_id
     for x in nodes[1:]:
         await accept_when_invited(x, group)
-    await wait_until(
+    await eventually(
         lambda: all(x.groups.get(group).members == len(nodes) for x in nodes)
     )
     return nodes, group
@@ -223,10 +229,10 @@ async def test_concurrent_changes_by_two_admins_converge(start_node: StartNode) 
     nodes, group = await group_of(start_node, ["alice", "bob", "carol", "dave"])
     a, b, c, d = nodes
     a.groups.promote(group, b.peer_id)
-    await wait_until(lambda: b.groups.get(group).role == "admin")
+    await eventually(lambda: b.groups.get(group).role == "admin")
     x = await start_node("xavier")
     befriend(a, x)
-    await wait_until(lambda: a.is_online(x.peer_id))
+    await eventually(lambda: a.is_online(x.peer_id))
     # Neither admin has seen the other's change when making its own.
     a.groups.add_member(group, "xavier")
     a.groups.rename(group, "renamed by alice")
@@ -235,10 +241,10 @@ async def test_concurrent_changes_by_two_admins_converge(start_node: StartNode) 
     await accept_when_invited(x, group)
     everyone = [a, b, d, x]
     expected = sorted([a.peer_id, b.peer_id, d.peer_id, x.peer_id])
-    await wait_until(lambda: all(members_of(n, group) == expected for n in everyone), timeout=30)
-    await wait_until(lambda: len({n.groups.get(group).name for n in everyone}) == 1)
+    await eventually(lambda: all(members_of(n, group) == expected for n in everyone))
+    await eventually(lambda: len({n.groups.get(group).name for n in everyone}) == 1)
     assert a.groups.get(group).name in ("renamed by alice", "renamed by bob")
-    await wait_until(lambda: c.groups.get(group).status == "removed")
+    await eventually(lambda: c.groups.get(group).status == "removed")
 
 
 async def test_removed_member_gets_nothing_sent_after_its_removal(
@@ -248,7 +254,7 @@ async def test_removed_member_gets_nothing_sent_after_its_removal(
     a, b, c, d = nodes
     befriend(b, c)
     c.groups.send(group, "carol, before")
-    await wait_until(lambda: all("carol, before" in texts(n, group) for n in nodes))
+    await eventually(lambda: all("carol, before" in texts(n, group) for n in nodes))
     # carol writes and goes offline; the removal races her message and dave's.
     c.groups.send(group, "carol, racing")
     await c.stop()
@@ -256,17 +262,17 @@ async def test_removed_member_gets_nothing_sent_after_its_removal(
     d.groups.send(group, "dave, racing")
     a.groups.send(group, "alice, after")
     remaining = [a, b, d]
-    await wait_until(lambda: all("alice, after" in texts(n, group) for n in (b, d)))
+    await eventually(lambda: all("alice, after" in texts(n, group) for n in (b, d)))
     b.groups.send(group, "bob, after")
     d.groups.send(group, "dave, after")
     for n in remaining:
-        await wait_until(lambda n=n: {"bob, after", "dave, after"} <= set(texts(n, group)))
+        await eventually(lambda n=n: {"bob, after", "dave, after"} <= set(texts(n, group)))
     expected = sorted(n.peer_id for n in remaining)
     assert all(members_of(n, group) == expected for n in remaining)
     # carol comes back believing she is a member and asks everyone she knows.
     c = await restart(start_node, "carol")
-    await wait_until(lambda: c.groups.get(group).status == "removed", timeout=30)
-    await wait_until(lambda: b.is_online(c.peer_id) and a.is_online(c.peer_id))
+    await eventually(lambda: c.groups.get(group).status == "removed")
+    await eventually(lambda: b.is_online(c.peer_id) and a.is_online(c.peer_id))
     await asyncio.sleep(1)  # a grace period for anything that should not come
     got = set(texts(c, group))
     assert not got & {"alice, after", "bob, after", "dave, after"}

@@ -20,45 +20,30 @@ import sys
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from p2pchat import __version__, rpc
-from p2pchat.atrest import recover
+from p2pchat import __version__
 from p2pchat.config import (
     BOOTSTRAP_ENV,
     NEW_PASSPHRASE_ENV,
     PASSPHRASE_ENV,
-    ConfigError,
-    NodeAlreadyRunning,
     NodeLock,
     Paths,
     load_settings,
     resolve_home,
     save_settings,
 )
-from p2pchat.identity import (
-    Identity,
-    IdentityError,
-    IdentityMissing,
-    InvalidInvite,
-    InvalidPeerId,
-    PassphraseRequired,
-    WrongPassphrase,
-    format_address,
-    is_sealed,
-    load_or_create_identity,
-    parse_address,
-)
-from p2pchat.names import InvalidName, normalise_name
 from p2pchat.net.control import CALL_TIMEOUT, ControlClient, ControlError
-from p2pchat.net.dht import DhtOptions
-from p2pchat.net.endpoint import EndpointError
-from p2pchat.net.groups import GroupError
-from p2pchat.net.mdns import MdnsOptions
-from p2pchat.net.transfers import TransferError
-from p2pchat.node import Node, NodeError
-from p2pchat.owner import spawn_daemon, start_owned
-from p2pchat.store import AmbiguousContact, StoreError, UnknownContact
+
+if TYPE_CHECKING:
+    from p2pchat.identity import Identity
+    from p2pchat.node import Node
+
+# A command that talks to the running node needs only the control client and JSON:
+# the node, the network stack (aioquic, the DHT, zeroconf), SQLCipher and Textual load
+# only where a command opens or runs a node itself (``_api`` without a running node,
+# ``init``, ``daemon``, ``passphrase``, the app), so such a command starts in tens of
+# milliseconds (tests/test_cli_startup.py, benchmarks/cli.py).
 
 # Exit codes are part of the scripting contract (docs/cli.md).
 EXIT_OK = 0
@@ -101,6 +86,8 @@ class _LocalApi:
         self.node = node
 
     async def call(self, op: str, args: dict[str, Any]) -> Any:
+        from p2pchat import rpc
+
         return await rpc.call(self.node, op, args)
 
 
@@ -138,6 +125,9 @@ def _passphrase(args: argparse.Namespace) -> str | None:
 
 
 def _open_node(paths: Paths, args: argparse.Namespace, passphrase: str | None = None) -> Node:
+    from p2pchat.identity import PassphraseRequired
+    from p2pchat.node import Node
+
     passphrase = passphrase or _passphrase(args)
     try:
         return Node(paths, passphrase=passphrase)
@@ -172,16 +162,24 @@ async def _api(
         finally:
             await client.close()
         return
-    if not paths.identity.exists():
-        raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
+    _require_identity(paths)
     node = _open_node(paths, args, passphrase)
     try:
         if network:
+            from p2pchat.owner import start_owned
+
             # Serve the control socket too: other commands reach this short-lived node.
             await start_owned(node)
         yield _LocalApi(node)
     finally:
         await node.stop()
+
+
+def _require_identity(paths: Paths) -> None:
+    if not paths.identity.exists():
+        from p2pchat.identity import IdentityMissing
+
+        raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
 
 
 def _safe(text: object) -> str:
@@ -219,6 +217,15 @@ def _ensure_identity(paths: Paths, args: argparse.Namespace) -> tuple[Identity, 
 
     ``--name`` and ``--listen`` are saved either way.
     """
+    from p2pchat.atrest import recover
+    from p2pchat.identity import (
+        PassphraseRequired,
+        format_address,
+        load_or_create_identity,
+        parse_address,
+    )
+    from p2pchat.names import normalise_name
+
     # Checked before anything is created: a refused name leaves no half-made home.
     name = getattr(args, "name", None)
     if name is not None:
@@ -367,11 +374,27 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
         reply = await api.call(
             "send", {"contact": args.contact, "text": args.text, "wait": args.wait}
         )
+        contact = await api.call("find_contact", {"ref": reply["message"]["peer_id"]})
     message, state = reply["message"], reply["state"]
+    waiting = bool(reply.get("awaiting_acceptance")) and state not in ("delivered", "read")
     if args.json:
-        _print_json({"id": message["id"], "state": state, "peer_id": message["peer_id"]})
+        _print_json(
+            {
+                "id": message["id"],
+                "state": state,
+                "peer_id": message["peer_id"],
+                "awaiting_acceptance": waiting,
+            }
+        )
     elif state in ("delivered", "read"):
         print(f"delivered ({message['id']})")
+    elif waiting:
+        print(
+            _safe(
+                f"waiting for {contact['name']} to accept your request ({message['id']}): the "
+                "message is queued and goes out once they do"
+            )
+        )
     else:
         print(
             f"queued ({message['id']}): not delivered yet; it stays in the outbox and is "
@@ -676,8 +699,10 @@ def _new_passphrase() -> str:
 
 async def cmd_passphrase(paths: Paths, args: argparse.Namespace) -> int:
     """Set, change or remove the passphrase of the key file and the database together."""
-    if not paths.identity.exists():
-        raise IdentityMissing(f"no identity in {paths.home}: run `p2pchat init` first")
+    from p2pchat.atrest import recover
+    from p2pchat.identity import is_sealed
+
+    _require_identity(paths)
     recover(paths)
     sealed = is_sealed(paths.identity)
     if args.action == "set" and sealed:
@@ -701,6 +726,48 @@ def _require_running(paths: Paths) -> None:
         raise CliError(
             f"no node runs for {paths.home}: start one with `p2pchat daemon`", EXIT_NETWORK
         )
+
+
+async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
+    """The running node's network status: how it is reachable (NAT kind, reflexive
+    addresses, rendezvous nodes; docs/nat.md) and the counters of every budget
+    (docs/threat-model.md, "Budgets"): what peers were refused, and why."""
+    _require_running(paths)
+    async with _api(paths, args) as api:
+        status = await api.call("network_status", {})
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    print(f"addresses:  {', '.join(status.get('addresses') or []) or '(not listening)'}")
+    print(f"online:     {status.get('online')} contact(s), {status.get('nearby')} nearby")
+    reach = status.get("reachability")
+    if isinstance(reach, dict):
+        regs = [
+            f"{r['address']} ({(r['peer_id'] or '?')[:8]}): {r['state']}"
+            + (f", sees us at {r['observed']}" if r["observed"] else "")
+            + (f", {r['reason']}" if r["reason"] else "")
+            for r in reach["registrations"]
+        ]
+        served = reach["rendezvous"]
+        print(f"nat:        {reach['nat']}")
+        print(f"reflexive:  {', '.join(reach['reflexive']) or '-'}")
+        print(_safe(f"registered: {'; '.join(regs) or '-'}"))
+        print(
+            f"rendezvous: for {served.get('registrations', 0)} nodes"
+            + (" (relay: anyone)" if reach["relay"] else " (contacts only)")
+            + f", {served.get('connect_forwarded', 0)} connect requests forwarded"
+        )
+    skip = {"reachability"}
+    for section in sorted(k for k, v in status.items() if isinstance(v, dict) and k not in skip):
+        values = status[section]
+        flat = ", ".join(
+            f"{key} {value}" for key, value in sorted(values.items()) if value not in (None, {})
+        )
+        print(_safe(f"{section + ':':<11} {flat}"))
+    if isinstance(reach, dict) and reach["punch"]:
+        flat = ", ".join(f"{k} {v}" for k, v in sorted(reach["punch"].items()))
+        print(_safe(f"{'punch:':<11} {flat}"))
+    return EXIT_OK
 
 
 async def cmd_dht_status(paths: Paths, args: argparse.Namespace) -> int:
@@ -772,6 +839,10 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
         out.append("--no-dht")
     for entry in args.bootstrap or ():
         out += ["--bootstrap", entry]
+    for entry in args.rendezvous:
+        out += ["--rendezvous", entry]
+    if args.relay:
+        out.append("--relay")
     if args.downloads:
         out += ["--downloads", str(Path(args.downloads).expanduser().absolute())]
     for ref in args.accept_files_from:
@@ -784,6 +855,12 @@ def _listening(info: dict[str, Any]) -> str:
 
 
 async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
+    from p2pchat.config import NodeAlreadyRunning
+    from p2pchat.net.dht import DhtOptions
+    from p2pchat.net.mdns import MdnsOptions
+    from p2pchat.node import Node
+    from p2pchat.owner import spawn_daemon, start_owned
+
     _identity, _created, passphrase = _ensure_identity(paths, args)
     if NodeLock(paths).is_held_elsewhere():
         raise NodeAlreadyRunning(f"a p2pchat node is already running for {paths.home}")
@@ -814,6 +891,8 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             downloads=Path(args.downloads) if args.downloads else None,
             accept_files_from=args.accept_files_from,
             dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
+            relay=args.relay,
+            rendezvous=args.rendezvous,
         )
         print(_listening(node.info()), flush=True)
         await stop.wait()
@@ -966,6 +1045,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
 
+    p = sub.add_parser(
+        "net", help="the running node's reachability (NAT, rendezvous) and budget counters"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_net)
+
     p = sub.add_parser("dht", help="the running node's DHT: status and record lookups")
     dht = p.add_subparsers(dest="dht_command", required=True, metavar="{status,lookup}")
     q = dht.add_parser("status", help="routing table, external address, published record")
@@ -1020,6 +1105,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="HOST:PORT",
         help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
+    )
+    p.add_argument(
+        "--rendezvous",
+        action="append",
+        default=[],
+        metavar="PEER@HOST:PORT",
+        help="a reachable node to register with when behind a NAT (repeatable; the DHT "
+        "bootstrap nodes and reachable contacts are tried too)",
+    )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="be a rendezvous for anyone, not only for contacts (a public node)",
     )
     p.add_argument("--downloads", metavar="DIR", help="where received files go")
     p.add_argument(
@@ -1107,6 +1205,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_app(paths: Paths, args: argparse.Namespace) -> int:
     """No command: the terminal app on this home's node."""
     from p2pchat import ui  # Textual loads only when the app is wanted
+    from p2pchat.net.dht import DhtOptions
+    from p2pchat.net.mdns import MdnsOptions
 
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
     if passphrase is None and args.ask_passphrase and paths.identity.exists():
@@ -1114,6 +1214,31 @@ def _run_app(paths: Paths, args: argparse.Namespace) -> int:
     mdns = None if args.app_no_mdns else MdnsOptions(interfaces=(), hidden=False, share_name=False)
     dht = None if args.app_no_dht else DhtOptions.configured(args.app_bootstrap)
     return ui.run(paths, passphrase=passphrase, listen=args.app_listen, mdns=mdns, dht=dht)
+
+
+# The errors a command reports in one line with an exit code instead of a traceback,
+# by module.  Named rather than imported, so that printing an error loads nothing: an
+# exception whose module was never imported cannot have been raised.
+_REPORTED: dict[str, tuple[str, ...]] = {
+    "p2pchat.config": ("ConfigError", "NodeAlreadyRunning"),
+    "p2pchat.identity": ("IdentityError", "InvalidInvite", "InvalidPeerId", "WrongPassphrase"),
+    "p2pchat.names": ("InvalidName",),
+    "p2pchat.store": ("UnknownContact", "AmbiguousContact", "StoreError"),
+    "p2pchat.node": ("NodeError",),
+    "p2pchat.net.endpoint": ("EndpointError",),
+    "p2pchat.net.transfers": ("TransferError",),
+    "p2pchat.net.groups": ("GroupError",),
+}
+
+
+def _reported(exc: Exception) -> bool:
+    if isinstance(exc, (CliError, ControlError, ValueError)):
+        return True
+    for module_name, names in _REPORTED.items():
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, tuple(getattr(module, n) for n in names)):
+            return True
+    return False
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -1138,25 +1263,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = asyncio.run(args.func(paths, args))
     except KeyboardInterrupt:
         code = 130
-    except (
-        CliError,
-        ControlError,
-        ConfigError,
-        NodeAlreadyRunning,
-        IdentityError,
-        InvalidInvite,
-        InvalidPeerId,
-        InvalidName,
-        UnknownContact,
-        AmbiguousContact,
-        StoreError,
-        NodeError,
-        EndpointError,
-        WrongPassphrase,
-        TransferError,
-        GroupError,
-        ValueError,
-    ) as exc:
+    except Exception as exc:
+        if not _reported(exc):
+            raise
         print(f"p2pchat: error: {exc}", file=sys.stderr)
         code = _exit_code(exc)
     sys.exit(code)

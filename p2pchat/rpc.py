@@ -89,7 +89,12 @@ async def _send(node: Node, args: dict[str, Any]) -> Any:
     state: str = message.state
     if wait and node.running:
         state = await node.wait_for_delivery(message.id, float(wait))
-    return {"message": message, "state": state, "online": node.is_online(message.peer_id)}
+    return {
+        "message": message,
+        "state": state,
+        "online": node.is_online(message.peer_id),
+        "awaiting_acceptance": node.awaiting_acceptance(message.peer_id),
+    }
 
 
 async def _history(node: Node, args: dict[str, Any]) -> Any:

@@ -51,7 +51,33 @@ class MessageReceived(NodeEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class MessageSent(NodeEvent):
+    """A message of ours was stored (state ``queued``), whoever asked for it: this
+    view, another view attached to the same node, or ``p2pchat msg`` over the
+    control socket.  Every view adds it unless it already shows ``message_id``."""
+
+    peer_id: str
+    message_id: str
+    seq: int
+    body: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingAcceptance(NodeEvent):
+    """The contact's node answered that we are not its contact yet: our messages
+    stay queued until they accept our request (then they go out by themselves).
+    ``ContactView.awaiting_acceptance`` says the same until the session ends."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class MessageStateChanged(NodeEvent):
+    """``queued`` -> ``sent`` -> ``delivered`` -> ``read``; ``sent`` goes back to
+    ``queued`` when the session that carried the message dies before the contact
+    acknowledged it (it is sent again on the next session)."""
+
     peer_id: str
     message_id: str
     state: MessageState
@@ -146,8 +172,10 @@ class TransferProgress(NodeEvent):
 
 @dataclass(frozen=True, slots=True)
 class TransferStateChanged(NodeEvent):
-    """States: offered, pending, accepted, sending, receiving, done, declined,
-    cancelled, failed.  ``paths`` are the published files when done (receiver)."""
+    """States: offered, pending, accepted, sending, receiving, paused, done,
+    declined, cancelled, failed.  ``paused``: the contact went offline (or the node
+    restarted) mid-transfer, ``error`` says why; it resumes by itself when the
+    contact is back.  ``paths`` are the published files when done (receiver)."""
 
     transfer_id: str
     peer_id: str

@@ -62,8 +62,15 @@ from p2pchat.core.group.ops import Op
 from p2pchat.core.group.ranges import SeqSet
 from p2pchat.core.group.replica import GroupLimits, GroupReplica, SyncPlan, prefixes
 from p2pchat.group_store import GroupRow, GroupStatus, GroupStore, StoredMessage
-from p2pchat.identity import Identity, InvalidPeerId, key_from_peer_id, peer_id_from_key
+from p2pchat.identity import (
+    Identity,
+    InvalidPeerId,
+    key_from_peer_id,
+    parse_address,
+    peer_id_from_key,
+)
 from p2pchat.names import normalise_name
+from p2pchat.net.dial import Dialer, Route
 from p2pchat.net.peer import MAX_BAD_FRAMES, PeerConnection
 from p2pchat.net.transfer_files import collect
 from p2pchat.net.transfers import TransferManager
@@ -108,7 +115,8 @@ class GroupHost(Protocol):
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection: ...
 
-    def _dial_now(self, peer_id: str, address: str) -> PeerConnection: ...
+    @property
+    def _dialer(self) -> Dialer | None: ...
 
     async def dht_lookup(self, ref: str) -> list[str]: ...
 
@@ -132,7 +140,6 @@ MAX_GROUP_SESSIONS = 64
 MAX_TENTATIVE = 16
 TENTATIVE_TIMEOUT = 15.0
 """A session admitted on its Hello alone must prove membership within this time."""
-MAX_BACKOFF = 30.0
 DHT_RETRY_MIN = 5.0
 DHT_RETRY_MAX = 3600.0
 MARKS_EVERY = 5.0
@@ -151,13 +158,11 @@ class UnknownGroup(GroupError):
 
 
 @dataclass(slots=True)
-class _Dial:
-    attempts: int = 0
+class _Lookup:
+    """DHT lookups of one member's record: when the next may start, and the back-off."""
+
     next_at: float = 0.0
-    index: int = 0
-    link: PeerConnection | None = None
-    dht_next: float = 0.0
-    dht_delay: float = DHT_RETRY_MIN
+    delay: float = DHT_RETRY_MIN
 
 
 def transfer_id_for(message_id: str, member: bytes) -> str:
@@ -207,8 +212,7 @@ class GroupService:
         self._rows: dict[bytes, GroupRow] = {}
         self._sessions: dict[str, PeerConnection] = {}
         self._tentative: dict[PeerConnection, float] = {}
-        self._dialing: dict[PeerConnection, tuple[bytes, ...]] = {}
-        self._dial: dict[str, _Dial] = {}
+        self._lookups: dict[str, _Lookup] = {}
         self._hints: dict[str, tuple[str, ...]] = self.db.hints()
         self._heard: set[tuple[bytes, bytes]] = set()
         self._ids: dict[bytes, str] = {}
@@ -666,8 +670,14 @@ class GroupService:
 
     # ----------------------------------------------------------- sessions
     def hello_groups(self, conn: PeerConnection) -> tuple[bytes, ...]:
-        """Groups to name in our Hello on ``conn`` (dials we made to fellow members)."""
-        return self._dialing.get(conn, ())
+        """Groups to name in our Hello on ``conn``: on a dial to a fellow member who is
+        not a contact, the groups we take part in with it."""
+        key = conn.expected_peer
+        if not conn.initiator or key is None or conn.peer_id is None:
+            return ()
+        if self.node.store.get_contact(conn.peer_id) is not None:
+            return ()
+        return tuple(gid for gid, r in self._joined() if r.state().is_member(key))[:16]
 
     def admit(self, conn: PeerConnection, hello: chat.Hello) -> bool:
         """A non-contact introduced itself: take the session as a group session if the
@@ -678,7 +688,7 @@ class GroupService:
         key = conn.peer_key
         if conn.peer_id is None or key is None:
             return False
-        if conn in self._dialing or self._is_member_somewhere(key):
+        if self._is_member_somewhere(key):
             self._attach(conn)
             return True
         if not hello.groups or len(self._tentative) >= MAX_TENTATIVE:
@@ -706,8 +716,8 @@ class GroupService:
             if keep is old:
                 return
         self._sessions[peer] = conn
-        state = self._dial.setdefault(peer, _Dial())
-        state.attempts = 0
+        if self.node._dialer is not None:
+            self.node._dialer.established(peer, conn)
         self._learn(peer, (conn.address,), proven=True)
         self.node._emit(GroupMemberOnline(peer, True))
         self.peer_online(conn)
@@ -787,16 +797,16 @@ class GroupService:
         for gid in self._replicas:
             self._hinted.pop((conn, gid), None)
         self._tentative.pop(conn, None)
-        self._dialing.pop(conn, None)
         peer = conn.peer_id
         if peer is None:
             return
         if self._sessions.get(peer) is conn:
             del self._sessions[peer]
             self.node._emit(GroupMemberOnline(peer, False))
-            state = self._dial.setdefault(peer, _Dial())
-            delay = 0.1 if self.me < (conn.peer_key or b"") else 1.0
-            state.next_at = self._mono() + delay * random.uniform(1, 2)
+            if self.node._dialer is not None:
+                # The larger key waits a little, so both sides rarely dial at once.
+                delay = 0.1 if self.me < (conn.peer_key or b"") else 1.0
+                self.node._dialer.retry_after(peer, delay * random.uniform(1, 2), reset=True)
         if self.session(peer) is None and conn.peer_key is not None:
             for replica in self._replicas.values():
                 replica.peer_gone(conn.peer_key)
@@ -822,52 +832,43 @@ class GroupService:
             for key in replica.state().members:
                 if key != self.me:
                     wanted.setdefault(self._pid(key), []).append(gid)
-        budget = MAX_GROUP_SESSIONS - len(self._sessions) - len(self._dialing)
-        for peer, gids in wanted.items():
+        dialer = self.node._dialer
+        busy = sum(1 for peer in wanted if dialer is not None and dialer.busy(peer))
+        budget = MAX_GROUP_SESSIONS - len(self._sessions) - busy
+        for peer in wanted:
             if budget <= 0:
                 break
             if self.session(peer) is not None or self.node.store.get_contact(peer) is not None:
                 continue
-            if self._maybe_dial(peer, tuple(gids), now):
-                budget -= 1
+            if dialer is not None and not dialer.busy(peer):
+                self._want(dialer, peer, now)
+                if dialer.busy(peer):
+                    budget -= 1
         if now - self._marks_at >= MARKS_EVERY:
             self._marks_at = now
             self.save()
 
-    def _maybe_dial(self, peer: str, gids: tuple[bytes, ...], now: float) -> bool:
-        state = self._dial.setdefault(peer, _Dial())
-        if state.link is not None and not state.link.closed:
-            return False
+    def _want(self, dialer: Dialer, peer: str, now: float) -> None:
+        """Hand what we know about reaching a member to the node's dialer (which dials,
+        races paths and backs off exactly as for contacts); ask the DHT when we know
+        nothing or the known ways keep failing."""
         nearby = self.node._nearby.get(peer)
-        candidates = tuple(
-            dict.fromkeys((*self._hints.get(peer, ()), *(nearby.addresses if nearby else ())))
-        )
-        if not candidates:
-            self._maybe_resolve(peer, state, now)
-            return False
-        if now < state.next_at:
-            return False
-        address = candidates[state.index % len(candidates)]
-        state.index += 1
-        state.attempts += 1
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(state.attempts, 8))
-        state.next_at = now + delay * random.uniform(0.8, 1.2)
-        if state.attempts > 2:
-            self._maybe_resolve(peer, state, now)
-        try:
-            conn = self.node._dial_now(peer, address)
-        except (OSError, ValueError) as exc:
-            log.info("cannot dial group member %s at %s: %s", peer, address, exc)
-            return False
-        state.link = conn
-        self._dialing[conn] = gids
-        return True
+        claims = (*self._hints.get(peer, ()), *(nearby.addresses if nearby else ()))
+        addresses = []
+        for text in dict.fromkeys(claims):
+            with contextlib.suppress(ValueError):
+                addresses.append(parse_address(text))
+        if not addresses or dialer.failures(peer) >= 2:
+            self._maybe_resolve(peer, now)
+        if addresses:
+            dialer.want(peer, Route(addresses=tuple(addresses)), now)
 
-    def _maybe_resolve(self, peer: str, state: _Dial, now: float) -> None:
-        if self.node._dht is None or peer in self._resolving or now < state.dht_next:
+    def _maybe_resolve(self, peer: str, now: float) -> None:
+        lookup = self._lookups.setdefault(peer, _Lookup())
+        if self.node._dht is None or peer in self._resolving or now < lookup.next_at:
             return
-        state.dht_next = now + state.dht_delay
-        state.dht_delay = min(DHT_RETRY_MAX, state.dht_delay * 2)
+        lookup.next_at = now + lookup.delay
+        lookup.delay = min(DHT_RETRY_MAX, lookup.delay * 2)
         self._resolving.add(peer)
         self.node._spawn(self._resolve(peer))
 
@@ -880,7 +881,9 @@ class GroupService:
         finally:
             self._resolving.discard(peer)
         if addresses:
-            self._hints[peer] = tuple(addresses[:MAX_HINTS])
+            self._learn(peer, addresses[:MAX_HINTS], proven=False)
+            if self.node._dialer is not None:
+                self.node._dialer.refresh(peer)
             self.node._poke()
 
     def save(self) -> None:

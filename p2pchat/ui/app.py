@@ -32,8 +32,14 @@ from p2pchat.config import (
 )
 from p2pchat.identity import IdentityError, PassphraseRequired, WrongPassphrase
 from p2pchat.node import Node, NodeError
-from p2pchat.owner import start_owned
-from p2pchat.remote import RemoteNode
+from p2pchat.owner import answers, hand_off, start_owned
+from p2pchat.remote import (
+    OwnerGone,
+    OwnerNotResponding,
+    OwnerUnavailable,
+    RemoteNode,
+    attach_or_own,
+)
 from p2pchat.store import StoreError
 from p2pchat.ui.format import Clock
 from p2pchat.ui.messages import NodeEventArrived
@@ -41,6 +47,7 @@ from p2pchat.ui.palette import ChatCommands, PaletteCommand
 from p2pchat.ui.safe import clean, one_line
 from p2pchat.ui.screens.main import MainScreen, Mode
 from p2pchat.ui.screens.passphrase import passphrase_command
+from p2pchat.ui.screens.quit import QuitScreen
 from p2pchat.ui.screens.setup import (
     FatalScreen,
     FirstRunScreen,
@@ -53,6 +60,9 @@ from p2pchat.ui.screens.setup import (
 log = logging.getLogger(__name__)
 
 DARK_THEME = "textual-dark"
+ATTACHED = "attached to the running daemon"
+# How often a stopped owner is asked again whether it answers.
+OWNER_PROBE_INTERVAL = 1.0
 # A toast says what happened in a few lines; the rest of a long error is noise.
 NOTIFY_LIMIT = 400
 LIGHT_THEME = "textual-light"
@@ -74,7 +84,8 @@ class ChatApp(App[int]):
     COMMANDS = App.COMMANDS | {ChatCommands}
     # Textual types this as an instance attribute, so it cannot be annotated ClassVar here.
     HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012
-        (0, "-narrow"),
+        (0, "-tiny"),
+        (72, "-narrow"),
         (110, "-wide"),
     ]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]  # noqa: RUF012
@@ -106,6 +117,9 @@ class ChatApp(App[int]):
         self.main: MainScreen | None = None
         self.bell_enabled = False
         self._stopping = False
+        self._recovering = False
+        # The passphrase typed at start (for a hand-off to a daemon).
+        self._passphrase_used: str | None = None
 
     # -------------------------------------------------------------- boot
     def on_mount(self) -> None:
@@ -129,16 +143,19 @@ class ChatApp(App[int]):
         self.apply_settings(settings)
         mode: Mode = "online" if self.network else "offline"
         detail = ""
-        if self.network and NodeLock(self.paths).is_held_elsewhere():
+        while self.network and NodeLock(self.paths).is_held_elsewhere():
             if await self._attach_to_daemon():
                 return
             choice = await self.push_screen_wait(
                 NodeBusyScreen(str(self.paths.home), self._lock_detail())
             )
+            if choice == "retry":
+                continue
             if choice != "read-only":
                 self.exit(0)
                 return
             mode, detail = "read-only", "a p2pchat daemon runs for this home"
+            break
         first_run = not self.paths.identity.exists()
         passphrase = self.passphrase
         if first_run:
@@ -175,6 +192,11 @@ class ChatApp(App[int]):
     async def _attach_to_daemon(self) -> bool:
         """A daemon runs for this home: become its face instead of a second node."""
         self._starting("Attaching to the running node…")
+        # Asked without blocking first: RemoteNode's calls block, and a stopped
+        # owner (SIGSTOP) would freeze this screen until they time out.
+        if not await answers(self.paths):
+            log.warning("the running node does not answer on its control socket")
+            return False
         remote = RemoteNode(self.paths, clock=self.clock)
         try:
             await remote.start()
@@ -191,7 +213,7 @@ class ChatApp(App[int]):
             clock=self.clock,
             tz=self.tz,
             mode="online",
-            detail="attached to the running daemon",
+            detail=ATTACHED,
             bell=self.bell_enabled,
         )
         await self.switch_screen(self.main)
@@ -208,7 +230,9 @@ class ChatApp(App[int]):
     async def _open_node(self, passphrase: str | None) -> Node | None:
         async def unlock(secret: str | None) -> Node:
             # Unsealing runs Argon2id: a thread keeps the screen responsive meanwhile.
-            return await asyncio.to_thread(Node, self.paths, passphrase=secret, clock=self.clock)
+            node = await asyncio.to_thread(Node, self.paths, passphrase=secret, clock=self.clock)
+            self._passphrase_used = secret
+            return node
 
         error: str | None = None
         try:
@@ -255,10 +279,179 @@ class ChatApp(App[int]):
             if self.main is not None:
                 self.main.post_message(NodeEventArrived(event))
 
+    # ------------------------------------------------- losing an attached node
+    def owner_unavailable(self, error: OwnerUnavailable) -> None:
+        """The attached node's owner went away or does not answer (``GuardedScreen``).
+
+        Gone: take the node over (run it here, or attach to whoever owns it now).
+        Not answering (stopped, hung): say so and wait, asking without blocking,
+        until it answers again or goes away.
+        """
+        main = self.main
+        if main is None or main.detached or self._recovering:
+            return
+        self._recovering = True
+        if isinstance(error, OwnerNotResponding):
+            main.suspend(
+                "The node this app is attached to does not answer (is the daemon stopped?). "
+                "What you type stays here; waiting for it…"
+            )
+            self._wait_for_owner()
+        else:
+            main.suspend(
+                f"The node this app was attached to went away ({error}). "
+                "Taking it over… what you type stays here."
+            )
+            self._take_over()
+
+    @work(exclusive=True, group="recover")
+    async def _wait_for_owner(self) -> None:
+        while True:
+            await asyncio.sleep(OWNER_PROBE_INTERVAL)
+            if await answers(self.paths):
+                if self.main is not None and self.node is not None:
+                    try:
+                        self.main.resume()
+                    except OwnerUnavailable:
+                        # The view's own connection still counts the owner as silent
+                        # for a moment after a timeout: try again at the next probe.
+                        continue
+                self._recovering = False
+                return
+            if not NodeLock(self.paths).is_held_elsewhere():
+                self._recovering = False
+                self.owner_unavailable(OwnerGone("its process ended"))
+                return
+
+    @work(exclusive=True, group="recover")
+    async def _take_over(self) -> None:
+        old = self.node
+        self.workers.cancel_group(self, "events")
+        delay = 1.0
+        while True:
+            try:
+                new = await self._take_over_once(old, self.passphrase)
+            except (PassphraseRequired, WrongPassphrase):
+                asked = await self._ask_passphrase_for_take_over(old)
+                if asked is None:
+                    return
+                new = asked
+            except (NodeError, IdentityError, ConfigError, StoreError, OSError) as exc:
+                if self.main is not None:
+                    self.main.suspend(
+                        f"Cannot take the node over yet: {exc}. Trying again in {delay:.0f} s…"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            break
+        self._adopt(new)
+
+    async def _take_over_once(self, old: Node | None, passphrase: str | None) -> Node | RemoteNode:
+        if isinstance(old, RemoteNode):
+            return await old.take_over(
+                passphrase=passphrase, listen=self.listen, **self.start_options
+            )
+        return await attach_or_own(
+            self.paths,
+            passphrase=passphrase,
+            clock=self.clock,
+            listen=self.listen,
+            **self.start_options,
+        )
+
+    async def _ask_passphrase_for_take_over(self, old: Node | None) -> Node | RemoteNode | None:
+        async def unlock(secret: str) -> Node:
+            return cast(Node, await self._take_over_once(old, secret))
+
+        node = await self.push_screen_wait(
+            PassphraseScreen(
+                str(self.paths.home),
+                unlock,
+                "The node's owner went away: unlock the identity to run it here.",
+            )
+        )
+        if node is None:
+            self.exit(0)
+        return node
+
+    def _adopt(self, new: Node | RemoteNode) -> None:
+        """The node (ours now, or a new owner's) replaces the lost one; the screen stays."""
+        node = cast(Node, new)
+        self.node = node
+        self._recovering = False
+        self._pump_events(node)
+        main = self.main
+        if main is None:
+            return
+        if isinstance(new, RemoteNode):
+            main.resume(node, mode="online", detail=ATTACHED)
+            text = "Attached to the node's new owner."
+        else:
+            main.resume(node, mode="online", detail="")
+            text = "This app runs the node now: quitting it takes you offline."
+        main.notices.post("owner", "Node taken over", text, timeout=10)
+
     # ---------------------------------------------------------- shutdown
     async def action_quit(self) -> None:
+        """Say what quitting does (offline or not, transfers), then quit or hand off."""
+        top = self.screen
+        if isinstance(top, QuitScreen):
+            top.dismiss("quit")  # Ctrl+Q twice
+            return
+        main, node = self.main, self.node
+        if main is None or node is None or not main.live or main.mode == "read-only":
+            await self.stop_node()
+            self.exit(0)
+            return
+        owns = not isinstance(node, RemoteNode)
+        if owns and not node.running:
+            await self.stop_node()
+            self.exit(0)
+            return
+        try:
+            running = len(node.running_transfers())
+        except OwnerUnavailable:
+            running = 0
+        self.push_screen(QuitScreen(owns_node=owns, running_transfers=running), self._quit_answered)
+
+    def _quit_answered(self, choice: str | None) -> None:
+        if choice == "quit":
+            self.run_worker(self._quit(), group="quit")
+        elif choice == "background":
+            self.run_worker(self._quit_to_background(), group="quit")
+
+    async def _quit(self) -> None:
         await self.stop_node()
         self.exit(0)
+
+    async def _quit_to_background(self) -> None:
+        """Hand the node to a daemon (``owner.hand_off``), then leave: still reachable."""
+        node = self.node
+        if node is None or isinstance(node, RemoteNode):
+            await self._quit()
+            return
+        if self.main is not None:
+            self.main.detach()
+        self.workers.cancel_group(self, "events")
+        self.notify("Starting a daemon to keep the node running…", timeout=30)
+        try:
+            pid = await hand_off(node, passphrase=self.passphrase or self._passphrase_used)
+        except (NodeError, OSError) as exc:
+            self.node = None
+            await self._fatal(
+                "The node could not be handed to a daemon",
+                f"{exc}\n\nThe node is stopped; start p2pchat (or p2pchat daemon) again.",
+            )
+            return
+        self.node = None
+        self.exit(
+            0,
+            message=(
+                f"p2pchat keeps running in the background (daemon, pid {pid}): you stay "
+                "reachable. Run p2pchat to open it again, or p2pchat stop to stop it."
+            ),
+        )
 
     async def on_unmount(self) -> None:
         await self.stop_node()
@@ -391,7 +584,7 @@ class ChatApp(App[int]):
         )
         if self.node is not None:
             yield passphrase_command(self, self.node)
-        yield "Quit p2pchat", "Stop the node and leave", self._quit_from_palette
+        yield "Quit p2pchat", "Says first whether it takes you offline", self._quit_from_palette
 
     def _quit_from_palette(self) -> None:
         self.run_worker(self.action_quit(), group="quit")

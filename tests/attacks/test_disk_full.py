@@ -93,6 +93,7 @@ async def test_disk_full_then_freed_delivers_within_10_s(tmp_path: Path, small_d
         shown = run_cli(alice_home, "contacts")
         assert "messages held: the contact's device cannot store messages" in shown.stdout
         assert "the database failed" in run_cli(bob_home, "id").stdout
+        assert "refused_storage" in run_cli(bob_home, "net").stdout
         history = await alice.call("history", contact="bob")
         assert any(m["state"] != "delivered" for m in history)
         # Space returns: the stuck conversation delivers by itself.

@@ -9,17 +9,19 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from p2pchat.node import Node, NodeError
+from p2pchat.remote import OwnerUnavailable
 from p2pchat.store import ContactRequest, StoreError
 from p2pchat.ui.format import fingerprint_of, relative_time, short_id
 from p2pchat.ui.safe import clean, literal, one_line, shown_name
+from p2pchat.ui.screens.guard import GuardedModal
 from p2pchat.ui.widgets.error_line import ErrorLine
+from p2pchat.ui.widgets.invite import copy_invite
 
 
-class AddContactScreen(ModalScreen[str | None]):
+class AddContactScreen(GuardedModal[str | None]):
     """Paste an invite or an ID; my own invite sits beside it to hand out in return.
 
     Dismisses with the new contact's peer ID.
@@ -72,6 +74,8 @@ class AddContactScreen(ModalScreen[str | None]):
             return
         try:
             contact = self.node.add_contact(ref, name=name)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (ValueError, NodeError, StoreError) as exc:
             error.show(str(exc))
             return
@@ -79,8 +83,7 @@ class AddContactScreen(ModalScreen[str | None]):
 
     @on(Button.Pressed, "#copy")
     def _copy(self) -> None:
-        self.app.copy_to_clipboard(self.invite)
-        self.notify("Invite copied to the clipboard", timeout=3)
+        copy_invite(self, self.invite, self.query_one("#my-invite", TextArea))
 
     @on(Button.Pressed, "#one-time")
     def _one_time(self) -> None:
@@ -94,7 +97,7 @@ class AddContactScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class RequestScreen(ModalScreen[str | None]):
+class RequestScreen(GuardedModal[str | None]):
     """A stranger's key knocked: show what they claim and let the user decide.
 
     Dismisses with ``"accept"``, ``"decline"`` or ``None`` (decide later); the
@@ -151,6 +154,8 @@ class RequestScreen(ModalScreen[str | None]):
         name = self.query_one("#request-name", Input).value.strip() or None
         try:
             self.node.accept_request(self.request.peer_id, name=name)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (ValueError, NodeError, StoreError) as exc:
             self.query_one("#request-error", ErrorLine).show(str(exc))
             return
@@ -160,6 +165,8 @@ class RequestScreen(ModalScreen[str | None]):
     def _decline(self) -> None:
         try:
             self.node.decline_request(self.request.peer_id)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError) as exc:
             self.query_one("#request-error", ErrorLine).show(str(exc))
             return

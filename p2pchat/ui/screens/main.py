@@ -28,8 +28,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 
 from p2pchat.core.events import (
     ContactAdded,
@@ -39,6 +38,7 @@ from p2pchat.core.events import (
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
+    NodeConnectionLost,
     NodeStarted,
     NodeStopped,
     PeerKeyMismatch,
@@ -50,6 +50,7 @@ from p2pchat.core.events import (
     TypingChanged,
 )
 from p2pchat.node import ContactView, Node, NodeError
+from p2pchat.remote import OwnerGone, OwnerUnavailable
 from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
 from p2pchat.ui import heap
 from p2pchat.ui.commands import CommandError, SlashCommand, message_text, parse_command
@@ -83,8 +84,10 @@ from p2pchat.ui.screens.files import (
     TransfersScreen,
     downloads_folder,
 )
+from p2pchat.ui.screens.guard import GuardedScreen, OwnerWatcher
 from p2pchat.ui.screens.help import HelpScreen
 from p2pchat.ui.screens.verify import VerifyScreen
+from p2pchat.ui.state import last_conversation, save_state
 from p2pchat.ui.widgets import (
     ChatLine,
     Composer,
@@ -111,6 +114,8 @@ REMOTE_TYPING_TTL = 8.0
 # Bursts of events (a reconnect replays a whole outbox) are coalesced: the list
 # is redrawn and read receipts are sent at most this often.
 FLUSH_INTERVAL = 0.15
+# Messages sent outside this screen are looked up among this many latest ones.
+SENT_ELSEWHERE_WINDOW = 20
 # How long to wait for the file manager opener before giving up on its exit code.
 OPENER_TIMEOUT = 15.0
 
@@ -125,7 +130,7 @@ class TransferListener(Protocol):
     ) -> None: ...
 
 
-class MainScreen(Screen[None]):
+class MainScreen(GuardedScreen[None]):
     AUTO_FOCUS = "#composer"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "add_contact", "Add contact", id="add_contact"),
@@ -173,6 +178,9 @@ class MainScreen(Screen[None]):
         self._alerts = AlertLimiter()
         self.ready = False
         self.detached = False
+        self.suspended: str | None = None
+        """Why the node cannot be used right now (an attached view's owner went away
+        or does not answer); None while it can."""
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -181,6 +189,7 @@ class MainScreen(Screen[None]):
                 yield ContactList(tz=self.tz, id="contacts")
             with Vertical(id="chat"):
                 yield ConversationView(tz=self.tz, id="conversation")
+                yield Static(id="owner-banner")
                 yield Composer(id="composer")
         yield StatusBar(id="status")
         yield NoticeTray(id="notices")
@@ -204,15 +213,19 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         contacts = self.refresh_sidebar()
-        if contacts:
+        # The conversation open when the app last ran, else the most recent one.
+        last = last_conversation(self.node.paths)
+        if any(c.peer_id == last for c in contacts):
+            self.open_conversation(str(last))
+        elif contacts:
             self.open_conversation(contacts[0].peer_id)
         else:
             self._show_welcome()
         self._update_composer()
         self.composer.intercept_paths = self.mode != "read-only"
         self.composer.focus()
-        self.set_interval(1.0, self._tick)
-        self.set_interval(FLUSH_INTERVAL, self._flush)
+        self.set_interval(1.0, self.guarded(self._tick))
+        self.set_interval(FLUSH_INTERVAL, self.guarded(self._flush))
         self.watch(self.app, "app_focus", self._app_focus_changed, init=False)
         # Once the first screen is drawn, the app's long-lived objects exist.
         self.call_after_refresh(heap.settle)
@@ -238,10 +251,15 @@ class MainScreen(Screen[None]):
             self._schedule_read()
 
     # ----------------------------------------------------------- sidebar
+    @property
+    def live(self) -> bool:
+        """The node can be called (not stopping, not lost)."""
+        return not self.detached and self.suspended is None
+
     def refresh_sidebar(self) -> list[ContactEntry]:
         """Re-read contacts, requests and nearby peers; the list keeps its cursor."""
         self._sidebar_dirty = False
-        if self.detached:
+        if not self.live:
             return []
         views = self.node.contacts()
         entries = [self._entry(view) for view in views]
@@ -273,6 +291,7 @@ class MainScreen(Screen[None]):
             last_activity=activity,
             warning=view.peer_id in self.warnings,
             route=view.route,
+            last_seen=view.last_seen,
         )
 
     def _schedule_sidebar(self) -> None:
@@ -281,6 +300,9 @@ class MainScreen(Screen[None]):
 
     def _flush(self) -> None:
         """Apply what the last events asked for, at most once per interval."""
+        self.notices.flush()
+        if not self.live:
+            return
         self._draw_incoming()
         if self._sidebar_dirty:
             self.refresh_sidebar()
@@ -288,7 +310,6 @@ class MainScreen(Screen[None]):
             self._mark_read()
         if self._progress_due:
             self._draw_progress()
-        self.notices.flush()
 
     def _draw_incoming(self) -> None:
         """Messages of the open conversation that arrived since the last flush.
@@ -339,6 +360,7 @@ class MainScreen(Screen[None]):
         if peer_id != self.current:
             self._send_typing(self._throttle.stop())
         self.current = peer_id
+        save_state(self.node.paths, conversation=peer_id)
         self.notices.drop(f"msg:{peer_id}")
         self._alerts.forget(f"msg:{peer_id}")
         self.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
@@ -431,7 +453,7 @@ class MainScreen(Screen[None]):
         self._read_due = False
         peer = self.current
         if (
-            self.detached
+            not self.live
             or peer is None
             or self.mode == "read-only"
             or peer not in self._needs_read
@@ -442,6 +464,8 @@ class MainScreen(Screen[None]):
         self._needs_read.discard(peer)
         try:
             self.node.mark_read(peer)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError):
             return
         self._schedule_sidebar()
@@ -452,7 +476,11 @@ class MainScreen(Screen[None]):
         try:
             command = parse_command(event.text)
         except CommandError as exc:
-            self.notify(str(exc), severity="warning", markup=False)
+            # Keep what was typed: it may be a message that starts with "/" (send it
+            # with "//"), or a command with a typo to fix.
+            event.composer.load_text(event.text)
+            event.composer.move_cursor(event.composer.document.end)
+            self.notify(f"{exc} (the text is still in the box)", severity="warning")
             return
         if command is not None:
             self.run_command(command)
@@ -463,6 +491,11 @@ class MainScreen(Screen[None]):
         if self.mode == "read-only":
             self.notify("Read-only: cannot send while another node runs", severity="warning")
             return
+        if not self.live:
+            self.notify(f"Not sent: {self.suspended or 'the node is stopping'}", severity="warning")
+            if restore is not None:
+                restore.load_text(text)
+            return
         peer = self.current
         if peer is None:
             self.notify("Pick a contact first (or /add one)", severity="warning")
@@ -472,6 +505,8 @@ class MainScreen(Screen[None]):
         self._send_typing(self._throttle.stop())
         try:
             message = self.node.send_message(peer, text)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError) as exc:
             self.notify(str(exc), severity="error", markup=False)
             if restore is not None:
@@ -483,7 +518,13 @@ class MainScreen(Screen[None]):
 
     @on(Composer.Typed)
     def _typed(self) -> None:
-        if self.current is not None and self.mode == "online":
+        if self.composer.text.lstrip().startswith(
+            "/"
+        ) and not self.composer.text.lstrip().startswith("//"):
+            # A command is not a message: the contact is not told we type.
+            self._send_typing(self._throttle.stop())
+            return
+        if self.current is not None and self.mode == "online" and self.live:
             self._send_typing(self._throttle.keystroke(self.current, time.monotonic()))
 
     @on(Composer.PathPasted)
@@ -514,25 +555,65 @@ class MainScreen(Screen[None]):
         else:
             log.scroll_page_down()
 
+    # ------------------------------------------------------ losing the node
+    def suspend(self, why: str) -> None:
+        """The node cannot be used now: say why above the message box, touch it no more.
+
+        What is typed stays in the message box; sending waits until
+        :meth:`resume`.
+        """
+        self.suspended = why
+        banner = self.query_one("#owner-banner", Static)
+        banner.update(literal(why, multiline=True))
+        banner.add_class("-visible")
+        self._throttle.stop()
+        self.conversation.set_typing(None)
+        self._remote_typing.clear()
+        self.query_one("#status", StatusBar).show_state("lost", why)
+
+    def resume(
+        self, node: Node | None = None, *, mode: Mode | None = None, detail: str = ""
+    ) -> None:
+        """The node answers again, or another one replaced it (taken over, new owner)."""
+        if node is not None:
+            self.node = node
+        if mode is not None:
+            self.mode = mode
+            self.detail = detail
+        why, self.suspended = self.suspended, None
+        try:
+            self.refresh_sidebar()
+            if self.current is not None:
+                self.open_conversation(self.current, reload=True)
+        except OwnerUnavailable:
+            self.suspended = why  # not yet after all
+            raise
+        self.query_one("#owner-banner", Static).remove_class("-visible")
+        self.composer.intercept_paths = self.mode != "read-only"
+        self._update_composer()
+
     def detach(self) -> None:
         """The node is about to stop: say we stopped typing, then touch it no more.
 
         The periodic flush would otherwise read from a closed store while the
         app winds down.
         """
-        self._send_typing(self._throttle.stop())
+        if self.live:
+            self._send_typing(self._throttle.stop())
         self.detached = True
 
     def _send_typing(self, signals: list[TypingSignal]) -> None:
         for peer, active in signals:
             try:
                 self.node.set_typing(peer, active)
+            except OwnerUnavailable:
+                raise  # the screen's guard tells the app (screens/guard.py)
             except (NodeError, StoreError):
                 continue
 
     def _tick(self) -> None:
         """Once a second: stop our typing signal when idle, expire the peer's, age times."""
-        if self.detached:
+        if not self.live:
             return
         now = time.monotonic()
         self._send_typing(self._throttle.tick(now))
@@ -541,6 +622,13 @@ class MainScreen(Screen[None]):
             del self._remote_typing[peer]
         if expired:
             self._show_remote_typing()
+        for card in self.conversation.cards():
+            if isinstance(card, TransferCard):
+                card.check_stall(now)
+        for listener in self._listeners():
+            if isinstance(listener, TransfersScreen):
+                for card in listener.cards():
+                    card.check_stall(now)
         minute = int(now // 60)
         if minute != self._last_minute:
             self._last_minute = minute
@@ -558,6 +646,8 @@ class MainScreen(Screen[None]):
         handler = getattr(self, f"_cmd_{command.name}")
         try:
             handler(command.args)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except (ValueError, NodeError, StoreError) as exc:
             self.notify(str(exc), severity="error", markup=False)
 
@@ -629,7 +719,7 @@ class MainScreen(Screen[None]):
         self.action_help()
 
     def _cmd_quit(self, args: str) -> None:
-        self.app.exit()
+        self.run_worker(self.app.run_action("quit"), group="quit")
 
     # ------------------------------------------------------------ actions
     def action_add_contact(self, ref: str = "", name: str = "") -> None:
@@ -698,6 +788,10 @@ class MainScreen(Screen[None]):
         rows: list[tuple[str, str]] = []
         for active in self.active_bindings.values():
             binding = active.binding
+            # Only the app's and this screen's keys: the focused widget's own keys
+            # (the message box's cursor and selection keys) are not p2pchat's to list.
+            if active.node not in (self, self.app):
+                continue
             if not binding.description or binding.description in seen:
                 continue
             seen.add(binding.description)
@@ -773,14 +867,23 @@ class MainScreen(Screen[None]):
     @on(NodeEventArrived)
     def _node_event(self, message: NodeEventArrived) -> None:
         event = message.event
-        if self.detached:
+        if isinstance(event, NodeConnectionLost):
+            watcher = self.app
+            if isinstance(watcher, OwnerWatcher) and not self.detached:
+                watcher.owner_unavailable(OwnerGone(event.reason))
+            return
+        if not self.live:
             return
         if isinstance(event, MessageReceived):
             self._incoming_message(event)
         elif isinstance(event, MessageStateChanged):
             if event.peer_id == self.current:
                 self._draw_incoming()
+                if not self.conversation.has_message(event.message_id):
+                    self._sent_elsewhere(event.peer_id)
                 self.conversation.set_state(event.message_id, event.state)
+            if event.state == "queued":
+                self._schedule_sidebar()
         elif isinstance(event, TypingChanged):
             if event.active:
                 self._remote_typing[event.peer_id] = time.monotonic() + REMOTE_TYPING_TTL
@@ -853,6 +956,18 @@ class MainScreen(Screen[None]):
             self._alert(f"msg:{peer}", name, event.body)
         self._schedule_sidebar()
 
+    def _sent_elsewhere(self, peer: str) -> None:
+        """A message of ours this screen did not send (``p2pchat msg``, another view of
+        the same node): show it, from the store, where it belongs."""
+        name = self.names.get(peer) or short_id(peer)
+        recent = self.node.history(peer, limit=SENT_ELSEWHERE_WINDOW)
+        lines = [
+            self._line(m, name)
+            for m in recent
+            if m.direction == "out" and not self.conversation.has_message(m.id)
+        ]
+        self.conversation.add_lines(lines)
+
     def _on_key_mismatch(self, event: PeerKeyMismatch) -> None:
         name = self.names.get(event.peer_id) or short_id(event.peer_id)
         text = (
@@ -890,6 +1005,8 @@ class MainScreen(Screen[None]):
     def _fresh_info(self, transfer_id: str) -> TransferInfo | None:
         try:
             return self._info(self.node.get_transfer(transfer_id))
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except Exception:  # TransferError (p2pchat.net) or a closed store: nothing to show
             return None
 
@@ -1045,6 +1162,8 @@ class MainScreen(Screen[None]):
                 self._save_as(info, name)
             elif event.action == "open":
                 self.open_folder(info)
+        except OwnerUnavailable:
+            raise  # the screen's guard tells the app (screens/guard.py)
         except Exception as exc:  # TransferError lives in p2pchat.net, which the UI may not import
             self.notify(str(exc), severity="error", markup=False)
 
@@ -1054,6 +1173,8 @@ class MainScreen(Screen[None]):
                 return
             try:
                 self.node.accept_transfer(info.transfer_id, folder=folder)
+            except OwnerUnavailable:
+                raise  # the screen's guard tells the app (screens/guard.py)
             except Exception as exc:  # see _card_action
                 self.notify(str(exc), severity="error", markup=False)
 
@@ -1116,6 +1237,11 @@ class MainScreen(Screen[None]):
     async def _offer(self, peer: str, paths: list[Path], placeholder: PreparingCard) -> None:
         try:
             transfer = await self.node.offer_files(peer, paths)
+        except OwnerUnavailable as exc:
+            watcher = self.app
+            if isinstance(watcher, OwnerWatcher):
+                watcher.owner_unavailable(exc)
+            return
         except Exception as exc:  # missing files, too many files, a closed store...
             self.notify(f"Cannot send: {exc}", severity="error", markup=False)
             return

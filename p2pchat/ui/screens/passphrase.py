@@ -13,13 +13,13 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, LoadingIndicator, Static
 
 from p2pchat.identity import IdentityError, WrongPassphrase, is_sealed
 from p2pchat.node import Node, NodeError
 from p2pchat.store import StoreError
 from p2pchat.ui.palette import PaletteCommand
+from p2pchat.ui.screens.guard import GuardedModal
 from p2pchat.ui.widgets.error_line import ErrorLine
 
 _EXPLAIN_PLAIN = (
@@ -33,7 +33,7 @@ _EXPLAIN_SEALED = (
 )
 
 
-class PassphraseSettingsScreen(ModalScreen[str | None]):
+class PassphraseSettingsScreen(GuardedModal[str | None]):
     """Dismisses with what was done (for a notification), or None when closed."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Close")]
@@ -50,9 +50,7 @@ class PassphraseSettingsScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="passphrase-card", classes="modal-card"):
             yield Static("Passphrase", classes="card-title")
-            yield Static(
-                _EXPLAIN_SEALED if self.sealed else _EXPLAIN_PLAIN, classes="card-text"
-            )
+            yield Static(_EXPLAIN_SEALED if self.sealed else _EXPLAIN_PLAIN, classes="card-text")
             if self.sealed:
                 yield Label("Current passphrase")
                 yield Input(password=True, id="pass-current")

@@ -41,6 +41,8 @@ class ContactEntry:
     last_activity: float | None
     warning: bool = False
     route: str | None = None
+    last_seen: float | None = None
+    """When a session with them last ran (what the header's "last seen" says too)."""
     """"lan" or "direct" while online (how the session runs)."""
 
 
@@ -138,7 +140,8 @@ class ContactList(OptionList):
                 c.route or "", "online"
             )
         else:
-            presence = relative_time(c.last_activity, now, self.tz)
+            # The same words as the conversation header, from the same fact.
+            presence = f"seen {relative_time(c.last_seen, now, self.tz)}"
         second = ("\n  " + presence, "$text-muted")
         return Content.assemble(*parts, second)
 

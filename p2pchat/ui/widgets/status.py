@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from textual.content import Content
 from textual.widgets import Static
@@ -16,6 +16,7 @@ NETWORK_STYLES = {
     "offline": "$text-muted",
     "read-only": "$warning",
     "error": "$error",
+    "lost": "$error",
 }
 
 
@@ -67,3 +68,8 @@ class StatusBar(Static):
                 (info.alerts or "off", ""),
             )
         )
+
+    def show_state(self, network: str, detail: str) -> None:
+        """Only the network part changed (the node went away, or came back)."""
+        if self.info is not None:
+            self.show(replace(self.info, network=network, detail=detail))

@@ -11,6 +11,7 @@ and the screen carries them out.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import replace
 from typing import ClassVar
 
@@ -35,6 +36,10 @@ STATE_CLASSES = (
     "-stopped",
     "-failed",
 )
+
+
+# Seconds without bytes before a moving transfer is called stalled.
+STALL_AFTER = 5.0
 
 
 def card_id(transfer_id: str) -> str:
@@ -111,6 +116,7 @@ class TransferCard(ConversationItem):
     TransferCard.-done > .tc-body { border-left: outer $success; }
     TransferCard.-stopped > .tc-body { border-left: outer $panel-lighten-2; }
     TransferCard.-failed > .tc-body { border-left: outer $error; }
+    TransferCard.-stalled > .tc-body { border-left: outer $warning; }
     TransferCard:focus > .tc-body { background: $boost; }
     TransferCard .tc-title { height: auto; }
     TransferCard .tc-bar { height: auto; }
@@ -161,6 +167,9 @@ class TransferCard(ConversationItem):
         self.with_peer = with_peer
         self.rate = rate
         self._ready = False
+        # When bytes last moved (monotonic), and how long ago once that is a stall.
+        self._moved_at = time.monotonic()
+        self.stalled_for: float | None = None
         self.set_class(not info.incoming, "-outgoing")
         self.add_class(_state_class(info))
 
@@ -219,7 +228,21 @@ class TransferCard(ConversationItem):
         return Content.assemble(*parts)
 
     def _status(self) -> str:
-        return status_text(self.info, self.peer_name, self.rate)
+        return status_text(self.info, self.peer_name, self.rate, self.stalled_for)
+
+    def check_stall(self, now: float) -> None:
+        """Once a second: a moving transfer with no bytes for a while says "stalled"
+        (its sender vanished, or the link broke) instead of a speed it no longer has."""
+        idle = now - self._moved_at
+        stalled = idle if self.info.moving and idle >= STALL_AFTER else None
+        if (stalled is None) == (self.stalled_for is None) and (
+            stalled is None or int(stalled) == int(self.stalled_for or 0)
+        ):
+            return
+        self.stalled_for = stalled
+        self.set_class(stalled is not None, "-stalled")
+        if self._ready:
+            self.query_one(".tc-status", _Status).show(self._status())
 
     def _show_buttons(self) -> None:
         info = self.info
@@ -233,6 +256,9 @@ class TransferCard(ConversationItem):
         """A new state (or a fresh read of the store)."""
         old = self.info
         self.info = info
+        if (info.state, info.done) != (old.state, old.done):
+            self._moved_at = time.monotonic()
+            self.stalled_for = None
         if info.state != old.state:
             self.remove_class(*STATE_CLASSES)
             self.add_class(_state_class(info))
@@ -254,6 +280,10 @@ class TransferCard(ConversationItem):
         done = overall_done(info.total, attempt_done, attempt_total)
         if info.finished or (done == info.done and rate == self.rate):
             return
+        if done != info.done:
+            self._moved_at = time.monotonic()
+            self.stalled_for = None
+            self.remove_class("-stalled")
         self.rate = rate
         self.info = replace(info, done=done)
         if not self._ready:

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""CLI start-up: wall time of commands a script runs against a running daemon.
+
+Usage (from the repository root)::
+
+    python3 benchmarks/cli.py [--runs 20] [--importtime]
+
+Two ``p2pchat daemon`` processes (alice and bob, fresh homes under a temporary
+folder, contacts of each other, loopback addresses, ``--no-mdns --no-dht``) run
+for the whole measurement.  Each command is then started ``--runs`` times as a
+new process (``python -m p2pchat --home ALICE ...``, the way the console script
+runs it) and timed from ``Popen`` to exit; the table shows the median, the best
+and the 90th percentile:
+
+* ``--help``: argument parsing only;
+* ``contacts --json``: one control-socket call;
+* ``msg bob TEXT``: stored in alice's outbox, sent, and waited for until bob's
+  node acknowledged it (the default ``--wait``), so it includes a delivery;
+* ``python -c pass``: the interpreter alone, for reference.
+
+Byte-compiled files are written once before timing (a warm-up run of every
+command with ``PYTHONDONTWRITEBYTECODE`` unset), as an installed package has
+them.  ``--importtime`` prints, for ``contacts --json``, the modules that took
+longest to import (``python -X importtime``), so what is left can be seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out.pop("PYTHONDONTWRITEBYTECODE", None)
+    out.pop("P2PCHAT_HOME", None)
+    out.pop("P2PCHAT_PASSPHRASE", None)
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), out.get("PYTHONPATH")]))
+    return out
+
+
+def cli(home: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "p2pchat", "--home", str(home), *args]
+
+
+def run(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, env=env(), timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr}")
+    return done.stdout
+
+
+def start_daemon(home: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        cli(home, "daemon", "--no-mdns", "--no-dht"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening" not in line:
+        raise RuntimeError(f"daemon did not start: {line}{proc.stdout.read()}")
+    return proc
+
+
+def timed(argv: list[str], runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, env=env(), timeout=120)
+        out.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.decode()}")
+    return out
+
+
+def importtime(argv: list[str], top: int = 15) -> list[tuple[int, int, str]]:
+    done = subprocess.run(
+        [argv[0], "-X", "importtime", *argv[1:]], capture_output=True, text=True, env=env()
+    )
+    rows = []
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, cumulative, name = (part.strip() for part in line[12:].split("|"))
+        rows.append((int(cumulative), int(self_us), name))
+    rows.sort(reverse=True)
+    return rows[:top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--importtime", action="store_true")
+    opts = parser.parse_args()
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(prefix="p2pchat-cli-bench-") as tmp:
+        alice, bob = Path(tmp) / "alice", Path(tmp) / "bob"
+        for home, name in ((alice, "alice"), (bob, "bob")):
+            run(cli(home, "init", "--name", name, "--listen", f"127.0.0.1:{free_udp_port()}"))
+        invite = json.loads(run(cli(bob, "id", "--json")))["invite"]
+        run(cli(alice, "add", invite, "--name", "bob"))
+        alice_invite = json.loads(run(cli(alice, "id", "--json")))["invite"]
+        run(cli(bob, "add", alice_invite, "--name", "alice"))
+        daemons = [start_daemon(alice), start_daemon(bob)]
+        try:
+            commands = {
+                "python -c pass": [sys.executable, "-c", "pass"],
+                "--help": cli(alice, "--help"),
+                "contacts --json": cli(alice, "contacts", "--json"),
+                "msg bob TEXT": cli(alice, "msg", "bob", "hello from the benchmark"),
+            }
+            for argv in commands.values():  # byte-compile, connect, warm caches
+                run(argv)
+            sent = run(commands["msg bob TEXT"])
+            if not sent.startswith("delivered"):
+                raise RuntimeError(f"msg was not delivered: {sent}")
+            print(f"\n{opts.runs} runs each, wall time from start to exit (ms)\n")
+            print(f"| {'command':<18} | median |  best  |  p90   |")
+            print(f"|{'-' * 20}|-------:|-------:|-------:|")
+            for label, argv in commands.items():
+                times = sorted(timed(argv, opts.runs))
+                p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
+                print(
+                    f"| {label:<18} | {statistics.median(times) * 1e3:6.1f} "
+                    f"| {times[0] * 1e3:6.1f} | {p90 * 1e3:6.1f} |"
+                )
+            if opts.importtime:
+                print("\nslowest imports of `contacts --json` (cumulative µs, self µs):")
+                for cumulative, self_us, name in importtime(commands["contacts --json"]):
+                    print(f"  {cumulative:>8} {self_us:>8}  {name}")
+        finally:
+            for proc in daemons:
+                proc.terminate()
+                proc.communicate(timeout=30)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""A CLI command that talks to the running node loads only the control client.
+
+Start-up time is what a script pays for every command; most of it used to be
+importing the node, aioquic, the DHT and SQLCipher, none of which such a command
+uses.  This checks what was imported (not how long it took: timing lives in
+benchmarks/cli.py) after real commands against a real daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from p2pchat.identity import create_identity
+
+from .conftest import free_udp_port
+from .daemons import Daemon, cli_env, run_cli
+
+# What a command answered by the running node must never load.
+HEAVY_PACKAGES = (
+    "aioquic", "cryptography", "nacl", "msgpack", "blake3", "zeroconf", "sqlcipher3",
+    "sqlite3", "textual", "rich", "precis_i18n", "bencode2",
+)  # fmt: skip
+HEAVY_MODULES = (
+    "p2pchat.node", "p2pchat.store", "p2pchat.rpc", "p2pchat.owner", "p2pchat.identity",
+    "p2pchat.atrest", "p2pchat.dht", "p2pchat.net.dht", "p2pchat.net.endpoint",
+    "p2pchat.net.transfers", "p2pchat.ui", "p2pchat.core",
+)  # fmt: skip
+
+# Runs one command in a fresh interpreter, then reports what it imported.
+PROBE = """
+import json, sys
+out = sys.argv[1]
+code = 0
+try:
+    from p2pchat.cli import main
+    main(sys.argv[2:])
+except SystemExit as exc:
+    code = exc.code
+with open(out, "w") as f:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, f)
+"""
+
+
+def _imports(tmp_path: Path, home: Path, *args: str) -> tuple[int, set[str]]:
+    out = tmp_path / "modules.json"
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(out), "--home", str(home), *args],
+        capture_output=True, text=True, env=cli_env(), timeout=60,
+    )  # fmt: skip
+    assert out.exists(), done.stderr
+    report = json.loads(out.read_text())
+    out.unlink()
+    assert report["code"] == 0, (args, done.stdout, done.stderr)
+    return report["code"], set(report["modules"])
+
+
+def _heavy(modules: set[str]) -> list[str]:
+    return sorted(
+        m
+        for m in modules
+        if m.split(".")[0] in HEAVY_PACKAGES
+        or any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES)
+    )
+
+
+async def test_commands_for_the_running_node_import_only_the_control_client(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "alice"
+    init = run_cli(home, "init", "--name", "alice", "--listen", f"127.0.0.1:{free_udp_port()}")
+    assert init.returncode == 0, init.stderr
+    bob = tmp_path / "bob.key"
+    bob_id = create_identity(bob).peer_id
+    added = run_cli(home, "add", bob_id, "--name", "bob", "--addr", "127.0.0.1:9")
+    assert added.returncode == 0, added.stderr
+    offered = tmp_path / "note.txt"
+    offered.write_text("a file for bob\n")
+    daemon = Daemon(home, f"127.0.0.1:{free_udp_port()}")
+    await daemon.start()
+    try:
+        commands = [
+            ("contacts", "--json"),
+            ("msg", "bob", "hello", "--wait", "0"),
+            ("history", "bob", "--json"),
+            ("send", "bob", str(offered)),
+            ("transfers",),
+        ]
+        for command in commands:
+            _code, modules = _imports(tmp_path, home, *command)
+            assert "p2pchat.net.control" in modules  # it did talk to the daemon
+            assert _heavy(modules) == [], command
+        # The daemon did the work: the message and the offer are in its store.
+        history = await daemon.call("history", contact="bob")
+        assert [m["body"] for m in history] == ["hello"]
+        assert len(await daemon.call("transfers")) == 1
+    finally:
+        await daemon.stop()
+
+
+def test_help_imports_nothing_heavy(tmp_path: Path) -> None:
+    _code, modules = _imports(tmp_path, tmp_path / "nobody", "--help")
+    assert _heavy(modules) == []

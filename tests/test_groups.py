@@ -280,3 +280,25 @@ async def test_removed_member_gets_nothing_sent_after_its_removal(
     assert c.peer_id not in members_of(c, group)
     with pytest.raises(GroupError):
         c.groups.send(group, "let me back in")
+
+
+async def test_storage_per_group_is_bounded_and_newcomers_skip_what_is_gone(
+    start_node: StartNode,
+) -> None:
+    a = await start_node("alice")
+    b = await start_node("bob")
+    a.update_settings(group_max_messages=5)
+    group = a.groups.create("small", []).group_id
+    for i in range(12):
+        a.groups.send(group, f"m{i}")
+    assert texts(a, group) == [f"m{i}" for i in range(7, 12)]
+    # bob joins late: he gets what alice still holds, in order, and does not wait for
+    # the rest (alice's summary says it is gone).
+    befriend(a, b)
+    await eventually(lambda: a.is_online(b.peer_id))
+    a.groups.add_member(group, "bob")
+    await accept_when_invited(b, group)
+    await eventually(lambda: texts(b, group) == [f"m{i}" for i in range(7, 12)])
+    a.groups.send(group, "m12")
+    await eventually(lambda: texts(b, group)[-1:] == ["m12"])
+    assert [m.seq for m in b.groups.history(group)] == list(range(8, 14))

@@ -220,6 +220,7 @@ class GroupService:
         self._marks_at = 0.0
         self._resolving: set[str] = set()
         self._hinted: dict[tuple[PeerConnection, bytes], float] = {}
+        self._usage: dict[bytes, tuple[int, int]] = {}
         self._load()
 
     # ------------------------------------------------------------ loading
@@ -626,7 +627,7 @@ class GroupService:
             now=self._now(),
         )
         self._push(gid, replica, [message], source=None, fanout=())
-        self._retain(gid, replica)
+        self._retain(gid, replica, [message])
         stored = self.db.message(gid, message.author, message.seq)
         assert stored is not None
         return self._message_view(gid, replica, stored)
@@ -1149,12 +1150,25 @@ class GroupService:
             self.node._emit(GroupMessageReceived(self._message_view(gid, replica, m)))
         if any(r.verdict == "need_ops" for r in receipts):
             self._ask(gid, replica, key)
-        self._retain(gid, replica)
+        self._retain(gid, replica, fresh)
 
-    def _retain(self, gid: bytes, replica: GroupReplica) -> None:
+    def _retain(
+        self, gid: bytes, replica: GroupReplica, added: Sequence[GroupMessage] = ()
+    ) -> None:
+        """Keep the group within its storage budget.  Usage is counted in memory (read
+        from the database once), so a new message costs no scan of the table."""
+        usage = self._usage.get(gid)
+        if usage is None:
+            usage = self.db.usage(gid)
+        else:
+            usage = (usage[0] + len(added), usage[1] + sum(m.size for m in added))
+        self._usage[gid] = usage
+        if usage[0] <= self.max_messages and usage[1] <= self.max_bytes:
+            return
         dropped = self.db.prune(gid, keep=self.max_messages, max_bytes=self.max_bytes)
         for author, seq in dropped.items():
             replica.dropped(author, seq)
+        self._usage[gid] = self.db.usage(gid)
 
     # --------------------------------------------------------- file drop
     def _file_frame(self, conn: PeerConnection, frame: Any) -> None:

@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import sys
-import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -34,6 +33,7 @@ from p2pchat.config import (
     save_settings,
 )
 from p2pchat.net.control import CALL_TIMEOUT, ControlClient, ControlError
+from p2pchat.plain import clean
 
 if TYPE_CHECKING:
     from p2pchat.identity import Identity
@@ -181,11 +181,11 @@ def _require_identity(paths: Paths) -> None:
 
 
 def _safe(text: object) -> str:
-    """Peers choose names, previews and bodies: never let them drive the terminal."""
-    return "".join(
-        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf") else "\ufffd"
-        for ch in str(text)
-    )
+    """Peers choose names, previews, bodies and file names: every human-readable line
+    goes through the one rule for outside text (``p2pchat/plain.py``), so none of it
+    drives the terminal.  JSON output needs none: it is ASCII with every control
+    escaped."""
+    return clean(str(text), multiline=True)
 
 
 def _positive_int(text: str) -> int:
@@ -300,7 +300,7 @@ async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(contact)
     else:
-        print(f"added {contact['name']} ({contact['peer_id']})")
+        print(_safe(f"added {contact['name']} ({contact['peer_id']})"))
     return EXIT_OK
 
 
@@ -400,7 +400,7 @@ async def cmd_accept(paths: Paths, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(contact)
     else:
-        print(f"accepted {contact['name']} ({contact['peer_id']})")
+        print(_safe(f"accepted {contact['name']} ({contact['peer_id']})"))
     return EXIT_OK
 
 
@@ -727,7 +727,9 @@ async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
             " ..." if len(t["files"]) > 3 else ""
         )
         size = _size(t["total"])
-        print(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+        print(
+            _safe(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+        )
     if more:
         print(f"older transfers: p2pchat transfers --before {transfers[-1]['id'][:12]}")
     return EXIT_OK
@@ -743,7 +745,7 @@ async def cmd_accept_file(paths: Paths, args: argparse.Namespace) -> int:
                 "folder": str(Path(args.to).absolute()) if args.to else None,
             },
         )
-    print(f"accepted {t['id']}: saving to {t['folder']}")
+    print(_safe(f"accepted {t['id']}: saving to {t['folder']}"))
     return EXIT_OK
 
 
@@ -767,7 +769,11 @@ async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:
         tag = "contact" if p["is_contact"] else "not a contact: `p2pchat add ID`"
         if not p.get("verified"):
             tag += ", ID not yet proven"
-        print(f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})")
+        print(
+            _safe(
+                f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})"
+            )
+        )
     return EXIT_OK
 
 
@@ -1410,6 +1416,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except Exception as exc:
         if not _reported(exc):
             raise
-        print(f"p2pchat: error: {exc}", file=sys.stderr)
+        print(_safe(f"p2pchat: error: {exc}"), file=sys.stderr)
         code = _exit_code(exc)
     sys.exit(code)

@@ -115,6 +115,11 @@ class Dialer:
         peer = self._peers.get(peer_id)
         return peer.failures if peer is not None else 0
 
+    def busy(self, peer_id: str) -> bool:
+        """An attempt to reach this contact is running."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.attempt is not None
+
     # ------------------------------------------------------------------ scheduling
     def retry_after(self, peer_id: str, delay: float, *, reset: bool = False) -> None:
         """Next attempt no earlier than ``delay`` from now (0: at the next tick)."""

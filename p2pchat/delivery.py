@@ -353,8 +353,11 @@ class Delivery:
             self.counters["refused_storage"] += 1
             self._refuse(conn, peer, frame.seq, delay, "storage", STORAGE_REASON, str(exc))
             return
-        self.storage_ok()
-        self._storage_failures.pop(peer, None)
+        if result.verdict == "accept":
+            # Only a stored message proves the database writes again: the other
+            # verdicts commit nothing, and succeed on a full disk too.
+            self.storage_ok()
+            self._storage_failures.pop(peer, None)
         if result.verdict == "quota":
             assert result.retry_at is not None
             delay = min(MAX_PAUSE, max(1.0, result.retry_at - wall))

@@ -68,6 +68,7 @@ class HostileLink:
         self.bytes_received = 0
         self.terminated: str | None = None
         self.handshake = asyncio.Event()
+        self.ended = asyncio.Event()
         link.handler = self
 
     # LinkHandler
@@ -92,6 +93,7 @@ class HostileLink:
 
     def link_terminated(self, link: QuicLink, reason: str) -> None:
         self.terminated = reason
+        self.ended.set()
 
     def _flush(self) -> None:
         out = self.session.data_to_send()
@@ -253,10 +255,11 @@ async def _open(host: str, port: int, source: str | None) -> tuple[
 
 async def tcp_hold(
     host: str, port: int, *, source: str | None = None, counts: Counts | None = None,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None, reopen_after: float = 0.0,
 ) -> None:  # fmt: skip
     """Keep one idle connection to the data port open, reopening it each time the
-    node closes it, until ``stop`` (or cancelled)."""
+    node closes it (at once, or ``reopen_after`` s later), until ``stop`` (or
+    cancelled)."""
     counts = counts if counts is not None else collections.Counter()
     while stop is None or not stop.is_set():
         try:
@@ -280,6 +283,8 @@ async def tcp_hold(
                 counts["tcp_closed_by_victim"] += 1
         finally:
             writer.close()
+        if reopen_after:
+            await asyncio.sleep(reopen_after)
 
 
 async def tcp_garbage(
@@ -418,9 +423,7 @@ class InitialFlood:
         addresses = [self.hosts[i % len(self.hosts)] for i in range(self.ports)]
         self._socks = await _sockets(addresses, self.counts, "initial_replies")
 
-    async def run(
-        self, targets: Sequence[str], rate: float, duration: float | None = None
-    ) -> int:
+    async def run(self, targets: Sequence[str], rate: float, duration: float | None = None) -> int:
         """``rate`` Initials a second at each target; how many were sent."""
         addrs = [parse_address(t) for t in targets]
 
@@ -469,9 +472,7 @@ class KrpcFlood:
                 self._send(sock, addr, n)
             await asyncio.sleep(0)
 
-    async def run(
-        self, targets: Sequence[str], rate: float, duration: float | None = None
-    ) -> int:
+    async def run(self, targets: Sequence[str], rate: float, duration: float | None = None) -> int:
         """``rate`` queries a second at each target, the sources taking turns."""
         addrs = [parse_address(t) for t in targets]
 

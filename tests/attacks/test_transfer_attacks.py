@@ -98,6 +98,35 @@ async def test_idle_connections_held_open_do_not_stall_transfers(
         await asyncio.gather(*holders, return_exceptions=True)
 
 
+async def test_strangers_holding_every_slot_do_not_push_the_contact_off_tcp(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Strangers at six other addresses keep all 16 ordinary slots busy.  The contact
+    the receiver asked for data still gets its direct channel from a small reserve
+    for expected sources; it used to be refused and fall back to QUIC, which a
+    concurrent Initial flood can slow to a crawl (the soak showed it)."""
+    a, b, downloads = await pair(start_node, tmp_path)
+    port = b.transfers.tcp_port
+    stop = asyncio.Event()
+    holders = [
+        asyncio.ensure_future(
+            tcp_hold("127.0.0.1", port, source=f"127.88.{i % 6}.1", stop=stop, reopen_after=0.05)
+        )
+        for i in range(24)
+    ]
+    try:
+        await wait_until(lambda: tcp_counters(b)["tcp_unclaimed"] >= 16)
+        before = tcp_counters(b)
+        await send_and_check(a, tmp_path, downloads, "through-the-reserve.bin")
+        after = tcp_counters(b)
+        assert after["tcp_channels"] == before["tcp_channels"] + 1
+        assert tcp_counters(a)["tcp_fallbacks"] == 0
+        assert after["tcp_refused"] > before["tcp_refused"]  # strangers still turned away
+    finally:
+        stop.set()
+        await asyncio.gather(*holders, return_exceptions=True)
+
+
 async def test_garbage_preambles(start_node: StartNode, tmp_path: Path) -> None:
     """200 connections at once, each sending a garbage preamble: all are closed, none
     keeps a slot, and the next transfer takes the direct TCP path."""

@@ -627,8 +627,12 @@ class Node:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            # asyncio.timeout, not wait_for (here and in wait_transfer): on 3.11 a
+            # cancel racing with the result is swallowed, and a control client's
+            # task waiting here would outlive the server's stop().
             with contextlib.suppress(TimeoutError):
-                state = await asyncio.wait_for(fut, remaining)
+                async with asyncio.timeout(remaining):
+                    state = await fut
                 if state in ("delivered", "read"):
                     return state
         message = self.store.get_message(message_id)
@@ -738,7 +742,8 @@ class Node:
                 # Only this transfer's state changes warrant another look at the store.
                 while (remaining := deadline - loop.time()) > 0:
                     try:
-                        event = await asyncio.wait_for(anext(events), remaining)
+                        async with asyncio.timeout(remaining):
+                            event = await anext(events)
                     except TimeoutError:
                         break
                     if (

@@ -73,6 +73,7 @@ from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.punch import PunchService, RendezvousNode
 from p2pchat.net.quic import smoothed_rtt
+from p2pchat.net.relay import RelayChannel, RelayLimits, RelayService
 from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
@@ -123,7 +124,10 @@ class ContactView:
     path: str | None = None
     """How the live session runs: "lan" (the peer's private address is on one of our
     own subnets), "direct" (any other address dialled or accepted as is, loopback
-    included), "punched" (a path a hole punch opened), None when offline."""
+    included), "punched" (a path a hole punch opened), "relayed" (through a relay,
+    ``via``), None when offline."""
+    via: str | None = None
+    """The relay's peer ID when ``path`` is "relayed"."""
     rtt_ms: float | None = None
     """QUIC's smoothed round-trip time of the live session, in milliseconds."""
     deferred: str | None = None
@@ -186,6 +190,7 @@ class Node:
         self._requests: dict[str, PeerConnection] = {}
         self._dialer: Dialer | None = None
         self._punch: PunchService | None = None
+        self._relay: RelayService | None = None
         self._rendezvous_config: tuple[RendezvousNode, ...] = ()
         self._finder: RendezvousFinder | None = None
         self._routes: dict[str, tuple[tuple[str, int], ...]] = {}
@@ -281,6 +286,7 @@ class Node:
         dht: DhtOptions | None = None,
         relay: bool = False,
         rendezvous: Iterable[str] = (),
+        relay_limits: RelayLimits | None = None,
     ) -> None:
         """Take the home's lock and bind the UDP socket.
 
@@ -290,7 +296,8 @@ class Node:
         ``rendezvous`` (``PEER_ID@HOST:PORT`` strings) are nodes to register with when
         we sit behind a NAT (the DHT's bootstrap nodes and reachable contacts are
         tried too); ``relay`` makes this node a rendezvous for anyone, not only for
-        its contacts (``docs/nat.md``).
+        its contacts (``docs/nat.md``), and so a relay for anyone's data;
+        ``relay_limits`` are the budgets of what it relays (``docs/self-hosting.md``).
 
         ``dht`` joins the DHT on the same socket; None (the default) keeps the node
         off it, so tests never reach bootstrap nodes they did not name.
@@ -311,6 +318,7 @@ class Node:
             "dht": dht,
             "relay": relay,
             "rendezvous": tuple(rendezvous),
+            "relay_limits": relay_limits,
         }
         if downloads is not None:
             self.transfers.policy.downloads = _absolute(downloads)
@@ -351,10 +359,21 @@ class Node:
                 clock=self.clock,
             )
             await self._punch.start()
+            self._relay = RelayService(
+                self._endpoint,
+                self.identity,
+                self._punch,
+                limits=relay_limits,
+                is_contact=lambda key: self.store.get_contact(peer_id_from_key(key)) is not None,
+            )
+            await self._relay.start()
             if self._dht is not None:
                 self._finder = RendezvousFinder(self._dht, self._punch, relay=relay)
             self._dialer = Dialer(
-                self._open_connection, punch=self._punch, local_networks=local_networks
+                self._open_connection,
+                punch=self._punch,
+                local_networks=local_networks,
+                relay=self._relay,
             )
             self._wake = asyncio.Event()
             if mdns is not None:
@@ -364,6 +383,9 @@ class Node:
             if self._mdns is not None:
                 await self._mdns.stop()
                 self._mdns = None
+            if self._relay is not None:
+                await self._relay.stop()
+                self._relay = None
             if self._punch is not None:
                 await self._punch.stop()
                 self._punch = None
@@ -423,6 +445,9 @@ class Node:
         if self._dialer is not None:
             await self._dialer.stop()
             self._dialer = None
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
         if self._punch is not None:
             await self._punch.stop()
             self._punch = None
@@ -575,6 +600,7 @@ class Node:
                 unread=self.store.unread_count(c.peer_id),
                 route=self._path(c.peer_id),
                 path=self._path(c.peer_id),
+                via=self._via(c.peer_id),
                 rtt_ms=self._rtt_ms(c.peer_id),
                 deferred=self.delivery.paused_reason(c.peer_id),
                 awaiting_acceptance=self.awaiting_acceptance(c.peer_id),
@@ -597,6 +623,12 @@ class Node:
         if is_public_ip(str(ip)):
             return "direct"
         return "lan" if any(ip in net for net in local_networks()) else "direct"
+
+    def _via(self, peer_id: str) -> str | None:
+        """The relay's peer ID, when the contact's session runs through one."""
+        conn = self._active.get(peer_id)
+        via = conn.link.via if conn is not None else None
+        return via.relay_peer_id if isinstance(via, RelayChannel) else None
 
     def _rtt_ms(self, peer_id: str) -> float | None:
         conn = self._active.get(peer_id)
@@ -641,6 +673,8 @@ class Node:
             status["dial"] = dict(self._dialer.stats)
         if self._finder is not None:
             status["relays_found_on_dht"] = len(self._finder.found)
+        if self._relay is not None:
+            status["relaying"] = self._relay.status()
         return status
 
     def _handshake_status(self) -> dict[str, Any] | None:
@@ -923,7 +957,9 @@ class Node:
     def _incoming(self, link: QuicLink) -> None:
         conn = PeerConnection(link, self.identity, self)
         address = (str(link.address[0]), int(link.address[1]))
-        if self._punch is not None and self._punch.was_punched(address, link.via):
+        if isinstance(link.via, RelayChannel):
+            conn.path = "relayed"
+        elif self._punch is not None and self._punch.was_punched(address, link.via):
             conn.path = "punched"
         self._conns.add(conn)
 
@@ -934,7 +970,7 @@ class Node:
         assert self._endpoint is not None
         link = self._endpoint.connect(address, via=via)
         conn = PeerConnection(link, self.identity, self, expected_peer=key_from_peer_id(peer_id))
-        conn.path = "punched" if path == "punched" else None
+        conn.path = path if path in ("punched", "relayed") else None
         self._conns.add(conn)
         return conn
 
@@ -1024,7 +1060,8 @@ class Node:
     def _maybe_dial(self, contact: Contact, now: float) -> None:
         """Hand what we know about reaching the contact to the dialer (``net/dial.py``)."""
         peer = contact.peer_id
-        if peer in self._active or self._dialer is None:
+        conn = self._active.get(peer)
+        if self._dialer is None or (conn is not None and conn.path != "relayed"):
             return
         addresses = []
         for text in dict.fromkeys((*self._hints.get(peer, ()), *contact.addresses)):
@@ -1035,7 +1072,10 @@ class Node:
             rendezvous=self._routes.get(peer, ()),
             nat=self._nat_hints.get(peer, "unknown"),
         )
-        self._dialer.want(peer, route, now)
+        if conn is not None:
+            self._dialer.upgrade(peer, route, now)  # relayed: keep trying for direct
+        else:
+            self._dialer.want(peer, route, now)
 
     def _network_moved(self) -> None:
         """Our NAT gave us another public address (a new WAN address, another network).
@@ -1089,7 +1129,7 @@ class Node:
                     nodes.append(RendezvousNode(parse_address(entry), None, "bootstrap"))
         for contact in contacts:
             conn = self._active.get(contact.peer_id)
-            if conn is None or not conn.initiator or conn.path == "punched":
+            if conn is None or not conn.initiator or conn.path in ("punched", "relayed"):
                 continue
             address = (str(conn.link.address[0]), int(conn.link.address[1]))
             if self._nat_hints.get(contact.peer_id) == "none" or is_public_ip(address[0]):
@@ -1126,7 +1166,9 @@ class Node:
             chat.Hello(
                 name=self.name,
                 token=self._pending_token(conn.peer_id),
-                seen=conn.address,  # where we see the peer: its reflexive address
+                # Where we see the peer: its reflexive address (through a relay we
+                # see only the relay).
+                seen=_proven_address(conn) or None,
             )
         )
 
@@ -1241,7 +1283,11 @@ class Node:
         elif self._requests.get(peer) is conn and isinstance(frame, chat.ChatMessage):
             # A stranger's words are kept as the request's preview, never as chat.
             self.store.add_request(
-                peer, name=None, address=conn.address, preview=frame.body, now=self.clock()
+                peer,
+                name=None,
+                address=_proven_address(conn) or None,
+                preview=frame.body,
+                now=self.clock(),
             )
 
     def _on_hello(self, conn: PeerConnection, hello: chat.Hello) -> None:
@@ -1258,10 +1304,11 @@ class Node:
         if self.store.get_contact(peer) is None and hello.token:
             if self.store.redeem_invite_token(hello.token, peer, now=now):
                 name = hello.name or peer[:8]
-                self.store.add_contact(peer, name, addresses=(conn.address,), now=now)
+                proven = _proven_address(conn)
+                self.store.add_contact(peer, name, addresses=(proven,) if proven else (), now=now)
                 self._emit(ContactAdded(peer, name))
         if self.store.get_contact(peer) is not None:
-            if hello.seen is not None and self._dht is not None:
+            if hello.seen is not None and self._dht is not None and conn.path != "relayed":
                 # A contact on an authenticated session told us where it sees us.
                 with contextlib.suppress(ValueError, DhtError):
                     self._dht.observed(hello.seen, "contact", peer)
@@ -1271,7 +1318,7 @@ class Node:
             conn.close("too many pending contact requests")
             return
         request, new = self.store.add_request(
-            peer, name=hello.name, address=conn.address, preview=None, now=now
+            peer, name=hello.name, address=_proven_address(conn) or None, preview=None, now=now
         )
         if request.state == "declined":
             conn.close("contact request declined")
@@ -1307,7 +1354,7 @@ class Node:
         if self._dialer is not None:
             self._dialer.established(peer, conn)
         try:
-            self.store.record_seen(peer, conn.address, now=self.clock())
+            self.store.record_seen(peer, _proven_address(conn), now=self.clock())
         except StoreError as exc:
             self.delivery.storage_failed(exc)  # only the address book misses a line
         self._forget_token(peer)
@@ -1320,6 +1367,9 @@ class Node:
         self.transfers.peer_online(conn)
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
+        if (old.path == "relayed") != (new.path == "relayed"):
+            # A path that costs nobody's bandwidth beats a relay (both sides agree).
+            return new if old.path == "relayed" else old
         old_at = old.established_at or 0.0
         new_at = new.established_at or 0.0
         if new_at - old_at > RACE_WINDOW:
@@ -1382,6 +1432,12 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
             if isinstance(n, int) and not isinstance(n, bool) and n >= 0
         }
     return policy
+
+
+def _proven_address(conn: PeerConnection) -> str:
+    """The peer's address as its session proved it: none through a relay (the
+    address there is the relay's, which must not become the contact's)."""
+    return "" if conn.path == "relayed" else conn.address
 
 
 def _parse_rendezvous(entry: str) -> RendezvousNode:

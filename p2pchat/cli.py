@@ -133,9 +133,7 @@ def _open_node(paths: Paths, args: argparse.Namespace, passphrase: str | None = 
     except PassphraseRequired as exc:
         if sys.stdin.isatty():
             return Node(paths, passphrase=getpass.getpass("Passphrase: "))
-        raise PassphraseRequired(
-            f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase"
-        ) from None
+        raise PassphraseRequired(f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase") from None
 
 
 @contextlib.asynccontextmanager
@@ -275,9 +273,11 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
         info = await api.call("info", {"one_time": args.one_time})
     if args.json:
         _print_json(info)
+    elif args.invite:
+        print(info["invite"])
     else:
         print(f"peer id:      {info['peer_id']}")
-        print(f"name:         {info['name']}")
+        print(_safe(f"name:         {info['name']}"))
         print(f"fingerprint:  {info['fingerprint']}")
         print(f"addresses:    {', '.join(info['addresses']) or '(not listening)'}")
         print(f"invite:       {info['invite']}")
@@ -313,6 +313,53 @@ async def cmd_rename(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _contact_change(
+    paths: Paths, args: argparse.Namespace, op: str, call_args: dict[str, Any], verb: str
+) -> int:
+    """remove, block, unblock, mute, unmute: one call, then the peer it touched."""
+    async with _api(paths, args) as api:
+        result = await api.call(op, call_args)
+    if args.json:
+        _print_json(result)
+    else:
+        name = result.get("name") or "?"
+        print(_safe(f"{verb} {name} ({result['peer_id']})"))
+    return EXIT_OK
+
+
+async def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "remove", {"contact": args.contact}, "removed")
+
+
+async def cmd_block(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "block", {"ref": args.ref}, "blocked")
+
+
+async def cmd_unblock(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "unblock", {"ref": args.ref}, "unblocked")
+
+
+async def cmd_mute(paths: Paths, args: argparse.Namespace) -> int:
+    muted = args.command == "mute"
+    return await _contact_change(
+        paths, args, "mute", {"contact": args.contact, "muted": muted},
+        "muted" if muted else "unmuted",
+    )  # fmt: skip
+
+
+async def cmd_blocked(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        blocked = await api.call("blocked", {})
+    if args.json:
+        _print_json(blocked)
+        return EXIT_OK
+    if not blocked:
+        print("nobody is blocked")
+    for b in blocked:
+        print(_safe(f"{b.get('name') or '?':<20} {b['peer_id']}  since {_when(b['blocked_at'])}"))
+    return EXIT_OK
+
+
 async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
     async with _api(paths, args) as api:
         contacts = await api.call("contacts", {})
@@ -323,6 +370,8 @@ async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
         print("no contacts yet: `p2pchat add INVITE`")
     for c in contacts:
         flags = ("online" if c["online"] else "offline") + (", verified" if c["verified"] else "")
+        flags += ", muted" if c.get("muted") else ""
+        flags += ", blocked" if c.get("blocked") else ""
         unread = f", {c['unread']} unread" if c["unread"] else ""
         waiting = f", messages held: {c['deferred']}" if c.get("deferred") else ""
         print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread}{waiting})"))
@@ -371,7 +420,13 @@ async def cmd_decline(paths: Paths, args: argparse.Namespace) -> int:
 async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
     async with _api(paths, args, network=True) as api:
         reply = await api.call(
-            "send", {"contact": args.contact, "text": args.text, "wait": args.wait}
+            "send",
+            {
+                "contact": args.contact,
+                "text": args.text,
+                "wait": args.wait,
+                "reply_to": args.reply_to,
+            },
         )
         contact = await api.call("find_contact", {"ref": reply["message"]["peer_id"]})
     message, state = reply["message"], reply["state"]
@@ -405,6 +460,12 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
 async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
     async with _api(paths, args) as api:
         messages = await api.call("history", {"contact": args.contact, "limit": args.limit})
+        shown = {m["id"]: m for m in messages}
+        quoted: dict[str, Any] = {}
+        for m in messages:
+            ref = m.get("reply_to")
+            if ref and ref not in shown and ref not in quoted:
+                quoted[ref] = await api.call("message", {"id": ref, "contact": args.contact})
     if args.json:
         _print_json(messages)
         return EXIT_OK
@@ -412,7 +473,46 @@ async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
     for m in messages:
         who = "me" if m["direction"] == "out" else "them"
         tick = f"  [{ticks.get(m['state'], m['state'])}]" if m["direction"] == "out" else ""
-        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {m['body']}{tick}"))
+        ref = m.get("reply_to")
+        if ref:
+            original = shown.get(ref) or quoted.get(ref)
+            quote = _quote(original) if original else "a message not stored here"
+            print(_safe(f"{'':19}  {'':>4}  ↳ reply to {quote}"))
+        if m.get("deleted"):
+            body, note = "(deleted)", ""
+        else:
+            body, note = m["body"], ("  (edited)" if m.get("edited") else "")
+        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {body}{tick}{note}  #{m['id'][:8]}"))
+    return EXIT_OK
+
+
+def _quote(m: dict[str, Any]) -> str:
+    """The quoted message on one line: who wrote it and its first words."""
+    if m.get("deleted"):
+        return "a deleted message"
+    text = " ".join(str(m["body"]).split())
+    text = text if len(text) <= 60 else text[:59] + "…"
+    who = "me" if m["direction"] == "out" else "them"
+    return f"{who}: {text} #{m['id'][:8]}"
+
+
+async def cmd_edit(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        m = await api.call("edit", {"id": args.id, "text": args.text})
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"edited #{m['id'][:8]}")
+    return EXIT_OK
+
+
+async def cmd_delete(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        m = await api.call("delete", {"id": args.id})
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"deleted #{m['id'][:8]} for both sides")
     return EXIT_OK
 
 
@@ -872,6 +972,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--one-time", action="store_true", help="invite with a one-time token (no manual accept)"
     )
+    p.add_argument("--invite", action="store_true", help="print only the invite (for scripts)")
     p.set_defaults(func=cmd_id)
 
     p = sub.add_parser("add", help="add a contact from an invite or a peer ID")
@@ -886,6 +987,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NEW_NAME")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rename)
+
+    p = sub.add_parser(
+        "remove", help="remove a contact (history stays; it may knock again: see block)"
+    )
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser(
+        "block", help="block a contact, a requester or a peer ID: no sessions, requests, lookups"
+    )
+    p.add_argument("ref", metavar="CONTACT_REQUEST_OR_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_block)
+
+    p = sub.add_parser("unblock", help="take a peer off the block list")
+    p.add_argument("ref", metavar="NAME_OR_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_unblock)
+
+    p = sub.add_parser("blocked", help="list blocked peers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_blocked)
+
+    for verb, text in (("mute", "no notifications for a contact"), ("unmute", "undo mute")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("contact", metavar="CONTACT")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_mute)
 
     p = sub.add_parser("contacts", help="list contacts")
     p.add_argument("--json", action="store_true")
@@ -913,8 +1043,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait", type=float, default=10.0, help="seconds to wait for delivery (default 10)"
     )
+    p.add_argument(
+        "--reply-to", metavar="MESSAGE_ID", help="answer this message (an id or its first 4+)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_msg)
+
+    p = sub.add_parser("edit", help="change the text of one of your messages (both sides)")
+    p.add_argument("id", metavar="MESSAGE_ID", help="as `history` shows it after #")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("delete", help="delete one of your messages for both sides")
+    p.add_argument("id", metavar="MESSAGE_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("history", help="show a conversation")
     p.add_argument("contact", metavar="CONTACT")

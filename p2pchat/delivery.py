@@ -40,12 +40,14 @@ from p2pchat.core.budget import RateBudget
 from p2pchat.core.events import (
     DeliveryDeferred,
     IncomingDeferred,
+    MessageDeleted,
+    MessageEdited,
     MessageReceived,
     MessageStateChanged,
     NodeEvent,
     StorageProblem,
 )
-from p2pchat.store import Message, Store, StoreError
+from p2pchat.store import Message, MessageKind, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,9 @@ DEFAULT_DAILY_MESSAGE_BYTES = 8 * 1024 * 1024
 ``max_message_bytes_per_day``; 0 means no limit)."""
 QUOTA_SETTING = "max_message_bytes_per_day"
 STORAGE_REASON = "the contact's device cannot store messages right now (is its disk full?)"
+
+
+_KINDS: dict[str, MessageKind] = {"edit": "edit", "delete": "delete"}
 
 
 def daily_quota_setting(settings: dict[str, Any]) -> int | None:
@@ -308,7 +313,14 @@ class Delivery:
         sent_any = False
         for m in messages:
             frame = chat.ChatMessage(
-                id=m.id, seq=m.seq, base=base, sent_at=m.created_at, body=m.body
+                id=m.id,
+                seq=m.seq,
+                base=base,
+                sent_at=m.created_at,
+                body=m.body,
+                reply_to=m.reply_to,
+                kind=m.kind,
+                target=m.target,
             )
             sent_any = conn.send(frame) or sent_any
         if not sent_any:
@@ -344,6 +356,9 @@ class Delivery:
                 sent_at=frame.sent_at,
                 now=wall,
                 daily_quota=self._daily_quota(),
+                reply_to=frame.reply_to,
+                kind=_KINDS.get(frame.kind, "text"),
+                target=frame.target,
             )
         except StoreError as exc:
             self.storage_failed(exc)
@@ -375,7 +390,17 @@ class Delivery:
         conn.send(chat.Ack(result.recv_seq))
         if result.verdict == "accept" and result.message is not None:
             m = result.message
-            self._emit(MessageReceived(peer, m.id, m.seq, m.body, m.created_at, wall))
+            if m.kind == "text":
+                self._emit(
+                    MessageReceived(peer, m.id, m.seq, m.body, m.created_at, wall, m.reply_to)
+                )
+            elif result.changed is None:
+                # Its sequence number is used up (acked above), the change is not made.
+                log.warning("%s sent an %s of a message it did not write to us", peer, m.kind)
+            elif m.kind == "edit":
+                self._emit(MessageEdited(peer, m.target or "", "in", result.changed.body, wall))
+            else:
+                self._emit(MessageDeleted(peer, m.target or "", "in", wall))
 
     def _refuse(
         self, conn: Link, peer: str, seq: int, delay: float, why: str, reason: str, local: str

@@ -33,9 +33,13 @@ from p2pchat.config import (
 from p2pchat.core import chat
 from p2pchat.core.events import (
     AwaitingAcceptance,
+    BlockChanged,
     ContactAdded,
     ContactChanged,
+    ContactRemoved,
     ContactRequestReceived,
+    MessageDeleted,
+    MessageEdited,
     MessageSent,
     MessageStateChanged,
     NearbyPeerFound,
@@ -78,7 +82,16 @@ from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
+from p2pchat.store import (
+    BlockedPeer,
+    Contact,
+    ContactRequest,
+    Message,
+    StoreError,
+    Transfer,
+    UnknownContact,
+    resolve_ref,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +104,7 @@ MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
 MAX_INVITE_ADDRESSES = 8
+ACCEPT_GRACE = 1.0
 # Transfers per page of ``list_transfers`` unless the caller asks for another size.
 TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
@@ -136,6 +150,10 @@ class ContactView:
     The reason comes from the contact's node: render it literally."""
     awaiting_acceptance: bool = False
     """Their node answered that we are not its contact yet: our messages wait."""
+    muted: bool = False
+    """The user wants no notifications for this contact (views honour it)."""
+    blocked: bool = False
+    """On the block list: no session, no request, no lookup until unblocked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +222,8 @@ class Node:
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._nearby: dict[str, NearbyPeer] = {}
         self._hints: dict[str, tuple[str, ...]] = {}
+        # Checked on every session and dial: kept in memory, written through.
+        self._blocked: set[str] = {b.peer_id for b in self.store.list_blocked()}
         self._known_ips: set[str] = set()
         """IPs where contacts were seen or are hinted: their handshakes may use the
         endpoint's reserve when strangers fill the pool."""
@@ -604,6 +624,8 @@ class Node:
                 rtt_ms=self._rtt_ms(c.peer_id),
                 deferred=self.delivery.paused_reason(c.peer_id),
                 awaiting_acceptance=self.awaiting_acceptance(c.peer_id),
+                muted=c.muted,
+                blocked=c.peer_id in self._blocked,
             )
             for c in self.store.list_contacts()
         ]
@@ -709,45 +731,201 @@ class Node:
     def find_contact(self, ref: str) -> Contact:
         return self.store.find_contact(ref)
 
+    # ---------------------------------------------------- contact management
+    def remove_contact(self, ref: str) -> Contact:
+        """Remove a contact: its session ends and it is no longer dialled or looked
+        up.  History, counters and unsent messages stay (adding it again picks up
+        where it was); the peer may knock again as a stranger (``block`` stops that)."""
+        contact = self.store.find_contact(ref)
+        peer = contact.peer_id
+        self.store.remove_contact(peer)
+        self._forget_peer(peer, "contact removed")
+        self._emit(ContactRemoved(peer))
+        return contact
+
+    def block(self, ref: str) -> BlockedPeer:
+        """Block a contact, a requester or any peer ID (or invite).
+
+        From now on a session with that key is closed right after it authenticates
+        (before our Hello, so it learns not even our name), its contact request is
+        dropped and no new one recorded, we never dial it nor look it up in the DHT,
+        and LAN announcements of it are ignored.  A blocked contact stays a contact
+        (history kept) and ``unblock`` restores it as it was.  Nobody is told.
+        """
+        peer, name = self._peer_for(ref)
+        if peer == self.peer_id:
+            raise NodeError("that is your own ID")
+        blocked = self.store.block(peer, name=name, now=self.clock())
+        self._blocked.add(peer)
+        self._forget_peer(peer, "blocked")
+        self._nearby.pop(peer, None)
+        self._emit(BlockChanged(peer, True))
+        return blocked
+
+    def unblock(self, ref: str) -> BlockedPeer:
+        """Take a key off the block list (by the contact's name, the name it was
+        blocked under, or its ID)."""
+        entry = _resolve_blocked(ref, self.blocked())
+        self.store.unblock(entry.peer_id)
+        self._blocked.discard(entry.peer_id)
+        self._emit(BlockChanged(entry.peer_id, False))
+        self._poke()  # a contact is dialled again
+        return entry
+
+    def blocked(self) -> list[BlockedPeer]:
+        """The block list, most recent first; a blocked contact shows its contact name."""
+        names = {c.peer_id: c.name for c in self.store.list_contacts()}
+        return [
+            dataclasses.replace(b, name=names.get(b.peer_id, b.name))
+            for b in self.store.list_blocked()
+        ]
+
+    def is_blocked(self, peer_id: str) -> bool:
+        return peer_id in self._blocked
+
+    def set_muted(self, ref: str, muted: bool = True) -> Contact:
+        """Mute (or unmute) a contact: views show no notifications for it."""
+        contact = self.store.set_muted(self.store.find_contact(ref).peer_id, muted)
+        self._emit(ContactChanged(contact.peer_id))
+        return contact
+
+    def _peer_for(self, ref: str) -> tuple[str, str | None]:
+        """A contact, then a contact request, then a bare peer ID or invite."""
+        try:
+            contact = self.store.find_contact(ref)
+            return contact.peer_id, contact.name
+        except UnknownContact:
+            pass
+        try:
+            request = self.store.find_request(ref)
+            return request.peer_id, request.name
+        except UnknownContact:
+            pass
+        if is_peer_id(ref.strip()) or ref.strip().startswith(INVITE_PREFIX):
+            invite = parse_contact_ref(ref)
+            return invite.peer_id, repair_name(invite.name)
+        raise UnknownContact(f"no contact, request or peer ID matches {ref!r}")
+
+    def _forget_peer(self, peer: str, reason: str) -> None:
+        """End every session with ``peer`` and stop dialling and looking it up."""
+        for conns in (self._active, self._requests):
+            conn = conns.get(peer)
+            if conn is not None:
+                conn.close(reason)
+        if self._dialer is not None:
+            self._dialer.forget(peer)
+        self._hints.pop(peer, None)
+        self._dht_retry.pop(peer, None)
+
     def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
         return self.store.history(self.store.find_contact(contact).peer_id, limit=limit)
 
-    def send_message(self, contact: str, text: str) -> Message:
-        """Store first (the outbox survives anything), then send if the contact is online."""
+    def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
+        """Store first (the outbox survives anything), then send if the contact is online.
+
+        ``reply_to``: a message of this conversation (either direction; a unique
+        prefix of its id will do) that this one answers.
+        """
         peer = self.store.find_contact(contact)
-        body = text.strip("\n")
-        if not body.strip():
-            raise NodeError("refusing to send an empty message")
-        if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
-            raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
-        message = self.store.queue_message(peer.peer_id, body, now=self.clock())
+        body = _message_body(text)
+        quoted = None
+        if reply_to is not None:
+            quoted = self.find_message(reply_to, contact=peer.peer_id).id
+        message = self.store.queue_message(peer.peer_id, body, now=self.clock(), reply_to=quoted)
         self._emit(
-            MessageSent(message.peer_id, message.id, message.seq, message.body, message.created_at)
-        )
+            MessageSent(
+                message.peer_id, message.id, message.seq, message.body, message.created_at,
+                message.reply_to,
+            )
+        )  # fmt: skip
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
-        conn = self._active.get(peer.peer_id)
+        self._send_now(message)
+        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
+
+    def _send_now(self, message: Message) -> None:
+        conn = self._active.get(message.peer_id)
         if conn is not None:
             self.delivery.send_new(conn, message)
-        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
+
+    def find_message(self, ref: str, *, contact: str | None = None) -> Message:
+        """A message by id or by a unique prefix of it (at least 4 characters), in
+        one conversation (``contact``: a reference, as for ``find_contact``) or in any.
+        Edits and deletions themselves are not messages here."""
+        peer = self.store.find_contact(contact).peer_id if contact is not None else None
+        ref = ref.strip().lower()
+        exact = self.store.get_message(ref, peer_id=peer)
+        if exact is not None and exact.kind == "text":
+            return exact
+        ids = self.store.message_ids(ref, peer_id=peer) if len(ref) >= 4 else []
+        if len(ids) != 1:
+            what = "several messages" if ids else "no message"
+            raise NodeError(f"{what} with id {ref!r}" + (" in that conversation" if peer else ""))
+        found = self.store.get_message(ids[0], peer_id=peer)
+        assert found is not None
+        return found
+
+    def get_message(self, message_id: str, *, contact: str | None = None) -> Message | None:
+        """The message with this exact id, or None: how a view shows the text a
+        reply quotes (resolved here, never sent along with the reply)."""
+        try:
+            return self.find_message(message_id, contact=contact)
+        except NodeError:
+            return None
+
+    def edit_message(self, ref: str, text: str) -> Message:
+        """Change the text of one of our messages, here and (in order, exactly once,
+        whenever it is reachable) at the contact.  Returns the message as edited."""
+        body = _message_body(text)
+        message = self.find_message(ref)
+        try:
+            changed, edit = self.store.edit_message(message.id, body, now=self.clock())
+        except StoreError as exc:
+            raise NodeError(str(exc)) from exc
+        assert changed.edited_at is not None
+        self._emit(
+            MessageEdited(changed.peer_id, changed.id, "out", changed.body, changed.edited_at)
+        )
+        self._send_now(edit)
+        return changed
+
+    def delete_message(self, ref: str) -> Message:
+        """Delete one of our messages for both sides: it becomes a tombstone here (no
+        text kept, not even earlier edits) and at the contact.  Returns the tombstone."""
+        message = self.find_message(ref)
+        try:
+            changed, delete = self.store.delete_message(message.id, now=self.clock())
+        except StoreError as exc:
+            raise NodeError(str(exc)) from exc
+        assert changed.deleted_at is not None
+        self._emit(MessageDeleted(changed.peer_id, changed.id, "out", changed.deleted_at))
+        self._send_now(delete)
+        return changed
 
     async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
         """Wait until the message is delivered (or read); return its state then.
 
         Returns early, with the message still ``queued``, when the contact's node
         answers that we are not its contact yet (``awaiting_acceptance``): waiting
-        longer would not help, they have to accept our request first.
+        longer would not help, they have to accept our request first.  If that was
+        already so when the call began, it waits up to ``ACCEPT_GRACE`` seconds
+        first: their accept may be on its way.
         """
         message = self.store.get_message(message_id)
         if message is None:
             raise NodeError(f"no message {message_id}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        held = self.awaiting_acceptance(message.peer_id)
+        grace_until = loop.time() + ACCEPT_GRACE if held else 0.0
         while message.state not in ("delivered", "read"):
-            if self.awaiting_acceptance(message.peer_id):
+            now = loop.time()
+            if self.awaiting_acceptance(message.peer_id) and now >= grace_until:
                 break
-            remaining = deadline - loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 break
+            if grace_until > now:
+                remaining = min(remaining, grace_until - now)
             fut: asyncio.Future[str] = loop.create_future()
             waiters = self._state_waiters.setdefault(message_id, [])
             waiters.append(fut)
@@ -909,7 +1087,7 @@ class Node:
         Nothing is trusted yet: a contact is dialled with its key as the expected
         peer, so a false claim ends in a key mismatch, not in a session.
         """
-        if peer_id == self.peer_id:
+        if peer_id == self.peer_id or peer_id in self._blocked:
             return
         addrs = tuple(dict.fromkeys(addresses))
         contact = self.store.get_contact(peer_id)
@@ -1003,7 +1181,7 @@ class Node:
     def _maybe_resolve(self, contact: Contact, now: float) -> None:
         """Ask the DHT for the contact's signed record when its known addresses fail."""
         peer = contact.peer_id
-        if self._dht is None or peer in self._active:
+        if self._dht is None or peer in self._active or peer in self._blocked:
             self._dht_retry.pop(peer, None)
             return
         failures = self._dialer.failures(peer) if self._dialer is not None else 0
@@ -1061,7 +1239,9 @@ class Node:
         """Hand what we know about reaching the contact to the dialer (``net/dial.py``)."""
         peer = contact.peer_id
         conn = self._active.get(peer)
-        if self._dialer is None or (conn is not None and conn.path != "relayed"):
+        if self._dialer is None or peer in self._blocked:
+            return
+        if conn is not None and conn.path != "relayed":
             return
         addresses = []
         for text in dict.fromkeys((*self._hints.get(peer, ()), *contact.addresses)):
@@ -1160,6 +1340,11 @@ class Node:
 
     # ------------------------------------------------- PeerOwner callbacks
     def session_established(self, conn: PeerConnection) -> None:
+        if conn.peer_id in self._blocked:
+            # Refused as soon as the key is known, before our Hello: a blocked
+            # peer learns nothing, not even our name.
+            conn.close("refused")
+            return
         if conn.path is None:
             conn.path = self._through_nat(conn)
         conn.send(
@@ -1173,7 +1358,7 @@ class Node:
         )
 
     def _through_nat(self, conn: PeerConnection) -> str | None:
-        """"punched" when the session crossed a filtering NAT on the way in: theirs
+        """ "punched" when the session crossed a filtering NAT on the way in: theirs
         when we dialled (their record says they sit behind one), ours when they did;
         such a path is open only because both sides sent first (a punch, or two dials
         at once).  None leaves the label to the address (lan or direct)."""
@@ -1415,6 +1600,19 @@ _FILE_FRAMES = (
     chat.FileProgress,
     chat.FileResult,
 )
+
+
+def _message_body(text: str) -> str:
+    body = text.strip("\n")
+    if not body.strip():
+        raise NodeError("refusing to send an empty message")
+    if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
+        raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
+    return body
+
+
+def _resolve_blocked(ref: str, blocked: list[BlockedPeer]) -> BlockedPeer:
+    return resolve_ref(ref, blocked, lambda b: b.peer_id, lambda b: b.name, "blocked peer")
 
 
 def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:

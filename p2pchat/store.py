@@ -61,6 +61,7 @@ __all__ = [
     "Store",
     "StoreError",
     "UnknownContact",
+    "resolve_ref",
 ]
 
 Direction = Literal["in", "out"]
@@ -552,7 +553,7 @@ def _request(row: Sequence[Any]) -> ContactRequest:
     )
 
 
-def _resolve(
+def resolve_ref(
     ref: str,
     items: Sequence[_T],
     peer_id: Callable[[_T], str],
@@ -1112,12 +1113,6 @@ class Store:
             ).fetchall()
         return [BlockedPeer(r[0], r[1], r[2]) for r in rows]
 
-    def find_blocked(self, ref: str) -> BlockedPeer:
-        """Resolve a reference among blocked keys, like ``find_contact``."""
-        return _resolve(
-            ref, self.list_blocked(), lambda b: b.peer_id, lambda b: b.name, "blocked key"
-        )
-
     def rename_contact(self, peer_id: str, name: str) -> Contact:
         with self._write() as db:
             self._require_contact(db, peer_id)
@@ -1195,7 +1190,9 @@ class Store:
 
     def find_contact(self, ref: str) -> Contact:
         """Resolve what a user typed: peer id, name, id prefix (>= 4 chars), name prefix."""
-        return _resolve(ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact")
+        return resolve_ref(
+            ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact"
+        )
 
     # -- outgoing messages ---------------------------------------------------
 
@@ -1655,6 +1652,19 @@ class Store:
                 ).fetchall()
         return [_message(row) for row in rows]
 
+    def message_ids(self, prefix: str, *, peer_id: str | None = None, limit: int = 2) -> list[str]:
+        """Ids of text messages that start with ``prefix`` (to resolve what a user
+        typed; ``limit`` 2 is enough to tell unique from ambiguous)."""
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix):
+            return []
+        query = "SELECT DISTINCT id FROM messages WHERE kind = 'text' AND id >= ? AND id < ?"
+        params: list[Any] = [prefix, prefix + "g"]
+        if peer_id is not None:
+            query += " AND peer_id = ?"
+            params.append(peer_id)
+        with self._read() as db:
+            return [r[0] for r in db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))]
+
     def get_message(self, message_id: str, *, peer_id: str | None = None) -> Message | None:
         """A message by id.  Ids are unique per conversation; without ``peer_id`` our
         own outgoing message wins (its id was drawn here, so it names one message),
@@ -1764,7 +1774,7 @@ class Store:
 
     def find_request(self, ref: str) -> ContactRequest:
         """Resolve a pending request the way ``find_contact`` resolves contacts."""
-        return _resolve(
+        return resolve_ref(
             ref, self.list_requests(), lambda r: r.peer_id, lambda r: r.name, "contact request"
         )
 

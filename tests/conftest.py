@@ -55,10 +55,12 @@ class EventLog:
 
     def __init__(self, node: Node) -> None:
         self.events: list[NodeEvent] = []
-        self._task = asyncio.ensure_future(self._run(node))
+        # Subscribed here, not when the task first runs: an event the test causes
+        # right after creating the log is in it.
+        self._task = asyncio.ensure_future(self._run(node.events()))
 
-    async def _run(self, node: Node) -> None:
-        async for event in node.events():
+    async def _run(self, stream: AsyncIterator[NodeEvent]) -> None:
+        async for event in stream:
             self.events.append(event)
 
     def of(self, kind: type[NodeEvent]) -> list[NodeEvent]:

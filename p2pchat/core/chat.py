@@ -116,11 +116,20 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """One sequenced message.  ``kind`` ``"text"`` is what a person wrote (``reply_to``
+    names the message it answers, in either direction); ``"edit"`` replaces the body
+    of our earlier message ``target`` and ``"delete"`` (empty body) deletes it.  Edits
+    and deletions are sequenced like text, so the outbox, acks and the receive window
+    deliver them exactly once and after the message they change."""
+
     id: str
     seq: int
     base: int
     sent_at: float
     body: str
+    reply_to: str | None = None
+    kind: str = "text"
+    target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +253,8 @@ ChatFrame = (
 
 _T_HELLO = "hello"
 _T_MSG = "msg"
+_K_EDIT = "edit"
+_K_DELETE = "delete"
 _T_ACK = "ack"
 _T_READ = "read"
 _T_TYPING = "typing"
@@ -270,7 +281,7 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
             m["o"] = frame.seen
         return m
     if isinstance(frame, ChatMessage):
-        return {
+        m = {
             "t": _T_MSG,
             "i": frame.id,
             "s": frame.seq,
@@ -278,6 +289,12 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
             "at": frame.sent_at,
             "m": frame.body,
         }
+        if frame.reply_to is not None:
+            m["r"] = frame.reply_to
+        if frame.kind != "text":
+            m["k"] = frame.kind
+            m["x"] = frame.target
+        return m
     if isinstance(frame, Ack):
         return {"t": _T_ACK, "s": frame.seq}
     if isinstance(frame, Read):
@@ -457,12 +474,23 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
         base = r.get_int("b", 1, MAX_SEQ)
         if base > seq:
             raise err(f"message base {base} exceeds seq {seq}")
+        body = r.get_str("m", MAX_BODY_BYTES)
+        reply_to = r.get_id("r") if m.get("r") is not None else None
+        change = m.get("k")
+        if change is None:
+            if m.get("x") is not None:
+                raise err("a message names a target only to edit or delete it")
+            return ChatMessage(message_id, seq, base, r.get_time("at"), body, reply_to)
+        if change not in (_K_EDIT, _K_DELETE):
+            raise err(f"unknown message kind {change!r}")
+        if reply_to is not None:
+            raise err("an edit or deletion is not a reply")
+        if change == _K_EDIT and not body.strip():
+            raise err("an edit needs text (delete the message instead)")
+        if change == _K_DELETE and body:
+            raise err("a deletion carries no text")
         return ChatMessage(
-            id=message_id,
-            seq=seq,
-            base=base,
-            sent_at=r.get_time("at"),
-            body=r.get_str("m", MAX_BODY_BYTES),
+            message_id, seq, base, r.get_time("at"), body, None, change, r.get_id("x")
         )
     if kind == _T_ACK:
         return Ack(seq=r.get_int("s", 0, MAX_SEQ))

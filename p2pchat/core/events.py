@@ -48,6 +48,8 @@ class MessageReceived(NodeEvent):
     body: str
     sent_at: float
     received_at: float
+    reply_to: str | None = None
+    """The message this one answers; its text is looked up here (``Node.get_message``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,29 @@ class MessageSent(NodeEvent):
     seq: int
     body: str
     created_at: float
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEdited(NodeEvent):
+    """A message's text changed: ours (``direction`` ``out``, edited through any
+    view) or the contact's (``in``).  ``body`` is the whole new text."""
+
+    peer_id: str
+    message_id: str
+    direction: str
+    body: str
+    edited_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDeleted(NodeEvent):
+    """A message was deleted for both sides: views show a tombstone, no text."""
+
+    peer_id: str
+    message_id: str
+    direction: str
+    deleted_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +168,24 @@ class NearbyPeerLost(NodeEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ContactRemoved(NodeEvent):
+    """The contact was removed (its history stays; it can knock again as a stranger)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockChanged(NodeEvent):
+    """A key was put on the block list (no sessions, no requests, no lookups) or
+    taken off it.  It may be a contact (``ContactView.blocked``) or a stranger."""
+
+    peer_id: str
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ContactChanged(NodeEvent):
-    """A contact's stored details changed (name, verified flag, addresses)."""
+    """A contact's stored details changed (name, verified or muted flag, addresses)."""
 
     peer_id: str
 

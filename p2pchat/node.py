@@ -23,6 +23,7 @@ from typing import Any
 
 from p2pchat.atrest import PassphraseChange, change_passphrase, open_home
 from p2pchat.config import (
+    DEFAULT_BOOTSTRAP,
     DEFAULT_PORT,
     PASSPHRASE_ENV,
     NodeLock,
@@ -209,6 +210,7 @@ class Node:
         self._dialer: Dialer | None = None
         self._punch: PunchService | None = None
         self._relay: RelayService | None = None
+        self._relay_hints: tuple[RendezvousNode, ...] = ()
         self._rendezvous_config: tuple[RendezvousNode, ...] = ()
         self._finder: RendezvousFinder | None = None
         self._routes: dict[str, tuple[tuple[str, int], ...]] = {}
@@ -351,6 +353,12 @@ class Node:
         self._rendezvous_config = tuple(
             _parse_rendezvous(entry) for entry in self.start_options["rendezvous"]
         )
+        self._relay_hints = self._load_relay_hints()
+        hints = self.store.network_hints("bootstrap")
+        if dht is not None and dht.bootstrap == DEFAULT_BOOTSTRAP and hints:
+            # The user named no bootstrap node, but joined a swarm through an invite:
+            # that swarm's nodes, not the public routers.
+            dht = dataclasses.replace(dht, bootstrap=tuple(hints), trust_bootstrap=True)
         self._lock.acquire()
         try:
             host, port = parse_address(listen) if listen else self._default_listen()
@@ -576,9 +584,35 @@ class Node:
 
     def invite(self, *, one_time: bool = False) -> str:
         token = self.store.create_invite_token(now=self.clock()) if one_time else None
+        relays, bootstrap = self._invite_hints()
         return Invite(
-            peer_id=self.peer_id, addresses=self.addresses, token=token, name=self.name
+            peer_id=self.peer_id,
+            addresses=self.addresses,
+            token=token,
+            name=self.name,
+            relays=relays,
+            bootstrap=bootstrap,
         ).encode()
+
+    def _invite_hints(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Where an invitee can reach us and join our swarm: the rendezvous nodes we are
+        registered with (or we ourselves, a public ``--relay`` node), and the DHT
+        bootstrap nodes the user named (or we ourselves, as a public DHT node)."""
+        relays: list[str] = []
+        bootstrap: list[str] = []
+        public = [a for a in self.addresses if is_public_ip(parse_address(a)[0])]
+        if self.running and self.start_options.get("relay"):
+            relays += [f"{self.peer_id}@{a}" for a in public]
+            if self._dht is not None:
+                bootstrap += public
+        if self._punch is not None:
+            relays += [
+                f"{peer_id_from_key(k)}@{format_address(*a)}"
+                for k, a in self._punch.registered_rendezvous()
+            ]
+        if self._dht is not None and self._dht.options.trust_bootstrap:
+            bootstrap += [b for b in self._dht.options.bootstrap if not _is_loopback(b)]
+        return tuple(dict.fromkeys(relays))[:4], tuple(dict.fromkeys(bootstrap))[:4]
 
     def add_contact(
         self, ref: str, *, name: str | None = None, addresses: Iterable[str] = ()
@@ -603,10 +637,33 @@ class Node:
         )
         if invite.token:
             self.store.save_pending_token(invite.peer_id, invite.token)
+        self._take_hints(invite)
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
         self._poke()
         return contact
+
+    def _take_hints(self, invite: Invite) -> None:
+        """An invite's relays are routes to its sender and rendezvous candidates for
+        us; its bootstrap nodes are our DHT's when the user named none (at the next
+        start, and now if the DHT runs).  Kept in the store, the newest four of each."""
+        now = self.clock()
+        if invite.relays:
+            self.store.add_network_hints("relay", invite.relays, now=now)
+            self._relay_hints = self._load_relay_hints()
+            routes = tuple(_parse_rendezvous(r).addr for r in invite.relays)
+            self._routes.setdefault(invite.peer_id, routes)
+        if invite.bootstrap:
+            self.store.add_network_hints("bootstrap", invite.bootstrap, now=now)
+            if self._dht is not None:
+                self._dht.add_bootstrap(invite.bootstrap)
+
+    def _load_relay_hints(self) -> tuple[RendezvousNode, ...]:
+        nodes = []
+        for hint in self.store.network_hints("relay"):
+            with contextlib.suppress(NodeError, ValueError):
+                nodes.append(_parse_rendezvous(hint))
+        return tuple(nodes)
 
     def contacts(self) -> list[ContactView]:
         return [
@@ -1303,6 +1360,7 @@ class Node:
         if self._punch is None:
             return
         nodes = list(self._rendezvous_config)
+        nodes.extend(self._relay_hints)
         if self._dht is not None and self._dht.options.trust_bootstrap:
             for entry in self._dht.options.bootstrap:
                 with contextlib.suppress(ValueError):
@@ -1630,6 +1688,13 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
             if isinstance(n, int) and not isinstance(n, bool) and n >= 0
         }
     return policy
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(parse_address(address)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _proven_address(conn: PeerConnection) -> str:

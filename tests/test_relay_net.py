@@ -22,6 +22,7 @@ import pytest
 
 from p2pchat.config import Paths
 from p2pchat.core import relay as wire
+from p2pchat.identity import Identity, InvalidInvite, Invite, parse_address
 from p2pchat.node import Node
 
 from .conftest import make_home, wait_until
@@ -217,3 +218,41 @@ async def test_hostile_relay_input(start: Start, tmp_path: Path) -> None:
     again = d.send_message("target", "after")
     assert await d.wait_for_delivery(again.id, 20) == "delivered"
     assert d.contacts()[0].path == "relayed"
+
+
+async def test_an_invite_carries_relay_hints_and_the_invitee_uses_them(
+    start: Start, tmp_path: Path
+) -> None:
+    v = await start("relay", relay=True)
+    t = await start("target", rendezvous=[f"{v.peer_id}@{address_of(v)}"])
+    await registered(t)
+    invite = Invite.decode(t.invite())
+    assert invite.relays == (f"{v.peer_id}@{address_of(v)}",)
+    d = await start("dialer")
+    d.add_contact(t.invite(), name="target")
+    assert d.store.network_hints("relay") == [f"{v.peer_id}@{address_of(v)}"]
+    # The invitee registers with the inviter's relay itself, and can reach the inviter
+    # through it.
+    await registered(d)
+    regs = d.network_status()["reachability"]["registrations"]
+    assert [r["peer_id"] for r in regs if r["state"] == "registered"] == [v.peer_id]
+    assert d._routes[t.peer_id] == (tuple(parse_address(address_of(v))),)
+
+
+def test_invite_hints_are_checked_and_round_trip() -> None:
+    me, relay = Identity.generate(), Identity.generate()
+    invite = Invite(
+        me.peer_id,
+        relays=(f"{relay.peer_id}@198.51.100.100:47474",),
+        bootstrap=("198.51.100.100:47474", "boot.example.org:6881"),
+    )
+    assert Invite.decode(invite.encode()) == invite
+    for relays, bootstrap in (
+        (("198.51.100.100:47474",), ()),  # a relay needs its peer ID
+        ((f"{relay.peer_id[:-1]}@198.51.100.100:1",), ()),
+        ((), (f"{relay.peer_id}@198.51.100.100:1",)),  # a bootstrap node is an address
+        ((), ("no-port",)),
+        (tuple(f"{relay.peer_id}@10.0.0.{i}:1" for i in range(5)), ()),  # four at most
+    ):
+        with pytest.raises(InvalidInvite):
+            Invite(me.peer_id, relays=relays, bootstrap=bootstrap)

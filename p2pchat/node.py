@@ -73,6 +73,7 @@ from p2pchat.names import name_problem, normalise_name, repair_name
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.dial import Dialer, Route
 from p2pchat.net.endpoint import AuxSocket, Endpoint, QuicLink
+from p2pchat.net.groups import GroupService
 from p2pchat.net.interfaces import interface_ips, local_networks
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
@@ -241,8 +242,10 @@ class Node:
             _transfer_policy(self.settings, paths),
             clock=self.clock,
             emit=self._emit,
-            connection_for=self._active.get,
+            connection_for=self._session_for,
         )
+        self.groups = GroupService(self)
+        """Group chat (docs/groups.md): the group part of the Node API."""
         self.running = False
         self.start_options: dict[str, Any] = {}
         """What the last ``start`` was given, so a hand-off can start a daemon alike."""
@@ -497,6 +500,7 @@ class Node:
                 async with asyncio.timeout(5):
                     await self._endpoint.wait_closed()
             self._endpoint = None
+        self.groups.save()
         self._emit(NodeStopped())
         self._lock.release()
         self.store.close()
@@ -1227,6 +1231,7 @@ class Node:
             self._refresh_rendezvous(contacts)
             self.transfers.tick()
             self.delivery.tick()
+            self.groups.tick(now)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
             # races with the wake-up (a poke right before stop()), and stop() then
@@ -1412,8 +1417,14 @@ class Node:
                 # Where we see the peer: its reflexive address (through a relay we
                 # see only the relay).
                 seen=_proven_address(conn) or None,
+                groups=tuple(sorted(self.groups.hello_groups(conn))),
             )
         )
+
+    def _session_for(self, peer_id: str) -> PeerConnection | None:
+        """The session that carries a peer's file frames: its contact session, or a
+        group session (file drops to a group)."""
+        return self._active.get(peer_id) or self.groups.session(peer_id)
 
     def _through_nat(self, conn: PeerConnection) -> str | None:
         """ "punched" when the session crossed a filtering NAT on the way in: theirs
@@ -1464,13 +1475,14 @@ class Node:
         self._emit(PeerKeyMismatch(peer_id_from_key(expected), conn.address))
 
     def stream_received(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
-        if conn.peer_id is not None and self._active.get(conn.peer_id) is conn:
+        if conn.peer_id is not None and self._session_for(conn.peer_id) is conn:
             self.transfers.stream_data(conn, stream_id, data, end)
 
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
         self._conns.discard(conn)
         self.transfers.connection_closed(conn)
         self.delivery.connection_closed(conn)
+        self.groups.connection_closed(conn)
         peer = conn.peer_id
         if peer is None:
             return
@@ -1517,6 +1529,9 @@ class Node:
         peer = conn.peer_id
         if peer is None:
             return
+        if self.groups.owns(conn):
+            self.groups.frame_received(conn, frame)
+            return
         if isinstance(frame, chat.Hello):
             if self._active.get(peer) is not conn and self._requests.get(peer) is not conn:
                 self._on_hello(conn, frame)
@@ -1557,6 +1572,8 @@ class Node:
                     self._dht.observed(hello.seen, "contact", peer)
             self._activate(conn)
             return
+        if self.groups.admit(conn, hello):
+            return  # a fellow group member: a group session, no contact request
         if len(self._requests) >= MAX_REQUEST_SESSIONS and peer not in self._requests:
             conn.close("too many pending contact requests")
             return
@@ -1608,6 +1625,7 @@ class Node:
             conn.send(chat.Ack(recv_seq))
         self.delivery.session_active(conn, peer)
         self.transfers.peer_online(conn)
+        self.groups.peer_online(conn)
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
         if (old.path == "relayed") != (new.path == "relayed"):
@@ -1648,6 +1666,8 @@ class Node:
             self._emit(AwaitingAcceptance(peer))
         elif isinstance(frame, _FILE_FRAMES):
             self.transfers.frame_received(peer, frame)
+        elif isinstance(frame, chat.GROUP_FRAME_TYPES):
+            self.groups.frame_received(conn, frame)
 
 
 _FILE_FRAMES = (

@@ -876,6 +876,8 @@ class Node:
         if self._dialer is not None:
             self._dialer.forget(peer)
         self._hints.pop(peer, None)
+        self._routes.pop(peer, None)
+        self._nat_hints.pop(peer, None)
         self._dht_retry.pop(peer, None)
 
     def history(self, contact: str, *, limit: int | None = None) -> list[Message]:

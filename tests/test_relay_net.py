@@ -141,7 +141,14 @@ async def test_relay_keeps_only_contacts_unless_public(start: Start, tmp_path: P
     d.peer_discovered(t.peer_id, [], source="dht", rendezvous=[address_of(v)], nat="unknown")
     dialer = d._dialer
     assert dialer is not None
-    await wait_until(lambda: "refused" in (dialer.last_error(t.peer_id) or ""), timeout=20)
+
+    def refused() -> bool:
+        regs = d.network_status()["reachability"]["registrations"]
+        return dialer.stats.get("relay_failed", 0) >= 1 and any(
+            r["peer_id"] == v.peer_id and r["state"] == "refused" for r in regs
+        )
+
+    await wait_until(refused, timeout=20)
     assert not d.is_online(t.peer_id)
     assert relaying(v)["serving"]["channels_opened"] == 0
     # Once the relay's owner adds the dialer, the same dial goes through.

@@ -100,9 +100,7 @@ class _Attempt:
     handles: list[asyncio.TimerHandle] = field(default_factory=list)
     punch: asyncio.Task[None] | None = None
     punched: int = 0
-    punch_error: str | None = None
     relay: asyncio.Task[None] | None = None
-    relay_error: str | None = None
     upgrade: bool = False
     """Only direct and punched candidates: the contact's session is relayed."""
 
@@ -112,7 +110,6 @@ class _Peer:
     failures: int = 0
     next_at: float = 0.0
     attempt: _Attempt | None = None
-    last_error: str | None = None
 
 
 class Dialer:
@@ -142,12 +139,9 @@ class Dialer:
         return peer.failures if peer is not None else 0
 
     def busy(self, peer_id: str) -> bool:
+        """An attempt to reach this contact is running."""
         peer = self._peers.get(peer_id)
         return peer is not None and peer.attempt is not None
-
-    def last_error(self, peer_id: str) -> str | None:
-        peer = self._peers.get(peer_id)
-        return peer.last_error if peer is not None else None
 
     # ------------------------------------------------------------------ scheduling
     def retry_after(self, peer_id: str, delay: float, *, reset: bool = False) -> None:
@@ -289,7 +283,7 @@ class Dialer:
         try:
             await self.punch.dial(key_from_peer_id(peer_id), rendezvous, on_path)
         except PunchFailed as exc:
-            attempt.punch_error = str(exc)
+            self.stats["punch_failed"] = self.stats.get("punch_failed", 0) + 1
             log.info("punch to %s: %s", peer_id[:12], exc)
 
     async def _relay(
@@ -309,7 +303,7 @@ class Dialer:
         try:
             channel = await self.relay.dial(key_from_peer_id(peer_id), relays)
         except RelayFailed as exc:
-            attempt.relay_error = str(exc)
+            self.stats["relay_failed"] = self.stats.get("relay_failed", 0) + 1
             log.info("relay to %s: %s", peer_id[:12], exc)
             return
         if peer.attempt is not attempt:
@@ -337,7 +331,6 @@ class Dialer:
         peer = self._peers.setdefault(peer_id, _Peer())
         if conn.path == "relayed":
             peer.failures = 0
-            peer.last_error = None
             peer.next_at = self.loop.time() + UPGRADE_EVERY
             if peer.attempt is not None:
                 peer.attempt.upgrade = True
@@ -364,24 +357,18 @@ class Dialer:
                 for conn in attempt.conns:
                     if not conn.closed and not conn.established:
                         conn.close("dial attempt over")
-                peer.last_error = attempt.relay_error or attempt.punch_error
         if success:
             peer.failures = 0
-            peer.last_error = None
         elif counted:
             peer.failures += 1
             delay = min(MAX_BACKOFF, 0.5 * 2 ** min(peer.failures, 8))
             peer.next_at = self.loop.time() + delay * random.uniform(0.8, 1.2)
 
     def forget(self, peer_id: str) -> None:
+        """Stop reaching for this peer (removed or blocked): its attempt ends now."""
         peer = self._peers.pop(peer_id, None)
         if peer is not None and peer.attempt is not None:
-            attempt = peer.attempt
-            for handle in attempt.handles:
-                handle.cancel()
-            for task in (attempt.punch, attempt.relay):
-                if task is not None:
-                    task.cancel()
+            self._finish(peer_id, peer, success=False, counted=False)
 
     async def stop(self) -> None:
         for peer in self._peers.values():

@@ -90,6 +90,11 @@ DHT_AFTER_ATTEMPTS = 2
 DHT_RETRY_MIN = 5.0
 DHT_RETRY_MAX = 3600.0
 RUNNING_TRANSFER_STATES = ("accepted", "sending", "receiving")
+SEARCH_LIMIT = 50
+MAX_SEARCH_LIMIT = 500
+# Messages added to the full-text index per dial-loop tick (about a second); a search
+# indexes whatever is left first, so this only keeps that catch-up short.
+INDEX_PER_TICK = 5000
 
 
 class NodeError(Exception):
@@ -196,6 +201,7 @@ class Node:
             emit=self._emit,
             active=self._active.get,
             daily_quota=lambda: daily_quota_setting(self.settings),
+            schedule=self._schedule_flush,
         )
         self.transfers = TransferManager(
             self.store,
@@ -341,6 +347,15 @@ class Node:
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
+    def _schedule_flush(self) -> None:
+        """Delivery's group commit runs once at the end of this event-loop turn."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.delivery.flush()  # no loop (a node used without ``start``): at once
+            return
+        loop.call_soon(self.delivery.flush)
+
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
         if isinstance(listen, str):
@@ -379,6 +394,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.transfers.stop()
+        self.delivery.flush()  # what this turn received is stored and acknowledged
         for conn in list(self._conns):
             conn.close("node stopping")
         if self._endpoint is not None:
@@ -594,23 +610,55 @@ class Node:
     def find_contact(self, ref: str) -> Contact:
         return self.store.find_contact(ref)
 
-    def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
-        return self.store.history(self.store.find_contact(contact).peer_id, limit=limit)
+    def history(
+        self, contact: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[Message]:
+        """The conversation in order: the newest ``limit`` messages, or with ``before``
+        (a message id) the ``limit`` just before that message, to page back as the
+        user scrolls up.  Each page costs the same however long the history is."""
+        peer = self.store.find_contact(contact).peer_id
+        return self.store.history(peer, limit=limit, before=before)
+
+    def search(
+        self, text: str, *, contact: str | None = None, limit: int = SEARCH_LIMIT
+    ) -> list[Message]:
+        """Messages containing every word of ``text`` (the last word may be the start
+        of a word), newest first; only with ``contact`` when given.  Full-text search
+        (SQLite FTS5) over the whole history."""
+        peer = self.store.find_contact(contact).peer_id if contact else None
+        return self.store.search(text, peer_id=peer, limit=min(limit, MAX_SEARCH_LIMIT))
 
     def send_message(self, contact: str, text: str) -> Message:
         """Store first (the outbox survives anything), then send if the contact is online."""
-        peer = self.store.find_contact(contact)
-        body = text.strip("\n")
-        if not body.strip():
-            raise NodeError("refusing to send an empty message")
-        if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
-            raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
-        message = self.store.queue_message(peer.peer_id, body, now=self.clock())
-        self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
-        conn = self._active.get(peer.peer_id)
+        return self.send_messages(contact, [text])[0]
+
+    def send_messages(self, contact: str, texts: Iterable[str]) -> list[Message]:
+        """Several messages to one contact, in order: all are checked first, then stored
+        in the outbox in one transaction (durable when this returns), then sent.
+
+        Raises ``NodeError`` naming the first text that cannot be a message (empty,
+        too long) before anything is stored.
+        """
+        peer = self.store.find_contact(contact).peer_id
+        bodies = []
+        for n, text in enumerate(texts, 1):
+            body = text.strip("\n")
+            where = f"message {n}: " if n > 1 else ""
+            if not body.strip():
+                raise NodeError(f"{where}refusing to send an empty message")
+            if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
+                raise NodeError(f"{where}message too long (limit {chat.MAX_BODY_BYTES} bytes)")
+            bodies.append(body)
+        if not bodies:
+            raise NodeError("no message to send")
+        now = self.clock()
+        messages = self.store.queue_messages(peer, bodies, now=now)
+        for message in messages:
+            self._emit(MessageStateChanged(peer, message.id, "queued"))
+        conn = self._active.get(peer)
         if conn is not None:
-            self.delivery.send_new(conn, message)
-        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
+            self.delivery.send_new(conn, messages)
+        return messages
 
     async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
         """Wait until the message is delivered (or read); return its state then."""
@@ -833,6 +881,10 @@ class Node:
             self._known_ips = known
             self.transfers.tick()
             self.delivery.tick()
+            try:
+                self.store.index_messages(limit=INDEX_PER_TICK)
+            except StoreError as exc:
+                log.warning("indexing messages for search failed: %s", exc)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
             # races with the wake-up (a poke right before stop()), and stop() then
@@ -1094,9 +1146,9 @@ class Node:
         elif isinstance(frame, chat.Defer):
             self.delivery.on_defer(conn, peer, frame)
         elif isinstance(frame, chat.Ack):
-            for message_id in self.store.ack_outgoing(peer, frame.seq, now):
-                self._emit(MessageStateChanged(peer, message_id, "delivered"))
+            self.delivery.on_ack(peer, frame.seq)
         elif isinstance(frame, chat.Read):
+            self.delivery.flush()  # the acks before it first: a receipt needs 'delivered'
             for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):

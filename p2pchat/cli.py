@@ -133,9 +133,7 @@ def _open_node(paths: Paths, args: argparse.Namespace, passphrase: str | None = 
     except PassphraseRequired as exc:
         if sys.stdin.isatty():
             return Node(paths, passphrase=getpass.getpass("Passphrase: "))
-        raise PassphraseRequired(
-            f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase"
-        ) from None
+        raise PassphraseRequired(f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase") from None
 
 
 @contextlib.asynccontextmanager
@@ -313,6 +311,53 @@ async def cmd_rename(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _contact_change(
+    paths: Paths, args: argparse.Namespace, op: str, call_args: dict[str, Any], verb: str
+) -> int:
+    """remove, block, unblock, mute, unmute: one call, then the peer it touched."""
+    async with _api(paths, args) as api:
+        result = await api.call(op, call_args)
+    if args.json:
+        _print_json(result)
+    else:
+        name = result.get("name") or "?"
+        print(_safe(f"{verb} {name} ({result['peer_id']})"))
+    return EXIT_OK
+
+
+async def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "remove", {"contact": args.contact}, "removed")
+
+
+async def cmd_block(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "block", {"ref": args.ref}, "blocked")
+
+
+async def cmd_unblock(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "unblock", {"ref": args.ref}, "unblocked")
+
+
+async def cmd_mute(paths: Paths, args: argparse.Namespace) -> int:
+    muted = args.command == "mute"
+    return await _contact_change(
+        paths, args, "mute", {"contact": args.contact, "muted": muted},
+        "muted" if muted else "unmuted",
+    )  # fmt: skip
+
+
+async def cmd_blocked(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        blocked = await api.call("blocked", {})
+    if args.json:
+        _print_json(blocked)
+        return EXIT_OK
+    if not blocked:
+        print("nobody is blocked")
+    for b in blocked:
+        print(_safe(f"{b.get('name') or '?':<20} {b['peer_id']}  since {_when(b['blocked_at'])}"))
+    return EXIT_OK
+
+
 async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
     async with _api(paths, args) as api:
         contacts = await api.call("contacts", {})
@@ -323,6 +368,8 @@ async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
         print("no contacts yet: `p2pchat add INVITE`")
     for c in contacts:
         flags = ("online" if c["online"] else "offline") + (", verified" if c["verified"] else "")
+        flags += ", muted" if c.get("muted") else ""
+        flags += ", blocked" if c.get("blocked") else ""
         unread = f", {c['unread']} unread" if c["unread"] else ""
         waiting = f", messages held: {c['deferred']}" if c.get("deferred") else ""
         print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread}{waiting})"))
@@ -434,12 +481,31 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
         raise CliError("give the message as TEXT, or - to read it from stdin", EXIT_USAGE)
     text = sys.stdin.read() if args.text == "-" else args.text
     async with _api(paths, args, network=True) as api:
-        reply = await api.call("send", {"contact": args.contact, "text": text, "wait": args.wait})
+        reply = await api.call(
+            "send",
+            {"contact": args.contact, "text": text, "wait": args.wait, "reply_to": args.reply_to},
+        )
+        contact = await api.call("find_contact", {"ref": reply["message"]["peer_id"]})
     message, state = reply["message"], reply["state"]
+    waiting = bool(reply.get("awaiting_acceptance")) and state not in ("delivered", "read")
     if args.json:
-        _print_json({"id": message["id"], "state": state, "peer_id": message["peer_id"]})
+        _print_json(
+            {
+                "id": message["id"],
+                "state": state,
+                "peer_id": message["peer_id"],
+                "awaiting_acceptance": waiting,
+            }
+        )
     elif state in ("delivered", "read"):
         print(f"delivered ({message['id']})")
+    elif waiting:
+        print(
+            _safe(
+                f"waiting for {contact['name']} to accept your request ({message['id']}): the "
+                "message is queued and goes out once they do"
+            )
+        )
     else:
         print(
             f"queued ({message['id']}): not delivered yet; it stays in the outbox and is "
@@ -448,25 +514,54 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_messages(messages: list[dict[str, Any]], *, names: dict[str, str] | None) -> None:
+async def _quoted(api: Api, messages: list[dict[str, Any]], contact: str) -> dict[str, Any]:
+    """The messages that ``messages`` reply to and that are not among them."""
+    shown = {m["id"] for m in messages}
+    quoted: dict[str, Any] = {}
+    for m in messages:
+        ref = m.get("reply_to")
+        if ref and ref not in shown and ref not in quoted:
+            quoted[ref] = await api.call("message", {"id": ref, "contact": contact})
+    return quoted
+
+
+def _print_messages(
+    messages: list[dict[str, Any]],
+    quoted: dict[str, Any] | None,
+    *,
+    names: dict[str, str] | None = None,
+) -> None:
+    """Conversation lines; ``quoted`` None prints no reply quotes, ``names`` (search)
+    says whose conversation each line is from."""
+    shown = {m["id"]: m for m in messages}
     ticks = {"queued": "…", "sent": "✓", "delivered": "✓✓", "read": "✓✓ read"}
     for m in messages:
         who = "me" if m["direction"] == "out" else "them"
-        if names is not None:  # search: say which conversation too
+        if names is not None:
             peer = names.get(m["peer_id"], m["peer_id"][:8])
             who = f"me -> {peer}" if m["direction"] == "out" else peer
         tick = f"  [{ticks.get(m['state'], m['state'])}]" if m["direction"] == "out" else ""
-        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {m['body']}{tick}"))
+        ref = m.get("reply_to")
+        if ref and quoted is not None:
+            original = shown.get(ref) or quoted.get(ref)
+            quote = _quote(original) if original else "a message not stored here"
+            print(_safe(f"{'':19}  {'':>4}  ↳ reply to {quote}"))
+        if m.get("deleted"):
+            body, note = "(deleted)", ""
+        else:
+            body, note = m["body"], ("  (edited)" if m.get("edited") else "")
+        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {body}{tick}{note}  #{m['id'][:8]}"))
 
 
 async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
     query = {"contact": args.contact, "limit": args.limit, "before": args.before}
     async with _api(paths, args) as api:
         messages = await api.call("history", query)
+        quoted = {} if args.json else await _quoted(api, messages, args.contact)
     if args.json:
         _print_json(messages)
         return EXIT_OK
-    _print_messages(messages, names=None)
+    _print_messages(messages, quoted)
     return EXIT_OK
 
 
@@ -480,7 +575,37 @@ async def cmd_search(paths: Paths, args: argparse.Namespace) -> int:
         return EXIT_OK
     if not messages:
         print("no message matches")
-    _print_messages(messages, names={c["peer_id"]: c["name"] for c in contacts})
+    _print_messages(messages, None, names={c["peer_id"]: c["name"] for c in contacts})
+    return EXIT_OK
+
+
+def _quote(m: dict[str, Any]) -> str:
+    """The quoted message on one line: who wrote it and its first words."""
+    if m.get("deleted"):
+        return "a deleted message"
+    text = " ".join(str(m["body"]).split())
+    text = text if len(text) <= 60 else text[:59] + "…"
+    who = "me" if m["direction"] == "out" else "them"
+    return f"{who}: {text} #{m['id'][:8]}"
+
+
+async def cmd_edit(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        m = await api.call("edit", {"id": args.id, "text": args.text})
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"edited #{m['id'][:8]}")
+    return EXIT_OK
+
+
+async def cmd_delete(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        m = await api.call("delete", {"id": args.id})
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"deleted #{m['id'][:8]} for both sides")
     return EXIT_OK
 
 
@@ -649,7 +774,8 @@ def _require_running(paths: Paths) -> None:
 
 
 async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
-    """The running node's network status with the counters of every budget
+    """The running node's network status: how it is reachable (NAT kind, reflexive
+    addresses, rendezvous nodes; docs/nat.md) and the counters of every budget
     (docs/threat-model.md, "Budgets"): what peers were refused, and why."""
     _require_running(paths)
     async with _api(paths, args) as api:
@@ -659,12 +785,33 @@ async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"addresses:  {', '.join(status.get('addresses') or []) or '(not listening)'}")
     print(f"online:     {status.get('online')} contact(s), {status.get('nearby')} nearby")
-    for section in sorted(k for k, v in status.items() if isinstance(v, dict)):
+    reach = status.get("reachability")
+    if isinstance(reach, dict):
+        regs = [
+            f"{r['address']} ({(r['peer_id'] or '?')[:8]}): {r['state']}"
+            + (f", sees us at {r['observed']}" if r["observed"] else "")
+            + (f", {r['reason']}" if r["reason"] else "")
+            for r in reach["registrations"]
+        ]
+        served = reach["rendezvous"]
+        print(f"nat:        {reach['nat']}")
+        print(f"reflexive:  {', '.join(reach['reflexive']) or '-'}")
+        print(_safe(f"registered: {'; '.join(regs) or '-'}"))
+        print(
+            f"rendezvous: for {served.get('registrations', 0)} nodes"
+            + (" (relay: anyone)" if reach["relay"] else " (contacts only)")
+            + f", {served.get('connect_forwarded', 0)} connect requests forwarded"
+        )
+    skip = {"reachability"}
+    for section in sorted(k for k, v in status.items() if isinstance(v, dict) and k not in skip):
         values = status[section]
         flat = ", ".join(
             f"{key} {value}" for key, value in sorted(values.items()) if value not in (None, {})
         )
         print(_safe(f"{section + ':':<11} {flat}"))
+    if isinstance(reach, dict) and reach["punch"]:
+        flat = ", ".join(f"{k} {v}" for k, v in sorted(reach["punch"].items()))
+        print(_safe(f"{'punch:':<11} {flat}"))
     return EXIT_OK
 
 
@@ -737,6 +884,10 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
         out.append("--no-dht")
     for entry in args.bootstrap or ():
         out += ["--bootstrap", entry]
+    for entry in args.rendezvous:
+        out += ["--rendezvous", entry]
+    if args.relay:
+        out.append("--relay")
     if args.downloads:
         out += ["--downloads", str(Path(args.downloads).expanduser().absolute())]
     for ref in args.accept_files_from:
@@ -785,6 +936,8 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             downloads=Path(args.downloads) if args.downloads else None,
             accept_files_from=args.accept_files_from,
             dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
+            relay=args.relay,
+            rendezvous=args.rendezvous,
         )
         print(_listening(node.info()), flush=True)
         await stop.wait()
@@ -868,6 +1021,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rename)
 
+    p = sub.add_parser(
+        "remove", help="remove a contact (history stays; it may knock again: see block)"
+    )
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser(
+        "block", help="block a contact, a requester or a peer ID: no sessions, requests, lookups"
+    )
+    p.add_argument("ref", metavar="CONTACT_REQUEST_OR_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_block)
+
+    p = sub.add_parser("unblock", help="take a peer off the block list")
+    p.add_argument("ref", metavar="NAME_OR_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_unblock)
+
+    p = sub.add_parser("blocked", help="list blocked peers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_blocked)
+
+    for verb, text in (("mute", "no notifications for a contact"), ("unmute", "undo mute")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("contact", metavar="CONTACT")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_mute)
+
     p = sub.add_parser("contacts", help="list contacts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_contacts)
@@ -899,8 +1081,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait", type=float, default=10.0, help="seconds to wait for delivery (default 10)"
     )
+    p.add_argument(
+        "--reply-to", metavar="MESSAGE_ID", help="answer this message (an id or its first 4+)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_msg)
+
+    p = sub.add_parser("edit", help="change the text of one of your messages (both sides)")
+    p.add_argument("id", metavar="MESSAGE_ID", help="as `history` shows it after #")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("delete", help="delete one of your messages for both sides")
+    p.add_argument("id", metavar="MESSAGE_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("history", help="show a conversation")
     p.add_argument("contact", metavar="CONTACT")
@@ -954,7 +1150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
 
-    p = sub.add_parser("net", help="the running node's network status and budget counters")
+    p = sub.add_parser(
+        "net", help="the running node's reachability (NAT, rendezvous) and budget counters"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_net)
 
@@ -1012,6 +1210,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="HOST:PORT",
         help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
+    )
+    p.add_argument(
+        "--rendezvous",
+        action="append",
+        default=[],
+        metavar="PEER@HOST:PORT",
+        help="a reachable node to register with when behind a NAT (repeatable; the DHT "
+        "bootstrap nodes and reachable contacts are tried too)",
+    )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="be a rendezvous for anyone, not only for contacts (a public node)",
     )
     p.add_argument("--downloads", metavar="DIR", help="where received files go")
     p.add_argument(

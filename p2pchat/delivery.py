@@ -50,6 +50,8 @@ from p2pchat.core.budget import RateBudget
 from p2pchat.core.events import (
     DeliveryDeferred,
     IncomingDeferred,
+    MessageDeleted,
+    MessageEdited,
     MessageReceived,
     MessageStateChanged,
     NodeEvent,
@@ -94,6 +96,8 @@ DEFAULT_DAILY_MESSAGE_BYTES = 8 * 1024 * 1024
 ``max_message_bytes_per_day``; 0 means no limit)."""
 QUOTA_SETTING = "max_message_bytes_per_day"
 STORAGE_REASON = "the contact's device cannot store messages right now (is its disk full?)"
+
+
 
 
 def daily_quota_setting(settings: dict[str, Any]) -> int | None:
@@ -218,17 +222,18 @@ class Delivery:
         self._gaps_sent.pop(conn, None)
 
     # ------------------------------------------------------------ outbound
-    def send_new(self, conn: Link, messages: list[Message]) -> None:
+    def send_new(self, conn: Link, messages: list[Message]) -> bool:
         """Messages the user just wrote (in seq order): straight out, unless a resend
         or a pause for this contact is in progress (then they go out in order behind
-        it)."""
+        it).  True if they went out now (they are marked ``sent`` at the end of the
+        loop turn)."""
         if not messages or messages[0].peer_id in self._paused:
-            return
+            return False
         resend = self._resends.get(conn)
         if resend is not None:
             self._pump(conn, resend)
-            return
-        self._transmit(conn, messages)
+            return False
+        return self._transmit(conn, messages)
 
     def resend(self, conn: Link, peer: str, *, from_seq: int) -> None:
         """Send the outbox again from ``from_seq``, as the budgets allow."""
@@ -330,25 +335,33 @@ class Delivery:
         if len(batch) == len(pending) and len(pending) <= can:
             self._resends.pop(conn, None)
 
-    def _transmit(self, conn: Link, messages: list[Message]) -> None:
+    def _transmit(self, conn: Link, messages: list[Message]) -> bool:
         if conn.held_as_request or not messages:
-            return  # the peer has not accepted us: keep them in the outbox
+            return False  # the peer has not accepted us: keep them in the outbox
         peer = messages[0].peer_id
         base = self.store.outbox_base(peer)
         sent_any = False
         for m in messages:
             frame = chat.ChatMessage(
-                id=m.id, seq=m.seq, base=base, sent_at=m.created_at, body=m.body
+                id=m.id,
+                seq=m.seq,
+                base=base,
+                sent_at=m.created_at,
+                body=m.body,
+                reply_to=m.reply_to,
+                kind=m.kind,
+                target=m.target,
             )
             sent_any = conn.send(frame) or sent_any
         if not sent_any:
-            return
+            return False
         first, last = messages[0].seq, messages[-1].seq
         before = self._sent.get(peer)
         if before is not None:
             first, last = min(first, before[0]), max(last, before[1])
         self._sent[peer] = (first, last)
         self._request_flush()
+        return True
 
     def on_ack(self, peer: str, seq: int) -> None:
         """A cumulative ack from the contact: applied at the end of the turn."""
@@ -456,9 +469,20 @@ class Delivery:
                 self.counters["refused_quota"] += 1
                 self._refuse(conn, peer, frame.seq, delay, "quota", reason, reason)
         for _frame, result in results:
-            if result.verdict == "accept" and result.message is not None:
-                m = result.message
-                self._emit(MessageReceived(peer, m.id, m.seq, m.body, m.created_at, wall))
+            if result.verdict != "accept" or result.message is None:
+                continue
+            m = result.message
+            if m.kind == "text":
+                self._emit(
+                    MessageReceived(peer, m.id, m.seq, m.body, m.created_at, wall, m.reply_to)
+                )
+            elif result.changed is None:
+                # Its sequence number is used up (acked above), the change is not made.
+                log.warning("%s sent an %s of a message it did not write to us", peer, m.kind)
+            elif m.kind == "edit":
+                self._emit(MessageEdited(peer, m.target or "", "in", result.changed.body, wall))
+            else:
+                self._emit(MessageDeleted(peer, m.target or "", "in", wall))
 
     def _storage_refusal(self, conn: Link, seq: int, exc: StoreError) -> None:
         peer = conn.peer_id

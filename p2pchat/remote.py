@@ -48,6 +48,7 @@ from p2pchat.node import (
 from p2pchat.owner import start_owned
 from p2pchat.store import (
     AmbiguousContact,
+    BlockedPeer,
     Contact,
     ContactExists,
     ContactRequest,
@@ -375,6 +376,24 @@ class RemoteNode:
     def decline_request(self, ref: str) -> None:
         self._call("decline", ref=ref)
 
+    def remove_contact(self, ref: str) -> Contact:
+        return _build(Contact, self._call("remove", contact=ref))  # type: ignore[no-any-return]
+
+    def block(self, ref: str) -> BlockedPeer:
+        return _build(BlockedPeer, self._call("block", ref=ref))  # type: ignore[no-any-return]
+
+    def unblock(self, ref: str) -> BlockedPeer:
+        return _build(BlockedPeer, self._call("unblock", ref=ref))  # type: ignore[no-any-return]
+
+    def blocked(self) -> list[BlockedPeer]:
+        return [_build(BlockedPeer, b) for b in self._call("blocked")]
+
+    def is_blocked(self, peer_id: str) -> bool:
+        return any(b.peer_id == peer_id for b in self.blocked())
+
+    def set_muted(self, ref: str, muted: bool = True) -> Contact:
+        return _build(Contact, self._call("mute", contact=ref, muted=muted))  # type: ignore[no-any-return]
+
     def rename_contact(self, ref: str, name: str) -> Contact:
         return _build(Contact, self._call("rename", contact=ref, name=name))  # type: ignore[no-any-return]
 
@@ -398,9 +417,19 @@ class RemoteNode:
         found = self._call("search", text=text, contact=contact, limit=limit)
         return [_build(Message, m) for m in found]
 
-    def send_message(self, contact: str, text: str) -> Message:
-        result = self._call("send", contact=contact, text=text, wait=0)
+    def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
+        result = self._call("send", contact=contact, text=text, wait=0, reply_to=reply_to)
         return _build(Message, result["message"])  # type: ignore[no-any-return]
+
+    def edit_message(self, ref: str, text: str) -> Message:
+        return _build(Message, self._call("edit", id=ref, text=text))  # type: ignore[no-any-return]
+
+    def delete_message(self, ref: str) -> Message:
+        return _build(Message, self._call("delete", id=ref))  # type: ignore[no-any-return]
+
+    def get_message(self, message_id: str, *, contact: str | None = None) -> Message | None:
+        found = self._call("message", id=message_id, contact=contact)
+        return None if found is None else _build(Message, found)
 
     def set_typing(self, contact: str, active: bool) -> None:
         self._call("typing", contact=contact, active=active)

@@ -13,7 +13,7 @@ from typing import Any
 
 from p2pchat.core.events import NodeEvent
 from p2pchat.node import SEARCH_LIMIT, TRANSFER_PAGE_SIZE, Node
-from p2pchat.store import Transfer
+from p2pchat.store import Message, Transfer
 
 Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
 
@@ -82,14 +82,21 @@ async def _decline(node: Node, args: dict[str, Any]) -> Any:
 
 
 async def _send(node: Node, args: dict[str, Any]) -> Any:
-    message = node.send_message(_str(args, "contact"), _str(args, "text"))
+    message = node.send_message(
+        _str(args, "contact"), _str(args, "text"), reply_to=_opt_str(args, "reply_to")
+    )
     wait = args.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
         raise ValueError("wait must be a non-negative number of seconds")
     state: str = message.state
     if wait and node.running:
         state = await node.wait_for_delivery(message.id, float(wait))
-    return {"message": message, "state": state, "online": node.is_online(message.peer_id)}
+    return {
+        "message": message_view(message),
+        "state": state,
+        "online": node.is_online(message.peer_id),
+        "awaiting_acceptance": node.awaiting_acceptance(message.peer_id),
+    }
 
 
 # Messages in one ``send_many`` call: the CLI sends stdin in chunks of this many lines
@@ -138,17 +145,41 @@ def _limit(args: dict[str, Any], default: int | None) -> int | None:
 
 
 async def _history(node: Node, args: dict[str, Any]) -> Any:
-    return node.history(
+    found = node.history(
         _str(args, "contact"), limit=_limit(args, None), before=_opt_str(args, "before")
     )
+    return [message_view(m) for m in found]
 
 
 async def _search(node: Node, args: dict[str, Any]) -> Any:
-    return node.search(
+    found = node.search(
         _str(args, "text"),
         contact=_opt_str(args, "contact"),
         limit=_limit(args, SEARCH_LIMIT) or SEARCH_LIMIT,
     )
+    return [message_view(m) for m in found]
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    """A message for scripts: its fields, ``edited``/``deleted`` flags, and none of
+    the bookkeeping (``kind``, ``target``) that only edit and delete rows use."""
+    view = {k: v for k, v in to_json(m).items() if k not in ("kind", "target")}
+    view["edited"] = m.edited_at is not None
+    view["deleted"] = m.deleted_at is not None
+    return view
+
+
+async def _edit(node: Node, args: dict[str, Any]) -> Any:
+    return message_view(node.edit_message(_str(args, "id"), _str(args, "text")))
+
+
+async def _delete(node: Node, args: dict[str, Any]) -> Any:
+    return message_view(node.delete_message(_str(args, "id")))
+
+
+async def _message(node: Node, args: dict[str, Any]) -> Any:
+    found = node.get_message(_str(args, "id"), contact=_opt_str(args, "contact"))
+    return None if found is None else message_view(found)
 
 
 async def _nearby(node: Node, args: dict[str, Any]) -> Any:
@@ -199,13 +230,9 @@ async def _transfer(node: Node, args: dict[str, Any]) -> Any:
 async def _accept_file(node: Node, args: dict[str, Any]) -> Any:
     folder = _opt_str(args, "folder")
     only = args.get("only")
-    if only is not None and (
-        not isinstance(only, list) or not all(type(i) is int for i in only)
-    ):
+    if only is not None and (not isinstance(only, list) or not all(type(i) is int for i in only)):
         raise ValueError("only must be a list of file indices")
-    t = node.accept_transfer(
-        _str(args, "id"), only=only, folder=Path(folder) if folder else None
-    )
+    t = node.accept_transfer(_str(args, "id"), only=only, folder=Path(folder) if folder else None)
     return _transfer_view(t)
 
 
@@ -260,6 +287,29 @@ async def _rename(node: Node, args: dict[str, Any]) -> Any:
     return node.rename_contact(_str(args, "contact"), _str(args, "name"))
 
 
+async def _remove(node: Node, args: dict[str, Any]) -> Any:
+    return node.remove_contact(_str(args, "contact"))
+
+
+async def _block(node: Node, args: dict[str, Any]) -> Any:
+    return node.block(_str(args, "ref"))
+
+
+async def _unblock(node: Node, args: dict[str, Any]) -> Any:
+    return node.unblock(_str(args, "ref"))
+
+
+async def _blocked(node: Node, args: dict[str, Any]) -> Any:
+    return node.blocked()
+
+
+async def _mute(node: Node, args: dict[str, Any]) -> Any:
+    muted = args.get("muted", True)
+    if not isinstance(muted, bool):
+        raise ValueError("muted must be true or false")
+    return node.set_muted(_str(args, "contact"), muted)
+
+
 async def _safety_number(node: Node, args: dict[str, Any]) -> Any:
     return node.safety_number(_str(args, "contact"))
 
@@ -287,6 +337,14 @@ async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
 
 
 OPS: dict[str, Op] = {
+    "edit": _edit,
+    "delete": _delete,
+    "message": _message,
+    "remove": _remove,
+    "block": _block,
+    "unblock": _unblock,
+    "blocked": _blocked,
+    "mute": _mute,
     "passphrase": _passphrase,
     "network_status": _network_status,
     "find_contact": _find_contact,

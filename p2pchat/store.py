@@ -50,6 +50,7 @@ __all__ = [
     "MAX_PENDING_REQUESTS",
     "MIGRATIONS",
     "AmbiguousContact",
+    "BlockedPeer",
     "Contact",
     "ContactExists",
     "ContactRequest",
@@ -60,9 +61,11 @@ __all__ = [
     "Store",
     "StoreError",
     "UnknownContact",
+    "resolve_ref",
 ]
 
 Direction = Literal["in", "out"]
+MessageKind = Literal["text", "edit", "delete"]
 RequestState = Literal["pending", "declined"]
 
 MAX_ADDRESSES = 8
@@ -117,6 +120,8 @@ class Contact:
     addresses: tuple[str, ...]
     last_seen: float | None
     last_address: str | None
+    muted: bool = False
+    """No notifications for this contact (views read it; the node stores it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,22 @@ class Message:
     received_at: float | None
     state: MessageState
     updated_at: float
+    reply_to: str | None = None
+    """The id of the message this one answers (either direction; may be unknown here)."""
+    edited_at: float | None = None
+    deleted_at: float | None = None
+    """Set on a deleted message, whose body is then empty: a tombstone, no history."""
+    kind: MessageKind = "text"
+    """``text`` for what people wrote; ``edit`` and ``delete`` rows only carry an
+    edit or deletion of ``target`` through the outbox and never show in ``history``."""
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedPeer:
+    peer_id: str
+    name: str | None
+    blocked_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,11 +210,25 @@ class IncomingMessage(Protocol):
     def body(self) -> str: ...
     @property
     def sent_at(self) -> float: ...
+    @property
+    def reply_to(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def target(self) -> str | None: ...
+
+
+_INCOMING_KINDS: dict[str, MessageKind] = {"edit": "edit", "delete": "delete"}
+"""A received ``kind`` as stored: anything else is text."""
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiveResult:
     """What happened to an incoming message; ``recv_seq`` is what the node acks.
+
+    For an accepted ``edit`` or ``delete``, ``changed`` is the message it changed,
+    or None when it was refused (unknown message, not the sender's own, already
+    deleted); either way its sequence number is used up and acknowledged.
 
     ``"quota"``: the window would accept it, but the contact's message bytes for the
     day are used up; nothing was stored and ``retry_at`` (wall clock) is when the
@@ -204,6 +239,7 @@ class ReceiveResult:
     message: Message | None
     recv_seq: int
     retry_at: float | None = None
+    changed: Message | None = None
 
 
 # Each step is applied once, in order, inside the same transaction that bumps
@@ -390,6 +426,27 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     """,
     """
+    -- Contact management: muted contacts, and a block list that also covers
+    -- strangers (a blocked key gets no session, its knocks are dropped).
+    ALTER TABLE contacts ADD COLUMN muted INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE blocked (
+        peer_id    TEXT PRIMARY KEY,
+        name       TEXT,
+        blocked_at REAL NOT NULL
+    );
+    -- Replies, edits and deletions.  Edits and deletions travel through the outbox
+    -- as sequenced rows of their own (kind 'edit'/'delete', naming their target),
+    -- so they get the same exactly-once delivery as messages; history shows only
+    -- kind 'text'.  A deleted message keeps its row with an empty body.
+    ALTER TABLE messages ADD COLUMN reply_to TEXT;
+    ALTER TABLE messages ADD COLUMN edited_at REAL;
+    ALTER TABLE messages ADD COLUMN deleted_at REAL;
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text'
+        CHECK (kind IN ('text', 'edit', 'delete'));
+    ALTER TABLE messages ADD COLUMN target TEXT;
+    CREATE INDEX messages_target ON messages (peer_id, target) WHERE target IS NOT NULL;
+    """,
+    """
     -- The highest seq ever handed to a session for each contact.  An ack beyond it
     -- names messages the contact cannot have received (they are still queued here),
     -- so it is refused whole, like an ack beyond send_seq.
@@ -446,8 +503,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address"
-_MESSAGE_COLUMNS = "id, peer_id, direction, seq, body, created_at, received_at, state, updated_at"
+_CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address, muted"
+_MESSAGE_COLUMNS = (
+    "id, peer_id, direction, seq, body, created_at, received_at, state, updated_at,"
+    " reply_to, edited_at, deleted_at, kind, target"
+)
 _OUTBOX_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
 _REQUEST_COLUMNS = "peer_id, name, address, preview, first_seen, last_seen, attempts, state"
 
@@ -546,6 +606,7 @@ def _contact(row: Sequence[Any]) -> Contact:
         addresses=tuple(_load_addresses(row[4])),
         last_seen=row[5],
         last_address=row[6],
+        muted=bool(row[7]),
     )
 
 
@@ -560,6 +621,11 @@ def _message(row: Sequence[Any]) -> Message:
         received_at=row[6],
         state=cast(MessageState, row[7]),
         updated_at=row[8],
+        reply_to=row[9],
+        edited_at=row[10],
+        deleted_at=row[11],
+        kind=cast(MessageKind, row[12]),
+        target=row[13],
     )
 
 
@@ -576,7 +642,7 @@ def _request(row: Sequence[Any]) -> ContactRequest:
     )
 
 
-def _resolve(
+def resolve_ref(
     ref: str,
     items: Sequence[_T],
     peer_id: Callable[[_T], str],
@@ -1121,6 +1187,51 @@ class Store:
             if db.execute("DELETE FROM contacts WHERE peer_id = ?", (peer_id,)).rowcount == 0:
                 raise UnknownContact(f"{peer_id} is not a contact")
 
+    def set_muted(self, peer_id: str, muted: bool) -> Contact:
+        with self._write() as db:
+            self._require_contact(db, peer_id)
+            db.execute("UPDATE contacts SET muted = ? WHERE peer_id = ?", (int(muted), peer_id))
+            return self._require_contact(db, peer_id)
+
+    def block(self, peer_id: str, *, name: str | None, now: float) -> BlockedPeer:
+        """Put a key on the block list (contact or not); its pending request goes.
+
+        Blocking keeps a contact's row, history and counters (unblocking brings
+        them back as they were); ``name`` is remembered for the list.
+        """
+        if not peer_id:
+            raise ValueError("peer_id must not be empty")
+        name = _clip(name, MAX_NAME_CHARS)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO blocked (peer_id, name, blocked_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (peer_id) DO UPDATE SET name = coalesce(excluded.name, name)",
+                (peer_id, name, now),
+            )
+            db.execute("DELETE FROM requests WHERE peer_id = ?", (peer_id,))
+            row = db.execute(
+                "SELECT peer_id, name, blocked_at FROM blocked WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+        return BlockedPeer(row[0], row[1], row[2])
+
+    def unblock(self, peer_id: str) -> None:
+        with self._write() as db:
+            if db.execute("DELETE FROM blocked WHERE peer_id = ?", (peer_id,)).rowcount == 0:
+                raise UnknownContact(f"{peer_id} is not blocked")
+
+    def is_blocked(self, peer_id: str) -> bool:
+        with self._read() as db:
+            found = db.execute("SELECT 1 FROM blocked WHERE peer_id = ?", (peer_id,)).fetchone()
+        return found is not None
+
+    def list_blocked(self) -> list[BlockedPeer]:
+        """The block list, most recently blocked first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT peer_id, name, blocked_at FROM blocked ORDER BY blocked_at DESC, peer_id"
+            ).fetchall()
+        return [BlockedPeer(r[0], r[1], r[2]) for r in rows]
+
     def rename_contact(self, peer_id: str, name: str) -> Contact:
         with self._write() as db:
             self._require_contact(db, peer_id)
@@ -1198,12 +1309,20 @@ class Store:
 
     def find_contact(self, ref: str) -> Contact:
         """Resolve what a user typed: peer id, name, id prefix (>= 4 chars), name prefix."""
-        return _resolve(ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact")
+        return resolve_ref(
+            ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact"
+        )
 
     # -- outgoing messages ---------------------------------------------------
 
     def queue_message(
-        self, peer_id: str, body: str, *, now: float, message_id: str | None = None
+        self,
+        peer_id: str,
+        body: str,
+        *,
+        now: float,
+        message_id: str | None = None,
+        reply_to: str | None = None,
     ) -> Message:
         """Number, store and enqueue a message in one transaction.
 
@@ -1224,25 +1343,109 @@ class Store:
                 if existing.direction == "out":
                     return existing
                 raise StoreError(f"message id {mid!r} is already used by another message")
-            seq = int(
-                db.execute(
-                    "INSERT INTO conversations (peer_id, send_seq) VALUES (?, 1)"
-                    " ON CONFLICT (peer_id) DO UPDATE SET send_seq = send_seq + 1"
-                    " RETURNING send_seq",
-                    (peer_id,),
-                ).fetchall()[0][0]
-            )
+            return self._queue(db, peer_id, mid, body, now, reply_to=reply_to)
+
+    def _queue(
+        self,
+        db: sqlite3.Connection,
+        peer_id: str,
+        mid: str,
+        body: str,
+        now: float,
+        *,
+        reply_to: str | None = None,
+        kind: MessageKind = "text",
+        target: str | None = None,
+    ) -> Message:
+        seq = int(
             db.execute(
-                "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
-                " received_at, state, updated_at)"
-                " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?)",
-                (mid, peer_id, seq, body, now, now),
-            )
+                "INSERT INTO conversations (peer_id, send_seq) VALUES (?, 1)"
+                " ON CONFLICT (peer_id) DO UPDATE SET send_seq = send_seq + 1"
+                " RETURNING send_seq",
+                (peer_id,),
+            ).fetchall()[0][0]
+        )
+        db.execute(
+            "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+            " received_at, state, updated_at, reply_to, kind, target)"
+            " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?, ?, ?, ?)",
+            (mid, peer_id, seq, body, now, now, reply_to, kind, target),
+        )
+        db.execute(
+            "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
+            (mid, peer_id, seq),
+        )
+        return Message(
+            mid, peer_id, "out", seq, body, now, None, "queued", now,
+            reply_to=reply_to, kind=kind, target=target,
+        )  # fmt: skip
+
+    @staticmethod
+    def _own_text(db: sqlite3.Connection, message_id: str) -> Message:
+        """One of our messages (their ids were drawn here: one id, one message)."""
+        row = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+            " ORDER BY direction = 'out' DESC LIMIT 1",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no message {message_id}")
+        message = _message(row)
+        if message.kind != "text" or message.direction != "out":
+            raise StoreError("only your own messages can be edited or deleted")
+        if message.deleted_at is not None:
+            raise StoreError("that message was deleted")
+        return message
+
+    def edit_message(self, message_id: str, body: str, *, now: float) -> tuple[Message, Message]:
+        """Change the text of one of our messages and queue the edit for the peer,
+        in one transaction; returns (the message as it is now, the edit row)."""
+        with self._write() as db:
+            message = self._own_text(db, message_id)
             db.execute(
-                "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
-                (mid, peer_id, seq),
+                "UPDATE messages SET body = ?, edited_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (body, now, now, message.peer_id, message_id),
             )
-        return Message(mid, peer_id, "out", seq, body, now, None, "queued", now)
+            edit = self._queue(
+                db, message.peer_id, secrets.token_hex(16), body, now,
+                kind="edit", target=message_id,
+            )  # fmt: skip
+            changed = self._get_message(db, message.peer_id, message_id)
+        return changed, edit
+
+    def delete_message(self, message_id: str, *, now: float) -> tuple[Message, Message]:
+        """Delete one of our messages for both sides: it becomes a tombstone (empty
+        body), and so does every edit of it still stored here, then the deletion is
+        queued for the peer.  Returns (the tombstone, the delete row)."""
+        with self._write() as db:
+            message = self._own_text(db, message_id)
+            db.execute(
+                "UPDATE messages SET body = '', deleted_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (now, now, message.peer_id, message_id),
+            )
+            # An edit not yet acknowledged would still carry the old words to the
+            # peer: it becomes a deletion too (applying one twice is harmless).
+            db.execute(
+                "UPDATE messages SET body = '', kind = 'delete' WHERE peer_id = ? AND target = ?",
+                (message.peer_id, message_id),
+            )
+            delete = self._queue(
+                db, message.peer_id, secrets.token_hex(16), "", now,
+                kind="delete", target=message_id,
+            )  # fmt: skip
+            changed = self._get_message(db, message.peer_id, message_id)
+        return changed, delete
+
+    @staticmethod
+    def _get_message(db: sqlite3.Connection, peer_id: str, message_id: str) -> Message:
+        row = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+            (peer_id, message_id),
+        ).fetchone()
+        assert row is not None
+        return _message(row)
 
     def queue_messages(self, peer_id: str, bodies: Sequence[str], *, now: float) -> list[Message]:
         """Number, store and enqueue several messages in order, in one transaction and
@@ -1323,11 +1526,11 @@ class Store:
 
     @staticmethod
     def _changed_ids(rows: list[Any]) -> list[str]:
-        return [row[0] for row in sorted(rows, key=lambda row: row[1])]
+        """Ids of changed messages in ``seq`` order; edit and delete rows are
+        bookkeeping nobody shows, so their state changes are not reported."""
+        return [row[0] for row in sorted(rows, key=lambda row: row[1]) if row[2] == "text"]
 
-    def mark_sent(
-        self, peer_id: str, upto_seq: int, now: float, *, from_seq: int = 0
-    ) -> list[str]:
+    def mark_sent(self, peer_id: str, upto_seq: int, now: float, *, from_seq: int = 0) -> list[str]:
         """Count a transmission of outbox messages ``from_seq..upto_seq``; returns ids
         now 'sent'.  Bounded below so that sending one new message does not touch
         every older unacknowledged row (a burst would otherwise cost O(n^2))."""
@@ -1345,8 +1548,24 @@ class Store:
             rows = db.execute(
                 "UPDATE messages SET state = 'sent', updated_at = ?"
                 " WHERE peer_id = ? AND direction = 'out' AND seq BETWEEN ? AND ?"
-                " AND state = 'queued' RETURNING id, seq",
+                " AND state = 'queued' RETURNING id, seq, kind",
                 (now, peer_id, from_seq, upto_seq),
+            ).fetchall()
+        return self._changed_ids(rows)
+
+    def requeue_sent(self, peer_id: str, now: float) -> list[str]:
+        """Unacknowledged messages go back from 'sent' to 'queued'; returns their ids.
+
+        For when the session that carried them died, or the peer answered that we
+        are not its contact yet: "sent" would claim they are on their way when they
+        are only waiting in the outbox for the next session.
+        """
+        with self._write() as db:
+            rows = db.execute(
+                "UPDATE messages SET state = 'queued', updated_at = ?"
+                " WHERE peer_id = ? AND direction = 'out' AND state = 'sent'"
+                " RETURNING id, seq, kind",
+                (now, peer_id),
             ).fetchall()
         return self._changed_ids(rows)
 
@@ -1369,7 +1588,7 @@ class Store:
                 "UPDATE messages SET state = 'delivered', updated_at = ?1"
                 " WHERE peer_id = ?2 AND direction = 'out' AND seq <= ?3"
                 " AND seq >= (SELECT coalesce(min(seq), ?3 + 1) FROM outbox WHERE peer_id = ?2)"
-                " AND state IN ('queued', 'sent') RETURNING id, seq",
+                " AND state IN ('queued', 'sent') RETURNING id, seq, kind",
                 (now, peer_id, upto_seq),
             ).fetchall()
             db.execute("DELETE FROM outbox WHERE peer_id = ? AND seq <= ?", (peer_id, upto_seq))
@@ -1392,7 +1611,7 @@ class Store:
             rows = db.execute(
                 "UPDATE messages INDEXED BY messages_unread_out SET state = 'read', updated_at = ?"
                 " WHERE peer_id = ? AND direction = 'out' AND state = 'delivered' AND seq <= ?"
-                " RETURNING id, seq",
+                " RETURNING id, seq, kind",
                 (now, peer_id, upto_seq),
             ).fetchall()
         return self._changed_ids(rows)
@@ -1410,6 +1629,9 @@ class Store:
         sent_at: float,
         now: float,
         daily_quota: int | None = None,
+        reply_to: str | None = None,
+        kind: MessageKind = "text",
+        target: str | None = None,
     ) -> ReceiveResult:
         """Apply the receive window and store the message in one transaction.
 
@@ -1420,6 +1642,10 @@ class Store:
 
         ``daily_quota`` bounds the UTF-8 bytes of message bodies stored from this
         peer per UTC day (``intake``); a message over it is refused, not stored.
+
+        An ``edit`` or ``delete`` is applied in the same transaction, and only to
+        a message this peer wrote to us that is not deleted; its own row keeps no
+        text (the changed message has it, or nothing does).
         """
         size = len(body.encode("utf-8"))
         day = int(now // 86400)
@@ -1449,19 +1675,70 @@ class Store:
                 " SET bytes = bytes + excluded.bytes, messages = messages + 1",
                 (peer_id, day, size),
             )
+            changed: Message | None = None
+            if kind != "text":
+                changed = self._apply_change(db, peer_id, kind, target, body, now)
+                body = ""
             db.execute(
                 "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
-                " received_at, state, updated_at)"
-                " VALUES (?, ?, 'in', ?, ?, ?, ?, 'delivered', ?)",
-                (message_id, peer_id, seq, body, sent_at, now, now),
-            )
+                " received_at, state, updated_at, reply_to, kind, target)"
+                " VALUES (?, ?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id, peer_id, seq, body, sent_at, now,
+                    # Bookkeeping rows are never unread.
+                    "delivered" if kind == "text" else "read",
+                    now, reply_to, kind, target,
+                ),
+            )  # fmt: skip
             db.execute(
                 "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
                 " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
                 (peer_id, seq),
             )
-        message = Message(message_id, peer_id, "in", seq, body, sent_at, now, "delivered", now)
-        return ReceiveResult("accept", message, seq)
+        message = Message(
+            message_id, peer_id, "in", seq, body, sent_at, now,
+            "delivered" if kind == "text" else "read", now,
+            reply_to=reply_to, kind=kind, target=target,
+        )  # fmt: skip
+        return ReceiveResult("accept", message, seq, changed=changed)
+
+    def _apply_change(
+        self,
+        db: sqlite3.Connection,
+        peer_id: str,
+        kind: MessageKind,
+        target: str | None,
+        body: str,
+        now: float,
+    ) -> Message | None:
+        """An incoming edit or delete of ``target``; None if refused."""
+        row = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+            (peer_id, target),
+        ).fetchone()
+        if row is None:
+            return None
+        original = _message(row)
+        if (
+            original.peer_id != peer_id
+            or original.direction != "in"
+            or original.kind != "text"
+            or original.deleted_at is not None
+        ):
+            return None
+        if kind == "edit":
+            db.execute(
+                "UPDATE messages SET body = ?, edited_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (body, now, now, peer_id, target),
+            )
+        else:
+            db.execute(
+                "UPDATE messages SET body = '', deleted_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (now, now, peer_id, target),
+            )
+        return self._get_message(db, peer_id, original.id)
 
     def receive_messages(
         self,
@@ -1503,7 +1780,22 @@ class Store:
                 "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
             ).fetchone()
             intake = 0 if used is None else int(used[0])
-            stored: list[Message] = []
+            pending: list[Message] = []  # accepted, not inserted yet
+            count = 0
+
+            def insert_pending() -> None:
+                db.executemany(
+                    "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+                    " received_at, state, updated_at, reply_to, kind, target)"
+                    " VALUES (?, ?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (m.id, peer_id, m.seq, m.body, m.created_at, now, m.state, now,
+                         m.reply_to, m.kind, m.target)
+                        for m in pending
+                    ],
+                )  # fmt: skip
+                pending.clear()
+
             for frame in frames:
                 verdict: Verdict = (
                     "duplicate"
@@ -1519,27 +1811,33 @@ class Store:
                     results.append(ReceiveResult("quota", None, recv_seq, retry_at=retry_at))
                     break
                 intake += size
+                count += 1
                 recv_seq = frame.seq
                 known.add(frame.id)
+                kind = _INCOMING_KINDS.get(frame.kind, "text")
+                body = frame.body
+                changed: Message | None = None
+                if kind != "text":
+                    # Its target may be earlier in this batch: that one goes in first.
+                    insert_pending()
+                    changed = self._apply_change(db, peer_id, kind, frame.target, body, now)
+                    body = ""  # the changed message has the text, or nothing does
                 message = Message(
-                    frame.id, peer_id, "in", frame.seq, frame.body, frame.sent_at, now,
-                    "delivered", now,
+                    frame.id, peer_id, "in", frame.seq, body, frame.sent_at, now,
+                    # Bookkeeping rows are never unread.
+                    "delivered" if kind == "text" else "read", now,
+                    reply_to=frame.reply_to, kind=kind, target=frame.target,
                 )  # fmt: skip
-                stored.append(message)
-                results.append(ReceiveResult("accept", message, recv_seq))
-            if stored:
+                pending.append(message)
+                results.append(ReceiveResult("accept", message, recv_seq, changed=changed))
+            if count:
+                insert_pending()
                 db.execute("DELETE FROM intake WHERE peer_id = ? AND day < ?", (peer_id, day))
                 db.execute(
                     "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (peer_id, day) DO UPDATE"
                     " SET bytes = excluded.bytes, messages = messages + excluded.messages",
-                    (peer_id, day, intake, len(stored)),
-                )
-                db.executemany(
-                    "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
-                    " received_at, state, updated_at)"
-                    " VALUES (?, ?, 'in', ?, ?, ?, ?, 'delivered', ?)",
-                    [(m.id, peer_id, m.seq, m.body, m.created_at, now, now) for m in stored],
+                    (peer_id, day, intake, count),
                 )
                 db.execute(
                     "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
@@ -1626,14 +1924,15 @@ class Store:
                 upper = int(found[0])
             if limit is None:
                 rows = db.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND pos < ?"
-                    " ORDER BY pos",
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                    " WHERE peer_id = ? AND kind = 'text' AND pos < ? ORDER BY pos",
                     (peer_id, upper if upper is not None else _MAX_POS),
                 ).fetchall()
             else:
                 rows = db.execute(
                     f"SELECT {_MESSAGE_COLUMNS} FROM ("
-                    f" SELECT pos, {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND pos < ?"
+                    f" SELECT pos, {_MESSAGE_COLUMNS} FROM messages"
+                    " WHERE peer_id = ? AND kind = 'text' AND pos < ?"
                     " ORDER BY pos DESC LIMIT ?) ORDER BY pos",
                     (peer_id, upper if upper is not None else _MAX_POS, limit),
                 ).fetchall()
@@ -1686,17 +1985,32 @@ class Store:
             if peer_id is None:
                 rows = db.execute(
                     f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
-                    " WHERE messages_fts MATCH ? ORDER BY f.rowid DESC LIMIT ?",
+                    " WHERE messages_fts MATCH ? AND m.kind = 'text' ORDER BY f.rowid DESC"
+                    " LIMIT ?",
                     (query.strip(), limit),
                 ).fetchall()
             else:
                 rows = db.execute(
                     f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
-                    " WHERE messages_fts MATCH ? AND m.peer_id = ? ORDER BY f.rowid DESC"
+                    " WHERE messages_fts MATCH ? AND m.peer_id = ? AND m.kind = 'text'"
+                    " ORDER BY f.rowid DESC"
                     " LIMIT ?",
                     (query.strip(), peer_id, limit),
                 ).fetchall()
         return [_message(row) for row in rows]
+
+    def message_ids(self, prefix: str, *, peer_id: str | None = None, limit: int = 2) -> list[str]:
+        """Ids of text messages that start with ``prefix`` (to resolve what a user
+        typed; ``limit`` 2 is enough to tell unique from ambiguous)."""
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix):
+            return []
+        query = "SELECT DISTINCT id FROM messages WHERE kind = 'text' AND id >= ? AND id < ?"
+        params: list[Any] = [prefix, prefix + "g"]
+        if peer_id is not None:
+            query += " AND peer_id = ?"
+            params.append(peer_id)
+        with self._read() as db:
+            return [r[0] for r in db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))]
 
     def get_message(self, message_id: str, *, peer_id: str | None = None) -> Message | None:
         """A message by id.  Ids are unique per conversation; without ``peer_id`` our
@@ -1807,7 +2121,7 @@ class Store:
 
     def find_request(self, ref: str) -> ContactRequest:
         """Resolve a pending request the way ``find_contact`` resolves contacts."""
-        return _resolve(
+        return resolve_ref(
             ref, self.list_requests(), lambda r: r.peer_id, lambda r: r.name, "contact request"
         )
 
@@ -2085,7 +2399,7 @@ class Store:
                 for r in db.execute(
                     "SELECT t.folder, f.part, f.size FROM transfers t"
                     " JOIN transfer_files f ON f.transfer_id = t.id"
-                    " WHERE t.direction = 'in' AND t.state IN ('accepted', 'receiving')"
+                    " WHERE t.direction = 'in' AND t.state IN ('accepted', 'receiving', 'paused')"
                     " AND f.accepted = 1 AND f.done = 0"
                 )
             ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nacl.pwhash.argon2id
@@ -16,6 +16,7 @@ from p2pchat.core.events import NodeEvent
 from p2pchat.node import Node
 
 from .daemons import free_udp_port, make_home
+from .netlab import Lab, list_namespaces, open_lab, prepare
 
 # Sealing key files at full Argon2id cost takes a second and 256 MiB each: the suite
 # lowers it in this process and, through tests/fastkdf/sitecustomize.py, in the
@@ -27,6 +28,15 @@ if FAST_KDF not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         filter(None, [FAST_KDF, os.environ.get("PYTHONPATH")])
     )
 __all__ = ["EventLog", "StartNode", "free_udp_port", "make_home", "wait_until"]
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A network lab (tests/netlab) whose namespaces are all gone afterwards."""
+    prepare()
+    with open_lab() as lab:
+        yield lab
+    assert [ns for ns in list_namespaces() if ns.startswith(lab.run_id)] == []
 
 
 async def wait_until(
@@ -45,10 +55,12 @@ class EventLog:
 
     def __init__(self, node: Node) -> None:
         self.events: list[NodeEvent] = []
-        self._task = asyncio.ensure_future(self._run(node))
+        # Subscribed here, not when the task first runs: an event the test causes
+        # right after creating the log is in it.
+        self._task = asyncio.ensure_future(self._run(node.events()))
 
-    async def _run(self, node: Node) -> None:
-        async for event in node.events():
+    async def _run(self, stream: AsyncIterator[NodeEvent]) -> None:
+        async for event in stream:
             self.events.append(event)
 
     def of(self, kind: type[NodeEvent]) -> list[NodeEvent]:

@@ -155,7 +155,8 @@ class ControlServer:
                     break
                 writer.write(json.dumps(next_event.result()).encode() + b"\n")
                 next_event = None
-                await asyncio.wait_for(writer.drain(), STREAM_DRAIN_TIMEOUT)
+                async with asyncio.timeout(STREAM_DRAIN_TIMEOUT):
+                    await writer.drain()
         except (ConnectionError, TimeoutError, StopAsyncIteration):
             pass
         finally:

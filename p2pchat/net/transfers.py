@@ -45,6 +45,10 @@ from p2pchat.core.events import NodeEvent, TransferOffered, TransferProgress, Tr
 from p2pchat.core.filedrop import (
     CHUNK_SIZE,
     KEY_LABEL,
+    PAUSED,
+    RESUMABLE_IN,
+    RESUMABLE_OUT,
+    RUNNING_STATES,
     Sealer,
     UnsafePath,
     check_offer,
@@ -162,7 +166,15 @@ class TransferManager:
 
     # ------------------------------------------------------------- lifetime
     async def start(self, host: str) -> None:
-        """Listen for direct TCP data channels on the node's address."""
+        """Listen for direct TCP data channels on the node's address.
+
+        Transfers that were moving when the last node of this home stopped (or
+        died) are paused now: nothing moves them until their contact is back.
+        """
+        for direction in ("in", "out"):
+            stale = self.store.transfer_ids(direction=direction, states=RUNNING_STATES)
+            for t in self.store.get_transfers(stale):
+                self.set_state(t, PAUSED, "the node was restarted")
         try:
             self._server = await asyncio.start_server(
                 self.receiver.tcp_client, host=host, port=0, limit=4 * CHUNK_SIZE
@@ -245,7 +257,7 @@ class TransferManager:
         peer = conn.peer_id
         assert peer is not None
         unfinished = self.store.transfer_ids(
-            direction="out", states=("offered", "accepted", "sending"), peer_id=peer
+            direction="out", states=RESUMABLE_OUT, peer_id=peer
         )
         for t in self.store.get_transfers(unfinished):
             conn.send(self._offer_frame(t))
@@ -262,7 +274,7 @@ class TransferManager:
         t = self.store.get_transfer(frame.id)
         if t is None or t.peer_id != peer or t.direction != "out":
             return
-        if t.state not in ("offered", "accepted", "sending"):
+        if t.state not in RESUMABLE_OUT:
             if t.state == "cancelled":
                 self._send(peer, chat.FileCancel(t.id, t.error or "cancelled by the sender"))
             return
@@ -458,7 +470,7 @@ class TransferManager:
 
     def _answer_known(self, t: Transfer) -> None:
         """The sender re-offers after a reconnect: resume, or repeat our answer."""
-        if t.state in ("accepted", "receiving"):
+        if t.state in RESUMABLE_IN:
             self.request_data(t)
         elif t.state == "done":
             self._send(t.peer_id, chat.FileResult(t.id, True))
@@ -608,6 +620,23 @@ class TransferManager:
 
     def connection_closed(self, conn: PeerConnection) -> None:
         self.receiver.connection_closed(conn)
+
+    def peer_offline(self, peer_id: str, reason: str) -> None:
+        """The contact's session ended: what was moving with them stops now and says
+        so (``paused``, with the reason as its error) instead of showing its last
+        rate until a data channel times out.  Both sides keep what they have and
+        resume when a session is back (the sender re-offers, the receiver asks for
+        the rest from its ``.part`` sizes)."""
+        for direction in ("in", "out"):
+            ids = self.store.transfer_ids(
+                direction=direction, states=RUNNING_STATES, peer_id=peer_id
+            )
+            for t in self.store.get_transfers(ids):
+                out = self._outgoing.pop(t.id, None)
+                if out is not None and out.task is not None:
+                    out.task.cancel()  # its channel closes in the task's finally
+                self.receiver.pause(t.id)
+                self.set_state(t, PAUSED, reason)
 
     # ------------------------------------------------------------- frames
     def frame_received(self, peer: str, frame: chat.FileFrame) -> None:

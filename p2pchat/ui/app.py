@@ -32,7 +32,7 @@ from p2pchat.config import (
 )
 from p2pchat.identity import IdentityError, PassphraseRequired, WrongPassphrase
 from p2pchat.node import Node, NodeError
-from p2pchat.owner import answers, start_owned
+from p2pchat.owner import answers, hand_off, start_owned
 from p2pchat.remote import (
     OwnerGone,
     OwnerNotResponding,
@@ -47,6 +47,7 @@ from p2pchat.ui.palette import ChatCommands, PaletteCommand
 from p2pchat.ui.safe import clean, one_line
 from p2pchat.ui.screens.main import MainScreen, Mode
 from p2pchat.ui.screens.passphrase import passphrase_command
+from p2pchat.ui.screens.quit import QuitScreen
 from p2pchat.ui.screens.setup import (
     FatalScreen,
     FirstRunScreen,
@@ -83,7 +84,8 @@ class ChatApp(App[int]):
     COMMANDS = App.COMMANDS | {ChatCommands}
     # Textual types this as an instance attribute, so it cannot be annotated ClassVar here.
     HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012
-        (0, "-narrow"),
+        (0, "-tiny"),
+        (72, "-narrow"),
         (110, "-wide"),
     ]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]  # noqa: RUF012
@@ -116,6 +118,8 @@ class ChatApp(App[int]):
         self.bell_enabled = False
         self._stopping = False
         self._recovering = False
+        # The passphrase typed at start (for a hand-off to a daemon).
+        self._passphrase_used: str | None = None
 
     # -------------------------------------------------------------- boot
     def on_mount(self) -> None:
@@ -226,7 +230,9 @@ class ChatApp(App[int]):
     async def _open_node(self, passphrase: str | None) -> Node | None:
         async def unlock(secret: str | None) -> Node:
             # Unsealing runs Argon2id: a thread keeps the screen responsive meanwhile.
-            return await asyncio.to_thread(Node, self.paths, passphrase=secret, clock=self.clock)
+            node = await asyncio.to_thread(Node, self.paths, passphrase=secret, clock=self.clock)
+            self._passphrase_used = secret
+            return node
 
         error: str | None = None
         try:
@@ -388,8 +394,64 @@ class ChatApp(App[int]):
 
     # ---------------------------------------------------------- shutdown
     async def action_quit(self) -> None:
+        """Say what quitting does (offline or not, transfers), then quit or hand off."""
+        top = self.screen
+        if isinstance(top, QuitScreen):
+            top.dismiss("quit")  # Ctrl+Q twice
+            return
+        main, node = self.main, self.node
+        if main is None or node is None or not main.live or main.mode == "read-only":
+            await self.stop_node()
+            self.exit(0)
+            return
+        owns = not isinstance(node, RemoteNode)
+        if owns and not node.running:
+            await self.stop_node()
+            self.exit(0)
+            return
+        try:
+            running = len(node.running_transfers())
+        except OwnerUnavailable:
+            running = 0
+        self.push_screen(QuitScreen(owns_node=owns, running_transfers=running), self._quit_answered)
+
+    def _quit_answered(self, choice: str | None) -> None:
+        if choice == "quit":
+            self.run_worker(self._quit(), group="quit")
+        elif choice == "background":
+            self.run_worker(self._quit_to_background(), group="quit")
+
+    async def _quit(self) -> None:
         await self.stop_node()
         self.exit(0)
+
+    async def _quit_to_background(self) -> None:
+        """Hand the node to a daemon (``owner.hand_off``), then leave: still reachable."""
+        node = self.node
+        if node is None or isinstance(node, RemoteNode):
+            await self._quit()
+            return
+        if self.main is not None:
+            self.main.detach()
+        self.workers.cancel_group(self, "events")
+        self.notify("Starting a daemon to keep the node running…", timeout=30)
+        try:
+            pid = await hand_off(node, passphrase=self.passphrase or self._passphrase_used)
+        except (NodeError, OSError) as exc:
+            self.node = None
+            await self._fatal(
+                "The node could not be handed to a daemon",
+                f"{exc}\n\nThe node is stopped; start p2pchat (or p2pchat daemon) again.",
+            )
+            return
+        self.node = None
+        self.exit(
+            0,
+            message=(
+                f"p2pchat keeps running in the background (daemon, pid {pid}): you stay "
+                "reachable. Run p2pchat to open it again, or p2pchat stop to stop it."
+            ),
+        )
 
     async def on_unmount(self) -> None:
         await self.stop_node()
@@ -522,7 +584,7 @@ class ChatApp(App[int]):
         )
         if self.node is not None:
             yield passphrase_command(self, self.node)
-        yield "Quit p2pchat", "Stop the node and leave", self._quit_from_palette
+        yield "Quit p2pchat", "Says first whether it takes you offline", self._quit_from_palette
 
     def _quit_from_palette(self) -> None:
         self.run_worker(self.action_quit(), group="quit")

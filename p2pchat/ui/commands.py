@@ -25,6 +25,15 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("nick", "/nick NAME", "change your display name", 1),
     CommandSpec("rename", "/rename NAME", "rename this contact (only you see it)", 1),
     CommandSpec("invite", "/invite", "show your invite and fingerprint"),
+    CommandSpec("mute", "/mute", "no notifications, bell or desktop alerts for this contact"),
+    CommandSpec("unmute", "/unmute", "notifications for this contact again"),
+    CommandSpec("remove", "/remove", "remove this contact (history stays; they may ask again)"),
+    CommandSpec(
+        "block",
+        "/block [who]",
+        "block this contact (or a request, by name or ID): no contact at all",
+    ),
+    CommandSpec("unblock", "/unblock WHO", "take someone off the block list", 1),
     CommandSpec(
         "send",
         "/send PATH [PATH...]",

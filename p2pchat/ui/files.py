@@ -179,7 +179,7 @@ class TransferInfo:
             done = total
         elif progress is not None:
             done = overall_done(total, *progress)
-        elif t.state in MOVING_STATES or t.state in ("cancelled", "failed"):
+        elif t.state in MOVING_STATES or t.state in ("paused", "cancelled", "failed"):
             done = _stored_progress(t, total)
         else:
             done = 0
@@ -294,9 +294,19 @@ def progress_text(info: TransferInfo, rate: float | None) -> str:
     return " · ".join(parts)
 
 
-def status_text(info: TransferInfo, peer: str, rate: float | None = None) -> str:
-    """The card's status line for every state, from this side's point of view."""
+def status_text(
+    info: TransferInfo, peer: str, rate: float | None = None, stalled_for: float | None = None
+) -> str:
+    """The card's status line for every state, from this side's point of view.
+
+    ``stalled_for``: seconds since bytes last moved, once that is long enough to
+    say so (the other side vanished, or the link broke): no speed or time left
+    is claimed then.
+    """
     state = info.state
+    if stalled_for is not None and info.moving:
+        done = f"{human_size(info.done)} / {human_size(info.total)}"
+        return f"stalled · nothing moved for {human_duration(stalled_for)} · {done}"
     if state == "pending":
         return "waiting for your answer" if info.incoming else f"waiting for {peer}"
     if state == "offered":
@@ -305,10 +315,14 @@ def status_text(info: TransferInfo, peer: str, rate: float | None = None) -> str
         return "starting… · " + progress_text(info, rate)
     if state in ("sending", "receiving"):
         return f"{state} · " + progress_text(info, rate)
+    if state == "paused":
+        done = f"{human_size(info.done)} / {human_size(info.total)}"
+        reason = _reason(info.error, ("paused",))
+        return f"paused{reason} · {done} · resumes when {peer} is back"
     if state == "done":
         if info.incoming:
             where = display_folder(info.folder) if info.folder else "the downloads folder"
-            return f"✓ done · saved to {where} — {OPEN_HINT}"
+            return f"✓ done · saved to {where}{_renamed(info)} — {OPEN_HINT}"
         return f"✓ done · {peer} has it"
     if state == "declined":
         who = "you" if info.incoming else peer
@@ -320,6 +334,17 @@ def status_text(info: TransferInfo, peer: str, rate: float | None = None) -> str
     if state == "failed":
         return f"✗ failed: {one_line(info.error or 'unknown error', 160)}"
     return state
+
+
+def _renamed(info: TransferInfo) -> str:
+    """Files saved under another name (a file of that name was there): say which."""
+    offered = {Path(path).name for path, _ in info.files}
+    renamed = [Path(saved).name for saved in info.saved if Path(saved).name not in offered]
+    if not renamed:
+        return ""
+    if len(renamed) == 1:
+        return f" as {one_line(renamed[0], 60)} (the name was taken)"
+    return f" · {len(renamed)} renamed, like {one_line(renamed[0], 60)}"
 
 
 def _reason(error: str | None, boring: tuple[str, ...]) -> str:
@@ -352,3 +377,39 @@ def opener_argv(folder: str) -> list[str] | None:
         return None
     tool = shutil.which("xdg-open")
     return [tool, folder] if tool else None
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """How much a set of paths holds, counted up to a limit (a home folder can be huge)."""
+
+    files: int
+    size: int
+    complete: bool
+
+    def describe(self) -> str:
+        more = "" if self.complete else "more than "
+        noun = "file" if self.files == 1 else "files"
+        return f"{more}{self.files:,} {noun}, {more}{human_size(self.size)}"
+
+
+def measure(paths: Sequence[Path], limit: int = 20_000) -> Measure:
+    """Files and bytes under ``paths`` (hidden entries included, links not followed);
+    stops counting after ``limit`` files.  Blocking: run it in a thread."""
+    files = size = 0
+    stack = list(paths)
+    while stack:
+        path = stack.pop()
+        try:
+            if path.is_symlink():
+                continue
+            if path.is_dir():
+                stack.extend(path.iterdir())
+                continue
+            size += path.stat().st_size
+        except OSError:
+            continue
+        files += 1
+        if files >= limit:
+            return Measure(files, size, complete=False)
+    return Measure(files, size, complete=True)

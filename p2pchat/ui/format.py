@@ -28,7 +28,12 @@ STATE_LABELS: dict[MessageState, str] = {
 
 
 def advance_state(current: MessageState, new: MessageState) -> MessageState:
-    """States only move forward: events can arrive after a fresher read of the store."""
+    """States move forward (events can arrive after a fresher read of the store), with
+    one exception: "sent" back to "queued", which the node reports when the session a
+    message went out on died before the contact acknowledged it (it waits in the
+    outbox again, and the tick must not claim otherwise)."""
+    if current == "sent" and new == "queued":
+        return new
     return new if STATE_RANK[new] > STATE_RANK[current] else current
 
 

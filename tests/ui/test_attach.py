@@ -47,7 +47,7 @@ async def test_app_attaches_to_the_running_daemon(start_node: StartNode, tmp_pat
             )
             bob.send_message("alice", "acknowledged")
             await until(pilot, lambda: "acknowledged" in app.export_screenshot())
-            await pilot.press("ctrl+q")
+            await pilot.press("ctrl+q", "enter")
         info = await daemon.call("info")
         assert info["running"] is True  # leaving the app leaves the daemon running
     finally:

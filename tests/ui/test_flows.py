@@ -414,6 +414,13 @@ async def test_slash_commands_and_input_history(tmp_path: Path, start_node: Star
         await type_text(pilot, "/frobnicate")
         await pilot.press("enter")
         await until(pilot, lambda: any("unknown command" in m for _, m, _ in notes))
+        assert composer.text == "/frobnicate"  # kept, to fix or to send with "//"
+        composer.clear()
+        await type_text(pilot, "/foo bar")
+        await pilot.press("enter")
+        await until(pilot, lambda: any("unknown command /foo" in m for _, m, _ in notes))
+        assert composer.text == "/foo bar"
+        composer.clear()
         await type_text(pilot, "//slash")
         await pilot.press("enter")
         await until(pilot, lambda: bodies(main)[-1:] == ["/slash"])
@@ -468,7 +475,7 @@ async def test_quitting_stops_the_node_and_frees_the_home(tmp_path: Path) -> Non
         await main_screen(pilot)
         node = app.node
         assert node is not None and node.running
-        await pilot.press("ctrl+q")
+        await pilot.press("ctrl+q", "enter")
         await until(pilot, lambda: not node.running)
     again = Node(paths)
     await again.start(listen=f"127.0.0.1:{free_udp_port()}")

@@ -24,7 +24,8 @@ NOW = dt.datetime(2025, 3, 14, 15, 30, tzinfo=UTC).timestamp()
 
 
 def test_states_only_move_forward() -> None:
-    assert advance_state("sent", "queued") == "sent"
+    assert advance_state("sent", "queued") == "queued"  # the session died before the ack
+    assert advance_state("delivered", "queued") == "delivered"
     assert advance_state("queued", "delivered") == "delivered"
     assert advance_state("read", "delivered") == "read"
 
@@ -105,3 +106,11 @@ def test_commands() -> None:
         parse_command("/nick")
     with pytest.raises(CommandError, match="unknown command /frob"):
         parse_command("/frob x")
+
+
+def test_path_words_name_the_route_and_round_trip() -> None:
+    from p2pchat.ui.widgets.sidebar import path_words
+
+    assert path_words("lan", 2.6) == " · LAN · 3 ms"
+    assert path_words("punched", None) == " · punched"
+    assert path_words(None, None) == ""

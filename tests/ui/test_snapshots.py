@@ -20,6 +20,7 @@ from p2pchat.ui.app import ChatApp
 from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.screens.contacts import AddContactScreen
 from p2pchat.ui.screens.files import OfferScreen, TransfersScreen
+from p2pchat.ui.screens.help import HelpScreen
 from p2pchat.ui.screens.main import MainScreen
 from p2pchat.ui.screens.setup import FirstRunScreen
 from p2pchat.ui.screens.verify import VerifyScreen
@@ -40,7 +41,11 @@ from .scene import (
     frozen_clock,
 )
 
-SIZES = [pytest.param((120, 40), id="120x40"), pytest.param((80, 24), id="80x24")]
+SIZES = [
+    pytest.param((120, 36), id="120x36"),
+    pytest.param((80, 24), id="80x24"),
+    pytest.param((60, 20), id="60x20"),
+]
 
 SnapCompare = Callable[..., bool]
 
@@ -115,7 +120,7 @@ def test_main_light_theme(snap_compare: SnapCompare, scene: Scene) -> None:
         pilot.app.theme = "textual-light"
         await pilot.pause()
 
-    assert snap_compare(scene.app(), terminal_size=(120, 40), run_before=then(light, scene))
+    assert snap_compare(scene.app(), terminal_size=(120, 36), run_before=then(light, scene))
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -126,6 +131,16 @@ def test_add_contact_modal(snap_compare: SnapCompare, scene: Scene, size: tuple[
 @pytest.mark.parametrize("size", SIZES)
 def test_verify_screen(snap_compare: SnapCompare, scene: Scene, size: tuple[int, int]) -> None:
     assert snap_compare(scene.app(), terminal_size=size, run_before=then(open_verify, scene))
+
+
+async def open_help(pilot: Pilot[Any], main: MainScreen) -> None:
+    await pilot.press("f1")
+    await until(pilot, lambda: showing(pilot.app, HelpScreen))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_help_screen(snap_compare: SnapCompare, scene: Scene, size: tuple[int, int]) -> None:
+    assert snap_compare(scene.app(), terminal_size=size, run_before=then(open_help, scene))
 
 
 @pytest.mark.parametrize("size", SIZES)

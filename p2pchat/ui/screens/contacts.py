@@ -18,6 +18,7 @@ from p2pchat.ui.format import fingerprint_of, relative_time, short_id
 from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.screens.guard import GuardedModal
 from p2pchat.ui.widgets.error_line import ErrorLine
+from p2pchat.ui.widgets.invite import copy_invite
 
 
 class AddContactScreen(GuardedModal[str | None]):
@@ -82,8 +83,7 @@ class AddContactScreen(GuardedModal[str | None]):
 
     @on(Button.Pressed, "#copy")
     def _copy(self) -> None:
-        self.app.copy_to_clipboard(self.invite)
-        self.notify("Invite copied to the clipboard", timeout=3)
+        copy_invite(self, self.invite, self.query_one("#my-invite", TextArea))
 
     @on(Button.Pressed, "#one-time")
     def _one_time(self) -> None:

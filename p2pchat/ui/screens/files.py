@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -18,7 +19,7 @@ from textual.widgets import Button, DirectoryTree, Input, Static, Tree
 
 from p2pchat.node import Node
 from p2pchat.remote import OwnerUnavailable
-from p2pchat.ui.files import TransferInfo, describe_paths, display_folder
+from p2pchat.ui.files import TransferInfo, describe_paths, display_folder, measure
 from p2pchat.ui.format import clock_time, day_of, human_size
 from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.screens.guard import GuardedModal
@@ -42,6 +43,13 @@ def _is_dir(path: Path) -> bool:
         return path.is_dir()
     except OSError:
         return False
+
+
+def _size_of(path: Path) -> str:
+    try:
+        return human_size(path.stat().st_size)
+    except OSError:
+        return "size unknown"
 
 
 def _visible(paths: Iterable[Path]) -> list[Path]:
@@ -127,7 +135,7 @@ class FilePickerScreen(ModalScreen[list[Path] | None]):
         path = self.highlighted
         folder = display_folder(str(self._folder()))
         if path is not None and not _is_dir(path):
-            text = f"Enter sends {path.name} · the folder button sends {folder}"
+            text = f"Enter sends {path.name} ({_size_of(path)}) · the folder button sends {folder}"
         else:
             text = f"Enter on a file sends it · the folder button sends {folder}"
         self.query_one("#picker-hint", Static).update(literal(text))
@@ -153,7 +161,17 @@ class FilePickerScreen(ModalScreen[list[Path] | None]):
 
     @on(Button.Pressed, "#send-folder")
     def _send_folder(self) -> None:
-        self.dismiss([self._folder()])
+        """A folder can hold a lot (the picker starts in the home folder): ask first,
+        with its size and file count."""
+        folder = self._folder()
+
+        def answered(send: bool | None) -> None:
+            if send:
+                self.dismiss([folder])
+
+        self.app.push_screen(
+            ConfirmSendScreen([folder], self.peer_name, no_label="Cancel"), answered
+        )
 
     @on(Input.Submitted, "#picker-path")
     def _typed(self, event: Input.Submitted) -> None:
@@ -237,10 +255,13 @@ class ConfirmSendScreen(ModalScreen[bool]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "no", "Paste as text")]
     SHOWN = 8
 
-    def __init__(self, paths: Sequence[Path], peer_name: str) -> None:
+    def __init__(
+        self, paths: Sequence[Path], peer_name: str, *, no_label: str = "No, paste as text"
+    ) -> None:
         super().__init__()
         self.paths = list(paths)
         self.peer_name = shown_name(peer_name)
+        self.no_label = no_label
 
     def compose(self) -> ComposeResult:
         paths = self.paths
@@ -257,12 +278,20 @@ class ConfirmSendScreen(ModalScreen[bool]):
             yield Static(literal(f"Send {count} {noun} to {self.peer_name}?"), classes="card-title")
             yield Static(literal(describe_paths(paths)), classes="card-hint")
             yield Static(literal("\n".join(listing), multiline=True), id="confirm-paths")
+            yield Static("counting files…", id="confirm-size", classes="card-hint")
             with Horizontal(classes="buttons"):
-                yield Button("No, paste as text", id="no", compact=True)
+                yield Button(self.no_label, id="no", compact=True)
                 yield Button("Send", id="yes", variant="primary", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#yes", Button).focus()
+        self._count()
+
+    @work(exclusive=True, group="count")
+    async def _count(self) -> None:
+        """Size and file count, from a thread: a big folder takes a while to walk."""
+        found = await asyncio.to_thread(measure, self.paths)
+        self.query_one("#confirm-size", Static).update(literal(f"In all: {found.describe()}"))
 
     @on(Button.Pressed, "#yes")
     def _yes(self) -> None:
@@ -487,6 +516,9 @@ class TransfersScreen(GuardedModal[None]):
 
     def card(self, transfer_id: str) -> TransferCard | None:
         return self._cards.get(transfer_id)
+
+    def cards(self) -> list[TransferCard]:
+        return list(self._cards.values())
 
     def transfer_changed(self, info: TransferInfo) -> None:
         card = self._cards.get(info.transfer_id)

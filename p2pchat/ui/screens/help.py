@@ -45,7 +45,12 @@ class HelpScreen(ModalScreen[None]):
                 yield Button("Close", id="close", compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#close", Button).focus()
+        # The list itself has the focus: it opens at the top and the arrows scroll it
+        # (focusing Close, at the bottom, scrolled it to the end).
+        card = self.query_one("#help-card", VerticalScroll)
+        card.can_focus = True
+        card.focus()
+        card.scroll_home(animate=False)
 
     @on(Button.Pressed, "#close")
     def action_close(self) -> None:

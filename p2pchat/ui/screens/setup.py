@@ -20,6 +20,7 @@ from p2pchat.node import Node
 from p2pchat.ui.format import fingerprint_rows
 from p2pchat.ui.safe import literal, shown_name
 from p2pchat.ui.widgets.error_line import ErrorLine
+from p2pchat.ui.widgets.invite import copy_invite
 
 MAX_NAME = 64
 
@@ -168,8 +169,7 @@ class InviteScreen(Screen[None]):
 
     @on(Button.Pressed, "#copy")
     def action_copy(self) -> None:
-        self.app.copy_to_clipboard(self.invite)
-        self.notify("Invite copied to the clipboard", timeout=3)
+        copy_invite(self, self.invite, self.query_one("#invite-text", TextArea))
 
     @on(Button.Pressed, "#done")
     def action_done(self) -> None:

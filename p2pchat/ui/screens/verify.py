@@ -7,7 +7,7 @@ from typing import ClassVar
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.widgets import Button, Digits, Static
 
@@ -16,6 +16,10 @@ from p2pchat.store import Contact
 from p2pchat.ui.format import fingerprint_of, fingerprint_rows, safety_rows
 from p2pchat.ui.safe import literal, shown_name
 from p2pchat.ui.screens.guard import GuardedModal
+
+# Groups per row, large digits or small, at every width: two people comparing
+# their screens read the same rows.
+SAFETY_PER_ROW = 3
 
 
 class VerifyScreen(GuardedModal[bool]):
@@ -40,51 +44,56 @@ class VerifyScreen(GuardedModal[bool]):
         self.contact_name = shown_name(contact.name, contact.peer_id[:8])
 
     def compose(self) -> ComposeResult:
-        c = self.contact
-        me = self.node.info()
-        shown = self.contact_name
         with Vertical(id="verify-card", classes="modal-card"):
-            yield Static(literal(f"Verify {shown}"), classes="card-title")
-            yield Static(
-                literal(
-                    f"Compare this number with the one {shown} sees on their screen, in person "
-                    "or on a call you trust. If all twelve groups match, nobody sits between you."
-                ),
-                classes="card-text",
-            )
-            with Horizontal(id="verify-columns"):
-                with Vertical(id="safety-panel"):
-                    yield Static("Safety number", classes="panel-title")
-                    with Vertical(id="sn-large"):
-                        for row in safety_rows(self.number, 3):
-                            yield Digits(row, classes="sn-digits")
-                    yield Static(
-                        "\n".join(row.replace(" ", "  ") for row in safety_rows(self.number, 4)),
-                        id="sn-small",
-                        markup=False,
-                    )
-                with Vertical(id="identity-panel"):
-                    yield Static(literal(shown), classes="panel-title")
-                    yield Static(
-                        "\n".join(fingerprint_rows(fingerprint_of(c.peer_id))),
-                        id="verify-their-fp",
-                        markup=False,
-                    )
-                    yield Static(c.peer_id, id="verify-their-id", markup=False)
-                    yield Static("You", classes="panel-title")
-                    yield Static(
-                        "\n".join(fingerprint_rows(str(me["fingerprint"]))),
-                        id="verify-my-fp",
-                        markup=False,
-                    )
-            yield Static(id="verify-status")
-            with Horizontal(classes="buttons"):
+            # The details scroll on a short terminal; the buttons stay in view.
+            with VerticalScroll(id="verify-body"):
+                yield from self._details()
+            with Horizontal(classes="buttons", id="verify-buttons"):
                 yield Button("Close", id="close", compact=True)
                 yield Button("", id="toggle", variant="success", compact=True)
 
+    def _details(self) -> ComposeResult:
+        c = self.contact
+        me = self.node.info()
+        shown = self.contact_name
+        yield Static(literal(f"Verify {shown}"), classes="card-title")
+        yield Static(
+            literal(
+                f"Compare this number with the one {shown} sees on their screen, in person "
+                "or on a call you trust. If all twelve groups match, nobody sits between you."
+            ),
+            classes="card-text",
+        )
+        rows = safety_rows(self.number, SAFETY_PER_ROW)
+        with Horizontal(id="verify-columns"):
+            with Vertical(id="safety-panel"):
+                yield Static("Safety number", classes="panel-title")
+                with Vertical(id="sn-large"):
+                    for row in rows:
+                        yield Digits(row, classes="sn-digits")
+                yield Static(
+                    "\n".join(row.replace(" ", "  ") for row in rows), id="sn-small", markup=False
+                )
+            with Vertical(id="identity-panel"):
+                yield Static(literal(shown), classes="panel-title")
+                yield Static(
+                    "\n".join(fingerprint_rows(fingerprint_of(c.peer_id))),
+                    id="verify-their-fp",
+                    markup=False,
+                )
+                yield Static(c.peer_id, id="verify-their-id", markup=False)
+                yield Static("You", classes="panel-title")
+                yield Static(
+                    "\n".join(fingerprint_rows(str(me["fingerprint"]))),
+                    id="verify-my-fp",
+                    markup=False,
+                )
+        yield Static(id="verify-status")
+
     def on_mount(self) -> None:
         self._show_status()
-        self.query_one("#toggle", Button).focus()
+        # Not the verify button: one Enter typed for something else must not verify.
+        self.query_one("#close", Button).focus()
 
     def _show_status(self) -> None:
         status = self.query_one("#verify-status", Static)

@@ -48,6 +48,9 @@ def author_width(row_width: int) -> int:
     return AUTHOR_WIDTH if row_width >= NARROW_ROW else NARROW_AUTHOR_WIDTH
 
 
+# A peer that stops typing without saying so should not look busy forever; peers
+# repeat "typing" every few seconds while they type.
+TYPING_TTL = 8.0
 # A conversation pane with thousands of widgets makes every layout slow; older
 # history stays in the store (``p2pchat history`` shows it all).
 MAX_ITEMS = 400
@@ -224,6 +227,12 @@ class ConversationView(Vertical):
         self._cards: dict[str, ConversationItem] = {}
         self._last: ConversationItem | None = None
         self._empty_hint = False
+        # Messages that arrived since the last flush (mounted together: each row
+        # added lays the whole pane out again).
+        self._pending: list[ChatLine] = []
+        # Who is typing, by peer: (name, until) on the monotonic clock.  A peer that
+        # stops without saying so (crash, lost link) stops showing at ``until``.
+        self._typing: dict[str, tuple[str, float]] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="conv-header", markup=False)
@@ -244,6 +253,7 @@ class ConversationView(Vertical):
     # ------------------------------------------------------------ content
     def show_placeholder(self, text: Content | str) -> None:
         self.peer_id = None
+        self._pending = []
         self.set_header("")
         self.set_banner(None)
         self.set_typing(None)
@@ -267,8 +277,9 @@ class ConversationView(Vertical):
         """Replace the timeline with ``lines`` (oldest first) and ``cards``, merged by time."""
         self.peer_id = peer_id
         self._today = today
+        self._pending = []  # the history being shown has them
         self.set_header(header)
-        self.set_typing(None)
+        self._show_typing()
         rows: list[ConversationItem] = list(
             heapq.merge(
                 (MessageItem(line, self.tz) for line in lines),
@@ -305,10 +316,22 @@ class ConversationView(Vertical):
         """Append a row at the bottom, under a new day separator if the day changed."""
         self.add_items([item])
 
+    def queue_line(self, line: ChatLine) -> None:
+        """An arriving message: drawn at the next :meth:`flush_pending` (or before any
+        other row is added, so rows keep the order in which things happened)."""
+        self._pending.append(line)
+
+    def flush_pending(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self.add_lines(lines)
+
     def add_items(self, items: Sequence[ConversationItem]) -> None:
         """Append rows in one mount: the pane is laid out once for the lot."""
         if not items:
             return
+        if self._pending:
+            self.flush_pending()
         timeline = self._timeline
         if self._empty_hint:
             self._empty_hint = False
@@ -399,6 +422,30 @@ class ConversationView(Vertical):
     def banner_text(self) -> str:
         banner = self.query_one("#conv-banner", Static)
         return str(banner.content) if banner.has_class("-visible") else ""
+
+    # ------------------------------------------------------------- typing
+    def peer_typing(self, peer_id: str, name: str, active: bool, now: float) -> None:
+        """``name`` types (or stopped) in the conversation with ``peer_id``."""
+        if active:
+            self._typing[peer_id] = (name, now + TYPING_TTL)
+        else:
+            self._typing.pop(peer_id, None)
+        self._show_typing()
+
+    def expire_typing(self, now: float) -> None:
+        expired = [peer for peer, (_, until) in self._typing.items() if until <= now]
+        for peer in expired:
+            del self._typing[peer]
+        if expired:
+            self._show_typing()
+
+    def forget_typing(self) -> None:
+        self._typing.clear()
+        self._show_typing()
+
+    def _show_typing(self) -> None:
+        shown = self._typing.get(self.peer_id or "")
+        self.set_typing(f"{shown[0]} is typing…" if shown else None)
 
     def set_typing(self, text: str | None) -> None:
         # Called for every incoming message: the line is one row high whatever it

@@ -11,6 +11,7 @@ and the screen carries them out.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import replace
 from typing import ClassVar
 
@@ -23,7 +24,8 @@ from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
-from p2pchat.ui.files import OPEN_HINT, TransferInfo, overall_done, status_text
+from p2pchat.core.events import TransferProgress
+from p2pchat.ui.files import OPEN_HINT, RateMeter, TransferInfo, overall_done, status_text
 from p2pchat.ui.format import clock_time, human_size
 from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.widgets.conversation import ConversationItem
@@ -34,7 +36,12 @@ STATE_CLASSES = (
     "-done",
     "-stopped",
     "-failed",
+    "-stalled",
 )
+
+
+# Seconds without bytes before a moving transfer is called stalled.
+STALL_AFTER = 5.0
 
 
 def card_id(transfer_id: str) -> str:
@@ -80,6 +87,8 @@ def _state_class(info: TransferInfo) -> str:
         return "-failed"
     if info.state in ("declined", "cancelled"):
         return "-stopped"
+    if info.state == "paused":
+        return "-stalled"
     if info.moving:
         return "-moving"
     return "-pending"
@@ -111,6 +120,7 @@ class TransferCard(ConversationItem):
     TransferCard.-done > .tc-body { border-left: outer $success; }
     TransferCard.-stopped > .tc-body { border-left: outer $panel-lighten-2; }
     TransferCard.-failed > .tc-body { border-left: outer $error; }
+    TransferCard.-stalled > .tc-body { border-left: outer $warning; }
     TransferCard:focus > .tc-body { background: $boost; }
     TransferCard .tc-title { height: auto; }
     TransferCard .tc-bar { height: auto; }
@@ -161,6 +171,9 @@ class TransferCard(ConversationItem):
         self.with_peer = with_peer
         self.rate = rate
         self._ready = False
+        # When bytes last moved (monotonic), and how long ago once that is a stall.
+        self._moved_at = time.monotonic()
+        self.stalled_for: float | None = None
         self.set_class(not info.incoming, "-outgoing")
         self.add_class(_state_class(info))
 
@@ -219,7 +232,21 @@ class TransferCard(ConversationItem):
         return Content.assemble(*parts)
 
     def _status(self) -> str:
-        return status_text(self.info, self.peer_name, self.rate)
+        return status_text(self.info, self.peer_name, self.rate, self.stalled_for)
+
+    def check_stall(self, now: float) -> None:
+        """Once a second: a moving transfer with no bytes for a while says "stalled"
+        (its sender vanished, or the link broke) instead of a speed it no longer has."""
+        idle = now - self._moved_at
+        stalled = idle if self.info.moving and idle >= STALL_AFTER else None
+        if (stalled is None) == (self.stalled_for is None) and (
+            stalled is None or int(stalled) == int(self.stalled_for or 0)
+        ):
+            return
+        self.stalled_for = stalled
+        self.set_class(stalled is not None, "-stalled")
+        if self._ready:
+            self.query_one(".tc-status", _Status).show(self._status())
 
     def _show_buttons(self) -> None:
         info = self.info
@@ -233,6 +260,9 @@ class TransferCard(ConversationItem):
         """A new state (or a fresh read of the store)."""
         old = self.info
         self.info = info
+        if (info.state, info.done) != (old.state, old.done):
+            self._moved_at = time.monotonic()
+            self.stalled_for = None
         if info.state != old.state:
             self.remove_class(*STATE_CLASSES)
             self.add_class(_state_class(info))
@@ -254,6 +284,10 @@ class TransferCard(ConversationItem):
         done = overall_done(info.total, attempt_done, attempt_total)
         if info.finished or (done == info.done and rate == self.rate):
             return
+        if done != info.done:
+            self._moved_at = time.monotonic()
+            self.stalled_for = None
+            self.remove_class("-stalled")
         self.rate = rate
         self.info = replace(info, done=done)
         if not self._ready:
@@ -350,3 +384,41 @@ class PreparingCard(ConversationItem):
 
     def author_width_changed(self) -> None:
         self.query_one(".tc-author", Static).styles.width = self.author_width
+
+
+class ProgressBoard:
+    """The latest progress of every moving transfer, for the cards to draw.
+
+    Progress events only record figures here (the receiving node reports every
+    MiB, hundreds of times a second on loopback); the screen's periodic flush
+    takes what is :meth:`due` and redraws those cards, so a fast transfer costs a
+    few redraws a second whatever rate the node reports at.  Speeds are smoothed
+    (``RateMeter``) so the number does not flicker.
+    """
+
+    def __init__(self) -> None:
+        self._meters: dict[str, RateMeter] = {}
+        self.rates: dict[str, float] = {}
+        self._due: dict[str, tuple[int, int]] = {}
+        self._last: dict[str, tuple[int, int]] = {}
+
+    def record(self, event: TransferProgress, now: float) -> None:
+        meter = self._meters.setdefault(event.transfer_id, RateMeter())
+        self.rates[event.transfer_id] = meter.update(event.rate, now)
+        self._due[event.transfer_id] = self._last[event.transfer_id] = (event.done, event.total)
+
+    def due(self) -> dict[str, tuple[int, int]]:
+        """What changed since the last call: transfer id to (done, total) of its attempt."""
+        due, self._due = self._due, {}
+        return due
+
+    def last(self, transfer_id: str) -> tuple[int, int] | None:
+        return self._last.get(transfer_id)
+
+    def rate(self, transfer_id: str) -> float | None:
+        return self.rates.get(transfer_id)
+
+    def forget(self, transfer_id: str) -> None:
+        """The transfer ended: nothing more to draw for it."""
+        for table in (self._meters, self.rates, self._due, self._last):
+            table.pop(transfer_id, None)

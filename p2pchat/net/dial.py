@@ -1,0 +1,291 @@
+"""How the node reaches a contact: every known way at once, the first session wins.
+
+For a contact without a session the :class:`Dialer` runs *attempts*.  One attempt
+races every candidate it has, the way magic-wormhole's transit races its hints:
+
+* direct QUIC dials to each known address (addresses on one of our own subnets first,
+  then the rest, 100 ms apart: a reachable address answers within one round trip and
+  the others cost one Initial each);
+* a hole punch through the contact's rendezvous nodes (``net/punch.py``), started at
+  once when the contact sits behind a NAT (or we do not know), after a second when its
+  record says it has a public address (a direct dial will most likely win);
+* every path a punch finds starts one more QUIC dial, on that path.
+
+The first connection whose session is established wins: the node tells us
+(:meth:`Dialer.established`), the punch is cancelled and the other dials of the attempt
+are closed.  An attempt that ends without a session is followed by another after a
+back-off (1 s doubling to 30 s, with jitter).  Relayed candidates (issue 12) will join
+the same race, after a delay.
+
+The node stays the owner of every connection (``PeerConnection`` reports to it); the
+dialer only decides where and when to dial, and keeps the bookkeeping of attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from p2pchat.core.punch import NAT_NONE, Addr
+from p2pchat.identity import format_address, key_from_peer_id
+from p2pchat.net.endpoint import AuxSocket
+from p2pchat.net.punch import PunchFailed, PunchService
+
+__all__ = ["Dialer", "Route"]
+
+log = logging.getLogger(__name__)
+
+STAGGER: Final = 0.1
+MAX_DIRECT: Final = 8
+MAX_PUNCHED: Final = 3
+#: An attempt that produced no session by then is over (the punch plan lasts ~12 s).
+ATTEMPT_TIMEOUT: Final = 16.0
+MAX_BACKOFF: Final = 30.0
+#: With a public address in the record, give the direct dials this head start.
+PUNCH_AFTER_PUBLIC: Final = 1.0
+
+
+class Connection(Protocol):
+    """What the dialer needs of a connection (``net/peer.PeerConnection``)."""
+
+    closed: bool
+
+    @property
+    def established(self) -> bool: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+Opener = Callable[[str, Addr, AuxSocket | None, str], Connection]
+"""``open(peer_id, address, via, path)``: dial now, return the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What we know about reaching one contact right now."""
+
+    addresses: tuple[Addr, ...] = ()
+    rendezvous: tuple[Addr, ...] = ()
+    nat: str = "unknown"
+
+
+@dataclass(eq=False, slots=True)
+class _Attempt:
+    started: float
+    conns: list[Connection] = field(default_factory=list)
+    handles: list[asyncio.TimerHandle] = field(default_factory=list)
+    punch: asyncio.Task[None] | None = None
+    punched: int = 0
+    punch_error: str | None = None
+
+
+@dataclass(slots=True)
+class _Peer:
+    failures: int = 0
+    next_at: float = 0.0
+    attempt: _Attempt | None = None
+    last_error: str | None = None
+
+
+class Dialer:
+    """Attempts per contact: see the module docstring."""
+
+    def __init__(
+        self,
+        open_connection: Opener,
+        *,
+        punch: PunchService | None,
+        local_networks: Callable[[], Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]],
+    ) -> None:
+        self.open_connection = open_connection
+        self.punch = punch
+        self.local_networks = local_networks
+        self.loop = asyncio.get_running_loop()
+        self._peers: dict[str, _Peer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ queries
+    def failures(self, peer_id: str) -> int:
+        """Attempts in a row that ended without a session."""
+        peer = self._peers.get(peer_id)
+        return peer.failures if peer is not None else 0
+
+    def busy(self, peer_id: str) -> bool:
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.attempt is not None
+
+    def last_error(self, peer_id: str) -> str | None:
+        peer = self._peers.get(peer_id)
+        return peer.last_error if peer is not None else None
+
+    # ------------------------------------------------------------------ scheduling
+    def retry_after(self, peer_id: str, delay: float, *, reset: bool = False) -> None:
+        """Next attempt no earlier than ``delay`` from now (0: at the next tick)."""
+        peer = self._peers.setdefault(peer_id, _Peer())
+        if reset:
+            peer.failures = 0
+        peer.next_at = self.loop.time() + delay
+
+    def refresh(self, peer_id: str) -> None:
+        """New ways to reach the contact are known: end the running attempt (it did
+        not know them) without counting it as a failure, and start over now."""
+        peer = self._peers.setdefault(peer_id, _Peer())
+        if peer.attempt is not None:
+            self._finish(peer_id, peer, success=False, counted=False)
+        peer.next_at = 0.0
+
+    def want(self, peer_id: str, route: Route, now: float) -> None:
+        """The contact has no session: start an attempt if one is due."""
+        peer = self._peers.setdefault(peer_id, _Peer())
+        attempt = peer.attempt
+        if attempt is not None:
+            if self._attempt_over(attempt, now):
+                self._finish(peer_id, peer, success=False)
+            else:
+                return
+        if now < peer.next_at:
+            return
+        rendezvous = route.rendezvous if self.punch is not None else ()
+        if not route.addresses and not rendezvous:
+            return
+        self._start(peer_id, peer, route, now)
+
+    def _start(self, peer_id: str, peer: _Peer, route: Route, now: float) -> None:
+        attempt = _Attempt(started=now)
+        peer.attempt = attempt
+        self.stats["attempts"] = self.stats.get("attempts", 0) + 1
+        direct = self._order(route.addresses)[:MAX_DIRECT]
+        for index, addr in enumerate(direct):
+            if index == 0:
+                self._dial(peer_id, attempt, addr, None, "direct")
+            else:
+                attempt.handles.append(
+                    self.loop.call_later(
+                        index * STAGGER, self._dial, peer_id, attempt, addr, None, "direct"
+                    )
+                )
+        if route.rendezvous and self.punch is not None:
+            delay = PUNCH_AFTER_PUBLIC if route.nat == NAT_NONE and direct else 0.0
+            task = asyncio.ensure_future(self._punch(peer_id, attempt, route.rendezvous, delay))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+            attempt.punch = task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("punch attempt failed", exc_info=task.exception())
+
+    def _order(self, addresses: Sequence[Addr]) -> list[Addr]:
+        networks = self.local_networks()
+
+        def rank(addr: Addr) -> int:
+            try:
+                ip = ipaddress.ip_address(addr[0].split("%")[0])
+            except ValueError:
+                return 2
+            return 0 if any(ip in net for net in networks) else 1
+
+        return sorted(dict.fromkeys(addresses), key=rank)
+
+    def _dial(
+        self, peer_id: str, attempt: _Attempt, addr: Addr, via: AuxSocket | None, path: str
+    ) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.attempt is not attempt:
+            return  # the attempt is over
+        try:
+            conn = self.open_connection(peer_id, addr, via, path)
+        except (OSError, ValueError) as exc:
+            log.info("cannot dial %s at %s: %s", peer_id, format_address(*addr), exc)
+            return
+        attempt.conns.append(conn)
+
+    async def _punch(
+        self, peer_id: str, attempt: _Attempt, rendezvous: Sequence[Addr], delay: float
+    ) -> None:
+        assert self.punch is not None
+        if delay:
+            await asyncio.sleep(delay)
+
+        def on_path(addr: Addr, via: AuxSocket | None) -> None:
+            if attempt.punched < MAX_PUNCHED:
+                attempt.punched += 1
+                self._dial(peer_id, attempt, addr, via, "punched")
+
+        try:
+            await self.punch.dial(key_from_peer_id(peer_id), rendezvous, on_path)
+        except PunchFailed as exc:
+            attempt.punch_error = str(exc)
+            log.info("punch to %s: %s", peer_id[:12], exc)
+
+    def _attempt_over(self, attempt: _Attempt, now: float) -> bool:
+        if now - attempt.started > ATTEMPT_TIMEOUT:
+            return True
+        if any(h for h in attempt.handles if not h.cancelled() and h.when() > now):
+            return False
+        if attempt.punch is not None and not attempt.punch.done():
+            return False
+        return all(c.closed for c in attempt.conns)
+
+    # ------------------------------------------------------------------ outcomes
+    def established(self, peer_id: str, conn: Connection) -> None:
+        """A session with the contact is up (ours or theirs): the race is over."""
+        peer = self._peers.setdefault(peer_id, _Peer())
+        if self.punch is not None:
+            self.punch.connected(key_from_peer_id(peer_id))
+        attempt = peer.attempt
+        if attempt is not None:
+            for other in attempt.conns:
+                if other is not conn and not other.closed and not other.established:
+                    other.close("another path won")
+        self._finish(peer_id, peer, success=True)
+
+    def _finish(self, peer_id: str, peer: _Peer, *, success: bool, counted: bool = True) -> None:
+        attempt = peer.attempt
+        peer.attempt = None
+        if attempt is not None:
+            for handle in attempt.handles:
+                handle.cancel()
+            if attempt.punch is not None and not attempt.punch.done():
+                attempt.punch.cancel()
+            if not success:
+                for conn in attempt.conns:
+                    if not conn.closed and not conn.established:
+                        conn.close("dial attempt over")
+                peer.last_error = attempt.punch_error
+        if success:
+            peer.failures = 0
+            peer.last_error = None
+        elif counted:
+            peer.failures += 1
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** min(peer.failures, 8))
+            peer.next_at = self.loop.time() + delay * random.uniform(0.8, 1.2)
+
+    def forget(self, peer_id: str) -> None:
+        peer = self._peers.pop(peer_id, None)
+        if peer is not None and peer.attempt is not None:
+            attempt = peer.attempt
+            for handle in attempt.handles:
+                handle.cancel()
+            if attempt.punch is not None:
+                attempt.punch.cancel()
+
+    async def stop(self) -> None:
+        for peer in self._peers.values():
+            if peer.attempt is not None:
+                for handle in peer.attempt.handles:
+                    handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._peers.clear()

@@ -1944,6 +1944,12 @@ class Store:
         """Add messages stored since the last call to the full-text index, oldest first,
         at most ``limit`` (all when None), ``chunk`` per transaction so other writers
         wait briefly.  Returns how many were indexed."""
+        with self._read() as db:
+            behind = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE pos > (SELECT pos FROM fts_position))"
+            ).fetchone()[0]
+        if not behind:
+            return 0  # nothing new: no write transaction (the node asks every second)
         done = 0
         while limit is None or done < limit:
             step = chunk if limit is None else min(chunk, limit - done)

@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import sys
-import unicodedata
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -34,6 +33,7 @@ from p2pchat.config import (
     save_settings,
 )
 from p2pchat.net.control import CALL_TIMEOUT, ControlClient, ControlError
+from p2pchat.plain import clean
 
 if TYPE_CHECKING:
     from p2pchat.identity import Identity
@@ -67,6 +67,7 @@ _KIND_EXIT = {
     "EndpointError": EXIT_NETWORK,
     "NodeAlreadyRunning": EXIT_NETWORK,
     "ControlUnavailable": EXIT_NETWORK,
+    "UnknownGroup": EXIT_UNKNOWN_CONTACT,
 }
 
 
@@ -180,11 +181,11 @@ def _require_identity(paths: Paths) -> None:
 
 
 def _safe(text: object) -> str:
-    """Peers choose names, previews and bodies: never let them drive the terminal."""
-    return "".join(
-        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf") else "\ufffd"
-        for ch in str(text)
-    )
+    """Peers choose names, previews, bodies and file names: every human-readable line
+    goes through the one rule for outside text (``p2pchat/plain.py``), so none of it
+    drives the terminal.  JSON output needs none: it is ASCII with every control
+    escaped."""
+    return clean(str(text), multiline=True)
 
 
 def _positive_int(text: str) -> int:
@@ -273,9 +274,11 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
         info = await api.call("info", {"one_time": args.one_time})
     if args.json:
         _print_json(info)
+    elif args.invite:
+        print(info["invite"])
     else:
         print(f"peer id:      {info['peer_id']}")
-        print(f"name:         {info['name']}")
+        print(_safe(f"name:         {info['name']}"))
         print(f"fingerprint:  {info['fingerprint']}")
         print(f"addresses:    {', '.join(info['addresses']) or '(not listening)'}")
         print(f"invite:       {info['invite']}")
@@ -297,7 +300,7 @@ async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(contact)
     else:
-        print(f"added {contact['name']} ({contact['peer_id']})")
+        print(_safe(f"added {contact['name']} ({contact['peer_id']})"))
     return EXIT_OK
 
 
@@ -397,7 +400,7 @@ async def cmd_accept(paths: Paths, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(contact)
     else:
-        print(f"accepted {contact['name']} ({contact['peer_id']})")
+        print(_safe(f"accepted {contact['name']} ({contact['peer_id']})"))
     return EXIT_OK
 
 
@@ -654,6 +657,153 @@ async def cmd_send(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK if t["state"] not in ("declined", "cancelled", "failed") else EXIT_ERROR
 
 
+# ------------------------------------------------------------------ groups
+def _group_line(g: dict[str, Any]) -> str:
+    flags = [g["status"]] if g["status"] != "joined" else []
+    if g.get("role") == "admin":
+        flags.append("admin")
+    flags.append(f"{g['members']} members, {g['online']} online")
+    if g.get("unread"):
+        flags.append(f"{g['unread']} unread")
+    return f"{g['name']:<20} {g['group_id'][:16]}  ({', '.join(flags)})"
+
+
+async def cmd_groups(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        groups = await api.call("groups", {})
+    if args.json:
+        _print_json(groups)
+        return EXIT_OK
+    if not groups:
+        print("no groups yet: `p2pchat group create NAME --member CONTACT`")
+    for g in groups:
+        print(_safe(_group_line(g)))
+    return EXIT_OK
+
+
+async def _group_call(
+    paths: Paths, args: argparse.Namespace, op: str, call_args: dict[str, Any], done: str
+) -> int:
+    """Group commands that print the group afterwards (or its JSON)."""
+    async with _api(paths, args, network=True) as api:
+        view = await api.call(op, call_args)
+    if getattr(args, "json", False):
+        _print_json(view)
+    elif view is None:
+        print(done)
+    else:
+        print(_safe(f"{done}: {_group_line(view)}"))
+    return EXIT_OK
+
+
+async def cmd_group_create(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"name": args.name, "members": args.member or []}
+    return await _group_call(paths, args, "group_create", call, "created")
+
+
+async def cmd_group_add(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"group": args.group, "contact": args.contact, "admin": args.admin}
+    return await _group_call(paths, args, "group_add", call, "added (invited)")
+
+
+async def cmd_group_remove(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"group": args.group, "member": args.member}
+    return await _group_call(paths, args, "group_remove", call, "removed")
+
+
+async def cmd_group_promote(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"group": args.group, "member": args.member}
+    return await _group_call(paths, args, "group_promote", call, "promoted")
+
+
+async def cmd_group_rename(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"group": args.group, "name": args.name}
+    return await _group_call(paths, args, "group_rename", call, "renamed")
+
+
+async def cmd_group_leave(paths: Paths, args: argparse.Namespace) -> int:
+    return await _group_call(paths, args, "group_leave", {"group": args.group}, "left")
+
+
+async def cmd_group_accept(paths: Paths, args: argparse.Namespace) -> int:
+    return await _group_call(paths, args, "group_accept", {"group": args.group}, "joined")
+
+
+async def cmd_group_decline(paths: Paths, args: argparse.Namespace) -> int:
+    return await _group_call(paths, args, "group_decline", {"group": args.group}, "declined")
+
+
+async def cmd_group_members(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        members = await api.call("group_members", {"group": args.group})
+    if args.json:
+        _print_json(members)
+        return EXIT_OK
+    for m in members:
+        flags = [m["role"]]
+        flags.append("you" if m["is_me"] else ("online" if m["online"] else "offline"))
+        if not m["is_me"] and not m["is_contact"]:
+            flags.append("not a contact")
+        print(_safe(f"{m['name']:<20} {m['peer_id']}  ({', '.join(flags)})"))
+    return EXIT_OK
+
+
+async def cmd_group_msg(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args, network=True) as api:
+        reply = await api.call(
+            "group_msg", {"group": args.group, "text": args.text, "wait": args.wait}
+        )
+    message = reply["message"]
+    if args.json:
+        _print_json(reply)
+    elif reply["delivered"] > 1:
+        held = f"{reply['delivered']} of {reply['members']} members"
+        print(f"held by {held} ({message['message_id']})")
+    else:
+        print(
+            f"stored ({message['message_id']}): no other member has it yet; members get it "
+            "when a node runs for this home and meets one of them, or from each other"
+        )
+    return EXIT_OK
+
+
+async def cmd_group_history(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        messages = await api.call("group_history", {"group": args.group, "limit": args.limit})
+    if args.json:
+        _print_json(messages)
+        return EXIT_OK
+    for m in messages:
+        if m["kind"] == "text":
+            body = m["text"]
+        elif m["kind"] == "files":
+            names = ", ".join(f"{p} ({_size(n)})" for p, n in m["files"])
+            body = f"[files] {names}"
+            if m["transfer_id"]:
+                body += f"  (transfer {m['transfer_id']})"
+        else:
+            body = f"[a {m['kind']} message this version cannot show]"
+        tick = f"  [{m['delivered']}/{m['members']}]" if m["mine"] else ""
+        who = "me" if m["mine"] else m["author_name"]
+        print(_safe(f"{_when(m['sent_at'])}  {who:>10}: {body}{tick}"))
+    return EXIT_OK
+
+
+async def cmd_group_send(paths: Paths, args: argparse.Namespace) -> int:
+    files = [str(Path(p).expanduser().absolute()) for p in args.paths]
+    async with _api(paths, args, network=True) as api:
+        reply = await api.call("group_send", {"group": args.group, "paths": files})
+    if args.json:
+        _print_json(reply)
+    else:
+        count = len(reply["message"]["files"])
+        print(
+            f"offered {count} file(s) to {len(reply['transfers'])} member(s); each accepts "
+            "its own transfer (`p2pchat transfers`)"
+        )
+    return EXIT_OK
+
+
 async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
     query = {"limit": args.limit, "before": args.before}
     async with _api(paths, args) as api:
@@ -672,7 +822,9 @@ async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
             " ..." if len(t["files"]) > 3 else ""
         )
         size = _size(t["total"])
-        print(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+        print(
+            _safe(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+        )
     if more:
         print(f"older transfers: p2pchat transfers --before {transfers[-1]['id'][:12]}")
     return EXIT_OK
@@ -688,7 +840,7 @@ async def cmd_accept_file(paths: Paths, args: argparse.Namespace) -> int:
                 "folder": str(Path(args.to).absolute()) if args.to else None,
             },
         )
-    print(f"accepted {t['id']}: saving to {t['folder']}")
+    print(_safe(f"accepted {t['id']}: saving to {t['folder']}"))
     return EXIT_OK
 
 
@@ -712,7 +864,11 @@ async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:
         tag = "contact" if p["is_contact"] else "not a contact: `p2pchat add ID`"
         if not p.get("verified"):
             tag += ", ID not yet proven"
-        print(f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})")
+        print(
+            _safe(
+                f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})"
+            )
+        )
     return EXIT_OK
 
 
@@ -1006,6 +1162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--one-time", action="store_true", help="invite with a one-time token (no manual accept)"
     )
+    p.add_argument("--invite", action="store_true", help="print only the invite (for scripts)")
     p.set_defaults(func=cmd_id)
 
     p = sub.add_parser("add", help="add a contact from an invite or a peer ID")
@@ -1234,6 +1391,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_daemon)
 
+    p = sub.add_parser("groups", help="list groups (joined, invited, left)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_groups)
+
+    p = sub.add_parser("group", help="group chat: create, invite, talk, share files")
+    grp = p.add_subparsers(dest="group_command", required=True, metavar="COMMAND")
+    q = grp.add_parser("create", help="create a group, inviting contacts")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--member", action="append", metavar="CONTACT", help="invite (repeatable)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_create)
+    q = grp.add_parser("add", help="invite a contact (admins)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("contact", metavar="CONTACT")
+    q.add_argument("--admin", action="store_true", help="as an admin")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_add)
+    q = grp.add_parser("remove", help="remove a member (admins)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("member", metavar="MEMBER")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_remove)
+    q = grp.add_parser("promote", help="make a member an admin (admins)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("member", metavar="MEMBER")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_promote)
+    q = grp.add_parser("rename", help="rename a group (admins)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_rename)
+    q = grp.add_parser("leave", help="leave a group (its history stays)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_leave)
+    q = grp.add_parser("accept", help="accept a group invitation")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_accept)
+    q = grp.add_parser("decline", help="decline a group invitation")
+    q.add_argument("group", metavar="GROUP")
+    q.set_defaults(func=cmd_group_decline)
+    q = grp.add_parser("members", help="list a group's members")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_members)
+    q = grp.add_parser("msg", help="post a message to a group")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("text", metavar="TEXT")
+    q.add_argument(
+        "--wait", type=float, default=10.0,
+        help="seconds to wait for another member to hold it (default 10)",
+    )
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_msg)
+    q = grp.add_parser("history", help="show a group's messages")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("--limit", type=int)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_history)
+    q = grp.add_parser("send", help="offer files or folders to every member")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("paths", metavar="PATH", nargs="+")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_send)
+
     p = sub.add_parser("stop", help="stop the daemon running for this home")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(func=cmd_stop)
@@ -1265,6 +1489,7 @@ _REPORTED: dict[str, tuple[str, ...]] = {
     "p2pchat.node": ("NodeError",),
     "p2pchat.net.endpoint": ("EndpointError",),
     "p2pchat.net.transfers": ("TransferError",),
+    "p2pchat.net.groups": ("GroupError",),
 }
 
 
@@ -1303,6 +1528,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except Exception as exc:
         if not _reported(exc):
             raise
-        print(f"p2pchat: error: {exc}", file=sys.stderr)
+        print(_safe(f"p2pchat: error: {exc}"), file=sys.stderr)
         code = _exit_code(exc)
     sys.exit(code)

@@ -72,6 +72,7 @@ from p2pchat.names import name_problem, normalise_name, repair_name
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
 from p2pchat.net.dial import Dialer, Route
 from p2pchat.net.endpoint import AuxSocket, Endpoint, QuicLink
+from p2pchat.net.groups import GroupService
 from p2pchat.net.interfaces import interface_ips, local_networks
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
@@ -103,6 +104,7 @@ MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
 MAX_INVITE_ADDRESSES = 8
+ACCEPT_GRACE = 1.0
 # Transfers per page of ``list_transfers`` unless the caller asks for another size.
 TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
@@ -239,8 +241,10 @@ class Node:
             _transfer_policy(self.settings, paths),
             clock=self.clock,
             emit=self._emit,
-            connection_for=self._active.get,
+            connection_for=self._session_for,
         )
+        self.groups = GroupService(self)
+        """Group chat (docs/groups.md): the group part of the Node API."""
         self.running = False
         self.start_options: dict[str, Any] = {}
         """What the last ``start`` was given, so a hand-off can start a daemon alike."""
@@ -479,6 +483,7 @@ class Node:
                 async with asyncio.timeout(5):
                     await self._endpoint.wait_closed()
             self._endpoint = None
+        self.groups.save()
         self._emit(NodeStopped())
         self._lock.release()
         self.store.close()
@@ -796,6 +801,8 @@ class Node:
         if self._dialer is not None:
             self._dialer.forget(peer)
         self._hints.pop(peer, None)
+        self._routes.pop(peer, None)
+        self._nat_hints.pop(peer, None)
         self._dht_retry.pop(peer, None)
 
     def history(
@@ -928,19 +935,26 @@ class Node:
 
         Returns early, with the message still ``queued``, when the contact's node
         answers that we are not its contact yet (``awaiting_acceptance``): waiting
-        longer would not help, they have to accept our request first.
+        longer would not help, they have to accept our request first.  If that was
+        already so when the call began, it waits up to ``ACCEPT_GRACE`` seconds
+        first: their accept may be on its way.
         """
         message = self.store.get_message(message_id)
         if message is None:
             raise NodeError(f"no message {message_id}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        held = self.awaiting_acceptance(message.peer_id)
+        grace_until = loop.time() + ACCEPT_GRACE if held else 0.0
         while message.state not in ("delivered", "read"):
-            if self.awaiting_acceptance(message.peer_id):
+            now = loop.time()
+            if self.awaiting_acceptance(message.peer_id) and now >= grace_until:
                 break
-            remaining = deadline - loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 break
+            if grace_until > now:
+                remaining = min(remaining, grace_until - now)
             fut: asyncio.Future[str] = loop.create_future()
             waiters = self._state_waiters.setdefault(message_id, [])
             waiters.append(fut)
@@ -1187,6 +1201,7 @@ class Node:
                 self.store.index_messages(limit=INDEX_PER_TICK)
             except StoreError as exc:
                 log.warning("indexing messages for search failed: %s", exc)
+            self.groups.tick(now)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
             # races with the wake-up (a poke right before stop()), and stop() then
@@ -1363,8 +1378,14 @@ class Node:
                 name=self.name,
                 token=self._pending_token(conn.peer_id),
                 seen=conn.address,  # where we see the peer: its reflexive address
+                groups=tuple(sorted(self.groups.hello_groups(conn))),
             )
         )
+
+    def _session_for(self, peer_id: str) -> PeerConnection | None:
+        """The session that carries a peer's file frames: its contact session, or a
+        group session (file drops to a group)."""
+        return self._active.get(peer_id) or self.groups.session(peer_id)
 
     def _through_nat(self, conn: PeerConnection) -> str | None:
         """ "punched" when the session crossed a filtering NAT on the way in: theirs
@@ -1415,13 +1436,14 @@ class Node:
         self._emit(PeerKeyMismatch(peer_id_from_key(expected), conn.address))
 
     def stream_received(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
-        if conn.peer_id is not None and self._active.get(conn.peer_id) is conn:
+        if conn.peer_id is not None and self._session_for(conn.peer_id) is conn:
             self.transfers.stream_data(conn, stream_id, data, end)
 
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
         self._conns.discard(conn)
         self.transfers.connection_closed(conn)
         self.delivery.connection_closed(conn)
+        self.groups.connection_closed(conn)
         peer = conn.peer_id
         if peer is None:
             return
@@ -1469,6 +1491,9 @@ class Node:
         peer = conn.peer_id
         if peer is None:
             return
+        if self.groups.owns(conn):
+            self.groups.frame_received(conn, frame)
+            return
         if isinstance(frame, chat.Hello):
             if self._active.get(peer) is not conn and self._requests.get(peer) is not conn:
                 self._on_hello(conn, frame)
@@ -1504,6 +1529,8 @@ class Node:
                     self._dht.observed(hello.seen, "contact", peer)
             self._activate(conn)
             return
+        if self.groups.admit(conn, hello):
+            return  # a fellow group member: a group session, no contact request
         if len(self._requests) >= MAX_REQUEST_SESSIONS and peer not in self._requests:
             conn.close("too many pending contact requests")
             return
@@ -1555,6 +1582,7 @@ class Node:
             conn.send(chat.Ack(recv_seq))
         self.delivery.session_active(conn, peer)
         self.transfers.peer_online(conn)
+        self.groups.peer_online(conn)
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
         old_at = old.established_at or 0.0
@@ -1592,6 +1620,8 @@ class Node:
             self._emit(AwaitingAcceptance(peer))
         elif isinstance(frame, _FILE_FRAMES):
             self.transfers.frame_received(peer, frame)
+        elif isinstance(frame, chat.GROUP_FRAME_TYPES):
+            self.groups.frame_received(conn, frame)
 
 
 _FILE_FRAMES = (

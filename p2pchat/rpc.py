@@ -137,7 +137,7 @@ async def _wait_delivery(node: Node, args: dict[str, Any]) -> Any:
     return {"state": await node.wait_for_delivery(_str(args, "id"), float(wait))}
 
 
-def _limit(args: dict[str, Any], default: int | None) -> int | None:
+def _limit(args: dict[str, Any], default: int | None = None) -> int | None:
     limit = args.get("limit", default)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError("limit must be a positive integer")
@@ -336,7 +336,119 @@ async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
     return {**to_json(change), "summary": change.describe()}
 
 
+# ------------------------------------------------------------------ groups
+def _str_list(args: dict[str, Any], key: str) -> list[str]:
+    value = args.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"argument {key!r} must be a list of strings")
+    return value
+
+
+def _seconds(args: dict[str, Any], key: str) -> float:
+    value = args.get(key, 0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a non-negative number of seconds")
+    return float(value)
+
+
+async def _groups(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.all()
+
+
+async def _group(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.get(_str(args, "group"))
+
+
+async def _group_create(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.create(_str(args, "name"), _str_list(args, "members"))
+
+
+async def _group_add(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.add_member(
+        _str(args, "group"), _str(args, "contact"), admin=bool(args.get("admin"))
+    )
+
+
+async def _group_remove(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.remove_member(_str(args, "group"), _str(args, "member"))
+
+
+async def _group_promote(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.promote(_str(args, "group"), _str(args, "member"))
+
+
+async def _group_rename(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.rename(_str(args, "group"), _str(args, "name"))
+
+
+async def _group_leave(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.leave(_str(args, "group"))
+
+
+async def _group_accept(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.accept(_str(args, "group"))
+
+
+async def _group_decline(node: Node, args: dict[str, Any]) -> Any:
+    node.groups.decline(_str(args, "group"))
+    return None
+
+
+async def _group_members(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.members(_str(args, "group"))
+
+
+async def _group_msg(node: Node, args: dict[str, Any]) -> Any:
+    """Post; with ``wait``, wait that long for at least one other member to hold it."""
+    group = _str(args, "group")
+    message = node.groups.send(group, _str(args, "text"))
+    wait = _seconds(args, "wait")
+    delivered = message.delivered
+    if wait and node.running and message.members > 1:
+        delivered = await node.groups.wait_delivered(group, message.message_id, 2, wait)
+    return {"message": message, "delivered": delivered, "members": message.members}
+
+
+async def _group_history(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.history(_str(args, "group"), limit=_limit(args))
+
+
+async def _group_send(node: Node, args: dict[str, Any]) -> Any:
+    paths = _str_list(args, "paths")
+    if not paths:
+        raise ValueError("paths must be a non-empty list of strings")
+    message, transfers = await node.groups.offer_files(
+        _str(args, "group"), [Path(p) for p in paths]
+    )
+    return {"message": message, "transfers": [_transfer_view(t) for t in transfers]}
+
+
+async def _group_read(node: Node, args: dict[str, Any]) -> Any:
+    node.groups.mark_read(_str(args, "group"))
+    return None
+
+
+GROUP_OPS: dict[str, Op] = {
+    "groups": _groups,
+    "group": _group,
+    "group_create": _group_create,
+    "group_add": _group_add,
+    "group_remove": _group_remove,
+    "group_promote": _group_promote,
+    "group_rename": _group_rename,
+    "group_leave": _group_leave,
+    "group_accept": _group_accept,
+    "group_decline": _group_decline,
+    "group_members": _group_members,
+    "group_msg": _group_msg,
+    "group_history": _group_history,
+    "group_send": _group_send,
+    "group_read": _group_read,
+}
+
+
 OPS: dict[str, Op] = {
+    **GROUP_OPS,
     "edit": _edit,
     "delete": _delete,
     "message": _message,

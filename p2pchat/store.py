@@ -447,6 +447,69 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_target ON messages (peer_id, target) WHERE target IS NOT NULL;
     """,
     """
+    -- Groups (docs/groups.md): the signed operations and messages exactly as received,
+    -- plus the replica's counters, so a restart rebuilds the same view.  Queries are in
+    -- p2pchat/group_store.py.
+    CREATE TABLE groups (
+        id          BLOB PRIMARY KEY,
+        name        TEXT NOT NULL,
+        status      TEXT NOT NULL
+                    CHECK (status IN ('invited', 'joined', 'left', 'removed', 'declined')),
+        inviter     TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        read_clock  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE group_ops (
+        group_id BLOB NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        pos      INTEGER NOT NULL,
+        id       BLOB NOT NULL,
+        body     BLOB NOT NULL,
+        sig      BLOB NOT NULL,
+        PRIMARY KEY (group_id, id)
+    );
+    CREATE INDEX group_ops_pos ON group_ops (group_id, pos);
+    CREATE TABLE group_messages (
+        group_id    BLOB NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        author      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        id          TEXT NOT NULL,
+        clock       INTEGER NOT NULL,
+        sent_at     REAL NOT NULL,
+        received_at REAL NOT NULL,
+        kind        TEXT NOT NULL,
+        header      BLOB NOT NULL,
+        sig         BLOB NOT NULL,
+        content     BLOB NOT NULL,
+        shown       INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (group_id, author, seq)
+    );
+    CREATE INDEX group_messages_order ON group_messages (group_id, shown, clock, author, seq);
+    CREATE INDEX group_messages_id ON group_messages (id);
+    CREATE TABLE group_authors (
+        group_id    BLOB NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        author      BLOB NOT NULL,
+        shown       INTEGER NOT NULL,
+        shown_clock INTEGER NOT NULL,
+        floor       INTEGER NOT NULL,
+        PRIMARY KEY (group_id, author)
+    );
+    CREATE TABLE group_marks (
+        group_id BLOB NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        member   BLOB NOT NULL,
+        author   BLOB NOT NULL,
+        upto     INTEGER NOT NULL,
+        PRIMARY KEY (group_id, member, author)
+    );
+    -- Where fellow members who are not contacts may be reached: addresses a session
+    -- with them came from, then addresses other members claimed (a dial checks the key).
+    CREATE TABLE group_hints (
+        peer_id    TEXT PRIMARY KEY,
+        addresses  TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    """
     -- The highest seq ever handed to a session for each contact.  An ack beyond it
     -- names messages the contact cannot have received (they are still queued here),
     -- so it is refused whole, like an ack beyond send_seq.

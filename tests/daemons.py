@@ -51,6 +51,15 @@ async def delivered(sender: ControlledDaemon, contact: str, body: str) -> bool:
     return any(m["body"] == body and m["state"] in ("delivered", "read") for m in history)
 
 
+async def path_of(daemon: ControlledDaemon, peer_id: str) -> str | None:
+    """The path (``lan``, ``direct``, ``punched``) of the daemon's live session with a
+    peer, or None while it has none."""
+    for c in await daemon.call("contacts"):
+        if c["peer_id"] == peer_id and c["online"]:
+            return str(c["path"])
+    return None
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -24,6 +24,8 @@ from typing import Any
 
 import msgpack
 
+import p2pchat.core.group.codec as group_codec
+import p2pchat.core.group.frames as group_frames
 from p2pchat import names
 from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -112,6 +114,9 @@ class Hello:
     version: int = PROTOCOL_VERSION
     seen: str | None = None
     name_problem: str | None = field(default=None, compare=False)
+    groups: tuple[bytes, ...] = ()
+    """Groups the sender believes both sides are in (docs/groups.md): sent only on a
+    dial to a fellow member who is not a contact, so the session is a group session."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +253,28 @@ class FileResult:
 FileFrame = FileOffer | FileAccept | FileDecline | FileCancel | FileProgress | FileResult
 
 ChatFrame = (
-    Hello | ChatMessage | Ack | Read | Typing | Gap | Defer | RequestPending | Ping | FileFrame
+    Hello
+    | ChatMessage
+    | Ack
+    | Read
+    | Typing
+    | Gap
+    | Defer
+    | RequestPending
+    | Ping
+    | FileFrame
+    | group_frames.GroupFrame
 )
+GROUP_FRAME_TYPES = (
+    group_frames.GroupSummary,
+    group_frames.GroupOps,
+    group_frames.GroupMessages,
+    group_frames.GroupEnd,
+    group_frames.GroupHave,
+    group_frames.GroupInvite,
+    group_frames.GroupPeers,
+)
+MAX_HELLO_GROUPS = 16
 
 _T_HELLO = "hello"
 _T_MSG = "msg"
@@ -277,6 +302,8 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
             m["n"] = frame.name
         if frame.token is not None:
             m["k"] = frame.token
+        if frame.groups:
+            m["g"] = list(frame.groups)
         if frame.seen is not None:
             m["o"] = frame.seen
         return m
@@ -336,6 +363,8 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
         if frame.error is not None:
             m["e"] = frame.error
         return m
+    if isinstance(frame, GROUP_FRAME_TYPES):
+        return group_frames.to_map(frame)
     raise LocalProtocolError(f"not a chat frame: {frame!r}")
 
 
@@ -521,12 +550,17 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
             token=r.get_label("k", MAX_TOKEN_CHARS),
             version=r.get_int("v", 1, MAX_VERSION),
             name_problem=problem,
+            groups=group_codec.as_keys(m.get("g", []), err, "field 'g'", max_len=MAX_HELLO_GROUPS),
             seen=r.get_label("o", MAX_SEEN_CHARS),
         )
     if kind.startswith("f"):
         frame = _file_frame(kind, r, err)
         if frame is not None:
             return frame
+    if kind.startswith("g"):
+        group = group_frames.from_map(m, err)
+        if group is not None:
+            return group
     if err is LocalProtocolError:
         raise err(f"unknown chat frame type {kind!r}")
     raise UnknownFrame(kind)

@@ -82,7 +82,6 @@ class _Attempt:
     handles: list[asyncio.TimerHandle] = field(default_factory=list)
     punch: asyncio.Task[None] | None = None
     punched: int = 0
-    punch_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -90,7 +89,6 @@ class _Peer:
     failures: int = 0
     next_at: float = 0.0
     attempt: _Attempt | None = None
-    last_error: str | None = None
 
 
 class Dialer:
@@ -118,12 +116,9 @@ class Dialer:
         return peer.failures if peer is not None else 0
 
     def busy(self, peer_id: str) -> bool:
+        """An attempt to reach this contact is running."""
         peer = self._peers.get(peer_id)
         return peer is not None and peer.attempt is not None
-
-    def last_error(self, peer_id: str) -> str | None:
-        peer = self._peers.get(peer_id)
-        return peer.last_error if peer is not None else None
 
     # ------------------------------------------------------------------ scheduling
     def retry_after(self, peer_id: str, delay: float, *, reset: bool = False) -> None:
@@ -223,7 +218,7 @@ class Dialer:
         try:
             await self.punch.dial(key_from_peer_id(peer_id), rendezvous, on_path)
         except PunchFailed as exc:
-            attempt.punch_error = str(exc)
+            self.stats["punch_failed"] = self.stats.get("punch_failed", 0) + 1
             log.info("punch to %s: %s", peer_id[:12], exc)
 
     def _attempt_over(self, attempt: _Attempt, now: float) -> bool:
@@ -260,23 +255,18 @@ class Dialer:
                 for conn in attempt.conns:
                     if not conn.closed and not conn.established:
                         conn.close("dial attempt over")
-                peer.last_error = attempt.punch_error
         if success:
             peer.failures = 0
-            peer.last_error = None
         elif counted:
             peer.failures += 1
             delay = min(MAX_BACKOFF, 0.5 * 2 ** min(peer.failures, 8))
             peer.next_at = self.loop.time() + delay * random.uniform(0.8, 1.2)
 
     def forget(self, peer_id: str) -> None:
+        """Stop reaching for this peer (removed or blocked): its attempt ends now."""
         peer = self._peers.pop(peer_id, None)
         if peer is not None and peer.attempt is not None:
-            attempt = peer.attempt
-            for handle in attempt.handles:
-                handle.cancel()
-            if attempt.punch is not None:
-                attempt.punch.cancel()
+            self._finish(peer_id, peer, success=False, counted=False)
 
     async def stop(self) -> None:
         for peer in self._peers.values():

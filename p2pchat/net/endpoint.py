@@ -231,6 +231,8 @@ class QuicLink:
     def close(self, reason: str = "", error_code: int = 0) -> None:
         if self.closed:
             return
+        if self._transmit_scheduled:
+            self.transmit()  # what was written this turn leaves before the close
         self.conn.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
         # Our side is done with it now; aioquic keeps the draining state on its own.

@@ -467,6 +467,7 @@ class PunchService:
         peers = punch.order_candidates(
             ([reply.observed] if reply.observed else []) + list(answer.candidates)
         )
+        observed = reply.observed
         mode, _ = punch.choose_modes(blob.nat, answer.nat)
         sync = punch.Sync(
             session.peer_key,
@@ -485,7 +486,7 @@ class PunchService:
         )
         # The Sync reaches the target in about half the round trip: start together.
         await asyncio.sleep(rtt / 2)
-        await self._run(session, mode, peers)
+        await self._run(session, mode, peers, observed)
 
     # ------------------------------------------------------------------ target
     def _forwarded(self, fwd: punch.ConnectFwd, addr: Addr, now: float) -> None:
@@ -551,7 +552,7 @@ class PunchService:
         _, mode = punch.choose_modes(request.nat, answer.nat)
         self._sessions[session.request_id] = session
         session.started = now
-        session.task = self._spawn(self._target_run(session, mode, peers))
+        session.task = self._spawn(self._target_run(session, mode, peers, fwd.observed))
 
     def _stranger_budget(self, now: float) -> bool:
         if self._strangers.take(now):
@@ -580,19 +581,25 @@ class PunchService:
         if event is not None:
             event.set()
 
-    async def _target_run(self, session: _Session, mode: Mode, peers: tuple[Addr, ...]) -> None:
+    async def _target_run(
+        self, session: _Session, mode: Mode, peers: tuple[Addr, ...], observed: Addr
+    ) -> None:
         synced = asyncio.Event()
         self._sync_events[session.request_id] = synced
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(synced.wait(), SYNC_FALLBACK)
-            await self._run(session, mode, peers)
+            await self._run(session, mode, peers, observed)
         finally:
             self._sync_events.pop(session.request_id, None)
             self._end(session)
 
     # ------------------------------------------------------------------ probing
-    async def _run(self, session: _Session, mode: Mode, peers: tuple[Addr, ...]) -> None:
+    async def _run(
+        self, session: _Session, mode: Mode, peers: tuple[Addr, ...], observed: Addr | None
+    ) -> None:
+        if observed is None:
+            mode = Mode.DIRECT  # birthday probes go only where the rendezvous saw the peer
         if mode is Mode.LISTEN:
             room = MAX_AUX_SOCKETS - self.endpoint.aux_sockets
             count = min(punch.LISTEN_SOCKETS, max(0, room))
@@ -602,7 +609,12 @@ class PunchService:
         start = self.loop.time()
         session.started = start
         session.plan = PunchPlan(
-            mode, peers, start=start, rng=self.rng, listen_sockets=len(session.aux)
+            mode,
+            peers,
+            start=start,
+            rng=self.rng,
+            observed=observed,
+            listen_sockets=len(session.aux),
         )
         self._count(f"punch_{mode.value}")
         plan = session.plan

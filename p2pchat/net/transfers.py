@@ -227,14 +227,25 @@ class TransferManager:
         return conn.send(frame) if conn is not None else False
 
     # --------------------------------------------------------------- sender
-    async def offer(self, peer_id: str, paths: list[Path]) -> Transfer:
-        """Hash the files (in a thread: large files take a while) and offer them."""
-        entries = await asyncio.to_thread(collect, paths)
+    async def offer(
+        self,
+        peer_id: str,
+        paths: list[Path],
+        *,
+        transfer_id: str | None = None,
+        entries: list[tuple[str, int, bytes, str | None]] | None = None,
+    ) -> Transfer:
+        """Hash the files (in a thread: large files take a while) and offer them.
+
+        A group file drop passes the ``entries`` it hashed once for every member and
+        the transfer id derived for each (``net/groups.py``)."""
+        if entries is None:
+            entries = await asyncio.to_thread(collect, paths)
         if len(entries) > MAX_FILES_PER_OFFER:
             raise TransferError(
                 f"too many files for one offer ({len(entries)}, at most {MAX_FILES_PER_OFFER})"
             )
-        transfer_id = secrets.token_hex(16)
+        transfer_id = transfer_id or secrets.token_hex(16)
         frame = chat.FileOffer(
             transfer_id, tuple(chat.FileEntry(rel, size, h) for rel, size, h, _src in entries)
         )
@@ -588,8 +599,11 @@ class TransferManager:
         attempt = secrets.token_bytes(16)
         self.receiver.expect(t, conn, plan, attempt)
         self.store.bump_transfer_attempts(t.id, now=self.clock())
-        # After repeated failures of the direct path, stay on the session's QUIC.
-        port = self.tcp_port if t.attempts < 2 else 0
+        # After repeated failures of the direct path, stay on the session's QUIC; a
+        # punched session crossed a NAT that lets in nothing else (docs/nat.md), so a
+        # TCP connection to our port could only time out.
+        direct = t.attempts < 2 and conn.path != "punched"
+        port = self.tcp_port if direct else 0
         conn.send(chat.FileAccept(t.id, tuple((i, off) for i, off, _ in plan), attempt, port))
 
     def retry_bad_channel(self, t: Transfer, why: str) -> None:

@@ -958,6 +958,18 @@ async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
             + (" (relay: anyone)" if reach["relay"] else " (contacts only)")
             + f", {served.get('connect_forwarded', 0)} connect requests forwarded"
         )
+        relaying = reach.get("relaying")
+        if isinstance(relaying, dict):
+            serving = relaying["serving"]
+            over = sum(v for k, v in serving.items() if k.startswith("dropped_"))
+            ours = ", ".join(
+                f"{c['peer_id'][:8]} via {(c['relay'] or '?')[:8]}" for c in relaying["channels"]
+            )
+            print(
+                f"relaying:   {serving['channels']} channels for others, "
+                f"{_size(serving['forwarded_bytes'])} forwarded, {over} datagrams dropped; "
+                f"ours: {ours or '-'}"
+            )
     skip = {"reachability"}
     for section in sorted(k for k, v in status.items() if isinstance(v, dict) and k not in skip):
         values = status[section]
@@ -1044,11 +1056,57 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
         out += ["--rendezvous", entry]
     if args.relay:
         out.append("--relay")
+    for flag, _field, _what in RELAY_BUDGET_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out += [flag, str(value)]
     if args.downloads:
         out += ["--downloads", str(Path(args.downloads).expanduser().absolute())]
     for ref in args.accept_files_from:
         out += ["--accept-files-from", ref]
     return out
+
+
+#: The relay's budgets on the command line (docs/self-hosting.md): flag, the
+#: ``RelayLimits`` field, help.  Sizes like 512K, 2M, 10G; rates are per second
+#: (positive), quotas per day (0 turns a quota off).
+RELAY_BUDGET_FLAGS = (
+    ("--relay-rate", "total_rate", "bytes per second relayed in all (default 16M)"),
+    ("--relay-peer-rate", "peer_rate", "bytes per second relayed for one node (default 2M)"),
+    ("--relay-quota", "total_per_day", "bytes relayed per day in all (default 0: no limit)"),
+    ("--relay-peer-quota", "peer_per_day", "bytes relayed per day for one node (default 4G)"),
+)
+
+
+def _size_arg(text: str) -> int:
+    from p2pchat.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _relay_limits(args: argparse.Namespace) -> Any:
+    """``RelayLimits`` from the budget flags (the defaults where none is given); a
+    rate's burst is two seconds' worth, and one source IP may use twice a node's rate."""
+    from p2pchat.core.relay import RelayLimits
+
+    fields: dict[str, float] = {}
+    for flag, field, _what in RELAY_BUDGET_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if field.endswith("_rate") and value <= 0:
+            raise CliError(f"{flag} must be more than 0", EXIT_USAGE)
+        fields[field] = float(value)
+    for rate, burst in (("total_rate", "total_burst"), ("peer_rate", "peer_burst")):
+        if rate in fields:
+            fields[burst] = 2 * fields[rate]
+    if "peer_rate" in fields:
+        fields["ip_rate"] = 2 * fields["peer_rate"]
+        fields["ip_burst"] = 4 * fields["peer_rate"]
+    return RelayLimits(**fields)  # type: ignore[arg-type]
 
 
 def _listening(info: dict[str, Any]) -> str:
@@ -1094,6 +1152,7 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
             relay=args.relay,
             rendezvous=args.rendezvous,
+            relay_limits=_relay_limits(args),
         )
         print(_listening(node.info()), flush=True)
         await stop.wait()
@@ -1379,8 +1438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--relay",
         action="store_true",
-        help="be a rendezvous for anyone, not only for contacts (a public node)",
+        help="be a rendezvous and relay for anyone, not only for contacts (a public node)",
     )
+    for flag, _field, what in RELAY_BUDGET_FLAGS:
+        p.add_argument(flag, metavar="SIZE", type=_size_arg, help=what)
     p.add_argument("--downloads", metavar="DIR", help="where received files go")
     p.add_argument(
         "--accept-files-from",

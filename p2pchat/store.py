@@ -510,6 +510,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     """
+    -- Hints from invites (docs/self-hosting.md): relays ('PEER_ID@HOST:PORT') to
+    -- register with, DHT bootstrap nodes ('HOST:PORT') to use when none was named.
+    CREATE TABLE network_hints (
+        kind     TEXT NOT NULL CHECK (kind IN ('relay', 'bootstrap')),
+        value    TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (kind, value)
+    ) WITHOUT ROWID;
+    """,
+    """
     -- The highest seq ever handed to a session for each contact.  An ack beyond it
     -- names messages the contact cannot have received (they are still queued here),
     -- so it is refused whole, like an ack beyond send_seq.
@@ -2225,6 +2235,35 @@ class Store:
                 raise UnknownContact(f"no contact request from {peer_id}")
 
     # -- invite tokens -------------------------------------------------------
+
+    def add_network_hints(
+        self, kind: str, values: Sequence[str], *, now: float, keep: int = 4
+    ) -> None:
+        """Remember relay or bootstrap hints (the newest ``keep`` of each kind)."""
+        if kind not in ("relay", "bootstrap"):
+            raise ValueError(f"unknown hint kind {kind!r}")
+        with self._write() as db:
+            for value in values:
+                db.execute(
+                    "INSERT OR REPLACE INTO network_hints (kind, value, added_at)"
+                    " VALUES (?, ?, ?)",
+                    (kind, value, now),
+                )
+            db.execute(
+                "DELETE FROM network_hints WHERE kind = ? AND value NOT IN ("
+                " SELECT value FROM network_hints WHERE kind = ?"
+                " ORDER BY added_at DESC, value LIMIT ?)",
+                (kind, kind, keep),
+            )
+
+    def network_hints(self, kind: str) -> list[str]:
+        """Relay or bootstrap hints from invites, newest first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT value FROM network_hints WHERE kind = ? ORDER BY added_at DESC, value",
+                (kind,),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def save_pending_token(self, peer_id: str, token: str) -> None:
         """Remember the token of a peer's invite until our Hello has presented it."""

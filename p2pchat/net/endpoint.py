@@ -11,7 +11,8 @@ learned, so every protocol shares this socket and the endpoint demultiplexes:
    decrypt, a small pool for handshakes not yet authenticated).
 3. First byte ``d`` that is no known connection goes to the KRPC handler.
 4. First byte 0x00-0x3F (neither QUIC v1, whose fixed bit is 0x40, nor KRPC)
-   goes to the punch/relay handler, as RFC 9443 does for STUN.
+   goes to the punch handler (0x30-0x3F to the relay handler), as RFC 9443 does
+   for STUN.
 5. Anything else is dropped.
 
 aioquic's ``QuicConnection`` is sans-IO; this module is its asyncio shell in
@@ -253,6 +254,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.on_incoming: Callable[[QuicLink], None] | None = None
         self.krpc_handler: PacketHandler | None = None
         self.punch_handler: PunchHandler | None = None
+        self.relay_handler: PunchHandler | None = None
         self._aux: set[AuxSocket] = set()
         self.local_address: tuple[str, int] | None = None
         self.dropped_datagrams = 0
@@ -326,8 +328,9 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         first = data[0]
         if first < 0x40:
-            if self.punch_handler is not None:
-                self.punch_handler(data, address, via)
+            handler = self.relay_handler if first >= 0x30 else self.punch_handler
+            if handler is not None:
+                handler(data, address, via)
             return
         buf = Buffer(data=data)
         try:

@@ -293,31 +293,20 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        contact = await api.call(
-            "add", {"ref": args.code, "name": args.name, "addresses": args.addr or []}
-        )
-    if args.json:
-        _print_json(contact)
-    else:
-        print(_safe(f"added {contact['name']} ({contact['peer_id']})"))
-    return EXIT_OK
+    call_args = {"ref": args.code, "name": args.name, "addresses": args.addr or []}
+    return await _contact_change(paths, args, "add", call_args, "added")
 
 
 async def cmd_rename(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        contact = await api.call("rename", {"contact": args.contact, "name": args.name})
-    if args.json:
-        _print_json(contact)
-    else:
-        print(_safe(f"renamed to {contact['name']} ({contact['peer_id']})"))
-    return EXIT_OK
+    call_args = {"contact": args.contact, "name": args.name}
+    return await _contact_change(paths, args, "rename", call_args, "renamed to")
 
 
 async def _contact_change(
     paths: Paths, args: argparse.Namespace, op: str, call_args: dict[str, Any], verb: str
 ) -> int:
-    """remove, block, unblock, mute, unmute: one call, then the peer it touched."""
+    """add, rename, accept, remove, block, unblock, mute, unmute: one call, then the
+    contact (or blocked peer) it touched: as JSON, or ``VERB NAME (PEER_ID)``."""
     async with _api(paths, args) as api:
         result = await api.call(op, call_args)
     if args.json:
@@ -395,13 +384,8 @@ async def cmd_requests(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_accept(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        contact = await api.call("accept", {"ref": args.ref, "name": args.name})
-    if args.json:
-        _print_json(contact)
-    else:
-        print(_safe(f"accepted {contact['name']} ({contact['peer_id']})"))
-    return EXIT_OK
+    call_args = {"ref": args.ref, "name": args.name}
+    return await _contact_change(paths, args, "accept", call_args, "accepted")
 
 
 async def _plain(

@@ -431,6 +431,12 @@ class RemoteNode:
         found = self._call("message", id=message_id, contact=contact)
         return None if found is None else _build(Message, found)
 
+    def find_message(self, ref: str, *, contact: str | None = None) -> Message:
+        found = self.get_message(ref, contact=contact)
+        if found is None:
+            raise RemoteError(f"no single message with id {ref!r}")
+        return found
+
     def set_typing(self, contact: str, active: bool) -> None:
         self._call("typing", contact=contact, active=active)
 

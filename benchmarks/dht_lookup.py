@@ -3,16 +3,17 @@
 
 Usage (from the repository root)::
 
-    python3 benchmarks/dht_lookup.py [--nodes 20] [--lookups 100] [--dead 0] [--same-ip]
+    python3 benchmarks/dht_lookup.py [--nodes 20] [--lookups 100] [--dead 0 5] [--same-ip]
 
 Starts N ``DhtService`` nodes in this process, each on its own UDP socket on loopback
 (by default each on its own address 127.0.1.x, as nodes on a network have; with
-``--same-ip`` all on 127.0.0.1), bootstrapped from the first one. Once every node has
-published its peer record, random nodes look up random other nodes' records by peer ID
-(``DhtService.lookup_record``: a full BEP 44 ``get`` lookup over real UDP) and the time
+``--same-ip`` all on 127.0.0.1), bootstrapped from the first one. Once every node's
+last put reached every node that could hold it, random nodes look up random other
+nodes' records by peer ID (``DhtService.lookup_record``: a full BEP 44 ``get`` lookup
+over real UDP) and the time
 from the call to the parsed record is measured. ``--dead K`` kills K nodes (their sockets
-closed, still in everyone's routing table) before measuring, so lookups meet dead
-contacts. Nothing leaves the machine.
+closed, still in everyone's routing table) right before measuring, so lookups meet dead
+contacts (each value given builds a fresh swarm). Nothing leaves the machine.
 
 ``benchmarks/connect.py`` imports :func:`measure` for its DHT section.
 """
@@ -21,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import os
+import platform
 import random
 import statistics
 import sys
@@ -70,10 +74,16 @@ async def _stop(member: _Member) -> None:
     member.endpoint.close()
 
 
+def _fully_published(member: _Member) -> bool:
+    """The last put reached every node that could hold it (the republish policy's goal)."""
+    record = member.dht.status()["record"]
+    return bool(record["stored"]) and record["stored"] >= record["reach"]
+
+
 async def _published(members: list[_Member], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        waiting = [m for m in members if not m.dht.status()["record"]["stored"]]
+        waiting = [m for m in members if not _fully_published(m)]
         if not waiting:
             return
         if time.monotonic() > deadline:
@@ -135,17 +145,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--lookups", type=int, default=100)
-    parser.add_argument("--dead", type=int, default=0)
+    parser.add_argument("--dead", type=int, nargs="+", default=[0])
     parser.add_argument("--same-ip", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    result = asyncio.run(
-        measure(args.nodes, args.lookups, dead=args.dead, same_ip=args.same_ip, seed=args.seed)
-    )
+    print(f"date       {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"python     {platform.python_version()} ({platform.python_implementation()})")
+    print(f"swarm      {args.nodes} DhtService nodes in one process, one UDP socket each on")
+    where = "127.0.0.1" if args.same_ip else "127.0.1.x"
+    print(f"           {where}, seed {args.seed}")
+    print(f"{'dead':>5} {'lookups':>8} {'found':>6} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7}")
+    for dead in args.dead:
+        r = asyncio.run(
+            measure(args.nodes, args.lookups, dead=dead, same_ip=args.same_ip, seed=args.seed)
+        )
+        print(
+            f"{r.dead:>5} {r.lookups:>8} {r.found:>6} {r.p50_ms:>7.0f} {r.p95_ms:>7.0f} "
+            f"{r.max_ms:>7.0f}",
+            flush=True,
+        )
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"{result.nodes} nodes ({result.dead} dead), {result.lookups} lookups: "
-        f"found {result.found}, p50 {result.p50_ms:.0f} ms, p95 {result.p95_ms:.0f} ms, "
-        f"max {result.max_ms:.0f} ms (swarm built in {result.build_s:.1f} s)"
+        f"machine    {platform.system()} {platform.release()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {load} at the end"
     )
 
 

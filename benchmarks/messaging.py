@@ -102,7 +102,7 @@ WARMUP = 50
 CHUNK = 256
 PHASE_TIMEOUT = 120.0
 # Burst sizes for --sweep: p2pchat's cost per message depends on the burst size.
-SWEEP = (250, 500, 1000, 2000, 4000)
+SWEEP = (250, 500, 1000, 2000, 4000, 10_000)
 HEADER = struct.Struct(">I")
 
 
@@ -635,7 +635,19 @@ def print_encryption(plain: Results, sealed: Results) -> None:
     for label, milestone in (("received (msg/s)", "received"), ("confirmed (msg/s)", "confirmed")):
         ours, base = sealed.rate(milestone), plain.rate(milestone)
         print(f"{label:<26}{base:>12,.0f}{ours:>12,.0f}{base / ours:>9.2f}x")
-    print("ratio: encrypted time / plain time (throughput: plain rate / encrypted rate)")
+    runs = ", ".join(f"{r.rate(r.received):,.0f}/{r.rate(r.confirmed):,.0f}" for r in sealed.bulk)
+    print(f"encrypted bulk rounds (received/confirmed msg/s): {runs}")
+    print(
+        f"ratio: encrypted time / plain time (throughput: plain rate / encrypted rate);"
+        f" SQLCipher {sqlcipher_version()}"
+    )
+
+
+def sqlcipher_version() -> str:
+    import sqlcipher3
+
+    with contextlib.closing(sqlcipher3.connect(":memory:")) as db:
+        return str(db.execute("PRAGMA cipher_version").fetchone()[0])
 
 
 def print_sweep(chat: Results, quic: Results) -> None:

@@ -17,8 +17,7 @@ import logging
 import os
 import signal
 import sys
-import unicodedata
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -34,6 +33,7 @@ from p2pchat.config import (
     save_settings,
 )
 from p2pchat.net.control import CALL_TIMEOUT, ControlClient, ControlError
+from p2pchat.plain import clean
 
 if TYPE_CHECKING:
     from p2pchat.identity import Identity
@@ -67,6 +67,7 @@ _KIND_EXIT = {
     "EndpointError": EXIT_NETWORK,
     "NodeAlreadyRunning": EXIT_NETWORK,
     "ControlUnavailable": EXIT_NETWORK,
+    "UnknownGroup": EXIT_UNKNOWN_CONTACT,
 }
 
 
@@ -108,7 +109,7 @@ class _RemoteApi:
         timeout: float | None = CALL_TIMEOUT
         if op in _SLOW_OPS:
             timeout = _SLOW_OPS[op]
-        elif op in ("send", "wait_transfer"):
+        elif op in ("send", "wait_transfer", "wait_delivery"):
             wait = args.get("wait", args.get("timeout", 0))
             timeout = CALL_TIMEOUT + (float(wait) if isinstance(wait, (int, float)) else 0.0)
         return await self.client.call(op, args, timeout=timeout)
@@ -133,9 +134,7 @@ def _open_node(paths: Paths, args: argparse.Namespace, passphrase: str | None = 
     except PassphraseRequired as exc:
         if sys.stdin.isatty():
             return Node(paths, passphrase=getpass.getpass("Passphrase: "))
-        raise PassphraseRequired(
-            f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase"
-        ) from None
+        raise PassphraseRequired(f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase") from None
 
 
 @contextlib.asynccontextmanager
@@ -182,11 +181,11 @@ def _require_identity(paths: Paths) -> None:
 
 
 def _safe(text: object) -> str:
-    """Peers choose names, previews and bodies: never let them drive the terminal."""
-    return "".join(
-        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf") else "\ufffd"
-        for ch in str(text)
-    )
+    """Peers choose names, previews, bodies and file names: every human-readable line
+    goes through the one rule for outside text (``p2pchat/plain.py``), so none of it
+    drives the terminal.  JSON output needs none: it is ASCII with every control
+    escaped."""
+    return clean(str(text), multiline=True)
 
 
 def _positive_int(text: str) -> int:
@@ -275,9 +274,11 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
         info = await api.call("info", {"one_time": args.one_time})
     if args.json:
         _print_json(info)
+    elif args.invite:
+        print(info["invite"])
     else:
         print(f"peer id:      {info['peer_id']}")
-        print(f"name:         {info['name']}")
+        print(_safe(f"name:         {info['name']}"))
         print(f"fingerprint:  {info['fingerprint']}")
         print(f"addresses:    {', '.join(info['addresses']) or '(not listening)'}")
         print(f"invite:       {info['invite']}")
@@ -292,24 +293,60 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        contact = await api.call(
-            "add", {"ref": args.code, "name": args.name, "addresses": args.addr or []}
-        )
-    if args.json:
-        _print_json(contact)
-    else:
-        print(f"added {contact['name']} ({contact['peer_id']})")
-    return EXIT_OK
+    call_args = {"ref": args.code, "name": args.name, "addresses": args.addr or []}
+    return await _contact_change(paths, args, "add", call_args, "added")
 
 
 async def cmd_rename(paths: Paths, args: argparse.Namespace) -> int:
+    call_args = {"contact": args.contact, "name": args.name}
+    return await _contact_change(paths, args, "rename", call_args, "renamed to")
+
+
+async def _contact_change(
+    paths: Paths, args: argparse.Namespace, op: str, call_args: dict[str, Any], verb: str
+) -> int:
+    """add, rename, accept, remove, block, unblock, mute, unmute: one call, then the
+    contact (or blocked peer) it touched: as JSON, or ``VERB NAME (PEER_ID)``."""
     async with _api(paths, args) as api:
-        contact = await api.call("rename", {"contact": args.contact, "name": args.name})
+        result = await api.call(op, call_args)
     if args.json:
-        _print_json(contact)
+        _print_json(result)
     else:
-        print(_safe(f"renamed to {contact['name']} ({contact['peer_id']})"))
+        name = result.get("name") or "?"
+        print(_safe(f"{verb} {name} ({result['peer_id']})"))
+    return EXIT_OK
+
+
+async def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "remove", {"contact": args.contact}, "removed")
+
+
+async def cmd_block(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "block", {"ref": args.ref}, "blocked")
+
+
+async def cmd_unblock(paths: Paths, args: argparse.Namespace) -> int:
+    return await _contact_change(paths, args, "unblock", {"ref": args.ref}, "unblocked")
+
+
+async def cmd_mute(paths: Paths, args: argparse.Namespace) -> int:
+    muted = args.command == "mute"
+    return await _contact_change(
+        paths, args, "mute", {"contact": args.contact, "muted": muted},
+        "muted" if muted else "unmuted",
+    )  # fmt: skip
+
+
+async def cmd_blocked(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        blocked = await api.call("blocked", {})
+    if args.json:
+        _print_json(blocked)
+        return EXIT_OK
+    if not blocked:
+        print("nobody is blocked")
+    for b in blocked:
+        print(_safe(f"{b.get('name') or '?':<20} {b['peer_id']}  since {_when(b['blocked_at'])}"))
     return EXIT_OK
 
 
@@ -323,6 +360,8 @@ async def cmd_contacts(paths: Paths, args: argparse.Namespace) -> int:
         print("no contacts yet: `p2pchat add INVITE`")
     for c in contacts:
         flags = ("online" if c["online"] else "offline") + (", verified" if c["verified"] else "")
+        flags += ", muted" if c.get("muted") else ""
+        flags += ", blocked" if c.get("blocked") else ""
         unread = f", {c['unread']} unread" if c["unread"] else ""
         waiting = f", messages held: {c['deferred']}" if c.get("deferred") else ""
         print(_safe(f"{c['name']:<20} {c['peer_id']}  ({flags}{unread}{waiting})"))
@@ -345,13 +384,8 @@ async def cmd_requests(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_accept(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        contact = await api.call("accept", {"ref": args.ref, "name": args.name})
-    if args.json:
-        _print_json(contact)
-    else:
-        print(f"accepted {contact['name']} ({contact['peer_id']})")
-    return EXIT_OK
+    call_args = {"ref": args.ref, "name": args.name}
+    return await _contact_change(paths, args, "accept", call_args, "accepted")
 
 
 async def _plain(
@@ -368,16 +402,97 @@ async def cmd_decline(paths: Paths, args: argparse.Namespace) -> int:
     return await _plain(paths, args, "decline", {"ref": args.ref}, "declined")
 
 
+def _stdin_chunks(max_lines: int, max_bytes: int) -> Iterator[list[str]]:
+    """Lines of stdin (without their line ends, blank ones skipped) in chunks."""
+    chunk: list[str] = []
+    size = 0
+    for raw in sys.stdin:
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if chunk and (len(chunk) >= max_lines or size + len(line) > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield chunk
+
+
+# What one ``send_many`` call may carry (``rpc.MAX_BATCH``, ``rpc.MAX_BATCH_BYTES``):
+# stated here too so that this command does not import the node to learn it.
+_CHUNK_LINES = 5000
+_CHUNK_BYTES = 512 * 1024
+
+
+async def _msg_lines(paths: Paths, args: argparse.Namespace) -> int:
+    """``msg CONTACT --lines``: every line of stdin is one message, in order."""
+    ids: list[str] = []
+    reply: dict[str, Any] = {}
+    async with _api(paths, args, network=True) as api:
+        for chunk in _stdin_chunks(_CHUNK_LINES, _CHUNK_BYTES):
+            try:
+                reply = await api.call(
+                    "send_many", {"contact": args.contact, "texts": chunk, "wait": 0}
+                )
+            except ControlError as exc:
+                if ids:
+                    exc.args = (f"{exc} (in the {len(ids) + 1}th line or the ones after it; "
+                                f"the {len(ids)} before it were sent)",)  # fmt: skip
+                raise
+            ids.extend(reply["ids"])
+        if not ids:
+            raise CliError("no lines on stdin: nothing sent", EXIT_USAGE)
+        if args.wait:
+            waited = await api.call("wait_delivery", {"id": ids[-1], "wait": args.wait})
+            reply["state"] = waited["state"]
+    state = reply["state"]
+    if args.json:
+        _print_json({"ids": ids, "state": state, "peer_id": reply["peer_id"]})
+    elif state in ("delivered", "read"):
+        print(f"delivered {len(ids)} messages")
+    else:
+        print(
+            f"queued {len(ids)} messages: not all delivered yet; they stay in the outbox and "
+            "are sent in order when the contact is reachable and a node runs for this home"
+        )
+    return EXIT_OK
+
+
 async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
+    if args.lines:
+        if args.text is not None:
+            raise CliError("--lines reads the messages from stdin: give no TEXT", EXIT_USAGE)
+        return await _msg_lines(paths, args)
+    if args.text is None:
+        raise CliError("give the message as TEXT, or - to read it from stdin", EXIT_USAGE)
+    text = sys.stdin.read() if args.text == "-" else args.text
     async with _api(paths, args, network=True) as api:
         reply = await api.call(
-            "send", {"contact": args.contact, "text": args.text, "wait": args.wait}
+            "send",
+            {"contact": args.contact, "text": text, "wait": args.wait, "reply_to": args.reply_to},
         )
+        contact = await api.call("find_contact", {"ref": reply["message"]["peer_id"]})
     message, state = reply["message"], reply["state"]
+    waiting = bool(reply.get("awaiting_acceptance")) and state not in ("delivered", "read")
     if args.json:
-        _print_json({"id": message["id"], "state": state, "peer_id": message["peer_id"]})
+        _print_json(
+            {
+                "id": message["id"],
+                "state": state,
+                "peer_id": message["peer_id"],
+                "awaiting_acceptance": waiting,
+            }
+        )
     elif state in ("delivered", "read"):
         print(f"delivered ({message['id']})")
+    elif waiting:
+        print(
+            _safe(
+                f"waiting for {contact['name']} to accept your request ({message['id']}): the "
+                "message is queued and goes out once they do"
+            )
+        )
     else:
         print(
             f"queued ({message['id']}): not delivered yet; it stays in the outbox and is "
@@ -386,17 +501,98 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        messages = await api.call("history", {"contact": args.contact, "limit": args.limit})
-    if args.json:
-        _print_json(messages)
-        return EXIT_OK
+async def _quoted(api: Api, messages: list[dict[str, Any]], contact: str) -> dict[str, Any]:
+    """The messages that ``messages`` reply to and that are not among them."""
+    shown = {m["id"] for m in messages}
+    quoted: dict[str, Any] = {}
+    for m in messages:
+        ref = m.get("reply_to")
+        if ref and ref not in shown and ref not in quoted:
+            quoted[ref] = await api.call("message", {"id": ref, "contact": contact})
+    return quoted
+
+
+def _print_messages(
+    messages: list[dict[str, Any]],
+    quoted: dict[str, Any] | None,
+    *,
+    names: dict[str, str] | None = None,
+) -> None:
+    """Conversation lines; ``quoted`` None prints no reply quotes, ``names`` (search)
+    says whose conversation each line is from."""
+    shown = {m["id"]: m for m in messages}
     ticks = {"queued": "…", "sent": "✓", "delivered": "✓✓", "read": "✓✓ read"}
     for m in messages:
         who = "me" if m["direction"] == "out" else "them"
+        if names is not None:
+            peer = names.get(m["peer_id"], m["peer_id"][:8])
+            who = f"me -> {peer}" if m["direction"] == "out" else peer
         tick = f"  [{ticks.get(m['state'], m['state'])}]" if m["direction"] == "out" else ""
-        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {m['body']}{tick}"))
+        ref = m.get("reply_to")
+        if ref and quoted is not None:
+            original = shown.get(ref) or quoted.get(ref)
+            quote = _quote(original) if original else "a message not stored here"
+            print(_safe(f"{'':19}  {'':>4}  ↳ reply to {quote}"))
+        if m.get("deleted"):
+            body, note = "(deleted)", ""
+        else:
+            body, note = m["body"], ("  (edited)" if m.get("edited") else "")
+        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {body}{tick}{note}  #{m['id'][:8]}"))
+
+
+async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
+    query = {"contact": args.contact, "limit": args.limit, "before": args.before}
+    async with _api(paths, args) as api:
+        messages = await api.call("history", query)
+        quoted = {} if args.json else await _quoted(api, messages, args.contact)
+    if args.json:
+        _print_json(messages)
+        return EXIT_OK
+    _print_messages(messages, quoted)
+    return EXIT_OK
+
+
+async def cmd_search(paths: Paths, args: argparse.Namespace) -> int:
+    query = {"text": args.text, "contact": args.contact, "limit": args.limit}
+    async with _api(paths, args) as api:
+        messages = await api.call("search", query)
+        contacts = [] if args.json else await api.call("contacts", {})
+    if args.json:
+        _print_json(messages)
+        return EXIT_OK
+    if not messages:
+        print("no message matches")
+    _print_messages(messages, None, names={c["peer_id"]: c["name"] for c in contacts})
+    return EXIT_OK
+
+
+def _quote(m: dict[str, Any]) -> str:
+    """The quoted message on one line: who wrote it and its first words."""
+    if m.get("deleted"):
+        return "a deleted message"
+    text = " ".join(str(m["body"]).split())
+    text = text if len(text) <= 60 else text[:59] + "…"
+    who = "me" if m["direction"] == "out" else "them"
+    return f"{who}: {text} #{m['id'][:8]}"
+
+
+async def cmd_edit(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        m = await api.call("edit", {"id": args.id, "text": args.text})
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"edited #{m['id'][:8]}")
+    return EXIT_OK
+
+
+async def cmd_delete(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        m = await api.call("delete", {"id": args.id})
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"deleted #{m['id'][:8]} for both sides")
     return EXIT_OK
 
 
@@ -445,6 +641,153 @@ async def cmd_send(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK if t["state"] not in ("declined", "cancelled", "failed") else EXIT_ERROR
 
 
+# ------------------------------------------------------------------ groups
+def _group_line(g: dict[str, Any]) -> str:
+    flags = [g["status"]] if g["status"] != "joined" else []
+    if g.get("role") == "admin":
+        flags.append("admin")
+    flags.append(f"{g['members']} members, {g['online']} online")
+    if g.get("unread"):
+        flags.append(f"{g['unread']} unread")
+    return f"{g['name']:<20} {g['group_id'][:16]}  ({', '.join(flags)})"
+
+
+async def cmd_groups(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        groups = await api.call("groups", {})
+    if args.json:
+        _print_json(groups)
+        return EXIT_OK
+    if not groups:
+        print("no groups yet: `p2pchat group create NAME --member CONTACT`")
+    for g in groups:
+        print(_safe(_group_line(g)))
+    return EXIT_OK
+
+
+async def _group_call(
+    paths: Paths, args: argparse.Namespace, op: str, call_args: dict[str, Any], done: str
+) -> int:
+    """Group commands that print the group afterwards (or its JSON)."""
+    async with _api(paths, args, network=True) as api:
+        view = await api.call(op, call_args)
+    if getattr(args, "json", False):
+        _print_json(view)
+    elif view is None:
+        print(done)
+    else:
+        print(_safe(f"{done}: {_group_line(view)}"))
+    return EXIT_OK
+
+
+async def cmd_group_create(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"name": args.name, "members": args.member or []}
+    return await _group_call(paths, args, "group_create", call, "created")
+
+
+async def cmd_group_add(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"group": args.group, "contact": args.contact, "admin": args.admin}
+    return await _group_call(paths, args, "group_add", call, "added (invited)")
+
+
+async def cmd_group_remove(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"group": args.group, "member": args.member}
+    return await _group_call(paths, args, "group_remove", call, "removed")
+
+
+async def cmd_group_promote(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"group": args.group, "member": args.member}
+    return await _group_call(paths, args, "group_promote", call, "promoted")
+
+
+async def cmd_group_rename(paths: Paths, args: argparse.Namespace) -> int:
+    call = {"group": args.group, "name": args.name}
+    return await _group_call(paths, args, "group_rename", call, "renamed")
+
+
+async def cmd_group_leave(paths: Paths, args: argparse.Namespace) -> int:
+    return await _group_call(paths, args, "group_leave", {"group": args.group}, "left")
+
+
+async def cmd_group_accept(paths: Paths, args: argparse.Namespace) -> int:
+    return await _group_call(paths, args, "group_accept", {"group": args.group}, "joined")
+
+
+async def cmd_group_decline(paths: Paths, args: argparse.Namespace) -> int:
+    return await _group_call(paths, args, "group_decline", {"group": args.group}, "declined")
+
+
+async def cmd_group_members(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        members = await api.call("group_members", {"group": args.group})
+    if args.json:
+        _print_json(members)
+        return EXIT_OK
+    for m in members:
+        flags = [m["role"]]
+        flags.append("you" if m["is_me"] else ("online" if m["online"] else "offline"))
+        if not m["is_me"] and not m["is_contact"]:
+            flags.append("not a contact")
+        print(_safe(f"{m['name']:<20} {m['peer_id']}  ({', '.join(flags)})"))
+    return EXIT_OK
+
+
+async def cmd_group_msg(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args, network=True) as api:
+        reply = await api.call(
+            "group_msg", {"group": args.group, "text": args.text, "wait": args.wait}
+        )
+    message = reply["message"]
+    if args.json:
+        _print_json(reply)
+    elif reply["delivered"] > 1:
+        held = f"{reply['delivered']} of {reply['members']} members"
+        print(f"held by {held} ({message['message_id']})")
+    else:
+        print(
+            f"stored ({message['message_id']}): no other member has it yet; members get it "
+            "when a node runs for this home and meets one of them, or from each other"
+        )
+    return EXIT_OK
+
+
+async def cmd_group_history(paths: Paths, args: argparse.Namespace) -> int:
+    async with _api(paths, args) as api:
+        messages = await api.call("group_history", {"group": args.group, "limit": args.limit})
+    if args.json:
+        _print_json(messages)
+        return EXIT_OK
+    for m in messages:
+        if m["kind"] == "text":
+            body = m["text"]
+        elif m["kind"] == "files":
+            names = ", ".join(f"{p} ({_size(n)})" for p, n in m["files"])
+            body = f"[files] {names}"
+            if m["transfer_id"]:
+                body += f"  (transfer {m['transfer_id']})"
+        else:
+            body = f"[a {m['kind']} message this version cannot show]"
+        tick = f"  [{m['delivered']}/{m['members']}]" if m["mine"] else ""
+        who = "me" if m["mine"] else m["author_name"]
+        print(_safe(f"{_when(m['sent_at'])}  {who:>10}: {body}{tick}"))
+    return EXIT_OK
+
+
+async def cmd_group_send(paths: Paths, args: argparse.Namespace) -> int:
+    files = [str(Path(p).expanduser().absolute()) for p in args.paths]
+    async with _api(paths, args, network=True) as api:
+        reply = await api.call("group_send", {"group": args.group, "paths": files})
+    if args.json:
+        _print_json(reply)
+    else:
+        count = len(reply["message"]["files"])
+        print(
+            f"offered {count} file(s) to {len(reply['transfers'])} member(s); each accepts "
+            "its own transfer (`p2pchat transfers`)"
+        )
+    return EXIT_OK
+
+
 async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
     query = {"limit": args.limit, "before": args.before}
     async with _api(paths, args) as api:
@@ -463,7 +806,9 @@ async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
             " ..." if len(t["files"]) > 3 else ""
         )
         size = _size(t["total"])
-        print(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+        print(
+            _safe(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
+        )
     if more:
         print(f"older transfers: p2pchat transfers --before {transfers[-1]['id'][:12]}")
     return EXIT_OK
@@ -479,7 +824,7 @@ async def cmd_accept_file(paths: Paths, args: argparse.Namespace) -> int:
                 "folder": str(Path(args.to).absolute()) if args.to else None,
             },
         )
-    print(f"accepted {t['id']}: saving to {t['folder']}")
+    print(_safe(f"accepted {t['id']}: saving to {t['folder']}"))
     return EXIT_OK
 
 
@@ -503,7 +848,11 @@ async def cmd_nearby(paths: Paths, args: argparse.Namespace) -> int:
         tag = "contact" if p["is_contact"] else "not a contact: `p2pchat add ID`"
         if not p.get("verified"):
             tag += ", ID not yet proven"
-        print(f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})")
+        print(
+            _safe(
+                f"{p.get('name') or '?':<20} {p['peer_id']}  {', '.join(p['addresses'])}  ({tag})"
+            )
+        )
     return EXIT_OK
 
 
@@ -565,7 +914,8 @@ def _require_running(paths: Paths) -> None:
 
 
 async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
-    """The running node's network status with the counters of every budget
+    """The running node's network status: how it is reachable (NAT kind, reflexive
+    addresses, rendezvous nodes; docs/nat.md) and the counters of every budget
     (docs/threat-model.md, "Budgets"): what peers were refused, and why."""
     _require_running(paths)
     async with _api(paths, args) as api:
@@ -575,12 +925,45 @@ async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"addresses:  {', '.join(status.get('addresses') or []) or '(not listening)'}")
     print(f"online:     {status.get('online')} contact(s), {status.get('nearby')} nearby")
-    for section in sorted(k for k, v in status.items() if isinstance(v, dict)):
+    reach = status.get("reachability")
+    if isinstance(reach, dict):
+        regs = [
+            f"{r['address']} ({(r['peer_id'] or '?')[:8]}): {r['state']}"
+            + (f", sees us at {r['observed']}" if r["observed"] else "")
+            + (f", {r['reason']}" if r["reason"] else "")
+            for r in reach["registrations"]
+        ]
+        served = reach["rendezvous"]
+        print(f"nat:        {reach['nat']}")
+        print(f"reflexive:  {', '.join(reach['reflexive']) or '-'}")
+        print(_safe(f"registered: {'; '.join(regs) or '-'}"))
+        print(
+            f"rendezvous: for {served.get('registrations', 0)} nodes"
+            + (" (relay: anyone)" if reach["relay"] else " (contacts only)")
+            + f", {served.get('connect_forwarded', 0)} connect requests forwarded"
+        )
+        relaying = reach.get("relaying")
+        if isinstance(relaying, dict):
+            serving = relaying["serving"]
+            over = sum(v for k, v in serving.items() if k.startswith("dropped_"))
+            ours = ", ".join(
+                f"{c['peer_id'][:8]} via {(c['relay'] or '?')[:8]}" for c in relaying["channels"]
+            )
+            print(
+                f"relaying:   {serving['channels']} channels for others, "
+                f"{_size(serving['forwarded_bytes'])} forwarded, {over} datagrams dropped; "
+                f"ours: {ours or '-'}"
+            )
+    skip = {"reachability"}
+    for section in sorted(k for k, v in status.items() if isinstance(v, dict) and k not in skip):
         values = status[section]
         flat = ", ".join(
             f"{key} {value}" for key, value in sorted(values.items()) if value not in (None, {})
         )
         print(_safe(f"{section + ':':<11} {flat}"))
+    if isinstance(reach, dict) and reach["punch"]:
+        flat = ", ".join(f"{k} {v}" for k, v in sorted(reach["punch"].items()))
+        print(_safe(f"{'punch:':<11} {flat}"))
     return EXIT_OK
 
 
@@ -653,11 +1036,61 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
         out.append("--no-dht")
     for entry in args.bootstrap or ():
         out += ["--bootstrap", entry]
+    for entry in args.rendezvous:
+        out += ["--rendezvous", entry]
+    if args.relay:
+        out.append("--relay")
+    for flag, _field, _what in RELAY_BUDGET_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out += [flag, str(value)]
     if args.downloads:
         out += ["--downloads", str(Path(args.downloads).expanduser().absolute())]
     for ref in args.accept_files_from:
         out += ["--accept-files-from", ref]
     return out
+
+
+#: The relay's budgets on the command line (docs/self-hosting.md): flag, the
+#: ``RelayLimits`` field, help.  Sizes like 512K, 2M, 10G; rates are per second
+#: (positive), quotas per day (0 turns a quota off).
+RELAY_BUDGET_FLAGS = (
+    ("--relay-rate", "total_rate", "bytes per second relayed in all (default 16M)"),
+    ("--relay-peer-rate", "peer_rate", "bytes per second relayed for one node (default 2M)"),
+    ("--relay-quota", "total_per_day", "bytes relayed per day in all (default 0: no limit)"),
+    ("--relay-peer-quota", "peer_per_day", "bytes relayed per day for one node (default 4G)"),
+)
+
+
+def _size_arg(text: str) -> int:
+    from p2pchat.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _relay_limits(args: argparse.Namespace) -> Any:
+    """``RelayLimits`` from the budget flags (the defaults where none is given); a
+    rate's burst is two seconds' worth, and one source IP may use twice a node's rate."""
+    from p2pchat.core.relay import RelayLimits
+
+    fields: dict[str, float] = {}
+    for flag, field, _what in RELAY_BUDGET_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if field.endswith("_rate") and value <= 0:
+            raise CliError(f"{flag} must be more than 0", EXIT_USAGE)
+        fields[field] = float(value)
+    for rate, burst in (("total_rate", "total_burst"), ("peer_rate", "peer_burst")):
+        if rate in fields:
+            fields[burst] = 2 * fields[rate]
+    if "peer_rate" in fields:
+        fields["ip_rate"] = 2 * fields["peer_rate"]
+        fields["ip_burst"] = 4 * fields["peer_rate"]
+    return RelayLimits(**fields)  # type: ignore[arg-type]
 
 
 def _listening(info: dict[str, Any]) -> str:
@@ -701,6 +1134,9 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             downloads=Path(args.downloads) if args.downloads else None,
             accept_files_from=args.accept_files_from,
             dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
+            relay=args.relay,
+            rendezvous=args.rendezvous,
+            relay_limits=_relay_limits(args),
         )
         print(_listening(node.info()), flush=True)
         await stop.wait()
@@ -769,6 +1205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--one-time", action="store_true", help="invite with a one-time token (no manual accept)"
     )
+    p.add_argument("--invite", action="store_true", help="print only the invite (for scripts)")
     p.set_defaults(func=cmd_id)
 
     p = sub.add_parser("add", help="add a contact from an invite or a peer ID")
@@ -783,6 +1220,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NEW_NAME")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rename)
+
+    p = sub.add_parser(
+        "remove", help="remove a contact (history stays; it may knock again: see block)"
+    )
+    p.add_argument("contact", metavar="CONTACT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser(
+        "block", help="block a contact, a requester or a peer ID: no sessions, requests, lookups"
+    )
+    p.add_argument("ref", metavar="CONTACT_REQUEST_OR_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_block)
+
+    p = sub.add_parser("unblock", help="take a peer off the block list")
+    p.add_argument("ref", metavar="NAME_OR_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_unblock)
+
+    p = sub.add_parser("blocked", help="list blocked peers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_blocked)
+
+    for verb, text in (("mute", "no notifications for a contact"), ("unmute", "undo mute")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("contact", metavar="CONTACT")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_mute)
 
     p = sub.add_parser("contacts", help="list contacts")
     p.add_argument("--json", action="store_true")
@@ -806,18 +1272,49 @@ def build_parser() -> argparse.ArgumentParser:
         "msg", help="send a message (through the running node, or a short-lived one)"
     )
     p.add_argument("contact", metavar="CONTACT")
-    p.add_argument("text", metavar="TEXT")
+    p.add_argument("text", metavar="TEXT", nargs="?", help="the message; - reads it from stdin")
+    p.add_argument(
+        "--lines",
+        action="store_true",
+        help="send each line of stdin as its own message, in order (blank lines skipped)",
+    )
     p.add_argument(
         "--wait", type=float, default=10.0, help="seconds to wait for delivery (default 10)"
+    )
+    p.add_argument(
+        "--reply-to", metavar="MESSAGE_ID", help="answer this message (an id or its first 4+)"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_msg)
 
+    p = sub.add_parser("edit", help="change the text of one of your messages (both sides)")
+    p.add_argument("id", metavar="MESSAGE_ID", help="as `history` shows it after #")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("delete", help="delete one of your messages for both sides")
+    p.add_argument("id", metavar="MESSAGE_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_delete)
+
     p = sub.add_parser("history", help="show a conversation")
     p.add_argument("contact", metavar="CONTACT")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="the newest N messages")
+    p.add_argument(
+        "--before", metavar="ID", help="the messages before this one (page back with --limit)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("search", help="find messages containing words (newest first)")
+    p.add_argument("text", metavar="TEXT", help="every word must appear; the last may be cut")
+    p.add_argument("--contact", metavar="CONTACT", help="only this conversation")
+    p.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N (max 500)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("send", help="offer files or folders to a contact")
     p.add_argument("contact", metavar="CONTACT")
@@ -853,7 +1350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
 
-    p = sub.add_parser("net", help="the running node's network status and budget counters")
+    p = sub.add_parser(
+        "net", help="the running node's reachability (NAT, rendezvous) and budget counters"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_net)
 
@@ -912,6 +1411,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
     )
+    p.add_argument(
+        "--rendezvous",
+        action="append",
+        default=[],
+        metavar="PEER@HOST:PORT",
+        help="a reachable node to register with when behind a NAT (repeatable; the DHT "
+        "bootstrap nodes and reachable contacts are tried too)",
+    )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="be a rendezvous and relay for anyone, not only for contacts (a public node)",
+    )
+    for flag, _field, what in RELAY_BUDGET_FLAGS:
+        p.add_argument(flag, metavar="SIZE", type=_size_arg, help=what)
     p.add_argument("--downloads", metavar="DIR", help="where received files go")
     p.add_argument(
         "--accept-files-from",
@@ -921,6 +1435,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept file offers from this contact (or all contacts) without asking",
     )
     p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("groups", help="list groups (joined, invited, left)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_groups)
+
+    p = sub.add_parser("group", help="group chat: create, invite, talk, share files")
+    grp = p.add_subparsers(dest="group_command", required=True, metavar="COMMAND")
+    q = grp.add_parser("create", help="create a group, inviting contacts")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--member", action="append", metavar="CONTACT", help="invite (repeatable)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_create)
+    q = grp.add_parser("add", help="invite a contact (admins)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("contact", metavar="CONTACT")
+    q.add_argument("--admin", action="store_true", help="as an admin")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_add)
+    q = grp.add_parser("remove", help="remove a member (admins)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("member", metavar="MEMBER")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_remove)
+    q = grp.add_parser("promote", help="make a member an admin (admins)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("member", metavar="MEMBER")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_promote)
+    q = grp.add_parser("rename", help="rename a group (admins)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_rename)
+    q = grp.add_parser("leave", help="leave a group (its history stays)")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_leave)
+    q = grp.add_parser("accept", help="accept a group invitation")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_accept)
+    q = grp.add_parser("decline", help="decline a group invitation")
+    q.add_argument("group", metavar="GROUP")
+    q.set_defaults(func=cmd_group_decline)
+    q = grp.add_parser("members", help="list a group's members")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_members)
+    q = grp.add_parser("msg", help="post a message to a group")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("text", metavar="TEXT")
+    q.add_argument(
+        "--wait", type=float, default=10.0,
+        help="seconds to wait for another member to hold it (default 10)",
+    )
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_msg)
+    q = grp.add_parser("history", help="show a group's messages")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("--limit", type=int)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_history)
+    q = grp.add_parser("send", help="offer files or folders to every member")
+    q.add_argument("group", metavar="GROUP")
+    q.add_argument("paths", metavar="PATH", nargs="+")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_group_send)
 
     p = sub.add_parser("stop", help="stop the daemon running for this home")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
@@ -953,6 +1534,7 @@ _REPORTED: dict[str, tuple[str, ...]] = {
     "p2pchat.node": ("NodeError",),
     "p2pchat.net.endpoint": ("EndpointError",),
     "p2pchat.net.transfers": ("TransferError",),
+    "p2pchat.net.groups": ("GroupError",),
 }
 
 
@@ -991,6 +1573,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except Exception as exc:
         if not _reported(exc):
             raise
-        print(f"p2pchat: error: {exc}", file=sys.stderr)
+        print(_safe(f"p2pchat: error: {exc}"), file=sys.stderr)
         code = _exit_code(exc)
     sys.exit(code)

@@ -23,6 +23,7 @@ from typing import Any
 
 from p2pchat.atrest import PassphraseChange, change_passphrase, open_home
 from p2pchat.config import (
+    DEFAULT_BOOTSTRAP,
     DEFAULT_PORT,
     PASSPHRASE_ENV,
     NodeLock,
@@ -32,9 +33,15 @@ from p2pchat.config import (
 )
 from p2pchat.core import chat
 from p2pchat.core.events import (
+    AwaitingAcceptance,
+    BlockChanged,
     ContactAdded,
     ContactChanged,
+    ContactRemoved,
     ContactRequestReceived,
+    MessageDeleted,
+    MessageEdited,
+    MessageSent,
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
@@ -47,6 +54,8 @@ from p2pchat.core.events import (
     TransferStateChanged,
     TypingChanged,
 )
+from p2pchat.core.filedrop import RUNNING_STATES
+from p2pchat.core.punch import is_public_ip
 from p2pchat.delivery import Delivery, daily_quota_setting
 from p2pchat.identity import (
     INVITE_PREFIX,
@@ -62,14 +71,29 @@ from p2pchat.identity import (
 )
 from p2pchat.names import name_problem, normalise_name, repair_name
 from p2pchat.net.dht import DhtError, DhtOptions, DhtService
-from p2pchat.net.endpoint import Endpoint, QuicLink
-from p2pchat.net.interfaces import interface_ips
+from p2pchat.net.dial import Dialer, Route
+from p2pchat.net.endpoint import AuxSocket, Endpoint, QuicLink
+from p2pchat.net.groups import GroupService
+from p2pchat.net.interfaces import interface_ips, local_networks
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
+from p2pchat.net.punch import PunchService, RendezvousNode
+from p2pchat.net.quic import smoothed_rtt
+from p2pchat.net.relay import RelayChannel, RelayLimits, RelayService
+from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from p2pchat.net.transfers import TransferError as TransferError
-from p2pchat.store import Contact, ContactRequest, Message, StoreError, Transfer
+from p2pchat.store import (
+    BlockedPeer,
+    Contact,
+    ContactRequest,
+    Message,
+    StoreError,
+    Transfer,
+    UnknownContact,
+    resolve_ref,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +106,19 @@ MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
 MAX_INVITE_ADDRESSES = 8
+ACCEPT_GRACE = 1.0
 # Transfers per page of ``list_transfers`` unless the caller asks for another size.
 TRANSFER_PAGE_SIZE = PAGE_SIZE
 # A contact unreachable at its known addresses (this many dials without a session, or
 # no address at all) is looked up in the DHT; repeated lookups back off up to an hour.
 DHT_AFTER_ATTEMPTS = 2
-DHT_RETRY_MIN = 5.0
+DHT_RETRY_MIN = 1.0
 DHT_RETRY_MAX = 3600.0
-RUNNING_TRANSFER_STATES = ("accepted", "sending", "receiving")
+SEARCH_LIMIT = 50
+MAX_SEARCH_LIMIT = 500
+# Messages added to the full-text index per dial-loop tick (about a second); a search
+# indexes whatever is left first, so this only keeps that catch-up short.
+INDEX_PER_TICK = 5000
 
 
 class NodeError(Exception):
@@ -98,14 +127,6 @@ class NodeError(Exception):
 
 class NotRunning(NodeError):
     """The operation needs the network, and the node is not started."""
-
-
-@dataclass(slots=True)
-class _DialState:
-    attempts: int = 0
-    next_at: float = 0.0
-    index: int = 0
-    link: PeerConnection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +141,26 @@ class ContactView:
     online: bool
     unread: int
     route: str | None = None
-    """How the live session runs: "lan" (a local-network or loopback address) or
-    "direct" (any other address); None when offline."""
+    """The same as ``path`` (the name the app reads until it moves to ``path``)."""
+    path: str | None = None
+    """How the live session runs: "lan" (the peer's private address is on one of our
+    own subnets), "direct" (any other address dialled or accepted as is, loopback
+    included), "punched" (a path a hole punch opened), "relayed" (through a relay,
+    ``via``), None when offline."""
+    via: str | None = None
+    """The relay's peer ID when ``path`` is "relayed"."""
+    rtt_ms: float | None = None
+    """QUIC's smoothed round-trip time of the live session, in milliseconds."""
     deferred: str | None = None
     """Why our queued messages wait although the contact is reachable: its node asked
     us to hold them (its storage failed, or our daily allowance there is used up).
     The reason comes from the contact's node: render it literally."""
+    awaiting_acceptance: bool = False
+    """Their node answered that we are not its contact yet: our messages wait."""
+    muted: bool = False
+    """The user wants no notifications for this contact (views honour it)."""
+    blocked: bool = False
+    """On the block list: no session, no request, no lookup until unblocked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +178,7 @@ class NearbyPeer:
 
 @dataclass(eq=False, slots=True)
 class _Subscription:
-    queue: asyncio.Queue[NodeEvent] = field(
-        default_factory=lambda: asyncio.Queue(EVENT_QUEUE_SIZE)
-    )
+    queue: asyncio.Queue[NodeEvent] = field(default_factory=lambda: asyncio.Queue(EVENT_QUEUE_SIZE))
 
 
 class Node:
@@ -180,13 +213,25 @@ class Node:
         self._conns: set[PeerConnection] = set()
         self._active: dict[str, PeerConnection] = {}
         self._requests: dict[str, PeerConnection] = {}
-        self._dial: dict[str, _DialState] = {}
+        self._dialer: Dialer | None = None
+        self._punch: PunchService | None = None
+        self._relay: RelayService | None = None
+        self._relay_hints: tuple[RendezvousNode, ...] = ()
+        self._rendezvous_config: tuple[RendezvousNode, ...] = ()
+        self._finder: RendezvousFinder | None = None
+        self._routes: dict[str, tuple[tuple[str, int], ...]] = {}
+        """Rendezvous addresses of contacts, from their DHT records (in memory)."""
+        self._nat_hints: dict[str, str] = {}
+        self._public_ips: set[str] = set()
+        """The public IPs the rendezvous nodes saw us at, since the last move."""
         self._subs: set[_Subscription] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
         self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._nearby: dict[str, NearbyPeer] = {}
         self._hints: dict[str, tuple[str, ...]] = {}
+        # Checked on every session and dial: kept in memory, written through.
+        self._blocked: set[str] = {b.peer_id for b in self.store.list_blocked()}
         self._known_ips: set[str] = set()
         """IPs where contacts were seen or are hinted: their handshakes may use the
         endpoint's reserve when strangers fill the pool."""
@@ -196,14 +241,17 @@ class Node:
             emit=self._emit,
             active=self._active.get,
             daily_quota=lambda: daily_quota_setting(self.settings),
+            schedule=self._schedule_flush,
         )
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
             clock=self.clock,
             emit=self._emit,
-            connection_for=self._active.get,
+            connection_for=self._session_for,
         )
+        self.groups = GroupService(self)
+        """Group chat (docs/groups.md): the group part of the Node API."""
         self.running = False
         self.start_options: dict[str, Any] = {}
         """What the last ``start`` was given, so a hand-off can start a daemon alike."""
@@ -267,11 +315,20 @@ class Node:
         accept_files_from: str | Iterable[str] = (),
         mdns: MdnsOptions | None = None,
         dht: DhtOptions | None = None,
+        relay: bool = False,
+        rendezvous: Iterable[str] = (),
+        relay_limits: RelayLimits | None = None,
     ) -> None:
         """Take the home's lock and bind the UDP socket.
 
         The control socket is not the node's business: whoever owns the node (the
         daemon, or the app that started first) serves it, see ``p2pchat/owner.py``.
+
+        ``rendezvous`` (``PEER_ID@HOST:PORT`` strings) are nodes to register with when
+        we sit behind a NAT (the DHT's bootstrap nodes and reachable contacts are
+        tried too); ``relay`` makes this node a rendezvous for anyone, not only for
+        its contacts (``docs/nat.md``), and so a relay for anyone's data;
+        ``relay_limits`` are the budgets of what it relays (``docs/self-hosting.md``).
 
         ``dht`` joins the DHT on the same socket; None (the default) keeps the node
         off it, so tests never reach bootstrap nodes they did not name.
@@ -290,6 +347,9 @@ class Node:
             "accept_files_from": accept_files_from,
             "mdns": mdns,
             "dht": dht,
+            "relay": relay,
+            "rendezvous": tuple(rendezvous),
+            "relay_limits": relay_limits,
         }
         if downloads is not None:
             self.transfers.policy.downloads = _absolute(downloads)
@@ -299,6 +359,15 @@ class Node:
             ref if ref == "contacts" else self.store.find_contact(ref).peer_id
             for ref in accept_files_from
         )
+        self._rendezvous_config = tuple(
+            _parse_rendezvous(entry) for entry in self.start_options["rendezvous"]
+        )
+        self._relay_hints = self._load_relay_hints()
+        hints = self.store.network_hints("bootstrap")
+        if dht is not None and dht.bootstrap == DEFAULT_BOOTSTRAP and hints:
+            # The user named no bootstrap node, but joined a swarm through an invite:
+            # that swarm's nodes, not the public routers.
+            dht = dataclasses.replace(dht, bootstrap=tuple(hints), trust_bootstrap=True)
         self._lock.acquire()
         try:
             host, port = parse_address(listen) if listen else self._default_listen()
@@ -316,6 +385,33 @@ class Node:
                     clock=self.clock,
                 )
                 await self._dht.start()
+            self._punch = PunchService(
+                self._endpoint,
+                self.identity,
+                relay=relay,
+                is_contact=lambda key: self.store.get_contact(peer_id_from_key(key)) is not None,
+                local_candidates=self._local_candidates,
+                external=self._dht_external if self._dht is not None else None,
+                on_change=self._rendezvous_changed,
+                clock=self.clock,
+            )
+            await self._punch.start()
+            self._relay = RelayService(
+                self._endpoint,
+                self.identity,
+                self._punch,
+                limits=relay_limits,
+                is_contact=lambda key: self.store.get_contact(peer_id_from_key(key)) is not None,
+            )
+            await self._relay.start()
+            if self._dht is not None:
+                self._finder = RendezvousFinder(self._dht, self._punch, relay=relay)
+            self._dialer = Dialer(
+                self._open_connection,
+                punch=self._punch,
+                local_networks=local_networks,
+                relay=self._relay,
+            )
             self._wake = asyncio.Event()
             if mdns is not None:
                 self._mdns = MdnsService(self, mdns)
@@ -324,6 +420,13 @@ class Node:
             if self._mdns is not None:
                 await self._mdns.stop()
                 self._mdns = None
+            if self._relay is not None:
+                await self._relay.stop()
+                self._relay = None
+            if self._punch is not None:
+                await self._punch.stop()
+                self._punch = None
+            self._dialer = None
             if self._dht is not None:
                 await self._dht.stop()
                 self._dht = None
@@ -338,8 +441,19 @@ class Node:
             self.settings["listen"] = format_address(*bound)
             save_settings(self.paths, self.settings)
         self._spawn(self._dial_loop())
+        if self._finder is not None:
+            self._spawn(self._finder.run())
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
+
+    def _schedule_flush(self) -> None:
+        """Delivery's group commit runs once at the end of this event-loop turn."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.delivery.flush()  # no loop (a node used without ``start``): at once
+            return
+        loop.call_soon(self.delivery.flush)
 
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
@@ -373,12 +487,23 @@ class Node:
         if self._dht is not None:
             await self._dht.stop()  # saves the routing table for the next start
             self._dht = None
+        self._finder = None
+        if self._dialer is not None:
+            await self._dialer.stop()
+            self._dialer = None
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
+        if self._punch is not None:
+            await self._punch.stop()
+            self._punch = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.transfers.stop()
+        self.delivery.flush()  # what this turn received is stored and acknowledged
         for conn in list(self._conns):
             conn.close("node stopping")
         if self._endpoint is not None:
@@ -391,6 +516,7 @@ class Node:
                 async with asyncio.timeout(5):
                     await self._endpoint.wait_closed()
             self._endpoint = None
+        self.groups.save()
         self._emit(NodeStopped())
         self._lock.release()
         self.store.close()
@@ -478,9 +604,35 @@ class Node:
 
     def invite(self, *, one_time: bool = False) -> str:
         token = self.store.create_invite_token(now=self.clock()) if one_time else None
+        relays, bootstrap = self._invite_hints()
         return Invite(
-            peer_id=self.peer_id, addresses=self.addresses, token=token, name=self.name
+            peer_id=self.peer_id,
+            addresses=self.addresses,
+            token=token,
+            name=self.name,
+            relays=relays,
+            bootstrap=bootstrap,
         ).encode()
+
+    def _invite_hints(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Where an invitee can reach us and join our swarm: the rendezvous nodes we are
+        registered with (or we ourselves, a public ``--relay`` node), and the DHT
+        bootstrap nodes the user named (or we ourselves, as a public DHT node)."""
+        relays: list[str] = []
+        bootstrap: list[str] = []
+        public = [a for a in self.addresses if is_public_ip(parse_address(a)[0])]
+        if self.running and self.start_options.get("relay"):
+            relays += [f"{self.peer_id}@{a}" for a in public]
+            if self._dht is not None:
+                bootstrap += public
+        if self._punch is not None:
+            relays += [
+                f"{peer_id_from_key(k)}@{format_address(*a)}"
+                for k, a in self._punch.registered_rendezvous()
+            ]
+        if self._dht is not None and self._dht.options.trust_bootstrap:
+            bootstrap += [b for b in self._dht.options.bootstrap if not _is_loopback(b)]
+        return tuple(dict.fromkeys(relays))[:4], tuple(dict.fromkeys(bootstrap))[:4]
 
     def add_contact(
         self, ref: str, *, name: str | None = None, addresses: Iterable[str] = ()
@@ -505,10 +657,33 @@ class Node:
         )
         if invite.token:
             self.store.save_pending_token(invite.peer_id, invite.token)
+        self._take_hints(invite)
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
         self._poke()
         return contact
+
+    def _take_hints(self, invite: Invite) -> None:
+        """An invite's relays are routes to its sender and rendezvous candidates for
+        us; its bootstrap nodes are our DHT's when the user named none (at the next
+        start, and now if the DHT runs).  Kept in the store, the newest four of each."""
+        now = self.clock()
+        if invite.relays:
+            self.store.add_network_hints("relay", invite.relays, now=now)
+            self._relay_hints = self._load_relay_hints()
+            routes = tuple(_parse_rendezvous(r).addr for r in invite.relays)
+            self._routes.setdefault(invite.peer_id, routes)
+        if invite.bootstrap:
+            self.store.add_network_hints("bootstrap", invite.bootstrap, now=now)
+            if self._dht is not None:
+                self._dht.add_bootstrap(invite.bootstrap)
+
+    def _load_relay_hints(self) -> tuple[RendezvousNode, ...]:
+        nodes = []
+        for hint in self.store.network_hints("relay"):
+            with contextlib.suppress(NodeError, ValueError):
+                nodes.append(_parse_rendezvous(hint))
+        return tuple(nodes)
 
     def contacts(self) -> list[ContactView]:
         return [
@@ -520,26 +695,49 @@ class Node:
                 last_seen=c.last_seen,
                 online=c.peer_id in self._active,
                 unread=self.store.unread_count(c.peer_id),
-                route=self._route(c.peer_id),
+                route=self._path(c.peer_id),
+                path=self._path(c.peer_id),
+                via=self._via(c.peer_id),
+                rtt_ms=self._rtt_ms(c.peer_id),
                 deferred=self.delivery.paused_reason(c.peer_id),
+                awaiting_acceptance=self.awaiting_acceptance(c.peer_id),
+                muted=c.muted,
+                blocked=c.peer_id in self._blocked,
             )
             for c in self.store.list_contacts()
         ]
 
-    def _route(self, peer_id: str) -> str | None:
+    def _path(self, peer_id: str) -> str | None:
         conn = self._active.get(peer_id)
         if conn is None:
             return None
+        if conn.path is not None:
+            return conn.path
         try:
             ip = ipaddress.ip_address(str(conn.link.address[0]).split("%")[0])
         except ValueError:
             return "direct"
-        local = ip.is_private or ip.is_loopback or ip.is_link_local
-        return "lan" if local else "direct"
+        # A LAN is a private network we share a link with; a public address on our
+        # own subnet (a datacenter, an ISP segment) is still just direct.
+        if is_public_ip(str(ip)):
+            return "direct"
+        return "lan" if any(ip in net for net in local_networks()) else "direct"
+
+    def _via(self, peer_id: str) -> str | None:
+        """The relay's peer ID, when the contact's session runs through one."""
+        conn = self._active.get(peer_id)
+        via = conn.link.via if conn is not None else None
+        return via.relay_peer_id if isinstance(via, RelayChannel) else None
+
+    def _rtt_ms(self, peer_id: str) -> float | None:
+        conn = self._active.get(peer_id)
+        rtt = smoothed_rtt(conn.link.conn) if conn is not None else None
+        return None if rtt is None else round(rtt * 1000, 1)
 
     def network_status(self) -> dict[str, Any]:
-        """What a status bar shows: addresses, peers online and nearby, DHT and NAT;
-        and what file drop turned away (``file_drop``: docs/threat-model.md, "Budgets")."""
+        """What a status bar and ``p2pchat net`` show: addresses, peers online and
+        nearby, DHT and NAT, how we are reachable (``reachability``: docs/nat.md), and
+        what every budget turned away (docs/threat-model.md, "Budgets")."""
         status: dict[str, Any] = {
             "running": self.running,
             "addresses": list(self.addresses),
@@ -547,6 +745,7 @@ class Node:
             "nearby": sum(1 for p in self._nearby.values() if p.source == "mdns"),
             "mdns": self._mdns is not None,
             "dht": None,
+            "reachability": self._reachability(),
             "handshakes": self._handshake_status(),
             "file_drop": self.transfers.status(),
             "messages": self.delivery.status(),
@@ -560,6 +759,21 @@ class Node:
                 "nat": dht.get("nat"),
                 "read_only": dht.get("read_only"),
             }
+        return status
+
+    def _reachability(self) -> dict[str, Any] | None:
+        """NAT kind, reflexive addresses, rendezvous registrations (ours and those we
+        hold for others), punch counters, socket buffers and dial attempts."""
+        if self._punch is None or self._endpoint is None:
+            return None
+        status: dict[str, Any] = dict(self._punch.status())
+        status["socket_buffers"] = self._endpoint.socket_buffers
+        if self._dialer is not None:
+            status["dial"] = dict(self._dialer.stats)
+        if self._finder is not None:
+            status["relays_found_on_dht"] = len(self._finder.found)
+        if self._relay is not None:
+            status["relaying"] = self._relay.status()
         return status
 
     def _handshake_status(self) -> dict[str, Any] | None:
@@ -594,49 +808,264 @@ class Node:
     def find_contact(self, ref: str) -> Contact:
         return self.store.find_contact(ref)
 
-    def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
-        return self.store.history(self.store.find_contact(contact).peer_id, limit=limit)
+    # ---------------------------------------------------- contact management
+    def remove_contact(self, ref: str) -> Contact:
+        """Remove a contact: its session ends and it is no longer dialled or looked
+        up.  History, counters and unsent messages stay (adding it again picks up
+        where it was); the peer may knock again as a stranger (``block`` stops that)."""
+        contact = self.store.find_contact(ref)
+        peer = contact.peer_id
+        self.store.remove_contact(peer)
+        self._forget_peer(peer, "contact removed")
+        self._emit(ContactRemoved(peer))
+        return contact
 
-    def send_message(self, contact: str, text: str) -> Message:
-        """Store first (the outbox survives anything), then send if the contact is online."""
+    def block(self, ref: str) -> BlockedPeer:
+        """Block a contact, a requester or any peer ID (or invite).
+
+        From now on a session with that key is closed right after it authenticates
+        (before our Hello, so it learns not even our name), its contact request is
+        dropped and no new one recorded, we never dial it nor look it up in the DHT,
+        and LAN announcements of it are ignored.  A blocked contact stays a contact
+        (history kept) and ``unblock`` restores it as it was.  Nobody is told.
+        """
+        peer, name = self._peer_for(ref)
+        if peer == self.peer_id:
+            raise NodeError("that is your own ID")
+        blocked = self.store.block(peer, name=name, now=self.clock())
+        self._blocked.add(peer)
+        self._forget_peer(peer, "blocked")
+        self._nearby.pop(peer, None)
+        self._emit(BlockChanged(peer, True))
+        return blocked
+
+    def unblock(self, ref: str) -> BlockedPeer:
+        """Take a key off the block list (by the contact's name, the name it was
+        blocked under, or its ID)."""
+        entry = _resolve_blocked(ref, self.blocked())
+        self.store.unblock(entry.peer_id)
+        self._blocked.discard(entry.peer_id)
+        self._emit(BlockChanged(entry.peer_id, False))
+        self._poke()  # a contact is dialled again
+        return entry
+
+    def blocked(self) -> list[BlockedPeer]:
+        """The block list, most recent first; a blocked contact shows its contact name."""
+        names = {c.peer_id: c.name for c in self.store.list_contacts()}
+        return [
+            dataclasses.replace(b, name=names.get(b.peer_id, b.name))
+            for b in self.store.list_blocked()
+        ]
+
+    def is_blocked(self, peer_id: str) -> bool:
+        return peer_id in self._blocked
+
+    def set_muted(self, ref: str, muted: bool = True) -> Contact:
+        """Mute (or unmute) a contact: views show no notifications for it."""
+        contact = self.store.set_muted(self.store.find_contact(ref).peer_id, muted)
+        self._emit(ContactChanged(contact.peer_id))
+        return contact
+
+    def _peer_for(self, ref: str) -> tuple[str, str | None]:
+        """A contact, then a contact request, then a bare peer ID or invite."""
+        try:
+            contact = self.store.find_contact(ref)
+            return contact.peer_id, contact.name
+        except UnknownContact:
+            pass
+        try:
+            request = self.store.find_request(ref)
+            return request.peer_id, request.name
+        except UnknownContact:
+            pass
+        if is_peer_id(ref.strip()) or ref.strip().startswith(INVITE_PREFIX):
+            invite = parse_contact_ref(ref)
+            return invite.peer_id, repair_name(invite.name)
+        raise UnknownContact(f"no contact, request or peer ID matches {ref!r}")
+
+    def _forget_peer(self, peer: str, reason: str) -> None:
+        """End every session with ``peer`` and stop dialling and looking it up."""
+        for conns in (self._active, self._requests):
+            conn = conns.get(peer)
+            if conn is not None:
+                conn.close(reason)
+        if self._dialer is not None:
+            self._dialer.forget(peer)
+        self._hints.pop(peer, None)
+        self._routes.pop(peer, None)
+        self._nat_hints.pop(peer, None)
+        self._dht_retry.pop(peer, None)
+
+    def history(
+        self, contact: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[Message]:
+        """The conversation in order: the newest ``limit`` messages, or with ``before``
+        (a message id) the ``limit`` just before that message, to page back as the
+        user scrolls up.  Each page costs the same however long the history is."""
+        peer = self.store.find_contact(contact).peer_id
+        return self.store.history(peer, limit=limit, before=before)
+
+    def search(
+        self, text: str, *, contact: str | None = None, limit: int = SEARCH_LIMIT
+    ) -> list[Message]:
+        """Messages containing every word of ``text`` (the last word may be the start
+        of a word), newest first; only with ``contact`` when given.  Full-text search
+        (SQLite FTS5) over the whole history."""
+        peer = self.store.find_contact(contact).peer_id if contact else None
+        return self.store.search(text, peer_id=peer, limit=min(limit, MAX_SEARCH_LIMIT))
+
+    def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
+        """Store first (the outbox survives anything), then send if the contact is online.
+
+        ``reply_to``: a message of this conversation (either direction; a unique
+        prefix of its id will do) that this one answers.
+        """
         peer = self.store.find_contact(contact)
-        body = text.strip("\n")
-        if not body.strip():
-            raise NodeError("refusing to send an empty message")
-        if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
-            raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
-        message = self.store.queue_message(peer.peer_id, body, now=self.clock())
+        body = _message_body(text)
+        quoted = None
+        if reply_to is not None:
+            quoted = self.find_message(reply_to, contact=peer.peer_id).id
+        message = self.store.queue_message(peer.peer_id, body, now=self.clock(), reply_to=quoted)
+        self._emit(
+            MessageSent(
+                message.peer_id, message.id, message.seq, message.body, message.created_at,
+                message.reply_to,
+            )
+        )  # fmt: skip
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
-        conn = self._active.get(peer.peer_id)
-        if conn is not None:
-            self.delivery.send_new(conn, message)
-        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
+        if self._send_now(message):
+            message = dataclasses.replace(message, state="sent")
+        return message
+
+    def send_messages(self, contact: str, texts: Iterable[str]) -> list[Message]:
+        """Several messages to one contact, in order: all are checked first, then stored
+        in the outbox in one transaction (durable when this returns), then sent.
+
+        Raises ``NodeError`` naming the first text that cannot be a message (empty,
+        too long) before anything is stored.
+        """
+        peer = self.store.find_contact(contact).peer_id
+        bodies = []
+        for n, text in enumerate(texts, 1):
+            try:
+                bodies.append(_message_body(text))
+            except NodeError as exc:
+                raise NodeError(f"message {n}: {exc}" if n > 1 else str(exc)) from None
+        if not bodies:
+            raise NodeError("no message to send")
+        messages = self.store.queue_messages(peer, bodies, now=self.clock())
+        for m in messages:
+            self._emit(MessageSent(m.peer_id, m.id, m.seq, m.body, m.created_at, m.reply_to))
+            self._emit(MessageStateChanged(peer, m.id, "queued"))
+        if self._send_now(*messages):
+            messages = [dataclasses.replace(m, state="sent") for m in messages]
+        return messages
+
+    def _send_now(self, *messages: Message) -> bool:
+        """Messages of one contact just queued, in seq order: out now if it is online
+        (True; the store marks them ``sent`` at the end of this loop turn)."""
+        conn = self._active.get(messages[0].peer_id)
+        return conn is not None and self.delivery.send_new(conn, list(messages))
+
+    def find_message(self, ref: str, *, contact: str | None = None) -> Message:
+        """A message by id or by a unique prefix of it (at least 4 characters), in
+        one conversation (``contact``: a reference, as for ``find_contact``) or in any.
+        Edits and deletions themselves are not messages here."""
+        peer = self.store.find_contact(contact).peer_id if contact is not None else None
+        ref = ref.strip().lower()
+        exact = self.store.get_message(ref, peer_id=peer)
+        if exact is not None and exact.kind == "text":
+            return exact
+        ids = self.store.message_ids(ref, peer_id=peer) if len(ref) >= 4 else []
+        if len(ids) != 1:
+            what = "several messages" if ids else "no message"
+            raise NodeError(f"{what} with id {ref!r}" + (" in that conversation" if peer else ""))
+        found = self.store.get_message(ids[0], peer_id=peer)
+        assert found is not None
+        return found
+
+    def get_message(self, message_id: str, *, contact: str | None = None) -> Message | None:
+        """The message with this exact id, or None: how a view shows the text a
+        reply quotes (resolved here, never sent along with the reply)."""
+        try:
+            return self.find_message(message_id, contact=contact)
+        except NodeError:
+            return None
+
+    def edit_message(self, ref: str, text: str) -> Message:
+        """Change the text of one of our messages, here and (in order, exactly once,
+        whenever it is reachable) at the contact.  Returns the message as edited."""
+        body = _message_body(text)
+        message = self.find_message(ref)
+        try:
+            changed, edit = self.store.edit_message(message.id, body, now=self.clock())
+        except StoreError as exc:
+            raise NodeError(str(exc)) from exc
+        assert changed.edited_at is not None
+        self._emit(
+            MessageEdited(changed.peer_id, changed.id, "out", changed.body, changed.edited_at)
+        )
+        self._send_now(edit)
+        return changed
+
+    def delete_message(self, ref: str) -> Message:
+        """Delete one of our messages for both sides: it becomes a tombstone here (no
+        text kept, not even earlier edits) and at the contact.  Returns the tombstone."""
+        message = self.find_message(ref)
+        try:
+            changed, delete = self.store.delete_message(message.id, now=self.clock())
+        except StoreError as exc:
+            raise NodeError(str(exc)) from exc
+        assert changed.deleted_at is not None
+        self._emit(MessageDeleted(changed.peer_id, changed.id, "out", changed.deleted_at))
+        self._send_now(delete)
+        return changed
 
     async def wait_for_delivery(self, message_id: str, timeout: float) -> str:
-        """Wait until the message is delivered (or read); return its state then."""
+        """Wait until the message is delivered (or read); return its state then.
+
+        Returns early, with the message still ``queued``, when the contact's node
+        answers that we are not its contact yet (``awaiting_acceptance``): waiting
+        longer would not help, they have to accept our request first.  If that was
+        already so when the call began, it waits up to ``ACCEPT_GRACE`` seconds
+        first: their accept may be on its way.
+        """
         message = self.store.get_message(message_id)
         if message is None:
             raise NodeError(f"no message {message_id}")
-        if message.state in ("delivered", "read"):
-            return message.state
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            fut: asyncio.Future[str] = loop.create_future()
-            self._state_waiters.setdefault(message_id, []).append(fut)
-            remaining = deadline - loop.time()
+        held = self.awaiting_acceptance(message.peer_id)
+        grace_until = loop.time() + ACCEPT_GRACE if held else 0.0
+        while message.state not in ("delivered", "read"):
+            now = loop.time()
+            if self.awaiting_acceptance(message.peer_id) and now >= grace_until:
+                break
+            remaining = deadline - now
             if remaining <= 0:
                 break
-            # asyncio.timeout, not wait_for (here and in wait_transfer): on 3.11 a
-            # cancel racing with the result is swallowed, and a control client's
-            # task waiting here would outlive the server's stop().
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    state = await fut
-                if state in ("delivered", "read"):
-                    return state
-        message = self.store.get_message(message_id)
-        return message.state if message is not None else "queued"
+            if grace_until > now:
+                remaining = min(remaining, grace_until - now)
+            fut: asyncio.Future[str] = loop.create_future()
+            waiters = self._state_waiters.setdefault(message_id, [])
+            waiters.append(fut)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await fut
+            finally:
+                if fut in waiters:
+                    waiters.remove(fut)
+                if not waiters and self._state_waiters.get(message_id) is waiters:
+                    del self._state_waiters[message_id]
+            message = self.store.get_message(message_id) or message
+        return message.state
+
+    def awaiting_acceptance(self, peer_id: str) -> bool:
+        """Whether the contact's node told this session that we are not its contact
+        yet (our messages wait in the outbox until they accept)."""
+        conn = self._active.get(peer_id)
+        return conn is not None and conn.held_as_request
 
     def set_typing(self, contact: str, active: bool) -> None:
         conn = self._active.get(self.store.find_contact(contact).peer_id)
@@ -703,7 +1132,7 @@ class Node:
         """Transfers moving bytes now (accepted, sending, receiving): what quitting
         this node would interrupt.  They resume from where they were once a node
         runs for this home again (or hand the node to a daemon: ``owner.hand_off``)."""
-        return self.store.list_transfers(states=RUNNING_TRANSFER_STATES)
+        return self.store.list_transfers(states=RUNNING_STATES)
 
     def get_transfer(self, transfer_id: str) -> Transfer:
         exact = self.store.get_transfer(transfer_id)
@@ -746,10 +1175,7 @@ class Node:
                             event = await anext(events)
                     except TimeoutError:
                         break
-                    if (
-                        isinstance(event, TransferStateChanged)
-                        and event.transfer_id == transfer_id
-                    ):
+                    if isinstance(event, TransferStateChanged) and event.transfer_id == transfer_id:
                         break
                 else:
                     return t.state
@@ -766,14 +1192,22 @@ class Node:
         )
 
     def peer_discovered(
-        self, peer_id: str, addresses: Iterable[str], *, source: str, name: str | None = None
+        self,
+        peer_id: str,
+        addresses: Iterable[str],
+        *,
+        source: str,
+        name: str | None = None,
+        rendezvous: Iterable[str] = (),
+        nat: str | None = None,
     ) -> None:
-        """A discovery source (mDNS, DHT) claims ``peer_id`` is reachable at ``addresses``.
+        """A discovery source (mDNS, DHT) claims ``peer_id`` is reachable at ``addresses``
+        (and, from a DHT record, through the ``rendezvous`` nodes, behind a ``nat``).
 
         Nothing is trusted yet: a contact is dialled with its key as the expected
         peer, so a false claim ends in a key mismatch, not in a session.
         """
-        if peer_id == self.peer_id:
+        if peer_id == self.peer_id or peer_id in self._blocked:
             return
         addrs = tuple(dict.fromkeys(addresses))
         contact = self.store.get_contact(peer_id)
@@ -781,11 +1215,18 @@ class Node:
             # Kept in memory only: a claim must not push the contact's proven
             # addresses out of its stored list.  An address is stored once a
             # session over it proved the key (``record_seen``).
+            known_before = (self._hints.get(peer_id), self._routes.get(peer_id))
             self._hints[peer_id] = addrs[:8]
-            if peer_id not in self._active:
-                state = self._dial.setdefault(peer_id, _DialState())
-                state.next_at = 0.0
-                state.index = 0
+            routes = tuple(parse_address(a) for a in rendezvous)[:4]
+            if routes:
+                self._routes[peer_id] = routes
+            if nat is not None:
+                self._nat_hints[peer_id] = nat
+            if peer_id not in self._active and self._dialer is not None:
+                if known_before != (self._hints.get(peer_id), self._routes.get(peer_id)):
+                    self._dialer.refresh(peer_id)  # new ways to try: start over now
+                else:
+                    self._dialer.retry_after(peer_id, 0.0)
                 self._poke()
         before = self._nearby.get(peer_id)
         entry = NearbyPeer(
@@ -812,13 +1253,22 @@ class Node:
             self._wake.set()
 
     def _incoming(self, link: QuicLink) -> None:
-        self._conns.add(PeerConnection(link, self.identity, self))
+        conn = PeerConnection(link, self.identity, self)
+        address = (str(link.address[0]), int(link.address[1]))
+        if isinstance(link.via, RelayChannel):
+            conn.path = "relayed"
+        elif self._punch is not None and self._punch.was_punched(address, link.via):
+            conn.path = "punched"
+        self._conns.add(conn)
 
-    def _dial_now(self, peer_id: str, address: str) -> PeerConnection:
+    def _open_connection(
+        self, peer_id: str, address: tuple[str, int], via: AuxSocket | None, path: str
+    ) -> PeerConnection:
+        """The dialer's way to dial: a connection the node owns, expecting ``peer_id``."""
         assert self._endpoint is not None
-        host, port = parse_address(address)
-        link = self._endpoint.connect((host, port))
+        link = self._endpoint.connect(address, via=via)
         conn = PeerConnection(link, self.identity, self, expected_peer=key_from_peer_id(peer_id))
+        conn.path = path if path in ("punched", "relayed") else None
         self._conns.add(conn)
         return conn
 
@@ -829,15 +1279,22 @@ class Node:
         while True:
             now = loop.time()
             known: set[str] = set()
-            for contact in self.store.list_contacts():
+            contacts = self.store.list_contacts()
+            for contact in contacts:
                 self._maybe_dial(contact, now)
                 self._maybe_resolve(contact, now)
                 for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
                     with contextlib.suppress(ValueError):
                         known.add(parse_address(address)[0])
             self._known_ips = known
+            self._refresh_rendezvous(contacts)
             self.transfers.tick()
             self.delivery.tick()
+            try:
+                self.store.index_messages(limit=INDEX_PER_TICK)
+            except StoreError as exc:
+                log.warning("indexing messages for search failed: %s", exc)
+            self.groups.tick(now)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
             # races with the wake-up (a poke right before stop()), and stop() then
@@ -849,12 +1306,14 @@ class Node:
     def _maybe_resolve(self, contact: Contact, now: float) -> None:
         """Ask the DHT for the contact's signed record when its known addresses fail."""
         peer = contact.peer_id
-        if self._dht is None or peer in self._active:
+        if self._dht is None or peer in self._active or peer in self._blocked:
             self._dht_retry.pop(peer, None)
             return
-        state = self._dial.get(peer)
+        failures = self._dialer.failures(peer) if self._dialer is not None else 0
         known = contact.addresses or self._hints.get(peer)
-        if known and (state is None or state.attempts < DHT_AFTER_ATTEMPTS):
+        # Without a route through a rendezvous we cannot punch: ask for the record at
+        # once; with one, only when the known ways keep failing.
+        if known and peer in self._routes and failures < DHT_AFTER_ATTEMPTS:
             return
         next_at, delay = self._dht_retry.get(peer, (0.0, DHT_RETRY_MIN))
         if now < next_at or peer in self._dht_resolving:
@@ -864,15 +1323,23 @@ class Node:
         self._spawn(self._resolve_contact(peer))
 
     async def _resolve_contact(self, peer_id: str) -> None:
+        """The contact's signed record: addresses to dial, rendezvous nodes to punch
+        through, and its NAT kind, all handed to the dialer as claims."""
         try:
-            addresses = await self.dht_lookup(peer_id)
+            record = await self._require_dht().lookup_record(peer_id)
         except (NodeError, DhtError) as exc:
             log.info("DHT lookup of %s failed: %s", peer_id, exc)
             return
         finally:
             self._dht_resolving.discard(peer_id)
-        if addresses and self.running:
-            self.peer_discovered(peer_id, addresses, source="dht")
+        if record is None or not self.running:
+            return
+        addresses = [format_address(*a) for a in record.dial_addresses()]
+        rendezvous = [format_address(*addr) for _, addr in record.rendezvous]
+        if addresses or rendezvous:
+            self.peer_discovered(
+                peer_id, addresses, source="dht", rendezvous=rendezvous, nat=record.nat
+            )
 
     def dht_status(self) -> dict[str, Any]:
         return self._require_dht().status()
@@ -894,28 +1361,150 @@ class Node:
         return self._dht
 
     def _maybe_dial(self, contact: Contact, now: float) -> None:
+        """Hand what we know about reaching the contact to the dialer (``net/dial.py``)."""
         peer = contact.peer_id
-        candidates = tuple(dict.fromkeys((*self._hints.get(peer, ()), *contact.addresses)))
-        if peer in self._active or not candidates:
+        conn = self._active.get(peer)
+        if self._dialer is None or peer in self._blocked:
             return
-        state = self._dial.setdefault(peer, _DialState())
-        if state.link is not None and not state.link.closed:
+        if conn is not None and conn.path != "relayed":
             return
-        if now < state.next_at:
+        addresses = []
+        for text in dict.fromkeys((*self._hints.get(peer, ()), *contact.addresses)):
+            with contextlib.suppress(ValueError):
+                addresses.append(parse_address(text))
+        route = Route(
+            addresses=tuple(addresses),
+            rendezvous=self._routes.get(peer, ()),
+            nat=self._nat_hints.get(peer, "unknown"),
+        )
+        if conn is not None:
+            self._dialer.upgrade(peer, route, now)  # relayed: keep trying for direct
+        else:
+            self._dialer.want(peer, route, now)
+
+    def _network_moved(self) -> None:
+        """Our NAT gave us another public address (a new WAN address, another network).
+
+        Peers behind filtering NATs drop what we now send from the new address, and
+        QUIC's idle timeout would take 20 s to notice: close the sessions that do not
+        run on the LAN and dial again at once (through the contacts' rendezvous nodes,
+        which follow us by our keepalives).  Unacknowledged messages are resent on the
+        new sessions, as after any reconnect.
+        """
+        punch = self._punch
+        ips = {ip for ip, _ in punch.observed_addresses()} if punch is not None else set()
+        fresh = ips - self._public_ips
+        self._public_ips = ips
+        if not fresh:
+            return  # a port moved on an endpoint-dependent NAT, or a second report
+        seen = ", ".join(sorted(fresh))
+        for peer, conn in list(self._active.items()):
+            if self._path(peer) != "lan":
+                log.info("our public address is now %s: reconnecting to %s", seen, peer[:12])
+                conn.close("our public address changed")
+                if self._dialer is not None:
+                    self._dialer.refresh(peer)
+        self._poke()
+
+    # ------------------------------------------------------------ rendezvous
+    def _local_candidates(self) -> list[tuple[str, int]]:
+        out = []
+        for text in self.addresses:
+            with contextlib.suppress(ValueError):
+                out.append(parse_address(text))
+        return out
+
+    def _dht_external(self) -> tuple[list[tuple[str, int]], str]:
+        """Reflexive addresses and NAT kind as the DHT measured them."""
+        dht = self._dht
+        if dht is None or not dht.running:
+            return [], "unknown"
+        return dht.reflexive_addresses(), dht.nat_kind()
+
+    def _refresh_rendezvous(self, contacts: list[Contact]) -> None:
+        """Where to register, best first (``net/rendezvous.py``): configured nodes, the
+        bootstrap nodes the user named, contacts we reached at a public address, and
+        public relays found on the DHT when the others are too few."""
+        if self._punch is None:
             return
-        address = candidates[state.index % len(candidates)]
-        state.index += 1
-        state.attempts += 1
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(state.attempts, 8))
-        state.next_at = now + delay * random.uniform(0.8, 1.2)
-        try:
-            state.link = self._dial_now(peer, address)
-        except (OSError, ValueError) as exc:
-            log.info("cannot dial %s at %s: %s", peer, address, exc)
+        nodes = list(self._rendezvous_config)
+        nodes.extend(self._relay_hints)
+        if self._dht is not None and self._dht.options.trust_bootstrap:
+            for entry in self._dht.options.bootstrap:
+                with contextlib.suppress(ValueError):
+                    nodes.append(RendezvousNode(parse_address(entry), None, "bootstrap"))
+        for contact in contacts:
+            conn = self._active.get(contact.peer_id)
+            if conn is None or not conn.initiator or conn.path in ("punched", "relayed"):
+                continue
+            address = (str(conn.link.address[0]), int(conn.link.address[1]))
+            if self._nat_hints.get(contact.peer_id) == "none" or is_public_ip(address[0]):
+                key = key_from_peer_id(contact.peer_id)
+                nodes.append(RendezvousNode(address, key, "contact"))
+        if self._finder is not None:
+            self._finder.wanted = len(nodes) < 2
+            nodes.extend(self._finder.found)
+        self._punch.set_rendezvous(nodes)
+
+    def _rendezvous_changed(self, moved: bool) -> None:
+        """A registration came up, went away, or the address it sees changed: the DHT
+        learns what the rendezvous nodes see and where we can be reached.  ``moved``:
+        our public address changed, so every session through the old one is dead."""
+        dht, punch = self._dht, self._punch
+        if moved:
+            self._network_moved()
+        elif punch is not None:
+            self._public_ips |= {ip for ip, _ in punch.observed_addresses()}
+        if dht is not None and dht.running and punch is not None:
+            for reg in punch.registrations():
+                if reg.observed is not None and reg.rendezvous_key is not None:
+                    dht.observed(reg.observed, "rendezvous", peer_id_from_key(reg.rendezvous_key))
+            nodes = [(peer_id_from_key(k), a) for k, a in punch.registered_rendezvous()]
+            if nodes != dht.rendezvous():
+                dht.set_rendezvous(nodes)
+        self._poke()
 
     # ------------------------------------------------- PeerOwner callbacks
     def session_established(self, conn: PeerConnection) -> None:
-        conn.send(chat.Hello(name=self.name, token=self._pending_token(conn.peer_id)))
+        if conn.peer_id in self._blocked:
+            # Refused as soon as the key is known, before our Hello: a blocked
+            # peer learns nothing, not even our name.
+            conn.close("refused")
+            return
+        if conn.path is None:
+            conn.path = self._through_nat(conn)
+        conn.send(
+            chat.Hello(
+                name=self.name,
+                token=self._pending_token(conn.peer_id),
+                # Where we see the peer: its reflexive address (through a relay we
+                # see only the relay).
+                seen=_proven_address(conn) or None,
+                groups=tuple(sorted(self.groups.hello_groups(conn))),
+            )
+        )
+
+    def _session_for(self, peer_id: str) -> PeerConnection | None:
+        """The session that carries a peer's file frames: its contact session, or a
+        group session (file drops to a group)."""
+        return self._active.get(peer_id) or self.groups.session(peer_id)
+
+    def _through_nat(self, conn: PeerConnection) -> str | None:
+        """ "punched" when the session crossed a filtering NAT on the way in: theirs
+        when we dialled (their record says they sit behind one), ours when they did;
+        such a path is open only because both sides sent first (a punch, or two dials
+        at once).  None leaves the label to the address (lan or direct)."""
+        punch = self._punch
+        if punch is None:
+            return None
+        link = conn.link
+        address = (str(link.address[0]), int(link.address[1]))
+        if not is_public_ip(address[0]):
+            return None
+        if punch.was_punched(address, link.via):
+            return "punched"
+        nat = self._nat_hints.get(conn.peer_id or "") if conn.initiator else punch.nat_kind()
+        return "punched" if nat in ("endpoint-independent", "endpoint-dependent") else None
 
     def _forget_token(self, peer_id: str) -> None:
         """The token went out in this session's Hello: one presentation is all it
@@ -948,16 +1537,15 @@ class Node:
         )
         self._emit(PeerKeyMismatch(peer_id_from_key(expected), conn.address))
 
-    def stream_received(
-        self, conn: PeerConnection, stream_id: int, data: bytes, end: bool
-    ) -> None:
-        if conn.peer_id is not None and self._active.get(conn.peer_id) is conn:
+    def stream_received(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
+        if conn.peer_id is not None and self._session_for(conn.peer_id) is conn:
             self.transfers.stream_data(conn, stream_id, data, end)
 
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
         self._conns.discard(conn)
         self.transfers.connection_closed(conn)
         self.delivery.connection_closed(conn)
+        self.groups.connection_closed(conn)
         peer = conn.peer_id
         if peer is None:
             return
@@ -966,18 +1554,28 @@ class Node:
         if self._active.get(peer) is conn:
             del self._active[peer]
             self._emit(PeerOffline(peer, reason))
-            state = self._dial.setdefault(peer, _DialState())
-            now = asyncio.get_running_loop().time()
-            if conn.held_as_request:
-                # We are only a pending request there: knocking again soon would just
-                # resend the introduction.  Their accept dials us anyway.
-                state.next_at = now + MAX_BACKOFF * random.uniform(1, 2)
-            else:
-                state.attempts = 0
-                # The larger key waits a little, so both sides rarely dial at once.
-                delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
-                state.next_at = now + delay * random.uniform(1, 2)
+            # What this session carried without an ack waits for the next one.
+            self._requeue(peer)
+            self.transfers.peer_offline(peer, f"{self._name_of(peer)} went offline ({reason})")
+            if self._dialer is not None:
+                if conn.held_as_request:
+                    # We are only a pending request there: knocking again soon would
+                    # just resend the introduction.  Their accept dials us anyway.
+                    self._dialer.retry_after(peer, MAX_BACKOFF * random.uniform(1, 2))
+                else:
+                    # The larger key waits a little, so both sides rarely dial at once.
+                    delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
+                    self._dialer.retry_after(peer, delay * random.uniform(1, 2), reset=True)
             self._poke()
+
+    def _requeue(self, peer: str) -> None:
+        self.delivery.flush()  # sent marks of this turn first, or they would win
+        for message_id in self.store.requeue_sent(peer, self.clock()):
+            self._emit(MessageStateChanged(peer, message_id, "queued"))
+
+    def _name_of(self, peer: str) -> str:
+        contact = self.store.get_contact(peer)
+        return contact.name if contact is not None else peer[:8]
 
     def frame_received(self, conn: PeerConnection, frame: chat.ChatFrame) -> None:
         """Every frame of every session; a failing database never escapes from here
@@ -995,6 +1593,9 @@ class Node:
         peer = conn.peer_id
         if peer is None:
             return
+        if self.groups.owns(conn):
+            self.groups.frame_received(conn, frame)
+            return
         if isinstance(frame, chat.Hello):
             if self._active.get(peer) is not conn and self._requests.get(peer) is not conn:
                 self._on_hello(conn, frame)
@@ -1004,7 +1605,11 @@ class Node:
         elif self._requests.get(peer) is conn and isinstance(frame, chat.ChatMessage):
             # A stranger's words are kept as the request's preview, never as chat.
             self.store.add_request(
-                peer, name=None, address=conn.address, preview=frame.body, now=self.clock()
+                peer,
+                name=None,
+                address=_proven_address(conn) or None,
+                preview=frame.body,
+                now=self.clock(),
             )
 
     def _on_hello(self, conn: PeerConnection, hello: chat.Hello) -> None:
@@ -1021,16 +1626,23 @@ class Node:
         if self.store.get_contact(peer) is None and hello.token:
             if self.store.redeem_invite_token(hello.token, peer, now=now):
                 name = hello.name or peer[:8]
-                self.store.add_contact(peer, name, addresses=(conn.address,), now=now)
+                proven = _proven_address(conn)
+                self.store.add_contact(peer, name, addresses=(proven,) if proven else (), now=now)
                 self._emit(ContactAdded(peer, name))
         if self.store.get_contact(peer) is not None:
+            if hello.seen is not None and self._dht is not None and conn.path != "relayed":
+                # A contact on an authenticated session told us where it sees us.
+                with contextlib.suppress(ValueError, DhtError):
+                    self._dht.observed(hello.seen, "contact", peer)
             self._activate(conn)
             return
+        if self.groups.admit(conn, hello):
+            return  # a fellow group member: a group session, no contact request
         if len(self._requests) >= MAX_REQUEST_SESSIONS and peer not in self._requests:
             conn.close("too many pending contact requests")
             return
         request, new = self.store.add_request(
-            peer, name=hello.name, address=conn.address, preview=None, now=now
+            peer, name=hello.name, address=_proven_address(conn) or None, preview=None, now=now
         )
         if request.state == "declined":
             conn.close("contact request declined")
@@ -1063,11 +1675,10 @@ class Node:
                 self._active[peer] = existing
                 return
         self._active[peer] = conn
-        state = self._dial.setdefault(peer, _DialState())
-        state.attempts = 0
-        state.next_at = 0.0
+        if self._dialer is not None:
+            self._dialer.established(peer, conn)
         try:
-            self.store.record_seen(peer, conn.address, now=self.clock())
+            self.store.record_seen(peer, _proven_address(conn), now=self.clock())
         except StoreError as exc:
             self.delivery.storage_failed(exc)  # only the address book misses a line
         self._forget_token(peer)
@@ -1078,8 +1689,12 @@ class Node:
             conn.send(chat.Ack(recv_seq))
         self.delivery.session_active(conn, peer)
         self.transfers.peer_online(conn)
+        self.groups.peer_online(conn)
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
+        if (old.path == "relayed") != (new.path == "relayed"):
+            # A path that costs nobody's bandwidth beats a relay (both sides agree).
+            return new if old.path == "relayed" else old
         old_at = old.established_at or 0.0
         new_at = new.established_at or 0.0
         if new_at - old_at > RACE_WINDOW:
@@ -1099,17 +1714,24 @@ class Node:
         elif isinstance(frame, chat.Defer):
             self.delivery.on_defer(conn, peer, frame)
         elif isinstance(frame, chat.Ack):
-            for message_id in self.store.ack_outgoing(peer, frame.seq, now):
-                self._emit(MessageStateChanged(peer, message_id, "delivered"))
+            self.delivery.on_ack(peer, frame.seq)
         elif isinstance(frame, chat.Read):
+            self.delivery.flush()  # the acks before it first: a receipt needs 'delivered'
             for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):
             self.delivery.on_gap(conn, peer, frame.want)
         elif isinstance(frame, chat.Typing):
             self._emit(TypingChanged(peer, frame.active))
+        elif isinstance(frame, chat.RequestPending):
+            # (PeerConnection set held_as_request.)  What went out before this
+            # answer is held there, not stored: it is queued again here.
+            self._requeue(peer)
+            self._emit(AwaitingAcceptance(peer))
         elif isinstance(frame, _FILE_FRAMES):
             self.transfers.frame_received(peer, frame)
+        elif isinstance(frame, chat.GROUP_FRAME_TYPES):
+            self.groups.frame_received(conn, frame)
 
 
 _FILE_FRAMES = (
@@ -1120,6 +1742,19 @@ _FILE_FRAMES = (
     chat.FileProgress,
     chat.FileResult,
 )
+
+
+def _message_body(text: str) -> str:
+    body = text.strip("\n")
+    if not body.strip():
+        raise NodeError("refusing to send an empty message")
+    if len(body.encode("utf-8")) > chat.MAX_BODY_BYTES:
+        raise NodeError(f"message too long (limit {chat.MAX_BODY_BYTES} bytes)")
+    return body
+
+
+def _resolve_blocked(ref: str, blocked: list[BlockedPeer]) -> BlockedPeer:
+    return resolve_ref(ref, blocked, lambda b: b.peer_id, lambda b: b.name, "blocked peer")
 
 
 def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
@@ -1139,6 +1774,27 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
     return policy
 
 
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(parse_address(address)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _proven_address(conn: PeerConnection) -> str:
+    """The peer's address as its session proved it: none through a relay (the
+    address there is the relay's, which must not become the contact's)."""
+    return "" if conn.path == "relayed" else conn.address
+
+
+def _parse_rendezvous(entry: str) -> RendezvousNode:
+    """``PEER_ID@HOST:PORT`` (or ``HOST:PORT``: whoever answers there)."""
+    peer, sep, address = entry.rpartition("@")
+    if sep and not is_peer_id(peer):
+        raise NodeError(f"not a peer ID in rendezvous {entry!r}")
+    key = key_from_peer_id(peer) if sep else None
+    return RendezvousNode(parse_address(address), key, "configured")
+
+
 def _absolute(path: Path) -> Path:
     return path.expanduser().absolute()
-

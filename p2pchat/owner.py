@@ -118,6 +118,10 @@ def daemon_args(node: Node) -> list[str]:
             args += ["--bootstrap", entry]
     else:
         args.append("--no-dht")
+    for entry in options.get("rendezvous") or ():
+        args += ["--rendezvous", str(entry)]
+    if options.get("relay"):
+        args.append("--relay")
     return args
 
 

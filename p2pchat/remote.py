@@ -37,10 +37,18 @@ from p2pchat.core import events as events_module
 from p2pchat.core.events import NodeConnectionLost, NodeEvent, PeerOffline, PeerOnline
 from p2pchat.identity import InvalidInvite, InvalidPeerId, WrongPassphrase
 from p2pchat.names import InvalidName
-from p2pchat.node import TRANSFER_PAGE_SIZE, ContactView, NearbyPeer, Node, NodeError
+from p2pchat.node import (
+    SEARCH_LIMIT,
+    TRANSFER_PAGE_SIZE,
+    ContactView,
+    NearbyPeer,
+    Node,
+    NodeError,
+)
 from p2pchat.owner import start_owned
 from p2pchat.store import (
     AmbiguousContact,
+    BlockedPeer,
     Contact,
     ContactExists,
     ContactRequest,
@@ -368,6 +376,24 @@ class RemoteNode:
     def decline_request(self, ref: str) -> None:
         self._call("decline", ref=ref)
 
+    def remove_contact(self, ref: str) -> Contact:
+        return _build(Contact, self._call("remove", contact=ref))  # type: ignore[no-any-return]
+
+    def block(self, ref: str) -> BlockedPeer:
+        return _build(BlockedPeer, self._call("block", ref=ref))  # type: ignore[no-any-return]
+
+    def unblock(self, ref: str) -> BlockedPeer:
+        return _build(BlockedPeer, self._call("unblock", ref=ref))  # type: ignore[no-any-return]
+
+    def blocked(self) -> list[BlockedPeer]:
+        return [_build(BlockedPeer, b) for b in self._call("blocked")]
+
+    def is_blocked(self, peer_id: str) -> bool:
+        return any(b.peer_id == peer_id for b in self.blocked())
+
+    def set_muted(self, ref: str, muted: bool = True) -> Contact:
+        return _build(Contact, self._call("mute", contact=ref, muted=muted))  # type: ignore[no-any-return]
+
     def rename_contact(self, ref: str, name: str) -> Contact:
         return _build(Contact, self._call("rename", contact=ref, name=name))  # type: ignore[no-any-return]
 
@@ -379,12 +405,37 @@ class RemoteNode:
         return str(self._call("safety_number", contact=ref))
 
     # ------------------------------------------------------------ messages
-    def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
-        return [_build(Message, m) for m in self._call("history", contact=contact, limit=limit)]
+    def history(
+        self, contact: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[Message]:
+        found = self._call("history", contact=contact, limit=limit, before=before)
+        return [_build(Message, m) for m in found]
 
-    def send_message(self, contact: str, text: str) -> Message:
-        result = self._call("send", contact=contact, text=text, wait=0)
+    def search(
+        self, text: str, *, contact: str | None = None, limit: int = SEARCH_LIMIT
+    ) -> list[Message]:
+        found = self._call("search", text=text, contact=contact, limit=limit)
+        return [_build(Message, m) for m in found]
+
+    def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
+        result = self._call("send", contact=contact, text=text, wait=0, reply_to=reply_to)
         return _build(Message, result["message"])  # type: ignore[no-any-return]
+
+    def edit_message(self, ref: str, text: str) -> Message:
+        return _build(Message, self._call("edit", id=ref, text=text))  # type: ignore[no-any-return]
+
+    def delete_message(self, ref: str) -> Message:
+        return _build(Message, self._call("delete", id=ref))  # type: ignore[no-any-return]
+
+    def get_message(self, message_id: str, *, contact: str | None = None) -> Message | None:
+        found = self._call("message", id=message_id, contact=contact)
+        return None if found is None else _build(Message, found)
+
+    def find_message(self, ref: str, *, contact: str | None = None) -> Message:
+        found = self.get_message(ref, contact=contact)
+        if found is None:
+            raise RemoteError(f"no single message with id {ref!r}")
+        return found
 
     def set_typing(self, contact: str, active: bool) -> None:
         self._call("typing", contact=contact, active=active)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from p2pchat.core.events import NodeEvent
-from p2pchat.node import TRANSFER_PAGE_SIZE, Node
-from p2pchat.store import Transfer
+from p2pchat.node import SEARCH_LIMIT, TRANSFER_PAGE_SIZE, Node
+from p2pchat.store import Message, Transfer
 
 Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
 
@@ -82,21 +82,104 @@ async def _decline(node: Node, args: dict[str, Any]) -> Any:
 
 
 async def _send(node: Node, args: dict[str, Any]) -> Any:
-    message = node.send_message(_str(args, "contact"), _str(args, "text"))
+    message = node.send_message(
+        _str(args, "contact"), _str(args, "text"), reply_to=_opt_str(args, "reply_to")
+    )
     wait = args.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
         raise ValueError("wait must be a non-negative number of seconds")
     state: str = message.state
     if wait and node.running:
         state = await node.wait_for_delivery(message.id, float(wait))
-    return {"message": message, "state": state, "online": node.is_online(message.peer_id)}
+    return {
+        "message": message_view(message),
+        "state": state,
+        "online": node.is_online(message.peer_id),
+        "awaiting_acceptance": node.awaiting_acceptance(message.peer_id),
+    }
+
+
+# Messages in one ``send_many`` call: the CLI sends stdin in chunks of this many lines
+# (and of at most ``MAX_BATCH_BYTES``), each stored in one transaction.
+MAX_BATCH = 5000
+MAX_BATCH_BYTES = 512 * 1024
+
+
+async def _send_many(node: Node, args: dict[str, Any]) -> Any:
+    """Several messages to one contact in order (``p2pchat msg --lines``): one call and
+    one transaction per chunk instead of a round trip per line."""
+    texts = args.get("texts")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings")
+    if len(texts) > MAX_BATCH or sum(len(t) for t in texts) > MAX_BATCH_BYTES:
+        raise ValueError(f"at most {MAX_BATCH} messages and {MAX_BATCH_BYTES} bytes a call")
+    wait = args.get("wait", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+        raise ValueError("wait must be a non-negative number of seconds")
+    messages = node.send_messages(_str(args, "contact"), texts)
+    last = messages[-1]
+    state: str = last.state
+    if wait and node.running:
+        # In order, exactly once: the last one delivered means all of them are.
+        state = await node.wait_for_delivery(last.id, float(wait))
+    return {
+        "ids": [m.id for m in messages],
+        "peer_id": last.peer_id,
+        "state": state,
+        "online": node.is_online(last.peer_id),
+    }
+
+
+async def _wait_delivery(node: Node, args: dict[str, Any]) -> Any:
+    wait = args.get("wait", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+        raise ValueError("wait must be a non-negative number of seconds")
+    return {"state": await node.wait_for_delivery(_str(args, "id"), float(wait))}
+
+
+def _limit(args: dict[str, Any], default: int | None = None) -> int | None:
+    limit = args.get("limit", default)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError("limit must be a positive integer")
+    return limit
 
 
 async def _history(node: Node, args: dict[str, Any]) -> Any:
-    limit = args.get("limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError("limit must be a positive integer")
-    return node.history(_str(args, "contact"), limit=limit)
+    found = node.history(
+        _str(args, "contact"), limit=_limit(args, None), before=_opt_str(args, "before")
+    )
+    return [message_view(m) for m in found]
+
+
+async def _search(node: Node, args: dict[str, Any]) -> Any:
+    found = node.search(
+        _str(args, "text"),
+        contact=_opt_str(args, "contact"),
+        limit=_limit(args, SEARCH_LIMIT) or SEARCH_LIMIT,
+    )
+    return [message_view(m) for m in found]
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    """A message for scripts: its fields, ``edited``/``deleted`` flags, and none of
+    the bookkeeping (``kind``, ``target``) that only edit and delete rows use."""
+    view = {k: v for k, v in to_json(m).items() if k not in ("kind", "target")}
+    view["edited"] = m.edited_at is not None
+    view["deleted"] = m.deleted_at is not None
+    return view
+
+
+async def _edit(node: Node, args: dict[str, Any]) -> Any:
+    return message_view(node.edit_message(_str(args, "id"), _str(args, "text")))
+
+
+async def _delete(node: Node, args: dict[str, Any]) -> Any:
+    return message_view(node.delete_message(_str(args, "id")))
+
+
+async def _message(node: Node, args: dict[str, Any]) -> Any:
+    found = node.get_message(_str(args, "id"), contact=_opt_str(args, "contact"))
+    return None if found is None else message_view(found)
 
 
 async def _nearby(node: Node, args: dict[str, Any]) -> Any:
@@ -147,13 +230,9 @@ async def _transfer(node: Node, args: dict[str, Any]) -> Any:
 async def _accept_file(node: Node, args: dict[str, Any]) -> Any:
     folder = _opt_str(args, "folder")
     only = args.get("only")
-    if only is not None and (
-        not isinstance(only, list) or not all(type(i) is int for i in only)
-    ):
+    if only is not None and (not isinstance(only, list) or not all(type(i) is int for i in only)):
         raise ValueError("only must be a list of file indices")
-    t = node.accept_transfer(
-        _str(args, "id"), only=only, folder=Path(folder) if folder else None
-    )
+    t = node.accept_transfer(_str(args, "id"), only=only, folder=Path(folder) if folder else None)
     return _transfer_view(t)
 
 
@@ -208,6 +287,29 @@ async def _rename(node: Node, args: dict[str, Any]) -> Any:
     return node.rename_contact(_str(args, "contact"), _str(args, "name"))
 
 
+async def _remove(node: Node, args: dict[str, Any]) -> Any:
+    return node.remove_contact(_str(args, "contact"))
+
+
+async def _block(node: Node, args: dict[str, Any]) -> Any:
+    return node.block(_str(args, "ref"))
+
+
+async def _unblock(node: Node, args: dict[str, Any]) -> Any:
+    return node.unblock(_str(args, "ref"))
+
+
+async def _blocked(node: Node, args: dict[str, Any]) -> Any:
+    return node.blocked()
+
+
+async def _mute(node: Node, args: dict[str, Any]) -> Any:
+    muted = args.get("muted", True)
+    if not isinstance(muted, bool):
+        raise ValueError("muted must be true or false")
+    return node.set_muted(_str(args, "contact"), muted)
+
+
 async def _safety_number(node: Node, args: dict[str, Any]) -> Any:
     return node.safety_number(_str(args, "contact"))
 
@@ -234,7 +336,127 @@ async def _passphrase(node: Node, args: dict[str, Any]) -> Any:
     return {**to_json(change), "summary": change.describe()}
 
 
+# ------------------------------------------------------------------ groups
+def _str_list(args: dict[str, Any], key: str) -> list[str]:
+    value = args.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"argument {key!r} must be a list of strings")
+    return value
+
+
+def _seconds(args: dict[str, Any], key: str) -> float:
+    value = args.get(key, 0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a non-negative number of seconds")
+    return float(value)
+
+
+async def _groups(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.all()
+
+
+async def _group(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.get(_str(args, "group"))
+
+
+async def _group_create(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.create(_str(args, "name"), _str_list(args, "members"))
+
+
+async def _group_add(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.add_member(
+        _str(args, "group"), _str(args, "contact"), admin=bool(args.get("admin"))
+    )
+
+
+async def _group_remove(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.remove_member(_str(args, "group"), _str(args, "member"))
+
+
+async def _group_promote(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.promote(_str(args, "group"), _str(args, "member"))
+
+
+async def _group_rename(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.rename(_str(args, "group"), _str(args, "name"))
+
+
+async def _group_leave(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.leave(_str(args, "group"))
+
+
+async def _group_accept(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.accept(_str(args, "group"))
+
+
+async def _group_decline(node: Node, args: dict[str, Any]) -> Any:
+    node.groups.decline(_str(args, "group"))
+    return None
+
+
+async def _group_members(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.members(_str(args, "group"))
+
+
+async def _group_msg(node: Node, args: dict[str, Any]) -> Any:
+    """Post; with ``wait``, wait that long for at least one other member to hold it."""
+    group = _str(args, "group")
+    message = node.groups.send(group, _str(args, "text"))
+    wait = _seconds(args, "wait")
+    delivered = message.delivered
+    if wait and node.running and message.members > 1:
+        delivered = await node.groups.wait_delivered(group, message.message_id, 2, wait)
+    return {"message": message, "delivered": delivered, "members": message.members}
+
+
+async def _group_history(node: Node, args: dict[str, Any]) -> Any:
+    return node.groups.history(_str(args, "group"), limit=_limit(args))
+
+
+async def _group_send(node: Node, args: dict[str, Any]) -> Any:
+    paths = _str_list(args, "paths")
+    if not paths:
+        raise ValueError("paths must be a non-empty list of strings")
+    message, transfers = await node.groups.offer_files(
+        _str(args, "group"), [Path(p) for p in paths]
+    )
+    return {"message": message, "transfers": [_transfer_view(t) for t in transfers]}
+
+
+async def _group_read(node: Node, args: dict[str, Any]) -> Any:
+    node.groups.mark_read(_str(args, "group"))
+    return None
+
+
+GROUP_OPS: dict[str, Op] = {
+    "groups": _groups,
+    "group": _group,
+    "group_create": _group_create,
+    "group_add": _group_add,
+    "group_remove": _group_remove,
+    "group_promote": _group_promote,
+    "group_rename": _group_rename,
+    "group_leave": _group_leave,
+    "group_accept": _group_accept,
+    "group_decline": _group_decline,
+    "group_members": _group_members,
+    "group_msg": _group_msg,
+    "group_history": _group_history,
+    "group_send": _group_send,
+    "group_read": _group_read,
+}
+
+
 OPS: dict[str, Op] = {
+    **GROUP_OPS,
+    "edit": _edit,
+    "delete": _delete,
+    "message": _message,
+    "remove": _remove,
+    "block": _block,
+    "unblock": _unblock,
+    "blocked": _blocked,
+    "mute": _mute,
     "passphrase": _passphrase,
     "network_status": _network_status,
     "find_contact": _find_contact,
@@ -265,7 +487,10 @@ OPS: dict[str, Op] = {
     "accept": _accept,
     "decline": _decline,
     "send": _send,
+    "send_many": _send_many,
+    "wait_delivery": _wait_delivery,
     "history": _history,
+    "search": _search,
 }
 
 

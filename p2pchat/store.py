@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import sqlcipher3
 
@@ -50,6 +50,7 @@ __all__ = [
     "MAX_PENDING_REQUESTS",
     "MIGRATIONS",
     "AmbiguousContact",
+    "BlockedPeer",
     "Contact",
     "ContactExists",
     "ContactRequest",
@@ -60,9 +61,11 @@ __all__ = [
     "Store",
     "StoreError",
     "UnknownContact",
+    "resolve_ref",
 ]
 
 Direction = Literal["in", "out"]
+MessageKind = Literal["text", "edit", "delete"]
 RequestState = Literal["pending", "declined"]
 
 MAX_ADDRESSES = 8
@@ -117,6 +120,8 @@ class Contact:
     addresses: tuple[str, ...]
     last_seen: float | None
     last_address: str | None
+    muted: bool = False
+    """No notifications for this contact (views read it; the node stores it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,22 @@ class Message:
     received_at: float | None
     state: MessageState
     updated_at: float
+    reply_to: str | None = None
+    """The id of the message this one answers (either direction; may be unknown here)."""
+    edited_at: float | None = None
+    deleted_at: float | None = None
+    """Set on a deleted message, whose body is then empty: a tombstone, no history."""
+    kind: MessageKind = "text"
+    """``text`` for what people wrote; ``edit`` and ``delete`` rows only carry an
+    edit or deletion of ``target`` through the outbox and never show in ``history``."""
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedPeer:
+    peer_id: str
+    name: str | None
+    blocked_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +197,38 @@ class Transfer:
         return sum(f.size for f in self.files if f.accepted)
 
 
+class IncomingMessage(Protocol):
+    """What ``receive_messages`` needs of a received message (``chat.ChatMessage``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def base(self) -> int: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def sent_at(self) -> float: ...
+    @property
+    def reply_to(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def target(self) -> str | None: ...
+
+
+_INCOMING_KINDS: dict[str, MessageKind] = {"edit": "edit", "delete": "delete"}
+"""A received ``kind`` as stored: anything else is text."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReceiveResult:
     """What happened to an incoming message; ``recv_seq`` is what the node acks.
+
+    For an accepted ``edit`` or ``delete``, ``changed`` is the message it changed,
+    or None when it was refused (unknown message, not the sender's own, already
+    deleted); either way its sequence number is used up and acknowledged.
 
     ``"quota"``: the window would accept it, but the contact's message bytes for the
     day are used up; nothing was stored and ``retry_at`` (wall clock) is when the
@@ -189,6 +239,7 @@ class ReceiveResult:
     message: Message | None
     recv_seq: int
     retry_at: float | None = None
+    changed: Message | None = None
 
 
 # Each step is applied once, in order, inside the same transaction that bumps
@@ -374,10 +425,162 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (peer_id, day)
     ) WITHOUT ROWID;
     """,
+    """
+    -- Contact management: muted contacts, and a block list that also covers
+    -- strangers (a blocked key gets no session, its knocks are dropped).
+    ALTER TABLE contacts ADD COLUMN muted INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE blocked (
+        peer_id    TEXT PRIMARY KEY,
+        name       TEXT,
+        blocked_at REAL NOT NULL
+    );
+    -- Replies, edits and deletions.  Edits and deletions travel through the outbox
+    -- as sequenced rows of their own (kind 'edit'/'delete', naming their target),
+    -- so they get the same exactly-once delivery as messages; history shows only
+    -- kind 'text'.  A deleted message keeps its row with an empty body.
+    ALTER TABLE messages ADD COLUMN reply_to TEXT;
+    ALTER TABLE messages ADD COLUMN edited_at REAL;
+    ALTER TABLE messages ADD COLUMN deleted_at REAL;
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text'
+        CHECK (kind IN ('text', 'edit', 'delete'));
+    ALTER TABLE messages ADD COLUMN target TEXT;
+    CREATE INDEX messages_target ON messages (peer_id, target) WHERE target IS NOT NULL;
+    """,
+    """
+    -- Groups (docs/groups.md): the signed operations and messages exactly as received,
+    -- plus the replica's counters, so a restart rebuilds the same view.  Queries are in
+    -- p2pchat/group_store.py.
+    CREATE TABLE groups (
+        id          BLOB PRIMARY KEY,
+        name        TEXT NOT NULL,
+        status      TEXT NOT NULL
+                    CHECK (status IN ('invited', 'joined', 'left', 'removed', 'declined')),
+        inviter     TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        read_clock  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE group_ops (
+        group_id BLOB NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        pos      INTEGER NOT NULL,
+        id       BLOB NOT NULL,
+        body     BLOB NOT NULL,
+        sig      BLOB NOT NULL,
+        PRIMARY KEY (group_id, id)
+    );
+    CREATE INDEX group_ops_pos ON group_ops (group_id, pos);
+    CREATE TABLE group_messages (
+        group_id    BLOB NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        author      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        id          TEXT NOT NULL,
+        clock       INTEGER NOT NULL,
+        sent_at     REAL NOT NULL,
+        received_at REAL NOT NULL,
+        kind        TEXT NOT NULL,
+        header      BLOB NOT NULL,
+        sig         BLOB NOT NULL,
+        content     BLOB NOT NULL,
+        shown       INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (group_id, author, seq)
+    );
+    CREATE INDEX group_messages_order ON group_messages (group_id, shown, clock, author, seq);
+    CREATE INDEX group_messages_id ON group_messages (id);
+    CREATE TABLE group_authors (
+        group_id    BLOB NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        author      BLOB NOT NULL,
+        shown       INTEGER NOT NULL,
+        shown_clock INTEGER NOT NULL,
+        floor       INTEGER NOT NULL,
+        PRIMARY KEY (group_id, author)
+    );
+    CREATE TABLE group_marks (
+        group_id BLOB NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        member   BLOB NOT NULL,
+        author   BLOB NOT NULL,
+        upto     INTEGER NOT NULL,
+        PRIMARY KEY (group_id, member, author)
+    );
+    -- Where fellow members who are not contacts may be reached: addresses a session
+    -- with them came from, then addresses other members claimed (a dial checks the key).
+    CREATE TABLE group_hints (
+        peer_id    TEXT PRIMARY KEY,
+        addresses  TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    """
+    -- Hints from invites (docs/self-hosting.md): relays ('PEER_ID@HOST:PORT') to
+    -- register with, DHT bootstrap nodes ('HOST:PORT') to use when none was named.
+    CREATE TABLE network_hints (
+        kind     TEXT NOT NULL CHECK (kind IN ('relay', 'bootstrap')),
+        value    TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (kind, value)
+    ) WITHOUT ROWID;
+    """,
+    """
+    -- The highest seq ever handed to a session for each contact.  An ack beyond it
+    -- names messages the contact cannot have received (they are still queued here),
+    -- so it is refused whole, like an ack beyond send_seq.
+    ALTER TABLE conversations ADD COLUMN sent_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE conversations SET sent_seq = coalesce((SELECT max(m.seq) FROM messages m
+        WHERE m.peer_id = conversations.peer_id AND m.direction = 'out'
+        AND m.state != 'queued'), 0);
+
+    -- A leaner outbox: keyed by (peer_id, seq) without a rowid, so queueing a message
+    -- writes one outbox b-tree instead of three (the rowid table, its primary key and
+    -- the seq index), and an ack deletes from one.  The cascade from messages has no
+    -- index of its own and scans the outbox, which holds only unacknowledged messages.
+    CREATE TABLE outbox_v6 (
+        peer_id      TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        message_id   TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_attempt REAL,
+        PRIMARY KEY (peer_id, seq),
+        FOREIGN KEY (peer_id, message_id) REFERENCES messages (peer_id, id)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    INSERT INTO outbox_v6 (peer_id, seq, message_id, attempts, last_attempt)
+        SELECT peer_id, seq, message_id, attempts, last_attempt FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v6 RENAME TO outbox;
+    """,
+    """
+    -- Full-text search over message bodies (SQLite FTS5; external content, so the text
+    -- is stored once, in messages).  New rows are indexed in batches by the store
+    -- (Store.index_messages: at the node's tick, and before every search), not by a
+    -- trigger on each insert, which would add the index's pages to every message's
+    -- commit; fts_position is how far indexing got.  Edits and deletions of indexed
+    -- rows keep the index right through the triggers.
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        body, content = 'messages', content_rowid = 'pos'
+    );
+    CREATE TABLE fts_position (
+        id  INTEGER PRIMARY KEY CHECK (id = 0),
+        pos INTEGER NOT NULL
+    );
+    INSERT INTO fts_position (id, pos) VALUES (0, 0);
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+        WHEN old.pos <= (SELECT pos FROM fts_position)
+    BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.pos, old.body);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages
+        WHEN old.pos <= (SELECT pos FROM fts_position)
+    BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.pos, old.body);
+        INSERT INTO messages_fts (rowid, body) VALUES (new.pos, new.body);
+    END;
+    """,
 )
 
-_CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address"
-_MESSAGE_COLUMNS = "id, peer_id, direction, seq, body, created_at, received_at, state, updated_at"
+_CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address, muted"
+_MESSAGE_COLUMNS = (
+    "id, peer_id, direction, seq, body, created_at, received_at, state, updated_at,"
+    " reply_to, edited_at, deleted_at, kind, target"
+)
 _OUTBOX_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
 _REQUEST_COLUMNS = "peer_id, name, address, preview, first_seen, last_seen, attempts, state"
 
@@ -424,6 +627,15 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
+_MAX_POS = 2**63 - 1
+
+
+def _search_words(text: str) -> list[str]:
+    """The words of a search, for quoting into an FTS5 query (a quote inside a word is
+    doubled, FTS5's own escape); at most 16, each at most 64 characters."""
+    return [w[:64].replace('"', '""') for w in text.split()][:16]
+
+
 def _clip(text: str | None, limit: int) -> str | None:
     """Bound stranger-controlled text before it reaches the disk or the UI."""
     if text is None:
@@ -467,6 +679,7 @@ def _contact(row: Sequence[Any]) -> Contact:
         addresses=tuple(_load_addresses(row[4])),
         last_seen=row[5],
         last_address=row[6],
+        muted=bool(row[7]),
     )
 
 
@@ -481,6 +694,11 @@ def _message(row: Sequence[Any]) -> Message:
         received_at=row[6],
         state=cast(MessageState, row[7]),
         updated_at=row[8],
+        reply_to=row[9],
+        edited_at=row[10],
+        deleted_at=row[11],
+        kind=cast(MessageKind, row[12]),
+        target=row[13],
     )
 
 
@@ -497,7 +715,7 @@ def _request(row: Sequence[Any]) -> ContactRequest:
     )
 
 
-def _resolve(
+def resolve_ref(
     ref: str,
     items: Sequence[_T],
     peer_id: Callable[[_T], str],
@@ -722,6 +940,7 @@ class Store:
         self.path = Path(path)
         self._key = key
         self._lock = threading.RLock()
+        self._batching = False
         self._db: sqlite3.Connection | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file_lock = lock if lock is not None else StoreLock(self.path)
@@ -835,10 +1054,39 @@ class Store:
             return int(db.execute("PRAGMA user_version").fetchone()[0])
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every write made inside is one transaction, committed (durable)
+        when the block ends, or rolled back whole if anything in it raises.
+
+        The node applies what arrives in one event-loop turn this way (messages of
+        several contacts, acks, sent marks): one commit instead of one per message.
+        Acknowledge or announce nothing written inside before the block has ended.
+        Nesting is allowed; only the outermost block commits.
+        """
+        with self._lock:
+            if self._batching:
+                yield
+                return
+            with self._write():
+                self._batching = True
+                try:
+                    yield
+                finally:
+                    self._batching = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One atomic, durable-on-return write; sqlite errors become ``StoreError``."""
+        """One atomic, durable-on-return write; sqlite errors become ``StoreError``.
+
+        Inside ``batch`` the write joins the batch's transaction instead."""
         with self._lock:
             db = self._connection()
+            if self._batching:
+                try:
+                    yield db
+                except DB_ERRORS as exc:
+                    raise StoreError(f"database error: {exc}") from exc
+                return
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -1012,6 +1260,51 @@ class Store:
             if db.execute("DELETE FROM contacts WHERE peer_id = ?", (peer_id,)).rowcount == 0:
                 raise UnknownContact(f"{peer_id} is not a contact")
 
+    def set_muted(self, peer_id: str, muted: bool) -> Contact:
+        with self._write() as db:
+            self._require_contact(db, peer_id)
+            db.execute("UPDATE contacts SET muted = ? WHERE peer_id = ?", (int(muted), peer_id))
+            return self._require_contact(db, peer_id)
+
+    def block(self, peer_id: str, *, name: str | None, now: float) -> BlockedPeer:
+        """Put a key on the block list (contact or not); its pending request goes.
+
+        Blocking keeps a contact's row, history and counters (unblocking brings
+        them back as they were); ``name`` is remembered for the list.
+        """
+        if not peer_id:
+            raise ValueError("peer_id must not be empty")
+        name = _clip(name, MAX_NAME_CHARS)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO blocked (peer_id, name, blocked_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (peer_id) DO UPDATE SET name = coalesce(excluded.name, name)",
+                (peer_id, name, now),
+            )
+            db.execute("DELETE FROM requests WHERE peer_id = ?", (peer_id,))
+            row = db.execute(
+                "SELECT peer_id, name, blocked_at FROM blocked WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+        return BlockedPeer(row[0], row[1], row[2])
+
+    def unblock(self, peer_id: str) -> None:
+        with self._write() as db:
+            if db.execute("DELETE FROM blocked WHERE peer_id = ?", (peer_id,)).rowcount == 0:
+                raise UnknownContact(f"{peer_id} is not blocked")
+
+    def is_blocked(self, peer_id: str) -> bool:
+        with self._read() as db:
+            found = db.execute("SELECT 1 FROM blocked WHERE peer_id = ?", (peer_id,)).fetchone()
+        return found is not None
+
+    def list_blocked(self) -> list[BlockedPeer]:
+        """The block list, most recently blocked first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT peer_id, name, blocked_at FROM blocked ORDER BY blocked_at DESC, peer_id"
+            ).fetchall()
+        return [BlockedPeer(r[0], r[1], r[2]) for r in rows]
+
     def rename_contact(self, peer_id: str, name: str) -> Contact:
         with self._write() as db:
             self._require_contact(db, peer_id)
@@ -1089,12 +1382,20 @@ class Store:
 
     def find_contact(self, ref: str) -> Contact:
         """Resolve what a user typed: peer id, name, id prefix (>= 4 chars), name prefix."""
-        return _resolve(ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact")
+        return resolve_ref(
+            ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact"
+        )
 
     # -- outgoing messages ---------------------------------------------------
 
     def queue_message(
-        self, peer_id: str, body: str, *, now: float, message_id: str | None = None
+        self,
+        peer_id: str,
+        body: str,
+        *,
+        now: float,
+        message_id: str | None = None,
+        reply_to: str | None = None,
     ) -> Message:
         """Number, store and enqueue a message in one transaction.
 
@@ -1115,34 +1416,155 @@ class Store:
                 if existing.direction == "out":
                     return existing
                 raise StoreError(f"message id {mid!r} is already used by another message")
-            seq = int(
+            return self._queue(db, peer_id, mid, body, now, reply_to=reply_to)
+
+    def _queue(
+        self,
+        db: sqlite3.Connection,
+        peer_id: str,
+        mid: str,
+        body: str,
+        now: float,
+        *,
+        reply_to: str | None = None,
+        kind: MessageKind = "text",
+        target: str | None = None,
+    ) -> Message:
+        seq = int(
+            db.execute(
+                "INSERT INTO conversations (peer_id, send_seq) VALUES (?, 1)"
+                " ON CONFLICT (peer_id) DO UPDATE SET send_seq = send_seq + 1"
+                " RETURNING send_seq",
+                (peer_id,),
+            ).fetchall()[0][0]
+        )
+        db.execute(
+            "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+            " received_at, state, updated_at, reply_to, kind, target)"
+            " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?, ?, ?, ?)",
+            (mid, peer_id, seq, body, now, now, reply_to, kind, target),
+        )
+        db.execute(
+            "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
+            (mid, peer_id, seq),
+        )
+        return Message(
+            mid, peer_id, "out", seq, body, now, None, "queued", now,
+            reply_to=reply_to, kind=kind, target=target,
+        )  # fmt: skip
+
+    @staticmethod
+    def _own_text(db: sqlite3.Connection, message_id: str) -> Message:
+        """One of our messages (their ids were drawn here: one id, one message)."""
+        row = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+            " ORDER BY direction = 'out' DESC LIMIT 1",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no message {message_id}")
+        message = _message(row)
+        if message.kind != "text" or message.direction != "out":
+            raise StoreError("only your own messages can be edited or deleted")
+        if message.deleted_at is not None:
+            raise StoreError("that message was deleted")
+        return message
+
+    def edit_message(self, message_id: str, body: str, *, now: float) -> tuple[Message, Message]:
+        """Change the text of one of our messages and queue the edit for the peer,
+        in one transaction; returns (the message as it is now, the edit row)."""
+        with self._write() as db:
+            message = self._own_text(db, message_id)
+            db.execute(
+                "UPDATE messages SET body = ?, edited_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (body, now, now, message.peer_id, message_id),
+            )
+            edit = self._queue(
+                db, message.peer_id, secrets.token_hex(16), body, now,
+                kind="edit", target=message_id,
+            )  # fmt: skip
+            changed = self._get_message(db, message.peer_id, message_id)
+        return changed, edit
+
+    def delete_message(self, message_id: str, *, now: float) -> tuple[Message, Message]:
+        """Delete one of our messages for both sides: it becomes a tombstone (empty
+        body), and so does every edit of it still stored here, then the deletion is
+        queued for the peer.  Returns (the tombstone, the delete row)."""
+        with self._write() as db:
+            message = self._own_text(db, message_id)
+            db.execute(
+                "UPDATE messages SET body = '', deleted_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (now, now, message.peer_id, message_id),
+            )
+            # An edit not yet acknowledged would still carry the old words to the
+            # peer: it becomes a deletion too (applying one twice is harmless).
+            db.execute(
+                "UPDATE messages SET body = '', kind = 'delete' WHERE peer_id = ? AND target = ?",
+                (message.peer_id, message_id),
+            )
+            delete = self._queue(
+                db, message.peer_id, secrets.token_hex(16), "", now,
+                kind="delete", target=message_id,
+            )  # fmt: skip
+            changed = self._get_message(db, message.peer_id, message_id)
+        return changed, delete
+
+    @staticmethod
+    def _get_message(db: sqlite3.Connection, peer_id: str, message_id: str) -> Message:
+        row = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+            (peer_id, message_id),
+        ).fetchone()
+        assert row is not None
+        return _message(row)
+
+    def queue_messages(self, peer_id: str, bodies: Sequence[str], *, now: float) -> list[Message]:
+        """Number, store and enqueue several messages in order, in one transaction and
+        a fixed number of statements (the rows go in with ``executemany``)."""
+        if not peer_id:
+            raise ValueError("peer_id must not be empty")
+        if not bodies:
+            return []
+        with self._write() as db:
+            last = int(
                 db.execute(
-                    "INSERT INTO conversations (peer_id, send_seq) VALUES (?, 1)"
-                    " ON CONFLICT (peer_id) DO UPDATE SET send_seq = send_seq + 1"
+                    "INSERT INTO conversations (peer_id, send_seq) VALUES (?1, ?2)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET send_seq = send_seq + ?2"
                     " RETURNING send_seq",
-                    (peer_id,),
+                    (peer_id, len(bodies)),
                 ).fetchall()[0][0]
             )
-            db.execute(
+            first = last - len(bodies) + 1
+            messages = [
+                Message(secrets.token_hex(16), peer_id, "out", seq, body, now, None, "queued", now)
+                for seq, body in enumerate(bodies, first)
+            ]
+            db.executemany(
                 "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
                 " received_at, state, updated_at)"
                 " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?)",
-                (mid, peer_id, seq, body, now, now),
+                [(m.id, peer_id, m.seq, m.body, now, now) for m in messages],
             )
-            db.execute(
+            db.executemany(
                 "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
-                (mid, peer_id, seq),
+                [(m.id, peer_id, m.seq) for m in messages],
             )
-        return Message(mid, peer_id, "out", seq, body, now, None, "queued", now)
+        return messages
 
-    def outbox(self, peer_id: str) -> list[Message]:
-        """Unacknowledged messages in ``seq`` order, the order they must be sent in."""
+    def outbox(
+        self, peer_id: str, *, from_seq: int = 0, limit: int | None = None
+    ) -> list[Message]:
+        """Unacknowledged messages in ``seq`` order, the order they must be sent in:
+        those from ``from_seq`` on, at most ``limit`` (so a resend reads what it can
+        send now, not the whole outbox)."""
         with self._read() as db:
             rows = db.execute(
                 f"SELECT {_OUTBOX_MESSAGE_COLUMNS}"
                 " FROM outbox o JOIN messages m ON m.peer_id = o.peer_id AND m.id = o.message_id"
-                " WHERE o.peer_id = ? ORDER BY o.seq",
-                (peer_id,),
+                " WHERE o.peer_id = ? AND o.seq >= ? ORDER BY o.seq LIMIT ?",
+                (peer_id, from_seq, -1 if limit is None else limit),
             ).fetchall()
         return [_message(row) for row in rows]
 
@@ -1177,11 +1599,11 @@ class Store:
 
     @staticmethod
     def _changed_ids(rows: list[Any]) -> list[str]:
-        return [row[0] for row in sorted(rows, key=lambda row: row[1])]
+        """Ids of changed messages in ``seq`` order; edit and delete rows are
+        bookkeeping nobody shows, so their state changes are not reported."""
+        return [row[0] for row in sorted(rows, key=lambda row: row[1]) if row[2] == "text"]
 
-    def mark_sent(
-        self, peer_id: str, upto_seq: int, now: float, *, from_seq: int = 0
-    ) -> list[str]:
+    def mark_sent(self, peer_id: str, upto_seq: int, now: float, *, from_seq: int = 0) -> list[str]:
         """Count a transmission of outbox messages ``from_seq..upto_seq``; returns ids
         now 'sent'.  Bounded below so that sending one new message does not touch
         every older unacknowledged row (a burst would otherwise cost O(n^2))."""
@@ -1191,28 +1613,55 @@ class Store:
                 " WHERE peer_id = ? AND seq BETWEEN ? AND ?",
                 (now, peer_id, from_seq, upto_seq),
             )
+            db.execute(
+                "UPDATE conversations SET sent_seq = max(sent_seq, min(?, send_seq))"
+                " WHERE peer_id = ?",
+                (upto_seq, peer_id),
+            )
             rows = db.execute(
                 "UPDATE messages SET state = 'sent', updated_at = ?"
                 " WHERE peer_id = ? AND direction = 'out' AND seq BETWEEN ? AND ?"
-                " AND state = 'queued' RETURNING id, seq",
+                " AND state = 'queued' RETURNING id, seq, kind",
                 (now, peer_id, from_seq, upto_seq),
+            ).fetchall()
+        return self._changed_ids(rows)
+
+    def requeue_sent(self, peer_id: str, now: float) -> list[str]:
+        """Unacknowledged messages go back from 'sent' to 'queued'; returns their ids.
+
+        For when the session that carried them died, or the peer answered that we
+        are not its contact yet: "sent" would claim they are on their way when they
+        are only waiting in the outbox for the next session.
+        """
+        with self._write() as db:
+            rows = db.execute(
+                "UPDATE messages SET state = 'queued', updated_at = ?"
+                " WHERE peer_id = ? AND direction = 'out' AND state = 'sent'"
+                " RETURNING id, seq, kind",
+                (now, peer_id),
             ).fetchall()
         return self._changed_ids(rows)
 
     def ack_outgoing(self, peer_id: str, upto_seq: int, now: float) -> list[str]:
         """Apply a cumulative delivery ack; returns ids that became 'delivered'.
 
-        An ack beyond ``send_seq`` is ignored entirely: it is either a bug or a
-        peer lying, and honouring any part of it would let a peer claim delivery
-        of messages that were never sent.
+        An ack beyond the highest ``seq`` ever transmitted (``mark_sent``) is ignored
+        entirely: it is either a bug or a peer lying, and honouring any part of it
+        would let a peer claim delivery of messages it never received.
         """
         with self._write() as db:
-            if upto_seq < 1 or upto_seq > self._send_seq(db, peer_id):
+            row = db.execute(
+                "SELECT sent_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            if upto_seq < 1 or row is None or upto_seq > int(row[0]):
                 return []
+            # Everything below the outbox's lowest seq was acknowledged before: start
+            # there, so an ack costs what it acknowledges, not the whole history.
             rows = db.execute(
-                "UPDATE messages SET state = 'delivered', updated_at = ?"
-                " WHERE peer_id = ? AND direction = 'out' AND seq <= ?"
-                " AND state IN ('queued', 'sent') RETURNING id, seq",
+                "UPDATE messages SET state = 'delivered', updated_at = ?1"
+                " WHERE peer_id = ?2 AND direction = 'out' AND seq <= ?3"
+                " AND seq >= (SELECT coalesce(min(seq), ?3 + 1) FROM outbox WHERE peer_id = ?2)"
+                " AND state IN ('queued', 'sent') RETURNING id, seq, kind",
                 (now, peer_id, upto_seq),
             ).fetchall()
             db.execute("DELETE FROM outbox WHERE peer_id = ? AND seq <= ?", (peer_id, upto_seq))
@@ -1235,7 +1684,7 @@ class Store:
             rows = db.execute(
                 "UPDATE messages INDEXED BY messages_unread_out SET state = 'read', updated_at = ?"
                 " WHERE peer_id = ? AND direction = 'out' AND state = 'delivered' AND seq <= ?"
-                " RETURNING id, seq",
+                " RETURNING id, seq, kind",
                 (now, peer_id, upto_seq),
             ).fetchall()
         return self._changed_ids(rows)
@@ -1253,6 +1702,9 @@ class Store:
         sent_at: float,
         now: float,
         daily_quota: int | None = None,
+        reply_to: str | None = None,
+        kind: MessageKind = "text",
+        target: str | None = None,
     ) -> ReceiveResult:
         """Apply the receive window and store the message in one transaction.
 
@@ -1263,6 +1715,10 @@ class Store:
 
         ``daily_quota`` bounds the UTF-8 bytes of message bodies stored from this
         peer per UTC day (``intake``); a message over it is refused, not stored.
+
+        An ``edit`` or ``delete`` is applied in the same transaction, and only to
+        a message this peer wrote to us that is not deleted; its own row keeps no
+        text (the changed message has it, or nothing does).
         """
         size = len(body.encode("utf-8"))
         day = int(now // 86400)
@@ -1292,19 +1748,176 @@ class Store:
                 " SET bytes = bytes + excluded.bytes, messages = messages + 1",
                 (peer_id, day, size),
             )
+            changed: Message | None = None
+            if kind != "text":
+                changed = self._apply_change(db, peer_id, kind, target, body, now)
+                body = ""
             db.execute(
                 "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
-                " received_at, state, updated_at)"
-                " VALUES (?, ?, 'in', ?, ?, ?, ?, 'delivered', ?)",
-                (message_id, peer_id, seq, body, sent_at, now, now),
-            )
+                " received_at, state, updated_at, reply_to, kind, target)"
+                " VALUES (?, ?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id, peer_id, seq, body, sent_at, now,
+                    # Bookkeeping rows are never unread.
+                    "delivered" if kind == "text" else "read",
+                    now, reply_to, kind, target,
+                ),
+            )  # fmt: skip
             db.execute(
                 "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
                 " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
                 (peer_id, seq),
             )
-        message = Message(message_id, peer_id, "in", seq, body, sent_at, now, "delivered", now)
-        return ReceiveResult("accept", message, seq)
+        message = Message(
+            message_id, peer_id, "in", seq, body, sent_at, now,
+            "delivered" if kind == "text" else "read", now,
+            reply_to=reply_to, kind=kind, target=target,
+        )  # fmt: skip
+        return ReceiveResult("accept", message, seq, changed=changed)
+
+    def _apply_change(
+        self,
+        db: sqlite3.Connection,
+        peer_id: str,
+        kind: MessageKind,
+        target: str | None,
+        body: str,
+        now: float,
+    ) -> Message | None:
+        """An incoming edit or delete of ``target``; None if refused."""
+        row = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+            (peer_id, target),
+        ).fetchone()
+        if row is None:
+            return None
+        original = _message(row)
+        if (
+            original.peer_id != peer_id
+            or original.direction != "in"
+            or original.kind != "text"
+            or original.deleted_at is not None
+        ):
+            return None
+        if kind == "edit":
+            db.execute(
+                "UPDATE messages SET body = ?, edited_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (body, now, now, peer_id, target),
+            )
+        else:
+            db.execute(
+                "UPDATE messages SET body = '', deleted_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (now, now, peer_id, target),
+            )
+        return self._get_message(db, peer_id, original.id)
+
+    def receive_messages(
+        self,
+        peer_id: str,
+        frames: Sequence[IncomingMessage],
+        *,
+        now: float,
+        daily_quota: int | None = None,
+    ) -> list[ReceiveResult]:
+        """``receive_message`` for several messages of one contact, in order, in one
+        transaction and a fixed number of statements: the receive window is read once
+        and applied here message by message, and the accepted rows go in together.
+
+        Stops after a message over the daily quota (its result is the last one): the
+        contact is told to wait, and what it sent after that is not looked at.
+        """
+        if not frames:
+            return []
+        day = int(now // 86400)
+        results: list[ReceiveResult] = []
+        with self._write() as db:
+            row = db.execute(
+                "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            recv_seq = 0 if row is None else int(row[0])
+            known: set[str] = set()
+            ids = list(dict.fromkeys(f.id for f in frames))
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                known.update(
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM messages WHERE peer_id = ? AND id IN"
+                        f" ({','.join('?' * len(part))})",
+                        (peer_id, *part),
+                    )
+                )
+            used = db.execute(
+                "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
+            ).fetchone()
+            intake = 0 if used is None else int(used[0])
+            pending: list[Message] = []  # accepted, not inserted yet
+            count = 0
+
+            def insert_pending() -> None:
+                db.executemany(
+                    "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+                    " received_at, state, updated_at, reply_to, kind, target)"
+                    " VALUES (?, ?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (m.id, peer_id, m.seq, m.body, m.created_at, now, m.state, now,
+                         m.reply_to, m.kind, m.target)
+                        for m in pending
+                    ],
+                )  # fmt: skip
+                pending.clear()
+
+            for frame in frames:
+                verdict: Verdict = (
+                    "duplicate"
+                    if frame.id in known
+                    else classify_incoming(frame.seq, frame.base, recv_seq)
+                )
+                if verdict != "accept":
+                    results.append(ReceiveResult(verdict, None, recv_seq))
+                    continue
+                size = len(frame.body.encode("utf-8"))
+                if daily_quota is not None and intake + size > daily_quota:
+                    retry_at = (day + 1) * 86400.0
+                    results.append(ReceiveResult("quota", None, recv_seq, retry_at=retry_at))
+                    break
+                intake += size
+                count += 1
+                recv_seq = frame.seq
+                known.add(frame.id)
+                kind = _INCOMING_KINDS.get(frame.kind, "text")
+                body = frame.body
+                changed: Message | None = None
+                if kind != "text":
+                    # Its target may be earlier in this batch: that one goes in first.
+                    insert_pending()
+                    changed = self._apply_change(db, peer_id, kind, frame.target, body, now)
+                    body = ""  # the changed message has the text, or nothing does
+                message = Message(
+                    frame.id, peer_id, "in", frame.seq, body, frame.sent_at, now,
+                    # Bookkeeping rows are never unread.
+                    "delivered" if kind == "text" else "read", now,
+                    reply_to=frame.reply_to, kind=kind, target=frame.target,
+                )  # fmt: skip
+                pending.append(message)
+                results.append(ReceiveResult("accept", message, recv_seq, changed=changed))
+            if count:
+                insert_pending()
+                db.execute("DELETE FROM intake WHERE peer_id = ? AND day < ?", (peer_id, day))
+                db.execute(
+                    "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (peer_id, day) DO UPDATE"
+                    " SET bytes = excluded.bytes, messages = messages + excluded.messages",
+                    (peer_id, day, intake, count),
+                )
+                db.execute(
+                    "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
+                    (peer_id, recv_seq),
+                )
+        return results
 
     def intake_today(self, peer_id: str, *, now: float) -> tuple[int, int]:
         """(bytes, messages) stored from ``peer_id`` this UTC day."""
@@ -1360,8 +1973,13 @@ class Store:
 
     # -- history -------------------------------------------------------------
 
-    def history(self, peer_id: str, *, limit: int | None = None) -> list[Message]:
-        """Both directions in the order they were stored, which is the order shown.
+    def history(
+        self, peer_id: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[Message]:
+        """Both directions in the order they were stored, which is the order shown:
+        the newest ``limit`` messages, or the ``limit`` stored just before the message
+        ``before`` (an id of this conversation), for paging back through a long history
+        at the same cost per page however long it is.
 
         Ordering by the peer's ``sent_at`` would let a skewed clock reshuffle
         a conversation the user already read.
@@ -1369,19 +1987,109 @@ class Store:
         if limit is not None and limit <= 0:
             return []
         with self._read() as db:
+            upper = None
+            if before is not None:
+                found = db.execute(
+                    "SELECT pos FROM messages WHERE peer_id = ? AND id = ?", (peer_id, before)
+                ).fetchone()
+                if found is None:
+                    raise StoreError(f"no message {before!r} in this conversation")
+                upper = int(found[0])
             if limit is None:
                 rows = db.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? ORDER BY pos",
-                    (peer_id,),
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                    " WHERE peer_id = ? AND kind = 'text' AND pos < ? ORDER BY pos",
+                    (peer_id, upper if upper is not None else _MAX_POS),
                 ).fetchall()
             else:
                 rows = db.execute(
                     f"SELECT {_MESSAGE_COLUMNS} FROM ("
-                    f" SELECT pos, {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ?"
+                    f" SELECT pos, {_MESSAGE_COLUMNS} FROM messages"
+                    " WHERE peer_id = ? AND kind = 'text' AND pos < ?"
                     " ORDER BY pos DESC LIMIT ?) ORDER BY pos",
-                    (peer_id, limit),
+                    (peer_id, upper if upper is not None else _MAX_POS, limit),
                 ).fetchall()
         return [_message(row) for row in rows]
+
+    # -- search --------------------------------------------------------------
+
+    def index_messages(self, *, limit: int | None = None, chunk: int = 20_000) -> int:
+        """Add messages stored since the last call to the full-text index, oldest first,
+        at most ``limit`` (all when None), ``chunk`` per transaction so other writers
+        wait briefly.  Returns how many were indexed."""
+        with self._read() as db:
+            behind = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE pos > (SELECT pos FROM fts_position))"
+            ).fetchone()[0]
+        if not behind:
+            return 0  # nothing new: no write transaction (the node asks every second)
+        done = 0
+        while limit is None or done < limit:
+            step = chunk if limit is None else min(chunk, limit - done)
+            with self._write() as db:
+                start = int(db.execute("SELECT pos FROM fts_position").fetchone()[0])
+                last = db.execute(
+                    "SELECT max(pos), count(*) FROM (SELECT pos FROM messages WHERE pos > ?"
+                    " ORDER BY pos LIMIT ?)",
+                    (start, step),
+                ).fetchone()
+                if last[0] is None:
+                    return done
+                db.execute(
+                    "INSERT INTO messages_fts (rowid, body)"
+                    " SELECT pos, body FROM messages WHERE pos > ? AND pos <= ?",
+                    (start, int(last[0])),
+                )
+                db.execute("UPDATE fts_position SET pos = ?", (int(last[0]),))
+            done += int(last[1])
+        return done
+
+    def search(
+        self, text: str, *, peer_id: str | None = None, limit: int = 50
+    ) -> list[Message]:
+        """Messages whose body has every word of ``text`` (the last one as a prefix),
+        newest first, at most ``limit``; only with ``peer_id`` when given.
+
+        Words are matched by SQLite FTS5's unicode61 tokenizer: case and diacritics
+        do not matter, punctuation separates words.  ``text`` is never parsed as an
+        FTS5 query: each word is quoted, so no input is a syntax error.
+        """
+        words = _search_words(text)
+        if not words or limit <= 0:
+            return []
+        query = " ".join(f'"{w}"' for w in words[:-1]) + f' "{words[-1]}"*'
+        self.index_messages()
+        columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
+        with self._read() as db:
+            if peer_id is None:
+                rows = db.execute(
+                    f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
+                    " WHERE messages_fts MATCH ? AND m.kind = 'text' ORDER BY f.rowid DESC"
+                    " LIMIT ?",
+                    (query.strip(), limit),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
+                    " WHERE messages_fts MATCH ? AND m.peer_id = ? AND m.kind = 'text'"
+                    " ORDER BY f.rowid DESC"
+                    " LIMIT ?",
+                    (query.strip(), peer_id, limit),
+                ).fetchall()
+        return [_message(row) for row in rows]
+
+    def message_ids(self, prefix: str, *, peer_id: str | None = None, limit: int = 2) -> list[str]:
+        """Ids of text messages that start with ``prefix`` (to resolve what a user
+        typed; ``limit`` 2 is enough to tell unique from ambiguous)."""
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix):
+            return []
+        query = "SELECT DISTINCT id FROM messages WHERE kind = 'text' AND id >= ? AND id < ?"
+        params: list[Any] = [prefix, prefix + "g"]
+        if peer_id is not None:
+            query += " AND peer_id = ?"
+            params.append(peer_id)
+        with self._read() as db:
+            return [r[0] for r in db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))]
 
     def get_message(self, message_id: str, *, peer_id: str | None = None) -> Message | None:
         """A message by id.  Ids are unique per conversation; without ``peer_id`` our
@@ -1492,7 +2200,7 @@ class Store:
 
     def find_request(self, ref: str) -> ContactRequest:
         """Resolve a pending request the way ``find_contact`` resolves contacts."""
-        return _resolve(
+        return resolve_ref(
             ref, self.list_requests(), lambda r: r.peer_id, lambda r: r.name, "contact request"
         )
 
@@ -1527,6 +2235,35 @@ class Store:
                 raise UnknownContact(f"no contact request from {peer_id}")
 
     # -- invite tokens -------------------------------------------------------
+
+    def add_network_hints(
+        self, kind: str, values: Sequence[str], *, now: float, keep: int = 4
+    ) -> None:
+        """Remember relay or bootstrap hints (the newest ``keep`` of each kind)."""
+        if kind not in ("relay", "bootstrap"):
+            raise ValueError(f"unknown hint kind {kind!r}")
+        with self._write() as db:
+            for value in values:
+                db.execute(
+                    "INSERT OR REPLACE INTO network_hints (kind, value, added_at)"
+                    " VALUES (?, ?, ?)",
+                    (kind, value, now),
+                )
+            db.execute(
+                "DELETE FROM network_hints WHERE kind = ? AND value NOT IN ("
+                " SELECT value FROM network_hints WHERE kind = ?"
+                " ORDER BY added_at DESC, value LIMIT ?)",
+                (kind, kind, keep),
+            )
+
+    def network_hints(self, kind: str) -> list[str]:
+        """Relay or bootstrap hints from invites, newest first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT value FROM network_hints WHERE kind = ? ORDER BY added_at DESC, value",
+                (kind,),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def save_pending_token(self, peer_id: str, token: str) -> None:
         """Remember the token of a peer's invite until our Hello has presented it."""
@@ -1770,7 +2507,7 @@ class Store:
                 for r in db.execute(
                     "SELECT t.folder, f.part, f.size FROM transfers t"
                     " JOIN transfer_files f ON f.transfer_id = t.id"
-                    " WHERE t.direction = 'in' AND t.state IN ('accepted', 'receiving')"
+                    " WHERE t.direction = 'in' AND t.state IN ('accepted', 'receiving', 'paused')"
                     " AND f.accepted = 1 AND f.done = 0"
                 )
             ]

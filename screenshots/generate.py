@@ -61,6 +61,9 @@ def still(app: ChatApp) -> None:
     for field in app.screen.query(Input):
         field.cursor_blink = False
     app.clear_notifications()
+    if isinstance(app.screen, MainScreen):
+        app.screen.notices.drop_where(lambda notice: True)
+        app.screen.notices.flush()
 
 
 async def shoot(pilot: Pilot[object], name: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nacl.pwhash.argon2id
@@ -16,6 +16,7 @@ from p2pchat.core.events import NodeEvent
 from p2pchat.node import Node
 
 from .daemons import free_udp_port, make_home
+from .netlab import Lab, list_namespaces, open_lab, prepare
 
 # Sealing key files at full Argon2id cost takes a second and 256 MiB each: the suite
 # lowers it in this process and, through tests/fastkdf/sitecustomize.py, in the
@@ -26,7 +27,23 @@ if FAST_KDF not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [FAST_KDF, os.environ.get("PYTHONPATH")])
     )
-__all__ = ["EventLog", "StartNode", "free_udp_port", "make_home", "wait_until"]
+__all__ = [
+    "EventLog",
+    "StartNode",
+    "free_udp_port",
+    "friends",
+    "make_home",
+    "wait_until",
+]
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A network lab (tests/netlab) whose namespaces are all gone afterwards."""
+    prepare()
+    with open_lab() as lab:
+        yield lab
+    assert [ns for ns in list_namespaces() if ns.startswith(lab.run_id)] == []
 
 
 async def wait_until(
@@ -45,10 +62,12 @@ class EventLog:
 
     def __init__(self, node: Node) -> None:
         self.events: list[NodeEvent] = []
-        self._task = asyncio.ensure_future(self._run(node))
+        # Subscribed here, not when the task first runs: an event the test causes
+        # right after creating the log is in it.
+        self._task = asyncio.ensure_future(self._run(node.events()))
 
-    async def _run(self, node: Node) -> None:
-        async for event in node.events():
+    async def _run(self, stream: AsyncIterator[NodeEvent]) -> None:
+        async for event in stream:
             self.events.append(event)
 
     def of(self, kind: type[NodeEvent]) -> list[NodeEvent]:
@@ -81,3 +100,13 @@ async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
     yield start
     for node in nodes:
         await node.stop()
+
+
+async def friends(start_node: StartNode) -> tuple[Node, Node]:
+    """alice and bob: real nodes, contacts of each other, both online."""
+    a = await start_node("alice")
+    b = await start_node("bob")
+    a.add_contact(b.peer_id, name="bob", addresses=b.addresses)
+    b.add_contact(a.peer_id, name="alice", addresses=a.addresses)
+    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
+    return a, b

@@ -8,13 +8,49 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from p2pchat.config import Paths, save_settings
 from p2pchat.identity import create_identity, load_identity
 from p2pchat.net.control import ControlClient
+
+T = TypeVar("T")
+
+
+async def until(
+    check: Callable[[], Awaitable[T]], timeout: float = 20.0, what: str = "the condition"
+) -> T:
+    """Poll an async check until it returns something truthy (a liveness bound, not a
+    speed target)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+class ControlledDaemon(Protocol):
+    async def call(self, op: str, **args: Any) -> Any: ...
+
+
+async def delivered(sender: ControlledDaemon, contact: str, body: str) -> bool:
+    """``sender``'s message ``body`` to ``contact`` is delivered (or read)."""
+    history = await sender.call("history", contact=contact)
+    return any(m["body"] == body and m["state"] in ("delivered", "read") for m in history)
+
+
+async def path_of(daemon: ControlledDaemon, peer_id: str) -> str | None:
+    """The path (``lan``, ``direct``, ``punched``) of the daemon's live session with a
+    peer, or None while it has none."""
+    for c in await daemon.call("contacts"):
+        if c["peer_id"] == peer_id and c["online"]:
+            return str(c["path"])
+    return None
 
 
 def free_udp_port() -> int:

@@ -144,7 +144,7 @@ def push(author: SimMember, message: GroupMessage, online: list[SimMember]) -> N
             continue
         out = tuple(prefixes([*targets, sender.key, *fanout]))
         for t in targets:
-            sender.replica.sent(t, [m])
+            sender.replica.sent(t, [(m.author, m.seq)])
             receiver = by_key[t]
             assert receiver.replica is not None
             receipts = receiver.replica.receive_batch([m.wire])

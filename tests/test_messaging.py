@@ -144,7 +144,9 @@ async def test_presence_route_and_network_status(start_node: StartNode) -> None:
     befriend(a, b)
     await wait_until(lambda: a.is_online(b.peer_id))
     (view,) = a.contacts()
-    assert view.online and view.route == "lan"  # 127.0.0.1 is this machine
+    # Loopback is this very machine, not the LAN: the path is plainly direct.
+    assert view.online and view.path == view.route == "direct"
+    assert view.rtt_ms is not None and view.rtt_ms >= 0
     status = a.network_status()
     assert status["online"] == 1 and status["addresses"] == list(a.addresses)
     assert status["dht"] is None and status["mdns"] is False

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,7 +19,6 @@ from .netlab import (
     Lab,
     NatMode,
     list_namespaces,
-    open_lab,
     prepare,
     sweep_stale,
     unavailable_reason,
@@ -31,14 +29,6 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 needs_nft = pytest.mark.skipif(
     shutil.which("nft") is None, reason="NAT lab needs nftables (`nft`): apt-get install nftables"
 )
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    prepare()
-    with open_lab() as lab:
-        yield lab
-    assert [ns for ns in list_namespaces() if ns.startswith(lab.run_id)] == []
 
 
 def root_links() -> set[str]:

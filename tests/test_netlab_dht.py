@@ -10,47 +10,21 @@ swarm applies.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from .conftest import make_home
-from .netlab import Lab, list_namespaces, open_lab, prepare, unavailable_reason
+from .daemons import delivered, until
+from .netlab import Lab, unavailable_reason
 from .netlab.daemon import NsDaemon
 from .netlab.topologies import INTERNET, PUBLIC_ADDRESS
 
 REASON = unavailable_reason()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.timeout(180)]
 
-T = TypeVar("T")
 PORT = 4001
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    prepare()
-    with open_lab() as lab:
-        yield lab
-    assert [ns for ns in list_namespaces() if ns.startswith(lab.run_id)] == []
-
-
-async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
-async def delivered(sender: NsDaemon, contact: str, body: str) -> bool:
-    history = await sender.call("history", contact=contact)
-    return any(m["body"] == body and m["state"] in ("delivered", "read") for m in history)
 
 
 async def test_swarm_of_three_on_public_addresses_finds_peers_by_id(
@@ -112,6 +86,9 @@ async def test_swarm_of_three_on_public_addresses_finds_peers_by_id(
         await until(lambda: delivered(bob, "alice", "and you"), 60, "delivery to Alice")
         bodies = [m["body"] for m in await alice.call("history", contact="bob")]
         assert bodies == ["found you by ID", "and you"]
+        # Each told the other, in its Hello, where it sees the other's packets come from.
+        seen_by_bob = (await alice.call("dht_status"))["observations"][bob.peer_id]
+        assert seen_by_bob == {"address": f"{hosts['alice'].address}:{PORT}", "source": "contact"}
     finally:
         for d in daemons.values():
             await d.stop()

@@ -9,43 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from p2pchat.identity import Identity
 
 from .conftest import make_home
-from .daemons import run_cli
-from .netlab import Host, Lab, list_namespaces, open_lab, prepare, unavailable_reason
+from .daemons import run_cli, until
+from .netlab import Host, Lab, unavailable_reason
 from .netlab.daemon import NsDaemon
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-
-T = TypeVar("T")
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    prepare()
-    with open_lab() as lab:
-        yield lab
-    assert [ns for ns in list_namespaces() if ns.startswith(lab.run_id)] == []
-
-
-async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 async def nearby(daemon: NsDaemon) -> dict[str, dict[str, Any]]:
     return {p["peer_id"]: p for p in await daemon.call("nearby")}

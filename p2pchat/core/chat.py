@@ -24,6 +24,8 @@ from typing import Any
 
 import msgpack
 
+import p2pchat.core.group.codec as group_codec
+import p2pchat.core.group.frames as group_frames
 from p2pchat import names
 from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -61,6 +63,8 @@ MAX_NAME_CHARS = names.MAX_NAME_CHARS
 # A peer's announced name is repaired, not refused; this much of it is looked at.
 _MAX_WIRE_NAME_CHARS = 4 * MAX_NAME_CHARS
 MAX_TOKEN_CHARS = 64
+#: ``[IPv6]:port`` is at most 47 characters.
+MAX_SEEN_CHARS = 64
 MAX_SEQ = 2**53 - 1
 """Sequence numbers stay exactly representable as IEEE doubles, for peers in JS."""
 MAX_VERSION = 2**16 - 1
@@ -96,6 +100,9 @@ class Hello:
 
     ``token`` lets a stranger prove an invitation so the request can skip the
     "unknown sender" queue; ``name`` is only a suggestion for the contact list.
+    ``seen`` is the address the sender sees the receiver's packets come from
+    (``host:port``): the receiver's reflexive address, which a contact's word is
+    enough for (``p2pchat.dht.reflexive``). Older peers do not send it.
 
     A name that breaks the name rule (``p2pchat.names``) never costs the peer
     its session: ``decode`` repairs it (or drops it) and says why in
@@ -105,16 +112,29 @@ class Hello:
     name: str | None = None
     token: str | None = None
     version: int = PROTOCOL_VERSION
+    seen: str | None = None
     name_problem: str | None = field(default=None, compare=False)
+    groups: tuple[bytes, ...] = ()
+    """Groups the sender believes both sides are in (docs/groups.md): sent only on a
+    dial to a fellow member who is not a contact, so the session is a group session."""
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """One sequenced message.  ``kind`` ``"text"`` is what a person wrote (``reply_to``
+    names the message it answers, in either direction); ``"edit"`` replaces the body
+    of our earlier message ``target`` and ``"delete"`` (empty body) deletes it.  Edits
+    and deletions are sequenced like text, so the outbox, acks and the receive window
+    deliver them exactly once and after the message they change."""
+
     id: str
     seq: int
     base: int
     sent_at: float
     body: str
+    reply_to: str | None = None
+    kind: str = "text"
+    target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +253,33 @@ class FileResult:
 FileFrame = FileOffer | FileAccept | FileDecline | FileCancel | FileProgress | FileResult
 
 ChatFrame = (
-    Hello | ChatMessage | Ack | Read | Typing | Gap | Defer | RequestPending | Ping | FileFrame
+    Hello
+    | ChatMessage
+    | Ack
+    | Read
+    | Typing
+    | Gap
+    | Defer
+    | RequestPending
+    | Ping
+    | FileFrame
+    | group_frames.GroupFrame
 )
+GROUP_FRAME_TYPES = (
+    group_frames.GroupSummary,
+    group_frames.GroupOps,
+    group_frames.GroupMessages,
+    group_frames.GroupEnd,
+    group_frames.GroupHave,
+    group_frames.GroupInvite,
+    group_frames.GroupPeers,
+)
+MAX_HELLO_GROUPS = 16
 
 _T_HELLO = "hello"
 _T_MSG = "msg"
+_K_EDIT = "edit"
+_K_DELETE = "delete"
 _T_ACK = "ack"
 _T_READ = "read"
 _T_TYPING = "typing"
@@ -260,9 +302,13 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
             m["n"] = frame.name
         if frame.token is not None:
             m["k"] = frame.token
+        if frame.groups:
+            m["g"] = list(frame.groups)
+        if frame.seen is not None:
+            m["o"] = frame.seen
         return m
     if isinstance(frame, ChatMessage):
-        return {
+        m = {
             "t": _T_MSG,
             "i": frame.id,
             "s": frame.seq,
@@ -270,6 +316,12 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
             "at": frame.sent_at,
             "m": frame.body,
         }
+        if frame.reply_to is not None:
+            m["r"] = frame.reply_to
+        if frame.kind != "text":
+            m["k"] = frame.kind
+            m["x"] = frame.target
+        return m
     if isinstance(frame, Ack):
         return {"t": _T_ACK, "s": frame.seq}
     if isinstance(frame, Read):
@@ -311,6 +363,8 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
         if frame.error is not None:
             m["e"] = frame.error
         return m
+    if isinstance(frame, GROUP_FRAME_TYPES):
+        return group_frames.to_map(frame)
     raise LocalProtocolError(f"not a chat frame: {frame!r}")
 
 
@@ -449,12 +503,23 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
         base = r.get_int("b", 1, MAX_SEQ)
         if base > seq:
             raise err(f"message base {base} exceeds seq {seq}")
+        body = r.get_str("m", MAX_BODY_BYTES)
+        reply_to = r.get_id("r") if m.get("r") is not None else None
+        change = m.get("k")
+        if change is None:
+            if m.get("x") is not None:
+                raise err("a message names a target only to edit or delete it")
+            return ChatMessage(message_id, seq, base, r.get_time("at"), body, reply_to)
+        if change not in (_K_EDIT, _K_DELETE):
+            raise err(f"unknown message kind {change!r}")
+        if reply_to is not None:
+            raise err("an edit or deletion is not a reply")
+        if change == _K_EDIT and not body.strip():
+            raise err("an edit needs text (delete the message instead)")
+        if change == _K_DELETE and body:
+            raise err("a deletion carries no text")
         return ChatMessage(
-            id=message_id,
-            seq=seq,
-            base=base,
-            sent_at=r.get_time("at"),
-            body=r.get_str("m", MAX_BODY_BYTES),
+            message_id, seq, base, r.get_time("at"), body, None, change, r.get_id("x")
         )
     if kind == _T_ACK:
         return Ack(seq=r.get_int("s", 0, MAX_SEQ))
@@ -485,11 +550,17 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
             token=r.get_label("k", MAX_TOKEN_CHARS),
             version=r.get_int("v", 1, MAX_VERSION),
             name_problem=problem,
+            groups=group_codec.as_keys(m.get("g", []), err, "field 'g'", max_len=MAX_HELLO_GROUPS),
+            seen=r.get_label("o", MAX_SEEN_CHARS),
         )
     if kind.startswith("f"):
         frame = _file_frame(kind, r, err)
         if frame is not None:
             return frame
+    if kind.startswith("g"):
+        group = group_frames.from_map(m, err)
+        if group is not None:
+            return group
     if err is LocalProtocolError:
         raise err(f"unknown chat frame type {kind!r}")
     raise UnknownFrame(kind)

@@ -48,10 +48,61 @@ class MessageReceived(NodeEvent):
     body: str
     sent_at: float
     received_at: float
+    reply_to: str | None = None
+    """The message this one answers; its text is looked up here (``Node.get_message``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSent(NodeEvent):
+    """A message of ours was stored (state ``queued``), whoever asked for it: this
+    view, another view attached to the same node, or ``p2pchat msg`` over the
+    control socket.  Every view adds it unless it already shows ``message_id``."""
+
+    peer_id: str
+    message_id: str
+    seq: int
+    body: str
+    created_at: float
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEdited(NodeEvent):
+    """A message's text changed: ours (``direction`` ``out``, edited through any
+    view) or the contact's (``in``).  ``body`` is the whole new text."""
+
+    peer_id: str
+    message_id: str
+    direction: str
+    body: str
+    edited_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDeleted(NodeEvent):
+    """A message was deleted for both sides: views show a tombstone, no text."""
+
+    peer_id: str
+    message_id: str
+    direction: str
+    deleted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingAcceptance(NodeEvent):
+    """The contact's node answered that we are not its contact yet: our messages
+    stay queued until they accept our request (then they go out by themselves).
+    ``ContactView.awaiting_acceptance`` says the same until the session ends."""
+
+    peer_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class MessageStateChanged(NodeEvent):
+    """``queued`` -> ``sent`` -> ``delivered`` -> ``read``; ``sent`` goes back to
+    ``queued`` when the session that carried the message dies before the contact
+    acknowledged it (it is sent again on the next session)."""
+
     peer_id: str
     message_id: str
     state: MessageState
@@ -117,8 +168,24 @@ class NearbyPeerLost(NodeEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ContactRemoved(NodeEvent):
+    """The contact was removed (its history stays; it can knock again as a stranger)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockChanged(NodeEvent):
+    """A key was put on the block list (no sessions, no requests, no lookups) or
+    taken off it.  It may be a contact (``ContactView.blocked``) or a stranger."""
+
+    peer_id: str
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ContactChanged(NodeEvent):
-    """A contact's stored details changed (name, verified flag, addresses)."""
+    """A contact's stored details changed (name, verified or muted flag, addresses)."""
 
     peer_id: str
 
@@ -146,8 +213,10 @@ class TransferProgress(NodeEvent):
 
 @dataclass(frozen=True, slots=True)
 class TransferStateChanged(NodeEvent):
-    """States: offered, pending, accepted, sending, receiving, done, declined,
-    cancelled, failed.  ``paths`` are the published files when done (receiver)."""
+    """States: offered, pending, accepted, sending, receiving, paused, done,
+    declined, cancelled, failed.  ``paused``: the contact went offline (or the node
+    restarted) mid-transfer, ``error`` says why; it resumes by itself when the
+    contact is back.  ``paths`` are the published files when done (receiver)."""
 
     transfer_id: str
     peer_id: str

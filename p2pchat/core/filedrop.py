@@ -42,6 +42,15 @@ _POS = struct.Struct(">IQ")
 _LEN = struct.Struct(">I")
 MAX_RECORD = _POS.size + CHUNK_SIZE + _ABYTES
 KEY_LABEL = b"p2pchat/1 file"
+
+# Transfer states that move bytes now, and the resumable ones.  A transfer whose
+# contact went offline (or that was running when the node stopped) waits in
+# "paused" and resumes from the .part files once a session is back: a paused
+# receiver asks for the rest, a paused sender re-offers.
+RUNNING_STATES = ("accepted", "sending", "receiving")
+PAUSED = "paused"
+RESUMABLE_IN = ("accepted", "receiving", PAUSED)
+RESUMABLE_OUT = ("offered", "accepted", "sending", PAUSED)
 _TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
 _TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
 

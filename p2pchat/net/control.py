@@ -155,7 +155,7 @@ class ControlServer:
                     break
                 writer.write(json.dumps(next_event.result()).encode() + b"\n")
                 next_event = None
-                async with asyncio.timeout(STREAM_DRAIN_TIMEOUT):  # not wait_for: see node.py
+                async with asyncio.timeout(STREAM_DRAIN_TIMEOUT):
                     await writer.drain()
         except (ConnectionError, TimeoutError, StopAsyncIteration):
             pass

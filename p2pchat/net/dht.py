@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -500,6 +501,14 @@ class DhtService:
             if len(core.routing_table(4)) + len(core.routing_table(6)) == 0:
                 await self._bootstrap()
                 self._changed.set()
+
+    def add_bootstrap(self, entries: Sequence[str]) -> None:
+        """More bootstrap nodes (an invite's hints): joined now, kept for re-bootstraps."""
+        new = tuple(e for e in entries if e not in self.options.bootstrap)
+        if not new or not self.running:
+            return
+        self.options = dataclasses.replace(self.options, bootstrap=self.options.bootstrap + new)
+        self._spawn(self._bootstrap())
 
     async def wait_ready(self, timeout: float) -> bool:
         # asyncio.timeout, not wait_for, here and below: on 3.11 wait_for swallows a

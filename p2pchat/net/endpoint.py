@@ -11,7 +11,8 @@ learned, so every protocol shares this socket and the endpoint demultiplexes:
    decrypt, a small pool for handshakes not yet authenticated).
 3. First byte ``d`` that is no known connection goes to the KRPC handler.
 4. First byte 0x00-0x3F (neither QUIC v1, whose fixed bit is 0x40, nor KRPC)
-   goes to the punch/relay handler, as RFC 9443 does for STUN.
+   goes to the punch handler (0x30-0x3F to the relay handler), as RFC 9443 does
+   for STUN.
 5. Anything else is dropped.
 
 aioquic's ``QuicConnection`` is sans-IO; this module is its asyncio shell in
@@ -34,7 +35,12 @@ from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
 
 from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, InitialGate, Reply
-from p2pchat.net.quic import KEEPALIVE_INTERVAL, configuration, peer_certificate_key
+from p2pchat.net.quic import (
+    KEEPALIVE_INTERVAL,
+    LIVENESS_TIMEOUT,
+    configuration,
+    peer_certificate_key,
+)
 from p2pchat.net.sockopts import raise_buffers
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ MAX_CONNECTIONS = 512
 CID_LENGTH = 8
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
+PunchHandler = Callable[[bytes, tuple[str, int], "AuxSocket | None"], None]
 
 
 class EndpointError(Exception):
@@ -69,11 +76,15 @@ class QuicLink:
         address: NetworkAddress,
         *,
         is_client: bool,
+        via: AuxSocket | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.conn = conn
         self.address = address
         self.is_client = is_client
+        self.via = via
+        """The extra socket this connection runs over (a birthday-punched path), or
+        None for the node's main socket."""
         self.handler: LinkHandler | None = None
         self.peer_cert_key: bytes | None = None
         self.handshake_done = False
@@ -81,8 +92,12 @@ class QuicLink:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._last_ping = endpoint.now()
+        self._last_heard = endpoint.now()
+        self._keepalive = KEEPALIVE_INTERVAL * (1 if is_client else 2)
+        self._grace_until = 0.0
         self._ping_uid = 0
         self._pending_stream: list[tuple[int, bytes, bool]] = []
+        self._transmit_scheduled = False
         self._pending_slot: str | None = None
         """The source IP whose admission slot this server link holds until its peer
         authenticates or it closes."""
@@ -98,17 +113,35 @@ class QuicLink:
 
     # -- input -------------------------------------------------------------
     def datagram_received(self, data: bytes, address: NetworkAddress) -> None:
-        self.conn.receive_datagram(data, address, now=self.endpoint.now())
+        now = self.endpoint.now()
+        self._last_heard = now
+        self.conn.receive_datagram(data, address, now=now)
         self._process()
 
     def _on_timer(self) -> None:
+        now = self.endpoint.now()
+        late = now - self._timer_at if self._timer_at is not None else 0.0
         self._timer = None
         self._timer_at = None
-        now = self.endpoint.now()
-        if self.handshake_done and now - self._last_ping >= KEEPALIVE_INTERVAL:
-            self._last_ping = now
-            self._ping_uid += 1
-            self.conn.send_ping(self._ping_uid)
+        if self.handshake_done:
+            if late > self._keepalive:
+                # Our own loop stalled: the silence may be ours.  Ping, and give the
+                # answer a keepalive interval before judging the peer.
+                self._grace_until = now + self._keepalive
+            # Liveness (docs/protocol.md): the side that heard nothing for a while
+            # pings, and the answer (an ACK) is heard by the other side too.  The
+            # dialling side pings after a second, the accepting side only after
+            # two (a backstop, should the dialler be an older version), so an idle
+            # pair exchanges one ping and one ACK a second, and a peer that
+            # vanished (SIGKILL, cable) is given up on within LIVENESS_TIMEOUT
+            # instead of QUIC's 20 s idle timeout.
+            if now - self._last_heard >= LIVENESS_TIMEOUT and now >= self._grace_until:
+                self.close(f"no answer for {LIVENESS_TIMEOUT:g} s")
+                return
+            if now - max(self._last_heard, self._last_ping) >= self._keepalive:
+                self._last_ping = now
+                self._ping_uid += 1
+                self.conn.send_ping(self._ping_uid)
         quic_timer = self.conn.get_timer()
         if quic_timer is not None and quic_timer <= now:
             self.conn.handle_timer(now)
@@ -150,6 +183,8 @@ class QuicLink:
             self._timer.cancel()
             self._timer = None
         self.endpoint._forget(self)
+        if self.via is not None and self.via.link is self:
+            self.via.close()
         if self.handler is not None:
             self.handler.link_terminated(self, reason)
 
@@ -159,10 +194,11 @@ class QuicLink:
             return
         now = self.endpoint.now()
         for data, addr in self.conn.datagrams_to_send(now=now):
-            self.endpoint.sendto(data, addr)
+            self.endpoint.sendto(data, addr, via=self.via)
         timer_at = self.conn.get_timer()
         if self.handshake_done:
-            ping_at = self._last_ping + KEEPALIVE_INTERVAL
+            ping_at = max(self._last_heard, self._last_ping) + self._keepalive
+            ping_at = min(ping_at, max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until))
             timer_at = ping_at if timer_at is None else min(timer_at, ping_at)
         if timer_at != self._timer_at:
             if self._timer is not None:
@@ -181,11 +217,23 @@ class QuicLink:
             self._pending_stream.append((stream_id, data, end))
             return
         self.conn.send_stream_data(stream_id, data, end)
+        # At the end of this loop turn, not now: frames written in one turn (a burst
+        # of messages, the acks of a batch) then share full-size packets instead of
+        # leaving one datagram each.  Inside ``_process`` the transmit that follows
+        # the events sends them anyway.
+        if not self._transmit_scheduled:
+            self._transmit_scheduled = True
+            self.endpoint.loop.call_soon(self._scheduled_transmit)
+
+    def _scheduled_transmit(self) -> None:
+        self._transmit_scheduled = False
         self.transmit()
 
     def close(self, reason: str = "", error_code: int = 0) -> None:
         if self.closed:
             return
+        if self._transmit_scheduled:
+            self.transmit()  # what was written this turn leaves before the close
         self.conn.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
         # Our side is done with it now; aioquic keeps the draining state on its own.
@@ -205,7 +253,9 @@ class Endpoint(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self.on_incoming: Callable[[QuicLink], None] | None = None
         self.krpc_handler: PacketHandler | None = None
-        self.punch_handler: PacketHandler | None = None
+        self.punch_handler: PunchHandler | None = None
+        self.relay_handler: PunchHandler | None = None
+        self._aux: set[AuxSocket] = set()
         self.local_address: tuple[str, int] | None = None
         self.dropped_datagrams = 0
         self.gate = InitialGate()
@@ -235,6 +285,8 @@ class Endpoint(asyncio.DatagramProtocol):
     def close(self) -> None:
         for link in list(self._links):
             link.close("node stopping")
+        for aux in list(self._aux):
+            aux.close()
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -261,20 +313,24 @@ class Endpoint(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self._receive(data, addr, None)
+
+    def _receive(self, data: bytes, addr: tuple[str | int, ...], via: AuxSocket | None) -> None:
         address = (str(addr[0]), int(addr[1]))
         try:
-            self._dispatch(data, address)
+            self._dispatch(data, address, via)
         except Exception:  # a hostile datagram must never take the node down
             self.dropped_datagrams += 1
             log.exception("dropped a datagram from %s", address)
 
-    def _dispatch(self, data: bytes, address: tuple[str, int]) -> None:
+    def _dispatch(self, data: bytes, address: tuple[str, int], via: AuxSocket | None) -> None:
         if not data:
             return
         first = data[0]
         if first < 0x40:
-            if self.punch_handler is not None:
-                self.punch_handler(data, address)
+            handler = self.relay_handler if first >= 0x30 else self.punch_handler
+            if handler is not None:
+                handler(data, address, via)
             return
         buf = Buffer(data=data)
         try:
@@ -284,22 +340,33 @@ class Endpoint(asyncio.DatagramProtocol):
         if header is not None:
             link = self._cids.get(header.destination_cid)
             if link is not None:
-                link.datagram_received(data, address)
+                if link.via is via:
+                    link.datagram_received(data, address)
+                else:
+                    self.dropped_datagrams += 1  # a connection lives on one socket
                 return
             if (
                 header.packet_type == QuicPacketType.INITIAL
                 and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
                 and header.version in self._server_config.supported_versions
             ):
-                self._admit(header, buf.tell(), data, address)
+                if via is not None and via.link is not None:
+                    self.dropped_datagrams += 1  # that socket already carries its connection
+                    return
+                self._admit(header, buf.tell(), data, address, via)
                 return
-        if first == 0x64 and self.krpc_handler is not None:
+        if first == 0x64 and via is None and self.krpc_handler is not None:
             self.krpc_handler(data, address)
             return
         self.dropped_datagrams += 1
 
     def _admit(
-        self, header: QuicHeader, encrypted_offset: int, data: bytes, address: tuple[str, int]
+        self,
+        header: QuicHeader,
+        encrypted_offset: int,
+        data: bytes,
+        address: tuple[str, int],
+        via: AuxSocket | None,
     ) -> None:
         if len(self._links) >= MAX_CONNECTIONS or self.on_incoming is None:
             self.dropped_datagrams += 1
@@ -309,7 +376,7 @@ class Endpoint(asyncio.DatagramProtocol):
             data, header, encrypted_offset, address, self.now(), known_source=known
         )
         if isinstance(decision, Reply):
-            self.sendto(decision.packet, address)
+            self.sendto(decision.packet, address, via=via)
             return
         if not isinstance(decision, Accept):
             self.dropped_datagrams += 1
@@ -319,7 +386,9 @@ class Endpoint(asyncio.DatagramProtocol):
             original_destination_connection_id=decision.original_destination_cid,
             retry_source_connection_id=decision.retry_source_cid,
         )
-        link = QuicLink(self, conn, address, is_client=False)
+        link = QuicLink(self, conn, address, is_client=False, via=via)
+        if via is not None:
+            via.link = link
         self.gate.opened(address[0])
         link._pending_slot = address[0]
         self._links.add(link)
@@ -328,19 +397,50 @@ class Endpoint(asyncio.DatagramProtocol):
         self.on_incoming(link)
         link.datagram_received(data, address)
 
-    def connect(self, address: tuple[str, int]) -> QuicLink:
-        """Dial ``address`` from the shared socket; the handshake runs in the background."""
+    def connect(self, address: tuple[str, int], *, via: AuxSocket | None = None) -> QuicLink:
+        """Dial ``address`` from the shared socket (or from ``via``, an extra socket a
+        punch found a path on); the handshake runs in the background."""
         conn = QuicConnection(configuration=self._client_config)
-        link = QuicLink(self, conn, address, is_client=True)
+        link = QuicLink(self, conn, address, is_client=True, via=via)
+        if via is not None:
+            via.link = link
         self._links.add(link)
         self._register_cid(conn.host_cid, link)
         conn.connect(address, now=self.now())
         link.transmit()
         return link
 
-    def sendto(self, data: bytes, address: NetworkAddress) -> None:
-        if self._transport is not None:
+    def sendto(self, data: bytes, address: NetworkAddress, *, via: AuxSocket | None = None) -> None:
+        if via is not None:
+            via.sendto(data, address)
+        elif self._transport is not None:
             self._transport.sendto(data, address)
+
+    # -- extra sockets (birthday punching) --------------------------------
+    async def open_aux_sockets(self, count: int) -> list[AuxSocket]:
+        """``count`` extra UDP sockets on the main socket's address with fresh ports.
+
+        Only hole punching through an endpoint-dependent NAT needs them: each socket
+        gets its own mapping, so the peer's probes to random ports can meet one
+        (``core/punch.py``).  The socket a path is found on carries that one QUIC
+        connection and closes with it; the others are closed by their owner.
+        """
+        assert self.local_address is not None
+        host = self.local_address[0]
+        out: list[AuxSocket] = []
+        try:
+            for _ in range(count):
+                aux = AuxSocket(self)
+                await self.loop.create_datagram_endpoint(lambda a=aux: a, local_addr=(host, 0))  # type: ignore[misc]
+                self._aux.add(aux)
+                out.append(aux)
+        except OSError as exc:  # out of descriptors or ports: punch with what we have
+            log.info("opened %d of %d extra sockets: %s", len(out), count, exc)
+        return out
+
+    @property
+    def aux_sockets(self) -> int:
+        return len(self._aux)
 
     # -- connection table --------------------------------------------------
     def _register_cid(self, cid: bytes, link: QuicLink) -> None:
@@ -354,3 +454,46 @@ class Endpoint(asyncio.DatagramProtocol):
         self._links.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
             del self._cids[cid]
+
+
+class AuxSocket(asyncio.DatagramProtocol):
+    """An extra UDP socket of the endpoint: demultiplexed like the main one, except
+    that KRPC stays on the main socket and at most one QUIC connection runs here."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.DatagramTransport | None = None
+        self.link: QuicLink | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if not self.closed:
+            self.endpoint._receive(data, addr, self)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error on an extra socket: %s", exc)
+
+    def sendto(self, data: bytes, address: NetworkAddress) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.sendto(data, address)
+
+    @property
+    def port(self) -> int | None:
+        if self.transport is None:
+            return None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def close(self) -> None:
+        """Closed by its punch when unused, or with the connection it carries."""
+        if self.closed:
+            return
+        self.closed = True
+        self.endpoint._aux.discard(self)
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self.link is not None and not self.link.closed:
+            self.link.close("socket closed")

@@ -11,7 +11,7 @@ import ipaddress
 
 import ifaddr
 
-__all__ = ["interface_ips"]
+__all__ = ["interface_ips", "local_networks"]
 
 
 def interface_ips(*, v6: bool) -> list[str]:
@@ -30,3 +30,18 @@ def interface_ips(*, v6: bool) -> list[str]:
                 continue
             (loop if addr.is_loopback else found).append(str(addr))
     return list(dict.fromkeys(found + loop))
+
+
+def local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The subnets of our non-loopback interfaces: a peer in one of them is on our LAN."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            host = ip.ip if isinstance(ip.ip, str) else ip.ip[0].split("%")[0]
+            try:
+                net = ipaddress.ip_interface(f"{host}/{ip.network_prefix}").network
+            except ValueError:
+                continue
+            if not net.is_loopback and not net.is_link_local:
+                nets.append(net)
+    return nets

@@ -77,12 +77,19 @@ class PeerConnection:
         """The peer told us we are not its contact yet: hold our messages back."""
         self.closed = False
         self.bad_frames = 0
+        self.path: str | None = None
+        """"punched" when a hole punch opened the path; None: judge by the address."""
         link.handler = self
         self._deadline = link.endpoint.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
     @property
     def initiator(self) -> bool:
         return self.link.is_client
+
+    @property
+    def established(self) -> bool:
+        """The peer proved its key (the session handshake completed)."""
+        return self.peer_key is not None
 
     @property
     def address(self) -> str:

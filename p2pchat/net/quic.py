@@ -25,8 +25,13 @@ ALPN = "p2pchat/1"
 # Not the peer ID: QUIC Initial packets are readable by anyone on the path, and
 # a constant name keeps who-dials-whom out of them.
 SERVER_NAME = "p2pchat"
+# QUIC's own idle timeout bounds a handshake that gets no answer (hole punching
+# needs it long).  An established connection is watched more closely by the
+# endpoint: a ping after KEEPALIVE_INTERVAL of silence, given up after
+# LIVENESS_TIMEOUT, so presence drops within about that of a peer vanishing.
 IDLE_TIMEOUT = 20.0
-KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_INTERVAL = 1.0
+LIVENESS_TIMEOUT = 3.5
 
 
 def make_certificate(identity: Identity) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:
@@ -76,3 +81,15 @@ def peer_certificate_key(conn: QuicConnection) -> bytes | None:
     if not isinstance(public, ed25519.Ed25519PublicKey):
         return None
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def smoothed_rtt(conn: QuicConnection) -> float | None:
+    """QUIC's smoothed round-trip time in seconds, once a sample exists.
+
+    aioquic keeps it in its loss-recovery object without a public accessor.
+    """
+    loss = getattr(conn, "_loss", None)
+    if loss is None or not getattr(loss, "_rtt_initialized", False):
+        return None
+    rtt = getattr(loss, "_rtt_smoothed", None)
+    return float(rtt) if isinstance(rtt, int | float) else None

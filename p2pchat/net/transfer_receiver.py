@@ -24,7 +24,14 @@ from typing import Any, BinaryIO, Protocol
 from p2pchat.core import chat
 from p2pchat.core.errors import RemoteProtocolError
 from p2pchat.core.events import NodeEvent, TransferProgress
-from p2pchat.core.filedrop import KEY_LABEL, PREAMBLE_SIZE, Opener, new_hasher, parse_preamble
+from p2pchat.core.filedrop import (
+    KEY_LABEL,
+    PREAMBLE_SIZE,
+    RESUMABLE_IN,
+    Opener,
+    new_hasher,
+    parse_preamble,
+)
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfer_channels import CLAIMED, Rate, TcpGate, source_key
 from p2pchat.net.transfer_files import (
@@ -148,6 +155,14 @@ class DataReceiver:
         """Drop every attempt of a transfer (cancelled, failed, superseded)."""
         for key in [k for k in self._incoming if k[0] == transfer_id]:
             self._close_files(self._incoming.pop(key))
+
+    def pause(self, transfer_id: str) -> None:
+        """The contact went offline: end the transfer's attempts, keeping the parts
+        (and counting what they brought) for the resume."""
+        for key in [k for k in self._incoming if k[0] == transfer_id]:
+            inc = self._incoming.pop(key)
+            self.store.add_transfer_bytes(transfer_id, inc.received, now=self.manager.clock())
+            self._close_files(inc)
 
     def close(self) -> None:
         for inc in list(self._incoming.values()):
@@ -332,7 +347,7 @@ class DataReceiver:
         if inc.conn.closed:
             return None
         t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
+        if t is None or t.state not in RESUMABLE_IN:
             return None
         key = inc.conn.session.export_key(KEY_LABEL, p.transfer_id + p.attempt)
         try:
@@ -511,7 +526,7 @@ class DataReceiver:
         if inc.conn.closed or self.manager.connection_for(inc.conn.peer_id or "") is not inc.conn:
             return
         t = self.store.get_transfer(inc.transfer_id)
-        if t is not None and t.state in ("accepted", "receiving"):
+        if t is not None and t.state in RESUMABLE_IN:
             self.manager.request_data(t)
 
     def _went_silent(self, inc: Attempt) -> None:
@@ -530,7 +545,7 @@ class DataReceiver:
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
         t = self.store.get_transfer(inc.transfer_id)
-        if t is None or t.state not in ("accepted", "receiving"):
+        if t is None or t.state not in RESUMABLE_IN:
             return
         self.manager.retry_bad_channel(t, why)
 
@@ -542,7 +557,7 @@ class DataReceiver:
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
         t = self.store.get_transfer(inc.transfer_id)
-        if t is not None and t.state in ("accepted", "receiving"):
+        if t is not None and t.state in RESUMABLE_IN:
             self.manager.fail_incoming(t, f"cannot write the file: {exc.strerror or exc}")
 
     def _close_files(self, inc: Attempt) -> None:

@@ -45,6 +45,10 @@ from p2pchat.core.events import NodeEvent, TransferOffered, TransferProgress, Tr
 from p2pchat.core.filedrop import (
     CHUNK_SIZE,
     KEY_LABEL,
+    PAUSED,
+    RESUMABLE_IN,
+    RESUMABLE_OUT,
+    RUNNING_STATES,
     Sealer,
     UnsafePath,
     check_offer,
@@ -162,7 +166,15 @@ class TransferManager:
 
     # ------------------------------------------------------------- lifetime
     async def start(self, host: str) -> None:
-        """Listen for direct TCP data channels on the node's address."""
+        """Listen for direct TCP data channels on the node's address.
+
+        Transfers that were moving when the last node of this home stopped (or
+        died) are paused now: nothing moves them until their contact is back.
+        """
+        for direction in ("in", "out"):
+            stale = self.store.transfer_ids(direction=direction, states=RUNNING_STATES)
+            for t in self.store.get_transfers(stale):
+                self.set_state(t, PAUSED, "the node was restarted")
         try:
             self._server = await asyncio.start_server(
                 self.receiver.tcp_client, host=host, port=0, limit=4 * CHUNK_SIZE
@@ -215,14 +227,25 @@ class TransferManager:
         return conn.send(frame) if conn is not None else False
 
     # --------------------------------------------------------------- sender
-    async def offer(self, peer_id: str, paths: list[Path]) -> Transfer:
-        """Hash the files (in a thread: large files take a while) and offer them."""
-        entries = await asyncio.to_thread(collect, paths)
+    async def offer(
+        self,
+        peer_id: str,
+        paths: list[Path],
+        *,
+        transfer_id: str | None = None,
+        entries: list[tuple[str, int, bytes, str | None]] | None = None,
+    ) -> Transfer:
+        """Hash the files (in a thread: large files take a while) and offer them.
+
+        A group file drop passes the ``entries`` it hashed once for every member and
+        the transfer id derived for each (``net/groups.py``)."""
+        if entries is None:
+            entries = await asyncio.to_thread(collect, paths)
         if len(entries) > MAX_FILES_PER_OFFER:
             raise TransferError(
                 f"too many files for one offer ({len(entries)}, at most {MAX_FILES_PER_OFFER})"
             )
-        transfer_id = secrets.token_hex(16)
+        transfer_id = transfer_id or secrets.token_hex(16)
         frame = chat.FileOffer(
             transfer_id, tuple(chat.FileEntry(rel, size, h) for rel, size, h, _src in entries)
         )
@@ -245,7 +268,7 @@ class TransferManager:
         peer = conn.peer_id
         assert peer is not None
         unfinished = self.store.transfer_ids(
-            direction="out", states=("offered", "accepted", "sending"), peer_id=peer
+            direction="out", states=RESUMABLE_OUT, peer_id=peer
         )
         for t in self.store.get_transfers(unfinished):
             conn.send(self._offer_frame(t))
@@ -262,7 +285,7 @@ class TransferManager:
         t = self.store.get_transfer(frame.id)
         if t is None or t.peer_id != peer or t.direction != "out":
             return
-        if t.state not in ("offered", "accepted", "sending"):
+        if t.state not in RESUMABLE_OUT:
             if t.state == "cancelled":
                 self._send(peer, chat.FileCancel(t.id, t.error or "cancelled by the sender"))
             return
@@ -298,7 +321,7 @@ class TransferManager:
         """
         tid = bytes.fromhex(t.id)
         key = conn.session.export_key(KEY_LABEL, tid + accept.attempt)
-        if accept.tcp_port:
+        if accept.tcp_port and conn.path != "relayed":  # the address is the relay's
             sealer = Sealer(key, tid, accept.attempt)
             host = str(conn.link.address[0])
             tcp = await TcpSender.open(host, accept.tcp_port, sealer.preamble)
@@ -458,7 +481,7 @@ class TransferManager:
 
     def _answer_known(self, t: Transfer) -> None:
         """The sender re-offers after a reconnect: resume, or repeat our answer."""
-        if t.state in ("accepted", "receiving"):
+        if t.state in RESUMABLE_IN:
             self.request_data(t)
         elif t.state == "done":
             self._send(t.peer_id, chat.FileResult(t.id, True))
@@ -576,8 +599,12 @@ class TransferManager:
         attempt = secrets.token_bytes(16)
         self.receiver.expect(t, conn, plan, attempt)
         self.store.bump_transfer_attempts(t.id, now=self.clock())
-        # After repeated failures of the direct path, stay on the session's QUIC.
-        port = self.tcp_port if t.attempts < 2 else 0
+        # After repeated failures of the direct path, stay on the session's QUIC; a
+        # punched session crossed a NAT that lets in nothing else (docs/nat.md), so a
+        # TCP connection to our port could only time out, and through a relay the
+        # address is the relay's.
+        direct = t.attempts < 2 and conn.path not in ("punched", "relayed")
+        port = self.tcp_port if direct else 0
         conn.send(chat.FileAccept(t.id, tuple((i, off) for i, off, _ in plan), attempt, port))
 
     def retry_bad_channel(self, t: Transfer, why: str) -> None:
@@ -608,6 +635,23 @@ class TransferManager:
 
     def connection_closed(self, conn: PeerConnection) -> None:
         self.receiver.connection_closed(conn)
+
+    def peer_offline(self, peer_id: str, reason: str) -> None:
+        """The contact's session ended: what was moving with them stops now and says
+        so (``paused``, with the reason as its error) instead of showing its last
+        rate until a data channel times out.  Both sides keep what they have and
+        resume when a session is back (the sender re-offers, the receiver asks for
+        the rest from its ``.part`` sizes)."""
+        for direction in ("in", "out"):
+            ids = self.store.transfer_ids(
+                direction=direction, states=RUNNING_STATES, peer_id=peer_id
+            )
+            for t in self.store.get_transfers(ids):
+                out = self._outgoing.pop(t.id, None)
+                if out is not None and out.task is not None:
+                    out.task.cancel()  # its channel closes in the task's finally
+                self.receiver.pause(t.id)
+                self.set_state(t, PAUSED, reason)
 
     # ------------------------------------------------------------- frames
     def frame_received(self, peer: str, frame: chat.FileFrame) -> None:

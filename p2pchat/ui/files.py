@@ -179,7 +179,7 @@ class TransferInfo:
             done = total
         elif progress is not None:
             done = overall_done(total, *progress)
-        elif t.state in MOVING_STATES or t.state in ("cancelled", "failed"):
+        elif t.state in MOVING_STATES or t.state in ("paused", "cancelled", "failed"):
             done = _stored_progress(t, total)
         else:
             done = 0
@@ -315,6 +315,10 @@ def status_text(
         return "starting… · " + progress_text(info, rate)
     if state in ("sending", "receiving"):
         return f"{state} · " + progress_text(info, rate)
+    if state == "paused":
+        done = f"{human_size(info.done)} / {human_size(info.total)}"
+        reason = _reason(info.error, ("paused",))
+        return f"paused{reason} · {done} · resumes when {peer} is back"
     if state == "done":
         if info.incoming:
             where = display_folder(info.folder) if info.folder else "the downloads folder"

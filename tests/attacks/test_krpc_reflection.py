@@ -18,12 +18,11 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from p2pchat.dht.core import DhtConfig
-from tests.daemons import DhtDaemon, free_udp_port, make_home, run_cli
+from tests.daemons import DhtDaemon, free_udp_port, make_home, run_cli, until
 
 from .attackers import KrpcFlood
 
@@ -47,16 +46,6 @@ async def swarm(tmp_path: Path) -> AsyncIterator[tuple[DhtDaemon, DhtDaemon]]:
     finally:
         await alice.stop()
         await boot.stop()
-
-
-async def until(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 async def test_forged_sources_share_one_reply_budget(

@@ -20,6 +20,7 @@ import subprocess
 import time
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,6 +231,18 @@ FLOOD_OFFERS = 400
 FILES_PER_FLOOD_OFFER = 1000
 
 
+
+async def fastest_call(daemon: Daemon, op: str, **args: object) -> tuple[float, Any]:
+    """The quickest of three calls: a listing that holds the node's loop makes every
+    one of them slow, a scheduler hiccup on a loaded test machine only one."""
+    best, result = float("inf"), None
+    for _ in range(3):
+        started = time.monotonic()
+        result = await daemon.call(op, **args)
+        best = min(best, time.monotonic() - started)
+    return best, result
+
+
 async def test_offer_and_cancel_flood_stays_bounded(start_node: StartNode, tmp_path: Path) -> None:
     """A contact offers 1,000 files and cancels at once, 400 times as fast as QUIC takes
     it.  Once each offer was stored and listing them froze the node.  Now: rows and RSS
@@ -271,9 +284,8 @@ async def test_offer_and_cancel_flood_stays_bounded(start_node: StartNode, tmp_p
             # Chat still gets through, and listing answers, while the flood runs.
             sent = alice.send_message("victim", "still there?")
             assert await alice.wait_for_delivery(sent.id, 10) == "delivered"
-            started = time.monotonic()
-            page = await victim.call("transfers")
-            assert time.monotonic() - started < 1.0
+            took, page = await fastest_call(victim, "transfers")
+            assert took < 1.0, f"transfers took {took:.2f}s at best during the flood"
             assert len(page) <= transfers.PAGE_SIZE
             await flooding
         finally:
@@ -290,9 +302,8 @@ async def test_offer_and_cancel_flood_stays_bounded(start_node: StartNode, tmp_p
         assert count <= transfers.MAX_STORED_PER_CONTACT
         assert rows <= transfers.MAX_STORED_FILES_PER_CONTACT
         assert rss_kib(victim.proc.pid) - rss_before < 64 * 1024
-        started = time.monotonic()
-        page = await victim.call("transfers", limit=transfers.MAX_PAGE_SIZE)
-        assert time.monotonic() - started < 1.0
+        took, page = await fastest_call(victim, "transfers", limit=transfers.MAX_PAGE_SIZE)
+        assert took < 1.0, f"a full page of transfers took {took:.2f}s at best"
         assert sum(len(t["files"]) for t in page) <= transfers.PAGE_FILES
         status = await victim.call("network_status")
         assert status["file_drop"]["offers_refused"] > 0

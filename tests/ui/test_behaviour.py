@@ -12,7 +12,12 @@ import pytest
 from textual.containers import VerticalScroll
 from textual.widgets import Button, Static
 
-from p2pchat.core.events import MessageStateChanged, TransferProgress, TypingChanged
+from p2pchat.core.events import (
+    MessageReceived,
+    MessageStateChanged,
+    TransferProgress,
+    TypingChanged,
+)
 from p2pchat.identity import Identity
 from p2pchat.net.control import ControlClient
 from p2pchat.owner import answers
@@ -26,9 +31,9 @@ from p2pchat.ui.screens.verify import VerifyScreen
 from p2pchat.ui.widgets import TransferCard
 
 from ..conftest import EventLog, StartNode, make_home
-from ..daemons import cli_env
+from ..daemons import Daemon, cli_env, free_udp_port
 from .conftest import app_for, main_screen, showing, until
-from .test_flows import befriend, type_text
+from .test_flows import befriend, row_for, type_text, widget_text
 
 
 def test_a_renamed_duplicate_is_named_on_the_card() -> None:
@@ -231,6 +236,119 @@ async def test_a_message_sent_with_the_cli_appears_in_the_open_conversation(
         assert proc.returncode == 0, out
         await until(
             pilot,
-            lambda: [i.line.body for i in main.conversation.message_items()]
-            == ["written in a shell"],
+            lambda: (
+                [i.line.body for i in main.conversation.message_items()] == ["written in a shell"]
+            ),
         )
+
+
+async def test_a_killed_contact_goes_offline_and_its_ticks_go_back_to_queued(
+    tmp_path: Path,
+) -> None:
+    bob = Daemon(make_home(tmp_path, "bob").home, f"127.0.0.1:{free_udp_port()}")
+    await bob.start()
+    app = app_for(make_home(tmp_path, "alice"))
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            main = await main_screen(pilot)
+            node = main.node
+            info = await bob.call("info")
+            node.add_contact(info["peer_id"], name="bob", addresses=[bob.listen])
+            await bob.call("add", ref=node.invite(), name="alice")
+            await until(pilot, lambda: row_for(main, "bob").startswith("●"), 30)
+            await bob.kill()
+            loop = asyncio.get_running_loop()
+            killed = loop.time()
+            await type_text(pilot, "are you still there?")
+            await pilot.press("enter")
+            await until(pilot, lambda: len(main.conversation.message_items()) == 1)
+            item = main.conversation.message_items()[0]
+            await until(pilot, lambda: row_for(main, "bob").startswith("○"), 15)
+            offline_after = loop.time() - killed
+            await until(pilot, lambda: item.state == "queued", 15)
+            assert "are you still there? …" in widget_text(item)
+            assert offline_after < 10, f"shown offline only after {offline_after:.1f} s"
+    finally:
+        await bob.stop()
+
+
+async def test_mute_block_unblock_and_remove_from_the_app(tmp_path: Path) -> None:
+    app = app_for(make_home(tmp_path, "alice"))
+    async with app.run_test(size=(120, 36)) as pilot:
+        main = await main_screen(pilot)
+        node = main.node
+        bob, carol = Identity.generate().peer_id, Identity.generate().peer_id
+        node.add_contact(carol, name="carol")
+        node.add_contact(bob, name="bob")
+        main.open_conversation(bob)
+        await type_text(pilot, "/mute")
+        await pilot.press("enter")
+        await until(pilot, lambda: node.find_contact(bob).muted)
+        await until(pilot, lambda: "muted" in row_for(main, "bob"))
+        main.open_conversation(carol)
+        event = MessageReceived(bob, "m1", 1, "psst", node.clock(), node.clock())
+        main.post_message(NodeEventArrived(event))
+        await pilot.pause(0.4)
+        assert f"msg:{bob}" not in main.notices.notices  # muted: no notice
+        titles = [title for title, _, _ in app.palette_commands()]
+        assert "Mute carol" in titles and "Block carol" in titles and "Remove carol" in titles
+        main.open_conversation(bob)
+        await type_text(pilot, "/block")
+        await pilot.press("enter")
+        await until(pilot, lambda: [b.peer_id for b in node.blocked()] == [bob])
+        await until(pilot, lambda: "blocked" in row_for(main, "bob"))
+        assert "Unblock bob" in [title for title, _, _ in app.palette_commands()]
+        await type_text(pilot, "/unblock bob")
+        await pilot.press("enter")
+        await until(pilot, lambda: node.blocked() == [])
+        await type_text(pilot, "/remove")
+        await pilot.press("enter")
+        await until(pilot, lambda: row_for(main, "bob") == "")
+        assert main.current == carol
+        assert [c.peer_id for c in node.contacts()] == [carol]
+
+
+async def test_reply_edit_and_delete_show_on_both_sides(
+    tmp_path: Path, start_node: StartNode
+) -> None:
+    bob = await start_node("bob")
+    app = app_for(make_home(tmp_path, "alice"))
+    async with app.run_test(size=(120, 36)) as pilot:
+        main = await main_screen(pilot)
+        node = main.node
+        befriend(node, bob)
+        await until(pilot, lambda: node.is_online(bob.peer_id) and bob.is_online(node.peer_id))
+        await until(pilot, lambda: main.current == bob.peer_id)
+        bob.send_message("alice", "lunch at noon?")
+        await until(pilot, lambda: len(main.conversation.message_items()) == 1)
+        await type_text(pilot, "/reply sure, see you there")
+        await pilot.press("enter")
+        await until(pilot, lambda: len(main.conversation.message_items()) == 2)
+        reply = main.conversation.message_items()[-1]
+        assert "↪ bob: lunch at noon?" in widget_text(reply)
+
+        def bobs_copy() -> list[tuple[str, str | None, bool, bool]]:
+            return [
+                (m.body, m.reply_to, m.edited_at is not None, m.deleted_at is not None)
+                for m in bob.history("alice")
+                if m.direction == "in"
+            ]
+
+        await until(pilot, lambda: bobs_copy()[-1:][0][1] is not None if bobs_copy() else False)
+        await type_text(pilot, "/edit sure, see you at 12:15")
+        await pilot.press("enter")
+        await until(pilot, lambda: "(edited)" in widget_text(reply))
+        assert "sure, see you at 12:15" in widget_text(reply)
+        await until(pilot, lambda: bobs_copy()[-1][:1] == ("sure, see you at 12:15",))
+        assert bobs_copy()[-1][2]  # edited on bob's side too
+        await type_text(pilot, "/delete")
+        await pilot.press("enter")
+        await until(pilot, lambda: "message deleted" in widget_text(reply))
+        await until(pilot, lambda: bobs_copy()[-1][3])  # a tombstone on bob's side
+        # Bob edits and deletes his own: the app shows both.
+        theirs = main.conversation.message_items()[0]
+        original = next(m for m in bob.history("alice") if m.direction == "out")
+        bob.edit_message(original.id, "lunch at 1?")
+        await until(pilot, lambda: "lunch at 1? (edited)" in widget_text(theirs))
+        bob.delete_message(original.id)
+        await until(pilot, lambda: "message deleted" in widget_text(theirs))

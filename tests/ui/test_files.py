@@ -198,3 +198,8 @@ def test_folder_opener_needs_a_desktop(monkeypatch: pytest.MonkeyPatch) -> None:
     assert files.opener_argv("/tmp") == ["/usr/bin/xdg-open", "/tmp"]
     monkeypatch.setattr(files.sys, "platform", "darwin")
     assert files.opener_argv("/tmp") == ["/usr/bin/open", "/tmp"]
+
+
+def test_a_paused_transfer_says_so_without_a_speed() -> None:
+    text = status_text(_info("paused", error="bob went offline"), "bob", 12_400_000)
+    assert text == "paused: bob went offline · 30.0 MiB / 46.0 MiB · resumes when bob is back"

@@ -106,3 +106,12 @@ def test_commands() -> None:
         parse_command("/nick")
     with pytest.raises(CommandError, match="unknown command /frob"):
         parse_command("/frob x")
+
+
+def test_path_words_name_the_route_and_round_trip() -> None:
+    from p2pchat.ui.widgets.sidebar import path_words
+
+    assert path_words("lan", 2.6) == " · LAN · 3 ms"
+    assert path_words("punched", None) == " · punched"
+    assert path_words("relayed", 41.2) == " · relayed · 41 ms"
+    assert path_words(None, None) == ""

@@ -431,7 +431,13 @@ async def test_setup_screens_show_hostile_text_literally(
     app = ChatApp(home, clock=frozen_clock, network=False)
     async with app.run_test(size=(100, 36)) as pilot:
         await until(pilot, lambda: showing(app, FirstRunScreen))
-        app.screen.query_one("#name", Input).value = MARKUP + ANSI
+        name_field = app.screen.query_one("#name", Input)
+        name_field.value = MARKUP + ANSI  # pasted: the field shows, never passes, the escapes
+        await settle(pilot)
+        assert "\x1b" not in name_field.value and "␛[31mEVIL" in name_field.value
+        check_screen(app)
+        name_field.value = "[red]EVIL[/] x"  # markup is just text to the name rule
+        name_field.focus()
         await pilot.press("enter", "enter", "enter")
         await until(pilot, lambda: showing(app, InviteScreen), 30)
         await settle(pilot)

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from p2pchat import names
 from p2pchat.core.errors import ProtocolError
 
 KEY_SIZE = 32
@@ -86,13 +87,17 @@ def as_time(value: Any, err: ErrorType, what: str) -> float:
 
 
 def as_label(value: Any, err: ErrorType, what: str, max_chars: int = MAX_NAME_CHARS) -> str:
-    """A short single-line string a person sees (group names): no control characters."""
+    """A name a person sees (group names): the project's name rule (``p2pchat.names``:
+    no control, invisible or formatting characters), as contact names."""
     if type(value) is not str or not value.strip():
         raise err(f"{what} must be a non-empty string")
     if len(value) > max_chars:
         raise err(f"{what} exceeds {max_chars} characters")
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
         raise err(f"{what} contains control characters")
+    problem = names.name_problem(value)
+    if problem is not None:
+        raise err(f"{what}: {problem}")
     return value
 
 

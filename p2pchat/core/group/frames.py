@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -30,7 +30,6 @@ from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtoco
 from p2pchat.core.group.messages import (
     MAX_CONTENT_BYTES,
     MAX_HEADER_BYTES,
-    GroupMessage,
     WireMessage,
 )
 from p2pchat.core.group.ops import MAX_OP_BYTES, WireOp
@@ -263,19 +262,32 @@ def _wire_size(parts: tuple[bytes, ...]) -> int:
     return sum(len(p) + 5 for p in parts) + 3
 
 
+class Carried(Protocol):
+    """A message as held in memory or read from the store."""
+
+    @property
+    def author(self) -> bytes: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def wire(self) -> WireMessage: ...
+
+
 def message_frames(
     group_id: bytes,
-    messages: Sequence[GroupMessage],
+    messages: Sequence[Carried],
     *,
     skips: dict[bytes, int] | None = None,
-    fanout: tuple[bytes, ...] = (),
+    fanout: Sequence[bytes] = (),
 ) -> list[GroupMessages]:
     """Pack messages into as few frames as fit; a skip rides with the frame that
     carries the message just above its floor (the receiver honours it only then)."""
     frames: list[GroupMessages] = []
     skips = dict(skips or {})
     base = 64 + len(fanout) * (PREFIX + 2)
-    chunk: list[GroupMessage] = []
+    chunk: list[Carried] = []
     size = base
     for message in messages:
         extra = _wire_size(message.wire) + 50
@@ -291,9 +303,9 @@ def message_frames(
 
 def _message_frame(
     group_id: bytes,
-    chunk: list[GroupMessage],
+    chunk: list[Carried],
     skips: dict[bytes, int],
-    fanout: tuple[bytes, ...],
+    fanout: Sequence[bytes],
 ) -> GroupMessages:
     riding: list[tuple[bytes, int]] = []
     for m in chunk:
@@ -301,7 +313,7 @@ def _message_frame(
         if floor is not None and m.seq == floor + 1:
             riding.append((m.author, floor))
             del skips[m.author]
-    return GroupMessages(group_id, tuple(m.wire for m in chunk), tuple(riding), fanout)
+    return GroupMessages(group_id, tuple(m.wire for m in chunk), tuple(riding), tuple(fanout))
 
 
 def op_frames(group_id: bytes, ops: list[WireOp]) -> list[GroupOps]:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from p2pchat.core.budget import RateBudget
 from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
 from p2pchat.core.group.membership import GroupState, Membership, new_group
 from p2pchat.core.group.messages import (
@@ -58,7 +59,6 @@ __all__ = [
     "Receipt",
     "Summary",
     "SyncPlan",
-    "TokenBucket",
     "Verdict",
 ]
 
@@ -94,29 +94,6 @@ class GroupLimits:
     summary_rate: float = 4.0
     """Summaries per second we answer per member; more are ignored."""
     summary_burst: float = 16.0
-
-
-class TokenBucket:
-    """Classic token bucket with an injected clock (``now`` in seconds)."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def refill(self, now: float) -> float:
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.tokens
-
-    def take(self, amount: float, now: float) -> bool:
-        if self.refill(now) < amount:
-            return False
-        self.tokens -= amount
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +178,6 @@ class _PeerView:
     sent: dict[bytes, SeqSet] = field(default_factory=dict)
     """What we pushed to it since, not yet confirmed."""
     heads: tuple[bytes, ...] = ()
-    summaries: TokenBucket | None = None
-    answers: TokenBucket | None = None
     asked_at: float | None = None
     """When we last sent it our summary and are waiting for its answer."""
     deferred: Summary | None = None
@@ -232,6 +207,12 @@ class GroupReplica:
         self._pending_total = 0
         self.max_clock = 0
         self._peers: dict[bytes, _PeerView] = {}
+        self._summaries = RateBudget(
+            rate=self.limits.summary_rate, burst=self.limits.summary_burst, max_keys=1024
+        )
+        self._answers = RateBudget(
+            rate=self.limits.answer_rate, burst=self.limits.answer_burst, max_keys=1024
+        )
 
     @classmethod
     def found(
@@ -554,27 +535,15 @@ class GroupReplica:
             entries.append(AuthorSummary(author, log.shown, log.floor, extra))
         return Summary(self.membership.heads, tuple(entries))
 
-    def _view(self, peer: bytes, now: float) -> _PeerView:
-        view = self._peers.get(peer)
-        if view is None:
-            view = self._peers[peer] = _PeerView()
-        if view.summaries is None:
-            view.summaries = TokenBucket(
-                self.limits.summary_rate, self.limits.summary_burst, now
-            )
-            view.answers = TokenBucket(self.limits.answer_rate, self.limits.answer_burst, now)
-        return view
-
     def peer_summary(self, peer: bytes, summary: Summary, now: float) -> SyncPlan | None:
         """A member sent its summary: what to send it (None: over its rate, ignored).
 
         Messages go only to current members; a member we know was removed is sent just
         the operations that removed it (and their ancestors), so it learns it is out and
         nothing more."""
-        view = self._view(peer, now)
-        assert view.summaries is not None and view.answers is not None
-        if not view.summaries.take(1.0, now):
+        if not self._summaries.allow(peer.hex(), now):
             return None
+        view = self._peers.setdefault(peer, _PeerView())
         view.heads = summary.heads
         view.told = {e.author: e.coverage() for e in summary.authors}
         view.sent = {}
@@ -587,7 +556,7 @@ class GroupReplica:
                         if op.is_removal and op.target == peer]
             missing = self.membership.missing_for(summary.heads, upto=removals)
             return SyncPlan(ops=tuple(op.wire for op in missing) if removals else ())
-        return self._plan(view, summary, state, now)
+        return self._plan(peer, view, summary, state, now)
 
     def deferred_plans(self, now: float) -> list[tuple[bytes, SyncPlan]]:
         """Answers to summaries set aside because their senders were not members to
@@ -597,11 +566,12 @@ class GroupReplica:
         for peer, view in self._peers.items():
             if view.deferred is not None and state.is_member(peer):
                 summary, view.deferred = view.deferred, None
-                out.append((peer, self._plan(view, summary, state, now)))
+                out.append((peer, self._plan(peer, view, summary, state, now)))
         return out
 
-    def _plan(self, view: _PeerView, summary: Summary, state: GroupState, now: float) -> SyncPlan:
-        assert view.answers is not None
+    def _plan(
+        self, peer: bytes, view: _PeerView, summary: Summary, state: GroupState, now: float
+    ) -> SyncPlan:
         ops = tuple(op.wire for op in self.membership.missing_for(summary.heads))
         theirs_shown = {e.author: e.shown for e in summary.authors}
         wants: list[tuple[bytes, SeqSet]] = []
@@ -616,21 +586,18 @@ class GroupReplica:
             wants.append((author, lacking))
             if lacking.first() == log.floor + 1 and log.floor > theirs_shown.get(author, 0):
                 skips[author] = log.floor
-        budget = max(0, int(min(view.answers.refill(now), self.limits.batch_bytes)))
+        budget = int(min(self._answers.available(peer.hex(), now), self.limits.batch_bytes))
         return SyncPlan(ops=ops, wants=tuple(wants), skips=skips, budget=budget)
 
     def spent(self, peer: bytes, nbytes: int, now: float) -> None:
         """The node sent ``nbytes`` of messages in answer to this member's summary."""
-        view = self._view(peer, now)
-        assert view.answers is not None
-        view.answers.refill(now)
-        view.answers.tokens -= nbytes
+        self._answers.spend(peer.hex(), nbytes, now)
 
-    def sent(self, peer: bytes, messages: Iterable[GroupMessage]) -> None:
-        """Messages handed to this member's session (not pushed to it again)."""
+    def sent(self, peer: bytes, refs: Iterable[MessageRef]) -> None:
+        """Messages (author, seq) handed to this member's session (not pushed again)."""
         view = self._peers.setdefault(peer, _PeerView())
-        for m in messages:
-            view.sent.setdefault(m.author, SeqSet()).add(m.seq)
+        for author, seq in refs:
+            view.sent.setdefault(author, SeqSet()).add(seq)
 
     def peer_has(self, peer: bytes, author: bytes, shown: int, now: float) -> bool:
         """A member acknowledged or announced covering ``author``'s messages up to
@@ -643,6 +610,20 @@ class GroupReplica:
         if not SeqSet([(1, shown)]).minus(self.coverage(author)) or not self.is_member(peer):
             return False
         return not self._waiting(view, now)
+
+    def lacks_from(self, peer: bytes, summary: Summary, now: float) -> bool:
+        """The member's summary shows operations or messages it holds that we lack (and
+        we are not already waiting for its answer): the node should ask it."""
+        view = self._peers.setdefault(peer, _PeerView())
+        if self._waiting(view, now) or not self.is_member(peer):
+            return False
+        if not self.membership.knows(summary.heads):
+            return True
+        for entry in summary.authors:
+            held = entry.coverage().minus(SeqSet([(1, entry.floor)]) if entry.floor else SeqSet())
+            if held.minus(self.coverage(entry.author)):
+                return True
+        return False
 
     def _waiting(self, view: _PeerView, now: float) -> bool:
         return view.asked_at is not None and now - view.asked_at < self.limits.ask_timeout

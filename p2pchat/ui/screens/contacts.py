@@ -19,6 +19,7 @@ from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.screens.guard import GuardedModal
 from p2pchat.ui.widgets.error_line import ErrorLine
 from p2pchat.ui.widgets.invite import copy_invite
+from p2pchat.ui.widgets.plain_input import PlainInput
 
 
 class AddContactScreen(GuardedModal[str | None]):
@@ -44,9 +45,9 @@ class AddContactScreen(GuardedModal[str | None]):
         with VerticalScroll(id="add-card", classes="modal-card"):
             yield Static("Add a contact", classes="card-title")
             yield Label("Their invite or peer ID")
-            yield Input(self.ref, placeholder="p2pchat:… or a 52-character ID", id="add-ref")
+            yield PlainInput(self.ref, placeholder="p2pchat:… or a 52-character ID", id="add-ref")
             yield Label("Name (optional, only you see it)")
-            yield Input(self.contact_name, placeholder="taken from the invite", id="add-name")
+            yield PlainInput(self.contact_name, placeholder="taken from the invite", id="add-name")
             yield ErrorLine("", id="add-error")
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel", compact=True)
@@ -124,7 +125,7 @@ class RequestScreen(GuardedModal[str | None]):
             )
             yield Static(literal(self._details(), multiline=True), id="request-details")
             yield Label("Name to save them under")
-            yield Input(shown_name(r.name), id="request-name")
+            yield PlainInput(shown_name(r.name), id="request-name")
             yield ErrorLine("", id="request-error")
             with Horizontal(classes="buttons"):
                 yield Button("Later", id="later", compact=True)

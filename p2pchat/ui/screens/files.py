@@ -24,6 +24,7 @@ from p2pchat.ui.format import clock_time, day_of, human_size
 from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.screens.guard import GuardedModal
 from p2pchat.ui.widgets.error_line import ErrorLine
+from p2pchat.ui.widgets.plain_input import PlainInput
 from p2pchat.ui.widgets.transfers import TransferCard
 
 # Offers list at most this many files in the modal; the rest are counted.
@@ -105,7 +106,7 @@ class FilePickerScreen(ModalScreen[list[Path] | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-card", classes="modal-card"):
             yield Static(literal(f"Send to {self.peer_name}"), classes="card-title")
-            yield Input(
+            yield PlainInput(
                 str(self.start), placeholder="type a path, Enter to go there", id="picker-path"
             )
             yield FileTree(self.start, id="picker-tree")
@@ -207,7 +208,7 @@ class FolderPickerScreen(ModalScreen[Path | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="folder-card", classes="modal-card"):
             yield Static(literal(self.title_text), classes="card-title")
-            yield Input(
+            yield PlainInput(
                 str(self.initial), placeholder="a folder (created if missing)", id="folder-path"
             )
             yield FolderTree(self.start, id="folder-tree")

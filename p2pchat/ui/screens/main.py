@@ -31,10 +31,16 @@ from textual.content import Content
 from textual.widgets import Footer, Static
 
 from p2pchat.core.events import (
+    AwaitingAcceptance,
+    BlockChanged,
     ContactAdded,
     ContactChanged,
+    ContactRemoved,
     ContactRequestReceived,
+    MessageDeleted,
+    MessageEdited,
     MessageReceived,
+    MessageSent,
     MessageStateChanged,
     NearbyPeerFound,
     NearbyPeerLost,
@@ -56,7 +62,6 @@ from p2pchat.ui import heap
 from p2pchat.ui.commands import CommandError, SlashCommand, message_text, parse_command
 from p2pchat.ui.desktop import notify_desktop
 from p2pchat.ui.files import (
-    RateMeter,
     TransferInfo,
     describe_paths,
     opener_argv,
@@ -96,26 +101,22 @@ from p2pchat.ui.widgets import (
     ConversationView,
     NearbyEntry,
     PreparingCard,
+    ProgressBoard,
     RequestEntry,
     StatusBar,
     StatusInfo,
     TransferCard,
 )
 from p2pchat.ui.widgets.notices import NoticeTray, Severity
-from p2pchat.ui.widgets.sidebar import CONTACT, REQUEST
+from p2pchat.ui.widgets.sidebar import CONTACT, REQUEST, path_words
 
 Mode = Literal["online", "offline", "read-only"]
 PaletteCommand = tuple[str, str, Callable[[], object]]
 
 HISTORY_LIMIT = 300
-# A peer that stops typing without saying so (crash, lost link) should not
-# look busy forever; peers repeat "typing" every few seconds while they type.
-REMOTE_TYPING_TTL = 8.0
 # Bursts of events (a reconnect replays a whole outbox) are coalesced: the list
 # is redrawn and read receipts are sent at most this often.
 FLUSH_INTERVAL = 0.15
-# Messages sent outside this screen are looked up among this many latest ones.
-SENT_ELSEWHERE_WINDOW = 20
 # How long to wait for the file manager opener before giving up on its exit code.
 OPENER_TIMEOUT = 15.0
 
@@ -163,19 +164,19 @@ class MainScreen(GuardedScreen[None]):
         self.names: dict[str, str] = {}
         self.warnings: dict[str, str] = {}
         self._mismatches_seen: set[tuple[str, str]] = set()
-        self._remote_typing: dict[str, float] = {}
         self._needs_read: set[str] = set()
         self._throttle = TypingThrottle()
         self._sidebar_dirty = False
         self._read_due = False
         self._last_minute = 0
         # Transfers: smoothed speeds, and the latest progress not drawn yet.
-        self._meters: dict[str, RateMeter] = {}
-        self.rates: dict[str, float] = {}
-        self._progress_due: dict[str, tuple[int, int]] = {}
-        self._last_progress: dict[str, tuple[int, int]] = {}
-        self._incoming_lines: list[ChatLine] = []
+        self.progress = ProgressBoard()
         self._alerts = AlertLimiter()
+        # Why our messages to a contact wait although it may be online (not accepted
+        # yet, or its node deferred them), for the header.
+        self._waiting: dict[str, str] = {}
+        self._paths: dict[str, str] = {}
+        self._muted: set[str] = set()
         self.ready = False
         self.detached = False
         self.suspended: str | None = None
@@ -265,6 +266,17 @@ class MainScreen(GuardedScreen[None]):
         entries = [self._entry(view) for view in views]
         entries.sort(key=lambda e: (-(e.last_activity or 0.0), e.name.casefold()))
         self.names = {view.peer_id: shown_name(view.name, short_id(view.peer_id)) for view in views}
+        paths = {view.peer_id: path_words(view.path or view.route, view.rtt_ms) for view in views}
+        if paths.get(self.current or "") != self._paths.get(self.current or ""):
+            self._paths = paths
+            self._refresh_header()
+        self._paths = paths
+        self._muted = {view.peer_id for view in views if view.muted}
+        reasons = {view.peer_id: _waiting(view) for view in views}
+        waiting = {peer: why for peer, why in reasons.items() if why}
+        if waiting != self._waiting:
+            self._waiting = waiting
+            self._refresh_header()
         self._needs_read |= {view.peer_id for view in views if view.unread}
         for view in views:
             # The notice counts what the list counts, so the two never disagree.
@@ -290,7 +302,10 @@ class MainScreen(GuardedScreen[None]):
             unread=view.unread,
             last_activity=activity,
             warning=view.peer_id in self.warnings,
-            route=view.route,
+            muted=view.muted,
+            blocked=view.blocked,
+            route=view.path or view.route,
+            rtt_ms=view.rtt_ms,
             last_seen=view.last_seen,
         )
 
@@ -303,23 +318,12 @@ class MainScreen(GuardedScreen[None]):
         self.notices.flush()
         if not self.live:
             return
-        self._draw_incoming()
+        self.conversation.flush_pending()
         if self._sidebar_dirty:
             self.refresh_sidebar()
         if self._read_due:
             self._mark_read()
-        if self._progress_due:
-            self._draw_progress()
-
-    def _draw_incoming(self) -> None:
-        """Messages of the open conversation that arrived since the last flush.
-
-        Anything else that adds to the bottom of the pane draws these first, so
-        rows keep the order in which things happened.
-        """
-        if self._incoming_lines:
-            lines, self._incoming_lines = self._incoming_lines, []
-            self.conversation.add_lines(lines)
+        self._draw_progress()
 
     def _update_status(self, online: int, contacts: int) -> None:
         if self.mode == "read-only":
@@ -364,7 +368,6 @@ class MainScreen(GuardedScreen[None]):
         self.notices.drop(f"msg:{peer_id}")
         self._alerts.forget(f"msg:{peer_id}")
         self.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
-        self._incoming_lines = []  # the history read below has them
         messages = self.node.history(peer_id, limit=HISTORY_LIMIT)
         cards = [self._card(self._info(t)) for t in self.node.list_transfers(peer_id)]
         self.conversation.show(
@@ -376,7 +379,6 @@ class MainScreen(GuardedScreen[None]):
             empty_hint=f"No messages with {shown} yet. Say hello!",
         )
         self.conversation.set_banner(self.warnings.get(peer_id))
-        self._show_remote_typing()
         self.contact_list.select_contact(peer_id)
         self._update_composer()
         self._schedule_read()
@@ -390,7 +392,22 @@ class MainScreen(GuardedScreen[None]):
             body=m.body,
             at=_message_time(m),
             state=m.state,
+            quote=self._quote(m.peer_id, m.reply_to),
+            edited=m.edited_at is not None,
+            deleted=m.deleted_at is not None,
         )
+
+    def _quote(self, peer: str, reply_to: str | None) -> str | None:
+        """``bob: the first words`` of the message ``reply_to`` answers, if we have it."""
+        if not reply_to:
+            return None
+        original = self.node.get_message(reply_to, contact=peer)
+        if original is None:
+            return "a message not here"
+        if original.deleted_at is not None:
+            return "a deleted message"
+        who = self.node.name if original.direction == "out" else self.name_of(peer)
+        return f"{who}: {original.body}"
 
     def _header(self, contact: Contact) -> Content:
         online = self.node.is_online(contact.peer_id)
@@ -403,9 +420,15 @@ class MainScreen(GuardedScreen[None]):
             parts.append(("  not verified (F2)", "$text-muted"))
         if online:
             parts.append(("  ● online", "$success"))
+            path = self._paths.get(contact.peer_id, "")
+            if path:
+                parts.append((path, "$text-muted"))
         else:
             seen = relative_time(contact.last_seen, self.clock(), self.tz)
             parts.append((f"  ○ offline, last seen {seen}", "$text-muted"))
+        waiting = self._waiting.get(contact.peer_id)
+        if waiting:
+            parts.append((f"  · {one_line(waiting, 60)}", "$text-warning"))
         parts.append((f"  {short_id(contact.peer_id, 12)}", "$text-muted"))
         return Content.assemble(*parts)
 
@@ -487,7 +510,9 @@ class MainScreen(GuardedScreen[None]):
         else:
             self.send_text(message_text(event.text), restore=event.composer)
 
-    def send_text(self, text: str, *, restore: Composer | None = None) -> None:
+    def send_text(
+        self, text: str, *, restore: Composer | None = None, reply_to: str | None = None
+    ) -> None:
         if self.mode == "read-only":
             self.notify("Read-only: cannot send while another node runs", severity="warning")
             return
@@ -504,7 +529,10 @@ class MainScreen(GuardedScreen[None]):
             return
         self._send_typing(self._throttle.stop())
         try:
-            message = self.node.send_message(peer, text)
+            if reply_to is None:
+                message = self.node.send_message(peer, text)
+            else:
+                message = self.node.send_message(peer, text, reply_to=reply_to)
         except OwnerUnavailable:
             raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError) as exc:
@@ -512,7 +540,6 @@ class MainScreen(GuardedScreen[None]):
             if restore is not None:
                 restore.load_text(text)
             return
-        self._draw_incoming()
         self.conversation.add_line(self._line(message, self.names.get(peer, "")))
         self._schedule_sidebar()
 
@@ -568,7 +595,7 @@ class MainScreen(GuardedScreen[None]):
         banner.add_class("-visible")
         self._throttle.stop()
         self.conversation.set_typing(None)
-        self._remote_typing.clear()
+        self.conversation.forget_typing()
         self.query_one("#status", StatusBar).show_state("lost", why)
 
     def resume(
@@ -617,11 +644,7 @@ class MainScreen(GuardedScreen[None]):
             return
         now = time.monotonic()
         self._send_typing(self._throttle.tick(now))
-        expired = [peer for peer, until in self._remote_typing.items() if until <= now]
-        for peer in expired:
-            del self._remote_typing[peer]
-        if expired:
-            self._show_remote_typing()
+        self.conversation.expire_typing(now)
         for card in self.conversation.cards():
             if isinstance(card, TransferCard):
                 card.check_stall(now)
@@ -633,13 +656,6 @@ class MainScreen(GuardedScreen[None]):
         if minute != self._last_minute:
             self._last_minute = minute
             self._schedule_sidebar()
-
-    def _show_remote_typing(self) -> None:
-        peer = self.current
-        if peer is not None and peer in self._remote_typing:
-            self.conversation.set_typing(f"{self.names.get(peer, short_id(peer))} is typing…")
-        else:
-            self.conversation.set_typing(None)
 
     # ----------------------------------------------------------- commands
     def run_command(self, command: SlashCommand) -> None:
@@ -703,6 +719,91 @@ class MainScreen(GuardedScreen[None]):
         self.notify(f"Renamed to {contact.name}", timeout=3, markup=False)
         self.refresh_sidebar()
         self.open_conversation(contact.peer_id, reload=True)
+
+    def _cmd_mute(self, args: str) -> None:
+        self._set_muted(True)
+
+    def _cmd_unmute(self, args: str) -> None:
+        self._set_muted(False)
+
+    def _set_muted(self, muted: bool) -> None:
+        peer = self._need_current()
+        contact = self.node.set_muted(peer, muted)
+        self.notices.drop(f"msg:{peer}")
+        state = "muted: no notifications" if muted else "notifications on again"
+        self.notify(f"{shown_name(contact.name)} {state}", timeout=3)
+        self.refresh_sidebar()
+
+    def _cmd_remove(self, args: str) -> None:
+        peer = self._need_current()
+        contact = self.node.remove_contact(peer)
+        self.notify(
+            f"Removed {shown_name(contact.name)}; the history stays. /block stops them "
+            "from asking again.",
+            timeout=6,
+        )
+        self._contact_gone(peer)
+
+    def _cmd_block(self, args: str) -> None:
+        ref = args or self._need_current()
+        entry = self.node.block(ref)
+        who = shown_name(entry.name, short_id(entry.peer_id))
+        self.notify(f"Blocked {who}: no sessions, no requests. /unblock {who} undoes it.")
+        self._contact_gone(entry.peer_id, keep=True)
+
+    def _cmd_unblock(self, args: str) -> None:
+        entry = self.node.unblock(args)
+        self.notify(f"Unblocked {shown_name(entry.name, short_id(entry.peer_id))}", timeout=3)
+        self.refresh_sidebar()
+
+    def _need_current(self) -> str:
+        if self.current is None:
+            raise NodeError("open a conversation first")
+        return self.current
+
+    def _contact_gone(self, peer: str, *, keep: bool = False) -> None:
+        """After a remove or block: the list again, and another conversation if it was open."""
+        self.notices.drop_where(lambda n: n.target in (f"peer:{peer}", f"request:{peer}"))
+        contacts = self.refresh_sidebar()
+        if peer == self.current and not any(c.peer_id == peer for c in contacts):
+            others = [c.peer_id for c in contacts if c.peer_id != peer]
+            if others:
+                self.open_conversation(others[0])
+            else:
+                self._show_welcome()
+        elif peer == self.current and keep:
+            self._refresh_header()
+
+    def _cmd_reply(self, args: str) -> None:
+        """Answer the contact's latest message, quoting it."""
+        peer = self._need_current()
+        theirs = [m for m in self.node.history(peer, limit=50) if m.direction == "in"]
+        if not theirs:
+            raise NodeError("nothing to reply to yet")
+        self.send_text(args, reply_to=theirs[-1].id)
+
+    def _cmd_edit(self, args: str) -> None:
+        """Change the text of our latest message (for both sides)."""
+        message = self._last_own()
+        edited = self.node.edit_message(message.id, args)
+        self.conversation.change_message(edited.id, body=edited.body)
+
+    def _cmd_delete(self, args: str) -> None:
+        """Delete our latest message for both sides."""
+        message = self._last_own()
+        self.node.delete_message(message.id)
+        self.conversation.change_message(message.id, deleted=True)
+
+    def _last_own(self) -> Message:
+        peer = self._need_current()
+        ours = [
+            m
+            for m in self.node.history(peer, limit=50)
+            if m.direction == "out" and m.deleted_at is None
+        ]
+        if not ours:
+            raise NodeError("you have no message here to change")
+        return ours[-1]
 
     def _cmd_invite(self, args: str) -> None:
         self.action_add_contact()
@@ -771,7 +872,7 @@ class MainScreen(GuardedScreen[None]):
                 infos,
                 names=self.name_of,
                 my_name=self.node.name,
-                rates=self.rates,
+                rates=self.progress.rates,
                 tz=self.tz,
                 today=day_of(self.clock(), self.tz),
                 on_action=self._card_action,
@@ -782,6 +883,9 @@ class MainScreen(GuardedScreen[None]):
         peer = self.contact_list.step_contact(delta, self.current)
         if peer is not None:
             self.open_conversation(peer)
+
+    def _palette_command(self, name: str, args: str) -> None:
+        self.run_command(SlashCommand(name, args))
 
     def key_help(self) -> list[tuple[str, str]]:
         seen: set[str] = set()
@@ -806,6 +910,22 @@ class MainScreen(GuardedScreen[None]):
             name = self.names.get(self.current, "this contact")
             yield f"Verify {name}", "Compare safety numbers", self.action_verify
             yield f"Send a file to {name}", "Pick a file or folder (Ctrl+O)", self.action_send_file
+            muted = self.current in self._muted
+            yield (
+                f"{'Unmute' if muted else 'Mute'} {name}",
+                "Notifications for this contact (/mute, /unmute)",
+                partial(self._palette_command, "unmute" if muted else "mute", ""),
+            )
+            yield (
+                f"Remove {name}",
+                "History stays; they may ask again (/remove)",
+                partial(self._palette_command, "remove", ""),
+            )
+            yield (
+                f"Block {name}",
+                "No sessions, no requests, no lookups (/block)",
+                partial(self._palette_command, "block", ""),
+            )
         yield "Transfers", "Every file transfer, with progress (F3)", self.action_transfers
         for t in self.node.list_transfers():
             if t.direction == "in" and t.state == "pending":
@@ -826,6 +946,17 @@ class MainScreen(GuardedScreen[None]):
                 f"Answer request: {label}",
                 "Accept or decline",
                 partial(self.show_request, request.peer_id),
+            )
+        try:
+            blocked = self.node.blocked()
+        except (NodeError, StoreError):
+            blocked = []
+        for entry in blocked:
+            label = shown_name(entry.name, short_id(entry.peer_id))
+            yield (
+                f"Unblock {label}",
+                "Take them off the block list (/unblock)",
+                partial(self._palette_command, "unblock", entry.peer_id),
             )
         yield "Help", "Keys and commands", self.action_help
 
@@ -876,28 +1007,30 @@ class MainScreen(GuardedScreen[None]):
             return
         if isinstance(event, MessageReceived):
             self._incoming_message(event)
+        elif isinstance(event, MessageSent):
+            self._sent_elsewhere(event)
         elif isinstance(event, MessageStateChanged):
             if event.peer_id == self.current:
-                self._draw_incoming()
-                if not self.conversation.has_message(event.message_id):
-                    self._sent_elsewhere(event.peer_id)
                 self.conversation.set_state(event.message_id, event.state)
-            if event.state == "queued":
-                self._schedule_sidebar()
-        elif isinstance(event, TypingChanged):
-            if event.active:
-                self._remote_typing[event.peer_id] = time.monotonic() + REMOTE_TYPING_TTL
-            else:
-                self._remote_typing.pop(event.peer_id, None)
+        elif isinstance(event, MessageEdited):
             if event.peer_id == self.current:
-                self._show_remote_typing()
+                self.conversation.change_message(event.message_id, body=event.body)
+        elif isinstance(event, MessageDeleted):
+            if event.peer_id == self.current:
+                self.conversation.change_message(event.message_id, deleted=True)
+        elif isinstance(event, AwaitingAcceptance):
+            self._schedule_sidebar()
+            if event.peer_id == self.current:
+                self._refresh_header()
+        elif isinstance(event, TypingChanged):
+            name = self.name_of(event.peer_id)
+            self.conversation.peer_typing(event.peer_id, name, event.active, time.monotonic())
         elif isinstance(event, (PeerOnline, PeerOffline)):
             self._schedule_sidebar()
             if event.peer_id == self.current:
                 self._refresh_header()
             if isinstance(event, PeerOffline):
-                self._remote_typing.pop(event.peer_id, None)
-                self._show_remote_typing()
+                self.conversation.peer_typing(event.peer_id, "", False, time.monotonic())
         elif isinstance(event, ContactRequestReceived):
             who = shown_name(event.name, short_id(event.peer_id))
             self._notice(
@@ -917,6 +1050,11 @@ class MainScreen(GuardedScreen[None]):
                 self._refresh_header()
             elif self.current is None and isinstance(event, ContactAdded):
                 self.open_conversation(event.peer_id)
+        elif isinstance(event, (ContactRemoved, BlockChanged)):
+            if event.peer_id == self.current:
+                self._contact_gone(event.peer_id, keep=True)
+            else:
+                self._schedule_sidebar()
         elif isinstance(event, (NearbyPeerFound, NearbyPeerLost)):
             self._schedule_sidebar()
         elif isinstance(event, (NodeStarted, NodeStopped)):
@@ -931,12 +1069,11 @@ class MainScreen(GuardedScreen[None]):
     def _incoming_message(self, event: MessageReceived) -> None:
         peer = event.peer_id
         name = self.names.get(peer) or short_id(peer)
-        self._remote_typing.pop(peer, None)
+        self.conversation.peer_typing(peer, name, False, time.monotonic())
         self._needs_read.add(peer)
         if peer == self.current:
-            # Drawn at the next flush, together with whatever else arrives by then:
-            # each row added lays the whole pane out again.
-            self._incoming_lines.append(
+            # Drawn at the next flush, together with whatever else arrives by then.
+            self.conversation.queue_line(
                 ChatLine(
                     message_id=event.message_id,
                     outgoing=False,
@@ -944,11 +1081,13 @@ class MainScreen(GuardedScreen[None]):
                     body=event.body,
                     at=event.received_at,
                     state="delivered",
+                    quote=self._quote(peer, event.reply_to),
                 )
             )
-            self._show_remote_typing()
             self._schedule_read()
-        if peer != self.current:
+        if peer in self._muted:
+            pass  # counted in the list, nothing else
+        elif peer != self.current:
             self._notice(f"msg:{peer}", name, event.body, target=f"peer:{peer}")
         elif not self._visible():
             # Open but not in view (another window has the focus): no notice to
@@ -956,17 +1095,23 @@ class MainScreen(GuardedScreen[None]):
             self._alert(f"msg:{peer}", name, event.body)
         self._schedule_sidebar()
 
-    def _sent_elsewhere(self, peer: str) -> None:
-        """A message of ours this screen did not send (``p2pchat msg``, another view of
-        the same node): show it, from the store, where it belongs."""
-        name = self.names.get(peer) or short_id(peer)
-        recent = self.node.history(peer, limit=SENT_ELSEWHERE_WINDOW)
-        lines = [
-            self._line(m, name)
-            for m in recent
-            if m.direction == "out" and not self.conversation.has_message(m.id)
-        ]
-        self.conversation.add_lines(lines)
+    def _sent_elsewhere(self, event: MessageSent) -> None:
+        """A message of ours was stored: shown here unless this screen sent it (it was
+        sent with ``p2pchat msg``, or from another view of the same node)."""
+        self._schedule_sidebar()
+        if event.peer_id != self.current or self.conversation.has_message(event.message_id):
+            return
+        self.conversation.add_line(
+            ChatLine(
+                message_id=event.message_id,
+                outgoing=True,
+                author=self.node.name,
+                body=event.body,
+                at=event.created_at,
+                state="queued",
+                quote=self._quote(event.peer_id, event.reply_to),
+            )
+        )
 
     def _on_key_mismatch(self, event: PeerKeyMismatch) -> None:
         name = self.names.get(event.peer_id) or short_id(event.peer_id)
@@ -999,7 +1144,7 @@ class MainScreen(GuardedScreen[None]):
         """The card's view of ``t``; only a moving transfer has a running attempt to ask about."""
         progress = None
         if t.state in ("accepted", "sending", "receiving"):
-            progress = self.node.transfers.progress(t.id) or self._last_progress.get(t.id)
+            progress = self.node.transfers.progress(t.id) or self.progress.last(t.id)
         return TransferInfo.from_transfer(t, progress)
 
     def _fresh_info(self, transfer_id: str) -> TransferInfo | None:
@@ -1017,7 +1162,7 @@ class MainScreen(GuardedScreen[None]):
             author=name if info.incoming else self.node.name,
             peer_name=name,
             tz=self.tz,
-            rate=self.rates.get(info.transfer_id),
+            rate=self.progress.rate(info.transfer_id),
         )
 
     def _listeners(self) -> list[TransferListener]:
@@ -1034,7 +1179,6 @@ class MainScreen(GuardedScreen[None]):
             if isinstance(card, TransferCard):
                 card.update_info(info)
             elif card is None:
-                self._draw_incoming()
                 self.conversation.add_item(self._card(info))
         for listener in self._listeners():
             listener.transfer_changed(info)
@@ -1085,18 +1229,15 @@ class MainScreen(GuardedScreen[None]):
         )
 
     def _on_transfer_progress(self, event: TransferProgress) -> None:
-        meter = self._meters.get(event.transfer_id)
-        if meter is None:
-            meter = self._meters[event.transfer_id] = RateMeter()
-        self.rates[event.transfer_id] = meter.update(event.rate, time.monotonic())
-        self._progress_due[event.transfer_id] = (event.done, event.total)
-        self._last_progress[event.transfer_id] = (event.done, event.total)
+        self.progress.record(event, time.monotonic())
 
     def _draw_progress(self) -> None:
-        due, self._progress_due = self._progress_due, {}
+        due = self.progress.due()
+        if not due:
+            return
         listeners = self._listeners()
         for transfer_id, (done, total) in due.items():
-            rate = self.rates.get(transfer_id)
+            rate = self.progress.rate(transfer_id)
             card = self.conversation.card(transfer_id)
             if isinstance(card, TransferCard):
                 card.set_progress(done, total, rate)
@@ -1108,10 +1249,7 @@ class MainScreen(GuardedScreen[None]):
         if info is None:
             return
         if info.finished:
-            self._meters.pop(info.transfer_id, None)
-            self.rates.pop(info.transfer_id, None)
-            self._progress_due.pop(info.transfer_id, None)
-            self._last_progress.pop(info.transfer_id, None)
+            self.progress.forget(info.transfer_id)
         self._show_transfer(info)
         if event.state in ("done", "declined", "cancelled", "failed"):
             self._transfer_ended(info, event)
@@ -1230,7 +1368,6 @@ class MainScreen(GuardedScreen[None]):
             self.clock(), author=self.node.name, what=describe_paths(paths), tz=self.tz
         )
         if peer == self.current:
-            self._draw_incoming()
             self.conversation.add_item(placeholder)
         self.run_worker(self._offer(peer, paths, placeholder), group="offers")
 
@@ -1250,7 +1387,6 @@ class MainScreen(GuardedScreen[None]):
         if self.detached:
             return
         if peer == self.current and self.conversation.card(transfer.id) is None:
-            self._draw_incoming()
             self.conversation.add_item(self._card(self._info(transfer)))
         for listener in self._listeners():
             listener.transfer_changed(self._info(transfer))
@@ -1320,6 +1456,15 @@ class MainScreen(GuardedScreen[None]):
 
 def _names(t: Transfer) -> list[tuple[str, int]]:
     return [(f.path, f.size) for f in t.files]
+
+
+def _waiting(view: ContactView) -> str:
+    """What holds our messages to ``view`` back, in words ("" when nothing does)."""
+    if view.awaiting_acceptance:
+        return "they have not accepted you yet: messages wait"
+    if view.deferred:
+        return f"their node holds our messages back: {view.deferred}"
+    return ""
 
 
 def _message_time(m: Message) -> float:

@@ -16,19 +16,13 @@ from textual.widgets import Button, Footer, Input, Label, LoadingIndicator, Stat
 
 from p2pchat.config import Paths, load_settings, save_settings
 from p2pchat.identity import WrongPassphrase, create_identity
+from p2pchat.names import MAX_NAME_CHARS, InvalidName, normalise_name
 from p2pchat.node import Node
 from p2pchat.ui.format import fingerprint_rows
 from p2pchat.ui.safe import literal, shown_name
 from p2pchat.ui.widgets.error_line import ErrorLine
 from p2pchat.ui.widgets.invite import copy_invite
-
-MAX_NAME = 64
-
-
-def clean_display_name(text: str) -> str | None:
-    """The same rule the node applies to names: printable, one line, bounded."""
-    cleaned = "".join(ch for ch in text if ch.isprintable()).strip()
-    return cleaned[:MAX_NAME] or None
+from p2pchat.ui.widgets.plain_input import PlainInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +49,7 @@ class FirstRunScreen(Screen[FirstRunResult | None]):
                 classes="card-text",
             )
             yield Label("Display name")
-            yield Input(placeholder="e.g. alice", id="name", max_length=MAX_NAME)
+            yield PlainInput(placeholder="e.g. alice", id="name", max_length=MAX_NAME_CHARS)
             yield Label("Passphrase (optional)")
             yield Input(password=True, id="passphrase", placeholder="leave empty for none")
             yield Label("Passphrase again")
@@ -92,10 +86,17 @@ class FirstRunScreen(Screen[FirstRunResult | None]):
         self.query_one("#setup-error", ErrorLine).show(text)
 
     def _create(self) -> None:
-        name = clean_display_name(self.query_one("#name", Input).value)
+        typed = self.query_one("#name", Input).value
         first = self.query_one("#passphrase", Input).value
         second = self.query_one("#passphrase2", Input).value
-        if name is None:
+        try:
+            # The one rule for names (p2pchat/names.py), with its reason when it refuses.
+            name = normalise_name(typed) if typed.strip() else ""
+        except InvalidName as exc:
+            self._error(f"{exc}.")
+            self.query_one("#name", Input).focus()
+            return
+        if not name:
             self._error("Choose a display name.")
             self.query_one("#name", Input).focus()
             return

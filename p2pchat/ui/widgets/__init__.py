@@ -11,7 +11,7 @@ from p2pchat.ui.widgets.conversation import (
 from p2pchat.ui.widgets.error_line import ErrorLine
 from p2pchat.ui.widgets.sidebar import ContactEntry, ContactList, NearbyEntry, RequestEntry
 from p2pchat.ui.widgets.status import StatusBar, StatusInfo
-from p2pchat.ui.widgets.transfers import PreparingCard, TransferCard
+from p2pchat.ui.widgets.transfers import PreparingCard, ProgressBoard, TransferCard
 
 __all__ = [
     "ChatLine",
@@ -25,6 +25,7 @@ __all__ = [
     "MessageItem",
     "NearbyEntry",
     "PreparingCard",
+    "ProgressBoard",
     "RequestEntry",
     "StatusBar",
     "StatusInfo",

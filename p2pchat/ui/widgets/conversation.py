@@ -36,7 +36,7 @@ from p2pchat.ui.format import (
     day_label,
     day_of,
 )
-from p2pchat.ui.safe import clean, literal, shown_name
+from p2pchat.ui.safe import clean, literal, one_line, shown_name
 
 AUTHOR_WIDTH = 10
 NARROW_AUTHOR_WIDTH = 7
@@ -48,6 +48,9 @@ def author_width(row_width: int) -> int:
     return AUTHOR_WIDTH if row_width >= NARROW_ROW else NARROW_AUTHOR_WIDTH
 
 
+# A peer that stops typing without saying so should not look busy forever; peers
+# repeat "typing" every few seconds while they type.
+TYPING_TTL = 8.0
 # A conversation pane with thousands of widgets makes every layout slow; older
 # history stays in the store (``p2pchat history`` shows it all).
 MAX_ITEMS = 400
@@ -63,6 +66,10 @@ class ChatLine:
     body: str
     at: float
     state: MessageState
+    quote: str | None = None
+    """The first words of the message this one replies to (with its author)."""
+    edited: bool = False
+    deleted: bool = False
 
 
 class ConversationItem(Widget):
@@ -126,6 +133,15 @@ class MessageItem(ConversationItem):
         self.set_class(line.outgoing, "-outgoing")
         self._apply_state_class()
 
+    def change(self, *, body: str | None = None, deleted: bool = False) -> None:
+        """The message was edited (``body``) or deleted, on either side."""
+        if deleted:
+            self.line = replace(self.line, body="", deleted=True, quote=None)
+        elif body is not None:
+            self.line = replace(self.line, body=body, edited=True)
+        self._body = clean(self.line.body, multiline=True)
+        self.refresh(layout=True)
+
     @property
     def state(self) -> MessageState:
         return self.line.state
@@ -149,8 +165,18 @@ class MessageItem(ConversationItem):
         grid.add_column(width=self.author_width, justify="right", no_wrap=True, overflow="ellipsis")
         grid.add_column(ratio=1, overflow="fold")
         author_class = "message--author-out" if line.outgoing else "message--author-in"
-        body = Text(self._body)
-        if line.outgoing:
+        if line.deleted:
+            body = Text("message deleted", style="italic")
+            body.stylize(self.get_component_rich_style("message--time"))
+        else:
+            body = Text(self._body)
+            if line.edited:
+                body.append(" (edited)", style=self.get_component_rich_style("message--time"))
+        if line.quote:
+            quote = Text("↪ " + one_line(line.quote, 80) + "\n")
+            quote.stylize(self.get_component_rich_style("message--time"))
+            body = quote + body
+        if line.outgoing and not line.deleted:
             tick_class = "message--tick-read" if line.state == "read" else "message--tick"
             body.append(" ")
             body.append(TICKS[line.state], style=self.get_component_rich_style(tick_class))
@@ -224,6 +250,12 @@ class ConversationView(Vertical):
         self._cards: dict[str, ConversationItem] = {}
         self._last: ConversationItem | None = None
         self._empty_hint = False
+        # Messages that arrived since the last flush (mounted together: each row
+        # added lays the whole pane out again).
+        self._pending: list[ChatLine] = []
+        # Who is typing, by peer: (name, until) on the monotonic clock.  A peer that
+        # stops without saying so (crash, lost link) stops showing at ``until``.
+        self._typing: dict[str, tuple[str, float]] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="conv-header", markup=False)
@@ -244,6 +276,7 @@ class ConversationView(Vertical):
     # ------------------------------------------------------------ content
     def show_placeholder(self, text: Content | str) -> None:
         self.peer_id = None
+        self._pending = []
         self.set_header("")
         self.set_banner(None)
         self.set_typing(None)
@@ -267,8 +300,9 @@ class ConversationView(Vertical):
         """Replace the timeline with ``lines`` (oldest first) and ``cards``, merged by time."""
         self.peer_id = peer_id
         self._today = today
+        self._pending = []  # the history being shown has them
         self.set_header(header)
-        self.set_typing(None)
+        self._show_typing()
         rows: list[ConversationItem] = list(
             heapq.merge(
                 (MessageItem(line, self.tz) for line in lines),
@@ -305,10 +339,22 @@ class ConversationView(Vertical):
         """Append a row at the bottom, under a new day separator if the day changed."""
         self.add_items([item])
 
+    def queue_line(self, line: ChatLine) -> None:
+        """An arriving message: drawn at the next :meth:`flush_pending` (or before any
+        other row is added, so rows keep the order in which things happened)."""
+        self._pending.append(line)
+
+    def flush_pending(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self.add_lines(lines)
+
     def add_items(self, items: Sequence[ConversationItem]) -> None:
         """Append rows in one mount: the pane is laid out once for the lot."""
         if not items:
             return
+        if self._pending:
+            self.flush_pending()
         timeline = self._timeline
         if self._empty_hint:
             self._empty_hint = False
@@ -364,6 +410,13 @@ class ConversationView(Vertical):
     def has_message(self, message_id: str) -> bool:
         return message_id in self._messages
 
+    def change_message(
+        self, message_id: str, *, body: str | None = None, deleted: bool = False
+    ) -> None:
+        item = self._messages.get(message_id)
+        if item is not None:
+            item.change(body=body, deleted=deleted)
+
     def set_state(self, message_id: str, state: MessageState) -> None:
         item = self._messages.get(message_id)
         if item is not None:
@@ -399,6 +452,30 @@ class ConversationView(Vertical):
     def banner_text(self) -> str:
         banner = self.query_one("#conv-banner", Static)
         return str(banner.content) if banner.has_class("-visible") else ""
+
+    # ------------------------------------------------------------- typing
+    def peer_typing(self, peer_id: str, name: str, active: bool, now: float) -> None:
+        """``name`` types (or stopped) in the conversation with ``peer_id``."""
+        if active:
+            self._typing[peer_id] = (name, now + TYPING_TTL)
+        else:
+            self._typing.pop(peer_id, None)
+        self._show_typing()
+
+    def expire_typing(self, now: float) -> None:
+        expired = [peer for peer, (_, until) in self._typing.items() if until <= now]
+        for peer in expired:
+            del self._typing[peer]
+        if expired:
+            self._show_typing()
+
+    def forget_typing(self) -> None:
+        self._typing.clear()
+        self._show_typing()
+
+    def _show_typing(self) -> None:
+        shown = self._typing.get(self.peer_id or "")
+        self.set_typing(f"{shown[0]} is typing…" if shown else None)
 
     def set_typing(self, text: str | None) -> None:
         # Called for every incoming message: the line is one row high whatever it

@@ -62,7 +62,7 @@ class NoticeCard(Static):
 
     DEFAULT_CSS = """
     NoticeCard {
-        width: 50; max-width: 100%; height: auto; padding: 0 1; margin: 1 0 0 0;
+        width: 50; max-width: 100%; height: auto; padding: 0 1; margin: 0 0 1 0;
         background: $panel-lighten-1; border-left: outer $success;
         visibility: visible;
     }
@@ -91,12 +91,13 @@ class NoticeCard(Static):
 
 
 class NoticeTray(Vertical):
-    """The stack of notices at the bottom right of the main screen."""
+    """The stack of notices at the top right of the main screen, over the oldest lines
+    of the conversation rather than the newest."""
 
     DEFAULT_CSS = """
     NoticeTray {
-        layer: notices; dock: bottom; width: 1fr; height: auto; max-height: 70%;
-        align: right bottom; visibility: hidden; margin: 0 1 6 0;
+        layer: notices; dock: top; width: 1fr; height: auto; max-height: 70%;
+        align: right top; visibility: hidden; margin: 1 1 0 0;
     }
     NoticeTray > .notices-more {
         width: 50; max-width: 100%; height: 1; padding: 0 1;

@@ -41,9 +41,12 @@ class ContactEntry:
     last_activity: float | None
     warning: bool = False
     route: str | None = None
+    """"lan", "direct", "punched" or "relayed" while online (how the session runs)."""
+    rtt_ms: float | None = None
+    muted: bool = False
+    blocked: bool = False
     last_seen: float | None = None
     """When a session with them last ran (what the header's "last seen" says too)."""
-    """"lan" or "direct" while online (how the session runs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +139,14 @@ class ContactList(OptionList):
             parts.append((" ", ""))
             parts.append((f" {c.unread} ", "$text on $accent bold"))
         if c.online:
-            presence = {"lan": "online · LAN", "direct": "online · direct"}.get(
-                c.route or "", "online"
-            )
+            presence = "online" + path_words(c.route, c.rtt_ms)
         else:
             # The same words as the conversation header, from the same fact.
             presence = f"seen {relative_time(c.last_seen, now, self.tz)}"
+        if c.blocked:
+            presence = "blocked"
+        elif c.muted:
+            presence += " · muted"
         second = ("\n  " + presence, "$text-muted")
         return Content.assemble(*parts, second)
 
@@ -181,6 +186,19 @@ class ContactList(OptionList):
             self.post_message(self.NearbySelected(option_id[len(NEARBY) :]))
         elif option_id.startswith(CONTACT):
             self.post_message(self.ContactHighlighted(option_id[len(CONTACT) :]))
+
+
+PATH_WORDS = {"lan": "LAN", "direct": "direct", "punched": "punched", "relayed": "relayed"}
+
+
+def path_words(path: str | None, rtt_ms: float | None) -> str:
+    """`` · LAN · 3 ms``: how the session runs, for the list and the header."""
+    words = ""
+    if path:
+        words += f" · {PATH_WORDS.get(path, one_line(path, 12))}"
+    if rtt_ms is not None:
+        words += f" · {rtt_ms:.0f} ms"
+    return words
 
 
 def _heading(title: str, count: int) -> Option:

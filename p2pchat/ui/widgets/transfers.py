@@ -24,7 +24,8 @@ from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
-from p2pchat.ui.files import OPEN_HINT, TransferInfo, overall_done, status_text
+from p2pchat.core.events import TransferProgress
+from p2pchat.ui.files import OPEN_HINT, RateMeter, TransferInfo, overall_done, status_text
 from p2pchat.ui.format import clock_time, human_size
 from p2pchat.ui.safe import clean, literal, one_line, shown_name
 from p2pchat.ui.widgets.conversation import ConversationItem
@@ -35,6 +36,7 @@ STATE_CLASSES = (
     "-done",
     "-stopped",
     "-failed",
+    "-stalled",
 )
 
 
@@ -85,6 +87,8 @@ def _state_class(info: TransferInfo) -> str:
         return "-failed"
     if info.state in ("declined", "cancelled"):
         return "-stopped"
+    if info.state == "paused":
+        return "-stalled"
     if info.moving:
         return "-moving"
     return "-pending"
@@ -380,3 +384,41 @@ class PreparingCard(ConversationItem):
 
     def author_width_changed(self) -> None:
         self.query_one(".tc-author", Static).styles.width = self.author_width
+
+
+class ProgressBoard:
+    """The latest progress of every moving transfer, for the cards to draw.
+
+    Progress events only record figures here (the receiving node reports every
+    MiB, hundreds of times a second on loopback); the screen's periodic flush
+    takes what is :meth:`due` and redraws those cards, so a fast transfer costs a
+    few redraws a second whatever rate the node reports at.  Speeds are smoothed
+    (``RateMeter``) so the number does not flicker.
+    """
+
+    def __init__(self) -> None:
+        self._meters: dict[str, RateMeter] = {}
+        self.rates: dict[str, float] = {}
+        self._due: dict[str, tuple[int, int]] = {}
+        self._last: dict[str, tuple[int, int]] = {}
+
+    def record(self, event: TransferProgress, now: float) -> None:
+        meter = self._meters.setdefault(event.transfer_id, RateMeter())
+        self.rates[event.transfer_id] = meter.update(event.rate, now)
+        self._due[event.transfer_id] = self._last[event.transfer_id] = (event.done, event.total)
+
+    def due(self) -> dict[str, tuple[int, int]]:
+        """What changed since the last call: transfer id to (done, total) of its attempt."""
+        due, self._due = self._due, {}
+        return due
+
+    def last(self, transfer_id: str) -> tuple[int, int] | None:
+        return self._last.get(transfer_id)
+
+    def rate(self, transfer_id: str) -> float | None:
+        return self.rates.get(transfer_id)
+
+    def forget(self, transfer_id: str) -> None:
+        """The transfer ended: nothing more to draw for it."""
+        for table in (self._meters, self.rates, self._due, self._last):
+            table.pop(transfer_id, None)

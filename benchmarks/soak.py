@@ -32,8 +32,8 @@ victims), using ``tests/attacks/attackers.py``:
 * a hostile contact asking for resends: ``pending`` then ``gap`` pairs at
   ``--gap-rate`` while it never acknowledges the 40 x 8 kB messages each victim
   has queued for it (hole 2);
-* a hostile contact offering ``--offer-files`` files and cancelling at once, at
-  ``--offer-rate`` (hole 3);
+* a hostile contact offering files and cancelling at once: 40 one-file offers at
+  once, then ``--offer-files`` files at ``--offer-rate`` (hole 3);
 * fake QUIC Initials at ``--initial-rate`` per victim from 64 source ports (hole 5);
 * a hostile contact and strangers announcing bad names: every contact session's
   Hello carries one, and a stranger with one connects every 3 s (hole 6);
@@ -115,6 +115,8 @@ RESENDER_BODY = 8000
 ROLES = ("resender", "offerer", "quota", "reuser")
 ATTACKS = ("tcp", *ROLES, "initials", "names", "krpc")
 QUOTA_BODY = 16_000
+OFFER_BURST = 40
+"""Offers the offer flood opens with: more than a contact's burst (32)."""
 STRANGER_EVERY = 3.0
 BURST_EVERY = 15.0
 HOLDS = 24
@@ -520,6 +522,9 @@ async def attack(spec: dict[str, Any]) -> None:
                 await pending_gap_pairs(link, 1, pause=1.0 / rates["gap"], counts=counts)
 
         async def offerer(link: HostileLink) -> None:
+            # Past the offer budget at once with tiny offers (they get through even
+            # a congested link), then larger ones at the set pace.
+            await offer_cancel_flood(link, OFFER_BURST, flood_files(1), counts=counts)
             while True:
                 await offer_cancel_flood(link, 1, files, counts=counts)
                 await asyncio.sleep(1.0 / rates["offer"])

@@ -249,6 +249,7 @@ class Node:
             clock=self.clock,
             emit=self._emit,
             connection_for=self._session_for,
+            storage=self.delivery,
         )
         self.groups = GroupService(self)
         """Group chat (docs/groups.md): the group part of the Node API."""
@@ -1570,7 +1571,14 @@ class Node:
 
     def _requeue(self, peer: str) -> None:
         self.delivery.flush()  # sent marks of this turn first, or they would win
-        for message_id in self.store.requeue_sent(peer, self.clock()):
+        try:
+            requeued = self.store.requeue_sent(peer, self.clock())
+        except StoreError as exc:
+            # They stay "sent" on screen, but the next session resends the whole
+            # unacknowledged outbox anyway (``Delivery.session_active``).
+            self.delivery.storage_failed(exc)
+            return
+        for message_id in requeued:
             self._emit(MessageStateChanged(peer, message_id, "queued"))
 
     def _name_of(self, peer: str) -> str:

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ import pytest
 import pytest_asyncio
 
 from .conftest import make_home
+from .daemons import delivered, rss_kib, until
 from .netlab import Lab, list_namespaces, prepare, unavailable_reason
 from .netlab.daemon import NsDaemon
 from .netlab.topologies import PUBLIC_ADDRESS, Internet, SiteKind, build_internet
@@ -52,17 +53,6 @@ BOOTSTRAP = (f"{PUBLIC_ADDRESS}:{PORT}", f"{PUBLIC_ADDRESS}:{PORT + 1}")
 PEER_RATE = 256 * 1024
 RELAY_BUDGETS = ("--relay-peer-rate", str(PEER_RATE), "--relay-rate", str(8 * PEER_RATE))
 MiB = 1024 * 1024
-
-
-async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 class World:
@@ -153,10 +143,8 @@ async def history(d: NsDaemon, contact: str) -> list[dict[str, Any]]:
     return result
 
 
-async def delivered(sender: NsDaemon, contact: str, bodies: list[str]) -> bool:
-    messages = await history(sender, contact)
-    done = {m["body"] for m in messages if m["state"] in ("delivered", "read")}
-    return all(b in done for b in bodies)
+async def all_delivered(sender: NsDaemon, contact: str, bodies: list[str]) -> bool:
+    return all([await delivered(sender, contact, body) for body in bodies])
 
 
 async def contact_view(d: NsDaemon, peer_id: str) -> dict[str, Any] | None:
@@ -174,8 +162,8 @@ async def talk(world: World, x: str, y: str, tag: str, n: int = 3, timeout: floa
     for body_ab, body_ba in zip(ab, ba, strict=True):
         await a.call("send", contact=y, text=body_ab, wait=0)
         await b.call("send", contact=x, text=body_ba, wait=0)
-    await until(lambda: delivered(a, y, ab), timeout, f"{tag}: {x} -> {y}")
-    await until(lambda: delivered(b, x, ba), timeout, f"{tag}: {y} -> {x}")
+    await until(lambda: all_delivered(a, y, ab), timeout, f"{tag}: {x} -> {y}")
+    await until(lambda: all_delivered(b, x, ba), timeout, f"{tag}: {y} -> {x}")
     for receiver, contact, bodies in ((b, x, ab), (a, y, ba)):
         got = [m["body"] for m in await history(receiver, contact) if m["direction"] == "in"]
         for body in bodies:
@@ -188,35 +176,40 @@ async def befriend(world: World, x: str, y: str) -> None:
     await b.call("add", ref=a.peer_id, name=x)
 
 
-async def send_file(world: World, x: str, y: str, size: int, timeout: float = 120) -> str:
-    """A random file from x to y, verified byte for byte; returns the transfer id."""
-    a, b = world.daemons[x], world.daemons[y]
+async def start_file(world: World, x: str, y: str, size: int) -> tuple[str, Path]:
+    """Offer a random file from x to y (accepted by itself); its transfer id and path."""
     name = f"{x}-to-{y}-{size}.bin"
     src = world.root / "files" / name
     src.parent.mkdir(exist_ok=True)
     src.write_bytes(os.urandom(size))
-    t = await a.call("send_files", contact=y, paths=[str(src)])
+    t = await world.daemons[x].call("send_files", contact=y, paths=[str(src)])
+    return str(t["id"]), src
 
-    async def done() -> bool:
-        state = (await a.call("transfer", id=t["id"]))["state"]
-        assert state not in ("failed", "declined", "cancelled"), state
-        return bool(state == "done")
 
-    await until(done, timeout, f"file {name}")
-    assert (b.paths.home / "downloads" / name).read_bytes() == src.read_bytes()
-    return str(t["id"])
+async def file_arrives(
+    world: World, x: str, y: str, tid: str, src: Path, timeout: float = 120
+) -> dict[str, Any]:
+    """The transfer is done and the file arrived byte for byte; the transfer's view."""
+    a, b = world.daemons[x], world.daemons[y]
+
+    async def done() -> dict[str, Any] | None:
+        view: dict[str, Any] = await a.call("transfer", id=tid)
+        assert view["state"] not in ("failed", "declined", "cancelled"), view
+        return view if view["state"] == "done" else None
+
+    view = await until(done, timeout, f"file {src.name}")
+    assert (b.paths.home / "downloads" / src.name).read_bytes() == src.read_bytes()
+    return view
+
+
+async def send_file(world: World, x: str, y: str, size: int, timeout: float = 120) -> None:
+    """A random file from x to y, verified byte for byte."""
+    tid, src = await start_file(world, x, y, size)
+    await file_arrives(world, x, y, tid, src, timeout)
 
 
 async def relay_status(d: NsDaemon) -> Any:
     return (await d.call("network_status"))["reachability"]["relaying"]
-
-
-def rss_kib(d: NsDaemon) -> int:
-    assert d.proc is not None
-    for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 # ----------------------------------------------------------------------- tests
@@ -244,6 +237,14 @@ async def test_a_relay_killed_mid_conversation_is_replaced_and_nothing_is_lost(
     via = (await contact_view(r1, r2.peer_id) or {})["via"]
     name = "pub" if via == world.daemons["pub"].peer_id else "pub2"
     other = "pub2" if name == "pub" else "pub"
+    # A file on its way (at the relay's 256 KiB/s it takes a while) when the relay dies.
+    tid, src = await start_file(world, "r1", "r2", 3 * MiB)
+
+    async def moving() -> bool:
+        progress = (await r1.call("transfer", id=tid))["progress"]
+        return bool(progress and progress[0] >= 512 * 1024)
+
+    await until(moving, 60, "the file under way")
     killed = world.daemons[name]
     await killed.kill()
     killed_at = time.monotonic()
@@ -254,6 +255,13 @@ async def test_a_relay_killed_mid_conversation_is_replaced_and_nothing_is_lost(
     view = await contact_view(r1, r2.peer_id)
     assert view is not None and view["path"] == "relayed"
     assert view["via"] == world.daemons[other].peer_id, view
+    # The file resumes from what had arrived, through the other relay: a second attempt,
+    # and no byte received twice.
+    await file_arrives(world, "r1", "r2", tid, src)
+    received = await r2.call("transfer", id=tid)
+    print(f"receiver: {received['attempts']} attempts, {received['bytes_moved']} bytes")
+    assert received["attempts"] >= 2, received
+    assert received["bytes_moved"] == 3 * MiB, received
     # Back for the tests that follow (same home: same key and port).
     await killed.start(timeout=90)
 
@@ -265,7 +273,8 @@ async def test_a_peer_pushing_through_a_relay_is_held_to_its_budget(world: World
     name = "pub" if via == world.daemons["pub"].peer_id else "pub2"
     relay = world.daemons[name]
     port = PORT if name == "pub" else PORT + 1
-    rss_before = rss_kib(relay)
+    assert relay.proc is not None
+    rss_before = rss_kib(relay.proc.pid)
     seconds = 10.0
     pusher = world.net.sites["r3"].host.popen(
         [sys.executable, "-m", "tests.netlab.relay_tools", "push",
@@ -287,7 +296,7 @@ async def test_a_peer_pushing_through_a_relay_is_held_to_its_budget(world: World
     assert result["received"] <= PEER_RATE * (result["seconds"] + 2) + 2 * PEER_RATE, result
     serving = (await relay_status(relay))["serving"]
     assert serving["dropped_peer_rate"] > 0, serving
-    growth = rss_kib(relay) - rss_before
+    growth = rss_kib(relay.proc.pid) - rss_before
     print(f"relay RSS grew by {growth} KiB")
     assert growth < 20 * 1024, "the relay buffers nothing"
 
@@ -347,8 +356,8 @@ async def test_a_relayed_pair_whose_nat_becomes_punchable_moves_to_a_direct_path
     took = time.monotonic() - switched
     print(f"on a punched path {took:.1f} s after the router changed")
     assert took <= 30.0, f"took {took:.1f} s"
-    await until(lambda: delivered(r1, "r2", [f"r1 {b}" for b in bodies]), 30, "r1's messages")
-    await until(lambda: delivered(r2, "r1", [f"r2 {b}" for b in bodies]), 30, "r2's messages")
+    await until(lambda: all_delivered(r1, "r2", [f"r1 {b}" for b in bodies]), 30, "r1's messages")
+    await until(lambda: all_delivered(r2, "r1", [f"r2 {b}" for b in bodies]), 30, "r2's messages")
     for receiver, contact, prefix in ((r2, "r1", "r1"), (r1, "r2", "r2")):
         got = [m["body"] for m in await history(receiver, contact)]
         for body in bodies:

@@ -1,8 +1,8 @@
 """When no hole can be punched, a relay carries the ciphertext: the relay lab.
 
 One lab for the module: a public host running two relaying daemons (``--relay``,
-the DHT bootstrap of everyone, as a group's always-on nodes would be) and a hostile
-relay (``tests/netlab/relay_tools.py``: the node's own rendezvous and relay code
+the DHT bootstrap of everyone, as a group's always-on nodes would be) and two hostile
+relays (``tests/netlab/relay_tools.py``: the node's own rendezvous and relay code
 with a test's hand on every forwarded datagram), and four sites behind
 endpoint-dependent (random-port) NATs, where no punch can work.  Pairs become
 contacts by peer ID alone (no invite, no address) and must talk through a relay:
@@ -11,8 +11,9 @@ contacts by peer ID alone (no invite, no address) and must talk through a relay:
   killed mid-conversation (the other one takes over, nothing lost); a peer pushing
   through the relay is held to its budget while r1 and r2 keep theirs; and last, r2's
   router turns port-preserving and the pair moves to a punched path.
-* r3 x r4: their first rendezvous is the hostile relay, which drops, flips bits in,
-  replays and reorders what it forwards, and at last forwards nothing.
+* r3 x r4: their rendezvous nodes are the two hostile relays; the first drops, flips
+  bits in, replays and reorders what it forwards, then forwards nothing; the second
+  then passes pings and acknowledgements but no data.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ pytestmark = [
 
 T = TypeVar("T")
 PORT = 4001
-HOSTILE_PORT = PORT + 2
+HOSTILE_PORTS = (PORT + 2, PORT + 3)
 SITES: dict[str, SiteKind] = {"r1": "random", "r2": "random", "r3": "random", "r4": "random"}
 BOOTSTRAP = (f"{PUBLIC_ADDRESS}:{PORT}", f"{PUBLIC_ADDRESS}:{PORT + 1}")
 #: The public relays' budgets: small, so a pusher meets them without loading the machine.
@@ -61,14 +62,17 @@ class World:
         self.net = net
         self.root = root
         self.daemons: dict[str, NsDaemon] = {}
-        self.hostile: subprocess.Popen[str] | None = None
-        self.hostile_id = ""
+        self.hostile: list[tuple[subprocess.Popen[str], str]] = []
 
-    def hostile_mode(self, line: str) -> dict[str, Any]:
-        assert self.hostile is not None and self.hostile.stdin and self.hostile.stdout
-        self.hostile.stdin.write(line + "\n")
-        self.hostile.stdin.flush()
-        answer: dict[str, Any] = json.loads(self.hostile.stdout.readline())
+    def hostile_id(self, which: int) -> str:
+        return self.hostile[which][1]
+
+    def hostile_mode(self, which: int, line: str) -> dict[str, Any]:
+        proc = self.hostile[which][0]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(proc.stdout.readline())
         return answer
 
 
@@ -110,18 +114,23 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     w = World(lab, build_internet(lab, SITES, port=PORT), tmp_path_factory.mktemp("relaylab"))
     try:
         public = w.net.public
-        w.hostile = public.popen(
-            [sys.executable, "-m", "tests.netlab.relay_tools", "hostile-relay",
-             "--port", str(HOSTILE_PORT)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert w.hostile.stdout is not None
-        w.hostile_id = json.loads(w.hostile.stdout.readline())["peer_id"]
+        for port in HOSTILE_PORTS:
+            proc = public.popen(
+                [sys.executable, "-m", "tests.netlab.relay_tools", "hostile-relay",
+                 "--port", str(port)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            w.hostile.append((proc, json.loads(proc.stdout.readline())["peer_id"]))
         _daemon(w, "pub", public, "--relay", *RELAY_BUDGETS)
         _daemon(w, "pub2", public, "--relay", *RELAY_BUDGETS, port=PORT + 1)
         await w.daemons["pub"].start(timeout=90)
         await w.daemons["pub2"].start(timeout=90)
-        hostile = ("--rendezvous", f"{w.hostile_id}@{PUBLIC_ADDRESS}:{HOSTILE_PORT}")
+        hostile = [
+            arg
+            for (_, peer), port in zip(w.hostile, HOSTILE_PORTS, strict=True)
+            for arg in ("--rendezvous", f"{peer}@{PUBLIC_ADDRESS}:{port}")
+        ]
         for name, site in w.net.sites.items():
             _daemon(w, name, site.host, *(hostile if name in ("r3", "r4") else ()))
         await asyncio.gather(*(w.daemons[n].start(timeout=90) for n in ("r1", "r2")))
@@ -301,20 +310,21 @@ async def test_a_peer_pushing_through_a_relay_is_held_to_its_budget(world: World
     assert growth < 20 * 1024, "the relay buffers nothing"
 
 
-async def test_a_hostile_relay_can_delay_but_not_forge_and_is_left_when_it_goes_dark(
+async def test_a_hostile_relay_can_delay_but_not_forge_and_is_left_when_it_fails(
     world: World,
 ) -> None:
     r3, r4 = world.daemons["r3"], world.daemons["r4"]
+    first, second = world.hostile_id(0), world.hostile_id(1)
     await befriend(world, "r3", "r4")
     await talk(world, "r3", "r4", "honest")
     view = await contact_view(r3, r4.peer_id)
-    assert view is not None and view["path"] == "relayed" and view["via"] == world.hostile_id
+    assert view is not None and view["path"] == "relayed" and view["via"] == first, view
     for mode in ("drop 0.2", "flip 0.2", "replay 0.3", "reorder 0.3"):
-        world.hostile_mode(mode)
+        world.hostile_mode(0, mode)
         await talk(world, "r3", "r4", mode)
-    world.hostile_mode("flip 0.05")
+    world.hostile_mode(0, "flip 0.05")
     await send_file(world, "r3", "r4", 1 * MiB, timeout=90)  # arrives identical
-    counts = world.hostile_mode("honest")
+    counts = world.hostile_mode(0, "honest")
     assert counts["tampered"] > 50, counts
     # Whatever it did, nothing it made up got through: the histories hold exactly the
     # messages written, once each, in order.
@@ -323,11 +333,22 @@ async def test_a_hostile_relay_can_delay_but_not_forge_and_is_left_when_it_goes_
         assert len(got) == len(set(got)) and all(b.split()[-2].startswith(sender) for b in got)
     # A relay that forwards nothing: the session dies of silence, the peers go through
     # the other relay, and what they wrote meanwhile arrives.
-    world.hostile_mode("blackhole")
+    world.hostile_mode(0, "blackhole")
     await talk(world, "r3", "r4", "after the blackhole", timeout=90)
     view = await contact_view(r3, r4.peer_id)
-    assert view is not None and view["path"] == "relayed"
-    assert view["via"] != world.hostile_id, view
+    assert view is not None and view["path"] == "relayed" and view["via"] == second, view
+    # A relay that forwards pings and acknowledgements but no data: the stalled session
+    # is closed, the relay tried last, and the messages go through the first relay,
+    # honest again.
+    world.hostile_mode(0, "honest")
+    world.hostile_mode(1, "starve 90")
+    await talk(world, "r3", "r4", "after the starving", timeout=90)
+    view = await contact_view(r3, r4.peer_id)
+    assert view is not None and view["path"] == "relayed" and view["via"] == first, view
+    world.hostile_mode(1, "honest")
+    using = [(await relay_status(d))["using"] for d in (r3, r4)]
+    assert sum(u.get("channels_went_silent", 0) for u in using) >= 1, using  # the blackhole
+    assert sum(u.get("channels_stalled", 0) for u in using) >= 1, using  # the starving
 
 
 async def test_a_relayed_pair_whose_nat_becomes_punchable_moves_to_a_direct_path(

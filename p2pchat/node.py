@@ -114,6 +114,11 @@ TRANSFER_PAGE_SIZE = PAGE_SIZE
 DHT_AFTER_ATTEMPTS = 2
 DHT_RETRY_MIN = 1.0
 DHT_RETRY_MAX = 3600.0
+SEARCH_LIMIT = 50
+MAX_SEARCH_LIMIT = 500
+# Messages added to the full-text index per dial-loop tick (about a second); a search
+# indexes whatever is left first, so this only keeps that catch-up short.
+INDEX_PER_TICK = 5000
 
 
 class NodeError(Exception):
@@ -236,6 +241,7 @@ class Node:
             emit=self._emit,
             active=self._active.get,
             daily_quota=lambda: daily_quota_setting(self.settings),
+            schedule=self._schedule_flush,
         )
         self.transfers = TransferManager(
             self.store,
@@ -440,6 +446,15 @@ class Node:
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
+    def _schedule_flush(self) -> None:
+        """Delivery's group commit runs once at the end of this event-loop turn."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.delivery.flush()  # no loop (a node used without ``start``): at once
+            return
+        loop.call_soon(self.delivery.flush)
+
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
         if isinstance(listen, str):
@@ -488,6 +503,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.transfers.stop()
+        self.delivery.flush()  # what this turn received is stored and acknowledged
         for conn in list(self._conns):
             conn.close("node stopping")
         if self._endpoint is not None:
@@ -880,8 +896,23 @@ class Node:
         self._nat_hints.pop(peer, None)
         self._dht_retry.pop(peer, None)
 
-    def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
-        return self.store.history(self.store.find_contact(contact).peer_id, limit=limit)
+    def history(
+        self, contact: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[Message]:
+        """The conversation in order: the newest ``limit`` messages, or with ``before``
+        (a message id) the ``limit`` just before that message, to page back as the
+        user scrolls up.  Each page costs the same however long the history is."""
+        peer = self.store.find_contact(contact).peer_id
+        return self.store.history(peer, limit=limit, before=before)
+
+    def search(
+        self, text: str, *, contact: str | None = None, limit: int = SEARCH_LIMIT
+    ) -> list[Message]:
+        """Messages containing every word of ``text`` (the last word may be the start
+        of a word), newest first; only with ``contact`` when given.  Full-text search
+        (SQLite FTS5) over the whole history."""
+        peer = self.store.find_contact(contact).peer_id if contact else None
+        return self.store.search(text, peer_id=peer, limit=min(limit, MAX_SEARCH_LIMIT))
 
     def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
         """Store first (the outbox survives anything), then send if the contact is online.
@@ -902,13 +933,39 @@ class Node:
             )
         )  # fmt: skip
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
-        self._send_now(message)
-        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
+        if self._send_now(message):
+            message = dataclasses.replace(message, state="sent")
+        return message
 
-    def _send_now(self, message: Message) -> None:
-        conn = self._active.get(message.peer_id)
-        if conn is not None:
-            self.delivery.send_new(conn, message)
+    def send_messages(self, contact: str, texts: Iterable[str]) -> list[Message]:
+        """Several messages to one contact, in order: all are checked first, then stored
+        in the outbox in one transaction (durable when this returns), then sent.
+
+        Raises ``NodeError`` naming the first text that cannot be a message (empty,
+        too long) before anything is stored.
+        """
+        peer = self.store.find_contact(contact).peer_id
+        bodies = []
+        for n, text in enumerate(texts, 1):
+            try:
+                bodies.append(_message_body(text))
+            except NodeError as exc:
+                raise NodeError(f"message {n}: {exc}" if n > 1 else str(exc)) from None
+        if not bodies:
+            raise NodeError("no message to send")
+        messages = self.store.queue_messages(peer, bodies, now=self.clock())
+        for m in messages:
+            self._emit(MessageSent(m.peer_id, m.id, m.seq, m.body, m.created_at, m.reply_to))
+            self._emit(MessageStateChanged(peer, m.id, "queued"))
+        if self._send_now(*messages):
+            messages = [dataclasses.replace(m, state="sent") for m in messages]
+        return messages
+
+    def _send_now(self, *messages: Message) -> bool:
+        """Messages of one contact just queued, in seq order: out now if it is online
+        (True; the store marks them ``sent`` at the end of this loop turn)."""
+        conn = self._active.get(messages[0].peer_id)
+        return conn is not None and self.delivery.send_new(conn, list(messages))
 
     def find_message(self, ref: str, *, contact: str | None = None) -> Message:
         """A message by id or by a unique prefix of it (at least 4 characters), in
@@ -1233,6 +1290,10 @@ class Node:
             self._refresh_rendezvous(contacts)
             self.transfers.tick()
             self.delivery.tick()
+            try:
+                self.store.index_messages(limit=INDEX_PER_TICK)
+            except StoreError as exc:
+                log.warning("indexing messages for search failed: %s", exc)
             self.groups.tick(now)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
@@ -1508,6 +1569,7 @@ class Node:
             self._poke()
 
     def _requeue(self, peer: str) -> None:
+        self.delivery.flush()  # sent marks of this turn first, or they would win
         for message_id in self.store.requeue_sent(peer, self.clock()):
             self._emit(MessageStateChanged(peer, message_id, "queued"))
 
@@ -1652,9 +1714,9 @@ class Node:
         elif isinstance(frame, chat.Defer):
             self.delivery.on_defer(conn, peer, frame)
         elif isinstance(frame, chat.Ack):
-            for message_id in self.store.ack_outgoing(peer, frame.seq, now):
-                self._emit(MessageStateChanged(peer, message_id, "delivered"))
+            self.delivery.on_ack(peer, frame.seq)
         elif isinstance(frame, chat.Read):
+            self.delivery.flush()  # the acks before it first: a receipt needs 'delivered'
             for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):

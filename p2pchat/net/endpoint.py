@@ -104,6 +104,7 @@ class QuicLink:
         self._acked_offset = 0
         self._progress_at = endpoint.now()
         self.close_reason: str | None = None
+        self._transmit_scheduled = False
         self._pending_slot: str | None = None
         """The source IP whose admission slot this server link holds until its peer
         authenticates or it closes."""
@@ -244,11 +245,23 @@ class QuicLink:
             self._pending_stream.append((stream_id, data, end))
             return
         self.conn.send_stream_data(stream_id, data, end)
+        # At the end of this loop turn, not now: frames written in one turn (a burst
+        # of messages, the acks of a batch) then share full-size packets instead of
+        # leaving one datagram each.  Inside ``_process`` the transmit that follows
+        # the events sends them anyway.
+        if not self._transmit_scheduled:
+            self._transmit_scheduled = True
+            self.endpoint.loop.call_soon(self._scheduled_transmit)
+
+    def _scheduled_transmit(self) -> None:
+        self._transmit_scheduled = False
         self.transmit()
 
     def close(self, reason: str = "", error_code: int = 0) -> None:
         if self.closed:
             return
+        if self._transmit_scheduled:
+            self.transmit()  # what was written this turn leaves before the close
         self.conn.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
         # Our side is done with it now; aioquic keeps the draining state on its own.

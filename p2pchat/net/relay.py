@@ -318,7 +318,8 @@ class RelayService:
                 delay = start + offset - self.loop.time()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(opening.ready), delay)
+                        async with asyncio.timeout(delay):
+                            await asyncio.shield(opening.ready)
                 if opening.ready.done():
                     break
                 reg = self._registration(addr) or reg
@@ -327,10 +328,8 @@ class RelayService:
                 self.endpoint.sendto(wire.encode(packet), addr)
                 self._count("opens_sent")
             try:
-                ready = await asyncio.wait_for(
-                    asyncio.shield(opening.ready),
-                    max(0.0, start + OPEN_TIMEOUT - self.loop.time()),
-                )
+                async with asyncio.timeout(max(0.0, start + OPEN_TIMEOUT - self.loop.time())):
+                    ready = await asyncio.shield(opening.ready)
             except TimeoutError:
                 raise RelayFailed("the relay did not answer") from None
         finally:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import sys
@@ -32,32 +31,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.daemons import make_home, run_cli
+from p2pchat.config import Paths
+from p2pchat.node import Node
+from tests.daemons import delivered, make_home, path_of
 from tests.netlab import Lab, prepare, unavailable_reason
 from tests.netlab.daemon import NsDaemon
-from tests.netlab.topologies import PUBLIC_ADDRESS, SiteKind, build_internet
+from tests.netlab.topologies import (
+    MATRIX_PAIRS,
+    MATRIX_SITES,
+    PUBLIC_ADDRESS,
+    build_internet,
+)
 
 PORT = 4001
-SITES: dict[str, SiteKind] = {
-    "n1": "none",
-    "n2": "none",
-    "p1": "preserving",
-    "p2": "preserving",
-    "c1": "changing",
-    "c2": "changing",
-    "r1": "random",
-}
-PAIRS = {
-    "none-none": ("n1", "n2"),
-    "none-preserving": ("p1", "n1"),
-    "none-changing": ("c1", "n1"),
-    "none-random": ("r1", "n1"),
-    "preserving-preserving": ("p1", "p2"),
-    "preserving-changing": ("p1", "c1"),
-    "preserving-random": ("p1", "r1"),
-    "changing-changing": ("c1", "c2"),
-    "changing-random": ("c1", "r1"),
-}
+#: Trials per pair of public daemons (each trial adds one record per site IP).
+PUBLIC_LIFETIME = 8
 BOOTSTRAP = (f"{PUBLIC_ADDRESS}:{PORT}", f"{PUBLIC_ADDRESS}:{PORT + 1}")
 
 
@@ -83,9 +71,18 @@ def flush_mappings(lab: Lab, net: Any) -> None:
             lab.set_link(ns, "wan0", up=True)
 
 
-async def delivered(d: NsDaemon, contact: str, body: str) -> bool:
-    history = await d.call("history", contact=contact)
-    return any(m["body"] == body and m["state"] in ("delivered", "read") for m in history)
+async def fresh_pair(
+    lab: Lab, net: Any, root: Path, x: str, y: str, tag: str
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Two new identities that added each other by peer ID, on freshly booted routers."""
+    flush_mappings(lab, net)
+    homes = {k: make_home(root, f"{x}-{y}-{tag}-{k}").home for k in (x, y)}
+    nodes = {k: Node(Paths(h)) for k, h in homes.items()}
+    ids = {k: n.peer_id for k, n in nodes.items()}
+    for me, other in ((x, y), (y, x)):
+        nodes[me].add_contact(ids[other], name=other)
+        await nodes[me].stop()  # closes the store; the node never went online
+    return homes, ids
 
 
 async def until_delivered(d: NsDaemon, contact: str, body: str, timeout: float) -> bool:
@@ -98,19 +95,8 @@ async def until_delivered(d: NsDaemon, contact: str, body: str, timeout: float) 
         await asyncio.sleep(0.02)
 
 
-async def path_of(d: NsDaemon, peer_id: str) -> str | None:
-    for c in await d.call("contacts"):
-        if c["peer_id"] == peer_id and c["online"]:
-            return str(c["path"])
-    return None
-
-
 async def trial(lab: Lab, net: Any, root: Path, x: str, y: str, n: int) -> tuple[float, str]:
-    flush_mappings(lab, net)
-    homes = {k: make_home(root, f"{x}-{y}-{n}-{k}").home for k in (x, y)}
-    ids = {k: json.loads(run_cli(h, "id", "--json").stdout)["peer_id"] for k, h in homes.items()}
-    assert run_cli(homes[x], "add", ids[y], "--name", y).returncode == 0
-    assert run_cli(homes[y], "add", ids[x], "--name", x).returncode == 0
+    homes, ids = await fresh_pair(lab, net, root, x, y, str(n))
     a = daemon(net.sites[x].host, homes[x])
     b = daemon(net.sites[y].host, homes[y])
     try:
@@ -127,11 +113,7 @@ async def trial(lab: Lab, net: Any, root: Path, x: str, y: str, n: int) -> tuple
 
 
 async def file_drop(lab: Lab, net: Any, root: Path, x: str, y: str, mib: int) -> tuple[float, str]:
-    flush_mappings(lab, net)
-    homes = {k: make_home(root, f"{x}-{y}-file-{k}").home for k in (x, y)}
-    ids = {k: json.loads(run_cli(h, "id", "--json").stdout)["peer_id"] for k, h in homes.items()}
-    assert run_cli(homes[x], "add", ids[y], "--name", y).returncode == 0
-    assert run_cli(homes[y], "add", ids[x], "--name", x).returncode == 0
+    homes, ids = await fresh_pair(lab, net, root, x, y, "file")
     payload = root / f"payload-{mib}.bin"
     if not payload.exists():
         with payload.open("wb") as f:
@@ -146,7 +128,10 @@ async def file_drop(lab: Lab, net: Any, root: Path, x: str, y: str, mib: int) ->
         path = await path_of(a, ids[y]) or "?"
         start = time.monotonic()
         transfer = await a.call("send_files", contact=y, paths=[str(payload)])
-        state = await a.call("wait_transfer", id=transfer["id"], timeout=600)
+        assert a.client is not None
+        state = await a.client.call(
+            "wait_transfer", {"id": transfer["id"], "timeout": 600}, timeout=610
+        )
         took = time.monotonic() - start
         if state != "done":
             return 0.0, f"{path} ({state})"
@@ -170,25 +155,43 @@ async def main() -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    pairs = PAIRS if args.pairs == "all" else {k: PAIRS[k] for k in args.pairs.split(",")}
+    pairs = (
+        MATRIX_PAIRS if args.pairs == "all" else {k: MATRIX_PAIRS[k] for k in args.pairs.split(",")}
+    )
     prepare()
     root = Path(tempfile.mkdtemp(prefix="p2pchat-connect-"))
     lab = Lab()
     publics: list[NsDaemon] = []
-    try:
-        net = build_internet(lab, SITES, port=PORT)
+    generation = 0
+
+    async def fresh_publics() -> None:
+        """New public daemons (empty DHT storage): the hosts of the lab publish a new
+        identity's record every trial, and a DHT node keeps at most 16 items per
+        source IP, which a real address never reaches this way."""
+        nonlocal publics, generation
+        for d in publics:
+            await d.stop()
+        generation += 1
         publics = [
-            daemon(net.public, make_home(root, "pub").home, "--relay"),
-            daemon(net.public, make_home(root, "pub2").home, "--relay", port=PORT + 1),
+            daemon(net.public, make_home(root, f"pub-{generation}").home, "--relay"),
+            daemon(
+                net.public, make_home(root, f"pub2-{generation}").home, "--relay", port=PORT + 1
+            ),
         ]
         for d in publics:
             await d.start()
-        print("| pair | trials | p50 (s) | p95 (s) | max (s) | paths |")
-        print("| --- | ---: | ---: | ---: | ---: | --- |")
-        for name, (x, y) in pairs.items():
+
+    try:
+        net = build_internet(lab, MATRIX_SITES, port=PORT)
+        if args.trials:
+            print("| pair | trials | p50 (s) | p95 (s) | max (s) | paths |")
+            print("| --- | ---: | ---: | ---: | ---: | --- |")
+        for name, (x, y) in pairs.items() if args.trials else ():
             times: list[float] = []
             paths: dict[str, int] = {}
             for n in range(args.trials):
+                if n % PUBLIC_LIFETIME == 0:
+                    await fresh_publics()
                 took, path = await trial(lab, net, root, x, y, n)
                 times.append(took)
                 paths[path] = paths.get(path, 0) + 1
@@ -208,6 +211,7 @@ async def main() -> int:
                 ("preserving-preserving", ("p1", "p2")),
                 ("preserving-random", ("p1", "r1")),
             ):
+                await fresh_publics()
                 rate, path = await file_drop(lab, net, root, x, y, args.filedrop_mib)
                 print(f"| {name}, {args.filedrop_mib} MiB | {path} | {rate:.1f} |", flush=True)
     finally:

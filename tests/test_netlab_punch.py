@@ -18,17 +18,25 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from .conftest import make_home
+from .daemons import delivered, path_of, until
 from .netlab import Lab, list_namespaces, prepare, unavailable_reason
 from .netlab.daemon import NsDaemon
-from .netlab.topologies import PUBLIC_ADDRESS, Internet, SiteKind, build_internet
+from .netlab.topologies import (
+    MATRIX_PAIRS,
+    MATRIX_SITES,
+    PUBLIC_ADDRESS,
+    Internet,
+    SiteKind,
+    build_internet,
+)
 
 REASON = unavailable_reason(need_nft=True)
 pytestmark = [
@@ -37,16 +45,9 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 
-T = TypeVar("T")
 PORT = 4001
 SITES: dict[str, SiteKind] = {
-    "n1": "none",
-    "n2": "none",
-    "p1": "preserving",
-    "p2": "preserving",
-    "c1": "changing",
-    "c2": "changing",
-    "r1": "random",
+    **MATRIX_SITES,
     "h": "hairpin",
     "d1": "double",
     "m1": "preserving",
@@ -60,17 +61,6 @@ NAT_OF = {
     "random": "endpoint-dependent",
 }
 BOOTSTRAP = (f"{PUBLIC_ADDRESS}:{PORT}", f"{PUBLIC_ADDRESS}:{PORT + 1}")
-
-
-async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 class World:
@@ -140,18 +130,6 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         assert [ns for ns in list_namespaces() if ns.startswith(lab.run_id)] == []
 
 
-async def delivered(sender: NsDaemon, contact: str, body: str) -> bool:
-    history = await sender.call("history", contact=contact)
-    return any(m["body"] == body and m["state"] in ("delivered", "read") for m in history)
-
-
-async def path_of(d: NsDaemon, peer_id: str) -> str | None:
-    for c in await d.call("contacts"):
-        if c["peer_id"] == peer_id and c["online"]:
-            return str(c["path"])
-    return None
-
-
 async def befriend_and_talk(world: World, x: str, y: str, timeout: float = 45) -> tuple[str, str]:
     a, b = world.daemons[x], world.daemons[y]
     await a.call("add", ref=b.peer_id, name=y)
@@ -165,17 +143,7 @@ async def befriend_and_talk(world: World, x: str, y: str, timeout: float = 45) -
     return pa, pb
 
 
-PAIRS = [
-    ("n1", "n2"),
-    ("n1", "p1"),
-    ("n1", "c1"),
-    ("n1", "r1"),
-    ("p1", "p2"),
-    ("p1", "c1"),
-    ("p1", "r1"),
-    ("c1", "c2"),
-    ("c1", "r1"),
-]
+PAIRS = list(MATRIX_PAIRS.values())
 
 
 async def test_every_node_knows_its_nat(world: World) -> None:

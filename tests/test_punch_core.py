@@ -217,13 +217,17 @@ def test_direct_rounds_probe_every_candidate_then_stop() -> None:
 
 
 def test_spray_hits_random_ports_of_the_public_ip_within_its_budget() -> None:
-    peers = (("198.51.100.2", 40000), ("10.77.2.11", 4001))
-    plan = PunchPlan(Mode.SPRAY, peers, start=0.0, rng=random.Random(2))
+    # The peer claims a third party's address too: only the observed IP is sprayed.
+    peers = (("198.51.100.2", 40000), ("10.77.2.11", 4001), ("203.0.113.9", 53))
+    plan = PunchPlan(
+        Mode.SPRAY, peers, start=0.0, rng=random.Random(2), observed=("198.51.100.2", 40000)
+    )
     sent = []
     while (at := plan.next_deadline()) is not None:
         sent.extend(plan.due(at))
     sprayed = [s.addr for s in sent if s.addr not in peers]
     assert {ip for ip, _ in sprayed} == {"198.51.100.2"}
+    assert sum(s.addr == ("203.0.113.9", 53) for s in sent) == len(punch.ROUNDS)
     assert len(sprayed) == len(set(sprayed)) <= punch.SPRAY_BUDGET
     assert len(sprayed) >= punch.SPRAY_BUDGET - 2
     assert all(1024 <= port <= 65535 for _, port in sprayed)
@@ -231,11 +235,17 @@ def test_spray_hits_random_ports_of_the_public_ip_within_its_budget() -> None:
 
 def test_listen_opens_many_sockets_each_probing_the_public_address() -> None:
     peers = (("198.51.100.1", 4001), ("10.77.1.11", 4001))
-    plan = PunchPlan(Mode.LISTEN, peers, start=0.0, rng=random.Random(3), listen_sockets=8)
+    seen = ("198.51.100.1", 4001)
+    plan = PunchPlan(
+        Mode.LISTEN, peers, start=0.0, rng=random.Random(3), observed=seen, listen_sockets=8
+    )
     first = plan.due(0.0)
     from_sockets = [s for s in first if s.socket is not None]
     assert sorted(s.socket for s in from_sockets) == list(range(8))
-    assert {s.addr for s in from_sockets} == {("198.51.100.1", 4001)}
+    assert {s.addr for s in from_sockets} == {seen}
+    # Without an address the rendezvous saw, no birthday probing at all.
+    blind = PunchPlan(Mode.SPRAY, peers, start=0.0, rng=random.Random(3))
+    assert blind.mode is Mode.DIRECT and blind.probes_planned == len(punch.ROUNDS) * 2
 
 
 # ----------------------------------------------------------------------- rendezvous
@@ -265,7 +275,7 @@ def test_registration_needs_the_key_and_the_address_that_got_the_cookie() -> Non
     v, r, mallory = Identity.generate(), Identity.generate(), Identity.generate()
     srv = server(v)
     srv.receive(punch.RegHello(r.public_key), R_ADDR, 0.0)
-    (data, _), = srv.datagrams_to_send()
+    ((data, _),) = srv.datagrams_to_send()
     challenge = punch.decode(data)
     assert isinstance(challenge, punch.RegChallenge)
     # Mallory registers in r's name with the cookie: cannot sign as r.

@@ -712,32 +712,32 @@ class PunchPlan:
     """When to send which probes, for one side of one punch (sans-IO).
 
     ``peers`` are the other side's candidates (its reflexive addresses first, then
-    its LAN addresses).  Drive it with ``due(now)`` until it returns ``None`` as the
-    next deadline, or stop it once a path is found.
+    its LAN addresses).  ``observed`` is where the rendezvous saw the other side:
+    birthday probing (thousands of probes) goes only there, never to an address a
+    peer merely claims, so nobody can aim our probes at a third party.  Drive it with
+    ``due(now)`` until ``next_deadline()`` returns ``None``, or stop once a path is found.
     """
 
     mode: Mode
     peers: tuple[Addr, ...]
     start: float
     rng: random.Random
+    observed: Addr | None = None
     listen_sockets: int = 0
     _round: int = 0
     _sprayed: int = 0
     _spray_ports: list[int] = field(default_factory=list)
-    _spray_targets: tuple[str, ...] = ()
     _listen_round: int = 0
 
     def __post_init__(self) -> None:
         self.peers = tuple(dict.fromkeys(self.peers))[:MAX_CANDIDATES]
+        if self.mode is not Mode.DIRECT and self.observed is None:
+            self.mode = Mode.DIRECT  # nothing we may aim birthday probes at
         if self.mode is Mode.SPRAY:
             low, high = SPRAY_PORTS
             known = {p for _, p in self.peers}
-            self._spray_ports = [p for p in self.rng.sample(range(low, high + 1), SPRAY_BUDGET)]
-            self._spray_ports = [p for p in self._spray_ports if p not in known]
-            self._spray_targets = (
-                tuple(dict.fromkeys(ip for ip, _ in self.peers if is_public_ip(ip)))
-                or tuple(dict.fromkeys(ip for ip, _ in self.peers))[:1]
-            )
+            ports = self.rng.sample(range(low, high + 1), SPRAY_BUDGET)
+            self._spray_ports = [p for p in ports if p not in known]
         if self.mode is Mode.LISTEN and self.listen_sockets <= 0:
             self.listen_sockets = LISTEN_SOCKETS
 
@@ -763,30 +763,25 @@ class PunchPlan:
         while self._round < len(ROUNDS) and self.start + ROUNDS[self._round] <= now:
             self._round += 1
             out.extend(Send(addr) for addr in self.peers)
-        if self.mode is Mode.SPRAY and self._spray_targets:
+        if self.mode is Mode.SPRAY and self.observed is not None:
             due = min(len(self._spray_ports), int((now - self.start) * SPRAY_RATE + 1e-6) + 1)
             while self._sprayed < due:
-                port = self._spray_ports[self._sprayed]
-                ip = self._spray_targets[self._sprayed % len(self._spray_targets)]
-                out.append(Send((ip, port)))
+                out.append(Send((self.observed[0], self._spray_ports[self._sprayed])))
                 self._sprayed += 1
-        if self.mode is Mode.LISTEN:
-            public = [a for a in self.peers if is_public_ip(a[0])] or list(self.peers[:1])
+        if self.mode is Mode.LISTEN and self.observed is not None:
             while (
                 self.start + self._listen_round * LISTEN_REFRESH <= now
                 and self.start + self._listen_round * LISTEN_REFRESH < self.end
             ):
                 self._listen_round += 1
-                for index in range(self.listen_sockets):
-                    out.extend(Send(addr, index) for addr in public)
+                out.extend(Send(self.observed, index) for index in range(self.listen_sockets))
         return out
 
     @property
     def probes_planned(self) -> int:
-        public = [a for a in self.peers if is_public_ip(a[0])] or list(self.peers[:1])
         listen = 0
         if self.mode is Mode.LISTEN:
-            listen = self.listen_sockets * len(public) * int(DURATION // LISTEN_REFRESH)
+            listen = self.listen_sockets * int(DURATION // LISTEN_REFRESH)
         return len(ROUNDS) * len(self.peers) + len(self._spray_ports) + listen
 
 

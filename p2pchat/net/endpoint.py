@@ -11,7 +11,8 @@ learned, so every protocol shares this socket and the endpoint demultiplexes:
    decrypt, a small pool for handshakes not yet authenticated).
 3. First byte ``d`` that is no known connection goes to the KRPC handler.
 4. First byte 0x00-0x3F (neither QUIC v1, whose fixed bit is 0x40, nor KRPC)
-   goes to the punch/relay handler, as RFC 9443 does for STUN.
+   goes to the punch handler (0x30-0x3F to the relay handler), as RFC 9443 does
+   for STUN.
 5. Anything else is dropped.
 
 aioquic's ``QuicConnection`` is sans-IO; this module is its asyncio shell in
@@ -96,6 +97,7 @@ class QuicLink:
         self._grace_until = 0.0
         self._ping_uid = 0
         self._pending_stream: list[tuple[int, bytes, bool]] = []
+        self._transmit_scheduled = False
         self._pending_slot: str | None = None
         """The source IP whose admission slot this server link holds until its peer
         authenticates or it closes."""
@@ -215,11 +217,23 @@ class QuicLink:
             self._pending_stream.append((stream_id, data, end))
             return
         self.conn.send_stream_data(stream_id, data, end)
+        # At the end of this loop turn, not now: frames written in one turn (a burst
+        # of messages, the acks of a batch) then share full-size packets instead of
+        # leaving one datagram each.  Inside ``_process`` the transmit that follows
+        # the events sends them anyway.
+        if not self._transmit_scheduled:
+            self._transmit_scheduled = True
+            self.endpoint.loop.call_soon(self._scheduled_transmit)
+
+    def _scheduled_transmit(self) -> None:
+        self._transmit_scheduled = False
         self.transmit()
 
     def close(self, reason: str = "", error_code: int = 0) -> None:
         if self.closed:
             return
+        if self._transmit_scheduled:
+            self.transmit()  # what was written this turn leaves before the close
         self.conn.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
         # Our side is done with it now; aioquic keeps the draining state on its own.
@@ -240,6 +254,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.on_incoming: Callable[[QuicLink], None] | None = None
         self.krpc_handler: PacketHandler | None = None
         self.punch_handler: PunchHandler | None = None
+        self.relay_handler: PunchHandler | None = None
         self._aux: set[AuxSocket] = set()
         self.local_address: tuple[str, int] | None = None
         self.dropped_datagrams = 0
@@ -313,8 +328,9 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         first = data[0]
         if first < 0x40:
-            if self.punch_handler is not None:
-                self.punch_handler(data, address, via)
+            handler = self.relay_handler if first >= 0x30 else self.punch_handler
+            if handler is not None:
+                handler(data, address, via)
             return
         buf = Buffer(data=data)
         try:

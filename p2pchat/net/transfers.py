@@ -321,7 +321,7 @@ class TransferManager:
         """
         tid = bytes.fromhex(t.id)
         key = conn.session.export_key(KEY_LABEL, tid + accept.attempt)
-        if accept.tcp_port:
+        if accept.tcp_port and conn.path != "relayed":  # the address is the relay's
             sealer = Sealer(key, tid, accept.attempt)
             host = str(conn.link.address[0])
             tcp = await TcpSender.open(host, accept.tcp_port, sealer.preamble)
@@ -599,8 +599,12 @@ class TransferManager:
         attempt = secrets.token_bytes(16)
         self.receiver.expect(t, conn, plan, attempt)
         self.store.bump_transfer_attempts(t.id, now=self.clock())
-        # After repeated failures of the direct path, stay on the session's QUIC.
-        port = self.tcp_port if t.attempts < 2 else 0
+        # After repeated failures of the direct path, stay on the session's QUIC; a
+        # punched session crossed a NAT that lets in nothing else (docs/nat.md), so a
+        # TCP connection to our port could only time out, and through a relay the
+        # address is the relay's.
+        direct = t.attempts < 2 and conn.path not in ("punched", "relayed")
+        port = self.tcp_port if direct else 0
         conn.send(chat.FileAccept(t.id, tuple((i, off) for i, off, _ in plan), attempt, port))
 
     def retry_bad_channel(self, t: Transfer, why: str) -> None:

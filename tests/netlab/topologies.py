@@ -48,6 +48,14 @@ class Router:
     def ruleset(self) -> str:
         return self.lab.run(self.ns, "nft", "list", "ruleset").stdout
 
+    def set_nat(self, mode: NatMode) -> None:
+        """Another kind of NAT from now on, as after a firmware change and a reboot:
+        the new rules, and every old mapping forgotten (the WAN link drops)."""
+        self.lab.run(self.ns, "nft", "flush", "ruleset")
+        self.lab.run(self.ns, "nft", "-f", "-", input=_nat_rules(mode))
+        self.link_down()
+        self.link_up()
+
     def renumber(self, new_wan: str, prefix: int = 24) -> None:
         """The ISP hands the router another public address, as a PPPoE or DHCP
         reconnect does: the WAN link drops (masquerade forgets every mapping made
@@ -99,8 +107,8 @@ def _nat_rules(mode: str, *, changed: tuple[str, int, str, int] | None = None) -
     if changed is not None:
         host, port, wan, public = changed
         masq = (
-            f"ip saddr {host} udp sport {port} oifname \"wan0\" snat to {wan}:{public}\n"
-            f"        oifname \"wan0\" masquerade"
+            f'ip saddr {host} udp sport {port} oifname "wan0" snat to {wan}:{public}\n'
+            f'        oifname "wan0" masquerade'
         )
         return _ruleset(masq, plain=True)
     return _ruleset(masq)
@@ -149,6 +157,30 @@ def build_two_nats(lab: Lab, mode: NatMode, *, hosts_per_lan: int = 1) -> TwoNat
         routers[side] = Router(lab, router, f"10.77.{index}.1", wan)
         lans[side] = lan
     return TwoNats(mode, internet, public, routers, lans)
+
+
+#: One site per NAT kind of the matrix, two where a pair of one kind is tested.
+MATRIX_SITES: dict[str, SiteKind] = {
+    "n1": "none",
+    "n2": "none",
+    "p1": "preserving",
+    "p2": "preserving",
+    "c1": "changing",
+    "c2": "changing",
+    "r1": "random",
+}
+#: Every pair of NAT kinds but random x random (left to relays), as site names.
+MATRIX_PAIRS: dict[str, tuple[str, str]] = {
+    "none-none": ("n1", "n2"),
+    "none-preserving": ("n1", "p1"),
+    "none-changing": ("n1", "c1"),
+    "none-random": ("n1", "r1"),
+    "preserving-preserving": ("p1", "p2"),
+    "preserving-changing": ("p1", "c1"),
+    "preserving-random": ("p1", "r1"),
+    "changing-changing": ("c1", "c2"),
+    "changing-random": ("c1", "r1"),
+}
 
 
 @dataclass

@@ -306,3 +306,49 @@ async def test_mute_block_unblock_and_remove_from_the_app(tmp_path: Path) -> Non
         await until(pilot, lambda: row_for(main, "bob") == "")
         assert main.current == carol
         assert [c.peer_id for c in node.contacts()] == [carol]
+
+
+async def test_reply_edit_and_delete_show_on_both_sides(
+    tmp_path: Path, start_node: StartNode
+) -> None:
+    bob = await start_node("bob")
+    app = app_for(make_home(tmp_path, "alice"))
+    async with app.run_test(size=(120, 36)) as pilot:
+        main = await main_screen(pilot)
+        node = main.node
+        befriend(node, bob)
+        await until(pilot, lambda: node.is_online(bob.peer_id) and bob.is_online(node.peer_id))
+        await until(pilot, lambda: main.current == bob.peer_id)
+        bob.send_message("alice", "lunch at noon?")
+        await until(pilot, lambda: len(main.conversation.message_items()) == 1)
+        await type_text(pilot, "/reply sure, see you there")
+        await pilot.press("enter")
+        await until(pilot, lambda: len(main.conversation.message_items()) == 2)
+        reply = main.conversation.message_items()[-1]
+        assert "↪ bob: lunch at noon?" in widget_text(reply)
+
+        def bobs_copy() -> list[tuple[str, str | None, bool, bool]]:
+            return [
+                (m.body, m.reply_to, m.edited_at is not None, m.deleted_at is not None)
+                for m in bob.history("alice")
+                if m.direction == "in"
+            ]
+
+        await until(pilot, lambda: bobs_copy()[-1:][0][1] is not None if bobs_copy() else False)
+        await type_text(pilot, "/edit sure, see you at 12:15")
+        await pilot.press("enter")
+        await until(pilot, lambda: "(edited)" in widget_text(reply))
+        assert "sure, see you at 12:15" in widget_text(reply)
+        await until(pilot, lambda: bobs_copy()[-1][:1] == ("sure, see you at 12:15",))
+        assert bobs_copy()[-1][2]  # edited on bob's side too
+        await type_text(pilot, "/delete")
+        await pilot.press("enter")
+        await until(pilot, lambda: "message deleted" in widget_text(reply))
+        await until(pilot, lambda: bobs_copy()[-1][3])  # a tombstone on bob's side
+        # Bob edits and deletes his own: the app shows both.
+        theirs = main.conversation.message_items()[0]
+        original = next(m for m in bob.history("alice") if m.direction == "out")
+        bob.edit_message(original.id, "lunch at 1?")
+        await until(pilot, lambda: "lunch at 1? (edited)" in widget_text(theirs))
+        bob.delete_message(original.id)
+        await until(pilot, lambda: "message deleted" in widget_text(theirs))

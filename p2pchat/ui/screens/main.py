@@ -37,6 +37,8 @@ from p2pchat.core.events import (
     ContactChanged,
     ContactRemoved,
     ContactRequestReceived,
+    MessageDeleted,
+    MessageEdited,
     MessageReceived,
     MessageSent,
     MessageStateChanged,
@@ -390,7 +392,22 @@ class MainScreen(GuardedScreen[None]):
             body=m.body,
             at=_message_time(m),
             state=m.state,
+            quote=self._quote(m.peer_id, m.reply_to),
+            edited=m.edited_at is not None,
+            deleted=m.deleted_at is not None,
         )
+
+    def _quote(self, peer: str, reply_to: str | None) -> str | None:
+        """``bob: the first words`` of the message ``reply_to`` answers, if we have it."""
+        if not reply_to:
+            return None
+        original = self.node.get_message(reply_to, contact=peer)
+        if original is None:
+            return "a message not here"
+        if original.deleted_at is not None:
+            return "a deleted message"
+        who = self.node.name if original.direction == "out" else self.name_of(peer)
+        return f"{who}: {original.body}"
 
     def _header(self, contact: Contact) -> Content:
         online = self.node.is_online(contact.peer_id)
@@ -493,7 +510,9 @@ class MainScreen(GuardedScreen[None]):
         else:
             self.send_text(message_text(event.text), restore=event.composer)
 
-    def send_text(self, text: str, *, restore: Composer | None = None) -> None:
+    def send_text(
+        self, text: str, *, restore: Composer | None = None, reply_to: str | None = None
+    ) -> None:
         if self.mode == "read-only":
             self.notify("Read-only: cannot send while another node runs", severity="warning")
             return
@@ -510,7 +529,10 @@ class MainScreen(GuardedScreen[None]):
             return
         self._send_typing(self._throttle.stop())
         try:
-            message = self.node.send_message(peer, text)
+            if reply_to is None:
+                message = self.node.send_message(peer, text)
+            else:
+                message = self.node.send_message(peer, text, reply_to=reply_to)
         except OwnerUnavailable:
             raise  # the screen's guard tells the app (screens/guard.py)
         except (NodeError, StoreError) as exc:
@@ -752,6 +774,37 @@ class MainScreen(GuardedScreen[None]):
         elif peer == self.current and keep:
             self._refresh_header()
 
+    def _cmd_reply(self, args: str) -> None:
+        """Answer the contact's latest message, quoting it."""
+        peer = self._need_current()
+        theirs = [m for m in self.node.history(peer, limit=50) if m.direction == "in"]
+        if not theirs:
+            raise NodeError("nothing to reply to yet")
+        self.send_text(args, reply_to=theirs[-1].id)
+
+    def _cmd_edit(self, args: str) -> None:
+        """Change the text of our latest message (for both sides)."""
+        message = self._last_own()
+        edited = self.node.edit_message(message.id, args)
+        self.conversation.change_message(edited.id, body=edited.body)
+
+    def _cmd_delete(self, args: str) -> None:
+        """Delete our latest message for both sides."""
+        message = self._last_own()
+        self.node.delete_message(message.id)
+        self.conversation.change_message(message.id, deleted=True)
+
+    def _last_own(self) -> Message:
+        peer = self._need_current()
+        ours = [
+            m
+            for m in self.node.history(peer, limit=50)
+            if m.direction == "out" and m.deleted_at is None
+        ]
+        if not ours:
+            raise NodeError("you have no message here to change")
+        return ours[-1]
+
     def _cmd_invite(self, args: str) -> None:
         self.action_add_contact()
 
@@ -959,6 +1012,12 @@ class MainScreen(GuardedScreen[None]):
         elif isinstance(event, MessageStateChanged):
             if event.peer_id == self.current:
                 self.conversation.set_state(event.message_id, event.state)
+        elif isinstance(event, MessageEdited):
+            if event.peer_id == self.current:
+                self.conversation.change_message(event.message_id, body=event.body)
+        elif isinstance(event, MessageDeleted):
+            if event.peer_id == self.current:
+                self.conversation.change_message(event.message_id, deleted=True)
         elif isinstance(event, AwaitingAcceptance):
             self._schedule_sidebar()
             if event.peer_id == self.current:
@@ -1022,6 +1081,7 @@ class MainScreen(GuardedScreen[None]):
                     body=event.body,
                     at=event.received_at,
                     state="delivered",
+                    quote=self._quote(peer, event.reply_to),
                 )
             )
             self._schedule_read()
@@ -1049,6 +1109,7 @@ class MainScreen(GuardedScreen[None]):
                 body=event.body,
                 at=event.created_at,
                 state="queued",
+                quote=self._quote(event.peer_id, event.reply_to),
             )
         )
 

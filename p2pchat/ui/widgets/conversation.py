@@ -36,7 +36,7 @@ from p2pchat.ui.format import (
     day_label,
     day_of,
 )
-from p2pchat.ui.safe import clean, literal, shown_name
+from p2pchat.ui.safe import clean, literal, one_line, shown_name
 
 AUTHOR_WIDTH = 10
 NARROW_AUTHOR_WIDTH = 7
@@ -66,6 +66,10 @@ class ChatLine:
     body: str
     at: float
     state: MessageState
+    quote: str | None = None
+    """The first words of the message this one replies to (with its author)."""
+    edited: bool = False
+    deleted: bool = False
 
 
 class ConversationItem(Widget):
@@ -129,6 +133,15 @@ class MessageItem(ConversationItem):
         self.set_class(line.outgoing, "-outgoing")
         self._apply_state_class()
 
+    def change(self, *, body: str | None = None, deleted: bool = False) -> None:
+        """The message was edited (``body``) or deleted, on either side."""
+        if deleted:
+            self.line = replace(self.line, body="", deleted=True, quote=None)
+        elif body is not None:
+            self.line = replace(self.line, body=body, edited=True)
+        self._body = clean(self.line.body, multiline=True)
+        self.refresh(layout=True)
+
     @property
     def state(self) -> MessageState:
         return self.line.state
@@ -152,8 +165,18 @@ class MessageItem(ConversationItem):
         grid.add_column(width=self.author_width, justify="right", no_wrap=True, overflow="ellipsis")
         grid.add_column(ratio=1, overflow="fold")
         author_class = "message--author-out" if line.outgoing else "message--author-in"
-        body = Text(self._body)
-        if line.outgoing:
+        if line.deleted:
+            body = Text("message deleted", style="italic")
+            body.stylize(self.get_component_rich_style("message--time"))
+        else:
+            body = Text(self._body)
+            if line.edited:
+                body.append(" (edited)", style=self.get_component_rich_style("message--time"))
+        if line.quote:
+            quote = Text("↪ " + one_line(line.quote, 80) + "\n")
+            quote.stylize(self.get_component_rich_style("message--time"))
+            body = quote + body
+        if line.outgoing and not line.deleted:
             tick_class = "message--tick-read" if line.state == "read" else "message--tick"
             body.append(" ")
             body.append(TICKS[line.state], style=self.get_component_rich_style(tick_class))
@@ -386,6 +409,13 @@ class ConversationView(Vertical):
 
     def has_message(self, message_id: str) -> bool:
         return message_id in self._messages
+
+    def change_message(
+        self, message_id: str, *, body: str | None = None, deleted: bool = False
+    ) -> None:
+        item = self._messages.get(message_id)
+        if item is not None:
+            item.change(body=body, deleted=deleted)
 
     def set_state(self, message_id: str, state: MessageState) -> None:
         item = self._messages.get(message_id)

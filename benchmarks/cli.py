@@ -18,6 +18,12 @@ and the 90th percentile:
   node acknowledged it (the default ``--wait``), so it includes a delivery;
 * ``python -c pass``: the interpreter alone, for reference.
 
+Then, messages from a pipe (``--pipe N``, default 10,000): ``seq N | p2pchat msg
+bob --lines`` against alice's daemon, timed from starting the command until it
+exits, which it does once bob's node acknowledged the last line (acks follow the
+commit, and delivery is in order, so bob has stored all N by then); three runs,
+the median is shown.  Bob's history is then checked to hold every line in order.
+
 Byte-compiled files are written once before timing (a warm-up run of every
 command with ``PYTHONDONTWRITEBYTECODE`` unset), as an installed package has
 them.  ``--importtime`` prints, for ``contacts --json``, the modules that took
@@ -107,10 +113,36 @@ def importtime(argv: list[str], top: int = 15) -> list[tuple[int, int, str]]:
     return rows[:top]
 
 
+def pipe(alice: Path, bob: Path, n: int) -> None:
+    lines = "".join(f"{i}\n" for i in range(1, n + 1))
+    rates = []
+    for _round in range(3):
+        before = len(json.loads(run(cli(bob, "history", "alice", "--json"))))
+        started = time.perf_counter()
+        done = subprocess.run(
+            cli(alice, "msg", "bob", "--lines", "--wait", "120"),
+            input=lines, capture_output=True, text=True, env=env(), timeout=300,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0 or not done.stdout.startswith("delivered"):
+            raise RuntimeError(f"msg --lines: {done.stdout}{done.stderr}")
+        history = json.loads(run(cli(bob, "history", "alice", "--json")))
+        got = [m["body"] for m in history[before:]]
+        if got != [str(i) for i in range(1, n + 1)]:
+            raise RuntimeError("bob's history does not hold every line in order")
+        rates.append(n / elapsed)
+    print(
+        f"\nseq {n} | p2pchat msg bob --lines (until bob's node stored and acknowledged "
+        f"all): median {statistics.median(rates):,.0f} msg/s "
+        f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--importtime", action="store_true")
+    parser.add_argument("--pipe", type=int, default=10_000, metavar="N")
     opts = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -145,6 +177,8 @@ def main() -> None:
                     f"| {label:<18} | {statistics.median(times) * 1e3:6.1f} "
                     f"| {times[0] * 1e3:6.1f} | {p90 * 1e3:6.1f} |"
                 )
+            if opts.pipe:
+                pipe(alice, bob, opts.pipe)
             if opts.importtime:
                 print("\nslowest imports of `contacts --json` (cumulative µs, self µs):")
                 for cumulative, self_us, name in importtime(commands["contacts --json"]):

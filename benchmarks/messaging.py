@@ -102,7 +102,7 @@ WARMUP = 50
 CHUNK = 256
 PHASE_TIMEOUT = 120.0
 # Burst sizes for --sweep: p2pchat's cost per message depends on the burst size.
-SWEEP = (250, 500, 1000, 2000, 4000)
+SWEEP = (250, 500, 1000, 2000, 4000, 10_000)
 HEADER = struct.Struct(">I")
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -109,7 +109,7 @@ class _RemoteApi:
         timeout: float | None = CALL_TIMEOUT
         if op in _SLOW_OPS:
             timeout = _SLOW_OPS[op]
-        elif op in ("send", "wait_transfer"):
+        elif op in ("send", "wait_transfer", "wait_delivery"):
             wait = args.get("wait", args.get("timeout", 0))
             timeout = CALL_TIMEOUT + (float(wait) if isinstance(wait, (int, float)) else 0.0)
         return await self.client.call(op, args, timeout=timeout)
@@ -293,31 +293,20 @@ async def cmd_id(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        contact = await api.call(
-            "add", {"ref": args.code, "name": args.name, "addresses": args.addr or []}
-        )
-    if args.json:
-        _print_json(contact)
-    else:
-        print(_safe(f"added {contact['name']} ({contact['peer_id']})"))
-    return EXIT_OK
+    call_args = {"ref": args.code, "name": args.name, "addresses": args.addr or []}
+    return await _contact_change(paths, args, "add", call_args, "added")
 
 
 async def cmd_rename(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        contact = await api.call("rename", {"contact": args.contact, "name": args.name})
-    if args.json:
-        _print_json(contact)
-    else:
-        print(_safe(f"renamed to {contact['name']} ({contact['peer_id']})"))
-    return EXIT_OK
+    call_args = {"contact": args.contact, "name": args.name}
+    return await _contact_change(paths, args, "rename", call_args, "renamed to")
 
 
 async def _contact_change(
     paths: Paths, args: argparse.Namespace, op: str, call_args: dict[str, Any], verb: str
 ) -> int:
-    """remove, block, unblock, mute, unmute: one call, then the peer it touched."""
+    """add, rename, accept, remove, block, unblock, mute, unmute: one call, then the
+    contact (or blocked peer) it touched: as JSON, or ``VERB NAME (PEER_ID)``."""
     async with _api(paths, args) as api:
         result = await api.call(op, call_args)
     if args.json:
@@ -395,13 +384,8 @@ async def cmd_requests(paths: Paths, args: argparse.Namespace) -> int:
 
 
 async def cmd_accept(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        contact = await api.call("accept", {"ref": args.ref, "name": args.name})
-    if args.json:
-        _print_json(contact)
-    else:
-        print(_safe(f"accepted {contact['name']} ({contact['peer_id']})"))
-    return EXIT_OK
+    call_args = {"ref": args.ref, "name": args.name}
+    return await _contact_change(paths, args, "accept", call_args, "accepted")
 
 
 async def _plain(
@@ -418,16 +402,75 @@ async def cmd_decline(paths: Paths, args: argparse.Namespace) -> int:
     return await _plain(paths, args, "decline", {"ref": args.ref}, "declined")
 
 
+def _stdin_chunks(max_lines: int, max_bytes: int) -> Iterator[list[str]]:
+    """Lines of stdin (without their line ends, blank ones skipped) in chunks."""
+    chunk: list[str] = []
+    size = 0
+    for raw in sys.stdin:
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if chunk and (len(chunk) >= max_lines or size + len(line) > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield chunk
+
+
+# What one ``send_many`` call may carry (``rpc.MAX_BATCH``, ``rpc.MAX_BATCH_BYTES``):
+# stated here too so that this command does not import the node to learn it.
+_CHUNK_LINES = 5000
+_CHUNK_BYTES = 512 * 1024
+
+
+async def _msg_lines(paths: Paths, args: argparse.Namespace) -> int:
+    """``msg CONTACT --lines``: every line of stdin is one message, in order."""
+    ids: list[str] = []
+    reply: dict[str, Any] = {}
+    async with _api(paths, args, network=True) as api:
+        for chunk in _stdin_chunks(_CHUNK_LINES, _CHUNK_BYTES):
+            try:
+                reply = await api.call(
+                    "send_many", {"contact": args.contact, "texts": chunk, "wait": 0}
+                )
+            except ControlError as exc:
+                if ids:
+                    exc.args = (f"{exc} (in the {len(ids) + 1}th line or the ones after it; "
+                                f"the {len(ids)} before it were sent)",)  # fmt: skip
+                raise
+            ids.extend(reply["ids"])
+        if not ids:
+            raise CliError("no lines on stdin: nothing sent", EXIT_USAGE)
+        if args.wait:
+            waited = await api.call("wait_delivery", {"id": ids[-1], "wait": args.wait})
+            reply["state"] = waited["state"]
+    state = reply["state"]
+    if args.json:
+        _print_json({"ids": ids, "state": state, "peer_id": reply["peer_id"]})
+    elif state in ("delivered", "read"):
+        print(f"delivered {len(ids)} messages")
+    else:
+        print(
+            f"queued {len(ids)} messages: not all delivered yet; they stay in the outbox and "
+            "are sent in order when the contact is reachable and a node runs for this home"
+        )
+    return EXIT_OK
+
+
 async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
+    if args.lines:
+        if args.text is not None:
+            raise CliError("--lines reads the messages from stdin: give no TEXT", EXIT_USAGE)
+        return await _msg_lines(paths, args)
+    if args.text is None:
+        raise CliError("give the message as TEXT, or - to read it from stdin", EXIT_USAGE)
+    text = sys.stdin.read() if args.text == "-" else args.text
     async with _api(paths, args, network=True) as api:
         reply = await api.call(
             "send",
-            {
-                "contact": args.contact,
-                "text": args.text,
-                "wait": args.wait,
-                "reply_to": args.reply_to,
-            },
+            {"contact": args.contact, "text": text, "wait": args.wait, "reply_to": args.reply_to},
         )
         contact = await api.call("find_contact", {"ref": reply["message"]["peer_id"]})
     message, state = reply["message"], reply["state"]
@@ -458,24 +501,35 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
-    async with _api(paths, args) as api:
-        messages = await api.call("history", {"contact": args.contact, "limit": args.limit})
-        shown = {m["id"]: m for m in messages}
-        quoted: dict[str, Any] = {}
-        for m in messages:
-            ref = m.get("reply_to")
-            if ref and ref not in shown and ref not in quoted:
-                quoted[ref] = await api.call("message", {"id": ref, "contact": args.contact})
-    if args.json:
-        _print_json(messages)
-        return EXIT_OK
+async def _quoted(api: Api, messages: list[dict[str, Any]], contact: str) -> dict[str, Any]:
+    """The messages that ``messages`` reply to and that are not among them."""
+    shown = {m["id"] for m in messages}
+    quoted: dict[str, Any] = {}
+    for m in messages:
+        ref = m.get("reply_to")
+        if ref and ref not in shown and ref not in quoted:
+            quoted[ref] = await api.call("message", {"id": ref, "contact": contact})
+    return quoted
+
+
+def _print_messages(
+    messages: list[dict[str, Any]],
+    quoted: dict[str, Any] | None,
+    *,
+    names: dict[str, str] | None = None,
+) -> None:
+    """Conversation lines; ``quoted`` None prints no reply quotes, ``names`` (search)
+    says whose conversation each line is from."""
+    shown = {m["id"]: m for m in messages}
     ticks = {"queued": "…", "sent": "✓", "delivered": "✓✓", "read": "✓✓ read"}
     for m in messages:
         who = "me" if m["direction"] == "out" else "them"
+        if names is not None:
+            peer = names.get(m["peer_id"], m["peer_id"][:8])
+            who = f"me -> {peer}" if m["direction"] == "out" else peer
         tick = f"  [{ticks.get(m['state'], m['state'])}]" if m["direction"] == "out" else ""
         ref = m.get("reply_to")
-        if ref:
+        if ref and quoted is not None:
             original = shown.get(ref) or quoted.get(ref)
             quote = _quote(original) if original else "a message not stored here"
             print(_safe(f"{'':19}  {'':>4}  ↳ reply to {quote}"))
@@ -484,6 +538,31 @@ async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
         else:
             body, note = m["body"], ("  (edited)" if m.get("edited") else "")
         print(_safe(f"{_when(m['created_at'])}  {who:>4}: {body}{tick}{note}  #{m['id'][:8]}"))
+
+
+async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
+    query = {"contact": args.contact, "limit": args.limit, "before": args.before}
+    async with _api(paths, args) as api:
+        messages = await api.call("history", query)
+        quoted = {} if args.json else await _quoted(api, messages, args.contact)
+    if args.json:
+        _print_json(messages)
+        return EXIT_OK
+    _print_messages(messages, quoted)
+    return EXIT_OK
+
+
+async def cmd_search(paths: Paths, args: argparse.Namespace) -> int:
+    query = {"text": args.text, "contact": args.contact, "limit": args.limit}
+    async with _api(paths, args) as api:
+        messages = await api.call("search", query)
+        contacts = [] if args.json else await api.call("contacts", {})
+    if args.json:
+        _print_json(messages)
+        return EXIT_OK
+    if not messages:
+        print("no message matches")
+    _print_messages(messages, None, names={c["peer_id"]: c["name"] for c in contacts})
     return EXIT_OK
 
 
@@ -863,6 +942,18 @@ async def cmd_net(paths: Paths, args: argparse.Namespace) -> int:
             + (" (relay: anyone)" if reach["relay"] else " (contacts only)")
             + f", {served.get('connect_forwarded', 0)} connect requests forwarded"
         )
+        relaying = reach.get("relaying")
+        if isinstance(relaying, dict):
+            serving = relaying["serving"]
+            over = sum(v for k, v in serving.items() if k.startswith("dropped_"))
+            ours = ", ".join(
+                f"{c['peer_id'][:8]} via {(c['relay'] or '?')[:8]}" for c in relaying["channels"]
+            )
+            print(
+                f"relaying:   {serving['channels']} channels for others, "
+                f"{_size(serving['forwarded_bytes'])} forwarded, {over} datagrams dropped; "
+                f"ours: {ours or '-'}"
+            )
     skip = {"reachability"}
     for section in sorted(k for k, v in status.items() if isinstance(v, dict) and k not in skip):
         values = status[section]
@@ -949,11 +1040,57 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
         out += ["--rendezvous", entry]
     if args.relay:
         out.append("--relay")
+    for flag, _field, _what in RELAY_BUDGET_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out += [flag, str(value)]
     if args.downloads:
         out += ["--downloads", str(Path(args.downloads).expanduser().absolute())]
     for ref in args.accept_files_from:
         out += ["--accept-files-from", ref]
     return out
+
+
+#: The relay's budgets on the command line (docs/self-hosting.md): flag, the
+#: ``RelayLimits`` field, help.  Sizes like 512K, 2M, 10G; rates are per second
+#: (positive), quotas per day (0 turns a quota off).
+RELAY_BUDGET_FLAGS = (
+    ("--relay-rate", "total_rate", "bytes per second relayed in all (default 16M)"),
+    ("--relay-peer-rate", "peer_rate", "bytes per second relayed for one node (default 2M)"),
+    ("--relay-quota", "total_per_day", "bytes relayed per day in all (default 0: no limit)"),
+    ("--relay-peer-quota", "peer_per_day", "bytes relayed per day for one node (default 4G)"),
+)
+
+
+def _size_arg(text: str) -> int:
+    from p2pchat.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _relay_limits(args: argparse.Namespace) -> Any:
+    """``RelayLimits`` from the budget flags (the defaults where none is given); a
+    rate's burst is two seconds' worth, and one source IP may use twice a node's rate."""
+    from p2pchat.core.relay import RelayLimits
+
+    fields: dict[str, float] = {}
+    for flag, field, _what in RELAY_BUDGET_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if field.endswith("_rate") and value <= 0:
+            raise CliError(f"{flag} must be more than 0", EXIT_USAGE)
+        fields[field] = float(value)
+    for rate, burst in (("total_rate", "total_burst"), ("peer_rate", "peer_burst")):
+        if rate in fields:
+            fields[burst] = 2 * fields[rate]
+    if "peer_rate" in fields:
+        fields["ip_rate"] = 2 * fields["peer_rate"]
+        fields["ip_burst"] = 4 * fields["peer_rate"]
+    return RelayLimits(**fields)  # type: ignore[arg-type]
 
 
 def _listening(info: dict[str, Any]) -> str:
@@ -999,6 +1136,7 @@ async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
             dht=None if args.no_dht else DhtOptions.configured(args.bootstrap),
             relay=args.relay,
             rendezvous=args.rendezvous,
+            relay_limits=_relay_limits(args),
         )
         print(_listening(node.info()), flush=True)
         await stop.wait()
@@ -1134,7 +1272,12 @@ def build_parser() -> argparse.ArgumentParser:
         "msg", help="send a message (through the running node, or a short-lived one)"
     )
     p.add_argument("contact", metavar="CONTACT")
-    p.add_argument("text", metavar="TEXT")
+    p.add_argument("text", metavar="TEXT", nargs="?", help="the message; - reads it from stdin")
+    p.add_argument(
+        "--lines",
+        action="store_true",
+        help="send each line of stdin as its own message, in order (blank lines skipped)",
+    )
     p.add_argument(
         "--wait", type=float, default=10.0, help="seconds to wait for delivery (default 10)"
     )
@@ -1157,9 +1300,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("history", help="show a conversation")
     p.add_argument("contact", metavar="CONTACT")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="the newest N messages")
+    p.add_argument(
+        "--before", metavar="ID", help="the messages before this one (page back with --limit)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("search", help="find messages containing words (newest first)")
+    p.add_argument("text", metavar="TEXT", help="every word must appear; the last may be cut")
+    p.add_argument("--contact", metavar="CONTACT", help="only this conversation")
+    p.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N (max 500)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("send", help="offer files or folders to a contact")
     p.add_argument("contact", metavar="CONTACT")
@@ -1267,8 +1422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--relay",
         action="store_true",
-        help="be a rendezvous for anyone, not only for contacts (a public node)",
+        help="be a rendezvous and relay for anyone, not only for contacts (a public node)",
     )
+    for flag, _field, what in RELAY_BUDGET_FLAGS:
+        p.add_argument(flag, metavar="SIZE", type=_size_arg, help=what)
     p.add_argument("--downloads", metavar="DIR", help="where received files go")
     p.add_argument(
         "--accept-files-from",

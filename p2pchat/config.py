@@ -277,3 +277,16 @@ class NodeLock:
             return False
         finally:
             os.close(fd)
+
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"512K"``, ``"2M"``, ``"1.5G"``, ``"0"`` (binary units; a bare number is
+    bytes): the relay budgets' command-line form (``p2pchat daemon --relay-rate``)."""
+    match = _SIZE_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (say 512K, 2M, 10G or a number of bytes)")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** "_kmgt".index(unit or "_"))

@@ -23,6 +23,16 @@ contact may make us spend:
   returns), and whatever it sends before then is dropped unread, without touching
   the database.  The user sees ``StorageProblem`` / ``IncomingDeferred``.
 
+**Group commit.**  Work that arrives in one event-loop turn is applied together
+at the end of the turn (``flush``, which the node schedules through ``schedule``):
+the messages received from every contact, the transmissions to mark ``sent`` and
+the acks received are written in one transaction (``Store.batch``), and only
+after it committed does each contact get one cumulative ``Ack`` for everything
+stored (its frames leave together, in shared QUIC packets) and does the user see
+the events.  A crash before the commit loses nothing that was acknowledged; a
+crash after it and before the ack leaves the messages stored and unacknowledged,
+and the sender's resend is then a duplicate that is acknowledged again.
+
 Nothing here owns sockets or tasks: the node calls in with frames and on its
 dial-loop tick, and every decision reads an injected clock.
 """
@@ -47,7 +57,7 @@ from p2pchat.core.events import (
     NodeEvent,
     StorageProblem,
 )
-from p2pchat.store import Message, MessageKind, Store, StoreError
+from p2pchat.store import Message, ReceiveResult, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +98,6 @@ QUOTA_SETTING = "max_message_bytes_per_day"
 STORAGE_REASON = "the contact's device cannot store messages right now (is its disk full?)"
 
 
-_KINDS: dict[str, MessageKind] = {"edit": "edit", "delete": "delete"}
 
 
 def daily_quota_setting(settings: dict[str, Any]) -> int | None:
@@ -138,8 +147,12 @@ class Delivery:
         active: Callable[[str], Link | None],
         daily_quota: Callable[[], int | None],
         monotonic: Callable[[], float] = time.monotonic,
+        schedule: Callable[[], None] | None = None,
     ) -> None:
+        """``schedule`` asks for one ``flush`` call at the end of the current event-loop
+        turn (the node uses ``loop.call_soon``); without it every call flushes at once."""
         self.store = store
+        self._schedule = schedule
         self.clock = clock
         self.monotonic = monotonic
         self._emit = emit
@@ -159,6 +172,13 @@ class Delivery:
         self._paused: dict[str, _Pause] = {}
         self._refusing: dict[str, float] = {}
         self._storage_failures: dict[str, int] = {}
+        # Waiting for the end of this loop turn (see the module docstring).
+        self._incoming: dict[Link, list[chat.ChatMessage]] = {}
+        self._sent: dict[str, tuple[int, int]] = {}
+        """Per contact: the seq range transmitted this turn, not yet marked sent."""
+        self._acks: dict[str, int] = {}
+        """Per contact: the highest cumulative ack received this turn."""
+        self._flush_requested = False
         self.storage_error: str | None = None
         self.counters: dict[str, int] = {
             "resent_messages": 0,
@@ -202,17 +222,18 @@ class Delivery:
         self._gaps_sent.pop(conn, None)
 
     # ------------------------------------------------------------ outbound
-    def send_new(self, conn: Link, message: Message) -> None:
-        """A message the user just wrote: straight out, unless a resend or a pause
-        for this contact is in progress (then it goes out in order behind it)."""
-        peer = message.peer_id
-        if peer in self._paused:
-            return
+    def send_new(self, conn: Link, messages: list[Message]) -> bool:
+        """Messages the user just wrote (in seq order): straight out, unless a resend
+        or a pause for this contact is in progress (then they go out in order behind
+        it).  True if they went out now (they are marked ``sent`` at the end of the
+        loop turn)."""
+        if not messages or messages[0].peer_id in self._paused:
+            return False
         resend = self._resends.get(conn)
         if resend is not None:
             self._pump(conn, resend)
-            return
-        self._transmit(conn, [message])
+            return False
+        return self._transmit(conn, messages)
 
     def resend(self, conn: Link, peer: str, *, from_seq: int) -> None:
         """Send the outbox again from ``from_seq``, as the budgets allow."""
@@ -279,8 +300,17 @@ class Delivery:
             return
         if conn.held_as_request or peer in self._paused:
             return
-        pending = [m for m in self.store.outbox(peer) if m.seq >= resend.next_seq]
         now = self.monotonic()
+        # Read only what the budgets can cover now (plus one, to see whether more
+        # waits): a resend in progress must not read the whole outbox per message.
+        can = int(
+            min(
+                self._peer_messages.available(peer, now),
+                self._all_messages.available("", now),
+                RESEND_MESSAGES_BURST,
+            )
+        )
+        pending = self.store.outbox(peer, from_seq=resend.next_seq, limit=can + 1)
         batch: list[Message] = []
         for message in pending:
             cost = _cost(message)
@@ -302,12 +332,12 @@ class Delivery:
         if batch:
             self._transmit(conn, batch)
             resend.next_seq = batch[-1].seq + 1
-        if len(batch) == len(pending):
+        if len(batch) == len(pending) and len(pending) <= can:
             self._resends.pop(conn, None)
 
-    def _transmit(self, conn: Link, messages: list[Message]) -> None:
+    def _transmit(self, conn: Link, messages: list[Message]) -> bool:
         if conn.held_as_request or not messages:
-            return  # the peer has not accepted us: keep them in the outbox
+            return False  # the peer has not accepted us: keep them in the outbox
         peer = messages[0].peer_id
         base = self.store.outbox_base(peer)
         sent_any = False
@@ -324,20 +354,25 @@ class Delivery:
             )
             sent_any = conn.send(frame) or sent_any
         if not sent_any:
-            return
-        try:
-            sent = self.store.mark_sent(
-                peer, messages[-1].seq, self.clock(), from_seq=messages[0].seq
-            )
-        except StoreError as exc:
-            self.storage_failed(exc)  # the frames are out; only the tick mark is lost
-            return
-        for message_id in sent:
-            self._emit(MessageStateChanged(peer, message_id, "sent"))
+            return False
+        first, last = messages[0].seq, messages[-1].seq
+        before = self._sent.get(peer)
+        if before is not None:
+            first, last = min(first, before[0]), max(last, before[1])
+        self._sent[peer] = (first, last)
+        self._request_flush()
+        return True
+
+    def on_ack(self, peer: str, seq: int) -> None:
+        """A cumulative ack from the contact: applied at the end of the turn."""
+        if seq > self._acks.get(peer, 0):
+            self._acks[peer] = seq
+            self._request_flush()
 
     # ------------------------------------------------------------ inbound
     def on_message(self, conn: Link, peer: str, frame: chat.ChatMessage) -> None:
-        """Store (or refuse) one message from a contact and answer it."""
+        """A message from a contact: stored (or refused) and answered at the end of
+        the turn, together with every other message of the turn."""
         now = self.monotonic()
         until = self._refusing.get(peer)
         if until is not None:
@@ -345,50 +380,104 @@ class Delivery:
                 self.counters["dropped_while_refusing"] += 1
                 return  # the contact was told when to come back
             del self._refusing[peer]
+        self._incoming.setdefault(conn, []).append(frame)
+        self._request_flush()
+
+    # ------------------------------------------------------------ group commit
+    def _request_flush(self) -> None:
+        if self._schedule is None:
+            self.flush()
+        elif not self._flush_requested:
+            self._flush_requested = True
+            self._schedule()
+
+    def flush(self) -> None:
+        """Apply everything this turn brought in one transaction, then answer it."""
+        self._flush_requested = False
+        if not (self._incoming or self._sent or self._acks):
+            return
+        incoming, self._incoming = self._incoming, {}
+        sent, self._sent = self._sent, {}
+        acks, self._acks = self._acks, {}
         wall = self.clock()
+        quota = self._daily_quota()
+        received: list[tuple[Link, str, list[tuple[chat.ChatMessage, ReceiveResult]]]] = []
+        marked: list[tuple[str, list[str]]] = []
+        delivered: list[tuple[str, list[str]]] = []
         try:
-            result = self.store.receive_message(
-                peer,
-                message_id=frame.id,
-                seq=frame.seq,
-                base=frame.base,
-                body=frame.body,
-                sent_at=frame.sent_at,
-                now=wall,
-                daily_quota=self._daily_quota(),
-                reply_to=frame.reply_to,
-                kind=_KINDS.get(frame.kind, "text"),
-                target=frame.target,
-            )
+            with self.store.batch():
+                for conn, frames in incoming.items():
+                    peer = conn.peer_id
+                    assert peer is not None
+                    if peer in self._refusing:
+                        # refused earlier this turn: it was told when to come back
+                        self.counters["dropped_while_refusing"] += len(frames)
+                        continue
+                    results = self.store.receive_messages(
+                        peer, frames, now=wall, daily_quota=quota
+                    )
+                    received.append((conn, peer, list(zip(frames, results, strict=False))))
+                for peer, (first, last) in sent.items():
+                    marked.append((peer, self.store.mark_sent(peer, last, wall, from_seq=first)))
+                for peer, seq in acks.items():
+                    delivered.append((peer, self.store.ack_outgoing(peer, seq, wall)))
         except StoreError as exc:
             self.storage_failed(exc)
-            failures = self._storage_failures.get(peer, 0) + 1
-            self._storage_failures[peer] = failures
-            delay = min(STORAGE_RETRY_MAX, STORAGE_RETRY_MIN * 2 ** (failures - 1))
-            self.counters["refused_storage"] += 1
-            self._refuse(conn, peer, frame.seq, delay, "storage", STORAGE_REASON, str(exc))
-            return
-        self.storage_ok()
-        self._storage_failures.pop(peer, None)
-        if result.verdict == "quota":
-            assert result.retry_at is not None
-            delay = min(MAX_PAUSE, max(1.0, result.retry_at - wall))
-            quota = self._daily_quota()
-            reason = (
-                f"daily message allowance used up ({quota} bytes a day); "
-                "the rest is accepted from 00:00 UTC"
-            )
-            self.counters["refused_quota"] += 1
-            self._refuse(conn, peer, frame.seq, delay, "quota", reason, reason)
-            return
-        if result.verdict == "gap":
-            want = result.recv_seq + 1
-            if self._gaps_sent.get(conn) != want:
-                self._gaps_sent[conn] = want
-                conn.send(chat.Gap(want))
-            return
-        conn.send(chat.Ack(result.recv_seq))
-        if result.verdict == "accept" and result.message is not None:
+            for conn, frames in incoming.items():
+                self._storage_refusal(conn, frames[0].seq, exc)
+            return  # sent marks are only bookkeeping; unapplied acks come again
+        stored = {
+            peer for _conn, peer, answered in received
+            if any(result.verdict == "accept" for _frame, result in answered)
+        }  # fmt: skip
+        if stored:
+            # Only a stored message proves the database writes again: a batch of
+            # gaps or duplicates commits nothing, and succeeds on a full disk too.
+            self.storage_ok()
+        for conn, peer, answered in received:
+            if peer in stored:
+                self._storage_failures.pop(peer, None)
+            self._answer(conn, peer, answered, wall)
+        for peer, ids in marked:
+            for message_id in ids:
+                self._emit(MessageStateChanged(peer, message_id, "sent"))
+        for peer, ids in delivered:
+            for message_id in ids:
+                self._emit(MessageStateChanged(peer, message_id, "delivered"))
+
+    def _answer(
+        self,
+        conn: Link,
+        peer: str,
+        results: list[tuple[chat.ChatMessage, ReceiveResult]],
+        wall: float,
+    ) -> None:
+        """After the commit: one cumulative ack for everything stored, then a gap
+        request or a refusal if the batch ended in one, then the events."""
+        ack = 0
+        for _frame, result in results:
+            if result.verdict in ("accept", "duplicate"):
+                ack = max(ack, result.recv_seq)
+        if ack:
+            conn.send(chat.Ack(ack))
+        for frame, result in results:
+            if result.verdict == "gap":
+                want = result.recv_seq + 1
+                if self._gaps_sent.get(conn) != want:
+                    self._gaps_sent[conn] = want
+                    conn.send(chat.Gap(want))
+            elif result.verdict == "quota":
+                assert result.retry_at is not None
+                delay = min(MAX_PAUSE, max(1.0, result.retry_at - wall))
+                reason = (
+                    f"daily message allowance used up ({self._daily_quota()} bytes a day); "
+                    "the rest is accepted from 00:00 UTC"
+                )
+                self.counters["refused_quota"] += 1
+                self._refuse(conn, peer, frame.seq, delay, "quota", reason, reason)
+        for _frame, result in results:
+            if result.verdict != "accept" or result.message is None:
+                continue
             m = result.message
             if m.kind == "text":
                 self._emit(
@@ -401,6 +490,15 @@ class Delivery:
                 self._emit(MessageEdited(peer, m.target or "", "in", result.changed.body, wall))
             else:
                 self._emit(MessageDeleted(peer, m.target or "", "in", wall))
+
+    def _storage_refusal(self, conn: Link, seq: int, exc: StoreError) -> None:
+        peer = conn.peer_id
+        assert peer is not None
+        failures = self._storage_failures.get(peer, 0) + 1
+        self._storage_failures[peer] = failures
+        delay = min(STORAGE_RETRY_MAX, STORAGE_RETRY_MIN * 2 ** (failures - 1))
+        self.counters["refused_storage"] += 1
+        self._refuse(conn, peer, seq, delay, "storage", STORAGE_REASON, str(exc))
 
     def _refuse(
         self, conn: Link, peer: str, seq: int, delay: float, why: str, reason: str, local: str

@@ -679,6 +679,7 @@ def format_address(host: str, port: int) -> str:
 INVITE_PREFIX: Final = "p2pchat:"
 MAX_INVITE_CHARS: Final = 2048
 _MAX_ADDRESSES: Final = 16
+_MAX_HINTS: Final = 4
 _MAX_TOKEN: Final = 64
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 
@@ -698,14 +699,22 @@ class Invite:
     Construction validates and normalizes every field (peer ID canonical, addresses as
     :func:`parse_address` writes them), so an ``Invite`` that exists can always be encoded
     and decoded again. The encoded form is ``"p2pchat:"`` followed by the z-base-32 of a
-    msgpack map ``{"v": 1, "id": <32-byte key>, "a": [...], "t": token, "n": name}`` where
-    absent fields are left out; it is case-insensitive and survives copy-paste.
+    msgpack map ``{"v": 1, "id": <32-byte key>, "a": [...], "t": token, "n": name,
+    "r": [...], "b": [...]}`` where absent fields are left out; it is case-insensitive and
+    survives copy-paste.
+
+    ``relays`` (``PEER_ID@HOST:PORT``) are rendezvous and relay nodes the inviter is
+    reachable through, and ``bootstrap`` (``HOST:PORT``) DHT nodes of the inviter's
+    swarm: a group's always-on node, typically (``docs/self-hosting.md``).  The invitee
+    may use both for itself too.
     """
 
     peer_id: str
     addresses: tuple[str, ...] = ()
     token: str | None = None
     name: str | None = None
+    relays: tuple[str, ...] = ()
+    bootstrap: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peer_id", peer_id_from_key(key_from_peer_id(self.peer_id)))
@@ -723,6 +732,8 @@ class Invite:
             except ValueError as exc:
                 raise InvalidInvite(f"bad address in invite: {exc}") from None
         object.__setattr__(self, "addresses", tuple(normalized))
+        object.__setattr__(self, "relays", _hints(self.relays, "relays", relay=True))
+        object.__setattr__(self, "bootstrap", _hints(self.bootstrap, "bootstrap", relay=False))
         if self.token is not None and not (
             isinstance(self.token, str) and _TOKEN_RE.fullmatch(self.token)
         ):
@@ -748,6 +759,10 @@ class Invite:
             payload["t"] = self.token
         if self.name is not None:
             payload["n"] = self.name
+        if self.relays:
+            payload["r"] = list(self.relays)
+        if self.bootstrap:
+            payload["b"] = list(self.bootstrap)
         packed: bytes = msgpack.packb(payload, use_bin_type=True)
         return INVITE_PREFIX + zbase32_encode(packed)
 
@@ -791,14 +806,48 @@ class Invite:
             raise InvalidInvite(f"an invite carries at most {_MAX_ADDRESSES} addresses")
         token = payload.get("t")
         name = payload.get("n")
+        relays, bootstrap = payload.get("r", []), payload.get("b", [])
+        if not isinstance(relays, list) or not isinstance(bootstrap, list):
+            raise InvalidInvite("invite hints are not lists")
         try:
-            return cls(peer_id_from_key(key), tuple(addresses), token, name)
+            return cls(
+                peer_id_from_key(key),
+                tuple(addresses),
+                token,
+                name,
+                tuple(relays),
+                tuple(bootstrap),
+            )
         except InvalidPeerId:
             raise InvalidInvite("invite key is not a valid Ed25519 public key") from None
         except InvalidInvite:
             raise
         except ValueError as exc:
             raise InvalidInvite(f"invalid invite: {exc}") from None
+
+
+def _hints(values: object, what: str, *, relay: bool) -> tuple[str, ...]:
+    """Validate and normalise an invite's relay (``PEER_ID@HOST:PORT``) or bootstrap
+    (``HOST:PORT``) hints: at most four, each well formed."""
+    if isinstance(values, str) or not isinstance(values, tuple | list):
+        raise InvalidInvite(f"{what} must be a sequence of strings")
+    if len(values) > _MAX_HINTS:
+        raise InvalidInvite(f"an invite carries at most {_MAX_HINTS} {what}")
+    out: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidInvite(f"{what} must be strings")
+        peer, sep, address = value.rpartition("@")
+        try:
+            if relay != bool(sep):
+                raise ValueError("PEER_ID@HOST:PORT" if relay else "HOST:PORT")
+            normal = format_address(*parse_address(address))
+            if relay:
+                normal = f"{peer_id_from_key(key_from_peer_id(peer))}@{normal}"
+        except ValueError as exc:
+            raise InvalidInvite(f"bad {what} entry in invite {value!r}: {exc}") from None
+        out.append(normal)
+    return tuple(dict.fromkeys(out))
 
 
 def parse_contact_ref(text: str) -> Invite:

@@ -23,6 +23,7 @@ from typing import Any
 
 from p2pchat.atrest import PassphraseChange, change_passphrase, open_home
 from p2pchat.config import (
+    DEFAULT_BOOTSTRAP,
     DEFAULT_PORT,
     PASSPHRASE_ENV,
     NodeLock,
@@ -78,6 +79,7 @@ from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.punch import PunchService, RendezvousNode
 from p2pchat.net.quic import smoothed_rtt
+from p2pchat.net.relay import RelayChannel, RelayLimits, RelayService
 from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
 from p2pchat.net.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
@@ -112,6 +114,11 @@ TRANSFER_PAGE_SIZE = PAGE_SIZE
 DHT_AFTER_ATTEMPTS = 2
 DHT_RETRY_MIN = 1.0
 DHT_RETRY_MAX = 3600.0
+SEARCH_LIMIT = 50
+MAX_SEARCH_LIMIT = 500
+# Messages added to the full-text index per dial-loop tick (about a second); a search
+# indexes whatever is left first, so this only keeps that catch-up short.
+INDEX_PER_TICK = 5000
 
 
 class NodeError(Exception):
@@ -138,7 +145,10 @@ class ContactView:
     path: str | None = None
     """How the live session runs: "lan" (the peer's private address is on one of our
     own subnets), "direct" (any other address dialled or accepted as is, loopback
-    included), "punched" (a path a hole punch opened), None when offline."""
+    included), "punched" (a path a hole punch opened), "relayed" (through a relay,
+    ``via``), None when offline."""
+    via: str | None = None
+    """The relay's peer ID when ``path`` is "relayed"."""
     rtt_ms: float | None = None
     """QUIC's smoothed round-trip time of the live session, in milliseconds."""
     deferred: str | None = None
@@ -205,6 +215,8 @@ class Node:
         self._requests: dict[str, PeerConnection] = {}
         self._dialer: Dialer | None = None
         self._punch: PunchService | None = None
+        self._relay: RelayService | None = None
+        self._relay_hints: tuple[RendezvousNode, ...] = ()
         self._rendezvous_config: tuple[RendezvousNode, ...] = ()
         self._finder: RendezvousFinder | None = None
         self._routes: dict[str, tuple[tuple[str, int], ...]] = {}
@@ -229,6 +241,7 @@ class Node:
             emit=self._emit,
             active=self._active.get,
             daily_quota=lambda: daily_quota_setting(self.settings),
+            schedule=self._schedule_flush,
         )
         self.transfers = TransferManager(
             self.store,
@@ -236,6 +249,7 @@ class Node:
             clock=self.clock,
             emit=self._emit,
             connection_for=self._session_for,
+            storage=self.delivery,
         )
         self.groups = GroupService(self)
         """Group chat (docs/groups.md): the group part of the Node API."""
@@ -304,6 +318,7 @@ class Node:
         dht: DhtOptions | None = None,
         relay: bool = False,
         rendezvous: Iterable[str] = (),
+        relay_limits: RelayLimits | None = None,
     ) -> None:
         """Take the home's lock and bind the UDP socket.
 
@@ -313,7 +328,8 @@ class Node:
         ``rendezvous`` (``PEER_ID@HOST:PORT`` strings) are nodes to register with when
         we sit behind a NAT (the DHT's bootstrap nodes and reachable contacts are
         tried too); ``relay`` makes this node a rendezvous for anyone, not only for
-        its contacts (``docs/nat.md``).
+        its contacts (``docs/nat.md``), and so a relay for anyone's data;
+        ``relay_limits`` are the budgets of what it relays (``docs/self-hosting.md``).
 
         ``dht`` joins the DHT on the same socket; None (the default) keeps the node
         off it, so tests never reach bootstrap nodes they did not name.
@@ -334,6 +350,7 @@ class Node:
             "dht": dht,
             "relay": relay,
             "rendezvous": tuple(rendezvous),
+            "relay_limits": relay_limits,
         }
         if downloads is not None:
             self.transfers.policy.downloads = _absolute(downloads)
@@ -346,6 +363,12 @@ class Node:
         self._rendezvous_config = tuple(
             _parse_rendezvous(entry) for entry in self.start_options["rendezvous"]
         )
+        self._relay_hints = self._load_relay_hints()
+        hints = self.store.network_hints("bootstrap")
+        if dht is not None and dht.bootstrap == DEFAULT_BOOTSTRAP and hints:
+            # The user named no bootstrap node, but joined a swarm through an invite:
+            # that swarm's nodes, not the public routers.
+            dht = dataclasses.replace(dht, bootstrap=tuple(hints), trust_bootstrap=True)
         self._lock.acquire()
         try:
             host, port = parse_address(listen) if listen else self._default_listen()
@@ -374,10 +397,21 @@ class Node:
                 clock=self.clock,
             )
             await self._punch.start()
+            self._relay = RelayService(
+                self._endpoint,
+                self.identity,
+                self._punch,
+                limits=relay_limits,
+                is_contact=lambda key: self.store.get_contact(peer_id_from_key(key)) is not None,
+            )
+            await self._relay.start()
             if self._dht is not None:
                 self._finder = RendezvousFinder(self._dht, self._punch, relay=relay)
             self._dialer = Dialer(
-                self._open_connection, punch=self._punch, local_networks=local_networks
+                self._open_connection,
+                punch=self._punch,
+                local_networks=local_networks,
+                relay=self._relay,
             )
             self._wake = asyncio.Event()
             if mdns is not None:
@@ -387,6 +421,9 @@ class Node:
             if self._mdns is not None:
                 await self._mdns.stop()
                 self._mdns = None
+            if self._relay is not None:
+                await self._relay.stop()
+                self._relay = None
             if self._punch is not None:
                 await self._punch.stop()
                 self._punch = None
@@ -409,6 +446,15 @@ class Node:
             self._spawn(self._finder.run())
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
+
+    def _schedule_flush(self) -> None:
+        """Delivery's group commit runs once at the end of this event-loop turn."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.delivery.flush()  # no loop (a node used without ``start``): at once
+            return
+        loop.call_soon(self.delivery.flush)
 
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
@@ -446,6 +492,9 @@ class Node:
         if self._dialer is not None:
             await self._dialer.stop()
             self._dialer = None
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
         if self._punch is not None:
             await self._punch.stop()
             self._punch = None
@@ -455,6 +504,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.transfers.stop()
+        self.delivery.flush()  # what this turn received is stored and acknowledged
         for conn in list(self._conns):
             conn.close("node stopping")
         if self._endpoint is not None:
@@ -555,9 +605,35 @@ class Node:
 
     def invite(self, *, one_time: bool = False) -> str:
         token = self.store.create_invite_token(now=self.clock()) if one_time else None
+        relays, bootstrap = self._invite_hints()
         return Invite(
-            peer_id=self.peer_id, addresses=self.addresses, token=token, name=self.name
+            peer_id=self.peer_id,
+            addresses=self.addresses,
+            token=token,
+            name=self.name,
+            relays=relays,
+            bootstrap=bootstrap,
         ).encode()
+
+    def _invite_hints(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Where an invitee can reach us and join our swarm: the rendezvous nodes we are
+        registered with (or we ourselves, a public ``--relay`` node), and the DHT
+        bootstrap nodes the user named (or we ourselves, as a public DHT node)."""
+        relays: list[str] = []
+        bootstrap: list[str] = []
+        public = [a for a in self.addresses if is_public_ip(parse_address(a)[0])]
+        if self.running and self.start_options.get("relay"):
+            relays += [f"{self.peer_id}@{a}" for a in public]
+            if self._dht is not None:
+                bootstrap += public
+        if self._punch is not None:
+            relays += [
+                f"{peer_id_from_key(k)}@{format_address(*a)}"
+                for k, a in self._punch.registered_rendezvous()
+            ]
+        if self._dht is not None and self._dht.options.trust_bootstrap:
+            bootstrap += [b for b in self._dht.options.bootstrap if not _is_loopback(b)]
+        return tuple(dict.fromkeys(relays))[:4], tuple(dict.fromkeys(bootstrap))[:4]
 
     def add_contact(
         self, ref: str, *, name: str | None = None, addresses: Iterable[str] = ()
@@ -582,10 +658,33 @@ class Node:
         )
         if invite.token:
             self.store.save_pending_token(invite.peer_id, invite.token)
+        self._take_hints(invite)
         self._promote_request_session(contact.peer_id)
         self._emit(ContactAdded(contact.peer_id, contact.name))
         self._poke()
         return contact
+
+    def _take_hints(self, invite: Invite) -> None:
+        """An invite's relays are routes to its sender and rendezvous candidates for
+        us; its bootstrap nodes are our DHT's when the user named none (at the next
+        start, and now if the DHT runs).  Kept in the store, the newest four of each."""
+        now = self.clock()
+        if invite.relays:
+            self.store.add_network_hints("relay", invite.relays, now=now)
+            self._relay_hints = self._load_relay_hints()
+            routes = tuple(_parse_rendezvous(r).addr for r in invite.relays)
+            self._routes.setdefault(invite.peer_id, routes)
+        if invite.bootstrap:
+            self.store.add_network_hints("bootstrap", invite.bootstrap, now=now)
+            if self._dht is not None:
+                self._dht.add_bootstrap(invite.bootstrap)
+
+    def _load_relay_hints(self) -> tuple[RendezvousNode, ...]:
+        nodes = []
+        for hint in self.store.network_hints("relay"):
+            with contextlib.suppress(NodeError, ValueError):
+                nodes.append(_parse_rendezvous(hint))
+        return tuple(nodes)
 
     def contacts(self) -> list[ContactView]:
         return [
@@ -599,6 +698,7 @@ class Node:
                 unread=self.store.unread_count(c.peer_id),
                 route=self._path(c.peer_id),
                 path=self._path(c.peer_id),
+                via=self._via(c.peer_id),
                 rtt_ms=self._rtt_ms(c.peer_id),
                 deferred=self.delivery.paused_reason(c.peer_id),
                 awaiting_acceptance=self.awaiting_acceptance(c.peer_id),
@@ -623,6 +723,12 @@ class Node:
         if is_public_ip(str(ip)):
             return "direct"
         return "lan" if any(ip in net for net in local_networks()) else "direct"
+
+    def _via(self, peer_id: str) -> str | None:
+        """The relay's peer ID, when the contact's session runs through one."""
+        conn = self._active.get(peer_id)
+        via = conn.link.via if conn is not None else None
+        return via.relay_peer_id if isinstance(via, RelayChannel) else None
 
     def _rtt_ms(self, peer_id: str) -> float | None:
         conn = self._active.get(peer_id)
@@ -667,6 +773,8 @@ class Node:
             status["dial"] = dict(self._dialer.stats)
         if self._finder is not None:
             status["relays_found_on_dht"] = len(self._finder.found)
+        if self._relay is not None:
+            status["relaying"] = self._relay.status()
         return status
 
     def _handshake_status(self) -> dict[str, Any] | None:
@@ -789,8 +897,23 @@ class Node:
         self._nat_hints.pop(peer, None)
         self._dht_retry.pop(peer, None)
 
-    def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
-        return self.store.history(self.store.find_contact(contact).peer_id, limit=limit)
+    def history(
+        self, contact: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[Message]:
+        """The conversation in order: the newest ``limit`` messages, or with ``before``
+        (a message id) the ``limit`` just before that message, to page back as the
+        user scrolls up.  Each page costs the same however long the history is."""
+        peer = self.store.find_contact(contact).peer_id
+        return self.store.history(peer, limit=limit, before=before)
+
+    def search(
+        self, text: str, *, contact: str | None = None, limit: int = SEARCH_LIMIT
+    ) -> list[Message]:
+        """Messages containing every word of ``text`` (the last word may be the start
+        of a word), newest first; only with ``contact`` when given.  Full-text search
+        (SQLite FTS5) over the whole history."""
+        peer = self.store.find_contact(contact).peer_id if contact else None
+        return self.store.search(text, peer_id=peer, limit=min(limit, MAX_SEARCH_LIMIT))
 
     def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
         """Store first (the outbox survives anything), then send if the contact is online.
@@ -811,13 +934,39 @@ class Node:
             )
         )  # fmt: skip
         self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
-        self._send_now(message)
-        return self.store.get_message(message.id, peer_id=peer.peer_id) or message
+        if self._send_now(message):
+            message = dataclasses.replace(message, state="sent")
+        return message
 
-    def _send_now(self, message: Message) -> None:
-        conn = self._active.get(message.peer_id)
-        if conn is not None:
-            self.delivery.send_new(conn, message)
+    def send_messages(self, contact: str, texts: Iterable[str]) -> list[Message]:
+        """Several messages to one contact, in order: all are checked first, then stored
+        in the outbox in one transaction (durable when this returns), then sent.
+
+        Raises ``NodeError`` naming the first text that cannot be a message (empty,
+        too long) before anything is stored.
+        """
+        peer = self.store.find_contact(contact).peer_id
+        bodies = []
+        for n, text in enumerate(texts, 1):
+            try:
+                bodies.append(_message_body(text))
+            except NodeError as exc:
+                raise NodeError(f"message {n}: {exc}" if n > 1 else str(exc)) from None
+        if not bodies:
+            raise NodeError("no message to send")
+        messages = self.store.queue_messages(peer, bodies, now=self.clock())
+        for m in messages:
+            self._emit(MessageSent(m.peer_id, m.id, m.seq, m.body, m.created_at, m.reply_to))
+            self._emit(MessageStateChanged(peer, m.id, "queued"))
+        if self._send_now(*messages):
+            messages = [dataclasses.replace(m, state="sent") for m in messages]
+        return messages
+
+    def _send_now(self, *messages: Message) -> bool:
+        """Messages of one contact just queued, in seq order: out now if it is online
+        (True; the store marks them ``sent`` at the end of this loop turn)."""
+        conn = self._active.get(messages[0].peer_id)
+        return conn is not None and self.delivery.send_new(conn, list(messages))
 
     def find_message(self, ref: str, *, contact: str | None = None) -> Message:
         """A message by id or by a unique prefix of it (at least 4 characters), in
@@ -1107,7 +1256,9 @@ class Node:
     def _incoming(self, link: QuicLink) -> None:
         conn = PeerConnection(link, self.identity, self)
         address = (str(link.address[0]), int(link.address[1]))
-        if self._punch is not None and self._punch.was_punched(address, link.via):
+        if isinstance(link.via, RelayChannel):
+            conn.path = "relayed"
+        elif self._punch is not None and self._punch.was_punched(address, link.via):
             conn.path = "punched"
         self._conns.add(conn)
 
@@ -1118,7 +1269,7 @@ class Node:
         assert self._endpoint is not None
         link = self._endpoint.connect(address, via=via)
         conn = PeerConnection(link, self.identity, self, expected_peer=key_from_peer_id(peer_id))
-        conn.path = "punched" if path == "punched" else None
+        conn.path = path if path in ("punched", "relayed") else None
         self._conns.add(conn)
         return conn
 
@@ -1140,6 +1291,10 @@ class Node:
             self._refresh_rendezvous(contacts)
             self.transfers.tick()
             self.delivery.tick()
+            try:
+                self.store.index_messages(limit=INDEX_PER_TICK)
+            except StoreError as exc:
+                log.warning("indexing messages for search failed: %s", exc)
             self.groups.tick(now)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
@@ -1209,7 +1364,10 @@ class Node:
     def _maybe_dial(self, contact: Contact, now: float) -> None:
         """Hand what we know about reaching the contact to the dialer (``net/dial.py``)."""
         peer = contact.peer_id
-        if peer in self._active or self._dialer is None or peer in self._blocked:
+        conn = self._active.get(peer)
+        if self._dialer is None or peer in self._blocked:
+            return
+        if conn is not None and conn.path != "relayed":
             return
         addresses = []
         for text in dict.fromkeys((*self._hints.get(peer, ()), *contact.addresses)):
@@ -1220,7 +1378,10 @@ class Node:
             rendezvous=self._routes.get(peer, ()),
             nat=self._nat_hints.get(peer, "unknown"),
         )
-        self._dialer.want(peer, route, now)
+        if conn is not None:
+            self._dialer.upgrade(peer, route, now)  # relayed: keep trying for direct
+        else:
+            self._dialer.want(peer, route, now)
 
     def _network_moved(self) -> None:
         """Our NAT gave us another public address (a new WAN address, another network).
@@ -1268,13 +1429,14 @@ class Node:
         if self._punch is None:
             return
         nodes = list(self._rendezvous_config)
+        nodes.extend(self._relay_hints)
         if self._dht is not None and self._dht.options.trust_bootstrap:
             for entry in self._dht.options.bootstrap:
                 with contextlib.suppress(ValueError):
                     nodes.append(RendezvousNode(parse_address(entry), None, "bootstrap"))
         for contact in contacts:
             conn = self._active.get(contact.peer_id)
-            if conn is None or not conn.initiator or conn.path == "punched":
+            if conn is None or not conn.initiator or conn.path in ("punched", "relayed"):
                 continue
             address = (str(conn.link.address[0]), int(conn.link.address[1]))
             if self._nat_hints.get(contact.peer_id) == "none" or is_public_ip(address[0]):
@@ -1316,7 +1478,9 @@ class Node:
             chat.Hello(
                 name=self.name,
                 token=self._pending_token(conn.peer_id),
-                seen=conn.address,  # where we see the peer: its reflexive address
+                # Where we see the peer: its reflexive address (through a relay we
+                # see only the relay).
+                seen=_proven_address(conn) or None,
                 groups=tuple(sorted(self.groups.hello_groups(conn))),
             )
         )
@@ -1406,7 +1570,15 @@ class Node:
             self._poke()
 
     def _requeue(self, peer: str) -> None:
-        for message_id in self.store.requeue_sent(peer, self.clock()):
+        self.delivery.flush()  # sent marks of this turn first, or they would win
+        try:
+            requeued = self.store.requeue_sent(peer, self.clock())
+        except StoreError as exc:
+            # They stay "sent" on screen, but the next session resends the whole
+            # unacknowledged outbox anyway (``Delivery.session_active``).
+            self.delivery.storage_failed(exc)
+            return
+        for message_id in requeued:
             self._emit(MessageStateChanged(peer, message_id, "queued"))
 
     def _name_of(self, peer: str) -> str:
@@ -1441,7 +1613,11 @@ class Node:
         elif self._requests.get(peer) is conn and isinstance(frame, chat.ChatMessage):
             # A stranger's words are kept as the request's preview, never as chat.
             self.store.add_request(
-                peer, name=None, address=conn.address, preview=frame.body, now=self.clock()
+                peer,
+                name=None,
+                address=_proven_address(conn) or None,
+                preview=frame.body,
+                now=self.clock(),
             )
 
     def _on_hello(self, conn: PeerConnection, hello: chat.Hello) -> None:
@@ -1458,10 +1634,11 @@ class Node:
         if self.store.get_contact(peer) is None and hello.token:
             if self.store.redeem_invite_token(hello.token, peer, now=now):
                 name = hello.name or peer[:8]
-                self.store.add_contact(peer, name, addresses=(conn.address,), now=now)
+                proven = _proven_address(conn)
+                self.store.add_contact(peer, name, addresses=(proven,) if proven else (), now=now)
                 self._emit(ContactAdded(peer, name))
         if self.store.get_contact(peer) is not None:
-            if hello.seen is not None and self._dht is not None:
+            if hello.seen is not None and self._dht is not None and conn.path != "relayed":
                 # A contact on an authenticated session told us where it sees us.
                 with contextlib.suppress(ValueError, DhtError):
                     self._dht.observed(hello.seen, "contact", peer)
@@ -1473,7 +1650,7 @@ class Node:
             conn.close("too many pending contact requests")
             return
         request, new = self.store.add_request(
-            peer, name=hello.name, address=conn.address, preview=None, now=now
+            peer, name=hello.name, address=_proven_address(conn) or None, preview=None, now=now
         )
         if request.state == "declined":
             conn.close("contact request declined")
@@ -1509,7 +1686,7 @@ class Node:
         if self._dialer is not None:
             self._dialer.established(peer, conn)
         try:
-            self.store.record_seen(peer, conn.address, now=self.clock())
+            self.store.record_seen(peer, _proven_address(conn), now=self.clock())
         except StoreError as exc:
             self.delivery.storage_failed(exc)  # only the address book misses a line
         self._forget_token(peer)
@@ -1523,6 +1700,9 @@ class Node:
         self.groups.peer_online(conn)
 
     def _prefer(self, old: PeerConnection, new: PeerConnection) -> PeerConnection:
+        if (old.path == "relayed") != (new.path == "relayed"):
+            # A path that costs nobody's bandwidth beats a relay (both sides agree).
+            return new if old.path == "relayed" else old
         old_at = old.established_at or 0.0
         new_at = new.established_at or 0.0
         if new_at - old_at > RACE_WINDOW:
@@ -1542,9 +1722,9 @@ class Node:
         elif isinstance(frame, chat.Defer):
             self.delivery.on_defer(conn, peer, frame)
         elif isinstance(frame, chat.Ack):
-            for message_id in self.store.ack_outgoing(peer, frame.seq, now):
-                self._emit(MessageStateChanged(peer, message_id, "delivered"))
+            self.delivery.on_ack(peer, frame.seq)
         elif isinstance(frame, chat.Read):
+            self.delivery.flush()  # the acks before it first: a receipt needs 'delivered'
             for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):
@@ -1600,6 +1780,19 @@ def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:
             if isinstance(n, int) and not isinstance(n, bool) and n >= 0
         }
     return policy
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(parse_address(address)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _proven_address(conn: PeerConnection) -> str:
+    """The peer's address as its session proved it: none through a relay (the
+    address there is the relay's, which must not become the contact's)."""
+    return "" if conn.path == "relayed" else conn.address
 
 
 def _parse_rendezvous(entry: str) -> RendezvousNode:

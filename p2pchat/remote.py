@@ -35,9 +35,17 @@ from p2pchat.atrest import PassphraseChange
 from p2pchat.config import NodeAlreadyRunning, NodeLock, Paths, load_settings
 from p2pchat.core import events as events_module
 from p2pchat.core.events import NodeConnectionLost, NodeEvent, PeerOffline, PeerOnline
+from p2pchat.core.group.errors import GroupError, UnknownGroup
 from p2pchat.identity import InvalidInvite, InvalidPeerId, WrongPassphrase
 from p2pchat.names import InvalidName
-from p2pchat.node import TRANSFER_PAGE_SIZE, ContactView, NearbyPeer, Node, NodeError
+from p2pchat.node import (
+    SEARCH_LIMIT,
+    TRANSFER_PAGE_SIZE,
+    ContactView,
+    NearbyPeer,
+    Node,
+    NodeError,
+)
 from p2pchat.owner import start_owned
 from p2pchat.store import (
     AmbiguousContact,
@@ -71,6 +79,8 @@ _ERRORS: dict[str, Callable[[str], Exception]] = {
     "ValueError": ValueError,
     "WrongPassphrase": WrongPassphrase,
     "DatabaseBusy": DatabaseBusy,
+    "GroupError": GroupError,
+    "UnknownGroup": UnknownGroup,
 }
 
 
@@ -398,8 +408,17 @@ class RemoteNode:
         return str(self._call("safety_number", contact=ref))
 
     # ------------------------------------------------------------ messages
-    def history(self, contact: str, *, limit: int | None = None) -> list[Message]:
-        return [_build(Message, m) for m in self._call("history", contact=contact, limit=limit)]
+    def history(
+        self, contact: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[Message]:
+        found = self._call("history", contact=contact, limit=limit, before=before)
+        return [_build(Message, m) for m in found]
+
+    def search(
+        self, text: str, *, contact: str | None = None, limit: int = SEARCH_LIMIT
+    ) -> list[Message]:
+        found = self._call("search", text=text, contact=contact, limit=limit)
+        return [_build(Message, m) for m in found]
 
     def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
         result = self._call("send", contact=contact, text=text, wait=0, reply_to=reply_to)
@@ -414,6 +433,12 @@ class RemoteNode:
     def get_message(self, message_id: str, *, contact: str | None = None) -> Message | None:
         found = self._call("message", id=message_id, contact=contact)
         return None if found is None else _build(Message, found)
+
+    def find_message(self, ref: str, *, contact: str | None = None) -> Message:
+        found = self.get_message(ref, contact=contact)
+        if found is None:
+            raise RemoteError(f"no single message with id {ref!r}")
+        return found
 
     def set_typing(self, contact: str, active: bool) -> None:
         self._call("typing", contact=contact, active=active)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pchat.core.events import NodeEvent
-from p2pchat.node import TRANSFER_PAGE_SIZE, Node
+from p2pchat.node import SEARCH_LIMIT, TRANSFER_PAGE_SIZE, Node
 from p2pchat.store import Message, Transfer
 
 Op = Callable[[Node, dict[str, Any]], Awaitable[Any]]
@@ -99,11 +99,65 @@ async def _send(node: Node, args: dict[str, Any]) -> Any:
     }
 
 
-async def _history(node: Node, args: dict[str, Any]) -> Any:
-    limit = args.get("limit")
+# Messages in one ``send_many`` call: the CLI sends stdin in chunks of this many lines
+# (and of at most ``MAX_BATCH_BYTES``), each stored in one transaction.
+MAX_BATCH = 5000
+MAX_BATCH_BYTES = 512 * 1024
+
+
+async def _send_many(node: Node, args: dict[str, Any]) -> Any:
+    """Several messages to one contact in order (``p2pchat msg --lines``): one call and
+    one transaction per chunk instead of a round trip per line."""
+    texts = args.get("texts")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings")
+    if len(texts) > MAX_BATCH or sum(len(t) for t in texts) > MAX_BATCH_BYTES:
+        raise ValueError(f"at most {MAX_BATCH} messages and {MAX_BATCH_BYTES} bytes a call")
+    wait = args.get("wait", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+        raise ValueError("wait must be a non-negative number of seconds")
+    messages = node.send_messages(_str(args, "contact"), texts)
+    last = messages[-1]
+    state: str = last.state
+    if wait and node.running:
+        # In order, exactly once: the last one delivered means all of them are.
+        state = await node.wait_for_delivery(last.id, float(wait))
+    return {
+        "ids": [m.id for m in messages],
+        "peer_id": last.peer_id,
+        "state": state,
+        "online": node.is_online(last.peer_id),
+    }
+
+
+async def _wait_delivery(node: Node, args: dict[str, Any]) -> Any:
+    wait = args.get("wait", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+        raise ValueError("wait must be a non-negative number of seconds")
+    return {"state": await node.wait_for_delivery(_str(args, "id"), float(wait))}
+
+
+def _limit(args: dict[str, Any], default: int | None = None) -> int | None:
+    limit = args.get("limit", default)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError("limit must be a positive integer")
-    return [message_view(m) for m in node.history(_str(args, "contact"), limit=limit)]
+    return limit
+
+
+async def _history(node: Node, args: dict[str, Any]) -> Any:
+    found = node.history(
+        _str(args, "contact"), limit=_limit(args, None), before=_opt_str(args, "before")
+    )
+    return [message_view(m) for m in found]
+
+
+async def _search(node: Node, args: dict[str, Any]) -> Any:
+    found = node.search(
+        _str(args, "text"),
+        contact=_opt_str(args, "contact"),
+        limit=_limit(args, SEARCH_LIMIT) or SEARCH_LIMIT,
+    )
+    return [message_view(m) for m in found]
 
 
 def message_view(m: Message) -> dict[str, Any]:
@@ -290,13 +344,6 @@ def _str_list(args: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-def _limit(args: dict[str, Any]) -> int | None:
-    limit = args.get("limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError("limit must be a positive integer")
-    return limit
-
-
 def _seconds(args: dict[str, Any], key: str) -> float:
     value = args.get(key, 0)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
@@ -440,7 +487,10 @@ OPS: dict[str, Op] = {
     "accept": _accept,
     "decline": _decline,
     "send": _send,
+    "send_many": _send_many,
+    "wait_delivery": _wait_delivery,
     "history": _history,
+    "search": _search,
 }
 
 

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import sqlcipher3
 
@@ -195,6 +195,31 @@ class Transfer:
     @property
     def total(self) -> int:
         return sum(f.size for f in self.files if f.accepted)
+
+
+class IncomingMessage(Protocol):
+    """What ``receive_messages`` needs of a received message (``chat.ChatMessage``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def base(self) -> int: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def sent_at(self) -> float: ...
+    @property
+    def reply_to(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def target(self) -> str | None: ...
+
+
+_INCOMING_KINDS: dict[str, MessageKind] = {"edit": "edit", "delete": "delete"}
+"""A received ``kind`` as stored: anything else is text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,6 +509,71 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    """
+    -- Hints from invites (docs/self-hosting.md): relays ('PEER_ID@HOST:PORT') to
+    -- register with, DHT bootstrap nodes ('HOST:PORT') to use when none was named.
+    CREATE TABLE network_hints (
+        kind     TEXT NOT NULL CHECK (kind IN ('relay', 'bootstrap')),
+        value    TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (kind, value)
+    ) WITHOUT ROWID;
+    """,
+    """
+    -- The highest seq ever handed to a session for each contact.  An ack beyond it
+    -- names messages the contact cannot have received (they are still queued here),
+    -- so it is refused whole, like an ack beyond send_seq.
+    ALTER TABLE conversations ADD COLUMN sent_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE conversations SET sent_seq = coalesce((SELECT max(m.seq) FROM messages m
+        WHERE m.peer_id = conversations.peer_id AND m.direction = 'out'
+        AND m.state != 'queued'), 0);
+
+    -- A leaner outbox: keyed by (peer_id, seq) without a rowid, so queueing a message
+    -- writes one outbox b-tree instead of three (the rowid table, its primary key and
+    -- the seq index), and an ack deletes from one.  The cascade from messages has no
+    -- index of its own and scans the outbox, which holds only unacknowledged messages.
+    CREATE TABLE outbox_v6 (
+        peer_id      TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        message_id   TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_attempt REAL,
+        PRIMARY KEY (peer_id, seq),
+        FOREIGN KEY (peer_id, message_id) REFERENCES messages (peer_id, id)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    INSERT INTO outbox_v6 (peer_id, seq, message_id, attempts, last_attempt)
+        SELECT peer_id, seq, message_id, attempts, last_attempt FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v6 RENAME TO outbox;
+    """,
+    """
+    -- Full-text search over message bodies (SQLite FTS5; external content, so the text
+    -- is stored once, in messages).  New rows are indexed in batches by the store
+    -- (Store.index_messages: at the node's tick, and before every search), not by a
+    -- trigger on each insert, which would add the index's pages to every message's
+    -- commit; fts_position is how far indexing got.  Edits and deletions of indexed
+    -- rows keep the index right through the triggers.
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        body, content = 'messages', content_rowid = 'pos'
+    );
+    CREATE TABLE fts_position (
+        id  INTEGER PRIMARY KEY CHECK (id = 0),
+        pos INTEGER NOT NULL
+    );
+    INSERT INTO fts_position (id, pos) VALUES (0, 0);
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+        WHEN old.pos <= (SELECT pos FROM fts_position)
+    BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.pos, old.body);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages
+        WHEN old.pos <= (SELECT pos FROM fts_position)
+    BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.pos, old.body);
+        INSERT INTO messages_fts (rowid, body) VALUES (new.pos, new.body);
+    END;
+    """,
 )
 
 _CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address, muted"
@@ -535,6 +625,15 @@ def _split_statements(script: str) -> list[str]:
     if leftover:
         raise StoreError(f"incomplete SQL statement in migration: {leftover[0].strip()[:80]!r}")
     return statements
+
+
+_MAX_POS = 2**63 - 1
+
+
+def _search_words(text: str) -> list[str]:
+    """The words of a search, for quoting into an FTS5 query (a quote inside a word is
+    doubled, FTS5's own escape); at most 16, each at most 64 characters."""
+    return [w[:64].replace('"', '""') for w in text.split()][:16]
 
 
 def _clip(text: str | None, limit: int) -> str | None:
@@ -841,6 +940,7 @@ class Store:
         self.path = Path(path)
         self._key = key
         self._lock = threading.RLock()
+        self._batching = False
         self._db: sqlite3.Connection | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file_lock = lock if lock is not None else StoreLock(self.path)
@@ -954,10 +1054,39 @@ class Store:
             return int(db.execute("PRAGMA user_version").fetchone()[0])
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every write made inside is one transaction, committed (durable)
+        when the block ends, or rolled back whole if anything in it raises.
+
+        The node applies what arrives in one event-loop turn this way (messages of
+        several contacts, acks, sent marks): one commit instead of one per message.
+        Acknowledge or announce nothing written inside before the block has ended.
+        Nesting is allowed; only the outermost block commits.
+        """
+        with self._lock:
+            if self._batching:
+                yield
+                return
+            with self._write():
+                self._batching = True
+                try:
+                    yield
+                finally:
+                    self._batching = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One atomic, durable-on-return write; sqlite errors become ``StoreError``."""
+        """One atomic, durable-on-return write; sqlite errors become ``StoreError``.
+
+        Inside ``batch`` the write joins the batch's transaction instead."""
         with self._lock:
             db = self._connection()
+            if self._batching:
+                try:
+                    yield db
+                except DB_ERRORS as exc:
+                    raise StoreError(f"database error: {exc}") from exc
+                return
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -1391,14 +1520,51 @@ class Store:
         assert row is not None
         return _message(row)
 
-    def outbox(self, peer_id: str) -> list[Message]:
-        """Unacknowledged messages in ``seq`` order, the order they must be sent in."""
+    def queue_messages(self, peer_id: str, bodies: Sequence[str], *, now: float) -> list[Message]:
+        """Number, store and enqueue several messages in order, in one transaction and
+        a fixed number of statements (the rows go in with ``executemany``)."""
+        if not peer_id:
+            raise ValueError("peer_id must not be empty")
+        if not bodies:
+            return []
+        with self._write() as db:
+            last = int(
+                db.execute(
+                    "INSERT INTO conversations (peer_id, send_seq) VALUES (?1, ?2)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET send_seq = send_seq + ?2"
+                    " RETURNING send_seq",
+                    (peer_id, len(bodies)),
+                ).fetchall()[0][0]
+            )
+            first = last - len(bodies) + 1
+            messages = [
+                Message(secrets.token_hex(16), peer_id, "out", seq, body, now, None, "queued", now)
+                for seq, body in enumerate(bodies, first)
+            ]
+            db.executemany(
+                "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+                " received_at, state, updated_at)"
+                " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?)",
+                [(m.id, peer_id, m.seq, m.body, now, now) for m in messages],
+            )
+            db.executemany(
+                "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
+                [(m.id, peer_id, m.seq) for m in messages],
+            )
+        return messages
+
+    def outbox(
+        self, peer_id: str, *, from_seq: int = 0, limit: int | None = None
+    ) -> list[Message]:
+        """Unacknowledged messages in ``seq`` order, the order they must be sent in:
+        those from ``from_seq`` on, at most ``limit`` (so a resend reads what it can
+        send now, not the whole outbox)."""
         with self._read() as db:
             rows = db.execute(
                 f"SELECT {_OUTBOX_MESSAGE_COLUMNS}"
                 " FROM outbox o JOIN messages m ON m.peer_id = o.peer_id AND m.id = o.message_id"
-                " WHERE o.peer_id = ? ORDER BY o.seq",
-                (peer_id,),
+                " WHERE o.peer_id = ? AND o.seq >= ? ORDER BY o.seq LIMIT ?",
+                (peer_id, from_seq, -1 if limit is None else limit),
             ).fetchall()
         return [_message(row) for row in rows]
 
@@ -1447,6 +1613,11 @@ class Store:
                 " WHERE peer_id = ? AND seq BETWEEN ? AND ?",
                 (now, peer_id, from_seq, upto_seq),
             )
+            db.execute(
+                "UPDATE conversations SET sent_seq = max(sent_seq, min(?, send_seq))"
+                " WHERE peer_id = ?",
+                (upto_seq, peer_id),
+            )
             rows = db.execute(
                 "UPDATE messages SET state = 'sent', updated_at = ?"
                 " WHERE peer_id = ? AND direction = 'out' AND seq BETWEEN ? AND ?"
@@ -1474,16 +1645,22 @@ class Store:
     def ack_outgoing(self, peer_id: str, upto_seq: int, now: float) -> list[str]:
         """Apply a cumulative delivery ack; returns ids that became 'delivered'.
 
-        An ack beyond ``send_seq`` is ignored entirely: it is either a bug or a
-        peer lying, and honouring any part of it would let a peer claim delivery
-        of messages that were never sent.
+        An ack beyond the highest ``seq`` ever transmitted (``mark_sent``) is ignored
+        entirely: it is either a bug or a peer lying, and honouring any part of it
+        would let a peer claim delivery of messages it never received.
         """
         with self._write() as db:
-            if upto_seq < 1 or upto_seq > self._send_seq(db, peer_id):
+            row = db.execute(
+                "SELECT sent_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            if upto_seq < 1 or row is None or upto_seq > int(row[0]):
                 return []
+            # Everything below the outbox's lowest seq was acknowledged before: start
+            # there, so an ack costs what it acknowledges, not the whole history.
             rows = db.execute(
-                "UPDATE messages SET state = 'delivered', updated_at = ?"
-                " WHERE peer_id = ? AND direction = 'out' AND seq <= ?"
+                "UPDATE messages SET state = 'delivered', updated_at = ?1"
+                " WHERE peer_id = ?2 AND direction = 'out' AND seq <= ?3"
+                " AND seq >= (SELECT coalesce(min(seq), ?3 + 1) FROM outbox WHERE peer_id = ?2)"
                 " AND state IN ('queued', 'sent') RETURNING id, seq, kind",
                 (now, peer_id, upto_seq),
             ).fetchall()
@@ -1636,6 +1813,112 @@ class Store:
             )
         return self._get_message(db, peer_id, original.id)
 
+    def receive_messages(
+        self,
+        peer_id: str,
+        frames: Sequence[IncomingMessage],
+        *,
+        now: float,
+        daily_quota: int | None = None,
+    ) -> list[ReceiveResult]:
+        """``receive_message`` for several messages of one contact, in order, in one
+        transaction and a fixed number of statements: the receive window is read once
+        and applied here message by message, and the accepted rows go in together.
+
+        Stops after a message over the daily quota (its result is the last one): the
+        contact is told to wait, and what it sent after that is not looked at.
+        """
+        if not frames:
+            return []
+        day = int(now // 86400)
+        results: list[ReceiveResult] = []
+        with self._write() as db:
+            row = db.execute(
+                "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            recv_seq = 0 if row is None else int(row[0])
+            known: set[str] = set()
+            ids = list(dict.fromkeys(f.id for f in frames))
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                known.update(
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM messages WHERE peer_id = ? AND id IN"
+                        f" ({','.join('?' * len(part))})",
+                        (peer_id, *part),
+                    )
+                )
+            used = db.execute(
+                "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
+            ).fetchone()
+            intake = 0 if used is None else int(used[0])
+            pending: list[Message] = []  # accepted, not inserted yet
+            count = 0
+
+            def insert_pending() -> None:
+                db.executemany(
+                    "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+                    " received_at, state, updated_at, reply_to, kind, target)"
+                    " VALUES (?, ?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (m.id, peer_id, m.seq, m.body, m.created_at, now, m.state, now,
+                         m.reply_to, m.kind, m.target)
+                        for m in pending
+                    ],
+                )  # fmt: skip
+                pending.clear()
+
+            for frame in frames:
+                verdict: Verdict = (
+                    "duplicate"
+                    if frame.id in known
+                    else classify_incoming(frame.seq, frame.base, recv_seq)
+                )
+                if verdict != "accept":
+                    results.append(ReceiveResult(verdict, None, recv_seq))
+                    continue
+                size = len(frame.body.encode("utf-8"))
+                if daily_quota is not None and intake + size > daily_quota:
+                    retry_at = (day + 1) * 86400.0
+                    results.append(ReceiveResult("quota", None, recv_seq, retry_at=retry_at))
+                    break
+                intake += size
+                count += 1
+                recv_seq = frame.seq
+                known.add(frame.id)
+                kind = _INCOMING_KINDS.get(frame.kind, "text")
+                body = frame.body
+                changed: Message | None = None
+                if kind != "text":
+                    # Its target may be earlier in this batch: that one goes in first.
+                    insert_pending()
+                    changed = self._apply_change(db, peer_id, kind, frame.target, body, now)
+                    body = ""  # the changed message has the text, or nothing does
+                message = Message(
+                    frame.id, peer_id, "in", frame.seq, body, frame.sent_at, now,
+                    # Bookkeeping rows are never unread.
+                    "delivered" if kind == "text" else "read", now,
+                    reply_to=frame.reply_to, kind=kind, target=frame.target,
+                )  # fmt: skip
+                pending.append(message)
+                results.append(ReceiveResult("accept", message, recv_seq, changed=changed))
+            if count:
+                insert_pending()
+                db.execute("DELETE FROM intake WHERE peer_id = ? AND day < ?", (peer_id, day))
+                db.execute(
+                    "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (peer_id, day) DO UPDATE"
+                    " SET bytes = excluded.bytes, messages = messages + excluded.messages",
+                    (peer_id, day, intake, count),
+                )
+                db.execute(
+                    "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
+                    (peer_id, recv_seq),
+                )
+        return results
+
     def intake_today(self, peer_id: str, *, now: float) -> tuple[int, int]:
         """(bytes, messages) stored from ``peer_id`` this UTC day."""
         with self._read() as db:
@@ -1690,8 +1973,13 @@ class Store:
 
     # -- history -------------------------------------------------------------
 
-    def history(self, peer_id: str, *, limit: int | None = None) -> list[Message]:
-        """Both directions in the order they were stored, which is the order shown.
+    def history(
+        self, peer_id: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[Message]:
+        """Both directions in the order they were stored, which is the order shown:
+        the newest ``limit`` messages, or the ``limit`` stored just before the message
+        ``before`` (an id of this conversation), for paging back through a long history
+        at the same cost per page however long it is.
 
         Ordering by the peer's ``sent_at`` would let a skewed clock reshuffle
         a conversation the user already read.
@@ -1699,19 +1987,94 @@ class Store:
         if limit is not None and limit <= 0:
             return []
         with self._read() as db:
+            upper = None
+            if before is not None:
+                found = db.execute(
+                    "SELECT pos FROM messages WHERE peer_id = ? AND id = ?", (peer_id, before)
+                ).fetchone()
+                if found is None:
+                    raise StoreError(f"no message {before!r} in this conversation")
+                upper = int(found[0])
             if limit is None:
                 rows = db.execute(
                     f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                    " WHERE peer_id = ? AND kind = 'text' ORDER BY pos",
-                    (peer_id,),
+                    " WHERE peer_id = ? AND kind = 'text' AND pos < ? ORDER BY pos",
+                    (peer_id, upper if upper is not None else _MAX_POS),
                 ).fetchall()
             else:
                 rows = db.execute(
                     f"SELECT {_MESSAGE_COLUMNS} FROM ("
                     f" SELECT pos, {_MESSAGE_COLUMNS} FROM messages"
-                    " WHERE peer_id = ? AND kind = 'text'"
+                    " WHERE peer_id = ? AND kind = 'text' AND pos < ?"
                     " ORDER BY pos DESC LIMIT ?) ORDER BY pos",
-                    (peer_id, limit),
+                    (peer_id, upper if upper is not None else _MAX_POS, limit),
+                ).fetchall()
+        return [_message(row) for row in rows]
+
+    # -- search --------------------------------------------------------------
+
+    def index_messages(self, *, limit: int | None = None, chunk: int = 20_000) -> int:
+        """Add messages stored since the last call to the full-text index, oldest first,
+        at most ``limit`` (all when None), ``chunk`` per transaction so other writers
+        wait briefly.  Returns how many were indexed."""
+        with self._read() as db:
+            behind = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE pos > (SELECT pos FROM fts_position))"
+            ).fetchone()[0]
+        if not behind:
+            return 0  # nothing new: no write transaction (the node asks every second)
+        done = 0
+        while limit is None or done < limit:
+            step = chunk if limit is None else min(chunk, limit - done)
+            with self._write() as db:
+                start = int(db.execute("SELECT pos FROM fts_position").fetchone()[0])
+                last = db.execute(
+                    "SELECT max(pos), count(*) FROM (SELECT pos FROM messages WHERE pos > ?"
+                    " ORDER BY pos LIMIT ?)",
+                    (start, step),
+                ).fetchone()
+                if last[0] is None:
+                    return done
+                db.execute(
+                    "INSERT INTO messages_fts (rowid, body)"
+                    " SELECT pos, body FROM messages WHERE pos > ? AND pos <= ?",
+                    (start, int(last[0])),
+                )
+                db.execute("UPDATE fts_position SET pos = ?", (int(last[0]),))
+            done += int(last[1])
+        return done
+
+    def search(
+        self, text: str, *, peer_id: str | None = None, limit: int = 50
+    ) -> list[Message]:
+        """Messages whose body has every word of ``text`` (the last one as a prefix),
+        newest first, at most ``limit``; only with ``peer_id`` when given.
+
+        Words are matched by SQLite FTS5's unicode61 tokenizer: case and diacritics
+        do not matter, punctuation separates words.  ``text`` is never parsed as an
+        FTS5 query: each word is quoted, so no input is a syntax error.
+        """
+        words = _search_words(text)
+        if not words or limit <= 0:
+            return []
+        query = " ".join(f'"{w}"' for w in words[:-1]) + f' "{words[-1]}"*'
+        self.index_messages()
+        columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
+        with self._read() as db:
+            if peer_id is None:
+                rows = db.execute(
+                    f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
+                    " WHERE messages_fts MATCH ? AND m.kind = 'text' ORDER BY f.rowid DESC"
+                    " LIMIT ?",
+                    (query.strip(), limit),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
+                    " WHERE messages_fts MATCH ? AND m.peer_id = ? AND m.kind = 'text'"
+                    " ORDER BY f.rowid DESC"
+                    " LIMIT ?",
+                    (query.strip(), peer_id, limit),
                 ).fetchall()
         return [_message(row) for row in rows]
 
@@ -1872,6 +2235,35 @@ class Store:
                 raise UnknownContact(f"no contact request from {peer_id}")
 
     # -- invite tokens -------------------------------------------------------
+
+    def add_network_hints(
+        self, kind: str, values: Sequence[str], *, now: float, keep: int = 4
+    ) -> None:
+        """Remember relay or bootstrap hints (the newest ``keep`` of each kind)."""
+        if kind not in ("relay", "bootstrap"):
+            raise ValueError(f"unknown hint kind {kind!r}")
+        with self._write() as db:
+            for value in values:
+                db.execute(
+                    "INSERT OR REPLACE INTO network_hints (kind, value, added_at)"
+                    " VALUES (?, ?, ?)",
+                    (kind, value, now),
+                )
+            db.execute(
+                "DELETE FROM network_hints WHERE kind = ? AND value NOT IN ("
+                " SELECT value FROM network_hints WHERE kind = ?"
+                " ORDER BY added_at DESC, value LIMIT ?)",
+                (kind, kind, keep),
+            )
+
+    def network_hints(self, kind: str) -> list[str]:
+        """Relay or bootstrap hints from invites, newest first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT value FROM network_hints WHERE kind = ? ORDER BY added_at DESC, value",
+                (kind,),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def save_pending_token(self, peer_id: str, token: str) -> None:
         """Remember the token of a peer's invite until our Hello has presented it."""

@@ -27,7 +27,14 @@ if FAST_KDF not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [FAST_KDF, os.environ.get("PYTHONPATH")])
     )
-__all__ = ["EventLog", "StartNode", "free_udp_port", "make_home", "wait_until"]
+__all__ = [
+    "EventLog",
+    "StartNode",
+    "free_udp_port",
+    "friends",
+    "make_home",
+    "wait_until",
+]
 
 
 @pytest.fixture
@@ -93,3 +100,13 @@ async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
     yield start
     for node in nodes:
         await node.stop()
+
+
+async def friends(start_node: StartNode) -> tuple[Node, Node]:
+    """alice and bob: real nodes, contacts of each other, both online."""
+    a = await start_node("alice")
+    b = await start_node("bob")
+    a.add_contact(b.peer_id, name="bob", addresses=b.addresses)
+    b.add_contact(a.peer_id, name="alice", addresses=a.addresses)
+    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
+    return a, b

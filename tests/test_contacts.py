@@ -13,23 +13,13 @@ from pathlib import Path
 import pytest
 
 from p2pchat.core.events import BlockChanged, ContactChanged, ContactRemoved, PeerOffline
-from p2pchat.node import Node
 from p2pchat.store import UnknownContact
 
-from .conftest import EventLog, StartNode, free_udp_port, make_home, wait_until
+from .conftest import EventLog, StartNode, free_udp_port, friends, make_home, wait_until
 from .daemons import Daemon, run_cli
 from .test_dht_net import Swarm, published, swarm, until
 
 __all__ = ["swarm"]  # the fixture, imported for the DHT test below
-
-
-async def friends(start_node: StartNode) -> tuple[Node, Node]:
-    a = await start_node("alice")
-    b = await start_node("bob")
-    a.add_contact(b.peer_id, name="bob", addresses=b.addresses)
-    b.add_contact(a.peer_id, name="alice", addresses=a.addresses)
-    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
-    return a, b
 
 
 async def test_remove_keeps_history_and_the_peer_becomes_a_stranger(
@@ -51,8 +41,9 @@ async def test_remove_keeps_history_and_the_peer_becomes_a_stranger(
         # Bob still has Alice: he reconnects and now only knocks.
         b.send_message("alice", "after removal")
         await wait_until(
-            lambda: [(r.peer_id, r.preview) for r in a.requests()]
-            == [(b.peer_id, "after removal")],
+            lambda: (
+                [(r.peer_id, r.preview) for r in a.requests()] == [(b.peer_id, "after removal")]
+            ),
             timeout=30,
         )
     finally:

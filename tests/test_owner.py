@@ -77,13 +77,18 @@ class Watch:
         assert all(isinstance(e, (asyncio.CancelledError, type(None))) for e in with_exc)
 
 
-async def test_a_killed_owner_is_noticed_and_calls_fail_cleanly(tmp_path: Path) -> None:
+async def attached(tmp_path: Path) -> tuple[Paths, Daemon, RemoteNode, Watch]:
+    """A daemon for a fresh home and a view attached to it, watching its events."""
     home = make_home(tmp_path, "alice")
     daemon = Daemon(home.home, f"127.0.0.1:{free_udp_port()}")
     await daemon.start()
     remote = RemoteNode(home)
     await remote.start()
-    watch = Watch(remote)
+    return home, daemon, remote, Watch(remote)
+
+
+async def test_a_killed_owner_is_noticed_and_calls_fail_cleanly(tmp_path: Path) -> None:
+    _home, daemon, remote, watch = await attached(tmp_path)
     try:
         assert remote.contacts() == []
         killed_at = time.monotonic()
@@ -175,12 +180,7 @@ async def test_racing_views_get_one_owner(tmp_path: Path) -> None:
 
 
 async def test_take_over_attaches_to_a_new_daemon(tmp_path: Path) -> None:
-    home = make_home(tmp_path, "alice")
-    daemon = Daemon(home.home, f"127.0.0.1:{free_udp_port()}")
-    await daemon.start()
-    remote = RemoteNode(home)
-    await remote.start()
-    watch = Watch(remote)
+    home, daemon, remote, watch = await attached(tmp_path)
     await daemon.kill()
     await wait_until(lambda: bool(watch.lost()), timeout=5)
     again = Daemon(home.home, f"127.0.0.1:{free_udp_port()}")

@@ -23,7 +23,7 @@ from p2pchat.identity import Identity
 from p2pchat.node import Node
 from p2pchat.owner import start_owned
 
-from .conftest import EventLog, StartNode, free_udp_port, make_home, wait_until
+from .conftest import EventLog, StartNode, free_udp_port, friends, make_home, wait_until
 from .daemons import Daemon, run_cli
 
 MiB = 1 << 20
@@ -169,11 +169,7 @@ async def test_msg_to_someone_who_has_not_accepted_returns_at_once(
 async def test_a_stalled_loop_is_not_a_dead_peer(start_node: StartNode) -> None:
     """Liveness judges the peer, not our own loop: after a 5 s stall of the loop both
     nodes run in, the silence is ours, and nobody is declared offline."""
-    a = await start_node("alice")
-    b = await start_node("bob")
-    a.add_contact(b.peer_id, name="bob", addresses=b.addresses)
-    b.add_contact(a.peer_id, name="alice", addresses=a.addresses)
-    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
+    a, b = await friends(start_node)
     logs = [EventLog(a), EventLog(b)]
     try:
         await asyncio.sleep(0.5)

@@ -251,4 +251,6 @@ async def test_hostile_rendezvous_input(start: Start) -> None:
     d.peer_discovered(t.peer_id, [], source="dht", rendezvous=[address_of(v)])
     sent = d.send_message("target", "still works")
     assert await d.wait_for_delivery(sent.id, 20) == "delivered"
-    assert status(v)["punch"]["junk"] >= len(junk) - 1
+    # (0x30-0x3F is the relay's part of the space: its junk is counted there.)
+    relay_junk = status(v)["relaying"]["using"].get("junk", 0)
+    assert status(v)["punch"]["junk"] + relay_junk >= len(junk) - 1

@@ -17,9 +17,9 @@ import pytest
 from p2pchat.core import chat
 from p2pchat.core.errors import RemoteProtocolError
 from p2pchat.core.events import MessageDeleted, MessageEdited, MessageReceived
-from p2pchat.node import Node, NodeError
+from p2pchat.node import NodeError
 
-from .conftest import EventLog, StartNode, free_udp_port, make_home, wait_until
+from .conftest import EventLog, StartNode, free_udp_port, friends, make_home, wait_until
 from .daemons import Daemon, run_cli
 
 ID_A, ID_B = "a" * 32, "b" * 32
@@ -56,15 +56,6 @@ def test_malformed_changes_are_refused(fields: dict[str, object]) -> None:
     frame = {"t": "msg", "i": ID_A, "s": 1, "b": 1, "at": 1.0, "m": "text", **fields}
     with pytest.raises(RemoteProtocolError):
         chat.decode(chat.msgpack.packb(frame))
-
-
-async def friends(start_node: StartNode) -> tuple[Node, Node]:
-    a = await start_node("alice")
-    b = await start_node("bob")
-    a.add_contact(b.peer_id, name="bob", addresses=b.addresses)
-    b.add_contact(a.peer_id, name="alice", addresses=a.addresses)
-    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
-    return a, b
 
 
 async def test_reply_edit_and_delete_both_sides(start_node: StartNode) -> None:

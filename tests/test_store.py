@@ -295,7 +295,12 @@ def test_ack_beyond_send_seq_is_ignored(store: Store) -> None:
     assert store.ack_outgoing(BOB, 0, now=2.0) == []
     assert store.ack_outgoing(CAROL, 1, now=2.0) == []
     assert len(store.outbox(BOB)) == 2
-    # An ack of unsent-but-queued messages within send_seq is fine: it is cumulative.
+    # Queued but never transmitted: the peer cannot have received them.
+    assert store.ack_outgoing(BOB, 1, now=2.0) == []
+    store.mark_sent(BOB, 1, now=2.0, from_seq=1)
+    # An ack naming the untransmitted second message is refused whole.
+    assert store.ack_outgoing(BOB, 2, now=2.0) == []
+    assert len(store.outbox(BOB)) == 2
     assert store.ack_outgoing(BOB, 1, now=2.0) == [first.id]
     # A later message must not be deliverable by an ack that predates it.
     assert store.mark_read_outgoing(BOB, 3, now=3.0) == []
@@ -463,6 +468,7 @@ def test_second_store_sees_committed_writes(db_path: Path) -> None:
         assert two.get_contact(BOB) is not None
         assert [x.id for x in two.outbox(BOB)] == [m.id]
         assert two.queue_message(BOB, "from two", now=2.0).seq == 2
+        assert one.mark_sent(BOB, 2, now=2.5) == [m.id, two.history(BOB)[1].id]
         assert two.ack_outgoing(BOB, 2, now=3.0) == [m.id, two.history(BOB)[1].id]
         assert one.outbox(BOB) == []
         assert receive(two, 1).verdict == "accept"

@@ -157,6 +157,11 @@ class RendezvousServer:
     def registered_keys(self) -> list[bytes]:
         return list(self._registrations)
 
+    def registration(self, key: bytes) -> _Registration | None:
+        """The live registration of ``key``: where it is, and its keepalive key (the
+        relay, ``core/relay.py``, MACs a channel's control packets with it)."""
+        return self._registrations.get(key)
+
     def receive(self, packet: Packet, addr: Addr, now: float) -> None:
         """Handle one decoded packet from ``addr``; never raises for remote input."""
         if isinstance(packet, KeepaliveAck | RegChallenge | Registered | ConnectFwd):
@@ -555,3 +560,14 @@ class RegistrationClient:
     @property
     def registered(self) -> bool:
         return self.state in ("registered", "registered-renewing")
+
+    @property
+    def keepalive_key(self) -> bytes:
+        """The key this registration's packets are MACed with (empty until registered):
+        relay channels through this rendezvous are requested under it too."""
+        return self._keepalive_key
+
+    @property
+    def last_heard(self) -> float:
+        """When the rendezvous last answered (``now`` of that packet)."""
+        return self._last_heard

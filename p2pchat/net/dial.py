@@ -11,11 +11,20 @@ races every candidate it has, the way magic-wormhole's transit races its hints:
   record says it has a public address (a direct dial will most likely win);
 * every path a punch finds starts one more QUIC dial, on that path.
 
+* a channel through one of the contact's rendezvous nodes, as a relay
+  (``net/relay.py``), after :data:`RELAY_DELAY` (as magic-wormhole's transit delays
+  its relay hints), at once when both sides sit behind endpoint-dependent NATs or the
+  punch failed early.
+
 The first connection whose session is established wins: the node tells us
 (:meth:`Dialer.established`), the punch is cancelled and the other dials of the attempt
 are closed.  An attempt that ends without a session is followed by another after a
-back-off (1 s doubling to 30 s, with jitter).  Relayed candidates (issue 12) will join
-the same race, after a delay.
+back-off (1 s doubling to 30 s, with jitter).  A relayed session is a win that keeps
+trying: the punch and the direct dials of its attempt go on, and while the session
+stays relayed the node asks for an *upgrade* attempt (direct and punched candidates
+only) every :data:`UPGRADE_EVERY` seconds; a direct session that comes up replaces
+the relayed one (``Node._prefer``), and the outbox and the receive window make the
+move lose and duplicate nothing.
 
 The node stays the owner of every connection (``PeerConnection`` reports to it); the
 dialer only decides where and when to dial, and keeps the bookkeeping of attempts.
@@ -30,12 +39,13 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
-from p2pchat.core.punch import NAT_NONE, Addr
+from p2pchat.core.punch import NAT_ED, NAT_NONE, Addr
 from p2pchat.identity import format_address, key_from_peer_id
 from p2pchat.net.endpoint import AuxSocket
 from p2pchat.net.punch import PunchFailed, PunchService
+from p2pchat.net.relay import RelayFailed, RelayService
 
 __all__ = ["Dialer", "Route"]
 
@@ -49,12 +59,20 @@ ATTEMPT_TIMEOUT: Final = 16.0
 MAX_BACKOFF: Final = 30.0
 #: With a public address in the record, give the direct dials this head start.
 PUNCH_AFTER_PUBLIC: Final = 1.0
+#: Relayed candidates join the race this long after the others (magic-wormhole's
+#: transit waits as long before its relay hints): a direct or punched path usually
+#: wins within a second or two, and costs nobody's bandwidth.
+RELAY_DELAY: Final = 2.0
+RELAY_DELAY_BIRTHDAY: Final = 4.0
+#: While a contact's session is relayed, try to get a direct one this often.
+UPGRADE_EVERY: Final = 10.0
 
 
 class Connection(Protocol):
     """What the dialer needs of a connection (``net/peer.PeerConnection``)."""
 
     closed: bool
+    path: str | None
 
     @property
     def established(self) -> bool: ...
@@ -82,6 +100,9 @@ class _Attempt:
     handles: list[asyncio.TimerHandle] = field(default_factory=list)
     punch: asyncio.Task[None] | None = None
     punched: int = 0
+    relay: asyncio.Task[None] | None = None
+    upgrade: bool = False
+    """Only direct and punched candidates: the contact's session is relayed."""
 
 
 @dataclass(slots=True)
@@ -100,9 +121,11 @@ class Dialer:
         *,
         punch: PunchService | None,
         local_networks: Callable[[], Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]],
+        relay: RelayService | None = None,
     ) -> None:
         self.open_connection = open_connection
         self.punch = punch
+        self.relay = relay
         self.local_networks = local_networks
         self.loop = asyncio.get_running_loop()
         self._peers: dict[str, _Peer] = {}
@@ -140,6 +163,11 @@ class Dialer:
         """The contact has no session: start an attempt if one is due."""
         peer = self._peers.setdefault(peer_id, _Peer())
         attempt = peer.attempt
+        if attempt is not None and attempt.upgrade:
+            # The relayed session it was upgrading is gone: race every way again now.
+            self._finish(peer_id, peer, success=False, counted=False)
+            peer.next_at = 0.0
+            attempt = None
         if attempt is not None:
             if self._attempt_over(attempt, now):
                 self._finish(peer_id, peer, success=False)
@@ -147,15 +175,35 @@ class Dialer:
                 return
         if now < peer.next_at:
             return
-        rendezvous = route.rendezvous if self.punch is not None else ()
+        rendezvous = route.rendezvous if self.punch is not None or self.relay else ()
         if not route.addresses and not rendezvous:
             return
         self._start(peer_id, peer, route, now)
 
-    def _start(self, peer_id: str, peer: _Peer, route: Route, now: float) -> None:
-        attempt = _Attempt(started=now)
+    def upgrade(self, peer_id: str, route: Route, now: float) -> None:
+        """The contact's session is relayed: now and then, try for a direct one."""
+        peer = self._peers.setdefault(peer_id, _Peer())
+        attempt = peer.attempt
+        if attempt is not None:
+            if self._attempt_over(attempt, now):
+                self._finish(peer_id, peer, success=False, counted=False)
+                peer.next_at = now + UPGRADE_EVERY * random.uniform(0.8, 1.2)
+            return
+        if now < peer.next_at:
+            return
+        rendezvous = route.rendezvous if self.punch is not None else ()
+        if not route.addresses and not rendezvous:
+            return
+        self.stats["upgrade_attempts"] = self.stats.get("upgrade_attempts", 0) + 1
+        self._start(peer_id, peer, route, now, upgrade=True)
+
+    def _start(
+        self, peer_id: str, peer: _Peer, route: Route, now: float, *, upgrade: bool = False
+    ) -> None:
+        attempt = _Attempt(started=now, upgrade=upgrade)
         peer.attempt = attempt
-        self.stats["attempts"] = self.stats.get("attempts", 0) + 1
+        if not upgrade:
+            self.stats["attempts"] = self.stats.get("attempts", 0) + 1
         direct = self._order(route.addresses)[:MAX_DIRECT]
         for index, addr in enumerate(direct):
             if index == 0:
@@ -168,10 +216,27 @@ class Dialer:
                 )
         if route.rendezvous and self.punch is not None:
             delay = PUNCH_AFTER_PUBLIC if route.nat == NAT_NONE and direct else 0.0
-            task = asyncio.ensure_future(self._punch(peer_id, attempt, route.rendezvous, delay))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
-            attempt.punch = task
+            attempt.punch = self._track(self._punch(peer_id, attempt, route.rendezvous, delay))
+        if route.rendezvous and self.relay is not None and not upgrade:
+            delay = self._relay_delay(route)
+            attempt.relay = self._track(self._relay(peer_id, attempt, route.rendezvous, delay))
+
+    def _relay_delay(self, route: Route) -> float:
+        """How long the relay waits: not at all when no punch can work (both sides
+        behind endpoint-dependent NATs, or no punching here), longer when the punch
+        needs birthday probing (its spray lasts 2.5 s)."""
+        if self.punch is None:
+            return 0.0
+        kinds = {route.nat, self.punch.nat_kind()}
+        if kinds == {NAT_ED}:
+            return 0.0
+        return RELAY_DELAY_BIRTHDAY if NAT_ED in kinds else RELAY_DELAY
+
+    def _track(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -221,6 +286,33 @@ class Dialer:
             self.stats["punch_failed"] = self.stats.get("punch_failed", 0) + 1
             log.info("punch to %s: %s", peer_id[:12], exc)
 
+    async def _relay(
+        self, peer_id: str, attempt: _Attempt, relays: Sequence[Addr], delay: float
+    ) -> None:
+        """After ``delay`` (or as soon as the punch gave up), a channel through a relay
+        and a QUIC dial over it."""
+        assert self.relay is not None
+        if delay:
+            if attempt.punch is not None:
+                await asyncio.wait({attempt.punch}, timeout=delay)
+            else:
+                await asyncio.sleep(delay)
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.attempt is not attempt:
+            return
+        try:
+            channel = await self.relay.dial(key_from_peer_id(peer_id), relays)
+        except RelayFailed as exc:
+            self.stats["relay_failed"] = self.stats.get("relay_failed", 0) + 1
+            log.info("relay to %s: %s", peer_id[:12], exc)
+            return
+        if peer.attempt is not attempt:
+            channel.close()  # the race ended while the relay answered
+            return
+        self._dial(peer_id, attempt, channel.relay_addr, channel, "relayed")
+        if channel.link is None:
+            channel.close()
+
     def _attempt_over(self, attempt: _Attempt, now: float) -> bool:
         if now - attempt.started > ATTEMPT_TIMEOUT:
             return True
@@ -228,12 +320,21 @@ class Dialer:
             return False
         if attempt.punch is not None and not attempt.punch.done():
             return False
+        if attempt.relay is not None and not attempt.relay.done():
+            return False
         return all(c.closed for c in attempt.conns)
 
     # ------------------------------------------------------------------ outcomes
     def established(self, peer_id: str, conn: Connection) -> None:
-        """A session with the contact is up (ours or theirs): the race is over."""
+        """A session with the contact is up (ours or theirs): the race is over, unless
+        the session is relayed (then the attempt's punch and direct dials go on)."""
         peer = self._peers.setdefault(peer_id, _Peer())
+        if conn.path == "relayed":
+            peer.failures = 0
+            peer.next_at = self.loop.time() + UPGRADE_EVERY
+            if peer.attempt is not None:
+                peer.attempt.upgrade = True
+            return
         if self.punch is not None:
             self.punch.connected(key_from_peer_id(peer_id))
         attempt = peer.attempt
@@ -249,8 +350,9 @@ class Dialer:
         if attempt is not None:
             for handle in attempt.handles:
                 handle.cancel()
-            if attempt.punch is not None and not attempt.punch.done():
-                attempt.punch.cancel()
+            for task in (attempt.punch, attempt.relay):
+                if task is not None and not task.done():
+                    task.cancel()
             if not success:
                 for conn in attempt.conns:
                     if not conn.closed and not conn.established:

@@ -11,7 +11,8 @@ learned, so every protocol shares this socket and the endpoint demultiplexes:
    decrypt, a small pool for handshakes not yet authenticated).
 3. First byte ``d`` that is no known connection goes to the KRPC handler.
 4. First byte 0x00-0x3F (neither QUIC v1, whose fixed bit is 0x40, nor KRPC)
-   goes to the punch/relay handler, as RFC 9443 does for STUN.
+   goes to the punch handler (0x30-0x3F to the relay handler), as RFC 9443 does
+   for STUN.
 5. Anything else is dropped.
 
 aioquic's ``QuicConnection`` is sans-IO; this module is its asyncio shell in
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 512
 CID_LENGTH = 8
+#: The peer answers but acknowledges none of our control stream's data for this long:
+#: something on the path (a relay) passes small datagrams and drops the rest.
+STALL_TIMEOUT = 10.0
+STALLED = "no progress"
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
 PunchHandler = Callable[[bytes, tuple[str, int], "AuxSocket | None"], None]
@@ -96,6 +101,10 @@ class QuicLink:
         self._grace_until = 0.0
         self._ping_uid = 0
         self._pending_stream: list[tuple[int, bytes, bool]] = []
+        self._acked_offset = 0
+        self._progress_at = endpoint.now()
+        self.close_reason: str | None = None
+        self._transmit_scheduled = False
         self._pending_slot: str | None = None
         """The source IP whose admission slot this server link holds until its peer
         authenticates or it closes."""
@@ -136,6 +145,9 @@ class QuicLink:
             if now - self._last_heard >= LIVENESS_TIMEOUT and now >= self._grace_until:
                 self.close(f"no answer for {LIVENESS_TIMEOUT:g} s")
                 return
+            if self._stalled(now):
+                self.close(f"{STALLED} for {STALL_TIMEOUT:g} s")
+                return
             if now - max(self._last_heard, self._last_ping) >= self._keepalive:
                 self._last_ping = now
                 self._ping_uid += 1
@@ -144,6 +156,23 @@ class QuicLink:
         if quic_timer is not None and quic_timer <= now:
             self.conn.handle_timer(now)
         self._process()
+
+    def _stalled(self, now: float) -> bool:
+        """Data on the control stream (chat frames) has waited for an acknowledgement
+        for ``STALL_TIMEOUT`` without any of it getting through, while the peer still
+        answers pings: QUIC would retransmit for ever.  aioquic has no public view of
+        a stream's acknowledged offset, hence the private attributes."""
+        stream = self.conn._streams.get(0)
+        sender = getattr(stream, "sender", None)
+        acked = getattr(sender, "_buffer_start", None)
+        stop = getattr(sender, "_buffer_stop", None)
+        if not isinstance(acked, int) or not isinstance(stop, int):
+            return False
+        if stop <= acked or acked != self._acked_offset or now < self._grace_until:
+            self._acked_offset = acked
+            self._progress_at = now
+            return False
+        return now - self._progress_at >= STALL_TIMEOUT
 
     def _process(self) -> None:
         event = self.conn.next_event()
@@ -176,6 +205,7 @@ class QuicLink:
         if self.closed:
             return
         self.closed = True
+        self.close_reason = reason
         self._release_slot()
         if self._timer is not None:
             self._timer.cancel()
@@ -215,11 +245,23 @@ class QuicLink:
             self._pending_stream.append((stream_id, data, end))
             return
         self.conn.send_stream_data(stream_id, data, end)
+        # At the end of this loop turn, not now: frames written in one turn (a burst
+        # of messages, the acks of a batch) then share full-size packets instead of
+        # leaving one datagram each.  Inside ``_process`` the transmit that follows
+        # the events sends them anyway.
+        if not self._transmit_scheduled:
+            self._transmit_scheduled = True
+            self.endpoint.loop.call_soon(self._scheduled_transmit)
+
+    def _scheduled_transmit(self) -> None:
+        self._transmit_scheduled = False
         self.transmit()
 
     def close(self, reason: str = "", error_code: int = 0) -> None:
         if self.closed:
             return
+        if self._transmit_scheduled:
+            self.transmit()  # what was written this turn leaves before the close
         self.conn.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
         # Our side is done with it now; aioquic keeps the draining state on its own.
@@ -240,6 +282,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.on_incoming: Callable[[QuicLink], None] | None = None
         self.krpc_handler: PacketHandler | None = None
         self.punch_handler: PunchHandler | None = None
+        self.relay_handler: PunchHandler | None = None
         self._aux: set[AuxSocket] = set()
         self.local_address: tuple[str, int] | None = None
         self.dropped_datagrams = 0
@@ -313,8 +356,9 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         first = data[0]
         if first < 0x40:
-            if self.punch_handler is not None:
-                self.punch_handler(data, address, via)
+            handler = self.relay_handler if first >= 0x30 else self.punch_handler
+            if handler is not None:
+                handler(data, address, via)
             return
         buf = Buffer(data=data)
         try:

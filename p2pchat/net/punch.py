@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 MAX_REGISTRATIONS: Final = 2
 #: Registrations tracked at once, refused ones included (they show why in status).
 MAX_TRACKED: Final = 6
+#: Registrations held for relay channels (``hold``), on top of our own.
+MAX_HELD: Final = 4
 #: A rendezvous that never answered is tried again after this long.
 RETRY_FAILED: Final = 300.0
 #: Connect-request retransmissions to one rendezvous before trying the next.
@@ -152,6 +154,7 @@ class PunchService:
         self._wanted: list[RendezvousNode] = []
         self._regs: dict[Addr, RegistrationClient] = {}
         self._failed: dict[Addr, float] = {}
+        self._held: dict[Addr, tuple[RendezvousNode, float]] = {}
         self._sessions: dict[bytes, _Session] = {}
         self._sync_events: dict[bytes, asyncio.Event] = {}
         self._seen_requests: OrderedDict[bytes, float] = OrderedDict()
@@ -262,10 +265,11 @@ class PunchService:
 
     def registered_rendezvous(self) -> list[tuple[bytes, Addr]]:
         """(key, address) of the rendezvous nodes we are registered with."""
+        wanted = {n.addr for n in self._wanted}
         return [
             (reg.rendezvous_key, reg.addr)
             for reg in self.registrations()
-            if reg.rendezvous_key is not None
+            if reg.rendezvous_key is not None and reg.addr in wanted
         ]
 
     def observed_addresses(self) -> list[Addr]:
@@ -319,33 +323,81 @@ class PunchService:
 
     def _refill(self, now: float) -> None:
         """Keep up to two live registrations.  A refused one stays listed (status shows
-        why) and retries by itself later, but does not take a slot."""
+        why) and retries by itself later, but does not take a slot.  Held ones
+        (``hold``) come on top."""
+        for addr, (_, until) in list(self._held.items()):
+            if until <= now:
+                del self._held[addr]
         wanted = {n.addr: n for n in self._wanted}
         for addr in list(self._regs):
-            if addr not in wanted:
+            if addr not in wanted and addr not in self._held:
                 del self._regs[addr]
                 self._failed.pop(addr, None)
-        live = sum(reg.state != "refused" for reg in self._regs.values())
+        ours = [reg for addr, reg in self._regs.items() if addr in wanted]
+        live = sum(reg.state != "refused" for reg in ours)
+        tracked = len(ours)
         for node in self._wanted:
-            if live >= MAX_REGISTRATIONS or len(self._regs) >= MAX_TRACKED:
+            if live >= MAX_REGISTRATIONS or tracked >= MAX_TRACKED:
                 break
-            if node.addr in self._regs:
+            if node.addr in self._regs or not self._may_retry(node.addr, now):
                 continue
-            failed_at = self._failed.get(node.addr)
-            if failed_at is not None and now - failed_at < RETRY_FAILED:
-                continue
-            reg = RegistrationClient(
-                our_key=self.identity.public_key,
-                seed=self.identity.seed,
-                sign=self.identity.sign,
-                verify=verify_signature,
-                addr=node.addr,
-                rendezvous_key=node.key,
-            )
-            self._regs[node.addr] = reg
+            self._new_registration(node, now)
             live += 1
-            reg.start(now)
-            self._flush_reg(reg)
+            tracked += 1
+        for addr, (node, _) in self._held.items():
+            if addr not in self._regs and self._may_retry(addr, now):
+                self._new_registration(node, now)
+
+    def _may_retry(self, addr: Addr, now: float) -> bool:
+        failed_at = self._failed.get(addr)
+        return failed_at is None or now - failed_at >= RETRY_FAILED
+
+    def _new_registration(self, node: RendezvousNode, now: float) -> None:
+        reg = RegistrationClient(
+            our_key=self.identity.public_key,
+            seed=self.identity.seed,
+            sign=self.identity.sign,
+            verify=verify_signature,
+            addr=node.addr,
+            rendezvous_key=node.key,
+        )
+        self._regs[node.addr] = reg
+        reg.start(now)
+        self._flush_reg(reg)
+
+    def hold(self, node: RendezvousNode, until: float) -> None:
+        """Keep a registration with ``node`` until ``until`` (loop time), besides our
+        own rendezvous nodes: a relay that carries a channel to a contact needs us
+        registered there (``net/relay.py``).  Held registrations are not published
+        in our record; at most ``MAX_HELD`` at once (the one ending first goes)."""
+        own = {self.endpoint.local_address, *self.local_candidates()}
+        if node.key == self.identity.public_key or node.addr in own:
+            return
+        held = self._held.get(node.addr)
+        if held is not None:
+            until = max(until, held[1])
+        self._held[node.addr] = (node, until)
+        while len(self._held) > MAX_HELD:
+            first = min(self._held, key=lambda a: self._held[a][1])
+            del self._held[first]
+        if node.addr not in self._regs:
+            self._wake.set()
+
+    def retry_held(self, addr: Addr) -> None:
+        """Register again now with a held rendezvous that refused us (its owner may
+        have added us since); our own rendezvous nodes retry on their own schedule."""
+        reg = self._regs.get(addr)
+        if (
+            reg is not None
+            and reg.state == "refused"
+            and addr not in {n.addr for n in self._wanted}
+        ):
+            del self._regs[addr]
+            self._wake.set()
+
+    def registration(self, addr: Addr) -> RegistrationClient | None:
+        """Our registration with the rendezvous at ``addr``, in whatever state."""
+        return self._regs.get(addr)
 
     async def _maintain(self) -> None:
         """One loop for registrations (keepalives, renewals) and the server's tables."""
@@ -369,8 +421,11 @@ class PunchService:
                 if now - at > PATH_MEMORY:
                     del self._punched[key]
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+            # races with the wake-up, and stop() would wait for this loop for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.05, deadline - now))
+                async with asyncio.timeout(max(0.05, deadline - now)):
+                    await self._wake.wait()
 
     # ------------------------------------------------------------------ dialer
     async def dial(

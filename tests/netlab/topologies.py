@@ -48,6 +48,14 @@ class Router:
     def ruleset(self) -> str:
         return self.lab.run(self.ns, "nft", "list", "ruleset").stdout
 
+    def set_nat(self, mode: NatMode) -> None:
+        """Another kind of NAT from now on, as after a firmware change and a reboot:
+        the new rules, and every old mapping forgotten (the WAN link drops)."""
+        self.lab.run(self.ns, "nft", "flush", "ruleset")
+        self.lab.run(self.ns, "nft", "-f", "-", input=_nat_rules(mode))
+        self.link_down()
+        self.link_up()
+
     def renumber(self, new_wan: str, prefix: int = 24) -> None:
         """The ISP hands the router another public address, as a PPPoE or DHCP
         reconnect does: the WAN link drops (masquerade forgets every mapping made

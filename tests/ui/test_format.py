@@ -113,4 +113,5 @@ def test_path_words_name_the_route_and_round_trip() -> None:
 
     assert path_words("lan", 2.6) == " · LAN · 3 ms"
     assert path_words("punched", None) == " · punched"
+    assert path_words("relayed", 41.2) == " · relayed · 41 ms"
     assert path_words(None, None) == ""

@@ -41,7 +41,7 @@ class ContactEntry:
     last_activity: float | None
     warning: bool = False
     route: str | None = None
-    """"lan", "direct" or "punched" while online (how the session runs)."""
+    """"lan", "direct", "punched" or "relayed" while online (how the session runs)."""
     rtt_ms: float | None = None
     muted: bool = False
     blocked: bool = False
@@ -188,7 +188,7 @@ class ContactList(OptionList):
             self.post_message(self.ContactHighlighted(option_id[len(CONTACT) :]))
 
 
-PATH_WORDS = {"lan": "LAN", "direct": "direct", "punched": "punched"}
+PATH_WORDS = {"lan": "LAN", "direct": "direct", "punched": "punched", "relayed": "relayed"}
 
 
 def path_words(path: str | None, rtt_ms: float | None) -> str:

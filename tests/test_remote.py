@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from p2pchat.core.events import MessageReceived, NodeEvent, PeerOnline
-from p2pchat.remote import RemoteNode
+from p2pchat.remote import RemoteError, RemoteNode
 from p2pchat.store import UnknownContact
 
 from .conftest import StartNode, free_udp_port, make_home, wait_until
@@ -54,6 +54,14 @@ async def test_remote_node_mirrors_the_daemon(start_node: StartNode, tmp_path: P
             remote.history("nobody")
         remote.update_settings(theme="textual-light")
         assert remote.settings["theme"] == "textual-light"
+        # What the app remembers between runs goes into the owner's database.
+        assert remote.view_state("conversation") is None
+        remote.set_view_state("conversation", bob.peer_id)
+        assert remote.view_state("conversation") == bob.peer_id
+        with pytest.raises(RemoteError):
+            remote.set_view_state("", "x")
+        remote.set_view_state("conversation", None)
+        assert remote.view_state("conversation") is None
     finally:
         watcher.cancel()
         await remote.stop()

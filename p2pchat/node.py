@@ -1144,6 +1144,14 @@ class Node:
             before = self.get_transfer(before).id
         return self.transfers.page(peer_id, limit=limit, before=before)
 
+    def pending_offers(self, contact: str | None = None) -> list[Transfer]:
+        """Every incoming offer waiting for accept or decline (of one contact, or of
+        all), newest first.  Not paged: the offer budgets bound it (at most 64 in all,
+        16 per contact), so a view can always show each one, even while a flood fills
+        the pages of ``list_transfers`` with finished transfers."""
+        peer_id = self.store.find_contact(contact).peer_id if contact else None
+        return self.transfers.pending_offers(peer_id)
+
     def running_transfers(self) -> list[Transfer]:
         """Transfers moving bytes now (accepted, sending, receiving): what quitting
         this node would interrupt.  They resume from where they were once a node

@@ -97,6 +97,9 @@ DEFAULT_MAX_INCOMING = 64 << 30
 
 # Budgets of what a contact's offers make us store (docs/threat-model.md, "Budgets").
 MAX_PENDING_OFFERS_PER_PEER = 16
+MAX_PENDING_OFFERS = 64
+"""Offers waiting for the user's answer, from all contacts together: what
+``pending_offers`` lists whole, however many finished transfers a flood left."""
 MAX_FILES_PER_OFFER = 1024
 OFFER_BURST = 32
 OFFER_RATE = 0.5
@@ -540,6 +543,9 @@ class TransferManager:
         pending, _ = self.store.transfer_usage(direction="in", peer_id=peer, states=["pending"])
         if pending >= MAX_PENDING_OFFERS_PER_PEER:
             return f"too many pending offers (at most {MAX_PENDING_OFFERS_PER_PEER})"
+        pending, _ = self.store.transfer_usage(direction="in", states=["pending"])
+        if pending >= MAX_PENDING_OFFERS:
+            return f"too many offers waiting for an answer (at most {MAX_PENDING_OFFERS} in all)"
         return self._make_room(peer, len(frame.files))
 
     def _make_room(self, peer: str, files: int) -> str | None:
@@ -824,6 +830,12 @@ class TransferManager:
                 self.decline(transfer_id, "timeout: the offer was not answered")
 
     # ------------------------------------------------------------- listings
+    def pending_offers(self, peer_id: str | None = None) -> list[Transfer]:
+        """Every incoming offer waiting for an answer, newest first: not paged, since
+        the offer budgets bound them (``MAX_PENDING_OFFERS`` in all, 16 per contact),
+        so a flood of finished transfers never hides one."""
+        return self.store.list_transfers(direction="in", states=["pending"], peer_id=peer_id)
+
     def page(
         self, peer_id: str | None, *, limit: int = PAGE_SIZE, before: str | None = None
     ) -> list[Transfer]:

@@ -11,6 +11,9 @@ Everything binds 127.0.0.1 and talks only to 127.0.0.1.
   --no-dht``) and a ``Node`` in this process are contacts and online; the
   daemon is SIGKILLed (no goodbye leaves it) and the time until this node emits
   ``PeerOffline`` is measured, ``--runs`` times (a fresh daemon each time).
+* owner gone: a view attached to a daemon (``RemoteNode``) and its event stream;
+  the daemon is SIGKILLed and the time until the stream yields
+  ``NodeConnectionLost`` is measured, ``--runs`` times.
 * idle cost: two nodes in this process, connected and idle for ``--idle``
   seconds; the UDP datagrams both endpoints send are counted (keepalive pings
   and their ACKs), per connection and second.
@@ -31,10 +34,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2pchat.core.events import PeerOffline
+from p2pchat.core.events import NodeConnectionLost, PeerOffline
 from p2pchat.net.endpoint import Endpoint
 from p2pchat.net.quic import KEEPALIVE_INTERVAL, LIVENESS_TIMEOUT
 from p2pchat.node import Node
+from p2pchat.remote import RemoteNode
 from tests.daemons import Daemon, free_udp_port, make_home
 
 
@@ -71,6 +75,29 @@ async def offline_after_kill(root: Path, run: int) -> float:
         await me.stop()
 
 
+async def owner_gone(root: Path, run: int) -> float:
+    daemon = Daemon(make_home(root, f"owner{run}").home, f"127.0.0.1:{free_udp_port()}")
+    await daemon.start()
+    view = RemoteNode(daemon.paths)
+    await view.start()
+    events = view.events()
+    first = asyncio.ensure_future(anext(events))
+    try:
+        await asyncio.sleep(0.5)  # the stream is connected and idle
+        killed = time.monotonic()
+        await daemon.kill()
+        async with asyncio.timeout(30):
+            event = await first
+            while not isinstance(event, NodeConnectionLost):
+                event = await anext(events)
+        return time.monotonic() - killed
+    finally:
+        first.cancel()
+        await events.aclose()
+        await view.stop()
+        await daemon.stop()
+
+
 async def idle_cost(root: Path, seconds: float) -> float:
     a = Node(make_home(root, "idle-a"))
     b = Node(make_home(root, "idle-b"))
@@ -79,9 +106,9 @@ async def idle_cost(root: Path, seconds: float) -> float:
     sent = [0]
     original = Endpoint.sendto
 
-    def counting(self: Endpoint, data: bytes, address: Any) -> None:
+    def counting(self: Endpoint, data: bytes, address: Any, **kw: Any) -> None:
         sent[0] += 1
-        original(self, data, address)
+        original(self, data, address, **kw)
 
     try:
         a.add_contact(b.peer_id, name="b", addresses=b.addresses)
@@ -115,6 +142,11 @@ async def main() -> None:
         print(
             f"offline after SIGKILL ({args.runs} runs): median {statistics.median(times):.2f} s,"
             f" min {min(times):.2f} s, max {max(times):.2f} s"
+        )
+        gone = [await owner_gone(root, run) for run in range(args.runs)]
+        print(
+            f"attached view sees its owner SIGKILLed ({args.runs} runs):"
+            f" median {statistics.median(gone) * 1000:.1f} ms, max {max(gone) * 1000:.1f} ms"
         )
         rate = await idle_cost(root, args.idle)
         print(f"idle connection: {rate:.2f} datagrams/s for the pair (both directions)")

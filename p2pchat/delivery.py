@@ -442,10 +442,17 @@ class Delivery:
             for conn, frames in incoming.items():
                 self._storage_refusal(conn, frames[0].seq, exc)
             return  # sent marks are only bookkeeping; unapplied acks come again
-        if received:
-            self.storage_ok()  # messages were stored: the database works (again)
+        stored = {
+            peer for _conn, peer, answered in received
+            if any(result.verdict == "accept" for _frame, result in answered)
+        }  # fmt: skip
+        if stored:
+            # Only a stored message proves the database writes again: a batch of
+            # gaps or duplicates commits nothing, and succeeds on a full disk too.
+            self.storage_ok()
         for conn, peer, answered in received:
-            self._storage_failures.pop(peer, None)
+            if peer in stored:
+                self._storage_failures.pop(peer, None)
             self._answer(conn, peer, answered, wall)
         for peer, ids in marked:
             for message_id in ids:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import subprocess
@@ -13,15 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import msgpack
-
 from p2pchat.config import Paths, save_settings
-from p2pchat.core import chat
-from p2pchat.core.errors import RemoteProtocolError
-from p2pchat.core.session import HandshakeComplete, PayloadReceived, SecureSession
-from p2pchat.identity import Identity, create_identity, load_identity, parse_address
+from p2pchat.identity import create_identity, load_identity
 from p2pchat.net.control import ControlClient
-from p2pchat.net.endpoint import Endpoint, QuicLink
 
 T = TypeVar("T")
 
@@ -212,99 +205,3 @@ class DhtDaemon(Daemon):
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-
-class HostileLink:
-    """One session a ``HostilePeer`` runs: the package's own ``SecureSession`` over a
-    real QUIC connection, with the frames it carries under the test's control."""
-
-    def __init__(self, peer: HostilePeer, link: QuicLink, session: SecureSession) -> None:
-        self.peer = peer
-        self.link = link
-        self.session = session
-        self.frames: list[chat.ChatFrame] = []
-        self.bytes_received = 0
-        self.terminated: str | None = None
-        self.handshake = asyncio.Event()
-        link.handler = self
-
-    # LinkHandler
-    def link_handshake_done(self, link: QuicLink) -> None:
-        self.session.initiate()
-        self._flush()
-
-    def link_stream_data(self, link: QuicLink, stream_id: int, data: bytes, end: bool) -> None:
-        if stream_id != 0:
-            return
-        self.bytes_received += len(data)
-        self.session.receive_data(data)
-        while (event := self.session.next_event()) is not None:
-            if isinstance(event, PayloadReceived):
-                with contextlib.suppress(RemoteProtocolError):
-                    self.frames.append(chat.decode(event.payload))
-            elif isinstance(event, HandshakeComplete):
-                self.handshake.set()
-        self._flush()
-
-    def link_terminated(self, link: QuicLink, reason: str) -> None:
-        self.terminated = reason
-
-    def _flush(self) -> None:
-        out = self.session.data_to_send()
-        if out:
-            self.link.send_stream(0, out)
-
-    def send(self, frame: chat.ChatFrame | dict[str, Any]) -> None:
-        """A frame as the package would encode it, or any map at all (unchecked)."""
-        payload = (
-            msgpack.packb(frame, use_bin_type=True)
-            if isinstance(frame, dict)
-            else chat.encode(frame)
-        )
-        self.session.send(payload)
-        self._flush()
-
-    def of(self, kind: type[chat.ChatFrame]) -> list[chat.ChatFrame]:
-        return [f for f in self.frames if isinstance(f, kind)]
-
-    def close(self) -> None:
-        self.link.close("hostile peer done")
-
-
-class HostilePeer:
-    """A stranger or contact built on the package's own classes (``Endpoint``,
-    ``SecureSession``, ``chat``), for attacks a genuine node would never make."""
-
-    def __init__(self, identity: Identity | None = None) -> None:
-        self.identity = identity or Identity.generate()
-        self.endpoint: Endpoint | None = None
-
-    @property
-    def peer_id(self) -> str:
-        return self.identity.peer_id
-
-    async def start(self) -> None:
-        self.endpoint = Endpoint(self.identity)
-        await self.endpoint.start("127.0.0.1", 0)
-
-    async def connect(
-        self,
-        address: str,
-        *,
-        hello: chat.Hello | dict[str, Any] | None = None,
-        timeout: float = 10.0,
-    ) -> HostileLink:
-        """Dial ``address``, finish the session handshake, then send ``hello``."""
-        assert self.endpoint is not None
-        session = SecureSession(
-            initiator=True, our_key=self.identity.public_key, sign=self.identity.sign
-        )
-        link = HostileLink(self, self.endpoint.connect(parse_address(address)), session)
-        await asyncio.wait_for(link.handshake.wait(), timeout)
-        link.send(hello if hello is not None else chat.Hello(name="mallory"))
-        return link
-
-    def close(self) -> None:
-        if self.endpoint is not None:
-            self.endpoint.close()
-            self.endpoint = None

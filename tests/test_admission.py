@@ -10,7 +10,7 @@ from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, Drop, InitialGate, Reply
 from p2pchat.net.endpoint import CID_LENGTH
 from p2pchat.net.quic import configuration
-from tests.netlab.tools import quic_initial
+from tests.attacks.attackers import quic_initial
 
 SERVER = ("127.0.0.1", 4000)
 CLIENT = ("127.0.0.1", 5000)

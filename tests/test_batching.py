@@ -15,8 +15,9 @@ from p2pchat.identity import load_identity
 from p2pchat.node import Node
 from p2pchat.store import Store
 
+from .attacks.attackers import HostileLink, HostilePeer
 from .conftest import EventLog, StartNode, make_home, wait_until
-from .daemons import HostileLink, HostilePeer, cli_env
+from .daemons import cli_env
 from .test_messaging import befriend, bodies
 
 

@@ -562,3 +562,27 @@ async def test_a_record_lands_on_several_nodes_and_survives_one_of_them_dying() 
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_stop_is_not_lost_when_a_change_races_it() -> None:
+    """A change signalled just before ``stop()`` runs: under Python 3.11,
+    ``asyncio.wait_for`` returned the finished wait and swallowed the cancel, so the
+    publication loop ran on and ``stop()`` waited for it forever.  (The same race was
+    fixed in the node's dial loop.)"""
+    dht = await service()
+    try:
+        assert await dht.wait_ready(5)
+        for _ in range(3):
+            await asyncio.sleep(0.1)  # the publication loop now waits for a change
+        dht._changed.set()
+        stopping = asyncio.ensure_future(dht.stop())  # runs after the wait has finished
+        try:
+            async with asyncio.timeout(10):
+                await asyncio.shield(stopping)
+        finally:
+            for task in list(dht._tasks):
+                task.cancel()  # unblock a hung stop() so the test can end
+            await stopping
+        assert not dht._tasks
+    finally:
+        await close(dht)

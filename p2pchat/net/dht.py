@@ -511,8 +511,11 @@ class DhtService:
         self._spawn(self._bootstrap())
 
     async def wait_ready(self, timeout: float) -> bool:
+        # asyncio.timeout, not wait_for, here and below: on 3.11 wait_for swallows a
+        # cancel that races with the awaited event, and stop() then waits forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
         return self._ready.is_set()
 
     # ------------------------------------------------------------------ operations
@@ -567,7 +570,8 @@ class DhtService:
         key = key_from_peer_id(peer_id)
         await self.wait_ready(timeout)
         try:
-            item = await asyncio.wait_for(self.get_item(key, PEER_RECORD_SALT), timeout)
+            async with asyncio.timeout(timeout):
+                item = await self.get_item(key, PEER_RECORD_SALT)
         except TimeoutError:
             return None
         if item is None:
@@ -697,7 +701,8 @@ class DhtService:
             if pub.record is not None and pub.stored < self.core.config.k:
                 delay = min(delay, EMPTY_TABLE_POLL)  # watch for the table to grow
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._changed.wait()
 
     async def _keep_present(self) -> None:
         """Publish the record when it changed, when it is due, and when it sits on fewer

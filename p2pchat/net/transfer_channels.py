@@ -6,8 +6,11 @@ only moves bytes and makes sure neither side can be held forever:
 * The receiver's TCP port is open to anyone.  Until a connection presents the
   preamble of an attempt the receiver expects, it is *unclaimed*: ``TcpGate``
   caps those per source address and in all, and releases a slot on every path
-  (it is a context manager).  A claimed connection is answered with one byte,
-  ``CLAIMED``, so the sender knows its channel was taken.
+  (it is a context manager).  A few more slots are kept for the addresses of
+  contacts the receiver has just asked for data, so strangers holding every
+  ordinary slot cannot push a genuine channel onto the slower QUIC carrier.  A
+  claimed connection is answered with one byte, ``CLAIMED``, so the sender knows
+  its channel was taken.
 * The sender falls back to a QUIC stream of the session, within the same
   attempt, when the TCP channel is refused, closed or unanswered before that byte
   arrives; and it gives up an attempt whose channel makes no progress for
@@ -43,6 +46,9 @@ MAX_UNCLAIMED_TCP = 16
 EVENT_INTERVAL = 0.25
 """Progress events (for people) at most this often per attempt, on either side."""
 MAX_UNCLAIMED_TCP_PER_SOURCE = 4
+MAX_UNCLAIMED_TCP_RESERVE = 4
+"""Unclaimed slots beyond the caps, only for the address of a contact whose data
+channel we expect (the address of its session)."""
 
 
 def source_key(ip: str) -> str:
@@ -79,28 +85,40 @@ class TcpGate:
     """Slots for TCP data connections that have not presented a known preamble yet."""
 
     def __init__(
-        self, total: int = MAX_UNCLAIMED_TCP, per_source: int = MAX_UNCLAIMED_TCP_PER_SOURCE
+        self,
+        total: int = MAX_UNCLAIMED_TCP,
+        per_source: int = MAX_UNCLAIMED_TCP_PER_SOURCE,
+        reserve: int = MAX_UNCLAIMED_TCP_RESERVE,
     ) -> None:
         self.total = total
         self.per_source = per_source
+        self.reserve = reserve
         self.unclaimed = 0
+        self.reserved = 0
         self._by_source: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def admit(self, ip: str) -> Iterator[bool]:
+    def admit(self, ip: str, *, expected: bool = False) -> Iterator[bool]:
         """Yield whether the connection may wait for its preamble; the slot it took
-        (if any) is given back however the ``with`` block ends."""
+        (if any) is given back however the ``with`` block ends.  An ``expected``
+        source (a contact we asked for data) may use the reserve when the ordinary
+        slots are taken."""
         key = source_key(ip)
         held = self._by_source.get(key, 0)
-        if self.unclaimed >= self.total or held >= self.per_source:
-            yield False
-            return
+        spare = False
+        if self.unclaimed - self.reserved >= self.total or held >= self.per_source:
+            if not expected or self.reserved >= self.reserve:
+                yield False
+                return
+            spare = True
         self.unclaimed += 1
+        self.reserved += spare
         self._by_source[key] = held + 1
         try:
             yield True
         finally:
             self.unclaimed -= 1
+            self.reserved -= spare
             left = self._by_source[key] - 1
             if left:
                 self._by_source[key] = left

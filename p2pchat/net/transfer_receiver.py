@@ -33,7 +33,7 @@ from p2pchat.core.filedrop import (
     parse_preamble,
 )
 from p2pchat.net.peer import PeerConnection
-from p2pchat.net.transfer_channels import CLAIMED, Rate, TcpGate
+from p2pchat.net.transfer_channels import CLAIMED, Rate, TcpGate, source_key
 from p2pchat.net.transfer_files import (
     DiskQueue,
     hash_file,
@@ -197,7 +197,7 @@ class DataReceiver:
         and the preamble deadline; None closes the connection."""
         peer = writer.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        with self.gate.admit(ip) as admitted:
+        with self.gate.admit(ip, expected=self._expects_channel_from(ip)) as admitted:
             if not admitted:
                 self.manager.counters["tcp_refused"] += 1
                 return None
@@ -233,6 +233,14 @@ class DataReceiver:
             await self._channel_failed(inc, str(exc))
         except OSError as exc:
             self._disk_failed(inc, exc)
+
+    def _expects_channel_from(self, ip: str) -> bool:
+        """Whether a contact at this source has an attempt waiting for its channel."""
+        key = source_key(ip)
+        return any(
+            inc.opener is None and source_key(str(inc.conn.link.address[0])) == key
+            for inc in self._incoming.values()
+        )
 
     def stream_data(self, conn: PeerConnection, stream_id: int, data: bytes, end: bool) -> None:
         """Bytes of a QUIC stream the peer opened for a transfer.

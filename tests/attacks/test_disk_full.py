@@ -41,20 +41,20 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def fill(folder: Path) -> Path:
     """Take every free byte of the file system under ``folder``."""
     filler = folder / "filler"
-    with open(filler, "wb") as fh:
+    # Unbuffered: a write the disk refuses fails here, and nothing is left in a
+    # buffer for close() to fail on.
+    with open(filler, "wb", buffering=0) as fh:
         block = b"\0" * 65536
         while True:
             try:
                 fh.write(block)
-                fh.flush()
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
                 break
-    with contextlib.suppress(OSError), open(filler, "ab") as fh:
+    with contextlib.suppress(OSError), open(filler, "ab", buffering=0) as fh:
         for _ in range(64):  # and the last partial blocks
             fh.write(b"\0" * 512)
-            fh.flush()
     return filler
 
 

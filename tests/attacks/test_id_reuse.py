@@ -6,7 +6,7 @@ from __future__ import annotations
 from p2pchat.core import chat
 
 from ..conftest import StartNode, wait_until
-from ..daemons import HostilePeer
+from .attackers import HostilePeer, chat_message
 
 SHARED_ID = "5" * 32
 
@@ -25,11 +25,11 @@ async def test_a_contact_cannot_block_another_by_reusing_its_ids(
         victim.add_contact(mallory.peer_id, name="mallory")
         link = await mallory.connect(victim.addresses[0])
         # Mallory gets in first with the id Bob's next message will carry.
-        link.send(chat.ChatMessage(id=SHARED_ID, seq=1, base=1, sent_at=1e9, body="mine"))
+        link.send(chat_message(1, "mine", SHARED_ID))
         await wait_until(lambda: bool(link.of(chat.Ack)), timeout=10)
         # ...and also with an id the victim itself used towards Bob.
         own = victim.send_message("bob", "hello bob")
-        link.send(chat.ChatMessage(id=own.id, seq=2, base=1, sent_at=1e9, body="copy"))
+        link.send(chat_message(2, "copy", own.id))
         # Bob's message with that id, and the ones after it, all arrive.
         queued = bob.store.queue_message(
             victim.peer_id, "from bob", now=bob.clock(), message_id=SHARED_ID

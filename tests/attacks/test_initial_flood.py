@@ -49,7 +49,7 @@ async def test_initial_flood_does_not_keep_a_new_contact_out(
     rss_before = rss_kib(victim.proc.pid)
     flood = subprocess.Popen(
         [
-            sys.executable, "-m", "tests.netlab.tools", "quic-flood", victim.listen,
+            sys.executable, "-m", "tests.attacks.attackers", "quic-flood", victim.listen,
             "--rate", str(FLOOD_RATE), "--ports", str(FLOOD_PORTS), "--duration", "60",
         ],
         stdout=subprocess.PIPE,

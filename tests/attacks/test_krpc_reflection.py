@@ -15,28 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from p2pchat.dht.bencode import bencode
 from p2pchat.dht.core import DhtConfig
 from tests.daemons import DhtDaemon, free_udp_port, make_home, run_cli, until
+
+from .attackers import KrpcFlood
 
 SOURCES = 256
 QUERIES_PER_SOURCE = 30  # under the per-IP burst of 40: only a global budget stops them
 pytestmark = pytest.mark.timeout(120)
-
-
-class Counter(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.replies = 0
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.replies += 1
 
 
 @pytest.fixture
@@ -66,40 +58,21 @@ async def test_forged_sources_share_one_reply_budget(
         return status["record"]["published_at"] is not None
 
     await until(alice_published)
-    host, port = boot.listen.rsplit(":", 1)
-    target = (host, int(port))
-    loop = asyncio.get_running_loop()
-    sockets: list[tuple[asyncio.DatagramTransport, Counter]] = []
-    for i in range(SOURCES):
-        counter = Counter()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda c=counter: c,  # type: ignore[misc]
-            local_addr=(f"127.77.{i}.1", 0),
-        )
-        sockets.append((transport, counter))
+    flood = KrpcFlood(SOURCES)
+    await flood.open()
     config = DhtConfig()
     started = time.monotonic()
     try:
-        for n in range(QUERIES_PER_SOURCE):
-            for transport, _ in sockets:
-                query = {
-                    b"a": {b"id": os.urandom(20), b"target": os.urandom(20)},
-                    b"q": b"find_node",
-                    b"t": n.to_bytes(2, "big"),
-                    b"y": b"q",
-                }
-                transport.sendto(bencode(query), target)
-            await asyncio.sleep(0)
+        await flood.burst(boot.listen, QUERIES_PER_SOURCE)
         # Meanwhile a node that proved its address (Alice answered Boot's queries) is
         # still served: her lookup of her own record goes through Boot.
         found = await alice.call("dht_lookup", peer=alice.peer_id)
         await asyncio.sleep(1.0)
         elapsed = time.monotonic() - started
     finally:
-        for transport, _ in sockets:
-            transport.close()
+        flood.close()
     sent = SOURCES * QUERIES_PER_SOURCE
-    replies = sum(counter.replies for _, counter in sockets)
+    replies = flood.replies
     bound = config.unverified_reply_burst + config.unverified_reply_rate * elapsed
     assert replies <= bound, (replies, bound, elapsed)
     assert found["addresses"] == [alice.listen]

@@ -17,7 +17,8 @@ from p2pchat.node import Node
 from p2pchat.store import Store
 
 from ..conftest import StartNode, wait_until
-from ..daemons import Daemon, HostilePeer, free_udp_port, run_cli
+from ..daemons import Daemon, free_udp_port, run_cli
+from .attackers import HostilePeer, bad_hello
 
 BAD_NAMES = [
     "x" * 70,
@@ -96,7 +97,7 @@ async def test_a_peers_bad_name_never_breaks_its_session(start_node: StartNode) 
     await mallory.start()
     try:
         link = await mallory.connect(
-            bob.addresses[0], hello={"t": "hello", "v": 1, "n": "M" * 300 + "\u202e\x1b[2J"}
+            bob.addresses[0], hello=bad_hello(0)
         )
         await wait_until(lambda: bool(bob.requests()), timeout=10)
         [request] = bob.requests()
@@ -105,7 +106,7 @@ async def test_a_peers_bad_name_never_breaks_its_session(start_node: StartNode) 
         link.close()
         bob.add_contact(mallory.peer_id, name="mallory")
         link = await mallory.connect(
-            bob.addresses[0], hello={"t": "hello", "v": 1, "n": "\u2066\u2069\x00"}
+            bob.addresses[0], hello=bad_hello(1)
         )
         link.send(
             chat.ChatMessage(id=os.urandom(16).hex(), seq=1, base=1, sent_at=1e9, body="hi")

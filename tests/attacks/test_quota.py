@@ -4,7 +4,6 @@ contact, refused with `defer`, and nothing lost on an honest sender's side."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,8 @@ from p2pchat.core.events import DeliveryDeferred, IncomingDeferred
 from p2pchat.node import Node
 
 from ..conftest import EventLog, wait_until
-from ..daemons import HostilePeer, make_home
+from ..daemons import make_home
+from .attackers import HostilePeer, message_flood
 
 QUOTA = 20_000
 DAY = 86400.0
@@ -83,12 +83,7 @@ async def test_a_contact_ignoring_defer_cannot_grow_the_database(tmp_path: Path)
         bob.add_contact(mallory.peer_id, name="mallory")
         link = await mallory.connect(bob.addresses[0])
         await wait_until(lambda: bob.is_online(mallory.peer_id), timeout=10)
-        for seq in range(1, 401):
-            link.send(
-                chat.ChatMessage(
-                    id=os.urandom(16).hex(), seq=seq, base=1, sent_at=1e9, body="m" * 8000
-                )
-            )
+        await message_flood(link, 1, 400, "m" * 8000)
 
         def status() -> dict[str, Any]:
             return dict(bob.network_status()["messages"])

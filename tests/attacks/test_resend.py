@@ -11,7 +11,7 @@ from p2pchat.delivery import RESEND_BYTES_BURST
 from p2pchat.node import Node
 
 from ..conftest import StartNode, wait_until
-from ..daemons import HostilePeer
+from .attackers import HostilePeer, pending_gap_pairs
 
 BODY = "x" * 8000
 QUEUED = 40
@@ -46,10 +46,7 @@ async def test_pending_gap_pairs_do_not_amplify(start_node: StartNode) -> None:
         await wait_until(lambda: len(link.of(chat.ChatMessage)) >= QUEUED, timeout=20)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for _ in range(PAIRS):
-            link.send(chat.RequestPending())
-            link.send(chat.Gap(1))
-            await asyncio.sleep(0.005)
+        await pending_gap_pairs(link, PAIRS)
         total = await settled(lambda: link.bytes_received)
         elapsed = loop.time() - started
         # Before the budget: every pair resent the whole outbox, PAIRS x 320 KB = 48 MB.

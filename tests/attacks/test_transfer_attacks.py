@@ -25,18 +25,23 @@ from typing import Any
 import pytest
 
 from p2pchat.core import chat
-from p2pchat.core.filedrop import CHUNK_SIZE, KEY_LABEL, PREAMBLE_SIZE, Sealer, new_hasher
-from p2pchat.core.session import SecureSession
-from p2pchat.identity import Identity, parse_address
+from p2pchat.core.filedrop import CHUNK_SIZE, KEY_LABEL, Sealer, new_hasher
+from p2pchat.identity import parse_address
 from p2pchat.net import transfers
-from p2pchat.net.endpoint import Endpoint
 from p2pchat.node import Node
 
 from ..conftest import StartNode, wait_until
 from ..daemons import Daemon, make_home, rss_kib
 from ..test_filedrop import digest, pair, random_file
-from ..test_filedrop_hostile import HostileContact
-from ..test_hostile import RawPeer, raw_endpoint
+from .attackers import (
+    HostileLink,
+    HostilePeer,
+    flood_files,
+    offer_cancel_flood,
+    tcp_burst,
+    tcp_garbage,
+    tcp_hold,
+)
 
 MiB = 1 << 20
 TRANSFER_BOUND = 60.0  # liveness bound for a 5 MiB transfer on loopback
@@ -63,7 +68,7 @@ async def test_refused_connections_release_their_slot(
     a, b, downloads = await pair(start_node, tmp_path)
     port = b.transfers.tcp_port
     assert port
-    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+    conns = await tcp_burst("127.0.0.1", port, 40)
     # Wait until the node has turned away what is beyond its caps.
     await wait_until(lambda: sum(r.at_eof() for r, _ in conns) >= 24, timeout=20)
     for _r, w in conns:
@@ -83,24 +88,7 @@ async def test_idle_connections_held_open_do_not_stall_transfers(
     a, b, downloads = await pair(start_node, tmp_path)
     port = b.transfers.tcp_port
     stop = asyncio.Event()
-
-    async def hold_one() -> None:
-        while not stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            try:
-                read = asyncio.ensure_future(reader.read())
-                stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                read.cancel()
-                stopped.cancel()
-            finally:
-                writer.close()
-
-    holders = [asyncio.ensure_future(hold_one()) for _ in range(24)]
+    holders = [asyncio.ensure_future(tcp_hold("127.0.0.1", port, stop=stop)) for _ in range(24)]
     try:
         await asyncio.sleep(0.5)  # the node is now full of idle connections
         await send_and_check(a, tmp_path, downloads, "while-held.bin")
@@ -111,54 +99,55 @@ async def test_idle_connections_held_open_do_not_stall_transfers(
         await asyncio.gather(*holders, return_exceptions=True)
 
 
+async def test_strangers_holding_every_slot_do_not_push_the_contact_off_tcp(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Strangers at six other addresses keep all 16 ordinary slots busy.  The contact
+    the receiver asked for data still gets its direct channel from a small reserve
+    for expected sources; it used to be refused and fall back to QUIC, which a
+    concurrent Initial flood can slow to a crawl (the soak showed it)."""
+    a, b, downloads = await pair(start_node, tmp_path)
+    port = b.transfers.tcp_port
+    stop = asyncio.Event()
+    holders = [
+        asyncio.ensure_future(
+            tcp_hold("127.0.0.1", port, source=f"127.88.{i % 6}.1", stop=stop, reopen_after=0.05)
+        )
+        for i in range(24)
+    ]
+    try:
+        await wait_until(lambda: tcp_counters(b)["tcp_unclaimed"] >= 16)
+        before = tcp_counters(b)
+        await send_and_check(a, tmp_path, downloads, "through-the-reserve.bin")
+        after = tcp_counters(b)
+        assert after["tcp_channels"] == before["tcp_channels"] + 1
+        assert tcp_counters(a)["tcp_fallbacks"] == 0
+        assert after["tcp_refused"] > before["tcp_refused"]  # strangers still turned away
+    finally:
+        stop.set()
+        await asyncio.gather(*holders, return_exceptions=True)
+
+
 async def test_garbage_preambles(start_node: StartNode, tmp_path: Path) -> None:
     """200 connections at once, each sending a garbage preamble: all are closed, none
     keeps a slot, and the next transfer takes the direct TCP path."""
     a, b, downloads = await pair(start_node, tmp_path)
     port = b.transfers.tcp_port
-
-    async def garbage() -> None:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return
-        try:
-            writer.write(os.urandom(PREAMBLE_SIZE))
-            await writer.drain()
-            await asyncio.wait_for(reader.read(), 20)
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(garbage() for _ in range(200)))
+    await asyncio.gather(*(tcp_garbage("127.0.0.1", port) for _ in range(200)))
     await wait_until(lambda: tcp_counters(b)["tcp_unclaimed"] == 0, timeout=20)
     tcp_before = tcp_counters(b)["tcp_channels"]
     await send_and_check(a, tmp_path, downloads, "after-garbage.bin")
     assert tcp_counters(b)["tcp_channels"] == tcp_before + 1
 
 
-async def hostile_session(
-    endpoint: Endpoint, identity: Identity, address: str
-) -> tuple[HostileContact, SecureSession]:
-    """A contact built from the package's own classes that sends whatever it likes."""
-    peer = RawPeer(endpoint, address)
-    await asyncio.wait_for(peer.handshake.wait(), 10)
-    session = SecureSession(initiator=True, our_key=identity.public_key, sign=identity.sign)
-    session.initiate()
-    peer.link.send_stream(0, session.data_to_send())
-    hostile = HostileContact(peer, session)
-    await wait_until(hostile.pump, timeout=10)
-    hostile.send(chat.Hello(name="mallory"))
-    return hostile, session
-
-
-async def hostile_contact(b: Node) -> tuple[HostileContact, SecureSession, Endpoint]:
-    endpoint, identity = await raw_endpoint()
-    b.add_contact(identity.peer_id, name="mallory")
-    hostile, session = await hostile_session(endpoint, identity, b.addresses[0])
-    await wait_until(lambda: b.is_online(identity.peer_id))
-    return hostile, session, endpoint
+async def hostile_contact(b: Node) -> tuple[HostileLink, HostilePeer]:
+    """A contact of ``b`` that sends whatever it likes (close the peer when done)."""
+    mallory = HostilePeer()
+    await mallory.start()
+    b.add_contact(mallory.peer_id, name="mallory")
+    hostile = await mallory.connect(b.addresses[0])
+    await wait_until(lambda: b.is_online(mallory.peer_id))
+    return hostile, mallory
 
 
 async def test_claimed_channel_that_goes_silent_is_dropped_and_retried(
@@ -170,7 +159,7 @@ async def test_claimed_channel_that_goes_silent_is_dropped_and_retried(
     b.transfers.policy.downloads = tmp_path / "downloads"
     b.transfers.policy.accept_from = frozenset({"contacts"})
     b.transfers.policy.data_idle_timeout = 1.0
-    hostile, session, endpoint = await hostile_contact(b)
+    hostile, mallory = await hostile_contact(b)
     try:
         tid = os.urandom(16).hex()
         hostile.send(chat.FileOffer(tid, (chat.FileEntry("f.bin", 1000, bytes(32)),)))
@@ -178,7 +167,7 @@ async def test_claimed_channel_that_goes_silent_is_dropped_and_retried(
         accept = hostile.of(chat.FileAccept)[0]
         assert isinstance(accept, chat.FileAccept) and accept.tcp_port
         host, _ = parse_address(b.addresses[0])
-        channel = await HostileChannel.open(hostile, session, host, tid, accept)
+        channel = await HostileChannel.open(hostile, host, tid, accept)
         assert await channel.claimed()
         # The node closes the silent channel and asks again with a new attempt.
         await channel.until_dropped()
@@ -188,7 +177,7 @@ async def test_claimed_channel_that_goes_silent_is_dropped_and_retried(
         assert isinstance(again, chat.FileAccept) and again.attempt != accept.attempt
         assert tcp_counters(b)["idle_channels"] == 1
     finally:
-        endpoint.close()
+        mallory.close()
 
 
 async def test_stored_transfers_are_pruned_oldest_finished_first(
@@ -198,7 +187,7 @@ async def test_stored_transfers_are_pruned_oldest_finished_first(
     when unfinished ones alone fill it, a new offer is refused and told why."""
     monkeypatch.setattr(transfers, "MAX_STORED_PER_CONTACT", 4)
     b = await start_node("bob")
-    hostile, _session, endpoint = await hostile_contact(b)
+    hostile, mallory = await hostile_contact(b)
     try:
         ids = [os.urandom(16).hex() for _ in range(7)]
 
@@ -227,7 +216,7 @@ async def test_stored_transfers_are_pruned_oldest_finished_first(
         assert tcp_counters(b)["transfers_pruned"] == 2
         assert tcp_counters(b)["offers_refused"] == 1
     finally:
-        endpoint.close()
+        mallory.close()
 
 
 def stored_rows(database: Path) -> tuple[int, int]:
@@ -261,15 +250,16 @@ async def test_offer_and_cancel_flood_stays_bounded(start_node: StartNode, tmp_p
     paths = make_home(tmp_path, "victim")
     victim = Daemon(paths.home, json.loads(paths.settings.read_text())["listen"])
     await victim.start()
-    endpoint, identity = await raw_endpoint()
+    mallory = HostilePeer()
+    await mallory.start()
     try:
         assert victim.proc is not None
         alice = await start_node("alice")
         victim_id = (await victim.call("info"))["peer_id"]
         await victim.call("add", ref=alice.peer_id, name="alice", addresses=list(alice.addresses))
         alice.add_contact(victim_id, name="victim", addresses=[victim.listen])
-        await victim.call("add", ref=identity.peer_id, name="mallory")
-        hostile, _session = await hostile_session(endpoint, identity, victim.listen)
+        await victim.call("add", ref=mallory.peer_id, name="mallory")
+        hostile = await mallory.connect(victim.listen)
 
         async def online() -> bool:
             contacts = await victim.call("contacts")
@@ -281,18 +271,10 @@ async def test_offer_and_cancel_flood_stays_bounded(start_node: StartNode, tmp_p
             await asyncio.sleep(0.1)
         rss_before = rss_kib(victim.proc.pid)
 
-        files = tuple(
-            chat.FileEntry(f"f{i:04d}", 1, bytes(32)) for i in range(FILES_PER_FLOOD_OFFER)
-        )
         marker = os.urandom(16).hex()
 
         async def flood() -> None:
-            for n in range(FLOOD_OFFERS):
-                tid = os.urandom(16).hex()
-                hostile.send(chat.FileOffer(tid, files))
-                hostile.send(chat.FileCancel(tid, "never mind"))
-                if n % 8 == 0:
-                    await asyncio.sleep(0.01)  # let the endpoint put it on the wire
+            await offer_cancel_flood(hostile, FLOOD_OFFERS, flood_files(FILES_PER_FLOOD_OFFER))
             # Frames are handled in order: the answer to this one means all were.
             hostile.send(chat.FileOffer(marker, (chat.FileEntry("../x", 1, bytes(32)),)))
 
@@ -336,7 +318,7 @@ async def test_offer_and_cancel_flood_stays_bounded(start_node: StartNode, tmp_p
         )
         assert not {t["id"] for t in first} & {t["id"] for t in second}
     finally:
-        endpoint.close()
+        mallory.close()
         await victim.stop()
 
 
@@ -349,12 +331,12 @@ def blake3(data: bytes) -> bytes:
     return hasher.digest()
 
 
-def accepts(hostile: HostileContact, tid: str) -> list[chat.FileAccept]:
+def accepts(hostile: HostileLink, tid: str) -> list[chat.FileAccept]:
     found = hostile.of(chat.FileAccept)
     return [f for f in found if isinstance(f, chat.FileAccept) and f.id == tid]
 
 
-def results(hostile: HostileContact, tid: str) -> list[chat.FileResult]:
+def results(hostile: HostileLink, tid: str) -> list[chat.FileResult]:
     found = hostile.of(chat.FileResult)
     return [f for f in found if isinstance(f, chat.FileResult) and f.id == tid]
 
@@ -362,21 +344,19 @@ def results(hostile: HostileContact, tid: str) -> list[chat.FileResult]:
 class HostileChannel:
     """The hostile sender's side of one data channel, on the carrier the accept names."""
 
-    def __init__(self, hostile: HostileContact, session: SecureSession, tid: str,
-                 accept: chat.FileAccept) -> None:  # fmt: skip
-        key = session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
+    def __init__(self, hostile: HostileLink, tid: str, accept: chat.FileAccept) -> None:
+        key = hostile.session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
         self.sealer = Sealer(key, bytes.fromhex(tid), accept.attempt)
-        self.link = hostile.peer.link
+        self.link = hostile.link
         self.stream_id: int | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     @classmethod
     async def open(
-        cls, hostile: HostileContact, session: SecureSession, host: str, tid: str,
-        accept: chat.FileAccept,
-    ) -> HostileChannel:  # fmt: skip
-        channel = cls(hostile, session, tid, accept)
+        cls, hostile: HostileLink, host: str, tid: str, accept: chat.FileAccept
+    ) -> HostileChannel:
+        channel = cls(hostile, tid, accept)
         if accept.tcp_port:
             channel.reader, channel.writer = await asyncio.open_connection(host, accept.tcp_port)
         else:
@@ -417,11 +397,10 @@ class HostileChannel:
 
 
 async def send_files(
-    hostile: HostileContact, session: SecureSession, host: str, tid: str,
-    accept: chat.FileAccept, data: list[bytes],
-) -> None:  # fmt: skip
+    hostile: HostileLink, host: str, tid: str, accept: chat.FileAccept, data: list[bytes]
+) -> None:
     """What an honest sender would send for ``accept``."""
-    channel = await HostileChannel.open(hostile, session, host, tid, accept)
+    channel = await HostileChannel.open(hostile, host, tid, accept)
     assert await channel.claimed()
     for index, offset in accept.offsets:
         for at in range(offset, len(data[index]), CHUNK_SIZE):
@@ -433,14 +412,14 @@ async def send_files(
 
 async def receiving_contact(
     start_node: StartNode, tmp_path: Path
-) -> tuple[Node, Path, HostileContact, SecureSession, Endpoint, str]:
+) -> tuple[Node, Path, HostileLink, HostilePeer, str]:
     b = await start_node("bob")
     downloads = tmp_path / "downloads"
     b.transfers.policy.downloads = downloads
     b.transfers.policy.accept_from = frozenset({"contacts"})
-    hostile, session, endpoint = await hostile_contact(b)
+    hostile, mallory = await hostile_contact(b)
     host, _ = parse_address(b.addresses[0])
-    return b, downloads, hostile, session, endpoint, host
+    return b, downloads, hostile, mallory, host
 
 
 async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
@@ -449,7 +428,7 @@ async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
     """The offered bytes (with the right hash), then more: each attempt fails at the
     extra record.  The file was once published at once and the transfer then failed;
     now a transfer is published whole after its final record, or not at all."""
-    b, downloads, hostile, session, endpoint, host = await receiving_contact(start_node, tmp_path)
+    b, downloads, hostile, mallory, host = await receiving_contact(start_node, tmp_path)
     try:
         content = os.urandom(1000)
         tid = os.urandom(16).hex()
@@ -464,7 +443,7 @@ async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
                 break
             accept = accepts(hostile, tid)[done]
             done += 1
-            channel = await HostileChannel.open(hostile, session, host, tid, accept)
+            channel = await HostileChannel.open(hostile, host, tid, accept)
             await channel.write(channel.sealer.seal(0, 0, content))
             await channel.write(channel.sealer.seal(0, 1000, b"beyond the offered size"))
             await channel.until_dropped()
@@ -476,7 +455,7 @@ async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
         assert not list(downloads.rglob("*.part"))
         assert results(hostile, tid) and not results(hostile, tid)[0].ok
     finally:
-        endpoint.close()
+        mallory.close()
 
 
 async def test_dotfiles_normalisation_twins_and_private_folders(
@@ -485,7 +464,7 @@ async def test_dotfiles_normalisation_twins_and_private_folders(
     """``.bashrc`` arrives visibly renamed; a name that is the NFC twin of one already in
     the folder is renamed, not put beside it; twins in one offer are refused; folders
     created for received files are private."""
-    b, downloads, hostile, session, endpoint, host = await receiving_contact(start_node, tmp_path)
+    b, downloads, hostile, mallory, host = await receiving_contact(start_node, tmp_path)
     try:
         downloads.mkdir(parents=True)
         composed = unicodedata.normalize("NFC", "caf\u00e9.txt")
@@ -498,7 +477,7 @@ async def test_dotfiles_normalisation_twins_and_private_folders(
         )
         hostile.send(chat.FileOffer(tid, entries))
         await wait_until(lambda: bool(accepts(hostile, tid)))
-        await send_files(hostile, session, host, tid, accepts(hostile, tid)[0], data)
+        await send_files(hostile, host, tid, accepts(hostile, tid)[0], data)
         await wait_until(lambda: bool(results(hostile, tid)))
         assert results(hostile, tid)[0].ok
         assert not (downloads / ".bashrc").exists()
@@ -529,7 +508,7 @@ async def test_dotfiles_normalisation_twins_and_private_folders(
         )
         assert b.store.get_transfer(tid2) is None
     finally:
-        endpoint.close()
+        mallory.close()
 
 
 async def test_interrupting_resumes_races_nothing(
@@ -540,7 +519,7 @@ async def test_interrupting_resumes_races_nothing(
     used to raise KeyError in the hashing thread ("Task exception was never retrieved");
     now every round is clean and the transfer still completes."""
     caplog.set_level(logging.ERROR)
-    _b, downloads, hostile, session, endpoint, host = await receiving_contact(start_node, tmp_path)
+    _b, downloads, hostile, mallory, host = await receiving_contact(start_node, tmp_path)
     try:
         data = [os.urandom(256 * 1024) for _ in range(40)]
         tid = os.urandom(16).hex()
@@ -550,7 +529,7 @@ async def test_interrupting_resumes_races_nothing(
         hostile.send(offer)
         await wait_until(lambda: bool(accepts(hostile, tid)))
         # Most of it, then the channel ends early.
-        channel = await HostileChannel.open(hostile, session, host, tid, accepts(hostile, tid)[0])
+        channel = await HostileChannel.open(hostile, host, tid, accepts(hostile, tid)[0])
         for i, d in enumerate(data):
             await channel.write(channel.sealer.seal(i, 0, d if i < 39 else d[:100_000]))
         await channel.close()
@@ -563,14 +542,14 @@ async def test_interrupting_resumes_races_nothing(
                 await wait_until(lambda: len(accepts(hostile, tid)) > seen)  # noqa: B023
             # The receiver hashes 10 MB it already holds; the channel goes at once.
             channel = await HostileChannel.open(
-                hostile, session, host, tid, accepts(hostile, tid)[-1]
+                hostile, host, tid, accepts(hostile, tid)[-1]
             )
             await channel.close()
             await asyncio.sleep(0.05)
         seen = len(accepts(hostile, tid))
         hostile.send(offer)
         await wait_until(lambda: len(accepts(hostile, tid)) > seen)
-        await send_files(hostile, session, host, tid, accepts(hostile, tid)[-1], data)
+        await send_files(hostile, host, tid, accepts(hostile, tid)[-1], data)
         await wait_until(lambda: bool(results(hostile, tid)), timeout=30)
         assert results(hostile, tid)[0].ok, results(hostile, tid)
         assert (downloads / "f39").read_bytes() == data[39]
@@ -582,7 +561,7 @@ async def test_interrupting_resumes_races_nothing(
         ]  # fmt: skip
         assert not errors, errors
     finally:
-        endpoint.close()
+        mallory.close()
 
 
 class SmallDiskDaemon(Daemon):
@@ -660,7 +639,7 @@ async def test_quic_data_sent_far_ahead_of_progress_fails_the_channel(
     receiver asks again.  (The bytes are handed to the receiver in one go, exactly as
     aioquic would deliver a fast sender's stream data before the consumer runs.)"""
     caplog.set_level(logging.WARNING)
-    b, _downloads, hostile, session, endpoint, _host = await receiving_contact(
+    b, _downloads, hostile, mallory, _host = await receiving_contact(
         start_node, tmp_path
     )
     b.transfers.tcp_port = 0  # the data rides a QUIC stream
@@ -671,10 +650,9 @@ async def test_quic_data_sent_far_ahead_of_progress_fails_the_channel(
         await wait_until(lambda: bool(accepts(hostile, tid)))
         accept = accepts(hostile, tid)[0]
         assert accept.tcp_port == 0
-        mallory = next(c.peer_id for c in b.contacts() if c.name == "mallory")
-        conn = b.transfers.connection_for(mallory)
+        conn = b.transfers.connection_for(mallory.peer_id)
         assert conn is not None
-        key = session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
+        key = hostile.session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
         sealer = Sealer(key, bytes.fromhex(tid), accept.attempt)
         stream_id = 2  # the client's first unidirectional stream
         b.transfers.stream_data(conn, stream_id, sealer.preamble, False)
@@ -684,4 +662,4 @@ async def test_quic_data_sent_far_ahead_of_progress_fails_the_channel(
         await wait_until(lambda: len(accepts(hostile, tid)) >= 2, timeout=30)
         assert any("sent ahead of progress" in r.getMessage() for r in caplog.records)
     finally:
-        endpoint.close()
+        mallory.close()

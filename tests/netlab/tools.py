@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import json
-import os
-import random
 import signal
 import socket
 import sys
-import time
 from typing import Any
 
 MDNS_GROUP = "224.0.0.251"
@@ -114,35 +110,6 @@ def udp_send(bind: int, target: str, payload: str) -> None:
         s.bind(("0.0.0.0", bind))
         s.sendto(payload.encode(), _split(target))
     _emit({"sent": target})
-
-
-def quic_initial(rng: random.Random | None = None) -> bytes:
-    """A 1,200-byte QUIC v1 Initial with random connection IDs and a random payload:
-    well-formed enough to reach a server's accept path, impossible to decrypt."""
-    rand = rng.randbytes if rng is not None else os.urandom
-    header = b"\xc3\x00\x00\x00\x01\x08" + rand(8) + b"\x08" + rand(8) + b"\x00"
-    rest = 1200 - len(header) - 2
-    return header + (0x4000 | rest).to_bytes(2, "big") + rand(rest)
-
-
-def quic_flood(target: str, rate: float, ports: int, duration: float) -> None:
-    """Fake Initials at ``rate`` per second from ``ports`` source ports, paced evenly."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(ports)]
-    for s in socks:
-        s.bind(("0.0.0.0", 0))
-    addr = _split(target)
-    rng = random.Random()
-    _emit({"ready": target})
-    start = time.monotonic()
-    sent = 0
-    while (elapsed := time.monotonic() - start) < duration:
-        due = int(elapsed * rate)
-        while sent < due:
-            with contextlib.suppress(OSError):  # a full send queue drops, as a NIC would
-                socks[sent % ports].sendto(quic_initial(rng), addr)
-            sent += 1
-        time.sleep(0.002)
-    _emit({"sent": sent, "seconds": round(time.monotonic() - start, 2)})
 
 
 async def mdns_announce(spec_path: str, interface: str) -> None:
@@ -259,11 +226,6 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("mdns-announce")
     p.add_argument("spec")
     p.add_argument("--interface", required=True)
-    p = sub.add_parser("quic-flood")
-    p.add_argument("target")
-    p.add_argument("--rate", type=float, default=2000.0)
-    p.add_argument("--ports", type=int, default=64)
-    p.add_argument("--duration", type=float, default=30.0)
     p = sub.add_parser("mdns-raw")
     p.add_argument("--interface", required=True)
     args = parser.parse_args(argv)
@@ -281,8 +243,6 @@ def main(argv: list[str] | None = None) -> None:
         mcast_send(args.group, args.port, args.interface, args.payload)
     elif args.cmd == "mdns-announce":
         asyncio.run(mdns_announce(args.spec, args.interface))
-    elif args.cmd == "quic-flood":
-        quic_flood(args.target, args.rate, args.ports, args.duration)
     elif args.cmd == "mdns-raw":
         mdns_raw(args.interface)
 

@@ -35,6 +35,7 @@ import argparse
 import os
 import platform
 import resource
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -113,6 +114,12 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -186,7 +193,8 @@ def main() -> None:
                 (time.perf_counter() - started) * 1e3,
                 f"{indexed:,} messages",
             )
-            rare = f"#{opts.messages // 3} station"
+            third = opts.messages // 3  # its number and one of its words: one message
+            rare = f"{third} {body(third).split()[1]}"
             queries: list[tuple[str, str, str | None]] = [
                 ("search 'photos' (common word, newest 50)", "photos", None),
                 (f"search '{rare}' (one message)", rare, None),
@@ -206,7 +214,7 @@ def main() -> None:
             return
         daemon = subprocess.Popen(
             [sys.executable, "-m", "p2pchat", "--home", str(paths.home), "daemon",
-             "--listen", "127.0.0.1:0", "--no-mdns", "--no-dht"],
+             "--listen", f"127.0.0.1:{free_udp_port()}", "--no-mdns", "--no-dht"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
         )  # fmt: skip
         try:

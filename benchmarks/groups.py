@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -91,9 +92,9 @@ class Member:
         name = self.paths.home.name
         send = endpoint.sendto
 
-        def counted(data: bytes, address: object) -> None:
+        def counted(data: bytes, address: Any, **kw: Any) -> None:
             self.wire[name] += len(data)
-            send(data, address)  # type: ignore[arg-type]
+            send(data, address, **kw)
 
         endpoint.sendto = counted  # type: ignore[method-assign]
         groups = self.node.groups
@@ -125,7 +126,7 @@ async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None
     while not predicate():
         if time.perf_counter() > deadline:
             raise TimeoutError("the benchmark waited too long")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.01)
 
 
 async def restart(m: Member) -> None:
@@ -157,11 +158,25 @@ async def run(args: argparse.Namespace) -> None:
             await until(lambda m=m: any(v.group_id == gid for v in m.n.groups.invites()))
             m.n.groups.accept(gid)
         others = len(members) - 1
-        await until(
-            lambda: all(
-                len([p for p in m.n.groups.members(gid) if p.online]) == others for m in members
-            )
-        )
+
+        ids = [m.n.peer_id for m in members]
+
+        def mesh() -> int:
+            """Sessions with fellow members, counted without touching the databases (the
+            wait polls this often; ``groups.members`` would query each contact)."""
+            return sum(
+                1 for m in members for pid in ids
+                if pid != m.n.peer_id and m.n.groups.session(pid) is not None
+            )  # fmt: skip
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(10)
+                print(f"  ... {mesh()} of {len(members) * others} member sessions up", flush=True)
+
+        reporter = asyncio.ensure_future(report())
+        await until(lambda: mesh() == len(members) * others)
+        reporter.cancel()
         print(
             f"{len(members)} members, full mesh of sessions after "
             f"{time.perf_counter() - setup:.1f} s of setup"

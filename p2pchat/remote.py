@@ -35,6 +35,7 @@ from p2pchat.atrest import PassphraseChange
 from p2pchat.config import NodeAlreadyRunning, NodeLock, Paths, load_settings
 from p2pchat.core import events as events_module
 from p2pchat.core.events import NodeConnectionLost, NodeEvent, PeerOffline, PeerOnline
+from p2pchat.core.group.errors import GroupError, UnknownGroup
 from p2pchat.identity import InvalidInvite, InvalidPeerId, WrongPassphrase
 from p2pchat.names import InvalidName
 from p2pchat.node import (
@@ -78,6 +79,8 @@ _ERRORS: dict[str, Callable[[str], Exception]] = {
     "ValueError": ValueError,
     "WrongPassphrase": WrongPassphrase,
     "DatabaseBusy": DatabaseBusy,
+    "GroupError": GroupError,
+    "UnknownGroup": UnknownGroup,
 }
 
 
@@ -494,6 +497,9 @@ class RemoteNode:
 
     def running_transfers(self) -> list[Transfer]:
         return [_transfer(t) for t in self._call("running_transfers")]
+
+    def pending_offers(self, contact: str | None = None) -> list[Transfer]:
+        return [_transfer(t) for t in self._call("pending_offers", contact=contact)]
 
 
 async def attach_or_own(

@@ -35,6 +35,7 @@ from p2pchat.core import chat
 from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
 from p2pchat.core.events import NodeEvent
 from p2pchat.core.group import codec
+from p2pchat.core.group.errors import GroupError, UnknownGroup
 from p2pchat.core.group.events import (
     GroupChanged,
     GroupDeliveryChanged,
@@ -147,14 +148,6 @@ MAX_HINTS = 8
 HINTS_EVERY = 10.0
 MAX_DELIVERY_EVENTS = 256
 FILES_KIND = "files"
-
-
-class GroupError(Exception):
-    """A group operation the user asked for cannot be done (the CLI prints it)."""
-
-
-class UnknownGroup(GroupError):
-    pass
 
 
 @dataclass(slots=True)

@@ -1391,6 +1391,9 @@ class Store:
 
     def find_contact(self, ref: str) -> Contact:
         """Resolve what a user typed: peer id, name, id prefix (>= 4 chars), name prefix."""
+        exact = self.get_contact(ref)  # a whole peer ID: one indexed read, not the list
+        if exact is not None:
+            return exact
         return resolve_ref(
             ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact"
         )
@@ -1414,7 +1417,10 @@ class Store:
         """
         if not peer_id:
             raise ValueError("peer_id must not be empty")
-        mid = message_id if message_id is not None else secrets.token_hex(16)
+        if message_id is None:  # a fresh random id names no stored message
+            with self._write() as db:
+                return self._queue(db, peer_id, secrets.token_hex(16), body, now, reply_to=reply_to)
+        mid = message_id
         with self._write() as db:
             row = db.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",

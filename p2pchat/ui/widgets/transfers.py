@@ -101,6 +101,7 @@ class TransferCard(ConversationItem):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("o", "open_folder", "Open folder", show=False),
+        Binding("enter", "open_file", "Open file", show=False),
     ]
 
     DEFAULT_CSS = """
@@ -136,7 +137,8 @@ class TransferCard(ConversationItem):
 
     class Action(Message):
         """A button (or key) of the card asks for ``action`` on its transfer:
-        ``accept``, ``decline``, ``save_as``, ``cancel`` or ``open``."""
+        ``accept``, ``decline``, ``save_as``, ``cancel``, ``open`` (the folder) or
+        ``open_file``."""
 
         def __init__(self, card: TransferCard, action: str) -> None:
             super().__init__()
@@ -199,6 +201,7 @@ class TransferCard(ConversationItem):
                 yield Button("Decline", id="tc-decline", variant="error", compact=True)
                 yield Button("Save as…", id="tc-save-as", compact=True)
                 yield Button("Cancel", id="tc-cancel", compact=True)
+                yield Button("Open", id="tc-open-file", variant="primary", compact=True)
 
     def on_mount(self) -> None:
         # Updates that came before the children existed only changed ``info``.
@@ -254,6 +257,9 @@ class TransferCard(ConversationItem):
         for button_id in ("#tc-accept", "#tc-decline", "#tc-save-as"):
             self.query_one(button_id, Button).display = offer
         self.query_one("#tc-cancel", Button).display = info.cancellable
+        self.query_one("#tc-open-file", Button).display = (
+            info.incoming and info.state == "done" and bool(info.saved)
+        )
 
     # ------------------------------------------------------------ updates
     def update_info(self, info: TransferInfo) -> None:
@@ -341,9 +347,18 @@ class TransferCard(ConversationItem):
         event.stop()
         self.post_message(self.Action(self, "cancel"))
 
+    @on(Button.Pressed, "#tc-open-file")
+    def _open_file(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.action_open_file()
+
     def action_open_folder(self) -> None:
         if self.info.incoming and self.info.state == "done":
             self.post_message(self.Action(self, "open"))
+
+    def action_open_file(self) -> None:
+        if self.info.incoming and self.info.state == "done":
+            self.post_message(self.Action(self, "open_file"))
 
 
 class PreparingCard(ConversationItem):

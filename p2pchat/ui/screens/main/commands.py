@@ -51,7 +51,7 @@ class CommandDispatcher:
         if command is not None:
             self.run(command)
         else:
-            self.screen.chat.send_text(message_text(text), restore=composer)
+            self.screen.chat.submit(message_text(text), composer)
 
     def run(self, command: SlashCommand) -> None:
         try:

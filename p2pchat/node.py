@@ -119,6 +119,9 @@ MAX_SEARCH_LIMIT = 500
 # Messages added to the full-text index per dial-loop tick (about a second); a search
 # indexes whatever is left first, so this only keeps that catch-up short.
 INDEX_PER_TICK = 5000
+# What a view may keep in the store between runs (``view_state``): small values only.
+MAX_VIEW_KEY = 64
+MAX_VIEW_VALUE = 4096
 
 
 class NodeError(Exception):
@@ -249,6 +252,7 @@ class Node:
             clock=self.clock,
             emit=self._emit,
             connection_for=self._session_for,
+            storage=self.delivery,
         )
         self.groups = GroupService(self)
         """Group chat (docs/groups.md): the group part of the Node API."""
@@ -446,14 +450,18 @@ class Node:
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
-    def _schedule_flush(self) -> None:
-        """Delivery's group commit runs once at the end of this event-loop turn."""
+    def _schedule_flush(self, delay: float) -> None:
+        """Delivery's group commit: at the end of this event-loop turn (``delay`` 0) or
+        a little later (bookkeeping that can wait for other writes)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.delivery.flush()  # no loop (a node used without ``start``): at once
             return
-        loop.call_soon(self.delivery.flush)
+        if delay > 0:
+            loop.call_later(delay, self.delivery.flush)
+        else:
+            loop.call_soon(self.delivery.flush)
 
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
@@ -1072,6 +1080,18 @@ class Node:
         if conn is not None:
             conn.send(chat.Typing(active))
 
+    def view_state(self, key: str) -> str | None:
+        """A value a view (the terminal app) remembers between runs, or None."""
+        return self.store.view_state(_view_key(key))
+
+    def set_view_state(self, key: str, value: str | None) -> None:
+        """Remember (None: forget) a small value for a view.  It lives in the database,
+        so a home with a passphrase keeps it encrypted like the history it points into
+        (the conversation that was open names a contact)."""
+        if value is not None and len(value) > MAX_VIEW_VALUE:
+            raise NodeError(f"a view's value is at most {MAX_VIEW_VALUE} characters")
+        self.store.set_view_state(_view_key(key), value)
+
     def mark_read(self, contact: str) -> int:
         peer = self.store.find_contact(contact)
         seq = self.store.mark_read_incoming(peer.peer_id, self.store.recv_seq(peer.peer_id))
@@ -1127,6 +1147,14 @@ class Node:
         if before is not None:
             before = self.get_transfer(before).id
         return self.transfers.page(peer_id, limit=limit, before=before)
+
+    def pending_offers(self, contact: str | None = None) -> list[Transfer]:
+        """Every incoming offer waiting for accept or decline (of one contact, or of
+        all), newest first.  Not paged: the offer budgets bound it (at most 64 in all,
+        16 per contact), so a view can always show each one, even while a flood fills
+        the pages of ``list_transfers`` with finished transfers."""
+        peer_id = self.store.find_contact(contact).peer_id if contact else None
+        return self.transfers.pending_offers(peer_id)
 
     def running_transfers(self) -> list[Transfer]:
         """Transfers moving bytes now (accepted, sending, receiving): what quitting
@@ -1570,7 +1598,14 @@ class Node:
 
     def _requeue(self, peer: str) -> None:
         self.delivery.flush()  # sent marks of this turn first, or they would win
-        for message_id in self.store.requeue_sent(peer, self.clock()):
+        try:
+            requeued = self.store.requeue_sent(peer, self.clock())
+        except StoreError as exc:
+            # They stay "sent" on screen, but the next session resends the whole
+            # unacknowledged outbox anyway (``Delivery.session_active``).
+            self.delivery.storage_failed(exc)
+            return
+        for message_id in requeued:
             self._emit(MessageStateChanged(peer, message_id, "queued"))
 
     def _name_of(self, peer: str) -> str:
@@ -1755,6 +1790,12 @@ def _message_body(text: str) -> str:
 
 def _resolve_blocked(ref: str, blocked: list[BlockedPeer]) -> BlockedPeer:
     return resolve_ref(ref, blocked, lambda b: b.peer_id, lambda b: b.name, "blocked peer")
+
+
+def _view_key(key: str) -> str:
+    if not key or len(key) > MAX_VIEW_KEY:
+        raise NodeError(f"a view's key is 1 to {MAX_VIEW_KEY} characters")
+    return key
 
 
 def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:

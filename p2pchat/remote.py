@@ -446,6 +446,13 @@ class RemoteNode:
     def mark_read(self, contact: str) -> int:
         return int(self._call("mark_read", contact=contact))
 
+    def view_state(self, key: str) -> str | None:
+        value = self._call("view_state", key=key)
+        return None if value is None else str(value)
+
+    def set_view_state(self, key: str, value: str | None) -> None:
+        self._call("set_view_state", key=key, value=value)
+
     async def change_passphrase(self, old: str | None, new: str | None) -> PassphraseChange:
         """Carried out by the owner, which holds the database (``Node.change_passphrase``)."""
 
@@ -497,6 +504,9 @@ class RemoteNode:
 
     def running_transfers(self) -> list[Transfer]:
         return [_transfer(t) for t in self._call("running_transfers")]
+
+    def pending_offers(self, contact: str | None = None) -> list[Transfer]:
+        return [_transfer(t) for t in self._call("pending_offers", contact=contact)]
 
 
 async def attach_or_own(

@@ -219,6 +219,11 @@ async def _transfers(node: Node, args: dict[str, Any]) -> Any:
     return [_transfer_view(t, node) for t in page]
 
 
+async def _pending_offers(node: Node, args: dict[str, Any]) -> Any:
+    """Every incoming offer waiting for an answer (optionally of one ``contact``)."""
+    return [_transfer_view(t) for t in node.pending_offers(_opt_str(args, "contact"))]
+
+
 async def _running_transfers(node: Node, args: dict[str, Any]) -> Any:
     return [_transfer_view(t, node) for t in node.running_transfers()]
 
@@ -277,6 +282,15 @@ async def _typing(node: Node, args: dict[str, Any]) -> Any:
 
 async def _mark_read(node: Node, args: dict[str, Any]) -> Any:
     return node.mark_read(_str(args, "contact"))
+
+
+async def _view_state(node: Node, args: dict[str, Any]) -> Any:
+    return node.view_state(_str(args, "key"))
+
+
+async def _set_view_state(node: Node, args: dict[str, Any]) -> Any:
+    node.set_view_state(_str(args, "key"), _opt_str(args, "value"))
+    return None
 
 
 async def _set_name(node: Node, args: dict[str, Any]) -> Any:
@@ -463,6 +477,8 @@ OPS: dict[str, Op] = {
     "invite": _invite,
     "typing": _typing,
     "mark_read": _mark_read,
+    "view_state": _view_state,
+    "set_view_state": _set_view_state,
     "set_name": _set_name,
     "rename": _rename,
     "safety_number": _safety_number,
@@ -472,6 +488,7 @@ OPS: dict[str, Op] = {
     "transfers": _transfers,
     "transfer": _transfer,
     "running_transfers": _running_transfers,
+    "pending_offers": _pending_offers,
     "accept_file": _accept_file,
     "decline_file": _decline_file,
     "cancel_file": _cancel_file,

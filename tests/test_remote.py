@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from p2pchat.core.events import MessageReceived, NodeEvent, PeerOnline
-from p2pchat.remote import RemoteNode
+from p2pchat.remote import RemoteError, RemoteNode
 from p2pchat.store import UnknownContact
 
 from .conftest import StartNode, free_udp_port, make_home, wait_until
@@ -52,8 +52,24 @@ async def test_remote_node_mirrors_the_daemon(start_node: StartNode, tmp_path: P
         assert remote.verify_contact("bob").verified
         with pytest.raises(UnknownContact):
             remote.history("nobody")
+        # An offer waiting for an answer, as the app lists it (whole, not paged).
+        offered = tmp_path / "offered.txt"
+        offered.write_text("for alice")
+        offer = await bob.offer_files("alice", [offered])
+        await wait_until(lambda: [t.id for t in remote.pending_offers()] == [offer.id])
+        [pending] = remote.pending_offers("bob")
+        assert pending.state == "pending" and pending.files[0].path == "offered.txt"
+        assert remote.pending_offers(bob.peer_id) == [pending]
         remote.update_settings(theme="textual-light")
         assert remote.settings["theme"] == "textual-light"
+        # What the app remembers between runs goes into the owner's database.
+        assert remote.view_state("conversation") is None
+        remote.set_view_state("conversation", bob.peer_id)
+        assert remote.view_state("conversation") == bob.peer_id
+        with pytest.raises(RemoteError):
+            remote.set_view_state("", "x")
+        remote.set_view_state("conversation", None)
+        assert remote.view_state("conversation") is None
     finally:
         watcher.cancel()
         await remote.stop()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -36,6 +37,7 @@ from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
 from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, InitialGate, Reply
 from p2pchat.net.quic import (
+    KEEPALIVE_GRID,
     KEEPALIVE_INTERVAL,
     LIVENESS_TIMEOUT,
     configuration,
@@ -226,6 +228,9 @@ class QuicLink:
         timer_at = self.conn.get_timer()
         if self.handshake_done:
             ping_at = max(self._last_heard, self._last_ping) + self._keepalive
+            # On a shared grid: an idle node's connections ping in the same loop
+            # wake-up instead of one wake-up (and timer re-arm) each.
+            ping_at = math.ceil(ping_at / KEEPALIVE_GRID) * KEEPALIVE_GRID
             ping_at = min(ping_at, max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until))
             timer_at = ping_at if timer_at is None else min(timer_at, ping_at)
         if timer_at != self._timer_at:

@@ -25,6 +25,7 @@ import asyncio
 import errno
 import logging
 import math
+import socket
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -48,6 +49,9 @@ from p2pchat.net.sockopts import raise_buffers
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 512
+# Datagrams read per readable event of the main socket (asyncio's reader takes one).
+DRAIN_DATAGRAMS = 63
+MAX_DATAGRAM_READ = 65535
 CID_LENGTH = 8
 #: The peer answers but acknowledges none of our control stream's data for this long:
 #: something on the path (a relay) passes small datagrams and drops the rest.
@@ -295,6 +299,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.known_source: Callable[[str], bool] | None = None
         """Whether an IP belongs to a known contact (it may use the gate's reserve)."""
         self.socket_buffers: tuple[int, int] | None = None
+        self._drain: socket.socket | None = None
         self._released = asyncio.Event()
 
     def now(self) -> float:
@@ -312,7 +317,10 @@ class Endpoint(asyncio.DatagramProtocol):
         self._transport = transport
         sockname = self._transport.get_extra_info("sockname")
         self.local_address = (str(sockname[0]), int(sockname[1]))
-        self.socket_buffers = raise_buffers(self._transport.get_extra_info("socket"))
+        main = self._transport.get_extra_info("socket")
+        self.socket_buffers = raise_buffers(main)
+        self._drain = main.dup()  # the same socket: see ``datagram_received``
+        self._drain.setblocking(False)
         return self.local_address
 
     def close(self) -> None:
@@ -323,6 +331,9 @@ class Endpoint(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._drain is not None:
+            self._drain.close()  # a second descriptor only: the socket stays open
+            self._drain = None
 
     @property
     def links(self) -> frozenset[QuicLink]:
@@ -346,7 +357,22 @@ class Endpoint(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        """asyncio reads one datagram per loop turn; whatever else is already queued
+        on the socket is read now too (up to ``DRAIN_DATAGRAMS``), so the chat frames
+        of a burst are applied in one group commit and answered with one ack
+        (``delivery.py``), instead of one commit and one ack per datagram."""
         self._receive(data, addr, None)
+        for _ in range(DRAIN_DATAGRAMS):
+            if self._drain is None:
+                return  # closed by what the datagram did
+            try:
+                data, addr = self._drain.recvfrom(MAX_DATAGRAM_READ)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # as asyncio's own reader does
+                self.error_received(exc)
+                return
+            self._receive(data, addr, None)
 
     def _receive(self, data: bytes, addr: tuple[str | int, ...], via: AuxSocket | None) -> None:
         address = (str(addr[0]), int(addr[1]))

@@ -1,5 +1,5 @@
 """Time to the first message between two people behind routers, and file drop over a
-punched path.
+punched path and over a relay.
 
 Runs in the network lab (``tests/netlab``: namespaces, veths, nftables NATs; root
 needed): one public host with two relaying daemons (DHT bootstrap and rendezvous) and
@@ -13,6 +13,11 @@ a mapping an earlier one opened.
     sudo python3 benchmarks/connect.py                       # every pair, 20 trials
     sudo python3 benchmarks/connect.py --pairs preserving-random --trials 5
     sudo python3 benchmarks/connect.py --filedrop-mib 64     # add the file-drop rows
+
+``random-random`` (both sides behind random-port NATs) has no direct path: its rows
+time a relayed session (through one of the public daemons) and a file drop over it,
+once with the relays' default budgets and once with them lifted (64 MiB/s), which
+shows what the relayed path itself carries.
 
 Prints a Markdown table (p50, p95, max, paths seen) for docs/performance.md.
 """
@@ -47,6 +52,9 @@ PORT = 4001
 #: Trials per pair of public daemons (each trial adds one record per site IP).
 PUBLIC_LIFETIME = 8
 BOOTSTRAP = (f"{PUBLIC_ADDRESS}:{PORT}", f"{PUBLIC_ADDRESS}:{PORT + 1}")
+SITES = {**MATRIX_SITES, "r2": "random"}
+PAIRS = {**MATRIX_PAIRS, "random-random": ("r1", "r2")}
+LIFTED = ("--relay-rate", "64M", "--relay-peer-rate", "64M")
 
 
 def daemon(host: Any, home: Path, *extra: str, port: int = PORT) -> NsDaemon:
@@ -155,16 +163,14 @@ async def main() -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    pairs = (
-        MATRIX_PAIRS if args.pairs == "all" else {k: MATRIX_PAIRS[k] for k in args.pairs.split(",")}
-    )
+    pairs = PAIRS if args.pairs == "all" else {k: PAIRS[k] for k in args.pairs.split(",")}
     prepare()
     root = Path(tempfile.mkdtemp(prefix="p2pchat-connect-"))
     lab = Lab()
     publics: list[NsDaemon] = []
     generation = 0
 
-    async def fresh_publics() -> None:
+    async def fresh_publics(*budgets: str) -> None:
         """New public daemons (empty DHT storage): the hosts of the lab publish a new
         identity's record every trial, and a DHT node keeps at most 16 items per
         source IP, which a real address never reaches this way."""
@@ -173,16 +179,20 @@ async def main() -> int:
             await d.stop()
         generation += 1
         publics = [
-            daemon(net.public, make_home(root, f"pub-{generation}").home, "--relay"),
+            daemon(net.public, make_home(root, f"pub-{generation}").home, "--relay", *budgets),
             daemon(
-                net.public, make_home(root, f"pub2-{generation}").home, "--relay", port=PORT + 1
+                net.public,
+                make_home(root, f"pub2-{generation}").home,
+                "--relay",
+                *budgets,
+                port=PORT + 1,
             ),
         ]
         for d in publics:
             await d.start()
 
     try:
-        net = build_internet(lab, MATRIX_SITES, port=PORT)
+        net = build_internet(lab, SITES, port=PORT)
         if args.trials:
             print("| pair | trials | p50 (s) | p95 (s) | max (s) | paths |")
             print("| --- | ---: | ---: | ---: | ---: | --- |")
@@ -206,12 +216,14 @@ async def main() -> int:
             print()
             print("| file drop | path | MB/s |")
             print("| --- | --- | ---: |")
-            for name, (x, y) in (
-                ("none-none", ("n1", "n2")),
-                ("preserving-preserving", ("p1", "p2")),
-                ("preserving-random", ("p1", "r1")),
+            for name, (x, y), budgets in (
+                ("none-none", ("n1", "n2"), ()),
+                ("preserving-preserving", ("p1", "p2"), ()),
+                ("preserving-random", ("p1", "r1"), ()),
+                ("random-random, default relay budgets", ("r1", "r2"), ()),
+                ("random-random, relay budgets lifted", ("r1", "r2"), LIFTED),
             ):
-                await fresh_publics()
+                await fresh_publics(*budgets)
                 rate, path = await file_drop(lab, net, root, x, y, args.filedrop_mib)
                 print(f"| {name}, {args.filedrop_mib} MiB | {path} | {rate:.1f} |", flush=True)
     finally:

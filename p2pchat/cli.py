@@ -791,27 +791,45 @@ async def cmd_group_send(paths: Paths, args: argparse.Namespace) -> int:
 async def cmd_transfers(paths: Paths, args: argparse.Namespace) -> int:
     query = {"limit": args.limit, "before": args.before}
     async with _api(paths, args) as api:
-        transfers = await api.call("transfers", query)
-        more = bool(transfers) and bool(
-            await api.call("transfers", {"limit": 1, "before": transfers[-1]["id"]})
-        )
+        # Offers waiting for an answer come whole, apart from the pages: a flood of
+        # finished transfers can push them off the first page, never out of sight.
+        pending = await api.call("pending_offers", {}) if args.pending or not args.before else []
+        if args.pending:
+            transfers, more = [], False
+        else:
+            transfers = await api.call("transfers", query)
+            more = bool(transfers) and bool(
+                await api.call("transfers", {"limit": 1, "before": transfers[-1]["id"]})
+            )
     if args.json:
-        _print_json(transfers)
+        _print_json(pending if args.pending else transfers)
         return EXIT_OK
+    if pending:
+        print(f"waiting for your answer ({len(pending)}; p2pchat accept-file / decline-file ID):")
+        for t in pending:
+            print(_transfer_line(t))
+    elif args.pending:
+        print("no offers waiting for an answer")
+    if args.pending:
+        return EXIT_OK
+    shown = {t["id"] for t in pending}
+    rest = [t for t in transfers if t["id"] not in shown]
+    if pending and rest:
+        print("transfers:")
     if not transfers:
         print("no more transfers" if args.before else "no transfers")
-    for t in transfers:
-        arrow = "->" if t["direction"] == "out" else "<-"
-        names = ", ".join(f["path"] for f in t["files"][:3]) + (
-            " ..." if len(t["files"]) > 3 else ""
-        )
-        size = _size(t["total"])
-        print(
-            _safe(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
-        )
+    for t in rest:
+        print(_transfer_line(t))
     if more:
         print(f"older transfers: p2pchat transfers --before {transfers[-1]['id'][:12]}")
     return EXIT_OK
+
+
+def _transfer_line(t: dict[str, Any]) -> str:
+    arrow = "->" if t["direction"] == "out" else "<-"
+    names = ", ".join(f["path"] for f in t["files"][:3]) + (" ..." if len(t["files"]) > 3 else "")
+    size = _size(t["total"])
+    return _safe(f"{t['id'][:8]} {arrow} {t['peer_id'][:8]}  {t['state']:<10} {size:>10}  {names}")
 
 
 async def cmd_accept_file(paths: Paths, args: argparse.Namespace) -> int:
@@ -1329,6 +1347,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=50, metavar="N", help="at most N (max 500)"
     )
     p.add_argument("--before", metavar="ID", help="the page after the transfer ID")
+    p.add_argument(
+        "--pending", action="store_true", help="only the offers waiting for your answer, all"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_transfers)
 

@@ -249,6 +249,7 @@ class Node:
             clock=self.clock,
             emit=self._emit,
             connection_for=self._session_for,
+            storage=self.delivery,
         )
         self.groups = GroupService(self)
         """Group chat (docs/groups.md): the group part of the Node API."""
@@ -1128,6 +1129,14 @@ class Node:
             before = self.get_transfer(before).id
         return self.transfers.page(peer_id, limit=limit, before=before)
 
+    def pending_offers(self, contact: str | None = None) -> list[Transfer]:
+        """Every incoming offer waiting for accept or decline (of one contact, or of
+        all), newest first.  Not paged: the offer budgets bound it (at most 64 in all,
+        16 per contact), so a view can always show each one, even while a flood fills
+        the pages of ``list_transfers`` with finished transfers."""
+        peer_id = self.store.find_contact(contact).peer_id if contact else None
+        return self.transfers.pending_offers(peer_id)
+
     def running_transfers(self) -> list[Transfer]:
         """Transfers moving bytes now (accepted, sending, receiving): what quitting
         this node would interrupt.  They resume from where they were once a node
@@ -1570,7 +1579,14 @@ class Node:
 
     def _requeue(self, peer: str) -> None:
         self.delivery.flush()  # sent marks of this turn first, or they would win
-        for message_id in self.store.requeue_sent(peer, self.clock()):
+        try:
+            requeued = self.store.requeue_sent(peer, self.clock())
+        except StoreError as exc:
+            # They stay "sent" on screen, but the next session resends the whole
+            # unacknowledged outbox anyway (``Delivery.session_active``).
+            self.delivery.storage_failed(exc)
+            return
+        for message_id in requeued:
             self._emit(MessageStateChanged(peer, message_id, "queued"))
 
     def _name_of(self, peer: str) -> str:

@@ -566,6 +566,9 @@ class RemoteNode:
     def running_transfers(self) -> list[Transfer]:
         return [_transfer(t) for t in self._call("running_transfers")]
 
+    def pending_offers(self, contact: str | None = None) -> list[Transfer]:
+        return [_transfer(t) for t in self._call("pending_offers", contact=contact)]
+
 
 async def attach_or_own(
     paths: Paths,

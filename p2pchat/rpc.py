@@ -219,6 +219,11 @@ async def _transfers(node: Node, args: dict[str, Any]) -> Any:
     return [_transfer_view(t, node) for t in page]
 
 
+async def _pending_offers(node: Node, args: dict[str, Any]) -> Any:
+    """Every incoming offer waiting for an answer (optionally of one ``contact``)."""
+    return [_transfer_view(t) for t in node.pending_offers(_opt_str(args, "contact"))]
+
+
 async def _running_transfers(node: Node, args: dict[str, Any]) -> Any:
     return [_transfer_view(t, node) for t in node.running_transfers()]
 
@@ -472,6 +477,7 @@ OPS: dict[str, Op] = {
     "transfers": _transfers,
     "transfer": _transfer,
     "running_transfers": _running_transfers,
+    "pending_offers": _pending_offers,
     "accept_file": _accept_file,
     "decline_file": _decline_file,
     "cancel_file": _cancel_file,

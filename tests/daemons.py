@@ -45,8 +45,8 @@ async def delivered(sender: ControlledDaemon, contact: str, body: str) -> bool:
 
 
 async def path_of(daemon: ControlledDaemon, peer_id: str) -> str | None:
-    """The path (``lan``, ``direct``, ``punched``) of the daemon's live session with a
-    peer, or None while it has none."""
+    """The path (``lan``, ``direct``, ``punched``, ``relayed``) of the daemon's live
+    session with a peer, or None while it has none."""
     for c in await daemon.call("contacts"):
         if c["peer_id"] == peer_id and c["online"]:
             return str(c["path"])

@@ -140,3 +140,30 @@ def test_transfers_are_listed_newest_first_in_pages(tmp_path: Path) -> None:
     assert [t["files"][0]["path"] for t in rest] == ["file2.txt", "file1.txt", "file0.txt"]
     last = run_cli(home, "transfers", "--before", "0300")
     assert "older transfers" not in last.stdout
+
+
+def test_offers_waiting_for_an_answer_are_listed_before_any_page(tmp_path: Path) -> None:
+    """An offer older than a page of finished transfers is still shown, first."""
+    home = tmp_path / "alice"
+    init(home, "alice")
+    peer = "b" * 52
+    with Store(home / "p2pchat.db") as store:
+        store.create_transfer(
+            "ff" + "0" * 30, peer, direction="in", state="pending",
+            files=[("wanted.txt", 1, bytes(32), None)], now=999.0,
+        )  # fmt: skip
+        for n in range(60):
+            store.create_transfer(
+                f"{n:02d}" + "1" * 30, peer, direction="in", state="declined",
+                files=[(f"old{n}.txt", 1, bytes(32), None)], now=1000.0 + n,
+            )  # fmt: skip
+    page = json.loads(run_cli(home, "transfers", "--json").stdout)
+    assert len(page) == 50 and "wanted.txt" not in {t["files"][0]["path"] for t in page}
+    pending = json.loads(run_cli(home, "transfers", "--pending", "--json").stdout)
+    assert [t["files"][0]["path"] for t in pending] == ["wanted.txt"]
+    plain = run_cli(home, "transfers").stdout.splitlines()
+    assert plain[0].startswith("waiting for your answer (1;")
+    assert plain[1].startswith("ff000000 <- bbbbbbbb  pending") and "wanted.txt" in plain[1]
+    assert plain[2] == "transfers:"
+    assert sum("wanted.txt" in line for line in plain) == 1
+    assert run_cli(home, "transfers", "--pending").stdout.count("wanted.txt") == 1

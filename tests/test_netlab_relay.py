@@ -1,8 +1,8 @@
 """When no hole can be punched, a relay carries the ciphertext: the relay lab.
 
 One lab for the module: a public host running two relaying daemons (``--relay``,
-the DHT bootstrap of everyone, as a group's always-on nodes would be) and a hostile
-relay (``tests/netlab/relay_tools.py``: the node's own rendezvous and relay code
+the DHT bootstrap of everyone, as a group's always-on nodes would be) and two hostile
+relays (``tests/netlab/relay_tools.py``: the node's own rendezvous and relay code
 with a test's hand on every forwarded datagram), and four sites behind
 endpoint-dependent (random-port) NATs, where no punch can work.  Pairs become
 contacts by peer ID alone (no invite, no address) and must talk through a relay:
@@ -11,8 +11,9 @@ contacts by peer ID alone (no invite, no address) and must talk through a relay:
   killed mid-conversation (the other one takes over, nothing lost); a peer pushing
   through the relay is held to its budget while r1 and r2 keep theirs; and last, r2's
   router turns port-preserving and the pair moves to a punched path.
-* r3 x r4: their first rendezvous is the hostile relay, which drops, flips bits in,
-  replays and reorders what it forwards, and at last forwards nothing.
+* r3 x r4: their rendezvous nodes are the two hostile relays; the first drops, flips
+  bits in, replays and reorders what it forwards, then forwards nothing; the second
+  then passes pings and acknowledgements but no data.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ import pytest
 import pytest_asyncio
 
 from .conftest import make_home
+from .daemons import delivered, rss_kib, until
 from .netlab import Lab, list_namespaces, prepare, unavailable_reason
 from .netlab.daemon import NsDaemon
 from .netlab.topologies import PUBLIC_ADDRESS, Internet, SiteKind, build_internet
@@ -45,7 +47,7 @@ pytestmark = [
 
 T = TypeVar("T")
 PORT = 4001
-HOSTILE_PORT = PORT + 2
+HOSTILE_PORTS = (PORT + 2, PORT + 3)
 SITES: dict[str, SiteKind] = {"r1": "random", "r2": "random", "r3": "random", "r4": "random"}
 BOOTSTRAP = (f"{PUBLIC_ADDRESS}:{PORT}", f"{PUBLIC_ADDRESS}:{PORT + 1}")
 #: The public relays' budgets: small, so a pusher meets them without loading the machine.
@@ -54,31 +56,23 @@ RELAY_BUDGETS = ("--relay-peer-rate", str(PEER_RATE), "--relay-rate", str(8 * PE
 MiB = 1024 * 1024
 
 
-async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
 class World:
     def __init__(self, lab: Lab, net: Internet, root: Path) -> None:
         self.lab = lab
         self.net = net
         self.root = root
         self.daemons: dict[str, NsDaemon] = {}
-        self.hostile: subprocess.Popen[str] | None = None
-        self.hostile_id = ""
+        self.hostile: list[tuple[subprocess.Popen[str], str]] = []
 
-    def hostile_mode(self, line: str) -> dict[str, Any]:
-        assert self.hostile is not None and self.hostile.stdin and self.hostile.stdout
-        self.hostile.stdin.write(line + "\n")
-        self.hostile.stdin.flush()
-        answer: dict[str, Any] = json.loads(self.hostile.stdout.readline())
+    def hostile_id(self, which: int) -> str:
+        return self.hostile[which][1]
+
+    def hostile_mode(self, which: int, line: str) -> dict[str, Any]:
+        proc = self.hostile[which][0]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(proc.stdout.readline())
         return answer
 
 
@@ -120,18 +114,23 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     w = World(lab, build_internet(lab, SITES, port=PORT), tmp_path_factory.mktemp("relaylab"))
     try:
         public = w.net.public
-        w.hostile = public.popen(
-            [sys.executable, "-m", "tests.netlab.relay_tools", "hostile-relay",
-             "--port", str(HOSTILE_PORT)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert w.hostile.stdout is not None
-        w.hostile_id = json.loads(w.hostile.stdout.readline())["peer_id"]
+        for port in HOSTILE_PORTS:
+            proc = public.popen(
+                [sys.executable, "-m", "tests.netlab.relay_tools", "hostile-relay",
+                 "--port", str(port)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            w.hostile.append((proc, json.loads(proc.stdout.readline())["peer_id"]))
         _daemon(w, "pub", public, "--relay", *RELAY_BUDGETS)
         _daemon(w, "pub2", public, "--relay", *RELAY_BUDGETS, port=PORT + 1)
         await w.daemons["pub"].start(timeout=90)
         await w.daemons["pub2"].start(timeout=90)
-        hostile = ("--rendezvous", f"{w.hostile_id}@{PUBLIC_ADDRESS}:{HOSTILE_PORT}")
+        hostile = [
+            arg
+            for (_, peer), port in zip(w.hostile, HOSTILE_PORTS, strict=True)
+            for arg in ("--rendezvous", f"{peer}@{PUBLIC_ADDRESS}:{port}")
+        ]
         for name, site in w.net.sites.items():
             _daemon(w, name, site.host, *(hostile if name in ("r3", "r4") else ()))
         await asyncio.gather(*(w.daemons[n].start(timeout=90) for n in ("r1", "r2")))
@@ -153,10 +152,8 @@ async def history(d: NsDaemon, contact: str) -> list[dict[str, Any]]:
     return result
 
 
-async def delivered(sender: NsDaemon, contact: str, bodies: list[str]) -> bool:
-    messages = await history(sender, contact)
-    done = {m["body"] for m in messages if m["state"] in ("delivered", "read")}
-    return all(b in done for b in bodies)
+async def all_delivered(sender: NsDaemon, contact: str, bodies: list[str]) -> bool:
+    return all([await delivered(sender, contact, body) for body in bodies])
 
 
 async def contact_view(d: NsDaemon, peer_id: str) -> dict[str, Any] | None:
@@ -174,8 +171,8 @@ async def talk(world: World, x: str, y: str, tag: str, n: int = 3, timeout: floa
     for body_ab, body_ba in zip(ab, ba, strict=True):
         await a.call("send", contact=y, text=body_ab, wait=0)
         await b.call("send", contact=x, text=body_ba, wait=0)
-    await until(lambda: delivered(a, y, ab), timeout, f"{tag}: {x} -> {y}")
-    await until(lambda: delivered(b, x, ba), timeout, f"{tag}: {y} -> {x}")
+    await until(lambda: all_delivered(a, y, ab), timeout, f"{tag}: {x} -> {y}")
+    await until(lambda: all_delivered(b, x, ba), timeout, f"{tag}: {y} -> {x}")
     for receiver, contact, bodies in ((b, x, ab), (a, y, ba)):
         got = [m["body"] for m in await history(receiver, contact) if m["direction"] == "in"]
         for body in bodies:
@@ -188,35 +185,40 @@ async def befriend(world: World, x: str, y: str) -> None:
     await b.call("add", ref=a.peer_id, name=x)
 
 
-async def send_file(world: World, x: str, y: str, size: int, timeout: float = 120) -> str:
-    """A random file from x to y, verified byte for byte; returns the transfer id."""
-    a, b = world.daemons[x], world.daemons[y]
+async def start_file(world: World, x: str, y: str, size: int) -> tuple[str, Path]:
+    """Offer a random file from x to y (accepted by itself); its transfer id and path."""
     name = f"{x}-to-{y}-{size}.bin"
     src = world.root / "files" / name
     src.parent.mkdir(exist_ok=True)
     src.write_bytes(os.urandom(size))
-    t = await a.call("send_files", contact=y, paths=[str(src)])
+    t = await world.daemons[x].call("send_files", contact=y, paths=[str(src)])
+    return str(t["id"]), src
 
-    async def done() -> bool:
-        state = (await a.call("transfer", id=t["id"]))["state"]
-        assert state not in ("failed", "declined", "cancelled"), state
-        return bool(state == "done")
 
-    await until(done, timeout, f"file {name}")
-    assert (b.paths.home / "downloads" / name).read_bytes() == src.read_bytes()
-    return str(t["id"])
+async def file_arrives(
+    world: World, x: str, y: str, tid: str, src: Path, timeout: float = 120
+) -> dict[str, Any]:
+    """The transfer is done and the file arrived byte for byte; the transfer's view."""
+    a, b = world.daemons[x], world.daemons[y]
+
+    async def done() -> dict[str, Any] | None:
+        view: dict[str, Any] = await a.call("transfer", id=tid)
+        assert view["state"] not in ("failed", "declined", "cancelled"), view
+        return view if view["state"] == "done" else None
+
+    view = await until(done, timeout, f"file {src.name}")
+    assert (b.paths.home / "downloads" / src.name).read_bytes() == src.read_bytes()
+    return view
+
+
+async def send_file(world: World, x: str, y: str, size: int, timeout: float = 120) -> None:
+    """A random file from x to y, verified byte for byte."""
+    tid, src = await start_file(world, x, y, size)
+    await file_arrives(world, x, y, tid, src, timeout)
 
 
 async def relay_status(d: NsDaemon) -> Any:
     return (await d.call("network_status"))["reachability"]["relaying"]
-
-
-def rss_kib(d: NsDaemon) -> int:
-    assert d.proc is not None
-    for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 # ----------------------------------------------------------------------- tests
@@ -244,6 +246,14 @@ async def test_a_relay_killed_mid_conversation_is_replaced_and_nothing_is_lost(
     via = (await contact_view(r1, r2.peer_id) or {})["via"]
     name = "pub" if via == world.daemons["pub"].peer_id else "pub2"
     other = "pub2" if name == "pub" else "pub"
+    # A file on its way (at the relay's 256 KiB/s it takes a while) when the relay dies.
+    tid, src = await start_file(world, "r1", "r2", 3 * MiB)
+
+    async def moving() -> bool:
+        progress = (await r1.call("transfer", id=tid))["progress"]
+        return bool(progress and progress[0] >= 512 * 1024)
+
+    await until(moving, 60, "the file under way")
     killed = world.daemons[name]
     await killed.kill()
     killed_at = time.monotonic()
@@ -254,6 +264,13 @@ async def test_a_relay_killed_mid_conversation_is_replaced_and_nothing_is_lost(
     view = await contact_view(r1, r2.peer_id)
     assert view is not None and view["path"] == "relayed"
     assert view["via"] == world.daemons[other].peer_id, view
+    # The file resumes from what had arrived, through the other relay: a second attempt,
+    # and no byte received twice.
+    await file_arrives(world, "r1", "r2", tid, src)
+    received = await r2.call("transfer", id=tid)
+    print(f"receiver: {received['attempts']} attempts, {received['bytes_moved']} bytes")
+    assert received["attempts"] >= 2, received
+    assert received["bytes_moved"] == 3 * MiB, received
     # Back for the tests that follow (same home: same key and port).
     await killed.start(timeout=90)
 
@@ -265,7 +282,8 @@ async def test_a_peer_pushing_through_a_relay_is_held_to_its_budget(world: World
     name = "pub" if via == world.daemons["pub"].peer_id else "pub2"
     relay = world.daemons[name]
     port = PORT if name == "pub" else PORT + 1
-    rss_before = rss_kib(relay)
+    assert relay.proc is not None
+    rss_before = rss_kib(relay.proc.pid)
     seconds = 10.0
     pusher = world.net.sites["r3"].host.popen(
         [sys.executable, "-m", "tests.netlab.relay_tools", "push",
@@ -287,25 +305,26 @@ async def test_a_peer_pushing_through_a_relay_is_held_to_its_budget(world: World
     assert result["received"] <= PEER_RATE * (result["seconds"] + 2) + 2 * PEER_RATE, result
     serving = (await relay_status(relay))["serving"]
     assert serving["dropped_peer_rate"] > 0, serving
-    growth = rss_kib(relay) - rss_before
+    growth = rss_kib(relay.proc.pid) - rss_before
     print(f"relay RSS grew by {growth} KiB")
     assert growth < 20 * 1024, "the relay buffers nothing"
 
 
-async def test_a_hostile_relay_can_delay_but_not_forge_and_is_left_when_it_goes_dark(
+async def test_a_hostile_relay_can_delay_but_not_forge_and_is_left_when_it_fails(
     world: World,
 ) -> None:
     r3, r4 = world.daemons["r3"], world.daemons["r4"]
+    first, second = world.hostile_id(0), world.hostile_id(1)
     await befriend(world, "r3", "r4")
     await talk(world, "r3", "r4", "honest")
     view = await contact_view(r3, r4.peer_id)
-    assert view is not None and view["path"] == "relayed" and view["via"] == world.hostile_id
+    assert view is not None and view["path"] == "relayed" and view["via"] == first, view
     for mode in ("drop 0.2", "flip 0.2", "replay 0.3", "reorder 0.3"):
-        world.hostile_mode(mode)
+        world.hostile_mode(0, mode)
         await talk(world, "r3", "r4", mode)
-    world.hostile_mode("flip 0.05")
+    world.hostile_mode(0, "flip 0.05")
     await send_file(world, "r3", "r4", 1 * MiB, timeout=90)  # arrives identical
-    counts = world.hostile_mode("honest")
+    counts = world.hostile_mode(0, "honest")
     assert counts["tampered"] > 50, counts
     # Whatever it did, nothing it made up got through: the histories hold exactly the
     # messages written, once each, in order.
@@ -314,11 +333,22 @@ async def test_a_hostile_relay_can_delay_but_not_forge_and_is_left_when_it_goes_
         assert len(got) == len(set(got)) and all(b.split()[-2].startswith(sender) for b in got)
     # A relay that forwards nothing: the session dies of silence, the peers go through
     # the other relay, and what they wrote meanwhile arrives.
-    world.hostile_mode("blackhole")
+    world.hostile_mode(0, "blackhole")
     await talk(world, "r3", "r4", "after the blackhole", timeout=90)
     view = await contact_view(r3, r4.peer_id)
-    assert view is not None and view["path"] == "relayed"
-    assert view["via"] != world.hostile_id, view
+    assert view is not None and view["path"] == "relayed" and view["via"] == second, view
+    # A relay that forwards pings and acknowledgements but no data: the stalled session
+    # is closed, the relay tried last, and the messages go through the first relay,
+    # honest again.
+    world.hostile_mode(0, "honest")
+    world.hostile_mode(1, "starve 90")
+    await talk(world, "r3", "r4", "after the starving", timeout=90)
+    view = await contact_view(r3, r4.peer_id)
+    assert view is not None and view["path"] == "relayed" and view["via"] == first, view
+    world.hostile_mode(1, "honest")
+    using = [(await relay_status(d))["using"] for d in (r3, r4)]
+    assert sum(u.get("channels_went_silent", 0) for u in using) >= 1, using  # the blackhole
+    assert sum(u.get("channels_stalled", 0) for u in using) >= 1, using  # the starving
 
 
 async def test_a_relayed_pair_whose_nat_becomes_punchable_moves_to_a_direct_path(
@@ -347,8 +377,8 @@ async def test_a_relayed_pair_whose_nat_becomes_punchable_moves_to_a_direct_path
     took = time.monotonic() - switched
     print(f"on a punched path {took:.1f} s after the router changed")
     assert took <= 30.0, f"took {took:.1f} s"
-    await until(lambda: delivered(r1, "r2", [f"r1 {b}" for b in bodies]), 30, "r1's messages")
-    await until(lambda: delivered(r2, "r1", [f"r2 {b}" for b in bodies]), 30, "r2's messages")
+    await until(lambda: all_delivered(r1, "r2", [f"r1 {b}" for b in bodies]), 30, "r1's messages")
+    await until(lambda: all_delivered(r2, "r1", [f"r2 {b}" for b in bodies]), 30, "r2's messages")
     for receiver, contact, prefix in ((r2, "r1", "r1"), (r1, "r2", "r2")):
         got = [m["body"] for m in await history(receiver, contact)]
         for body in bodies:

@@ -16,15 +16,12 @@ runs as root), and the invite and peer IDs the guide leaves to the reader
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +31,7 @@ from p2pchat.config import Paths
 from p2pchat.identity import load_identity
 from p2pchat.net.control import ControlClient
 
-from .daemons import cli_env, wait_for_control
+from .daemons import cli_env, until, wait_for_control
 from .netlab import Host, Lab, list_namespaces, prepare, unavailable_reason
 from .netlab.topologies import build_internet
 
@@ -101,17 +98,6 @@ class Runner:
 
     def _env_args(self, extra: dict[str, str]) -> list[str]:
         return ["-i", *(f"{k}={v}" for k, v in self.env(**extra).items())]
-
-
-async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")

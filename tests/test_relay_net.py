@@ -22,10 +22,11 @@ import pytest
 
 from p2pchat.config import Paths
 from p2pchat.core import relay as wire
-from p2pchat.identity import Identity, InvalidInvite, Invite, parse_address
+from p2pchat.core.events import PeerOffline
+from p2pchat.identity import Identity, InvalidInvite, Invite, load_identity, parse_address
 from p2pchat.node import Node
 
-from .conftest import make_home, wait_until
+from .conftest import EventLog, make_home, wait_until
 
 Start = Callable[..., Awaitable[Node]]
 MiB = 1024 * 1024
@@ -131,10 +132,10 @@ async def test_relay_keeps_only_contacts_unless_public(start: Start, tmp_path: P
     """A node without ``--relay`` registers, and so relays for, its contacts only: a
     dialer that is not its contact gets no registration there, hence no channel."""
     v = await start("relay")
+    v.add_contact(load_identity(make_home(tmp_path, "target").identity).peer_id, name="target")
     t = await start("target", rendezvous=[f"{v.peer_id}@{address_of(v)}"])
     d = await start("dialer")
     relay_only(d)
-    v.add_contact(t.peer_id, name="target")
     await registered(t)
     t.add_contact(d.peer_id, name="dialer")
     d.add_contact(t.peer_id, name="target")
@@ -263,3 +264,66 @@ def test_invite_hints_are_checked_and_round_trip() -> None:
     ):
         with pytest.raises(InvalidInvite):
             Invite(me.peer_id, relays=relays, bootstrap=bootstrap)
+
+
+class Starver(asyncio.DatagramProtocol):
+    """A UDP path between a client and ``server`` that, once ``starving``, passes only
+    datagrams of at most 300 bytes (pings and acknowledgements), as a hostile relay
+    could."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: tuple[str, int] | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.starving = False
+        self.dropped = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        src = (str(addr[0]), int(addr[1]))
+        dest = self.client if src == self.server else self.server
+        if src != self.server:
+            self.client = src
+        if dest is None or self.transport is None:
+            return
+        if self.starving and len(data) > 300:
+            self.dropped += 1
+            return
+        self.transport.sendto(data, dest)
+
+
+async def test_a_path_that_passes_pings_but_not_data_is_closed(start: Start) -> None:
+    """QUIC retransmits for ever on a path that drops only the large datagrams; the node
+    closes such a connection once its chat data made no progress for 10 s, and the
+    message waits for the next session."""
+    a = await start("alice")
+    b = await start("bob")
+    host, port = parse_address(address_of(b))
+    loop = asyncio.get_running_loop()
+    transport, path = await loop.create_datagram_endpoint(
+        lambda: Starver((host, port)), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        via = f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"
+        b.add_contact(a.peer_id, name="alice")
+        a.add_contact(b.peer_id, name="bob", addresses=[via])
+        first = a.send_message("bob", "through the path")
+        assert await a.wait_for_delivery(first.id, 20) == "delivered"
+        assert isinstance(path, Starver)
+        path.starving = True
+        log = EventLog(a)
+        stuck = a.send_message("bob", "x" * 2000)
+        await wait_until(
+            lambda: any(isinstance(e, PeerOffline) and "no progress" in e.reason
+                        for e in log.events),
+            timeout=30,
+        )  # fmt: skip
+        assert path.dropped > 0
+        assert a.store.get_message(stuck.id).state == "queued"  # type: ignore[union-attr]
+        await log.close()
+        path.starving = False
+        assert await a.wait_for_delivery(stuck.id, 30) == "delivered"
+    finally:
+        transport.close()

@@ -54,6 +54,14 @@ async def test_remote_node_mirrors_the_daemon(start_node: StartNode, tmp_path: P
         assert remote.verify_contact("bob").verified
         with pytest.raises(UnknownContact):
             remote.history("nobody")
+        # An offer waiting for an answer, as the app lists it (whole, not paged).
+        offered = tmp_path / "offered.txt"
+        offered.write_text("for alice")
+        offer = await bob.offer_files("alice", [offered])
+        await wait_until(lambda: [t.id for t in remote.pending_offers()] == [offer.id])
+        [pending] = remote.pending_offers("bob")
+        assert pending.state == "pending" and pending.files[0].path == "offered.txt"
+        assert remote.pending_offers(bob.peer_id) == [pending]
         remote.update_settings(theme="textual-light")
         assert remote.settings["theme"] == "textual-light"
     finally:

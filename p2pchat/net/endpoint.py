@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 512
 CID_LENGTH = 8
+#: The peer answers but acknowledges none of our control stream's data for this long:
+#: something on the path (a relay) passes small datagrams and drops the rest.
+STALL_TIMEOUT = 10.0
+STALLED = "no progress"
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
 PunchHandler = Callable[[bytes, tuple[str, int], "AuxSocket | None"], None]
@@ -97,6 +101,9 @@ class QuicLink:
         self._grace_until = 0.0
         self._ping_uid = 0
         self._pending_stream: list[tuple[int, bytes, bool]] = []
+        self._acked_offset = 0
+        self._progress_at = endpoint.now()
+        self.close_reason: str | None = None
         self._transmit_scheduled = False
         self._pending_slot: str | None = None
         """The source IP whose admission slot this server link holds until its peer
@@ -138,6 +145,9 @@ class QuicLink:
             if now - self._last_heard >= LIVENESS_TIMEOUT and now >= self._grace_until:
                 self.close(f"no answer for {LIVENESS_TIMEOUT:g} s")
                 return
+            if self._stalled(now):
+                self.close(f"{STALLED} for {STALL_TIMEOUT:g} s")
+                return
             if now - max(self._last_heard, self._last_ping) >= self._keepalive:
                 self._last_ping = now
                 self._ping_uid += 1
@@ -146,6 +156,23 @@ class QuicLink:
         if quic_timer is not None and quic_timer <= now:
             self.conn.handle_timer(now)
         self._process()
+
+    def _stalled(self, now: float) -> bool:
+        """Data on the control stream (chat frames) has waited for an acknowledgement
+        for ``STALL_TIMEOUT`` without any of it getting through, while the peer still
+        answers pings: QUIC would retransmit for ever.  aioquic has no public view of
+        a stream's acknowledged offset, hence the private attributes."""
+        stream = self.conn._streams.get(0)
+        sender = getattr(stream, "sender", None)
+        acked = getattr(sender, "_buffer_start", None)
+        stop = getattr(sender, "_buffer_stop", None)
+        if not isinstance(acked, int) or not isinstance(stop, int):
+            return False
+        if stop <= acked or acked != self._acked_offset or now < self._grace_until:
+            self._acked_offset = acked
+            self._progress_at = now
+            return False
+        return now - self._progress_at >= STALL_TIMEOUT
 
     def _process(self) -> None:
         event = self.conn.next_event()
@@ -178,6 +205,7 @@ class QuicLink:
         if self.closed:
             return
         self.closed = True
+        self.close_reason = reason
         self._release_slot()
         if self._timer is not None:
             self._timer.cancel()

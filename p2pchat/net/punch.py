@@ -421,8 +421,11 @@ class PunchService:
                 if now - at > PATH_MEMORY:
                     del self._punched[key]
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+            # races with the wake-up, and stop() would wait for this loop for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.05, deadline - now))
+                async with asyncio.timeout(max(0.05, deadline - now)):
+                    await self._wake.wait()
 
     # ------------------------------------------------------------------ dialer
     async def dial(

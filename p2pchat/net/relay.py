@@ -40,7 +40,7 @@ from p2pchat.core.punch import MAGIC, Addr, PunchError, new_request_id
 from p2pchat.core.relay import RelayLimits, RelayServer, RelayStatus
 from p2pchat.core.rendezvous import RegistrationClient
 from p2pchat.identity import Identity, format_address, peer_id_from_key
-from p2pchat.net.endpoint import AuxSocket, Endpoint
+from p2pchat.net.endpoint import STALLED, AuxSocket, Endpoint
 from p2pchat.net.punch import PunchService, RendezvousNode
 
 __all__ = ["RelayChannel", "RelayFailed", "RelayLimits", "RelayService"]
@@ -64,7 +64,8 @@ MAX_CHANNELS: Final = 64
 #: A relay whose channel failed (a dial that got no channel, or a channel that went
 #: silent) is tried last for this long.
 SUSPECT_FOR: Final = 120.0
-#: A channel that closes after this long without a datagram died silently.
+#: A channel that closes after this long without a datagram died silently (and one
+#: whose connection made no progress, ``endpoint.STALLED``, was starved).
 SILENT: Final = 3.0
 #: Strangers may open this many channels to us (contact requests need a path too).
 STRANGER_RATE: Final = 4 / 60.0
@@ -181,6 +182,8 @@ class RelayService:
         if self.endpoint.relay_handler == self.datagram_received:
             self.endpoint.relay_handler = None
         for channel in list(self._channels.values()):
+            if channel.link is not None and not channel.link.closed:
+                channel.link.close("node stopping")  # closes the channel, tells the relay
             channel.close()
         for opening in self._opening.values():
             opening.ready.cancel()
@@ -315,7 +318,8 @@ class RelayService:
                 delay = start + offset - self.loop.time()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(opening.ready), delay)
+                        async with asyncio.timeout(delay):
+                            await asyncio.shield(opening.ready)
                 if opening.ready.done():
                     break
                 reg = self._registration(addr) or reg
@@ -324,10 +328,8 @@ class RelayService:
                 self.endpoint.sendto(wire.encode(packet), addr)
                 self._count("opens_sent")
             try:
-                ready = await asyncio.wait_for(
-                    asyncio.shield(opening.ready),
-                    max(0.0, start + OPEN_TIMEOUT - self.loop.time()),
-                )
+                async with asyncio.timeout(max(0.0, start + OPEN_TIMEOUT - self.loop.time())):
+                    ready = await asyncio.shield(opening.ready)
             except TimeoutError:
                 raise RelayFailed("the relay did not answer") from None
         finally:
@@ -427,9 +429,13 @@ class RelayService:
     def _channel_closed(self, channel: RelayChannel, *, tell_relay: bool) -> None:
         self._channels.pop((channel.relay_addr, channel.channel), None)
         now = self.loop.time()
+        reason = channel.link.close_reason if channel.link is not None else None
         if now - channel.last_received >= SILENT:
             self._suspect[channel.relay_addr] = now  # it went quiet under us
             self._count("channels_went_silent")
+        elif reason is not None and reason.startswith(STALLED):
+            self._suspect[channel.relay_addr] = now  # it passed pings, not data
+            self._count("channels_stalled")
         if not tell_relay:
             return
         reg = self._registration(channel.relay_addr)

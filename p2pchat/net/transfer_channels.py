@@ -132,6 +132,7 @@ class Outgoing:
 
     transfer_id: str
     attempt: bytes
+    peer: str = ""
     acked: int = 0
     sent: int = 0
     total: int = 0

@@ -5,8 +5,11 @@ asks for data with a fresh attempt; ``DataReceiver`` waits for that attempt's
 channel on the TCP data port or on a QUIC stream of the session, opens the
 sealed records, writes and hashes them on a worker thread, and publishes the
 transfer whole after its final record.  Every path out of an attempt (done,
-ended early, silent, bad data, disk error, superseded) goes through one of a few
-methods that release what it holds and tell the manager.
+ended early, silent, bad data, disk error, superseded, a database write that
+failed) goes through one of a few methods that release what it holds and tell the
+manager.  A ``StoreError`` never leaves a channel's task or the QUIC event handler:
+the attempt ends with its parts kept, and the manager asks again once the
+database writes (``TransferManager.store_failed``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from p2pchat.net.transfer_files import (
     publish_all,
     remove_staging,
 )
-from p2pchat.store import Store, Transfer
+from p2pchat.store import Store, StoreError, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,15 @@ class ReceiverHost(Protocol):
 
     def fail_incoming(self, t: Transfer, why: str) -> None: ...
 
+    def resume(self, transfer_id: str) -> None: ...
+
+    def store_failed(
+        self,
+        exc: StoreError,
+        transfer_id: str | None = None,
+        retry: Callable[[], None] | None = None,
+    ) -> None: ...
+
 
 class DataReceiver:
     """The data channels of every incoming transfer of one node."""
@@ -156,13 +168,36 @@ class DataReceiver:
         for key in [k for k in self._incoming if k[0] == transfer_id]:
             self._close_files(self._incoming.pop(key))
 
-    def pause(self, transfer_id: str) -> None:
-        """The contact went offline: end the transfer's attempts, keeping the parts
+    def has_attempt(self, transfer_id: str) -> bool:
+        return any(k[0] == transfer_id for k in self._incoming)
+
+    def pause_peer(self, peer_id: str) -> None:
+        """The contact went offline: end its transfers' attempts, keeping the parts
         (and counting what they brought) for the resume."""
-        for key in [k for k in self._incoming if k[0] == transfer_id]:
+        for key in [k for k, inc in self._incoming.items() if inc.conn.peer_id == peer_id]:
             inc = self._incoming.pop(key)
-            self.store.add_transfer_bytes(transfer_id, inc.received, now=self.manager.clock())
             self._close_files(inc)
+            self._count_bytes(inc)
+
+    def _count_bytes(self, inc: Attempt) -> None:
+        """Add what an ended attempt brought to the transfer's byte count (statistics
+        only: a failed write loses this attempt's share, nothing else)."""
+        try:
+            self.store.add_transfer_bytes(
+                inc.transfer_id, inc.received, now=self.manager.clock()
+            )
+        except StoreError as exc:
+            self.manager.store_failed(exc)
+
+    def _store_failed(self, inc: Attempt, exc: StoreError) -> None:
+        """A database write of this attempt failed: end it, keep its parts, and ask
+        again with a fresh attempt once writes work (unless something newer has
+        taken over meanwhile: ``TransferManager.resume``)."""
+        if self._incoming.get((inc.transfer_id, inc.attempt)) is inc:
+            del self._incoming[(inc.transfer_id, inc.attempt)]
+        self._close_files(inc)
+        tid = inc.transfer_id
+        self.manager.store_failed(exc, tid, lambda: self.manager.resume(tid))
 
     def close(self) -> None:
         for inc in list(self._incoming.values()):
@@ -213,6 +248,12 @@ class DataReceiver:
             return inc
 
     async def _tcp_receive(self, inc: Attempt, reader: asyncio.StreamReader) -> None:
+        try:
+            await self._tcp_records(inc, reader)
+        except StoreError as exc:  # from any step, the handlers below included
+            self._store_failed(inc, exc)
+
+    async def _tcp_records(self, inc: Attempt, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 async with asyncio.timeout(self.policy.data_idle_timeout):
@@ -291,6 +332,19 @@ class DataReceiver:
         queue: asyncio.Queue[tuple[bytes | None, bool]],
     ) -> None:
         try:
+            await self._stream_records(key, inc, queue)
+        except StoreError as exc:  # from any step, the handlers below included
+            self._store_failed(inc, exc)
+        finally:
+            self._forget_stream(key)
+
+    async def _stream_records(
+        self,
+        key: tuple[PeerConnection, int],
+        inc: Attempt,
+        queue: asyncio.Queue[tuple[bytes | None, bool]],
+    ) -> None:
+        try:
             while True:
                 async with asyncio.timeout(self.policy.data_idle_timeout):
                     data, end = await queue.get()
@@ -317,8 +371,6 @@ class DataReceiver:
             await self._channel_failed(inc, str(exc))
         except OSError as exc:
             self._disk_failed(inc, exc)
-        finally:
-            self._forget_stream(key)
 
     def _forget_stream(self, key: tuple[PeerConnection, int]) -> None:
         self._streams.pop(key, None)
@@ -346,7 +398,11 @@ class DataReceiver:
             return None
         if inc.conn.closed:
             return None
-        t = self.store.get_transfer(inc.transfer_id)
+        try:
+            t = self.store.get_transfer(inc.transfer_id)
+        except StoreError as exc:
+            self._store_failed(inc, exc)
+            return None
         if t is None or t.state not in RESUMABLE_IN:
             return None
         key = inc.conn.session.export_key(KEY_LABEL, p.transfer_id + p.attempt)
@@ -358,7 +414,11 @@ class DataReceiver:
         self.manager.counters[f"{via}_channels"] += 1
         self._open_files(inc, t)
         if t.state != "receiving":
-            self.manager.set_state(t, "receiving")
+            try:
+                self.manager.set_state(t, "receiving")
+            except StoreError as exc:  # this channel is turned away; a fresh one later
+                self._store_failed(inc, exc)
+                return None
         return inc
 
     def _open_files(self, inc: Attempt, t: Transfer) -> None:
@@ -491,14 +551,11 @@ class DataReceiver:
         # No await from here on: nothing can supersede the attempt while it publishes.
         finals = publish_all(Path(t.folder), [(part, final) for _i, part, final in ready])
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
-        self.store.set_transfer_files(
-            t.id,
-            [
-                (index, {"done": 1, "final": str(final)})
-                for (index, _part, _final), final in zip(ready, finals, strict=True)
-            ],
-        )
-        self.store.add_transfer_bytes(t.id, inc.received, now=self.manager.clock())
+        self._close_files(inc)
+        done = [
+            (index, {"done": 1, "final": str(final)})
+            for (index, _part, _final), final in zip(ready, finals, strict=True)
+        ]
         elapsed = max(time.monotonic() - inc.started, 1e-9)
         log.info(
             "received %s: %d bytes via %s, %.1f MB/s since the accept",
@@ -507,11 +564,32 @@ class DataReceiver:
             inc.via,
             inc.received / elapsed / 1e6,
         )
-        t = self.store.get_transfer(t.id)
-        assert t is not None
-        self.manager.set_state(t, "done", paths=tuple(f.final or "" for f in t.files if f.accepted))
-        inc.conn.send(chat.FileResult(t.id, True))
-        remove_staging(t)
+        tid = t.id
+
+        def record() -> None:
+            """The files are published: the database says so (again, after a failed
+            write, unless the transfer ended otherwise meanwhile)."""
+            t = self.store.get_transfer(tid)
+            if t is None or t.state not in RESUMABLE_IN:
+                return
+            self.store.set_transfer_files(tid, done)
+            self.store.add_transfer_bytes(tid, inc.received, now=self.manager.clock())
+            t = self.store.get_transfer(tid)
+            assert t is not None
+            paths = tuple(f.final or "" for f in t.files if f.accepted)
+            self.manager.set_state(t, "done", paths=paths)
+            self._send(t.peer_id, chat.FileResult(tid, True))
+            remove_staging(t)
+
+        try:
+            record()
+        except StoreError as exc:
+            self.manager.store_failed(exc, tid, record)
+
+    def _send(self, peer_id: str, frame: chat.ChatFrame) -> None:
+        conn = self.manager.connection_for(peer_id)
+        if conn is not None:
+            conn.send(frame)
 
     def _interrupted(self, inc: Attempt, why: str) -> None:
         """The channel died (peer restarted, link dropped, sender gave up): keep the
@@ -520,9 +598,9 @@ class DataReceiver:
         if not self._is_current(inc):
             return  # superseded: whoever replaced it carries on
         log.info("transfer %s interrupted: %s", inc.transfer_id, why)
-        self.store.add_transfer_bytes(inc.transfer_id, inc.received, now=self.manager.clock())
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
+        self._count_bytes(inc)
         if inc.conn.closed or self.manager.connection_for(inc.conn.peer_id or "") is not inc.conn:
             return
         t = self.store.get_transfer(inc.transfer_id)
@@ -541,9 +619,9 @@ class DataReceiver:
         if not self._is_current(inc):
             return
         log.warning("transfer %s: data channel failed: %s", inc.transfer_id, why)
-        self.store.add_transfer_bytes(inc.transfer_id, inc.received, now=self.manager.clock())
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
+        self._count_bytes(inc)
         t = self.store.get_transfer(inc.transfer_id)
         if t is None or t.state not in RESUMABLE_IN:
             return

@@ -22,6 +22,13 @@ attempt while the session lives.
 What a contact can make us store or do is budgeted here: offers per contact
 (rate), files per offer, stored incoming transfers and file rows per contact and
 in all, listings per page (docs/threat-model.md, "Budgets").
+
+A database that cannot write (a full disk, an I/O error) is handled where it
+happens, as for messages (``delivery.py``): the frame, the closed session or the
+data channel that needed the write is dropped cleanly (files closed, nothing
+half-published), the failure is reported (``StorageProblem``, ``storage_error``),
+and the step is tried again from ``tick`` with a growing delay until it succeeds,
+so a transfer carries on by itself once space returns.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Coroutine
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from p2pchat.core import chat
 from p2pchat.core.budget import RateBudget
@@ -74,7 +82,7 @@ from p2pchat.net.transfer_files import (
     sealed_records,
 )
 from p2pchat.net.transfer_receiver import DataReceiver
-from p2pchat.store import Store, Transfer
+from p2pchat.store import Store, StoreError, Transfer
 
 __all__ = ["TERMINAL", "TransferError", "TransferManager", "TransferPolicy"]
 
@@ -89,6 +97,9 @@ DEFAULT_MAX_INCOMING = 64 << 30
 
 # Budgets of what a contact's offers make us store (docs/threat-model.md, "Budgets").
 MAX_PENDING_OFFERS_PER_PEER = 16
+MAX_PENDING_OFFERS = 64
+"""Offers waiting for the user's answer, from all contacts together: what
+``pending_offers`` lists whole, however many finished transfers a flood left."""
 MAX_FILES_PER_OFFER = 1024
 OFFER_BURST = 32
 OFFER_RATE = 0.5
@@ -104,6 +115,22 @@ MAX_PAGE_SIZE = 500
 PAGE_FILES = 2048
 
 TERMINAL = ("done", "declined", "cancelled", "failed")
+# Steps a failed database write interrupted: tried again from ``tick``, the first
+# time after 0.5 s, doubling to 4 s while writes keep failing (as for messages).
+STORE_RETRY_MIN = 0.5
+STORE_RETRY_MAX = 4.0
+MAX_STORE_RETRIES = 256
+"""Steps kept for a retry (one per transfer, the latest): beyond, the oldest is
+dropped, and the sender's re-offer at the next session recovers that transfer."""
+
+
+class StorageHealth(Protocol):
+    """Where database failures are reported (``delivery.Delivery``: one warning for
+    the whole node, whichever part hit it)."""
+
+    def storage_failed(self, exc: StoreError) -> None: ...
+
+    def storage_ok(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -132,8 +159,10 @@ class TransferManager:
         clock: Callable[[], float],
         emit: Callable[[NodeEvent], None],
         connection_for: Callable[[str], PeerConnection | None],
+        storage: StorageHealth | None = None,
     ) -> None:
         self.store = store
+        self.storage = storage
         self.policy = policy
         self.clock = clock
         self.emit = emit
@@ -144,6 +173,9 @@ class TransferManager:
         self._offer_budget = RateBudget(rate=OFFER_RATE, burst=OFFER_BURST)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.receiver = DataReceiver(self)
+        self._retries: OrderedDict[str, Callable[[], None]] = OrderedDict()
+        self._retry_at = 0.0
+        self._retry_delay = STORE_RETRY_MIN
         self.counters = {
             "tcp_channels": 0,
             "quic_channels": 0,
@@ -154,15 +186,72 @@ class TransferManager:
             "tcp_fallbacks": 0,
             "offers_refused": 0,
             "transfers_pruned": 0,
+            "store_errors": 0,
         }
         """What the node turned away or gave up, for ``Node.network_status()``:
         TCP connections over the unclaimed caps, without a preamble in time or with
         one of no expected attempt, claimed channels dropped for silence, sends
         that fell back to QUIC, offers refused by a budget, finished incoming
-        transfers deleted to make room."""
+        transfers deleted to make room, steps a failed database write stopped."""
 
     def status(self) -> dict[str, int]:
-        return {**self.counters, "tcp_unclaimed": self.receiver.gate.unclaimed}
+        return {
+            **self.counters,
+            "tcp_unclaimed": self.receiver.gate.unclaimed,
+            "store_retries_waiting": len(self._retries),
+        }
+
+    # ------------------------------------------------------------- storage failures
+    @contextlib.contextmanager
+    def guarded(
+        self, transfer_id: str | None = None, retry: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """A step that writes to the database: a ``StoreError`` stops here, is
+        reported, and ``retry`` (the step again, for ``transfer_id``) runs from
+        ``tick`` once writes may work again."""
+        try:
+            yield
+        except StoreError as exc:
+            self.store_failed(exc, transfer_id, retry)
+
+    def store_failed(
+        self,
+        exc: StoreError,
+        transfer_id: str | None = None,
+        retry: Callable[[], None] | None = None,
+    ) -> None:
+        self.counters["store_errors"] += 1
+        log.info("file drop: a database write failed (%s); retrying later", exc)
+        if self.storage is not None:
+            self.storage.storage_failed(exc)
+        now = time.monotonic()
+        if self._retry_at <= now:
+            self._retry_at = now + self._retry_delay
+            self._retry_delay = min(STORE_RETRY_MAX, self._retry_delay * 2)
+        if transfer_id is None or retry is None:
+            return
+        self._retries.pop(transfer_id, None)
+        self._retries[transfer_id] = retry
+        while len(self._retries) > MAX_STORE_RETRIES:
+            dropped, _ = self._retries.popitem(last=False)
+            log.warning("file drop: gave up retrying %s (too many waiting)", dropped)
+
+    def _run_retries(self) -> None:
+        """Try the steps failed writes stopped, oldest first, until one fails again."""
+        if not self._retries or time.monotonic() < self._retry_at:
+            return
+        failures = self.counters["store_errors"]
+        for transfer_id in list(self._retries):
+            retry = self._retries.pop(transfer_id, None)
+            if retry is None:
+                continue
+            with self.guarded(transfer_id, retry):
+                retry()
+            if self.counters["store_errors"] != failures:
+                return  # still failing: the rest waits for the next round
+        self._retry_delay = STORE_RETRY_MIN
+        if self.storage is not None:
+            self.storage.storage_ok()
 
     # ------------------------------------------------------------- lifetime
     async def start(self, host: str) -> None:
@@ -267,6 +356,15 @@ class TransferManager:
         """A session with the peer came up: re-offer what is unfinished (resume)."""
         peer = conn.peer_id
         assert peer is not None
+
+        def again() -> None:
+            if self.connection_for(peer) is conn:
+                self.peer_online(conn)
+
+        with self.guarded(f"online:{peer}", again):
+            self._reoffer(conn, peer)
+
+    def _reoffer(self, conn: PeerConnection, peer: str) -> None:
         unfinished = self.store.transfer_ids(
             direction="out", states=RESUMABLE_OUT, peer_id=peer
         )
@@ -298,7 +396,7 @@ class TransferManager:
         old = self._outgoing.pop(t.id, None)
         if old is not None and old.task is not None:
             old.task.cancel()
-        out = Outgoing(t.id, frame.attempt)
+        out = Outgoing(t.id, frame.attempt, peer=peer)
         self._outgoing[t.id] = out
         self.store.set_transfer_files(
             t.id,
@@ -356,13 +454,16 @@ class TransferManager:
             await channel.finish()
         except TransferError as exc:
             self._send(peer, chat.FileCancel(t.id, str(exc)[:200]))
-            self.set_state(t, "failed", str(exc))
+            why = str(exc)
+            with self.guarded(t.id, lambda: self.set_state(t, "failed", why)):
+                self.set_state(t, "failed", why)
         except OSError as exc:  # ConnectionError and TimeoutError included
             # The receiver notices too (end of channel, or its read deadline) and asks
             # again with a fresh attempt while the session lives.
             log.info("transfer %s attempt interrupted: %s", t.id, exc)
         finally:
-            self.store.add_transfer_bytes(t.id, out.sent, now=self.clock())
+            with self.guarded():  # only the byte count misses this attempt
+                self.store.add_transfer_bytes(t.id, out.sent, now=self.clock())
             if channel is not None:
                 await channel.close()
 
@@ -417,7 +518,11 @@ class TransferManager:
         self.emit(
             TransferOffered(t.id, peer, tuple((f.path, f.size) for f in frame.files), frame.total)
         )
-        if "contacts" in self.policy.accept_from or peer in self.policy.accept_from:
+        self._maybe_accept(t)
+
+    def _maybe_accept(self, t: Transfer) -> None:
+        """Accept a pending offer of a contact the user trusts with files."""
+        if "contacts" in self.policy.accept_from or t.peer_id in self.policy.accept_from:
             try:
                 self.accept(t.id)
             except TransferError as exc:
@@ -438,6 +543,9 @@ class TransferManager:
         pending, _ = self.store.transfer_usage(direction="in", peer_id=peer, states=["pending"])
         if pending >= MAX_PENDING_OFFERS_PER_PEER:
             return f"too many pending offers (at most {MAX_PENDING_OFFERS_PER_PEER})"
+        pending, _ = self.store.transfer_usage(direction="in", states=["pending"])
+        if pending >= MAX_PENDING_OFFERS:
+            return f"too many offers waiting for an answer (at most {MAX_PENDING_OFFERS} in all)"
         return self._make_room(peer, len(frame.files))
 
     def _make_room(self, peer: str, files: int) -> str | None:
@@ -483,6 +591,8 @@ class TransferManager:
         """The sender re-offers after a reconnect: resume, or repeat our answer."""
         if t.state in RESUMABLE_IN:
             self.request_data(t)
+        elif t.state == "pending":
+            self._maybe_accept(t)  # stored, but a failed write stopped the acceptance
         elif t.state == "done":
             self._send(t.peer_id, chat.FileResult(t.id, True))
         elif t.state == "declined":
@@ -597,8 +707,9 @@ class TransferManager:
             if f.accepted and not f.done:
                 plan.append((f.index, min(part_size(f), f.size), f.size))
         attempt = secrets.token_bytes(16)
-        self.receiver.expect(t, conn, plan, attempt)
+        # The write first: if it fails, no attempt waits for a channel never asked for.
         self.store.bump_transfer_attempts(t.id, now=self.clock())
+        self.receiver.expect(t, conn, plan, attempt)
         # After repeated failures of the direct path, stay on the session's QUIC; a
         # punched session crossed a NAT that lets in nothing else (docs/nat.md), so a
         # TCP connection to our port could only time out, and through a relay the
@@ -606,6 +717,16 @@ class TransferManager:
         direct = t.attempts < 2 and conn.path not in ("punched", "relayed")
         port = self.tcp_port if direct else 0
         conn.send(chat.FileAccept(t.id, tuple((i, off) for i, off, _ in plan), attempt, port))
+
+    def resume(self, transfer_id: str) -> None:
+        """Ask again for an incoming transfer whose attempt a failed write ended,
+        unless it has moved on meanwhile (a new attempt, a cancel, an offline peer)."""
+        t = self.store.get_transfer(transfer_id)
+        if t is None or t.direction != "in" or t.state not in RESUMABLE_IN:
+            return
+        if self.receiver.has_attempt(transfer_id) or self.connection_for(t.peer_id) is None:
+            return
+        self.request_data(t)
 
     def retry_bad_channel(self, t: Transfer, why: str) -> None:
         """A channel of ``t`` brought bad data: a fresh attempt, up to ``MAX_ATTEMPTS``."""
@@ -641,20 +762,44 @@ class TransferManager:
         so (``paused``, with the reason as its error) instead of showing its last
         rate until a data channel times out.  Both sides keep what they have and
         resume when a session is back (the sender re-offers, the receiver asks for
-        the rest from its ``.part`` sizes)."""
+        the rest from its ``.part`` sizes).  A failed write leaves the states to a
+        retry; the channels stop at once either way."""
+        for transfer_id in [tid for tid, out in self._outgoing.items() if out.peer == peer_id]:
+            out = self._outgoing.pop(transfer_id)
+            if out.task is not None:
+                out.task.cancel()  # its channel closes in the task's finally
+        self.receiver.pause_peer(peer_id)
+
+        def again() -> None:
+            if self.connection_for(peer_id) is None:
+                self._mark_paused(peer_id, reason)
+
+        with self.guarded(f"offline:{peer_id}", again):
+            self._mark_paused(peer_id, reason)
+
+    def _mark_paused(self, peer_id: str, reason: str) -> None:
         for direction in ("in", "out"):
             ids = self.store.transfer_ids(
                 direction=direction, states=RUNNING_STATES, peer_id=peer_id
             )
             for t in self.store.get_transfers(ids):
-                out = self._outgoing.pop(t.id, None)
-                if out is not None and out.task is not None:
-                    out.task.cancel()  # its channel closes in the task's finally
-                self.receiver.pause(t.id)
                 self.set_state(t, PAUSED, reason)
 
     # ------------------------------------------------------------- frames
     def frame_received(self, peer: str, frame: chat.FileFrame) -> None:
+        """A file frame from a contact; one a failed write stopped is handled again
+        later (the latest frame of each transfer is kept), if the session that
+        brought it still lives: a new session starts over with a re-offer."""
+        conn = self.connection_for(peer)
+
+        def again() -> None:
+            if conn is not None and self.connection_for(peer) is conn:
+                self.frame_received(peer, frame)
+
+        with self.guarded(frame.id, again):
+            self._frame_received(peer, frame)
+
+    def _frame_received(self, peer: str, frame: chat.FileFrame) -> None:
         if isinstance(frame, chat.FileOffer):
             self._on_offer(peer, frame)
         elif isinstance(frame, chat.FileAccept):
@@ -672,16 +817,25 @@ class TransferManager:
             self.set_state(t, state, frame.reason or state)
 
     def tick(self) -> None:
-        """Pending offers nobody answered expire; the sender hears why."""
-        expired = self.store.transfer_ids(
-            direction="in",
-            states=("pending",),
-            created_before=self.clock() - self.policy.offer_timeout,
-        )
-        for transfer_id in expired:
-            self.decline(transfer_id, "timeout: the offer was not answered")
+        """About once a second: steps failed writes stopped are tried again; pending
+        offers nobody answered expire (the sender hears why)."""
+        self._run_retries()
+        with self.guarded():  # the next tick looks again
+            expired = self.store.transfer_ids(
+                direction="in",
+                states=("pending",),
+                created_before=self.clock() - self.policy.offer_timeout,
+            )
+            for transfer_id in expired:
+                self.decline(transfer_id, "timeout: the offer was not answered")
 
     # ------------------------------------------------------------- listings
+    def pending_offers(self, peer_id: str | None = None) -> list[Transfer]:
+        """Every incoming offer waiting for an answer, newest first: not paged, since
+        the offer budgets bound them (``MAX_PENDING_OFFERS`` in all, 16 per contact),
+        so a flood of finished transfers never hides one."""
+        return self.store.list_transfers(direction="in", states=["pending"], peer_id=peer_id)
+
     def page(
         self, peer_id: str | None, *, limit: int = PAGE_SIZE, before: str | None = None
     ) -> list[Transfer]:

@@ -1,20 +1,26 @@
-"""A full disk on the receiver: messages are refused cleanly, not lost, and the
-conversation recovers by itself within seconds once space returns (it used to stay
-stuck until a restart)."""
+"""A full disk on the receiver: messages and file drops are refused cleanly, not
+lost, and the conversation and transfers recover by themselves within seconds once
+space returns (they used to stay stuck until a restart)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ..daemons import Daemon, free_udp_port, run_cli
+from p2pchat.node import Node
+from p2pchat.store import StoreError
+
+from ..conftest import wait_until
+from ..daemons import Daemon, free_udp_port, make_home, run_cli
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="mounting a small tmpfs for the receiver's home needs root"
@@ -112,5 +118,104 @@ async def test_disk_full_then_freed_delivers_within_10_s(tmp_path: Path, small_d
         assert received == ["before"] + [f"{i} " + "z" * 2000 for i in range(300)]
         assert await bob_storage_error() is None
     finally:
+        await alice.stop()
+        await bob.stop()
+
+
+class Escapes:
+    """What reached the event loop's exception handler or was logged with a
+    traceback: a ``StoreError`` must end at the step that hit it, never here."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def loop_handler(self, _loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.seen.append(f"{context.get('message')}: {context.get('exception')!r}")
+
+    def check(self, records: list[logging.LogRecord]) -> None:
+        traced = [
+            f"{r.name}: {r.getMessage()}: {r.exc_info[1]!r}"
+            for r in records
+            if r.exc_info is not None and isinstance(r.exc_info[1], StoreError)
+        ]
+        assert not self.seen + traced, self.seen + traced
+
+
+async def test_file_drop_on_a_full_disk_recovers_by_itself(
+    tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An offer, a data channel and a closed session each meet a database that cannot
+    write: each is refused cleanly (nothing reaches aioquic's event handler or a task),
+    and once space returns the transfers finish without restarting the receiver."""
+    caplog.set_level(logging.INFO)
+    escapes = Escapes()
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(escapes.loop_handler)
+    alice_paths = make_home(tmp_path, "alice")
+    alice = Node(alice_paths)
+    bob = Node(make_home(small_disk, "bob"))
+    downloads = tmp_path / "downloads"
+    bob.transfers.policy.downloads = downloads
+    await alice.start()
+    await bob.start()
+    try:
+        alice.add_contact(bob.peer_id, name="bob", addresses=bob.addresses)
+        bob.add_contact(alice.peer_id, name="alice", addresses=alice.addresses)
+        await wait_until(lambda: alice.is_online(bob.peer_id) and bob.is_online(alice.peer_id))
+        sources = [tmp_path / "src" / f"{n}.bin" for n in ("one", "two")]
+        for src in sources:
+            src.parent.mkdir(exist_ok=True)
+            src.write_bytes(os.urandom(3 << 20))
+
+        def store_errors() -> int:
+            return int(bob.network_status()["file_drop"]["store_errors"])
+
+        def state(node: Node, transfer_id: str) -> str | None:
+            t = node.store.get_transfer(transfer_id)
+            return t.state if t is not None else None
+
+        # 1. The offer arrives on a full disk: not stored, not lost.
+        filler = fill(small_disk)
+        offer = await alice.offer_files("bob", [sources[0]])
+        await wait_until(lambda: store_errors() >= 1)
+        assert state(bob, offer.id) is None
+        assert bob.network_status()["messages"]["storage_error"] is not None  # the user sees why
+        message = alice.send_message("bob", "while the disk was full")
+        filler.unlink()
+        await wait_until(lambda: state(bob, offer.id) == "pending", timeout=10)
+        assert await alice.wait_for_delivery(message.id, 10) == "delivered"
+
+        # 2. Its data channel arrives on a full disk (the accept itself was written).
+        failures = store_errors()
+        bob.accept_transfer(offer.id)
+        filler = fill(small_disk)  # before the loop runs again: before any channel
+        await wait_until(lambda: store_errors() > failures)
+        assert state(alice, offer.id) != "done"
+        filler.unlink()
+        assert await alice.wait_transfer(offer.id, 10) == "done"
+        await wait_until(lambda: state(bob, offer.id) == "done", timeout=10)
+        assert (downloads / "one.bin").read_bytes() == sources[0].read_bytes()
+
+        # 3. The session closes on a full disk while a transfer waits for its data.
+        second = await alice.offer_files("bob", [sources[1]])
+        await wait_until(lambda: state(bob, second.id) == "pending")
+        bob.accept_transfer(second.id)
+        filler = fill(small_disk)
+        failures = store_errors()
+        await wait_until(lambda: store_errors() > failures)
+        await alice.stop()
+        await wait_until(lambda: not bob.is_online(alice.peer_id))
+        filler.unlink()
+        alice = Node(alice_paths)
+        await alice.start()
+        assert await alice.wait_transfer(second.id, 20) == "done"
+        await wait_until(lambda: state(bob, second.id) == "done", timeout=10)
+        assert (downloads / "two.bin").read_bytes() == sources[1].read_bytes()
+        assert sorted(p.name for p in downloads.iterdir()) == ["one.bin", "two.bin"]
+        await wait_until(lambda: bob.network_status()["messages"]["storage_error"] is None)
+        assert bob.network_status()["file_drop"]["store_retries_waiting"] == 0
+        escapes.check(caplog.records)
+    finally:
+        loop.set_exception_handler(None)
         await alice.stop()
         await bob.stop()

@@ -219,6 +219,47 @@ async def test_stored_transfers_are_pruned_oldest_finished_first(
         mallory.close()
 
 
+async def test_every_pending_offer_is_listed_past_a_flood(
+    start_node: StartNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A contact's flood of offers (cancelled at once, or left pending) pushes an honest
+    offer off the first page of ``list_transfers``; ``pending_offers`` still lists it
+    and every other offer waiting for an answer, up to the global cap."""
+    monkeypatch.setattr(transfers, "OFFER_BURST", 1000)  # the rows, not the rate, here
+    monkeypatch.setattr(transfers, "MAX_PENDING_OFFERS", 10)
+    a, b, _ = await pair(start_node, tmp_path, auto=False)
+    honest = await a.offer_files("bob", [random_file(tmp_path / "src" / "x.bin", 10)])
+    await wait_until(lambda: b.store.get_transfer(honest.id) is not None)
+    hostile, mallory = await hostile_contact(b)
+    try:
+        await offer_cancel_flood(hostile, 60, flood_files(1))
+        left = [os.urandom(16).hex() for _ in range(20)]
+        for tid in left:
+            hostile.send(chat.FileOffer(tid, (chat.FileEntry("p.txt", 1, bytes(32)),)))
+
+        def answered() -> int:
+            return sum(
+                1 for f in hostile.of(chat.FileDecline)
+                if isinstance(f, chat.FileDecline) and f.id in left
+            )  # fmt: skip
+
+        await wait_until(lambda: answered() == 11)  # 9 stored: 10 pending in all
+        page = b.list_transfers()
+        assert honest.id not in {t.id for t in page}, "the flood did not reach the page"
+        pending = b.pending_offers()
+        assert len(pending) == 10
+        assert {t.state for t in pending} == {"pending"}
+        assert honest.id in {t.id for t in pending}
+        assert [t.id for t in b.pending_offers("alice")] == [honest.id]
+        declines = hostile.of(chat.FileDecline)
+        reasons = {f.reason for f in declines if isinstance(f, chat.FileDecline)}
+        assert "too many offers waiting for an answer (at most 10 in all)" in reasons
+        b.accept_transfer(honest.id)
+        assert await a.wait_transfer(honest.id, 20) == "done"
+    finally:
+        mallory.close()
+
+
 def stored_rows(database: Path) -> tuple[int, int]:
     """(transfers, file rows) in a running daemon's database, read-only."""
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:

@@ -4,10 +4,12 @@
 
 * ``hostile-relay --port P``: a real rendezvous and relay (``core/rendezvous.py`` and
   ``core/relay.py``, the node's own code) whose forwarding a test controls through
-  stdin lines: ``honest``, ``drop P``, ``flip P``, ``replay P``, ``reorder P``,
-  ``blackhole`` (P a probability).  It keeps answering registrations and keepalives
-  whatever it does to the data, as a relay that wants to stay chosen would.  Each
-  command is answered with the counters so far.
+  stdin lines: ``honest``, ``drop P``, ``flip P``, ``replay P``, ``reorder P``
+  (P a probability), ``blackhole`` (forward nothing) and ``starve N`` (forward only
+  datagrams of at most N bytes: pings and acknowledgements pass, data does not).  It
+  keeps answering registrations and keepalives whatever it does to the data, as a
+  relay that wants to stay chosen would.  Each command is answered with the counters
+  so far.
 * ``push --relay HOST:PORT --rate BYTES --seconds S``: two identities register with
   the relay, open a channel between them and push full-size datagrams through it as
   fast as ``--rate`` allows; prints how much was sent and how much came out.
@@ -94,7 +96,8 @@ class HostileRelay(asyncio.DatagramProtocol):
     def tamper(self, data: bytes, dest: Addr) -> None:
         self.counts["forwarded"] += 1
         hit = self.rng.random() < self.p
-        if self.mode == "blackhole" or (self.mode == "drop" and hit):
+        starved = self.mode == "starve" and len(data) > self.p
+        if self.mode == "blackhole" or (self.mode == "drop" and hit) or starved:
             self.counts["tampered"] += 1
             return
         if self.mode == "flip" and hit:

@@ -10,6 +10,7 @@ from pathlib import Path
 import nacl.signing
 from textual.app import App
 from textual.pilot import Pilot
+from textual.widget import Widget
 from textual.widgets import Input, TextArea
 
 from p2pchat.config import Paths, save_settings
@@ -30,6 +31,24 @@ async def until(
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await pilot.pause(0.02)
+
+
+async def placed(pilot: Pilot[object], widget: Widget) -> None:
+    """Wait until ``widget`` has its place on screen: a just-mounted widget has no region
+    yet, and a line that appears (an error under a form) moves what is below it, so a
+    click aimed before the layout that follows lands where the button used to be."""
+    await until(pilot, lambda: widget.region.height > 0 and not widget.screen._layout_required)
+
+
+async def press(pilot: Pilot[object], selector: str) -> None:
+    """Click ``selector`` once it is laid out and can take the click: a button ignores
+    clicks while it still shows its previous press (``-active``, 0.2 s on a timer that
+    a loaded machine runs late)."""
+    await until(pilot, lambda: bool(pilot.app.screen.query(selector)))
+    widget = pilot.app.screen.query_one(selector)
+    await placed(pilot, widget)
+    await until(pilot, lambda: not widget.has_class("-active"))
+    assert await pilot.click(selector), f"{selector} was covered"
 
 
 async def main_screen(pilot: Pilot[object], timeout: float = 20.0) -> MainScreen:

@@ -17,9 +17,9 @@ from textual import events
 from textual.pilot import Pilot
 
 from p2pchat.node import Node
+from p2pchat.ui import files as files_module
 from p2pchat.ui.app import ChatApp
 from p2pchat.ui.files import TransferInfo
-from p2pchat.ui.screens import main as main_module
 from p2pchat.ui.screens.files import (
     ConfirmSendScreen,
     FilePickerScreen,
@@ -31,7 +31,7 @@ from p2pchat.ui.screens.main import MainScreen
 from p2pchat.ui.widgets import Composer, TransferCard
 
 from ..conftest import StartNode, make_home, wait_until
-from .conftest import app_for, main_screen, showing, until
+from .conftest import app_for, main_screen, press, showing, until
 
 MB = 1 << 20
 
@@ -84,13 +84,6 @@ def payload(path: Path, size: int) -> Path:
     return path
 
 
-async def click(pilot: Pilot[object], selector: str) -> None:
-    """Click a widget once it is laid out (a just-mounted widget has no region yet)."""
-    await until(pilot, lambda: bool(pilot.app.screen.query_one(selector).region))
-    await pilot.pause()
-    await pilot.click(selector)
-
-
 def watch(card: TransferCard) -> list[tuple[str, bool]]:
     """(state, progress bar on screen) after every update the card receives."""
     seen: list[tuple[str, bool]] = []
@@ -124,7 +117,7 @@ async def test_offer_is_accepted_from_the_modal_and_lands_byte_identical(pair: P
     assert card is not None and card.info.awaiting_answer  # the inline card came with it
     seen = watch(card)
     await pilot.pause()
-    await click(pilot, "#accept")
+    await press(pilot, "#accept")
     await until(pilot, lambda: app.screen is pair.main)
     await until(pilot, lambda: card.info.state == "done", 60)
     assert ("accepted", True) in seen or ("receiving", True) in seen  # a progress bar showed
@@ -141,7 +134,7 @@ async def test_decline_from_the_modal_reaches_the_sender(pair: Pair) -> None:
     offered = await pair.peer.offer_files("alice", [source])
     await until(pilot, lambda: showing(app, OfferScreen))
     await pilot.pause()
-    await click(pilot, "#decline")
+    await press(pilot, "#decline")
     await wait_until(lambda: pair.peer.get_transfer(offered.id).state == "declined")
     card = pair.card(offered.id)
     assert card is not None
@@ -175,7 +168,7 @@ async def test_offer_from_a_contact_off_screen_notifies_and_opens_it(
     card = main.conversation.card(offered.id)
     assert main.current == carol.peer_id, "conversation switched"
     assert isinstance(card, TransferCard)
-    await click(pilot, f"#transfer-{offered.id} #tc-accept")
+    await press(pilot, f"#transfer-{offered.id} #tc-accept")
     await until(pilot, lambda: card.info.state == "done")
     assert (pair.downloads / "notes.txt").stat().st_size == 100
 
@@ -192,7 +185,7 @@ async def test_open_folder_runs_the_file_manager(
     def opener(folder: str) -> list[str]:
         return [sys.executable, "-c", script, str(marker), folder]
 
-    monkeypatch.setattr(main_module, "opener_argv", opener)
+    monkeypatch.setattr(files_module, "opener_argv", opener)
     offered = await pair.peer.offer_files("alice", [payload(pair.tmp / "o" / "a.txt", 10)])
     await until(pilot, lambda: pair.card(offered.id) is not None)
     card = pair.card(offered.id)
@@ -261,7 +254,7 @@ async def test_pasted_path_asks_then_sends(pair: Pair) -> None:
     title = str(app.screen.query_one(".card-title").render())
     assert title == "Send 2 files to bob?"
     assert composer.text == ""  # nothing inserted while asking
-    await click(pilot, "#yes")
+    await press(pilot, "#yes")
     await until(pilot, lambda: app.screen is main)
     await until(pilot, lambda: bool(pair.node.list_transfers(peer.peer_id)))
     sent = pair.node.list_transfers(peer.peer_id)[0]
@@ -280,7 +273,7 @@ async def test_pasted_path_declined_is_inserted_as_text(pair: Pair) -> None:
     app.post_message(events.Paste(path.as_uri()))
     await until(pilot, lambda: showing(app, ConfirmSendScreen))
     await pilot.pause()
-    await click(pilot, "#no")
+    await press(pilot, "#no")
     await until(pilot, lambda: composer.text == path.as_uri())
     assert pair.node.list_transfers() == []
     composer.clear()
@@ -317,7 +310,7 @@ async def test_cancel_from_the_card_and_answers_from_the_panel(pair: Pair) -> No
     sent = pair.node.list_transfers(peer.peer_id)[0]
     await until(pilot, lambda: pair.card(sent.id) is not None)
     await wait_until(lambda: bool(peer.list_transfers()))
-    await click(pilot, f"#transfer-{sent.id} #tc-cancel")
+    await press(pilot, f"#transfer-{sent.id} #tc-cancel")
     await until(pilot, lambda: pair.state(sent.id) == "cancelled")
     await wait_until(lambda: peer.get_transfer(sent.id).state == "cancelled")
     # An offer answered from the F3 panel.
@@ -333,7 +326,7 @@ async def test_cancel_from_the_card_and_answers_from_the_panel(pair: Pair) -> No
     panel = app.screen
     assert isinstance(panel, TransfersScreen)
     assert panel.card(sent.id) is not None and panel.card(offered.id) is not None
-    await click(pilot, f"#transfer-{offered.id} #tc-accept")
+    await press(pilot, f"#transfer-{offered.id} #tc-accept")
     card = panel.card(offered.id)
     assert card is not None
     await until(pilot, lambda: card.info.state == "done")

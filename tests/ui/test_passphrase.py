@@ -11,7 +11,7 @@ from p2pchat.store import database_is_plaintext
 from p2pchat.ui.screens.passphrase import PassphraseSettingsScreen
 
 from ..conftest import make_home
-from .conftest import app_for, main_screen, until
+from .conftest import app_for, main_screen, press, until
 from .test_flows import record_notifications
 
 BOB = "b2" * 16
@@ -39,11 +39,11 @@ async def test_set_then_remove_from_the_palette(tmp_path: Path) -> None:
         assert not screen.query("#pass-current")
         screen.query_one("#pass-new", Input).value = "tui secret"
         screen.query_one("#pass-repeat", Input).value = "tui secreX"
-        await pilot.click("#set")
+        await press(pilot, "#set")
         error = screen.query_one("#pass-error", Static)
         await until(pilot, lambda: "differ" in str(error.content))
         screen.query_one("#pass-repeat", Input).value = "tui secret"
-        await pilot.click("#set")
+        await press(pilot, "#set")
         await until(pilot, lambda: not isinstance(app.screen, PassphraseSettingsScreen))
         await until(pilot, lambda: any("encrypted in" in n for _, n, _ in notes))
         assert is_sealed(paths.identity) and database_is_plaintext(paths.database) is False
@@ -53,12 +53,12 @@ async def test_set_then_remove_from_the_palette(tmp_path: Path) -> None:
         screen = await open_screen()
         assert screen.query_one("#remove", Button)
         screen.query_one("#pass-current", Input).value = "not it"
-        await pilot.click("#remove")
+        await press(pilot, "#remove")
         error = screen.query_one("#pass-error", Static)
         await until(pilot, lambda: "wrong" in str(error.content))
         assert is_sealed(paths.identity)
         screen.query_one("#pass-current", Input).value = "tui secret"
-        await pilot.click("#remove")
+        await press(pilot, "#remove")
         await until(pilot, lambda: any("decrypted in" in n for _, n, _ in notes))
         assert not is_sealed(paths.identity) and database_is_plaintext(paths.database)
         assert [m.body for m in node.store.outbox(BOB)] == ["kept across both changes"]

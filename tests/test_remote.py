@@ -104,7 +104,8 @@ async def test_remote_node_groups(start_node: StartNode, tmp_path: Path) -> None
         assert remote.groups.get(invite.group_id).unread == 0
         mine = remote.groups.send(invite.group_id, "hello back")
         assert mine.mine and mine.members == 2
-        await wait_until(lambda: "hello back" in [m.text for m in bob.groups.history(invite.group_id)])
+        gid = invite.group_id
+        await wait_until(lambda: "hello back" in [m.text for m in bob.groups.history(gid)])
         members = remote.groups.members(invite.group_id)
         assert sorted((m.role, m.is_me) for m in members) == [("admin", False), ("member", True)]
         assert [m.text for m in remote.groups.history(invite.group_id)] == [

@@ -35,6 +35,7 @@ import argparse
 import os
 import platform
 import resource
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -113,6 +114,12 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -144,7 +151,8 @@ def main() -> None:
                 other = create_identity(Path(tmp) / f"c{n}.key").peer_id
                 store.add_contact(other, f"contact{n}", now=1.0)
                 fill(store, other, 1000, 1_700_000_000.0 + n * 10_000)
-        size = paths.database.stat().st_size + Path(f"{paths.database}-wal").stat().st_size
+        wal = Path(f"{paths.database}-wal")  # gone when the last connection closed it
+        size = paths.database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
         print(
             f"generated {opts.messages:,} messages with bob (+9,000 with others) in "
             f"{time.perf_counter() - started:.1f} s; database {size / 2**20:.0f} MiB\n"
@@ -185,7 +193,8 @@ def main() -> None:
                 (time.perf_counter() - started) * 1e3,
                 f"{indexed:,} messages",
             )
-            rare = f"#{opts.messages // 3} station"
+            third = opts.messages // 3  # its number and one of its words: one message
+            rare = f"{third} {body(third).split()[1]}"
             queries: list[tuple[str, str, str | None]] = [
                 ("search 'photos' (common word, newest 50)", "photos", None),
                 (f"search '{rare}' (one message)", rare, None),
@@ -205,7 +214,7 @@ def main() -> None:
             return
         daemon = subprocess.Popen(
             [sys.executable, "-m", "p2pchat", "--home", str(paths.home), "daemon",
-             "--listen", "127.0.0.1:0", "--no-mdns", "--no-dht"],
+             "--listen", f"127.0.0.1:{free_udp_port()}", "--no-mdns", "--no-dht"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
         )  # fmt: skip
         try:

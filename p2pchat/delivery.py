@@ -95,6 +95,9 @@ DEFAULT_DAILY_MESSAGE_BYTES = 8 * 1024 * 1024
 """Message bytes each contact may have stored here per UTC day (``settings.json``:
 ``max_message_bytes_per_day``; 0 means no limit)."""
 QUOTA_SETTING = "max_message_bytes_per_day"
+# How long transmitted messages may wait to be marked ``sent`` in the store (see
+# ``_request_marks``); the ``sent`` event waits with them.
+MARK_DELAY = 0.05
 STORAGE_REASON = "the contact's device cannot store messages right now (is its disk full?)"
 
 
@@ -147,10 +150,11 @@ class Delivery:
         active: Callable[[str], Link | None],
         daily_quota: Callable[[], int | None],
         monotonic: Callable[[], float] = time.monotonic,
-        schedule: Callable[[], None] | None = None,
+        schedule: Callable[[float], None] | None = None,
     ) -> None:
-        """``schedule`` asks for one ``flush`` call at the end of the current event-loop
-        turn (the node uses ``loop.call_soon``); without it every call flushes at once."""
+        """``schedule(delay)`` asks for one ``flush`` call ``delay`` seconds from now, 0
+        meaning the end of the current event-loop turn (the node uses ``loop.call_soon``
+        and ``call_later``); without it every call flushes at once."""
         self.store = store
         self._schedule = schedule
         self.clock = clock
@@ -179,6 +183,7 @@ class Delivery:
         self._acks: dict[str, int] = {}
         """Per contact: the highest cumulative ack received this turn."""
         self._flush_requested = False
+        self._marks_requested = False
         self.storage_error: str | None = None
         self.counters: dict[str, int] = {
             "resent_messages": 0,
@@ -360,7 +365,7 @@ class Delivery:
         if before is not None:
             first, last = min(first, before[0]), max(last, before[1])
         self._sent[peer] = (first, last)
-        self._request_flush()
+        self._request_marks()
         return True
 
     def on_ack(self, peer: str, seq: int) -> None:
@@ -389,13 +394,24 @@ class Delivery:
             self.flush()
         elif not self._flush_requested:
             self._flush_requested = True
-            self._schedule()
+            self._schedule(0.0)
+
+    def _request_marks(self) -> None:
+        """``sent`` marks are bookkeeping: they wait up to ``MARK_DELAY`` for a flush that
+        writes anyway (the contact's ack, its messages), so a message costs no commit
+        of its own for them; in a burst they ride on the flushes of the acks."""
+        if self._schedule is None:
+            self.flush()
+        elif not self._marks_requested:
+            self._marks_requested = True
+            self._schedule(MARK_DELAY)
 
     def flush(self) -> None:
         """Apply everything this turn brought in one transaction, then answer it."""
         self._flush_requested = False
         if not (self._incoming or self._sent or self._acks):
             return
+        self._marks_requested = False  # a pending timer then finds nothing to do
         incoming, self._incoming = self._incoming, {}
         sent, self._sent = self._sent, {}
         acks, self._acks = self._acks, {}

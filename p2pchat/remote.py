@@ -514,6 +514,13 @@ class RemoteNode:
     def mark_read(self, contact: str) -> int:
         return int(self._call("mark_read", contact=contact))
 
+    def view_state(self, key: str) -> str | None:
+        value = self._call("view_state", key=key)
+        return None if value is None else str(value)
+
+    def set_view_state(self, key: str, value: str | None) -> None:
+        self._call("set_view_state", key=key, value=value)
+
     async def change_passphrase(self, old: str | None, new: str | None) -> PassphraseChange:
         """Carried out by the owner, which holds the database (``Node.change_passphrase``)."""
 

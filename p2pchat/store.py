@@ -574,6 +574,15 @@ MIGRATIONS: tuple[str, ...] = (
         INSERT INTO messages_fts (rowid, body) VALUES (new.pos, new.body);
     END;
     """,
+    """
+    -- What a view remembers between runs (the conversation the terminal app had
+    -- open): here rather than in a file of its own so that a home with a passphrase
+    -- holds no contact's peer ID in clear.
+    CREATE TABLE view_state (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 _CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address, muted"
@@ -1382,6 +1391,9 @@ class Store:
 
     def find_contact(self, ref: str) -> Contact:
         """Resolve what a user typed: peer id, name, id prefix (>= 4 chars), name prefix."""
+        exact = self.get_contact(ref)  # a whole peer ID: one indexed read, not the list
+        if exact is not None:
+            return exact
         return resolve_ref(
             ref, self.list_contacts(), lambda c: c.peer_id, lambda c: c.name, "contact"
         )
@@ -1405,7 +1417,10 @@ class Store:
         """
         if not peer_id:
             raise ValueError("peer_id must not be empty")
-        mid = message_id if message_id is not None else secrets.token_hex(16)
+        if message_id is None:  # a fresh random id names no stored message
+            with self._write() as db:
+                return self._queue(db, peer_id, secrets.token_hex(16), body, now, reply_to=reply_to)
+        mid = message_id
         with self._write() as db:
             row = db.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
@@ -2279,6 +2294,21 @@ class Store:
                 "SELECT token FROM pending_tokens WHERE peer_id = ?", (peer_id,)
             ).fetchone()
         return None if row is None else str(row[0])
+
+    def view_state(self, key: str) -> str | None:
+        with self._read() as db:
+            row = db.execute("SELECT value FROM view_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_view_state(self, key: str, value: str | None) -> None:
+        """Set (or with None forget) one value a view remembers between runs."""
+        with self._write() as db:
+            if value is None:
+                db.execute("DELETE FROM view_state WHERE key = ?", (key,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO view_state (key, value) VALUES (?, ?)", (key, value)
+                )
 
     def drop_pending_token(self, peer_id: str) -> None:
         with self._write() as db:

@@ -122,7 +122,9 @@ async def test_sigkill_between_a_batch_commit_and_its_ack(
     with Store(bob_paths.database) as store:
         stored = [m.body for m in store.history(a.peer_id) if m.direction == "in"]
     assert len(stored) >= 2 and stored == [f"m {i:02d}" for i in range(len(stored))]
-    assert [m.state for m in a.history("bob")] == ["sent"] * n
+    # (``sent``, or ``queued`` again: the mark may not be written yet, and a session
+    # found dead puts its unacknowledged messages back to ``queued``.)
+    assert {m.state for m in a.history("bob")} <= {"sent", "queued"}
     # Bob comes back: Alice resends everything, the stored part is a duplicate.
     b = await start_node("bob")
     await wait_until(lambda: a.store.outbox(bob) == [], timeout=60)
@@ -201,23 +203,25 @@ async def test_cost_per_message_does_not_grow_with_the_outbox(start_node: StartN
             db.set_progress_handler(step, 1)
             try:
                 alice.send_message("mallory", text)
-                await asyncio.sleep(0)  # the end-of-turn flush: the sent mark
-                await asyncio.sleep(0)
+                alice.delivery.flush()  # its sent mark, which would wait for a flush
             finally:
                 db.set_trace_callback(None)
                 db.set_progress_handler(None, 1)
             return statements[0], steps[0]
 
         alice.send_messages("mallory", [f"fill {i}" for i in range(10)])
-        await asyncio.sleep(0)
+        alice.delivery.flush()
         small = [await cost_of_one(f"small {i}") for i in range(5)]
         alice.send_messages("mallory", [f"fill {i}" for i in range(2000)])
-        await asyncio.sleep(0)
+        alice.delivery.flush()
         assert len(alice.store.outbox(peer.peer_id)) > 2000
         large = [await cost_of_one(f"large {i}") for i in range(5)]
         assert max(s for s, _ in large) == max(s for s, _ in small), (small, large)
         # VM steps: equal up to b-tree depth effects, nowhere near the 200x of a scan.
-        assert max(v for _, v in large) <= 1.2 * max(v for _, v in small), (small, large)
+        # (Medians: the first call after a fill may warm SQLite's statement cache.)
+        median_small = sorted(v for _, v in small)[2]
+        median_large = sorted(v for _, v in large)[2]
+        assert median_large <= 1.2 * median_small, (small, large)
     finally:
         link.close()
         peer.close()

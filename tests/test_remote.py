@@ -10,7 +10,7 @@ import pytest
 from p2pchat.core.events import MessageReceived, NodeEvent, PeerOnline
 from p2pchat.core.group.errors import GroupError, UnknownGroup
 from p2pchat.core.group.events import GroupInviteReceived, GroupMessageReceived
-from p2pchat.remote import RemoteNode
+from p2pchat.remote import RemoteError, RemoteNode
 from p2pchat.store import UnknownContact
 
 from .conftest import StartNode, free_udp_port, make_home, wait_until
@@ -64,6 +64,14 @@ async def test_remote_node_mirrors_the_daemon(start_node: StartNode, tmp_path: P
         assert remote.pending_offers(bob.peer_id) == [pending]
         remote.update_settings(theme="textual-light")
         assert remote.settings["theme"] == "textual-light"
+        # What the app remembers between runs goes into the owner's database.
+        assert remote.view_state("conversation") is None
+        remote.set_view_state("conversation", bob.peer_id)
+        assert remote.view_state("conversation") == bob.peer_id
+        with pytest.raises(RemoteError):
+            remote.set_view_state("", "x")
+        remote.set_view_state("conversation", None)
+        assert remote.view_state("conversation") is None
     finally:
         watcher.cancel()
         await remote.stop()

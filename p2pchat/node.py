@@ -119,6 +119,9 @@ MAX_SEARCH_LIMIT = 500
 # Messages added to the full-text index per dial-loop tick (about a second); a search
 # indexes whatever is left first, so this only keeps that catch-up short.
 INDEX_PER_TICK = 5000
+# What a view may keep in the store between runs (``view_state``): small values only.
+MAX_VIEW_KEY = 64
+MAX_VIEW_VALUE = 4096
 
 
 class NodeError(Exception):
@@ -1077,6 +1080,18 @@ class Node:
         if conn is not None:
             conn.send(chat.Typing(active))
 
+    def view_state(self, key: str) -> str | None:
+        """A value a view (the terminal app) remembers between runs, or None."""
+        return self.store.view_state(_view_key(key))
+
+    def set_view_state(self, key: str, value: str | None) -> None:
+        """Remember (None: forget) a small value for a view.  It lives in the database,
+        so a home with a passphrase keeps it encrypted like the history it points into
+        (the conversation that was open names a contact)."""
+        if value is not None and len(value) > MAX_VIEW_VALUE:
+            raise NodeError(f"a view's value is at most {MAX_VIEW_VALUE} characters")
+        self.store.set_view_state(_view_key(key), value)
+
     def mark_read(self, contact: str) -> int:
         peer = self.store.find_contact(contact)
         seq = self.store.mark_read_incoming(peer.peer_id, self.store.recv_seq(peer.peer_id))
@@ -1775,6 +1790,12 @@ def _message_body(text: str) -> str:
 
 def _resolve_blocked(ref: str, blocked: list[BlockedPeer]) -> BlockedPeer:
     return resolve_ref(ref, blocked, lambda b: b.peer_id, lambda b: b.name, "blocked peer")
+
+
+def _view_key(key: str) -> str:
+    if not key or len(key) > MAX_VIEW_KEY:
+        raise NodeError(f"a view's key is 1 to {MAX_VIEW_KEY} characters")
+    return key
 
 
 def _transfer_policy(settings: dict[str, Any], paths: Paths) -> TransferPolicy:

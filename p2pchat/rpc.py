@@ -284,6 +284,15 @@ async def _mark_read(node: Node, args: dict[str, Any]) -> Any:
     return node.mark_read(_str(args, "contact"))
 
 
+async def _view_state(node: Node, args: dict[str, Any]) -> Any:
+    return node.view_state(_str(args, "key"))
+
+
+async def _set_view_state(node: Node, args: dict[str, Any]) -> Any:
+    node.set_view_state(_str(args, "key"), _opt_str(args, "value"))
+    return None
+
+
 async def _set_name(node: Node, args: dict[str, Any]) -> Any:
     return node.set_name(_str(args, "name"))
 
@@ -468,6 +477,8 @@ OPS: dict[str, Op] = {
     "invite": _invite,
     "typing": _typing,
     "mark_read": _mark_read,
+    "view_state": _view_state,
+    "set_view_state": _set_view_state,
     "set_name": _set_name,
     "rename": _rename,
     "safety_number": _safety_number,

@@ -574,6 +574,15 @@ MIGRATIONS: tuple[str, ...] = (
         INSERT INTO messages_fts (rowid, body) VALUES (new.pos, new.body);
     END;
     """,
+    """
+    -- What a view remembers between runs (the conversation the terminal app had
+    -- open): here rather than in a file of its own so that a home with a passphrase
+    -- holds no contact's peer ID in clear.
+    CREATE TABLE view_state (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 _CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address, muted"
@@ -2285,6 +2294,21 @@ class Store:
                 "SELECT token FROM pending_tokens WHERE peer_id = ?", (peer_id,)
             ).fetchone()
         return None if row is None else str(row[0])
+
+    def view_state(self, key: str) -> str | None:
+        with self._read() as db:
+            row = db.execute("SELECT value FROM view_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_view_state(self, key: str, value: str | None) -> None:
+        """Set (or with None forget) one value a view remembers between runs."""
+        with self._write() as db:
+            if value is None:
+                db.execute("DELETE FROM view_state WHERE key = ?", (key,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO view_state (key, value) VALUES (?, ?)", (key, value)
+                )
 
     def drop_pending_token(self, peer_id: str) -> None:
         with self._write() as db:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from textual.widgets import Button, Input, Static
 
-from p2pchat.identity import is_sealed
+from p2pchat.identity import Identity, is_sealed
 from p2pchat.store import database_is_plaintext
 from p2pchat.ui.screens.passphrase import PassphraseSettingsScreen
+from p2pchat.ui.state import legacy_path
 
 from ..conftest import make_home
+from ..test_atrest import leaks, sealed_home
 from .conftest import app_for, main_screen, press, until
 from .test_flows import record_notifications
 
@@ -62,3 +65,34 @@ async def test_set_then_remove_from_the_palette(tmp_path: Path) -> None:
         await until(pilot, lambda: any("decrypted in" in n for _, n, _ in notes))
         assert not is_sealed(paths.identity) and database_is_plaintext(paths.database)
         assert [m.body for m in node.store.outbox(BOB)] == ["kept across both changes"]
+
+
+async def test_the_open_conversation_is_kept_encrypted_not_in_a_file(tmp_path: Path) -> None:
+    """Which conversation was open names a contact: in a home with a passphrase it is
+    kept inside the encrypted database, and the file older versions kept it in (in
+    clear) is moved there and deleted."""
+    paths = sealed_home(tmp_path, "alice")
+    bob, carol = Identity.generate().peer_id, Identity.generate().peer_id
+    app = app_for(paths, passphrase="correct horse", network=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        main = await main_screen(pilot)
+        main.node.add_contact(bob, name="bob")
+        main.node.add_contact(carol, name="carol")
+        main.node.send_message("bob", "bob is the most recent")
+        await pilot.press("ctrl+q")
+    # What an older version left behind.
+    legacy = legacy_path(paths)
+    legacy.write_text(json.dumps({"conversation": carol}), encoding="utf-8")
+    again = app_for(paths, passphrase="correct horse", network=False)
+    async with again.run_test(size=(100, 30)) as pilot:
+        main = await main_screen(pilot)
+        assert main.current == carol  # not bob, at the top of the list
+        assert not legacy.exists()
+        main.open_conversation(bob)
+        await pilot.press("ctrl+q")
+    third = app_for(paths, passphrase="correct horse", network=False)
+    async with third.run_test(size=(100, 30)) as pilot:
+        main = await main_screen(pilot)
+        assert main.current == bob
+        await pilot.press("ctrl+q")
+    assert leaks(paths.home, {"bob": bob.encode(), "carol": carol.encode()}) == []

@@ -60,7 +60,7 @@ from p2pchat.ui.screens.main.chat import ChatController
 from p2pchat.ui.screens.main.commands import CommandDispatcher, Handler
 from p2pchat.ui.screens.main.contacts import ContactController
 from p2pchat.ui.screens.main.transfers import TransferController
-from p2pchat.ui.state import last_conversation, save_state
+from p2pchat.ui.state import last_conversation, save_conversation
 from p2pchat.ui.widgets import (
     Composer,
     ContactEntry,
@@ -121,6 +121,7 @@ class MainScreen(GuardedScreen[None]):
         self.bell = bell
         self.current: str | None = None
         self._last_minute = 0
+        self._saved_conversation: str | None = None
         self.ready = False
         self.detached = False
         self.suspended: str | None = None
@@ -170,7 +171,8 @@ class MainScreen(GuardedScreen[None]):
     def on_mount(self) -> None:
         contacts = self.refresh_sidebar()
         # The conversation open when the app last ran, else the most recent one.
-        last = last_conversation(self.node.paths)
+        last = last_conversation(self.node)
+        self._saved_conversation = last
         if any(c.peer_id == last for c in contacts):
             self.open_conversation(str(last))
         elif contacts:
@@ -307,7 +309,9 @@ class MainScreen(GuardedScreen[None]):
         if peer_id != self.current:
             self.chat.stop_typing()
         self.current = peer_id
-        save_state(self.node.paths, conversation=peer_id)
+        if self.mode != "read-only" and peer_id != self._saved_conversation:
+            save_conversation(self.node, peer_id)
+            self._saved_conversation = peer_id
         self.notices.drop(f"msg:{peer_id}")
         self.alerts.forget(f"msg:{peer_id}")
         self.chat.open(peer_id, contact)

@@ -35,7 +35,14 @@ from p2pchat.atrest import PassphraseChange
 from p2pchat.config import NodeAlreadyRunning, NodeLock, Paths, load_settings
 from p2pchat.core import events as events_module
 from p2pchat.core.events import NodeConnectionLost, NodeEvent, PeerOffline, PeerOnline
+from p2pchat.core.group import events as group_events
 from p2pchat.core.group.errors import GroupError, UnknownGroup
+from p2pchat.core.group.events import (
+    GroupMemberView,
+    GroupMessageReceived,
+    GroupMessageView,
+    GroupView,
+)
 from p2pchat.identity import InvalidInvite, InvalidPeerId, WrongPassphrase
 from p2pchat.names import InvalidName
 from p2pchat.node import (
@@ -135,6 +142,63 @@ class _Transfers:
         return (int(result[0]), int(result[1])) if result else None
 
 
+class _Groups:
+    """``node.groups`` as far as the app uses it, carried out by the owner."""
+
+    def __init__(self, node: RemoteNode) -> None:
+        self._node = node
+
+    def _view(self, op: str, **args: Any) -> GroupView:
+        return _build(GroupView, self._node._call(op, **args))  # type: ignore[no-any-return]
+
+    def all(self) -> list[GroupView]:
+        return [_build(GroupView, g) for g in self._node._call("groups")]
+
+    def get(self, ref: str) -> GroupView:
+        return self._view("group", group=ref)
+
+    def invites(self) -> list[GroupView]:
+        return [g for g in self.all() if g.status == "invited"]
+
+    def members(self, ref: str) -> list[GroupMemberView]:
+        return [_build(GroupMemberView, m) for m in self._node._call("group_members", group=ref)]
+
+    def history(self, ref: str, *, limit: int | None = None) -> list[GroupMessageView]:
+        found = self._node._call("group_history", group=ref, limit=limit)
+        return [_build(GroupMessageView, m) for m in found]
+
+    def create(self, name: str, members: Iterable[str] = ()) -> GroupView:
+        return self._view("group_create", name=name, members=list(members))
+
+    def add_member(self, ref: str, contact: str, *, admin: bool = False) -> GroupView:
+        return self._view("group_add", group=ref, contact=contact, admin=admin)
+
+    def remove_member(self, ref: str, member: str) -> GroupView:
+        return self._view("group_remove", group=ref, member=member)
+
+    def promote(self, ref: str, member: str) -> GroupView:
+        return self._view("group_promote", group=ref, member=member)
+
+    def rename(self, ref: str, name: str) -> GroupView:
+        return self._view("group_rename", group=ref, name=name)
+
+    def leave(self, ref: str) -> GroupView:
+        return self._view("group_leave", group=ref)
+
+    def accept(self, ref: str) -> GroupView:
+        return self._view("group_accept", group=ref)
+
+    def decline(self, ref: str) -> None:
+        self._node._call("group_decline", group=ref)
+
+    def send(self, ref: str, text: str) -> GroupMessageView:
+        result = self._node._call("group_msg", group=ref, text=text, wait=0)
+        return _build(GroupMessageView, result["message"])  # type: ignore[no-any-return]
+
+    def mark_read(self, ref: str) -> None:
+        self._node._call("group_read", group=ref)
+
+
 class _Line:
     """One blocking request/answer connection to the control socket."""
 
@@ -196,6 +260,7 @@ class RemoteNode:
         self.settings: dict[str, Any] = load_settings(paths)
         self.running = False
         self.transfers = _Transfers(self)
+        self.groups = _Groups(self)
         self.lost: str | None = None
         """Why the owner went away (set once ``NodeConnectionLost`` was seen), else None."""
         self._line: _Line | None = None
@@ -306,9 +371,12 @@ class RemoteNode:
         )
 
     def _event(self, data: dict[str, Any]) -> NodeEvent | None:
-        cls = getattr(events_module, str(data.pop("type", "")), None)
+        kind = str(data.pop("type", ""))
+        cls = getattr(events_module, kind, None) or getattr(group_events, kind, None)
         if not (isinstance(cls, type) and issubclass(cls, NodeEvent)):
             return None  # a newer owner's event this version does not know
+        if cls is GroupMessageReceived:
+            data = {**data, "message": _build(GroupMessageView, data.get("message") or {})}
         event: NodeEvent = _build(cls, data)
         if isinstance(event, PeerOnline):
             self._online.add(event.peer_id)

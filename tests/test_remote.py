@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from p2pchat.core.events import MessageReceived, NodeEvent, PeerOnline
+from p2pchat.core.group.errors import GroupError, UnknownGroup
+from p2pchat.core.group.events import GroupInviteReceived, GroupMessageReceived
 from p2pchat.remote import RemoteError, RemoteNode
 from p2pchat.store import UnknownContact
 
@@ -70,6 +72,58 @@ async def test_remote_node_mirrors_the_daemon(start_node: StartNode, tmp_path: P
             remote.set_view_state("", "x")
         remote.set_view_state("conversation", None)
         assert remote.view_state("conversation") is None
+    finally:
+        watcher.cancel()
+        await remote.stop()
+        await daemon.stop()
+
+
+async def test_remote_node_groups(start_node: StartNode, tmp_path: Path) -> None:
+    """The app's group calls and group events, attached to a daemon."""
+    home = make_home(tmp_path, "alice")
+    daemon = Daemon(home.home, f"127.0.0.1:{free_udp_port()}")
+    await daemon.start()
+    bob = await start_node("bob")
+    remote = RemoteNode(home)
+    await remote.start()
+    seen: list[NodeEvent] = []
+
+    async def watch() -> None:
+        async for event in remote.events():
+            seen.append(event)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        remote.add_contact(bob.peer_id, name="bob", addresses=bob.addresses)
+        bob.add_contact(remote.peer_id, name="alice", addresses=[daemon.listen])
+        await wait_until(lambda: remote.is_online(bob.peer_id), timeout=20)
+        bob.groups.create("[b]club[/b]", ["alice"])
+        await wait_until(lambda: any(isinstance(e, GroupInviteReceived) for e in seen))
+        (invite,) = remote.groups.invites()
+        assert invite.name == "[b]club[/b]" and invite.status == "invited"
+        joined = remote.groups.accept(invite.group_id)
+        assert joined.status == "joined" and joined.members == 2
+        bob.groups.send(invite.group_id, "hello, group")
+        await wait_until(lambda: any(isinstance(e, GroupMessageReceived) for e in seen))
+        got = next(e for e in seen if isinstance(e, GroupMessageReceived))
+        assert got.message.text == "hello, group" and got.message.author_name == "bob"
+        assert remote.groups.get(invite.group_id).unread == 1
+        remote.groups.mark_read(invite.group_id)
+        assert remote.groups.get(invite.group_id).unread == 0
+        mine = remote.groups.send(invite.group_id, "hello back")
+        assert mine.mine and mine.members == 2
+        gid = invite.group_id
+        await wait_until(lambda: "hello back" in [m.text for m in bob.groups.history(gid)])
+        members = remote.groups.members(invite.group_id)
+        assert sorted((m.role, m.is_me) for m in members) == [("admin", False), ("member", True)]
+        assert [m.text for m in remote.groups.history(invite.group_id)] == [
+            "hello, group", "hello back",
+        ]  # fmt: skip
+        with pytest.raises(UnknownGroup):
+            remote.groups.get("no such group")
+        with pytest.raises(GroupError):
+            remote.groups.remove_member(invite.group_id, bob.peer_id)  # not an admin
+        assert remote.groups.leave(invite.group_id).status == "left"
     finally:
         watcher.cancel()
         await remote.stop()

@@ -830,14 +830,19 @@ class GroupService:
         busy = sum(1 for peer in wanted if dialer is not None and dialer.busy(peer))
         budget = MAX_GROUP_SESSIONS - len(self._sessions) - busy
         for peer in wanted:
-            if budget <= 0:
+            if dialer is None:
                 break
             if self.session(peer) is not None or self.node.store.get_contact(peer) is not None:
                 continue
-            if dialer is not None and not dialer.busy(peer):
-                self._want(dialer, peer, now)
-                if dialer.busy(peer):
-                    budget -= 1
+            running = dialer.busy(peer)
+            if not running and budget <= 0:
+                continue
+            # A running attempt is handed over too: ``want`` is where the dialer ends
+            # one that is over (all its dials closed, or timed out) and backs off;
+            # skipping busy peers here left such an attempt, and the member, stuck.
+            self._want(dialer, peer, now)
+            if not running and dialer.busy(peer):
+                budget -= 1
         if now - self._marks_at >= MARKS_EVERY:
             self._marks_at = now
             self.save()

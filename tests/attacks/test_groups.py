@@ -1,14 +1,18 @@
-"""A malicious group member against real nodes: forged, replayed and fake-membership input,
-and a sync flood.  Refused, memory bounded, and the group keeps working."""
+"""A malicious group member against real nodes: forged, replayed and fake-membership input
+(a change it has no right to make, one forged in an admin's name, the whole operation log
+replayed), and a sync flood.  Refused, memory bounded, and the group keeps working."""
 
 from __future__ import annotations
 
 import msgpack
+import pytest
 
+from p2pchat.core.errors import LocalProtocolError
 from p2pchat.core.group.events import GroupMessageReceived
 from p2pchat.core.group.frames import GroupMessages, GroupOps, GroupSummary, message_frames
 from p2pchat.core.group.messages import SIGN_PREFIX as MSG_PREFIX
 from p2pchat.core.group.messages import content_hash, sign_message
+from p2pchat.core.group.ops import SIGN_PREFIX as OP_PREFIX
 from p2pchat.core.group.ops import sign_op
 from p2pchat.core.group.replica import AuthorSummary, Summary
 from p2pchat.identity import Identity
@@ -61,10 +65,28 @@ async def test_malicious_member_is_refused_and_the_group_keeps_working(
         parents=heads, at=1.0, target=outsider.public_key, role="admin",
     )
     conn.send(GroupOps(gid, (fake.wire,)))
+    # 3b. A removal of the victim in alice's name (alice is an admin), signed by mallory.
+    signed: list[bytes] = []
+
+    def capture(data: bytes) -> bytes:
+        signed.append(data)
+        return mallory.identity.sign(data)
+
+    with pytest.raises(LocalProtocolError):  # sign_op checks its own work
+        sign_op(
+            capture, group_id=gid, kind="remove", author=a.identity.public_key,
+            parents=heads, at=1.0, target=victim.identity.public_key,
+        )
+    conn.send(GroupOps(gid, ((signed[0][len(OP_PREFIX):], mallory.identity.sign(signed[0])),)))
+    # 3c. Every operation of the group's history replayed: duplicates, nothing changes.
+    conn.send(GroupOps(gid, tuple(mallory.groups.db.ops(gid))))
     await wait_until(lambda: replica.state().members.get(outsider.public_key) is None)
     theirs = victim.groups.session(mallory.peer_id)
     assert theirs is not None
-    await wait_until(lambda: theirs.bad_frames >= 2, timeout=60)  # forgery, fake change
+    # forgery, fake change, forged admin removal (the replays are no offence)
+    await wait_until(lambda: theirs.bad_frames >= 3, timeout=60)
+    before = set(replica.state().members)
+    assert before == {n.identity.public_key for n in nodes}
     # 4. A flood: thousands of her own messages (never her first, so none can be shown)
     # and a stream of summaries asking for everything.
     me = mallory.identity
@@ -87,6 +109,8 @@ async def test_malicious_member_is_refused_and_the_group_keeps_working(
     await wait_until(lambda: "alice, after the attack" in texts(victim, group), timeout=90)
 
     assert replica.state().members.get(outsider.public_key) is None
+    assert set(replica.state().members) == before
+    assert theirs.bad_frames == 3 and not theirs.closed
     assert texts(victim, group) == ["genuine from alice", "alice, after the attack"]
     shown = [e for e in log.of(GroupMessageReceived) if isinstance(e, GroupMessageReceived)]
     assert [e.message.text for e in shown] == ["alice, after the attack"]

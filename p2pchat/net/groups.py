@@ -138,6 +138,15 @@ MAX_INVITES = 32
 """Invitations waiting for an answer; the oldest is forgotten beyond this."""
 MAX_GROUP_SESSIONS = 64
 """Sessions (and dials) with members who are not contacts, over all groups."""
+MAX_GROUP_DIALS = 4
+"""Dial attempts to members running at once.  Joining a big group would otherwise
+start a handshake with every member in the same instant: each costs a key exchange
+and signatures on both sides, and a burst of them delays every session's keepalives
+(the 20-member benchmark fell into a storm of timeouts and redials without this)."""
+FIRST_DIAL_HOLD = 2.0
+"""Of two members who need a session, the one with the larger key waits this long
+(times 1 to 2) before its first dial, so the other's usually arrives alone: one
+handshake per pair instead of two that race and one of which is thrown away."""
 MAX_TENTATIVE = 16
 TENTATIVE_TIMEOUT = 15.0
 """A session admitted on its Hello alone must prove membership within this time."""
@@ -212,6 +221,7 @@ class GroupService:
         self._dirty_marks: set[bytes] = set()
         self._marks_at = 0.0
         self._resolving: set[str] = set()
+        self._held: set[str] = set()
         self._hinted: dict[tuple[PeerConnection, bytes], float] = {}
         self._usage: dict[bytes, tuple[int, int]] = {}
         self._load()
@@ -828,7 +838,7 @@ class GroupService:
                     wanted.setdefault(self._pid(key), []).append(gid)
         dialer = self.node._dialer
         busy = sum(1 for peer in wanted if dialer is not None and dialer.busy(peer))
-        budget = MAX_GROUP_SESSIONS - len(self._sessions) - busy
+        budget = min(MAX_GROUP_SESSIONS - len(self._sessions), MAX_GROUP_DIALS) - busy
         for peer in wanted:
             if dialer is None:
                 break
@@ -837,12 +847,18 @@ class GroupService:
             running = dialer.busy(peer)
             if not running and budget <= 0:
                 continue
+            if peer not in self._held:
+                self._held.add(peer)
+                if self.me > key_from_peer_id(peer):
+                    dialer.retry_after(peer, FIRST_DIAL_HOLD * random.uniform(1, 2))
+                    continue
             # A running attempt is handed over too: ``want`` is where the dialer ends
             # one that is over (all its dials closed, or timed out) and backs off;
             # skipping busy peers here left such an attempt, and the member, stuck.
             self._want(dialer, peer, now)
             if not running and dialer.busy(peer):
                 budget -= 1
+        self._held.intersection_update(wanted)
         if now - self._marks_at >= MARKS_EVERY:
             self._marks_at = now
             self.save()

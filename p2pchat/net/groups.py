@@ -348,6 +348,14 @@ class GroupService:
         contact = self.node.store.get_contact(pid)
         return contact.name if contact else pid[:8]
 
+    def _cached_name(self, key: bytes, names: dict[bytes, str] | None) -> str:
+        if names is None:
+            return self._display_name(key)
+        name = names.get(key)
+        if name is None:
+            name = names[key] = self._display_name(key)
+        return name
+
     def _name(self, row: GroupRow) -> str:
         replica = self._replicas.get(row.id)
         return replica.state().name if replica is not None else row.name
@@ -549,7 +557,11 @@ class GroupService:
         """Shown messages in the shared display order, the newest ``limit``."""
         gid = self.find(ref)
         replica = self._replicas.get(gid)
-        return [self._message_view(gid, replica, m) for m in self.db.history(gid, limit=limit)]
+        names: dict[bytes, str] = {}
+        return [
+            self._message_view(gid, replica, m, names)
+            for m in self.db.history(gid, limit=limit)
+        ]
 
     def mark_read(self, ref: str) -> None:
         """Everything shown so far counts as read (unread counts drop to 0)."""
@@ -1146,11 +1158,12 @@ class GroupService:
                 self._ask(gid, replica, key)
             return
         shown_set = set(shown)
+        fresh_refs = {(m.author, m.seq) for m in fresh}
         touched = {m.author for m in fresh} | {a for a, _ in shown} | {a for a, _ in dropped}
         self.db.apply(
             gid,
             new=[(m, (m.author, m.seq) in shown_set) for m in fresh],
-            shown=[ref for ref in shown if ref not in {(m.author, m.seq) for m in fresh}],
+            shown=[ref for ref in shown if ref not in fresh_refs],
             dropped=dropped,
             counters={a: replica.author_state(a)[:3] for a in touched},
             now=self._now(),
@@ -1160,8 +1173,9 @@ class GroupService:
         )
         if fresh:
             self._push(gid, replica, fresh, source=key, fanout=frame.fanout)
+        names: dict[bytes, str] = {}  # one lookup per author, not per message of a backlog
         for m in self.db.messages(gid, shown):
-            self.node._emit(GroupMessageReceived(self._message_view(gid, replica, m)))
+            self.node._emit(GroupMessageReceived(self._message_view(gid, replica, m, names)))
         if any(r.verdict == "need_ops" for r in receipts):
             self._ask(gid, replica, key)
         self._retain(gid, replica, fresh)
@@ -1218,7 +1232,11 @@ class GroupService:
 
     # ------------------------------------------------------------- views
     def _message_view(
-        self, gid: bytes, replica: GroupReplica | None, m: StoredMessage
+        self,
+        gid: bytes,
+        replica: GroupReplica | None,
+        m: StoredMessage,
+        names: dict[bytes, str] | None = None,
     ) -> GroupMessageView:
         author = self._pid(m.author)
         mine = m.author == self.me
@@ -1239,7 +1257,7 @@ class GroupService:
             group_id=gid.hex(),
             message_id=m.id,
             author=author,
-            author_name=self._display_name(m.author),
+            author_name=self._cached_name(m.author, names),
             seq=m.seq,
             clock=m.clock,
             sent_at=m.sent_at,

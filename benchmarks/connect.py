@@ -120,8 +120,10 @@ async def trial(lab: Lab, net: Any, root: Path, x: str, y: str, n: int) -> tuple
         await asyncio.gather(a.stop(), b.stop())
 
 
-async def file_drop(lab: Lab, net: Any, root: Path, x: str, y: str, mib: int) -> tuple[float, str]:
-    homes, ids = await fresh_pair(lab, net, root, x, y, "file")
+async def file_drop(
+    lab: Lab, net: Any, root: Path, x: str, y: str, mib: int, tag: str
+) -> tuple[float, str]:
+    homes, ids = await fresh_pair(lab, net, root, x, y, tag)
     payload = root / f"payload-{mib}.bin"
     if not payload.exists():
         with payload.open("wb") as f:
@@ -216,15 +218,17 @@ async def main() -> int:
             print()
             print("| file drop | path | MB/s |")
             print("| --- | --- | ---: |")
-            for name, (x, y), budgets in (
-                ("none-none", ("n1", "n2"), ()),
-                ("preserving-preserving", ("p1", "p2"), ()),
-                ("preserving-random", ("p1", "r1"), ()),
-                ("random-random, default relay budgets", ("r1", "r2"), ()),
-                ("random-random, relay budgets lifted", ("r1", "r2"), LIFTED),
+            for n, (name, (x, y), budgets) in enumerate(
+                (
+                    ("none-none", ("n1", "n2"), ()),
+                    ("preserving-preserving", ("p1", "p2"), ()),
+                    ("preserving-random", ("p1", "r1"), ()),
+                    ("random-random, default relay budgets", ("r1", "r2"), ()),
+                    ("random-random, relay budgets lifted", ("r1", "r2"), LIFTED),
+                )
             ):
                 await fresh_publics(*budgets)
-                rate, path = await file_drop(lab, net, root, x, y, args.filedrop_mib)
+                rate, path = await file_drop(lab, net, root, x, y, args.filedrop_mib, f"file{n}")
                 print(f"| {name}, {args.filedrop_mib} MiB | {path} | {rate:.1f} |", flush=True)
     finally:
         for d in publics:

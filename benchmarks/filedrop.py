@@ -734,6 +734,7 @@ class P2pchatDaemons(Contender):
         self.pair = P2pchatPair(env, env.work / "p2pchat-daemons", (7001, 7002))
         self.daemons: list[asyncio.subprocess.Process] = []
         self.cli_seconds: float | None = None
+        self.peak_rss: list[float | None] = []
 
     async def setup(self) -> None:
         reason = p2pchat_cli_support()
@@ -809,16 +810,33 @@ class P2pchatDaemons(Contender):
         return elapsed
 
     async def close(self) -> None:
+        self.peak_rss = [peak_rss_mib(proc.pid) for proc in self.daemons]  # before they exit
         for proc in self.daemons:
             await self.env.children.stop(proc)
 
     def notes(self) -> list[str]:
         if self.cli_seconds is None:
             return []
-        return [
+        notes = [
             f"p2pchat daemons: includes the CLI's start-up; `p2pchat contacts --json` takes"
             f" {self.cli_seconds:.2f} s here"
         ]
+        if len(self.peak_rss) == 2 and None not in self.peak_rss:
+            receiver, sender = self.peak_rss
+            notes.append(
+                f"p2pchat daemons' peak RSS over all runs (VmHWM): sender {sender:.0f} MiB,"
+                f" receiver {receiver:.0f} MiB"
+            )
+        return notes
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """A process's peak resident memory (Linux ``/proc``), None where unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 class P2pchatInProcess(Contender):

@@ -12,6 +12,7 @@ The secret seed lives in a small JSON key file, either in the clear (protected o
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import ipaddress
 import json
@@ -650,6 +651,14 @@ def parse_address(text: str) -> tuple[str, int]:
     """
     if not isinstance(text, str):
         raise ValueError("an address must be text")
+    return _parse_address(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_address(text: str) -> tuple[str, int]:
+    """``parse_address`` for text, remembered: the dial loop parses every contact's
+    addresses each second, and ``ipaddress`` is slow (a bounded cache; what fails to
+    parse is not kept)."""
     text = text.strip()
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")

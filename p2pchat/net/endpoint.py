@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
+import socket
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -36,6 +38,7 @@ from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
 from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, InitialGate, Reply
 from p2pchat.net.quic import (
+    KEEPALIVE_GRID,
     KEEPALIVE_INTERVAL,
     LIVENESS_TIMEOUT,
     configuration,
@@ -46,6 +49,9 @@ from p2pchat.net.sockopts import raise_buffers
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 512
+# Datagrams read per readable event of the main socket (asyncio's reader takes one).
+DRAIN_DATAGRAMS = 63
+MAX_DATAGRAM_READ = 65535
 CID_LENGTH = 8
 #: The peer answers but acknowledges none of our control stream's data for this long:
 #: something on the path (a relay) passes small datagrams and drops the rest.
@@ -226,6 +232,9 @@ class QuicLink:
         timer_at = self.conn.get_timer()
         if self.handshake_done:
             ping_at = max(self._last_heard, self._last_ping) + self._keepalive
+            # On a shared grid: an idle node's connections ping in the same loop
+            # wake-up instead of one wake-up (and timer re-arm) each.
+            ping_at = math.ceil(ping_at / KEEPALIVE_GRID) * KEEPALIVE_GRID
             ping_at = min(ping_at, max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until))
             timer_at = ping_at if timer_at is None else min(timer_at, ping_at)
         if timer_at != self._timer_at:
@@ -290,6 +299,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.known_source: Callable[[str], bool] | None = None
         """Whether an IP belongs to a known contact (it may use the gate's reserve)."""
         self.socket_buffers: tuple[int, int] | None = None
+        self._drain: socket.socket | None = None
         self._released = asyncio.Event()
 
     def now(self) -> float:
@@ -307,7 +317,10 @@ class Endpoint(asyncio.DatagramProtocol):
         self._transport = transport
         sockname = self._transport.get_extra_info("sockname")
         self.local_address = (str(sockname[0]), int(sockname[1]))
-        self.socket_buffers = raise_buffers(self._transport.get_extra_info("socket"))
+        main = self._transport.get_extra_info("socket")
+        self.socket_buffers = raise_buffers(main)
+        self._drain = main.dup()  # the same socket: see ``datagram_received``
+        self._drain.setblocking(False)
         return self.local_address
 
     def close(self) -> None:
@@ -318,6 +331,9 @@ class Endpoint(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._drain is not None:
+            self._drain.close()  # a second descriptor only: the socket stays open
+            self._drain = None
 
     @property
     def links(self) -> frozenset[QuicLink]:
@@ -341,7 +357,22 @@ class Endpoint(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        """asyncio reads one datagram per loop turn; whatever else is already queued
+        on the socket is read now too (up to ``DRAIN_DATAGRAMS``), so the chat frames
+        of a burst are applied in one group commit and answered with one ack
+        (``delivery.py``), instead of one commit and one ack per datagram."""
         self._receive(data, addr, None)
+        for _ in range(DRAIN_DATAGRAMS):
+            if self._drain is None:
+                return  # closed by what the datagram did
+            try:
+                data, addr = self._drain.recvfrom(MAX_DATAGRAM_READ)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # as asyncio's own reader does
+                self.error_received(exc)
+                return
+            self._receive(data, addr, None)
 
     def _receive(self, data: bytes, addr: tuple[str | int, ...], via: AuxSocket | None) -> None:
         address = (str(addr[0]), int(addr[1]))

@@ -31,6 +31,9 @@ SERVER_NAME = "p2pchat"
 # LIVENESS_TIMEOUT, so presence drops within about that of a peer vanishing.
 IDLE_TIMEOUT = 20.0
 KEEPALIVE_INTERVAL = 1.0
+# Pings are due on multiples of this (loop time), so those of many connections are
+# sent together; a ping is at most this much later than KEEPALIVE_INTERVAL.
+KEEPALIVE_GRID = 0.25
 LIVENESS_TIMEOUT = 3.5
 
 

@@ -259,11 +259,14 @@ class ContactList(OptionList):
 PATH_WORDS = {"lan": "LAN", "direct": "direct", "punched": "punched", "relayed": "relayed"}
 
 
-def path_words(path: str | None, rtt_ms: float | None) -> str:
-    """`` · LAN · 3 ms``: how the session runs, for the list and the header."""
+def path_words(path: str | None, rtt_ms: float | None, via: str | None = None) -> str:
+    """`` · LAN · 3 ms``: how the session runs, for the list and the header; the
+    header also names the relay of a relayed session (``via``, its peer ID, shortened)."""
     words = ""
     if path:
         words += f" · {PATH_WORDS.get(path, one_line(path, 12))}"
+    if path == "relayed" and via:
+        words += f" via {one_line(short_id(via), 8)}"
     if rtt_ms is not None:
         words += f" · {rtt_ms:.0f} ms"
     return words

@@ -83,6 +83,9 @@ class ChatLine:
     """The first words of the message this one replies to (with its author)."""
     edited: bool = False
     deleted: bool = False
+    delivery: str | None = None
+    """Group messages of ours: how many members hold it ("3/5"), shown after the
+    tick instead of the 1:1 states."""
 
 
 class ConversationItem(Widget):
@@ -168,6 +171,11 @@ class MessageItem(ConversationItem):
     def state(self) -> MessageState:
         return self.line.state
 
+    def set_delivery(self, delivery: str) -> None:
+        if delivery != self.line.delivery:
+            self.line = replace(self.line, delivery=delivery)
+            self.refresh(layout=True)
+
     def set_state(self, state: MessageState) -> None:
         new = advance_state(self.line.state, state)
         if new != self.line.state:
@@ -198,7 +206,10 @@ class MessageItem(ConversationItem):
             quote = Text("↪ " + one_line(line.quote, 80) + "\n")
             quote.stylize(self.get_component_rich_style("message--time"))
             body = quote + body
-        if line.outgoing and not line.deleted:
+        if line.delivery is not None:
+            body.append(" ")
+            body.append("✓ " + line.delivery, style=self.get_component_rich_style("message--tick"))
+        elif line.outgoing and not line.deleted:
             tick_class = "message--tick-read" if line.state == "read" else "message--tick"
             body.append(" ")
             body.append(TICKS[line.state], style=self.get_component_rich_style(tick_class))
@@ -535,6 +546,10 @@ class ConversationView(Vertical):
         return [HistoryEdge("↑ older messages: scroll up to load them", classes="conv-edge")]
 
     @property
+    def is_group(self) -> bool:
+        return (self.peer_id or "").startswith("group:")
+
+    @property
     def oldest_message_id(self) -> str | None:
         for child in self._timeline.children:
             if isinstance(child, MessageItem):
@@ -695,6 +710,12 @@ class ConversationView(Vertical):
         if item is not None:
             item.set_state(state)
 
+    def set_delivery(self, message_id: str, delivery: str) -> None:
+        """A group message of ours reached more members ("4/5")."""
+        item = self._messages.get(message_id)
+        if item is not None:
+            item.set_delivery(delivery)
+
     def message_items(self) -> list[MessageItem]:
         return list(self._messages.values())
 
@@ -818,13 +839,15 @@ class ConversationView(Vertical):
         keys: list[str] = []
         if isinstance(item, MessageItem):
             line = item.line
-            if line.outgoing:
+            if line.delivery is not None:
+                parts.append(f" · held by {line.delivery}")
+            elif line.outgoing:
                 parts.append(f" · {STATE_LABELS[line.state]}")
             if line.edited:
                 parts.append(" · edited")
             if line.deleted:
                 parts.append(" · deleted")
-            else:
+            elif not self.is_group:  # groups have no replies, edits or deletions yet
                 keys.append("r reply")
                 if line.outgoing:
                     keys += ["e edit", "d delete"]

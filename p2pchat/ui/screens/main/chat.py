@@ -93,7 +93,8 @@ class ChatController:
         peer = screen.current
         first = view.oldest_message_id
         if peer is None or first is None or not view.has_more:
-            view.older_requested = False
+            # A group's pane: no paging there yet, so no promise of more either.
+            view.prepend_lines([], has_more=False)
             return
         page = screen.node.history(peer, limit=PAGE, before=first)
         name = screen.contacts.names.get(peer, "")
@@ -416,6 +417,8 @@ class ChatController:
         screen = self.screen
         composer = screen.composer
         about = f"{line.author}: {line.body}"
+        if screen.groups.is_open and event.action in ("reply", "edit", "delete"):
+            return  # groups have no replies, edits or deletions yet
         if event.action == "reply" and not line.deleted:
             composer.set_context(ComposeContext("reply", line.message_id, about))
             composer.focus()

@@ -144,6 +144,11 @@ async def file_drop(
         )
         took = time.monotonic() - start
         if state != "done":
+            for side in (a, b):
+                view = await side.call("transfer", id=transfer["id"])
+                print(f"{side.paths.home.name}: {view}", file=sys.stderr)
+                log = side.log_path.read_text(errors="replace").splitlines()[-20:]
+                print("\n".join(log), file=sys.stderr)
             return 0.0, f"{path} ({state})"
         return mib * 1024 * 1024 / took / 1e6, path
     finally:
@@ -160,6 +165,9 @@ async def main() -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--pairs", default="all", help="comma-separated names or 'all'")
     parser.add_argument("--filedrop-mib", type=int, default=0, help="also time a file drop")
+    parser.add_argument(
+        "--filedrop-rows", default="", help="only the file-drop rows whose name has this text"
+    )
     args = parser.parse_args()
     reason = unavailable_reason(need_nft=True)
     if reason:
@@ -227,6 +235,8 @@ async def main() -> int:
                     ("random-random, relay budgets lifted", ("r1", "r2"), LIFTED),
                 )
             ):
+                if args.filedrop_rows not in name:
+                    continue
                 await fresh_publics(*budgets)
                 rate, path = await file_drop(lab, net, root, x, y, args.filedrop_mib, f"file{n}")
                 print(f"| {name}, {args.filedrop_mib} MiB | {path} | {rate:.1f} |", flush=True)

@@ -1739,7 +1739,13 @@ class Node:
             return self.identity.public_key if c.initiator else (c.peer_key or b"")
 
         if dialer(old) == dialer(new):
-            return new
+            # One side dialled both (two candidates of one race, or a relay channel
+            # that came up after another path won): keep the session both sides have.
+            # The responder activates the new one first; were it to close the old
+            # one, the dialer would see its only active session go before the new
+            # one's Hello arrives, go offline and dial again, and again (seen over a
+            # loaded relay: a new connection every 100 ms until the channels ran out).
+            return old
         return old if dialer(old) < dialer(new) else new
 
     def _on_contact_frame(self, conn: PeerConnection, peer: str, frame: chat.ChatFrame) -> None:

@@ -23,7 +23,14 @@ import pytest
 from p2pchat.config import Paths
 from p2pchat.core import relay as wire
 from p2pchat.core.events import PeerOffline
-from p2pchat.identity import Identity, InvalidInvite, Invite, load_identity, parse_address
+from p2pchat.identity import (
+    Identity,
+    InvalidInvite,
+    Invite,
+    key_from_peer_id,
+    load_identity,
+    parse_address,
+)
 from p2pchat.node import Node
 
 from .conftest import EventLog, make_home, wait_until
@@ -126,6 +133,34 @@ async def test_relayed_session_carries_messages_and_files(start: Start, tmp_path
     assert channel["relay"] == v.peer_id and channel["role"] == "dialer"
     assert channel["peer_id"] == t.peer_id
     assert t.transfers.status()["tcp_channels"] == 0  # the relay's address is no path
+
+
+async def test_a_second_session_from_the_same_dialer_leaves_the_first_in_place(
+    start: Start, tmp_path: Path
+) -> None:
+    """A relay channel that opens after the race was won brings a second session from
+    the same dialer: both sides keep the first, close the second, and nobody goes
+    offline (the responder, which sees the second one first, must not close the first
+    under the dialer: that made a loaded dialer redial every 100 ms)."""
+    v, t, d = await relayed_pair(start, tmp_path)
+    sent = d.send_message("target", "first session")
+    assert await d.wait_for_delivery(sent.id, 20) == "delivered"
+    await wait_until(lambda: t.peer_id in d._active and d.peer_id in t._active)
+    first_d, first_t = d._active[t.peer_id], t._active[d.peer_id]
+    logs = [EventLog(d), EventLog(t)]
+    try:
+        assert d._relay is not None
+        channel = await d._relay.dial(key_from_peer_id(t.peer_id), [parse_address(address_of(v))])
+        second = d._open_connection(t.peer_id, channel.relay_addr, channel, "relayed")
+        await wait_until(lambda: second.closed, timeout=20)
+        assert d._active[t.peer_id] is first_d and not first_d.closed
+        assert t._active[d.peer_id] is first_t and not first_t.closed
+        after = d.send_message("target", "still the first session")
+        assert await d.wait_for_delivery(after.id, 20) == "delivered"
+        assert [log.of(PeerOffline) for log in logs] == [[], []]
+    finally:
+        for log in logs:
+            await log.close()
 
 
 async def test_relay_keeps_only_contacts_unless_public(start: Start, tmp_path: Path) -> None:

@@ -332,8 +332,12 @@ class Dialer:
         if conn.path == "relayed":
             peer.failures = 0
             peer.next_at = self.loop.time() + UPGRADE_EVERY
-            if peer.attempt is not None:
-                peer.attempt.upgrade = True
+            attempt = peer.attempt
+            if attempt is not None:
+                attempt.upgrade = True
+                # A second relayed session would only replace this one.
+                if attempt.relay is not None and not attempt.relay.done():
+                    attempt.relay.cancel()
             return
         if self.punch is not None:
             self.punch.connected(key_from_peer_id(peer_id))

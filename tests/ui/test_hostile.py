@@ -520,3 +520,77 @@ async def test_a_contact_whose_name_is_markup_can_talk_to_us(
     finally:
         await dave.stop()
     spy.check()
+
+
+async def test_groups_show_hostile_names_and_messages_literally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group named with markup, by a contact whose name is hostile, whose messages are
+    hostile: the list, the invitation, the conversation, the member list, the notice and
+    the palette show all of it as typed."""
+    from p2pchat.node import Node
+    from p2pchat.ui.screens.groups import GroupInviteScreen, GroupMembersScreen
+    from p2pchat.ui.widgets.group_rows import GROUP_INVITE
+
+    from ..conftest import free_udp_port, make_home
+
+    spy = MarkupSpy(monkeypatch)
+    bob = Node(make_home(tmp_path, "bob"))
+    await bob.start(listen=f"127.0.0.1:{free_udp_port()}")
+    try:
+        app = ChatApp(make_home(tmp_path, "alice"), listen=f"127.0.0.1:{free_udp_port()}")
+        async with app.run_test(size=(120, 36)) as pilot:
+            main = await main_screen(pilot)
+            node = app.node
+            assert node is not None
+            node.add_contact(bob.peer_id, name="bob", addresses=bob.addresses)
+            bob.add_contact(node.peer_id, name="alice", addresses=node.addresses)
+            with sqlite3.connect(node.paths.database) as db:
+                db.execute(
+                    "UPDATE contacts SET name = ? WHERE peer_id = ?", (HOSTILE_NAME, bob.peer_id)
+                )
+            await until(pilot, lambda: node.is_online(bob.peer_id), 30)
+            gid = bob.groups.create(MARKUP[:60], ["alice"]).group_id
+            await until(pilot, lambda: gid in main.contact_list.group_ids, 30)
+            await settle(pilot)
+            check_screen(app, "[red]EVIL[/] [link=")
+            main.contact_list.focus()
+            main.contact_list.highlighted = main.contact_list.get_option_index(
+                GROUP_INVITE + gid
+            )
+            await pilot.press("enter")
+            await until(pilot, lambda: showing(app, GroupInviteScreen))
+            await settle(pilot)
+            check_screen(app, "Invitation to the group [red]EVIL[/]", LITERAL)
+            await pilot.click("#accept")
+            await until(pilot, lambda: main.groups.open_id == gid)
+            # (group messages refuse NUL at both ends; every other control stays)
+            bob.groups.send(gid, f"{MARKUP} {ANSI.replace(chr(0), '')} {BIDI}")
+            await until(pilot, lambda: len(main.conversation.message_items()) == 1, 30)
+            await settle(pilot)
+            check_screen(app, LITERAL, "␛[31mEVIL␛[0m", "gnp.exe")
+            composer = main.query_one(Composer)
+            composer.focus()
+            composer.load_text("/members")
+            await pilot.press("enter")
+            await until(pilot, lambda: showing(app, GroupMembersScreen))
+            await settle(pilot)
+            check_screen(app, "Members of [red]EVIL[/]", LITERAL)
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is main)
+            # Elsewhere: the group's news is a notice naming the group and the author.
+            main.open_conversation(bob.peer_id)
+            bob.groups.send(gid, MARKUP_2)
+            await until(pilot, lambda: f"group:{gid}" in main.notices.notices, 30)
+            await settle(pilot)
+            check_screen(app, "[$text]EVIL[/]")
+            await pilot.press("ctrl+p")
+            await until(pilot, lambda: showing(app, CommandPalette))
+            await pilot.press(*"group")
+            await pilot.pause(0.5)
+            check_screen(app, "Open group: [red]EVIL[/]")
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is main)
+    finally:
+        await bob.stop()
+    spy.check()

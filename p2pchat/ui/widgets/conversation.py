@@ -70,6 +70,9 @@ class ChatLine:
     """The first words of the message this one replies to (with its author)."""
     edited: bool = False
     deleted: bool = False
+    delivery: str | None = None
+    """Group messages of ours: how many members hold it ("3/5"), shown after the
+    tick instead of the 1:1 states."""
 
 
 class ConversationItem(Widget):
@@ -146,6 +149,11 @@ class MessageItem(ConversationItem):
     def state(self) -> MessageState:
         return self.line.state
 
+    def set_delivery(self, delivery: str) -> None:
+        if delivery != self.line.delivery:
+            self.line = replace(self.line, delivery=delivery)
+            self.refresh(layout=True)
+
     def set_state(self, state: MessageState) -> None:
         new = advance_state(self.line.state, state)
         if new != self.line.state:
@@ -176,7 +184,10 @@ class MessageItem(ConversationItem):
             quote = Text("↪ " + one_line(line.quote, 80) + "\n")
             quote.stylize(self.get_component_rich_style("message--time"))
             body = quote + body
-        if line.outgoing and not line.deleted:
+        if line.delivery is not None:
+            body.append(" ")
+            body.append("✓ " + line.delivery, style=self.get_component_rich_style("message--tick"))
+        elif line.outgoing and not line.deleted:
             tick_class = "message--tick-read" if line.state == "read" else "message--tick"
             body.append(" ")
             body.append(TICKS[line.state], style=self.get_component_rich_style(tick_class))
@@ -421,6 +432,12 @@ class ConversationView(Vertical):
         item = self._messages.get(message_id)
         if item is not None:
             item.set_state(state)
+
+    def set_delivery(self, message_id: str, delivery: str) -> None:
+        """A group message of ours reached more members ("4/5")."""
+        item = self._messages.get(message_id)
+        if item is not None:
+            item.set_delivery(delivery)
 
     def message_items(self) -> list[MessageItem]:
         return list(self._messages.values())

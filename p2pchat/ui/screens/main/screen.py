@@ -7,6 +7,7 @@ and runs the periodic flush.  The parts:
 
 - ``chat.py``: the open conversation (showing, sending, read receipts, typing);
 - ``contacts.py``: the list, requests, nearby peers, contact actions;
+- ``groups.py``: group rows and invitations, an open group, group actions;
 - ``transfers.py``: file transfer cards, offers, progress, the F3 panel;
 - ``commands.py``: slash commands, dispatched to the part that owns each;
 - ``alerts.py``: notices, bell and desktop notifications.
@@ -59,6 +60,7 @@ from p2pchat.ui.screens.main.alerts import Alerts
 from p2pchat.ui.screens.main.chat import ChatController
 from p2pchat.ui.screens.main.commands import CommandDispatcher, Handler
 from p2pchat.ui.screens.main.contacts import ContactController
+from p2pchat.ui.screens.main.groups import GROUP_EVENTS, GroupController
 from p2pchat.ui.screens.main.transfers import TransferController
 from p2pchat.ui.state import last_conversation, save_conversation
 from p2pchat.ui.widgets import (
@@ -131,9 +133,11 @@ class MainScreen(GuardedScreen[None]):
         self.contacts = ContactController(self)
         self.chat = ChatController(self)
         self.transfers = TransferController(self)
+        self.groups = GroupController(self)
         self.commands = CommandDispatcher(
             self,
             self.contacts.commands(),
+            self.groups.commands(),
             self.chat.commands(),
             self.transfers.commands(),
             self._commands(),
@@ -202,11 +206,14 @@ class MainScreen(GuardedScreen[None]):
 
     def on_screen_resume(self) -> None:
         self.contacts.schedule()
+        self.groups.schedule()
         self.chat.schedule_read()
+        self.groups.schedule_read()
 
     def _app_focus_changed(self, focused: bool) -> None:
         if focused:
             self.chat.schedule_read()
+            self.groups.schedule_read()
 
     # ------------------------------------------------------------ shared
     @property
@@ -246,6 +253,7 @@ class MainScreen(GuardedScreen[None]):
         if self.live:
             self.conversation.flush_pending()
             self.contacts.flush()
+            self.groups.flush()
             self.chat.flush()
             self.transfers.draw_progress()
         self.notices.flush()
@@ -308,6 +316,7 @@ class MainScreen(GuardedScreen[None]):
             return
         if peer_id != self.current:
             self.chat.stop_typing()
+        self.groups.close()
         self.current = peer_id
         if self.mode != "read-only" and peer_id != self._saved_conversation:
             save_conversation(self.node, peer_id)
@@ -376,6 +385,14 @@ class MainScreen(GuardedScreen[None]):
     def _request_selected(self, event: ContactList.RequestSelected) -> None:
         self.contacts.show_request(event.peer_id)
 
+    @on(ContactList.GroupHighlighted)
+    def _group_highlighted(self, event: ContactList.GroupHighlighted) -> None:
+        self.groups.highlighted(event.group_id)
+
+    @on(ContactList.GroupInviteSelected)
+    def _group_invite_selected(self, event: ContactList.GroupInviteSelected) -> None:
+        self.groups.show_invite(event.group_id)
+
     @on(ContactList.NearbySelected)
     def _nearby_selected(self, event: ContactList.NearbySelected) -> None:
         self.contacts.nearby_selected(event.peer_id)
@@ -390,6 +407,8 @@ class MainScreen(GuardedScreen[None]):
             self.contacts.show_request(value)
         elif kind == "offer":
             self.transfers.show_offer(value)
+        elif kind in ("group", "groupinvite"):
+            self.groups.notice_clicked(kind, value)
 
     @on(NodeEventArrived)
     def _node_event(self, message: NodeEventArrived) -> None:
@@ -405,6 +424,8 @@ class MainScreen(GuardedScreen[None]):
             self.chat.on_event(event)
         elif isinstance(event, TRANSFER_EVENTS):
             self.transfers.on_event(event)
+        elif isinstance(event, GROUP_EVENTS):
+            self.groups.on_event(event)
         else:
             self.contacts.on_event(event)
         if isinstance(event, PeerOffline):
@@ -506,5 +527,6 @@ class MainScreen(GuardedScreen[None]):
         if self.current is not None:
             yield from self.contacts.palette_for_current(self.current)
         yield from self.transfers.palette()
+        yield from self.groups.palette()
         yield from self.contacts.palette_others()
         yield "Help", "Keys and commands", self.action_help

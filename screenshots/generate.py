@@ -30,6 +30,7 @@ from p2pchat.ui.app import ChatApp  # noqa: E402
 from p2pchat.ui.screens.contacts import AddContactScreen  # noqa: E402
 from p2pchat.ui.screens.files import OfferScreen  # noqa: E402
 from p2pchat.ui.screens.main import MainScreen  # noqa: E402
+from p2pchat.ui.screens.search import SearchScreen  # noqa: E402
 from p2pchat.ui.screens.setup import FirstRunScreen  # noqa: E402
 from p2pchat.ui.screens.verify import VerifyScreen  # noqa: E402
 from p2pchat.ui.widgets import TransferCard  # noqa: E402
@@ -177,6 +178,19 @@ async def conversation(root: Path) -> list[Path]:
             await pilot.press("f2")
             await until(pilot, lambda: isinstance(app.screen, VerifyScreen))
             shots.append(await shoot(pilot, "verify"))
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is main)
+            # A message selected (its full date and time, what the keys do).
+            view = main.conversation
+            await pilot.press("ctrl+up", "up")
+            await until(pilot, lambda: "r reply" in view.detail_text)
+            shots.append(await shoot(pilot, "message-selected"))
+            await pilot.press("escape")
+            await until(pilot, lambda: main.composer.has_focus)
+            await pilot.press(*"/search dinner")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, SearchScreen) and app.screen.results)
+            shots.append(await shoot(pilot, "search"))
             await pilot.press("escape")
             await until(pilot, lambda: app.screen is main)
             shots += await file_drop(pilot, main, bob, root)

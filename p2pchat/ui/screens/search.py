@@ -84,7 +84,10 @@ class SearchScreen(GuardedModal[Message | None]):
             return
         count = len(self.results)
         more = " (the newest)" if count >= RESULTS else ""
-        status.update(f"{count} message{'s' if count != 1 else ''}{more}, newest first")
+        status.update(
+            f"{count} message{'s' if count != 1 else ''}{more}, newest first;"
+            " Enter shows the one selected"
+        )
         options.add_options(Option(self.row(m), id=str(i)) for i, m in enumerate(self.results))
         options.highlighted = 0
         options.focus()

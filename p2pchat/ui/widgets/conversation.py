@@ -859,7 +859,7 @@ class ConversationView(Vertical):
         else:
             keys += ["Enter open the file", "o its folder"]
         keys += ["↑↓ select", "Esc back"]
-        parts.append(("  " + " · ".join(keys), "$text-muted"))
+        parts.append((" · " + " · ".join(keys), "$text-muted"))
         return Content.assemble(*parts)
 
     # ------------------------------------------------------------- chrome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,17 @@ async def press(pilot: Pilot[object], selector: str) -> None:
     await placed(pilot, widget)
     await until(pilot, lambda: not widget.has_class("-active"))
     assert await pilot.click(selector), f"{selector} was covered"
+
+
+def recording_opener(marker: Path) -> Callable[[str], list[str]]:
+    """An ``opener_argv`` stand-in for the desktop's opener: a real process that writes
+    what it was asked to open into ``marker``."""
+    script = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])"
+
+    def opener(target: str) -> list[str]:
+        return [sys.executable, "-c", script, str(marker), target]
+
+    return opener
 
 
 async def main_screen(pilot: Pilot[object], timeout: float = 20.0) -> MainScreen:

@@ -33,7 +33,7 @@ from p2pchat.ui.widgets import TransferCard
 from ..conftest import EventLog, StartNode, make_home
 from ..daemons import Daemon, cli_env, free_udp_port
 from .conftest import app_for, main_screen, showing, until
-from .test_flows import befriend, row_for, type_text, widget_text
+from .test_flows import befriend, chatting, row_for, type_text, widget_text
 
 
 def test_a_renamed_duplicate_is_named_on_the_card() -> None:
@@ -315,10 +315,7 @@ async def test_reply_edit_and_delete_show_on_both_sides(
     app = app_for(make_home(tmp_path, "alice"))
     async with app.run_test(size=(120, 36)) as pilot:
         main = await main_screen(pilot)
-        node = main.node
-        befriend(node, bob)
-        await until(pilot, lambda: node.is_online(bob.peer_id) and bob.is_online(node.peer_id))
-        await until(pilot, lambda: main.current == bob.peer_id)
+        await chatting(pilot, main, bob)
         bob.send_message("alice", "lunch at noon?")
         await until(pilot, lambda: len(main.conversation.message_items()) == 1)
         await type_text(pilot, "/reply sure, see you there")

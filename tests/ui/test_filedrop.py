@@ -7,7 +7,6 @@ data channel (direct TCP on loopback) and land in temporary folders.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from p2pchat.ui.screens.main import MainScreen
 from p2pchat.ui.widgets import Composer, TransferCard
 
 from ..conftest import StartNode, make_home, wait_until
-from .conftest import app_for, main_screen, press, showing, until
+from .conftest import app_for, main_screen, press, recording_opener, showing, until
 
 MB = 1 << 20
 
@@ -180,12 +179,7 @@ async def test_open_folder_runs_the_file_manager(
     pair.peer.transfers.policy.accept_from = frozenset()
     pair.node.transfers.policy.accept_from = frozenset({"contacts"})
     marker = pair.tmp / "opened"
-    script = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])"
-
-    def opener(folder: str) -> list[str]:
-        return [sys.executable, "-c", script, str(marker), folder]
-
-    monkeypatch.setattr(files_module, "opener_argv", opener)
+    monkeypatch.setattr(files_module, "opener_argv", recording_opener(marker))
     offered = await pair.peer.offer_files("alice", [payload(pair.tmp / "o" / "a.txt", 10)])
     await until(pilot, lambda: pair.card(offered.id) is not None)
     card = pair.card(offered.id)

@@ -7,6 +7,7 @@ from pathlib import Path
 from textual import events
 from textual.app import App
 from textual.geometry import Region
+from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets import Digits, Input, Static, TextArea
 
@@ -92,6 +93,14 @@ async def type_text(pilot: object, text: str) -> None:
 def befriend(a: Node, b: Node) -> None:
     a.add_contact(b.peer_id, name=b.name, addresses=b.addresses)
     b.add_contact(a.peer_id, name=a.name, addresses=a.addresses)
+
+
+async def chatting(pilot: Pilot[object], main: MainScreen, peer: Node) -> None:
+    """``peer`` and the app's node become contacts; both online, the peer's conversation open."""
+    node = main.node
+    befriend(node, peer)
+    await until(pilot, lambda: node.is_online(peer.peer_id) and peer.is_online(node.peer_id))
+    await until(pilot, lambda: main.current == peer.peer_id)
 
 
 # --------------------------------------------------------------- first run

@@ -7,7 +7,6 @@ up; /search finds a message anywhere and shows it."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ from p2pchat.ui.widgets.conversation import HistoryEdge, MessageItem, UnreadMark
 
 from ..conftest import StartNode, make_home
 from ..history import fill_history, history_body
-from .conftest import app_for, main_screen, showing, until
-from .test_flows import befriend, type_text, widget_text
+from .conftest import app_for, main_screen, recording_opener, showing, until
+from .test_flows import befriend, chatting, type_text, widget_text
 
 
 def unread_count(node: Node, contact: str) -> int:
@@ -37,9 +36,7 @@ async def test_any_message_can_be_replied_to_edited_and_deleted(
     async with app.run_test(size=(120, 36)) as pilot:
         main = await main_screen(pilot)
         node = main.node
-        befriend(node, bob)
-        await until(pilot, lambda: node.is_online(bob.peer_id) and bob.is_online(node.peer_id))
-        await until(pilot, lambda: main.current == bob.peer_id)
+        await chatting(pilot, main, bob)
         view = main.conversation
         first = bob.send_message("alice", "first from bob")
         await until(pilot, lambda: len(view.message_items()) == 1)
@@ -125,19 +122,12 @@ async def test_a_link_in_a_message_opens(
     tmp_path: Path, start_node: StartNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = tmp_path / "opened"
-    script = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])"
-
-    def opener(target: str) -> list[str]:
-        return [sys.executable, "-c", script, str(marker), target]
-
-    monkeypatch.setattr(files_module, "opener_argv", opener)
+    monkeypatch.setattr(files_module, "opener_argv", recording_opener(marker))
     bob = await start_node("bob")
     app = app_for(make_home(tmp_path, "alice"))
     async with app.run_test(size=(120, 36)) as pilot:
         main = await main_screen(pilot)
-        node = main.node
-        befriend(node, bob)
-        await until(pilot, lambda: main.current == bob.peer_id)
+        await chatting(pilot, main, bob)
         view = main.conversation
         bob.send_message("alice", "the doc: https://example.org/doc?id=1.")
         await until(pilot, lambda: len(view.message_items()) == 1)

@@ -27,6 +27,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("reply", "/reply TEXT", "answer their latest message, quoting it", 1),
     CommandSpec("edit", "/edit TEXT", "change your latest message, for both sides", 1),
     CommandSpec("delete", "/delete", "delete your latest message, for both sides"),
+    CommandSpec("search", "/search WORDS", "find messages in every conversation", 1),
     CommandSpec(
         "invite",
         "/invite [CONTACT]",

@@ -47,6 +47,7 @@ from p2pchat.ui.app import ChatApp
 from p2pchat.ui.desktop import notifier_command
 from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.safe import MAX_MARKS, clean, literal, one_line
+from p2pchat.ui.screens.confirm import ChoiceScreen
 from p2pchat.ui.screens.contacts import AddContactScreen, RequestScreen
 from p2pchat.ui.screens.files import (
     ConfirmSendScreen,
@@ -56,6 +57,7 @@ from p2pchat.ui.screens.files import (
     TransfersScreen,
 )
 from p2pchat.ui.screens.help import HelpScreen
+from p2pchat.ui.screens.search import SearchScreen
 from p2pchat.ui.screens.setup import (
     FatalScreen,
     FirstRunScreen,
@@ -80,7 +82,9 @@ ZALGO = "Z" + "\u0300\u0301\u0302" * 30 + "algo"
 LONG = "N" * 10_000
 # A display name with all of it; the visible part starts with the markup.
 HOSTILE_NAME = f"{MARKUP} {ANSI} {BIDI} {ZERO_WIDTH} {ZALGO} {LONG}"
-BODIES = ("x" + LONG, MARKUP, MARKUP_2, ANSI, BIDI, ZERO_WIDTH, ZALGO)
+# Links are offered to open: their text is peer text like the rest.
+LINKS = "https://a.example/\x1b[31mEVIL https://b.example/[red]EVIL[/]"
+BODIES = ("x" + LONG, MARKUP, MARKUP_2, ANSI, BIDI, ZERO_WIDTH, ZALGO, LINKS)
 FILE_NAMES = ("[red]EVIL[/].txt", "\x1b[31mEVIL\x1b[0m.bin", "\u202egnp.exe", "E\u200bVIL.doc")
 # On disk ("/" cannot be in a file name): what a received file may be called.
 DISK_NAMES = ("[red]EVIL.txt", "[@click=app.quit]EVIL", "\x1b[31mEVIL\x1b[0m.bin", "\u202egnp.exe")
@@ -351,6 +355,50 @@ async def test_every_screen_shows_hostile_peer_text_literally(
         await until(pilot, lambda: showing(app, HelpScreen))
         await settle(pilot)
         check_screen(app)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is main)
+
+        # Every row selected in turn: its details line, then what its keys open.
+        main.composer.focus()
+        await pilot.press("ctrl+up")
+        view = main.conversation
+        await until(pilot, lambda: view.selected is not None)
+        for _ in range(len(view.selectable())):
+            await settle(pilot)
+            check_screen(app)
+            await pilot.press("up")
+        theirs = {i.line.body: i for i in view.message_items() if not i.line.outgoing}
+        ours = {i.line.body: i for i in view.message_items() if i.line.outgoing}
+        view.select(theirs[MARKUP], focus=True)
+        await pilot.press("r")
+        await until(pilot, lambda: main.composer.context is not None)
+        await settle(pilot)
+        check_screen(app, "Replying to [red]EVIL[/]")
+        await pilot.press("escape")
+        await until(pilot, lambda: main.composer.context is None)
+        view.select(ours[MARKUP], focus=True)
+        await pilot.press("d")
+        await until(pilot, lambda: showing(app, ChoiceScreen))
+        await settle(pilot)
+        check_screen(app, LITERAL)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is main)
+        view.select(theirs[LINKS], focus=True)
+        await pilot.press("o")
+        await until(pilot, lambda: showing(app, ChoiceScreen))
+        await settle(pilot)
+        check_screen(app, "https://b.example/[red]EVIL[/]", "https://a.example/")
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is main)
+        main.composer.focus()
+        await pilot.press(*"/search EVIL")
+        await pilot.press("enter")
+        await until(pilot, lambda: showing(app, SearchScreen))
+        search = app.screen
+        assert isinstance(search, SearchScreen)
+        await until(pilot, lambda: bool(search.results))
+        await settle(pilot)
+        check_screen(app, LITERAL)
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is main)
 

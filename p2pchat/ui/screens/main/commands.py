@@ -54,7 +54,7 @@ class CommandDispatcher:
         elif self.screen.groups.is_open:
             self.screen.groups.send_text(message_text(text), restore=composer)
         else:
-            self.screen.chat.send_text(message_text(text), restore=composer)
+            self.screen.chat.submit(message_text(text), composer)
 
     def run(self, command: SlashCommand) -> None:
         # A few commands mean something else while a group is open (/invite, /remove).

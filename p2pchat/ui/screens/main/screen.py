@@ -101,6 +101,8 @@ class MainScreen(GuardedScreen[None]):
         Binding("f3", "transfers", "Transfers", id="transfers"),
         Binding("alt+down", "step_contact(1)", "Next chat", id="next_contact", show=False),
         Binding("alt+up", "step_contact(-1)", "Previous chat", id="prev_contact", show=False),
+        Binding("ctrl+up", "select_message", "Select a message", id="select_message", show=False),
+        Binding("ctrl+end", "latest", "Jump to the latest", id="latest", show=False),
         Binding("f1", "help", "Help", id="help"),
     ]
 
@@ -307,7 +309,9 @@ class MainScreen(GuardedScreen[None]):
         return " · ".join(parts)
 
     # ------------------------------------------------------ conversation
-    def open_conversation(self, peer_id: str, *, reload: bool = False) -> None:
+    def open_conversation(
+        self, peer_id: str, *, reload: bool = False, reach: str | None = None
+    ) -> None:
         if peer_id == self.current and not reload:
             return
         try:
@@ -323,7 +327,7 @@ class MainScreen(GuardedScreen[None]):
             self._saved_conversation = peer_id
         self.notices.drop(f"msg:{peer_id}")
         self.alerts.forget(f"msg:{peer_id}")
-        self.chat.open(peer_id, contact)
+        self.chat.open(peer_id, contact, reach=reach)
         self.contact_list.select_contact(peer_id)
         self._update_composer()
 
@@ -363,6 +367,32 @@ class MainScreen(GuardedScreen[None]):
     @on(Composer.PathPasted)
     def _path_pasted(self, event: Composer.PathPasted) -> None:
         self.transfers.path_pasted(event)
+
+    @on(ConversationView.Acted)
+    def _acted(self, event: ConversationView.Acted) -> None:
+        event.stop()
+        if isinstance(event.item, TransferCard):
+            self.transfers.card_key(event.item, event.action)
+        else:
+            self.chat.act(event)
+
+    @on(ConversationView.Left)
+    def _left_timeline(self, event: ConversationView.Left) -> None:
+        event.stop()
+        self.composer.focus()
+
+    @on(ConversationView.LatestWanted)
+    def _latest_wanted(self, event: ConversationView.LatestWanted) -> None:
+        event.stop()
+        self.chat.jump_latest()
+
+    @on(ConversationView.OlderWanted)
+    def _older_wanted(self, event: ConversationView.OlderWanted) -> None:
+        event.stop()
+        if self.live:
+            self.chat.older()
+        else:
+            self.conversation.older_requested = False
 
     @on(Composer.ScrollRequested)
     def _scroll(self, event: Composer.ScrollRequested) -> None:
@@ -504,6 +534,19 @@ class MainScreen(GuardedScreen[None]):
 
     def action_step_contact(self, delta: int) -> None:
         self.contacts.step(delta)
+
+    def action_select_message(self) -> None:
+        """From the message box to the messages: the newest one selected (again: the
+        one above)."""
+        view = self.conversation
+        if view.timeline.has_focus:
+            view.step(-1)
+        else:
+            view.step(0)
+            view.timeline.focus()
+
+    def action_latest(self) -> None:
+        self.chat.jump_latest()
 
     def key_help(self) -> list[tuple[str, str]]:
         seen: set[str] = set()

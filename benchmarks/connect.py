@@ -120,8 +120,10 @@ async def trial(lab: Lab, net: Any, root: Path, x: str, y: str, n: int) -> tuple
         await asyncio.gather(a.stop(), b.stop())
 
 
-async def file_drop(lab: Lab, net: Any, root: Path, x: str, y: str, mib: int) -> tuple[float, str]:
-    homes, ids = await fresh_pair(lab, net, root, x, y, "file")
+async def file_drop(
+    lab: Lab, net: Any, root: Path, x: str, y: str, mib: int, tag: str
+) -> tuple[float, str]:
+    homes, ids = await fresh_pair(lab, net, root, x, y, tag)
     payload = root / f"payload-{mib}.bin"
     if not payload.exists():
         with payload.open("wb") as f:
@@ -142,6 +144,11 @@ async def file_drop(lab: Lab, net: Any, root: Path, x: str, y: str, mib: int) ->
         )
         took = time.monotonic() - start
         if state != "done":
+            for side in (a, b):
+                view = await side.call("transfer", id=transfer["id"])
+                print(f"{side.paths.home.name}: {view}", file=sys.stderr)
+                log = side.log_path.read_text(errors="replace").splitlines()[-20:]
+                print("\n".join(log), file=sys.stderr)
             return 0.0, f"{path} ({state})"
         return mib * 1024 * 1024 / took / 1e6, path
     finally:
@@ -158,6 +165,9 @@ async def main() -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--pairs", default="all", help="comma-separated names or 'all'")
     parser.add_argument("--filedrop-mib", type=int, default=0, help="also time a file drop")
+    parser.add_argument(
+        "--filedrop-rows", default="", help="only the file-drop rows whose name has this text"
+    )
     args = parser.parse_args()
     reason = unavailable_reason(need_nft=True)
     if reason:
@@ -216,15 +226,19 @@ async def main() -> int:
             print()
             print("| file drop | path | MB/s |")
             print("| --- | --- | ---: |")
-            for name, (x, y), budgets in (
-                ("none-none", ("n1", "n2"), ()),
-                ("preserving-preserving", ("p1", "p2"), ()),
-                ("preserving-random", ("p1", "r1"), ()),
-                ("random-random, default relay budgets", ("r1", "r2"), ()),
-                ("random-random, relay budgets lifted", ("r1", "r2"), LIFTED),
+            for n, (name, (x, y), budgets) in enumerate(
+                (
+                    ("none-none", ("n1", "n2"), ()),
+                    ("preserving-preserving", ("p1", "p2"), ()),
+                    ("preserving-random", ("p1", "r1"), ()),
+                    ("random-random, default relay budgets", ("r1", "r2"), ()),
+                    ("random-random, relay budgets lifted", ("r1", "r2"), LIFTED),
+                )
             ):
+                if args.filedrop_rows not in name:
+                    continue
                 await fresh_publics(*budgets)
-                rate, path = await file_drop(lab, net, root, x, y, args.filedrop_mib)
+                rate, path = await file_drop(lab, net, root, x, y, args.filedrop_mib, f"file{n}")
                 print(f"| {name}, {args.filedrop_mib} MiB | {path} | {rate:.1f} |", flush=True)
     finally:
         for d in publics:

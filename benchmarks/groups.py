@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
 
 from p2pchat.config import Paths
+from p2pchat.core.events import NodeEvent
 from p2pchat.core.group.events import GroupMessageReceived
 from p2pchat.node import Node
 from tests.daemons import make_home
@@ -66,6 +67,30 @@ def text(tag: str, i: int) -> str:
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class LoopLag:
+    """How late the shared loop runs a 100 ms sleep: every node lives on this loop, so
+    a lag near the sessions' liveness timeout (3.5 s) means the figures measure a
+    starved process, not the protocol."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(0.1)
+            self.worst = max(self.worst, loop.time() - start - 0.1)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def take(self) -> str:
+        worst, self.worst = self.worst, 0.0
+        return f"worst loop lag {worst * 1000:.0f} ms"
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -91,6 +116,9 @@ class Member:
 
     async def start(self) -> None:
         self.node = Node(self.paths)
+        # Subscribed before the start: a member that comes back is synced by the others
+        # while ``start`` still runs, and those messages must be counted too.
+        stream = self.node.events()
         await self.node.start()
         endpoint = self.node._endpoint
         assert endpoint is not None
@@ -110,10 +138,10 @@ class Member:
             ask(gid, replica, key)  # type: ignore[arg-type]
 
         groups._ask = counting_ask  # type: ignore[method-assign]
-        self._task = asyncio.ensure_future(self._watch())
+        self._task = asyncio.ensure_future(self._watch(stream))
 
-    async def _watch(self) -> None:
-        async for event in self.n.events():
+    async def _watch(self, stream: AsyncGenerator[NodeEvent, None]) -> None:
+        async for event in stream:
             if isinstance(event, GroupMessageReceived):
                 self.shown[event.message.message_id] = time.perf_counter()
 
@@ -134,6 +162,21 @@ async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None
         await asyncio.sleep(0.01)
 
 
+async def waiting(predicate: Callable[[], bool], status: Callable[[], str]) -> None:
+    """``until``, saying every 10 s how far it got (a stalled phase shows where)."""
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(10)
+            print(f"  ... {status()}", flush=True)
+
+    reporter = asyncio.ensure_future(report())
+    try:
+        await until(predicate)
+    finally:
+        reporter.cancel()
+
+
 async def restart(m: Member) -> None:
     for _ in range(200):
         try:
@@ -146,6 +189,8 @@ async def restart(m: Member) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     wire: Counter[str] = Counter()
+    lag = LoopLag()
+    lag.start()
     with tempfile.TemporaryDirectory(prefix="p2pchat-groups-bench-") as tmp:
         root = Path(tmp)
         members = [Member(make_home(root, f"m{i:02d}"), wire) for i in range(args.members)]
@@ -174,17 +219,13 @@ async def run(args: argparse.Namespace) -> None:
                 if pid != m.n.peer_id and m.n.groups.session(pid) is not None
             )  # fmt: skip
 
-        async def report() -> None:
-            while True:
-                await asyncio.sleep(10)
-                print(f"  ... {mesh()} of {len(members) * others} member sessions up", flush=True)
+        def sessions() -> str:
+            return f"{mesh()} of {len(members) * others} member sessions up"
 
-        reporter = asyncio.ensure_future(report())
-        await until(lambda: mesh() == len(members) * others)
-        reporter.cancel()
+        await waiting(lambda: mesh() == len(members) * others, sessions)
         print(
             f"{len(members)} members, full mesh of sessions after "
-            f"{time.perf_counter() - setup:.1f} s of setup"
+            f"{time.perf_counter() - setup:.1f} s of setup ({lag.take()})"
         )
 
         # ----------------------------------------------------- all online
@@ -210,7 +251,7 @@ async def run(args: argparse.Namespace) -> None:
             f"(a {BODY}-byte text; all traffic of all nodes, {sent:,} bytes in all)"
         )
 
-        print(f"load average: {load()}")
+        print(f"load average: {load()}; {lag.take()}")
 
         # ------------------------------------ half online, the rest later
         half = len(members) // 2
@@ -224,9 +265,14 @@ async def run(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         for m in late:
             await restart(m)
-        await until(lambda: all(all(mid in m.shown for mid in posted) for m in late))
+
+        def missing() -> str:
+            lacking = sum(1 for m in late for mid in posted if mid not in m.shown)
+            return f"{lacking} messages still missing at the late members; {sessions()}"
+
+        await waiting(lambda: all(all(mid in m.shown for mid in posted) for m in late), missing)
         done = sorted(max(m.shown[mid] for mid in posted) - start for m in late)
-        await until(lambda: mesh() == len(members) * others)
+        await waiting(lambda: mesh() == len(members) * others, sessions)
         mesh_up = time.perf_counter() - start
         print(
             f"half online ({half}), {args.messages} messages posted, then the other "
@@ -234,7 +280,7 @@ async def run(args: argparse.Namespace) -> None:
             f"{percentile(done, 50):.2f} s (median), {done[-1]:.2f} s (last); "
             f"full mesh of sessions again after {mesh_up:.2f} s"
         )
-        print(f"load average: {load()}")
+        print(f"load average: {load()}; {lag.take()}")
 
         # ---------------------------------------------------- a week away
         away, holder, second = members[-1], members[1], members[2]
@@ -259,7 +305,10 @@ async def run(args: argparse.Namespace) -> None:
         await restart(away)
         away.summaries = 0
         start = time.perf_counter()
-        await until(lambda: all(mid in away.shown for mid in backlog))
+        # Counted first: a full scan of 10,000 ids every poll would be the benchmark's
+        # own cost on the loop every node shares.
+        need = len(set(away.shown) | set(backlog))
+        await until(lambda: len(away.shown) >= need and all(m in away.shown for m in backlog))
         took = time.perf_counter() - start
         await asyncio.sleep(0.5)
         received = wire[holder.paths.home.name]
@@ -269,7 +318,7 @@ async def run(args: argparse.Namespace) -> None:
             f"({received / args.backlog:.0f} bytes per message), "
             f"{wire[away.paths.home.name] / 1e6:.2f} MB sent by it"
         )
-        print(f"load average: {load()}")
+        print(f"load average: {load()}; {lag.take()}")
         for m in members:
             await m.stop()
 

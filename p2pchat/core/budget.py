@@ -7,8 +7,11 @@ connection) in a table that is bounded too, least recently used keys forgotten
 first, so the budget itself cannot be grown by someone cycling through keys.  A
 forgotten key starts again with a full bucket, which is why ``max_keys`` should
 exceed the number of keys that can be active at once, or a global bucket should
-stand behind the keyed one.  Used for DHT replies (``dht/budget.py``), resends and
-message quotas (``delivery.py``) and file offers (``net/transfers.py``).
+stand behind the keyed one.  The one implementation for every budget of the node:
+DHT replies (``dht/budget.py``), resends and message quotas (``delivery.py``), file
+offers (``net/transfers.py``), group summaries and answers (``core/group/replica.py``),
+relayed bytes (``core/relay.py``), rendezvous requests (``core/rendezvous.py``) and
+strangers' punches and relay channels (``net/punch.py``, ``net/relay.py``).
 
 Hand-written because it is a few lines and the libraries on PyPI are either
 asyncio-bound (they sleep instead of answering "not now") or unmaintained.

@@ -164,9 +164,9 @@ class Dialer:
         peer = self._peers.setdefault(peer_id, _Peer())
         attempt = peer.attempt
         if attempt is not None and attempt.upgrade:
-            # The relayed session it was upgrading is gone: race every way again now.
+            # The relayed session it was upgrading is gone: race every way again, as
+            # soon as the node's retry delay allows (``Node.connection_closed``).
             self._finish(peer_id, peer, success=False, counted=False)
-            peer.next_at = 0.0
             attempt = None
         if attempt is not None:
             if self._attempt_over(attempt, now):
@@ -332,8 +332,12 @@ class Dialer:
         if conn.path == "relayed":
             peer.failures = 0
             peer.next_at = self.loop.time() + UPGRADE_EVERY
-            if peer.attempt is not None:
-                peer.attempt.upgrade = True
+            attempt = peer.attempt
+            if attempt is not None:
+                attempt.upgrade = True
+                # A second relayed session would only replace this one.
+                if attempt.relay is not None and not attempt.relay.done():
+                    attempt.relay.cancel()
             return
         if self.punch is not None:
             self.punch.connected(key_from_peer_id(peer_id))

@@ -138,6 +138,15 @@ MAX_INVITES = 32
 """Invitations waiting for an answer; the oldest is forgotten beyond this."""
 MAX_GROUP_SESSIONS = 64
 """Sessions (and dials) with members who are not contacts, over all groups."""
+MAX_GROUP_DIALS = 4
+"""Dial attempts to members running at once.  Joining a big group would otherwise
+start a handshake with every member in the same instant: each costs a key exchange
+and signatures on both sides, and a burst of them delays every session's keepalives
+(the 20-member benchmark fell into a storm of timeouts and redials without this)."""
+FIRST_DIAL_HOLD = 2.0
+"""Of two members who never synced and both need a session, the one with the larger key
+waits this long (times 1 to 2) before its first dial, so the other's usually arrives
+alone: one handshake per pair instead of two that race and one of which is thrown away."""
 MAX_TENTATIVE = 16
 TENTATIVE_TIMEOUT = 15.0
 """A session admitted on its Hello alone must prove membership within this time."""
@@ -212,6 +221,7 @@ class GroupService:
         self._dirty_marks: set[bytes] = set()
         self._marks_at = 0.0
         self._resolving: set[str] = set()
+        self._held: set[str] = set()
         self._hinted: dict[tuple[PeerConnection, bytes], float] = {}
         self._usage: dict[bytes, tuple[int, int]] = {}
         self._load()
@@ -337,6 +347,14 @@ class GroupService:
         pid = self._pid(key)
         contact = self.node.store.get_contact(pid)
         return contact.name if contact else pid[:8]
+
+    def _cached_name(self, key: bytes, names: dict[bytes, str] | None) -> str:
+        if names is None:
+            return self._display_name(key)
+        name = names.get(key)
+        if name is None:
+            name = names[key] = self._display_name(key)
+        return name
 
     def _name(self, row: GroupRow) -> str:
         replica = self._replicas.get(row.id)
@@ -539,7 +557,11 @@ class GroupService:
         """Shown messages in the shared display order, the newest ``limit``."""
         gid = self.find(ref)
         replica = self._replicas.get(gid)
-        return [self._message_view(gid, replica, m) for m in self.db.history(gid, limit=limit)]
+        names: dict[bytes, str] = {}
+        return [
+            self._message_view(gid, replica, m, names)
+            for m in self.db.history(gid, limit=limit)
+        ]
 
     def mark_read(self, ref: str) -> None:
         """Everything shown so far counts as read (unread counts drop to 0)."""
@@ -828,7 +850,7 @@ class GroupService:
                     wanted.setdefault(self._pid(key), []).append(gid)
         dialer = self.node._dialer
         busy = sum(1 for peer in wanted if dialer is not None and dialer.busy(peer))
-        budget = MAX_GROUP_SESSIONS - len(self._sessions) - busy
+        budget = min(MAX_GROUP_SESSIONS - len(self._sessions), MAX_GROUP_DIALS) - busy
         for peer in wanted:
             if dialer is None:
                 break
@@ -837,12 +859,23 @@ class GroupService:
             running = dialer.busy(peer)
             if not running and budget <= 0:
                 continue
+            if peer not in self._held:
+                self._held.add(peer)
+                key = key_from_peer_id(peer)
+                # Only for members we never synced with: both sides just learned of each
+                # other (a new member, a new group) and dial at once.  One coming back
+                # to members it knows dials at once: its return is what they wait for.
+                fresh = not any(self._replicas[g].met(key) for g in wanted[peer])
+                if fresh and self.me > key:
+                    dialer.retry_after(peer, FIRST_DIAL_HOLD * random.uniform(1, 2))
+                    continue
             # A running attempt is handed over too: ``want`` is where the dialer ends
             # one that is over (all its dials closed, or timed out) and backs off;
             # skipping busy peers here left such an attempt, and the member, stuck.
             self._want(dialer, peer, now)
             if not running and dialer.busy(peer):
                 budget -= 1
+        self._held.intersection_update(wanted)
         if now - self._marks_at >= MARKS_EVERY:
             self._marks_at = now
             self.save()
@@ -1130,11 +1163,12 @@ class GroupService:
                 self._ask(gid, replica, key)
             return
         shown_set = set(shown)
+        fresh_refs = {(m.author, m.seq) for m in fresh}
         touched = {m.author for m in fresh} | {a for a, _ in shown} | {a for a, _ in dropped}
         self.db.apply(
             gid,
             new=[(m, (m.author, m.seq) in shown_set) for m in fresh],
-            shown=[ref for ref in shown if ref not in {(m.author, m.seq) for m in fresh}],
+            shown=[ref for ref in shown if ref not in fresh_refs],
             dropped=dropped,
             counters={a: replica.author_state(a)[:3] for a in touched},
             now=self._now(),
@@ -1144,8 +1178,9 @@ class GroupService:
         )
         if fresh:
             self._push(gid, replica, fresh, source=key, fanout=frame.fanout)
+        names: dict[bytes, str] = {}  # one lookup per author, not per message of a backlog
         for m in self.db.messages(gid, shown):
-            self.node._emit(GroupMessageReceived(self._message_view(gid, replica, m)))
+            self.node._emit(GroupMessageReceived(self._message_view(gid, replica, m, names)))
         if any(r.verdict == "need_ops" for r in receipts):
             self._ask(gid, replica, key)
         self._retain(gid, replica, fresh)
@@ -1202,7 +1237,11 @@ class GroupService:
 
     # ------------------------------------------------------------- views
     def _message_view(
-        self, gid: bytes, replica: GroupReplica | None, m: StoredMessage
+        self,
+        gid: bytes,
+        replica: GroupReplica | None,
+        m: StoredMessage,
+        names: dict[bytes, str] | None = None,
     ) -> GroupMessageView:
         author = self._pid(m.author)
         mine = m.author == self.me
@@ -1223,7 +1262,7 @@ class GroupService:
             group_id=gid.hex(),
             message_id=m.id,
             author=author,
-            author_name=self._display_name(m.author),
+            author_name=self._cached_name(m.author, names),
             seq=m.seq,
             clock=m.clock,
             sent_at=m.sent_at,

@@ -412,7 +412,14 @@ class DataReceiver:
             return None
         inc.via = via
         self.manager.counters[f"{via}_channels"] += 1
-        self._open_files(inc, t)
+        try:
+            self._open_files(inc, t)
+        except OSError as exc:  # the folder went away, the disk is read-only...
+            try:
+                self._disk_failed(inc, exc)
+            except StoreError as failed:
+                self._store_failed(inc, failed)
+            return None
         if t.state != "receiving":
             try:
                 self.manager.set_state(t, "receiving")

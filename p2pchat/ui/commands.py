@@ -27,10 +27,19 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("reply", "/reply TEXT", "answer their latest message, quoting it", 1),
     CommandSpec("edit", "/edit TEXT", "change your latest message, for both sides", 1),
     CommandSpec("delete", "/delete", "delete your latest message, for both sides"),
-    CommandSpec("invite", "/invite", "show your invite and fingerprint"),
+    CommandSpec("search", "/search WORDS", "find messages in every conversation", 1),
+    CommandSpec(
+        "invite",
+        "/invite [CONTACT]",
+        "show your invite and fingerprint; in a group, invite CONTACT to it",
+    ),
     CommandSpec("mute", "/mute", "no notifications, bell or desktop alerts for this contact"),
     CommandSpec("unmute", "/unmute", "notifications for this contact again"),
-    CommandSpec("remove", "/remove", "remove this contact (history stays; they may ask again)"),
+    CommandSpec(
+        "remove",
+        "/remove [MEMBER]",
+        "remove this contact (history stays; they may ask again); in a group, remove MEMBER",
+    ),
     CommandSpec(
         "block",
         "/block [who]",
@@ -44,6 +53,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
         1,
     ),
     CommandSpec("transfers", "/transfers", "list file transfers (F3)"),
+    CommandSpec("group", "/group create NAME", "start a group (you are its admin)", 1),
+    CommandSpec("members", "/members", "who is in this group, who is online"),
+    CommandSpec("leave", "/leave", "leave this group (its history stays)"),
     CommandSpec("help", "/help", "keys and commands"),
     CommandSpec("quit", "/quit", "leave p2pchat"),
 )

@@ -361,8 +361,28 @@ def display_folder(folder: str) -> str:
     return folder
 
 
+# Kinds of file that run code when "opened" on some desktop (a launcher, a script,
+# a program): a received file of these kinds is shown in its folder instead.
+RUNS_CODE = frozenset(
+    ".desktop .sh .bash .zsh .csh .ksh .fish .command .tool .run .bin .appimage .deb .rpm "
+    ".exe .com .bat .cmd .msi .scr .ps1 .vbs .vbe .js .jse .wsf .wsh .hta .lnk .jar .py "
+    ".pyw .pl .rb .php .app .pkg .dmg .apk .reg .cpl .inf .scf .url .webloc".split()
+)
+
+
+def runs_code(path: Path) -> bool:
+    """Opening this file could run a program (by its kind, or its executable bit)."""
+    if any(suffix.lower() in RUNS_CODE for suffix in path.suffixes[-2:]):
+        return True
+    try:
+        return path.is_file() and bool(path.stat().st_mode & 0o111)
+    except OSError:
+        return False
+
+
 def opener_argv(folder: str) -> list[str] | None:
-    """The command that shows ``folder`` in the desktop's file manager, if there is one.
+    """The command that opens ``folder`` (or a file, or a web link) with the desktop's
+    program for it (the file manager, a viewer, the browser), if there is one.
 
     On Linux ``xdg-open`` needs a graphical session: without one it may start a
     text browser on the very terminal the app is drawing on.  (``/usr/bin/open``

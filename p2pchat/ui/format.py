@@ -64,6 +64,15 @@ def clock_time(ts: float, tz: dt.tzinfo | None) -> str:
     return local_datetime(ts, tz).strftime("%H:%M")
 
 
+def full_time(ts: float, tz: dt.tzinfo | None) -> str:
+    """A message's date and time in full, with the zone: ``Mon 30 Nov 2026, 14:03:22 UTC``."""
+    when = local_datetime(ts, tz)
+    if tz is None:
+        when = when.astimezone()
+    zone = when.tzname() or when.strftime("%z")
+    return f"{when.strftime('%a')} {when.day} {when.strftime('%b %Y, %H:%M:%S')} {zone}"
+
+
 def day_of(ts: float, tz: dt.tzinfo | None) -> dt.date:
     return local_datetime(ts, tz).date()
 

@@ -193,11 +193,34 @@ async def test_open_folder_runs_the_file_manager(
     await until(pilot, lambda: card.info.state == "done")
     assert card.status.endswith("press o to open folder")
     assert pair.main.composer.has_focus
-    await pilot.press("shift+tab")  # the message box's neighbour: the latest card
-    assert card.has_focus
+    await pilot.press("shift+tab")  # the message box's neighbour: the latest card's Open
+    assert card.has_focus_within
     await pilot.press("o")
     await until(pilot, lambda: marker.exists() and marker.read_text() == str(pair.downloads))
     assert app.screen is pair.main
+    # Enter (its Open button) opens the received file itself.
+    received = str(pair.downloads / "a.txt")
+    await pilot.press("enter")
+    await until(pilot, lambda: marker.read_text() == received)
+    # Selected in the conversation (Ctrl+Up from the message box), Enter opens it too.
+    marker.unlink()
+    pair.main.composer.focus()
+    await pilot.press("ctrl+up")
+    view = pair.main.conversation
+    await until(pilot, lambda: view.selected is card)
+    assert "Enter open the file" in view.detail_text
+    await pilot.press("enter")
+    await until(pilot, lambda: marker.exists() and marker.read_text() == received)
+    # A file of a kind that runs code when opened is only shown in its folder.
+    risky = await pair.peer.offer_files("alice", [payload(pair.tmp / "o" / "run.desktop", 10)])
+    await until(pilot, lambda: pair.card(risky.id) is not None)
+    risky_card = pair.card(risky.id)
+    assert isinstance(risky_card, TransferCard)
+    await until(pilot, lambda: risky_card.info.state == "done")
+    marker.unlink()
+    risky_card.action_open_file()
+    await until(pilot, lambda: marker.exists())
+    assert marker.read_text() == str(pair.downloads)
 
 
 # --------------------------------------------------------------- sending

@@ -19,6 +19,7 @@ from p2pchat.ui.files import (
     status_text,
     transfer_title,
 )
+from p2pchat.ui.links import find_links
 
 HASH = bytes(32)
 
@@ -203,3 +204,22 @@ def test_folder_opener_needs_a_desktop(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_paused_transfer_says_so_without_a_speed() -> None:
     text = status_text(_info("paused", error="bob went offline"), "bob", 12_400_000)
     assert text == "paused: bob went offline · 30.0 MiB / 46.0 MiB · resumes when bob is back"
+
+
+def test_files_that_run_code_are_not_opened(tmp_path: Path) -> None:
+    for name in ("x.desktop", "setup.SH", "a.tar.exe", "tool.AppImage", "s.py"):
+        assert files.runs_code(tmp_path / name), name
+    plain = tmp_path / "photo.jpg"
+    plain.write_bytes(b"x")
+    assert not files.runs_code(plain) and not files.runs_code(tmp_path / "notes.tar.gz")
+    plain.chmod(0o755)  # an executable bit makes any name a program
+    assert files.runs_code(plain)
+
+
+def test_links_are_web_links_only() -> None:
+    text = (
+        "see https://example.org/a_(b), and (http://x.y/z). file:///etc/passwd "
+        "javascript:alert(1) https:// HTTPS://Q.com/?a=1! https://example.org/a_(b)"
+    )
+    assert find_links(text) == ["https://example.org/a_(b)", "http://x.y/z", "HTTPS://Q.com/?a=1"]
+    assert find_links("https://a.b/\x1b[31mred") == ["https://a.b/"]

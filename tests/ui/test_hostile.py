@@ -47,6 +47,7 @@ from p2pchat.ui.app import ChatApp
 from p2pchat.ui.desktop import notifier_command
 from p2pchat.ui.messages import NodeEventArrived
 from p2pchat.ui.safe import MAX_MARKS, clean, literal, one_line
+from p2pchat.ui.screens.confirm import ChoiceScreen
 from p2pchat.ui.screens.contacts import AddContactScreen, RequestScreen
 from p2pchat.ui.screens.files import (
     ConfirmSendScreen,
@@ -56,6 +57,7 @@ from p2pchat.ui.screens.files import (
     TransfersScreen,
 )
 from p2pchat.ui.screens.help import HelpScreen
+from p2pchat.ui.screens.search import SearchScreen
 from p2pchat.ui.screens.setup import (
     FatalScreen,
     FirstRunScreen,
@@ -80,7 +82,9 @@ ZALGO = "Z" + "\u0300\u0301\u0302" * 30 + "algo"
 LONG = "N" * 10_000
 # A display name with all of it; the visible part starts with the markup.
 HOSTILE_NAME = f"{MARKUP} {ANSI} {BIDI} {ZERO_WIDTH} {ZALGO} {LONG}"
-BODIES = ("x" + LONG, MARKUP, MARKUP_2, ANSI, BIDI, ZERO_WIDTH, ZALGO)
+# Links are offered to open: their text is peer text like the rest.
+LINKS = "https://a.example/\x1b[31mEVIL https://b.example/[red]EVIL[/]"
+BODIES = ("x" + LONG, MARKUP, MARKUP_2, ANSI, BIDI, ZERO_WIDTH, ZALGO, LINKS)
 FILE_NAMES = ("[red]EVIL[/].txt", "\x1b[31mEVIL\x1b[0m.bin", "\u202egnp.exe", "E\u200bVIL.doc")
 # On disk ("/" cannot be in a file name): what a received file may be called.
 DISK_NAMES = ("[red]EVIL.txt", "[@click=app.quit]EVIL", "\x1b[31mEVIL\x1b[0m.bin", "\u202egnp.exe")
@@ -354,6 +358,50 @@ async def test_every_screen_shows_hostile_peer_text_literally(
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is main)
 
+        # Every row selected in turn: its details line, then what its keys open.
+        main.composer.focus()
+        await pilot.press("ctrl+up")
+        view = main.conversation
+        await until(pilot, lambda: view.selected is not None)
+        for _ in range(len(view.selectable())):
+            await settle(pilot)
+            check_screen(app)
+            await pilot.press("up")
+        theirs = {i.line.body: i for i in view.message_items() if not i.line.outgoing}
+        ours = {i.line.body: i for i in view.message_items() if i.line.outgoing}
+        view.select(theirs[MARKUP], focus=True)
+        await pilot.press("r")
+        await until(pilot, lambda: main.composer.context is not None)
+        await settle(pilot)
+        check_screen(app, "Replying to [red]EVIL[/]")
+        await pilot.press("escape")
+        await until(pilot, lambda: main.composer.context is None)
+        view.select(ours[MARKUP], focus=True)
+        await pilot.press("d")
+        await until(pilot, lambda: showing(app, ChoiceScreen))
+        await settle(pilot)
+        check_screen(app, LITERAL)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is main)
+        view.select(theirs[LINKS], focus=True)
+        await pilot.press("o")
+        await until(pilot, lambda: showing(app, ChoiceScreen))
+        await settle(pilot)
+        check_screen(app, "https://b.example/[red]EVIL[/]", "https://a.example/")
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is main)
+        main.composer.focus()
+        await pilot.press(*"/search EVIL")
+        await pilot.press("enter")
+        await until(pilot, lambda: showing(app, SearchScreen))
+        search = app.screen
+        assert isinstance(search, SearchScreen)
+        await until(pilot, lambda: bool(search.results))
+        await settle(pilot)
+        check_screen(app, LITERAL)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is main)
+
         main.composer.focus()
         await pilot.press("ctrl+o")
         await until(pilot, lambda: showing(app, FilePickerScreen))
@@ -519,4 +567,78 @@ async def test_a_contact_whose_name_is_markup_can_talk_to_us(
             assert isinstance(main.query_one(Composer).placeholder, Content)
     finally:
         await dave.stop()
+    spy.check()
+
+
+async def test_groups_show_hostile_names_and_messages_literally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group named with markup, by a contact whose name is hostile, whose messages are
+    hostile: the list, the invitation, the conversation, the member list, the notice and
+    the palette show all of it as typed."""
+    from p2pchat.node import Node
+    from p2pchat.ui.screens.groups import GroupInviteScreen, GroupMembersScreen
+    from p2pchat.ui.widgets.group_rows import GROUP_INVITE
+
+    from ..conftest import free_udp_port, make_home
+
+    spy = MarkupSpy(monkeypatch)
+    bob = Node(make_home(tmp_path, "bob"))
+    await bob.start(listen=f"127.0.0.1:{free_udp_port()}")
+    try:
+        app = ChatApp(make_home(tmp_path, "alice"), listen=f"127.0.0.1:{free_udp_port()}")
+        async with app.run_test(size=(120, 36)) as pilot:
+            main = await main_screen(pilot)
+            node = app.node
+            assert node is not None
+            node.add_contact(bob.peer_id, name="bob", addresses=bob.addresses)
+            bob.add_contact(node.peer_id, name="alice", addresses=node.addresses)
+            with sqlite3.connect(node.paths.database) as db:
+                db.execute(
+                    "UPDATE contacts SET name = ? WHERE peer_id = ?", (HOSTILE_NAME, bob.peer_id)
+                )
+            await until(pilot, lambda: node.is_online(bob.peer_id), 30)
+            gid = bob.groups.create(MARKUP[:60], ["alice"]).group_id
+            await until(pilot, lambda: gid in main.contact_list.group_ids, 30)
+            await settle(pilot)
+            check_screen(app, "[red]EVIL[/] [link=")
+            main.contact_list.focus()
+            main.contact_list.highlighted = main.contact_list.get_option_index(
+                GROUP_INVITE + gid
+            )
+            await pilot.press("enter")
+            await until(pilot, lambda: showing(app, GroupInviteScreen))
+            await settle(pilot)
+            check_screen(app, "Invitation to the group [red]EVIL[/]", LITERAL)
+            await pilot.click("#accept")
+            await until(pilot, lambda: main.groups.open_id == gid)
+            # (group messages refuse NUL at both ends; every other control stays)
+            bob.groups.send(gid, f"{MARKUP} {ANSI.replace(chr(0), '')} {BIDI}")
+            await until(pilot, lambda: len(main.conversation.message_items()) == 1, 30)
+            await settle(pilot)
+            check_screen(app, LITERAL, "␛[31mEVIL␛[0m", "gnp.exe")
+            composer = main.query_one(Composer)
+            composer.focus()
+            composer.load_text("/members")
+            await pilot.press("enter")
+            await until(pilot, lambda: showing(app, GroupMembersScreen))
+            await settle(pilot)
+            check_screen(app, "Members of [red]EVIL[/]", LITERAL)
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is main)
+            # Elsewhere: the group's news is a notice naming the group and the author.
+            main.open_conversation(bob.peer_id)
+            bob.groups.send(gid, MARKUP_2)
+            await until(pilot, lambda: f"group:{gid}" in main.notices.notices, 30)
+            await settle(pilot)
+            check_screen(app, "[$text]EVIL[/]")
+            await pilot.press("ctrl+p")
+            await until(pilot, lambda: showing(app, CommandPalette))
+            await pilot.press(*"group")
+            await pilot.pause(0.5)
+            check_screen(app, "Open group: [red]EVIL[/]")
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is main)
+    finally:
+        await bob.stop()
     spy.check()

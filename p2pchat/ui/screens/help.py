@@ -21,8 +21,18 @@ EDITING_KEYS: tuple[tuple[str, str], ...] = (
     (" / ".join(sorted(NEWLINE_KEYS)), "new line in the message"),
     ("up / down", "recall earlier messages (on the first / last line)"),
     ("pageup / pagedown", "scroll the conversation"),
-    ("tab / shift+tab", "move between the list and the message box"),
+    ("tab / shift+tab", "move between the list, the messages and the message box"),
     ("//text", "send a message that starts with '/'"),
+)
+
+# In the messages (Ctrl+Up from the message box, Shift+Tab, or a click).
+MESSAGE_KEYS: tuple[tuple[str, str], ...] = (
+    ("up / down", "select an older / newer message (older ones load at the top)"),
+    ("r", "reply to the selected message"),
+    ("e / d", "edit / delete it, if it is yours (for both sides)"),
+    ("o", "open its link (a file card: its folder)"),
+    ("enter", "open a received file (on its card)"),
+    ("end / escape", "jump to the latest / back to the message box"),
 )
 
 
@@ -39,6 +49,8 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help-card", classes="modal-card"):
             yield Static("Keys", classes="card-subtitle")
             yield Static(_table([*self.keys, *EDITING_KEYS]), id="help-keys")
+            yield Static("In the messages", classes="card-subtitle")
+            yield Static(_table(MESSAGE_KEYS), id="help-message-keys")
             yield Static("Commands", classes="card-subtitle")
             yield Static(_table([(c.usage, c.summary) for c in COMMANDS]), id="help-commands")
             with Horizontal(classes="buttons"):

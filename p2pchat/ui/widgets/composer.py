@@ -9,18 +9,32 @@ All three insert a newline.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from textual import events
 from textual.binding import Binding, BindingType
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import TextArea
 
 from p2pchat.ui.files import pasted_paths
 from p2pchat.ui.format import InputHistory
+from p2pchat.ui.safe import one_line
 
 NEWLINE_KEYS = frozenset({"ctrl+j", "shift+enter", "alt+enter"})
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeContext:
+    """What Enter does with the text besides sending it: answer a message, or
+    replace the text of one of ours."""
+
+    kind: Literal["reply", "edit"]
+    message_id: str
+    about: str
+    """Who and what the message said (peer text: shown cleaned, one line)."""
 
 
 class Composer(TextArea):
@@ -97,11 +111,31 @@ class Composer(TextArea):
             placeholder=placeholder,
         )
         self.sent_history = InputHistory()
+        self.context: ComposeContext | None = None
         # Off: a pasted path is just text.  The main screen turns it on and
         # answers PathPasted (file drop).
         self.intercept_paths = False
 
+    def set_context(self, context: ComposeContext | None) -> None:
+        """Reply to or edit a message with the next Enter (None: a plain message again);
+        the box's title says which, and Escape drops it."""
+        self.context = context
+        if context is None:
+            self.border_title = None
+            return
+        verb = "Replying to" if context.kind == "reply" else "Editing"
+        self.border_title = Content.assemble(
+            (f"{verb} ", "bold"), one_line(context.about, 60), (" · Esc cancels", "dim")
+        )
+
     async def _on_key(self, event: events.Key) -> None:
+        if event.key == "escape" and self.context is not None:
+            event.stop()
+            event.prevent_default()
+            if self.context.kind == "edit":
+                self.clear()
+            self.set_context(None)
+            return
         if event.key == "enter":
             event.stop()
             event.prevent_default()

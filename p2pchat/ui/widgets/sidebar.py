@@ -1,10 +1,13 @@
-"""The left-hand list: contacts, then pending requests, then nearby strangers.
+"""The left-hand list: contacts, groups, then pending requests and group invitations,
+then nearby strangers.
 
 One ``OptionList`` rather than three widgets so the cursor moves through all
 sections with the same keys; section titles are disabled options the cursor
 skips.  Highlighting a contact opens its conversation at once (as in gomuks
-and weechat's buffer list); requests and nearby peers need Enter, because
-opening them asks a question.
+and weechat's buffer list), and so does highlighting a group; requests, group
+invitations and nearby peers need Enter, because opening them asks a question.
+Groups come from their own refresh (:meth:`ContactList.set_groups`): the list
+keeps the last contacts and groups it was given and redraws from both.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from textual.widgets.option_list import Option, OptionDoesNotExist
 
 from p2pchat.ui.format import relative_time, short_id
 from p2pchat.ui.safe import one_line
+from p2pchat.ui.widgets.group_rows import (
+    GROUP,
+    GROUP_INVITE,
+    GroupEntry,
+    group_prompt,
+    invite_prompt,
+)
 
 CONTACT = "c:"
 REQUEST = "r:"
@@ -64,6 +74,17 @@ class NearbyEntry:
     proven: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """What the list was last given by the contact side (redrawn with new groups)."""
+
+    contacts: Sequence[ContactEntry]
+    requests: Sequence[RequestEntry]
+    nearby: Sequence[NearbyEntry]
+    now: float
+    current: str | None
+
+
 class ContactList(OptionList):
     """Contacts with presence, unread counts and last activity."""
 
@@ -86,11 +107,25 @@ class ContactList(OptionList):
             super().__init__()
             self.peer_id = peer_id
 
+    class GroupHighlighted(Message):
+        def __init__(self, group_id: str) -> None:
+            super().__init__()
+            self.group_id = group_id
+
+    class GroupInviteSelected(Message):
+        def __init__(self, group_id: str) -> None:
+            super().__init__()
+            self.group_id = group_id
+
     def __init__(self, *, tz: dt.tzinfo | None, id: str | None = None) -> None:
         super().__init__(id=id)
         self.tz = tz
         self.contact_ids: list[str] = []
         self.request_ids: list[str] = []
+        self.group_ids: list[str] = []
+        self._groups: list[GroupEntry] = []
+        self._open_group: str | None = None
+        self._shown: _Shown | None = None
 
     # ------------------------------------------------------------- content
     def show(
@@ -103,11 +138,14 @@ class ContactList(OptionList):
         current: str | None,
     ) -> None:
         """Rebuild the list, keeping the cursor on the same entry."""
+        self._shown = _Shown(contacts, requests, nearby, now, current)
         keep = self.highlighted_option.id if self.highlighted_option is not None else None
         if current is not None and (keep is None or keep.startswith(CONTACT)):
             # The open conversation wins over a contact row the cursor was left on: it
             # was opened some other way (palette, notification) before its row existed.
             keep = CONTACT + current
+        elif self._open_group is not None and (keep is None or keep.startswith(GROUP)):
+            keep = GROUP + self._open_group
         options: list[Option] = [
             _heading("Contacts", len(contacts)),
         ]
@@ -116,17 +154,35 @@ class ContactList(OptionList):
             options.append(
                 Option(Content.styled("  none yet: Ctrl+N", "$text-muted"), disabled=True)
             )
+        groups = [g for g in self._groups if g.status != "invited"]
+        invites = [g for g in self._groups if g.status == "invited"]
+        if groups:
+            options.append(_heading("Groups", len(groups)))
+            options += [Option(group_prompt(g), id=GROUP + g.group_id) for g in groups]
         if requests:
             options.append(_heading("Requests", len(requests)))
             options += [Option(_request_prompt(r), id=REQUEST + r.peer_id) for r in requests]
+        if invites:
+            options.append(_heading("Group invitations", len(invites)))
+            options += [Option(invite_prompt(g), id=GROUP_INVITE + g.group_id) for g in invites]
         if nearby:
             options.append(_heading("Nearby", len(nearby)))
             options += [Option(_nearby_prompt(n), id=NEARBY + n.peer_id) for n in nearby]
         self.contact_ids = [c.peer_id for c in contacts]
         self.request_ids = [r.peer_id for r in requests]
+        self.group_ids = [g.group_id for g in self._groups]
         self.set_options(options)
         if keep is not None:
             self._highlight_id(keep)
+
+    def set_groups(self, groups: Sequence[GroupEntry], *, open_group: str | None) -> None:
+        """The groups and invitations to list (``open_group``: the one on screen)."""
+        self._groups = list(groups)
+        self._open_group = open_group
+        shown = self._shown
+        if shown is not None:
+            current = None if open_group is not None else shown.current
+            self.show(shown.contacts, shown.requests, shown.nearby, now=shown.now, current=current)
 
     def _contact_prompt(self, c: ContactEntry, now: float) -> Content:
         dot = ("● ", "$success") if c.online else ("○ ", "$text-muted")
@@ -157,7 +213,12 @@ class ContactList(OptionList):
             return  # the entry went away; leave the cursor where it is
 
     def select_contact(self, peer_id: str) -> None:
+        self._open_group = None
         self._highlight_id(CONTACT + peer_id)
+
+    def select_group(self, group_id: str) -> None:
+        self._open_group = group_id
+        self._highlight_id(GROUP + group_id)
 
     def step_contact(self, delta: int, current: str | None) -> str | None:
         """The contact ``delta`` rows from ``current`` (wrapping), for Alt+Up/Down."""
@@ -175,6 +236,9 @@ class ContactList(OptionList):
         if option_id.startswith(CONTACT):
             event.stop()
             self.post_message(self.ContactHighlighted(option_id[len(CONTACT) :]))
+        elif option_id.startswith(GROUP):
+            event.stop()
+            self.post_message(self.GroupHighlighted(option_id[len(GROUP) :]))
 
     @on(OptionList.OptionSelected)
     def _selected(self, event: OptionList.OptionSelected) -> None:
@@ -186,16 +250,23 @@ class ContactList(OptionList):
             self.post_message(self.NearbySelected(option_id[len(NEARBY) :]))
         elif option_id.startswith(CONTACT):
             self.post_message(self.ContactHighlighted(option_id[len(CONTACT) :]))
+        elif option_id.startswith(GROUP_INVITE):
+            self.post_message(self.GroupInviteSelected(option_id[len(GROUP_INVITE) :]))
+        elif option_id.startswith(GROUP):
+            self.post_message(self.GroupHighlighted(option_id[len(GROUP) :]))
 
 
 PATH_WORDS = {"lan": "LAN", "direct": "direct", "punched": "punched", "relayed": "relayed"}
 
 
-def path_words(path: str | None, rtt_ms: float | None) -> str:
-    """`` · LAN · 3 ms``: how the session runs, for the list and the header."""
+def path_words(path: str | None, rtt_ms: float | None, via: str | None = None) -> str:
+    """`` · LAN · 3 ms``: how the session runs, for the list and the header; the
+    header also names the relay of a relayed session (``via``, its peer ID, shortened)."""
     words = ""
     if path:
         words += f" · {PATH_WORDS.get(path, one_line(path, 12))}"
+    if path == "relayed" and via:
+        words += f" via {one_line(short_id(via), 8)}"
     if rtt_ms is not None:
         words += f" · {rtt_ms:.0f} ms"
     return words

@@ -101,6 +101,7 @@ class TransferCard(ConversationItem):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("o", "open_folder", "Open folder", show=False),
+        Binding("enter", "open_file", "Open file", show=False),
     ]
 
     DEFAULT_CSS = """
@@ -136,7 +137,8 @@ class TransferCard(ConversationItem):
 
     class Action(Message):
         """A button (or key) of the card asks for ``action`` on its transfer:
-        ``accept``, ``decline``, ``save_as``, ``cancel`` or ``open``."""
+        ``accept``, ``decline``, ``save_as``, ``cancel``, ``open`` (the folder) or
+        ``open_file``."""
 
         def __init__(self, card: TransferCard, action: str) -> None:
             super().__init__()
@@ -195,10 +197,17 @@ class TransferCard(ConversationItem):
                     yield self._bar()
             with Horizontal(classes="tc-foot"):
                 yield _Status(classes="tc-status")
-                yield Button("Accept", id="tc-accept", variant="success", compact=True)
-                yield Button("Decline", id="tc-decline", variant="error", compact=True)
-                yield Button("Save as…", id="tc-save-as", compact=True)
-                yield Button("Cancel", id="tc-cancel", compact=True)
+                # Shown or hidden from the start: a row that changes height after its
+                # first layout moves whatever a scroll position was computed for.
+                for button in (
+                    Button("Accept", id="tc-accept", variant="success", compact=True),
+                    Button("Decline", id="tc-decline", variant="error", compact=True),
+                    Button("Save as…", id="tc-save-as", compact=True),
+                    Button("Cancel", id="tc-cancel", compact=True),
+                    Button("Open", id="tc-open-file", variant="primary", compact=True),
+                ):
+                    button.display = self._button_shown(button.id or "")
+                    yield button
 
     def on_mount(self) -> None:
         # Updates that came before the children existed only changed ``info``.
@@ -248,12 +257,17 @@ class TransferCard(ConversationItem):
         if self._ready:
             self.query_one(".tc-status", _Status).show(self._status())
 
-    def _show_buttons(self) -> None:
+    def _button_shown(self, button_id: str) -> bool:
         info = self.info
-        offer = info.awaiting_answer
-        for button_id in ("#tc-accept", "#tc-decline", "#tc-save-as"):
-            self.query_one(button_id, Button).display = offer
-        self.query_one("#tc-cancel", Button).display = info.cancellable
+        if button_id in ("tc-accept", "tc-decline", "tc-save-as"):
+            return info.awaiting_answer
+        if button_id == "tc-cancel":
+            return info.cancellable
+        return info.incoming and info.state == "done" and bool(info.saved)
+
+    def _show_buttons(self) -> None:
+        for button in self.query(".tc-foot Button").results(Button):
+            button.display = self._button_shown(button.id or "")
 
     # ------------------------------------------------------------ updates
     def update_info(self, info: TransferInfo) -> None:
@@ -341,9 +355,18 @@ class TransferCard(ConversationItem):
         event.stop()
         self.post_message(self.Action(self, "cancel"))
 
+    @on(Button.Pressed, "#tc-open-file")
+    def _open_file(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.action_open_file()
+
     def action_open_folder(self) -> None:
         if self.info.incoming and self.info.state == "done":
             self.post_message(self.Action(self, "open"))
+
+    def action_open_file(self) -> None:
+        if self.info.incoming and self.info.state == "done":
+            self.post_message(self.Action(self, "open_file"))
 
 
 class PreparingCard(ConversationItem):

@@ -1,5 +1,6 @@
 """The open conversation: what it shows, sending, replies, edits and deletions, read
-receipts and "typing…" both ways.
+receipts and "typing…" both ways, older history paged in, the selected message's
+actions (reply, edit, delete, open a link) and finding a message by search.
 
 The pane (``widgets/conversation.py``) draws rows and keeps its own state
 (which rows are shown, who is typing, messages waiting for the next flush);
@@ -27,13 +28,21 @@ from p2pchat.remote import OwnerUnavailable
 from p2pchat.store import Contact, Message, StoreError
 from p2pchat.ui.format import TypingSignal, TypingThrottle, day_of, relative_time, short_id
 from p2pchat.ui.safe import one_line, shown_name
+from p2pchat.ui.screens.confirm import ChoiceScreen
 from p2pchat.ui.screens.main.commands import Handler
-from p2pchat.ui.widgets import ChatLine, Composer
+from p2pchat.ui.screens.search import SearchScreen
+from p2pchat.ui.widgets import ChatLine, Composer, ConversationView
+from p2pchat.ui.widgets.composer import ComposeContext
+from p2pchat.ui.widgets.conversation import MessageItem
 
 if TYPE_CHECKING:
     from p2pchat.ui.screens.main.screen import MainScreen
 
 HISTORY_LIMIT = 300
+# Older history comes in pages of this many messages as the user scrolls up.
+PAGE = 100
+# A search result older than this many pages back is not paged in to be shown.
+REVEAL_PAGES = 10
 
 
 class ChatController:
@@ -45,11 +54,24 @@ class ChatController:
         self._read_due = False
 
     # ---------------------------------------------------------- showing
-    def open(self, peer_id: str, contact: Contact) -> None:
-        """Fill the pane with the conversation with ``contact``."""
+    def open(self, peer_id: str, contact: Contact, *, reach: str | None = None) -> None:
+        """Fill the pane with the conversation with ``contact``; with ``reach`` (a
+        message id), page back until that message is in it (at most ``REVEAL_PAGES``)."""
         screen = self.screen
         screen.contacts.names[peer_id] = shown = shown_name(contact.name, short_id(peer_id))
         messages = screen.node.history(peer_id, limit=HISTORY_LIMIT)
+        has_more = len(messages) >= HISTORY_LIMIT
+        pages = 0
+        while reach is not None and has_more and pages < REVEAL_PAGES:
+            if any(m.id == reach for m in messages):
+                break
+            page = screen.node.history(peer_id, limit=PAGE, before=messages[0].id)
+            messages = page + messages
+            has_more = len(page) >= PAGE
+            pages += 1
+        unread = next(
+            (m.id for m in messages if m.direction == "in" and m.state == "delivered"), None
+        )
         screen.conversation.show(
             peer_id,
             self.header(contact),
@@ -57,9 +79,52 @@ class ChatController:
             cards=screen.transfers.cards_of(peer_id),
             today=day_of(screen.clock(), screen.tz),
             empty_hint=f"No messages with {shown} yet. Say hello!",
+            unread_from=unread,
+            has_more=has_more,
+            paged=pages > 0,
         )
         screen.conversation.set_banner(screen.contacts.warnings.get(peer_id))
         self.schedule_read()
+
+    def older(self) -> None:
+        """The user reached the top: the page of history before the first row."""
+        screen = self.screen
+        view = screen.conversation
+        peer = screen.current
+        first = view.oldest_message_id
+        if peer is None or first is None or not view.has_more:
+            # A group's pane: no paging there yet, so no promise of more either.
+            view.prepend_lines([], has_more=False)
+            return
+        page = screen.node.history(peer, limit=PAGE, before=first)
+        name = screen.contacts.names.get(peer, "")
+        view.prepend_lines([self.line(m, name) for m in page], has_more=len(page) >= PAGE)
+
+    def jump_latest(self) -> None:
+        """To the newest message; a pane grown by paging is read afresh (its usual size)."""
+        screen = self.screen
+        view = screen.conversation
+        if screen.current is not None and view.paged:
+            screen.open_conversation(screen.current, reload=True)
+        view.scroll_to_latest()
+        screen.composer.focus()
+
+    def reveal(self, message: Message) -> None:
+        """Open the message's conversation with it selected, paging back to reach it."""
+        screen = self.screen
+        view = screen.conversation
+        if not (screen.current == message.peer_id and view.has_message(message.id)):
+            screen.open_conversation(message.peer_id, reload=True, reach=message.id)
+        item = view.message(message.id)
+        if item is None:
+            screen.notify(
+                "That message is further back than the app pages in; "
+                "`p2pchat history` shows it all",
+                severity="warning",
+            )
+            return
+        # Selected once the rows are laid out (a fresh timeline mounts after this).
+        view.call_after_refresh(view.select, item, focus=True)
 
     def line(self, m: Message, name: str) -> ChatLine:
         outgoing = m.direction == "out"
@@ -259,7 +324,8 @@ class ChatController:
         self._needs_read.add(peer)
         if peer == screen.current:
             # Drawn at the next flush, together with whatever else arrives by then.
-            screen.conversation.queue_line(
+            view = screen.conversation
+            view.queue_line(
                 ChatLine(
                     message_id=event.message_id,
                     outgoing=False,
@@ -268,7 +334,8 @@ class ChatController:
                     at=event.received_at,
                     state="delivered",
                     quote=self._quote(peer, event.reply_to),
-                )
+                ),
+                unread=not screen.in_view() or not view.timeline.following,
             )
             self.schedule_read()
         if peer in screen.contacts.muted:
@@ -302,7 +369,109 @@ class ChatController:
 
     # ---------------------------------------------------------- commands
     def commands(self) -> dict[str, Handler]:
-        return {"reply": self._cmd_reply, "edit": self._cmd_edit, "delete": self._cmd_delete}
+        return {
+            "reply": self._cmd_reply,
+            "edit": self._cmd_edit,
+            "delete": self._cmd_delete,
+            "search": self._cmd_search,
+        }
+
+    def _cmd_search(self, args: str) -> None:
+        """Find messages in every conversation (full-text, newest first)."""
+        screen = self.screen
+
+        def chosen(found: Message | None) -> None:
+            if found is not None:
+                self.reveal(found)
+
+        today = day_of(screen.clock(), screen.tz)
+        screen.app.push_screen(SearchScreen(screen.node, args, today=today, tz=screen.tz), chosen)
+
+    # --------------------------------------------------- the selected row
+    def submit(self, text: str, composer: Composer) -> None:
+        """Enter on text that is not a command: a reply or an edit if the box says so."""
+        context = composer.context
+        if context is None:
+            self.send_text(text, restore=composer)
+        elif context.kind == "reply":
+            composer.set_context(None)
+            self.send_text(text, restore=composer, reply_to=context.message_id)
+        else:
+            try:
+                edited = self.screen.node.edit_message(context.message_id, text)
+            except OwnerUnavailable:
+                raise
+            except (NodeError, StoreError) as exc:
+                self.screen.notify(str(exc), severity="error", markup=False)
+                composer.load_text(text)
+                return
+            composer.set_context(None)
+            self.screen.conversation.change_message(edited.id, body=edited.body)
+
+    def act(self, event: ConversationView.Acted) -> None:
+        """A key on the selected message: reply, edit, delete, open its link."""
+        item = event.item
+        if not isinstance(item, MessageItem):
+            return
+        line = item.line
+        screen = self.screen
+        composer = screen.composer
+        about = f"{line.author}: {line.body}"
+        if screen.groups.is_open and event.action in ("reply", "edit", "delete"):
+            return  # groups have no replies, edits or deletions yet
+        if event.action == "reply" and not line.deleted:
+            composer.set_context(ComposeContext("reply", line.message_id, about))
+            composer.focus()
+        elif event.action == "edit" and line.outgoing and not line.deleted:
+            composer.set_context(ComposeContext("edit", line.message_id, about))
+            composer.load_text(line.body)
+            composer.move_cursor(composer.document.end)
+            composer.focus()
+        elif event.action == "delete" and line.outgoing and not line.deleted:
+            self._confirm_delete(line)
+        elif event.action in ("open_link", "open"):
+            self._open_link(item)
+
+    def _confirm_delete(self, line: ChatLine) -> None:
+        screen = self.screen
+
+        def chosen(answer: str | None) -> None:
+            if answer != "delete":
+                return
+            try:
+                screen.node.delete_message(line.message_id)
+            except OwnerUnavailable:
+                raise
+            except (NodeError, StoreError) as exc:
+                screen.notify(str(exc), severity="error", markup=False)
+                return
+            screen.conversation.change_message(line.message_id, deleted=True)
+
+        screen.app.push_screen(
+            ChoiceScreen(
+                "Delete this message for both sides?",
+                line.body,
+                [("delete", "Delete for both"), ("keep", "Keep it")],
+            ),
+            chosen,
+        )
+
+    def _open_link(self, item: MessageItem) -> None:
+        found = item.links
+        if not found:
+            self.screen.notify("No link in this message", severity="warning")
+            return
+        if len(found) == 1:
+            self.screen.transfers.open_target(found[0], what="link")
+            return
+
+        def chosen(link: str | None) -> None:
+            if link is not None:
+                self.screen.transfers.open_target(link, what="link")
+
+        self.screen.app.push_screen(
+            ChoiceScreen("Open which link?", "", [(link, link) for link in found]), chosen
+        )
 
     def _cmd_reply(self, args: str) -> None:
         """Answer the contact's latest message, quoting it."""

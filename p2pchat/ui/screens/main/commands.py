@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from p2pchat.core.group.errors import GroupError
 from p2pchat.node import NodeError
 from p2pchat.remote import OwnerUnavailable
 from p2pchat.store import StoreError
@@ -50,15 +51,19 @@ class CommandDispatcher:
             return
         if command is not None:
             self.run(command)
+        elif self.screen.groups.is_open:
+            self.screen.groups.send_text(message_text(text), restore=composer)
         else:
-            self.screen.chat.send_text(message_text(text), restore=composer)
+            self.screen.chat.submit(message_text(text), composer)
 
     def run(self, command: SlashCommand) -> None:
+        # A few commands mean something else while a group is open (/invite, /remove).
+        handler = self.screen.groups.in_group(command.name) or self.handlers[command.name]
         try:
-            self.handlers[command.name](command.args)
+            handler(command.args)
         except OwnerUnavailable:
             raise  # the screen's guard tells the app (screens/guard.py)
-        except (ValueError, NodeError, StoreError) as exc:
+        except (ValueError, NodeError, StoreError, GroupError) as exc:
             self.screen.notify(str(exc), severity="error", markup=False)
 
     def runner(self, name: str, args: str = "") -> Callable[[], None]:

@@ -79,7 +79,10 @@ class ContactController:
         entries = [self._entry(view) for view in views]
         entries.sort(key=lambda e: (-(e.last_activity or 0.0), e.name.casefold()))
         self.names = {view.peer_id: shown_name(view.name, short_id(view.peer_id)) for view in views}
-        paths = {view.peer_id: path_words(view.path or view.route, view.rtt_ms) for view in views}
+        paths = {
+            view.peer_id: path_words(view.path or view.route, view.rtt_ms, view.via)
+            for view in views
+        }
         current = screen.current or ""
         header_changed = paths.get(current) != self.paths.get(current)
         self.paths = paths

@@ -7,6 +7,7 @@ and runs the periodic flush.  The parts:
 
 - ``chat.py``: the open conversation (showing, sending, read receipts, typing);
 - ``contacts.py``: the list, requests, nearby peers, contact actions;
+- ``groups.py``: group rows and invitations, an open group, group actions;
 - ``transfers.py``: file transfer cards, offers, progress, the F3 panel;
 - ``commands.py``: slash commands, dispatched to the part that owns each;
 - ``alerts.py``: notices, bell and desktop notifications.
@@ -59,6 +60,7 @@ from p2pchat.ui.screens.main.alerts import Alerts
 from p2pchat.ui.screens.main.chat import ChatController
 from p2pchat.ui.screens.main.commands import CommandDispatcher, Handler
 from p2pchat.ui.screens.main.contacts import ContactController
+from p2pchat.ui.screens.main.groups import GROUP_EVENTS, GroupController
 from p2pchat.ui.screens.main.transfers import TransferController
 from p2pchat.ui.state import last_conversation, save_conversation
 from p2pchat.ui.widgets import (
@@ -99,6 +101,8 @@ class MainScreen(GuardedScreen[None]):
         Binding("f3", "transfers", "Transfers", id="transfers"),
         Binding("alt+down", "step_contact(1)", "Next chat", id="next_contact", show=False),
         Binding("alt+up", "step_contact(-1)", "Previous chat", id="prev_contact", show=False),
+        Binding("ctrl+up", "select_message", "Select a message", id="select_message", show=False),
+        Binding("ctrl+end", "latest", "Jump to the latest", id="latest", show=False),
         Binding("f1", "help", "Help", id="help"),
     ]
 
@@ -131,9 +135,11 @@ class MainScreen(GuardedScreen[None]):
         self.contacts = ContactController(self)
         self.chat = ChatController(self)
         self.transfers = TransferController(self)
+        self.groups = GroupController(self)
         self.commands = CommandDispatcher(
             self,
             self.contacts.commands(),
+            self.groups.commands(),
             self.chat.commands(),
             self.transfers.commands(),
             self._commands(),
@@ -202,11 +208,14 @@ class MainScreen(GuardedScreen[None]):
 
     def on_screen_resume(self) -> None:
         self.contacts.schedule()
+        self.groups.schedule()
         self.chat.schedule_read()
+        self.groups.schedule_read()
 
     def _app_focus_changed(self, focused: bool) -> None:
         if focused:
             self.chat.schedule_read()
+            self.groups.schedule_read()
 
     # ------------------------------------------------------------ shared
     @property
@@ -246,6 +255,7 @@ class MainScreen(GuardedScreen[None]):
         if self.live:
             self.conversation.flush_pending()
             self.contacts.flush()
+            self.groups.flush()
             self.chat.flush()
             self.transfers.draw_progress()
         self.notices.flush()
@@ -299,7 +309,9 @@ class MainScreen(GuardedScreen[None]):
         return " · ".join(parts)
 
     # ------------------------------------------------------ conversation
-    def open_conversation(self, peer_id: str, *, reload: bool = False) -> None:
+    def open_conversation(
+        self, peer_id: str, *, reload: bool = False, reach: str | None = None
+    ) -> None:
         if peer_id == self.current and not reload:
             return
         try:
@@ -308,13 +320,14 @@ class MainScreen(GuardedScreen[None]):
             return
         if peer_id != self.current:
             self.chat.stop_typing()
+        self.groups.close()
         self.current = peer_id
         if self.mode != "read-only" and peer_id != self._saved_conversation:
             save_conversation(self.node, peer_id)
             self._saved_conversation = peer_id
         self.notices.drop(f"msg:{peer_id}")
         self.alerts.forget(f"msg:{peer_id}")
-        self.chat.open(peer_id, contact)
+        self.chat.open(peer_id, contact, reach=reach)
         self.contact_list.select_contact(peer_id)
         self._update_composer()
 
@@ -355,6 +368,32 @@ class MainScreen(GuardedScreen[None]):
     def _path_pasted(self, event: Composer.PathPasted) -> None:
         self.transfers.path_pasted(event)
 
+    @on(ConversationView.Acted)
+    def _acted(self, event: ConversationView.Acted) -> None:
+        event.stop()
+        if isinstance(event.item, TransferCard):
+            self.transfers.card_key(event.item, event.action)
+        else:
+            self.chat.act(event)
+
+    @on(ConversationView.Left)
+    def _left_timeline(self, event: ConversationView.Left) -> None:
+        event.stop()
+        self.composer.focus()
+
+    @on(ConversationView.LatestWanted)
+    def _latest_wanted(self, event: ConversationView.LatestWanted) -> None:
+        event.stop()
+        self.chat.jump_latest()
+
+    @on(ConversationView.OlderWanted)
+    def _older_wanted(self, event: ConversationView.OlderWanted) -> None:
+        event.stop()
+        if self.live:
+            self.chat.older()
+        else:
+            self.conversation.older_requested = False
+
     @on(Composer.ScrollRequested)
     def _scroll(self, event: Composer.ScrollRequested) -> None:
         log = self.conversation.timeline
@@ -376,6 +415,14 @@ class MainScreen(GuardedScreen[None]):
     def _request_selected(self, event: ContactList.RequestSelected) -> None:
         self.contacts.show_request(event.peer_id)
 
+    @on(ContactList.GroupHighlighted)
+    def _group_highlighted(self, event: ContactList.GroupHighlighted) -> None:
+        self.groups.highlighted(event.group_id)
+
+    @on(ContactList.GroupInviteSelected)
+    def _group_invite_selected(self, event: ContactList.GroupInviteSelected) -> None:
+        self.groups.show_invite(event.group_id)
+
     @on(ContactList.NearbySelected)
     def _nearby_selected(self, event: ContactList.NearbySelected) -> None:
         self.contacts.nearby_selected(event.peer_id)
@@ -390,6 +437,8 @@ class MainScreen(GuardedScreen[None]):
             self.contacts.show_request(value)
         elif kind == "offer":
             self.transfers.show_offer(value)
+        elif kind in ("group", "groupinvite"):
+            self.groups.notice_clicked(kind, value)
 
     @on(NodeEventArrived)
     def _node_event(self, message: NodeEventArrived) -> None:
@@ -405,6 +454,8 @@ class MainScreen(GuardedScreen[None]):
             self.chat.on_event(event)
         elif isinstance(event, TRANSFER_EVENTS):
             self.transfers.on_event(event)
+        elif isinstance(event, GROUP_EVENTS):
+            self.groups.on_event(event)
         else:
             self.contacts.on_event(event)
         if isinstance(event, PeerOffline):
@@ -484,6 +535,19 @@ class MainScreen(GuardedScreen[None]):
     def action_step_contact(self, delta: int) -> None:
         self.contacts.step(delta)
 
+    def action_select_message(self) -> None:
+        """From the message box to the messages: the newest one selected (again: the
+        one above)."""
+        view = self.conversation
+        if view.timeline.has_focus:
+            view.step(-1)
+        else:
+            view.step(0)
+            view.timeline.focus()
+
+    def action_latest(self) -> None:
+        self.chat.jump_latest()
+
     def key_help(self) -> list[tuple[str, str]]:
         seen: set[str] = set()
         rows: list[tuple[str, str]] = []
@@ -506,5 +570,6 @@ class MainScreen(GuardedScreen[None]):
         if self.current is not None:
             yield from self.contacts.palette_for_current(self.current)
         yield from self.transfers.palette()
+        yield from self.groups.palette()
         yield from self.contacts.palette_others()
         yield "Help", "Keys and commands", self.action_help

@@ -253,6 +253,8 @@ class TransferController:
                 self._save_as(info, name)
             elif event.action == "open":
                 self.open_folder(info)
+            elif event.action == "open_file":
+                self.open_file(info)
         except OwnerUnavailable:
             raise  # the screen's guard tells the app (screens/guard.py)
         except Exception as exc:  # TransferError lives in p2pchat.net, which the UI may not import
@@ -278,20 +280,68 @@ class TransferController:
             chosen,
         )
 
+    def card_key(self, card: TransferCard, action: str) -> None:
+        """A key on a card selected in the conversation: Enter opens the file, o the folder."""
+        info = card.info
+        if not (info.incoming and info.state == "done"):
+            return
+        if action == "open":
+            self.open_file(info)
+        elif action in ("open_link", "open_folder"):
+            self.open_folder(info)
+
     def open_folder(self, info: TransferInfo) -> None:
         """Show where a received transfer went: the file manager if there is one."""
-        screen = self.screen
         folder = info.folder or (str(Path(info.saved[0]).parent) if info.saved else None)
         if folder is None:
-            screen.notify("This transfer saved nothing", severity="warning")
+            self.screen.notify("This transfer saved nothing", severity="warning")
             return
-        argv = files.opener_argv(folder)
-        if argv is None:
-            screen.notify(f"Saved in {folder}", title="Files", timeout=10, markup=False)
-            return
-        screen.run_worker(self._run_opener(argv, folder), group="open-folder")
+        self.open_target(folder, what="folder")
 
-    async def _run_opener(self, argv: list[str], folder: str) -> None:
+    def open_file(self, info: TransferInfo) -> None:
+        """Open a received file with the desktop's program for its type; a transfer of
+        several files opens their folder, and a file of a kind that runs code
+        (``files.runs_code``: a peer chose its name) is only shown in its folder."""
+        screen = self.screen
+        if len(info.saved) != 1:
+            self.open_folder(info)
+            return
+        path = Path(info.saved[0])
+        if files.runs_code(path):
+            screen.notify(
+                f"{path.name} could run programs: showing its folder instead",
+                severity="warning",
+                markup=False,
+            )
+            self.open_folder(info)
+            return
+        if not path.is_file():
+            screen.notify(f"{path} is no longer there", severity="warning", markup=False)
+            return
+        self.open_target(str(path), what="file")
+
+    def open_target(self, target: str, *, what: str) -> None:
+        """Hand a folder, a file or a web link to the desktop's opener, as one argument
+        (never through a shell).  Without a desktop, say where it is (a link is also
+        copied, for the terminal's clipboard)."""
+        screen = self.screen
+        argv = files.opener_argv(target)
+        if argv is None:
+            if what == "link":
+                screen.app.copy_to_clipboard(target)
+                screen.notify(
+                    f"No browser here; the link was copied: {target}",
+                    title="Link",
+                    timeout=10,
+                    markup=False,
+                )
+            else:
+                where = "Saved in" if what == "folder" else "The file is"
+                screen.notify(f"{where} {target}", title="Files", timeout=10, markup=False)
+            return
+        screen.run_worker(self._run_opener(argv, target, what), group="open", exclusive=False)
+
+    async def _run_opener(self, argv: list[str], target: str, what: str) -> None:
         screen = self.screen
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -302,15 +352,16 @@ class TransferController:
                 start_new_session=True,
             )
         except OSError as exc:
-            screen.notify(f"Cannot open {folder}: {exc}", severity="warning", markup=False)
+            screen.notify(f"Cannot open {target}: {exc}", severity="warning", markup=False)
             return
         try:
             code = await asyncio.wait_for(proc.wait(), OPENER_TIMEOUT)
         except TimeoutError:
-            return  # some openers stay until the file manager closes
+            return  # some openers stay until the program they started closes
         if code != 0:
+            program = {"folder": "file manager", "link": "browser"}.get(what, "program")
             screen.notify(
-                f"No file manager answered; the files are in {folder}",
+                f"No {program} answered for {target}",
                 severity="warning",
                 timeout=10,
                 markup=False,

@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("P2PCHAT_KDF_FAST", "1")
 
 from p2pchat.config import Paths
+from p2pchat.core.events import NodeEvent
 from p2pchat.core.group.events import GroupMessageReceived
 from p2pchat.node import Node
 from tests.daemons import make_home
@@ -115,6 +116,9 @@ class Member:
 
     async def start(self) -> None:
         self.node = Node(self.paths)
+        # Subscribed before the start: a member that comes back is synced by the others
+        # while ``start`` still runs, and those messages must be counted too.
+        stream = self.node.events()
         await self.node.start()
         endpoint = self.node._endpoint
         assert endpoint is not None
@@ -134,10 +138,10 @@ class Member:
             ask(gid, replica, key)  # type: ignore[arg-type]
 
         groups._ask = counting_ask  # type: ignore[method-assign]
-        self._task = asyncio.ensure_future(self._watch())
+        self._task = asyncio.ensure_future(self._watch(stream))
 
-    async def _watch(self) -> None:
-        async for event in self.n.events():
+    async def _watch(self, stream: AsyncGenerator[NodeEvent, None]) -> None:
+        async for event in stream:
             if isinstance(event, GroupMessageReceived):
                 self.shown[event.message.message_id] = time.perf_counter()
 
@@ -156,6 +160,21 @@ async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None
         if time.perf_counter() > deadline:
             raise TimeoutError("the benchmark waited too long")
         await asyncio.sleep(0.01)
+
+
+async def waiting(predicate: Callable[[], bool], status: Callable[[], str]) -> None:
+    """``until``, saying every 10 s how far it got (a stalled phase shows where)."""
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(10)
+            print(f"  ... {status()}", flush=True)
+
+    reporter = asyncio.ensure_future(report())
+    try:
+        await until(predicate)
+    finally:
+        reporter.cancel()
 
 
 async def restart(m: Member) -> None:
@@ -200,14 +219,10 @@ async def run(args: argparse.Namespace) -> None:
                 if pid != m.n.peer_id and m.n.groups.session(pid) is not None
             )  # fmt: skip
 
-        async def report() -> None:
-            while True:
-                await asyncio.sleep(10)
-                print(f"  ... {mesh()} of {len(members) * others} member sessions up", flush=True)
+        def sessions() -> str:
+            return f"{mesh()} of {len(members) * others} member sessions up"
 
-        reporter = asyncio.ensure_future(report())
-        await until(lambda: mesh() == len(members) * others)
-        reporter.cancel()
+        await waiting(lambda: mesh() == len(members) * others, sessions)
         print(
             f"{len(members)} members, full mesh of sessions after "
             f"{time.perf_counter() - setup:.1f} s of setup ({lag.take()})"
@@ -250,9 +265,14 @@ async def run(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         for m in late:
             await restart(m)
-        await until(lambda: all(all(mid in m.shown for mid in posted) for m in late))
+
+        def missing() -> str:
+            lacking = sum(1 for m in late for mid in posted if mid not in m.shown)
+            return f"{lacking} messages still missing at the late members; {sessions()}"
+
+        await waiting(lambda: all(all(mid in m.shown for mid in posted) for m in late), missing)
         done = sorted(max(m.shown[mid] for mid in posted) - start for m in late)
-        await until(lambda: mesh() == len(members) * others)
+        await waiting(lambda: mesh() == len(members) * others, sessions)
         mesh_up = time.perf_counter() - start
         print(
             f"half online ({half}), {args.messages} messages posted, then the other "

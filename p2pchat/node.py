@@ -102,6 +102,13 @@ log = logging.getLogger(__name__)
 # a session that arrives later replaces the old one, which is likely stale (the
 # peer restarted, and its old connection has not timed out yet).
 RACE_WINDOW = 5.0
+DUPLICATE = "duplicate connection"
+#: The peer closed our session as a duplicate: it keeps another one with us, whose
+#: Hello is on its way (the responder settles a race first).  Dialling again at once
+#: would bring one more duplicate, which closes the session we were about to get
+#: (seen over a loaded relay: a new connection every 100 ms until its channels ran
+#: out); wait this long for that session instead.
+DUPLICATE_GRACE = 5.0
 MAX_BACKOFF = 30.0
 MAX_REQUEST_SESSIONS = 32
 EVENT_QUEUE_SIZE = 10_000
@@ -1590,6 +1597,8 @@ class Node:
                     # We are only a pending request there: knocking again soon would
                     # just resend the introduction.  Their accept dials us anyway.
                     self._dialer.retry_after(peer, MAX_BACKOFF * random.uniform(1, 2))
+                elif reason == DUPLICATE:
+                    self._dialer.retry_after(peer, DUPLICATE_GRACE, reset=True)
                 else:
                     # The larger key waits a little, so both sides rarely dial at once.
                     delay = 0.1 if self.identity.public_key < (conn.peer_key or b"") else 1.0
@@ -1705,7 +1714,7 @@ class Node:
             keep = self._prefer(existing, conn)
             drop = conn if keep is existing else existing
             del self._active[peer]
-            drop.close("duplicate connection")
+            drop.close(DUPLICATE)
             if keep is existing:
                 self._active[peer] = existing
                 return
@@ -1739,13 +1748,7 @@ class Node:
             return self.identity.public_key if c.initiator else (c.peer_key or b"")
 
         if dialer(old) == dialer(new):
-            # One side dialled both (two candidates of one race, or a relay channel
-            # that came up after another path won): keep the session both sides have.
-            # The responder activates the new one first; were it to close the old
-            # one, the dialer would see its only active session go before the new
-            # one's Hello arrives, go offline and dial again, and again (seen over a
-            # loaded relay: a new connection every 100 ms until the channels ran out).
-            return old
+            return new
         return old if dialer(old) < dialer(new) else new
 
     def _on_contact_frame(self, conn: PeerConnection, peer: str, frame: chat.ChatFrame) -> None:

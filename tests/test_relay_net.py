@@ -31,7 +31,7 @@ from p2pchat.identity import (
     load_identity,
     parse_address,
 )
-from p2pchat.node import Node
+from p2pchat.node import DUPLICATE, DUPLICATE_GRACE, Node
 
 from .conftest import EventLog, make_home, wait_until
 
@@ -135,32 +135,45 @@ async def test_relayed_session_carries_messages_and_files(start: Start, tmp_path
     assert t.transfers.status()["tcp_channels"] == 0  # the relay's address is no path
 
 
-async def test_a_second_session_from_the_same_dialer_leaves_the_first_in_place(
+async def test_a_second_session_from_the_same_dialer_replaces_the_first_without_a_redial(
     start: Start, tmp_path: Path
 ) -> None:
     """A relay channel that opens after the race was won brings a second session from
-    the same dialer: both sides keep the first, close the second, and nobody goes
-    offline (the responder, which sees the second one first, must not close the first
-    under the dialer: that made a loaded dialer redial every 100 ms)."""
+    the same dialer: it replaces the first on both sides, and the dialer, whose active
+    session the responder may close before the new one's Hello arrives, waits for that
+    Hello instead of dialling again (over a loaded relay, each redial brought one more
+    duplicate: a new connection every 100 ms until the relay's channels ran out)."""
     v, t, d = await relayed_pair(start, tmp_path)
     sent = d.send_message("target", "first session")
     assert await d.wait_for_delivery(sent.id, 20) == "delivered"
     await wait_until(lambda: t.peer_id in d._active and d.peer_id in t._active)
-    first_d, first_t = d._active[t.peer_id], t._active[d.peer_id]
-    logs = [EventLog(d), EventLog(t)]
+    first = d._active[t.peer_id]
+    assert d._dialer is not None and d._relay is not None
+    attempts = d._dialer.stats.get("attempts", 0)
+    channel = await d._relay.dial(key_from_peer_id(t.peer_id), [parse_address(address_of(v))])
+    second = d._open_connection(t.peer_id, channel.relay_addr, channel, "relayed")
+    await wait_until(lambda: d._active.get(t.peer_id) is second and first.closed, timeout=20)
+    their = t._active[d.peer_id]
+    assert their.path == "relayed" and not their.closed
+    after = d.send_message("target", "on the second session")
+    assert await d.wait_for_delivery(after.id, 20) == "delivered"
+    assert d._dialer.stats.get("attempts", 0) == attempts
+    assert d._active.get(t.peer_id) is second and t._active[d.peer_id] is their
+    assert [m.body for m in t.history("dialer")] == ["first session", "on the second session"]
+    # Had the responder's Hello on the new session been slower than its close of the
+    # old one, the dialer would have found itself without a session: it then waits for
+    # the session the peer kept, and only after the grace dials again.
+    log = EventLog(d)
     try:
-        assert d._relay is not None
-        channel = await d._relay.dial(key_from_peer_id(t.peer_id), [parse_address(address_of(v))])
-        second = d._open_connection(t.peer_id, channel.relay_addr, channel, "relayed")
-        await wait_until(lambda: second.closed, timeout=20)
-        assert d._active[t.peer_id] is first_d and not first_d.closed
-        assert t._active[d.peer_id] is first_t and not first_t.closed
-        after = d.send_message("target", "still the first session")
-        assert await d.wait_for_delivery(after.id, 20) == "delivered"
-        assert [log.of(PeerOffline) for log in logs] == [[], []]
+        their.close(DUPLICATE)
+        await wait_until(lambda: bool(log.of(PeerOffline)))
+        assert [e.reason for e in log.of(PeerOffline)] == [DUPLICATE]  # type: ignore[attr-defined]
+        assert d._dialer._peers[t.peer_id].next_at - d._dialer.loop.time() > DUPLICATE_GRACE - 1
+        assert d._dialer.stats.get("attempts", 0) == attempts
+        meanwhile = d.send_message("target", "after the grace")
+        assert await d.wait_for_delivery(meanwhile.id, 30) == "delivered"
     finally:
-        for log in logs:
-            await log.close()
+        await log.close()
 
 
 async def test_relay_keeps_only_contacts_unless_public(start: Start, tmp_path: Path) -> None:

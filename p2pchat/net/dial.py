@@ -164,9 +164,9 @@ class Dialer:
         peer = self._peers.setdefault(peer_id, _Peer())
         attempt = peer.attempt
         if attempt is not None and attempt.upgrade:
-            # The relayed session it was upgrading is gone: race every way again now.
+            # The relayed session it was upgrading is gone: race every way again, as
+            # soon as the node's retry delay allows (``Node.connection_closed``).
             self._finish(peer_id, peer, success=False, counted=False)
-            peer.next_at = 0.0
             attempt = None
         if attempt is not None:
             if self._attempt_over(attempt, now):

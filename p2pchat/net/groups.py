@@ -144,9 +144,9 @@ start a handshake with every member in the same instant: each costs a key exchan
 and signatures on both sides, and a burst of them delays every session's keepalives
 (the 20-member benchmark fell into a storm of timeouts and redials without this)."""
 FIRST_DIAL_HOLD = 2.0
-"""Of two members who need a session, the one with the larger key waits this long
-(times 1 to 2) before its first dial, so the other's usually arrives alone: one
-handshake per pair instead of two that race and one of which is thrown away."""
+"""Of two members who never synced and both need a session, the one with the larger key
+waits this long (times 1 to 2) before its first dial, so the other's usually arrives
+alone: one handshake per pair instead of two that race and one of which is thrown away."""
 MAX_TENTATIVE = 16
 TENTATIVE_TIMEOUT = 15.0
 """A session admitted on its Hello alone must prove membership within this time."""
@@ -861,7 +861,12 @@ class GroupService:
                 continue
             if peer not in self._held:
                 self._held.add(peer)
-                if self.me > key_from_peer_id(peer):
+                key = key_from_peer_id(peer)
+                # Only for members we never synced with: both sides just learned of each
+                # other (a new member, a new group) and dial at once.  One coming back
+                # to members it knows dials at once: its return is what they wait for.
+                fresh = not any(self._replicas[g].met(key) for g in wanted[peer])
+                if fresh and self.me > key:
                     dialer.retry_after(peer, FIRST_DIAL_HOLD * random.uniform(1, 2))
                     continue
             # A running attempt is handed over too: ``want`` is where the dialer ends

@@ -34,13 +34,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from aioquic.quic.events import ConnectionTerminated
+
 from p2pchat.core import relay as wire
 from p2pchat.core.budget import TokenBucket
 from p2pchat.core.punch import MAGIC, Addr, PunchError, new_request_id
 from p2pchat.core.relay import RelayLimits, RelayServer, RelayStatus
 from p2pchat.core.rendezvous import RegistrationClient
 from p2pchat.identity import Identity, format_address, peer_id_from_key
-from p2pchat.net.endpoint import STALLED, AuxSocket, Endpoint
+from p2pchat.net.endpoint import STALLED, AuxSocket, Endpoint, QuicLink
 from p2pchat.net.punch import PunchService, RendezvousNode
 
 __all__ = ["RelayChannel", "RelayFailed", "RelayLimits", "RelayService"]
@@ -132,7 +134,21 @@ class RelayChannel(AuxSocket):
         self.closed = True
         self.service._channel_closed(self, tell_relay=tell_relay)
         if self.link is not None and not self.link.closed:
-            self.link.close("relay channel closed")
+            self.link.close(_peer_close_reason(self.link) or "relay channel closed")
+
+
+def _peer_close_reason(link: QuicLink) -> str | None:
+    """The reason of a close the peer sent just before its end of the channel went.
+
+    aioquic reports a received CONNECTION_CLOSE only when the draining period is over,
+    but the peer's relay close comes right behind it: without this the node would
+    learn ``relay channel closed`` instead of, say, ``duplicate connection``, which it
+    treats differently (``Node.connection_closed``).  aioquic has no public view of a
+    received close, hence the private attribute."""
+    event = getattr(link.conn, "_close_event", None)
+    if isinstance(event, ConnectionTerminated) and event.reason_phrase:
+        return event.reason_phrase
+    return None
 
 
 @dataclass(eq=False, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from p2pchat.remote import RemoteNode
 from p2pchat.ui.screens.groups import GroupInviteScreen, GroupMembersScreen
 from p2pchat.ui.screens.main import MainScreen
 from p2pchat.ui.widgets import Composer
@@ -13,6 +14,7 @@ from p2pchat.ui.widgets.group_rows import GROUP, GROUP_INVITE
 
 from ..conftest import StartNode, make_home, wait_until
 from .conftest import app_for, main_screen, press, showing, until
+from .test_attach import attached_pair
 from .test_flows import befriend, sidebar_rows
 from .test_hostile import screen_lines
 
@@ -140,3 +142,29 @@ async def test_create_invite_remove_and_leave_from_the_message_box(
         await submit(pilot, composer, "/leave")
         await until(pilot, lambda: composer.text == "")
         assert node.groups.get(gid).status == "left"
+
+
+async def test_groups_in_an_app_attached_to_a_daemon(
+    tmp_path: Path, start_node: StartNode
+) -> None:
+    """The same group screens when the daemon owns the node: the invitation, joining,
+    messages both ways and delivery, all through the control socket."""
+    daemon, bob, _ = await attached_pair(start_node, tmp_path)
+    app = app_for(daemon.paths)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            main = await main_screen(pilot)
+            assert isinstance(app.node, RemoteNode)
+            gid = bob.groups.create("choir", ["alice"]).group_id
+            await until(pilot, lambda: group_row(main, "choir").startswith("? # "), 30)
+            main.groups.show_invite(gid)
+            await until(pilot, lambda: showing(app, GroupInviteScreen))
+            await press(pilot, "#accept")
+            await until(pilot, lambda: main.groups.open_id == gid)
+            bob.groups.send(gid, "warm-up at six")
+            await until(pilot, lambda: ("bob", "warm-up at six", None) in shown(main), 30)
+            await submit(pilot, main.query_one(Composer), "on my way")
+            await until(pilot, lambda: ("alice", "on my way", "2/2") in shown(main), 30)
+            assert "on my way" in [m.text for m in bob.groups.history(gid)]
+    finally:
+        await daemon.stop()

@@ -320,6 +320,10 @@ class GroupReplica:
         self._pending_total += len(pending)
         self.max_clock = max(self.max_clock, shown_clock, *pending.values(), 0)
 
+    def met(self, peer: bytes) -> bool:
+        """We have synced with this member before (this run, or marks stored from one)."""
+        return peer in self._peers
+
     def restore_peer(self, peer: bytes, coverage: dict[bytes, int]) -> None:
         """Reload what a member was last known to hold (author -> shown)."""
         view = self._peers.setdefault(peer, _PeerView())

@@ -419,9 +419,11 @@ def _stdin_chunks(max_lines: int, max_bytes: int) -> Iterator[list[str]]:
         yield chunk
 
 
-# What one ``send_many`` call may carry (``rpc.MAX_BATCH``, ``rpc.MAX_BATCH_BYTES``):
-# stated here too so that this command does not import the node to learn it.
-_CHUNK_LINES = 5000
+# What one ``send_many`` call carries: at most ``rpc.MAX_BATCH_BYTES`` (stated here too so
+# that this command does not import the node to learn it), and 1,000 lines, below
+# ``rpc.MAX_BATCH``: each message is two events at once for every attached view, whose
+# queue (``node.EVENT_QUEUE_SIZE``, 10,000) must not overflow and drop some.
+_CHUNK_LINES = 1000
 _CHUNK_BYTES = 512 * 1024
 
 

@@ -168,3 +168,27 @@ async def test_groups_in_an_app_attached_to_a_daemon(
             assert "on my way" in [m.text for m in bob.groups.history(gid)]
     finally:
         await daemon.stop()
+
+
+async def test_a_declined_invitation_leaves_the_list_and_the_group(
+    tmp_path: Path, start_node: StartNode
+) -> None:
+    bob = await start_node("bob")
+    app = app_for(make_home(tmp_path, "alice"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await main_screen(pilot)
+        node = app.node
+        assert node is not None
+        befriend(node, bob)
+        await until(pilot, lambda: node.is_online(bob.peer_id))
+        gid = bob.groups.create("chess", ["alice"]).group_id
+        assert bob.groups.get(gid).members == 2
+        await until(pilot, lambda: group_row(main, "chess").startswith("? # "), 30)
+        assert f"ginvite:{gid}" in main.notices.notices
+        main.groups.notice_clicked("groupinvite", gid)  # what a click on its notice does
+        await until(pilot, lambda: showing(app, GroupInviteScreen))
+        await press(pilot, "#decline")
+        await until(pilot, lambda: app.screen is main and group_row(main, "chess") == "")
+        assert node.groups.get(gid).status == "declined"
+        # Declining signs a leave: the group learns it.
+        await wait_until(lambda: bob.groups.get(gid).members == 1, timeout=30)

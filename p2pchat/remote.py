@@ -332,6 +332,12 @@ class RemoteNode:
                 writer.write(b'{"op": "events"}\n')
                 await writer.drain()
                 await reader.readline()  # {"ok": true, "result": "streaming"}
+                # Who is online, read again now that no change can be missed: a session
+                # that came up between ``start`` and this subscription sent its
+                # PeerOnline to nobody.  Events queued meanwhile are applied after
+                # this, in order, and end in the same state.
+                with contextlib.suppress(OwnerUnavailable, RemoteError):
+                    self._online = set(self._call("info").get("online", []))
                 while line := await reader.readline():
                     try:
                         event = self._event(json.loads(line))

@@ -59,13 +59,20 @@ def control_server(node: Node, *, shutdown: Callable[[], None] | None = None) ->
             return "stopping"
         return await rpc.call(node, op, args)
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    def events() -> AsyncIterator[dict[str, Any]]:
+        # Subscribed here, when the server takes the request, not at the first
+        # iteration: the server acknowledges the subscription before it iterates, and
+        # an event emitted in between would reach nobody.
         stream = node.events()
-        try:
-            async for event in stream:
-                yield rpc.event_to_json(event)
-        finally:
-            await stream.aclose()
+
+        async def as_json() -> AsyncIterator[dict[str, Any]]:
+            try:
+                async for event in stream:
+                    yield rpc.event_to_json(event)
+            finally:
+                await stream.aclose()
+
+        return as_json()
 
     return ControlServer(node.paths.control_socket, handle, events)
 

@@ -267,6 +267,9 @@ class RemoteNode:
         self._quiet_until = 0.0
         self._info: dict[str, Any] = {}
         self._online: set[str] = set()
+        self.streaming = asyncio.Event()
+        """Set once an ``events()`` stream is subscribed at the owner: every event from
+        then on reaches it (a view waits on this before acting on what it will hear)."""
 
     # ------------------------------------------------------------ plumbing
     async def start(self, **_options: Any) -> None:
@@ -338,6 +341,7 @@ class RemoteNode:
                 # this, in order, and end in the same state.
                 with contextlib.suppress(OwnerUnavailable, RemoteError):
                     self._online = set(self._call("info").get("online", []))
+                self.streaming.set()
                 while line := await reader.readline():
                     try:
                         event = self._event(json.loads(line))
@@ -358,6 +362,7 @@ class RemoteNode:
     def _lose(self, reason: str) -> NodeConnectionLost:
         self.lost = reason
         self.running = False
+        self.streaming.clear()
         self._online.clear()
         return NodeConnectionLost(reason)
 

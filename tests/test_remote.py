@@ -32,6 +32,9 @@ async def test_remote_node_mirrors_the_daemon(start_node: StartNode, tmp_path: P
 
     watcher = asyncio.ensure_future(watch())
     try:
+        # The session must come up after the subscription for its PeerOnline to be seen.
+        async with asyncio.timeout(20):
+            await remote.streaming.wait()
         assert remote.peer_id == (await daemon.call("info"))["peer_id"]
         assert len(remote.identity.fingerprint) == 39
         remote.add_contact(bob.peer_id, name="bob", addresses=bob.addresses)

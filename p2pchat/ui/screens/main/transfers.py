@@ -355,7 +355,8 @@ class TransferController:
             screen.notify(f"Cannot open {target}: {exc}", severity="warning", markup=False)
             return
         try:
-            code = await asyncio.wait_for(proc.wait(), OPENER_TIMEOUT)
+            async with asyncio.timeout(OPENER_TIMEOUT):  # wait_for could swallow a cancel
+                code = await proc.wait()
         except TimeoutError:
             return  # some openers stay until the program they started closes
         if code != 0:

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nacl.pwhash.argon2id
 import pytest
@@ -81,7 +82,8 @@ class EventLog:
             pass
 
 
-StartNode = Callable[[str], Awaitable[Node]]
+StartNode = Callable[..., Awaitable[Node]]
+"""``start(name, **options)``: options go to ``Node.start``."""
 
 
 @pytest.fixture
@@ -89,11 +91,11 @@ async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
     """Start real nodes listening on 127.0.0.1 (each its own home); stop them all after."""
     nodes: list[Node] = []
 
-    async def start(name: str) -> Node:
+    async def start(name: str, **options: Any) -> Node:
         home = tmp_path / name
         paths = Paths(home) if (home / "identity.key").exists() else make_home(tmp_path, name)
         node = Node(paths)
-        await node.start()
+        await node.start(**options)
         nodes.append(node)
         return node
 

@@ -10,39 +10,27 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from p2pchat.config import Paths
 from p2pchat.core import punch
 from p2pchat.core.punch import BlobKind, ConnectBlob
 from p2pchat.core.rendezvous import RendezvousLimits
 from p2pchat.identity import Identity, verify_signature
 from p2pchat.node import Node
 
-from .conftest import make_home, wait_until
+from .conftest import StartNode, make_home, wait_until
 
 Start = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    nodes: list[Node] = []
-
-    async def go(name: str, **kwargs: Any) -> Node:
-        home = tmp_path / name
-        paths = Paths(home) if (home / "identity.key").exists() else make_home(tmp_path, name)
-        node = Node(paths)
-        await node.start(**kwargs)
-        nodes.append(node)
-        return node
-
-    yield go
-    for node in nodes:
-        await node.stop()
+def start(start_node: StartNode) -> Start:
+    """Nodes started with options (``start("relay", relay=True)``), stopped after."""
+    return start_node
 
 
 def address_of(node: Node) -> str:

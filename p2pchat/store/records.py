@@ -157,8 +157,6 @@ class ReceiveResult:
     changed: Message | None = None
 
 
-# Each step is applied once, in order, inside the same transaction that bumps
-
 _CONTACT_COLUMNS = "peer_id, name, verified, added_at, addresses, last_seen, last_address, muted"
 _MESSAGE_COLUMNS = (
     "id, peer_id, direction, seq, body, created_at, received_at, state, updated_at,"

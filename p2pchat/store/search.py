@@ -1,7 +1,8 @@
 """Full-text search over message bodies (SQLite FTS5).
 
-The index is filled in the background from ``fts_position`` rather than by a
-trigger, so receiving a message never pays for indexing it (see the schema).
+New rows are indexed in batches (at the node's tick and before every search,
+up to ``fts_position``) rather than by a trigger, so a message's commit never
+pays for the index's pages (see the migration that creates ``messages_fts``).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_reopen_keeps_data_and_does_not_remigrate(db_path: Path) -> None:
 def test_migration_to_per_conversation_ids_keeps_everything(db_path: Path) -> None:
     """A database from before ids were per conversation: rows, outbox, counters and
     the position counter all survive the rebuild, and the foreign key still cascades."""
-    import p2pchat.store as store_module
+    import p2pchat.store.schema as store_module
 
     rebuild = next(i for i, step in enumerate(MIGRATIONS) if "messages_v4" in step)
     old = store_module.MIGRATIONS[:rebuild]
@@ -141,7 +141,7 @@ def test_newer_schema_is_refused(db_path: Path) -> None:
 def test_migration_steps_are_atomic_and_incremental(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import p2pchat.store as store_module
+    import p2pchat.store.schema as store_module
 
     with Store(db_path) as s:
         s.queue_message(BOB, "kept", now=1.0)

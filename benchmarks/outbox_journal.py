@@ -39,8 +39,8 @@ from statistics import median
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from p2pchat.journal import Entry, Journal, encode, journal_key  # noqa: E402
 from p2pchat.store import Store  # noqa: E402
+from p2pchat.store.journal import Entry, Journal, encode, journal_key  # noqa: E402
 
 PEER = "b2" * 16
 BODY = "x" * 100

@@ -541,7 +541,7 @@ async def bench_aioquic(args: argparse.Namespace, profiler: cProfile.Profile | N
 
 # ------------------------------------------------------------------ profiling
 CATEGORIES = (
-    ("SQLite (store.py + sqlite3)", ("p2pchat/store.py", "sqlite3.")),
+    ("SQLite (store/ + sqlite3)", ("p2pchat/store/", "sqlite3.")),
     ("NaCl sealing/opening", ("nacl/", "_sodium")),
     ("msgpack + frame checks (chat.py)", ("msgpack", "p2pchat/core/chat.py")),
     ("aioquic (QUIC + packet protection)", ("aioquic/", "_buffer", "_crypto", ".aead.AESGCM")),

@@ -1,6 +1,6 @@
 """How chat messages move between this node and its contacts, under budgets.
 
-The outbox and the receive window (``store.py``, ``core/window.py``) make delivery
+The outbox and the receive window (``store/``, ``core/window.py``) make delivery
 exactly-once and in order; this module decides *when* frames go out and what a
 contact may make us spend:
 

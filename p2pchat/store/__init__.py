@@ -1,19 +1,7 @@
 """The node's local state: contacts, conversations, outbox, requests and invites.
 
-Everything lives in one SQLite file so that a single committed transaction is
-the unit of truth.  The node may be SIGKILLed right after any call returns, so
-every method that writes runs as exactly one ``BEGIN IMMEDIATE`` transaction
-(``isolation_level=None``: the sqlite3 module never opens or commits anything
-behind our back).  When a method returns, its effect is in the WAL and survives
-the process dying; with ``synchronous=NORMAL`` a power cut may lose the last few
-commits but never corrupts the file, which is the usual trade-off for a chat
-client.
-
-``BEGIN IMMEDIATE`` also matters for concurrency: a deferred transaction that
-reads and then writes can fail with ``SQLITE_BUSY`` when another connection
-committed in between, and ``busy_timeout`` cannot retry that.  Taking the write
-lock up front lets a second process (``p2pchat send`` next to a running node)
-share the file safely; WAL lets its readers proceed meanwhile.
+Everything lives in one SQLite file, and every method that writes is exactly one
+transaction, durable when it returns (``database`` says why and how).
 
 Sequence numbers live in ``conversations`` rather than in ``contacts``: removing
 a contact and adding it again, or talking to a peer that is not (yet) a

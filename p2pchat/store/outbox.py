@@ -20,8 +20,8 @@ from p2pchat.store.errors import StoreError
 from p2pchat.store.journal import Entry
 from p2pchat.store.messages import MessageRows
 from p2pchat.store.records import (
+    _JOINED_MESSAGE_COLUMNS,
     _MESSAGE_COLUMNS,
-    _OUTBOX_MESSAGE_COLUMNS,
     Message,
     MessageKind,
     _message,
@@ -244,7 +244,7 @@ class OutboxMixin(MessageRows):
         send now, not the whole outbox)."""
         with self._read() as db:
             rows = db.execute(
-                f"SELECT {_OUTBOX_MESSAGE_COLUMNS}"
+                f"SELECT {_JOINED_MESSAGE_COLUMNS}"
                 " FROM outbox o JOIN messages m ON m.peer_id = o.peer_id AND m.id = o.message_id"
                 " WHERE o.peer_id = ? AND o.seq >= ? ORDER BY o.seq LIMIT ?",
                 (peer_id, from_seq, -1 if limit is None else limit),

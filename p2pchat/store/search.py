@@ -1,13 +1,14 @@
 """Full-text search over message bodies (SQLite FTS5).
 
-The index is filled in the background from ``fts_position`` rather than by a
-trigger, so receiving a message never pays for indexing it (see the schema).
+New rows are indexed in batches (at the node's tick and before every search,
+up to ``fts_position``) rather than by a trigger, so a message's commit never
+pays for the index's pages (see the migration that creates ``messages_fts``).
 """
 
 from __future__ import annotations
 
 from p2pchat.store.database import StoreBase
-from p2pchat.store.records import _MESSAGE_COLUMNS, Message, _message
+from p2pchat.store.records import _JOINED_MESSAGE_COLUMNS, Message, _message
 
 
 def _search_words(text: str) -> list[str]:
@@ -65,18 +66,19 @@ class SearchMixin(StoreBase):
             return []
         query = " ".join(f'"{w}"' for w in words[:-1]) + f' "{words[-1]}"*'
         self.index_messages()
-        columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
         with self._read() as db:
             if peer_id is None:
                 rows = db.execute(
-                    f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
+                    f"SELECT {_JOINED_MESSAGE_COLUMNS}"
+                    " FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
                     " WHERE messages_fts MATCH ? AND m.kind = 'text' ORDER BY f.rowid DESC"
                     " LIMIT ?",
                     (query.strip(), limit),
                 ).fetchall()
             else:
                 rows = db.execute(
-                    f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
+                    f"SELECT {_JOINED_MESSAGE_COLUMNS}"
+                    " FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
                     " WHERE messages_fts MATCH ? AND m.peer_id = ? AND m.kind = 'text'"
                     " ORDER BY f.rowid DESC"
                     " LIMIT ?",

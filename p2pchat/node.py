@@ -460,18 +460,17 @@ class Node:
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
-    def _schedule_flush(self, delay: float) -> None:
+    def _schedule_flush(self, delay: float) -> asyncio.Handle | None:
         """Delivery's group commit: at the end of this event-loop turn (``delay`` 0) or
         a little later (bookkeeping that can wait for other writes)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.delivery.flush()  # no loop (a node used without ``start``): at once
-            return
+            return None
         if delay > 0:
-            loop.call_later(delay, self.delivery.flush)
-        else:
-            loop.call_soon(self.delivery.flush)
+            return loop.call_later(delay, self.delivery.flush)
+        return loop.call_soon(self.delivery.flush)
 
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")

@@ -162,7 +162,8 @@ _MESSAGE_COLUMNS = (
     "id, peer_id, direction, seq, body, created_at, received_at, state, updated_at,"
     " reply_to, edited_at, deleted_at, kind, target"
 )
-_OUTBOX_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
+# The same columns for a query that joins ``messages`` as ``m`` (outbox, search).
+_JOINED_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
 _REQUEST_COLUMNS = "peer_id, name, address, preview, first_seen, last_seen, attempts, state"
 
 

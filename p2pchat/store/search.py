@@ -8,7 +8,7 @@ pays for the index's pages (see the migration that creates ``messages_fts``).
 from __future__ import annotations
 
 from p2pchat.store.database import StoreBase
-from p2pchat.store.records import _MESSAGE_COLUMNS, Message, _message
+from p2pchat.store.records import _JOINED_MESSAGE_COLUMNS, Message, _message
 
 
 def _search_words(text: str) -> list[str]:
@@ -66,18 +66,19 @@ class SearchMixin(StoreBase):
             return []
         query = " ".join(f'"{w}"' for w in words[:-1]) + f' "{words[-1]}"*'
         self.index_messages()
-        columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
         with self._read() as db:
             if peer_id is None:
                 rows = db.execute(
-                    f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
+                    f"SELECT {_JOINED_MESSAGE_COLUMNS}"
+                    " FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
                     " WHERE messages_fts MATCH ? AND m.kind = 'text' ORDER BY f.rowid DESC"
                     " LIMIT ?",
                     (query.strip(), limit),
                 ).fetchall()
             else:
                 rows = db.execute(
-                    f"SELECT {columns} FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
+                    f"SELECT {_JOINED_MESSAGE_COLUMNS}"
+                    " FROM messages_fts f JOIN messages m ON m.pos = f.rowid"
                     " WHERE messages_fts MATCH ? AND m.peer_id = ? AND m.kind = 'text'"
                     " ORDER BY f.rowid DESC"
                     " LIMIT ?",

@@ -24,9 +24,9 @@ nonce) under a key derived from the database key, so the journal never holds in
 clear what the database keeps encrypted.
 
 The store (``Store.queue_message``) appends records here, folds them into the
-database in the next group commit and then empties this file; when it opens, it
-folds whatever a crash left here first.  This module only frames, seals, parses
-and does the file I/O; what the records mean is the store's business.
+database in the next group commit (:func:`fold_into`) and then empties this
+file; when it opens, it folds whatever a crash left here first
+(:func:`not_yet_stored` skips what a fold already committed).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import struct
 import time
 import zlib
@@ -49,7 +50,7 @@ import nacl.encoding
 import nacl.exceptions
 import nacl.hash
 
-from p2pchat.store import DatabaseBusy, StoreError
+from p2pchat.store.errors import DatabaseBusy, StoreError
 
 __all__ = [
     "Entry",
@@ -57,7 +58,10 @@ __all__ = [
     "JournalCorrupt",
     "Parsed",
     "encode",
+    "fold_into",
     "journal_key",
+    "journal_path",
+    "not_yet_stored",
     "parse",
 ]
 
@@ -98,6 +102,11 @@ class Parsed:
     entries: list[Entry]
     torn: int = 0
     why: str = ""
+
+
+def journal_path(database: Path) -> Path:
+    """The journal of the database at ``database``: ``p2pchat.db.outbox``."""
+    return database.with_name(database.name + ".outbox")
 
 
 def journal_key(database_key: bytes) -> bytes:
@@ -195,6 +204,57 @@ def _decode(payload: bytes, key: bytes | None, name: str, offset: int) -> Entry:
     ):  # fmt: skip
         raise damaged("a record with fields of the wrong type")
     return Entry(peer_id, mid, seq, body, float(created_at), reply_to)
+
+
+def fold_into(db: sqlite3.Connection, entries: Sequence[Entry]) -> None:
+    """Write ``entries`` as rows (message, outbox, conversation counter) inside the
+    caller's transaction, in a fixed number of statements whatever their number."""
+    if not entries:
+        return
+    db.executemany(
+        "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+        " received_at, state, updated_at, reply_to)"
+        " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?, ?)",
+        [(e.id, e.peer_id, e.seq, e.body, e.created_at, e.created_at, e.reply_to) for e in entries],
+    )
+    db.executemany(
+        "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
+        [(e.id, e.peer_id, e.seq) for e in entries],
+    )
+    last = {e.peer_id: e.seq for e in entries}
+    db.executemany(
+        "INSERT INTO conversations (peer_id, send_seq) VALUES (?, ?)"
+        " ON CONFLICT (peer_id) DO UPDATE SET send_seq = max(send_seq, excluded.send_seq)",
+        list(last.items()),
+    )
+
+
+def not_yet_stored(db: sqlite3.Connection, entries: Sequence[Entry], name: str) -> list[Entry]:
+    """What a journal found on opening still has to fold: the entries whose message
+    is not stored yet (a crash between a fold's commit and emptying the file leaves
+    stored ones).  They must continue each conversation's numbering without a gap;
+    anything else means the journal does not belong to this database."""
+    todo = []
+    next_seq: dict[str, int] = {}
+    for e in entries:
+        stored = db.execute(
+            "SELECT 1 FROM messages WHERE peer_id = ? AND id = ?", (e.peer_id, e.id)
+        ).fetchone()
+        if stored is not None:
+            continue
+        if e.peer_id not in next_seq:
+            row = db.execute(
+                "SELECT send_seq FROM conversations WHERE peer_id = ?", (e.peer_id,)
+            ).fetchone()
+            next_seq[e.peer_id] = (0 if row is None else int(row[0])) + 1
+        if e.seq != next_seq[e.peer_id]:
+            raise JournalCorrupt(
+                f"{name} holds message {e.seq} to {e.peer_id}, but the database expects "
+                f"{next_seq[e.peer_id]}: it does not belong to this database"
+            )
+        next_seq[e.peer_id] += 1
+        todo.append(e)
+    return todo
 
 
 class Journal:

@@ -86,8 +86,19 @@ def resolve_ref(
     raise UnknownContact(f"no {what} matches {ref!r}")
 
 
+def _version(db: sqlite3.Connection) -> tuple[int, int]:
+    """Changes as one connection sees them: the rows it changed itself (which counts
+    every statement, even one rolled back later) and ``PRAGMA data_version``, which
+    moves when another connection commits."""
+    return db.total_changes, int(db.execute("PRAGMA data_version").fetchone()[0])
+
+
 class ContactsMixin(StoreBase):
     """Contacts and blocked peers."""
+
+    _contacts_read: tuple[sqlite3.Connection, tuple[int, int], tuple[Contact, ...]] | None = None
+    """The last ``list_contacts`` answer, with the connection and the database's
+    version (``_version``) when it was read."""
 
     @staticmethod
     def _get_contact(db: sqlite3.Connection, peer_id: str) -> Contact | None:
@@ -219,11 +230,23 @@ class ContactsMixin(StoreBase):
             return self._get_contact(db, peer_id)
 
     def list_contacts(self) -> list[Contact]:
+        """Every contact, by name.
+
+        The node's dial loop asks every second; an idle node's database does not
+        change, so the rows are read (and their addresses parsed) again only after a
+        write.  Not kept inside a transaction, which could still roll back.
+        """
         with self._read() as db:
+            version = _version(db)
+            read = self._contacts_read
+            if read is not None and read[0] is db and read[1] == version:
+                return list(read[2])
             rows = db.execute(
                 f"SELECT {_CONTACT_COLUMNS} FROM contacts ORDER BY name COLLATE NOCASE, peer_id"
             ).fetchall()
-        return [_contact(row) for row in rows]
+            contacts = tuple(_contact(row) for row in rows)
+            self._contacts_read = None if db.in_transaction else (db, version, contacts)
+        return list(contacts)
 
     def remove_contact(self, peer_id: str) -> None:
         """Forget the contact but keep history, counters and queued messages.

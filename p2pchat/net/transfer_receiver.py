@@ -263,10 +263,10 @@ class DataReceiver:
     async def _tcp_records(self, inc: Attempt, reader: asyncio.StreamReader) -> None:
         try:
             while True:
+                assert inc.opener is not None
                 async with asyncio.timeout(self.policy.data_idle_timeout):
                     prefix = await reader.readexactly(4)
-                    sealed = await reader.readexactly(Opener.record_length(prefix))
-                assert inc.opener is not None
+                    sealed = await reader.readexactly(inc.opener.record_length(prefix))
                 record = inc.opener.open_record(sealed)
                 if not await self._store_record(inc, record.index, record.offset, record.data):
                     return

@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    python3 benchmarks/idle.py [--contacts 50] [--seconds 60]
+    python3 benchmarks/idle.py [--contacts 50] [--seconds 60] [--profile FILE]
 
 The measured node is a ``p2pchat daemon`` in its own process (``--no-mdns --no-dht``,
 a fresh home on 127.0.0.1).  Its contacts are ``Node`` objects in this process, each
@@ -14,7 +14,15 @@ of ``--seconds`` and its resident memory (``VmRSS`` at the end, ``VmHWM`` the pe
 CPU % is CPU seconds over wall seconds (100 % = one core busy).  Keepalives are what
 an idle node spends on: a PING after 1 s of silence on each connection
 (``net/quic.py``) and the answers to the contacts' PINGs, plus the dial loop's
-one-second tick.
+one-second tick.  Wake-ups are the daemon's voluntary context switches
+(``/proc/PID/status``, every thread) over the same window: each is the process
+going to sleep in ``epoll_wait`` (or another blocking call) and being woken again.
+
+``--strace SECONDS`` counts the daemon's system calls (``strace -c -f``) for that
+long after the measured window.  ``--profile FILE`` profiles the daemon's CPU time
+(``cProfile`` with ``time.process_time``) over the measured window only and writes
+the stats to FILE (read it with ``pstats``); its CPU figure then includes the
+profiler's overhead.
 
 Traffic goes only to 127.0.0.1.
 """
@@ -25,6 +33,7 @@ import argparse
 import asyncio
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -38,24 +47,75 @@ from tests.daemons import Daemon, free_udp_port, make_home
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of the process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
 
 
-def memory_kib(pid: int) -> dict[str, int]:
+def status(pid: int) -> dict[str, int]:
+    """Memory (KiB) and voluntary context switches of the process and its threads."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0])
+    out["wakeups"] = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                out["wakeups"] += int(line.split()[1])
     return out
+
+
+# Runs ``python -m p2pchat ARGS`` with a CPU-time cProfile that SIGUSR1 switches on
+# and SIGUSR2 switches off and writes out, so the profile covers the idle window only.
+PROFILE_BOOT = """
+import cProfile, runpy, signal, sys, time
+out = sys.argv[1]
+sys.argv = ["p2pchat", *sys.argv[2:]]
+prof = cProfile.Profile(time.process_time)
+signal.signal(signal.SIGUSR1, lambda *_: prof.enable())
+signal.signal(signal.SIGUSR2, lambda *_: (prof.disable(), prof.dump_stats(out)))
+runpy.run_module("p2pchat", run_name="__main__", alter_sys=True)
+"""
+
+
+class ProfiledDaemon(Daemon):
+    """The daemon under a CPU-time cProfile of the measured window (``PROFILE_BOOT``)."""
+
+    def __init__(self, home: Path, listen: str, profile: Path) -> None:
+        super().__init__(home, listen)
+        self.profile = profile
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        assert argv[1:3] == ["-m", "p2pchat"]
+        return [argv[0], "-c", PROFILE_BOOT, str(self.profile), *argv[3:]]
+
+
+async def count_syscalls(pid: int, seconds: float) -> None:
+    """``strace -c -f`` on the daemon (after the CPU window: tracing slows it down)."""
+    proc = await asyncio.create_subprocess_exec(
+        "strace", "-c", "-f", "-p", str(pid),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    await asyncio.sleep(seconds)
+    proc.send_signal(signal.SIGINT)
+    out, _ = await proc.communicate()
+    print(f"\nsystem calls of the daemon over {seconds:g} s (strace -c -f):")
+    print(out.decode(errors="replace"))
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contacts", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--profile", type=Path, metavar="FILE", help="cProfile the daemon")
+    parser.add_argument(
+        "--strace", type=float, default=0, metavar="SECONDS",
+        help="after the measurement, count the daemon's system calls for this long",
+    )  # fmt: skip
     opts = parser.parse_args()
     print(
         f"python {platform.python_version()}, {os.cpu_count()} cores; "
@@ -63,7 +123,12 @@ async def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="p2pchat-idle-bench-") as tmp:
         root = Path(tmp)
-        daemon = Daemon(make_home(root, "idle").home, f"127.0.0.1:{free_udp_port()}")
+        home, listen = make_home(root, "idle").home, f"127.0.0.1:{free_udp_port()}"
+        daemon = (
+            Daemon(home, listen)
+            if opts.profile is None
+            else ProfiledDaemon(home, listen, opts.profile.resolve())
+        )
         await daemon.start()
         nodes: list[Node] = []
         try:
@@ -84,16 +149,27 @@ async def main() -> None:
             await asyncio.sleep(5)
             assert daemon.proc is not None
             pid = daemon.proc.pid
-            started, cpu0 = time.monotonic(), cpu_seconds(pid)
+            if opts.profile is not None:
+                os.kill(pid, signal.SIGUSR1)
+            started, woken0 = time.monotonic(), status(pid)["wakeups"]
+            user0, sys0 = cpu_seconds(pid)
             await asyncio.sleep(opts.seconds)
-            wall, cpu = time.monotonic() - started, cpu_seconds(pid) - cpu0
+            if opts.profile is not None:
+                os.kill(pid, signal.SIGUSR2)
+            wall, (user1, sys1) = time.monotonic() - started, cpu_seconds(pid)
+            user, system = user1 - user0, sys1 - sys0
+            cpu = user + system
+            mem = status(pid)
             online = (await daemon.call("network_status"))["online"]
-            mem = memory_kib(pid)
             print(
                 f"\nidle node with {online} of {opts.contacts} contacts online, {wall:.0f} s:\n"
-                f"  CPU  {cpu:.2f} s = {100 * cpu / wall:.2f} % of one core\n"
-                f"  RSS  {mem['VmRSS'] / 1024:.1f} MiB now, {mem['VmHWM'] / 1024:.1f} MiB peak"
+                f"  CPU  {cpu:.2f} s = {100 * cpu / wall:.2f} % of one core "
+                f"(user {100 * user / wall:.2f} %, system {100 * system / wall:.2f} %)\n"
+                f"  RSS  {mem['VmRSS'] / 1024:.1f} MiB now, {mem['VmHWM'] / 1024:.1f} MiB peak\n"
+                f"  wake-ups  {(mem['wakeups'] - woken0) / wall:.1f} a second"
             )
+            if opts.strace:
+                await count_syscalls(pid, opts.strace)
         finally:
             for node in nodes:
                 await node.stop()

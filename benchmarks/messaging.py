@@ -4,7 +4,11 @@
 Usage (from the repository root)::
 
     python3 benchmarks/messaging.py [--messages N] [--rtt-samples M] [--rounds R]
-                                    [--sweep] [--profile]
+                                    [--sweep] [--profile] [--trace]
+
+``--trace`` runs only the two latency phases, with every stage of the path
+time-stamped (``Tracer``), and prints the timeline of the median sample: where
+a round trip spends its time and in which event-loop turn each step runs.
 
 Everything runs in one process and one asyncio loop, and every socket is bound
 to 127.0.0.1 and talks only to 127.0.0.1.  Both sides of each pair share that
@@ -108,6 +112,8 @@ PHASE_TIMEOUT = 120.0
 # Burst sizes for --sweep: p2pchat's cost per message depends on the burst size.
 SWEEP = (250, 500, 1000, 2000, 4000, 10_000)
 HEADER = struct.Struct(">I")
+# --trace: called with True before each latency sample starts, False after it ended.
+SAMPLE_HOOKS: list[Callable[[bool], None]] = []
 
 
 # --------------------------------------------------------------------- helpers
@@ -201,10 +207,13 @@ class Tap:
 
     def __init__(self, node: Node) -> None:
         self.handler: Callable[[NodeEvent], None] | None = None
+        self.on_event: Callable[[NodeEvent], None] | None = None  # --trace
         self._task = asyncio.ensure_future(self._run(node))
 
     async def _run(self, node: Node) -> None:
         async for event in node.events():
+            if self.on_event is not None:
+                self.on_event(event)
             if self.handler is not None:
                 self.handler(event)
 
@@ -259,9 +268,13 @@ async def chat_round_trips(alice: Node, bob: Node, tap_a: Tap, tap_b: Tap, count
     try:
         for i in range(WARMUP + count):
             waiter = loop.create_future()
+            for hook in SAMPLE_HOOKS:
+                hook(True)
             start = time.perf_counter()
             alice.send_message(bob_id, body("ping", i))
             end = await asyncio.wait_for(waiter, PHASE_TIMEOUT)
+            for hook in SAMPLE_HOOKS:
+                hook(False)
             if i >= WARMUP:
                 result.samples.append(end - start)
     finally:
@@ -290,9 +303,13 @@ async def chat_ack_round_trips(alice: Node, bob: Node, tap_a: Tap, count: int) -
     try:
         for i in range(WARMUP + count):
             waiter = loop.create_future()
+            for hook in SAMPLE_HOOKS:
+                hook(True)
             start = time.perf_counter()
             pending = alice.send_message(bob_id, body("probe", i)).id
             end = await asyncio.wait_for(waiter, PHASE_TIMEOUT)
+            for hook in SAMPLE_HOOKS:
+                hook(False)
             if i >= WARMUP:
                 result.samples.append(end - start)
     finally:
@@ -376,6 +393,170 @@ async def bench_p2pchat(
             await chat_bulk(alice, bob, tap_a, tap_b, args.messages)
             profiler.disable()
     return results
+
+
+# ------------------------------------------------------------------- tracing
+class Tracer:
+    """Stage timestamps (``perf_counter``) along the message path of both nodes, and
+    the event-loop turn each one happened in, for ``--trace``.
+
+    It wraps the methods each stage runs through on the two nodes (and the loop's
+    ``_run_once`` and selector, to count turns and time spent blocked in ``select``),
+    so it measures the code as it is; the wrappers cost a few µs per stage.
+    """
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, int, str, str]] = []
+        self.turn = 0
+        self.enabled = False
+
+    def sampler(self) -> Callable[[bool], None]:
+        """A ``SAMPLE_HOOKS`` entry: each sample's marks become one entry of ``samples``."""
+        self.samples: list[list[tuple[float, int, str, str]]] = []
+
+        def cut(start: bool) -> None:
+            if start:
+                self.marks = []
+                self.enabled = True
+            else:
+                self.mark("bench", "sample end (the measuring task woke up)")
+                self.enabled = False
+                self.samples.append(self.marks)
+
+        return cut
+
+    def mark(self, who: str, label: str) -> None:
+        if self.enabled:
+            self.marks.append((time.perf_counter(), self.turn, who, label))
+
+    def wrap(self, owner: object, name: str, who: str | Callable[..., str], label: str) -> None:
+        """Record ``label`` (``{}`` filled with the first argument's type) before and
+        ``label + " done"`` after ``owner.name`` runs."""
+        inner = getattr(owner, name)
+        tracer = self
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            if not tracer.enabled:
+                return inner(*args, **kwargs)
+            whom = who if isinstance(who, str) else who(*args)
+            text = label.format(type(args[-1]).__name__ if args else "")
+            tracer.mark(whom, text)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                tracer.mark(whom, text + " done")
+
+        setattr(owner, name, wrapper)
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        run_once = loop._run_once  # type: ignore[attr-defined]
+        selector = loop._selector  # type: ignore[attr-defined]
+        select = selector.select
+        tracer = self
+
+        def counted() -> None:
+            tracer.turn += 1
+            run_once()
+
+        def timed_select(timeout: float | None = None) -> object:
+            start = time.perf_counter()
+            ready = select(timeout)
+            waited = time.perf_counter() - start
+            if waited > 50e-6:
+                tracer.mark("loop", f"blocked in select {waited * 1e6:.0f} µs (timeout {timeout})")
+            return ready
+
+        loop._run_once = counted  # type: ignore[attr-defined]
+        selector.select = timed_select
+
+    def attach_node(self, node: Node, who: str) -> None:
+        endpoint = node._endpoint
+        assert endpoint is not None
+        self.wrap(node, "send_message", who, "send_message")
+        self.wrap(node.store, "queue_message", who, "outbox commit")
+        self.wrap(node.store, "batch", who, "group commit")
+        self.wrap(node.delivery, "flush", who, "flush")
+        self.wrap(node, "_emit", who, "emit {}")
+        self.wrap(node.delivery, "_emit", who, "emit {}")
+        self.wrap(node, "frame_received", who, "frame {}")
+        self.wrap(endpoint, "sendto", who, "sendto")
+        self.wrap(endpoint, "_receive", who, "datagram in")
+
+
+def attach_classes(tracer: Tracer, names: dict[object, str]) -> None:
+    """Class-level wrappers for objects created per connection (links, sessions)."""
+    from p2pchat.net import endpoint as endpoint_module
+    from p2pchat.net import peer as peer_module
+
+    tracer.wrap(
+        peer_module.PeerConnection, "send",
+        lambda conn, frame: names.get(conn.link.endpoint, "?"), "seal+write {}",
+    )  # fmt: skip
+    tracer.wrap(
+        endpoint_module.QuicLink, "_on_timer",
+        lambda link: names.get(link.endpoint, "?"), "QUIC/keepalive timer",
+    )  # fmt: skip
+    tracer.wrap(
+        endpoint_module.QuicLink, "_scheduled_transmit",
+        lambda link: names.get(link.endpoint, "?"), "scheduled transmit",
+    )  # fmt: skip
+
+
+async def trace_round_trips(count: int) -> None:
+    """``count`` traced round trips and delivery acks: the timeline of the median one,
+    and the median time of each stage from the start."""
+    loop = asyncio.get_running_loop()
+    tracer = Tracer()
+    tracer.attach_loop(loop)
+    async with chat_pair() as (alice, bob, tap_a, tap_b):
+        assert alice._endpoint is not None and bob._endpoint is not None
+        names: dict[object, str] = {alice._endpoint: "alice", bob._endpoint: "bob"}
+        attach_classes(tracer, names)
+        tracer.attach_node(alice, "alice")
+        tracer.attach_node(bob, "bob")
+        tap_a.on_event = lambda event: tracer.mark("alice", f"consumed {type(event).__name__}")
+        tap_b.on_event = lambda event: tracer.mark("bob", f"consumed {type(event).__name__}")
+        for title in ("round trip", "delivery ack"):
+            cut = tracer.sampler()
+            SAMPLE_HOOKS.append(cut)
+            try:
+                if title == "round trip":
+                    await chat_round_trips(alice, bob, tap_a, tap_b, count)
+                else:
+                    await chat_ack_round_trips(alice, bob, tap_a, count)
+            finally:
+                SAMPLE_HOOKS.remove(cut)
+            await asyncio.sleep(0.2)  # timers of the last sample (sent marks) run out
+            print_trace(title, tracer.samples[WARMUP:])
+
+
+def print_trace(title: str, samples: list[list[tuple[float, int, str, str]]]) -> None:
+    def span(sample: list[tuple[float, int, str, str]]) -> float:
+        ends = [t for t, _turn, _who, label in sample if label.startswith("sample end")]
+        return ends[0] - sample[0][0]
+
+    samples = [s for s in samples if s and any(m[3].startswith("sample end") for m in s)]
+    ordered = sorted(samples, key=span)
+    typical = ordered[len(ordered) // 2]
+    # Median offset of each (who, label, occurrence) over every sample that has it.
+    offsets: dict[tuple[str, str, int], list[float]] = {}
+    for sample in samples:
+        seen: dict[tuple[str, str], int] = {}
+        t0 = sample[0][0]
+        for t, _turn, who, label in sample:
+            n = seen.get((who, label), 0)
+            seen[(who, label)] = n + 1
+            offsets.setdefault((who, label, n), []).append(t - t0)
+    print(f"\n{title}: {len(samples)} traced samples, median {span(typical) * 1e6:.0f} µs")
+    print(f"{'µs':>8} {'median':>8} {'turn':>5}  {'node':<6} stage")
+    seen = {}
+    t0, turn0 = typical[0][0], typical[0][1]
+    for t, turn, who, label in typical:
+        n = seen.get((who, label), 0)
+        seen[(who, label)] = n + 1
+        values = offsets.get((who, label, n), [])
+        med = f"{median(values) * 1e6:8.0f}" if len(values) > len(samples) // 2 else " " * 8
+        print(f"{(t - t0) * 1e6:8.0f} {med} {turn - turn0:>5}  {who:<6} {label}")
 
 
 # ---------------------------------------------------------- aioquic reference
@@ -541,7 +722,7 @@ async def bench_aioquic(args: argparse.Namespace, profiler: cProfile.Profile | N
 
 # ------------------------------------------------------------------ profiling
 CATEGORIES = (
-    ("SQLite (store.py + sqlite3)", ("p2pchat/store.py", "sqlite3.")),
+    ("SQLite (store/ + sqlite3)", ("p2pchat/store/", "sqlite3.")),
     ("NaCl sealing/opening", ("nacl/", "_sodium")),
     ("msgpack + frame checks (chat.py)", ("msgpack", "p2pchat/core/chat.py")),
     ("aioquic (QUIC + packet protection)", ("aioquic/", "_buffer", "_crypto", ".aead.AESGCM")),
@@ -730,6 +911,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"also run one bulk round per burst size {', '.join(map(str, SWEEP))} on each side",
     )
     parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="only trace the stages of round trips and delivery acks (--rtt-samples of each)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="after the timed runs, profile one more bulk round per side with cProfile",
@@ -746,6 +932,11 @@ async def main_async(args: argparse.Namespace) -> None:
     # One flush can now announce a whole burst at once (10,000 "delivered" events); the
     # taps must see every event, so their queues hold more than a node's default.
     node_module.EVENT_QUEUE_SIZE = 8 * max(SWEEP)
+    if args.trace:
+        print(f"load average before: {load_average()}", flush=True)
+        await trace_round_trips(args.rtt_samples)
+        print(f"\nload average after: {load_average()}")
+        return
     print(f"load average before: {load_average()}", flush=True)
     chat_profiler = cProfile.Profile() if args.profile else None
     quic_profiler = cProfile.Profile() if args.profile else None

@@ -8,16 +8,13 @@ JSON output (``--json``) is a stable contract for scripts and tests.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import datetime
 import getpass
 import json
-import logging
 import os
-import signal
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -32,7 +29,7 @@ from p2pchat.config import (
     resolve_home,
     save_settings,
 )
-from p2pchat.net.control import CALL_TIMEOUT, ControlClient, ControlError
+from p2pchat.net.control_client import CALL_TIMEOUT, BlockingControlClient, ControlError
 from p2pchat.plain import clean
 
 if TYPE_CHECKING:
@@ -43,7 +40,9 @@ if TYPE_CHECKING:
 # the node, the network stack (aioquic, the DHT, zeroconf), SQLCipher and Textual load
 # only where a command opens or runs a node itself (``_api`` without a running node,
 # ``init``, ``daemon``, ``passphrase``, the app), so such a command starts in tens of
-# milliseconds (tests/test_cli_startup.py, benchmarks/cli.py).
+# milliseconds (tests/test_cli_startup.py, benchmarks/cli.py).  Nor does it load
+# asyncio, the largest import left: it talks over a blocking socket and its coroutine
+# runs without an event loop (``_run_loopless``).
 
 # Exit codes are part of the scripting contract (docs/cli.md).
 EXIT_OK = 0
@@ -102,7 +101,10 @@ _SLOW_OPS: dict[str, float | None] = {
 
 
 class _RemoteApi:
-    def __init__(self, client: ControlClient) -> None:
+    """The running node, over a blocking socket: a command process does nothing else
+    while it waits for an answer, so its ``call`` never suspends (``_run_loopless``)."""
+
+    def __init__(self, client: BlockingControlClient) -> None:
         self.client = client
 
     async def call(self, op: str, args: dict[str, Any]) -> Any:
@@ -112,7 +114,7 @@ class _RemoteApi:
         elif op in ("send", "wait_transfer", "wait_delivery"):
             wait = args.get("wait", args.get("timeout", 0))
             timeout = CALL_TIMEOUT + (float(wait) if isinstance(wait, (int, float)) else 0.0)
-        return await self.client.call(op, args, timeout=timeout)
+        return self.client.call(op, args, timeout=timeout)
 
 
 def _passphrase(args: argparse.Namespace) -> str | None:
@@ -147,9 +149,9 @@ async def _api(
 ) -> AsyncIterator[Api]:
     """The running node if there is one, else a node opened (and maybe started) here."""
     if NodeLock(paths).is_held_elsewhere():
-        client = ControlClient(paths.control_socket)
+        client = BlockingControlClient(paths.control_socket)
         try:
-            await client.connect()
+            client.connect()
         except (OSError, ControlError) as exc:
             raise CliError(
                 f"a node runs for {paths.home} but its control socket does not answer: {exc}",
@@ -158,8 +160,13 @@ async def _api(
         try:
             yield _RemoteApi(client)
         finally:
-            await client.close()
+            client.close()
         return
+    if getattr(args, "loopless", False):
+        raise CliError(
+            f"the node running for {paths.home} stopped as the command started; run it again",
+            EXIT_NETWORK,
+        )
     _require_identity(paths)
     node = _open_node(paths, args, passphrase)
     try:
@@ -203,7 +210,7 @@ def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     try:
-        return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
     except (OverflowError, OSError, ValueError):
         return "?"
 
@@ -614,12 +621,10 @@ async def cmd_send(paths: Paths, args: argparse.Namespace) -> int:
             print(f"offered {len(t['files'])} file(s), {_size(t['total'])} ({t['id']})")
         state = t["state"]
         if args.wait:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            deadline = started + args.timeout
+            deadline = time.monotonic() + args.timeout
             last = ""
             while state not in ("done", "declined", "cancelled", "failed"):
-                if loop.time() > deadline:
+                if time.monotonic() > deadline:
                     break
                 state = await api.call("wait_transfer", {"id": t["id"], "timeout": 0.5})
                 view = await api.call("transfer", {"id": t["id"]})
@@ -1118,6 +1123,9 @@ def _listening(info: dict[str, Any]) -> str:
 
 
 async def cmd_daemon(paths: Paths, args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
     from p2pchat.config import NodeAlreadyRunning
     from p2pchat.net.dht import DhtOptions
     from p2pchat.net.mdns import MdnsOptions
@@ -1173,12 +1181,12 @@ async def cmd_stop(paths: Paths, args: argparse.Namespace) -> int:
         raise CliError(f"no node runs for {paths.home}", EXIT_NETWORK)
     async with _api(paths, args) as api:
         await api.call("shutdown", {})
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + args.timeout
+    deadline = time.monotonic() + args.timeout
     while lock.is_held_elsewhere():
-        if loop.time() > deadline:
+        if time.monotonic() > deadline:
             raise CliError(f"the node did not stop within {args.timeout:g} s", EXIT_NETWORK)
-        await asyncio.sleep(0.05)
+        # Run without an event loop (``_run_loopless``): nothing else runs here.
+        time.sleep(0.05)  # noqa: ASYNC251
     print("stopped")
     return EXIT_OK
 
@@ -1579,18 +1587,50 @@ def _exit_code(exc: BaseException) -> int:
     return _KIND_EXIT.get(type(exc).__name__, EXIT_ERROR)
 
 
+def _run_loopless(command: Coroutine[Any, Any, int]) -> int:
+    """Run a command that only talks to the running node, without an event loop.
+
+    Its coroutine never suspends: every call is a blocking round trip on the control
+    socket (``_RemoteApi``), so it runs to the end in one step.  Creating and closing
+    an event loop, and importing asyncio, would cost a short command more than all
+    the rest of its work (docs/performance.md, "CLI start-up").
+    """
+    try:
+        command.send(None)
+    except StopIteration as done:
+        return int(done.value)
+    command.close()
+    raise RuntimeError("a command for the running node waited on an event loop it has not got")
+
+
+def _logging(verbose: int) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     paths = Paths(resolve_home(args.home))
+    # With a node running for this home, every command but ``daemon`` only talks to it:
+    # nothing in this process logs, and nothing needs an event loop.
     if args.command is None:
+        _logging(args.verbose)
         sys.exit(_run_app(paths, args))
+    args.loopless = args.func is not cmd_daemon and NodeLock(paths).is_held_elsewhere()
+    if not args.loopless:
+        _logging(args.verbose)
     try:
-        code = asyncio.run(args.func(paths, args))
+        if args.loopless:
+            code = _run_loopless(args.func(paths, args))
+        else:
+            import asyncio
+
+            code = asyncio.run(args.func(paths, args))
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
+# Every CLI command imports this module, most of them to reach the running node and
+# exit: what only some paths need (platformdirs, hashlib, tempfile) is imported where
+# it is used, to keep their start-up short (docs/performance.md, "CLI start-up").
 
 APP_NAME = "p2pchat"
 HOME_ENV = "P2PCHAT_HOME"
@@ -56,14 +55,41 @@ def resolve_home(cli_home: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(HOME_ENV)
     if env:
         return Path(env).expanduser().resolve()
+    import platformdirs
+
     return platformdirs.user_data_path(APP_NAME, appauthor=False)
 
 
-@dataclass(frozen=True, slots=True)
 class Paths:
-    """Every file a node uses, derived from one home folder."""
+    """Every file a node uses, derived from one home folder.
 
+    A value (immutable, compared and hashed by its home) written out by hand rather
+    than as a frozen dataclass: the ``dataclasses`` module, with ``inspect`` that it
+    imports, would be a large part of a CLI command's own start-up.
+    """
+
+    __slots__ = ("home",)
     home: Path
+
+    def __init__(self, home: Path) -> None:
+        object.__setattr__(self, "home", home)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Paths is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Paths is immutable: cannot delete {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool(self.home == other.home)
+
+    def __hash__(self) -> int:
+        return hash((self.home,))
+
+    def __repr__(self) -> str:
+        return f"Paths(home={self.home!r})"
 
     @property
     def identity(self) -> Path:
@@ -87,6 +113,8 @@ class Paths:
 
     @property
     def downloads(self) -> Path:
+        import platformdirs
+
         return platformdirs.user_downloads_path()
 
     @property
@@ -132,6 +160,8 @@ class Paths:
             return
         if _read_pointer(self.socket_pointer) is not None:
             return
+        import tempfile
+
         folder = Path(tempfile.mkdtemp(prefix="p2pchat-"))
         _check_private(folder)
         tmp = self.socket_pointer.with_suffix(".tmp")
@@ -179,6 +209,8 @@ def _xdg_socket(home: Path) -> Path | None:
         return None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         return None
+    import hashlib
+
     digest = hashlib.blake2b(os.fsencode(home), digest_size=10).hexdigest()
     path = base / "p2pchat" / f"{digest}.sock"
     return path if _fits(path) else None

@@ -1,6 +1,6 @@
 """How chat messages move between this node and its contacts, under budgets.
 
-The outbox and the receive window (``store.py``, ``core/window.py``) make delivery
+The outbox and the receive window (``store/``, ``core/window.py``) make delivery
 exactly-once and in order; this module decides *when* frames go out and what a
 contact may make us spend:
 
@@ -26,8 +26,9 @@ contact may make us spend:
 **Group commit.**  Work that arrives in one event-loop turn is applied together
 at the end of the turn (``flush``, which the node schedules through ``schedule``):
 the messages received from every contact, the transmissions to mark ``sent`` and
-the acks received are written in one transaction (``Store.batch``), and only
-after it committed does each contact get one cumulative ``Ack`` for everything
+the acks received, and the messages the user queued this turn (durable already
+in the store's outbox journal) are written in one transaction (``Store.batch``),
+and only after it committed does each contact get one cumulative ``Ack`` for everything
 stored (its frames leave together, in shared QUIC packets) and does the user see
 the events.  A crash before the commit loses nothing that was acknowledged; a
 crash after it and before the ack leaves the messages stored and unacknowledged,
@@ -101,6 +102,10 @@ MARK_DELAY = 0.05
 STORAGE_REASON = "the contact's device cannot store messages right now (is its disk full?)"
 
 
+class Cancellable(Protocol):
+    """What ``schedule`` returns: ``asyncio.Handle`` and ``TimerHandle`` are."""
+
+    def cancel(self) -> None: ...
 
 
 def daily_quota_setting(settings: dict[str, Any]) -> int | None:
@@ -150,11 +155,12 @@ class Delivery:
         active: Callable[[str], Link | None],
         daily_quota: Callable[[], int | None],
         monotonic: Callable[[], float] = time.monotonic,
-        schedule: Callable[[float], None] | None = None,
+        schedule: Callable[[float], Cancellable | None] | None = None,
     ) -> None:
         """``schedule(delay)`` asks for one ``flush`` call ``delay`` seconds from now, 0
         meaning the end of the current event-loop turn (the node uses ``loop.call_soon``
-        and ``call_later``); without it every call flushes at once."""
+        and ``call_later``), and returns what cancels that call (None: no need); without
+        it every call flushes at once."""
         self.store = store
         self._schedule = schedule
         self.clock = clock
@@ -183,7 +189,8 @@ class Delivery:
         self._acks: dict[str, int] = {}
         """Per contact: the highest cumulative ack received this turn."""
         self._flush_requested = False
-        self._marks_requested = False
+        self._marks_timer: Cancellable | None = None
+        """The pending ``MARK_DELAY`` flush, cancelled by any flush that comes first."""
         self.storage_error: str | None = None
         self.counters: dict[str, int] = {
             "resent_messages": 0,
@@ -368,6 +375,11 @@ class Delivery:
         self._request_marks()
         return True
 
+    def fold_soon(self) -> None:
+        """The store journaled a message (durable already): it is folded into the
+        tables with this turn's group commit, so a turn of sends costs one commit."""
+        self._request_flush()
+
     def on_ack(self, peer: str, seq: int) -> None:
         """A cumulative ack from the contact: applied at the end of the turn."""
         if seq > self._acks.get(peer, 0):
@@ -402,16 +414,22 @@ class Delivery:
         of its own for them; in a burst they ride on the flushes of the acks."""
         if self._schedule is None:
             self.flush()
-        elif not self._marks_requested:
-            self._marks_requested = True
-            self._schedule(MARK_DELAY)
+        elif self._marks_timer is None:
+            timer = self._schedule(MARK_DELAY)
+            if self._sent:  # (without a loop the node flushed at once)
+                self._marks_timer = timer
 
     def flush(self) -> None:
         """Apply everything this turn brought in one transaction, then answer it."""
         self._flush_requested = False
-        if not (self._incoming or self._sent or self._acks):
+        if not (self._incoming or self._sent or self._acks or self.store.pending):
             return
-        self._marks_requested = False  # a pending timer then finds nothing to do
+        if self._marks_timer is not None:
+            # This flush writes the marks: the timer would only wake the loop for
+            # nothing, or (armed a turn ago for the next message) commit that
+            # message's mark on its own instead of with the ack that is coming.
+            self._marks_timer.cancel()
+            self._marks_timer = None
         incoming, self._incoming = self._incoming, {}
         sent, self._sent = self._sent, {}
         acks, self._acks = self._acks, {}
@@ -429,9 +447,7 @@ class Delivery:
                         # refused earlier this turn: it was told when to come back
                         self.counters["dropped_while_refusing"] += len(frames)
                         continue
-                    results = self.store.receive_messages(
-                        peer, frames, now=wall, daily_quota=quota
-                    )
+                    results = self.store.receive_messages(peer, frames, now=wall, daily_quota=quota)
                     received.append((conn, peer, list(zip(frames, results, strict=False))))
                 for peer, (first, last) in sent.items():
                     marked.append((peer, self.store.mark_sent(peer, last, wall, from_seq=first)))

@@ -206,7 +206,9 @@ class Node:
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
         self.identity: Identity
-        self.identity, self.store = open_home(paths, passphrase)
+        # The node's store queues messages through the outbox journal (one write
+        # each, folded into the database with the loop turn's group commit).
+        self.identity, self.store = open_home(paths, passphrase, journal=True)
         self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
         for peer, old, new in self.store.repair_names():
             log.warning("stored name %r of %s breaks the name rule; now %r", old, peer, new)
@@ -253,6 +255,7 @@ class Node:
             daily_quota=lambda: daily_quota_setting(self.settings),
             schedule=self._schedule_flush,
         )
+        self.store.on_pending = self.delivery.fold_soon
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -457,18 +460,17 @@ class Node:
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
-    def _schedule_flush(self, delay: float) -> None:
+    def _schedule_flush(self, delay: float) -> asyncio.Handle | None:
         """Delivery's group commit: at the end of this event-loop turn (``delay`` 0) or
         a little later (bookkeeping that can wait for other writes)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.delivery.flush()  # no loop (a node used without ``start``): at once
-            return
+            return None
         if delay > 0:
-            loop.call_later(delay, self.delivery.flush)
-        else:
-            loop.call_soon(self.delivery.flush)
+            return loop.call_later(delay, self.delivery.flush)
+        return loop.call_soon(self.delivery.flush)
 
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
@@ -935,19 +937,19 @@ class Node:
         ``reply_to``: a message of this conversation (either direction; a unique
         prefix of its id will do) that this one answers.
         """
-        peer = self.store.find_contact(contact)
+        peer = self.store.contact_id(contact)  # from memory: sending reads no row
         body = _message_body(text)
         quoted = None
         if reply_to is not None:
-            quoted = self.find_message(reply_to, contact=peer.peer_id).id
-        message = self.store.queue_message(peer.peer_id, body, now=self.clock(), reply_to=quoted)
+            quoted = self.find_message(reply_to, contact=peer).id
+        message = self.store.queue_message(peer, body, now=self.clock(), reply_to=quoted)
         self._emit(
             MessageSent(
                 message.peer_id, message.id, message.seq, message.body, message.created_at,
                 message.reply_to,
             )
         )  # fmt: skip
-        self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
+        self._emit(MessageStateChanged(peer, message.id, "queued"))
         if self._send_now(message):
             message = dataclasses.replace(message, state="sent")
         return message
@@ -959,7 +961,7 @@ class Node:
         Raises ``NodeError`` naming the first text that cannot be a message (empty,
         too long) before anything is stored.
         """
-        peer = self.store.find_contact(contact).peer_id
+        peer = self.store.contact_id(contact)
         bodies = []
         for n, text in enumerate(texts, 1):
             try:

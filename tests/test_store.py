@@ -96,7 +96,7 @@ def test_reopen_keeps_data_and_does_not_remigrate(db_path: Path) -> None:
 def test_migration_to_per_conversation_ids_keeps_everything(db_path: Path) -> None:
     """A database from before ids were per conversation: rows, outbox, counters and
     the position counter all survive the rebuild, and the foreign key still cascades."""
-    import p2pchat.store as store_module
+    import p2pchat.store.schema as store_module
 
     rebuild = next(i for i, step in enumerate(MIGRATIONS) if "messages_v4" in step)
     old = store_module.MIGRATIONS[:rebuild]
@@ -141,7 +141,7 @@ def test_newer_schema_is_refused(db_path: Path) -> None:
 def test_migration_steps_are_atomic_and_incremental(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import p2pchat.store as store_module
+    import p2pchat.store.schema as store_module
 
     with Store(db_path) as s:
         s.queue_message(BOB, "kept", now=1.0)
@@ -197,6 +197,28 @@ def test_contact_crud(store: Store) -> None:
         store.remove_contact(BOB)
     with pytest.raises(UnknownContact):
         store.rename_contact(BOB, "x")
+
+
+def test_the_contact_list_follows_every_write(store: Store, db_path: Path) -> None:
+    """``list_contacts`` keeps its last answer while the database is unchanged (the dial
+    loop asks every second): a write of this store, a rolled-back one and a commit by
+    another connection each show at once."""
+    store.add_contact(BOB, "Bob", addresses=["h1:1"], now=1.0)
+    first = store.list_contacts()
+    assert [c.name for c in first] == ["Bob"]
+    assert store.list_contacts() == first
+    store.set_addresses(BOB, ["h2:2"])
+    assert [c.addresses for c in store.list_contacts()] == [("h2:2",)]
+    with pytest.raises(RuntimeError), store.batch():
+        store.add_contact(ALICE, "alice", now=2.0)
+        assert [c.name for c in store.list_contacts()] == ["alice", "Bob"]
+        raise RuntimeError("roll the batch back")
+    assert [c.name for c in store.list_contacts()] == ["Bob"]
+    other = sqlite3.connect(db_path)
+    with other:
+        other.execute("UPDATE contacts SET name = 'Robert' WHERE peer_id = ?", (BOB,))
+    other.close()
+    assert [c.name for c in store.list_contacts()] == ["Robert"]
 
 
 def test_contact_names_are_unique_and_valid(store: Store) -> None:

@@ -24,13 +24,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from p2pchat.net.control_client import CALL_TIMEOUT as CALL_TIMEOUT
+from p2pchat.net.control_client import CONNECT_TIMEOUT as CONNECT_TIMEOUT
+from p2pchat.net.control_client import MAX_REPLY as MAX_REPLY
+from p2pchat.net.control_client import MAX_REQUEST as MAX_REQUEST
+from p2pchat.net.control_client import ControlError as ControlError
+from p2pchat.net.control_client import ControlUnavailable as ControlUnavailable
+from p2pchat.net.control_client import (
+    decode_reply,
+    encode_request,
+    not_accepting,
+    unanswered,
+)
+
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 1 << 20
-# A client that connects must not be left hanging by an owner that stopped
-# answering (SIGSTOP, a hung loop): connecting and each call are bounded.
-CONNECT_TIMEOUT = 2.0
-CALL_TIMEOUT = 10.0
 # A streaming client that stops reading is dropped after this long instead of
 # making the owner hold its events in memory.
 STREAM_DRAIN_TIMEOUT = 10.0
@@ -40,21 +48,6 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 """Runs one operation and returns its JSON-ready result (or raises)."""
 EventSource = Callable[[], AsyncIterator[dict[str, Any]]]
 """A fresh subscription to the owner's events, each one a JSON-ready object."""
-
-
-class ControlError(Exception):
-    """The running node answered with an error (carries its kind for exit codes)."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class ControlUnavailable(ControlError):
-    """Nobody answers on the control socket (gone, or not answering in time)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "ControlUnavailable")
 
 
 class ControlServer:
@@ -205,6 +198,9 @@ def _same_user(writer: asyncio.StreamWriter) -> bool:
 class ControlClient:
     """Talks to the running node; same ``call`` signature as ``rpc.call``.
 
+    For processes that run an event loop anyway (the app's attached view, tests,
+    benchmarks); a CLI command uses ``control_client.BlockingControlClient``.
+
     Connecting and every call are bounded (``timeout``; an operation that waits
     on purpose, like ``msg --wait``, passes its own): an owner that was stopped
     with SIGSTOP makes the call fail with ``ControlUnavailable`` instead of
@@ -220,13 +216,11 @@ class ControlClient:
     async def connect(self) -> None:
         try:
             self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.path), limit=64 * MAX_REQUEST),
+                asyncio.open_unix_connection(str(self.path), limit=MAX_REPLY),
                 CONNECT_TIMEOUT,
             )
         except TimeoutError:
-            raise ControlUnavailable(
-                f"the node's control socket {self.path} does not accept connections"
-            ) from None
+            raise not_accepting(self.path) from None
 
     async def call(self, op: str, args: dict[str, Any], *, timeout: float | None = None) -> Any:
         if self._reader is None or self._writer is None:
@@ -234,24 +228,18 @@ class ControlClient:
         limit = self.timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
-                self._writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
+                self._writer.write(encode_request(op, args))
                 await self._writer.drain()
                 line = await self._reader.readline()
         except TimeoutError:
             await self.close()
-            raise ControlUnavailable(
-                f"the running node did not answer within {limit:g} s (is it stopped?)"
-            ) from None
+            raise unanswered(limit) from None
         except (ConnectionError, OSError) as exc:
             await self.close()
             raise ControlUnavailable(f"the running node went away: {exc}") from exc
         if not line:
             await self.close()
-            raise ControlUnavailable("the running node closed the control socket")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise ControlError(str(reply.get("error")), str(reply.get("kind")))
-        return reply.get("result")
+        return decode_reply(line)
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

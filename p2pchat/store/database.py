@@ -1,0 +1,556 @@
+"""Opening the node's database and running transactions on it.
+
+Everything lives in one SQLite file so that a single committed transaction is
+the unit of truth.  The node may be SIGKILLed right after any call returns, so
+every method that writes runs as exactly one ``BEGIN IMMEDIATE`` transaction
+(``isolation_level=None``: the sqlite3 module never opens or commits anything
+behind our back).  When a method returns, its effect is in the WAL and survives
+the process dying; with ``synchronous=NORMAL`` a power cut may lose the last few
+commits but never corrupts the file, which is the usual trade-off for a chat
+client.
+
+``BEGIN IMMEDIATE`` also matters for concurrency: a deferred transaction that
+reads and then writes can fail with ``SQLITE_BUSY`` when another connection
+committed in between, and ``busy_timeout`` cannot retry that.  Taking the write
+lock up front lets a second process (``p2pchat send`` next to a running node)
+share the file safely; WAL lets its readers proceed meanwhile.
+
+This module owns the one connection (plain SQLite or SQLCipher at rest), the
+file lock a passphrase change takes, the schema check on open, and the
+read/write/batch helpers every other part of the store goes through.
+
+**The outbox journal** (``journal.py``, docs/storage.md).  A node's store
+(``journal=True``) makes a message it queues durable with one append to a
+journal file instead of a commit, and keeps the records in memory (``_pending``)
+until the next transaction folds them into the tables.  The rule that nothing
+can tell the difference lives here, in one place: every read and every write
+(``_read``, ``_write``, ``batch``) folds what is pending first, inside its own
+transaction when it writes, so it sees exactly what it would have seen had each
+message been committed on its own.  The file is emptied after the fold
+committed; a rollback puts the records back.  Opening folds what a crash left.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self, cast
+
+import sqlcipher3
+
+from p2pchat.store.errors import DatabaseBusy, DatabaseKeyError, StoreError
+from p2pchat.store.journal import (
+    Entry,
+    Journal,
+    JournalCorrupt,
+    fold_into,
+    journal_key,
+    journal_path,
+    not_yet_stored,
+)
+from p2pchat.store.schema import migrate
+
+log = logging.getLogger(__name__)
+
+# -- opening the database ------------------------------------------------------
+#
+# The one place where a connection to the node's database is made.  A home with
+# a passphrase keeps its database in SQLCipher (every page, the WAL included,
+# encrypted with AES-256 and authenticated with HMAC-SHA512) under a raw 256-bit
+# key derived from the unlocked identity (``p2pchat.atrest``); a home without
+# one keeps an ordinary SQLite file opened by the standard library, exactly as
+# before encryption existed.
+
+# Both bindings implement the same DB-API but raise their own exception classes.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, sqlcipher3.Error)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# How long opening waits for a re-encryption by another process to finish.
+LOCK_WAIT = 120.0
+# How long a store waits for another one to stop numbering outgoing messages.
+JOURNAL_WAIT = 5.0
+
+
+def database_is_plaintext(path: Path) -> bool | None:
+    """True for an ordinary SQLite file, False for an encrypted one, None when empty or absent.
+
+    SQLCipher encrypts the whole first page, header included (its first 16 bytes
+    are the random salt), so an encrypted file never starts with SQLite's magic.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return None
+    if not head:
+        return None
+    return head == _SQLITE_MAGIC
+
+
+def pending_rekey_marker(path: Path) -> Path:
+    """The commit marker of an unfinished passphrase change (see ``p2pchat.atrest``)."""
+    return path.with_name(path.name + ".rekey")
+
+
+def open_database(path: Path, key: bytes | None, *, sqlcipher: bool = False) -> sqlite3.Connection:
+    """Connect to the database at ``path``, encrypted under ``key`` or plain when None.
+
+    A plain database is opened by the standard library unless ``sqlcipher`` asks for
+    the SQLCipher binding (re-encryption needs its ``sqlcipher_export``).  Raises
+    :class:`DatabaseKeyError` when the file and the key do not go together.
+    """
+    plaintext = database_is_plaintext(path)
+    if key is None and plaintext is False:
+        raise DatabaseKeyError(
+            f"{path} is encrypted, but the identity has no passphrase; was identity.key "
+            "replaced by an unprotected copy?"
+        )
+    if key is not None and plaintext is True:
+        raise DatabaseKeyError(f"{path} is not encrypted, but a database key was given")
+    try:
+        if key is None and not sqlcipher:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        else:
+            raw = sqlcipher3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            # Same DB-API; the cast lets the store keep one connection type.
+            db = cast(sqlite3.Connection, raw)
+            # SQLCipher's own log would print to stderr on a key that does not fit;
+            # every failure reaches us as an exception, which says it once.
+            db.execute("PRAGMA cipher_log_level = NONE")
+            if key is not None:
+                if len(key) != 32:
+                    raise ValueError("a database key is 32 bytes")
+                # A raw key skips SQLCipher's PBKDF2: it is already a uniform 256-bit
+                # key, and the passphrase's Argon2id ran when the identity was unlocked.
+                db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+                # Wiping every freed SQLite buffer would not keep the key or the seed
+                # out of process memory; docs/performance.md has the measured cost.
+                db.execute("PRAGMA cipher_memory_security = OFF")
+    except DB_ERRORS as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    try:
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except DB_ERRORS as exc:
+            if key is not None:
+                raise DatabaseKeyError(
+                    f"cannot decrypt {path}: it was not encrypted by this identity, or it is "
+                    "damaged"
+                ) from None
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        db.execute("PRAGMA busy_timeout = 5000")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot enable WAL mode on {path} (got {mode!r})")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        # Sorts, temporary tables and indices stay in memory, never in a temp file.
+        db.execute("PRAGMA temp_store = MEMORY")
+    except DB_ERRORS as exc:
+        db.close()
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class StoreLock:
+    """An ``flock`` on ``<database>.lock`` that every open :class:`Store` holds shared.
+
+    A passphrase change swaps the database file for a re-encrypted copy; it takes
+    this lock exclusively first, so no process can be left holding (and writing
+    to) the file that was replaced.  The kernel releases it when a process dies.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
+        self._fd: int | None = None
+
+    def shared(self, timeout: float = LOCK_WAIT) -> None:
+        """Hold the lock shared, waiting up to ``timeout`` for a re-encryption to end."""
+        self._take(fcntl.LOCK_SH, timeout)
+
+    def exclusive(self, timeout: float = 0.0) -> None:
+        """Hold the lock alone; fails at once if another store is open anywhere.
+
+        Converting a shared lock is not atomic: on failure this process holds no
+        lock at all until it calls :meth:`shared` again.
+        """
+        self._take(fcntl.LOCK_EX, timeout)
+
+    def _take(self, operation: int, timeout: float) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+            self._fd = fd
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, operation | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        if operation == fcntl.LOCK_EX:
+            raise DatabaseBusy(
+                f"the database in {self.path.parent} is open in another p2pchat process "
+                "(the app, a command, or a node opened by a test or script): close it and "
+                "try again"
+            )
+        raise DatabaseBusy(
+            f"the database in {self.path.parent} is being re-encrypted by another p2pchat "
+            "process (a passphrase change); try again when it is done"
+        )
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+@dataclass(slots=True)
+class Sending:
+    """A conversation's outgoing counters, kept in memory by the journal's holder:
+    the last ``seq`` assigned, and ``base``, the lowest one not yet acknowledged
+    (``send_seq + 1`` when the outbox is empty)."""
+
+    send_seq: int
+    base: int
+
+
+@dataclass(slots=True)
+class Reopen:
+    """What :meth:`Store.offline` reopens with: its file lock and the (new) key."""
+
+    lock: StoreLock
+    key: bytes | None
+
+
+class StoreBase:
+    """The connection, its locks and the transaction helpers every part of the store uses."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        key: bytes | None = None,
+        lock: StoreLock | None = None,
+        journal: bool = False,
+    ) -> None:
+        """``journal``: hold the outbox journal for as long as the store is open and
+        queue messages through it (a node's store); other stores take it for one
+        transaction at a time, and only to number messages in SQL."""
+        self.path = Path(path)
+        self._key = key
+        self._lock = threading.RLock()
+        self._batching = False
+        self._db: sqlite3.Connection | None = None
+        self._keeps_journal = journal
+        self._journal = Journal(journal_path(self.path), _journal_key(key))
+        self._pending: list[Entry] = []
+        """Journaled messages not folded into the tables yet, oldest first."""
+        self._folding: list[Entry] = []
+        """Folded into the transaction in progress: pending again if it rolls back."""
+        self._sending: dict[str, Sending] = {}
+        self._contact_refs: dict[str, str] = {}
+        """Contact references resolved to peer IDs (``ContactsMixin.contact_id``)."""
+        self.on_pending: Callable[[], None] | None = None
+        """Called when a message was journaled: the node folds at the end of the turn."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._file_lock = lock if lock is not None else StoreLock(self.path)
+        try:
+            if lock is None:
+                self._file_lock.shared()
+            self._create_private(self.path)
+            self._db = self._open()
+            self._migrate(self._db)
+            self._open_journal()
+        except DB_ERRORS as exc:
+            self.close()
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> sqlite3.Connection:
+        marker = pending_rekey_marker(self.path)
+        if marker.exists():
+            raise StoreError(
+                f"{marker} shows an unfinished passphrase change; open this home with "
+                "p2pchat (any command) to finish it"
+            )
+        return open_database(self.path, self._key)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._key is not None
+
+    # -- the outbox journal ----------------------------------------------------
+
+    def _open_journal(self) -> None:
+        """Fold what a crash left in the journal, unless a running store holds it."""
+        if not self._journal.try_own():
+            return  # its holder folds it
+        try:
+            self._replay()
+        finally:
+            if not self._keeps_journal:
+                self._journal.release()
+
+    def _replay(self) -> None:
+        """Fold the journal's records whose messages are not stored yet, then empty it."""
+        name = str(self._journal.path)
+        try:
+            parsed = self._journal.read()
+        except JournalCorrupt as exc:
+            raise JournalCorrupt(
+                f"{exc}; move it aside to open this home (messages it holds that are "
+                "not in the history would not be sent)"
+            ) from None
+        if parsed.torn:
+            log.warning(
+                "%s: discarded %d bytes at its end (%s): a write cut short by a crash "
+                "or a full disk; that message was never reported queued",
+                name, parsed.torn, parsed.why,
+            )  # fmt: skip
+        if parsed.entries:
+            with self._lock:
+                db = self._connection()
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        todo = not_yet_stored(db, parsed.entries, name)
+                        fold_into(db, todo)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+                except DB_ERRORS as exc:
+                    raise StoreError(f"cannot fold {name}: {exc}") from exc
+            if todo:
+                log.info("%s: %d queued messages folded into the database", name, len(todo))
+        self._journal.clear()
+
+    def _holds_journal(self) -> bool:
+        """Whether messages are queued through the journal: a node's store, holding
+        it (taken over, after waiting for its holder, when it had one at opening)."""
+        if not self._keeps_journal:
+            return False
+        if not self._journal.owned:
+            with self._lock:
+                self._journal.own(JOURNAL_WAIT)
+                self._replay()
+                self._sending.clear()
+        return True
+
+    @contextmanager
+    def _numbering(self) -> Iterator[None]:
+        """Around a transaction that numbers outgoing messages in SQL: only the
+        journal's holder numbers (it counts in memory), so a store that does not hold
+        it takes it for the while, after folding what a crash left in it."""
+        with self._lock:
+            if self._journal.owned:
+                yield
+                return
+            self._journal.own(JOURNAL_WAIT)
+            try:
+                self._replay()
+                yield
+            finally:
+                if self._keeps_journal:
+                    self._sending.clear()
+                else:
+                    self._journal.release()
+
+    def _journal_append(self, entries: list[Entry]) -> None:
+        """Durable on return (one write); folded by the next transaction."""
+        with self._lock:
+            self._journal.append(entries)
+            self._pending.extend(entries)
+        if self.on_pending is not None:
+            self.on_pending()
+
+    @property
+    def pending(self) -> bool:
+        """Whether journaled messages wait to be folded into the tables."""
+        return bool(self._pending)
+
+    def fold(self) -> None:
+        """Fold the journaled messages into the tables now, in one transaction."""
+        with self._lock:
+            if self._pending:
+                with self._write():
+                    pass
+
+    def _fold_into(self, db: sqlite3.Connection) -> None:
+        if self._pending:
+            entries, self._pending = self._pending, []
+            self._folding.extend(entries)
+            fold_into(db, entries)
+
+    def _committed(self) -> None:
+        self._folding.clear()
+        if not self._pending and self._journal.owned:
+            self._journal.clear()
+
+    def _rolled_back(self) -> None:
+        if self._folding:
+            self._pending[:0] = self._folding
+            self._folding.clear()
+        self._sending.clear()  # counters bumped inside are undone: reload them
+
+    @contextmanager
+    def offline(self) -> Iterator[Reopen]:
+        """Close the connection so the caller can replace the database file.
+
+        Every store call from other threads waits meanwhile.  The caller may take
+        the yielded lock exclusively and set the key to reopen with; on the way out
+        the lock is shared again and the database reopened.
+        """
+        with self._lock:
+            if self._db is None:
+                raise StoreError("store is closed")
+            self.fold()  # the journal is empty while the file changes (and its key)
+            self._db.close()
+            self._db = None
+            self._contact_refs.clear()
+            reopen = Reopen(self._file_lock, self._key)
+            try:
+                yield reopen
+            finally:
+                self._file_lock.shared()
+                self._key = reopen.key
+                self._journal.key = _journal_key(reopen.key)
+                self._db = self._open()
+
+    @staticmethod
+    def _create_private(path: Path) -> None:
+        """Create the file ourselves so it never exists with a umask-wide mode.
+
+        SQLite gives the ``-wal`` and ``-shm`` files the main file's mode, so
+        restricting this one file covers all three.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc}") from exc
+        os.close(fd)
+        os.chmod(path, 0o600)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        migrate(db, self.path)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                try:
+                    self.fold()
+                except StoreError as exc:
+                    log.warning("%s; the next opening folds the journal", exc)
+                self._db.close()
+                self._db = None
+            self._journal.release()
+            self._file_lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._read() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every write made inside is one transaction, committed (durable)
+        when the block ends, or rolled back whole if anything in it raises.
+
+        The node applies what arrives in one event-loop turn this way (messages of
+        several contacts, acks, sent marks): one commit instead of one per message.
+        Acknowledge or announce nothing written inside before the block has ended.
+        Nesting is allowed; only the outermost block commits.
+        """
+        with self._lock:
+            if self._batching:
+                yield
+                return
+            with self._write():
+                self._batching = True
+                try:
+                    yield
+                finally:
+                    self._batching = False
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable-on-return write; sqlite errors become ``StoreError``.
+
+        Inside ``batch`` the write joins the batch's transaction instead."""
+        with self._lock:
+            db = self._connection()
+            if self._batching:
+                try:
+                    self._fold_into(db)
+                    yield db
+                except DB_ERRORS as exc:
+                    raise StoreError(f"database error: {exc}") from exc
+                return
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._fold_into(db)
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    self._rolled_back()
+                    raise
+            except DB_ERRORS as exc:
+                raise StoreError(f"database error: {exc}") from exc
+            self._committed()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.fold()  # reads see journaled messages as if each had been committed
+            db = self._connection()
+            try:
+                yield db
+            except DB_ERRORS as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is closed")
+        return self._db
+
+
+def _journal_key(database_key: bytes | None) -> bytes | None:
+    return None if database_key is None else journal_key(database_key)

@@ -1,0 +1,304 @@
+"""Incoming messages: the receive window (exactly once, in order), the daily
+quota of a contact's bytes, edits and deletes from the peer, and read marks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from p2pchat.core.window import Verdict, classify_incoming
+from p2pchat.store.messages import MessageRows
+from p2pchat.store.records import (
+    _INCOMING_KINDS,
+    _MESSAGE_COLUMNS,
+    IncomingMessage,
+    Message,
+    MessageKind,
+    ReceiveResult,
+    _message,
+)
+
+
+class InboxMixin(MessageRows):
+    """Messages from peers, from arrival to read."""
+
+    def receive_message(
+        self,
+        peer_id: str,
+        *,
+        message_id: str,
+        seq: int,
+        base: int,
+        body: str,
+        sent_at: float,
+        now: float,
+        daily_quota: int | None = None,
+        reply_to: str | None = None,
+        kind: MessageKind = "text",
+        target: str | None = None,
+    ) -> ReceiveResult:
+        """Apply the receive window and store the message in one transaction.
+
+        Reading ``recv_seq`` and storing under the same write lock is what makes
+        two racing sessions (or two processes) unable to both accept one seq.
+        A ``message_id`` this peer already used is a duplicate whatever its seq
+        says; another peer's ids do not matter (ids are unique per conversation).
+
+        ``daily_quota`` bounds the UTF-8 bytes of message bodies stored from this
+        peer per UTC day (``intake``); a message over it is refused, not stored.
+
+        An ``edit`` or ``delete`` is applied in the same transaction, and only to
+        a message this peer wrote to us that is not deleted; its own row keeps no
+        text (the changed message has it, or nothing does).
+        """
+        size = len(body.encode("utf-8"))
+        day = int(now // 86400)
+        with self._write() as db:
+            row = db.execute(
+                "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            recv_seq = 0 if row is None else int(row[0])
+            known = db.execute(
+                "SELECT 1 FROM messages WHERE peer_id = ? AND id = ?", (peer_id, message_id)
+            ).fetchone()
+            verdict: Verdict = (
+                "duplicate" if known is not None else classify_incoming(seq, base, recv_seq)
+            )
+            if verdict != "accept":
+                return ReceiveResult(verdict, None, recv_seq)
+            if daily_quota is not None:
+                used = db.execute(
+                    "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
+                ).fetchone()
+                if (0 if used is None else int(used[0])) + size > daily_quota:
+                    return ReceiveResult("quota", None, recv_seq, retry_at=(day + 1) * 86400.0)
+            db.execute("DELETE FROM intake WHERE peer_id = ? AND day < ?", (peer_id, day))
+            db.execute(
+                "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, 1)"
+                " ON CONFLICT (peer_id, day) DO UPDATE"
+                " SET bytes = bytes + excluded.bytes, messages = messages + 1",
+                (peer_id, day, size),
+            )
+            changed: Message | None = None
+            if kind != "text":
+                changed = self._apply_change(db, peer_id, kind, target, body, now)
+                body = ""
+            db.execute(
+                "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+                " received_at, state, updated_at, reply_to, kind, target)"
+                " VALUES (?, ?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id, peer_id, seq, body, sent_at, now,
+                    # Bookkeeping rows are never unread.
+                    "delivered" if kind == "text" else "read",
+                    now, reply_to, kind, target,
+                ),
+            )  # fmt: skip
+            db.execute(
+                "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
+                " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
+                (peer_id, seq),
+            )
+        message = Message(
+            message_id, peer_id, "in", seq, body, sent_at, now,
+            "delivered" if kind == "text" else "read", now,
+            reply_to=reply_to, kind=kind, target=target,
+        )  # fmt: skip
+        return ReceiveResult("accept", message, seq, changed=changed)
+
+    def _apply_change(
+        self,
+        db: sqlite3.Connection,
+        peer_id: str,
+        kind: MessageKind,
+        target: str | None,
+        body: str,
+        now: float,
+    ) -> Message | None:
+        """An incoming edit or delete of ``target``; None if refused."""
+        row = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
+            (peer_id, target),
+        ).fetchone()
+        if row is None:
+            return None
+        original = _message(row)
+        if (
+            original.peer_id != peer_id
+            or original.direction != "in"
+            or original.kind != "text"
+            or original.deleted_at is not None
+        ):
+            return None
+        if kind == "edit":
+            db.execute(
+                "UPDATE messages SET body = ?, edited_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (body, now, now, peer_id, target),
+            )
+        else:
+            db.execute(
+                "UPDATE messages SET body = '', deleted_at = ?, updated_at = ?"
+                " WHERE peer_id = ? AND id = ?",
+                (now, now, peer_id, target),
+            )
+        return self._get_message(db, peer_id, original.id)
+
+    def receive_messages(
+        self,
+        peer_id: str,
+        frames: Sequence[IncomingMessage],
+        *,
+        now: float,
+        daily_quota: int | None = None,
+    ) -> list[ReceiveResult]:
+        """``receive_message`` for several messages of one contact, in order, in one
+        transaction and a fixed number of statements: the receive window is read once
+        and applied here message by message, and the accepted rows go in together.
+
+        Stops after a message over the daily quota (its result is the last one): the
+        contact is told to wait, and what it sent after that is not looked at.
+        """
+        if not frames:
+            return []
+        day = int(now // 86400)
+        results: list[ReceiveResult] = []
+        with self._write() as db:
+            row = db.execute(
+                "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            recv_seq = 0 if row is None else int(row[0])
+            known: set[str] = set()
+            ids = list(dict.fromkeys(f.id for f in frames))
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                known.update(
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM messages WHERE peer_id = ? AND id IN"
+                        f" ({','.join('?' * len(part))})",
+                        (peer_id, *part),
+                    )
+                )
+            used = db.execute(
+                "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
+            ).fetchone()
+            intake = 0 if used is None else int(used[0])
+            pending: list[Message] = []  # accepted, not inserted yet
+            count = 0
+
+            def insert_pending() -> None:
+                db.executemany(
+                    "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+                    " received_at, state, updated_at, reply_to, kind, target)"
+                    " VALUES (?, ?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (m.id, peer_id, m.seq, m.body, m.created_at, now, m.state, now,
+                         m.reply_to, m.kind, m.target)
+                        for m in pending
+                    ],
+                )  # fmt: skip
+                pending.clear()
+
+            for frame in frames:
+                verdict: Verdict = (
+                    "duplicate"
+                    if frame.id in known
+                    else classify_incoming(frame.seq, frame.base, recv_seq)
+                )
+                if verdict != "accept":
+                    results.append(ReceiveResult(verdict, None, recv_seq))
+                    continue
+                size = len(frame.body.encode("utf-8"))
+                if daily_quota is not None and intake + size > daily_quota:
+                    retry_at = (day + 1) * 86400.0
+                    results.append(ReceiveResult("quota", None, recv_seq, retry_at=retry_at))
+                    break
+                intake += size
+                count += 1
+                recv_seq = frame.seq
+                known.add(frame.id)
+                kind = _INCOMING_KINDS.get(frame.kind, "text")
+                body = frame.body
+                changed: Message | None = None
+                if kind != "text":
+                    # Its target may be earlier in this batch: that one goes in first.
+                    insert_pending()
+                    changed = self._apply_change(db, peer_id, kind, frame.target, body, now)
+                    body = ""  # the changed message has the text, or nothing does
+                message = Message(
+                    frame.id, peer_id, "in", frame.seq, body, frame.sent_at, now,
+                    # Bookkeeping rows are never unread.
+                    "delivered" if kind == "text" else "read", now,
+                    reply_to=frame.reply_to, kind=kind, target=frame.target,
+                )  # fmt: skip
+                pending.append(message)
+                results.append(ReceiveResult("accept", message, recv_seq, changed=changed))
+            if count:
+                insert_pending()
+                db.execute("DELETE FROM intake WHERE peer_id = ? AND day < ?", (peer_id, day))
+                db.execute(
+                    "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (peer_id, day) DO UPDATE"
+                    " SET bytes = excluded.bytes, messages = messages + excluded.messages",
+                    (peer_id, day, intake, count),
+                )
+                db.execute(
+                    "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
+                    (peer_id, recv_seq),
+                )
+        return results
+
+    def intake_today(self, peer_id: str, *, now: float) -> tuple[int, int]:
+        """(bytes, messages) stored from ``peer_id`` this UTC day."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT bytes, messages FROM intake WHERE peer_id = ? AND day = ?",
+                (peer_id, int(now // 86400)),
+            ).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def recv_seq(self, peer_id: str) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def mark_read_incoming(self, peer_id: str, upto_seq: int, *, now: float | None = None) -> int:
+        """Advance our read marker (never backwards, never past what we hold).
+
+        ``now`` stamps ``updated_at`` on the messages that change; without it
+        their timestamps are left alone.
+        """
+        with self._write() as db:
+            row = db.execute(
+                "SELECT recv_seq, my_read_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            if row is None:
+                return 0
+            recv_seq, my_read_seq = int(row[0]), int(row[1])
+            new_read_seq = max(my_read_seq, min(upto_seq, recv_seq))
+            if new_read_seq != my_read_seq:
+                db.execute(
+                    "UPDATE conversations SET my_read_seq = ? WHERE peer_id = ?",
+                    (new_read_seq, peer_id),
+                )
+            db.execute(
+                "UPDATE messages INDEXED BY messages_unread_in"
+                " SET state = 'read', updated_at = coalesce(?, updated_at)"
+                " WHERE peer_id = ? AND direction = 'in' AND state = 'delivered' AND seq <= ?",
+                (now, peer_id, new_read_seq),
+            )
+        return new_read_seq
+
+    def unread_count(self, peer_id: str) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count(*) FROM messages INDEXED BY messages_unread_in"
+                " WHERE peer_id = ? AND direction = 'in' AND state = 'delivered'",
+                (peer_id,),
+            ).fetchone()
+        return int(row[0])

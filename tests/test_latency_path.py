@@ -1,0 +1,194 @@
+"""The message path waits for nothing it does not need: the ack of a group commit leaves
+in the commit's own loop turn, events are emitted only after their commit, a flush
+cancels the sent-mark timer it made useless, and QUIC ACKs ride on our data instead of
+datagrams of their own (docs/performance.md, "Messaging")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from p2pchat.core.events import MessageReceived, MessageStateChanged, NodeEvent
+from p2pchat.net import endpoint as endpoint_module
+from p2pchat.net.endpoint import QuicLink
+from p2pchat.node import Node
+
+from .conftest import StartNode, friends, wait_until
+
+
+@contextlib.contextmanager
+def turn_counter() -> Iterator[list[int]]:
+    """Counts event-loop turns: a callback that schedules itself again runs once per turn."""
+    loop = asyncio.get_running_loop()
+    turns = [0]
+    handle: list[asyncio.Handle] = []
+
+    def tick() -> None:
+        turns[0] += 1
+        handle[:] = [loop.call_soon(tick)]
+
+    tick()
+    try:
+        yield turns
+    finally:
+        handle[0].cancel()
+
+
+def link_of(node: Node, peer: Node) -> QuicLink:
+    conn = node._active[peer.peer_id]
+    return conn.link
+
+
+async def test_the_ack_of_a_group_commit_leaves_in_the_commits_turn(
+    start_node: StartNode,
+) -> None:
+    a, b = await friends(start_node)
+    endpoint = b._endpoint
+    assert endpoint is not None
+    log: list[tuple[str, int]] = []
+    with turn_counter() as turns:
+        flush, sendto = b.delivery.flush, endpoint.sendto
+
+        def traced_flush() -> None:
+            flush()
+            if not b.delivery._incoming:
+                log.append(("commit", turns[0]))
+
+        def traced_sendto(data: bytes, address: Any, **kwargs: Any) -> None:
+            log.append(("datagram", turns[0]))
+            sendto(data, address, **kwargs)
+
+        b.delivery.flush = traced_flush  # type: ignore[method-assign]
+        endpoint.sendto = traced_sendto  # type: ignore[method-assign]
+        for i in range(5):
+            log.clear()
+            sent = a.send_message("b", f"hello {i}")
+            await wait_until(lambda m=sent.id: a.store.get_message(m).state == "delivered")  # type: ignore[union-attr]
+            commit = next(turn for what, turn in log if what == "commit")
+            first_datagram = next(turn for what, turn in log if what == "datagram")
+            assert first_datagram == commit, log
+
+
+def committed_state(node: Node, message_id: str) -> str | None:
+    """The message's state as another connection sees it: committed, nothing else."""
+    with contextlib.closing(sqlite3.connect(f"file:{node.store.path}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def check_events_against_commits(node: Node, seen: list[NodeEvent]) -> None:
+    """Every message event of ``node`` is checked, when it is emitted, against what a
+    second database connection can read at that moment."""
+    emit = node._emit
+
+    def checked(event: NodeEvent) -> None:
+        if isinstance(event, MessageReceived):
+            assert committed_state(node, event.message_id) is not None, event
+        elif isinstance(event, MessageStateChanged) and event.state in ("sent", "delivered"):
+            assert committed_state(node, event.message_id) in (event.state, "delivered"), event
+        seen.append(event)
+        emit(event)
+
+    node._emit = checked  # type: ignore[method-assign]
+    node.delivery._emit = checked
+
+
+async def test_no_event_before_its_commit(start_node: StartNode) -> None:
+    a, b = await friends(start_node)
+    seen_a: list[NodeEvent] = []
+    seen_b: list[NodeEvent] = []
+    check_events_against_commits(a, seen_a)
+    check_events_against_commits(b, seen_b)
+    for i in range(20):
+        a.send_message("b", f"ping {i}")
+        b.send_message("a", f"pong {i}")
+        if i % 5 == 0:
+            await asyncio.sleep(0)
+    a.send_messages("b", [f"burst {i}" for i in range(50)])
+    await wait_until(lambda: not a.store.outbox(b.peer_id) and not b.store.outbox(a.peer_id))
+    received = [e for e in seen_b if isinstance(e, MessageReceived)]
+    assert len(received) == 70
+    delivered = [
+        e for e in seen_a if isinstance(e, MessageStateChanged) and e.state == "delivered"
+    ]
+    assert len(delivered) == 70
+
+
+async def test_a_flush_cancels_the_sent_mark_timer_it_made_useless(
+    start_node: StartNode,
+) -> None:
+    a, _b = await friends(start_node)
+    loop = asyncio.get_running_loop()
+    timers: list[asyncio.Handle] = []
+    schedule: Callable[[float], Any] = a.delivery._schedule  # type: ignore[assignment]
+
+    def recorded(delay: float) -> Any:
+        handle = schedule(delay)
+        if delay > 0:
+            timers.append(handle)
+        return handle
+
+    a.delivery._schedule = recorded
+    for i in range(5):
+        message = a.send_message("b", f"hello {i}")
+        await wait_until(lambda m=message.id: a.store.get_message(m).state == "delivered")  # type: ignore[union-attr]
+        # The ack's flush wrote the sent mark: its timer is cancelled, not left to wake
+        # the loop (or to commit the next message's mark on its own) 50 ms later.
+        assert timers, "the sent mark was not deferred"
+        pending = [
+            t
+            for t in timers
+            if not t.cancelled() and isinstance(t, asyncio.TimerHandle) and t.when() > loop.time()
+        ]
+        assert pending == []
+        assert a.delivery._marks_timer is None
+
+
+@pytest.fixture
+def long_ack_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone packet's ACK waits (almost) for ever unless data of ours leaves first, so
+    the test does not depend on how fast a loaded machine runs."""
+    monkeypatch.setattr(endpoint_module, "ACK_DELAY", 60.0)
+
+
+@pytest.mark.usefixtures("long_ack_delay")
+async def test_quic_acks_ride_on_our_data(start_node: StartNode) -> None:
+    a, b = await friends(start_node)
+    link = link_of(a, b)
+    space = link._ack_space()
+    assert space is not None
+    deferred: list[float] = []
+    receive = link.datagram_received
+
+    def traced_receive(data: bytes, address: Any) -> None:
+        receive(data, address)
+        if space.ack_at is not None:
+            deferred.append(space.ack_at - link.endpoint.now())
+
+    link.datagram_received = traced_receive  # type: ignore[method-assign]
+    for i in range(5):
+        deferred.clear()
+        message = a.send_message("b", f"hello {i}")
+        await wait_until(lambda m=message.id: a.store.get_message(m).state == "delivered")  # type: ignore[union-attr]
+        # bob's chat-level ack came in one packet: its QUIC ACK waits for our data...
+        assert deferred and deferred[0] > 30.0, deferred
+        assert space.ack_at is not None
+    # ...which carries it: nothing is left to acknowledge once our next message left.
+    left: list[float | None] = []
+    transmit = link.transmit
+
+    def traced_transmit() -> None:
+        data = link._data_written
+        transmit()
+        if data:
+            left.append(space.ack_at)
+
+    link.transmit = traced_transmit  # type: ignore[method-assign]
+    a.send_message("b", "last")
+    await wait_until(lambda: bool(left))
+    assert left[0] is None

@@ -1518,6 +1518,7 @@ class Node:
                 # see only the relay).
                 seen=_proven_address(conn) or None,
                 groups=tuple(sorted(self.groups.hello_groups(conn))),
+                files=chat.FILE_DROP_VERSION,
             )
         )
 

@@ -100,6 +100,8 @@ class TransferFile:
     final: str | None
     accepted: bool
     done: bool
+    mtime: int | None = None
+    """Outgoing: the source's modification time (ns) when it was offered."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,11 @@ one-second tick.  Wake-ups are the daemon's voluntary context switches
 (``/proc/PID/status``, every thread) over the same window: each is the process
 going to sleep in ``epoll_wait`` (or another blocking call) and being woken again.
 
-``--profile FILE`` profiles the daemon's CPU time (``cProfile`` with
-``time.process_time``) over the measured window only and writes the stats to FILE
-(read it with ``pstats``); its CPU figure then includes the profiler's overhead.
+``--strace SECONDS`` counts the daemon's system calls (``strace -c -f``) for that
+long after the measured window.  ``--profile FILE`` profiles the daemon's CPU time
+(``cProfile`` with ``time.process_time``) over the measured window only and writes
+the stats to FILE (read it with ``pstats``); its CPU figure then includes the
+profiler's overhead.
 
 Traffic goes only to 127.0.0.1.
 """
@@ -92,11 +94,28 @@ class ProfiledDaemon(Daemon):
         return [argv[0], "-c", PROFILE_BOOT, str(self.profile), *argv[3:]]
 
 
+async def count_syscalls(pid: int, seconds: float) -> None:
+    """``strace -c -f`` on the daemon (after the CPU window: tracing slows it down)."""
+    proc = await asyncio.create_subprocess_exec(
+        "strace", "-c", "-f", "-p", str(pid),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    await asyncio.sleep(seconds)
+    proc.send_signal(signal.SIGINT)
+    out, _ = await proc.communicate()
+    print(f"\nsystem calls of the daemon over {seconds:g} s (strace -c -f):")
+    print(out.decode(errors="replace"))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contacts", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--profile", type=Path, metavar="FILE", help="cProfile the daemon")
+    parser.add_argument(
+        "--strace", type=float, default=0, metavar="SECONDS",
+        help="after the measurement, count the daemon's system calls for this long",
+    )  # fmt: skip
     opts = parser.parse_args()
     print(
         f"python {platform.python_version()}, {os.cpu_count()} cores; "
@@ -149,6 +168,8 @@ async def main() -> None:
                 f"  RSS  {mem['VmRSS'] / 1024:.1f} MiB now, {mem['VmHWM'] / 1024:.1f} MiB peak\n"
                 f"  wake-ups  {(mem['wakeups'] - woken0) / wall:.1f} a second"
             )
+            if opts.strace:
+                await count_syscalls(pid, opts.strace)
         finally:
             for node in nodes:
                 await node.stop()

@@ -16,6 +16,10 @@ a temporary folder, WAL with ``synchronous = NORMAL`` (the store's settings):
 * ``os.write of one framed record``: ``p2pchat.journal.encode`` and one
   ``os.write`` on an ``O_APPEND`` descriptor (plain, then sealed).
 * ``Journal.append``: the journal's own call (framing, one write).
+* ``store send path (journal)``: ``Store.queue_message`` on a store that owns its
+  journal (a node's), plus its share of the fold: the records are folded into
+  the database in one transaction every 256 messages, as a group commit of a
+  loop turn does in a burst.
 
 Both sides of the comparison give the same guarantee: the message survives the
 process being killed once the call returned (the bytes are the kernel's), not a
@@ -39,8 +43,8 @@ from statistics import median
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from p2pchat.journal import Entry, Journal, encode, journal_key  # noqa: E402
 from p2pchat.store import Store  # noqa: E402
+from p2pchat.store.journal import Entry, Journal, encode, journal_key  # noqa: E402
 
 PEER = "b2" * 16
 BODY = "x" * 100
@@ -109,6 +113,20 @@ def journal_append(key: bytes | None) -> Callable[[Path], Callable[[int], None]]
     return setup
 
 
+def store_journal(key: bytes | None) -> Callable[[Path], Callable[[int], None]]:
+    def setup(folder: Path) -> Callable[[int], None]:
+        store = Store(folder / "bench.db", key=key, journal=True)
+
+        def step(i: int) -> None:
+            store.queue_message(PEER, BODY, now=1.0)
+            if i % 256 == 255:
+                store.fold()
+
+        return step
+
+    return setup
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
@@ -127,6 +145,8 @@ def main() -> None:
         ("os.write of one sealed record", raw_write(sealing)),
         ("Journal.append", journal_append(None)),
         ("Journal.append, sealed", journal_append(sealing)),
+        ("store send path (journal, fold every 256)", store_journal(None)),
+        ("store send path, SQLCipher (journal, fold every 256)", store_journal(KEY)),
     ]
     for label, setup in rows:
         print(f"  {label:<54} {per_call(setup, n, r):8.1f} µs")

@@ -214,7 +214,9 @@ class _Files:
 # --------------------------------------------------------------------------- opening
 
 
-def open_home(paths: Paths, passphrase: str | None = None) -> tuple[Identity, Store]:
+def open_home(
+    paths: Paths, passphrase: str | None = None, *, journal: bool = False
+) -> tuple[Identity, Store]:
     """Unlock the identity and open its database, the way every process does it.
 
     Finishes or discards an interrupted passphrase change first, and encrypts a
@@ -234,7 +236,7 @@ def open_home(paths: Paths, passphrase: str | None = None) -> tuple[Identity, St
             _no_core_dumps()
             if database_is_plaintext(paths.database):
                 key = _encrypt_on_open(files, lock, key)
-        store = Store(paths.database, key=key, lock=lock)
+        store = Store(paths.database, key=key, lock=lock, journal=journal)
     except BaseException:
         lock.release()
         raise

@@ -26,8 +26,9 @@ contact may make us spend:
 **Group commit.**  Work that arrives in one event-loop turn is applied together
 at the end of the turn (``flush``, which the node schedules through ``schedule``):
 the messages received from every contact, the transmissions to mark ``sent`` and
-the acks received are written in one transaction (``Store.batch``), and only
-after it committed does each contact get one cumulative ``Ack`` for everything
+the acks received, and the messages the user queued this turn (durable already
+in the store's outbox journal) are written in one transaction (``Store.batch``),
+and only after it committed does each contact get one cumulative ``Ack`` for everything
 stored (its frames leave together, in shared QUIC packets) and does the user see
 the events.  A crash before the commit loses nothing that was acknowledged; a
 crash after it and before the ack leaves the messages stored and unacknowledged,
@@ -374,6 +375,11 @@ class Delivery:
         self._request_marks()
         return True
 
+    def fold_soon(self) -> None:
+        """The store journaled a message (durable already): it is folded into the
+        tables with this turn's group commit, so a turn of sends costs one commit."""
+        self._request_flush()
+
     def on_ack(self, peer: str, seq: int) -> None:
         """A cumulative ack from the contact: applied at the end of the turn."""
         if seq > self._acks.get(peer, 0):
@@ -416,7 +422,7 @@ class Delivery:
     def flush(self) -> None:
         """Apply everything this turn brought in one transaction, then answer it."""
         self._flush_requested = False
-        if not (self._incoming or self._sent or self._acks):
+        if not (self._incoming or self._sent or self._acks or self.store.pending):
             return
         if self._marks_timer is not None:
             # This flush writes the marks: the timer would only wake the loop for

@@ -206,7 +206,9 @@ class Node:
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
         self.identity: Identity
-        self.identity, self.store = open_home(paths, passphrase)
+        # The node's store queues messages through the outbox journal (one write
+        # each, folded into the database with the loop turn's group commit).
+        self.identity, self.store = open_home(paths, passphrase, journal=True)
         self._peer_id = self.identity.peer_id  # derived once: z-base-32 is not free
         for peer, old, new in self.store.repair_names():
             log.warning("stored name %r of %s breaks the name rule; now %r", old, peer, new)
@@ -253,6 +255,7 @@ class Node:
             daily_quota=lambda: daily_quota_setting(self.settings),
             schedule=self._schedule_flush,
         )
+        self.store.on_pending = self.delivery.fold_soon
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -934,21 +937,21 @@ class Node:
         ``reply_to``: a message of this conversation (either direction; a unique
         prefix of its id will do) that this one answers.
         """
-        peer = self.store.find_contact(contact)
+        peer = self.store.contact_id(contact)  # from memory: sending reads no row
         body = _message_body(text)
         quoted = None
         if reply_to is not None:
-            quoted = self.find_message(reply_to, contact=peer.peer_id).id
-        message = self.store.queue_message(peer.peer_id, body, now=self.clock(), reply_to=quoted)
+            quoted = self.find_message(reply_to, contact=peer).id
+        message = self.store.queue_message(peer, body, now=self.clock(), reply_to=quoted)
         self._emit(
             MessageSent(
                 message.peer_id, message.id, message.seq, message.body, message.created_at,
                 message.reply_to,
             )
         )  # fmt: skip
-        self._emit(MessageStateChanged(peer.peer_id, message.id, "queued"))
+        self._emit(MessageStateChanged(peer, message.id, "queued"))
         if self._send_now(message):
-            message = dataclasses.replace(message, state="sent")
+            message = message.with_state("sent")
         return message
 
     def send_messages(self, contact: str, texts: Iterable[str]) -> list[Message]:
@@ -958,7 +961,7 @@ class Node:
         Raises ``NodeError`` naming the first text that cannot be a message (empty,
         too long) before anything is stored.
         """
-        peer = self.store.find_contact(contact).peer_id
+        peer = self.store.contact_id(contact)
         bodies = []
         for n, text in enumerate(texts, 1):
             try:
@@ -972,7 +975,7 @@ class Node:
             self._emit(MessageSent(m.peer_id, m.id, m.seq, m.body, m.created_at, m.reply_to))
             self._emit(MessageStateChanged(peer, m.id, "queued"))
         if self._send_now(*messages):
-            messages = [dataclasses.replace(m, state="sent") for m in messages]
+            messages = [m.with_state("sent") for m in messages]
         return messages
 
     def _send_now(self, *messages: Message) -> bool:
@@ -1515,6 +1518,7 @@ class Node:
                 # see only the relay).
                 seen=_proven_address(conn) or None,
                 groups=tuple(sorted(self.groups.hello_groups(conn))),
+                files=chat.FILE_DROP_VERSION,
             )
         )
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pchat.journal import (
+from p2pchat.store import DatabaseBusy, StoreError
+from p2pchat.store.journal import (
     HEADER_SIZE,
     Entry,
     Journal,
@@ -19,7 +20,6 @@ from p2pchat.journal import (
     journal_key,
     parse,
 )
-from p2pchat.store import DatabaseBusy, StoreError
 
 KEY = journal_key(bytes(range(32)))
 ENTRIES = [

@@ -59,8 +59,9 @@ async def test_the_ack_of_a_group_commit_leaves_in_the_commits_turn(
         flush, sendto = b.delivery.flush, endpoint.sendto
 
         def traced_flush() -> None:
+            stores = bool(b.delivery._incoming)
             flush()
-            if not b.delivery._incoming:
+            if stores:
                 log.append(("commit", turns[0]))
 
         def traced_sendto(data: bytes, address: Any, **kwargs: Any) -> None:
@@ -73,9 +74,9 @@ async def test_the_ack_of_a_group_commit_leaves_in_the_commits_turn(
             log.clear()
             sent = a.send_message("b", f"hello {i}")
             await wait_until(lambda m=sent.id: a.store.get_message(m).state == "delivered")  # type: ignore[union-attr]
-            commit = next(turn for what, turn in log if what == "commit")
-            first_datagram = next(turn for what, turn in log if what == "datagram")
-            assert first_datagram == commit, log
+            # (Other datagrams may come and go: a keepalive, a late ACK.)
+            at = log.index(next(entry for entry in log if entry[0] == "commit"))
+            assert ("datagram", log[at][1]) in log[at:], log
 
 
 def committed_state(node: Node, message_id: str) -> str | None:

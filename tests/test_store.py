@@ -199,6 +199,28 @@ def test_contact_crud(store: Store) -> None:
         store.rename_contact(BOB, "x")
 
 
+def test_the_contact_list_follows_every_write(store: Store, db_path: Path) -> None:
+    """``list_contacts`` keeps its last answer while the database is unchanged (the dial
+    loop asks every second): a write of this store, a rolled-back one and a commit by
+    another connection each show at once."""
+    store.add_contact(BOB, "Bob", addresses=["h1:1"], now=1.0)
+    first = store.list_contacts()
+    assert [c.name for c in first] == ["Bob"]
+    assert store.list_contacts() == first
+    store.set_addresses(BOB, ["h2:2"])
+    assert [c.addresses for c in store.list_contacts()] == [("h2:2",)]
+    with pytest.raises(RuntimeError), store.batch():
+        store.add_contact(ALICE, "alice", now=2.0)
+        assert [c.name for c in store.list_contacts()] == ["alice", "Bob"]
+        raise RuntimeError("roll the batch back")
+    assert [c.name for c in store.list_contacts()] == ["Bob"]
+    other = sqlite3.connect(db_path)
+    with other:
+        other.execute("UPDATE contacts SET name = 'Robert' WHERE peer_id = ?", (BOB,))
+    other.close()
+    assert [c.name for c in store.list_contacts()] == ["Robert"]
+
+
 def test_contact_names_are_unique_and_valid(store: Store) -> None:
     store.add_contact(ALICE, "Alice", now=1.0)
     # Names reaching add_contact may come from peers: collisions are suffixed, not refused.

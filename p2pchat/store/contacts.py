@@ -24,6 +24,8 @@ from p2pchat.store.records import (
 )
 
 _T = TypeVar("_T")
+MAX_RESOLVED_REFS = 256
+"""Contact references ``contact_id`` remembers (what users and scripts typed)."""
 
 
 def _default_name(peer_id: str) -> str:
@@ -84,8 +86,19 @@ def resolve_ref(
     raise UnknownContact(f"no {what} matches {ref!r}")
 
 
+def _version(db: sqlite3.Connection) -> tuple[int, int]:
+    """Changes as one connection sees them: the rows it changed itself (which counts
+    every statement, even one rolled back later) and ``PRAGMA data_version``, which
+    moves when another connection commits."""
+    return db.total_changes, int(db.execute("PRAGMA data_version").fetchone()[0])
+
+
 class ContactsMixin(StoreBase):
     """Contacts and blocked peers."""
+
+    _contacts_read: tuple[sqlite3.Connection, tuple[int, int], tuple[Contact, ...]] | None = None
+    """The last ``list_contacts`` answer, with the connection and the database's
+    version (``_version``) when it was read."""
 
     @staticmethod
     def _get_contact(db: sqlite3.Connection, peer_id: str) -> Contact | None:
@@ -144,6 +157,7 @@ class ContactsMixin(StoreBase):
     ) -> Contact:
         if not peer_id:
             raise ValueError("peer_id must not be empty")
+        self._contacts_changed()
         existing = self._get_contact(db, peer_id)
         new_addresses = list(addresses)
         final_name: str | None = None
@@ -216,11 +230,23 @@ class ContactsMixin(StoreBase):
             return self._get_contact(db, peer_id)
 
     def list_contacts(self) -> list[Contact]:
+        """Every contact, by name.
+
+        The node's dial loop asks every second; an idle node's database does not
+        change, so the rows are read (and their addresses parsed) again only after a
+        write.  Not kept inside a transaction, which could still roll back.
+        """
         with self._read() as db:
+            version = _version(db)
+            read = self._contacts_read
+            if read is not None and read[0] is db and read[1] == version:
+                return list(read[2])
             rows = db.execute(
                 f"SELECT {_CONTACT_COLUMNS} FROM contacts ORDER BY name COLLATE NOCASE, peer_id"
             ).fetchall()
-        return [_contact(row) for row in rows]
+            contacts = tuple(_contact(row) for row in rows)
+            self._contacts_read = None if db.in_transaction else (db, version, contacts)
+        return list(contacts)
 
     def remove_contact(self, peer_id: str) -> None:
         """Forget the contact but keep history, counters and queued messages.
@@ -228,6 +254,7 @@ class ContactsMixin(StoreBase):
         Keeping the counters is what lets the peer be re-added later without
         the two sides disagreeing about sequence numbers.
         """
+        self._contacts_changed()
         with self._write() as db:
             if db.execute("DELETE FROM contacts WHERE peer_id = ?", (peer_id,)).rowcount == 0:
                 raise UnknownContact(f"{peer_id} is not a contact")
@@ -278,6 +305,7 @@ class ContactsMixin(StoreBase):
         return [BlockedPeer(r[0], r[1], r[2]) for r in rows]
 
     def rename_contact(self, peer_id: str, name: str) -> Contact:
+        self._contacts_changed()
         with self._write() as db:
             self._require_contact(db, peer_id)
             cleaned = normalise_name(name)
@@ -293,6 +321,7 @@ class ContactsMixin(StoreBase):
         carried it.  Returns ``(peer_id, old, new)`` for each contact or request
         changed; a read-only pass when nothing needs repair.
         """
+        self._contacts_changed()
         with self._read() as db:
             contacts = db.execute("SELECT peer_id, name FROM contacts").fetchall()
             requests = db.execute(
@@ -351,6 +380,24 @@ class ContactsMixin(StoreBase):
                 (now, address or None, json.dumps(addresses[:MAX_ADDRESSES]), peer_id),
             )
             return self._require_contact(db, peer_id)
+
+    def contact_id(self, ref: str) -> str:
+        """The peer ID of the contact ``ref`` names (as for :meth:`find_contact`),
+        answered from memory when this ``ref`` was resolved before, so sending a
+        message reads no row.  Every change of who is a contact or of a name made
+        through this store forgets what was resolved (``_contacts_changed``); such a
+        change by another process is not seen until then (a node's contacts change
+        through the node)."""
+        peer_id = self._contact_refs.get(ref)
+        if peer_id is None:
+            peer_id = self.find_contact(ref).peer_id
+            if len(self._contact_refs) >= MAX_RESOLVED_REFS:
+                self._contact_refs.clear()
+            self._contact_refs[ref] = peer_id
+        return peer_id
+
+    def _contacts_changed(self) -> None:
+        self._contact_refs.clear()
 
     def find_contact(self, ref: str) -> Contact:
         """Resolve what a user typed: peer id, name, id prefix (>= 4 chars), name prefix."""

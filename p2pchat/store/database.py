@@ -18,16 +18,27 @@ share the file safely; WAL lets its readers proceed meanwhile.
 This module owns the one connection (plain SQLite or SQLCipher at rest), the
 file lock a passphrase change takes, the schema check on open, and the
 read/write/batch helpers every other part of the store goes through.
+
+**The outbox journal** (``journal.py``, docs/storage.md).  A node's store
+(``journal=True``) makes a message it queues durable with one append to a
+journal file instead of a commit, and keeps the records in memory (``_pending``)
+until the next transaction folds them into the tables.  The rule that nothing
+can tell the difference lives here, in one place: every read and every write
+(``_read``, ``_write``, ``batch``) folds what is pending first, inside its own
+transaction when it writes, so it sees exactly what it would have seen had each
+message been committed on its own.  The file is emptied after the fold
+committed; a rollback puts the records back.  Opening folds what a crash left.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +48,18 @@ from typing import Self, cast
 import sqlcipher3
 
 from p2pchat.store.errors import DatabaseBusy, DatabaseKeyError, StoreError
+from p2pchat.store.journal import (
+    Journal,
+    JournalCorrupt,
+    fold_into,
+    journal_key,
+    journal_path,
+    not_yet_stored,
+)
+from p2pchat.store.records import Message
 from p2pchat.store.schema import migrate
+
+log = logging.getLogger(__name__)
 
 # -- opening the database ------------------------------------------------------
 #
@@ -53,6 +75,8 @@ DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, sqlcipher3.Error)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # How long opening waits for a re-encryption by another process to finish.
 LOCK_WAIT = 120.0
+# How long a store waits for another one to stop numbering outgoing messages.
+JOURNAL_WAIT = 5.0
 
 
 def database_is_plaintext(path: Path) -> bool | None:
@@ -198,6 +222,16 @@ class StoreLock:
 
 
 @dataclass(slots=True)
+class Sending:
+    """A conversation's outgoing counters, kept in memory by the journal's holder:
+    the last ``seq`` assigned, and ``base``, the lowest one not yet acknowledged
+    (``send_seq + 1`` when the outbox is empty)."""
+
+    send_seq: int
+    base: int
+
+
+@dataclass(slots=True)
 class Reopen:
     """What :meth:`Store.offline` reopens with: its file lock and the (new) key."""
 
@@ -209,13 +243,32 @@ class StoreBase:
     """The connection, its locks and the transaction helpers every part of the store uses."""
 
     def __init__(
-        self, path: Path, *, key: bytes | None = None, lock: StoreLock | None = None
+        self,
+        path: Path,
+        *,
+        key: bytes | None = None,
+        lock: StoreLock | None = None,
+        journal: bool = False,
     ) -> None:
+        """``journal``: hold the outbox journal for as long as the store is open and
+        queue messages through it (a node's store); other stores take it for one
+        transaction at a time, and only to number messages in SQL."""
         self.path = Path(path)
         self._key = key
         self._lock = threading.RLock()
         self._batching = False
         self._db: sqlite3.Connection | None = None
+        self._keeps_journal = journal
+        self._journal = Journal(journal_path(self.path), _journal_key(key))
+        self._pending: list[Message] = []
+        """Journaled messages not folded into the tables yet, oldest first."""
+        self._folding: list[Message] = []
+        """Folded into the transaction in progress: pending again if it rolls back."""
+        self._sending: dict[str, Sending] = {}
+        self._contact_refs: dict[str, str] = {}
+        """Contact references resolved to peer IDs (``ContactsMixin.contact_id``)."""
+        self.on_pending: Callable[[], None] | None = None
+        """Called when a message was journaled: the node folds at the end of the turn."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file_lock = lock if lock is not None else StoreLock(self.path)
         try:
@@ -224,6 +277,7 @@ class StoreBase:
             self._create_private(self.path)
             self._db = self._open()
             self._migrate(self._db)
+            self._open_journal()
         except DB_ERRORS as exc:
             self.close()
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
@@ -244,6 +298,121 @@ class StoreBase:
     def encrypted(self) -> bool:
         return self._key is not None
 
+    # -- the outbox journal ----------------------------------------------------
+
+    def _open_journal(self) -> None:
+        """Fold what a crash left in the journal, unless a running store holds it."""
+        if not self._journal.try_own():
+            return  # its holder folds it
+        try:
+            self._replay()
+        finally:
+            if not self._keeps_journal:
+                self._journal.release()
+
+    def _replay(self) -> None:
+        """Fold the journal's records whose messages are not stored yet, then empty it."""
+        name = str(self._journal.path)
+        try:
+            parsed = self._journal.read()
+        except JournalCorrupt as exc:
+            raise JournalCorrupt(
+                f"{exc}; move it aside to open this home (messages it holds that are "
+                "not in the history would not be sent)"
+            ) from None
+        if parsed.torn:
+            log.warning(
+                "%s: discarded %d bytes at its end (%s): a write cut short by a crash "
+                "or a full disk; that message was never reported queued",
+                name, parsed.torn, parsed.why,
+            )  # fmt: skip
+        if parsed.entries:
+            with self._lock:
+                db = self._connection()
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        todo = not_yet_stored(db, parsed.entries, name)
+                        fold_into(db, todo)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+                except DB_ERRORS as exc:
+                    raise StoreError(f"cannot fold {name}: {exc}") from exc
+            if todo:
+                log.info("%s: %d queued messages folded into the database", name, len(todo))
+        self._journal.clear()
+
+    def _holds_journal(self) -> bool:
+        """Whether messages are queued through the journal: a node's store, holding
+        it (taken over, after waiting for its holder, when it had one at opening)."""
+        if not self._keeps_journal:
+            return False
+        if not self._journal.owned:
+            with self._lock:
+                self._journal.own(JOURNAL_WAIT)
+                self._replay()
+                self._sending.clear()
+        return True
+
+    @contextmanager
+    def _numbering(self) -> Iterator[None]:
+        """Around a transaction that numbers outgoing messages in SQL: only the
+        journal's holder numbers (it counts in memory), so a store that does not hold
+        it takes it for the while, after folding what a crash left in it."""
+        with self._lock:
+            if self._journal.owned:
+                yield
+                return
+            self._journal.own(JOURNAL_WAIT)
+            try:
+                self._replay()
+                yield
+            finally:
+                if self._keeps_journal:
+                    self._sending.clear()
+                else:
+                    self._journal.release()
+
+    def _journal_append(self, entries: list[Message]) -> None:
+        """Durable on return (one write); folded by the next transaction."""
+        with self._lock:
+            self._journal.append(entries)
+            self._pending.extend(entries)
+        if self.on_pending is not None:
+            self.on_pending()
+
+    @property
+    def pending(self) -> bool:
+        """Whether journaled messages wait to be folded into the tables."""
+        return bool(self._pending)
+
+    def fold(self) -> None:
+        """Fold the journaled messages into the tables now, in one transaction."""
+        with self._lock:
+            if self._pending:
+                with self._write():
+                    pass
+
+    def _fold_into(self, db: sqlite3.Connection) -> None:
+        if self._pending:
+            entries, self._pending = self._pending, []
+            self._folding.extend(entries)
+            fold_into(db, entries)
+
+    def _committed(self) -> None:
+        self._folding.clear()
+        if not self._pending and self._journal.owned:
+            self._journal.clear()
+
+    def _rolled_back(self) -> None:
+        if self._folding:
+            self._pending[:0] = self._folding
+            self._folding.clear()
+        self._sending.clear()  # counters bumped inside are undone: reload them
+
     @contextmanager
     def offline(self) -> Iterator[Reopen]:
         """Close the connection so the caller can replace the database file.
@@ -255,14 +424,17 @@ class StoreBase:
         with self._lock:
             if self._db is None:
                 raise StoreError("store is closed")
+            self.fold()  # the journal is empty while the file changes (and its key)
             self._db.close()
             self._db = None
+            self._contact_refs.clear()
             reopen = Reopen(self._file_lock, self._key)
             try:
                 yield reopen
             finally:
                 self._file_lock.shared()
                 self._key = reopen.key
+                self._journal.key = _journal_key(reopen.key)
                 self._db = self._open()
 
     @staticmethod
@@ -289,8 +461,13 @@ class StoreBase:
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
+                try:
+                    self.fold()
+                except StoreError as exc:
+                    log.warning("%s; the next opening folds the journal", exc)
                 self._db.close()
                 self._db = None
+            self._journal.release()
             self._file_lock.release()
 
     def __enter__(self) -> Self:
@@ -339,6 +516,7 @@ class StoreBase:
             db = self._connection()
             if self._batching:
                 try:
+                    self._fold_into(db)
                     yield db
                 except DB_ERRORS as exc:
                     raise StoreError(f"database error: {exc}") from exc
@@ -346,18 +524,22 @@ class StoreBase:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    self._fold_into(db)
                     yield db
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
+                    self._rolled_back()
                     raise
             except DB_ERRORS as exc:
                 raise StoreError(f"database error: {exc}") from exc
+            self._committed()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self.fold()  # reads see journaled messages as if each had been committed
             db = self._connection()
             try:
                 yield db
@@ -368,3 +550,7 @@ class StoreBase:
         if self._db is None:
             raise StoreError("store is closed")
         return self._db
+
+
+def _journal_key(database_key: bytes | None) -> bytes | None:
+    return None if database_key is None else journal_key(database_key)

@@ -1,14 +1,22 @@
 """Outgoing messages: numbering and queueing (texts, edits, deletes), the outbox
 the node sends from, and the sent/delivered/read marks the peer's acks bring.
+
+A node's store queues texts through the outbox journal (``database.py``,
+``journal.py``): numbered from counters in memory (``Sending``), made durable with
+one append, folded into these tables by the next transaction.  Edits, deletes and
+retries under a caller's message id are rare and read rows first: they stay SQL
+transactions, numbered by the journal's holder only (``_numbering``).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from p2pchat.store.database import Sending
 from p2pchat.store.errors import StoreError
 from p2pchat.store.messages import MessageRows
 from p2pchat.store.records import (
@@ -40,11 +48,13 @@ class OutboxMixin(MessageRows):
         """
         if not peer_id:
             raise ValueError("peer_id must not be empty")
+        if message_id is None and self._holds_journal():
+            return self._journal_queue(peer_id, [body], now, reply_to)[0]
         if message_id is None:  # a fresh random id names no stored message
-            with self._write() as db:
+            with self._numbering(), self._write() as db:
                 return self._queue(db, peer_id, secrets.token_hex(16), body, now, reply_to=reply_to)
         mid = message_id
-        with self._write() as db:
+        with self._numbering(), self._write() as db:
             row = db.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer_id = ? AND id = ?",
                 (peer_id, mid),
@@ -76,6 +86,7 @@ class OutboxMixin(MessageRows):
                 (peer_id,),
             ).fetchall()[0][0]
         )
+        self._numbered(peer_id, seq)
         db.execute(
             "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
             " received_at, state, updated_at, reply_to, kind, target)"
@@ -90,6 +101,45 @@ class OutboxMixin(MessageRows):
             mid, peer_id, "out", seq, body, now, None, "queued", now,
             reply_to=reply_to, kind=kind, target=target,
         )  # fmt: skip
+
+    def _journal_queue(
+        self, peer_id: str, bodies: Sequence[str], now: float, reply_to: str | None
+    ) -> list[Message]:
+        """Number from memory, append to the journal (one write), return: no SQL
+        statement once the conversation's counters are loaded."""
+        with self._lock:
+            sending = self._sending_state(peer_id)
+            first = sending.send_seq + 1
+            messages = [
+                # A fresh random id, as secrets.token_hex draws it (os.urandom), cheaper.
+                Message(os.urandom(16).hex(), peer_id, "out", seq, body, now, None, "queued",
+                        now, reply_to)
+                for seq, body in enumerate(bodies, first)
+            ]  # fmt: skip
+            self._journal_append(messages)
+            sending.send_seq += len(messages)
+        return messages
+
+    def _sending_state(self, peer_id: str) -> Sending:
+        """The conversation's outgoing counters, read once, then kept in memory."""
+        sending = self._sending.get(peer_id)
+        if sending is None:
+            with self._read() as db:
+                row = db.execute(
+                    "SELECT (SELECT send_seq FROM conversations WHERE peer_id = ?1),"
+                    " (SELECT min(seq) FROM outbox WHERE peer_id = ?1)",
+                    (peer_id,),
+                ).fetchone()
+            send_seq = int(row[0] or 0)
+            base = send_seq + 1 if row[1] is None else int(row[1])
+            sending = self._sending[peer_id] = Sending(send_seq, base)
+        return sending
+
+    def _numbered(self, peer_id: str, seq: int) -> None:
+        """A message numbered in SQL: the counters in memory follow."""
+        sending = self._sending.get(peer_id)
+        if sending is not None:
+            sending.send_seq = seq
 
     @staticmethod
     def _own_text(db: sqlite3.Connection, message_id: str) -> Message:
@@ -111,7 +161,7 @@ class OutboxMixin(MessageRows):
     def edit_message(self, message_id: str, body: str, *, now: float) -> tuple[Message, Message]:
         """Change the text of one of our messages and queue the edit for the peer,
         in one transaction; returns (the message as it is now, the edit row)."""
-        with self._write() as db:
+        with self._numbering(), self._write() as db:
             message = self._own_text(db, message_id)
             db.execute(
                 "UPDATE messages SET body = ?, edited_at = ?, updated_at = ?"
@@ -129,7 +179,7 @@ class OutboxMixin(MessageRows):
         """Delete one of our messages for both sides: it becomes a tombstone (empty
         body), and so does every edit of it still stored here, then the deletion is
         queued for the peer.  Returns (the tombstone, the delete row)."""
-        with self._write() as db:
+        with self._numbering(), self._write() as db:
             message = self._own_text(db, message_id)
             db.execute(
                 "UPDATE messages SET body = '', deleted_at = ?, updated_at = ?"
@@ -151,12 +201,15 @@ class OutboxMixin(MessageRows):
 
     def queue_messages(self, peer_id: str, bodies: Sequence[str], *, now: float) -> list[Message]:
         """Number, store and enqueue several messages in order, in one transaction and
-        a fixed number of statements (the rows go in with ``executemany``)."""
+        a fixed number of statements (the rows go in with ``executemany``); through
+        the journal, one write for them all."""
         if not peer_id:
             raise ValueError("peer_id must not be empty")
         if not bodies:
             return []
-        with self._write() as db:
+        if self._holds_journal():
+            return self._journal_queue(peer_id, bodies, now, None)
+        with self._numbering(), self._write() as db:
             last = int(
                 db.execute(
                     "INSERT INTO conversations (peer_id, send_seq) VALUES (?1, ?2)"
@@ -182,9 +235,7 @@ class OutboxMixin(MessageRows):
             )
         return messages
 
-    def outbox(
-        self, peer_id: str, *, from_seq: int = 0, limit: int | None = None
-    ) -> list[Message]:
+    def outbox(self, peer_id: str, *, from_seq: int = 0, limit: int | None = None) -> list[Message]:
         """Unacknowledged messages in ``seq`` order, the order they must be sent in:
         those from ``from_seq`` on, at most ``limit`` (so a resend reads what it can
         send now, not the whole outbox)."""
@@ -211,6 +262,8 @@ class OutboxMixin(MessageRows):
 
     def outbox_base(self, peer_id: str) -> int:
         """The ``base`` to put on outgoing messages (see ``p2pchat.core.window``)."""
+        if self._keeps_journal and self._journal.owned:
+            return self._sending_state(peer_id).base
         with self._read() as db:
             row = db.execute(
                 "SELECT coalesce("
@@ -294,6 +347,9 @@ class OutboxMixin(MessageRows):
                 (now, peer_id, upto_seq),
             ).fetchall()
             db.execute("DELETE FROM outbox WHERE peer_id = ? AND seq <= ?", (peer_id, upto_seq))
+            sending = self._sending.get(peer_id)
+            if sending is not None:  # the outbox is always a run of seqs: cut its start
+                sending.base = max(sending.base, min(upto_seq, sending.send_seq) + 1)
         return self._changed_ids(rows)
 
     def mark_read_outgoing(self, peer_id: str, upto_seq: int, now: float) -> list[str]:

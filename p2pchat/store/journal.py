@@ -24,9 +24,9 @@ nonce) under a key derived from the database key, so the journal never holds in
 clear what the database keeps encrypted.
 
 The store (``Store.queue_message``) appends records here, folds them into the
-database in the next group commit and then empties this file; when it opens, it
-folds whatever a crash left here first.  This module only frames, seals, parses
-and does the file I/O; what the records mean is the store's business.
+database in the next group commit (:func:`fold_into`) and then empties this
+file; when it opens, it folds whatever a crash left here first
+(:func:`not_yet_stored` skips what a fold already committed).
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import struct
 import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgpack
 import nacl.bindings
@@ -49,7 +50,7 @@ import nacl.encoding
 import nacl.exceptions
 import nacl.hash
 
-from p2pchat.store import DatabaseBusy, StoreError
+from p2pchat.store.errors import DatabaseBusy, StoreError
 
 __all__ = [
     "Entry",
@@ -57,7 +58,10 @@ __all__ = [
     "JournalCorrupt",
     "Parsed",
     "encode",
+    "fold_into",
     "journal_key",
+    "journal_path",
+    "not_yet_stored",
     "parse",
 ]
 
@@ -76,6 +80,24 @@ _KEY_CONTEXT: Final = b"outbox journal key"
 
 class JournalCorrupt(StoreError):
     """The journal holds damage that is not a write cut short at its end."""
+
+
+class Record(Protocol):
+    """What a record holds: an :class:`Entry`, or the store's ``Message`` itself (the
+    send path builds no second object per message)."""
+
+    @property
+    def peer_id(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def reply_to(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +122,11 @@ class Parsed:
     why: str = ""
 
 
+def journal_path(database: Path) -> Path:
+    """The journal of the database at ``database``: ``p2pchat.db.outbox``."""
+    return database.with_name(database.name + ".outbox")
+
+
 def journal_key(database_key: bytes) -> bytes:
     """The sealing key of an encrypted store's journal: keyed BLAKE2b of a fixed
     context under the database key, so it is never stored and says nothing about
@@ -113,13 +140,14 @@ def journal_key(database_key: bytes) -> bytes:
     )
 
 
-def encode(entries: Sequence[Entry], key: bytes | None = None) -> bytes:
+def encode(
+    entries: Sequence[Record], key: bytes | None = None, packer: msgpack.Packer | None = None
+) -> bytes:
     """The records of ``entries``, back to back (``key``: seal each under it)."""
+    pack = (packer or msgpack.Packer()).pack
     parts = []
     for e in entries:
-        payload = msgpack.packb(
-            [_VERSION, e.peer_id, e.id, e.seq, e.body, e.created_at, e.reply_to]
-        )
+        payload = pack([_VERSION, e.peer_id, e.id, e.seq, e.body, e.created_at, e.reply_to])
         if key is not None:
             nonce = os.urandom(_NONCE)
             payload = nonce + nacl.bindings.crypto_secretbox(payload, nonce, key)
@@ -197,6 +225,57 @@ def _decode(payload: bytes, key: bytes | None, name: str, offset: int) -> Entry:
     return Entry(peer_id, mid, seq, body, float(created_at), reply_to)
 
 
+def fold_into(db: sqlite3.Connection, entries: Sequence[Record]) -> None:
+    """Write ``entries`` as rows (message, outbox, conversation counter) inside the
+    caller's transaction, in a fixed number of statements whatever their number."""
+    if not entries:
+        return
+    db.executemany(
+        "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+        " received_at, state, updated_at, reply_to)"
+        " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?, ?)",
+        [(e.id, e.peer_id, e.seq, e.body, e.created_at, e.created_at, e.reply_to) for e in entries],
+    )
+    db.executemany(
+        "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
+        [(e.id, e.peer_id, e.seq) for e in entries],
+    )
+    last = {e.peer_id: e.seq for e in entries}
+    db.executemany(
+        "INSERT INTO conversations (peer_id, send_seq) VALUES (?, ?)"
+        " ON CONFLICT (peer_id) DO UPDATE SET send_seq = max(send_seq, excluded.send_seq)",
+        list(last.items()),
+    )
+
+
+def not_yet_stored(db: sqlite3.Connection, entries: Sequence[Entry], name: str) -> list[Entry]:
+    """What a journal found on opening still has to fold: the entries whose message
+    is not stored yet (a crash between a fold's commit and emptying the file leaves
+    stored ones).  They must continue each conversation's numbering without a gap;
+    anything else means the journal does not belong to this database."""
+    todo = []
+    next_seq: dict[str, int] = {}
+    for e in entries:
+        stored = db.execute(
+            "SELECT 1 FROM messages WHERE peer_id = ? AND id = ?", (e.peer_id, e.id)
+        ).fetchone()
+        if stored is not None:
+            continue
+        if e.peer_id not in next_seq:
+            row = db.execute(
+                "SELECT send_seq FROM conversations WHERE peer_id = ?", (e.peer_id,)
+            ).fetchone()
+            next_seq[e.peer_id] = (0 if row is None else int(row[0])) + 1
+        if e.seq != next_seq[e.peer_id]:
+            raise JournalCorrupt(
+                f"{name} holds message {e.seq} to {e.peer_id}, but the database expects "
+                f"{next_seq[e.peer_id]}: it does not belong to this database"
+            )
+        next_seq[e.peer_id] += 1
+        todo.append(e)
+    return todo
+
+
 class Journal:
     """The journal file beside the database, and the lock that says who writes it.
 
@@ -211,6 +290,7 @@ class Journal:
         self.key = key
         self._fd: int | None = None
         self._size = 0
+        self._packer = msgpack.Packer()  # reused: the store's lock serialises appends
 
     @property
     def owned(self) -> bool:
@@ -271,14 +351,14 @@ class Journal:
         self._size = offset
         return parse(b"".join(chunks), self.key, name=str(self.path))
 
-    def append(self, entries: Sequence[Entry]) -> None:
+    def append(self, entries: Sequence[Record]) -> None:
         """Make ``entries`` durable against a crash of this process: one ``write``.
 
         A write the disk cannot take whole is undone (the file is cut back to
         where it was) and raises :class:`StoreError`: nothing was queued.
         """
         fd = self._owned_fd()
-        data = encode(entries, self.key)
+        data = encode(entries, self.key, self._packer)
         try:
             written = os.write(fd, data)
         except OSError as exc:

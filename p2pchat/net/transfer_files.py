@@ -82,6 +82,27 @@ class DiskQueue:
         self._pending.clear()
 
 
+WRITE_BEHIND = 32 << 20
+"""Received bytes are handed to the kernel's writeback every this many bytes."""
+
+
+def write_behind(fh: BinaryIO, end: int) -> None:
+    """Start writing a received file out while it arrives (on the disk thread).
+
+    Every ``WRITE_BEHIND`` bytes the pages written so far are flushed and advised
+    away (``POSIX_FADV_DONTNEED``: on Linux it starts their writeback without
+    waiting and drops them from the cache once clean), so the ``fsync`` that makes
+    the finished file durable before it is named has only the tail left to write,
+    instead of the whole file after the last byte (0.15 s per 256 MiB here), and a
+    large transfer does not fill the page cache with dirty pages.
+    """
+    if end % WRITE_BEHIND > CHUNK_SIZE or not hasattr(os, "posix_fadvise"):
+        return
+    fh.flush()
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fh.fileno(), 0, end - end % WRITE_BEHIND, os.POSIX_FADV_DONTNEED)
+
+
 async def sealed_records(
     sealer: Sealer, files: dict[int, TransferFile], offsets: tuple[tuple[int, int], ...]
 ) -> AsyncIterator[tuple[bytes, int]]:

@@ -11,9 +11,11 @@ receiving end is ``transfer_receiver.py``, the disk side ``transfer_files.py``):
 * otherwise, or when that connection is refused or dies before it is claimed, a
   unidirectional QUIC stream of the same session.
 
-Either way the content is sealed with secretstream under a key exported from
-the session (``core/filedrop.py``), so the channel adds no trust: a stranger who
-connects to the TCP port cannot produce a single record the receiver accepts.
+Either way the content is sealed under a key exported from the session
+(``core/filedrop.py``), so the channel adds no trust: a stranger who connects to
+the TCP port cannot produce a single record the receiver accepts.  Offers leave
+without content hashes to peers that speak file drop 2 (their Hello says so):
+the sender hashes while it sends and the hashes close the channel.
 Progress lives on disk: the receiver's ``.part`` files hold only authenticated
 bytes, so a restart resumes from their sizes.  The receiver drives retries: a
 channel that ends early, fails or goes silent makes it ask again with a fresh

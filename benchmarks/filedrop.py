@@ -4,14 +4,17 @@
 Usage (from the repository root, root needed for the veth path)::
 
     pip install -e '.[bench]'        # magic-wormhole, its mailbox server and transit relay
-    python3 benchmarks/filedrop.py [--size-mib 256] [--repeat 3] [--paths loopback,veth]
-                                   [--skip wormhole,aioquic,p2pchat]
+    python3 benchmarks/filedrop.py [--sizes 256,4096] [--repeat 3] [--paths loopback,veth]
+                                   [--skip wormhole,aioquic,p2pchat,inprocess]
 
-A random file (``--size-mib``, default 256 MiB) is moved from a sender to a
-receiver by each contender, and every received file's SHA-256 is checked
-against the original.  Rounds are interleaved (contender 1, 2, 3, then again),
-so a change in machine load hits every contender alike.  With ``--repeat N``
-each table shows the median and the best of the N runs.
+A random file of each size (``--sizes``, MiB, default 256; ``--size-mib N`` is one
+size) is moved from a sender to a receiver by each contender, and every received
+file's SHA-256 is checked against the original.  Contenders are set up once per
+path, then each size runs in turn; rounds are interleaved (contender 1, 2, 3, then
+again), so a change in machine load hits every contender alike.  With ``--repeat N``
+each table shows the median and the best of the N runs.  Rows of the p2pchat
+daemons carry both daemons' peak resident memory (``VmHWM``) for that size: it is
+reset (``/proc/PID/clear_refs``) before the first run of each size.
 
 Paths
     loopback  Everything on 127.0.0.1.  Always available.
@@ -58,10 +61,13 @@ Contenders
           CONTACT FILE --wait`` from the sender's home (it talks to the
           sender's daemon over the control socket).  Time: from starting
           ``send`` until it exits and the file is in the receiver's downloads
-          folder, so it includes the CLI's start-up (printed under the table).
-        * in-process (loopback only): two ``Node`` objects in this process's
-          event loop, ``offer_files`` then ``wait_transfer``.  Both sides share
-          one process and one core here, unlike every other row.
+          folder, so it includes the CLI's start-up (printed under the table,
+          with the time a 1 KiB file takes through ``send --wait`` and through
+          the control socket: the fixed cost before the bytes move).
+        * in-process (loopback only; ``--skip inprocess`` leaves it out): two
+          ``Node`` objects in this process's event loop, ``offer_files`` then
+          ``wait_transfer``.  Both sides share one process and one core here,
+          unlike every other row.
         If the file drop is missing from this checkout, the row says why
         ("not available (AttributeError: ...)") and the other contenders run.
 
@@ -140,7 +146,7 @@ READ_CHUNK = 256 * 1024
 # The aioquic client stops writing while this much is unacknowledged.
 SEND_BACKLOG = 4 * MIB
 ACK = struct.Struct(">Q")
-CONTENDER_KEYS = ("wormhole", "aioquic", "p2pchat")
+CONTENDER_KEYS = ("wormhole", "aioquic", "p2pchat", "inprocess")
 PATH_KEYS = ("loopback", "veth")
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".download", ".incomplete")
 
@@ -333,7 +339,7 @@ class Payload:
 
 
 def make_payload(folder: Path, size_mib: int) -> Payload:
-    path = folder / "payload.bin"
+    path = folder / f"payload-{size_mib}MiB.bin"
     digest = hashlib.sha256()
     with path.open("wb") as f:
         for _ in range(size_mib):
@@ -436,6 +442,14 @@ class Contender:
 
     def notes(self) -> list[str]:
         return []
+
+    def reset_peak(self) -> None:
+        """Start a new peak-memory window (before the runs of one file size)."""
+
+    def peak(self) -> tuple[float | None, float | None] | None:
+        """Peak RSS in MiB of the long-lived (sender, receiver) processes since
+        ``reset_peak``, if the contender has such processes."""
+        return None
 
 
 # ......................................................... magic-wormhole
@@ -734,7 +748,7 @@ class P2pchatDaemons(Contender):
         self.pair = P2pchatPair(env, env.work / "p2pchat-daemons", (7001, 7002))
         self.daemons: list[asyncio.subprocess.Process] = []
         self.cli_seconds: float | None = None
-        self.peak_rss: list[float | None] = []
+        self.fixed: dict[str, float] = {}
 
     async def setup(self) -> None:
         reason = p2pchat_cli_support()
@@ -792,6 +806,48 @@ class P2pchatDaemons(Contender):
             )  # fmt: skip
             samples.append(time.perf_counter() - start)
         self.cli_seconds = statistics.median(samples)
+        await self._fixed_costs()
+
+    async def _fixed_costs(self) -> None:
+        """Where ``send --wait`` spends its time before the bytes: a 1 KiB file through
+        the CLI (start-up, control calls, offer, accept, data channel, result) and the
+        same through the daemon's control socket, without the CLI's start-up."""
+        from p2pchat.config import Paths
+        from p2pchat.net.control import ControlClient
+
+        tiny = self.env.work / "tiny.bin"
+        tiny.write_bytes(os.urandom(1024))
+        inbox = self.pair.downloads["b"]
+        cli, api = [], []
+        client = ControlClient(Paths(self.pair.homes["a"]).control_socket)
+        await client.connect()
+        try:
+            for _ in range(5):
+                start = time.perf_counter()
+                await run_checked(
+                    self.env.children, self.pair.cli("a", "send", "bob", str(tiny), "--wait"),
+                    timeout=60, env=p2pchat_env(),
+                )  # fmt: skip
+                cli.append(time.perf_counter() - start)
+                clear_folder(inbox)
+                start = time.perf_counter()
+                t = await client.call("send_files", {"contact": "bob", "paths": [str(tiny)]})
+                state = await client.call("wait_transfer", {"id": t["id"], "timeout": 30})
+                api.append(time.perf_counter() - start)
+                if state != "done":
+                    raise RuntimeError(f"a 1 KiB transfer ended {state!r}")
+                clear_folder(inbox)
+        finally:
+            await client.close()
+        self.fixed = {"cli": statistics.median(cli), "api": statistics.median(api)}
+
+    def reset_peak(self) -> None:
+        for proc in self.daemons:
+            reset_peak_rss(proc.pid)
+
+    def peak(self) -> tuple[float | None, float | None] | None:
+        receiver, sender = (peak_rss_mib(proc.pid) for proc in self.daemons)
+        return sender, receiver
 
     async def run(self, payload: Payload, index: int) -> float:
         inbox = self.pair.downloads["b"]
@@ -810,7 +866,6 @@ class P2pchatDaemons(Contender):
         return elapsed
 
     async def close(self) -> None:
-        self.peak_rss = [peak_rss_mib(proc.pid) for proc in self.daemons]  # before they exit
         for proc in self.daemons:
             await self.env.children.stop(proc)
 
@@ -821,13 +876,20 @@ class P2pchatDaemons(Contender):
             f"p2pchat daemons: includes the CLI's start-up; `p2pchat contacts --json` takes"
             f" {self.cli_seconds:.2f} s here"
         ]
-        if len(self.peak_rss) == 2 and None not in self.peak_rss:
-            receiver, sender = self.peak_rss
+        if self.fixed:
             notes.append(
-                f"p2pchat daemons' peak RSS over all runs (VmHWM): sender {sender:.0f} MiB,"
-                f" receiver {receiver:.0f} MiB"
+                f"p2pchat daemons: a 1 KiB file takes {self.fixed['cli']:.3f} s through"
+                f" `send --wait` and {self.fixed['api']:.3f} s through the control socket"
+                " (offer, accept, data channel, result: no CLI start-up), medians of 5"
             )
         return notes
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset a process's peak resident memory (``VmHWM``) to its current RSS (Linux
+    ``clear_refs``), so each file size gets its own peak."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -903,9 +965,11 @@ class P2pchatInProcess(Contender):
 @dataclass
 class Outcome:
     contender: Contender
+    payload: Payload
     seconds: list[float] = field(default_factory=list)
     error: str | None = None
     unavailable: str | None = None
+    peak: tuple[float | None, float | None] | None = None
 
     def median_seconds(self) -> float | None:
         return statistics.median(self.seconds) if self.seconds else None
@@ -920,48 +984,68 @@ def build_contenders(env: PathEnv, args: argparse.Namespace) -> list[Contender]:
         contenders.append(Aioquic(env, 1452))
     if "p2pchat" not in args.skip:
         contenders.append(P2pchatDaemons(env))
-        if env.net is None:
+        if env.net is None and "inprocess" not in args.skip:
             contenders.append(P2pchatInProcess(env))
     return contenders
 
 
-async def run_path(env: PathEnv, payload: Payload, args: argparse.Namespace) -> list[Outcome]:
-    outcomes = [Outcome(c) for c in build_contenders(env, args)]
+async def run_path(
+    env: PathEnv, payloads: list[Payload], args: argparse.Namespace
+) -> list[Outcome]:
+    """Set every contender up once, then for each file size run them in turn
+    (interleaved, ``--repeat`` rounds); one outcome per contender and size."""
+    contenders = build_contenders(env, args)
+    outcomes = {(id(c), p.path): Outcome(c, p) for p in payloads for c in contenders}
+    failed: dict[int, str] = {}
+    unavailable: dict[int, str] = {}
     try:
-        for outcome in outcomes:
-            label = outcome.contender.label
-            print(f"[{env.name}] setting up {label} ...", flush=True)
+        for contender in contenders:
+            print(f"[{env.name}] setting up {contender.label} ...", flush=True)
             try:
-                await outcome.contender.setup()
+                await contender.setup()
             except Unavailable as exc:
-                outcome.unavailable = str(exc)
-                print(f"[{env.name}] {outcome.contender.key}: {exc}", flush=True)
+                unavailable[id(contender)] = str(exc)
+                print(f"[{env.name}] {contender.key}: {exc}", flush=True)
             except Exception as exc:
-                outcome.error = f"setup failed: {type(exc).__name__}: {exc}"
-                print(f"[{env.name}] {label}: {outcome.error}", flush=True)
-        for index in range(args.repeat):
-            for outcome in outcomes:
-                if outcome.unavailable is not None or outcome.error is not None:
-                    continue
-                label = outcome.contender.label
-                try:
-                    seconds = await outcome.contender.run(payload, index)
-                except Exception as exc:
-                    outcome.error = f"run {index + 1} failed: {type(exc).__name__}: {exc}"
-                    print(f"[{env.name}] {label}: {outcome.error}", flush=True)
-                    continue
-                outcome.seconds.append(seconds)
-                print(
-                    f"[{env.name}] run {index + 1}/{args.repeat} {label}: {seconds:.3f} s,"
-                    f" {payload.size / MB / seconds:.1f} MB/s (SHA-256 ok)",
-                    flush=True,
-                )
+                failed[id(contender)] = f"setup failed: {type(exc).__name__}: {exc}"
+                print(f"[{env.name}] {contender.label}: {failed[id(contender)]}", flush=True)
+        for payload in payloads:
+            size = f"{payload.size // MIB} MiB"
+            for contender in contenders:
+                contender.reset_peak()
+            for index in range(args.repeat):
+                for contender in contenders:
+                    outcome = outcomes[(id(contender), payload.path)]
+                    if id(contender) in unavailable or id(contender) in failed:
+                        continue
+                    try:
+                        seconds = await contender.run(payload, index)
+                    except Exception as exc:
+                        failed[id(contender)] = (
+                            f"{size} run {index + 1} failed: {type(exc).__name__}: {exc}"
+                        )
+                        outcome.error = failed[id(contender)]
+                        print(f"[{env.name}] {contender.label}: {outcome.error}", flush=True)
+                        continue
+                    outcome.seconds.append(seconds)
+                    print(
+                        f"[{env.name}] {size} run {index + 1}/{args.repeat} {contender.label}:"
+                        f" {seconds:.3f} s, {payload.size / MB / seconds:.1f} MB/s (SHA-256 ok)",
+                        flush=True,
+                    )
+            for contender in contenders:
+                outcomes[(id(contender), payload.path)].peak = contender.peak()
     finally:
-        for outcome in outcomes:
+        for contender in contenders:
             with contextlib.suppress(Exception):
-                await outcome.contender.close()
+                await contender.close()
         await env.children.stop_all()
-    return outcomes
+    for outcome in outcomes.values():
+        key = id(outcome.contender)
+        outcome.unavailable = unavailable.get(key)
+        if not outcome.seconds and outcome.error is None and key in failed:
+            outcome.error = failed[key]
+    return list(outcomes.values())
 
 
 # --------------------------------------------------------------- reporting
@@ -972,7 +1056,7 @@ def package_version(name: str) -> str:
         return "?"
 
 
-def print_header(args: argparse.Namespace, payload: Payload) -> None:
+def print_header(args: argparse.Namespace, payloads: list[Payload]) -> None:
     cpus = os.cpu_count()
     print()
     print(f"date       {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
@@ -987,9 +1071,10 @@ def print_header(args: argparse.Namespace, payload: Payload) -> None:
         f"machine    {platform.system()} {platform.release()} {platform.machine()}, {cpus} CPUs,"
         f" load average {load} at the end"
     )
+    sizes = ", ".join(f"{p.size:,} bytes ({p.size // MIB} MiB)" for p in payloads)
     print(
-        f"payload    {payload.size:,} bytes ({payload.size // MIB} MiB) of random data in"
-        f" {payload.path.parent}; {args.repeat} run(s) per contender"
+        f"payloads   {sizes} of random data in {payloads[0].path.parent};"
+        f" {args.repeat} run(s) per contender and size"
     )
 
 
@@ -999,31 +1084,38 @@ def short(error: str) -> str:
     return lines[0] if len(lines) < 2 else f"{lines[0]} … {lines[-1]}"
 
 
-def print_table(env: PathEnv, outcomes: list[Outcome], payload: Payload, keep: bool) -> None:
-    def median_rate(key: str, label_part: str = "") -> float | None:
+def print_table(env: PathEnv, outcomes: list[Outcome], keep: bool) -> None:
+    def median_rate(payload: Payload, key: str, label_part: str = "") -> float | None:
         for o in outcomes:
-            if o.contender.key == key and label_part in o.contender.label and o.seconds:
+            if (
+                o.payload is payload
+                and o.contender.key == key
+                and label_part in o.contender.label
+                and o.seconds
+            ):
                 return payload.size / statistics.median(o.seconds)
         return None
 
-    wormhole_rate = median_rate("wormhole")
-    aioquic_rate = median_rate("aioquic", "defaults")
     print()
     print(f"== {env.name}: {env.description} ==")
     header = (
-        f"{'contender':<42}{'MB/s':>8}{'MiB/s':>8}{'seconds':>9}{'best MB/s':>11}"
-        f"{'vs wormhole':>13}{'vs aioquic':>12}"
+        f"{'size':>9} {'contender':<42}{'MB/s':>8}{'MiB/s':>8}{'seconds':>9}{'best MB/s':>11}"
+        f"{'vs wormhole':>13}{'vs aioquic':>12}  peak RSS sender/receiver"
     )
     print(header)
     print("-" * len(header))
     for o in outcomes:
+        payload = o.payload
         label = o.contender.label
+        size = f"{payload.size // MIB} MiB"
         if o.unavailable is not None:
-            print(f"{label:<42}  {o.contender.key}: {o.unavailable}")
+            print(f"{size:>9} {label:<42}  {o.contender.key}: {o.unavailable}")
             continue
         if not o.seconds:
-            print(f"{label:<42}  {short(o.error or 'no run')}")
+            print(f"{size:>9} {label:<42}  {short(o.error or 'no run')}")
             continue
+        wormhole_rate = median_rate(payload, "wormhole")
+        aioquic_rate = median_rate(payload, "aioquic", "defaults")
         seconds = statistics.median(o.seconds)
         rate = payload.size / seconds
         best = payload.size / min(o.seconds)
@@ -1031,19 +1123,25 @@ def print_table(env: PathEnv, outcomes: list[Outcome], payload: Payload, keep: b
             f"{rate / ref:>{width - 1}.2f}x" if ref else f"{'-':>{width}}"
             for ref, width in ((wormhole_rate, 13), (aioquic_rate, 12))
         ]
+        peak = ""
+        if o.peak is not None:
+            peak = "  " + " / ".join("?" if v is None else f"{v:.0f} MiB" for v in o.peak)
         print(
-            f"{label:<42}{rate / MB:>8.1f}{rate / MIB:>8.1f}{seconds:>9.3f}{best / MB:>11.1f}"
-            + "".join(ratios)
+            f"{size:>9} {label:<42}{rate / MB:>8.1f}{rate / MIB:>8.1f}{seconds:>9.3f}"
+            f"{best / MB:>11.1f}" + "".join(ratios) + peak
         )
         if o.error is not None:
-            print(f"{'':<42}  (then {short(o.error)})")
+            print(f"{'':>9} {'':<42}  (then {short(o.error)})")
     print()
+    noted: set[int] = set()
     for o in outcomes:
         if len(o.seconds) > 1:
             runs = ", ".join(f"{s:.3f}" for s in o.seconds)
-            print(f"runs (s)   {o.contender.label}: {runs}")
-        for note in o.contender.notes():
-            print(f"note       {note}")
+            print(f"runs (s)   {o.payload.size // MIB} MiB, {o.contender.label}: {runs}")
+        if id(o.contender) not in noted:
+            noted.add(id(o.contender))
+            for note in o.contender.notes():
+                print(f"note       {note}")
     if keep:
         print(f"logs       {env.children.logs}")
 
@@ -1065,8 +1163,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "print MB/s and ratios per network path."
     )
     parser.add_argument(
-        "--size-mib", type=int, default=256, metavar="N", help="file size in MiB (default 256)"
+        "--size-mib", type=int, default=None, metavar="N", help="one file size in MiB"
     )
+    parser.add_argument(
+        "--sizes", type=lambda s: [int(x) for x in s.split(",") if x.strip()], default=None,
+        metavar="LIST", help="file sizes in MiB, comma-separated, e.g. 256,4096 (default 256)",
+    )  # fmt: skip
     parser.add_argument(
         "--repeat", type=int, default=1, metavar="N",
         help="runs per contender and path; the table shows median and best (default 1)",
@@ -1077,7 +1179,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--skip", type=lambda s: parse_list(s, CONTENDER_KEYS, "contender"), default=[],
-        metavar="LIST", help="comma-separated contenders to leave out: wormhole,aioquic,p2pchat",
+        metavar="LIST",
+        help="comma-separated contenders to leave out: wormhole,aioquic,p2pchat,inprocess",
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=float, default=None, metavar="S",
@@ -1095,10 +1198,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the scratch folder (logs) after the run"
     )
     args = parser.parse_args(argv)
-    if args.size_mib < 1 or args.repeat < 1:
-        parser.error("--size-mib and --repeat must be positive")
+    if args.size_mib is not None and args.sizes is not None:
+        parser.error("give --size-mib or --sizes, not both")
+    args.sizes = args.sizes or [args.size_mib or 256]
+    if min(args.sizes) < 1 or args.repeat < 1:
+        parser.error("sizes and --repeat must be positive")
     if args.timeout is None:
-        args.timeout = 120.0 + args.size_mib
+        args.timeout = 120.0 + max(args.sizes)
     return args
 
 
@@ -1109,8 +1215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="p2pb-filedrop-", dir=args.tmpdir))
     results: list[tuple[PathEnv, list[Outcome]]] = []
     try:
-        print(f"writing {args.size_mib} MiB of random data to {scratch} ...", flush=True)
-        payload = make_payload(scratch, args.size_mib)
+        payloads = []
+        for size_mib in args.sizes:
+            print(f"writing {size_mib} MiB of random data to {scratch} ...", flush=True)
+            payloads.append(make_payload(scratch, size_mib))
         for name in args.paths:
             work = scratch / name
             (work / "logs").mkdir(parents=True)
@@ -1120,7 +1228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     name, "127.0.0.1 to 127.0.0.1", work, LOOPBACK, LOOPBACK, children,
                     args.timeout,
                 )  # fmt: skip
-                results.append((env, asyncio.run(run_path(env, payload, args))))
+                results.append((env, asyncio.run(run_path(env, payloads, args))))
                 continue
             reason = netns_unavailable()
             if reason is not None:
@@ -1134,12 +1242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f" {net.mtu}",
                         work, net.addr_a, net.addr_b, children, args.timeout, net,
                     )  # fmt: skip
-                    results.append((env, asyncio.run(run_path(env, payload, args))))
+                    results.append((env, asyncio.run(run_path(env, payloads, args))))
             except NetnsError as exc:
                 print(f"[veth] skipped: {exc}", flush=True)
-        print_header(args, payload)
+        print_header(args, payloads)
         for env, outcomes in results:
-            print_table(env, outcomes, payload, args.keep)
+            print_table(env, outcomes, args.keep)
     except KeyboardInterrupt:
         print("\ninterrupted: child processes and namespaces are cleaned up", flush=True)
         return 130

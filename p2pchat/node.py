@@ -951,7 +951,7 @@ class Node:
         )  # fmt: skip
         self._emit(MessageStateChanged(peer, message.id, "queued"))
         if self._send_now(message):
-            message = dataclasses.replace(message, state="sent")
+            message = message.with_state("sent")
         return message
 
     def send_messages(self, contact: str, texts: Iterable[str]) -> list[Message]:
@@ -975,7 +975,7 @@ class Node:
             self._emit(MessageSent(m.peer_id, m.id, m.seq, m.body, m.created_at, m.reply_to))
             self._emit(MessageStateChanged(peer, m.id, "queued"))
         if self._send_now(*messages):
-            messages = [dataclasses.replace(m, state="sent") for m in messages]
+            messages = [m.with_state("sent") for m in messages]
         return messages
 
     def _send_now(self, *messages: Message) -> bool:
@@ -1518,6 +1518,7 @@ class Node:
                 # see only the relay).
                 seen=_proven_address(conn) or None,
                 groups=tuple(sorted(self.groups.hello_groups(conn))),
+                files=chat.FILE_DROP_VERSION,
             )
         )
 

@@ -7,9 +7,22 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from p2pchat.core.events import TransferOffered, TransferProgress
+from p2pchat.core.filedrop import (
+    CHUNK_SIZE,
+    VERSION_HASH_AT_END,
+    Opener,
+    Sealer,
+    new_hasher,
+    parse_preamble,
+)
+from p2pchat.net import transfers
+from p2pchat.net.transfer_files import sealed_records
+from p2pchat.net.transfers import TERMINAL
 from p2pchat.node import Node
-from p2pchat.store import Store
+from p2pchat.store import Store, TransferFile
 
 from .conftest import EventLog, StartNode, free_udp_port, make_home, wait_until
 from .daemons import Daemon
@@ -124,20 +137,109 @@ async def test_offer_timeout_is_reported(start_node: StartNode, tmp_path: Path) 
 async def test_changed_source_is_detected_and_not_published(
     start_node: StartNode, tmp_path: Path
 ) -> None:
+    """Same size, different content after the offer left: the sender's hash would
+    cover the new bytes, so the sender compares the file with its size and
+    modification time at the offer and refuses to send a different file."""
     a, b, downloads = await pair(start_node, tmp_path, auto=False)
     src = random_file(tmp_path / "src" / "doc.bin", 2 * MiB)
     t = await a.offer_files("bob", [src])
     await wait_until(lambda: b.store.get_transfer(t.id) is not None)
-    # Same size, different content: the data is authentic but not what was offered.
     with open(src, "r+b") as fh:
         fh.seek(MiB)
         fh.write(b"\x00" * 16)
     b.accept_transfer(t.id)
     assert await a.wait_transfer(t.id, 30) == "failed"
-    assert b.store.get_transfer(t.id).state == "failed"  # type: ignore[union-attr]
-    assert "hash" in (b.store.get_transfer(t.id).error or "")  # type: ignore[union-attr]
+    assert "changed since it was offered" in (a.store.get_transfer(t.id).error or "")  # type: ignore[union-attr]
+    await wait_until(lambda: b.store.get_transfer(t.id).state == "cancelled")  # type: ignore[union-attr]
+    assert "changed" in (b.store.get_transfer(t.id).error or "")  # type: ignore[union-attr]
     assert not (downloads / "doc.bin").exists()
     assert not list(downloads.rglob("*.part"))
+
+
+async def test_source_changed_while_sending_is_not_published(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """A write to the file while its bytes leave (the QUIC path, slow enough to catch
+    it mid-way) fails the transfer: nothing is published under a hash of a mix."""
+    a, b, downloads = await pair(start_node, tmp_path)
+    b.transfers.tcp_port = 0
+    src = random_file(tmp_path / "src" / "live.bin", 24 * MiB)
+    t = await a.offer_files("bob", [src])
+    await wait_until(lambda: (p := b.transfers.progress(t.id)) is not None and p[0] > MiB)
+    with open(src, "r+b") as fh:
+        fh.seek(20 * MiB)
+        fh.write(b"\x00" * 16)
+    assert await a.wait_transfer(t.id, 60) == "failed"
+    assert "changed" in (a.store.get_transfer(t.id).error or "")  # type: ignore[union-attr]
+    await wait_until(lambda: b.store.get_transfer(t.id).state in TERMINAL)  # type: ignore[union-attr]
+    assert not (downloads / "live.bin").exists()
+    assert not list(downloads.rglob("*.part"))
+
+
+@pytest.mark.parametrize("offset", [0, 3 * CHUNK_SIZE + 17, 5 * CHUNK_SIZE])
+async def test_sender_hashes_what_the_receiver_already_holds(tmp_path: Path, offset: int) -> None:
+    """Resume in file drop 2: the sender's FINAL hash covers the whole file, the
+    prefix it does not send included (and a file the receiver holds whole)."""
+    size = 5 * CHUNK_SIZE
+    src = random_file(tmp_path / "f.bin", size)
+    entry = TransferFile(0, "f.bin", size, b"", str(src), None, None, True, False)
+    key, tid, attempt = os.urandom(32), os.urandom(16), os.urandom(16)
+    sealer = Sealer(key, tid, attempt, VERSION_HASH_AT_END)
+    opener = Opener(key, parse_preamble(sealer.preamble).header, [(0, offset, size)], 2)
+    sent = 0
+    records = []
+    async for record, length in sealed_records(sealer, {0: entry}, ((0, offset),)):
+        sent += length
+        records += opener.feed(record)
+    assert sent == size - offset
+    whole = new_hasher()
+    whole.update(src.read_bytes())
+    assert records[-1].final and records[-1].hashes == {0: whole.digest()}
+
+
+@pytest.mark.parametrize("online", [True, False])
+async def test_a_file_drop_1_peer_gets_the_hashes_in_the_offer(
+    start_node: StartNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, online: bool
+) -> None:
+    """A peer whose Hello announces no file drop 2 would refuse an offer without
+    hashes: it gets the hashes first (at once, or when it comes online) and a
+    version 1 data channel."""
+    monkeypatch.setattr(transfers, "hashes_at_end", lambda conn: False)
+    src = random_file(tmp_path / "src" / "old.bin", 3 * MiB)
+    if online:
+        a, b, downloads = await pair(start_node, tmp_path)
+        t = await a.offer_files("bob", [src])
+    else:
+        a = await start_node("alice")
+        b = await start_node("bob")
+        downloads = tmp_path / "downloads"
+        b.transfers.policy.downloads = downloads
+        b.transfers.policy.accept_from = frozenset({"contacts"})
+        a.add_contact(b.peer_id, name="bob")
+        t = await a.offer_files("bob", [src])
+        assert not any(f.hash for f in t.files)  # offline: nothing hashed yet
+        b.add_contact(a.peer_id, name="alice", addresses=a.addresses)
+    assert await a.wait_transfer(t.id, 60) == "done"
+    whole = new_hasher()
+    whole.update(src.read_bytes())
+    offered = b.store.get_transfer(t.id)
+    assert offered is not None and offered.files[0].hash == whole.digest()
+    assert digest(downloads / "old.bin") == digest(src)
+
+
+async def test_file_drop_2_offer_leaves_unhashed_and_the_hash_is_kept(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    a, b, downloads = await pair(start_node, tmp_path)
+    src = random_file(tmp_path / "src" / "new.bin", 3 * MiB)
+    t = await a.offer_files("bob", [src])
+    assert not any(f.hash for f in t.files)
+    assert await a.wait_transfer(t.id, 60) == "done"
+    whole = new_hasher()
+    whole.update(src.read_bytes())
+    received = b.store.get_transfer(t.id)
+    assert received is not None and received.files[0].hash == whole.digest()
+    assert digest(downloads / "new.bin") == digest(src)
 
 
 async def test_cancel_from_receiver(start_node: StartNode, tmp_path: Path) -> None:

@@ -9,14 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pchat.core import chat
 from p2pchat.core.chat import FileEntry
 from p2pchat.core.errors import RemoteProtocolError
 from p2pchat.core.filedrop import (
     CHUNK_SIZE,
+    VERSION_HASH_AT_END,
     Opener,
     Sealer,
     UnsafePath,
     check_offer,
+    pack_hashes,
     parse_preamble,
     safe_parts,
 )
@@ -91,14 +94,16 @@ def test_safe_parts_never_escapes(path: str) -> None:
     assert all(unicodedata.is_normalized("NFC", p) for p in parts)
 
 
-def channel(sizes: list[int], *, offsets: list[int] | None = None) -> tuple[Sealer, Opener]:
+def channel(
+    sizes: list[int], *, offsets: list[int] | None = None, version: int = 1
+) -> tuple[Sealer, Opener]:
     key, tid, attempt = os.urandom(32), os.urandom(16), os.urandom(16)
-    sealer = Sealer(key, tid, attempt)
+    sealer = Sealer(key, tid, attempt, version)
     pre = parse_preamble(sealer.preamble)
-    assert pre.transfer_id == tid and pre.attempt == attempt
+    assert pre.transfer_id == tid and pre.attempt == attempt and pre.version == version
     offsets = offsets or [0] * len(sizes)
     plan = [(i, offsets[i], size) for i, size in enumerate(sizes)]
-    return sealer, Opener(key, pre.header, plan)
+    return sealer, Opener(key, pre.header, plan, pre.version)
 
 
 def test_round_trip_and_final() -> None:
@@ -117,8 +122,9 @@ def test_round_trip_and_final() -> None:
     assert opener.finished and records[-1].final
 
 
-def test_tampered_record_is_detected() -> None:
-    sealer, opener = channel([100])
+@pytest.mark.parametrize("version", [1, VERSION_HASH_AT_END])
+def test_tampered_record_is_detected(version: int) -> None:
+    sealer, opener = channel([100], version=version)
     record = bytearray(sealer.seal(0, 0, b"x" * 100))
     record[20] ^= 1
     with pytest.raises(RemoteProtocolError, match="authentication"):
@@ -138,11 +144,12 @@ def test_wrong_position_gap_and_extension_refused() -> None:
         opener.feed(sealer.seal(0, 10, b"more"))
 
 
-def test_early_final_and_replayed_records_refused() -> None:
-    sealer, opener = channel([10])
+@pytest.mark.parametrize("version", [1, VERSION_HASH_AT_END])
+def test_early_final_and_replayed_records_refused(version: int) -> None:
+    sealer, opener = channel([10], version=version)
     with pytest.raises(RemoteProtocolError, match="before all data"):
         opener.feed(sealer.seal(0, 0, b"x" * 5, final=True))
-    sealer, opener = channel([10])
+    sealer, opener = channel([10], version=version)
     first = sealer.seal(0, 0, b"x" * 5)
     opener.feed(first)
     with pytest.raises(RemoteProtocolError):
@@ -163,11 +170,81 @@ def test_oversized_record_refused_before_buffering() -> None:
         opener.feed(b"\xff\xff\xff\xff")
 
 
-@given(st.binary(max_size=2000))
+@given(st.binary(max_size=2000), st.sampled_from([1, VERSION_HASH_AT_END]))
 @settings(max_examples=300)
-def test_opener_fuzz(data: bytes) -> None:
-    _sealer, opener = channel([1000])
+def test_opener_fuzz(data: bytes, version: int) -> None:
+    _sealer, opener = channel([1000], version=version)
     try:
         opener.feed(data)
     except RemoteProtocolError:
         pass
+
+
+def test_version_2_final_record_carries_every_planned_hash() -> None:
+    """File drop 2: the FINAL record is not data but one hash per file of the plan,
+    files complete before this attempt (offset == size) included, in plan order."""
+    sealer, opener = channel([10, 5, 0], offsets=[0, 5, 0], version=VERSION_HASH_AT_END)
+    hashes = [(0, b"a" * 32), (1, b"b" * 32), (2, b"c" * 32)]
+    records = opener.feed(sealer.seal(0, 0, b"x" * 10))
+    records += opener.feed(sealer.seal(0, 0, pack_hashes(hashes), final=True))
+    assert records[-1].final and records[-1].hashes == dict(hashes)
+    assert [bytes(r.data) for r in records] == [b"x" * 10, b""]
+
+
+@pytest.mark.parametrize(
+    "hashes",
+    [
+        [],  # no final hash at all
+        [(0, b"a" * 32)],  # one missing
+        [(1, b"b" * 32), (0, b"a" * 32)],  # out of order
+        [(0, b"a" * 32), (1, b"b" * 32), (2, b"c" * 32)],  # one too many
+        [(0, b"a" * 32), (5, b"b" * 32)],  # a file that was not asked for
+    ],
+)
+def test_version_2_final_record_without_the_right_hashes_is_refused(
+    hashes: list[tuple[int, bytes]],
+) -> None:
+    sealer, opener = channel([10, 5], version=VERSION_HASH_AT_END)
+    opener.feed(sealer.seal(0, 0, b"x" * 10) + sealer.seal(1, 0, b"y" * 5))
+    with pytest.raises(RemoteProtocolError, match="final record"):
+        opener.feed(sealer.seal(0, 0, pack_hashes(hashes), final=True))
+
+
+def test_version_2_data_beyond_the_offered_size_is_refused() -> None:
+    sealer, opener = channel([10], version=VERSION_HASH_AT_END)
+    with pytest.raises(RemoteProtocolError, match="beyond"):
+        opener.feed(sealer.seal(0, 0, b"x" * 11))
+    sealer, opener = channel([10], version=VERSION_HASH_AT_END)
+    opener.feed(sealer.seal(0, 0, b"x" * 10))
+    with pytest.raises(RemoteProtocolError):
+        opener.feed(sealer.seal(0, 10, b"more"))
+
+
+def test_offers_list_every_hash_or_none() -> None:
+    """A file drop 2 offer leaves the hashes out; an offer may not mix the forms."""
+    bare = chat.FileOffer("ab" * 16, (FileEntry("a", 1, None), FileEntry("b", 2, None)))
+    assert chat.decode(chat.encode(bare)) == bare
+    full = chat.FileOffer("ab" * 16, (FileEntry("a", 1, HASH),))
+    assert chat.decode(chat.encode(full)) == full
+    with pytest.raises(Exception, match="file entry"):
+        chat.encode(chat.FileOffer("ab" * 16, (FileEntry("a", 1, HASH), FileEntry("b", 2, None))))
+    hello = chat.Hello(name="x", files=chat.FILE_DROP_VERSION)
+    assert chat.decode(chat.encode(hello)).files == chat.FILE_DROP_VERSION  # type: ignore[union-attr]
+    assert chat.decode(chat.encode(chat.Hello(name="x"))).files == 1  # type: ignore[union-attr]
+
+
+def test_version_2_records_are_bound_to_their_channel_and_order() -> None:
+    """A record of another channel (a fallback of the same attempt has its own
+    seed, so its own key) or out of order fails authentication."""
+    key, tid, attempt = os.urandom(32), os.urandom(16), os.urandom(16)
+    one = Sealer(key, tid, attempt, VERSION_HASH_AT_END)
+    two = Sealer(key, tid, attempt, VERSION_HASH_AT_END)
+    assert one.preamble != two.preamble
+    opener = Opener(key, parse_preamble(one.preamble).header, [(0, 0, 20)], 2)
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        opener.feed(two.seal(0, 0, b"x" * 10))
+    opener = Opener(key, parse_preamble(one.preamble).header, [(0, 0, 20)], 2)
+    one.seal(0, 0, b"x" * 10)  # the first record, never delivered
+    second = one.seal(0, 10, b"y" * 10)
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        opener.feed(second)

@@ -30,6 +30,7 @@ from p2pchat import names
 from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
+    "FILE_DROP_VERSION",
     "MAX_BODY_BYTES",
     "MAX_NAME_CHARS",
     "MAX_SEQ",
@@ -58,6 +59,10 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+FILE_DROP_VERSION = 2
+"""The file drop this node speaks, announced in Hello's ``"f"``: 2 lets an offer leave
+without content hashes (they travel at the end of the data channel); a peer that
+announces nothing speaks 1 and gets offers with the hashes (docs/protocol.md, 12)."""
 MAX_BODY_BYTES = 16 * 1024
 MAX_NAME_CHARS = names.MAX_NAME_CHARS
 # A peer's announced name is repaired, not refused; this much of it is looked at.
@@ -117,6 +122,8 @@ class Hello:
     groups: tuple[bytes, ...] = ()
     """Groups the sender believes both sides are in (docs/groups.md): sent only on a
     dial to a fellow member who is not a contact, so the session is a group session."""
+    files: int = 1
+    """The file-drop version the sender speaks (``FILE_DROP_VERSION``); 1 when absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +195,15 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
-    """One offered file: a relative '/'-separated path, its size and BLAKE3-256."""
+    """One offered file: a relative '/'-separated path, its size and BLAKE3-256.
+
+    ``hash`` is None in a file-drop 2 offer: the sender hashes while it sends, and
+    the hashes travel in the data channel's final record (``core/filedrop.py``).
+    An offer lists every hash or none."""
 
     path: str
     size: int
-    hash: bytes
+    hash: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +317,8 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
             m["g"] = list(frame.groups)
         if frame.seen is not None:
             m["o"] = frame.seen
+        if frame.files != 1:
+            m["f"] = frame.files
         return m
     if isinstance(frame, ChatMessage):
         m = {
@@ -343,7 +356,14 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
     if isinstance(frame, Ping):
         return {"t": _T_PING}
     if isinstance(frame, FileOffer):
-        return {"t": _T_FOFFER, "i": frame.id, "f": [[f.path, f.size, f.hash] for f in frame.files]}
+        return {
+            "t": _T_FOFFER,
+            "i": frame.id,
+            "f": [
+                [f.path, f.size] if f.hash is None else [f.path, f.size, f.hash]
+                for f in frame.files
+            ],
+        }
     if isinstance(frame, FileAccept):
         return {
             "t": _T_FACCEPT,
@@ -552,6 +572,7 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
             name_problem=problem,
             groups=group_codec.as_keys(m.get("g", []), err, "field 'g'", max_len=MAX_HELLO_GROUPS),
             seen=r.get_label("o", MAX_SEEN_CHARS),
+            files=r.get_int("f", 1, MAX_VERSION) if m.get("f") is not None else 1,
         )
     if kind.startswith("f"):
         frame = _file_frame(kind, r, err)
@@ -571,10 +592,14 @@ def _file_frame(kind: str, r: _Reader, err: type[ProtocolError]) -> ChatFrame | 
     (``core/filedrop.py``), which answers an unsafe offer with a decline."""
     if kind == _T_FOFFER:
         entries = []
-        for item in r.get_list("f", MAX_OFFER_FILES):
-            if type(item) is not list or len(item) != 3:
-                raise err("file entry must be [path, size, hash]")
-            path, size, digest = item
+        items = r.get_list("f", MAX_OFFER_FILES)
+        form = len(items[0]) if items and type(items[0]) is list else 3
+        for item in items:
+            # [path, size, hash] (file drop 1), or [path, size] for every file (2).
+            if type(item) is not list or len(item) != form or form not in (2, 3):
+                raise err("file entry must be [path, size, hash] or, in every entry, [path, size]")
+            path, size = item[0], item[1]
+            digest = item[2] if form == 3 else None
             if (
                 type(path) is not str
                 or not path
@@ -583,7 +608,7 @@ def _file_frame(kind: str, r: _Reader, err: type[ProtocolError]) -> ChatFrame | 
                 raise err("file path must be a non-empty string of at most 4096 bytes")
             if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
                 raise err("file size out of range")
-            if type(digest) is not bytes or len(digest) != HASH_SIZE:
+            if digest is not None and (type(digest) is not bytes or len(digest) != HASH_SIZE):
                 raise err("file hash must be 32 bytes")
             entries.append(FileEntry(path, size, digest))
         if not entries:

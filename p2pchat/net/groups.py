@@ -534,7 +534,7 @@ class GroupService:
         member accepts or declines its own."""
         gid, replica = self._require_joined(ref)
         entries = await asyncio.to_thread(collect, [Path(p) for p in paths])
-        files = [(rel, size, digest) for rel, size, digest, _src in entries]
+        files = [(rel, size, digest) for rel, size, digest, _src, _mtime in entries]
         content = encode_files(files)
         if len(content) > MAX_CONTENT_BYTES:
             raise GroupError("too many files for one group message")
@@ -1214,7 +1214,8 @@ class GroupService:
         if peer is None or key is None:
             return
         if isinstance(frame, chat.FileOffer):
-            wanted = [(f.path, f.size, f.hash) for f in frame.files]
+            # A group's files message carries the hashes, so its offers do too.
+            wanted = [(f.path, f.size, f.hash or b"") for f in frame.files]
             if not self._offer_matches(key, frame.id, wanted):
                 conn.send(chat.FileDecline(frame.id, "not the files of a group message"))
                 return

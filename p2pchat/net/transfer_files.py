@@ -19,7 +19,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from p2pchat.core.filedrop import CHUNK_SIZE, Sealer, new_hasher
+from p2pchat.core.filedrop import (
+    CHUNK_SIZE,
+    VERSION,
+    VERSION_HASH_AT_END,
+    Sealer,
+    new_hasher,
+    pack_hashes,
+)
 from p2pchat.store import Transfer, TransferFile
 
 STAGING = ".p2pchat-incoming"
@@ -82,38 +89,76 @@ async def sealed_records(
 
     Yields (record, plaintext bytes); the last record is the FINAL one.  Reading
     and sealing release the GIL, so the loop keeps the socket busy meanwhile.
+
+    In version 2 (``sealer.version``) the same thread hashes what it reads: a file
+    resumed at an offset has its prefix hashed first (read, not sent), a file the
+    receiver already holds whole is read through, and the FINAL record carries
+    every file's whole hash.  Each file is checked against the size and
+    modification time it had when it was offered (``unchanged``) once its last
+    byte is read, so a file changed while it was being sent fails the transfer
+    instead of arriving as a mix of two versions under a hash of that mix.
     """
     loop = asyncio.get_running_loop()
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchat-read")
     pending: collections.deque[asyncio.Future[tuple[bytes, int]]] = collections.deque()
     handles: list[BinaryIO] = []
+    hashers: list[tuple[int, Any]] = []
+    hash_at_end = sealer.version == VERSION_HASH_AT_END
 
-    def read_seal(fh: BinaryIO, index: int, position: int, want: int) -> tuple[bytes, int]:
+    def read_seal(
+        fh: BinaryIO, index: int, position: int, want: int, hasher: Any
+    ) -> tuple[bytes, int]:
         chunk = fh.read(want)
         if len(chunk) != want:
             raise TransferError("a file shrank while sending")
+        if hasher is not None:
+            hasher.update(chunk)
         return sealer.seal(index, position, chunk), want
+
+    def prefix(fh: BinaryIO, hasher: Any, offset: int) -> tuple[bytes, int]:
+        hash_prefixes([(fh, hasher, offset)])
+        return b"", 0
+
+    def settled(fh: BinaryIO, entry: TransferFile, mtime: int) -> tuple[bytes, int]:
+        unchanged(fh, entry, mtime)
+        return b"", 0
+
+    def submit(job: Callable[..., tuple[bytes, int]], *args: Any) -> None:
+        fut = loop.run_in_executor(pool, job, *args)
+        fut.add_done_callback(retrieve_exception)
+        pending.append(fut)
 
     try:
         for index, offset in sorted(offsets):
             entry = files[index]
             source: BinaryIO = open(source_path(entry), "rb")  # closed in finally
             handles.append(source)
-            if os.fstat(source.fileno()).st_size != entry.size:
-                raise TransferError(f"{entry.path} changed since it was offered")
-            source.seek(offset)
+            mtime = unchanged(source, entry, entry.mtime)
+            hasher = new_hasher() if hash_at_end else None
+            if hasher is not None:
+                hashers.append((index, hasher))
+                if offset:
+                    submit(prefix, source, hasher, offset)
+            if not offset:
+                source.seek(0)
+            elif hasher is None:
+                source.seek(offset)
             position = offset
             while position < entry.size:
                 want = min(CHUNK_SIZE, entry.size - position)
-                fut = loop.run_in_executor(pool, read_seal, source, index, position, want)
-                fut.add_done_callback(retrieve_exception)
-                pending.append(fut)
+                submit(read_seal, source, index, position, want, hasher)
                 position += want
-                if len(pending) >= 4:
-                    yield await pending.popleft()
+                while len(pending) >= 4:
+                    record = await pending.popleft()
+                    if record[0]:
+                        yield record
+            submit(settled, source, entry, mtime)
         while pending:
-            yield await pending.popleft()
-        yield sealer.seal(0, 0, b"", final=True), 0
+            record = await pending.popleft()
+            if record[0]:
+                yield record
+        digests = [(index, hasher.digest()) for index, hasher in hashers]
+        yield sealer.seal(0, 0, pack_hashes(digests) if hash_at_end else b"", final=True), 0
     finally:
         for fut in pending:
             fut.cancel()
@@ -122,9 +167,38 @@ async def sealed_records(
             handle.close()
 
 
-def collect(paths: list[Path]) -> list[tuple[str, int, bytes, str | None]]:
-    """Files to offer: each path is a file, or a folder sent with its structure."""
-    entries: list[tuple[str, int, bytes, str | None]] = []
+def channel_version(t: Transfer) -> int:
+    """The data channel version of ``t``, the same on both sides: 1 when its offer
+    carried the hashes (they are stored with it), 2 when they travel at the end."""
+    return VERSION if all(f.hash for f in t.files) else VERSION_HASH_AT_END
+
+
+def unchanged(fh: BinaryIO, entry: TransferFile, mtime: int | None) -> int:
+    """Check that an open source file still has its offered size and ``mtime`` (the
+    modification time in ns recorded at the offer, or at the start of this attempt
+    when the offer did not record one); return the modification time it has."""
+    st = os.fstat(fh.fileno())
+    if st.st_size != entry.size or (mtime is not None and st.st_mtime_ns != mtime):
+        raise TransferError(f"{entry.path} changed since it was offered")
+    return st.st_mtime_ns
+
+
+def collect(
+    paths: list[Path], *, hashes: bool = True
+) -> list[tuple[str, int, bytes, str | None, int]]:
+    """Files to offer: each path is a file, or a folder sent with its structure.
+
+    Each entry is (relative path, size, BLAKE3 or b"" without ``hashes``, source
+    path, modification time in ns).  File drop 2 offers leave without hashes (the
+    sender hashes while it sends); group drops and file drop 1 peers need them
+    first."""
+    entries: list[tuple[str, int, bytes, str | None, int]] = []
+
+    def add(rel: str, full: Path) -> None:
+        st = full.stat()
+        digest = hash_file(full) if hashes else b""
+        entries.append((rel, st.st_size, digest, str(full), st.st_mtime_ns))
+
     for path in paths:
         path = path.expanduser()
         if not path.exists():
@@ -137,11 +211,10 @@ def collect(paths: list[Path]) -> list[tuple[str, int, bytes, str | None]]:
                     full = Path(dirpath) / name
                     if full.is_symlink() or not full.is_file():
                         continue
-                    rel = full.relative_to(root.parent).as_posix()
-                    entries.append((rel, full.stat().st_size, hash_file(full), str(full)))
+                    add(full.relative_to(root.parent).as_posix(), full)
         elif path.is_file():
             full = path.resolve()
-            entries.append((full.name, full.stat().st_size, hash_file(full), str(full)))
+            add(full.name, full)
         else:
             raise TransferError(f"{path}: not a regular file or folder")
     if not entries:

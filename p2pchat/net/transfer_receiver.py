@@ -31,6 +31,7 @@ from p2pchat.core.filedrop import (
     KEY_LABEL,
     PREAMBLE_SIZE,
     RESUMABLE_IN,
+    VERSION,
     Opener,
     new_hasher,
     parse_preamble,
@@ -39,6 +40,7 @@ from p2pchat.net.peer import PeerConnection
 from p2pchat.net.transfer_channels import CLAIMED, Rate, TcpGate, source_key
 from p2pchat.net.transfer_files import (
     DiskQueue,
+    channel_version,
     hash_file,
     hash_prefixes,
     part_path,
@@ -70,6 +72,11 @@ class Attempt:
     files: dict[int, BinaryIO] = field(default_factory=dict)
     hashers: dict[int, Any] = field(default_factory=dict)
     verified: set[int] = field(default_factory=set)
+    """Files of this attempt already checked against their offered hash (version 1)."""
+    digests: dict[int, bytes] = field(default_factory=dict)
+    """Version 2: hashes of the files completed in this attempt, checked against the
+    FINAL record's."""
+    version: int = VERSION
     disk: DiskQueue | None = None
     prepared: asyncio.Future[None] | None = None
     rate: Rate = field(default_factory=lambda: Rate())
@@ -256,15 +263,15 @@ class DataReceiver:
     async def _tcp_records(self, inc: Attempt, reader: asyncio.StreamReader) -> None:
         try:
             while True:
+                assert inc.opener is not None
                 async with asyncio.timeout(self.policy.data_idle_timeout):
                     prefix = await reader.readexactly(4)
-                    sealed = await reader.readexactly(Opener.record_length(prefix))
-                assert inc.opener is not None
+                    sealed = await reader.readexactly(inc.opener.record_length(prefix))
                 record = inc.opener.open_record(sealed)
                 if not await self._store_record(inc, record.index, record.offset, record.data):
                     return
                 if record.final:
-                    await self._finish(inc)
+                    await self._finish(inc, record.hashes)
                     return
         except TimeoutError:
             self._went_silent(inc)
@@ -360,7 +367,7 @@ class DataReceiver:
                     ):
                         return
                     if record.final:
-                        await self._finish(inc)
+                        await self._finish(inc, record.hashes)
                         return
                 if end:
                     self._interrupted(inc, "the data stream ended early")
@@ -405,11 +412,14 @@ class DataReceiver:
             return None
         if t is None or t.state not in RESUMABLE_IN:
             return None
+        if p.version != channel_version(t):  # the offer said where the hashes travel
+            return None
         key = inc.conn.session.export_key(KEY_LABEL, p.transfer_id + p.attempt)
         try:
-            inc.opener = Opener(key, p.header, inc.plan)
+            inc.opener = Opener(key, p.header, inc.plan, p.version)
         except RemoteProtocolError:
             return None
+        inc.version = p.version
         inc.via = via
         self.manager.counters[f"{via}_channels"] += 1
         try:
@@ -514,7 +524,11 @@ class DataReceiver:
         if t is None or not self._is_current(inc):
             return False
         f = t.files[index]
-        if inc.hashers.pop(index).digest() != f.hash:
+        digest = inc.hashers.pop(index).digest()
+        if inc.version != VERSION:
+            inc.digests[index] = digest  # checked against the FINAL record's hash
+            return True
+        if digest != f.hash:
             self.manager.fail_incoming(t, f"{f.path}: content hash mismatch, file discarded")
             self._incoming.pop((inc.transfer_id, inc.attempt), None)
             self._close_files(inc)
@@ -522,10 +536,14 @@ class DataReceiver:
         inc.verified.add(index)
         return True
 
-    async def _finish(self, inc: Attempt) -> None:
+    async def _finish(self, inc: Attempt, hashes: dict[int, bytes] | None) -> None:
         """The FINAL record arrived: verify what is not verified yet, then publish
         every file at once, so a transfer is either done and published or not.
 
+        ``hashes`` are the FINAL record's (version 2; ``Opener`` made sure there is
+        one for every file of the plan); in version 1 they came with the offer.
+        Files completed in this attempt were hashed as they were written; the
+        others (complete before this attempt, or empty) are hashed from disk now.
         The attempt stays current until it is done, so a disk error on the way
         (an ``OSError`` the caller hands to ``_disk_failed``) fails it cleanly.
         """
@@ -536,22 +554,27 @@ class DataReceiver:
         if t is None or t.folder is None:
             return
         ready: list[tuple[int, Path, Path]] = []
+        known: dict[int, bytes] = {}
         for f in t.files:
             if not f.accepted or f.done:
                 continue
             part = Path(part_path(f))
+            want = f.hash if hashes is None else hashes.get(f.index)
             if f.index not in inc.verified:
-                # Complete before this attempt (a resume), or empty.
-                if f.size == 0:
-                    os.close(os.open(part, os.O_WRONLY | os.O_CREAT, 0o600))
-                digest = await asyncio.to_thread(hash_file, part)
-                if not self._is_current(inc):
-                    return
-                if digest != f.hash:
+                digest = inc.digests.get(f.index)
+                if digest is None:
+                    # Complete before this attempt (a resume), or empty.
+                    if f.size == 0:
+                        os.close(os.open(part, os.O_WRONLY | os.O_CREAT, 0o600))
+                    digest = await asyncio.to_thread(hash_file, part)
+                    if not self._is_current(inc):
+                        return
+                if digest != want:
                     self._incoming.pop((inc.transfer_id, inc.attempt), None)
                     why = f"{f.path}: content hash mismatch, file discarded"
                     self.manager.fail_incoming(t, why)
                     return
+                known[f.index] = digest
             ready.append((f.index, part, Path(f.final or "")))
         if not self._is_current(inc):
             return
@@ -559,8 +582,9 @@ class DataReceiver:
         finals = publish_all(Path(t.folder), [(part, final) for _i, part, final in ready])
         self._incoming.pop((inc.transfer_id, inc.attempt), None)
         self._close_files(inc)
+        # A hash that came with the data is kept with the file, as an offered one is.
         done = [
-            (index, {"done": 1, "final": str(final)})
+            (index, {"done": 1, "final": str(final), **({"hash": known[index]} if hashes else {})})
             for (index, _part, _final), final in zip(ready, finals, strict=True)
         ]
         elapsed = max(time.monotonic() - inc.started, 1e-9)

@@ -73,13 +73,16 @@ from p2pchat.net.transfer_files import (
     FOLDER_MODE,
     STAGING,
     TransferError,
+    channel_version,
     choose_roots,
     collect,
+    hash_file,
     make_folders,
     part_size,
     remove_staging,
     same_device,
     sealed_records,
+    source_path,
 )
 from p2pchat.net.transfer_receiver import DataReceiver
 from p2pchat.store import Store, StoreError, Transfer
@@ -122,6 +125,11 @@ STORE_RETRY_MAX = 4.0
 MAX_STORE_RETRIES = 256
 """Steps kept for a retry (one per transfer, the latest): beyond, the oldest is
 dropped, and the sender's re-offer at the next session recovers that transfer."""
+
+
+def hashes_at_end(conn: PeerConnection) -> bool:
+    """Whether the peer on ``conn`` takes offers without hashes (file drop 2)."""
+    return conn.hello is not None and conn.hello.files >= 2
 
 
 class StorageHealth(Protocol):
@@ -172,6 +180,8 @@ class TransferManager:
         self._outgoing: dict[str, Outgoing] = {}
         self._offer_budget = RateBudget(rate=OFFER_RATE, burst=OFFER_BURST)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._hashing: set[str] = set()
+        """Outgoing transfers being hashed for a peer that speaks only file drop 1."""
         self.receiver = DataReceiver(self)
         self._retries: OrderedDict[str, Callable[[], None]] = OrderedDict()
         self._retry_at = 0.0
@@ -322,35 +332,86 @@ class TransferManager:
         paths: list[Path],
         *,
         transfer_id: str | None = None,
-        entries: list[tuple[str, int, bytes, str | None]] | None = None,
+        entries: list[tuple[str, int, bytes, str | None, int]] | None = None,
     ) -> Transfer:
-        """Hash the files (in a thread: large files take a while) and offer them.
+        """Offer files: at once to a peer that speaks file drop 2 (the hashes travel
+        at the end of the data), after hashing them (in a thread: large files take a
+        while) to one that speaks only file drop 1.
 
         A group file drop passes the ``entries`` it hashed once for every member and
         the transfer id derived for each (``net/groups.py``)."""
+        conn = self.connection_for(peer_id)
         if entries is None:
-            entries = await asyncio.to_thread(collect, paths)
+            # File drop 2: the offer leaves at once and the hashes follow the data; a
+            # peer known to speak only 1 gets them first (``_send_offer``).
+            hashes = conn is not None and not hashes_at_end(conn)
+            entries = await asyncio.to_thread(collect, paths, hashes=hashes)
         if len(entries) > MAX_FILES_PER_OFFER:
             raise TransferError(
                 f"too many files for one offer ({len(entries)}, at most {MAX_FILES_PER_OFFER})"
             )
         transfer_id = transfer_id or secrets.token_hex(16)
         frame = chat.FileOffer(
-            transfer_id, tuple(chat.FileEntry(rel, size, h) for rel, size, h, _src in entries)
+            transfer_id,
+            tuple(chat.FileEntry(rel, size, h or None) for rel, size, h, _src, _t in entries),
         )
         try:
             chat.encode(frame)
         except LocalProtocolError as exc:
             raise TransferError(f"cannot offer these files: {exc}") from exc
         transfer = self.store.create_transfer(
-            transfer_id, peer_id, direction="out", state="offered", files=entries, now=self.clock()
+            transfer_id,
+            peer_id,
+            direction="out",
+            state="offered",
+            files=[(rel, size, h, src) for rel, size, h, src, _t in entries],
+            mtimes=[mtime for *_entry, mtime in entries],
+            now=self.clock(),
         )
         self.emit(TransferStateChanged(transfer_id, peer_id, "out", "offered"))
-        self._send(peer_id, frame)
+        conn = self.connection_for(peer_id)
+        if conn is not None:
+            self._send_offer(conn, transfer)
         return transfer
 
     def _offer_frame(self, t: Transfer) -> chat.FileOffer:
-        return chat.FileOffer(t.id, tuple(chat.FileEntry(f.path, f.size, f.hash) for f in t.files))
+        return chat.FileOffer(
+            t.id, tuple(chat.FileEntry(f.path, f.size, f.hash or None) for f in t.files)
+        )
+
+    def _send_offer(self, conn: PeerConnection, t: Transfer) -> None:
+        """Offer ``t`` on ``conn``: as it is if it carries its hashes or the peer
+        speaks file drop 2, else once the files are hashed (a peer that only speaks
+        file drop 1 would refuse an offer without hashes as invalid)."""
+        if all(f.hash for f in t.files) or hashes_at_end(conn):
+            conn.send(self._offer_frame(t))
+        elif t.id not in self._hashing:
+            self._hashing.add(t.id)
+            self.track(self._hash_then_offer(conn, t))
+
+    async def _hash_then_offer(self, conn: PeerConnection, t: Transfer) -> None:
+        try:
+            try:
+                hashes = await asyncio.to_thread(
+                    lambda: [hash_file(Path(source_path(f))) for f in t.files]
+                )
+            except (OSError, TransferError) as exc:
+                why = f"cannot hash the files to offer: {exc}"
+                with self.guarded(t.id, lambda: self.set_state(t, "failed", why)):
+                    self.set_state(t, "failed", why)
+                return
+            with self.guarded():  # the next session hashes again
+                fresh = self.store.get_transfer(t.id)
+                if fresh is None or fresh.state not in RESUMABLE_OUT:
+                    return
+                self.store.set_transfer_files(
+                    t.id, [(f.index, {"hash": h}) for f, h in zip(t.files, hashes, strict=True)]
+                )
+                fresh = self.store.get_transfer(t.id)
+                if fresh is not None and self.connection_for(t.peer_id) is conn:
+                    conn.send(self._offer_frame(fresh))
+        finally:
+            self._hashing.discard(t.id)
 
     def peer_online(self, conn: PeerConnection) -> None:
         """A session with the peer came up: re-offer what is unfinished (resume)."""
@@ -369,7 +430,7 @@ class TransferManager:
             direction="out", states=RESUMABLE_OUT, peer_id=peer
         )
         for t in self.store.get_transfers(unfinished):
-            conn.send(self._offer_frame(t))
+            self._send_offer(conn, t)
         recent = self.store.transfer_ids(
             direction="out",
             states=("cancelled",),
@@ -419,8 +480,9 @@ class TransferManager:
         """
         tid = bytes.fromhex(t.id)
         key = conn.session.export_key(KEY_LABEL, tid + accept.attempt)
+        version = channel_version(t)
         if accept.tcp_port and conn.path != "relayed":  # the address is the relay's
-            sealer = Sealer(key, tid, accept.attempt)
+            sealer = Sealer(key, tid, accept.attempt, version)
             host = str(conn.link.address[0])
             tcp = await TcpSender.open(host, accept.tcp_port, sealer.preamble)
             if tcp is not None:
@@ -428,7 +490,7 @@ class TransferManager:
             self.counters["tcp_fallbacks"] += 1
         if conn.closed:
             raise ConnectionError("session closed")
-        sealer = Sealer(key, tid, accept.attempt)
+        sealer = Sealer(key, tid, accept.attempt, version)
         quic = QuicSender(conn, out)
         await quic.put(sealer.preamble)
         return quic, sealer
@@ -512,7 +574,7 @@ class TransferManager:
             peer,
             direction="in",
             state="pending",
-            files=[(f.path, f.size, f.hash, None) for f in frame.files],
+            files=[(f.path, f.size, f.hash or b"", None) for f in frame.files],
             now=self.clock(),
         )
         self.emit(

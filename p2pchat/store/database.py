@@ -49,7 +49,6 @@ import sqlcipher3
 
 from p2pchat.store.errors import DatabaseBusy, DatabaseKeyError, StoreError
 from p2pchat.store.journal import (
-    Entry,
     Journal,
     JournalCorrupt,
     fold_into,
@@ -57,6 +56,7 @@ from p2pchat.store.journal import (
     journal_path,
     not_yet_stored,
 )
+from p2pchat.store.records import Message
 from p2pchat.store.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -260,9 +260,9 @@ class StoreBase:
         self._db: sqlite3.Connection | None = None
         self._keeps_journal = journal
         self._journal = Journal(journal_path(self.path), _journal_key(key))
-        self._pending: list[Entry] = []
+        self._pending: list[Message] = []
         """Journaled messages not folded into the tables yet, oldest first."""
-        self._folding: list[Entry] = []
+        self._folding: list[Message] = []
         """Folded into the transaction in progress: pending again if it rolls back."""
         self._sending: dict[str, Sending] = {}
         self._contact_refs: dict[str, str] = {}
@@ -376,7 +376,7 @@ class StoreBase:
                 else:
                     self._journal.release()
 
-    def _journal_append(self, entries: list[Entry]) -> None:
+    def _journal_append(self, entries: list[Message]) -> None:
         """Durable on return (one write); folded by the next transaction."""
         with self._lock:
             self._journal.append(entries)

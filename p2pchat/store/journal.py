@@ -42,7 +42,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgpack
 import nacl.bindings
@@ -80,6 +80,24 @@ _KEY_CONTEXT: Final = b"outbox journal key"
 
 class JournalCorrupt(StoreError):
     """The journal holds damage that is not a write cut short at its end."""
+
+
+class Record(Protocol):
+    """What a record holds: an :class:`Entry`, or the store's ``Message`` itself (the
+    send path builds no second object per message)."""
+
+    @property
+    def peer_id(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def reply_to(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +140,14 @@ def journal_key(database_key: bytes) -> bytes:
     )
 
 
-def encode(entries: Sequence[Entry], key: bytes | None = None) -> bytes:
+def encode(
+    entries: Sequence[Record], key: bytes | None = None, packer: msgpack.Packer | None = None
+) -> bytes:
     """The records of ``entries``, back to back (``key``: seal each under it)."""
+    pack = (packer or msgpack.Packer()).pack
     parts = []
     for e in entries:
-        payload = msgpack.packb(
-            [_VERSION, e.peer_id, e.id, e.seq, e.body, e.created_at, e.reply_to]
-        )
+        payload = pack([_VERSION, e.peer_id, e.id, e.seq, e.body, e.created_at, e.reply_to])
         if key is not None:
             nonce = os.urandom(_NONCE)
             payload = nonce + nacl.bindings.crypto_secretbox(payload, nonce, key)
@@ -206,7 +225,7 @@ def _decode(payload: bytes, key: bytes | None, name: str, offset: int) -> Entry:
     return Entry(peer_id, mid, seq, body, float(created_at), reply_to)
 
 
-def fold_into(db: sqlite3.Connection, entries: Sequence[Entry]) -> None:
+def fold_into(db: sqlite3.Connection, entries: Sequence[Record]) -> None:
     """Write ``entries`` as rows (message, outbox, conversation counter) inside the
     caller's transaction, in a fixed number of statements whatever their number."""
     if not entries:
@@ -271,6 +290,7 @@ class Journal:
         self.key = key
         self._fd: int | None = None
         self._size = 0
+        self._packer = msgpack.Packer()  # reused: the store's lock serialises appends
 
     @property
     def owned(self) -> bool:
@@ -331,14 +351,14 @@ class Journal:
         self._size = offset
         return parse(b"".join(chunks), self.key, name=str(self.path))
 
-    def append(self, entries: Sequence[Entry]) -> None:
+    def append(self, entries: Sequence[Record]) -> None:
         """Make ``entries`` durable against a crash of this process: one ``write``.
 
         A write the disk cannot take whole is undone (the file is cut back to
         where it was) and raises :class:`StoreError`: nothing was queued.
         """
         fd = self._owned_fd()
-        data = encode(entries, self.key)
+        data = encode(entries, self.key, self._packer)
         try:
             written = os.write(fd, data)
         except OSError as exc:

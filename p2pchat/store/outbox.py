@@ -10,6 +10,7 @@ transactions, numbered by the journal's holder only (``_numbering``).
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 from collections.abc import Sequence
@@ -17,7 +18,6 @@ from typing import Any
 
 from p2pchat.store.database import Sending
 from p2pchat.store.errors import StoreError
-from p2pchat.store.journal import Entry
 from p2pchat.store.messages import MessageRows
 from p2pchat.store.records import (
     _JOINED_MESSAGE_COLUMNS,
@@ -110,18 +110,15 @@ class OutboxMixin(MessageRows):
         with self._lock:
             sending = self._sending_state(peer_id)
             first = sending.send_seq + 1
-            entries = [
-                Entry(peer_id, secrets.token_hex(16), seq, body, now, reply_to)
+            messages = [
+                # A fresh random id, as secrets.token_hex draws it (os.urandom), cheaper.
+                Message(os.urandom(16).hex(), peer_id, "out", seq, body, now, None, "queued",
+                        now, reply_to)
                 for seq, body in enumerate(bodies, first)
-            ]
-            self._journal_append(entries)
-            sending.send_seq += len(entries)
-        return [
-            Message(
-                e.id, peer_id, "out", e.seq, e.body, now, None, "queued", now, reply_to=reply_to
-            )
-            for e in entries
-        ]
+            ]  # fmt: skip
+            self._journal_append(messages)
+            sending.send_seq += len(messages)
+        return messages
 
     def _sending_state(self, peer_id: str) -> Sending:
         """The conversation's outgoing counters, read once, then kept in memory."""

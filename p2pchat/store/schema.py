@@ -353,6 +353,12 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    """
+    -- File drop 2: an offered file's modification time (ns) when it was offered, so
+    -- the sender notices a file changed since; its hash may now be empty (b"") until
+    -- it is known (offers leave before the files are hashed).
+    ALTER TABLE transfer_files ADD COLUMN mtime INTEGER;
+    """,
 )
 
 

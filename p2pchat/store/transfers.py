@@ -43,8 +43,11 @@ class TransfersMixin(StoreBase):
         files: Sequence[tuple[str, int, bytes, str | None]],
         now: float,
         folder: str | None = None,
+        mtimes: Sequence[int | None] | None = None,
     ) -> Transfer:
-        """``files``: (relative path, size, hash, local source path or None)."""
+        """``files``: (relative path, size, hash or b"" while unknown, local source path
+        or None); ``mtimes``: the sources' modification times (ns), if known."""
+        times = list(mtimes) if mtimes is not None else [None] * len(files)
         with self._write() as db:
             db.execute(
                 "INSERT INTO transfers (id, peer_id, direction, state, created_at, updated_at,"
@@ -52,9 +55,12 @@ class TransfersMixin(StoreBase):
                 (transfer_id, peer_id, direction, state, now, now, folder, len(files)),
             )
             db.executemany(
-                "INSERT INTO transfer_files (transfer_id, idx, path, size, hash, source)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(transfer_id, i, p, size, h, src) for i, (p, size, h, src) in enumerate(files)],
+                "INSERT INTO transfer_files (transfer_id, idx, path, size, hash, source, mtime)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (transfer_id, i, p, size, h, src, mtime)
+                    for i, ((p, size, h, src), mtime) in enumerate(zip(files, times, strict=True))
+                ],
             )
         transfer = self.get_transfer(transfer_id)
         assert transfer is not None
@@ -76,15 +82,16 @@ class TransfersMixin(StoreBase):
                 list(ids),
             ).fetchall()
             files = db.execute(
-                "SELECT transfer_id, idx, path, size, hash, source, part, final, accepted, done"
-                f" FROM transfer_files WHERE transfer_id IN ({marks}) ORDER BY transfer_id, idx",
+                "SELECT transfer_id, idx, path, size, hash, source, part, final, accepted, done,"
+                f" mtime FROM transfer_files WHERE transfer_id IN ({marks})"
+                " ORDER BY transfer_id, idx",
                 list(ids),
             ).fetchall()
         entries: dict[str, list[TransferFile]] = {}
         for f in files:
             entries.setdefault(f[0], []).append(
                 TransferFile(
-                    f[1], f[2], f[3], bytes(f[4]), f[5], f[6], f[7], bool(f[8]), bool(f[9])
+                    f[1], f[2], f[3], bytes(f[4]), f[5], f[6], f[7], bool(f[8]), bool(f[9]), f[10]
                 )
             )
         by_id = {
@@ -266,8 +273,9 @@ class TransfersMixin(StoreBase):
         transfer_id: str,
         updates: Sequence[tuple[int, dict[str, Any]]],
     ) -> None:
-        """Per-file updates of ``part``, ``final``, ``accepted`` or ``done``."""
-        allowed = {"part", "final", "accepted", "done"}
+        """Per-file updates of ``part``, ``final``, ``accepted``, ``done`` or ``hash``
+        (known late in file drop 2)."""
+        allowed = {"part", "final", "accepted", "done", "hash"}
         with self._write() as db:
             for index, fields in updates:
                 if not fields.keys() <= allowed:

@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 
 from p2pchat.core import chat
-from p2pchat.core.filedrop import CHUNK_SIZE, KEY_LABEL, Sealer, new_hasher
+from p2pchat.core.filedrop import (
+    CHUNK_SIZE,
+    KEY_LABEL,
+    VERSION_HASH_AT_END,
+    Sealer,
+    new_hasher,
+    pack_hashes,
+)
 from p2pchat.identity import parse_address
 from p2pchat.net import transfers
 from p2pchat.node import Node
@@ -403,9 +410,11 @@ def results(hostile: HostileLink, tid: str) -> list[chat.FileResult]:
 class HostileChannel:
     """The hostile sender's side of one data channel, on the carrier the accept names."""
 
-    def __init__(self, hostile: HostileLink, tid: str, accept: chat.FileAccept) -> None:
+    def __init__(
+        self, hostile: HostileLink, tid: str, accept: chat.FileAccept, version: int = 1
+    ) -> None:
         key = hostile.session.export_key(KEY_LABEL, bytes.fromhex(tid) + accept.attempt)
-        self.sealer = Sealer(key, bytes.fromhex(tid), accept.attempt)
+        self.sealer = Sealer(key, bytes.fromhex(tid), accept.attempt, version)
         self.link = hostile.link
         self.stream_id: int | None = None
         self.reader: asyncio.StreamReader | None = None
@@ -413,9 +422,9 @@ class HostileChannel:
 
     @classmethod
     async def open(
-        cls, hostile: HostileLink, host: str, tid: str, accept: chat.FileAccept
+        cls, hostile: HostileLink, host: str, tid: str, accept: chat.FileAccept, version: int = 1
     ) -> HostileChannel:
-        channel = cls(hostile, tid, accept)
+        channel = cls(hostile, tid, accept, version)
         if accept.tcp_port:
             channel.reader, channel.writer = await asyncio.open_connection(host, accept.tcp_port)
         else:
@@ -481,17 +490,20 @@ async def receiving_contact(
     return b, downloads, hostile, mallory, host
 
 
+@pytest.mark.parametrize("version", [1, VERSION_HASH_AT_END])
 async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
-    start_node: StartNode, tmp_path: Path
+    start_node: StartNode, tmp_path: Path, version: int
 ) -> None:
     """The offered bytes (with the right hash), then more: each attempt fails at the
     extra record.  The file was once published at once and the transfer then failed;
-    now a transfer is published whole after its final record, or not at all."""
+    now a transfer is published whole after its final record, or not at all.  In
+    file drop 2 (no hash in the offer) the extra bytes fail the same way."""
     b, downloads, hostile, mallory, host = await receiving_contact(start_node, tmp_path)
     try:
         content = os.urandom(1000)
         tid = os.urandom(16).hex()
-        hostile.send(chat.FileOffer(tid, (chat.FileEntry("small.txt", 1000, blake3(content)),)))
+        offered = blake3(content) if version == 1 else None
+        hostile.send(chat.FileOffer(tid, (chat.FileEntry("small.txt", 1000, offered),)))
         done = 0
         while (t := b.store.get_transfer(tid)) is None or t.state != "failed":
             seen = done
@@ -502,7 +514,7 @@ async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
                 break
             accept = accepts(hostile, tid)[done]
             done += 1
-            channel = await HostileChannel.open(hostile, host, tid, accept)
+            channel = await HostileChannel.open(hostile, host, tid, accept, version)
             await channel.write(channel.sealer.seal(0, 0, content))
             await channel.write(channel.sealer.seal(0, 1000, b"beyond the offered size"))
             await channel.until_dropped()
@@ -511,6 +523,54 @@ async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
             assert done < 30
         await wait_until(lambda: b.store.get_transfer(tid).state == "failed")  # type: ignore[union-attr]
         assert not (downloads / "small.txt").exists()
+        assert not list(downloads.rglob("*.part"))
+        assert results(hostile, tid) and not results(hostile, tid)[0].ok
+    finally:
+        mallory.close()
+
+
+@pytest.mark.parametrize("final", ["wrong", "missing"])
+async def test_a_wrong_or_missing_final_hash_never_publishes(
+    start_node: StartNode, tmp_path: Path, final: str
+) -> None:
+    """File drop 2: a contact offers a file without its hash, sends the bytes, and
+    then a FINAL record with a hash of something else, or with no hash at all.  The
+    file never takes its name; a wrong hash fails the transfer at once, a missing
+    one fails each attempt (nothing to resend: the bytes are kept) until the
+    attempt budget ends it.  The parts go, and the sender is told."""
+    b, downloads, hostile, mallory, host = await receiving_contact(start_node, tmp_path)
+    try:
+        content = os.urandom(3000)
+        tid = os.urandom(16).hex()
+        hostile.send(chat.FileOffer(tid, (chat.FileEntry("claimed.txt", len(content), None),)))
+        done = 0
+        while not results(hostile, tid):
+            seen = done
+            await wait_until(
+                lambda: len(accepts(hostile, tid)) > seen or bool(results(hostile, tid))  # noqa: B023
+            )
+            if results(hostile, tid):
+                break
+            accept = accepts(hostile, tid)[done]
+            done += 1
+            channel = await HostileChannel.open(hostile, host, tid, accept, VERSION_HASH_AT_END)
+            assert await channel.claimed()
+            for index, offset in accept.offsets:
+                if offset < len(content):
+                    await channel.write(channel.sealer.seal(index, offset, content[offset:]))
+            hashes = [(0, blake3(b"something else"))] if final == "wrong" else []
+            await channel.write(channel.sealer.seal(0, 0, pack_hashes(hashes), final=True))
+            await channel.until_dropped()
+            await channel.close()
+            assert not (downloads / "claimed.txt").exists(), "published without its hash"
+            assert done <= transfers.MAX_ATTEMPTS
+        await wait_until(lambda: b.store.get_transfer(tid).state == "failed")  # type: ignore[union-attr]
+        error = b.store.get_transfer(tid).error or ""  # type: ignore[union-attr]
+        if final == "wrong":
+            assert done == 1 and "content hash mismatch" in error
+        else:
+            assert done == transfers.MAX_ATTEMPTS and "final record" in error
+        assert not (downloads / "claimed.txt").exists()
         assert not list(downloads.rglob("*.part"))
         assert results(hostile, tid) and not results(hostile, tid)[0].ok
     finally:

@@ -140,9 +140,10 @@ class QuicLink:
         the ack of a group commit, which runs earlier in that same turn, and the
         answers to the other datagrams read in this wake-up."""
         now = self.endpoint.now()
+        quiet = now - self._last_heard >= KEEPALIVE_RETRY
         self._last_heard = now
         self.conn.receive_datagram(data, address, now=now)
-        self._ack_policy(now)
+        self._ack_policy(now, after_silence=quiet)
         self._handle_events()
         self._schedule_transmit()
 
@@ -161,7 +162,7 @@ class QuicLink:
             # dialling side pings after 1.5 s of silence (again a second later while
             # unanswered; aioquic also repeats a lost PING), the accepting side only
             # after 2.5 s (a backstop, should the dialler be an older version), so an
-            # idle pair exchanges one ping and one ACK about every 1.75 s, and a peer
+            # idle pair exchanges one ping and one ACK every 2 s (0.5 s grid), and a peer
             # that vanished (SIGKILL, cable) is given up on within LIVENESS_TIMEOUT
             # instead of QUIC's 20 s idle timeout.
             if now - self._last_heard >= LIVENESS_TIMEOUT and now >= self._grace_until:
@@ -305,14 +306,21 @@ class QuicLink:
         space = spaces.get(tls.Epoch.ONE_RTT) if isinstance(spaces, dict) else None
         return space if hasattr(space, "ack_at") else None
 
-    def _ack_policy(self, now: float) -> None:
-        """After a datagram was read: decide when its ACK is due."""
+    def _ack_policy(self, now: float, *, after_silence: bool = False) -> None:
+        """After a datagram was read: decide when its ACK is due.
+
+        A packet that ends a silence (``KEEPALIVE_RETRY`` or more) is acknowledged at
+        the end of this turn: on an idle connection it is the peer's keepalive PING,
+        and no data of ours is coming for its ACK to ride on, so waiting would only
+        cost a timer wake-up per keepalive; a chat frame after a silence is answered
+        in this turn anyway (the ack of its group commit), and its ACK leaves with
+        that."""
         space = self._ack_space()
         if space is None or space.ack_at is None:
             self._unacked = 0
             return
         self._unacked += 1
-        if self._unacked >= 2 or len(space.ack_queue) > 1:
+        if after_silence or self._unacked >= 2 or len(space.ack_queue) > 1:
             space.ack_at = now
         elif self._unacked == 1:
             space.ack_at = now + ACK_DELAY

@@ -39,7 +39,7 @@ KEEPALIVE_RETRY = 1.0
 ACCEPTER_KEEPALIVE = 2.5
 # Pings are due on multiples of this (loop time), so those of many connections are
 # sent together; a ping is at most this much later than its interval.
-KEEPALIVE_GRID = 0.25
+KEEPALIVE_GRID = 0.5
 LIVENESS_TIMEOUT = 3.5
 
 

@@ -25,9 +25,10 @@ contact may make us spend:
 
 **Group commit.**  Work that arrives in one event-loop turn is applied together
 at the end of the turn (``flush``, which the node schedules through ``schedule``):
-the messages received from every contact, the transmissions to mark ``sent`` and
-the acks received, and the messages the user queued this turn (durable already
-in the store's outbox journal) are written in one transaction (``Store.batch``),
+the messages received from every contact, the transmissions to mark ``sent``,
+the acks received and the messages the user queued (durable already in the
+store's outbox journal; like the marks they wait up to ``MARK_DELAY`` for a
+commit that happens anyway) are written in one transaction (``Store.batch``),
 and only after it committed does each contact get one cumulative ``Ack`` for everything
 stored (its frames leave together, in shared QUIC packets) and does the user see
 the events.  A crash before the commit loses nothing that was acknowledged; a
@@ -376,9 +377,11 @@ class Delivery:
         return True
 
     def fold_soon(self) -> None:
-        """The store journaled a message (durable already): it is folded into the
-        tables with this turn's group commit, so a turn of sends costs one commit."""
-        self._request_flush()
+        """The store journaled a message (durable already, and every read of the store
+        folds it first): it waits for the tables like a ``sent`` mark, up to
+        ``MARK_DELAY`` for a group commit that writes anyway (the contact's ack, its
+        messages), so sending costs no commit of its own and none on a reply's path."""
+        self._request_marks()
 
     def on_ack(self, peer: str, seq: int) -> None:
         """A cumulative ack from the contact: applied at the end of the turn."""
@@ -416,7 +419,7 @@ class Delivery:
             self.flush()
         elif self._marks_timer is None:
             timer = self._schedule(MARK_DELAY)
-            if self._sent:  # (without a loop the node flushed at once)
+            if self._sent or self.store.pending:  # (without a loop: flushed at once)
                 self._marks_timer = timer
 
     def flush(self) -> None:

@@ -26,13 +26,16 @@ contact may make us spend:
 **Group commit.**  Work that arrives in one event-loop turn is applied together
 at the end of the turn (``flush``, which the node schedules through ``schedule``):
 the messages received from every contact, the transmissions to mark ``sent`` and
-the acks received, and the messages the user queued this turn (durable already
-in the store's outbox journal) are written in one transaction (``Store.batch``),
+the acks received, and the messages the user queued (durable already in the store's
+outbox journal) are written in one transaction (``Store.batch``),
 and only after it committed does each contact get one cumulative ``Ack`` for everything
 stored (its frames leave together, in shared QUIC packets) and does the user see
 the events.  A crash before the commit loses nothing that was acknowledged; a
 crash after it and before the ack leaves the messages stored and unacknowledged,
-and the sender's resend is then a duplicate that is acknowledged again.
+and the sender's resend is then a duplicate that is acknowledged again.  The
+bookkeeping of our own messages (folding the journal into the tables, ``sent``
+marks) does not ask for a flush of its own: it rides on the next one that commits
+anyway (an ack, a received message), at most ``MARK_DELAY`` later.
 
 Nothing here owns sockets or tasks: the node calls in with frames and on its
 dial-loop tick, and every decision reads an injected clock.
@@ -96,8 +99,9 @@ DEFAULT_DAILY_MESSAGE_BYTES = 8 * 1024 * 1024
 """Message bytes each contact may have stored here per UTC day (``settings.json``:
 ``max_message_bytes_per_day``; 0 means no limit)."""
 QUOTA_SETTING = "max_message_bytes_per_day"
-# How long transmitted messages may wait to be marked ``sent`` in the store (see
-# ``_request_marks``); the ``sent`` event waits with them.
+# How long transmitted messages may wait to be marked ``sent`` in the store, and
+# journaled ones to be folded into it (see ``_request_marks``); the ``sent`` event
+# waits with them.
 MARK_DELAY = 0.05
 STORAGE_REASON = "the contact's device cannot store messages right now (is its disk full?)"
 
@@ -376,9 +380,12 @@ class Delivery:
         return True
 
     def fold_soon(self) -> None:
-        """The store journaled a message (durable already): it is folded into the
-        tables with this turn's group commit, so a turn of sends costs one commit."""
-        self._request_flush()
+        """The store journaled a message (durable already).  Folding it into the tables
+        is bookkeeping, like a ``sent`` mark: it waits up to ``MARK_DELAY`` for a flush
+        that commits anyway (the contact's ack, a message from it), so a message sent
+        on its own costs no commit of its own and a burst's are folded by the flushes
+        of its acks.  Any read folds first, so nothing can tell the difference."""
+        self._request_marks()
 
     def on_ack(self, peer: str, seq: int) -> None:
         """A cumulative ack from the contact: applied at the end of the turn."""
@@ -416,7 +423,7 @@ class Delivery:
             self.flush()
         elif self._marks_timer is None:
             timer = self._schedule(MARK_DELAY)
-            if self._sent:  # (without a loop the node flushed at once)
+            if self._sent or self.store.pending:  # (without a loop: flushed at once)
                 self._marks_timer = timer
 
     def flush(self) -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from p2pchat.core.chat import (
     MAX_BODY_BYTES,
+    MAX_BUNDLE_FRAMES,
     MAX_SEQ,
     Ack,
     ChatFrame,
@@ -21,7 +22,9 @@ from p2pchat.core.chat import (
     RequestPending,
     Typing,
     UnknownFrame,
+    bundle,
     decode,
+    decode_frames,
     encode,
 )
 from p2pchat.core.errors import LocalProtocolError, RemoteProtocolError
@@ -213,7 +216,7 @@ def test_a_peers_bad_name_is_repaired_not_refused(name: object, repaired: str | 
 
 def test_a_good_name_is_normalised_without_a_problem() -> None:
     hello = decode(msgpack.packb({"t": "hello", "v": 1, "n": "  Ａlice  Smith "}))
-    assert hello == Hello(name="Alice Smith")
+    assert hello == Hello(name="Alice Smith", version=1)
     assert hello.name_problem is None
 
 
@@ -348,3 +351,107 @@ def test_implausible_timestamps_refused(at: float) -> None:
     )
     with pytest.raises(RemoteProtocolError, match="timestamp"):
         decode(frame)
+
+
+# ------------------------------------------------------------------- bundles
+def _only_frames_or_remote_errors(payload: bytes) -> list[object]:
+    """``decode_frames`` never raises: every item is a frame or a ``RemoteProtocolError``."""
+    items = decode_frames(payload)
+    assert items, "decode_frames returned nothing"
+    for item in items:
+        assert isinstance(item, (*_FRAME_TYPES, RemoteProtocolError)), item
+    return items
+
+
+@_fuzz_settings
+@given(st.lists(st.sampled_from(ALL_FRAMES), min_size=1, max_size=40))
+def test_bundle_round_trip(frames: list[ChatFrame]) -> None:
+    assert decode_frames(bundle([encode(f) for f in frames])) == frames
+
+
+def test_a_single_frame_decodes_as_a_list_of_one() -> None:
+    assert decode_frames(encode(message())) == [message()]
+
+
+def test_bundle_array_headers_at_the_size_boundaries() -> None:
+    for count in (1, 15, 16, 17, 1023, MAX_BUNDLE_FRAMES):
+        frames = [Ack(seq=i) for i in range(count)]
+        assert decode_frames(bundle([encode(f) for f in frames])) == frames
+    with pytest.raises(LocalProtocolError):
+        bundle([])
+    with pytest.raises(LocalProtocolError):
+        bundle([encode(Ack(seq=1))] * (MAX_BUNDLE_FRAMES + 1))
+
+
+def test_a_full_bundle_fits_the_session_payload() -> None:
+    biggest = encode(message(body="x" * MAX_BODY_BYTES))
+    assert len(bundle([biggest] * 3)) <= MAX_PLAINTEXT
+
+
+def test_bad_and_unknown_frames_inside_a_bundle_keep_their_place() -> None:
+    good = encode(Ack(seq=3))
+    unknown = msgpack.packb({"t": "from-the-future"})
+    bad = raw_message(s=0)
+    inner_bundle = bundle([good])
+    items = decode_frames(bundle([good, unknown, bad, inner_bundle, encode(Read(seq=2))]))
+    assert items[0] == Ack(seq=3)
+    assert isinstance(items[1], UnknownFrame)
+    assert isinstance(items[2], RemoteProtocolError) and not isinstance(items[2], UnknownFrame)
+    assert isinstance(items[3], RemoteProtocolError)  # no bundle inside a bundle
+    assert items[4] == Read(seq=2)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"t": "bundle"},
+        {"t": "bundle", "f": []},
+        {"t": "bundle", "f": "not a list"},
+        {"t": "bundle", "f": [{"t": "ack", "s": 1}] * (MAX_BUNDLE_FRAMES + 1)},
+    ],
+    ids=["no list", "empty", "not a list", "too many"],
+)
+def test_badly_shaped_bundles_are_one_error(obj: dict[str, object]) -> None:
+    items = decode_frames(msgpack.packb(obj))
+    assert len(items) == 1 and isinstance(items[0], RemoteProtocolError)
+
+
+def test_decode_refuses_a_bundle_where_one_frame_is_expected() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(bundle([encode(Ack(seq=1))]))
+
+
+@_fuzz_settings
+@given(st.binary(max_size=300))
+def test_fuzz_decode_frames_arbitrary_bytes(payload: bytes) -> None:
+    _only_frames_or_remote_errors(payload)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_objects, max_size=12))
+def test_fuzz_bundles_of_arbitrary_objects(items: list[object]) -> None:
+    """Whatever a bundle's list holds, each item comes back as a frame or an error, in
+    place (a malformed list is one error)."""
+    result = _only_frames_or_remote_errors(msgpack.packb({"t": "bundle", "f": items}))
+    assert len(result) == (len(items) if items else 1)
+
+
+@_fuzz_settings
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"t": st.sampled_from(["msg", "ack", "read", "typing", "gap", "bundle"])},
+            optional={k: _scalars for k in ["i", "s", "b", "at", "m", "a", "w", "f"]},
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_fuzz_bundles_of_known_tags(maps: list[dict[str, object]]) -> None:
+    result = _only_frames_or_remote_errors(msgpack.packb({"t": "bundle", "f": maps}))
+    assert len(result) == len(maps)
+    for item, raw in zip(result, maps, strict=True):
+        if raw["t"] == "bundle":
+            assert isinstance(item, RemoteProtocolError)
+        elif not isinstance(item, RemoteProtocolError):
+            assert decode(encode(item)) == item  # type: ignore[arg-type]

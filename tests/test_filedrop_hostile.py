@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from p2pchat.core import chat
+from p2pchat.core.errors import RemoteProtocolError
 from p2pchat.core.filedrop import KEY_LABEL, Sealer
 from p2pchat.core.session import PayloadReceived, SecureSession
 from p2pchat.identity import parse_address
@@ -29,10 +30,9 @@ class HostileContact:
             self.peer.received.clear()
         while (event := self.session.next_event()) is not None:
             if isinstance(event, PayloadReceived):
-                try:
-                    self.frames.append(chat.decode(event.payload))
-                except Exception:
-                    pass
+                for frame in chat.decode_frames(event.payload):  # (a bundle: several)
+                    if not isinstance(frame, RemoteProtocolError):
+                        self.frames.append(frame)
         out = self.session.data_to_send()
         if out:
             self.peer.link.send_stream(0, out)

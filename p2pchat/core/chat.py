@@ -54,11 +54,18 @@ __all__ = [
     "RequestPending",
     "Typing",
     "UnknownFrame",
+    "bundle",
     "decode",
+    "decode_frames",
     "encode",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""What our Hello announces.  2: we accept bundles (``bundle``); 1 (older peers): one
+frame per sealed payload."""
+BUNDLE_VERSION = 2
+"""A peer whose Hello announces at least this version may be sent bundles."""
+MAX_BUNDLE_FRAMES = 1024
 FILE_DROP_VERSION = 2
 """The file drop this node speaks, announced in Hello's ``"f"``: 2 lets an offer leave
 without content hashes (they travel at the end of the data channel); a peer that
@@ -648,6 +655,26 @@ def _file_frame(kind: str, r: _Reader, err: type[ProtocolError]) -> ChatFrame | 
     return None
 
 
+_T_BUNDLE = "bundle"
+# msgpack of {"t": "bundle", "f": <array>} up to the array's header (fixmap of 2 entries).
+_BUNDLE_HEAD: bytes = b"\x82" + bytes(
+    msgpack.packb("t") + msgpack.packb(_T_BUNDLE) + msgpack.packb("f")
+)
+
+
+def bundle(payloads: list[bytes]) -> bytes:
+    """Several encoded frames (``encode``'s output, each one msgpack map) as one payload:
+    ``{"t": "bundle", "f": [frame, frame, ...]}``, so they are sealed and opened once.
+
+    The maps are spliced in as they are, after an array header: nothing is packed
+    twice.  Only for a peer whose Hello announced ``BUNDLE_VERSION``."""
+    count = len(payloads)
+    if not 1 <= count <= MAX_BUNDLE_FRAMES:
+        raise LocalProtocolError(f"a bundle carries 1 to {MAX_BUNDLE_FRAMES} frames, not {count}")
+    header = bytes([0x90 | count]) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+    return _BUNDLE_HEAD + header + b"".join(payloads)
+
+
 def encode(frame: ChatFrame) -> bytes:
     m = _to_map(frame)
     _from_map(m, LocalProtocolError)
@@ -655,7 +682,7 @@ def encode(frame: ChatFrame) -> bytes:
     return packed
 
 
-def decode(payload: bytes) -> ChatFrame:
+def _unpack(payload: bytes) -> dict[Any, Any]:
     try:
         obj = msgpack.unpackb(
             payload,
@@ -671,4 +698,44 @@ def decode(payload: bytes) -> ChatFrame:
         raise RemoteProtocolError(f"chat frame is not valid msgpack: {exc}") from exc
     if not isinstance(obj, dict):
         raise RemoteProtocolError("chat frame is not a map")
+    return obj
+
+
+def decode(payload: bytes) -> ChatFrame:
+    """One frame (a bundle is not one: see ``decode_frames``)."""
+    obj = _unpack(payload)
+    if obj.get("t") == _T_BUNDLE:
+        raise RemoteProtocolError("a bundle where one frame was expected")
     return _from_map(obj, RemoteProtocolError)
+
+
+def decode_frames(payload: bytes) -> list[ChatFrame | RemoteProtocolError]:
+    """Every frame a sealed payload carries, in order: one, or the frames of a bundle.
+
+    What cannot be read is returned in its place as the error it raised (an
+    ``UnknownFrame`` for a type this version does not know), so the caller treats a
+    bad frame inside a bundle as it treats a bad frame on its own and still takes
+    the others.  A payload that is no frame, or a bundle of the wrong shape, is one
+    error.  A bundle inside a bundle is refused: there is no use for one."""
+    try:
+        obj = _unpack(payload)
+        if obj.get("t") != _T_BUNDLE:
+            return [_from_map(obj, RemoteProtocolError)]
+        frames = obj.get("f")
+        if type(frames) is not list or not 1 <= len(frames) <= MAX_BUNDLE_FRAMES:
+            raise RemoteProtocolError(
+                f"a bundle must carry a list of 1 to {MAX_BUNDLE_FRAMES} frames"
+            )
+    except RemoteProtocolError as exc:
+        return [exc]
+    out: list[ChatFrame | RemoteProtocolError] = []
+    for item in frames:
+        try:
+            if type(item) is not dict:
+                raise RemoteProtocolError("a bundled frame is not a map")
+            if item.get("t") == _T_BUNDLE:
+                raise RemoteProtocolError("a bundle inside a bundle")
+            out.append(_from_map(item, RemoteProtocolError))
+        except RemoteProtocolError as exc:
+            out.append(exc)
+    return out

@@ -118,6 +118,9 @@ class QuicLink:
         self._transmit_scheduled = False
         self._data_written = False
         """Stream data was written since the last transmit (see ``_ack_now``)."""
+        self.before_transmit: Callable[[], None] | None = None
+        """Called before each transmit: writes what its owner held back this turn."""
+        self._in_before_transmit = False
         self._unacked = 0
         """Datagrams read since our last ACK left, while one is due (``_ack_policy``)."""
         self._pending_slot: str | None = None
@@ -251,6 +254,12 @@ class QuicLink:
     def transmit(self) -> None:
         if self.closed:
             return
+        if self.before_transmit is not None:
+            self._in_before_transmit = True
+            try:
+                self.before_transmit()
+            finally:
+                self._in_before_transmit = False
         now = self.endpoint.now()
         if self._data_written:
             self._data_written = False
@@ -286,6 +295,12 @@ class QuicLink:
             return
         self.conn.send_stream_data(stream_id, data, end)
         self._data_written = True
+        if not self._in_before_transmit:  # (else the transmit under way sends it)
+            self._schedule_transmit()
+
+    def request_transmit(self) -> None:
+        """The owner holds data back for this turn: transmit (and ask for it,
+        ``before_transmit``) at the end of the turn."""
         self._schedule_transmit()
 
     # -- acknowledgements ---------------------------------------------------

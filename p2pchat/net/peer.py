@@ -32,6 +32,10 @@ HANDSHAKE_TIMEOUT = 10.0
 HELLO_TIMEOUT = 10.0
 # A peer that keeps sending frames we cannot parse is closed after this many.
 MAX_BAD_FRAMES = 16
+# Frames written in one loop turn are sealed together in bundles of about this size:
+# large enough that sealing, framing and opening cost next to nothing per message,
+# small enough that the receiver starts on a burst before all of it arrived.
+BUNDLE_BYTES = 16 * 1024
 
 
 class PeerOwner(Protocol):
@@ -79,7 +83,11 @@ class PeerConnection:
         self.bad_frames = 0
         self.path: str | None = None
         """"punched" when a hole punch opened the path; None: judge by the address."""
+        self._pending: list[bytes] = []
+        """Encoded frames of this loop turn, sealed when the link transmits."""
+        self._pending_bytes = 0
         link.handler = self
+        link.before_transmit = self._seal_pending
         self._deadline = link.endpoint.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
     @property
@@ -151,16 +159,20 @@ class PeerConnection:
         self._flush()
 
     def _payload(self, payload: bytes) -> None:
-        try:
-            frame = chat.decode(payload)
-        except chat.UnknownFrame:
-            return  # a newer peer: ignore what we do not know
-        except RemoteProtocolError as exc:
-            self.bad_frames += 1
-            log.warning("bad chat frame from %s: %s", self.address, exc)
-            if self.bad_frames >= MAX_BAD_FRAMES:
-                self.close("too many invalid frames")
-            return
+        for frame in chat.decode_frames(payload):
+            if self.closed:
+                return
+            if isinstance(frame, chat.UnknownFrame):
+                continue  # a newer peer: ignore what we do not know
+            if isinstance(frame, RemoteProtocolError):
+                self.bad_frames += 1
+                log.warning("bad chat frame from %s: %s", self.address, frame)
+                if self.bad_frames >= MAX_BAD_FRAMES:
+                    self.close("too many invalid frames")
+                continue
+            self._frame(frame)
+
+    def _frame(self, frame: chat.ChatFrame) -> None:
         if isinstance(frame, chat.Hello):
             if self.hello is None:
                 self._deadline.cancel()
@@ -172,12 +184,41 @@ class PeerConnection:
         self.owner.frame_received(self, frame)
 
     def send(self, frame: chat.ChatFrame) -> bool:
-        """Seal and send one frame; False if the session cannot carry it now."""
+        """Send one frame; False if the session cannot carry it now.
+
+        To a peer that accepts bundles (its Hello), the frames written in one loop
+        turn are sealed together, in bundles of up to ``BUNDLE_BYTES``, just before
+        the link transmits at the end of the turn; otherwise each is sealed now."""
         if self.closed or not self.session.established:
             return False
         try:
-            self.session.send(chat.encode(frame))
+            payload = chat.encode(frame)
         except LocalProtocolError:
+            return False
+        if len(payload) > self.session.max_plaintext:
+            return False
+        if self.hello is None or self.hello.version < chat.BUNDLE_VERSION:
+            return self._seal([payload])
+        if self._pending and (
+            self._pending_bytes + len(payload) > BUNDLE_BYTES
+            or len(self._pending) >= chat.MAX_BUNDLE_FRAMES
+        ):
+            self._seal_pending()
+        self._pending.append(payload)
+        self._pending_bytes += len(payload)
+        self.link.request_transmit()
+        return True
+
+    def _seal_pending(self) -> None:
+        if self._pending:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            self._seal(pending)
+
+    def _seal(self, payloads: list[bytes]) -> bool:
+        try:
+            self.session.send(payloads[0] if len(payloads) == 1 else chat.bundle(payloads))
+        except LocalProtocolError as exc:  # the session failed or its counter ran out
+            log.warning("cannot seal for %s: %s", self.address, exc)
             return False
         self._flush()
         return True

@@ -82,8 +82,32 @@ class DiskQueue:
         self._pending.clear()
 
 
+WRITE_BEHIND = 32 << 20
+"""Received bytes are handed to the kernel's writeback every this many bytes."""
+
+
+def write_behind(fh: BinaryIO, end: int) -> None:
+    """Start writing a received file out while it arrives (on the disk thread).
+
+    Every ``WRITE_BEHIND`` bytes the pages written so far are flushed and advised
+    away (``POSIX_FADV_DONTNEED``: on Linux it starts their writeback without
+    waiting and drops them from the cache once clean), so the ``fsync`` that makes
+    the finished file durable before it is named has only the tail left to write,
+    instead of the whole file after the last byte (0.15 s per 256 MiB here), and a
+    large transfer does not fill the page cache with dirty pages.
+    """
+    if end % WRITE_BEHIND > CHUNK_SIZE or not hasattr(os, "posix_fadvise"):
+        return
+    fh.flush()
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fh.fileno(), 0, end - end % WRITE_BEHIND, os.POSIX_FADV_DONTNEED)
+
+
 async def sealed_records(
-    sealer: Sealer, files: dict[int, TransferFile], offsets: tuple[tuple[int, int], ...]
+    sealer: Sealer,
+    files: dict[int, TransferFile],
+    offsets: tuple[tuple[int, int], ...],
+    digests: dict[int, bytes] | None = None,
 ) -> AsyncIterator[tuple[bytes, int]]:
     """Read and seal on a worker thread, a few records ahead of the socket.
 
@@ -96,7 +120,8 @@ async def sealed_records(
     every file's whole hash.  Each file is checked against the size and
     modification time it had when it was offered (``unchanged``) once its last
     byte is read, so a file changed while it was being sent fails the transfer
-    instead of arriving as a mix of two versions under a hash of that mix.
+    instead of arriving as a mix of two versions under a hash of that mix.  The
+    hashes sent are also put in ``digests``, if given.
     """
     loop = asyncio.get_running_loop()
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchat-read")
@@ -157,8 +182,10 @@ async def sealed_records(
             record = await pending.popleft()
             if record[0]:
                 yield record
-        digests = [(index, hasher.digest()) for index, hasher in hashers]
-        yield sealer.seal(0, 0, pack_hashes(digests) if hash_at_end else b"", final=True), 0
+        hashes = [(index, hasher.digest()) for index, hasher in hashers]
+        if digests is not None:
+            digests.update(hashes)
+        yield sealer.seal(0, 0, pack_hashes(hashes) if hash_at_end else b"", final=True), 0
     finally:
         for fut in pending:
             fut.cancel()

@@ -46,6 +46,7 @@ from p2pchat.net.transfer_files import (
     part_path,
     publish_all,
     remove_staging,
+    write_behind,
 )
 from p2pchat.store import Store, StoreError, Transfer
 
@@ -474,10 +475,14 @@ class DataReceiver:
         if data:
             fh = inc.files[index]
             hasher = inc.hashers[index]
+            end = offset + len(data)
 
-            def job(fh: BinaryIO = fh, hasher: Any = hasher, data: Any = data) -> None:
+            def job(
+                fh: BinaryIO = fh, hasher: Any = hasher, data: Any = data, end: int = end
+            ) -> None:
                 fh.write(data)
                 hasher.update(data)
+                write_behind(fh, end)
 
             if inc.disk is None:
                 inc.disk = DiskQueue()

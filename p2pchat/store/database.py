@@ -327,20 +327,9 @@ class StoreBase:
                 name, parsed.torn, parsed.why,
             )  # fmt: skip
         if parsed.entries:
-            with self._lock:
-                db = self._connection()
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                    try:
-                        todo = not_yet_stored(db, parsed.entries, name)
-                        fold_into(db, todo)
-                        db.execute("COMMIT")
-                    except BaseException:
-                        if db.in_transaction:
-                            db.execute("ROLLBACK")
-                        raise
-                except DB_ERRORS as exc:
-                    raise StoreError(f"cannot fold {name}: {exc}") from exc
+            with self._write() as db:  # nothing is pending yet: this is the fold
+                todo = not_yet_stored(db, parsed.entries, name)
+                fold_into(db, todo)
             if todo:
                 log.info("%s: %d queued messages folded into the database", name, len(todo))
         self._journal.clear()

@@ -83,10 +83,10 @@ class HostileLink:
         self.session.receive_data(data)
         while (event := self.session.next_event()) is not None:
             if isinstance(event, PayloadReceived):
-                with contextlib.suppress(RemoteProtocolError):
-                    frame = chat.decode(event.payload)
-                    self.frames.append(frame)
-                    self.counts[type(frame).__name__] += 1
+                for frame in chat.decode_frames(event.payload):  # (a bundle: several)
+                    if not isinstance(frame, RemoteProtocolError):
+                        self.frames.append(frame)
+                        self.counts[type(frame).__name__] += 1
             elif isinstance(event, HandshakeComplete):
                 self.handshake.set()
         self._flush()

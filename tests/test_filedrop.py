@@ -239,6 +239,8 @@ async def test_file_drop_2_offer_leaves_unhashed_and_the_hash_is_kept(
     whole.update(src.read_bytes())
     received = b.store.get_transfer(t.id)
     assert received is not None and received.files[0].hash == whole.digest()
+    sent = a.store.get_transfer(t.id)
+    assert sent is not None and sent.files[0].hash == whole.digest()
     assert digest(downloads / "new.bin") == digest(src)
 
 

@@ -136,7 +136,7 @@ async def test_the_send_path_runs_no_sql_and_a_turn_costs_one_commit(
         a.send_messages("b", ["x", "y"])
         assert statements == []
         assert a.store.pending
-        a.delivery.flush()  # the end of this turn (already scheduled)
+        a.delivery.flush()  # the group commit (scheduled within MARK_DELAY)
         assert [s for s in statements if s.strip().upper() == "COMMIT"] == ["COMMIT"]
     finally:
         a.store._connection().set_trace_callback(None)

@@ -136,6 +136,8 @@ class Outgoing:
     acked: int = 0
     sent: int = 0
     total: int = 0
+    digests: dict[int, bytes] = field(default_factory=dict)
+    """File drop 2: the whole-file hashes this attempt sent in its last record."""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 

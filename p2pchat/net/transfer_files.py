@@ -104,7 +104,10 @@ def write_behind(fh: BinaryIO, end: int) -> None:
 
 
 async def sealed_records(
-    sealer: Sealer, files: dict[int, TransferFile], offsets: tuple[tuple[int, int], ...]
+    sealer: Sealer,
+    files: dict[int, TransferFile],
+    offsets: tuple[tuple[int, int], ...],
+    digests: dict[int, bytes] | None = None,
 ) -> AsyncIterator[tuple[bytes, int]]:
     """Read and seal on a worker thread, a few records ahead of the socket.
 
@@ -117,7 +120,8 @@ async def sealed_records(
     every file's whole hash.  Each file is checked against the size and
     modification time it had when it was offered (``unchanged``) once its last
     byte is read, so a file changed while it was being sent fails the transfer
-    instead of arriving as a mix of two versions under a hash of that mix.
+    instead of arriving as a mix of two versions under a hash of that mix.  The
+    hashes sent are also put in ``digests``, if given.
     """
     loop = asyncio.get_running_loop()
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchat-read")
@@ -178,8 +182,10 @@ async def sealed_records(
             record = await pending.popleft()
             if record[0]:
                 yield record
-        digests = [(index, hasher.digest()) for index, hasher in hashers]
-        yield sealer.seal(0, 0, pack_hashes(digests) if hash_at_end else b"", final=True), 0
+        hashes = [(index, hasher.digest()) for index, hasher in hashers]
+        if digests is not None:
+            digests.update(hashes)
+        yield sealer.seal(0, 0, pack_hashes(hashes) if hash_at_end else b"", final=True), 0
     finally:
         for fut in pending:
             fut.cancel()

@@ -59,6 +59,7 @@ from p2pchat.core.filedrop import (
     RESUMABLE_IN,
     RESUMABLE_OUT,
     RUNNING_STATES,
+    VERSION,
     Sealer,
     UnsafePath,
     check_offer,
@@ -510,7 +511,9 @@ class TransferManager:
         try:
             channel, sealer = await self._open_channel(conn, t, accept, out)
             log.info("sending %s via %s (%d bytes)", t.id, channel.via, out.total)
-            async for record, length in sealed_records(sealer, files, accept.offsets):
+            async for record, length in sealed_records(
+                sealer, files, accept.offsets, out.digests
+            ):
                 await channel.put(record)
                 out.sent += length
                 if rate.due(out.sent) or length == 0:  # the FINAL record: always report
@@ -547,8 +550,15 @@ class TransferManager:
         t = self.store.get_transfer(frame.id)
         if t is None or t.peer_id != peer or t.direction != "out" or t.state in TERMINAL:
             return
-        self._outgoing.pop(t.id, None)
+        out = self._outgoing.pop(t.id, None)
         if frame.ok:
+            if out is not None and out.digests and channel_version(t) != VERSION:
+                # The receiver verified what the last record said: the sender's record
+                # of the transfer now shows the hashes too (it is over, so no re-offer
+                # can change its form).
+                self.store.set_transfer_files(
+                    t.id, [(index, {"hash": h}) for index, h in out.digests.items()]
+                )
             self.set_state(t, "done")
         else:
             self.set_state(t, "failed", frame.error or "the receiver could not verify the files")

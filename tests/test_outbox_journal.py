@@ -21,7 +21,7 @@ from p2pchat.store import DatabaseBusy, Store, StoreError
 from p2pchat.store.journal import Entry, encode, journal_path
 
 from .conftest import StartNode, make_home, wait_until
-from .daemons import cli_env
+from .daemons import Daemon, cli_env, free_udp_port
 from .test_messaging import befriend, bodies
 
 PEER = "b2" * 26
@@ -220,3 +220,28 @@ async def test_a_passphrase_change_folds_the_journal_first(tmp_path: Path) -> No
         assert [m.body for m in node.history("peer")] == [sent.body, "queued after it"]
     finally:
         await node.stop()
+
+
+async def test_a_daemon_killed_right_after_its_sends_keeps_them_once_in_order(
+    tmp_path: Path,
+) -> None:
+    """The same through a real daemon and its control socket: SIGKILL as soon as the last
+    ``send`` answered (the fold waits for a group commit, so it has usually not run)."""
+    alice = Daemon(make_home(tmp_path, "alice").home, f"127.0.0.1:{free_udp_port()}")
+    bob = load_identity(make_home(tmp_path, "bob").identity).peer_id
+    await alice.start()
+    try:
+        await alice.call("add", ref=bob, name="bob", addresses=["127.0.0.1:1"])
+        sent = [
+            (await alice.call("send", contact="bob", text=f"m {i:02d}"))["message"]["id"]
+            for i in range(30)
+        ]
+        await alice.kill()
+        await alice.start()
+        history = await alice.call("history", contact="bob")
+        assert [m["id"] for m in history] == sent
+        assert [m["body"] for m in history] == [f"m {i:02d}" for i in range(30)]
+        again = await alice.call("send", contact="bob", text="after the restart")
+        assert again["message"]["seq"] == 31
+    finally:
+        await alice.stop()

@@ -749,6 +749,7 @@ class P2pchatDaemons(Contender):
         self.daemons: list[asyncio.subprocess.Process] = []
         self.cli_seconds: float | None = None
         self.fixed: dict[str, float] = {}
+        self.phases: dict[str, float] = {}
 
     async def setup(self) -> None:
         reason = p2pchat_cli_support()
@@ -819,9 +820,14 @@ class P2pchatDaemons(Contender):
         tiny.write_bytes(os.urandom(1024))
         inbox = self.pair.downloads["b"]
         cli, api = [], []
+        phases: dict[str, list[float]] = {}
         client = ControlClient(Paths(self.pair.homes["a"]).control_socket)
         await client.connect()
+        streams = {side: EventStream(Paths(self.pair.homes[side]).control_socket)
+                   for side in ("a", "b")}  # fmt: skip
         try:
+            for stream in streams.values():
+                await stream.open()
             for _ in range(5):
                 start = time.perf_counter()
                 await run_checked(
@@ -830,16 +836,24 @@ class P2pchatDaemons(Contender):
                 )  # fmt: skip
                 cli.append(time.perf_counter() - start)
                 clear_folder(inbox)
+                for stream in streams.values():
+                    stream.seen.clear()
                 start = time.perf_counter()
                 t = await client.call("send_files", {"contact": "bob", "paths": [str(tiny)]})
                 state = await client.call("wait_transfer", {"id": t["id"], "timeout": 30})
                 api.append(time.perf_counter() - start)
                 if state != "done":
                     raise RuntimeError(f"a 1 KiB transfer ended {state!r}")
+                await asyncio.sleep(0.05)  # the receiver's last events
+                for name, seconds in transfer_phases(streams, t["id"], start).items():
+                    phases.setdefault(name, []).append(seconds)
                 clear_folder(inbox)
         finally:
             await client.close()
+            for stream in streams.values():
+                await stream.close()
         self.fixed = {"cli": statistics.median(cli), "api": statistics.median(api)}
+        self.phases = {name: statistics.median(values) for name, values in phases.items()}
 
     def reset_peak(self) -> None:
         for proc in self.daemons:
@@ -882,7 +896,67 @@ class P2pchatDaemons(Contender):
                 f" `send --wait` and {self.fixed['api']:.3f} s through the control socket"
                 " (offer, accept, data channel, result: no CLI start-up), medians of 5"
             )
+        if self.phases:
+            steps = ", ".join(f"{name} {ms * 1000:.1f} ms" for name, ms in self.phases.items())
+            notes.append(
+                f"p2pchat daemons: 1 KiB through the control socket, from the call: {steps}"
+            )
         return notes
+
+
+class EventStream:
+    """A daemon's event stream (the control socket's ``events``), each event kept
+    with the time it arrived here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: list[tuple[float, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(str(self.path), limit=1 << 22)
+        self._writer.write(b'{"op": "events"}\n')
+        await reader.readline()  # {"ok": true, "result": "streaming"}
+        self._task = asyncio.ensure_future(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            self.seen.append((time.perf_counter(), json.loads(line)))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+def transfer_phases(
+    streams: dict[str, EventStream], transfer_id: str, start: float
+) -> dict[str, float]:
+    """When each step of one transfer showed up, in seconds after ``start``: the
+    sender's offer stored, the receiver's offer stored, accepted and receiving, the
+    sender's accept arrived (``sending``), the receiver done, the sender done."""
+    wanted = {
+        ("a", "TransferStateChanged", "offered"): "offer stored",
+        ("b", "TransferOffered", None): "offer received",
+        ("b", "TransferStateChanged", "accepted"): "accepted",
+        ("a", "TransferStateChanged", "sending"): "sender has the accept",
+        ("b", "TransferStateChanged", "receiving"): "channel claimed",
+        ("b", "TransferStateChanged", "done"): "verified and named",
+        ("a", "TransferStateChanged", "done"): "sender done",
+    }
+    found: dict[str, float] = {}
+    for side, stream in streams.items():
+        for at, event in stream.seen:
+            if event.get("transfer_id") != transfer_id:
+                continue
+            name = wanted.get((side, event.get("type"), event.get("state")))
+            if name is not None and name not in found:
+                found[name] = at - start
+    return dict(sorted(found.items(), key=lambda item: item[1]))
 
 
 def reset_peak_rss(pid: int) -> None:

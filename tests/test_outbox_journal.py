@@ -20,9 +20,9 @@ from p2pchat.node import Node
 from p2pchat.store import DatabaseBusy, Store, StoreError
 from p2pchat.store.journal import Entry, encode, journal_path
 
-from .conftest import StartNode, make_home, wait_until
+from .conftest import StartNode, friends, make_home, wait_until
 from .daemons import Daemon, cli_env, free_udp_port
-from .test_messaging import befriend, bodies
+from .test_messaging import bodies
 
 PEER = "b2" * 26
 KEY = bytes(range(32))
@@ -122,18 +122,15 @@ def test_only_the_journals_holder_numbers_messages(
 async def test_the_send_path_runs_no_sql_and_a_turn_costs_one_commit(
     start_node: StartNode,
 ) -> None:
-    a = await start_node("alice")
-    b = await start_node("bob")
-    befriend(a, b)
-    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
-    a.send_message("b", "warm-up")  # the first send reads the counters once
-    await wait_until(lambda: bodies(b, "a", "in") == ["warm-up"])
+    a, b = await friends(start_node)
+    a.send_message("bob", "warm-up")  # the first send reads the counters once
+    await wait_until(lambda: bodies(b, "alice", "in") == ["warm-up"])
     statements: list[str] = []
     a.store._connection().set_trace_callback(statements.append)
     try:
         for i in range(100):
-            a.send_message("b", f"m {i:03d}")
-        a.send_messages("b", ["x", "y"])
+            a.send_message("bob", f"m {i:03d}")
+        a.send_messages("bob", ["x", "y"])
         assert statements == []
         assert a.store.pending
         a.delivery.flush()  # the group commit (scheduled within MARK_DELAY)
@@ -141,7 +138,7 @@ async def test_the_send_path_runs_no_sql_and_a_turn_costs_one_commit(
     finally:
         a.store._connection().set_trace_callback(None)
     expected = ["warm-up"] + [f"m {i:03d}" for i in range(100)] + ["x", "y"]
-    await wait_until(lambda: bodies(b, "a", "in") == expected)
+    await wait_until(lambda: bodies(b, "alice", "in") == expected)
     await wait_until(lambda: a.store.outbox(b.peer_id) == [])
 
 

@@ -9,13 +9,17 @@ Two ``p2pchat daemon`` processes (alice and bob, fresh homes under a temporary
 folder, contacts of each other, loopback addresses, ``--no-mdns --no-dht``) run
 for the whole measurement.  Each command is then started ``--runs`` times as a
 new process (``python -m p2pchat --home ALICE ...``, the way the console script
-runs it) and timed from ``Popen`` to exit; the table shows the median, the best
-and the 90th percentile:
+runs it) and timed from ``Popen`` to exit, the commands taking turns (one run of
+each per round); the table shows the median, the best and the 90th percentile:
 
 * ``--help``: argument parsing only;
 * ``contacts --json``: one control-socket call;
 * ``msg bob TEXT``: stored in alice's outbox, sent, and waited for until bob's
   node acknowledged it (the default ``--wait``), so it includes a delivery;
+* ``history bob --json``: the conversation (the messages the runs above sent);
+* ``send bob FILE``: a 1 KiB file offered to bob (the command returns once the
+  offer is made; bob's daemon keeps it waiting for an answer);
+* ``transfers --json``: the list of those offers;
 * ``python -c pass``: the interpreter alone, for reference.
 
 Then, messages from a pipe (``--pipe N``, default 10,000): ``seq N | p2pchat msg
@@ -88,14 +92,17 @@ def start_daemon(home: Path) -> subprocess.Popen[str]:
     return proc
 
 
-def timed(argv: list[str], runs: int) -> list[float]:
-    out = []
+def timed(commands: dict[str, list[str]], runs: int) -> dict[str, list[float]]:
+    """Wall times of every command, ``runs`` rounds of one run each (interleaved, so
+    that a change in the machine's load touches every row alike)."""
+    out: dict[str, list[float]] = {label: [] for label in commands}
     for _ in range(runs):
-        started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, env=env(), timeout=120)
-        out.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.decode()}")
+        for label, argv in commands.items():
+            started = time.perf_counter()
+            done = subprocess.run(argv, capture_output=True, env=env(), timeout=120)
+            out[label].append(time.perf_counter() - started)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.decode()}")
     return out
 
 
@@ -154,6 +161,8 @@ def main() -> None:
         run(cli(alice, "add", invite, "--name", "bob"))
         alice_invite = json.loads(run(cli(alice, "id", "--json")))["invite"]
         run(cli(bob, "add", alice_invite, "--name", "alice"))
+        offered = Path(tmp) / "offered.bin"
+        offered.write_bytes(os.urandom(1024))
         daemons = [start_daemon(alice), start_daemon(bob)]
         try:
             commands = {
@@ -161,6 +170,9 @@ def main() -> None:
                 "--help": cli(alice, "--help"),
                 "contacts --json": cli(alice, "contacts", "--json"),
                 "msg bob TEXT": cli(alice, "msg", "bob", "hello from the benchmark"),
+                "history bob --json": cli(alice, "history", "bob", "--json"),
+                "send bob FILE": cli(alice, "send", "bob", str(offered)),
+                "transfers --json": cli(alice, "transfers", "--json"),
             }
             for argv in commands.values():  # byte-compile, connect, warm caches
                 run(argv)
@@ -170,8 +182,8 @@ def main() -> None:
             print(f"\n{opts.runs} runs each, wall time from start to exit (ms)\n")
             print(f"| {'command':<18} | median |  best  |  p90   |")
             print(f"|{'-' * 20}|-------:|-------:|-------:|")
-            for label, argv in commands.items():
-                times = sorted(timed(argv, opts.runs))
+            for label, times in timed(commands, opts.runs).items():
+                times.sort()
                 p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
                 print(
                     f"| {label:<18} | {statistics.median(times) * 1e3:6.1f} "

@@ -7,14 +7,17 @@ Usage (from the repository root)::
 
 The measured node is a ``p2pchat daemon`` in its own process (``--no-mdns --no-dht``,
 a fresh home on 127.0.0.1).  Its contacts are ``Node`` objects in this process, each
-with its own home and UDP socket on 127.0.0.1, added on both sides; the run waits
-until the daemon reports every contact online, lets it settle for 5 s, then reads
+with its own home and UDP socket on 127.0.0.1, added on both sides, with an address on
+one side only: the daemon dials every other contact, the others dial the daemon, so
+it is the dialling side of 25 connections and the accepting side of 25 in every run
+(the two sides' keepalive work differs).  The run waits until the daemon reports
+every contact online, lets it settle for 5 s, then reads
 the daemon's CPU time (``/proc/PID/stat``: user + system) at the start and the end
 of ``--seconds`` and its resident memory (``VmRSS`` at the end, ``VmHWM`` the peak).
 CPU % is CPU seconds over wall seconds (100 % = one core busy).  Keepalives are what
-an idle node spends on: a PING after 1 s of silence on each connection
-(``net/quic.py``) and the answers to the contacts' PINGs, plus the dial loop's
-one-second tick.  Wake-ups are the daemon's voluntary context switches
+an idle node spends on: a PING after 1.5 s of silence on each connection it dialled
+(``net/quic.py``) and the ACKs of the contacts' PINGs on the others, plus the dial
+loop's one-second tick.  Wake-ups are the daemon's voluntary context switches
 (``/proc/PID/status``, every thread) over the same window: each is the process
 going to sleep in ``epoll_wait`` (or another blocking call) and being woken again.
 
@@ -137,10 +140,17 @@ async def main() -> None:
                 node = Node(make_home(root, f"c{n:02d}"))
                 await node.start()
                 nodes.append(node)
-                node.add_contact(info["peer_id"], name="idle", addresses=[daemon.listen])
-                await daemon.call(
-                    "add", ref=node.peer_id, name=f"c{n:02d}", addresses=list(node.addresses)
+                # Half the connections dialled by the daemon, half by the contact: a
+                # side learns no address of the other, so only one side dials (each
+                # side's keepalive role and cost is the same in every run).
+                daemon_dials = n % 2 == 0
+                node.add_contact(
+                    info["peer_id"], name="idle", addresses=[] if daemon_dials else [daemon.listen]
                 )
+                await daemon.call(
+                    "add", ref=node.peer_id, name=f"c{n:02d}",
+                    addresses=list(node.addresses) if daemon_dials else [],
+                )  # fmt: skip
             deadline = time.monotonic() + 120
             while (await daemon.call("network_status"))["online"] < opts.contacts:
                 if time.monotonic() > deadline:

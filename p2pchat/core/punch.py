@@ -37,6 +37,7 @@ side's mapping is endpoint-independent.
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import ipaddress
 import random
@@ -785,9 +786,13 @@ class PunchPlan:
         return len(ROUNDS) * len(self.peers) + len(self._spray_ports) + listen
 
 
+@functools.lru_cache(maxsize=1024)
 def is_public_ip(ip: str) -> bool:
     """Worth birthday probing: a global address.  In tests and labs, TEST-NET
-    ranges count too (they stand for the Internet there)."""
+    ranges count too (they stand for the Internet there).
+
+    Remembered (a bounded cache): the node's dial loop asks for every contact's
+    address each second, and ``ipaddress``'s range checks are slow."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:

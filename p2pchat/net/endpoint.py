@@ -39,8 +39,10 @@ from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
 from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, InitialGate, Reply
 from p2pchat.net.quic import (
+    ACCEPTER_KEEPALIVE,
     KEEPALIVE_GRID,
     KEEPALIVE_INTERVAL,
+    KEEPALIVE_RETRY,
     LIVENESS_TIMEOUT,
     configuration,
     peer_certificate_key,
@@ -106,7 +108,7 @@ class QuicLink:
         self._timer_at: float | None = None
         self._last_ping = endpoint.now()
         self._last_heard = endpoint.now()
-        self._keepalive = KEEPALIVE_INTERVAL * (1 if is_client else 2)
+        self._keepalive = KEEPALIVE_INTERVAL if is_client else ACCEPTER_KEEPALIVE
         self._grace_until = 0.0
         self._ping_uid = 0
         self._pending_stream: list[tuple[int, bytes, bool]] = []
@@ -141,9 +143,10 @@ class QuicLink:
         the ack of a group commit, which runs earlier in that same turn, and the
         answers to the other datagrams read in this wake-up."""
         now = self.endpoint.now()
+        quiet = now - self._last_heard >= KEEPALIVE_RETRY
         self._last_heard = now
         self.conn.receive_datagram(data, address, now=now)
-        self._ack_policy(now)
+        self._ack_policy(now, after_silence=quiet)
         self._handle_events()
         self._schedule_transmit()
 
@@ -159,10 +162,11 @@ class QuicLink:
                 self._grace_until = now + self._keepalive
             # Liveness (docs/protocol.md): the side that heard nothing for a while
             # pings, and the answer (an ACK) is heard by the other side too.  The
-            # dialling side pings after a second, the accepting side only after
-            # two (a backstop, should the dialler be an older version), so an idle
-            # pair exchanges one ping and one ACK a second, and a peer that
-            # vanished (SIGKILL, cable) is given up on within LIVENESS_TIMEOUT
+            # dialling side pings after 1.5 s of silence (again a second later while
+            # unanswered; aioquic also repeats a lost PING), the accepting side only
+            # after 2.5 s (a backstop, should the dialler be an older version), so an
+            # idle pair exchanges one ping and one ACK every 2 s (0.5 s grid), and a peer
+            # that vanished (SIGKILL, cable) is given up on within LIVENESS_TIMEOUT
             # instead of QUIC's 20 s idle timeout.
             if now - self._last_heard >= LIVENESS_TIMEOUT and now >= self._grace_until:
                 self.close(f"no answer for {LIVENESS_TIMEOUT:g} s")
@@ -170,7 +174,7 @@ class QuicLink:
             if self._stalled(now):
                 self.close(f"{STALLED} for {STALL_TIMEOUT:g} s")
                 return
-            if now - max(self._last_heard, self._last_ping) >= self._keepalive:
+            if now >= self.ping_at():
                 self._last_ping = now
                 self._ping_uid += 1
                 self.conn.send_ping(self._ping_uid)
@@ -178,6 +182,11 @@ class QuicLink:
         if quic_timer is not None and quic_timer <= now:
             self.conn.handle_timer(now)
         self._process()
+
+    def ping_at(self) -> float:
+        """When the next keepalive PING is due: after ``_keepalive`` of silence, and
+        ``KEEPALIVE_RETRY`` after the last one (which then went unanswered)."""
+        return max(self._last_heard + self._keepalive, self._last_ping + KEEPALIVE_RETRY)
 
     def _stalled(self, now: float) -> bool:
         """Data on the control stream (chat frames) has waited for an acknowledgement
@@ -263,10 +272,9 @@ class QuicLink:
                 self._unacked = 0  # our ACK left
         timer_at = self.conn.get_timer()
         if self.handshake_done:
-            ping_at = max(self._last_heard, self._last_ping) + self._keepalive
             # On a shared grid: an idle node's connections ping in the same loop
             # wake-up instead of one wake-up (and timer re-arm) each.
-            ping_at = math.ceil(ping_at / KEEPALIVE_GRID) * KEEPALIVE_GRID
+            ping_at = math.ceil(self.ping_at() / KEEPALIVE_GRID) * KEEPALIVE_GRID
             ping_at = min(ping_at, max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until))
             timer_at = ping_at if timer_at is None else min(timer_at, ping_at)
         if timer_at != self._timer_at:
@@ -313,14 +321,21 @@ class QuicLink:
         space = spaces.get(tls.Epoch.ONE_RTT) if isinstance(spaces, dict) else None
         return space if hasattr(space, "ack_at") else None
 
-    def _ack_policy(self, now: float) -> None:
-        """After a datagram was read: decide when its ACK is due."""
+    def _ack_policy(self, now: float, *, after_silence: bool = False) -> None:
+        """After a datagram was read: decide when its ACK is due.
+
+        A packet that ends a silence (``KEEPALIVE_RETRY`` or more) is acknowledged at
+        the end of this turn: on an idle connection it is the peer's keepalive PING,
+        and no data of ours is coming for its ACK to ride on, so waiting would only
+        cost a timer wake-up per keepalive; a chat frame after a silence is answered
+        in this turn anyway (the ack of its group commit), and its ACK leaves with
+        that."""
         space = self._ack_space()
         if space is None or space.ack_at is None:
             self._unacked = 0
             return
         self._unacked += 1
-        if self._unacked >= 2 or len(space.ack_queue) > 1:
+        if after_silence or self._unacked >= 2 or len(space.ack_queue) > 1:
             space.ack_at = now
         elif self._unacked == 1:
             space.ack_at = now + ACK_DELAY

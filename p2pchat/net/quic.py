@@ -27,13 +27,19 @@ ALPN = "p2pchat/1"
 SERVER_NAME = "p2pchat"
 # QUIC's own idle timeout bounds a handshake that gets no answer (hole punching
 # needs it long).  An established connection is watched more closely by the
-# endpoint: a ping after KEEPALIVE_INTERVAL of silence, given up after
-# LIVENESS_TIMEOUT, so presence drops within about that of a peer vanishing.
+# endpoint: the dialling side pings after KEEPALIVE_INTERVAL of silence (and again
+# KEEPALIVE_RETRY after an unanswered ping), the accepting side only after
+# ACCEPTER_KEEPALIVE (a backstop), and a connection silent for LIVENESS_TIMEOUT is
+# given up, so presence drops within that of a peer vanishing: the bound depends on
+# LIVENESS_TIMEOUT alone, the intervals set how many lost pings it survives and
+# what an idle connection costs (docs/protocol.md, "Liveness").
 IDLE_TIMEOUT = 20.0
-KEEPALIVE_INTERVAL = 1.0
+KEEPALIVE_INTERVAL = 1.5
+KEEPALIVE_RETRY = 1.0
+ACCEPTER_KEEPALIVE = 2.5
 # Pings are due on multiples of this (loop time), so those of many connections are
-# sent together; a ping is at most this much later than KEEPALIVE_INTERVAL.
-KEEPALIVE_GRID = 0.25
+# sent together; a ping is at most this much later than its interval.
+KEEPALIVE_GRID = 0.5
 LIVENESS_TIMEOUT = 3.5
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,27 @@ class NearbyPeer:
 
 @dataclass(eq=False, slots=True)
 class _Subscription:
-    queue: asyncio.Queue[NodeEvent] = field(default_factory=lambda: asyncio.Queue(EVENT_QUEUE_SIZE))
+    """One ``events()`` stream: the events not yet taken, the oldest dropped beyond
+    ``EVENT_QUEUE_SIZE`` (a ``deque`` with ``maxlen`` does that by itself), and the
+    consumer's future while it waits.  Cheaper per event than an ``asyncio.Queue``,
+    which matters when a burst announces thousands of messages at once."""
+
+    events: deque[NodeEvent] = field(default_factory=lambda: deque(maxlen=EVENT_QUEUE_SIZE))
+    waiter: asyncio.Future[None] | None = None
+
+    def put(self, event: NodeEvent) -> None:
+        self.events.append(event)
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until an event is there."""
+        while not self.events:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
 
 
 class Node:
@@ -565,7 +586,9 @@ class Node:
         async def stream() -> AsyncGenerator[NodeEvent, None]:
             try:
                 while True:
-                    yield await sub.queue.get()
+                    if not sub.events:
+                        await sub.wait()
+                    yield sub.events.popleft()
             finally:
                 self._subs.discard(sub)
 
@@ -598,9 +621,7 @@ class Node:
 
     def _emit(self, event: NodeEvent) -> None:
         for sub in self._subs:
-            if sub.queue.full():
-                sub.queue.get_nowait()
-            sub.queue.put_nowait(event)
+            sub.put(event)
         if isinstance(event, MessageStateChanged):
             for fut in self._state_waiters.pop(event.message_id, []):
                 if not fut.done():

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from p2pchat import node as node_module
 from p2pchat.core import chat
 from p2pchat.core.events import MessageReceived, MessageStateChanged, NodeEvent
 from p2pchat.net import endpoint as endpoint_module
@@ -237,3 +238,26 @@ async def test_a_peer_that_announced_version_1_gets_one_frame_per_payload(
     await wait_until(lambda: not a.store.outbox(b.peer_id))
     assert [m.body for m in b.history("a")] == [f"old {i}" for i in range(20)]
     assert len(sealed) == 20
+
+
+async def test_a_slow_event_consumer_loses_the_oldest_events_and_never_blocks(
+    start_node: StartNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_module, "EVENT_QUEUE_SIZE", 5)
+    a, b = await friends(start_node)
+    stream = a.events()  # subscribed now; nothing is read until the burst is over
+    sent = [a.send_message("b", f"m {i}") for i in range(10)]  # 20 events, no await
+    kept = [await anext(stream) for _ in range(5)]
+    # The newest five, in order: each message gives MessageSent, then "queued".
+    assert [type(e).__name__ for e in kept] == [
+        "MessageStateChanged", "MessageSent", "MessageStateChanged",
+        "MessageSent", "MessageStateChanged",
+    ]  # fmt: skip
+    assert kept[-1] == MessageStateChanged(b.peer_id, sent[-1].id, "queued")
+    # A stream that waits wakes up for the next event.
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    a.send_message("b", "one more")
+    assert isinstance(await asyncio.wait_for(waiting, 10), NodeEvent)
+    await stream.aclose()

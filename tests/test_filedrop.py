@@ -19,7 +19,7 @@ from p2pchat.core.filedrop import (
     parse_preamble,
 )
 from p2pchat.net import transfers
-from p2pchat.net.transfer_files import hash_prefixes_of, sealed_records
+from p2pchat.net.transfer_files import hash_part_prefixes, hash_prefixes_of, sealed_records
 from p2pchat.net.transfers import TERMINAL
 from p2pchat.node import Node
 from p2pchat.store import Store, TransferFile
@@ -218,6 +218,19 @@ async def test_sender_hashes_what_the_receiver_already_holds(
     whole = new_hasher()
     whole.update(src.read_bytes())
     assert records[-1].final and records[-1].hashes == {0: whole.digest()}
+
+
+def test_part_prefixes_are_hashed_whole_or_not_at_all(tmp_path: Path) -> None:
+    """The receiver's early pass over its .part files (while the sender prepares):
+    a part shorter than asked for, or gone, is left for the pass at the claim."""
+    part = tmp_path / "0.part"
+    part.write_bytes(b"x" * 1000)
+    got = hash_part_prefixes(
+        [(0, str(part), 600), (1, str(part), 2000), (2, str(tmp_path / "gone.part"), 5)]
+    )
+    expected = new_hasher()
+    expected.update(b"x" * 600)
+    assert set(got) == {0} and got[0].digest() == expected.digest()
 
 
 @pytest.mark.parametrize("online", [True, False])

@@ -292,6 +292,26 @@ def hash_prefixes(jobs: list[tuple[BinaryIO, Any, int]]) -> None:
         fh.seek(offset)
 
 
+def hash_part_prefixes(parts: list[tuple[int, str, int]]) -> dict[int, Any]:
+    """Hashers fed with the first ``offset`` bytes of each ``(index, .part, offset)``;
+    a file that cannot be read whole is left out (hashed again once its channel
+    is claimed)."""
+    hashers: dict[int, Any] = {}
+    for index, part, offset in parts:
+        hasher = new_hasher()
+        remaining = offset
+        try:
+            with open(part, "rb") as fh:
+                while remaining and (block := fh.read(min(remaining, 4 << 20))):
+                    hasher.update(block)
+                    remaining -= len(block)
+        except OSError:
+            continue
+        if not remaining:
+            hashers[index] = hasher
+    return hashers
+
+
 def hash_file(path: Path) -> bytes:
     hasher = new_hasher()
     with open(path, "rb") as fh:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,33 @@ async def test_a_daemon_killed_right_after_its_sends_keeps_them_once_in_order(
         assert again["message"]["seq"] == 31
     finally:
         await alice.stop()
+
+
+def test_a_fold_that_cannot_commit_leaves_reads_working_and_numbering_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk can refuse the fold after the appends succeeded: reads answer from
+    the tables (as before the journal), writes and new sends fail with the disk error,
+    nothing is lost or numbered twice, and the next fold that commits catches up."""
+    db = tmp_path / "p2pchat.db"
+    with Store(db, journal=True) as store:
+        store.queue_messages(PEER, ["one", "two"], now=1.0)
+        fold_into = p2pchat.store.database.fold_into
+
+        def disk_full(*_args: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(p2pchat.store.database, "fold_into", disk_full)
+        assert store.outbox(PEER) == []  # what is committed; no error for a read
+        assert store.pending
+        with pytest.raises(StoreError, match="disk is full"):
+            store.queue_message(PEER, "three", now=2.0)
+        with pytest.raises(StoreError, match="disk is full"):
+            store.mark_sent(PEER, 2, now=2.0)
+        monkeypatch.setattr(p2pchat.store.database, "fold_into", fold_into)
+        assert [m.body for m in store.outbox(PEER)] == ["one", "two"]
+        assert store.queue_message(PEER, "three", now=3.0).seq == 3
+    with Store(db) as store:
+        assert [(m.seq, m.body) for m in store.outbox(PEER)] == [
+            (1, "one"), (2, "two"), (3, "three"),
+        ]  # fmt: skip

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import p2pchat.store.database
+from p2pchat.atrest import open_home
 from p2pchat.config import Paths
 from p2pchat.identity import load_identity
 from p2pchat.node import Node
@@ -23,6 +24,7 @@ from p2pchat.store.journal import Entry, encode, journal_path
 
 from .conftest import StartNode, friends, make_home, wait_until
 from .daemons import Daemon, cli_env, free_udp_port
+from .test_atrest import sealed_home
 from .test_messaging import bodies
 
 PEER = "b2" * 26
@@ -273,3 +275,20 @@ def test_a_fold_that_cannot_commit_leaves_reads_working_and_numbering_safe(
         assert [(m.seq, m.body) for m in store.outbox(PEER)] == [
             (1, "one"), (2, "two"), (3, "three"),
         ]  # fmt: skip
+
+
+def test_a_clear_journal_is_folded_before_the_database_is_encrypted_on_open(
+    tmp_path: Path,
+) -> None:
+    """A sealed identity whose database is still plaintext (another process had it open
+    when it should have been encrypted) and a node that crashed with queued messages:
+    the next opening folds the journal in clear, then encrypts, losing nothing."""
+    paths = sealed_home(tmp_path, "alice")
+    Store(paths.database).close()
+    left = encode([Entry(PEER, f"id{seq}", seq, f"queued {seq}", 1.0) for seq in (1, 2)])
+    journal_path(paths.database).write_bytes(left)
+    _identity, store = open_home(paths, "correct horse")
+    with store:
+        assert store.encrypted
+        assert [m.body for m in store.outbox(PEER)] == ["queued 1", "queued 2"]
+    assert journal_bytes(paths.database) == b""

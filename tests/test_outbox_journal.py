@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import p2pchat.store.database
+from p2pchat.atrest import open_home
 from p2pchat.config import Paths
 from p2pchat.identity import load_identity
 from p2pchat.node import Node
@@ -22,6 +24,7 @@ from p2pchat.store.journal import Entry, encode, journal_path
 
 from .conftest import StartNode, friends, make_home, wait_until
 from .daemons import Daemon, cli_env, free_udp_port
+from .test_atrest import sealed_home
 from .test_messaging import bodies
 
 PEER = "b2" * 26
@@ -242,3 +245,50 @@ async def test_a_daemon_killed_right_after_its_sends_keeps_them_once_in_order(
         assert again["message"]["seq"] == 31
     finally:
         await alice.stop()
+
+
+def test_a_fold_that_cannot_commit_leaves_reads_working_and_numbering_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk can refuse the fold after the appends succeeded: reads answer from
+    the tables (as before the journal), writes and new sends fail with the disk error,
+    nothing is lost or numbered twice, and the next fold that commits catches up."""
+    db = tmp_path / "p2pchat.db"
+    with Store(db, journal=True) as store:
+        store.queue_messages(PEER, ["one", "two"], now=1.0)
+        fold_into = p2pchat.store.database.fold_into
+
+        def disk_full(*_args: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(p2pchat.store.database, "fold_into", disk_full)
+        assert store.outbox(PEER) == []  # what is committed; no error for a read
+        assert store.pending
+        with pytest.raises(StoreError, match="disk is full"):
+            store.queue_message(PEER, "three", now=2.0)
+        with pytest.raises(StoreError, match="disk is full"):
+            store.mark_sent(PEER, 2, now=2.0)
+        monkeypatch.setattr(p2pchat.store.database, "fold_into", fold_into)
+        assert [m.body for m in store.outbox(PEER)] == ["one", "two"]
+        assert store.queue_message(PEER, "three", now=3.0).seq == 3
+    with Store(db) as store:
+        assert [(m.seq, m.body) for m in store.outbox(PEER)] == [
+            (1, "one"), (2, "two"), (3, "three"),
+        ]  # fmt: skip
+
+
+def test_a_clear_journal_is_folded_before_the_database_is_encrypted_on_open(
+    tmp_path: Path,
+) -> None:
+    """A sealed identity whose database is still plaintext (another process had it open
+    when it should have been encrypted) and a node that crashed with queued messages:
+    the next opening folds the journal in clear, then encrypts, losing nothing."""
+    paths = sealed_home(tmp_path, "alice")
+    Store(paths.database).close()
+    left = encode([Entry(PEER, f"id{seq}", seq, f"queued {seq}", 1.0) for seq in (1, 2)])
+    journal_path(paths.database).write_bytes(left)
+    _identity, store = open_home(paths, "correct horse")
+    with store:
+        assert store.encrypted
+        assert [m.body for m in store.outbox(PEER)] == ["queued 1", "queued 2"]
+    assert journal_bytes(paths.database) == b""

@@ -9,11 +9,12 @@ Each row is the median over R runs of N calls (µs per message), on a real file 
 a temporary folder, WAL with ``synchronous = NORMAL`` (the store's settings):
 
 * ``queue_message, one commit each``: the store's durable path before the
-  journal: one ``BEGIN IMMEDIATE`` transaction per message (conversation counter,
-  message row, outbox row, their indexes).
+  journal, and still that of a store without it: one ``BEGIN IMMEDIATE``
+  transaction per message (conversation counter, message row, outbox row, their
+  indexes), around which such a store takes the journal's lock.
 * ``bare one-row insert, one commit each``: the floor of any SQLite commit: one
   row into a table with no index.
-* ``os.write of one framed record``: ``p2pchat.journal.encode`` and one
+* ``os.write of one framed record``: ``p2pchat.store.journal.encode`` and one
   ``os.write`` on an ``O_APPEND`` descriptor (plain, then sealed).
 * ``Journal.append``: the journal's own call (framing, one write).
 * ``store send path (journal)``: ``Store.queue_message`` on a store that owns its

@@ -281,6 +281,11 @@ def _encrypt_on_open(files: _Files, lock: StoreLock, key: bytes) -> bytes | None
         )
         return None
     try:
+        # A node that had it open in clear may have left queued messages in the outbox
+        # journal, in clear: opening folds them, so the journal is empty when its key
+        # changes.  (The lock passed is one this store does not take or release: this
+        # process holds the home's lock exclusively already.)
+        Store(files.database, lock=StoreLock(files.database)).close()
         result = _rekey(files, "encrypt", None, None, key)
     finally:
         lock.shared()

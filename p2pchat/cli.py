@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 from p2pchat import __version__
 from p2pchat.config import (
@@ -1192,8 +1192,91 @@ async def cmd_stop(paths: Paths, args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+# Building the parser of every command (some 45 of them) is a large part of what a
+# short command costs at start-up (docs/performance.md, "CLI start-up"): a run that
+# plainly names its command builds only that one.  Every top-level command, and the
+# top-level options that take a value or none (``build_parser``):
+COMMANDS = frozenset({
+    "init", "id", "add", "rename", "remove", "block", "unblock", "blocked", "mute",
+    "unmute", "contacts", "requests", "accept", "decline", "msg", "edit", "delete",
+    "history", "search", "send", "transfers", "accept-file", "decline-file",
+    "cancel-file", "nearby", "net", "dht", "passphrase", "daemon", "groups", "group",
+    "stop",
+})  # fmt: skip
+_VALUED_OPTIONS = ("--home", "--listen", "--bootstrap")
+_FLAG_OPTIONS = ("--version", "--ask-passphrase", "--verbose", "--no-mdns", "--no-dht")
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, if nothing before it but top-level options spelled
+    out in full; None when unsure (help, abbreviations, anything unknown): the whole
+    parser decides then."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _VALUED_OPTIONS:
+            next(args, None)
+        elif not (
+            arg in _FLAG_OPTIONS
+            or arg.partition("=")[0] in _VALUED_OPTIONS
+            or (len(arg) > 1 and arg[0] == "-" and set(arg[1:]) == {"v"})
+        ):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+class _Rebuild(Exception):
+    """The parser of one command found an error: the whole parser reports it."""
+
+
+class _PartialParser(argparse.ArgumentParser):
+    """Knows only the command a run named (``build_parser(only=...)``).  It reports no
+    error itself: the whole parser parses again and says what is wrong in its own
+    words (its usage lists every command)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Rebuild(message)
+
+
+class _Commands:
+    """Adds the commands to the parser: each one, or only the one a run named (the
+    others get a parser that drops what is added to it)."""
+
+    def __init__(self, sub: Any, only: str | None) -> None:
+        self.sub = sub
+        self.only = only
+        self._dropped: _Dropped | None = None
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if name not in COMMANDS:
+            raise AssertionError(f"{name} is missing from cli.COMMANDS")
+        if self.only is None or name == self.only:
+            return cast(argparse.ArgumentParser, self.sub.add_parser(name, **kwargs))
+        if self._dropped is None:
+            self._dropped = _Dropped(add_help=False)
+        return self._dropped
+
+
+class _Dropped(argparse.ArgumentParser):
+    """The parser of a command this run does not use: what is added goes nowhere."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def set_defaults(self, **kwargs: Any) -> None:
+        return None
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        return self  # its commands are dropped too
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return self
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only``, a parser that knows that one command
+    (see ``_named_command``)."""
+    cls = argparse.ArgumentParser if only is None else _PartialParser
+    parser = cls(
         prog="p2pchat", description="End-to-end encrypted peer-to-peer chat and file drop."
     )
     parser.add_argument("--version", action="version", version=f"p2pchat {__version__}")
@@ -1215,9 +1298,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
     )
-    sub = parser.add_subparsers(dest="command")
+    commands = _Commands(parser.add_subparsers(dest="command"), only)
 
-    p = sub.add_parser("init", help="create the identity if missing and print the peer ID")
+    p = commands.add_parser("init", help="create the identity if missing and print the peer ID")
     p.add_argument("--name", help="display name shown to contacts")
     p.add_argument(
         "--listen",
@@ -1228,7 +1311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("id", help="peer ID, fingerprint, invite and addresses")
+    p = commands.add_parser("id", help="peer ID, fingerprint, invite and addresses")
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--one-time", action="store_true", help="invite with a one-time token (no manual accept)"
@@ -1236,67 +1319,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invite", action="store_true", help="print only the invite (for scripts)")
     p.set_defaults(func=cmd_id)
 
-    p = sub.add_parser("add", help="add a contact from an invite or a peer ID")
+    p = commands.add_parser("add", help="add a contact from an invite or a peer ID")
     p.add_argument("code", metavar="CODE_OR_ID")
     p.add_argument("--name")
     p.add_argument("--addr", action="append", metavar="HOST:PORT", help="address hint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
 
-    p = sub.add_parser("rename", help="change the name a contact is stored under")
+    p = commands.add_parser("rename", help="change the name a contact is stored under")
     p.add_argument("contact", metavar="CONTACT")
     p.add_argument("name", metavar="NEW_NAME")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rename)
 
-    p = sub.add_parser(
+    p = commands.add_parser(
         "remove", help="remove a contact (history stays; it may knock again: see block)"
     )
     p.add_argument("contact", metavar="CONTACT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_remove)
 
-    p = sub.add_parser(
+    p = commands.add_parser(
         "block", help="block a contact, a requester or a peer ID: no sessions, requests, lookups"
     )
     p.add_argument("ref", metavar="CONTACT_REQUEST_OR_ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_block)
 
-    p = sub.add_parser("unblock", help="take a peer off the block list")
+    p = commands.add_parser("unblock", help="take a peer off the block list")
     p.add_argument("ref", metavar="NAME_OR_ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_unblock)
 
-    p = sub.add_parser("blocked", help="list blocked peers")
+    p = commands.add_parser("blocked", help="list blocked peers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_blocked)
 
     for verb, text in (("mute", "no notifications for a contact"), ("unmute", "undo mute")):
-        p = sub.add_parser(verb, help=text)
+        p = commands.add_parser(verb, help=text)
         p.add_argument("contact", metavar="CONTACT")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_mute)
 
-    p = sub.add_parser("contacts", help="list contacts")
+    p = commands.add_parser("contacts", help="list contacts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_contacts)
 
-    p = sub.add_parser("requests", help="list pending contact requests")
+    p = commands.add_parser("requests", help="list pending contact requests")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_requests)
 
-    p = sub.add_parser("accept", help="accept a contact request")
+    p = commands.add_parser("accept", help="accept a contact request")
     p.add_argument("ref", metavar="ID_OR_NAME")
     p.add_argument("--name", help="name to store the contact under")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accept)
 
-    p = sub.add_parser("decline", help="decline a contact request")
+    p = commands.add_parser("decline", help="decline a contact request")
     p.add_argument("ref", metavar="ID_OR_NAME")
     p.set_defaults(func=cmd_decline)
 
-    p = sub.add_parser(
+    p = commands.add_parser(
         "msg", help="send a message (through the running node, or a short-lived one)"
     )
     p.add_argument("contact", metavar="CONTACT")
@@ -1315,18 +1398,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_msg)
 
-    p = sub.add_parser("edit", help="change the text of one of your messages (both sides)")
+    p = commands.add_parser("edit", help="change the text of one of your messages (both sides)")
     p.add_argument("id", metavar="MESSAGE_ID", help="as `history` shows it after #")
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_edit)
 
-    p = sub.add_parser("delete", help="delete one of your messages for both sides")
+    p = commands.add_parser("delete", help="delete one of your messages for both sides")
     p.add_argument("id", metavar="MESSAGE_ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("history", help="show a conversation")
+    p = commands.add_parser("history", help="show a conversation")
     p.add_argument("contact", metavar="CONTACT")
     p.add_argument("--limit", type=_positive_int, metavar="N", help="the newest N messages")
     p.add_argument(
@@ -1335,7 +1418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("search", help="find messages containing words (newest first)")
+    p = commands.add_parser("search", help="find messages containing words (newest first)")
     p.add_argument("text", metavar="TEXT", help="every word must appear; the last may be cut")
     p.add_argument("--contact", metavar="CONTACT", help="only this conversation")
     p.add_argument(
@@ -1344,7 +1427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("send", help="offer files or folders to a contact")
+    p = commands.add_parser("send", help="offer files or folders to a contact")
     p.add_argument("contact", metavar="CONTACT")
     p.add_argument("paths", metavar="PATH", nargs="+")
     p.add_argument("--wait", action="store_true", help="block until delivered, with progress")
@@ -1352,7 +1435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_send)
 
-    p = sub.add_parser("transfers", help="list file transfers, newest first, one page")
+    p = commands.add_parser("transfers", help="list file transfers, newest first, one page")
     p.add_argument(
         "--limit", type=_positive_int, default=50, metavar="N", help="at most N (max 500)"
     )
@@ -1363,31 +1446,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_transfers)
 
-    p = sub.add_parser("accept-file", help="accept an incoming file offer")
+    p = commands.add_parser("accept-file", help="accept an incoming file offer")
     p.add_argument("id", metavar="TRANSFER_ID")
     p.add_argument("--only", type=int, action="append", metavar="INDEX", help="only these files")
     p.add_argument("--to", metavar="DIR", help="save into DIR instead of the download folder")
     p.set_defaults(func=cmd_accept_file)
 
-    p = sub.add_parser("decline-file", help="decline an incoming file offer")
+    p = commands.add_parser("decline-file", help="decline an incoming file offer")
     p.add_argument("id", metavar="TRANSFER_ID")
     p.set_defaults(func=cmd_decline_file)
 
-    p = sub.add_parser("cancel-file", help="cancel a transfer (either side)")
+    p = commands.add_parser("cancel-file", help="cancel a transfer (either side)")
     p.add_argument("id", metavar="TRANSFER_ID")
     p.set_defaults(func=cmd_cancel_file)
 
-    p = sub.add_parser("nearby", help="peers seen on the LAN (mDNS)")
+    p = commands.add_parser("nearby", help="peers seen on the LAN (mDNS)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nearby)
 
-    p = sub.add_parser(
+    p = commands.add_parser(
         "net", help="the running node's reachability (NAT, rendezvous) and budget counters"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_net)
 
-    p = sub.add_parser("dht", help="the running node's DHT: status and record lookups")
+    p = commands.add_parser("dht", help="the running node's DHT: status and record lookups")
     dht = p.add_subparsers(dest="dht_command", required=True, metavar="{status,lookup}")
     q = dht.add_parser("status", help="routing table, external address, published record")
     q.add_argument("--json", action="store_true")
@@ -1397,7 +1480,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_dht_lookup)
 
-    p = sub.add_parser(
+    p = commands.add_parser(
         "passphrase",
         help="set, change or remove the passphrase that encrypts the key and the history",
     )
@@ -1405,7 +1488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_passphrase)
 
-    p = sub.add_parser(
+    p = commands.add_parser(
         "daemon",
         help="run the node headless until SIGINT/SIGTERM or `p2pchat stop` "
         "(creates the identity on first use)",
@@ -1467,11 +1550,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_daemon)
 
-    p = sub.add_parser("groups", help="list groups (joined, invited, left)")
+    p = commands.add_parser("groups", help="list groups (joined, invited, left)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_groups)
 
-    p = sub.add_parser("group", help="group chat: create, invite, talk, share files")
+    p = commands.add_parser("group", help="group chat: create, invite, talk, share files")
     grp = p.add_subparsers(dest="group_command", required=True, metavar="COMMAND")
     q = grp.add_parser("create", help="create a group, inviting contacts")
     q.add_argument("name", metavar="NAME")
@@ -1534,7 +1617,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_group_send)
 
-    p = sub.add_parser("stop", help="stop the daemon running for this home")
+    p = commands.add_parser("stop", help="stop the daemon running for this home")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(func=cmd_stop)
     return parser
@@ -1613,8 +1696,11 @@ def _logging(verbose: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser(only=_named_command(argv)).parse_args(argv)
+    except _Rebuild:
+        args = build_parser().parse_args(argv)
     paths = Paths(resolve_home(args.home))
     # With a node running for this home, every command but ``daemon`` only talks to it:
     # nothing in this process logs, and nothing needs an event loop.

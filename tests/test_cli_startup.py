@@ -8,10 +8,13 @@ benchmarks/cli.py) after real commands against a real daemon.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from p2pchat.identity import create_identity
 
@@ -114,3 +117,31 @@ async def test_commands_for_the_running_node_import_only_the_control_client(
 def test_help_imports_nothing_heavy(tmp_path: Path) -> None:
     _code, modules = _imports(tmp_path, tmp_path / "nobody", "--help")
     assert _heavy(modules) == []
+
+
+def test_a_run_that_names_its_command_builds_only_that_parser() -> None:
+    """``main`` builds the parser of the one command a run names (building all of them
+    was a large part of a short command's start-up); it must read the same arguments
+    as the whole parser, and leave errors and help to the whole parser."""
+    from p2pchat.cli import COMMANDS, _named_command, _Rebuild, build_parser
+
+    full = build_parser()
+    [sub] = [a for a in full._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == COMMANDS
+    runs = [
+        ["contacts", "--json"],
+        ["--home", "/tmp/h", "-vv", "msg", "bob", "hi", "--wait", "0"],
+        ["--home=/tmp/h", "--no-dht", "history", "bob", "--limit", "5"],
+        ["--ask-passphrase", "dht", "lookup", "someone"],
+        ["group", "msg", "friends", "hello"],
+        ["send", "bob", "a", "b", "--wait"],
+        ["daemon", "--listen", "127.0.0.1:1", "--no-mdns", "--relay-rate", "2M"],
+    ]
+    for argv in runs:
+        only = _named_command(argv)
+        assert only is not None and only in argv, argv
+        assert vars(build_parser(only=only).parse_args(argv)) == vars(full.parse_args(argv))
+    for unsure in (["--help"], ["--ho", "/tmp/h", "contacts"], ["nosuch"], ["-x", "contacts"], []):
+        assert _named_command(unsure) is None, unsure
+    with pytest.raises(_Rebuild):  # reported by the whole parser, in its words
+        build_parser(only="history").parse_args(["history", "bob", "--limit", "0"])

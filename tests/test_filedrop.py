@@ -19,7 +19,7 @@ from p2pchat.core.filedrop import (
     parse_preamble,
 )
 from p2pchat.net import transfers
-from p2pchat.net.transfer_files import sealed_records
+from p2pchat.net.transfer_files import hash_part_prefixes, hash_prefixes_of, sealed_records
 from p2pchat.net.transfers import TERMINAL
 from p2pchat.node import Node
 from p2pchat.store import Store, TransferFile
@@ -156,6 +156,21 @@ async def test_changed_source_is_detected_and_not_published(
     assert not list(downloads.rglob("*.part"))
 
 
+async def test_source_gone_before_sending_fails_clearly(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    a, b, downloads = await pair(start_node, tmp_path, auto=False)
+    src = random_file(tmp_path / "src" / "gone.bin", 1000)
+    t = await a.offer_files("bob", [src])
+    await wait_until(lambda: b.store.get_transfer(t.id) is not None)
+    src.unlink()
+    b.accept_transfer(t.id)
+    assert await a.wait_transfer(t.id, 30) == "failed"
+    assert "cannot read it any more" in (a.store.get_transfer(t.id).error or "")  # type: ignore[union-attr]
+    await wait_until(lambda: b.store.get_transfer(t.id).state == "cancelled")  # type: ignore[union-attr]
+    assert not list(downloads.rglob("*.part"))
+
+
 async def test_source_changed_while_sending_is_not_published(
     start_node: StartNode, tmp_path: Path
 ) -> None:
@@ -176,10 +191,15 @@ async def test_source_changed_while_sending_is_not_published(
     assert not list(downloads.rglob("*.part"))
 
 
+@pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("offset", [0, 3 * CHUNK_SIZE + 17, 5 * CHUNK_SIZE])
-async def test_sender_hashes_what_the_receiver_already_holds(tmp_path: Path, offset: int) -> None:
+async def test_sender_hashes_what_the_receiver_already_holds(
+    tmp_path: Path, offset: int, ahead: bool
+) -> None:
     """Resume in file drop 2: the sender's FINAL hash covers the whole file, the
-    prefix it does not send included (and a file the receiver holds whole)."""
+    prefix it does not send included (and a file the receiver holds whole), whether
+    the prefix is hashed on the channel's thread or ahead, before the channel opens
+    (what the node does)."""
     size = 5 * CHUNK_SIZE
     src = random_file(tmp_path / "f.bin", size)
     entry = TransferFile(0, "f.bin", size, b"", str(src), None, None, True, False)
@@ -188,13 +208,29 @@ async def test_sender_hashes_what_the_receiver_already_holds(tmp_path: Path, off
     opener = Opener(key, parse_preamble(sealer.preamble).header, [(0, offset, size)], 2)
     sent = 0
     records = []
-    async for record, length in sealed_records(sealer, {0: entry}, ((0, offset),)):
+    prefixed = hash_prefixes_of({0: entry}, ((0, offset),)) if ahead else None
+    async for record, length in sealed_records(
+        sealer, {0: entry}, ((0, offset),), None, prefixed
+    ):
         sent += length
         records += opener.feed(record)
     assert sent == size - offset
     whole = new_hasher()
     whole.update(src.read_bytes())
     assert records[-1].final and records[-1].hashes == {0: whole.digest()}
+
+
+def test_part_prefixes_are_hashed_whole_or_not_at_all(tmp_path: Path) -> None:
+    """The receiver's early pass over its .part files (while the sender prepares):
+    a part shorter than asked for, or gone, is left for the pass at the claim."""
+    part = tmp_path / "0.part"
+    part.write_bytes(b"x" * 1000)
+    got = hash_part_prefixes(
+        [(0, str(part), 600), (1, str(part), 2000), (2, str(tmp_path / "gone.part"), 5)]
+    )
+    expected = new_hasher()
+    expected.update(b"x" * 600)
+    assert set(got) == {0} and got[0].digest() == expected.digest()
 
 
 @pytest.mark.parametrize("online", [True, False])

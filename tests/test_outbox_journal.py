@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +15,17 @@ from pathlib import Path
 import pytest
 
 import p2pchat.store.database
+from p2pchat.atrest import open_home
 from p2pchat.config import Paths
 from p2pchat.identity import load_identity
 from p2pchat.node import Node
 from p2pchat.store import DatabaseBusy, Store, StoreError
 from p2pchat.store.journal import Entry, encode, journal_path
 
-from .conftest import StartNode, make_home, wait_until
-from .daemons import cli_env
-from .test_messaging import befriend, bodies
+from .conftest import StartNode, friends, make_home, wait_until
+from .daemons import Daemon, cli_env, free_udp_port
+from .test_atrest import sealed_home
+from .test_messaging import bodies
 
 PEER = "b2" * 26
 KEY = bytes(range(32))
@@ -122,18 +125,15 @@ def test_only_the_journals_holder_numbers_messages(
 async def test_the_send_path_runs_no_sql_and_a_turn_costs_one_commit(
     start_node: StartNode,
 ) -> None:
-    a = await start_node("alice")
-    b = await start_node("bob")
-    befriend(a, b)
-    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
-    a.send_message("b", "warm-up")  # the first send reads the counters once
-    await wait_until(lambda: bodies(b, "a", "in") == ["warm-up"])
+    a, b = await friends(start_node)
+    a.send_message("bob", "warm-up")  # the first send reads the counters once
+    await wait_until(lambda: bodies(b, "alice", "in") == ["warm-up"])
     statements: list[str] = []
     a.store._connection().set_trace_callback(statements.append)
     try:
         for i in range(100):
-            a.send_message("b", f"m {i:03d}")
-        a.send_messages("b", ["x", "y"])
+            a.send_message("bob", f"m {i:03d}")
+        a.send_messages("bob", ["x", "y"])
         assert statements == []
         assert a.store.pending
         a.delivery.flush()  # the group commit (scheduled within MARK_DELAY)
@@ -141,7 +141,7 @@ async def test_the_send_path_runs_no_sql_and_a_turn_costs_one_commit(
     finally:
         a.store._connection().set_trace_callback(None)
     expected = ["warm-up"] + [f"m {i:03d}" for i in range(100)] + ["x", "y"]
-    await wait_until(lambda: bodies(b, "a", "in") == expected)
+    await wait_until(lambda: bodies(b, "alice", "in") == expected)
     await wait_until(lambda: a.store.outbox(b.peer_id) == [])
 
 
@@ -220,3 +220,75 @@ async def test_a_passphrase_change_folds_the_journal_first(tmp_path: Path) -> No
         assert [m.body for m in node.history("peer")] == [sent.body, "queued after it"]
     finally:
         await node.stop()
+
+
+async def test_a_daemon_killed_right_after_its_sends_keeps_them_once_in_order(
+    tmp_path: Path,
+) -> None:
+    """The same through a real daemon and its control socket: SIGKILL as soon as the last
+    ``send`` answered (the fold waits for a group commit, so it has usually not run)."""
+    alice = Daemon(make_home(tmp_path, "alice").home, f"127.0.0.1:{free_udp_port()}")
+    bob = load_identity(make_home(tmp_path, "bob").identity).peer_id
+    await alice.start()
+    try:
+        await alice.call("add", ref=bob, name="bob", addresses=["127.0.0.1:1"])
+        sent = [
+            (await alice.call("send", contact="bob", text=f"m {i:02d}"))["message"]["id"]
+            for i in range(30)
+        ]
+        await alice.kill()
+        await alice.start()
+        history = await alice.call("history", contact="bob")
+        assert [m["id"] for m in history] == sent
+        assert [m["body"] for m in history] == [f"m {i:02d}" for i in range(30)]
+        again = await alice.call("send", contact="bob", text="after the restart")
+        assert again["message"]["seq"] == 31
+    finally:
+        await alice.stop()
+
+
+def test_a_fold_that_cannot_commit_leaves_reads_working_and_numbering_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk can refuse the fold after the appends succeeded: reads answer from
+    the tables (as before the journal), writes and new sends fail with the disk error,
+    nothing is lost or numbered twice, and the next fold that commits catches up."""
+    db = tmp_path / "p2pchat.db"
+    with Store(db, journal=True) as store:
+        store.queue_messages(PEER, ["one", "two"], now=1.0)
+        fold_into = p2pchat.store.database.fold_into
+
+        def disk_full(*_args: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(p2pchat.store.database, "fold_into", disk_full)
+        assert store.outbox(PEER) == []  # what is committed; no error for a read
+        assert store.pending
+        with pytest.raises(StoreError, match="disk is full"):
+            store.queue_message(PEER, "three", now=2.0)
+        with pytest.raises(StoreError, match="disk is full"):
+            store.mark_sent(PEER, 2, now=2.0)
+        monkeypatch.setattr(p2pchat.store.database, "fold_into", fold_into)
+        assert [m.body for m in store.outbox(PEER)] == ["one", "two"]
+        assert store.queue_message(PEER, "three", now=3.0).seq == 3
+    with Store(db) as store:
+        assert [(m.seq, m.body) for m in store.outbox(PEER)] == [
+            (1, "one"), (2, "two"), (3, "three"),
+        ]  # fmt: skip
+
+
+def test_a_clear_journal_is_folded_before_the_database_is_encrypted_on_open(
+    tmp_path: Path,
+) -> None:
+    """A sealed identity whose database is still plaintext (another process had it open
+    when it should have been encrypted) and a node that crashed with queued messages:
+    the next opening folds the journal in clear, then encrypts, losing nothing."""
+    paths = sealed_home(tmp_path, "alice")
+    Store(paths.database).close()
+    left = encode([Entry(PEER, f"id{seq}", seq, f"queued {seq}", 1.0) for seq in (1, 2)])
+    journal_path(paths.database).write_bytes(left)
+    _identity, store = open_home(paths, "correct horse")
+    with store:
+        assert store.encrypted
+        assert [m.body for m in store.outbox(PEER)] == ["queued 1", "queued 2"]
+    assert journal_bytes(paths.database) == b""

@@ -108,6 +108,7 @@ async def sealed_records(
     files: dict[int, TransferFile],
     offsets: tuple[tuple[int, int], ...],
     digests: dict[int, bytes] | None = None,
+    prefixed: dict[int, Any] | None = None,
 ) -> AsyncIterator[tuple[bytes, int]]:
     """Read and seal on a worker thread, a few records ahead of the socket.
 
@@ -121,7 +122,9 @@ async def sealed_records(
     modification time it had when it was offered (``unchanged``) once its last
     byte is read, so a file changed while it was being sent fails the transfer
     instead of arriving as a mix of two versions under a hash of that mix.  The
-    hashes sent are also put in ``digests``, if given.
+    hashes sent are also put in ``digests``, if given.  ``prefixed`` holds hashers
+    already fed with what the receiver holds (``hash_prefixes_of``), so the channel
+    need not wait for that read.
     """
     loop = asyncio.get_running_loop()
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchat-read")
@@ -156,17 +159,17 @@ async def sealed_records(
     try:
         for index, offset in sorted(offsets):
             entry = files[index]
-            source: BinaryIO = open(source_path(entry), "rb")  # closed in finally
+            source = open_source(entry)  # closed in finally
             handles.append(source)
             mtime = unchanged(source, entry, entry.mtime)
             hasher = new_hasher() if hash_at_end else None
+            if hasher is not None and prefixed is not None:
+                hasher = prefixed[index]
             if hasher is not None:
                 hashers.append((index, hasher))
-                if offset:
-                    submit(prefix, source, hasher, offset)
-            if not offset:
-                source.seek(0)
-            elif hasher is None:
+            if hasher is not None and prefixed is None and offset:
+                submit(prefix, source, hasher, offset)  # reads the prefix, then seeks
+            else:
                 source.seek(offset)
             position = offset
             while position < entry.size:
@@ -192,6 +195,27 @@ async def sealed_records(
         pool.shutdown(wait=True, cancel_futures=True)
         for handle in handles:
             handle.close()
+
+
+def hash_prefixes_of(
+    files: dict[int, TransferFile], offsets: tuple[tuple[int, int], ...]
+) -> dict[int, Any]:
+    """Hashers fed with the part of each file the receiver already holds (file drop
+    2, on a worker thread before the data channel opens).
+
+    Done before the channel rather than on it: the receiver drops a channel that
+    brings nothing for 30 s, and the prefix of a large resumed file on a slow disk
+    takes longer than that to read.
+    """
+    hashers: dict[int, Any] = {}
+    for index, offset in sorted(offsets):
+        entry = files[index]
+        hasher = hashers[index] = new_hasher()
+        if offset:
+            with open_source(entry) as fh:
+                unchanged(fh, entry, entry.mtime)
+                hash_prefixes([(fh, hasher, offset)])
+    return hashers
 
 
 def channel_version(t: Transfer) -> int:
@@ -268,12 +292,41 @@ def hash_prefixes(jobs: list[tuple[BinaryIO, Any, int]]) -> None:
         fh.seek(offset)
 
 
+def hash_part_prefixes(parts: list[tuple[int, str, int]]) -> dict[int, Any]:
+    """Hashers fed with the first ``offset`` bytes of each ``(index, .part, offset)``;
+    a file that cannot be read whole is left out (hashed again once its channel
+    is claimed)."""
+    hashers: dict[int, Any] = {}
+    for index, part, offset in parts:
+        hasher = new_hasher()
+        remaining = offset
+        try:
+            with open(part, "rb") as fh:
+                while remaining and (block := fh.read(min(remaining, 4 << 20))):
+                    hasher.update(block)
+                    remaining -= len(block)
+        except OSError:
+            continue
+        if not remaining:
+            hashers[index] = hasher
+    return hashers
+
+
 def hash_file(path: Path) -> bytes:
     hasher = new_hasher()
     with open(path, "rb") as fh:
         while block := fh.read(4 << 20):
             hasher.update(block)
     return hasher.digest()
+
+
+def open_source(entry: TransferFile) -> BinaryIO:
+    """An offered file, opened to send: gone or unreadable is the sender's problem to
+    report (the transfer fails), not a broken channel to retry."""
+    try:
+        return open(source_path(entry), "rb")
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise TransferError(f"{entry.path}: cannot read it any more ({exc.strerror})") from None
 
 
 def source_path(entry: TransferFile) -> str:

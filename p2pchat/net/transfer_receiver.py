@@ -42,6 +42,7 @@ from p2pchat.net.transfer_files import (
     DiskQueue,
     channel_version,
     hash_file,
+    hash_part_prefixes,
     hash_prefixes,
     part_path,
     publish_all,
@@ -80,6 +81,9 @@ class Attempt:
     version: int = VERSION
     disk: DiskQueue | None = None
     prepared: asyncio.Future[None] | None = None
+    early: asyncio.Future[dict[int, Any]] | None = None
+    """What the .part files already hold, hashed from the moment the attempt is
+    asked for, while the sender prepares (it hashes the same prefixes)."""
     rate: Rate = field(default_factory=lambda: Rate())
     received: int = 0
     reported: int = 0
@@ -165,11 +169,20 @@ class DataReceiver:
         plan: list[tuple[int, int, int]],
         attempt: bytes,
     ) -> None:
-        """Wait for ``attempt`` of ``t``; earlier attempts of it are dropped."""
-        self.forget(t.id)
-        self._incoming[(t.id, attempt)] = Attempt(
-            t.id, attempt, conn, plan, started=time.monotonic()
-        )
+        """Wait for ``attempt`` of ``t``; earlier attempts of it are dropped.
+
+        What the ``.part`` files already hold starts being hashed now, not when the
+        channel arrives: the sender reads the same prefixes before it opens the
+        channel, and a receiver that began only then would make the sender's first
+        writes wait for it (a sender gives up after 30 s without progress).
+        """
+        self.forget(t.id)  # waits for the writes of earlier attempts
+        inc = Attempt(t.id, attempt, conn, plan, started=time.monotonic())
+        parts = {f.index: f.part for f in t.files if f.part}
+        resumed = [(index, parts[index], offset) for index, offset, _ in plan if offset]
+        if all(index in parts for index, _o, _s in plan) and resumed:
+            inc.early = self.manager.track(asyncio.to_thread(hash_part_prefixes, resumed))
+        self._incoming[(t.id, attempt)] = inc
 
     def forget(self, transfer_id: str) -> None:
         """Drop every attempt of a transfer (cancelled, failed, superseded)."""
@@ -446,13 +459,34 @@ class DataReceiver:
             fd = os.open(part_path(files[index]), os.O_RDWR | os.O_CREAT, 0o600)
             fh = os.fdopen(fd, "r+b")
             fh.truncate(offset)
+            fh.seek(offset)
             inc.files[index] = fh
             inc.hashers[index] = new_hasher()
             jobs.append((fh, inc.hashers[index], offset))
         # What a resumed .part already holds is hashed on a thread before any new
-        # record lands, so a large resume does not stall every session of the node.
-        # The thread gets its own list: tearing the attempt down cannot change it.
-        inc.prepared = self.manager.track(asyncio.to_thread(hash_prefixes, jobs))
+        # record lands, so a large resume does not stall every session of the node
+        # (started at ``expect``; whatever that could not do is done here).  The
+        # thread gets its own list: tearing the attempt down cannot change it.
+        early, inc.early = inc.early, None
+        inc.prepared = self.manager.track(self._prepare(inc, jobs, early))
+
+    async def _prepare(
+        self,
+        inc: Attempt,
+        jobs: list[tuple[BinaryIO, Any, int]],
+        early: asyncio.Future[dict[int, Any]] | None,
+    ) -> None:
+        if early is not None:
+            done = await early
+            indexes = [index for index, _offset, _size in inc.plan]
+            for index, hasher in done.items():
+                inc.hashers[index] = hasher
+            jobs = [
+                job
+                for index, job in zip(indexes, jobs, strict=True)
+                if job[2] and index not in done
+            ]
+        await asyncio.to_thread(hash_prefixes, jobs)
 
     def _is_current(self, inc: Attempt) -> bool:
         """Whether ``inc`` is still the attempt we wait for: a newer attempt, a

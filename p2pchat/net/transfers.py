@@ -80,6 +80,7 @@ from p2pchat.net.transfer_files import (
     choose_roots,
     collect,
     hash_file,
+    hash_prefixes_of,
     make_folders,
     part_size,
     remove_staging,
@@ -509,10 +510,13 @@ class TransferManager:
         rate = Rate()
         channel: DataSender | None = None
         try:
+            prefixed = None
+            if channel_version(t) != VERSION:
+                prefixed = await asyncio.to_thread(hash_prefixes_of, files, accept.offsets)
             channel, sealer = await self._open_channel(conn, t, accept, out)
             log.info("sending %s via %s (%d bytes)", t.id, channel.via, out.total)
             async for record, length in sealed_records(
-                sealer, files, accept.offsets, out.digests
+                sealer, files, accept.offsets, out.digests, prefixed
             ):
                 await channel.put(record)
                 out.sent += length

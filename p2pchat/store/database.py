@@ -267,6 +267,7 @@ class StoreBase:
         self._sending: dict[str, Sending] = {}
         self._contact_refs: dict[str, str] = {}
         """Contact references resolved to peer IDs (``ContactsMixin.contact_id``)."""
+        self._fold_error: str | None = None
         self.on_pending: Callable[[], None] | None = None
         """Called when a message was journaled: the node folds at the end of the turn."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -528,12 +529,34 @@ class StoreBase:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self.fold()  # reads see journaled messages as if each had been committed
+            self._fold_for_read()
             db = self._connection()
             try:
                 yield db
             except DB_ERRORS as exc:
                 raise StoreError(f"database error: {exc}") from exc
+
+    def _fold_for_read(self) -> None:
+        """Reads see journaled messages as if each had been committed.
+
+        When the fold cannot commit (a full disk), the read still answers, from what
+        is committed, as every read did before the journal: the messages stay durable
+        in the journal and pending, and show once a fold succeeds.  A read inside a
+        batch shares its transaction, which the failure may have ended: it raises.
+        Numbering never reads past a failed fold (``_sending_state`` folds first).
+        """
+        if not self._pending:
+            return
+        try:
+            self.fold()
+        except StoreError as exc:
+            if self._batching:
+                raise
+            if str(exc) != self._fold_error:
+                self._fold_error = str(exc)
+                log.warning("cannot fold the outbox journal yet (reads show the tables): %s", exc)
+        else:
+            self._fold_error = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:

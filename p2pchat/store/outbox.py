@@ -124,6 +124,7 @@ class OutboxMixin(MessageRows):
         """The conversation's outgoing counters, read once, then kept in memory."""
         sending = self._sending.get(peer_id)
         if sending is None:
+            self.fold()  # the counters must include every journaled message: raises
             with self._read() as db:
                 row = db.execute(
                     "SELECT (SELECT send_seq FROM conversations WHERE peer_id = ?1),"

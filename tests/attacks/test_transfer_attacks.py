@@ -577,6 +577,36 @@ async def test_a_wrong_or_missing_final_hash_never_publishes(
         mallory.close()
 
 
+async def test_a_channel_of_the_other_version_is_refused(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """The offer decides where the hashes travel: a file drop 2 offer (no hashes)
+    followed by a version 1 channel (whose empty last record would name the file
+    unverified) is never claimed, and the next channel of the right version is."""
+    b, downloads, hostile, mallory, host = await receiving_contact(start_node, tmp_path)
+    try:
+        content = os.urandom(500)
+        tid = os.urandom(16).hex()
+        hostile.send(chat.FileOffer(tid, (chat.FileEntry("v.txt", len(content), None),)))
+        await wait_until(lambda: bool(accepts(hostile, tid)))
+        accept = accepts(hostile, tid)[0]
+        before = tcp_counters(b)["tcp_bad_preamble"]
+        wrong = await HostileChannel.open(hostile, host, tid, accept, version=1)
+        assert not await wrong.claimed()
+        await wrong.close()
+        assert tcp_counters(b)["tcp_bad_preamble"] == before + 1
+        right = await HostileChannel.open(hostile, host, tid, accept, VERSION_HASH_AT_END)
+        assert await right.claimed()
+        await right.write(right.sealer.seal(0, 0, content))
+        final = pack_hashes([(0, blake3(content))])
+        await right.write(right.sealer.seal(0, 0, final, final=True))
+        await wait_until(lambda: b.store.get_transfer(tid).state == "done")  # type: ignore[union-attr]
+        assert (downloads / "v.txt").read_bytes() == content
+        await right.close()
+    finally:
+        mallory.close()
+
+
 async def test_dotfiles_normalisation_twins_and_private_folders(
     start_node: StartNode, tmp_path: Path
 ) -> None:

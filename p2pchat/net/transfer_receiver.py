@@ -605,9 +605,13 @@ class DataReceiver:
                     # Complete before this attempt (a resume), or empty.
                     if f.size == 0:
                         os.close(os.open(part, os.O_WRONLY | os.O_CREAT, 0o600))
-                    digest = await asyncio.to_thread(hash_file, part)
-                    if not self._is_current(inc):
-                        return
+                    held = inc.hashers.get(f.index)
+                    if held is not None and (f.index, f.size, f.size) in inc.plan:
+                        digest = held.digest()  # the prefix pass read the whole file
+                    else:
+                        digest = await asyncio.to_thread(hash_file, part)
+                        if not self._is_current(inc):
+                            return
                 if digest != want:
                     self._incoming.pop((inc.transfer_id, inc.attempt), None)
                     why = f"{f.path}: content hash mismatch, file discarded"

@@ -607,6 +607,49 @@ async def test_a_channel_of_the_other_version_is_refused(
         mallory.close()
 
 
+@pytest.mark.parametrize("final", ["right", "wrong"])
+async def test_a_file_complete_before_the_attempt_is_checked_against_the_final_hash(
+    start_node: StartNode, tmp_path: Path, final: str
+) -> None:
+    """File drop 2 resume: every byte arrived, then the channel ended before its last
+    record.  The next attempt asks for nothing but the hash (offset = size); the file
+    the receiver already holds is checked against it: named if right, discarded if
+    wrong."""
+    b, downloads, hostile, mallory, host = await receiving_contact(start_node, tmp_path)
+    try:
+        content = os.urandom(3 * CHUNK_SIZE + 5)
+        tid = os.urandom(16).hex()
+        hostile.send(chat.FileOffer(tid, (chat.FileEntry("whole.bin", len(content), None),)))
+        await wait_until(lambda: bool(accepts(hostile, tid)))
+        channel = await HostileChannel.open(
+            hostile, host, tid, accepts(hostile, tid)[0], VERSION_HASH_AT_END
+        )
+        assert await channel.claimed()
+        for at in range(0, len(content), CHUNK_SIZE):
+            await channel.write(channel.sealer.seal(0, at, content[at : at + CHUNK_SIZE]))
+        await wait_until(
+            lambda: sum(p.stat().st_size for p in downloads.rglob("*.part")) == len(content)
+        )
+        await channel.close()  # hang up before the last record
+        await wait_until(lambda: len(accepts(hostile, tid)) >= 2)
+        again = accepts(hostile, tid)[1]
+        assert again.offsets == ((0, len(content)),)
+        channel = await HostileChannel.open(hostile, host, tid, again, VERSION_HASH_AT_END)
+        assert await channel.claimed()
+        digest = blake3(content) if final == "right" else blake3(b"other")
+        await channel.write(channel.sealer.seal(0, 0, pack_hashes([(0, digest)]), final=True))
+        done = "done" if final == "right" else "failed"
+        await wait_until(lambda: b.store.get_transfer(tid).state == done)  # type: ignore[union-attr]
+        if final == "right":
+            assert (downloads / "whole.bin").read_bytes() == content
+        else:
+            assert not (downloads / "whole.bin").exists()
+            assert not list(downloads.rglob("*.part"))
+        await channel.close()
+    finally:
+        mallory.close()
+
+
 async def test_dotfiles_normalisation_twins_and_private_folders(
     start_node: StartNode, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from p2pchat import delivery as delivery_module
 from p2pchat import node as node_module
 from p2pchat.core import chat
 from p2pchat.core.events import MessageReceived, MessageSent, MessageStateChanged, NodeEvent
@@ -23,7 +24,8 @@ from p2pchat.net.endpoint import QuicLink
 from p2pchat.net.peer import BUNDLE_BYTES
 from p2pchat.node import Node
 
-from .conftest import StartNode, friends, wait_until
+from .conftest import EventLog, StartNode, friends, wait_until
+from .test_batching import count_commits
 
 
 @contextlib.contextmanager
@@ -258,3 +260,25 @@ async def test_a_slow_event_consumer_loses_the_oldest_events_and_never_blocks(
     a.send_message("b", "one more")
     assert isinstance(await asyncio.wait_for(waiting, 10), NodeEvent)
     await stream.aclose()
+
+
+async def test_a_message_sent_alone_costs_the_sender_one_commit_with_its_ack(
+    start_node: StartNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folding the journal and the sent mark wait for the flush of the contact's ack
+    (the timer that bounds the wait is made long, so a slow machine cannot fire it)."""
+    monkeypatch.setattr(delivery_module, "MARK_DELAY", 60.0)
+    a, b = await friends(start_node)
+    a.send_message("b", "warm-up")
+    await wait_until(lambda: not a.store.outbox(b.peer_id))
+    commits = count_commits(a)
+    log = EventLog(a)  # (waiting on the store would read it, and a read folds)
+    try:
+        for i in range(3):
+            before = commits[0]
+            sent = a.send_message("b", f"alone {i}")
+            delivered = MessageStateChanged(b.peer_id, sent.id, "delivered")
+            await wait_until(lambda e=delivered: e in log.events)
+            assert commits[0] - before == 1
+    finally:
+        await log.close()

@@ -193,9 +193,9 @@ async def test_quic_acks_ride_on_our_data(start_node: StartNode) -> None:
         deferred.clear()
         message = a.send_message("b", f"hello {i}")
         await wait_until(lambda m=message.id: a.store.get_message(m).state == "delivered")  # type: ignore[union-attr]
-        # bob's chat-level ack came in one packet: its QUIC ACK waits for our data...
-        assert deferred and deferred[0] > 30.0, deferred
-        assert space.ack_at is not None
+        # bob's chat-level ack came in one packet: its QUIC ACK waits for our data (a
+        # keepalive ping of bob's in between is acknowledged at once, with the next)...
+        assert any(wait > 30.0 for wait in deferred), deferred
     # ...which carries it: nothing is left to acknowledge once our next message left.
     left: list[float | None] = []
     transmit = link.transmit

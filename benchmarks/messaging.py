@@ -71,6 +71,7 @@ import contextlib
 import cProfile
 import datetime
 import gc
+import itertools
 import math
 import os
 import platform
@@ -557,6 +558,75 @@ def print_trace(title: str, samples: list[list[tuple[float, int, str, str]]]) ->
         values = offsets.get((who, label, n), [])
         med = f"{median(values) * 1e6:8.0f}" if len(values) > len(samples) // 2 else " " * 8
         print(f"{(t - t0) * 1e6:8.0f} {med} {turn - turn0:>5}  {who:<6} {label}")
+    print_stage_breakdown(samples, span)
+
+
+# Where a traced sample's time goes: each stage's own time (a stage inside another is
+# not counted twice), by the stage's first word(s).
+STAGE_CATEGORIES = (
+    ("outbox commit", "sender's outbox write (send_message)"),
+    ("send_message", "send_message, the rest"),
+    ("flush", "group commit and its bookkeeping"),
+    ("group commit", "group commit and its bookkeeping"),
+    ("seal+write", "encode + seal + QUIC stream write"),
+    ("scheduled transmit", "QUIC packets out (seal at transmit, aioquic, sendto)"),
+    ("sendto", "QUIC packets out (seal at transmit, aioquic, sendto)"),
+    ("QUIC/keepalive timer", "QUIC timers (ACK-only packets, probes, pings)"),
+    ("datagram in", "QUIC packets in (aioquic, open, decode)"),
+    ("frame", "frame dispatch (node, delivery)"),
+    ("emit", "events emitted"),
+)
+IDLE = "blocked in select (waiting for a timer or a packet)"
+BETWEEN = "loop turns, task switches, event consumers"
+
+
+def stage_times(sample: list[tuple[float, int, str, str]]) -> dict[str, float]:
+    """Own time per category of one sample, plus counts of datagrams, commits, turns."""
+    totals: dict[str, float] = {}
+    stack: list[str] = []
+    for (t, _turn, _who, label), (t_next, _n, _w, _l) in itertools.pairwise(sample):
+        if label.startswith("blocked in select"):
+            waited = float(label.split()[3]) * 1e-6
+            totals[IDLE] = totals.get(IDLE, 0.0) + waited
+            totals[BETWEEN] = totals.get(BETWEEN, 0.0) - waited
+        elif label.endswith(" done"):
+            if stack:
+                stack.pop()
+        else:
+            category = next((c for key, c in STAGE_CATEGORIES if label.startswith(key)), None)
+            if category is not None:
+                stack.append(category)
+        where = stack[-1] if stack else BETWEEN
+        totals[where] = totals.get(where, 0.0) + (t_next - t)
+    labels = [label for _t, _turn, _who, label in sample]
+    totals["datagrams"] = sum(label == "sendto" for label in labels)
+    totals["outbox writes"] = sum(label == "outbox commit" for label in labels)
+    totals["group commits"] = sum(label == "group commit" for label in labels)
+    totals["loop turns"] = sample[-1][1] - sample[0][1]
+    return totals
+
+
+def print_stage_breakdown(
+    samples: list[list[tuple[float, int, str, str]]],
+    span: Callable[[list[tuple[float, int, str, str]]], float],
+) -> None:
+    """Mean own time per category over the middle half of the samples (by span): the
+    typical round trip, without the tails a loaded machine adds."""
+    ordered = sorted(samples, key=span)
+    middle = ordered[len(ordered) // 4 : len(ordered) - len(ordered) // 4] or ordered
+    per_sample = [stage_times(s) for s in middle]
+    keys = sorted({k for times in per_sample for k in times})
+    counts = ("datagrams", "outbox writes", "group commits", "loop turns")
+    heading = "where the time goes (own time; middle half of the samples)"
+    print(f"\n  {heading:<56}{'µs':>8}{'share':>8}")
+    total = sum(span(s) for s in middle) / len(middle)
+    samples = middle
+    rows = [(k, sum(t.get(k, 0.0) for t in per_sample) / len(samples)) for k in keys]
+    for key, mean in sorted(rows, key=lambda row: -row[1]):
+        if key not in counts:
+            print(f"  {key:<56}{mean * 1e6:>8.0f}{100 * mean / total:>7.0f}%")
+    print(f"  {'total (mean span)':<56}{total * 1e6:>8.0f}")
+    print("  " + ", ".join(f"{mean:.1f} {key}" for key, mean in rows if key in counts))
 
 
 # ---------------------------------------------------------- aioquic reference

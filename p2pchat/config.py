@@ -91,6 +91,9 @@ class Paths:
     def __repr__(self) -> str:
         return f"Paths(home={self.home!r})"
 
+    def __reduce__(self) -> tuple[type[Paths], tuple[Path]]:
+        return (Paths, (self.home,))  # copy and pickle through __init__
+
     @property
     def identity(self) -> Path:
         return self.home / "identity.key"

@@ -970,7 +970,6 @@ class Node:
                 message.reply_to,
             )
         )  # fmt: skip
-        self._emit(MessageStateChanged(peer, message.id, "queued"))
         if self._send_now(message):
             message = message.with_state("sent")
         return message
@@ -994,7 +993,6 @@ class Node:
         messages = self.store.queue_messages(peer, bodies, now=self.clock())
         for m in messages:
             self._emit(MessageSent(m.peer_id, m.id, m.seq, m.body, m.created_at, m.reply_to))
-            self._emit(MessageStateChanged(peer, m.id, "queued"))
         if self._send_now(*messages):
             messages = [m.with_state("sent") for m in messages]
         return messages

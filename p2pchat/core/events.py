@@ -56,7 +56,9 @@ class MessageReceived(NodeEvent):
 class MessageSent(NodeEvent):
     """A message of ours was stored (state ``queued``), whoever asked for it: this
     view, another view attached to the same node, or ``p2pchat msg`` over the
-    control socket.  Every view adds it unless it already shows ``message_id``."""
+    control socket.  Every view adds it unless it already shows ``message_id``.
+    It is the message's first state: no ``MessageStateChanged(..., "queued")``
+    follows it (one event fewer per message in a burst)."""
 
     peer_id: str
     message_id: str
@@ -99,8 +101,9 @@ class AwaitingAcceptance(NodeEvent):
 
 @dataclass(frozen=True, slots=True)
 class MessageStateChanged(NodeEvent):
-    """``queued`` -> ``sent`` -> ``delivered`` -> ``read``; ``sent`` goes back to
-    ``queued`` when the session that carried the message dies before the contact
+    """``queued`` -> ``sent`` -> ``delivered`` -> ``read``.  A message starts ``queued``
+    (``MessageSent`` says so); ``queued`` is reported only when a ``sent`` message goes
+    back to it, because the session that carried it died before the contact
     acknowledged it (it is sent again on the next session)."""
 
     peer_id: str

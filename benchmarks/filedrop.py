@@ -897,7 +897,10 @@ class P2pchatDaemons(Contender):
                 " (offer, accept, data channel, result: no CLI start-up), medians of 5"
             )
         if self.phases:
-            steps = ", ".join(f"{name} {ms * 1000:.1f} ms" for name, ms in self.phases.items())
+            steps = ", ".join(
+                f"{name} {ms * 1000:.1f} ms"
+                for name, ms in sorted(self.phases.items(), key=lambda item: item[1])
+            )
             notes.append(
                 f"p2pchat daemons: 1 KiB through the control socket, from the call: {steps}"
             )

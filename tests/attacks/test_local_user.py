@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,10 +56,12 @@ async def test_another_user_cannot_squat_the_socket_folder(
 
 
 def test_a_private_runtime_dir_is_used_and_checked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
+    # A short runtime path of its own: under pytest's numbered temp folders the socket
+    # path could itself pass the length limit once the run counter grows.
+    runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(runtime, ignore_errors=True))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     paths = Paths(deep_home(tmp_path))
     paths.ensure()

@@ -19,7 +19,7 @@ import stat
 import subprocess
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -478,6 +478,24 @@ async def send_files(
     await channel.close()
 
 
+async def attempts(
+    hostile: HostileLink, host: str, tid: str, version: int
+) -> AsyncIterator[tuple[chat.FileAccept, HostileChannel]]:
+    """A hostile sender's side of every attempt the receiver makes at ``tid``: each
+    accept it sends, with a channel opened for it, until it reports the result."""
+    done = 0
+    while True:
+        await wait_until(
+            lambda: len(accepts(hostile, tid)) > done or bool(results(hostile, tid))  # noqa: B023
+        )
+        if results(hostile, tid):
+            return
+        accept = accepts(hostile, tid)[done]
+        done += 1
+        assert done < 30, "the receiver never gives up"
+        yield accept, await HostileChannel.open(hostile, host, tid, accept, version)
+
+
 async def receiving_contact(
     start_node: StartNode, tmp_path: Path
 ) -> tuple[Node, Path, HostileLink, HostilePeer, str]:
@@ -504,23 +522,12 @@ async def test_oversized_stream_never_leaves_a_published_file_behind_a_failure(
         tid = os.urandom(16).hex()
         offered = blake3(content) if version == 1 else None
         hostile.send(chat.FileOffer(tid, (chat.FileEntry("small.txt", 1000, offered),)))
-        done = 0
-        while (t := b.store.get_transfer(tid)) is None or t.state != "failed":
-            seen = done
-            await wait_until(
-                lambda: len(accepts(hostile, tid)) > seen or bool(results(hostile, tid))  # noqa: B023
-            )
-            if results(hostile, tid):
-                break
-            accept = accepts(hostile, tid)[done]
-            done += 1
-            channel = await HostileChannel.open(hostile, host, tid, accept, version)
+        async for _, channel in attempts(hostile, host, tid, version):
             await channel.write(channel.sealer.seal(0, 0, content))
             await channel.write(channel.sealer.seal(0, 1000, b"beyond the offered size"))
             await channel.until_dropped()
             await channel.close()
             assert not (downloads / "small.txt").exists(), "published while not done"
-            assert done < 30
         await wait_until(lambda: b.store.get_transfer(tid).state == "failed")  # type: ignore[union-attr]
         assert not (downloads / "small.txt").exists()
         assert not list(downloads.rglob("*.part"))
@@ -544,16 +551,8 @@ async def test_a_wrong_or_missing_final_hash_never_publishes(
         tid = os.urandom(16).hex()
         hostile.send(chat.FileOffer(tid, (chat.FileEntry("claimed.txt", len(content), None),)))
         done = 0
-        while not results(hostile, tid):
-            seen = done
-            await wait_until(
-                lambda: len(accepts(hostile, tid)) > seen or bool(results(hostile, tid))  # noqa: B023
-            )
-            if results(hostile, tid):
-                break
-            accept = accepts(hostile, tid)[done]
+        async for accept, channel in attempts(hostile, host, tid, VERSION_HASH_AT_END):
             done += 1
-            channel = await HostileChannel.open(hostile, host, tid, accept, VERSION_HASH_AT_END)
             assert await channel.claimed()
             for index, offset in accept.offsets:
                 if offset < len(content):

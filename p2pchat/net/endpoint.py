@@ -60,6 +60,11 @@ CID_LENGTH = 8
 #: something on the path (a relay) passes small datagrams and drops the rest.
 STALL_TIMEOUT = 10.0
 STALLED = "no progress"
+#: A timer due this much or more before the liveness deadline that fires after it
+#: was held up by our own loop (timers are normally a few ms late): the silence past
+#: the deadline is ours.  A timer armed for the deadline itself never qualifies, so
+#: a vanished peer is still given up on on time.
+LATE_TOLERANCE = 0.1
 #: How long the ACK of a lone packet may wait for data of ours to ride on.
 ACK_DELAY = 0.02
 
@@ -156,9 +161,13 @@ class QuicLink:
         self._timer = None
         self._timer_at = None
         if self.handshake_done:
-            if late > self._keepalive:
-                # Our own loop stalled: the silence may be ours.  Ping, and give the
-                # answer a keepalive interval before judging the peer.
+            deadline = self._last_heard + LIVENESS_TIMEOUT
+            due = now - late
+            if late > self._keepalive or due < deadline - LATE_TOLERANCE <= now:
+                # Our own loop stalled (the timer fired a keepalive interval late, or
+                # was due before the liveness deadline and fired past it): the
+                # silence may be ours.  Ping, and give the answer a keepalive
+                # interval before judging the peer.
                 self._grace_until = now + self._keepalive
             # Liveness (docs/protocol.md): the side that heard nothing for a while
             # pings, and the answer (an ACK) is heard by the other side too.  The

@@ -67,6 +67,9 @@ STALLED = "no progress"
 LATE_TOLERANCE = 0.1
 #: How long the ACK of a lone packet may wait for data of ours to ride on.
 ACK_DELAY = 0.02
+#: ACK-only packets of ours aioquic keeps for a delivery report that may never come
+#: (``QuicLink._forget_old_acks``).
+KEEP_ACK_ONLY = 32
 
 #: aioquic's delivery callbacks of PING and ACK frames (see ``_keepalives_only``).
 _KEEPALIVE_HANDLERS = frozenset(
@@ -292,6 +295,7 @@ class QuicLink:
             space = self._ack_space()
             if space is None or space.ack_at is None:
                 self._unacked = 0  # our ACK left
+        self._forget_old_acks()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -411,16 +415,44 @@ class QuicLink:
     def _keepalives_only(self) -> bool:
         """The handshake is done and every packet of ours not yet acknowledged
         carried only PING and ACK frames (so acknowledging or losing them leaves no
-        data to send)."""
+        data to send).  Packets that elicit no ACK carry ACK frames only (RFC 9002
+        section 2), so only the others are looked at."""
         spaces = self._loss_spaces()
         if not self.handshake_done or not spaces:
             return False
         for space in spaces:
+            if not space.ack_eliciting_in_flight:
+                continue
             for packet in space.sent_packets.values():
-                for handler, _ in packet.delivery_handlers:
-                    if getattr(handler, "__func__", None) not in _KEEPALIVE_HANDLERS:
-                        return False
+                if packet.is_ack_eliciting:
+                    for handler, _ in packet.delivery_handlers:
+                        if getattr(handler, "__func__", None) not in _KEEPALIVE_HANDLERS:
+                            return False
         return True
+
+    def _forget_old_acks(self) -> None:
+        """Bound what aioquic keeps of our ACK-only packets.
+
+        aioquic keeps every packet it sent until the peer acknowledges it or it is
+        declared lost, and both need a later packet of ours to be acknowledged.  A
+        side that only answers (the accepting side of an idle connection answers each
+        keepalive PING with an ACK-only packet, which the peer never acknowledges,
+        RFC 9000 section 13.2.1) therefore kept one more packet, about 0.5 KiB, per
+        keepalive for as long as the connection lasted: some 20 MiB a day per idle
+        contact, or at whatever rate a peer pings us.  An ACK-only packet needs no
+        delivery report (neither loss nor retransmission applies to it), so beyond
+        the newest ``KEEP_ACK_ONLY`` the oldest are dropped, which is what declaring
+        them lost would do.  Amortised constant: only a run of ACK-only packets at
+        the front is looked at."""
+        space = self._ack_space()
+        sent = getattr(space, "sent_packets", None)
+        if not isinstance(sent, dict) or len(sent) <= KEEP_ACK_ONLY:
+            return
+        while len(sent) > KEEP_ACK_ONLY:
+            number, packet = next(iter(sent.items()))
+            if packet.in_flight or packet.is_ack_eliciting:
+                return
+            del sent[number]
 
     def _nothing_to_send(self) -> bool:
         """After a datagram was read: no ACK is due in any packet number space and

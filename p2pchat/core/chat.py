@@ -28,6 +28,7 @@ import p2pchat.core.group.codec as group_codec
 import p2pchat.core.group.frames as group_frames
 from p2pchat import names
 from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from p2pchat.core.frozen import quick_init
 
 __all__ = [
     "FILE_DROP_VERSION",
@@ -133,6 +134,7 @@ class Hello:
     """The file-drop version the sender speaks (``FILE_DROP_VERSION``); 1 when absent."""
 
 
+@quick_init  # one per message on each side: core/frozen.py
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One sequenced message.  ``kind`` ``"text"`` is what a person wrote (``reply_to``
@@ -151,6 +153,7 @@ class ChatMessage:
     target: str | None = None
 
 
+@quick_init  # one per message on each side: core/frozen.py
 @dataclass(frozen=True, slots=True)
 class Ack:
     """Cumulative: every message up to ``seq`` is stored durably."""

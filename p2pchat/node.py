@@ -277,6 +277,7 @@ class Node:
             schedule=self._schedule_flush,
         )
         self.store.on_pending = self.delivery.fold_soon
+        self.store.before_read = self.delivery.settle
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -481,17 +482,17 @@ class Node:
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
-    def _schedule_flush(self, delay: float) -> asyncio.Handle | None:
-        """Delivery's group commit: at the end of this event-loop turn (``delay`` 0) or
-        a little later (bookkeeping that can wait for other writes)."""
+    def _schedule_flush(self, delay: float, callback: Callable[[], None]) -> asyncio.Handle | None:
+        """Delivery's group commit and owed acks: at the end of this event-loop turn
+        (``delay`` 0) or a little later (bookkeeping that can wait for other writes)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.delivery.flush()  # no loop (a node used without ``start``): at once
+            callback()  # no loop (a node used without ``start``): at once
             return None
         if delay > 0:
-            return loop.call_later(delay, self.delivery.flush)
-        return loop.call_soon(self.delivery.flush)
+            return loop.call_later(delay, callback)
+        return loop.call_soon(callback)
 
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
@@ -1629,6 +1630,7 @@ class Node:
 
     def _requeue(self, peer: str) -> None:
         self.delivery.flush()  # sent marks of this turn first, or they would win
+        self.delivery.forget_transmitted(peer)
         try:
             requeued = self.store.requeue_sent(peer, self.clock())
         except StoreError as exc:

@@ -104,6 +104,9 @@ QUOTA_SETTING = "max_message_bytes_per_day"
 # journaled ones to be folded into it (see ``_request_marks``); the ``sent`` event
 # waits with them.
 MARK_DELAY = 0.05
+# An ack of a single message waits this long for a message of ours to ride on (see
+# ``_owe_ack``): below the 25 ms ``max_ack_delay`` QUIC announces, like its ACKs.
+ACK_WAIT = 0.02
 # Transmitted messages remembered per contact so an ack is announced from memory
 # (see ``on_ack``); beyond this many unacknowledged, acks wait for the commit.
 MAX_REMEMBERED = 16384
@@ -202,7 +205,10 @@ class Delivery:
         self._announced: dict[str, set[str]] = {}
         """Per contact: ids announced ``delivered`` whose ack waits for the commit."""
         self._acks_out: dict[Link, int] = {}
-        """Per session: the cumulative ack we owe, sent by the next turn's flush."""
+        """Per session: the cumulative ack we owe (see ``_owe_ack``)."""
+        self._acks_sent: dict[Link, int] = {}
+        self._acks_soon = False
+        self._ack_timer: Cancellable | None = None
         self._flush_requested = False
         self._marks_timer: Cancellable | None = None
         """The pending ``MARK_DELAY`` flush, cancelled by any flush that comes first."""
@@ -245,6 +251,7 @@ class Delivery:
 
     def connection_closed(self, conn: Link) -> None:
         self._acks_out.pop(conn, None)  # the next session acks what is stored
+        self._acks_sent.pop(conn, None)
         self._resends.pop(conn, None)
         self._gap_budgets.pop(conn, None)
         self._gaps_sent.pop(conn, None)
@@ -366,6 +373,7 @@ class Delivery:
     def _transmit(self, conn: Link, messages: list[Message]) -> bool:
         if conn.held_as_request or not messages:
             return False  # the peer has not accepted us: keep them in the outbox
+        self.ack_now(conn)  # rides in the messages' bundle
         peer = messages[0].peer_id
         base = self.store.outbox_base(peer)
         sent_any = False
@@ -558,10 +566,9 @@ class Delivery:
         """After the commit: one cumulative ack for everything stored, then a gap
         request or a refusal if the batch ended in one, then the events.
 
-        The ack waits one loop turn (the next ``flush``), after the events: a reply
-        written on seeing the message goes out in the same bundle, so a conversation
-        costs one datagram per message instead of two.  A gap request or a refusal
-        takes the ack with it at once, in order."""
+        The ack itself waits (``_owe_ack``) for a message of ours to ride on, so a
+        conversation costs one datagram per message instead of two.  A gap request or
+        a refusal takes the ack with it at once, in order."""
         ack = 0
         for _frame, result in results:
             if result.verdict in ("accept", "duplicate"):
@@ -570,7 +577,7 @@ class Delivery:
             self._owe_ack(conn, ack)
         for frame, result in results:
             if result.verdict in ("gap", "quota") and conn in self._acks_out:
-                conn.send(chat.Ack(self._acks_out.pop(conn)))
+                self._send_ack(conn, self._acks_out.pop(conn))
             if result.verdict == "gap":
                 want = result.recv_seq + 1
                 if self._gaps_sent.get(conn) != want:
@@ -602,20 +609,46 @@ class Delivery:
                 self._emit(MessageDeleted(peer, m.target or "", "in", wall))
 
     def _owe_ack(self, conn: Link, seq: int) -> None:
-        """Send ``Ack(seq)`` once the events of this turn were read (see ``_answer``)."""
-        first = not self._acks_out
+        """Send ``Ack(seq)`` with our next message to the contact, or without one: in
+        the next loop turn if it acknowledges several messages, else after
+        ``ACK_WAIT``.
+
+        Delayed acknowledgement, as TCP and QUIC do it: a reply (a person typing fast,
+        a bot, a script on the node's API, the next message of a conversation between
+        programs) usually follows within that time and carries the ack, so a
+        conversation costs one datagram and one commit on each side per message
+        instead of two.  An ack of a batch (a burst, a resend) does not wait: it
+        frees the sender's outbox, and the next turn is after the events of this
+        one, so a reply written on seeing them still carries it.  A contact waits at
+        most ``ACK_WAIT`` longer for a ``delivered`` it would otherwise get at once."""
         self._acks_out[conn] = max(seq, self._acks_out.get(conn, 0))
         if self._schedule is None:
             self._send_owed_acks()
-        elif first:
-            # Scheduled after the events were handed out, so it runs after their
-            # readers: a reply they write shares the ack's bundle.
-            self._schedule(0.0, self._send_owed_acks)
+        elif seq - self._acks_sent.get(conn, 0) >= 2:
+            if not self._acks_soon:
+                self._acks_soon = True
+                self._schedule(0.0, self._send_owed_acks)
+        elif self._ack_timer is None:
+            self._ack_timer = self._schedule(ACK_WAIT, self._send_owed_acks)
+
+    def ack_now(self, conn: Link) -> None:
+        """The ack we owe the contact leaves now, ahead of a frame that must follow it."""
+        owed = self._acks_out.pop(conn, None)
+        if owed is not None:
+            self._send_ack(conn, owed)
 
     def _send_owed_acks(self) -> None:
+        self._acks_soon = False
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         owed, self._acks_out = self._acks_out, {}
         for conn, seq in owed.items():
-            conn.send(chat.Ack(seq))
+            self._send_ack(conn, seq)
+
+    def _send_ack(self, conn: Link, seq: int) -> None:
+        if conn.send(chat.Ack(seq)):
+            self._acks_sent[conn] = max(seq, self._acks_sent.get(conn, 0))
 
     def _storage_refusal(self, conn: Link, seq: int, exc: StoreError) -> None:
         peer = conn.peer_id

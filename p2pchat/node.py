@@ -1126,6 +1126,7 @@ class Node:
         seq = self.store.mark_read_incoming(peer.peer_id, self.store.recv_seq(peer.peer_id))
         conn = self._active.get(peer.peer_id)
         if conn is not None and seq:
+            self.delivery.ack_now(conn)  # a receipt that outran its ack would not count
             conn.send(chat.Read(seq))
         return seq
 

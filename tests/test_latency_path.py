@@ -87,7 +87,8 @@ async def test_the_ack_of_a_group_commit_leaves_one_turn_after_the_commit(
         endpoint.sendto = traced_sendto  # type: ignore[method-assign]
         for i in range(5):
             log.clear()
-            sent = a.send_message("b", f"hello {i}")
+            # Two at once: the ack of a batch does not wait for a reply to ride on.
+            sent = a.send_messages("b", [f"hello {i}", f"again {i}"])[-1]
             await wait_until(lambda m=sent.id: a.store.get_message(m).state == "delivered")  # type: ignore[union-attr]
             # (Other datagrams may come and go: a keepalive, a late ACK.)
             at = log.index(next(entry for entry in log if entry[0] == "commit"))
@@ -96,6 +97,73 @@ async def test_the_ack_of_a_group_commit_leaves_one_turn_after_the_commit(
                 kind == "datagram" and commit_turn <= turn <= commit_turn + 2
                 for kind, turn in log[at:]
             ), log
+
+
+@pytest.fixture
+def long_ack_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ack of a single message waits (almost) for ever for a message to ride on."""
+    monkeypatch.setattr(delivery_module, "ACK_WAIT", 60.0)
+
+
+def delivered(log: EventLog, message_id: str) -> bool:
+    return any(
+        e.message_id == message_id and e.state == "delivered"  # type: ignore[attr-defined]
+        for e in log.of(MessageStateChanged)
+    )
+
+
+@pytest.mark.usefixtures("long_ack_wait")
+async def test_the_ack_of_a_single_message_rides_on_the_next_message(
+    start_node: StartNode,
+) -> None:
+    a, b = await one_connection(start_node)
+    log_a = EventLog(a)
+    try:
+        sent = a.send_message("b", "hello")
+        await wait_until(lambda: any(m.body == "hello" for m in b.history("a")))
+        await asyncio.sleep(0.3)
+        assert not delivered(log_a, sent.id)  # the ack waits...
+        b.send_message("a", "hi")  # ...for this
+        await wait_until(lambda: delivered(log_a, sent.id))
+    finally:
+        await log_a.close()
+
+
+async def test_the_ack_of_a_single_message_leaves_after_ack_wait_alone(
+    start_node: StartNode,
+) -> None:
+    a, b = await one_connection(start_node)
+    log_a = EventLog(a)
+    try:
+        for i in range(3):
+            sent = a.send_message("b", f"hello {i}")
+            await wait_until(lambda m=sent.id: delivered(log_a, m))
+        assert b.history("a")[-1].body == "hello 2"
+    finally:
+        await log_a.close()
+
+
+@pytest.mark.usefixtures("long_ack_wait")
+async def test_a_read_receipt_takes_the_ack_it_would_outrun_along(
+    start_node: StartNode,
+) -> None:
+    """bob reads the message while its ack still waits: the ack leaves first, so alice
+    counts the receipt (one that outran its ack would move nothing)."""
+    a, b = await one_connection(start_node)
+    log_a = EventLog(a)
+    try:
+        sent = a.send_message("b", "read me")
+        await wait_until(lambda: any(m.body == "read me" for m in b.history("a")))
+        assert b.mark_read("a") == sent.seq
+        await wait_until(
+            lambda: any(
+                e.message_id == sent.id and e.state == "read"  # type: ignore[attr-defined]
+                for e in log_a.of(MessageStateChanged)
+            )
+        )
+        assert [e.state for e in log_a.of(MessageStateChanged)] == ["sent", "delivered", "read"]
+    finally:
+        await log_a.close()
 
 
 async def test_a_reply_written_on_seeing_the_message_carries_its_ack(

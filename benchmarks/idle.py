@@ -13,7 +13,8 @@ it is the dialling side of 25 connections and the accepting side of 25 in every 
 (the two sides' keepalive work differs).  The run waits until the daemon reports
 every contact online, lets it settle for 5 s, then reads
 the daemon's CPU time (``/proc/PID/stat``: user + system) at the start and the end
-of ``--seconds`` and its resident memory (``VmRSS`` at the end, ``VmHWM`` the peak).
+of ``--seconds`` and its resident memory (``VmRSS`` at the end, ``VmHWM`` the peak,
+and how much ``VmRSS`` grew over the window: state kept per keepalive shows there).
 CPU % is CPU seconds over wall seconds (100 % = one core busy).  Keepalives are what
 an idle node spends on: a PING after 1.5 s of silence on each connection it dialled
 (``net/quic.py``) and the ACKs of the contacts' PINGs on the others, plus the dial
@@ -161,7 +162,8 @@ async def main() -> None:
             pid = daemon.proc.pid
             if opts.profile is not None:
                 os.kill(pid, signal.SIGUSR1)
-            started, woken0 = time.monotonic(), status(pid)["wakeups"]
+            mem0 = status(pid)
+            started, woken0 = time.monotonic(), mem0["wakeups"]
             user0, sys0 = cpu_seconds(pid)
             await asyncio.sleep(opts.seconds)
             if opts.profile is not None:
@@ -170,12 +172,14 @@ async def main() -> None:
             user, system = user1 - user0, sys1 - sys0
             cpu = user + system
             mem = status(pid)
+            grown = mem["VmRSS"] - mem0["VmRSS"]
             online = (await daemon.call("network_status"))["online"]
             print(
                 f"\nidle node with {online} of {opts.contacts} contacts online, {wall:.0f} s:\n"
                 f"  CPU  {cpu:.2f} s = {100 * cpu / wall:.2f} % of one core "
                 f"(user {100 * user / wall:.2f} %, system {100 * system / wall:.2f} %)\n"
-                f"  RSS  {mem['VmRSS'] / 1024:.1f} MiB now, {mem['VmHWM'] / 1024:.1f} MiB peak\n"
+                f"  RSS  {mem['VmRSS'] / 1024:.1f} MiB now, {mem['VmHWM'] / 1024:.1f} MiB peak, "
+                f"{grown:+d} KiB over the window ({grown / 1024 * 3600 / wall:+.1f} MiB an hour)\n"
                 f"  wake-ups  {(mem['wakeups'] - woken0) / wall:.1f} a second"
             )
             if opts.strace:

@@ -268,6 +268,8 @@ class Node:
         self._known_ips: set[str] = set()
         """IPs where contacts were seen or are hinted: their handshakes may use the
         endpoint's reserve when strangers fill the pool."""
+        self._known_from: tuple[list[Contact], dict[str, tuple[str, ...]]] | None = None
+        """The contacts and hints ``_known_ips`` was computed from."""
         self.delivery = Delivery(
             self.store,
             clock=self.clock,
@@ -623,8 +625,8 @@ class Node:
     def _emit(self, event: NodeEvent) -> None:
         for sub in self._subs:
             sub.put(event)
-        if isinstance(event, MessageStateChanged):
-            for fut in self._state_waiters.pop(event.message_id, []):
+        if self._state_waiters and isinstance(event, MessageStateChanged):
+            for fut in self._state_waiters.pop(event.message_id, ()):
                 if not fut.done():
                     fut.set_result(event.state)
 
@@ -1336,15 +1338,11 @@ class Node:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            known: set[str] = set()
             contacts = self.store.list_contacts()
             for contact in contacts:
                 self._maybe_dial(contact, now)
                 self._maybe_resolve(contact, now)
-                for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
-                    with contextlib.suppress(ValueError):
-                        known.add(parse_address(address)[0])
-            self._known_ips = known
+            self._update_known_ips(contacts)
             self._refresh_rendezvous(contacts)
             self.transfers.tick()
             self.delivery.tick()
@@ -1360,6 +1358,22 @@ class Node:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._wake.wait()
+
+    def _update_known_ips(self, contacts: list[Contact]) -> None:
+        """``_known_ips`` from the contacts' addresses and hints, parsed again only
+        when they changed (an idle node's tick finds the same ``Contact`` objects,
+        which the store keeps until a write, and the same hints: comparing them is
+        an identity check each)."""
+        known_from = self._known_from
+        if known_from is not None and known_from[0] == contacts and known_from[1] == self._hints:
+            return
+        known: set[str] = set()
+        for contact in contacts:
+            for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
+                with contextlib.suppress(ValueError):
+                    known.add(parse_address(address)[0])
+        self._known_ips = known
+        self._known_from = (contacts, dict(self._hints))
 
     def _maybe_resolve(self, contact: Contact, now: float) -> None:
         """Ask the DHT for the contact's signed record when its known addresses fail."""
@@ -1777,8 +1791,7 @@ class Node:
         return old if dialer(old) < dialer(new) else new
 
     def _on_contact_frame(self, conn: PeerConnection, peer: str, frame: chat.ChatFrame) -> None:
-        now = self.clock()
-        if isinstance(frame, chat.ChatMessage):
+        if isinstance(frame, chat.ChatMessage):  # first: nearly every frame of a burst
             self.delivery.on_message(conn, peer, frame)
         elif isinstance(frame, chat.Defer):
             self.delivery.on_defer(conn, peer, frame)
@@ -1786,7 +1799,7 @@ class Node:
             self.delivery.on_ack(peer, frame.seq)
         elif isinstance(frame, chat.Read):
             self.delivery.flush()  # the acks before it first: a receipt needs 'delivered'
-            for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
+            for message_id in self.store.mark_read_outgoing(peer, frame.seq, self.clock()):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):
             self.delivery.on_gap(conn, peer, frame.want)

@@ -23,6 +23,9 @@ from p2pchat.net.quic import (
     KEEPALIVE_INTERVAL,
     KEEPALIVE_RETRY,
     LIVENESS_TIMEOUT,
+    TICK,
+    next_tick,
+    wall_offset,
 )
 
 from .conftest import wait_until
@@ -178,3 +181,15 @@ async def test_the_answers_to_pings_are_not_kept_for_ever() -> None:
     finally:
         dialler.close()
         accepter.close()
+
+
+def test_periodic_work_falls_on_whole_seconds_of_wall_clock_time() -> None:
+    """The dial loop and the punch and relay upkeep wake on whole seconds of wall-clock
+    time (so in the same wake-up as the keepalives, every other second), within a
+    second of now."""
+    for now in (0.0, 12.3, 1000.999, 86400.5):
+        tick = next_tick(now)
+        assert now < tick <= now + TICK
+        turns = (tick + wall_offset(now)) / TICK
+        # (the offset is read again, to 10 ms: it may have crossed a rounding step)
+        assert abs(turns - round(turns)) <= 0.011

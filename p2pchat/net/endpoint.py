@@ -26,7 +26,6 @@ import errno
 import logging
 import math
 import socket
-import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -49,6 +48,7 @@ from p2pchat.net.quic import (
     LIVENESS_TIMEOUT,
     configuration,
     peer_certificate_key,
+    wall_offset,
 )
 from p2pchat.net.sockopts import raise_buffers
 
@@ -551,11 +551,11 @@ class Endpoint(asyncio.DatagramProtocol):
         return self.loop.time()
 
     def wall_offset(self) -> float:
-        """Wall-clock time minus loop time, to 10 ms: keepalives fall due on whole
-        multiples of the grid in wall-clock time (``QuicLink._keepalive_at``).  Read
-        each time, so a clock that is set or slewed moves the schedule with it; the
-        rounding keeps it one number (one shared timer) between such changes."""
-        return round(time.time() - self.loop.time(), 2)
+        """Wall-clock time minus loop time (``quic.wall_offset``): keepalives fall
+        due on whole multiples of the grid in wall-clock time
+        (``QuicLink._keepalive_at``).  Read each time, so a clock that is set or
+        slewed moves the schedule with it."""
+        return wall_offset(self.loop.time())
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         try:

@@ -47,6 +47,7 @@ from typing import Self, cast
 
 import sqlcipher3
 
+from p2pchat.store.checkpoint import Checkpointer
 from p2pchat.store.errors import DatabaseBusy, DatabaseKeyError, StoreError
 from p2pchat.store.journal import (
     Journal,
@@ -249,13 +250,25 @@ class StoreBase:
         key: bytes | None = None,
         lock: StoreLock | None = None,
         journal: bool = False,
+        background_checkpoints: bool | None = None,
     ) -> None:
         """``journal``: hold the outbox journal for as long as the store is open and
         queue messages through it (a node's store); other stores take it for one
-        transaction at a time, and only to number messages in SQL."""
+        transaction at a time, and only to number messages in SQL.
+
+        ``background_checkpoints`` (by default: what ``journal`` says, so a node's
+        store): commits never checkpoint the WAL, a thread of the store's does
+        (``checkpoint.py``); other stores leave that to SQLite, in their commits."""
         self.path = Path(path)
         self._key = key
+        if background_checkpoints is None:
+            background_checkpoints = journal
         self._lock = threading.RLock()
+        self._checkpointer = (
+            Checkpointer(self.path, lambda: open_database(self.path, self._key), self._lock)
+            if background_checkpoints
+            else None
+        )
         self._batching = False
         self._db: sqlite3.Connection | None = None
         self._keeps_journal = journal
@@ -293,7 +306,17 @@ class StoreBase:
                 f"{marker} shows an unfinished passphrase change; open this home with "
                 "p2pchat (any command) to finish it"
             )
-        return open_database(self.path, self._key)
+        db = open_database(self.path, self._key)
+        if self._checkpointer is not None:
+            try:
+                # The checkpointer's thread copies the WAL back; a commit never does.
+                # After a complete checkpoint the next commit cuts the file back.
+                db.execute("PRAGMA wal_autocheckpoint = 0")
+                db.execute(f"PRAGMA journal_size_limit = {self._checkpointer.limit}")
+            except BaseException:
+                db.close()
+                raise
+        return db
 
     @property
     def encrypted(self) -> bool:
@@ -396,6 +419,14 @@ class StoreBase:
         self._folding.clear()
         if not self._pending and self._journal.owned:
             self._journal.clear()
+        checkpointer = self._checkpointer
+        if checkpointer is not None:
+            checkpointer.poke()
+            if checkpointer.failed is not None:
+                # Without its thread the WAL would grow without bound: SQLite
+                # checkpoints in this connection's commits again, as by default.
+                self._checkpointer = None
+                self._connection().execute("PRAGMA wal_autocheckpoint = 1000")
 
     def _rolled_back(self) -> None:
         if self._folding:
@@ -415,6 +446,8 @@ class StoreBase:
             if self._db is None:
                 raise StoreError("store is closed")
             self.fold()  # the journal is empty while the file changes (and its key)
+            if self._checkpointer is not None:
+                self._checkpointer.stop()  # its connection is to the file being replaced
             self._db.close()
             self._db = None
             self._contact_refs.clear()
@@ -455,6 +488,10 @@ class StoreBase:
                     self.fold()
                 except StoreError as exc:
                     log.warning("%s; the next opening folds the journal", exc)
+            if self._checkpointer is not None:
+                self._checkpointer.stop()  # after the last commit, which may wake it
+            if self._db is not None:
+                # The last connection to close checkpoints the whole WAL and removes it.
                 self._db.close()
                 self._db = None
             self._journal.release()

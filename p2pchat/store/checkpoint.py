@@ -32,6 +32,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
@@ -43,21 +44,11 @@ log = logging.getLogger(__name__)
 WAL_LIMIT: Final = 4 * 1024 * 1024
 """The WAL size past which the thread checkpoints: about SQLite's own default of
 1,000 pages of 4 KiB, so the file stays as large as it was with autocheckpoint."""
-HARD_FACTOR: Final = 4
-"""A ``PASSIVE`` checkpoint copies the frames that were in the WAL when it began;
-under a steady stream of commits new ones always arrive meanwhile, the WAL is
-never all copied, and so never started again.  Once it has grown to this many
-times the limit, the thread repeats the checkpoint holding the store's lock: it
-copies only what came since (the bulk was copied without the lock), then the
-next commit starts the WAL from its beginning.  Only that short step, with its
-fsyncs, can make a store call wait, once per ``HARD_FACTOR * limit`` bytes of
-WAL, and only under a stream of commits without a pause."""
-CATCH_UP: Final = 8
-"""Runs after the first, each copying what the commits during the one before added
-(a commit under way while a run completes adds frames the run did not see)."""
-CATCH_UP_PAUSE: Final = 0.002
-"""Between two runs: time for a commit under way to end, and for the next one to
-start the WAL again when the run before copied it all."""
+CATCH_UP: Final = 3
+"""Runs without the store's lock after the first, each copying what commits added
+during the one before."""
+FEW_FRAMES: Final = 64
+"""Frames left for the run under the store's lock: what one or two commits add."""
 MIN_INTERVAL: Final = 0.05
 """Seconds between two checkpoints at the most: a reader that keeps the WAL from
 being started again (the app reading history) must not turn this into a loop of
@@ -80,10 +71,10 @@ class Checkpointer:
         database: Path,
         connect: Callable[[], sqlite3.Connection],
         store_lock: Lock,
-        limit: int = WAL_LIMIT,
+        limit: int | None = None,
     ) -> None:
         self.wal = database.with_name(database.name + "-wal")
-        self.limit = limit
+        self.limit = WAL_LIMIT if limit is None else limit
         self._connect = connect
         self._store_lock = store_lock
         self._cond = threading.Condition()
@@ -92,8 +83,10 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self.runs = 0
         """Checkpoints run so far (what the tests count)."""
-        self.forced = 0
-        """Of those, how many held the store's commits off (see ``HARD_FACTOR``)."""
+        self.cycles = 0
+        """Checkpoints completed by their run under the store's lock."""
+        self.held = 0.0
+        """The longest the store's lock was held for a final run (seconds)."""
         self.failed: str | None = None
         """Why the thread gave up (it could not open or checkpoint); the store then
         lets SQLite checkpoint in its commits again."""
@@ -144,17 +137,27 @@ class Checkpointer:
                 if db is None:
                     db = self._connect()
                     db.execute("PRAGMA wal_autocheckpoint = 0")
-                if not self._catch_up(db) and self._size() > self.limit * HARD_FACTOR:
-                    # Commits kept coming while it copied: finish with the store's
-                    # commits held off, so the next one can start the WAL again.
-                    while not self._store_lock.acquire(timeout=0.01):
-                        if self._stopping:  # the store is closing, holding its lock
-                            return
-                    try:
-                        self._checkpoint(db)
-                    finally:
-                        self._store_lock.release()
-                    self.forced += 1
+                # The bulk of the WAL while commits go on, then what they added meanwhile,
+                # until little is left.
+                frames = self._checkpoint(db)
+                for _ in range(CATCH_UP):
+                    again = self._checkpoint(db)
+                    if again - frames <= FEW_FRAMES:
+                        break
+                    frames = again
+                # Then the rest, with the store's commits held off: a commit
+                # under way would add frames this run does not see, and the WAL can only
+                # start again from its beginning once every frame in it was copied.
+                while not self._store_lock.acquire(timeout=0.01):
+                    if self._stopping:  # the store is closing, holding its lock
+                        return
+                try:
+                    started = time.perf_counter()
+                    self._checkpoint(db)
+                    self.held = max(self.held, time.perf_counter() - started)
+                    self.cycles += 1  # under the lock: no commit came after this run yet
+                finally:
+                    self._store_lock.release()
                 with self._cond:
                     self._cond.wait_for(lambda: self._stopping, timeout=MIN_INTERVAL)
         except Exception as exc:  # any error of either binding, or of opening
@@ -173,22 +176,6 @@ class Checkpointer:
         _busy, frames, _copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.runs += 1
         return int(frames)
-
-    def _catch_up(self, db: sqlite3.Connection) -> bool:
-        """Checkpoint until the WAL was started again, or was all copied with no
-        commit coming for a moment (the next one then starts it again), at most
-        ``CATCH_UP`` runs after the first: each copies only the frames that came
-        during the one before.  True when it got there."""
-        frames = self._checkpoint(db)
-        for _ in range(CATCH_UP):
-            with self._cond:
-                if self._cond.wait_for(lambda: self._stopping, timeout=CATCH_UP_PAUSE):
-                    return True
-            again = self._checkpoint(db)
-            if again <= frames:
-                return True
-            frames = again
-        return False
 
     def _size(self) -> int:
         try:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import p2pchat.store.checkpoint
-from p2pchat.core import chat
 from p2pchat.store import Store
 
 from .conftest import StartNode, wait_until

@@ -50,9 +50,12 @@ import sqlcipher3
 from p2pchat.store.checkpoint import Checkpointer
 from p2pchat.store.errors import DatabaseBusy, DatabaseKeyError, StoreError
 from p2pchat.store.journal import (
+    Folded,
     Journal,
     JournalCorrupt,
+    fold_counters,
     fold_into,
+    insert_folded,
     journal_key,
     journal_path,
     not_yet_stored,
@@ -277,6 +280,10 @@ class StoreBase:
         """Journaled messages not folded into the tables yet, oldest first."""
         self._folding: list[Message] = []
         """Folded into the transaction in progress: pending again if it rolls back."""
+        self._unfolded: dict[str, list[Folded]] = {}
+        """Of those, the ones whose rows wait for the end of the transaction (a write
+        that knows them, ``_write(defer=True)``: the group commit's sent marks and
+        acks), by contact, in ``seq`` order; any other statement writes them first."""
         self._sending: dict[str, Sending] = {}
         self._contact_refs: dict[str, str] = {}
         """Contact references resolved to peer IDs (``ContactsMixin.contact_id``)."""
@@ -405,15 +412,32 @@ class StoreBase:
     def fold(self) -> None:
         """Fold the journaled messages into the tables now, in one transaction."""
         with self._lock:
-            if self._pending:
+            if self._pending or self._unfolded:
                 with self._write():
                     pass
 
-    def _fold_into(self, db: sqlite3.Connection) -> None:
+    def _fold_into(self, db: sqlite3.Connection, defer: bool) -> None:
+        """Fold what is pending into the transaction: its rows now, or (``defer``) at
+        the end of the transaction, so that the sent marks and acks applied meanwhile
+        are written with them (``_unfolded``).  The counters go in at once either way:
+        every check of ``send_seq`` and ``sent_seq`` sees the messages."""
+        if not defer and self._unfolded:
+            self._insert_unfolded(db)
         if self._pending:
             entries, self._pending = self._pending, []
             self._folding.extend(entries)
-            fold_into(db, entries)
+            if not defer:
+                fold_into(db, entries)
+                return
+            for e in entries:
+                self._unfolded.setdefault(e.peer_id, []).append(Folded(e, "queued", e.created_at))
+            fold_counters(db, entries)
+
+    def _insert_unfolded(self, db: sqlite3.Connection) -> None:
+        if self._unfolded:
+            rows = [row for rows in self._unfolded.values() for row in rows]
+            self._unfolded.clear()
+            insert_folded(db, rows)
 
     def _committed(self) -> None:
         self._folding.clear()
@@ -429,6 +453,7 @@ class StoreBase:
                 self._connection().execute("PRAGMA wal_autocheckpoint = 1000")
 
     def _rolled_back(self) -> None:
+        self._unfolded.clear()
         if self._folding:
             self._pending[:0] = self._folding
             self._folding.clear()
@@ -527,7 +552,7 @@ class StoreBase:
             if self._batching:
                 yield
                 return
-            with self._write():
+            with self._write(defer=True):
                 self._batching = True
                 try:
                     yield
@@ -535,15 +560,17 @@ class StoreBase:
                     self._batching = False
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, defer: bool = False) -> Iterator[sqlite3.Connection]:
         """One atomic, durable-on-return write; sqlite errors become ``StoreError``.
 
-        Inside ``batch`` the write joins the batch's transaction instead."""
+        Inside ``batch`` the write joins the batch's transaction instead.  ``defer``:
+        the caller knows the journaled messages whose rows wait for the end of the
+        transaction (``_unfolded``); any other write has them written first."""
         with self._lock:
             db = self._connection()
             if self._batching:
                 try:
-                    self._fold_into(db)
+                    self._fold_into(db, defer)
                     yield db
                 except DB_ERRORS as exc:
                     raise StoreError(f"database error: {exc}") from exc
@@ -551,8 +578,9 @@ class StoreBase:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._fold_into(db)
+                    self._fold_into(db, defer)
                     yield db
+                    self._insert_unfolded(db)
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -582,7 +610,7 @@ class StoreBase:
         batch shares its transaction, which the failure may have ended: it raises.
         Numbering never reads past a failed fold (``_sending_state`` folds first).
         """
-        if not self._pending:
+        if not (self._pending or self._unfolded):
             return
         try:
             self.fold()

@@ -31,7 +31,7 @@ p2pchat
       all N ``MessageReceived`` events, and until alice has seen all N
       ``delivered`` events.
     * throughput, batched: the same with ``send_messages`` taking 256 messages
-      a call (one outbox commit per call, as ``p2pchat msg --lines`` sends).
+      a call (one outbox journal append per call, as ``p2pchat msg --lines`` sends).
 
 aioquic reference
     ``aioquic.asyncio.serve`` on 127.0.0.1 with a throwaway self-signed
@@ -323,7 +323,7 @@ async def chat_bulk(
 ) -> Throughput:
     """N messages, each through ``send_message`` (each durable in the outbox on return),
     or with ``batched`` through ``send_messages`` in chunks of ``CHUNK`` (one outbox
-    commit per chunk: what ``p2pchat msg --lines`` does)."""
+    journal append per chunk: what ``p2pchat msg --lines`` does)."""
     loop = asyncio.get_running_loop()
     received_all: asyncio.Future[float] = loop.create_future()
     delivered_all: asyncio.Future[float] = loop.create_future()
@@ -474,7 +474,8 @@ class Tracer:
         endpoint = node._endpoint
         assert endpoint is not None
         self.wrap(node, "send_message", who, "send_message")
-        self.wrap(node.store, "queue_message", who, "outbox commit")
+        # A node's store holds the outbox journal: queueing is one append to it, no commit.
+        self.wrap(node.store, "queue_message", who, "outbox journal append")
         self.wrap(node.store, "batch", who, "group commit")
         self.wrap(node.delivery, "flush", who, "flush")
         self.wrap(node, "_emit", who, "emit {}")
@@ -564,7 +565,7 @@ def print_trace(title: str, samples: list[list[tuple[float, int, str, str]]]) ->
 # Where a traced sample's time goes: each stage's own time (a stage inside another is
 # not counted twice), by the stage's first word(s).
 STAGE_CATEGORIES = (
-    ("outbox commit", "sender's outbox write (send_message)"),
+    ("outbox journal append", "sender's outbox write (send_message)"),
     ("send_message", "send_message, the rest"),
     ("flush", "group commit and its bookkeeping"),
     ("group commit", "group commit and its bookkeeping"),
@@ -600,7 +601,7 @@ def stage_times(sample: list[tuple[float, int, str, str]]) -> dict[str, float]:
         totals[where] = totals.get(where, 0.0) + (t_next - t)
     labels = [label for _t, _turn, _who, label in sample]
     totals["datagrams"] = sum(label == "sendto" for label in labels)
-    totals["outbox writes"] = sum(label == "outbox commit" for label in labels)
+    totals["outbox writes"] = sum(label == "outbox journal append" for label in labels)
     totals["group commits"] = sum(label == "group commit" for label in labels)
     totals["loop turns"] = sample[-1][1] - sample[0][1]
     return totals

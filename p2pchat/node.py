@@ -622,8 +622,8 @@ class Node:
     def _emit(self, event: NodeEvent) -> None:
         for sub in self._subs:
             sub.put(event)
-        if isinstance(event, MessageStateChanged):
-            for fut in self._state_waiters.pop(event.message_id, []):
+        if self._state_waiters and isinstance(event, MessageStateChanged):
+            for fut in self._state_waiters.pop(event.message_id, ()):
                 if not fut.done():
                     fut.set_result(event.state)
 
@@ -1774,8 +1774,7 @@ class Node:
         return old if dialer(old) < dialer(new) else new
 
     def _on_contact_frame(self, conn: PeerConnection, peer: str, frame: chat.ChatFrame) -> None:
-        now = self.clock()
-        if isinstance(frame, chat.ChatMessage):
+        if isinstance(frame, chat.ChatMessage):  # first: nearly every frame of a burst
             self.delivery.on_message(conn, peer, frame)
         elif isinstance(frame, chat.Defer):
             self.delivery.on_defer(conn, peer, frame)
@@ -1783,7 +1782,7 @@ class Node:
             self.delivery.on_ack(peer, frame.seq)
         elif isinstance(frame, chat.Read):
             self.delivery.flush()  # the acks before it first: a receipt needs 'delivered'
-            for message_id in self.store.mark_read_outgoing(peer, frame.seq, now):
+            for message_id in self.store.mark_read_outgoing(peer, frame.seq, self.clock()):
                 self._emit(MessageStateChanged(peer, message_id, "read"))
         elif isinstance(frame, chat.Gap):
             self.delivery.on_gap(conn, peer, frame.want)

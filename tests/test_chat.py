@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import p2pchat.core.chat as chat_module
 from p2pchat.core.chat import (
     MAX_BODY_BYTES,
     MAX_BUNDLE_FRAMES,
@@ -455,3 +456,41 @@ def test_fuzz_bundles_of_known_tags(maps: list[dict[str, object]]) -> None:
             assert isinstance(item, RemoteProtocolError)
         elif not isinstance(item, RemoteProtocolError):
             assert decode(encode(item)) == item  # type: ignore[arg-type]
+
+
+# ------------------------------------------------ encode checks what decode checks
+_message_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-2, max_value=2**53 + 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.binary(max_size=8),
+    st.sampled_from(
+        [MESSAGE_ID, MESSAGE_ID.upper(), "edit", "delete", "text", "", " ", "\x00", "\ud800",
+         "a" * (MAX_BODY_BYTES + 1), 0, 1, MAX_SEQ, 1e11, 1e11 + 1, -0.0, 2**53]
+    ),
+)  # fmt: skip
+_message_fields = ("id", "seq", "base", "sent_at", "body", "reply_to", "kind", "target")
+
+
+@_fuzz_settings
+@given(st.dictionaries(st.sampled_from(_message_fields), _message_values, max_size=3))
+def test_encode_refuses_a_message_exactly_when_a_peer_would(overrides: dict[str, Any]) -> None:
+    """``encode`` checks a message with the decoder's rules on the map it packs (not
+    by decoding its own output): whatever it sends decodes, and what it refuses a
+    peer would refuse too (or cannot even be packed)."""
+    frame = message(**overrides)
+    try:
+        payload = encode(frame)
+    except LocalProtocolError:
+        try:
+            raw = msgpack.packb(chat_module._to_map(frame), use_bin_type=True)
+        except (ValueError, TypeError, OverflowError):
+            return  # not even msgpack
+        with pytest.raises(RemoteProtocolError):
+            decode(raw)
+        return
+    decoded = decode(payload)
+    assert isinstance(decoded, ChatMessage)
+    assert decoded == decode(msgpack.packb(chat_module._to_map(frame), use_bin_type=True))

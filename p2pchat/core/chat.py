@@ -28,6 +28,7 @@ import p2pchat.core.group.codec as group_codec
 import p2pchat.core.group.frames as group_frames
 from p2pchat import names
 from p2pchat.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from p2pchat.core.frozen import quick_init
 
 __all__ = [
     "FILE_DROP_VERSION",
@@ -133,6 +134,7 @@ class Hello:
     """The file-drop version the sender speaks (``FILE_DROP_VERSION``); 1 when absent."""
 
 
+@quick_init  # one per message on each side: core/frozen.py
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One sequenced message.  ``kind`` ``"text"`` is what a person wrote (``reply_to``
@@ -151,6 +153,7 @@ class ChatMessage:
     target: str | None = None
 
 
+@quick_init  # one per message on each side: core/frozen.py
 @dataclass(frozen=True, slots=True)
 class Ack:
     """Cumulative: every message up to ``seq`` is stored durably."""
@@ -395,6 +398,93 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
     raise LocalProtocolError(f"not a chat frame: {frame!r}")
 
 
+def _int(value: Any, key: str, lo: int, hi: int, err: type[ProtocolError]) -> int:
+    # bool is a subclass of int, and True must not pass for seq 1.
+    if type(value) is not int:
+        raise err(f"field {key!r} must be an integer")
+    if not lo <= value <= hi:
+        raise err(f"field {key!r} out of range: {value}")
+    return value
+
+
+def _float(value: Any, key: str, err: type[ProtocolError]) -> float:
+    # Integral timestamps are accepted: some msgpack encoders pack 1.7e9 as an int.
+    if type(value) is int:
+        if abs(value) > MAX_SEQ:
+            raise err(f"field {key!r} out of range")
+        return float(value)
+    if type(value) is not float or not math.isfinite(value):
+        raise err(f"field {key!r} must be a finite number")
+    number: float = value
+    return number
+
+
+def _time(value: Any, key: str, err: type[ProtocolError]) -> float:
+    """A Unix timestamp a person could see: 1970 to the year 5138, so that
+    formatting it as a date can never fail."""
+    at = _float(value, key, err)
+    if not 0.0 <= at <= MAX_TIMESTAMP:
+        raise err(f"field {key!r} is not a plausible timestamp")
+    return at
+
+
+def _text(value: Any, key: str, max_bytes: int, err: type[ProtocolError]) -> str:
+    if type(value) is not str:
+        raise err(f"field {key!r} must be a string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise err(f"field {key!r} is not valid unicode") from None
+    if size > max_bytes:
+        raise err(f"field {key!r} exceeds {max_bytes} bytes")
+    if "\x00" in value:
+        raise err(f"field {key!r} contains NUL")
+    return value
+
+
+def _id(value: Any, key: str, err: type[ProtocolError], what: str = "") -> str:
+    # 32 lowercase hex characters: the match alone implies the size, the encoding and
+    # no NUL, so only a value that fails it goes through ``_text`` (for its message).
+    if type(value) is not str or _ID_RE.fullmatch(value) is None:
+        _text(value, key, 32, err)
+        raise err(f"{what or f'field {key!r}'} must be 32 lowercase hex characters")
+    return value
+
+
+def _check_message(m: dict[Any, Any], err: type[ProtocolError]) -> float:
+    """Every rule of a ``msg`` frame's map; returns its timestamp as a float.
+
+    The one place these rules live: ``decode`` runs it on what a peer sent, and
+    ``encode`` on the map it is about to pack, so we never send a message a peer
+    would refuse, without building the frame again from the map to prove it."""
+    get = m.get
+    _id(get("i"), "i", err, "message id")
+    seq = _int(get("s"), "s", 1, MAX_SEQ, err)
+    base = _int(get("b"), "b", 1, MAX_SEQ, err)
+    if base > seq:
+        raise err(f"message base {base} exceeds seq {seq}")
+    body = _text(get("m"), "m", MAX_BODY_BYTES, err)
+    reply_to = get("r")
+    if reply_to is not None:
+        _id(reply_to, "r", err)
+    change = get("k")
+    if change is None:
+        if get("x") is not None:
+            raise err("a message names a target only to edit or delete it")
+        return _time(get("at"), "at", err)
+    if change not in (_K_EDIT, _K_DELETE):
+        raise err(f"unknown message kind {change!r}")
+    if reply_to is not None:
+        raise err("an edit or deletion is not a reply")
+    if change == _K_EDIT and not body.strip():
+        raise err("an edit needs text (delete the message instead)")
+    if change == _K_DELETE and body:
+        raise err("a deletion carries no text")
+    at = _time(get("at"), "at", err)
+    _id(get("x"), "x", err)
+    return at
+
+
 class _Reader:
     """Typed field access that raises the error class of whoever is checking."""
 
@@ -408,13 +498,7 @@ class _Reader:
         return self._err(message)
 
     def get_int(self, key: str, lo: int, hi: int) -> int:
-        value = self._m.get(key)
-        # bool is a subclass of int, and True must not pass for seq 1.
-        if type(value) is not int:
-            raise self.fail(f"field {key!r} must be an integer")
-        if not lo <= value <= hi:
-            raise self.fail(f"field {key!r} out of range: {value}")
-        return value
+        return _int(self._m.get(key), key, lo, hi, self._err)
 
     def get_bool(self, key: str) -> bool:
         value = self._m.get(key)
@@ -423,43 +507,16 @@ class _Reader:
         return value
 
     def get_float(self, key: str) -> float:
-        value = self._m.get(key)
-        # Integral timestamps are accepted: some msgpack encoders pack 1.7e9 as an int.
-        if type(value) is int:
-            if abs(value) > MAX_SEQ:
-                raise self.fail(f"field {key!r} out of range")
-            return float(value)
-        if type(value) is not float or not math.isfinite(value):
-            raise self.fail(f"field {key!r} must be a finite number")
-        return value
+        return _float(self._m.get(key), key, self._err)
 
     def get_time(self, key: str) -> float:
-        """A Unix timestamp a person could see: 1970 to the year 5138, so that
-        formatting it as a date can never fail."""
-        value = self.get_float(key)
-        if not 0.0 <= value <= MAX_TIMESTAMP:
-            raise self.fail(f"field {key!r} is not a plausible timestamp")
-        return value
+        return _time(self._m.get(key), key, self._err)
 
     def get_str(self, key: str, max_bytes: int) -> str:
-        value = self._m.get(key)
-        if type(value) is not str:
-            raise self.fail(f"field {key!r} must be a string")
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise self.fail(f"field {key!r} is not valid unicode") from None
-        if size > max_bytes:
-            raise self.fail(f"field {key!r} exceeds {max_bytes} bytes")
-        if "\x00" in value:
-            raise self.fail(f"field {key!r} contains NUL")
-        return value
+        return _text(self._m.get(key), key, max_bytes, self._err)
 
     def get_id(self, key: str) -> str:
-        value = self.get_str(key, 32)
-        if _ID_RE.fullmatch(value) is None:
-            raise self.fail(f"field {key!r} must be 32 lowercase hex characters")
-        return value
+        return _id(self._m.get(key), key, self._err)
 
     def get_bytes(self, key: str, size: int) -> bytes:
         value = self._m.get(key)
@@ -521,33 +578,13 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
     kind = m.get("t")
     if type(kind) is not str:
         raise err("chat frame has no type tag")
-    r = _Reader(m, err)
     if kind == _T_MSG:
-        message_id = r.get_str("i", 32)
-        if _ID_RE.fullmatch(message_id) is None:
-            raise err("message id must be 32 lowercase hex characters")
-        seq = r.get_int("s", 1, MAX_SEQ)
-        base = r.get_int("b", 1, MAX_SEQ)
-        if base > seq:
-            raise err(f"message base {base} exceeds seq {seq}")
-        body = r.get_str("m", MAX_BODY_BYTES)
-        reply_to = r.get_id("r") if m.get("r") is not None else None
+        at = _check_message(m, err)
         change = m.get("k")
         if change is None:
-            if m.get("x") is not None:
-                raise err("a message names a target only to edit or delete it")
-            return ChatMessage(message_id, seq, base, r.get_time("at"), body, reply_to)
-        if change not in (_K_EDIT, _K_DELETE):
-            raise err(f"unknown message kind {change!r}")
-        if reply_to is not None:
-            raise err("an edit or deletion is not a reply")
-        if change == _K_EDIT and not body.strip():
-            raise err("an edit needs text (delete the message instead)")
-        if change == _K_DELETE and body:
-            raise err("a deletion carries no text")
-        return ChatMessage(
-            message_id, seq, base, r.get_time("at"), body, None, change, r.get_id("x")
-        )
+            return ChatMessage(m["i"], m["s"], m["b"], at, m["m"], m.get("r"))
+        return ChatMessage(m["i"], m["s"], m["b"], at, m["m"], None, change, m["x"])
+    r = _Reader(m, err)
     if kind == _T_ACK:
         return Ack(seq=r.get_int("s", 0, MAX_SEQ))
     if kind == _T_READ:
@@ -676,8 +713,15 @@ def bundle(payloads: list[bytes]) -> bytes:
 
 
 def encode(frame: ChatFrame) -> bytes:
+    """The frame's msgpack map, after the checks ``decode`` would run on it
+    (``LocalProtocolError``: we never send what the peer would have to refuse)."""
     m = _to_map(frame)
-    _from_map(m, LocalProtocolError)
+    if m["t"] == _T_MSG:
+        # The frame of every message: the decoder's own rules on this very map,
+        # without reading a second ChatMessage back out of it.
+        _check_message(m, LocalProtocolError)
+    else:
+        _from_map(m, LocalProtocolError)
     packed: bytes = msgpack.packb(m, use_bin_type=True)
     return packed
 

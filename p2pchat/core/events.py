@@ -1,13 +1,16 @@
 """Events the node emits to its users (CLI, UI, control socket).
 
 Frozen dataclasses so a consumer can keep, compare and pass them across tasks
-without fearing that the node mutates them later.
+without fearing that the node mutates them later.  Those made for every message
+of a burst are built through ``quick_init`` (``core/frozen.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from p2pchat.core.frozen import quick_init
 
 MessageState = Literal["queued", "sent", "delivered", "read"]
 
@@ -40,6 +43,7 @@ class NodeConnectionLost(NodeEvent):
     reason: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageReceived(NodeEvent):
     peer_id: str
@@ -52,6 +56,7 @@ class MessageReceived(NodeEvent):
     """The message this one answers; its text is looked up here (``Node.get_message``)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageSent(NodeEvent):
     """A message of ours was stored (state ``queued``), whoever asked for it: this
@@ -68,6 +73,7 @@ class MessageSent(NodeEvent):
     reply_to: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageEdited(NodeEvent):
     """A message's text changed: ours (``direction`` ``out``, edited through any
@@ -80,6 +86,7 @@ class MessageEdited(NodeEvent):
     edited_at: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageDeleted(NodeEvent):
     """A message was deleted for both sides: views show a tombstone, no text."""
@@ -99,6 +106,7 @@ class AwaitingAcceptance(NodeEvent):
     peer_id: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageStateChanged(NodeEvent):
     """``queued`` -> ``sent`` -> ``delivered`` -> ``read``.  A message starts ``queued``

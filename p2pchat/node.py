@@ -79,7 +79,7 @@ from p2pchat.net.interfaces import interface_ips, local_networks
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.punch import PunchService, RendezvousNode
-from p2pchat.net.quic import smoothed_rtt
+from p2pchat.net.quic import next_tick, smoothed_rtt
 from p2pchat.net.relay import RelayChannel, RelayLimits, RelayService
 from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
@@ -268,6 +268,8 @@ class Node:
         self._known_ips: set[str] = set()
         """IPs where contacts were seen or are hinted: their handshakes may use the
         endpoint's reserve when strangers fill the pool."""
+        self._known_from: tuple[list[Contact], dict[str, tuple[str, ...]]] | None = None
+        """The contacts and hints ``_known_ips`` was computed from."""
         self.delivery = Delivery(
             self.store,
             clock=self.clock,
@@ -277,6 +279,7 @@ class Node:
             schedule=self._schedule_flush,
         )
         self.store.on_pending = self.delivery.fold_soon
+        self.store.before_read = self.delivery.settle
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -481,17 +484,17 @@ class Node:
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
-    def _schedule_flush(self, delay: float) -> asyncio.Handle | None:
-        """Delivery's group commit: at the end of this event-loop turn (``delay`` 0) or
-        a little later (bookkeeping that can wait for other writes)."""
+    def _schedule_flush(self, delay: float, callback: Callable[[], None]) -> asyncio.Handle | None:
+        """Delivery's group commit and owed acks: at the end of this event-loop turn
+        (``delay`` 0) or a little later (bookkeeping that can wait for other writes)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.delivery.flush()  # no loop (a node used without ``start``): at once
+            callback()  # no loop (a node used without ``start``): at once
             return None
         if delay > 0:
-            return loop.call_later(delay, self.delivery.flush)
-        return loop.call_soon(self.delivery.flush)
+            return loop.call_later(delay, callback)
+        return loop.call_soon(callback)
 
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
@@ -1125,6 +1128,7 @@ class Node:
         seq = self.store.mark_read_incoming(peer.peer_id, self.store.recv_seq(peer.peer_id))
         conn = self._active.get(peer.peer_id)
         if conn is not None and seq:
+            self.delivery.ack_now(conn)  # a receipt that outran its ack would not count
             conn.send(chat.Read(seq))
         return seq
 
@@ -1334,15 +1338,11 @@ class Node:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            known: set[str] = set()
             contacts = self.store.list_contacts()
             for contact in contacts:
                 self._maybe_dial(contact, now)
                 self._maybe_resolve(contact, now)
-                for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
-                    with contextlib.suppress(ValueError):
-                        known.add(parse_address(address)[0])
-            self._known_ips = known
+            self._update_known_ips(contacts)
             self._refresh_rendezvous(contacts)
             self.transfers.tick()
             self.delivery.tick()
@@ -1356,8 +1356,24 @@ class Node:
             # races with the wake-up (a poke right before stop()), and stop() then
             # waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout_at(next_tick(loop.time())):
                     await self._wake.wait()
+
+    def _update_known_ips(self, contacts: list[Contact]) -> None:
+        """``_known_ips`` from the contacts' addresses and hints, parsed again only
+        when they changed (an idle node's tick finds the same ``Contact`` objects,
+        which the store keeps until a write, and the same hints: comparing them is
+        an identity check each)."""
+        known_from = self._known_from
+        if known_from is not None and known_from[0] == contacts and known_from[1] == self._hints:
+            return
+        known: set[str] = set()
+        for contact in contacts:
+            for address in (*contact.addresses, *self._hints.get(contact.peer_id, ())):
+                with contextlib.suppress(ValueError):
+                    known.add(parse_address(address)[0])
+        self._known_ips = known
+        self._known_from = (contacts, dict(self._hints))
 
     def _maybe_resolve(self, contact: Contact, now: float) -> None:
         """Ask the DHT for the contact's signed record when its known addresses fail."""
@@ -1629,6 +1645,7 @@ class Node:
 
     def _requeue(self, peer: str) -> None:
         self.delivery.flush()  # sent marks of this turn first, or they would win
+        self.delivery.forget_transmitted(peer)
         try:
             requeued = self.store.requeue_sent(peer, self.clock())
         except StoreError as exc:

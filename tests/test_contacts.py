@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from p2pchat.core.events import BlockChanged, ContactChanged, ContactRemoved, PeerOffline
+from p2pchat.identity import Identity
 from p2pchat.store import UnknownContact
 
 from .conftest import EventLog, StartNode, free_udp_port, friends, make_home, wait_until
@@ -171,3 +172,24 @@ async def test_contact_commands_through_the_cli(tmp_path: Path, start_node: Star
         assert stranger.returncode == 5
     finally:
         await daemon.stop()
+
+
+async def test_the_ips_of_contacts_follow_their_addresses_and_hints(
+    start_node: StartNode,
+) -> None:
+    """The endpoint lets handshakes from contacts' IPs use its reserve.  The dial
+    loop parses that set again only when a contact or a hint changed (an idle tick
+    compares the store's cached contacts by identity), and a change shows at the
+    next tick.  (Loopback addresses only: the node dials them.)"""
+    node = await start_node("alice")
+    stranger, other = Identity.generate().peer_id, Identity.generate().peer_id
+    node.add_contact(stranger, name="s", addresses=["127.0.0.7:4000"])
+    await wait_until(lambda: "127.0.0.7" in node._known_ips, timeout=10)
+    node.peer_discovered(stranger, ["127.0.0.9:5000"], source="dht")
+    await wait_until(lambda: "127.0.0.9" in node._known_ips, timeout=10)
+    node.add_contact(other, name="o", addresses=["127.0.0.4:6000"])
+    await wait_until(lambda: "127.0.0.4" in node._known_ips, timeout=10)
+    assert {"127.0.0.7", "127.0.0.9"} <= node._known_ips
+    node.remove_contact(stranger)
+    await wait_until(lambda: "127.0.0.7" not in node._known_ips, timeout=10)
+    assert "127.0.0.9" not in node._known_ips

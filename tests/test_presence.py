@@ -57,15 +57,22 @@ async def test_sigkilled_peer_goes_offline_and_sent_goes_back_to_queued(
         # The liveness bound is ~3.5 s after the last packet heard (target: 5 s,
         # measured in benchmarks/presence.py); this is only a generous guard.
         assert time.monotonic() - killed < 10
+        # The log reads the node's event stream in a task of its own: it may be a
+        # loop turn or two behind ``is_online``.
+        await wait_until(lambda: bool(log.of(PeerOffline)), timeout=5)
         offline = [e for e in log.of(PeerOffline) if isinstance(e, PeerOffline)]
         assert [e.peer_id for e in offline] == [dave]
         assert me.store.get_message(message.id).state == "queued"  # type: ignore[union-attr]
-        states = [
-            e.state
-            for e in log.of(MessageStateChanged)
-            if isinstance(e, MessageStateChanged) and e.message_id == message.id
-        ]
-        assert states == ["sent", "queued"]  # (MessageSent says it starts queued)
+
+        def states() -> list[str]:
+            return [
+                e.state
+                for e in log.of(MessageStateChanged)
+                if isinstance(e, MessageStateChanged) and e.message_id == message.id
+            ]
+
+        await wait_until(lambda: len(states()) >= 2, timeout=5)
+        assert states() == ["sent", "queued"]  # (MessageSent says it starts queued)
     finally:
         await log.close()
         await daemon.stop()

@@ -398,12 +398,17 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
     raise LocalProtocolError(f"not a chat frame: {frame!r}")
 
 
-def _int(value: Any, key: str, lo: int, hi: int, err: type[ProtocolError]) -> int:
+def _int_error(value: Any, key: str, err: type[ProtocolError]) -> ProtocolError:
+    """What is wrong with an integer field that failed its check."""
     # bool is a subclass of int, and True must not pass for seq 1.
     if type(value) is not int:
-        raise err(f"field {key!r} must be an integer")
-    if not lo <= value <= hi:
-        raise err(f"field {key!r} out of range: {value}")
+        return err(f"field {key!r} must be an integer")
+    return err(f"field {key!r} out of range: {value}")
+
+
+def _int(value: Any, key: str, lo: int, hi: int, err: type[ProtocolError]) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise _int_error(value, key, err)
     return value
 
 
@@ -431,10 +436,13 @@ def _time(value: Any, key: str, err: type[ProtocolError]) -> float:
 def _text(value: Any, key: str, max_bytes: int, err: type[ProtocolError]) -> str:
     if type(value) is not str:
         raise err(f"field {key!r} must be a string")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise err(f"field {key!r} is not valid unicode") from None
+    if value.isascii():  # a flag of the string, no scan: one byte a character, no surrogate
+        size = len(value)
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise err(f"field {key!r} is not valid unicode") from None
     if size > max_bytes:
         raise err(f"field {key!r} exceeds {max_bytes} bytes")
     if "\x00" in value:
@@ -459,8 +467,13 @@ def _check_message(m: dict[Any, Any], err: type[ProtocolError]) -> float:
     would refuse, without building the frame again from the map to prove it."""
     get = m.get
     _id(get("i"), "i", err, "message id")
-    seq = _int(get("s"), "s", 1, MAX_SEQ, err)
-    base = _int(get("b"), "b", 1, MAX_SEQ, err)
+    # The checks of ``_int`` and ``_time`` written out (their helpers only name what
+    # is wrong): this runs twice for every message, once on each side.
+    seq, base = get("s"), get("b")
+    if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
+        raise _int_error(seq, "s", err)
+    if type(base) is not int or not 1 <= base <= MAX_SEQ:
+        raise _int_error(base, "b", err)
     if base > seq:
         raise err(f"message base {base} exceeds seq {seq}")
     body = _text(get("m"), "m", MAX_BODY_BYTES, err)
@@ -471,17 +484,20 @@ def _check_message(m: dict[Any, Any], err: type[ProtocolError]) -> float:
     if change is None:
         if get("x") is not None:
             raise err("a message names a target only to edit or delete it")
-        return _time(get("at"), "at", err)
-    if change not in (_K_EDIT, _K_DELETE):
-        raise err(f"unknown message kind {change!r}")
-    if reply_to is not None:
-        raise err("an edit or deletion is not a reply")
-    if change == _K_EDIT and not body.strip():
-        raise err("an edit needs text (delete the message instead)")
-    if change == _K_DELETE and body:
-        raise err("a deletion carries no text")
-    at = _time(get("at"), "at", err)
-    _id(get("x"), "x", err)
+    else:
+        if change not in (_K_EDIT, _K_DELETE):
+            raise err(f"unknown message kind {change!r}")
+        if reply_to is not None:
+            raise err("an edit or deletion is not a reply")
+        if change == _K_EDIT and not body.strip():
+            raise err("an edit needs text (delete the message instead)")
+        if change == _K_DELETE and body:
+            raise err("a deletion carries no text")
+    at = get("at")
+    if type(at) is not float or not 0.0 <= at <= MAX_TIMESTAMP:  # (NaN and inf fail too)
+        at = _time(at, "at", err)  # an integral timestamp, or the error naming the problem
+    if change is not None:
+        _id(get("x"), "x", err)
     return at
 
 

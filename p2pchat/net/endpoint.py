@@ -40,6 +40,8 @@ from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, InitialGate, Reply
 from p2pchat.net.quic import (
     ACCEPTER_KEEPALIVE,
+    KEEPALIVE_CYCLE,
+    KEEPALIVE_EARLY,
     KEEPALIVE_GRID,
     KEEPALIVE_INTERVAL,
     KEEPALIVE_RETRY,
@@ -67,6 +69,14 @@ STALLED = "no progress"
 LATE_TOLERANCE = 0.1
 #: How long the ACK of a lone packet may wait for data of ours to ride on.
 ACK_DELAY = 0.02
+#: ACK-only packets of ours aioquic keeps for a delivery report that may never come
+#: (``QuicLink._forget_old_acks``).
+KEEP_ACK_ONLY = 8
+
+#: aioquic's delivery callbacks of PING and ACK frames (see ``_keepalives_only``).
+_KEEPALIVE_HANDLERS = frozenset(
+    getattr(QuicConnection, name, None) for name in ("_on_ping_delivery", "_on_ack_delivery")
+) - {None}
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
 PunchHandler = Callable[[bytes, tuple[str, int], "AuxSocket | None"], None]
@@ -110,7 +120,10 @@ class QuicLink:
         self.handshake_done = False
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
+        """aioquic's own timer (loss recovery, delayed ACK, ...), when it comes first."""
         self._timer_at: float | None = None
+        self._on_tick = False
+        """The timer is a keepalive or liveness one, shared on ``endpoint.ticks``."""
         self._last_ping = endpoint.now()
         self._last_heard = endpoint.now()
         self._keepalive = KEEPALIVE_INTERVAL if is_client else ACCEPTER_KEEPALIVE
@@ -150,10 +163,17 @@ class QuicLink:
         now = self.endpoint.now()
         quiet = now - self._last_heard >= KEEPALIVE_RETRY
         self._last_heard = now
+        keepalives_only = self._keepalives_only()
         self.conn.receive_datagram(data, address, now=now)
         self._ack_policy(now, after_silence=quiet)
         self._handle_events()
-        self._schedule_transmit()
+        if keepalives_only and self._nothing_to_send():
+            # The ACK of our keepalive: nothing to send (a transmit would build a
+            # packet, find it empty and drop it), but the timer moves from the
+            # PING's loss timer back to the next keepalive.
+            self._arm_timer()
+        else:
+            self._schedule_transmit()
 
     def _on_timer(self) -> None:
         now = self.endpoint.now()
@@ -183,7 +203,7 @@ class QuicLink:
             if self._stalled(now):
                 self.close(f"{STALLED} for {STALL_TIMEOUT:g} s")
                 return
-            if now >= self.ping_at():
+            if now >= self._keepalive_at():
                 self._last_ping = now
                 self._ping_uid += 1
                 self.conn.send_ping(self._ping_uid)
@@ -196,6 +216,29 @@ class QuicLink:
         """When the next keepalive PING is due: after ``_keepalive`` of silence, and
         ``KEEPALIVE_RETRY`` after the last one (which then went unanswered)."""
         return max(self._last_heard + self._keepalive, self._last_ping + KEEPALIVE_RETRY)
+
+    def _keepalive_at(self) -> float:
+        """When the next keepalive PING leaves: ``ping_at`` rounded up to the shared
+        ``KEEPALIVE_GRID``, or, for a ping after silence, up to ``KEEPALIVE_EARLY``
+        sooner on a multiple of ``KEEPALIVE_CYCLE``, or failing that on the earliest
+        grid point allowed.  So a connection that falls idle pings a little early
+        for at most three cycles and from then on every ``KEEPALIVE_CYCLE``, in the
+        same loop wake-up as the node's other idle connections: after a sleep, the
+        first packet of a wake-up costs aioquic several times what the next ones do
+        (docs/performance.md, "Idle cost").  The repeat of an unanswered ping is
+        never early, and no ping is later than before, so the loss it survives
+        before ``LIVENESS_TIMEOUT`` is the same.  Only the dialling side's pings: the
+        accepting side's are a backstop (for a peer that does not ping), at their own
+        interval."""
+        due = self.ping_at()
+        at = math.ceil(due / KEEPALIVE_GRID) * KEEPALIVE_GRID
+        if not self.is_client or self._last_ping > self._last_heard:
+            return at  # a backstop, or the repeat of an unanswered ping
+        earliest = due - KEEPALIVE_EARLY
+        cycle = math.ceil(earliest / KEEPALIVE_CYCLE) * KEEPALIVE_CYCLE
+        if cycle <= at:
+            return cycle
+        return math.ceil(earliest / KEEPALIVE_GRID) * KEEPALIVE_GRID
 
     def _stalled(self, now: float) -> bool:
         """Data on the control stream (chat frames) has waited for an acknowledgement
@@ -250,9 +293,7 @@ class QuicLink:
         self.closed = True
         self.close_reason = reason
         self._release_slot()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         self.endpoint._forget(self)
         if self.via is not None and self.via.link is self:
             self.via.close()
@@ -279,22 +320,48 @@ class QuicLink:
             space = self._ack_space()
             if space is None or space.ack_at is None:
                 self._unacked = 0  # our ACK left
+        self._forget_old_acks()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self.closed:
+            return
         timer_at = self.conn.get_timer()
+        on_tick = False
         if self.handshake_done:
-            # On a shared grid: an idle node's connections ping in the same loop
-            # wake-up instead of one wake-up (and timer re-arm) each.
-            ping_at = math.ceil(self.ping_at() / KEEPALIVE_GRID) * KEEPALIVE_GRID
-            ping_at = min(ping_at, max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until))
-            timer_at = ping_at if timer_at is None else min(timer_at, ping_at)
-        if timer_at != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            # On a shared grid and cycle: an idle node's connections ping in the
+            # same loop wake-up, served by one asyncio timer (``Ticks``), instead
+            # of one wake-up, timer and re-arm each.
+            deadline = max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until)
+            ping_at = min(self._keepalive_at(), deadline)
+            if timer_at is None or ping_at <= timer_at:
+                timer_at, on_tick = ping_at, True
+        if timer_at != self._timer_at or on_tick != self._on_tick:
+            self._disarm()
             self._timer_at = timer_at
-            if timer_at is not None:
+            if on_tick:
+                assert timer_at is not None
+                self._on_tick = True
+                self.endpoint.ticks.add(timer_at, self)
+            elif timer_at is not None:
                 self._timer = self.endpoint.loop.call_at(timer_at, self._on_timer)
         # aioquic reports termination of a closing connection only through events
         # produced by handle_timer; nothing to do here.
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._on_tick:
+            self._on_tick = False
+            if self._timer_at is not None:
+                self.endpoint.ticks.remove(self._timer_at, self)
+        self._timer_at = None
+
+    def _tick(self) -> None:
+        """Called by ``Ticks`` at ``_timer_at`` (which ``_on_timer`` reads)."""
+        self._on_tick = False
+        self._on_timer()
 
     def send_stream(self, stream_id: int, data: bytes, end: bool = False) -> None:
         if self.closed:
@@ -355,6 +422,76 @@ class QuicLink:
         if space is not None and space.ack_at is not None:
             space.ack_at = now
 
+    # -- keepalive answers ---------------------------------------------------
+    # On an idle connection the dialling side's PING is answered by an ACK-only
+    # packet, and the transmit that follows every datagram read finds nothing to
+    # send: aioquic builds a packet, finds it empty and drops it, a third of the
+    # packet-building work of an idle node.  It is skipped when what we had in
+    # flight were keepalive PINGs and ACKs only, the datagram asks for no ACK, and
+    # nothing (a lost PING, a probe, a close, data written meanwhile) waits to be
+    # sent.  aioquic has no public view of this, hence the private attributes;
+    # without them (another aioquic version) every datagram is followed by a
+    # transmit, as before.
+
+    def _loss_spaces(self) -> list[Any]:
+        spaces = getattr(getattr(self.conn, "_loss", None), "spaces", None)
+        return spaces if isinstance(spaces, list) else []
+
+    def _keepalives_only(self) -> bool:
+        """The handshake is done and every packet of ours not yet acknowledged
+        carried only PING and ACK frames (so acknowledging or losing them leaves no
+        data to send).  Packets that elicit no ACK carry ACK frames only (RFC 9002
+        section 2), so only the others are looked at."""
+        spaces = self._loss_spaces()
+        if not self.handshake_done or not spaces:
+            return False
+        for space in spaces:
+            if not space.ack_eliciting_in_flight:
+                continue
+            for packet in space.sent_packets.values():
+                if packet.is_ack_eliciting:
+                    for handler, _ in packet.delivery_handlers:
+                        if getattr(handler, "__func__", None) not in _KEEPALIVE_HANDLERS:
+                            return False
+        return True
+
+    def _forget_old_acks(self) -> None:
+        """Bound what aioquic keeps of our ACK-only packets.
+
+        aioquic keeps every packet it sent until the peer acknowledges it or it is
+        declared lost, and both need a later packet of ours to be acknowledged.  A
+        side that only answers (the accepting side of an idle connection answers each
+        keepalive PING with an ACK-only packet, which the peer never acknowledges,
+        RFC 9000 section 13.2.1) therefore kept one more packet, about 0.5 KiB, per
+        keepalive for as long as the connection lasted: some 20 MiB a day per idle
+        contact, or at whatever rate a peer pings us.  An ACK-only packet needs no
+        delivery report (neither loss nor retransmission applies to it), so beyond
+        the newest ``KEEP_ACK_ONLY`` the oldest are dropped, which is what declaring
+        them lost would do.  Amortised constant: only a run of ACK-only packets at
+        the front is looked at."""
+        space = self._ack_space()
+        sent = getattr(space, "sent_packets", None)
+        if not isinstance(sent, dict) or len(sent) <= KEEP_ACK_ONLY:
+            return
+        while len(sent) > KEEP_ACK_ONLY:
+            number, packet = next(iter(sent.items()))
+            if packet.in_flight or packet.is_ack_eliciting:
+                return
+            del sent[number]
+
+    def _nothing_to_send(self) -> bool:
+        """After a datagram was read: no ACK is due in any packet number space and
+        nothing else waits to be sent (see ``_keepalives_only`` for the rest)."""
+        if self.closed or self._data_written:
+            return self.closed
+        conn = self.conn
+        return (
+            all(getattr(space, "ack_at", 0.0) is None for space in self._loss_spaces())
+            and not getattr(conn, "_ping_pending", True)
+            and getattr(conn, "_probe_pending", True) is False
+            and getattr(conn, "_close_pending", True) is False
+        )
+
     def _schedule_transmit(self) -> None:
         """At the end of this loop turn, not now: frames written in one turn (a burst
         of messages, the acks of a batch) then share full-size packets instead of
@@ -403,6 +540,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self.socket_buffers: tuple[int, int] | None = None
         self._drain: socket.socket | None = None
         self._released = asyncio.Event()
+        self.ticks = Ticks(self.loop)
 
     def now(self) -> float:
         return self.loop.time()
@@ -615,6 +753,51 @@ class Endpoint(asyncio.DatagramProtocol):
         self._links.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
             del self._cids[cid]
+
+
+class Ticks:
+    """Timers of links due at the same loop time share one asyncio timer.
+
+    Keepalives are due on a grid (``KEEPALIVE_GRID``), so an idle node's connections
+    fall due together; each connection re-arms its timer on every packet it sends or
+    hears.  One asyncio ``TimerHandle`` per connection meant a handle allocated and
+    one cancelled, and a push onto asyncio's timer heap (ordered by a Python
+    ``__lt__``), per keepalive on each side; here a re-arm moves the link between
+    two dictionaries, and asyncio sees one timer per distinct time.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._due: dict[float, dict[QuicLink, None]] = {}
+        self._handles: dict[float, asyncio.TimerHandle] = {}
+
+    def add(self, at: float, link: QuicLink) -> None:
+        links = self._due.get(at)
+        if links is None:
+            links = self._due[at] = {}
+            self._handles[at] = self.loop.call_at(at, self._fire, at)
+        links[link] = None
+
+    def remove(self, at: float, link: QuicLink) -> None:
+        links = self._due.get(at)
+        if links is None:
+            return
+        links.pop(link, None)
+        if not links:
+            del self._due[at]
+            self._handles.pop(at).cancel()
+
+    def __len__(self) -> int:
+        """Distinct times armed (asyncio timers in use)."""
+        return len(self._handles)
+
+    def _fire(self, at: float) -> None:
+        self._handles.pop(at, None)
+        for link in self._due.pop(at, {}):
+            try:
+                link._tick()
+            except Exception:  # as asyncio does for a timer of its own: log, go on
+                log.exception("timer of the connection to %s failed", link.address)
 
 
 class AuxSocket(asyncio.DatagramProtocol):

@@ -219,3 +219,27 @@ def test_folding_with_the_marks_changes_nothing_anyone_can_see(tmp_path: Path, s
     with sqlite3.connect(tmp_path / "journaled.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_rows_keep_the_order_of_events(tmp_path: Path) -> None:
+    """``pos`` (the history's order) is the order things happened in: our messages
+    queued before a message arrived come first, whatever the batch defers, and
+    messages to several contacts go in as they were queued."""
+    store = Store(tmp_path / "p2pchat.db", journal=True)
+    store.add_contact(PEER, "bob", now=0.0)
+    store.add_contact(OTHER, "carol", now=0.0)
+    store.queue_message(PEER, "to bob 1", now=1.0)
+    store.queue_message(OTHER, "to carol", now=1.0)
+    store.queue_message(PEER, "to bob 2", now=1.0)
+    frame = chat.ChatMessage(id="f" * 32, seq=1, base=1, sent_at=1.0, body="from bob")
+    with store.batch():
+        store.mark_sent(PEER, 2, 2.0, from_seq=1)
+        store.receive_messages(PEER, [frame], now=2.0)
+        store.ack_outgoing(PEER, 2, 3.0)
+    assert [m.body for m in store.history(PEER)] == ["to bob 1", "to bob 2", "from bob"]
+    assert [m.state for m in store.history(PEER)] == ["delivered", "delivered", "delivered"]
+    with store._read() as db:
+        bodies = [r[0] for r in db.execute("SELECT body FROM messages ORDER BY pos")]
+    assert bodies == ["to bob 1", "to carol", "to bob 2", "from bob"]
+    assert [m.seq for m in store.outbox(PEER)] == [] and len(store.outbox(OTHER)) == 1
+    store.close()

@@ -295,7 +295,10 @@ class StoreBase:
         self._unfolded: dict[str, list[Folded]] = {}
         """Of those, the ones whose rows wait for the end of the transaction (a write
         that knows them, ``_write(defer=True)``: the group commit's sent marks and
-        acks), by contact, in ``seq`` order; any other statement writes them first."""
+        acks), by contact, in ``seq`` order; any other statement writes them first,
+        and so does one that inserts a message (``pos`` keeps the order of events)."""
+        self._unfolded_rows: list[Folded] = []
+        """The same, in the order they were queued: the order their rows go in."""
         self._sending: dict[str, Sending] = {}
         self._contact_refs: dict[str, str] = {}
         """Contact references resolved to peer IDs (``ContactsMixin.contact_id``)."""
@@ -436,7 +439,7 @@ class StoreBase:
         the end of the transaction, so that the sent marks and acks applied meanwhile
         are written with them (``_unfolded``).  The counters go in at once either way:
         every check of ``send_seq`` and ``sent_seq`` sees the messages."""
-        if not defer and self._unfolded:
+        if not defer:
             self._insert_unfolded(db)
         if self._pending:
             entries, self._pending = self._pending, []
@@ -445,12 +448,14 @@ class StoreBase:
                 fold_into(db, entries)
                 return
             for e in entries:
-                self._unfolded.setdefault(e.peer_id, []).append(Folded(e, "queued", e.created_at))
+                row = Folded(e, "queued", e.created_at)
+                self._unfolded_rows.append(row)
+                self._unfolded.setdefault(e.peer_id, []).append(row)
             fold_counters(db, entries)
 
     def _insert_unfolded(self, db: sqlite3.Connection) -> None:
-        if self._unfolded:
-            rows = [row for rows in self._unfolded.values() for row in rows]
+        if self._unfolded_rows:
+            rows, self._unfolded_rows = self._unfolded_rows, []
             self._unfolded.clear()
             insert_folded(db, rows)
 
@@ -469,6 +474,7 @@ class StoreBase:
 
     def _rolled_back(self) -> None:
         self._unfolded.clear()
+        self._unfolded_rows.clear()
         if self._folding:
             self._pending[:0] = self._folding
             self._folding.clear()

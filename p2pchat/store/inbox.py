@@ -191,6 +191,8 @@ class InboxMixin(MessageRows):
             count = 0
 
             def insert_pending() -> None:
+                # Our messages queued before these arrived keep the lower ``pos``.
+                self._insert_unfolded(db)
                 db.executemany(
                     "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
                     " received_at, state, updated_at, reply_to, kind, target)"

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -103,6 +104,12 @@ QUOTA_SETTING = "max_message_bytes_per_day"
 # journaled ones to be folded into it (see ``_request_marks``); the ``sent`` event
 # waits with them.
 MARK_DELAY = 0.05
+# An ack of a single message waits this long for a message of ours to ride on (see
+# ``_owe_ack``): below the 25 ms ``max_ack_delay`` QUIC announces, like its ACKs.
+ACK_WAIT = 0.02
+# Transmitted messages remembered per contact so an ack is announced from memory
+# (see ``on_ack``); beyond this many unacknowledged, acks wait for the commit.
+MAX_REMEMBERED = 16384
 STORAGE_REASON = "the contact's device cannot store messages right now (is its disk full?)"
 
 
@@ -159,12 +166,12 @@ class Delivery:
         active: Callable[[str], Link | None],
         daily_quota: Callable[[], int | None],
         monotonic: Callable[[], float] = time.monotonic,
-        schedule: Callable[[float], Cancellable | None] | None = None,
+        schedule: Callable[[float, Callable[[], None]], Cancellable | None] | None = None,
     ) -> None:
-        """``schedule(delay)`` asks for one ``flush`` call ``delay`` seconds from now, 0
+        """``schedule(delay, callback)`` asks for one call ``delay`` seconds from now, 0
         meaning the end of the current event-loop turn (the node uses ``loop.call_soon``
         and ``call_later``), and returns what cancels that call (None: no need); without
-        it every call flushes at once."""
+        it every call happens at once."""
         self.store = store
         self._schedule = schedule
         self.clock = clock
@@ -192,6 +199,16 @@ class Delivery:
         """Per contact: the seq range transmitted this turn, not yet marked sent."""
         self._acks: dict[str, int] = {}
         """Per contact: the highest cumulative ack received this turn."""
+        self._transmitted: dict[str, deque[tuple[int, str, str]]] = {}
+        """Per contact: (seq, id, kind) of what this process transmitted and no ack
+        has covered yet, in seq order without holes (see ``on_ack``)."""
+        self._announced: dict[str, set[str]] = {}
+        """Per contact: ids announced ``delivered`` whose ack waits for the commit."""
+        self._acks_out: dict[Link, int] = {}
+        """Per session: the cumulative ack we owe (see ``_owe_ack``)."""
+        self._acks_sent: dict[Link, int] = {}
+        self._acks_soon = False
+        self._ack_timer: Cancellable | None = None
         self._flush_requested = False
         self._marks_timer: Cancellable | None = None
         """The pending ``MARK_DELAY`` flush, cancelled by any flush that comes first."""
@@ -233,6 +250,8 @@ class Delivery:
         self.resend(conn, peer, from_seq=0)
 
     def connection_closed(self, conn: Link) -> None:
+        self._acks_out.pop(conn, None)  # the next session acks what is stored
+        self._acks_sent.pop(conn, None)
         self._resends.pop(conn, None)
         self._gap_budgets.pop(conn, None)
         self._gaps_sent.pop(conn, None)
@@ -354,6 +373,7 @@ class Delivery:
     def _transmit(self, conn: Link, messages: list[Message]) -> bool:
         if conn.held_as_request or not messages:
             return False  # the peer has not accepted us: keep them in the outbox
+        self.ack_now(conn)  # rides in the messages' bundle
         peer = messages[0].peer_id
         base = self.store.outbox_base(peer)
         sent_any = False
@@ -371,6 +391,7 @@ class Delivery:
             sent_any = conn.send(frame) or sent_any
         if not sent_any:
             return False
+        self._remember(peer, messages)
         first, last = messages[0].seq, messages[-1].seq
         before = self._sent.get(peer)
         if before is not None:
@@ -387,11 +408,55 @@ class Delivery:
         of its acks.  Any read folds first, so nothing can tell the difference."""
         self._request_marks()
 
+    def _remember(self, peer: str, messages: list[Message]) -> None:
+        sent = self._transmitted.get(peer)
+        if sent is None:
+            sent = self._transmitted[peer] = deque()
+        for m in messages:
+            if sent and m.seq <= sent[-1][0]:
+                continue  # a resend: remembered already
+            if sent and m.seq != sent[-1][0] + 1:
+                sent.clear()  # a hole (cannot happen: the outbox is a run of seqs)
+            if len(sent) >= MAX_REMEMBERED:
+                return  # acks beyond this wait for the commit
+            sent.append((m.seq, m.id, m.kind))
+
+    def forget_transmitted(self, peer: str) -> None:
+        """The contact did not store what we transmitted (it holds us as a request)."""
+        self._transmitted.pop(peer, None)
+
     def on_ack(self, peer: str, seq: int) -> None:
-        """A cumulative ack from the contact: applied at the end of the turn."""
-        if seq > self._acks.get(peer, 0):
-            self._acks[peer] = seq
+        """A cumulative ack from the contact.
+
+        An ack covering only messages this process transmitted is announced at once,
+        from memory (``MessageStateChanged(..., "delivered")``), and written like a
+        ``sent`` mark, by the next commit (at most ``MARK_DELAY`` later): the contact
+        has the messages whatever we remember, and should we die before that commit
+        they are sent again and acknowledged again as duplicates.  Anything else (an
+        ack for what an earlier run sent, or beyond what was ever transmitted, which
+        is refused) goes through the store at the end of the turn, as before."""
+        if seq <= self._acks.get(peer, 0):
+            return
+        self._acks[peer] = seq
+        sent = self._transmitted.get(peer)
+        if not sent or seq > sent[-1][0]:
             self._request_flush()
+            return
+        announced = self._announced.setdefault(peer, set())
+        unmarked = self._sent.get(peer, (0, -1))  # their "sent" waits for the commit
+        while sent and sent[0][0] <= seq:
+            number, message_id, kind = sent.popleft()
+            if kind == "text":  # edits and deletions are bookkeeping nobody shows
+                announced.add(message_id)
+                if unmarked[0] <= number <= unmarked[1]:
+                    self._emit(MessageStateChanged(peer, message_id, "sent"))
+                self._emit(MessageStateChanged(peer, message_id, "delivered"))
+        self._request_marks()
+
+    def settle(self) -> None:
+        """Write acks announced from memory now: before reading message states."""
+        if self._acks:
+            self.flush()
 
     # ------------------------------------------------------------ inbound
     def on_message(self, conn: Link, peer: str, frame: chat.ChatMessage) -> None:
@@ -413,7 +478,7 @@ class Delivery:
             self.flush()
         elif not self._flush_requested:
             self._flush_requested = True
-            self._schedule(0.0)
+            self._schedule(0.0, self.flush)
 
     def _request_marks(self) -> None:
         """``sent`` marks are bookkeeping: they wait up to ``MARK_DELAY`` for a flush that
@@ -422,7 +487,7 @@ class Delivery:
         if self._schedule is None:
             self.flush()
         elif self._marks_timer is None:
-            timer = self._schedule(MARK_DELAY)
+            timer = self._schedule(MARK_DELAY, self.flush)
             if self._sent or self.store.pending:  # (without a loop: flushed at once)
                 self._marks_timer = timer
 
@@ -464,7 +529,9 @@ class Delivery:
             self.storage_failed(exc)
             for conn, frames in incoming.items():
                 self._storage_refusal(conn, frames[0].seq, exc)
-            return  # sent marks are only bookkeeping; unapplied acks come again
+            for peer, seq in acks.items():  # tried again by the next commit
+                self._acks[peer] = max(seq, self._acks.get(peer, 0))
+            return  # sent marks are only bookkeeping
         stored = {
             peer for _conn, peer, answered in received
             if any(result.verdict == "accept" for _frame, result in answered)
@@ -477,12 +544,17 @@ class Delivery:
             if peer in stored:
                 self._storage_failures.pop(peer, None)
             self._answer(conn, peer, answered, wall)
+        announced = {peer: self._announced.pop(peer, set()) for peer in acks}
         for peer, ids in marked:
+            told = announced.get(peer, ())
             for message_id in ids:
-                self._emit(MessageStateChanged(peer, message_id, "sent"))
+                if message_id not in told:  # delivered already
+                    self._emit(MessageStateChanged(peer, message_id, "sent"))
         for peer, ids in delivered:
+            told = announced.get(peer, ())
             for message_id in ids:
-                self._emit(MessageStateChanged(peer, message_id, "delivered"))
+                if message_id not in told:
+                    self._emit(MessageStateChanged(peer, message_id, "delivered"))
 
     def _answer(
         self,
@@ -492,14 +564,20 @@ class Delivery:
         wall: float,
     ) -> None:
         """After the commit: one cumulative ack for everything stored, then a gap
-        request or a refusal if the batch ended in one, then the events."""
+        request or a refusal if the batch ended in one, then the events.
+
+        The ack itself waits (``_owe_ack``) for a message of ours to ride on, so a
+        conversation costs one datagram per message instead of two.  A gap request or
+        a refusal takes the ack with it at once, in order."""
         ack = 0
         for _frame, result in results:
             if result.verdict in ("accept", "duplicate"):
                 ack = max(ack, result.recv_seq)
         if ack:
-            conn.send(chat.Ack(ack))
+            self._owe_ack(conn, ack)
         for frame, result in results:
+            if result.verdict in ("gap", "quota") and conn in self._acks_out:
+                self._send_ack(conn, self._acks_out.pop(conn))
             if result.verdict == "gap":
                 want = result.recv_seq + 1
                 if self._gaps_sent.get(conn) != want:
@@ -529,6 +607,48 @@ class Delivery:
                 self._emit(MessageEdited(peer, m.target or "", "in", result.changed.body, wall))
             else:
                 self._emit(MessageDeleted(peer, m.target or "", "in", wall))
+
+    def _owe_ack(self, conn: Link, seq: int) -> None:
+        """Send ``Ack(seq)`` with our next message to the contact, or without one: in
+        the next loop turn if it acknowledges several messages, else after
+        ``ACK_WAIT``.
+
+        Delayed acknowledgement, as TCP and QUIC do it: a reply (a person typing fast,
+        a bot, a script on the node's API, the next message of a conversation between
+        programs) usually follows within that time and carries the ack, so a
+        conversation costs one datagram and one commit on each side per message
+        instead of two.  An ack of a batch (a burst, a resend) does not wait: it
+        frees the sender's outbox, and the next turn is after the events of this
+        one, so a reply written on seeing them still carries it.  A contact waits at
+        most ``ACK_WAIT`` longer for a ``delivered`` it would otherwise get at once."""
+        self._acks_out[conn] = max(seq, self._acks_out.get(conn, 0))
+        if self._schedule is None:
+            self._send_owed_acks()
+        elif seq - self._acks_sent.get(conn, 0) >= 2:
+            if not self._acks_soon:
+                self._acks_soon = True
+                self._schedule(0.0, self._send_owed_acks)
+        elif self._ack_timer is None:
+            self._ack_timer = self._schedule(ACK_WAIT, self._send_owed_acks)
+
+    def ack_now(self, conn: Link) -> None:
+        """The ack we owe the contact leaves now, ahead of a frame that must follow it."""
+        owed = self._acks_out.pop(conn, None)
+        if owed is not None:
+            self._send_ack(conn, owed)
+
+    def _send_owed_acks(self) -> None:
+        self._acks_soon = False
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        owed, self._acks_out = self._acks_out, {}
+        for conn, seq in owed.items():
+            self._send_ack(conn, seq)
+
+    def _send_ack(self, conn: Link, seq: int) -> None:
+        if conn.send(chat.Ack(seq)):
+            self._acks_sent[conn] = max(seq, self._acks_sent.get(conn, 0))
 
     def _storage_refusal(self, conn: Link, seq: int, exc: StoreError) -> None:
         peer = conn.peer_id

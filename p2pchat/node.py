@@ -79,7 +79,7 @@ from p2pchat.net.interfaces import interface_ips, local_networks
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.punch import PunchService, RendezvousNode
-from p2pchat.net.quic import smoothed_rtt
+from p2pchat.net.quic import next_tick, smoothed_rtt
 from p2pchat.net.relay import RelayChannel, RelayLimits, RelayService
 from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
@@ -279,6 +279,7 @@ class Node:
             schedule=self._schedule_flush,
         )
         self.store.on_pending = self.delivery.fold_soon
+        self.store.before_read = self.delivery.settle
         self.transfers = TransferManager(
             self.store,
             _transfer_policy(self.settings, paths),
@@ -483,17 +484,17 @@ class Node:
         self._emit(NodeStarted(self.peer_id, self.addresses))
         log.info("node %s listening on %s", self.peer_id, self.addresses)
 
-    def _schedule_flush(self, delay: float) -> asyncio.Handle | None:
-        """Delivery's group commit: at the end of this event-loop turn (``delay`` 0) or
-        a little later (bookkeeping that can wait for other writes)."""
+    def _schedule_flush(self, delay: float, callback: Callable[[], None]) -> asyncio.Handle | None:
+        """Delivery's group commit and owed acks: at the end of this event-loop turn
+        (``delay`` 0) or a little later (bookkeeping that can wait for other writes)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.delivery.flush()  # no loop (a node used without ``start``): at once
+            callback()  # no loop (a node used without ``start``): at once
             return None
         if delay > 0:
-            return loop.call_later(delay, self.delivery.flush)
-        return loop.call_soon(self.delivery.flush)
+            return loop.call_later(delay, callback)
+        return loop.call_soon(callback)
 
     def _default_listen(self) -> tuple[str, int]:
         listen = self.settings.get("listen")
@@ -1127,6 +1128,7 @@ class Node:
         seq = self.store.mark_read_incoming(peer.peer_id, self.store.recv_seq(peer.peer_id))
         conn = self._active.get(peer.peer_id)
         if conn is not None and seq:
+            self.delivery.ack_now(conn)  # a receipt that outran its ack would not count
             conn.send(chat.Read(seq))
         return seq
 
@@ -1354,7 +1356,7 @@ class Node:
             # races with the wake-up (a poke right before stop()), and stop() then
             # waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout_at(next_tick(loop.time())):
                     await self._wake.wait()
 
     def _update_known_ips(self, contacts: list[Contact]) -> None:
@@ -1643,6 +1645,7 @@ class Node:
 
     def _requeue(self, peer: str) -> None:
         self.delivery.flush()  # sent marks of this turn first, or they would win
+        self.delivery.forget_transmitted(peer)
         try:
             requeued = self.store.requeue_sent(peer, self.clock())
         except StoreError as exc:

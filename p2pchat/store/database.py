@@ -270,6 +270,9 @@ class StoreBase:
         self._fold_error: str | None = None
         self.on_pending: Callable[[], None] | None = None
         """Called when a message was journaled: the node folds at the end of the turn."""
+        self.before_read: Callable[[], None] | None = None
+        """Called before each read outside a batch: the node writes the acks it
+        announced from memory (``Delivery.settle``), so reads see them as committed."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file_lock = lock if lock is not None else StoreLock(self.path)
         try:
@@ -529,6 +532,8 @@ class StoreBase:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self.before_read is not None and not self._batching:
+                self.before_read()
             self._fold_for_read()
             db = self._connection()
             try:

@@ -79,7 +79,7 @@ from p2pchat.net.interfaces import interface_ips, local_networks
 from p2pchat.net.mdns import MdnsOptions, MdnsService
 from p2pchat.net.peer import PeerConnection
 from p2pchat.net.punch import PunchService, RendezvousNode
-from p2pchat.net.quic import smoothed_rtt
+from p2pchat.net.quic import next_tick, smoothed_rtt
 from p2pchat.net.relay import RelayChannel, RelayLimits, RelayService
 from p2pchat.net.rendezvous import RendezvousFinder
 from p2pchat.net.transfers import PAGE_SIZE, TransferManager, TransferPolicy
@@ -1356,7 +1356,7 @@ class Node:
             # races with the wake-up (a poke right before stop()), and stop() then
             # waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout_at(next_tick(loop.time())):
                     await self._wake.wait()
 
     def _update_known_ips(self, contacts: list[Contact]) -> None:

@@ -10,12 +10,16 @@ sets the presence bound (docs/protocol.md, "Liveness").
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from p2pchat.identity import Identity
 from p2pchat.net.endpoint import KEEP_ACK_ONLY, Endpoint, QuicLink
 from p2pchat.net.quic import (
     ACCEPTER_KEEPALIVE,
+    KEEPALIVE_CYCLE,
+    KEEPALIVE_EARLY,
+    KEEPALIVE_GRID,
     KEEPALIVE_INTERVAL,
     KEEPALIVE_RETRY,
     LIVENESS_TIMEOUT,
@@ -50,6 +54,36 @@ async def test_the_ping_schedule_of_each_side() -> None:
         # A dialler's unanswered ping is repeated before liveness gives up.
         assert KEEPALIVE_INTERVAL + KEEPALIVE_RETRY < LIVENESS_TIMEOUT
         assert ACCEPTER_KEEPALIVE < LIVENESS_TIMEOUT
+    finally:
+        dialler.close()
+        accepter.close()
+
+
+async def test_idle_connections_fall_into_step() -> None:
+    """Whatever its phase, an idle connection's keepalives move onto the node's shared
+    cycle within three pings, none of them later than the ping schedule and none
+    more than ``KEEPALIVE_EARLY`` sooner, and then stay on it; the repeat of an
+    unanswered ping is never early, nor is the accepting side's backstop."""
+    dialler, accepter, link, server = await _pair()
+
+    def on_grid(due: float) -> float:
+        return math.ceil(due / KEEPALIVE_GRID) * KEEPALIVE_GRID
+
+    try:
+        for phase in (0.0, 0.5, 1.0, 1.5, 0.25, 1.75):
+            sent = 100.0 + phase
+            for _ in range(3):
+                link._last_ping, link._last_heard = sent, sent + 0.003  # the ACK
+                due = link.ping_at()
+                sent = link._keepalive_at()
+                assert due - KEEPALIVE_EARLY <= sent <= on_grid(due)
+            assert sent % KEEPALIVE_CYCLE == 0, phase
+            link._last_ping, link._last_heard = sent, sent + 0.003
+            assert link._keepalive_at() == sent + KEEPALIVE_CYCLE  # in step
+        link._last_heard, link._last_ping = 100.0, 101.6  # pinged, unanswered
+        assert link._keepalive_at() == on_grid(link.ping_at())
+        server._last_ping, server._last_heard = 100.0, 100.003
+        assert server._keepalive_at() == on_grid(server.ping_at())
     finally:
         dialler.close()
         accepter.close()

@@ -40,6 +40,8 @@ from p2pchat.identity import Identity
 from p2pchat.net.admission import Accept, InitialGate, Reply
 from p2pchat.net.quic import (
     ACCEPTER_KEEPALIVE,
+    KEEPALIVE_CYCLE,
+    KEEPALIVE_EARLY,
     KEEPALIVE_GRID,
     KEEPALIVE_INTERVAL,
     KEEPALIVE_RETRY,
@@ -69,7 +71,7 @@ LATE_TOLERANCE = 0.1
 ACK_DELAY = 0.02
 #: ACK-only packets of ours aioquic keeps for a delivery report that may never come
 #: (``QuicLink._forget_old_acks``).
-KEEP_ACK_ONLY = 32
+KEEP_ACK_ONLY = 8
 
 #: aioquic's delivery callbacks of PING and ACK frames (see ``_keepalives_only``).
 _KEEPALIVE_HANDLERS = frozenset(
@@ -201,7 +203,7 @@ class QuicLink:
             if self._stalled(now):
                 self.close(f"{STALLED} for {STALL_TIMEOUT:g} s")
                 return
-            if now >= self.ping_at():
+            if now >= self._keepalive_at():
                 self._last_ping = now
                 self._ping_uid += 1
                 self.conn.send_ping(self._ping_uid)
@@ -214,6 +216,29 @@ class QuicLink:
         """When the next keepalive PING is due: after ``_keepalive`` of silence, and
         ``KEEPALIVE_RETRY`` after the last one (which then went unanswered)."""
         return max(self._last_heard + self._keepalive, self._last_ping + KEEPALIVE_RETRY)
+
+    def _keepalive_at(self) -> float:
+        """When the next keepalive PING leaves: ``ping_at`` rounded up to the shared
+        ``KEEPALIVE_GRID``, or, for a ping after silence, up to ``KEEPALIVE_EARLY``
+        sooner on a multiple of ``KEEPALIVE_CYCLE``, or failing that on the earliest
+        grid point allowed.  So a connection that falls idle pings a little early
+        for at most three cycles and from then on every ``KEEPALIVE_CYCLE``, in the
+        same loop wake-up as the node's other idle connections: after a sleep, the
+        first packet of a wake-up costs aioquic several times what the next ones do
+        (docs/performance.md, "Idle cost").  The repeat of an unanswered ping is
+        never early, and no ping is later than before, so the loss it survives
+        before ``LIVENESS_TIMEOUT`` is the same.  Only the dialling side's pings: the
+        accepting side's are a backstop (for a peer that does not ping), at their own
+        interval."""
+        due = self.ping_at()
+        at = math.ceil(due / KEEPALIVE_GRID) * KEEPALIVE_GRID
+        if not self.is_client or self._last_ping > self._last_heard:
+            return at  # a backstop, or the repeat of an unanswered ping
+        earliest = due - KEEPALIVE_EARLY
+        cycle = math.ceil(earliest / KEEPALIVE_CYCLE) * KEEPALIVE_CYCLE
+        if cycle <= at:
+            return cycle
+        return math.ceil(earliest / KEEPALIVE_GRID) * KEEPALIVE_GRID
 
     def _stalled(self, now: float) -> bool:
         """Data on the control stream (chat frames) has waited for an acknowledgement
@@ -304,11 +329,11 @@ class QuicLink:
         timer_at = self.conn.get_timer()
         on_tick = False
         if self.handshake_done:
-            # On a shared grid: an idle node's connections ping in the same loop
-            # wake-up, served by one asyncio timer (``Ticks``), instead of one
-            # wake-up, timer and re-arm each.
-            ping_at = math.ceil(self.ping_at() / KEEPALIVE_GRID) * KEEPALIVE_GRID
-            ping_at = min(ping_at, max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until))
+            # On a shared grid and cycle: an idle node's connections ping in the
+            # same loop wake-up, served by one asyncio timer (``Ticks``), instead
+            # of one wake-up, timer and re-arm each.
+            deadline = max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until)
+            ping_at = min(self._keepalive_at(), deadline)
             if timer_at is None or ping_at <= timer_at:
                 timer_at, on_tick = ping_at, True
         if timer_at != self._timer_at or on_tick != self._on_tick:

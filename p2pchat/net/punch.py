@@ -54,6 +54,7 @@ from p2pchat.core.punch import (
 from p2pchat.core.rendezvous import RegistrationClient, RendezvousServer
 from p2pchat.identity import Identity, format_address, peer_id_from_key, verify_signature
 from p2pchat.net.endpoint import AuxSocket, Endpoint
+from p2pchat.net.quic import next_tick
 
 __all__ = ["PunchFailed", "PunchService", "RendezvousNode"]
 
@@ -404,7 +405,7 @@ class PunchService:
         while True:
             now = self.loop.time()
             self._refill(now)
-            deadline = now + 1.0
+            deadline = next_tick(now)
             for reg in list(self._regs.values()):
                 before = reg.state
                 reg.on_timer(now)
@@ -424,7 +425,7 @@ class PunchService:
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
             # races with the wake-up, and stop() would wait for this loop for ever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.05, deadline - now)):
+                async with asyncio.timeout_at(max(now + 0.05, deadline)):
                     await self._wake.wait()
 
     # ------------------------------------------------------------------ dialer

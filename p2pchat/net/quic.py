@@ -10,6 +10,7 @@ and it authenticates the server a second time, independent of TLS.
 from __future__ import annotations
 
 import datetime
+import math
 import ssl
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -40,7 +41,23 @@ ACCEPTER_KEEPALIVE = 2.5
 # Pings are due on multiples of this (loop time), so those of many connections are
 # sent together; a ping is at most this much later than its interval.
 KEEPALIVE_GRID = 0.5
+# A ping after silence (not the repeat of an unanswered one) may also go up to
+# KEEPALIVE_EARLY sooner, to fall on a multiple of KEEPALIVE_CYCLE: an idle
+# connection then pings every KEEPALIVE_CYCLE in step with the node's other idle
+# connections (one loop wake-up for all of them, not one per grid phase).
+KEEPALIVE_EARLY = 0.5
+KEEPALIVE_CYCLE = KEEPALIVE_INTERVAL + KEEPALIVE_GRID
+# The node's once-a-second work (dial loop, punch and relay upkeep) runs on whole
+# seconds of loop time, so every other one shares the keepalives' wake-up.
+TICK = 1.0
 LIVENESS_TIMEOUT = 3.5
+
+
+def next_tick(now: float) -> float:
+    """The first whole ``TICK`` of loop time after ``now``: when periodic work runs
+    next, in the same loop wake-up as the node's other periodic work (an idle node
+    sleeps between them; each wake-up after a sleep is the dear part)."""
+    return (math.floor(now / TICK) + 1) * TICK
 
 
 def make_certificate(identity: Identity) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:

@@ -44,6 +44,7 @@ from p2pchat.core.rendezvous import RegistrationClient
 from p2pchat.identity import Identity, format_address, peer_id_from_key
 from p2pchat.net.endpoint import STALLED, AuxSocket, Endpoint, QuicLink
 from p2pchat.net.punch import PunchService, RendezvousNode
+from p2pchat.net.quic import next_tick
 
 __all__ = ["RelayChannel", "RelayFailed", "RelayLimits", "RelayService"]
 
@@ -229,7 +230,7 @@ class RelayService:
             for addr, at in list(self._refused.items()):
                 if now - at > SUSPECT_FOR:
                     del self._refused[addr]
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(next_tick(self.loop.time()) - self.loop.time())
 
     def _flush(self) -> None:
         for data, dest in self.server.datagrams_to_send():

@@ -162,6 +162,7 @@ class Throughput:
     queued: float  # the sender's loop finished
     received: float  # the receiver has all N
     confirmed: float  # the sender knows the receiver has all N
+    cpu: float = 0.0  # process CPU seconds until confirmed (both sides: one process)
 
     def rate(self, elapsed: float) -> float:
         return self.messages / elapsed
@@ -346,6 +347,7 @@ async def chat_bulk(
 
     tap_a.handler, tap_b.handler = on_alice, on_bob
     try:
+        cpu_start = time.process_time()
         start = time.perf_counter()
         if batched:
             for first in range(0, n, CHUNK):
@@ -360,11 +362,12 @@ async def chat_bulk(
         queued = time.perf_counter()
         received = await asyncio.wait_for(received_all, PHASE_TIMEOUT)
         confirmed = await asyncio.wait_for(delivered_all, PHASE_TIMEOUT)
+        cpu = time.process_time() - cpu_start
     finally:
         tap_a.handler = tap_b.handler = None
     if bob.store.recv_seq(alice_id) != recv_before + n or alice.store.outbox(bob_id):
         raise RuntimeError("bulk run did not end with every message stored and acknowledged")
-    return Throughput(n, queued - start, received - start, confirmed - start)
+    return Throughput(n, queued - start, received - start, confirmed - start, cpu)
 
 
 async def bench_p2pchat(
@@ -740,6 +743,7 @@ async def quic_round_trips(
 async def quic_bulk(
     server: BenchServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
 ) -> Throughput:
+    cpu_start = time.process_time()
     start = time.perf_counter()
     for i in range(n):
         writer.write(frame(b"C" + body("bulk", i).encode()[1:]))
@@ -749,9 +753,10 @@ async def quic_bulk(
     queued = time.perf_counter()
     reply = await asyncio.wait_for(read_frame(reader), PHASE_TIMEOUT)
     confirmed = time.perf_counter()
+    cpu = time.process_time() - cpu_start
     if HEADER.unpack(reply)[0] != n:
         raise RuntimeError(f"server counted {HEADER.unpack(reply)[0]} of {n} messages")
-    return Throughput(n, queued - start, server.finished_at - start, confirmed - start)
+    return Throughput(n, queued - start, server.finished_at - start, confirmed - start, cpu)
 
 
 async def bench_aioquic(args: argparse.Namespace, profiler: cProfile.Profile | None) -> Results:
@@ -882,6 +887,10 @@ def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None
     ):
         ours, ref = chat.rate(milestone), quic.rate(milestone)
         print(f"{label:<26}{ours:>12,.0f}{ref:>12,.0f}{ref / ours:>9.1f}x  {note}")
+    # CPU time of the process until confirmed: both sides' work per message, which a
+    # loaded machine stretches less than the rates (another process's turn is not in it).
+    ours, ref = (median([r.cpu / r.messages * 1e6 for r in res.bulk]) for res in (chat, quic))
+    print(f"{'CPU per message (µs)':<26}{ours:>12.1f}{ref:>12.1f}{ours / ref:>9.1f}x  both sides")
     if chat.batched:
         for label, milestone in (
             ("received, batched (msg/s)", "received"),
@@ -896,9 +905,10 @@ def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None
     for name, res in (("p2pchat", chat), ("aioquic", quic)):
         runs = ", ".join(f"{r.rate(r.received):,.0f}/{r.rate(r.confirmed):,.0f}" for r in res.bulk)
         send_loop = median([r.queued for r in res.bulk]) / args.messages * 1e6
+        cpu = ", ".join(f"{r.cpu / r.messages * 1e6:.0f}" for r in res.bulk)
         print(
             f"{name} bulk rounds (received/confirmed msg/s): {runs};"
-            f" send loop {send_loop:.0f} µs/msg"
+            f" send loop {send_loop:.0f} µs/msg; CPU µs/msg {cpu}"
         )
     if chat.batched:
         runs = ", ".join(

@@ -164,12 +164,14 @@ class InboxMixin(MessageRows):
             return []
         day = int(now // 86400)
         results: list[ReceiveResult] = []
-        with self._write() as db:
+        with self._write(defer=True) as db:
             row = db.execute(
                 "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
             ).fetchone()
             recv_seq = 0 if row is None else int(row[0])
-            known: set[str] = set()
+            # Our own messages folded by this transaction have no row yet; their ids
+            # are taken too (ids are unique per conversation, whatever the direction).
+            known = {row.entry.id for row in self._unfolded.get(peer_id, ())}
             ids = list(dict.fromkeys(f.id for f in frames))
             for start in range(0, len(ids), 500):
                 part = ids[start : start + 500]
@@ -189,6 +191,8 @@ class InboxMixin(MessageRows):
             count = 0
 
             def insert_pending() -> None:
+                # Our messages queued before these arrived keep the lower ``pos``.
+                self._insert_unfolded(db)
                 db.executemany(
                     "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
                     " received_at, state, updated_at, reply_to, kind, target)"

@@ -25,7 +25,10 @@ p2pchat
       sees the reply's ``MessageReceived``.  This is the full path twice:
       SQLite commits, sealing, QUIC, the receive window, acks.
     * delivery ack: ``send_message`` until alice's event stream sees
-      ``MessageStateChanged(..., "delivered")`` for that message.
+      ``MessageStateChanged(..., "delivered")`` for that message.  No reply
+      comes, so bob's ack of a single message leaves after its delayed-ack
+      wait (``delivery.ACK_WAIT``, 20 ms: docs/protocol.md, "Delayed acks"):
+      this row shows that wait, not the work on the path.
     * throughput: alice sends N messages as fast as she can (yielding to the
       loop every 256, as the reference client does); rate until bob has seen
       all N ``MessageReceived`` events, and until alice has seen all N
@@ -99,6 +102,7 @@ from cryptography.x509.oid import NameOID
 from p2pchat import node as node_module
 from p2pchat.config import Paths, save_settings
 from p2pchat.core.events import MessageReceived, MessageStateChanged, NodeEvent
+from p2pchat.delivery import ACK_WAIT
 from p2pchat.identity import create_identity
 from p2pchat.node import EVENT_QUEUE_SIZE, Node
 
@@ -162,6 +166,7 @@ class Throughput:
     queued: float  # the sender's loop finished
     received: float  # the receiver has all N
     confirmed: float  # the sender knows the receiver has all N
+    cpu: float = 0.0  # process CPU seconds until confirmed (both sides: one process)
 
     def rate(self, elapsed: float) -> float:
         return self.messages / elapsed
@@ -346,6 +351,7 @@ async def chat_bulk(
 
     tap_a.handler, tap_b.handler = on_alice, on_bob
     try:
+        cpu_start = time.process_time()
         start = time.perf_counter()
         if batched:
             for first in range(0, n, CHUNK):
@@ -360,11 +366,12 @@ async def chat_bulk(
         queued = time.perf_counter()
         received = await asyncio.wait_for(received_all, PHASE_TIMEOUT)
         confirmed = await asyncio.wait_for(delivered_all, PHASE_TIMEOUT)
+        cpu = time.process_time() - cpu_start
     finally:
         tap_a.handler = tap_b.handler = None
     if bob.store.recv_seq(alice_id) != recv_before + n or alice.store.outbox(bob_id):
         raise RuntimeError("bulk run did not end with every message stored and acknowledged")
-    return Throughput(n, queued - start, received - start, confirmed - start)
+    return Throughput(n, queued - start, received - start, confirmed - start, cpu)
 
 
 async def bench_p2pchat(
@@ -740,6 +747,7 @@ async def quic_round_trips(
 async def quic_bulk(
     server: BenchServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
 ) -> Throughput:
+    cpu_start = time.process_time()
     start = time.perf_counter()
     for i in range(n):
         writer.write(frame(b"C" + body("bulk", i).encode()[1:]))
@@ -749,9 +757,10 @@ async def quic_bulk(
     queued = time.perf_counter()
     reply = await asyncio.wait_for(read_frame(reader), PHASE_TIMEOUT)
     confirmed = time.perf_counter()
+    cpu = time.process_time() - cpu_start
     if HEADER.unpack(reply)[0] != n:
         raise RuntimeError(f"server counted {HEADER.unpack(reply)[0]} of {n} messages")
-    return Throughput(n, queued - start, server.finished_at - start, confirmed - start)
+    return Throughput(n, queued - start, server.finished_at - start, confirmed - start, cpu)
 
 
 async def bench_aioquic(args: argparse.Namespace, profiler: cProfile.Profile | None) -> Results:
@@ -865,11 +874,12 @@ def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None
     )
     print()
     assert chat.ack is not None
+    wait = f"{ACK_WAIT * 1000:.0f} ms"
     rows = [
         ("round trip p50 (ms)", chat.rtt.p50_ms, quic.rtt.p50_ms, "p2pchat: message + reply"),
         ("round trip p99 (ms)", chat.rtt.p99_ms, quic.rtt.p99_ms, "aioquic: echo"),
-        ("delivery ack p50 (ms)", chat.ack.p50_ms, quic.rtt.p50_ms, "send -> 'delivered'"),
-        ("delivery ack p99 (ms)", chat.ack.p99_ms, quic.rtt.p99_ms, "vs the same echo"),
+        ("delivery ack p50 (ms)", chat.ack.p50_ms, quic.rtt.p50_ms, "send -> 'delivered' with"),
+        ("delivery ack p99 (ms)", chat.ack.p99_ms, quic.rtt.p99_ms, f"no reply: {wait} ack wait"),
     ]
     header = f"{'':<26}{'p2pchat':>12}{'aioquic':>12}{'slowdown':>10}  note"
     print(header)
@@ -882,6 +892,10 @@ def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None
     ):
         ours, ref = chat.rate(milestone), quic.rate(milestone)
         print(f"{label:<26}{ours:>12,.0f}{ref:>12,.0f}{ref / ours:>9.1f}x  {note}")
+    # CPU time of the process until confirmed: both sides' work per message, which a
+    # loaded machine stretches less than the rates (another process's turn is not in it).
+    ours, ref = (median([r.cpu / r.messages * 1e6 for r in res.bulk]) for res in (chat, quic))
+    print(f"{'CPU per message (µs)':<26}{ours:>12.1f}{ref:>12.1f}{ours / ref:>9.1f}x  both sides")
     if chat.batched:
         for label, milestone in (
             ("received, batched (msg/s)", "received"),
@@ -896,9 +910,10 @@ def print_report(args: argparse.Namespace, chat: Results, quic: Results) -> None
     for name, res in (("p2pchat", chat), ("aioquic", quic)):
         runs = ", ".join(f"{r.rate(r.received):,.0f}/{r.rate(r.confirmed):,.0f}" for r in res.bulk)
         send_loop = median([r.queued for r in res.bulk]) / args.messages * 1e6
+        cpu = ", ".join(f"{r.cpu / r.messages * 1e6:.0f}" for r in res.bulk)
         print(
             f"{name} bulk rounds (received/confirmed msg/s): {runs};"
-            f" send loop {send_loop:.0f} µs/msg"
+            f" send loop {send_loop:.0f} µs/msg; CPU µs/msg {cpu}"
         )
     if chat.batched:
         runs = ", ".join(

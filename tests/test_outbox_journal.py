@@ -257,11 +257,15 @@ def test_a_fold_that_cannot_commit_leaves_reads_working_and_numbering_safe(
     with Store(db, journal=True) as store:
         store.queue_messages(PEER, ["one", "two"], now=1.0)
         fold_into = p2pchat.store.database.fold_into
+        insert_folded = p2pchat.store.database.insert_folded
 
         def disk_full(*_args: object) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
+        # Both ways a fold writes its rows: at once, or at the end of a transaction
+        # that marks them (a group commit, a sent mark).
         monkeypatch.setattr(p2pchat.store.database, "fold_into", disk_full)
+        monkeypatch.setattr(p2pchat.store.database, "insert_folded", disk_full)
         assert store.outbox(PEER) == []  # what is committed; no error for a read
         assert store.pending
         with pytest.raises(StoreError, match="disk is full"):
@@ -269,6 +273,7 @@ def test_a_fold_that_cannot_commit_leaves_reads_working_and_numbering_safe(
         with pytest.raises(StoreError, match="disk is full"):
             store.mark_sent(PEER, 2, now=2.0)
         monkeypatch.setattr(p2pchat.store.database, "fold_into", fold_into)
+        monkeypatch.setattr(p2pchat.store.database, "insert_folded", insert_folded)
         assert [m.body for m in store.outbox(PEER)] == ["one", "two"]
         assert store.queue_message(PEER, "three", now=3.0).seq == 3
     with Store(db) as store:

@@ -47,11 +47,15 @@ from typing import Self, cast
 
 import sqlcipher3
 
+from p2pchat.store.checkpoint import Checkpointer
 from p2pchat.store.errors import DatabaseBusy, DatabaseKeyError, StoreError
 from p2pchat.store.journal import (
+    Folded,
     Journal,
     JournalCorrupt,
+    fold_counters,
     fold_into,
+    insert_folded,
     journal_key,
     journal_path,
     not_yet_stored,
@@ -100,21 +104,31 @@ def pending_rekey_marker(path: Path) -> Path:
     return path.with_name(path.name + ".rekey")
 
 
-def open_database(path: Path, key: bytes | None, *, sqlcipher: bool = False) -> sqlite3.Connection:
+def open_database(
+    path: Path, key: bytes | None, *, sqlcipher: bool = False, another: bool = False
+) -> sqlite3.Connection:
     """Connect to the database at ``path``, encrypted under ``key`` or plain when None.
 
     A plain database is opened by the standard library unless ``sqlcipher`` asks for
     the SQLCipher binding (re-encryption needs its ``sqlcipher_export``).  Raises
     :class:`DatabaseKeyError` when the file and the key do not go together.
+
+    ``another``: this process has a connection to the file open already (the store's
+    checkpoint thread).  The file is then not read here: closing any descriptor of a
+    file drops every POSIX lock the process holds on it, SQLite's included, and
+    without its lock on the database file the node's connection no longer counts as
+    open, so another process closing its own connection would checkpoint the WAL and
+    delete it under the node, whose later commits would go to a deleted file.
     """
-    plaintext = database_is_plaintext(path)
-    if key is None and plaintext is False:
-        raise DatabaseKeyError(
-            f"{path} is encrypted, but the identity has no passphrase; was identity.key "
-            "replaced by an unprotected copy?"
-        )
-    if key is not None and plaintext is True:
-        raise DatabaseKeyError(f"{path} is not encrypted, but a database key was given")
+    if not another:
+        plaintext = database_is_plaintext(path)
+        if key is None and plaintext is False:
+            raise DatabaseKeyError(
+                f"{path} is encrypted, but the identity has no passphrase; was identity.key "
+                "replaced by an unprotected copy?"
+            )
+        if key is not None and plaintext is True:
+            raise DatabaseKeyError(f"{path} is not encrypted, but a database key was given")
     try:
         if key is None and not sqlcipher:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -249,13 +263,27 @@ class StoreBase:
         key: bytes | None = None,
         lock: StoreLock | None = None,
         journal: bool = False,
+        background_checkpoints: bool | None = None,
     ) -> None:
         """``journal``: hold the outbox journal for as long as the store is open and
         queue messages through it (a node's store); other stores take it for one
-        transaction at a time, and only to number messages in SQL."""
+        transaction at a time, and only to number messages in SQL.
+
+        ``background_checkpoints`` (by default: what ``journal`` says, so a node's
+        store): commits never checkpoint the WAL, a thread of the store's does
+        (``checkpoint.py``); other stores leave that to SQLite, in their commits."""
         self.path = Path(path)
         self._key = key
+        if background_checkpoints is None:
+            background_checkpoints = journal
         self._lock = threading.RLock()
+        self._checkpointer = (
+            Checkpointer(
+                self.path, lambda: open_database(self.path, self._key, another=True), self._lock
+            )
+            if background_checkpoints
+            else None
+        )
         self._batching = False
         self._db: sqlite3.Connection | None = None
         self._keeps_journal = journal
@@ -264,6 +292,13 @@ class StoreBase:
         """Journaled messages not folded into the tables yet, oldest first."""
         self._folding: list[Message] = []
         """Folded into the transaction in progress: pending again if it rolls back."""
+        self._unfolded: dict[str, list[Folded]] = {}
+        """Of those, the ones whose rows wait for the end of the transaction (a write
+        that knows them, ``_write(defer=True)``: the group commit's sent marks and
+        acks), by contact, in ``seq`` order; any other statement writes them first,
+        and so does one that inserts a message (``pos`` keeps the order of events)."""
+        self._unfolded_rows: list[Folded] = []
+        """The same, in the order they were queued: the order their rows go in."""
         self._sending: dict[str, Sending] = {}
         self._contact_refs: dict[str, str] = {}
         """Contact references resolved to peer IDs (``ContactsMixin.contact_id``)."""
@@ -296,7 +331,17 @@ class StoreBase:
                 f"{marker} shows an unfinished passphrase change; open this home with "
                 "p2pchat (any command) to finish it"
             )
-        return open_database(self.path, self._key)
+        db = open_database(self.path, self._key)
+        if self._checkpointer is not None:
+            try:
+                # The checkpointer's thread copies the WAL back; a commit never does.
+                # After a complete checkpoint the next commit cuts the file back.
+                db.execute("PRAGMA wal_autocheckpoint = 0")
+                db.execute(f"PRAGMA journal_size_limit = {self._checkpointer.limit}")
+            except BaseException:
+                db.close()
+                raise
+        return db
 
     @property
     def encrypted(self) -> bool:
@@ -385,22 +430,51 @@ class StoreBase:
     def fold(self) -> None:
         """Fold the journaled messages into the tables now, in one transaction."""
         with self._lock:
-            if self._pending:
+            if self._pending or self._unfolded:
                 with self._write():
                     pass
 
-    def _fold_into(self, db: sqlite3.Connection) -> None:
+    def _fold_into(self, db: sqlite3.Connection, defer: bool) -> None:
+        """Fold what is pending into the transaction: its rows now, or (``defer``) at
+        the end of the transaction, so that the sent marks and acks applied meanwhile
+        are written with them (``_unfolded``).  The counters go in at once either way:
+        every check of ``send_seq`` and ``sent_seq`` sees the messages."""
+        if not defer:
+            self._insert_unfolded(db)
         if self._pending:
             entries, self._pending = self._pending, []
             self._folding.extend(entries)
-            fold_into(db, entries)
+            if not defer:
+                fold_into(db, entries)
+                return
+            for e in entries:
+                row = Folded(e, "queued", e.created_at)
+                self._unfolded_rows.append(row)
+                self._unfolded.setdefault(e.peer_id, []).append(row)
+            fold_counters(db, entries)
+
+    def _insert_unfolded(self, db: sqlite3.Connection) -> None:
+        if self._unfolded_rows:
+            rows, self._unfolded_rows = self._unfolded_rows, []
+            self._unfolded.clear()
+            insert_folded(db, rows)
 
     def _committed(self) -> None:
         self._folding.clear()
         if not self._pending and self._journal.owned:
             self._journal.clear()
+        checkpointer = self._checkpointer
+        if checkpointer is not None:
+            checkpointer.poke()
+            if checkpointer.failed is not None:
+                # Without its thread the WAL would grow without bound: SQLite
+                # checkpoints in this connection's commits again, as by default.
+                self._checkpointer = None
+                self._connection().execute("PRAGMA wal_autocheckpoint = 1000")
 
     def _rolled_back(self) -> None:
+        self._unfolded.clear()
+        self._unfolded_rows.clear()
         if self._folding:
             self._pending[:0] = self._folding
             self._folding.clear()
@@ -418,6 +492,8 @@ class StoreBase:
             if self._db is None:
                 raise StoreError("store is closed")
             self.fold()  # the journal is empty while the file changes (and its key)
+            if self._checkpointer is not None:
+                self._checkpointer.stop()  # its connection is to the file being replaced
             self._db.close()
             self._db = None
             self._contact_refs.clear()
@@ -458,6 +534,10 @@ class StoreBase:
                     self.fold()
                 except StoreError as exc:
                     log.warning("%s; the next opening folds the journal", exc)
+            if self._checkpointer is not None:
+                self._checkpointer.stop()  # after the last commit, which may wake it
+            if self._db is not None:
+                # The last connection to close checkpoints the whole WAL and removes it.
                 self._db.close()
                 self._db = None
             self._journal.release()
@@ -493,7 +573,7 @@ class StoreBase:
             if self._batching:
                 yield
                 return
-            with self._write():
+            with self._write(defer=True):
                 self._batching = True
                 try:
                     yield
@@ -501,15 +581,17 @@ class StoreBase:
                     self._batching = False
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, defer: bool = False) -> Iterator[sqlite3.Connection]:
         """One atomic, durable-on-return write; sqlite errors become ``StoreError``.
 
-        Inside ``batch`` the write joins the batch's transaction instead."""
+        Inside ``batch`` the write joins the batch's transaction instead.  ``defer``:
+        the caller knows the journaled messages whose rows wait for the end of the
+        transaction (``_unfolded``); any other write has them written first."""
         with self._lock:
             db = self._connection()
             if self._batching:
                 try:
-                    self._fold_into(db)
+                    self._fold_into(db, defer)
                     yield db
                 except DB_ERRORS as exc:
                     raise StoreError(f"database error: {exc}") from exc
@@ -517,8 +599,9 @@ class StoreBase:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._fold_into(db)
+                    self._fold_into(db, defer)
                     yield db
+                    self._insert_unfolded(db)
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -550,7 +633,7 @@ class StoreBase:
         batch shares its transaction, which the failure may have ended: it raises.
         Numbering never reads past a failed fold (``_sending_state`` folds first).
         """
-        if not self._pending:
+        if not (self._pending or self._unfolded):
             return
         try:
             self.fold()

@@ -54,11 +54,14 @@ from p2pchat.store.errors import DatabaseBusy, StoreError
 
 __all__ = [
     "Entry",
+    "Folded",
     "Journal",
     "JournalCorrupt",
     "Parsed",
     "encode",
+    "fold_counters",
     "fold_into",
+    "insert_folded",
     "journal_key",
     "journal_path",
     "not_yet_stored",
@@ -225,27 +228,65 @@ def _decode(payload: bytes, key: bytes | None, name: str, offset: int) -> Entry:
     return Entry(peer_id, mid, seq, body, float(created_at), reply_to)
 
 
+@dataclass(slots=True)
+class Folded:
+    """A journaled message on its way into the tables, with what the transaction that
+    folds it did to it before its row was written: the group commit that folds a
+    burst also applies its sent marks and, often, the ack for it (``Store.batch``)."""
+
+    entry: Record
+    state: str = "queued"
+    updated_at: float = 0.0
+    attempts: int = 0
+    last_attempt: float | None = None
+
+
 def fold_into(db: sqlite3.Connection, entries: Sequence[Record]) -> None:
     """Write ``entries`` as rows (message, outbox, conversation counter) inside the
     caller's transaction, in a fixed number of statements whatever their number."""
     if not entries:
         return
-    db.executemany(
-        "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
-        " received_at, state, updated_at, reply_to)"
-        " VALUES (?, ?, 'out', ?, ?, ?, NULL, 'queued', ?, ?)",
-        [(e.id, e.peer_id, e.seq, e.body, e.created_at, e.created_at, e.reply_to) for e in entries],
-    )
-    db.executemany(
-        "INSERT INTO outbox (message_id, peer_id, seq) VALUES (?, ?, ?)",
-        [(e.id, e.peer_id, e.seq) for e in entries],
-    )
+    insert_folded(db, [Folded(e, "queued", e.created_at) for e in entries])
+    fold_counters(db, entries)
+
+
+def fold_counters(db: sqlite3.Connection, entries: Sequence[Record]) -> None:
+    """Each conversation's ``send_seq`` counts ``entries`` (one statement a contact)."""
     last = {e.peer_id: e.seq for e in entries}
     db.executemany(
         "INSERT INTO conversations (peer_id, send_seq) VALUES (?, ?)"
         " ON CONFLICT (peer_id) DO UPDATE SET send_seq = max(send_seq, excluded.send_seq)",
         list(last.items()),
     )
+
+
+def insert_folded(db: sqlite3.Connection, rows: Sequence[Folded]) -> None:
+    """The message rows of ``rows`` as they are now, and an outbox row for each one
+    not acknowledged yet: one acknowledged in the transaction that folds it never
+    gets an outbox row to be deleted again.  Two statements whatever their number."""
+    if not rows:
+        return
+    db.executemany(
+        "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
+        " received_at, state, updated_at, reply_to)"
+        " VALUES (?, ?, 'out', ?, ?, ?, NULL, ?, ?, ?)",
+        [
+            (r.entry.id, r.entry.peer_id, r.entry.seq, r.entry.body, r.entry.created_at,
+             r.state, r.updated_at, r.entry.reply_to)
+            for r in rows
+        ],
+    )  # fmt: skip
+    waiting = [
+        (r.entry.id, r.entry.peer_id, r.entry.seq, r.attempts, r.last_attempt)
+        for r in rows
+        if r.state != "delivered"
+    ]
+    if waiting:
+        db.executemany(
+            "INSERT INTO outbox (message_id, peer_id, seq, attempts, last_attempt)"
+            " VALUES (?, ?, ?, ?, ?)",
+            waiting,
+        )
 
 
 def not_yet_stored(db: sqlite3.Connection, entries: Sequence[Entry], name: str) -> list[Entry]:

@@ -289,24 +289,42 @@ class OutboxMixin(MessageRows):
     def mark_sent(self, peer_id: str, upto_seq: int, now: float, *, from_seq: int = 0) -> list[str]:
         """Count a transmission of outbox messages ``from_seq..upto_seq``; returns ids
         now 'sent'.  Bounded below so that sending one new message does not touch
-        every older unacknowledged row (a burst would otherwise cost O(n^2))."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_attempt = ?"
-                " WHERE peer_id = ? AND seq BETWEEN ? AND ?",
-                (now, peer_id, from_seq, upto_seq),
-            )
+        every older unacknowledged row (a burst would otherwise cost O(n^2)).
+
+        Messages journaled since the last commit are marked in memory: their rows are
+        written at the end of the transaction, as they are then (``_unfolded``)."""
+        with self._write(defer=True) as db:
+            unfolded = self._unfolded.get(peer_id, [])
+            rows: list[Any] = []
+            if not unfolded or from_seq < unfolded[0].entry.seq:  # some are in the tables
+                db.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_attempt = ?"
+                    " WHERE peer_id = ? AND seq BETWEEN ? AND ?",
+                    (now, peer_id, from_seq, upto_seq),
+                )
+                rows = db.execute(
+                    "UPDATE messages SET state = 'sent', updated_at = ?"
+                    " WHERE peer_id = ? AND direction = 'out' AND seq BETWEEN ? AND ?"
+                    " AND state = 'queued' RETURNING id, seq, kind",
+                    (now, peer_id, from_seq, upto_seq),
+                ).fetchall()
             db.execute(
                 "UPDATE conversations SET sent_seq = max(sent_seq, min(?, send_seq))"
                 " WHERE peer_id = ?",
                 (upto_seq, peer_id),
             )
-            rows = db.execute(
-                "UPDATE messages SET state = 'sent', updated_at = ?"
-                " WHERE peer_id = ? AND direction = 'out' AND seq BETWEEN ? AND ?"
-                " AND state = 'queued' RETURNING id, seq, kind",
-                (now, peer_id, from_seq, upto_seq),
-            ).fetchall()
+            for row in unfolded:
+                seq = row.entry.seq
+                if seq < from_seq:
+                    continue
+                if seq > upto_seq:
+                    break
+                row.attempts += 1
+                row.last_attempt = now
+                if row.state == "queued":
+                    row.state = "sent"
+                    row.updated_at = now
+                    rows.append((row.entry.id, seq, "text"))
         return self._changed_ids(rows)
 
     def requeue_sent(self, peer_id: str, now: float) -> list[str]:
@@ -331,24 +349,40 @@ class OutboxMixin(MessageRows):
         An ack beyond the highest ``seq`` ever transmitted (``mark_sent``) is ignored
         entirely: it is either a bug or a peer lying, and honouring any part of it
         would let a peer claim delivery of messages it never received.
+
+        Messages journaled since the last commit are acknowledged in memory: their
+        rows go in as 'delivered' at the end of the transaction, without an outbox row.
         """
-        with self._write() as db:
+        with self._write(defer=True) as db:
             row = db.execute(
                 "SELECT sent_seq FROM conversations WHERE peer_id = ?", (peer_id,)
             ).fetchone()
             if upto_seq < 1 or row is None or upto_seq > int(row[0]):
                 return []
-            # Everything below the outbox's lowest seq was acknowledged before: start
-            # there, so an ack costs what it acknowledges, not the whole history.
-            rows = db.execute(
-                "UPDATE messages SET state = 'delivered', updated_at = ?1"
-                " WHERE peer_id = ?2 AND direction = 'out' AND seq <= ?3"
-                " AND seq >= (SELECT coalesce(min(seq), ?3 + 1) FROM outbox WHERE peer_id = ?2)"
-                " AND state IN ('queued', 'sent') RETURNING id, seq, kind",
-                (now, peer_id, upto_seq),
-            ).fetchall()
-            db.execute("DELETE FROM outbox WHERE peer_id = ? AND seq <= ?", (peer_id, upto_seq))
+            unfolded = self._unfolded.get(peer_id, [])
             sending = self._sending.get(peer_id)
+            rows: list[Any] = []
+            if not (unfolded and sending is not None and sending.base >= unfolded[0].entry.seq):
+                # Some unacknowledged messages are in the tables.  Everything below the
+                # outbox's lowest seq was acknowledged before: start there, so an ack
+                # costs what it acknowledges, not the whole history.
+                rows = db.execute(
+                    "UPDATE messages SET state = 'delivered', updated_at = ?1"
+                    " WHERE peer_id = ?2 AND direction = 'out' AND seq <= ?3"
+                    " AND seq >= (SELECT coalesce(min(seq), ?3 + 1) FROM outbox WHERE peer_id = ?2)"
+                    " AND state IN ('queued', 'sent') RETURNING id, seq, kind",
+                    (now, peer_id, upto_seq),
+                ).fetchall()
+                db.execute(
+                    "DELETE FROM outbox WHERE peer_id = ? AND seq <= ?", (peer_id, upto_seq)
+                )
+            for folded in unfolded:
+                if folded.entry.seq > upto_seq:
+                    break
+                if folded.state != "delivered":
+                    folded.state = "delivered"
+                    folded.updated_at = now
+                    rows.append((folded.entry.id, folded.entry.seq, "text"))
             if sending is not None:  # the outbox is always a run of seqs: cut its start
                 sending.base = max(sending.base, min(upto_seq, sending.send_seq) + 1)
         return self._changed_ids(rows)

@@ -67,6 +67,9 @@ TYPING_TTL = 8.0
 # user follows the newest rows, rows beyond this many are dropped from the top (they
 # are paged in again on scrolling up).  Paging older history in is not trimmed.
 MAX_ITEMS = 400
+# Refreshes a page of older history may take to be laid out before the pane keeps the
+# user's place anyway (``prepend_lines``).
+KEEP_PLACE_TRIES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,8 +601,14 @@ class ConversationView(Vertical):
         else:
             timeline.mount_all(items)
 
-        def keep_place() -> None:
+        def keep_place(tries: int = KEEP_PLACE_TRIES) -> None:
             grown = timeline.virtual_size.height - before_height
+            if grown <= 0 and tries > 0:
+                # Not laid out yet (a busy machine can take more than one refresh to
+                # mount a page): scrolling now would leave the user at the top, where
+                # the next page is asked for at once instead of where they read.
+                timeline.call_after_refresh(keep_place, tries - 1)
+                return
             timeline.scroll_to(y=before_y + grown, animate=False, immediate=True)
 
         timeline.call_after_refresh(keep_place)

@@ -12,6 +12,7 @@ import pytest
 
 from p2pchat.core import chat, events
 from p2pchat.core.frozen import quick_init
+from p2pchat.store import records
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,8 @@ def test_refuses_what_it_does_not_support_when_the_class_is_defined() -> None:
         events.MessageEdited,
         events.MessageDeleted,
         events.MessageStateChanged,
+        records.Message,
+        records.ReceiveResult,
     ],
 )
 def test_the_classes_built_per_message_keep_their_signature(cls: type) -> None:
@@ -105,3 +108,21 @@ def test_the_classes_built_per_message_keep_their_signature(cls: type) -> None:
     for p, f in zip(params, fields, strict=True):
         expected = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
         assert p.default == expected
+
+
+def test_store_records_compare_hash_replace_and_pickle_as_dataclasses() -> None:
+    message = records.Message("m1", "p", "in", 3, "hi", 1.0, 2.0, "delivered", 2.0, kind="text")
+    same = records.Message(
+        id="m1", peer_id="p", direction="in", seq=3, body="hi", created_at=1.0,
+        received_at=2.0, state="delivered", updated_at=2.0,
+    )  # fmt: skip
+    assert message == same and hash(message) == hash(same)
+    assert message.reply_to is None and message.target is None and message.kind == "text"
+    assert message.with_state("read") == dataclasses.replace(message, state="read")
+    assert pickle.loads(pickle.dumps(message)) == message
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        message.body = "changed"  # type: ignore[misc]
+    result = records.ReceiveResult("accept", message, 3)
+    assert result == records.ReceiveResult("accept", same, 3, None, None)
+    assert dataclasses.replace(result, recv_seq=4).recv_seq == 4
+    assert pickle.loads(pickle.dumps(result)) == result

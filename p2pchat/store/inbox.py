@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from p2pchat.core.events import MessageState
 from p2pchat.core.window import Verdict, classify_incoming
 from p2pchat.store.messages import MessageRows
 from p2pchat.store.records import (
@@ -18,6 +19,9 @@ from p2pchat.store.records import (
     ReceiveResult,
     _message,
 )
+
+_InboxRow = tuple[str, str, int, str, float, float, str, float, str | None, str, str | None]
+"""The parameters of one received message's INSERT, in its column order."""
 
 
 class InboxMixin(MessageRows):
@@ -187,8 +191,17 @@ class InboxMixin(MessageRows):
                 "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
             ).fetchone()
             intake = 0 if used is None else int(used[0])
-            pending: list[Message] = []  # accepted, not inserted yet
+            # Accepted rows not inserted yet, built as the INSERT takes them.
+            pending: list[_InboxRow] = []
             count = 0
+            # The loop below runs once per message of a burst: names bound once,
+            # positional arguments (``Message`` and ``ReceiveResult`` use
+            # ``quick_init``), and the common case (the next seq, an id not seen)
+            # decided without a call; anything else goes to ``classify_incoming``.
+            append = results.append
+            pend = pending.append
+            kinds = _INCOMING_KINDS
+            retry_at = (day + 1) * 86400.0
 
             def insert_pending() -> None:
                 # Our messages queued before these arrived keep the lower ``pos``.
@@ -197,48 +210,48 @@ class InboxMixin(MessageRows):
                     "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
                     " received_at, state, updated_at, reply_to, kind, target)"
                     " VALUES (?, ?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (m.id, peer_id, m.seq, m.body, m.created_at, now, m.state, now,
-                         m.reply_to, m.kind, m.target)
-                        for m in pending
-                    ],
-                )  # fmt: skip
+                    pending,
+                )
                 pending.clear()
 
             for frame in frames:
-                verdict: Verdict = (
-                    "duplicate"
-                    if frame.id in known
-                    else classify_incoming(frame.seq, frame.base, recv_seq)
-                )
-                if verdict != "accept":
-                    results.append(ReceiveResult(verdict, None, recv_seq))
-                    continue
-                size = len(frame.body.encode("utf-8"))
+                message_id = frame.id
+                seq = frame.seq
+                if seq != recv_seq + 1 or message_id in known:
+                    verdict: Verdict = (
+                        "duplicate"
+                        if message_id in known
+                        else classify_incoming(seq, frame.base, recv_seq)
+                    )
+                    if verdict != "accept":
+                        append(ReceiveResult(verdict, None, recv_seq))
+                        continue
+                body = frame.body
+                size = len(body) if body.isascii() else len(body.encode("utf-8"))
                 if daily_quota is not None and intake + size > daily_quota:
-                    retry_at = (day + 1) * 86400.0
-                    results.append(ReceiveResult("quota", None, recv_seq, retry_at=retry_at))
+                    append(ReceiveResult("quota", None, recv_seq, retry_at))
                     break
                 intake += size
                 count += 1
-                recv_seq = frame.seq
-                known.add(frame.id)
-                kind = _INCOMING_KINDS.get(frame.kind, "text")
-                body = frame.body
+                recv_seq = seq
+                known.add(message_id)
+                kind = kinds.get(frame.kind, "text")
                 changed: Message | None = None
+                state: MessageState = "delivered"
                 if kind != "text":
                     # Its target may be earlier in this batch: that one goes in first.
                     insert_pending()
                     changed = self._apply_change(db, peer_id, kind, frame.target, body, now)
                     body = ""  # the changed message has the text, or nothing does
+                    state = "read"  # bookkeeping rows are never unread
+                sent_at, reply_to, target = frame.sent_at, frame.reply_to, frame.target
+                pend((message_id, peer_id, seq, body, sent_at, now, state, now,
+                      reply_to, kind, target))  # fmt: skip
                 message = Message(
-                    frame.id, peer_id, "in", frame.seq, body, frame.sent_at, now,
-                    # Bookkeeping rows are never unread.
-                    "delivered" if kind == "text" else "read", now,
-                    reply_to=frame.reply_to, kind=kind, target=frame.target,
+                    message_id, peer_id, "in", seq, body, sent_at, now, state, now,
+                    reply_to, None, None, kind, target,
                 )  # fmt: skip
-                pending.append(message)
-                results.append(ReceiveResult("accept", message, recv_seq, changed=changed))
+                append(ReceiveResult("accept", message, seq, None, changed))
             if count:
                 insert_pending()
                 db.execute("DELETE FROM intake WHERE peer_id = ? AND day < ?", (peer_id, day))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
 from p2pchat.core.events import MessageState
+from p2pchat.core.frozen import quick_init
 from p2pchat.core.window import Verdict
 
 Direction = Literal["in", "out"]
@@ -39,6 +40,8 @@ class Contact:
     """No notifications for this contact (views read it; the node stores it)."""
 
 
+# ``quick_init``: built several times per message (queued, sent, received), see core/frozen.py.
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Message:
     id: str
@@ -148,6 +151,7 @@ _INCOMING_KINDS: dict[str, MessageKind] = {"edit": "edit", "delete": "delete"}
 """A received ``kind`` as stored: anything else is text."""
 
 
+@quick_init  # one per received message
 @dataclass(frozen=True, slots=True)
 class ReceiveResult:
     """What happened to an incoming message; ``recv_seq`` is what the node acks.

@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    python3 benchmarks/idle.py [--contacts 50] [--seconds 60] [--in-step] [--profile FILE]
+    python3 benchmarks/idle.py [--contacts 50] [--seconds 60] [--skew 0.02] [--profile FILE]
 
 The measured node is a ``p2pchat daemon`` in its own process (``--no-mdns --no-dht``,
 a fresh home on 127.0.0.1).  Its contacts are ``Node`` objects in this process, each
@@ -18,11 +18,13 @@ and how much ``VmRSS`` grew over the window: state kept per keepalive shows ther
 CPU % is CPU seconds over wall seconds (100 % = one core busy).  Keepalives are what
 an idle node spends on: a PING every 2 s on each connection it dialled, all in one
 wake-up (``net/quic.py``), and the ACKs of the contacts' PINGs on the others, plus the
-dial loop's one-second tick.  The contacts ping on clocks of their own (a random
-offset each, ``shift_contact_clocks``), as contacts on other machines do, so their
-PINGs reach the daemon out of step with its own; ``--in-step`` leaves them on this
-machine's clock (the figures before 2026-11-30 13:00 UTC were measured so, which
-flatters the daemon: its contacts' PINGs came in its own wake-ups).  Wake-ups are
+dial loop's one-second tick.  Each contact reads a clock off by up to ``--skew``
+(default 20 ms, ``skew_contact_clocks``), as contacts on other machines do, so their
+PINGs reach the daemon a little out of step with its own; ``--skew 0`` leaves them on
+this machine's clock, exactly in step (the figures before 2026-11-30 13:00 UTC were
+measured so, with keepalives on a 0.5 s grid of the monotonic clock, which flatters
+the daemon: its contacts' PINGs came in its own wake-ups), and ``--skew 2`` spreads
+them over the whole cycle, as between machines whose clocks nobody sets.  Wake-ups are
 the daemon's voluntary context switches (``/proc/PID/status``, every thread) over
 the same window: each is the process going to sleep in ``epoll_wait`` (or another
 blocking call) and being woken again.
@@ -51,8 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2pchat.net.endpoint import QuicLink
-from p2pchat.net.quic import KEEPALIVE_CYCLE
+from p2pchat.net.endpoint import Endpoint
 from p2pchat.node import Node
 from tests.daemons import Daemon, free_udp_port, make_home
 
@@ -119,30 +120,24 @@ async def count_syscalls(pid: int, seconds: float) -> None:
     print(out.decode(errors="replace"))
 
 
-def shift_contact_clocks() -> None:
-    """Each contact's keepalive schedule on a clock of its own, as on other machines.
+def skew_contact_clocks(skew: float) -> None:
+    """Each contact's wall clock off by up to ``skew`` seconds, as on other machines.
 
-    Keepalives are due on a grid and cycle of loop time (``net/quic.py``), and every
-    process on one machine reads the same monotonic clock: the contacts in this
-    process would ping the daemon in step with its own pings, in one of its
-    wake-ups, which contacts on other machines do not.  So in this process only,
-    each contact's endpoint computes its next keepalive on a clock shifted by its
-    own random offset.  The daemon is not touched.
+    Keepalives fall due on whole multiples of a grid and cycle of wall-clock time
+    (``QuicLink._keepalive_at``), so the contacts in this process, which read this
+    machine's clock, would ping exactly in step with the daemon, which contacts on
+    other machines do not: their clocks are off by milliseconds when NTP keeps them,
+    by anything when nothing does.  So in this process only, each contact's endpoint
+    reads a clock off by its own random amount within ``skew``.  The daemon is not
+    touched.
     """
-    original = QuicLink._keepalive_at
-    offsets: dict[object, float] = {}
+    original = Endpoint.wall_offset
+    offsets: dict[Endpoint, float] = {}
 
-    def shifted(link: QuicLink) -> float:
-        offset = offsets.setdefault(link.endpoint, random.uniform(0.0, KEEPALIVE_CYCLE))
-        link._last_heard -= offset
-        link._last_ping -= offset
-        try:
-            return original(link) + offset
-        finally:
-            link._last_heard += offset
-            link._last_ping += offset
+    def skewed(endpoint: Endpoint) -> float:
+        return original(endpoint) + offsets.setdefault(endpoint, random.uniform(-skew, skew))
 
-    setattr(QuicLink, "_keepalive_at", shifted)  # noqa: B010 - patched in this process only
+    setattr(Endpoint, "wall_offset", skewed)  # noqa: B010 - patched in this process only
 
 
 async def main() -> None:
@@ -155,13 +150,13 @@ async def main() -> None:
         help="after the measurement, count the daemon's system calls for this long",
     )  # fmt: skip
     parser.add_argument(
-        "--in-step", action="store_true",
-        help="leave the contacts' keepalives on this machine's clock, in step with the "
-        "daemon's (by default each contact's is shifted, as on a machine of its own)",
+        "--skew", type=float, default=0.02, metavar="SECONDS",
+        help="each contact's clock is off by up to this much, as on a machine of its own "
+        "(0: the contacts ping in step with the daemon; 2 or more: clocks nobody sets)",
     )  # fmt: skip
     opts = parser.parse_args()
-    if not opts.in_step:
-        shift_contact_clocks()
+    if opts.skew:
+        skew_contact_clocks(opts.skew)
     print(
         f"python {platform.python_version()}, {os.cpu_count()} cores; "
         f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"

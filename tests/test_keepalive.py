@@ -23,6 +23,9 @@ from p2pchat.net.quic import (
     KEEPALIVE_INTERVAL,
     KEEPALIVE_RETRY,
     LIVENESS_TIMEOUT,
+    TICK,
+    next_tick,
+    wall_offset,
 )
 
 from .conftest import wait_until
@@ -60,30 +63,38 @@ async def test_the_ping_schedule_of_each_side() -> None:
 
 
 async def test_idle_connections_fall_into_step() -> None:
-    """Whatever its phase, an idle connection's keepalives move onto the node's shared
-    cycle within three pings, none of them later than the ping schedule and none
-    more than ``KEEPALIVE_EARLY`` sooner, and then stay on it; the repeat of an
-    unanswered ping is never early, nor is the accepting side's backstop."""
+    """Whatever its phase, an idle connection's keepalives move onto the shared cycle
+    (whole multiples of ``KEEPALIVE_CYCLE`` of wall-clock time, so nodes whose clocks
+    are right ping in step too) within three pings, none of them later than the ping
+    schedule and none more than ``KEEPALIVE_EARLY`` sooner, and then stay on it; the
+    repeat of an unanswered ping is never early, nor is the accepting side's
+    backstop."""
     dialler, accepter, link, server = await _pair()
 
-    def on_grid(due: float) -> float:
-        return math.ceil(due / KEEPALIVE_GRID) * KEEPALIVE_GRID
+    def on_grid(due: float, offset: float) -> float:
+        return math.ceil((due + offset) / KEEPALIVE_GRID) * KEEPALIVE_GRID - offset
+
+    def on_cycle(at: float, offset: float) -> bool:
+        turns = (at + offset) / KEEPALIVE_CYCLE
+        return abs(turns - round(turns)) < 1e-9
 
     try:
-        for phase in (0.0, 0.5, 1.0, 1.5, 0.25, 1.75):
-            sent = 100.0 + phase
-            for _ in range(3):
-                link._last_ping, link._last_heard = sent, sent + 0.003  # the ACK
-                due = link.ping_at()
-                sent = link._keepalive_at()
-                assert due - KEEPALIVE_EARLY <= sent <= on_grid(due)
-            assert sent % KEEPALIVE_CYCLE == 0, phase
-            link._last_ping, link._last_heard = sent, sent + 0.003
-            assert link._keepalive_at() == sent + KEEPALIVE_CYCLE  # in step
-        link._last_heard, link._last_ping = 100.0, 101.6  # pinged, unanswered
-        assert link._keepalive_at() == on_grid(link.ping_at())
-        server._last_ping, server._last_heard = 100.0, 100.003
-        assert server._keepalive_at() == on_grid(server.ping_at())
+        for offset in (0.0, 0.37, 1234.01):  # wall-clock time minus loop time
+            dialler.wall_offset = accepter.wall_offset = lambda o=offset: o  # type: ignore[method-assign]
+            for phase in (0.0, 0.5, 1.0, 1.5, 0.25, 1.75):
+                sent = 100.0 + phase
+                for _ in range(3):
+                    link._last_ping, link._last_heard = sent, sent + 0.003  # the ACK
+                    due = link.ping_at()
+                    sent = link._keepalive_at()
+                    assert due - KEEPALIVE_EARLY - 1e-9 <= sent <= on_grid(due, offset) + 1e-9
+                assert on_cycle(sent, offset), (offset, phase)
+                link._last_ping, link._last_heard = sent, sent + 0.003
+                assert math.isclose(link._keepalive_at(), sent + KEEPALIVE_CYCLE)  # in step
+            link._last_heard, link._last_ping = 100.0, 101.6  # pinged, unanswered
+            assert link._keepalive_at() == on_grid(link.ping_at(), offset)
+            server._last_ping, server._last_heard = 100.0, 100.003
+            assert server._keepalive_at() == on_grid(server.ping_at(), offset)
     finally:
         dialler.close()
         accepter.close()
@@ -170,3 +181,15 @@ async def test_the_answers_to_pings_are_not_kept_for_ever() -> None:
     finally:
         dialler.close()
         accepter.close()
+
+
+def test_periodic_work_falls_on_whole_seconds_of_wall_clock_time() -> None:
+    """The dial loop and the punch and relay upkeep wake on whole seconds of wall-clock
+    time (so in the same wake-up as the keepalives, every other second), within a
+    second of now."""
+    for now in (0.0, 12.3, 1000.999, 86400.5):
+        tick = next_tick(now)
+        assert now < tick <= now + TICK
+        turns = (tick + wall_offset(now)) / TICK
+        # (the offset is read again, to 10 ms: it may have crossed a rounding step)
+        assert abs(turns - round(turns)) <= 0.011

@@ -48,6 +48,7 @@ from p2pchat.net.quic import (
     LIVENESS_TIMEOUT,
     configuration,
     peer_certificate_key,
+    wall_offset,
 )
 from p2pchat.net.sockopts import raise_buffers
 
@@ -230,15 +231,19 @@ class QuicLink:
         before ``LIVENESS_TIMEOUT`` is the same.  Only the dialling side's pings: the
         accepting side's are a backstop (for a peer that does not ping), at their own
         interval."""
-        due = self.ping_at()
+        # Grid and cycle count in wall-clock time (``Endpoint.wall_offset``), so that
+        # the keepalives of nodes whose clocks are set right are in step with each
+        # other too: their PINGs and ACKs then reach a node close together.
+        offset = self.endpoint.wall_offset()
+        due = self.ping_at() + offset
         at = math.ceil(due / KEEPALIVE_GRID) * KEEPALIVE_GRID
         if not self.is_client or self._last_ping > self._last_heard:
-            return at  # a backstop, or the repeat of an unanswered ping
+            return at - offset  # a backstop, or the repeat of an unanswered ping
         earliest = due - KEEPALIVE_EARLY
         cycle = math.ceil(earliest / KEEPALIVE_CYCLE) * KEEPALIVE_CYCLE
         if cycle <= at:
-            return cycle
-        return math.ceil(earliest / KEEPALIVE_GRID) * KEEPALIVE_GRID
+            return cycle - offset
+        return math.ceil(earliest / KEEPALIVE_GRID) * KEEPALIVE_GRID - offset
 
     def _stalled(self, now: float) -> bool:
         """Data on the control stream (chat frames) has waited for an acknowledgement
@@ -544,6 +549,13 @@ class Endpoint(asyncio.DatagramProtocol):
 
     def now(self) -> float:
         return self.loop.time()
+
+    def wall_offset(self) -> float:
+        """Wall-clock time minus loop time (``quic.wall_offset``): keepalives fall
+        due on whole multiples of the grid in wall-clock time
+        (``QuicLink._keepalive_at``).  Read each time, so a clock that is set or
+        slewed moves the schedule with it."""
+        return wall_offset(self.loop.time())
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         try:

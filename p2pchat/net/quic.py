@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import math
 import ssl
+import time
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -48,16 +49,26 @@ KEEPALIVE_GRID = 0.5
 KEEPALIVE_EARLY = 0.5
 KEEPALIVE_CYCLE = KEEPALIVE_INTERVAL + KEEPALIVE_GRID
 # The node's once-a-second work (dial loop, punch and relay upkeep) runs on whole
-# seconds of loop time, so every other one shares the keepalives' wake-up.
+# seconds of wall-clock time, so every other one shares the keepalives' wake-up.
 TICK = 1.0
 LIVENESS_TIMEOUT = 3.5
 
 
+def wall_offset(now: float) -> float:
+    """Wall-clock time minus the loop time ``now`` (just read), to 10 ms: keepalives
+    and periodic work fall due on whole multiples of their period in wall-clock
+    time, so nodes whose clocks are right keep in step with each other.  Rounded,
+    so that it stays one number between the rare changes of the clock."""
+    return round(time.time() - now, 2)
+
+
 def next_tick(now: float) -> float:
-    """The first whole ``TICK`` of loop time after ``now``: when periodic work runs
-    next, in the same loop wake-up as the node's other periodic work (an idle node
-    sleeps between them; each wake-up after a sleep is the dear part)."""
-    return (math.floor(now / TICK) + 1) * TICK
+    """The first whole ``TICK`` of wall-clock time after the loop time ``now`` (just
+    read), in loop time: when periodic work runs next, in the same loop wake-up as
+    the node's other periodic work and its keepalives (an idle node sleeps between
+    them; each wake-up after a sleep is the dear part)."""
+    offset = wall_offset(now)
+    return (math.floor((now + offset) / TICK) + 1) * TICK - offset
 
 
 def make_certificate(identity: Identity) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:

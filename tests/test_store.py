@@ -93,6 +93,48 @@ def test_reopen_keeps_data_and_does_not_remigrate(db_path: Path) -> None:
         assert s.queue_message(BOB, "two", now=3.0).seq == 2
 
 
+def test_the_check_constraint_rewrite_touches_no_row_and_still_checks(db_path: Path) -> None:
+    """The messages table's CHECK constraints are rewritten without IN lists (SQLite
+    builds a temporary b-tree of such a list for every row it checks): only the
+    schema's text changes, so it takes no time on a million messages, the rows stay
+    as they were, and a value outside the list is still refused."""
+    import p2pchat.store.schema as store_module
+
+    step = next(i for i, s in enumerate(MIGRATIONS) if "writable_schema" in s)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    for old in MIGRATIONS[:step]:
+        for statement in store_module._split_statements(old):
+            raw.execute(statement)
+    raw.execute(f"PRAGMA user_version = {step}")
+    raw.executemany(
+        "INSERT INTO messages (id, peer_id, direction, seq, body, created_at, state,"
+        " updated_at) VALUES (?, ?, 'in', ?, 'hello', 1, 'delivered', 1)",
+        [(f"m{i}", BOB, i) for i in range(1, 101)],
+    )
+    rows = raw.execute("SELECT * FROM messages ORDER BY pos").fetchall()
+    before = raw.total_changes
+    store_module.migrate(raw, db_path)
+    assert raw.total_changes - before == 1  # the one row of sqlite_master, no message
+    table = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
+    assert " IN (" not in table and "state = 'read'" in table
+    assert raw.execute("SELECT * FROM messages ORDER BY pos").fetchall() == rows
+    assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    for bad in ("direction", "state", "kind"):
+        values = {"direction": "'in'", "state": "'read'", "kind": "'text'", bad: "'other'"}
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            raw.execute(
+                "INSERT INTO messages (id, peer_id, seq, body, created_at, updated_at,"
+                f" direction, state, kind) VALUES ('x', ?, 999, '', 1, 1, {values['direction']},"
+                f" {values['state']}, {values['kind']})",
+                (BOB,),
+            )
+    raw.close()
+    with Store(db_path) as s:
+        assert s.schema_version == len(MIGRATIONS)
+        assert len(s.history(BOB)) == 100
+
+
 def test_migration_to_per_conversation_ids_keeps_everything(db_path: Path) -> None:
     """A database from before ids were per conversation: rows, outbox, counters and
     the position counter all survive the rebuild, and the foreign key still cascades."""

@@ -126,3 +126,12 @@ def test_store_records_compare_hash_replace_and_pickle_as_dataclasses() -> None:
     assert result == records.ReceiveResult("accept", same, 3, None, None)
     assert dataclasses.replace(result, recv_seq=4).recv_seq == 4
     assert pickle.loads(pickle.dumps(result)) == result
+
+
+def test_a_message_row_is_read_positionally_in_field_order() -> None:
+    """``_message`` builds a ``Message`` from the row alone: the column list must be the
+    fields, in order, or a row would land in the wrong fields."""
+    columns = [c.strip() for c in records._MESSAGE_COLUMNS.split(",")]
+    assert columns == [f.name for f in dataclasses.fields(records.Message)]
+    row = tuple(f"v{i}" for i in range(len(columns)))
+    assert dataclasses.astuple(records._message(row)) == row

@@ -220,22 +220,9 @@ def _contact(row: Sequence[Any]) -> Contact:
 
 
 def _message(row: Sequence[Any]) -> Message:
-    return Message(
-        id=row[0],
-        peer_id=row[1],
-        direction=cast(Direction, row[2]),
-        seq=row[3],
-        body=row[4],
-        created_at=row[5],
-        received_at=row[6],
-        state=cast(MessageState, row[7]),
-        updated_at=row[8],
-        reply_to=row[9],
-        edited_at=row[10],
-        deleted_at=row[11],
-        kind=cast(MessageKind, row[12]),
-        target=row[13],
-    )
+    # The columns are the fields, in order (tests/test_frozen.py checks it): one
+    # positional call, as a history page or an outbox resend builds one per row.
+    return Message(*row)
 
 
 def _request(row: Sequence[Any]) -> ContactRequest:

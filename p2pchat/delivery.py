@@ -44,6 +44,7 @@ dial-loop tick, and every decision reads an injected clock.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -173,6 +174,8 @@ class Delivery:
         and ``call_later``), and returns what cancels that call (None: no need); without
         it every call happens at once."""
         self.store = store
+        self._thread: int | None = None
+        """The node's event-loop thread, once it runs (``run_on_this_thread``)."""
         self._schedule = schedule
         self.clock = clock
         self.monotonic = monotonic
@@ -448,9 +451,16 @@ class Delivery:
         self._request_marks()
 
     def settle(self) -> None:
-        """Write acks announced from memory now: before reading message states."""
-        if self._acks:
+        """Write acks announced from memory now: before reading message states.
+
+        Only on the node's own thread: a store read in a worker thread (there is none
+        today) sees what is committed, and events are never emitted from there."""
+        if self._acks and self._thread in (None, threading.get_ident()):
             self.flush()
+
+    def run_on_this_thread(self) -> None:
+        """The node's loop runs on the calling thread from now on."""
+        self._thread = threading.get_ident()
 
     # ------------------------------------------------------------ inbound
     def on_message(self, conn: Link, peer: str, frame: chat.ChatMessage) -> None:

@@ -379,6 +379,7 @@ class Node:
         """
         if self.running:
             return
+        self.delivery.run_on_this_thread()
         self.start_options = {
             "listen": listen,
             "downloads": downloads,

@@ -6,8 +6,9 @@ one, which looks the name up in the class every time.  With ``slots=True`` every
 field is a slot whose descriptor can store the value directly: ``quick_init``
 swaps in an ``__init__`` that does that, about twice as fast (a seven-field event
 1.4 -> 0.7 µs on CPython 3.11).  That counts for the few classes built for every
-message in a burst (the chat frame on each side, its events); a class built
-rarely keeps the plain dataclass ``__init__``.
+message in a burst (the chat frame on each side, its events, the store's
+``Message`` and ``ReceiveResult``); a class built rarely keeps the plain
+dataclass ``__init__``.
 
 Everything else stays the dataclass's own: fields, defaults, equality, hashing,
 ``repr``, ``dataclasses.replace`` (which calls this ``__init__``), and

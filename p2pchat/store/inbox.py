@@ -176,7 +176,10 @@ class InboxMixin(MessageRows):
             # Our own messages folded by this transaction have no row yet; their ids
             # are taken too (ids are unique per conversation, whatever the direction).
             known = {row.entry.id for row in self._unfolded.get(peer_id, ())}
-            ids = list(dict.fromkeys(f.id for f in frames))
+            # Only a message above the window can be accepted, so only its id needs
+            # looking up: a resent one (``seq <= recv_seq``) is a duplicate whatever
+            # its id, and a burst of them (a reconnect's resend) costs no lookup.
+            ids = list(dict.fromkeys([f.id for f in frames if f.seq > recv_seq]))
             for start in range(0, len(ids), 500):
                 part = ids[start : start + 500]
                 known.update(

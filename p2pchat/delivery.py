@@ -210,6 +210,8 @@ class Delivery:
         self._acks_out: dict[Link, int] = {}
         """Per session: the cumulative ack we owe (see ``_owe_ack``)."""
         self._acks_sent: dict[Link, int] = {}
+        self._ack_asked: set[Link] = set()
+        """Sessions that sent ``AckNow`` with this turn's messages (see ``on_ack_now``)."""
         self._acks_soon = False
         self._ack_timer: Cancellable | None = None
         self._flush_requested = False
@@ -255,6 +257,7 @@ class Delivery:
     def connection_closed(self, conn: Link) -> None:
         self._acks_out.pop(conn, None)  # the next session acks what is stored
         self._acks_sent.pop(conn, None)
+        self._ack_asked.discard(conn)
         self._resends.pop(conn, None)
         self._gap_budgets.pop(conn, None)
         self._gaps_sent.pop(conn, None)
@@ -507,6 +510,7 @@ class Delivery:
             self._marks_timer.cancel()
             self._marks_timer = None
         incoming, self._incoming = self._incoming, {}
+        asked, self._ack_asked = self._ack_asked, set()
         sent, self._sent = self._sent, {}
         acks, self._acks = self._acks, {}
         wall = self.clock()
@@ -547,7 +551,7 @@ class Delivery:
         for conn, peer, answered in received:
             if peer in stored:
                 self._storage_failures.pop(peer, None)
-            self._answer(conn, peer, answered, wall)
+            self._answer(conn, peer, answered, wall, now=conn in asked)
         announced = {peer: self._announced.pop(peer, set()) for peer in acks}
         for peer, ids in marked:
             told = announced.get(peer, ())
@@ -566,6 +570,8 @@ class Delivery:
         peer: str,
         results: list[tuple[chat.ChatMessage, ReceiveResult]],
         wall: float,
+        *,
+        now: bool = False,
     ) -> None:
         """After the commit: one cumulative ack for everything stored, then a gap
         request or a refusal if the batch ended in one, then the events.
@@ -578,7 +584,7 @@ class Delivery:
             if result.verdict in ("accept", "duplicate"):
                 ack = max(ack, result.recv_seq)
         if ack:
-            self._owe_ack(conn, ack)
+            self._owe_ack(conn, ack, now=now)
         for frame, result in results:
             if result.verdict in ("gap", "quota") and conn in self._acks_out:
                 self._send_ack(conn, self._acks_out.pop(conn))
@@ -612,7 +618,16 @@ class Delivery:
             else:
                 self._emit(MessageDeleted(peer, m.target or "", "in", wall))
 
-    def _owe_ack(self, conn: Link, seq: int) -> None:
+    def on_ack_now(self, conn: Link) -> None:
+        """The contact waits for our ack (someone there waits for ``delivered``): the
+        ack of the messages that came with this frame does not wait for a reply, and
+        one owed already leaves now.  Costs nothing beyond the ack it asks for."""
+        if conn in self._incoming:
+            self._ack_asked.add(conn)
+        else:
+            self.ack_now(conn)
+
+    def _owe_ack(self, conn: Link, seq: int, *, now: bool = False) -> None:
         """Send ``Ack(seq)`` with our next message to the contact, or without one: in
         the next loop turn if it acknowledges several messages, else after
         ``ACK_WAIT``.
@@ -623,12 +638,13 @@ class Delivery:
         conversation costs one datagram and one commit on each side per message
         instead of two.  An ack of a batch (a burst, a resend) does not wait: it
         frees the sender's outbox, and the next turn is after the events of this
-        one, so a reply written on seeing them still carries it.  A contact waits at
+        one, so a reply written on seeing them still carries it; nor does one the
+        contact asked for with ``AckNow`` (``now``).  A contact waits at
         most ``ACK_WAIT`` longer for a ``delivered`` it would otherwise get at once."""
         self._acks_out[conn] = max(seq, self._acks_out.get(conn, 0))
         if self._schedule is None:
             self._send_owed_acks()
-        elif seq - self._acks_sent.get(conn, 0) >= 2:
+        elif now or seq - self._acks_sent.get(conn, 0) >= 2:
             if not self._acks_soon:
                 self._acks_soon = True
                 self._schedule(0.0, self._send_owed_acks)

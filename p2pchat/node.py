@@ -1077,6 +1077,10 @@ class Node:
         deadline = loop.time() + timeout
         held = self.awaiting_acceptance(message.peer_id)
         grace_until = loop.time() + ACCEPT_GRACE if held else 0.0
+        conn = self._active.get(message.peer_id)
+        if conn is not None and message.state not in ("delivered", "read"):
+            # Someone waits: the contact should not hold its ack back for a reply.
+            conn.send(chat.AckNow())
         while message.state not in ("delivered", "read"):
             now = loop.time()
             if self.awaiting_acceptance(message.peer_id) and now >= grace_until:
@@ -1798,6 +1802,8 @@ class Node:
             self.delivery.on_defer(conn, peer, frame)
         elif isinstance(frame, chat.Ack):
             self.delivery.on_ack(peer, frame.seq)
+        elif isinstance(frame, chat.AckNow):
+            self.delivery.on_ack_now(conn)
         elif isinstance(frame, chat.Read):
             self.delivery.flush()  # the acks before it first: a receipt needs 'delivered'
             for message_id in self.store.mark_read_outgoing(peer, frame.seq, self.clock()):

@@ -14,6 +14,7 @@ from p2pchat.core.chat import (
     MAX_BUNDLE_FRAMES,
     MAX_SEQ,
     Ack,
+    AckNow,
     ChatFrame,
     ChatMessage,
     Gap,
@@ -69,6 +70,7 @@ ALL_FRAMES: list[ChatFrame] = [
     message(body="", seq=MAX_SEQ, base=MAX_SEQ, sent_at=0.0),
     Ack(seq=0),
     Ack(seq=42),
+    AckNow(),
     Read(seq=7),
     Typing(active=True),
     Typing(active=False),
@@ -85,7 +87,7 @@ def test_round_trip(frame: ChatFrame) -> None:
 
 def test_round_trip_covers_every_frame_type() -> None:
     kinds = {type(f) for f in ALL_FRAMES}
-    assert kinds == {Hello, ChatMessage, Ack, Read, Typing, Gap, RequestPending, Ping}
+    assert kinds == {Hello, ChatMessage, Ack, AckNow, Read, Typing, Gap, RequestPending, Ping}
 
 
 def test_largest_message_fits_in_a_session_payload() -> None:

@@ -143,6 +143,22 @@ async def test_the_ack_of_a_single_message_leaves_after_ack_wait_alone(
 
 
 @pytest.mark.usefixtures("long_ack_wait")
+async def test_a_sender_that_waits_for_delivery_is_not_made_to_wait_for_a_reply(
+    start_node: StartNode,
+) -> None:
+    """``p2pchat msg`` waits for ``delivered``: ``wait_for_delivery`` asks the contact
+    (``AckNow``, in the message's own payload) not to hold its ack back."""
+    a, b = await one_connection(start_node)
+    sealed = count_seals(a, b)
+    for i in range(3):
+        sealed.clear()
+        sent = a.send_message("b", f"waited for {i}")
+        assert await a.wait_for_delivery(sent.id, 10.0) == "delivered"
+        assert len(sealed) == 1, sealed  # the message and its AckNow together
+    assert [m.body for m in b.history("a")] == [f"waited for {i}" for i in range(3)]
+
+
+@pytest.mark.usefixtures("long_ack_wait")
 async def test_a_read_receipt_takes_the_ack_it_would_outrun_along(
     start_node: StartNode,
 ) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_TOKEN_CHARS",
     "PROTOCOL_VERSION",
     "Ack",
+    "AckNow",
     "ChatFrame",
     "ChatMessage",
     "Defer",
@@ -162,6 +163,12 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class AckNow:
+    """Someone here waits for ``delivered`` (``p2pchat msg``): acknowledge the messages
+    of this payload without the delayed-ack wait (docs/protocol.md, "Delayed acks")."""
+
+
+@dataclass(frozen=True, slots=True)
 class Read:
     """Cumulative: every message up to ``seq`` has been shown to the user."""
 
@@ -277,6 +284,7 @@ ChatFrame = (
     Hello
     | ChatMessage
     | Ack
+    | AckNow
     | Read
     | Typing
     | Gap
@@ -302,6 +310,7 @@ _T_MSG = "msg"
 _K_EDIT = "edit"
 _K_DELETE = "delete"
 _T_ACK = "ack"
+_T_ACK_NOW = "acknow"
 _T_READ = "read"
 _T_TYPING = "typing"
 _T_GAP = "gap"
@@ -347,6 +356,8 @@ def _to_map(frame: ChatFrame) -> dict[str, Any]:
         return m
     if isinstance(frame, Ack):
         return {"t": _T_ACK, "s": frame.seq}
+    if isinstance(frame, AckNow):
+        return {"t": _T_ACK_NOW}
     if isinstance(frame, Read):
         return {"t": _T_READ, "s": frame.seq}
     if isinstance(frame, Typing):
@@ -603,6 +614,8 @@ def _from_map(m: dict[Any, Any], err: type[ProtocolError]) -> ChatFrame:
     r = _Reader(m, err)
     if kind == _T_ACK:
         return Ack(seq=r.get_int("s", 0, MAX_SEQ))
+    if kind == _T_ACK_NOW:
+        return AckNow()
     if kind == _T_READ:
         return Read(seq=r.get_int("s", 0, MAX_SEQ))
     if kind == _T_TYPING:

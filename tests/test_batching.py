@@ -75,7 +75,7 @@ from p2pchat.config import Paths
 from p2pchat.delivery import Delivery
 from p2pchat.node import Node
 
-def crash(self, conn, peer, results, wall):
+def crash(self, conn, peer, results, wall, **options):
     accepted = [r for _f, r in results if r.verdict == "accept"]
     if len(accepted) >= 2:
         os.kill(os.getpid(), signal.SIGKILL)

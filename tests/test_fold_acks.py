@@ -14,10 +14,18 @@ from typing import Any
 import pytest
 
 from p2pchat.core import chat
-from p2pchat.store import Store
+from p2pchat.store import Message, Store
 
 PEER = "b2" * 26
 OTHER = "c3" * 26
+
+
+def journaled(tmp_path: Path, queued: int = 0) -> tuple[Store, list[Message]]:
+    """A store that holds its journal, as a node's does, with bob as a contact and
+    ``queued`` messages to him in the journal."""
+    store = Store(tmp_path / "p2pchat.db", journal=True)
+    store.add_contact(PEER, "bob", now=0.0)
+    return store, [store.queue_message(PEER, f"m {i}", now=1.0) for i in range(queued)]
 
 
 def statements(store: Store) -> list[str]:
@@ -56,9 +64,7 @@ def seqs(store: Store, peer: str, ids: list[str]) -> list[int]:
 def test_messages_acknowledged_in_the_batch_that_folds_them_get_no_outbox_row(
     tmp_path: Path,
 ) -> None:
-    store = Store(tmp_path / "p2pchat.db", journal=True)
-    store.add_contact(PEER, "bob", now=0.0)
-    sent = [store.queue_message(PEER, f"m {i}", now=1.0) for i in range(10)]
+    store, sent = journaled(tmp_path, 10)
     seen = statements(store)
     with store.batch():
         marked = store.mark_sent(PEER, 10, 2.0, from_seq=1)
@@ -85,10 +91,7 @@ def test_messages_acknowledged_in_the_batch_that_folds_them_get_no_outbox_row(
 
 
 def test_an_ack_beyond_what_was_transmitted_is_refused_before_the_fold(tmp_path: Path) -> None:
-    store = Store(tmp_path / "p2pchat.db", journal=True)
-    store.add_contact(PEER, "bob", now=0.0)
-    for i in range(5):
-        store.queue_message(PEER, f"m {i}", now=1.0)
+    store, _sent = journaled(tmp_path, 5)
     with store.batch():
         store.mark_sent(PEER, 3, 2.0, from_seq=1)
         assert store.ack_outgoing(PEER, 4, 3.0) == []  # 4 was never transmitted
@@ -99,9 +102,7 @@ def test_an_ack_beyond_what_was_transmitted_is_refused_before_the_fold(tmp_path:
 
 @pytest.mark.parametrize("batch", [10, 100])
 def test_a_batch_runs_the_same_statements_whatever_its_size(tmp_path: Path, batch: int) -> None:
-    store = Store(tmp_path / "p2pchat.db", journal=True)
-    store.add_contact(PEER, "bob", now=0.0)
-    store.queue_message(PEER, "first", now=1.0)
+    store, _first = journaled(tmp_path, 1)
     store.fold()
     store.mark_sent(PEER, 1, 1.0, from_seq=1)
     store.ack_outgoing(PEER, 1, 1.0)
@@ -119,10 +120,7 @@ def test_a_batch_runs_the_same_statements_whatever_its_size(tmp_path: Path, batc
 
 
 def test_a_batch_that_fails_leaves_its_messages_queued(tmp_path: Path) -> None:
-    store = Store(tmp_path / "p2pchat.db", journal=True)
-    store.add_contact(PEER, "bob", now=0.0)
-    for i in range(3):
-        store.queue_message(PEER, f"m {i}", now=1.0)
+    store, _sent = journaled(tmp_path, 3)
     with pytest.raises(RuntimeError), store.batch():
         store.mark_sent(PEER, 3, 2.0, from_seq=1)
         store.ack_outgoing(PEER, 3, 3.0)
@@ -142,22 +140,18 @@ def test_an_incoming_message_reusing_the_id_of_one_folded_in_the_batch_is_a_dupl
     """Ids are unique per conversation whatever the direction: a peer that sends back
     the id of our message gets 'duplicate', as when our row was written first, and the
     batch commits (a failed insert would roll back the whole group commit, every time)."""
-    store = Store(tmp_path / "p2pchat.db", journal=True)
-    store.add_contact(PEER, "bob", now=0.0)
-    ours = store.queue_message(PEER, "mine", now=1.0)
+    store, (ours,) = journaled(tmp_path, 1)
     frame = chat.ChatMessage(id=ours.id, seq=1, base=1, sent_at=1.0, body="theirs")
     with store.batch():
         results = store.receive_messages(PEER, [frame], now=2.0)
         store.mark_sent(PEER, 1, 2.0, from_seq=1)
     assert [r.verdict for r in results] == ["duplicate"]
-    assert [(m.direction, m.body) for m in store.history(PEER)] == [("out", "mine")]
+    assert [(m.direction, m.body) for m in store.history(PEER)] == [("out", "m 0")]
     store.close()
 
 
 def test_reads_and_other_writes_inside_a_batch_see_the_folded_messages(tmp_path: Path) -> None:
-    store = Store(tmp_path / "p2pchat.db", journal=True)
-    store.add_contact(PEER, "bob", now=0.0)
-    sent = [store.queue_message(PEER, f"m {i}", now=1.0) for i in range(4)]
+    store, sent = journaled(tmp_path, 4)
     with store.batch():
         store.mark_sent(PEER, 4, 2.0, from_seq=1)
         assert [m.state for m in store.outbox(PEER)] == ["sent"] * 4  # a read writes them

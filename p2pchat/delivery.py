@@ -586,8 +586,8 @@ class Delivery:
         if ack:
             self._owe_ack(conn, ack, now=now)
         for frame, result in results:
-            if result.verdict in ("gap", "quota") and conn in self._acks_out:
-                self._send_ack(conn, self._acks_out.pop(conn))
+            if result.verdict in ("gap", "quota"):
+                self.ack_now(conn)
             if result.verdict == "gap":
                 want = result.recv_seq + 1
                 if self._gaps_sent.get(conn) != want:

@@ -201,12 +201,7 @@ async def test_a_reply_written_on_seeing_the_message_carries_its_ack(
         for i in range(5):
             sealed.clear()
             sent = a.send_message("b", f"ping {i}")
-            await wait_until(
-                lambda m=sent.id: any(
-                    e.message_id == m and e.state == "delivered"
-                    for e in log_a.of(MessageStateChanged)
-                )
-            )
+            await wait_until(lambda m=sent.id: delivered(log_a, m))
             await wait_until(
                 lambda i=i: any(
                     e.body == f"re: ping {i}" for e in log_a.of(MessageReceived)

@@ -29,7 +29,6 @@ from p2pchat.config import (
     save_settings,
 )
 from p2pchat.net.control_client import CALL_TIMEOUT, BlockingControlClient, ControlError
-from p2pchat.plain import clean
 
 if TYPE_CHECKING:
     from p2pchat.identity import Identity
@@ -197,6 +196,8 @@ def _safe(text: object) -> str:
     goes through the one rule for outside text (``p2pchat/plain.py``), so none of it
     drives the terminal.  JSON output needs none: it is ASCII with every control
     escaped."""
+    from p2pchat.plain import clean  # unicodedata: not for JSON output or help
+
     return clean(str(text), multiline=True)
 
 
@@ -486,9 +487,10 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
             "send",
             {"contact": args.contact, "text": text, "wait": args.wait, "reply_to": args.reply_to},
         )
-        contact = await api.call("find_contact", {"ref": reply["message"]["peer_id"]})
-    message, state = reply["message"], reply["state"]
-    waiting = bool(reply.get("awaiting_acceptance")) and state not in ("delivered", "read")
+        message, state = reply["message"], reply["state"]
+        waiting = bool(reply.get("awaiting_acceptance")) and state not in ("delivered", "read")
+        if waiting and not args.json:  # the name, for the line below
+            contact = await api.call("find_contact", {"ref": message["peer_id"]})
     if args.json:
         _print_json(
             {

@@ -105,6 +105,8 @@ async def test_commands_for_the_running_node_import_only_the_control_client(
             _code, modules = _imports(tmp_path, home, *command)
             assert "p2pchat.net.control_client" in modules  # it did talk to the daemon
             assert _heavy(modules) == [], command
+            if "--json" in command:  # no line for a terminal: no unicodedata either
+                assert "p2pchat.plain" not in modules, command
         # The daemon did the work: the message and the offer are in its store.
         history = await daemon.call("history", contact="bob")
         assert [m["body"] for m in history] == ["hello"]
@@ -122,6 +124,7 @@ def test_help_and_version_import_nothing_heavy(tmp_path: Path) -> None:
     for args in (["--help"], ["--version"], ["contacts", "--help"], ["msg", "--help"]):
         _code, modules = _imports(tmp_path, tmp_path / "nobody", *args)
         assert _heavy(modules) == [], args
+        assert "p2pchat.plain" not in modules
 
 
 def test_a_run_that_names_its_command_builds_only_that_parser() -> None:

@@ -50,6 +50,7 @@ from p2pchat.net.quic import (
     peer_certificate_key,
     wall_offset,
 )
+from p2pchat.net.sendable import nothing_to_send
 from p2pchat.net.sockopts import raise_buffers
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,6 @@ ACK_DELAY = 0.02
 #: ACK-only packets of ours aioquic keeps for a delivery report that may never come
 #: (``QuicLink._forget_old_acks``).
 KEEP_ACK_ONLY = 8
-
-#: aioquic's delivery callbacks of PING and ACK frames (see ``_keepalives_only``).
-_KEEPALIVE_HANDLERS = frozenset(
-    getattr(QuicConnection, name, None) for name in ("_on_ping_delivery", "_on_ack_delivery")
-) - {None}
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
 PunchHandler = Callable[[bytes, tuple[str, int], "AuxSocket | None"], None]
@@ -160,21 +156,25 @@ class QuicLink:
         """What the datagram asks for leaves at the end of this loop turn (see
         ``_schedule_transmit``), together with what its frames made the node write:
         the ack of a group commit, which runs earlier in that same turn, and the
-        answers to the other datagrams read in this wake-up."""
+        answers to the other datagrams read in this wake-up.
+
+        A datagram that asks for nothing now runs no transmit: the peer's message
+        whose ACK waits for our reply (``_ack_policy``), the reply that carried the
+        ACK of ours, the ACK of a keepalive.  A transmit would build a packet, find
+        it empty and drop it (``sendable.py``); only the timer moves (to a delayed
+        ACK, a loss timer, the next keepalive)."""
         now = self.endpoint.now()
         quiet = now - self._last_heard >= KEEPALIVE_RETRY
         self._last_heard = now
-        keepalives_only = self._keepalives_only()
         self.conn.receive_datagram(data, address, now=now)
         self._ack_policy(now, after_silence=quiet)
         self._handle_events()
-        if keepalives_only and self._nothing_to_send():
-            # The ACK of our keepalive: nothing to send (a transmit would build a
-            # packet, find it empty and drop it), but the timer moves from the
-            # PING's loss timer back to the next keepalive.
-            self._arm_timer()
-        else:
+        if self._transmit_scheduled:
+            return  # (it arms the timer)
+        if self._data_written or not nothing_to_send(self.conn, now):
             self._schedule_transmit()
+        else:
+            self._arm_timer()
 
     def _on_timer(self) -> None:
         now = self.endpoint.now()
@@ -309,6 +309,9 @@ class QuicLink:
     def transmit(self) -> None:
         if self.closed:
             return
+        # Whatever was scheduled for the end of the turn leaves now (a timer of ours
+        # can fire in the same turn, before the scheduled transmit runs).
+        self._transmit_scheduled = False
         if self.before_transmit is not None:
             self._in_before_transmit = True
             try:
@@ -427,39 +430,6 @@ class QuicLink:
         if space is not None and space.ack_at is not None:
             space.ack_at = now
 
-    # -- keepalive answers ---------------------------------------------------
-    # On an idle connection the dialling side's PING is answered by an ACK-only
-    # packet, and the transmit that follows every datagram read finds nothing to
-    # send: aioquic builds a packet, finds it empty and drops it, a third of the
-    # packet-building work of an idle node.  It is skipped when what we had in
-    # flight were keepalive PINGs and ACKs only, the datagram asks for no ACK, and
-    # nothing (a lost PING, a probe, a close, data written meanwhile) waits to be
-    # sent.  aioquic has no public view of this, hence the private attributes;
-    # without them (another aioquic version) every datagram is followed by a
-    # transmit, as before.
-
-    def _loss_spaces(self) -> list[Any]:
-        spaces = getattr(getattr(self.conn, "_loss", None), "spaces", None)
-        return spaces if isinstance(spaces, list) else []
-
-    def _keepalives_only(self) -> bool:
-        """The handshake is done and every packet of ours not yet acknowledged
-        carried only PING and ACK frames (so acknowledging or losing them leaves no
-        data to send).  Packets that elicit no ACK carry ACK frames only (RFC 9002
-        section 2), so only the others are looked at."""
-        spaces = self._loss_spaces()
-        if not self.handshake_done or not spaces:
-            return False
-        for space in spaces:
-            if not space.ack_eliciting_in_flight:
-                continue
-            for packet in space.sent_packets.values():
-                if packet.is_ack_eliciting:
-                    for handler, _ in packet.delivery_handlers:
-                        if getattr(handler, "__func__", None) not in _KEEPALIVE_HANDLERS:
-                            return False
-        return True
-
     def _forget_old_acks(self) -> None:
         """Bound what aioquic keeps of our ACK-only packets.
 
@@ -484,19 +454,6 @@ class QuicLink:
                 return
             del sent[number]
 
-    def _nothing_to_send(self) -> bool:
-        """After a datagram was read: no ACK is due in any packet number space and
-        nothing else waits to be sent (see ``_keepalives_only`` for the rest)."""
-        if self.closed or self._data_written:
-            return self.closed
-        conn = self.conn
-        return (
-            all(getattr(space, "ack_at", 0.0) is None for space in self._loss_spaces())
-            and not getattr(conn, "_ping_pending", True)
-            and getattr(conn, "_probe_pending", True) is False
-            and getattr(conn, "_close_pending", True) is False
-        )
-
     def _schedule_transmit(self) -> None:
         """At the end of this loop turn, not now: frames written in one turn (a burst
         of messages, the acks of a batch) then share full-size packets instead of
@@ -507,8 +464,8 @@ class QuicLink:
             self.endpoint.loop.call_soon(self._scheduled_transmit)
 
     def _scheduled_transmit(self) -> None:
-        self._transmit_scheduled = False
-        self.transmit()
+        if self._transmit_scheduled:  # (else a transmit since then sent it)
+            self.transmit()
 
     def close(self, reason: str = "", error_code: int = 0) -> None:
         if self.closed:

@@ -236,3 +236,35 @@ def test_unknown_aioquic_state_means_transmit() -> None:
         pass
 
     assert sendable.nothing_to_send(Odd(), 0.0) is False  # type: ignore[arg-type]
+
+
+async def test_a_conversation_rearms_few_asyncio_timers(start_node: StartNode) -> None:
+    """The loss timer moves on with every packet sent or acknowledged; an asyncio timer
+    armed sooner is left to fire and re-arm instead of being cancelled and made
+    again each time (``QuicLink._arm_timer``): fewer than one a round trip, where
+    it was about four."""
+    a, b = await one_connection(start_node)
+    links = [a._active[b.peer_id].link, b._active[a.peer_id].link]
+    loop = asyncio.get_running_loop()
+    made: list[float] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(callback, "__self__", None) in links:
+            made.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    log_a, log_b = EventLog(a), EventLog(b)
+    try:
+        rounds = 20
+        for i in range(rounds):
+            a.send_message("b", f"ping {i}")
+            await wait_until(lambda i=i: len(log_b.of(MessageReceived)) > i, interval=0.001)
+            b.send_message("a", f"pong {i}")
+            await wait_until(lambda i=i: len(log_a.of(MessageReceived)) > i, interval=0.001)
+    finally:
+        loop.call_at = call_at  # type: ignore[method-assign]
+        await log_a.close()
+        await log_b.close()
+    assert len(made) < rounds, made

@@ -69,6 +69,8 @@ STALLED = "no progress"
 #: the deadline is ours.  A timer armed for the deadline itself never qualifies, so
 #: a vanished peer is still given up on on time.
 LATE_TOLERANCE = 0.1
+#: Float slack when comparing a timer with the earliest a keepalive can be due.
+_CLEARLY = 1e-3
 #: How long the ACK of a lone packet may wait for data of ours to ride on.
 ACK_DELAY = 0.02
 #: ACK-only packets of ours aioquic keeps for a delivery report that may never come
@@ -119,6 +121,8 @@ class QuicLink:
         self._timer: asyncio.TimerHandle | None = None
         """aioquic's own timer (loss recovery, delayed ACK, ...), when it comes first."""
         self._timer_at: float | None = None
+        self._handle_at = 0.0
+        """When ``_timer`` fires: at or before ``_timer_at`` (see ``_arm_timer``)."""
         self._on_tick = False
         """The timer is a keepalive or liveness one, shared on ``endpoint.ticks``."""
         self._last_ping = endpoint.now()
@@ -332,6 +336,15 @@ class QuicLink:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        """Arm the one timer of this link for the first of aioquic's timer (a delayed
+        ACK, loss detection, ...) and the next keepalive or liveness deadline.
+
+        Runs after every transmit and every datagram read, so it is kept cheap: the
+        keepalive's grid is only worked out when aioquic's timer is not clearly
+        sooner (a keepalive is never due before ``ping_at() - KEEPALIVE_EARLY``), and
+        an asyncio timer armed sooner than the new time is left to fire and re-arm
+        (``_on_handle``) instead of being cancelled and made again each time the
+        loss timer moves on (every packet sent or acknowledged)."""
         if self.closed:
             return
         timer_at = self.conn.get_timer()
@@ -341,20 +354,43 @@ class QuicLink:
             # same loop wake-up, served by one asyncio timer (``Ticks``), instead
             # of one wake-up, timer and re-arm each.
             deadline = max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until)
-            ping_at = min(self._keepalive_at(), deadline)
-            if timer_at is None or ping_at <= timer_at:
-                timer_at, on_tick = ping_at, True
-        if timer_at != self._timer_at or on_tick != self._on_tick:
-            self._disarm()
-            self._timer_at = timer_at
-            if on_tick:
-                assert timer_at is not None
-                self._on_tick = True
-                self.endpoint.ticks.add(timer_at, self)
-            elif timer_at is not None:
-                self._timer = self.endpoint.loop.call_at(timer_at, self._on_timer)
+            earliest = min(self.ping_at() - KEEPALIVE_EARLY, deadline) - _CLEARLY
+            if timer_at is None or timer_at >= earliest:
+                ping_at = min(self._keepalive_at(), deadline)
+                if timer_at is None or ping_at <= timer_at:
+                    timer_at, on_tick = ping_at, True
+        if timer_at == self._timer_at and on_tick == self._on_tick:
+            return
+        if (
+            not on_tick
+            and timer_at is not None
+            and self._timer is not None
+            and self._handle_at <= timer_at
+        ):
+            self._timer_at = timer_at  # the handle fires first and re-arms for it
+            return
+        self._disarm()
+        self._timer_at = timer_at
+        if on_tick:
+            assert timer_at is not None
+            self._on_tick = True
+            self.endpoint.ticks.add(timer_at, self)
+        elif timer_at is not None:
+            self._timer = self.endpoint.loop.call_at(timer_at, self._on_handle)
+            self._handle_at = timer_at
         # aioquic reports termination of a closing connection only through events
         # produced by handle_timer; nothing to do here.
+
+    def _on_handle(self) -> None:
+        """The asyncio timer fired: at ``_timer_at``, or sooner if that has moved later
+        since it was armed (then it waits on)."""
+        self._timer = None
+        timer_at = self._timer_at
+        if timer_at is not None and self._handle_at < timer_at and self.endpoint.now() < timer_at:
+            self._timer = self.endpoint.loop.call_at(timer_at, self._on_handle)
+            self._handle_at = timer_at
+            return
+        self._on_timer()
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -600,6 +636,13 @@ class Endpoint(asyncio.DatagramProtocol):
             if handler is not None:
                 handler(data, address, via)
             return
+        if not first & 0x80:
+            # A short header (most datagrams of a live connection): its destination
+            # connection ID is the next CID_LENGTH bytes, no need to parse it whole.
+            link = self._cids.get(data[1 : 1 + CID_LENGTH])
+            if link is not None:
+                self._to_link(link, data, address, via)
+                return
         buf = Buffer(data=data)
         try:
             header = pull_quic_header(buf, host_cid_length=CID_LENGTH)
@@ -608,10 +651,7 @@ class Endpoint(asyncio.DatagramProtocol):
         if header is not None:
             link = self._cids.get(header.destination_cid)
             if link is not None:
-                if link.via is via:
-                    link.datagram_received(data, address)
-                else:
-                    self.dropped_datagrams += 1  # a connection lives on one socket
+                self._to_link(link, data, address, via)
                 return
             if (
                 header.packet_type == QuicPacketType.INITIAL
@@ -627,6 +667,14 @@ class Endpoint(asyncio.DatagramProtocol):
             self.krpc_handler(data, address)
             return
         self.dropped_datagrams += 1
+
+    def _to_link(
+        self, link: QuicLink, data: bytes, address: tuple[str, int], via: AuxSocket | None
+    ) -> None:
+        if link.via is via:
+            link.datagram_received(data, address)
+        else:
+            self.dropped_datagrams += 1  # a connection lives on one socket
 
     def _admit(
         self,

@@ -20,7 +20,10 @@ each per round); the table shows the median, the best and the 90th percentile:
 * ``send bob FILE``: a 1 KiB file offered to bob (the command returns once the
   offer is made; bob's daemon keeps it waiting for an answer);
 * ``transfers --json``: the list of those offers;
-* ``python -c pass``: the interpreter alone, for reference.
+* ``python -c pass``: the interpreter alone, for reference; the last column is
+  each command's median above it (what p2pchat itself costs);
+* ``console script``: ``contacts --json`` through the installed ``p2pchat``
+  script next to this interpreter (what a user runs), when there is one.
 
 Then, messages from a pipe (``--pipe N``, default 10,000): ``seq N | p2pchat msg
 bob --lines`` against alice's daemon, timed from starting the command until it
@@ -30,8 +33,10 @@ the median is shown.  Bob's history is then checked to hold every line in order.
 
 Byte-compiled files are written once before timing (a warm-up run of every
 command with ``PYTHONDONTWRITEBYTECODE`` unset), as an installed package has
-them.  ``--importtime`` prints, for ``contacts --json``, the modules that took
-longest to import (``python -X importtime``), so what is left can be seen.
+them.  ``--importtime`` prints, for ``contacts --json`` and ``--help``, the modules
+they import beyond what the bare interpreter does (``python -X importtime``; the
+interpreter's own start-up, ``site`` and what its ``.pth`` files load, is in the
+bare row too), so what is left can be seen.
 """
 
 from __future__ import annotations
@@ -106,7 +111,8 @@ def timed(commands: dict[str, list[str]], runs: int) -> dict[str, list[float]]:
     return out
 
 
-def importtime(argv: list[str], top: int = 15) -> list[tuple[int, int, str]]:
+def imported(argv: list[str]) -> list[tuple[str, int, int]]:
+    """(module, self µs, cumulative µs) of every import ``argv`` makes, in order."""
     done = subprocess.run(
         [argv[0], "-X", "importtime", *argv[1:]], capture_output=True, text=True, env=env()
     )
@@ -115,9 +121,16 @@ def importtime(argv: list[str], top: int = 15) -> list[tuple[int, int, str]]:
         if not line.startswith("import time:") or "self [us]" in line:
             continue
         self_us, cumulative, name = (part.strip() for part in line[12:].split("|"))
-        rows.append((int(cumulative), int(self_us), name))
-    rows.sort(reverse=True)
-    return rows[:top]
+        rows.append((name, int(self_us), int(cumulative)))
+    return rows
+
+
+def importtime(argv: list[str], top: int = 15) -> tuple[int, list[tuple[int, int, str]]]:
+    """What ``argv`` imports beyond the bare interpreter: the sum of those modules'
+    own times, and the slowest of them (cumulative, self, name)."""
+    bare = {name for name, _s, _c in imported([sys.executable, "-c", "pass"])}
+    extra = [(c, s, name) for name, s, c in imported(argv) if name not in bare]
+    return sum(s for _c, s, _n in extra), sorted(extra, reverse=True)[:top]
 
 
 def pipe(alice: Path, bob: Path, n: int) -> None:
@@ -174,27 +187,38 @@ def main() -> None:
                 "send bob FILE": cli(alice, "send", "bob", str(offered)),
                 "transfers --json": cli(alice, "transfers", "--json"),
             }
+            script = Path(sys.executable).parent / "p2pchat"
+            if script.exists():
+                commands["console script"] = [str(script), *cli(alice, "contacts", "--json")[3:]]
             for argv in commands.values():  # byte-compile, connect, warm caches
                 run(argv)
             sent = run(commands["msg bob TEXT"])
             if not sent.startswith("delivered"):
                 raise RuntimeError(f"msg was not delivered: {sent}")
             print(f"\n{opts.runs} runs each, wall time from start to exit (ms)\n")
-            print(f"| {'command':<18} | median |  best  |  p90   |")
-            print(f"|{'-' * 20}|-------:|-------:|-------:|")
-            for label, times in timed(commands, opts.runs).items():
+            print(f"| {'command':<18} | median |  best  |  p90   | above bare |")
+            print(f"|{'-' * 20}|-------:|-------:|-------:|-----------:|")
+            results = timed(commands, opts.runs)
+            bare = statistics.median(results["python -c pass"])
+            for label, times in results.items():
                 times.sort()
                 p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
+                median = statistics.median(times)
                 print(
-                    f"| {label:<18} | {statistics.median(times) * 1e3:6.1f} "
-                    f"| {times[0] * 1e3:6.1f} | {p90 * 1e3:6.1f} |"
+                    f"| {label:<18} | {median * 1e3:6.1f} "
+                    f"| {times[0] * 1e3:6.1f} | {p90 * 1e3:6.1f} | {(median - bare) * 1e3:10.1f} |"
                 )
             if opts.pipe:
                 pipe(alice, bob, opts.pipe)
             if opts.importtime:
-                print("\nslowest imports of `contacts --json` (cumulative µs, self µs):")
-                for cumulative, self_us, name in importtime(commands["contacts --json"]):
-                    print(f"  {cumulative:>8} {self_us:>8}  {name}")
+                for label in ("contacts --json", "--help"):
+                    total, slowest = importtime(commands[label])
+                    print(
+                        f"\n`{label}` imports beyond the bare interpreter, {total / 1e3:.1f} ms "
+                        "of their own in all; the slowest (cumulative µs, self µs):"
+                    )
+                    for cumulative, self_us, name in slowest:
+                        print(f"  {cumulative:>8} {self_us:>8}  {name}")
         finally:
             for proc in daemons:
                 proc.terminate()

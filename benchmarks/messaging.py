@@ -481,10 +481,13 @@ class Tracer:
         endpoint = node._endpoint
         assert endpoint is not None
         self.wrap(node, "send_message", who, "send_message")
-        # A node's store holds the outbox journal: queueing is one append to it, no commit.
+        # A node's store holds the message journal: queueing a message, or storing the
+        # text messages received in a turn, is one append to it, no commit.
         self.wrap(node.store, "queue_message", who, "outbox journal append")
+        self.wrap(node.store, "receive_messages", who, "inbox journal append")
         self.wrap(node.store, "batch", who, "group commit")
         self.wrap(node.delivery, "flush", who, "flush")
+        self.wrap(node.delivery, "_flush_turn", who, "receive turn")
         self.wrap(node, "_emit", who, "emit {}")
         self.wrap(node.delivery, "_emit", who, "emit {}")
         self.wrap(node, "frame_received", who, "frame {}")
@@ -573,6 +576,8 @@ def print_trace(title: str, samples: list[list[tuple[float, int, str, str]]]) ->
 # not counted twice), by the stage's first word(s).
 STAGE_CATEGORIES = (
     ("outbox journal append", "sender's outbox write (send_message)"),
+    ("inbox journal append", "receiver's store (window, journal append)"),
+    ("receive turn", "receive turn: acks owed, events"),
     ("send_message", "send_message, the rest"),
     ("flush", "group commit and its bookkeeping"),
     ("group commit", "group commit and its bookkeeping"),
@@ -608,7 +613,7 @@ def stage_times(sample: list[tuple[float, int, str, str]]) -> dict[str, float]:
         totals[where] = totals.get(where, 0.0) + (t_next - t)
     labels = [label for _t, _turn, _who, label in sample]
     totals["datagrams"] = sum(label == "sendto" for label in labels)
-    totals["outbox writes"] = sum(label == "outbox journal append" for label in labels)
+    totals["journal appends"] = sum(label.endswith("journal append") for label in labels)
     totals["group commits"] = sum(label == "group commit" for label in labels)
     totals["loop turns"] = sample[-1][1] - sample[0][1]
     return totals
@@ -624,7 +629,7 @@ def print_stage_breakdown(
     middle = ordered[len(ordered) // 4 : len(ordered) - len(ordered) // 4] or ordered
     per_sample = [stage_times(s) for s in middle]
     keys = sorted({k for times in per_sample for k in times})
-    counts = ("datagrams", "outbox writes", "group commits", "loop turns")
+    counts = ("datagrams", "journal appends", "group commits", "loop turns")
     heading = "where the time goes (own time; middle half of the samples)"
     print(f"\n  {heading:<56}{'µs':>8}{'share':>8}")
     total = sum(span(s) for s in middle) / len(middle)

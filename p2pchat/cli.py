@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import json
 import os
 import sys
@@ -30,7 +29,6 @@ from p2pchat.config import (
     save_settings,
 )
 from p2pchat.net.control_client import CALL_TIMEOUT, BlockingControlClient, ControlError
-from p2pchat.plain import clean
 
 if TYPE_CHECKING:
     from p2pchat.identity import Identity
@@ -117,12 +115,18 @@ class _RemoteApi:
         return self.client.call(op, args, timeout=timeout)
 
 
+def _getpass(prompt: str) -> str:
+    import getpass  # only where a passphrase is asked for (termios, at every start else)
+
+    return getpass.getpass(prompt)
+
+
 def _passphrase(args: argparse.Namespace) -> str | None:
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
         return env
     if getattr(args, "ask_passphrase", False):
-        return getpass.getpass("Passphrase: ")
+        return _getpass("Passphrase: ")
     return None
 
 
@@ -135,7 +139,7 @@ def _open_node(paths: Paths, args: argparse.Namespace, passphrase: str | None = 
         return Node(paths, passphrase=passphrase)
     except PassphraseRequired as exc:
         if sys.stdin.isatty():
-            return Node(paths, passphrase=getpass.getpass("Passphrase: "))
+            return Node(paths, passphrase=_getpass("Passphrase: "))
         raise PassphraseRequired(f"{exc}: set {PASSPHRASE_ENV} or use --ask-passphrase") from None
 
 
@@ -192,6 +196,8 @@ def _safe(text: object) -> str:
     goes through the one rule for outside text (``p2pchat/plain.py``), so none of it
     drives the terminal.  JSON output needs none: it is ASCII with every control
     escaped."""
+    from p2pchat.plain import clean  # unicodedata: not for JSON output or help
+
     return clean(str(text), multiline=True)
 
 
@@ -240,10 +246,10 @@ def _ensure_identity(paths: Paths, args: argparse.Namespace) -> tuple[Identity, 
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
     if passphrase is None and args.ask_passphrase:
         if paths.identity.exists():
-            passphrase = getpass.getpass("Passphrase: ") or None
+            passphrase = _getpass("Passphrase: ") or None
         else:
-            first = getpass.getpass("New passphrase: ")
-            if first != getpass.getpass("Repeat passphrase: "):
+            first = _getpass("New passphrase: ")
+            if first != _getpass("Repeat passphrase: "):
                 raise CliError("passphrases do not match")
             passphrase = first or None
     try:
@@ -251,7 +257,7 @@ def _ensure_identity(paths: Paths, args: argparse.Namespace) -> tuple[Identity, 
     except PassphraseRequired:
         if not sys.stdin.isatty():
             raise
-        passphrase = getpass.getpass("Passphrase: ")
+        passphrase = _getpass("Passphrase: ")
         identity, created = load_or_create_identity(paths.identity, passphrase)
     settings = load_settings(paths)
     listen = getattr(args, "init_listen", None)
@@ -481,9 +487,10 @@ async def cmd_msg(paths: Paths, args: argparse.Namespace) -> int:
             "send",
             {"contact": args.contact, "text": text, "wait": args.wait, "reply_to": args.reply_to},
         )
-        contact = await api.call("find_contact", {"ref": reply["message"]["peer_id"]})
-    message, state = reply["message"], reply["state"]
-    waiting = bool(reply.get("awaiting_acceptance")) and state not in ("delivered", "read")
+        message, state = reply["message"], reply["state"]
+        waiting = bool(reply.get("awaiting_acceptance")) and state not in ("delivered", "read")
+        if waiting and not args.json:  # the name, for the line below
+            contact = await api.call("find_contact", {"ref": message["peer_id"]})
     if args.json:
         _print_json(
             {
@@ -886,7 +893,7 @@ def _current_passphrase(args: argparse.Namespace) -> str:
     if secret:
         return secret
     if args.ask_passphrase or sys.stdin.isatty():
-        return getpass.getpass("Current passphrase: ")
+        return _getpass("Current passphrase: ")
     raise CliError(
         f"the identity has a passphrase: set {PASSPHRASE_ENV} or use --ask-passphrase",
         EXIT_PASSPHRASE,
@@ -899,10 +906,10 @@ def _new_passphrase() -> str:
         return secret
     if not sys.stdin.isatty():
         raise CliError(f"no terminal to ask for the new passphrase: set {NEW_PASSPHRASE_ENV}")
-    first = getpass.getpass("New passphrase: ")
+    first = _getpass("New passphrase: ")
     if not first:
         raise CliError("the new passphrase is empty")
-    if first != getpass.getpass("Repeat new passphrase: "):
+    if first != _getpass("Repeat new passphrase: "):
         raise CliError("passphrases do not match")
     return first
 
@@ -1207,21 +1214,30 @@ _VALUED_OPTIONS = ("--home", "--listen", "--bootstrap")
 _FLAG_OPTIONS = ("--version", "--ask-passphrase", "--verbose", "--no-mdns", "--no-dht")
 
 
+# ``_named_command`` for a run that names no command (help, the version, the app):
+# the commands are listed in the help but none of them is built.
+NO_COMMAND = ""
+
+
 def _named_command(argv: Sequence[str]) -> str | None:
     """The command ``argv`` names, if nothing before it but top-level options spelled
-    out in full; None when unsure (help, abbreviations, anything unknown): the whole
-    parser decides then."""
+    out in full, or ``NO_COMMAND`` if it holds nothing else (``--help`` included);
+    None when unsure (abbreviations, anything unknown, help asked before a command):
+    the whole parser decides then."""
     args = iter(argv)
+    helped = False
     for arg in args:
         if arg in _VALUED_OPTIONS:
             next(args, None)
+        elif arg in ("-h", "--help"):
+            helped = True
         elif not (
             arg in _FLAG_OPTIONS
             or arg.partition("=")[0] in _VALUED_OPTIONS
             or (len(arg) > 1 and arg[0] == "-" and set(arg[1:]) == {"v"})
         ):
-            return arg if arg in COMMANDS else None
-    return None
+            return arg if arg in COMMANDS and not helped else None
+    return NO_COMMAND
 
 
 class _Rebuild(Exception):
@@ -1239,25 +1255,31 @@ class _PartialParser(argparse.ArgumentParser):
 
 class _Commands:
     """Adds the commands to the parser: each one, or only the one a run named (the
-    others get a parser that drops what is added to it)."""
+    others get a parser that drops what is added to it), or, for a run that names
+    none, each one's name and help for the listing but nothing of what it takes."""
 
     def __init__(self, sub: Any, only: str | None) -> None:
         self.sub = sub
         self.only = only
-        self._dropped: _Dropped | None = None
+        self._dropped = _Dropped()
 
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         if name not in COMMANDS:
             raise AssertionError(f"{name} is missing from cli.COMMANDS")
-        if self.only is None or name == self.only:
+        if self.only in (None, NO_COMMAND, name):  # with NO_COMMAND: a _Dropped, listed
             return cast(argparse.ArgumentParser, self.sub.add_parser(name, **kwargs))
-        if self._dropped is None:
-            self._dropped = _Dropped(add_help=False)
         return self._dropped
 
 
 class _Dropped(argparse.ArgumentParser):
-    """The parser of a command this run does not use: what is added goes nowhere."""
+    """The parser of a command this run does not use: what is added goes nowhere.
+
+    Nothing of ``ArgumentParser`` is set up: nothing parses with it, and setting up
+    a real parser (argparse looking for translations of its own strings) is most of
+    what building one costs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        pass
 
     def add_argument(self, *args: Any, **kwargs: Any) -> Any:
         return None
@@ -1273,8 +1295,8 @@ class _Dropped(argparse.ArgumentParser):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command line's parser; with ``only``, a parser that knows that one command
-    (see ``_named_command``)."""
+    """The command line's parser; with ``only``, a parser that knows that one command,
+    or none (``NO_COMMAND``), see ``_named_command``."""
     cls = argparse.ArgumentParser if only is None else _PartialParser
     parser = cls(
         prog="p2pchat", description="End-to-end encrypted peer-to-peer chat and file drop."
@@ -1298,7 +1320,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"DHT bootstrap node (repeatable; also ${BOOTSTRAP_ENV})",
     )
-    commands = _Commands(parser.add_subparsers(dest="command"), only)
+    # A run that names no command lists the commands (help, usage) and parses none.
+    if only == NO_COMMAND:
+        sub: Any = parser.add_subparsers(dest="command", parser_class=_Dropped)
+    else:
+        sub = parser.add_subparsers(dest="command")
+    commands = _Commands(sub, only)
 
     p = commands.add_parser("init", help="create the identity if missing and print the peer ID")
     p.add_argument("--name", help="display name shown to contacts")
@@ -1631,7 +1658,7 @@ def _run_app(paths: Paths, args: argparse.Namespace) -> int:
 
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
     if passphrase is None and args.ask_passphrase and paths.identity.exists():
-        passphrase = getpass.getpass("Passphrase: ")
+        passphrase = _getpass("Passphrase: ")
     mdns = None if args.app_no_mdns else MdnsOptions(interfaces=(), hidden=False, share_name=False)
     dht = None if args.app_no_dht else DhtOptions.configured(args.app_bootstrap)
     return ui.run(paths, passphrase=passphrase, listen=args.app_listen, mdns=mdns, dht=dht)
@@ -1695,12 +1722,47 @@ def _logging(verbose: int) -> None:
     )
 
 
+def _end(code: int | str | None) -> NoReturn:
+    """End a run that did nothing but parse, talk to the running node and print.
+
+    The interpreter's own shutdown (tearing down every module, collecting what is
+    left) costs a short command about as much as its work (docs/performance.md,
+    "CLI start-up"), and such a run leaves nothing that needs it: no thread, no open
+    file but the standard streams.  So the exit handlers run and the streams are
+    flushed here, and the process ends at once.  A stream that cannot be written (a
+    reader that went away) is left to the interpreter, which reports it as always.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    if not isinstance(code, int) or (
+        "threading" in sys.modules and sys.modules["threading"].active_count() > 1
+    ):
+        sys.exit(code)
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The command line.  Given ``argv`` (tests), the run ends with ``SystemExit``;
+    without it, this is the program, and a run that only parsed or talked to the
+    running node ends the process at once (``_end``)."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser(only=_named_command(argv)).parse_args(argv)
-    except _Rebuild:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser(only=_named_command(argv)).parse_args(argv)
+        except _Rebuild:
+            args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # help, the version, a usage error: printed, nothing else
+        if program:
+            _end(exc.code)
+        raise
     paths = Paths(resolve_home(args.home))
     # With a node running for this home, every command but ``daemon`` only talks to it:
     # nothing in this process logs, and nothing needs an event loop.
@@ -1724,4 +1786,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise
         print(_safe(f"p2pchat: error: {exc}"), file=sys.stderr)
         code = _exit_code(exc)
+    if program and args.loopless:
+        _end(code)
     sys.exit(code)

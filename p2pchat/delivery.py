@@ -24,18 +24,22 @@ contact may make us spend:
   the database.  The user sees ``StorageProblem`` / ``IncomingDeferred``.
 
 **Group commit.**  Work that arrives in one event-loop turn is applied together
-at the end of the turn (``flush``, which the node schedules through ``schedule``):
-the messages received from every contact, the transmissions to mark ``sent`` and
-the acks received, and the messages the user queued (durable already in the store's
-outbox journal) are written in one transaction (``Store.batch``),
-and only after it committed does each contact get one cumulative ``Ack`` for everything
-stored (its frames leave together, in shared QUIC packets) and does the user see
-the events.  A crash before the commit loses nothing that was acknowledged; a
-crash after it and before the ack leaves the messages stored and unacknowledged,
-and the sender's resend is then a duplicate that is acknowledged again.  The
-bookkeeping of our own messages (folding the journal into the tables, ``sent``
-marks) does not ask for a flush of its own: it rides on the next one that commits
-anyway (an ack, a received message), at most ``MARK_DELAY`` later.
+at the end of the turn (``_flush_turn``, which the node schedules through
+``schedule``): the text messages received from each contact are made durable by one
+append to the store's message journal (``Store.receive_messages``), and only then
+does each contact get one cumulative ``Ack`` for everything stored (its frames
+leave together, in shared QUIC packets) and does the user see the events.  The
+journal is folded into the tables by the next commit, with the bookkeeping of our
+own messages (the messages the user queued, durable already in the same journal,
+``sent`` marks, acks received): that commit (``flush``, one transaction,
+``Store.batch``) waits for up to ``MARK_DELAY``, or runs before any read of the
+store, so a conversation costs no transaction per message on its path.  A store
+that cannot journal (not the node's, or too much pending) receives in the
+turn's transaction instead, as does an ack that only the tables can check.  A
+crash before the append loses nothing that was acknowledged; a crash after it
+and before the ack leaves the messages stored (the next opening folds them) and
+unacknowledged, and the sender's resend is then a duplicate that is acknowledged
+again.
 
 Nothing here owns sockets or tasks: the node calls in with frames and on its
 dial-loop tick, and every decision reads an injected clock.
@@ -215,6 +219,8 @@ class Delivery:
         self._acks_soon = False
         self._ack_timer: Cancellable | None = None
         self._flush_requested = False
+        self._acks_need_store = False
+        """An ack of this turn covers what only the tables know (see ``on_ack``)."""
         self._marks_timer: Cancellable | None = None
         """The pending ``MARK_DELAY`` flush, cancelled by any flush that comes first."""
         self.storage_error: str | None = None
@@ -440,6 +446,7 @@ class Delivery:
         self._acks[peer] = seq
         sent = self._transmitted.get(peer)
         if not sent or seq > sent[-1][0]:
+            self._acks_need_store = True
             self._request_flush()
             return
         announced = self._announced.setdefault(peer, set())
@@ -485,7 +492,36 @@ class Delivery:
             self.flush()
         elif not self._flush_requested:
             self._flush_requested = True
-            self._schedule(0.0, self.flush)
+            self._schedule(0.0, self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        """The end of a turn that brought messages (or an ack the tables must check):
+        the messages are journaled and answered now; the bookkeeping waits for the
+        next commit (``_request_marks``) unless this turn needs one anyway."""
+        self._flush_requested = False
+        if self._acks_need_store or not self.store.journals_receipts:
+            self.flush()
+            return
+        incoming, self._incoming = self._incoming, {}
+        asked, self._ack_asked = self._ack_asked, set()
+        wall = self.clock()
+        quota = self._daily_quota()
+        received: list[tuple[Link, str, list[tuple[chat.ChatMessage, ReceiveResult]]]] = []
+        for conn, frames in incoming.items():
+            peer = conn.peer_id
+            assert peer is not None
+            if peer in self._refusing:
+                # refused earlier this turn: it was told when to come back
+                self.counters["dropped_while_refusing"] += len(frames)
+                continue
+            try:
+                results = self.store.receive_messages(peer, frames, now=wall, daily_quota=quota)
+            except StoreError as exc:
+                self.storage_failed(exc)
+                self._storage_refusal(conn, frames[0].seq, exc)
+                continue
+            received.append((conn, peer, list(zip(frames, results, strict=False))))
+        self._answer_all(received, asked, wall)
 
     def _request_marks(self) -> None:
         """``sent`` marks are bookkeeping: they wait up to ``MARK_DELAY`` for a flush that
@@ -499,8 +535,10 @@ class Delivery:
                 self._marks_timer = timer
 
     def flush(self) -> None:
-        """Apply everything this turn brought in one transaction, then answer it."""
+        """Apply everything this turn brought and all pending bookkeeping in one
+        transaction, then answer it."""
         self._flush_requested = False
+        self._acks_need_store = False
         if not (self._incoming or self._sent or self._acks or self.store.pending):
             return
         if self._marks_timer is not None:
@@ -540,18 +578,7 @@ class Delivery:
             for peer, seq in acks.items():  # tried again by the next commit
                 self._acks[peer] = max(seq, self._acks.get(peer, 0))
             return  # sent marks are only bookkeeping
-        stored = {
-            peer for _conn, peer, answered in received
-            if any(result.verdict == "accept" for _frame, result in answered)
-        }  # fmt: skip
-        if stored:
-            # Only a stored message proves the database writes again: a batch of
-            # gaps or duplicates commits nothing, and succeeds on a full disk too.
-            self.storage_ok()
-        for conn, peer, answered in received:
-            if peer in stored:
-                self._storage_failures.pop(peer, None)
-            self._answer(conn, peer, answered, wall, now=conn in asked)
+        self._answer_all(received, asked, wall)
         announced = {peer: self._announced.pop(peer, set()) for peer in acks}
         for peer, ids in marked:
             told = announced.get(peer, ())
@@ -564,6 +591,26 @@ class Delivery:
                 if message_id not in told:
                     self._emit(MessageStateChanged(peer, message_id, "delivered"))
 
+    def _answer_all(
+        self,
+        received: list[tuple[Link, str, list[tuple[chat.ChatMessage, ReceiveResult]]]],
+        asked: set[Link],
+        wall: float,
+    ) -> None:
+        """Each contact's messages of this turn are stored: answer them."""
+        stored = {
+            peer for _conn, peer, answered in received
+            if any(result.verdict == "accept" for _frame, result in answered)
+        }  # fmt: skip
+        if stored:
+            # Only a stored message proves the database writes again: a batch of
+            # gaps or duplicates commits nothing, and succeeds on a full disk too.
+            self.storage_ok()
+        for conn, peer, answered in received:
+            if peer in stored:
+                self._storage_failures.pop(peer, None)
+            self._answer(conn, peer, answered, wall, now=conn in asked)
+
     def _answer(
         self,
         conn: Link,
@@ -573,7 +620,7 @@ class Delivery:
         *,
         now: bool = False,
     ) -> None:
-        """After the commit: one cumulative ack for everything stored, then a gap
+        """After the commit or journal append: one cumulative ack for everything stored, then a gap
         request or a refusal if the batch ended in one, then the events.
 
         The ack itself waits (``_owe_ack``) for a message of ours to ride on, so a

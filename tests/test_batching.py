@@ -14,6 +14,7 @@ from p2pchat.core.events import MessageReceived, TypingChanged
 from p2pchat.identity import load_identity
 from p2pchat.node import Node
 from p2pchat.store import Store
+from p2pchat.store.journal import journal_path
 
 from .attacks.attackers import HostileLink, HostilePeer
 from .conftest import EventLog, StartNode, make_home, wait_until
@@ -66,8 +67,9 @@ async def test_a_burst_is_stored_in_few_transactions_exactly_once_in_order(
     await received.close()
 
 
-# Bob's node in a process of its own that is killed right after a batch committed and
-# before its ack leaves: ``Delivery._answer`` runs only after the commit.
+# Bob's node in a process of its own that is killed right after a batch was stored (one
+# append to its message journal: docs/storage.md) and before its ack leaves:
+# ``Delivery._answer`` runs only after that.
 CRASH_AFTER_COMMIT = """
 import asyncio, os, signal, sys
 from pathlib import Path
@@ -118,7 +120,9 @@ async def test_sigkill_between_a_batch_commit_and_its_ack(
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-    # Bob committed a batch, then died: nothing of it was acknowledged.
+    # Bob stored a batch, then died: nothing of it was acknowledged.  Only the journal
+    # holds it; opening the store folds it.
+    assert journal_path(bob_paths.database).stat().st_size > 0
     with Store(bob_paths.database) as store:
         stored = [m.body for m in store.history(a.peer_id) if m.direction == "in"]
     assert len(stored) >= 2 and stored == [f"m {i:02d}" for i in range(len(stored))]

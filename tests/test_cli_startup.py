@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pchat import __version__
 from p2pchat.identity import create_identity
 
 from .conftest import free_udp_port
@@ -23,12 +24,15 @@ from .daemons import Daemon, cli_env, run_cli
 
 # What a command answered by the running node must never load.  Past the node's own
 # stack: asyncio (it runs without an event loop, over a blocking socket), the control
-# server, and what the state-folder module imports only where it is used (platformdirs
-# when no --home is given, dataclasses and the inspect module it pulls in, hashlib).
+# server, what the state-folder module imports only where it is used (platformdirs
+# when no --home is given, dataclasses and the inspect module it pulls in, hashlib),
+# the ``socket`` module (the control client uses the socket type under it) and
+# ``getpass`` (only where a passphrase is asked for).
 HEAVY_PACKAGES = (
     "aioquic", "cryptography", "nacl", "msgpack", "blake3", "zeroconf", "sqlcipher3",
     "sqlite3", "textual", "rich", "precis_i18n", "bencode2", "asyncio", "platformdirs",
-    "dataclasses", "inspect", "hashlib", "logging", "datetime", "ssl",
+    "dataclasses", "inspect", "hashlib", "logging", "datetime", "ssl", "socket",
+    "selectors", "getpass", "termios",
 )  # fmt: skip
 HEAVY_MODULES = (
     "p2pchat.node", "p2pchat.store", "p2pchat.rpc", "p2pchat.owner", "p2pchat.identity",
@@ -101,6 +105,8 @@ async def test_commands_for_the_running_node_import_only_the_control_client(
             _code, modules = _imports(tmp_path, home, *command)
             assert "p2pchat.net.control_client" in modules  # it did talk to the daemon
             assert _heavy(modules) == [], command
+            if "--json" in command:  # no line for a terminal: no unicodedata either
+                assert "p2pchat.plain" not in modules, command
         # The daemon did the work: the message and the offer are in its store.
         history = await daemon.call("history", contact="bob")
         assert [m["body"] for m in history] == ["hello"]
@@ -114,9 +120,11 @@ async def test_commands_for_the_running_node_import_only_the_control_client(
         await daemon.stop()
 
 
-def test_help_imports_nothing_heavy(tmp_path: Path) -> None:
-    _code, modules = _imports(tmp_path, tmp_path / "nobody", "--help")
-    assert _heavy(modules) == []
+def test_help_and_version_import_nothing_heavy(tmp_path: Path) -> None:
+    for args in (["--help"], ["--version"], ["contacts", "--help"], ["msg", "--help"]):
+        _code, modules = _imports(tmp_path, tmp_path / "nobody", *args)
+        assert _heavy(modules) == [], args
+        assert "p2pchat.plain" not in modules
 
 
 def test_a_run_that_names_its_command_builds_only_that_parser() -> None:
@@ -136,12 +144,59 @@ def test_a_run_that_names_its_command_builds_only_that_parser() -> None:
         ["group", "msg", "friends", "hello"],
         ["send", "bob", "a", "b", "--wait"],
         ["daemon", "--listen", "127.0.0.1:1", "--no-mdns", "--relay-rate", "2M"],
+        ["transfers", "--json"],
     ]
     for argv in runs:
         only = _named_command(argv)
         assert only is not None and only in argv, argv
         assert vars(build_parser(only=only).parse_args(argv)) == vars(full.parse_args(argv))
-    for unsure in (["--help"], ["--ho", "/tmp/h", "contacts"], ["nosuch"], ["-x", "contacts"], []):
+    for unsure in (["--ho", "/tmp/h", "contacts"], ["nosuch"], ["-x", "contacts"], ["-h", "msg"]):
         assert _named_command(unsure) is None, unsure
     with pytest.raises(_Rebuild):  # reported by the whole parser, in its words
         build_parser(only="history").parse_args(["history", "bob", "--limit", "0"])
+
+
+def test_a_run_that_names_no_command_builds_none() -> None:
+    """Help, the version and the app name no command: the parser lists every command
+    with its help (the same text as the whole parser's) without building any."""
+    from p2pchat.cli import NO_COMMAND, _named_command, _Rebuild, build_parser
+
+    full = build_parser()
+    listed = build_parser(only=NO_COMMAND)
+    assert listed.format_help() == full.format_help()
+    assert listed.format_usage() == full.format_usage()
+    for argv in ([], ["--home", "/tmp/h"], ["--no-mdns", "--listen", "127.0.0.1:1", "-v"]):
+        assert _named_command(argv) == NO_COMMAND, argv
+        assert vars(listed.parse_args(argv)) == vars(full.parse_args(argv))
+    for argv in (["--help"], ["-h"], ["--home", "/tmp/h", "--version"]):
+        assert _named_command(argv) == NO_COMMAND, argv
+    with pytest.raises(_Rebuild):  # a usage error: the whole parser reports it
+        build_parser(only=NO_COMMAND).parse_args(["--home"])
+
+
+def test_the_program_runs_exit_handlers_and_flushes_before_it_ends() -> None:
+    """A run that only parsed or talked to the running node ends the process without
+    the interpreter's shutdown (``cli._end``): what was printed and what an exit
+    handler does must still happen, and the exit status be the same."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran'))\n"
+        "sys.argv = ['p2pchat', *sys.argv[1:]]\n"
+        "from p2pchat.cli import main\n"
+        "main()\n"
+    )
+    env = cli_env()
+    del env["PYTHONUNBUFFERED"]  # block-buffered, as in a pipe: flushed at the end
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--version"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout == f"p2pchat {__version__}\nexit handler ran\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--home"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.endswith("error: argument --home: expected one argument\n")
+    assert done.stdout == "exit handler ran\n"

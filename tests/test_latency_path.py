@@ -24,6 +24,7 @@ from p2pchat.net import endpoint as endpoint_module
 from p2pchat.net.endpoint import QuicLink
 from p2pchat.net.peer import BUNDLE_BYTES
 from p2pchat.node import Node
+from p2pchat.store.journal import journal_path, parse
 
 from .conftest import EventLog, StartNode, wait_until
 
@@ -62,7 +63,7 @@ def link_of(node: Node, peer: Node) -> QuicLink:
     return conn.link
 
 
-async def test_the_ack_of_a_group_commit_leaves_one_turn_after_the_commit(
+async def test_the_ack_of_stored_messages_leaves_one_turn_after_they_were_stored(
     start_node: StartNode,
 ) -> None:
     a, b = await one_connection(start_node)
@@ -70,7 +71,7 @@ async def test_the_ack_of_a_group_commit_leaves_one_turn_after_the_commit(
     assert endpoint is not None
     log: list[tuple[str, int]] = []
     with turn_counter() as turns:
-        flush, sendto = b.delivery.flush, endpoint.sendto
+        flush, sendto = b.delivery._flush_turn, endpoint.sendto
 
         def traced_flush() -> None:
             stores = bool(b.delivery._incoming)
@@ -82,7 +83,7 @@ async def test_the_ack_of_a_group_commit_leaves_one_turn_after_the_commit(
             log.append(("datagram", turns[0]))
             sendto(data, address, **kwargs)
 
-        b.delivery.flush = traced_flush  # type: ignore[method-assign]
+        b.delivery._flush_turn = traced_flush  # type: ignore[method-assign]
         endpoint.sendto = traced_sendto  # type: ignore[method-assign]
         for i in range(5):
             log.clear()
@@ -203,9 +204,7 @@ async def test_a_reply_written_on_seeing_the_message_carries_its_ack(
             sent = a.send_message("b", f"ping {i}")
             await wait_until(lambda m=sent.id: delivered(log_a, m))
             await wait_until(
-                lambda i=i: any(
-                    e.body == f"re: ping {i}" for e in log_a.of(MessageReceived)
-                )
+                lambda i=i: any(e.body == f"re: ping {i}" for e in log_a.of(MessageReceived))
             )
             assert len(sealed) == 1, sealed  # the answer and the ack of the ping together
     finally:
@@ -222,6 +221,12 @@ def committed_state(node: Node, message_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def journaled_ids(node: Node) -> set[str]:
+    """The ids of the messages in the node's journal file, as a reopening would read it."""
+    data = journal_path(node.store.path).read_bytes()
+    return {e.id for e in parse(data).entries}
+
+
 def check_events_against_commits(node: Node, seen: list[NodeEvent]) -> None:
     """Every message event of ``node`` is checked, when it is emitted, against what a
     second database connection can read at that moment."""
@@ -229,14 +234,18 @@ def check_events_against_commits(node: Node, seen: list[NodeEvent]) -> None:
 
     def checked(event: NodeEvent) -> None:
         if isinstance(event, MessageReceived):
-            assert committed_state(node, event.message_id) is not None, event
+            # Committed, or journaled (a received text message is durable once its
+            # record is in the message journal; the next commit folds it).
+            assert committed_state(
+                node, event.message_id
+            ) is not None or event.message_id in journaled_ids(node), event
         elif isinstance(event, MessageStateChanged) and event.state in ("sent", "delivered"):
             # Or announced from an ack this node holds in memory, written by the next
             # commit (``Delivery.on_ack``): checked once everything settled.
             announced = node.delivery._announced.get(event.peer_id, set())
-            assert (
-                event.message_id in announced
-                or committed_state(node, event.message_id) in (event.state, "delivered")
+            assert event.message_id in announced or committed_state(node, event.message_id) in (
+                event.state,
+                "delivered",
             ), event
         seen.append(event)
         emit(event)
@@ -262,6 +271,8 @@ async def test_no_event_before_its_commit(start_node: StartNode) -> None:
     assert len(received) == 70
     delivered = [e for e in seen_a if isinstance(e, MessageStateChanged) and e.state == "delivered"]
     assert len(delivered) == 70
+    # What was journaled is committed soon after, reads or not.
+    await wait_until(lambda: all(committed_state(b, e.message_id) for e in received))
     # What was announced from memory is committed soon after, reads or not.
     await wait_until(
         lambda: all(committed_state(a, e.message_id) == "delivered" for e in delivered)

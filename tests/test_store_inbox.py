@@ -1,6 +1,7 @@
-"""``receive_messages`` (a burst in one transaction) decides exactly what
-``receive_message`` decides one message at a time: the same verdicts, stored rows,
-quota stop, edits and deletes, whatever mix of duplicates, gaps and kinds arrives."""
+"""``receive_messages`` (a burst in one transaction, or journaled by a node's store)
+decides exactly what ``receive_message`` decides one message at a time: the same
+verdicts, stored rows, quota stop, edits and deletes, whatever mix of duplicates,
+gaps and kinds arrives."""
 
 from __future__ import annotations
 
@@ -75,3 +76,57 @@ def test_a_burst_is_decided_as_one_message_at_a_time(
         finally:
             single.close()
             batched.close()
+
+
+text_strategy = st.builds(
+    chat.ChatMessage,
+    id=st.sampled_from(IDS),
+    seq=st.integers(1, 8),
+    base=st.integers(1, 8),
+    sent_at=st.just(1.0),
+    body=st.sampled_from(["", "hi", "héllo", "日本語のテキスト", "x" * 40]),
+    reply_to=st.one_of(st.none(), st.sampled_from(IDS)),
+    kind=st.sampled_from(["text", "reaction"]),
+)
+"""Messages a node's store journals (text, no target): a burst of only these is
+decided in memory; one with an edit or a delete goes through a transaction."""
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bursts=st.lists(
+        st.one_of(
+            st.lists(text_strategy, max_size=8),
+            st.lists(text_strategy, max_size=8),
+            st.lists(frame_strategy, max_size=4),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    quota=st.one_of(st.none(), st.integers(0, 120)),
+    reads=st.lists(st.booleans(), min_size=4, max_size=4),
+)
+def test_journaled_bursts_are_decided_as_one_message_at_a_time(
+    bursts: list[list[chat.ChatMessage]], quota: int | None, reads: list[bool]
+) -> None:
+    """Outside a batch a node's store journals text messages and decides them against
+    the window in memory (the tables plus what is pending); a read between bursts
+    folds what is pending, or nothing does until the end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        single = Store(Path(tmp) / "single.db", journal=True)
+        journaled = Store(Path(tmp) / "journaled.db", journal=True)
+        for store in (single, journaled):  # our own message's id is taken too
+            store.queue_message(PEER, "mine", now=NOW, message_id=IDS[5])
+        try:
+            for frames, read in zip(bursts, reads, strict=False):
+                expected = _one_by_one(single, frames, quota)
+                got = journaled.receive_messages(PEER, frames, now=NOW, daily_quota=quota)
+                assert got == expected
+                if read:
+                    assert journaled.recv_seq(PEER) == single.recv_seq(PEER)
+            assert journaled.recv_seq(PEER) == single.recv_seq(PEER)
+            assert journaled.intake_today(PEER, now=NOW) == single.intake_today(PEER, now=NOW)
+            assert _history(journaled) == _history(single)
+        finally:
+            single.close()
+            journaled.close()

@@ -11,7 +11,13 @@ framing below: one JSON object per line each way.
 from __future__ import annotations
 
 import json
-import socket
+
+# The socket type itself, without the ``socket`` module around it: that module turns
+# the constants into enums as it loads, which cost a command several milliseconds of
+# its start-up, for nothing a blocking Unix socket uses (docs/performance.md, "CLI
+# start-up").  ``socket.socket`` is a subclass of this one, with the same methods.
+from _socket import AF_UNIX, SOCK_STREAM
+from _socket import socket as _Socket
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +82,11 @@ class BlockingControlClient:
     def __init__(self, path: Path, *, timeout: float = CALL_TIMEOUT) -> None:
         self.path = path
         self.timeout = timeout
-        self._sock: socket.socket | None = None
+        self._sock: _Socket | None = None
         self._buffer = b""
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _Socket(AF_UNIX, SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT)
         try:
             sock.connect(str(self.path))
@@ -111,7 +117,7 @@ class BlockingControlClient:
             self.close()
         return decode_reply(line)
 
-    def _readline(self, sock: socket.socket) -> bytes:
+    def _readline(self, sock: _Socket) -> bytes:
         """One reply line, or ``b""`` if the node hung up first."""
         parts: list[bytes] = []
         size = 0

@@ -19,14 +19,17 @@ This module owns the one connection (plain SQLite or SQLCipher at rest), the
 file lock a passphrase change takes, the schema check on open, and the
 read/write/batch helpers every other part of the store goes through.
 
-**The outbox journal** (``journal.py``, docs/storage.md).  A node's store
-(``journal=True``) makes a message it queues durable with one append to a
-journal file instead of a commit, and keeps the records in memory (``_pending``)
-until the next transaction folds them into the tables.  The rule that nothing
-can tell the difference lives here, in one place: every read and every write
-(``_read``, ``_write``, ``batch``) folds what is pending first, inside its own
-transaction when it writes, so it sees exactly what it would have seen had each
-message been committed on its own.  The file is emptied after the fold
+**The message journal** (``journal.py``, docs/storage.md).  A node's store
+(``journal=True``) makes a message it queues, or a text message it receives,
+durable with one append to a journal file instead of a commit, and keeps the
+records in memory (``_pending``) until the next transaction folds them into the
+tables.  For a received message it keeps the receive window and the day's intake
+of that contact in memory too (``_receiving``: the tables plus what is pending),
+so a message is accepted, made durable and acknowledged without a transaction.
+The rule that nothing can tell the difference lives here, in one place: every
+read and every write (``_read``, ``_write``, ``batch``) folds what is pending
+first, inside its own transaction when it writes, so it sees exactly what it
+would have seen had each message been committed on its own.  The file is emptied after the fold
 committed; a rollback puts the records back.  Opening folds what a crash left.
 """
 
@@ -55,6 +58,7 @@ from p2pchat.store.journal import (
     JournalCorrupt,
     fold_counters,
     fold_into,
+    folded,
     insert_folded,
     journal_key,
     journal_path,
@@ -81,6 +85,12 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 LOCK_WAIT = 120.0
 # How long a store waits for another one to stop numbering outgoing messages.
 JOURNAL_WAIT = 5.0
+MAX_PENDING = 4096
+"""Journaled messages waiting for a fold beyond which received ones are no longer
+journaled: each then goes through a transaction (``receive_messages``), which folds
+first, so a database that cannot fold (a full disk) refuses them instead of memory
+filling up.  A fold runs at least every ``delivery.MARK_DELAY``: a burst at 10,000
+messages a second leaves about 500 pending."""
 
 
 def database_is_plaintext(path: Path) -> bool | None:
@@ -246,6 +256,20 @@ class Sending:
 
 
 @dataclass(slots=True)
+class Receiving:
+    """A conversation as the receive path sees it, kept in memory by the journal's
+    holder between commits: the tables plus the journaled messages not folded yet.
+    ``recv_seq`` and ``intake`` (bytes on UTC day ``day``) are the contact's; ``ids``
+    are the pending messages' ids, ours and the contact's (an id is unique per
+    conversation whatever the direction)."""
+
+    recv_seq: int
+    day: int
+    intake: int
+    ids: set[str]
+
+
+@dataclass(slots=True)
 class Reopen:
     """What :meth:`Store.offline` reopens with: its file lock and the (new) key."""
 
@@ -300,6 +324,9 @@ class StoreBase:
         self._unfolded_rows: list[Folded] = []
         """The same, in the order they were queued: the order their rows go in."""
         self._sending: dict[str, Sending] = {}
+        self._receiving: dict[str, Receiving] = {}
+        """Loaded at a contact's first received message after each commit, which
+        makes the tables current again (``_receiving_state``)."""
         self._contact_refs: dict[str, str] = {}
         """Contact references resolved to peer IDs (``ContactsMixin.contact_id``)."""
         self._fold_error: str | None = None
@@ -419,8 +446,68 @@ class StoreBase:
         with self._lock:
             self._journal.append(entries)
             self._pending.extend(entries)
+            receiving = self._receiving
+            if receiving:
+                for e in entries:
+                    state = receiving.get(e.peer_id)
+                    if state is not None:
+                        _count_pending(state, e)
         if self.on_pending is not None:
             self.on_pending()
+
+    @property
+    def journals_receipts(self) -> bool:
+        """Whether a received text message is journaled instead of committed now."""
+        return (
+            self._keeps_journal
+            and not self._batching
+            and self._journal.owned
+            and len(self._pending) < MAX_PENDING
+        )
+
+    def _receiving_state(self, peer_id: str, day: int) -> Receiving:
+        """The contact's window and intake on ``day`` as a transaction would read them
+        after folding what is pending: read from the tables once after each commit."""
+        state = self._receiving.get(peer_id)
+        if state is not None and state.day == day:
+            return state
+        db = self._connection()
+        try:
+            row = db.execute(
+                "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+            used = db.execute(
+                "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
+            ).fetchone()
+        except DB_ERRORS as exc:
+            raise StoreError(f"database error: {exc}") from exc
+        state = Receiving(
+            0 if row is None else int(row[0]), day, 0 if used is None else int(used[0]), set()
+        )
+        for e in self._pending:
+            if e.peer_id == peer_id:
+                _count_pending(state, e)
+        self._receiving[peer_id] = state
+        return state
+
+    def _stored_ids(self, peer_id: str, ids: list[str]) -> set[str]:
+        """Which of ``ids`` this conversation's rows hold (committed or not)."""
+        found: set[str] = set()
+        db = self._connection()
+        try:
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                found.update(
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM messages WHERE peer_id = ? AND id IN"
+                        f" ({','.join('?' * len(part))})",
+                        (peer_id, *part),
+                    )
+                )
+        except DB_ERRORS as exc:
+            raise StoreError(f"database error: {exc}") from exc
+        return found
 
     @property
     def pending(self) -> bool:
@@ -448,9 +535,10 @@ class StoreBase:
                 fold_into(db, entries)
                 return
             for e in entries:
-                row = Folded(e, "queued", e.created_at)
+                row = folded(e)
                 self._unfolded_rows.append(row)
-                self._unfolded.setdefault(e.peer_id, []).append(row)
+                if e.received_at is None:
+                    self._unfolded.setdefault(e.peer_id, []).append(row)
             fold_counters(db, entries)
 
     def _insert_unfolded(self, db: sqlite3.Connection) -> None:
@@ -461,6 +549,7 @@ class StoreBase:
 
     def _committed(self) -> None:
         self._folding.clear()
+        self._receiving.clear()
         if not self._pending and self._journal.owned:
             self._journal.clear()
         checkpointer = self._checkpointer
@@ -473,6 +562,7 @@ class StoreBase:
                 self._connection().execute("PRAGMA wal_autocheckpoint = 1000")
 
     def _rolled_back(self) -> None:
+        self._receiving.clear()
         self._unfolded.clear()
         self._unfolded_rows.clear()
         if self._folding:
@@ -650,6 +740,17 @@ class StoreBase:
         if self._db is None:
             raise StoreError("store is closed")
         return self._db
+
+
+def _count_pending(state: Receiving, e: Message) -> None:
+    """``state`` after ``e`` was journaled."""
+    state.ids.add(e.id)
+    at = e.received_at
+    if at is not None:
+        state.recv_seq = max(state.recv_seq, e.seq)
+        if int(at // 86400) == state.day:
+            body = e.body
+            state.intake += len(body) if body.isascii() else len(body.encode("utf-8"))
 
 
 def _journal_key(database_key: bytes | None) -> bytes | None:

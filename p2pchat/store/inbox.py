@@ -163,9 +163,17 @@ class InboxMixin(MessageRows):
 
         Stops after a message over the daily quota (its result is the last one): the
         contact is told to wait, and what it sent after that is not looked at.
+
+        A node's store (the journal's holder) takes text messages without a
+        transaction: accepted ones are made durable by one journal append and folded
+        into the tables by the next commit (``_receive_journaled``).
         """
         if not frames:
             return []
+        if self.journals_receipts and all(
+            f.kind not in _INCOMING_KINDS and f.target is None for f in frames
+        ):
+            return self._receive_journaled(peer_id, frames, now=now, daily_quota=daily_quota)
         day = int(now // 86400)
         results: list[ReceiveResult] = []
         with self._write(defer=True) as db:
@@ -173,9 +181,9 @@ class InboxMixin(MessageRows):
                 "SELECT recv_seq FROM conversations WHERE peer_id = ?", (peer_id,)
             ).fetchone()
             recv_seq = 0 if row is None else int(row[0])
-            # Our own messages folded by this transaction have no row yet; their ids
-            # are taken too (ids are unique per conversation, whatever the direction).
-            known = {row.entry.id for row in self._unfolded.get(peer_id, ())}
+            # Messages folded by this transaction have no row yet; their ids are
+            # taken too (ids are unique per conversation, whatever the direction).
+            known = {row.entry.id for row in self._unfolded_rows if row.entry.peer_id == peer_id}
             # Only a message above the window can be accepted, so only its id needs
             # looking up: a resent one (``seq <= recv_seq``) is a duplicate whatever
             # its id, and a burst of them (a reconnect's resend) costs no lookup.
@@ -269,6 +277,67 @@ class InboxMixin(MessageRows):
                     " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
                     (peer_id, recv_seq),
                 )
+        return results
+
+    def _receive_journaled(
+        self,
+        peer_id: str,
+        frames: Sequence[IncomingMessage],
+        *,
+        now: float,
+        daily_quota: int | None,
+    ) -> list[ReceiveResult]:
+        """``receive_messages`` for text messages, decided against the window and intake
+        in memory (``_receiving_state``: the tables plus what is pending) and made
+        durable by one journal append; nothing is accepted if the append fails.
+
+        The same decisions as the transaction below, in the same order: what a commit
+        made durable before, the append makes durable now (a crash of the process
+        loses neither), and the next commit writes the rows, the window and the
+        intake as the transaction would have."""
+        day = int(now // 86400)
+        results: list[ReceiveResult] = []
+        with self._lock:
+            state = self._receiving_state(peer_id, day)
+            recv_seq = state.recv_seq
+            ids = list(
+                dict.fromkeys([f.id for f in frames if f.seq > recv_seq and f.id not in state.ids])
+            )
+            known = self._stored_ids(peer_id, ids) if ids else set()
+            known.update(state.ids)
+            intake = state.intake
+            accepted: list[Message] = []
+            append = results.append
+            keep = accepted.append
+            retry_at = (day + 1) * 86400.0
+            for frame in frames:
+                message_id = frame.id
+                seq = frame.seq
+                if seq != recv_seq + 1 or message_id in known:
+                    verdict: Verdict = (
+                        "duplicate"
+                        if message_id in known
+                        else classify_incoming(seq, frame.base, recv_seq)
+                    )
+                    if verdict != "accept":
+                        append(ReceiveResult(verdict, None, recv_seq))
+                        continue
+                body = frame.body
+                size = len(body) if body.isascii() else len(body.encode("utf-8"))
+                if daily_quota is not None and intake + size > daily_quota:
+                    append(ReceiveResult("quota", None, recv_seq, retry_at))
+                    break
+                intake += size
+                recv_seq = seq
+                known.add(message_id)
+                message = Message(
+                    message_id, peer_id, "in", seq, body, frame.sent_at, now, "delivered", now,
+                    frame.reply_to, None, None, "text", None,
+                )  # fmt: skip
+                keep(message)
+                append(ReceiveResult("accept", message, seq, None, None))
+            if accepted:
+                self._journal_append(accepted)
         return results
 
     def intake_today(self, peer_id: str, *, now: float) -> tuple[int, int]:

@@ -1,9 +1,10 @@
-"""The outbox journal: what makes a sent message durable for one ``write``.
+"""The message journal: what makes a sent or received message durable for one ``write``.
 
 ``send_message`` must not return before the message would survive the process
-being killed.  Committing it to SQLite costs a whole transaction: the
-``messages`` row and its indexes, the ``outbox`` row and the ``conversations``
-counter, about eight pages into the WAL (150 - 240 us on a quiet 2-core machine,
+being killed, and a received message must not be acknowledged before that either.
+Committing it to SQLite costs a whole transaction: the ``messages`` row and its
+indexes, the ``outbox`` row (or the contact's intake) and the ``conversations``
+counter, eight to thirteen pages into the WAL (150 - 240 us on a quiet 2-core machine,
 against a few us for the rest of the sender's work; docs/storage.md has the
 measurements).  The database runs WAL with ``synchronous = NORMAL``, so a commit
 is durable against a crash of the process (its pages are in the OS) but not
@@ -13,20 +14,25 @@ kernel's.  SQLite offers no cheaper commit that keeps that guarantee (a commit
 always writes whole pages, and ``synchronous = OFF`` changes nothing for a
 process crash), so this file is hand-written, and small.
 
-Each record is one outgoing message, framed so that a reader can tell a record
-cut short by a crash (or a full disk) at the end of the file from damage::
+Each record is one message, framed so that a reader can tell a record cut short
+by a crash (or a full disk) at the end of the file from damage::
 
     u32 length of payload (big-endian)  u32 CRC-32 of payload  payload
 
 The payload is the msgpack list ``[1, peer_id, id, seq, body, created_at,
-reply_to]``; for an encrypted database it is sealed (XSalsa20-Poly1305, random
-nonce) under a key derived from the database key, so the journal never holds in
-clear what the database keeps encrypted.
+reply_to]`` for a message we send, and ``[2, peer_id, id, seq, body, created_at,
+reply_to, received_at]`` for a text message a contact sent us (its ``seq`` is the
+contact's numbering, ``created_at`` the contact's clock); for an encrypted database
+it is sealed (XSalsa20-Poly1305, random nonce) under a key derived from the
+database key, so the journal never holds in clear what the database keeps
+encrypted.  Records of both kinds share one file, in the order they happened:
+that order is the order of the rows (``pos``), the order the user saw them in.
 
-The store (``Store.queue_message``) appends records here, folds them into the
-database in the next group commit (:func:`fold_into`) and then empties this
-file; when it opens, it folds whatever a crash left here first
-(:func:`not_yet_stored` skips what a fold already committed).
+The store appends records here (``Store.queue_message``, ``receive_messages``),
+folds them into the database in the next commit (:func:`fold_into`) and then
+empties this file; when it opens, it folds whatever a crash left here first
+(:func:`not_yet_stored` skips what a fold already committed).  The file keeps
+its first name, ``p2pchat.db.outbox``, from when it held only outgoing messages.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ __all__ = [
     "encode",
     "fold_counters",
     "fold_into",
+    "folded",
     "insert_folded",
     "journal_key",
     "journal_path",
@@ -75,7 +82,10 @@ HEADER_SIZE: Final = _HEADER.size
 MAX_PAYLOAD: Final = 1 << 20
 """A record is one message (bodies are at most 16 KiB on the wire): anything
 longer is damage, not a record."""
-_VERSION: Final = 1
+_SENT: Final = 1
+"""The first field of a record of a message we send."""
+_RECEIVED: Final = 2
+"""The first field of a record of a message a contact sent us."""
 _NONCE: Final = nacl.bindings.crypto_secretbox_NONCEBYTES
 _KEY_PERSON: Final = b"p2pchat/1 jrnl"
 _KEY_CONTEXT: Final = b"outbox journal key"
@@ -87,7 +97,8 @@ class JournalCorrupt(StoreError):
 
 class Record(Protocol):
     """What a record holds: an :class:`Entry`, or the store's ``Message`` itself (the
-    send path builds no second object per message)."""
+    send and receive paths build no second object per message).  ``received_at`` is
+    None for a message we send."""
 
     @property
     def peer_id(self) -> str: ...
@@ -101,11 +112,14 @@ class Record(Protocol):
     def created_at(self) -> float: ...
     @property
     def reply_to(self) -> str | None: ...
+    @property
+    def received_at(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One outgoing text message as the journal keeps it until it is folded."""
+    """One text message as the journal keeps it until it is folded: one we send, or
+    (``received_at`` set) one a contact sent us."""
 
     peer_id: str
     id: str
@@ -113,6 +127,7 @@ class Entry:
     body: str
     created_at: float
     reply_to: str | None = None
+    received_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +165,12 @@ def encode(
     pack = (packer or msgpack.Packer()).pack
     parts = []
     for e in entries:
-        payload = pack([_VERSION, e.peer_id, e.id, e.seq, e.body, e.created_at, e.reply_to])
+        received = e.received_at
+        payload = pack(
+            [_SENT, e.peer_id, e.id, e.seq, e.body, e.created_at, e.reply_to]
+            if received is None
+            else [_RECEIVED, e.peer_id, e.id, e.seq, e.body, e.created_at, e.reply_to, received]
+        )
         if key is not None:
             nonce = os.urandom(_NONCE)
             payload = nonce + nacl.bindings.crypto_secretbox(payload, nonce, key)
@@ -213,9 +233,16 @@ def _decode(payload: bytes, key: bytes | None, name: str, offset: int) -> Entry:
         fields: Any = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception:  # msgpack raises several unrelated classes on bad input
         raise damaged("a record that is not msgpack") from None
-    if not (isinstance(fields, list) and len(fields) == 7 and fields[0] == _VERSION):
+    if not (
+        isinstance(fields, list)
+        and (
+            (len(fields) == 7 and fields[0] == _SENT)
+            or (len(fields) == 8 and fields[0] == _RECEIVED)
+        )
+    ):
         raise damaged("a record of an unknown form")
-    _v, peer_id, mid, seq, body, created_at, reply_to = fields
+    peer_id, mid, seq, body, created_at, reply_to = fields[1:7]
+    received_at = fields[7] if len(fields) == 8 else None
     if not (
         isinstance(peer_id, str) and peer_id
         and isinstance(mid, str) and mid
@@ -223,16 +250,21 @@ def _decode(payload: bytes, key: bytes | None, name: str, offset: int) -> Entry:
         and isinstance(body, str)
         and type(created_at) in (int, float)
         and (reply_to is None or isinstance(reply_to, str))
+        and (received_at is None or type(received_at) in (int, float))
     ):  # fmt: skip
         raise damaged("a record with fields of the wrong type")
-    return Entry(peer_id, mid, seq, body, float(created_at), reply_to)
+    return Entry(
+        peer_id, mid, seq, body, float(created_at), reply_to,
+        None if received_at is None else float(received_at),
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
 class Folded:
     """A journaled message on its way into the tables, with what the transaction that
     folds it did to it before its row was written: the group commit that folds a
-    burst also applies its sent marks and, often, the ack for it (``Store.batch``)."""
+    burst also applies its sent marks and, often, the ack for it (``Store.batch``).
+    A received message goes in as it came: ``delivered`` (to us), and unread."""
 
     entry: Record
     state: str = "queued"
@@ -241,37 +273,83 @@ class Folded:
     last_attempt: float | None = None
 
 
+def folded(entry: Record) -> Folded:
+    """``entry`` as its row starts: queued when we send it, delivered when we got it."""
+    received = entry.received_at
+    if received is None:
+        return Folded(entry, "queued", entry.created_at)
+    return Folded(entry, "delivered", received)
+
+
 def fold_into(db: sqlite3.Connection, entries: Sequence[Record]) -> None:
-    """Write ``entries`` as rows (message, outbox, conversation counter) inside the
-    caller's transaction, in a fixed number of statements whatever their number."""
+    """Write ``entries`` as rows (message, outbox, conversation counters, a contact's
+    daily intake) inside the caller's transaction, in a fixed number of statements
+    whatever their number."""
     if not entries:
         return
-    insert_folded(db, [Folded(e, "queued", e.created_at) for e in entries])
+    insert_folded(db, [folded(e) for e in entries])
     fold_counters(db, entries)
 
 
 def fold_counters(db: sqlite3.Connection, entries: Sequence[Record]) -> None:
-    """Each conversation's ``send_seq`` counts ``entries`` (one statement a contact)."""
-    last = {e.peer_id: e.seq for e in entries}
-    db.executemany(
-        "INSERT INTO conversations (peer_id, send_seq) VALUES (?, ?)"
-        " ON CONFLICT (peer_id) DO UPDATE SET send_seq = max(send_seq, excluded.send_seq)",
-        list(last.items()),
-    )
+    """Each conversation's ``send_seq`` counts the messages of ``entries`` we send, its
+    ``recv_seq`` the ones we received, and each contact's ``intake`` the bytes of
+    those (as ``receive_messages`` counts them): a few statements a contact."""
+    sent: dict[str, int] = {}
+    received: dict[str, int] = {}
+    intake: dict[tuple[str, int], list[int]] = {}
+    for e in entries:
+        at = e.received_at
+        if at is None:
+            sent[e.peer_id] = e.seq
+            continue
+        received[e.peer_id] = e.seq
+        body = e.body
+        counts = intake.setdefault((e.peer_id, int(at // 86400)), [0, 0])
+        counts[0] += len(body) if body.isascii() else len(body.encode("utf-8"))
+        counts[1] += 1
+    if sent:
+        db.executemany(
+            "INSERT INTO conversations (peer_id, send_seq) VALUES (?, ?)"
+            " ON CONFLICT (peer_id) DO UPDATE SET send_seq = max(send_seq, excluded.send_seq)",
+            list(sent.items()),
+        )
+    if received:
+        db.executemany(
+            "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
+            " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = max(recv_seq, excluded.recv_seq)",
+            list(received.items()),
+        )
+        today: dict[str, int] = {}
+        for peer, day in intake:
+            today[peer] = max(day, today.get(peer, day))
+        db.executemany("DELETE FROM intake WHERE peer_id = ? AND day < ?", list(today.items()))
+        db.executemany(
+            "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (peer_id, day) DO UPDATE"
+            " SET bytes = bytes + excluded.bytes, messages = messages + excluded.messages",
+            [
+                (peer, day, size, count)
+                for (peer, day), (size, count) in intake.items()
+                if day == today[peer]
+            ],
+        )
 
 
 def insert_folded(db: sqlite3.Connection, rows: Sequence[Folded]) -> None:
-    """The message rows of ``rows`` as they are now, and an outbox row for each one
-    not acknowledged yet: one acknowledged in the transaction that folds it never
-    gets an outbox row to be deleted again.  Two statements whatever their number."""
+    """The message rows of ``rows`` as they are now, in order, and an outbox row for
+    each one we send not acknowledged yet: one acknowledged in the transaction that
+    folds it never gets an outbox row to be deleted again.  Two statements whatever
+    their number."""
     if not rows:
         return
     db.executemany(
         "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
         " received_at, state, updated_at, reply_to)"
-        " VALUES (?, ?, 'out', ?, ?, ?, NULL, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (r.entry.id, r.entry.peer_id, r.entry.seq, r.entry.body, r.entry.created_at,
+            (r.entry.id, r.entry.peer_id, "out" if r.entry.received_at is None else "in",
+             r.entry.seq, r.entry.body, r.entry.created_at, r.entry.received_at,
              r.state, r.updated_at, r.entry.reply_to)
             for r in rows
         ],
@@ -279,7 +357,7 @@ def insert_folded(db: sqlite3.Connection, rows: Sequence[Folded]) -> None:
     waiting = [
         (r.entry.id, r.entry.peer_id, r.entry.seq, r.attempts, r.last_attempt)
         for r in rows
-        if r.state != "delivered"
+        if r.state != "delivered" and r.entry.received_at is None
     ]
     if waiting:
         db.executemany(
@@ -292,27 +370,32 @@ def insert_folded(db: sqlite3.Connection, rows: Sequence[Folded]) -> None:
 def not_yet_stored(db: sqlite3.Connection, entries: Sequence[Entry], name: str) -> list[Entry]:
     """What a journal found on opening still has to fold: the entries whose message
     is not stored yet (a crash between a fold's commit and emptying the file leaves
-    stored ones).  They must continue each conversation's numbering without a gap;
-    anything else means the journal does not belong to this database."""
+    stored ones).  They must continue each conversation's numbering (ours for what
+    we send, the contact's for what we received) without a gap; anything else means
+    the journal does not belong to this database."""
     todo = []
-    next_seq: dict[str, int] = {}
+    next_seq: dict[tuple[str, bool], int] = {}
     for e in entries:
         stored = db.execute(
             "SELECT 1 FROM messages WHERE peer_id = ? AND id = ?", (e.peer_id, e.id)
         ).fetchone()
         if stored is not None:
             continue
-        if e.peer_id not in next_seq:
+        received = e.received_at is not None
+        key = (e.peer_id, received)
+        if key not in next_seq:
             row = db.execute(
-                "SELECT send_seq FROM conversations WHERE peer_id = ?", (e.peer_id,)
+                f"SELECT {'recv_seq' if received else 'send_seq'} FROM conversations"
+                " WHERE peer_id = ?",
+                (e.peer_id,),
             ).fetchone()
-            next_seq[e.peer_id] = (0 if row is None else int(row[0])) + 1
-        if e.seq != next_seq[e.peer_id]:
+            next_seq[key] = (0 if row is None else int(row[0])) + 1
+        if e.seq != next_seq[key]:
             raise JournalCorrupt(
-                f"{name} holds message {e.seq} to {e.peer_id}, but the database expects "
-                f"{next_seq[e.peer_id]}: it does not belong to this database"
+                f"{name} holds message {e.seq} {'from' if received else 'to'} {e.peer_id}, "
+                f"but the database expects {next_seq[key]}: it does not belong to this database"
             )
-        next_seq[e.peer_id] += 1
+        next_seq[key] += 1
         todo.append(e)
     return todo
 

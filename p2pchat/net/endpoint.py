@@ -50,6 +50,7 @@ from p2pchat.net.quic import (
     peer_certificate_key,
     wall_offset,
 )
+from p2pchat.net.sendable import nothing_to_send
 from p2pchat.net.sockopts import raise_buffers
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,13 @@ STALLED = "no progress"
 #: the deadline is ours.  A timer armed for the deadline itself never qualifies, so
 #: a vanished peer is still given up on on time.
 LATE_TOLERANCE = 0.1
+#: Float slack when comparing a timer with the earliest a keepalive can be due.
+_CLEARLY = 1e-3
 #: How long the ACK of a lone packet may wait for data of ours to ride on.
 ACK_DELAY = 0.02
 #: ACK-only packets of ours aioquic keeps for a delivery report that may never come
 #: (``QuicLink._forget_old_acks``).
 KEEP_ACK_ONLY = 8
-
-#: aioquic's delivery callbacks of PING and ACK frames (see ``_keepalives_only``).
-_KEEPALIVE_HANDLERS = frozenset(
-    getattr(QuicConnection, name, None) for name in ("_on_ping_delivery", "_on_ack_delivery")
-) - {None}
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
 PunchHandler = Callable[[bytes, tuple[str, int], "AuxSocket | None"], None]
@@ -123,6 +121,8 @@ class QuicLink:
         self._timer: asyncio.TimerHandle | None = None
         """aioquic's own timer (loss recovery, delayed ACK, ...), when it comes first."""
         self._timer_at: float | None = None
+        self._handle_at = 0.0
+        """When ``_timer`` fires: at or before ``_timer_at`` (see ``_arm_timer``)."""
         self._on_tick = False
         """The timer is a keepalive or liveness one, shared on ``endpoint.ticks``."""
         self._last_ping = endpoint.now()
@@ -160,21 +160,25 @@ class QuicLink:
         """What the datagram asks for leaves at the end of this loop turn (see
         ``_schedule_transmit``), together with what its frames made the node write:
         the ack of a group commit, which runs earlier in that same turn, and the
-        answers to the other datagrams read in this wake-up."""
+        answers to the other datagrams read in this wake-up.
+
+        A datagram that asks for nothing now runs no transmit: the peer's message
+        whose ACK waits for our reply (``_ack_policy``), the reply that carried the
+        ACK of ours, the ACK of a keepalive.  A transmit would build a packet, find
+        it empty and drop it (``sendable.py``); only the timer moves (to a delayed
+        ACK, a loss timer, the next keepalive)."""
         now = self.endpoint.now()
         quiet = now - self._last_heard >= KEEPALIVE_RETRY
         self._last_heard = now
-        keepalives_only = self._keepalives_only()
         self.conn.receive_datagram(data, address, now=now)
         self._ack_policy(now, after_silence=quiet)
         self._handle_events()
-        if keepalives_only and self._nothing_to_send():
-            # The ACK of our keepalive: nothing to send (a transmit would build a
-            # packet, find it empty and drop it), but the timer moves from the
-            # PING's loss timer back to the next keepalive.
-            self._arm_timer()
-        else:
+        if self._transmit_scheduled:
+            return  # (it arms the timer)
+        if self._data_written or not nothing_to_send(self.conn, now):
             self._schedule_transmit()
+        else:
+            self._arm_timer()
 
     def _on_timer(self) -> None:
         now = self.endpoint.now()
@@ -309,6 +313,9 @@ class QuicLink:
     def transmit(self) -> None:
         if self.closed:
             return
+        # Whatever was scheduled for the end of the turn leaves now (a timer of ours
+        # can fire in the same turn, before the scheduled transmit runs).
+        self._transmit_scheduled = False
         if self.before_transmit is not None:
             self._in_before_transmit = True
             try:
@@ -329,6 +336,15 @@ class QuicLink:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        """Arm the one timer of this link for the first of aioquic's timer (a delayed
+        ACK, loss detection, ...) and the next keepalive or liveness deadline.
+
+        Runs after every transmit and every datagram read, so it is kept cheap: the
+        keepalive's grid is only worked out when aioquic's timer is not clearly
+        sooner (a keepalive is never due before ``ping_at() - KEEPALIVE_EARLY``), and
+        an asyncio timer armed sooner than the new time is left to fire and re-arm
+        (``_on_handle``) instead of being cancelled and made again each time the
+        loss timer moves on (every packet sent or acknowledged)."""
         if self.closed:
             return
         timer_at = self.conn.get_timer()
@@ -338,20 +354,43 @@ class QuicLink:
             # same loop wake-up, served by one asyncio timer (``Ticks``), instead
             # of one wake-up, timer and re-arm each.
             deadline = max(self._last_heard + LIVENESS_TIMEOUT, self._grace_until)
-            ping_at = min(self._keepalive_at(), deadline)
-            if timer_at is None or ping_at <= timer_at:
-                timer_at, on_tick = ping_at, True
-        if timer_at != self._timer_at or on_tick != self._on_tick:
-            self._disarm()
-            self._timer_at = timer_at
-            if on_tick:
-                assert timer_at is not None
-                self._on_tick = True
-                self.endpoint.ticks.add(timer_at, self)
-            elif timer_at is not None:
-                self._timer = self.endpoint.loop.call_at(timer_at, self._on_timer)
+            earliest = min(self.ping_at() - KEEPALIVE_EARLY, deadline) - _CLEARLY
+            if timer_at is None or timer_at >= earliest:
+                ping_at = min(self._keepalive_at(), deadline)
+                if timer_at is None or ping_at <= timer_at:
+                    timer_at, on_tick = ping_at, True
+        if timer_at == self._timer_at and on_tick == self._on_tick:
+            return
+        if (
+            not on_tick
+            and timer_at is not None
+            and self._timer is not None
+            and self._handle_at <= timer_at
+        ):
+            self._timer_at = timer_at  # the handle fires first and re-arms for it
+            return
+        self._disarm()
+        self._timer_at = timer_at
+        if on_tick:
+            assert timer_at is not None
+            self._on_tick = True
+            self.endpoint.ticks.add(timer_at, self)
+        elif timer_at is not None:
+            self._timer = self.endpoint.loop.call_at(timer_at, self._on_handle)
+            self._handle_at = timer_at
         # aioquic reports termination of a closing connection only through events
         # produced by handle_timer; nothing to do here.
+
+    def _on_handle(self) -> None:
+        """The asyncio timer fired: at ``_timer_at``, or sooner if that has moved later
+        since it was armed (then it waits on)."""
+        self._timer = None
+        timer_at = self._timer_at
+        if timer_at is not None and self._handle_at < timer_at and self.endpoint.now() < timer_at:
+            self._timer = self.endpoint.loop.call_at(timer_at, self._on_handle)
+            self._handle_at = timer_at
+            return
+        self._on_timer()
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -427,39 +466,6 @@ class QuicLink:
         if space is not None and space.ack_at is not None:
             space.ack_at = now
 
-    # -- keepalive answers ---------------------------------------------------
-    # On an idle connection the dialling side's PING is answered by an ACK-only
-    # packet, and the transmit that follows every datagram read finds nothing to
-    # send: aioquic builds a packet, finds it empty and drops it, a third of the
-    # packet-building work of an idle node.  It is skipped when what we had in
-    # flight were keepalive PINGs and ACKs only, the datagram asks for no ACK, and
-    # nothing (a lost PING, a probe, a close, data written meanwhile) waits to be
-    # sent.  aioquic has no public view of this, hence the private attributes;
-    # without them (another aioquic version) every datagram is followed by a
-    # transmit, as before.
-
-    def _loss_spaces(self) -> list[Any]:
-        spaces = getattr(getattr(self.conn, "_loss", None), "spaces", None)
-        return spaces if isinstance(spaces, list) else []
-
-    def _keepalives_only(self) -> bool:
-        """The handshake is done and every packet of ours not yet acknowledged
-        carried only PING and ACK frames (so acknowledging or losing them leaves no
-        data to send).  Packets that elicit no ACK carry ACK frames only (RFC 9002
-        section 2), so only the others are looked at."""
-        spaces = self._loss_spaces()
-        if not self.handshake_done or not spaces:
-            return False
-        for space in spaces:
-            if not space.ack_eliciting_in_flight:
-                continue
-            for packet in space.sent_packets.values():
-                if packet.is_ack_eliciting:
-                    for handler, _ in packet.delivery_handlers:
-                        if getattr(handler, "__func__", None) not in _KEEPALIVE_HANDLERS:
-                            return False
-        return True
-
     def _forget_old_acks(self) -> None:
         """Bound what aioquic keeps of our ACK-only packets.
 
@@ -484,19 +490,6 @@ class QuicLink:
                 return
             del sent[number]
 
-    def _nothing_to_send(self) -> bool:
-        """After a datagram was read: no ACK is due in any packet number space and
-        nothing else waits to be sent (see ``_keepalives_only`` for the rest)."""
-        if self.closed or self._data_written:
-            return self.closed
-        conn = self.conn
-        return (
-            all(getattr(space, "ack_at", 0.0) is None for space in self._loss_spaces())
-            and not getattr(conn, "_ping_pending", True)
-            and getattr(conn, "_probe_pending", True) is False
-            and getattr(conn, "_close_pending", True) is False
-        )
-
     def _schedule_transmit(self) -> None:
         """At the end of this loop turn, not now: frames written in one turn (a burst
         of messages, the acks of a batch) then share full-size packets instead of
@@ -507,8 +500,8 @@ class QuicLink:
             self.endpoint.loop.call_soon(self._scheduled_transmit)
 
     def _scheduled_transmit(self) -> None:
-        self._transmit_scheduled = False
-        self.transmit()
+        if self._transmit_scheduled:  # (else a transmit since then sent it)
+            self.transmit()
 
     def close(self, reason: str = "", error_code: int = 0) -> None:
         if self.closed:
@@ -643,6 +636,13 @@ class Endpoint(asyncio.DatagramProtocol):
             if handler is not None:
                 handler(data, address, via)
             return
+        if not first & 0x80:
+            # A short header (most datagrams of a live connection): its destination
+            # connection ID is the next CID_LENGTH bytes, no need to parse it whole.
+            link = self._cids.get(data[1 : 1 + CID_LENGTH])
+            if link is not None:
+                self._to_link(link, data, address, via)
+                return
         buf = Buffer(data=data)
         try:
             header = pull_quic_header(buf, host_cid_length=CID_LENGTH)
@@ -651,10 +651,7 @@ class Endpoint(asyncio.DatagramProtocol):
         if header is not None:
             link = self._cids.get(header.destination_cid)
             if link is not None:
-                if link.via is via:
-                    link.datagram_received(data, address)
-                else:
-                    self.dropped_datagrams += 1  # a connection lives on one socket
+                self._to_link(link, data, address, via)
                 return
             if (
                 header.packet_type == QuicPacketType.INITIAL
@@ -670,6 +667,14 @@ class Endpoint(asyncio.DatagramProtocol):
             self.krpc_handler(data, address)
             return
         self.dropped_datagrams += 1
+
+    def _to_link(
+        self, link: QuicLink, data: bytes, address: tuple[str, int], via: AuxSocket | None
+    ) -> None:
+        if link.via is via:
+            link.datagram_received(data, address)
+        else:
+            self.dropped_datagrams += 1  # a connection lives on one socket
 
     def _admit(
         self,

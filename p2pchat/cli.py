@@ -1782,18 +1782,18 @@ def _end(code: int | str | None) -> NoReturn:
     flushed here, and the process ends at once.  A stream that cannot be written (a
     reader that went away) is left to the interpreter, which reports it as always.
     """
+    if not isinstance(code, int) or (
+        "threading" in sys.modules and sys.modules["threading"].active_count() > 1
+    ):
+        sys.exit(code)  # a thread to wait for first: the interpreter's way
     import atexit
 
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # as the interpreter would, before it flushes the streams
     try:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
     except (OSError, ValueError):
-        sys.exit(code)
-    if not isinstance(code, int) or (
-        "threading" in sys.modules and sys.modules["threading"].active_count() > 1
-    ):
         sys.exit(code)
     os._exit(code)
 

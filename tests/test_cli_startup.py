@@ -261,3 +261,18 @@ def test_the_program_runs_exit_handlers_and_flushes_before_it_ends() -> None:
     assert done.returncode == 2
     assert done.stderr.endswith("error: argument --home: expected one argument\n")
     assert done.stdout == "exit handler ran\n"
+    # A thread still running (this one until the main thread has ended): the
+    # interpreter's own shutdown, which waits for it.
+    threaded = (
+        "import threading\n"
+        "def wait():\n"
+        "    threading.main_thread().join()\n"
+        "    print('thread done')\n"
+        "threading.Thread(target=wait).start()\n" + script
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", threaded, "--version"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout == f"p2pchat {__version__}\nthread done\nexit handler ran\n"

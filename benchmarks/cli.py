@@ -31,6 +31,13 @@ exits, which it does once bob's node acknowledged the last line (acks follow the
 commit, and delivery is in order, so bob has stored all N by then); three runs,
 the median is shown.  Bob's history is then checked to hold every line in order.
 
+``--no-site`` times the commands (not the daemons) with ``python -S``, the bare
+interpreter too: without the ``site`` module, so without what a Python
+installation's ``.pth`` files import at every start.  Where those import much (here
+``certifi``, with ``pathlib``, ``typing``, ``shutil``, ``re``...), the commands find
+those modules already loaded; ``-S`` shows what the commands cost an interpreter that
+has not (a command for the running node needs nothing from site-packages).
+
 Byte-compiled files are written once before timing (a warm-up run of every
 command with ``PYTHONDONTWRITEBYTECODE`` unset), as an installed package has
 them.  ``--importtime`` prints, for ``contacts --json`` and ``--help``, the modules
@@ -125,10 +132,12 @@ def imported(argv: list[str]) -> list[tuple[str, int, int]]:
     return rows
 
 
-def importtime(argv: list[str], top: int = 15) -> tuple[int, list[tuple[int, int, str]]]:
-    """What ``argv`` imports beyond the bare interpreter: the sum of those modules'
-    own times, and the slowest of them (cumulative, self, name)."""
-    bare = {name for name, _s, _c in imported([sys.executable, "-c", "pass"])}
+def importtime(
+    argv: list[str], bare_argv: list[str], top: int = 15
+) -> tuple[int, list[tuple[int, int, str]]]:
+    """What ``argv`` imports beyond the bare interpreter (``bare_argv``): the sum of
+    those modules' own times, and the slowest of them (cumulative, self, name)."""
+    bare = {name for name, _s, _c in imported(bare_argv)}
     extra = [(c, s, name) for name, s, c in imported(argv) if name not in bare]
     return sum(s for _c, s, _n in extra), sorted(extra, reverse=True)[:top]
 
@@ -163,6 +172,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--importtime", action="store_true")
     parser.add_argument("--pipe", type=int, default=10_000, metavar="N")
+    parser.add_argument("--no-site", action="store_true", help="commands run with python -S")
     opts = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -190,12 +200,22 @@ def main() -> None:
             script = Path(sys.executable).parent / "p2pchat"
             if script.exists():
                 commands["console script"] = [str(script), *cli(alice, "contacts", "--json")[3:]]
+            if opts.no_site:
+                commands = {
+                    label: [argv[0], "-S", *argv[1:]]
+                    for label, argv in commands.items()
+                    if label != "console script"  # its interpreter line has no -S
+                }
             for argv in commands.values():  # byte-compile, connect, warm caches
                 run(argv)
             sent = run(commands["msg bob TEXT"])
             if not sent.startswith("delivered"):
                 raise RuntimeError(f"msg was not delivered: {sent}")
-            print(f"\n{opts.runs} runs each, wall time from start to exit (ms)\n")
+            print(
+                f"\n{opts.runs} runs each, wall time from start to exit (ms)"
+                + (", every command with python -S" if opts.no_site else "")
+                + "\n"
+            )
             print(f"| {'command':<18} | median |  best  |  p90   | above bare |")
             print(f"|{'-' * 20}|-------:|-------:|-------:|-----------:|")
             results = timed(commands, opts.runs)
@@ -212,7 +232,7 @@ def main() -> None:
                 pipe(alice, bob, opts.pipe)
             if opts.importtime:
                 for label in ("contacts --json", "--help"):
-                    total, slowest = importtime(commands[label])
+                    total, slowest = importtime(commands[label], commands["python -c pass"])
                     print(
                         f"\n`{label}` imports beyond the bare interpreter, {total / 1e3:.1f} ms "
                         "of their own in all; the slowest (cumulative µs, self µs):"

@@ -13,9 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 from p2pchat import __version__
 from p2pchat.config import (
@@ -30,9 +28,20 @@ from p2pchat.config import (
 )
 from p2pchat.net.control_client import CALL_TIMEOUT, BlockingControlClient, ControlError
 
+# ``typing`` only for the type checker (``TYPE_CHECKING`` is True for it alone): an
+# interpreter that has not loaded it spends several milliseconds on it, a large part
+# of what a short command costs (docs/performance.md, "CLI start-up").
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+    from typing import Any, NoReturn, Protocol
+
     from p2pchat.identity import Identity
     from p2pchat.node import Node
+
+    class Api(Protocol):
+        async def call(self, op: str, args: dict[str, Any]) -> Any: ...
+
 
 # A command that talks to the running node needs only the control client and JSON:
 # the node, the network stack (aioquic, the DHT, zeroconf), SQLCipher and Textual load
@@ -72,10 +81,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
-
-
-class Api(Protocol):
-    async def call(self, op: str, args: dict[str, Any]) -> Any: ...
 
 
 class _LocalApi:
@@ -1244,7 +1249,51 @@ class _Rebuild(Exception):
     """The parser of one command found an error: the whole parser reports it."""
 
 
-class _PartialParser(argparse.ArgumentParser):
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, the same steps without importing
+    ``shutil`` (see ``_Formatter``): ``$COLUMNS``, else the terminal's, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    columns = 0
+    stdout = sys.__stdout__  # None without one
+    if stdout is not None:
+        with contextlib.suppress(ValueError, OSError):  # not a terminal, or closed
+            columns = os.get_terminal_size(stdout.fileno()).columns
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, given the terminal's width.  Left to find it, it
+    imports ``shutil`` (and with it zlib, bz2 and lzma) as the first parser is built,
+    several milliseconds of a short command's start-up on an interpreter that has not
+    loaded them; the help is the same."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of the command line and of each command (``add_subparsers`` makes
+    the commands' parsers of the same class): with ``_Formatter``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+class _PartialParser(_Parser):
     """Knows only the command a run named (``build_parser(only=...)``).  It reports no
     error itself: the whole parser parses again and says what is wrong in its own
     words (its usage lists every command)."""
@@ -1267,7 +1316,8 @@ class _Commands:
         if name not in COMMANDS:
             raise AssertionError(f"{name} is missing from cli.COMMANDS")
         if self.only in (None, NO_COMMAND, name):  # with NO_COMMAND: a _Dropped, listed
-            return cast(argparse.ArgumentParser, self.sub.add_parser(name, **kwargs))
+            parser: argparse.ArgumentParser = self.sub.add_parser(name, **kwargs)
+            return parser
         return self._dropped
 
 
@@ -1297,7 +1347,7 @@ class _Dropped(argparse.ArgumentParser):
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``only``, a parser that knows that one command,
     or none (``NO_COMMAND``), see ``_named_command``."""
-    cls = argparse.ArgumentParser if only is None else _PartialParser
+    cls = _Parser if only is None else _PartialParser
     parser = cls(
         prog="p2pchat", description="End-to-end encrypted peer-to-peer chat and file drop."
     )
@@ -1732,18 +1782,18 @@ def _end(code: int | str | None) -> NoReturn:
     flushed here, and the process ends at once.  A stream that cannot be written (a
     reader that went away) is left to the interpreter, which reports it as always.
     """
+    if not isinstance(code, int) or (
+        "threading" in sys.modules and sys.modules["threading"].active_count() > 1
+    ):
+        sys.exit(code)  # a thread to wait for first: the interpreter's way
     import atexit
 
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # as the interpreter would, before it flushes the streams
     try:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
     except (OSError, ValueError):
-        sys.exit(code)
-    if not isinstance(code, int) or (
-        "threading" in sys.modules and sys.modules["threading"].active_count() > 1
-    ):
         sys.exit(code)
     os._exit(code)
 

@@ -13,9 +13,12 @@ import json
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing for the type checker only: see cli.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 # Every CLI command imports this module, most of them to reach the running node and
 # exit: what only some paths need (platformdirs, hashlib, tempfile) is imported where

@@ -9,13 +9,20 @@ benchmarks/cli.py) after real commands against a real daemon.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
+import pty
+import shutil
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
 
+import p2pchat
 from p2pchat import __version__
 from p2pchat.identity import create_identity
 
@@ -41,25 +48,37 @@ HEAVY_MODULES = (
     "p2pchat.remote",
 )  # fmt: skip
 
+# Without ``site`` (``python -S``), nothing that a Python installation's .pth files
+# import is loaded before the command: there it must not load ``typing`` (only the
+# type checker reads it) nor ``shutil`` with zlib, bz2 and lzma (argparse's help
+# formatter asks it the terminal's width).
+NOT_WITHOUT_SITE = ("typing", "shutil", "zlib", "bz2", "lzma")
+
 # Runs one command in a fresh interpreter, then reports what it imported.
 PROBE = """
 import json, sys
-out = sys.argv[1]
+out, root = sys.argv[1], sys.argv[2]
+if root:  # without site: the package's folder, as an installation would add it
+    sys.path.insert(0, root)
 code = 0
 try:
     from p2pchat.cli import main
-    main(sys.argv[2:])
+    main(sys.argv[3:])
 except SystemExit as exc:
     code = exc.code
 with open(out, "w") as f:
     json.dump({"code": code, "modules": sorted(sys.modules)}, f)
 """
+ROOT = str(Path(p2pchat.__file__).resolve().parent.parent)
 
 
-def _imports(tmp_path: Path, home: Path, *args: str) -> tuple[int, set[str]]:
+def _imports(
+    tmp_path: Path, home: Path, *args: str, site: bool = True
+) -> tuple[int, set[str]]:
     out = tmp_path / "modules.json"
+    interpreter = [sys.executable] if site else [sys.executable, "-S"]
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(out), "--home", str(home), *args],
+        [*interpreter, "-c", PROBE, str(out), "" if site else ROOT, "--home", str(home), *args],
         capture_output=True, text=True, env=cli_env(), timeout=60,
     )  # fmt: skip
     assert out.exists(), done.stderr
@@ -107,6 +126,10 @@ async def test_commands_for_the_running_node_import_only_the_control_client(
             assert _heavy(modules) == [], command
             if "--json" in command:  # no line for a terminal: no unicodedata either
                 assert "p2pchat.plain" not in modules, command
+        for command in [("contacts", "--json"), ("history", "bob")]:  # they change nothing
+            _code, modules = _imports(tmp_path, home, *command, site=False)
+            assert _heavy(modules) == [], command
+            assert sorted(modules.intersection(NOT_WITHOUT_SITE)) == [], command
         # The daemon did the work: the message and the offer are in its store.
         history = await daemon.call("history", contact="bob")
         assert [m["body"] for m in history] == ["hello"]
@@ -125,6 +148,8 @@ def test_help_and_version_import_nothing_heavy(tmp_path: Path) -> None:
         _code, modules = _imports(tmp_path, tmp_path / "nobody", *args)
         assert _heavy(modules) == [], args
         assert "p2pchat.plain" not in modules
+        _code, modules = _imports(tmp_path, tmp_path / "nobody", *args, site=False)
+        assert sorted(modules.intersection(NOT_WITHOUT_SITE)) == [], args
 
 
 def test_a_run_that_names_its_command_builds_only_that_parser() -> None:
@@ -174,6 +199,42 @@ def test_a_run_that_names_no_command_builds_none() -> None:
         build_parser(only=NO_COMMAND).parse_args(["--home"])
 
 
+def test_the_help_formatter_finds_the_width_as_argparse_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``cli._Formatter`` works out the terminal's width without ``shutil``: the same
+    width as ``shutil.get_terminal_size``, so the same help as argparse's own."""
+    from p2pchat.cli import _terminal_columns, build_parser
+
+    for columns in ("", "50", "200", "wide", "-3", "0"):
+        monkeypatch.setenv("COLUMNS", columns)
+        assert _terminal_columns() == shutil.get_terminal_size().columns, columns
+        parser = build_parser()
+        ours = parser.format_help()
+        parser.formatter_class = argparse.HelpFormatter
+        assert ours == parser.format_help(), columns
+    monkeypatch.delenv("COLUMNS")
+    assert _terminal_columns() == shutil.get_terminal_size().columns
+    # On a terminal 57 columns wide (a pseudo-terminal as stdout): its width.
+    leader, follower = pty.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 57, 0, 0))
+        env = cli_env()
+        env.pop("COLUMNS", None)
+        done = subprocess.run(
+            [
+                sys.executable, "-c",
+                "import shutil, sys; from p2pchat.cli import _terminal_columns; "
+                "print(_terminal_columns(), shutil.get_terminal_size().columns, file=sys.stderr)",
+            ],
+            stdout=follower, stderr=subprocess.PIPE, text=True, env=env, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert done.stderr.split() == ["57", "57"], done.stderr
+
+
 def test_the_program_runs_exit_handlers_and_flushes_before_it_ends() -> None:
     """A run that only parsed or talked to the running node ends the process without
     the interpreter's shutdown (``cli._end``): what was printed and what an exit
@@ -200,3 +261,18 @@ def test_the_program_runs_exit_handlers_and_flushes_before_it_ends() -> None:
     assert done.returncode == 2
     assert done.stderr.endswith("error: argument --home: expected one argument\n")
     assert done.stdout == "exit handler ran\n"
+    # A thread still running (this one until the main thread has ended): the
+    # interpreter's own shutdown, which waits for it.
+    threaded = (
+        "import threading\n"
+        "def wait():\n"
+        "    threading.main_thread().join()\n"
+        "    print('thread done')\n"
+        "threading.Thread(target=wait).start()\n" + script
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", threaded, "--version"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout == f"p2pchat {__version__}\nthread done\nexit handler ran\n"

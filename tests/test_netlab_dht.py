@@ -87,8 +87,15 @@ async def test_swarm_of_three_on_public_addresses_finds_peers_by_id(
         bodies = [m["body"] for m in await alice.call("history", contact="bob")]
         assert bodies == ["found you by ID", "and you"]
         # Each told the other, in its Hello, where it sees the other's packets come from.
-        seen_by_bob = (await alice.call("dht_status"))["observations"][bob.peer_id]
-        assert seen_by_bob == {"address": f"{hosts['alice'].address}:{PORT}", "source": "contact"}
+        status = await alice.call("dht_status")
+        seen_by_bob = status["observations"][bob.peer_id]
+        assert seen_by_bob["address"] == f"{hosts['alice'].address}:{PORT}"
+        # Bob reports as a contact; on public addresses he may also be one of Alice's
+        # rendezvous nodes, whose registration reports the same thing (the later wins).
+        rendezvous = {r["peer_id"] for r in status["rendezvous"]}
+        assert seen_by_bob["source"] == "contact" or (
+            seen_by_bob["source"] == "rendezvous" and bob.peer_id in rendezvous
+        ), (seen_by_bob, rendezvous)
     finally:
         for d in daemons.values():
             await d.stop()

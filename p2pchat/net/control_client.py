@@ -19,7 +19,10 @@ import json
 from _socket import AF_UNIX, SOCK_STREAM
 from _socket import socket as _Socket
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing for the type checker only (p2pchat/cli.py says why)
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_REQUEST = 1 << 20
 #: The longest reply line a client reads (a page of history, a list of transfers).

@@ -140,6 +140,8 @@ class QuicLink:
         self.before_transmit: Callable[[], None] | None = None
         """Called before each transmit: writes what its owner held back this turn."""
         self._in_before_transmit = False
+        self._space: Any = None
+        """aioquic's 1-RTT packet number space, once the handshake is done."""
         self._unacked = 0
         """Datagrams read since our last ACK left, while one is due (``_ack_policy``)."""
         self._pending_slot: str | None = None
@@ -437,9 +439,18 @@ class QuicLink:
     # ACKs keep aioquic's own timing.
 
     def _ack_space(self) -> Any:
+        """aioquic's 1-RTT packet number space; the same object from the handshake's
+        end on, so it is looked up once then (this runs several times a datagram)."""
+        space = self._space
+        if space is not None:
+            return space
         spaces = getattr(self.conn, "_spaces", None)
         space = spaces.get(tls.Epoch.ONE_RTT) if isinstance(spaces, dict) else None
-        return space if hasattr(space, "ack_at") else None
+        if not hasattr(space, "ack_at"):
+            return None
+        if self.handshake_done:
+            self._space = space
+        return space
 
     def _ack_policy(self, now: float, *, after_silence: bool = False) -> None:
         """After a datagram was read: decide when its ACK is due.

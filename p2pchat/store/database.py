@@ -261,12 +261,15 @@ class Receiving:
     holder between commits: the tables plus the journaled messages not folded yet.
     ``recv_seq`` and ``intake`` (bytes on UTC day ``day``) are the contact's; ``ids``
     are the pending messages' ids, ours and the contact's (an id is unique per
-    conversation whatever the direction)."""
+    conversation whatever the direction); ``top_id`` the greatest id of the
+    conversation in the tables: an id above it cannot be there (ids begin with the
+    time they were made, so a new message's usually is), and needs no lookup."""
 
     recv_seq: int
     day: int
     intake: int
     ids: set[str]
+    top_id: str
 
 
 @dataclass(slots=True)
@@ -479,10 +482,17 @@ class StoreBase:
             used = db.execute(
                 "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
             ).fetchone()
+            top = db.execute(
+                "SELECT max(id) FROM messages WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
         except DB_ERRORS as exc:
             raise StoreError(f"database error: {exc}") from exc
         state = Receiving(
-            0 if row is None else int(row[0]), day, 0 if used is None else int(used[0]), set()
+            0 if row is None else int(row[0]),
+            day,
+            0 if used is None else int(used[0]),
+            set(),
+            "" if top is None or top[0] is None else str(top[0]),
         )
         for e in self._pending:
             if e.peer_id == peer_id:

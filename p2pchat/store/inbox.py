@@ -300,8 +300,15 @@ class InboxMixin(MessageRows):
         with self._lock:
             state = self._receiving_state(peer_id, day)
             recv_seq = state.recv_seq
+            top, pending = state.top_id, state.ids
             ids = list(
-                dict.fromkeys([f.id for f in frames if f.seq > recv_seq and f.id not in state.ids])
+                dict.fromkeys(
+                    [
+                        f.id
+                        for f in frames
+                        if f.seq > recv_seq and f.id <= top and f.id not in pending
+                    ]
+                )
             )
             known = self._stored_ids(peer_id, ids) if ids else set()
             known.update(state.ids)

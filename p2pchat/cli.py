@@ -558,7 +558,7 @@ def _print_messages(
             body, note = "(deleted)", ""
         else:
             body, note = m["body"], ("  (edited)" if m.get("edited") else "")
-        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {body}{tick}{note}  #{m['id'][:8]}"))
+        print(_safe(f"{_when(m['created_at'])}  {who:>4}: {body}{tick}{note}  #{m['id'][-8:]}"))
 
 
 async def cmd_history(paths: Paths, args: argparse.Namespace) -> int:
@@ -594,7 +594,7 @@ def _quote(m: dict[str, Any]) -> str:
     text = " ".join(str(m["body"]).split())
     text = text if len(text) <= 60 else text[:59] + "…"
     who = "me" if m["direction"] == "out" else "them"
-    return f"{who}: {text} #{m['id'][:8]}"
+    return f"{who}: {text} #{m['id'][-8:]}"
 
 
 async def cmd_edit(paths: Paths, args: argparse.Namespace) -> int:
@@ -603,7 +603,7 @@ async def cmd_edit(paths: Paths, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(m)
     else:
-        print(f"edited #{m['id'][:8]}")
+        print(f"edited #{m['id'][-8:]}")
     return EXIT_OK
 
 
@@ -613,7 +613,7 @@ async def cmd_delete(paths: Paths, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(m)
     else:
-        print(f"deleted #{m['id'][:8]} for both sides")
+        print(f"deleted #{m['id'][-8:]} for both sides")
     return EXIT_OK
 
 
@@ -1470,7 +1470,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--wait", type=float, default=10.0, help="seconds to wait for delivery (default 10)"
     )
     p.add_argument(
-        "--reply-to", metavar="MESSAGE_ID", help="answer this message (an id or its first 4+)"
+        "--reply-to",
+        metavar="MESSAGE_ID",
+        help="answer this message (its id, or its end after # in `history`)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_msg)

@@ -32,8 +32,9 @@ leave together, in shared QUIC packets) and does the user see the events.  The
 journal is folded into the tables by the next commit, with the bookkeeping of our
 own messages (the messages the user queued, durable already in the same journal,
 ``sent`` marks, acks received): that commit (``flush``, one transaction,
-``Store.batch``) waits for up to ``MARK_DELAY``, or runs before any read of the
-store, so a conversation costs no transaction per message on its path.  A store
+``Store.batch``) waits for up to ``MARK_DELAY`` (or ``FOLD_AT`` messages), or runs
+before any read of the store, so a conversation costs no transaction per message on
+its path.  A store
 that cannot journal (not the node's, or too much pending) receives in the
 turn's transaction instead, as does an ack that only the tables can check.  A
 crash before the append loses nothing that was acknowledged; a crash after it
@@ -107,8 +108,15 @@ DEFAULT_DAILY_MESSAGE_BYTES = 8 * 1024 * 1024
 QUOTA_SETTING = "max_message_bytes_per_day"
 # How long transmitted messages may wait to be marked ``sent`` in the store, and
 # journaled ones to be folded into it (see ``_request_marks``); the ``sent`` event
-# waits with them.
-MARK_DELAY = 0.05
+# waits with them, unless the contact's ack comes first (it usually does: it is
+# announced from memory, ``on_ack``).  A fold is one commit of everything since the
+# last one; it runs in the event loop and delays whatever is under way then, so the
+# fewer the better: at 200 ms a lively conversation (a message and reply each ms) meets
+# one in fewer than one round trip in a hundred (docs/performance.md).
+MARK_DELAY = 0.2
+# Journaled messages that are folded at the end of the turn without waiting for
+# ``MARK_DELAY`` (a burst: the commit stays a few ms, the memory they hold bounded).
+FOLD_AT = 1024
 # An ack of a single message waits this long for a message of ours to ride on (see
 # ``_owe_ack``): below the 25 ms ``max_ack_delay`` QUIC announces, like its ACKs.
 ACK_WAIT = 0.02
@@ -221,6 +229,8 @@ class Delivery:
         self._flush_requested = False
         self._acks_need_store = False
         """An ack of this turn covers what only the tables know (see ``on_ack``)."""
+        self._fold_due = False
+        """``FOLD_AT`` journaled messages wait: this turn's end folds them."""
         self._marks_timer: Cancellable | None = None
         """The pending ``MARK_DELAY`` flush, cancelled by any flush that comes first."""
         self.storage_error: str | None = None
@@ -411,7 +421,12 @@ class Delivery:
         is bookkeeping, like a ``sent`` mark: it waits up to ``MARK_DELAY`` for a flush
         that commits anyway (the contact's ack, a message from it), so a message sent
         on its own costs no commit of its own and a burst's are folded by the flushes
-        of its acks.  Any read folds first, so nothing can tell the difference."""
+        of its acks.  Any read folds first, so nothing can tell the difference.  Once
+        ``FOLD_AT`` wait, the end of this turn folds them."""
+        if self._schedule is not None and self.store.pending_messages >= FOLD_AT:
+            self._fold_due = True
+            self._request_flush()
+            return
         self._request_marks()
 
     def _remember(self, peer: str, messages: list[Message]) -> None:
@@ -499,7 +514,7 @@ class Delivery:
         the messages are journaled and answered now; the bookkeeping waits for the
         next commit (``_request_marks``) unless this turn needs one anyway."""
         self._flush_requested = False
-        if self._acks_need_store or not self.store.journals_receipts:
+        if self._acks_need_store or self._fold_due or not self.store.journals_receipts:
             self.flush()
             return
         incoming, self._incoming = self._incoming, {}
@@ -539,6 +554,7 @@ class Delivery:
         transaction, then answer it."""
         self._flush_requested = False
         self._acks_need_store = False
+        self._fold_due = False
         if not (self._incoming or self._sent or self._acks or self.store.pending):
             return
         if self._marks_timer is not None:

@@ -966,8 +966,8 @@ class Node:
     def send_message(self, contact: str, text: str, *, reply_to: str | None = None) -> Message:
         """Store first (the outbox survives anything), then send if the contact is online.
 
-        ``reply_to``: a message of this conversation (either direction; a unique
-        prefix of its id will do) that this one answers.
+        ``reply_to``: a message of this conversation (either direction; the unique
+        end of its id will do, as shown: ``#1a2b3c4d``) that this one answers.
         """
         peer = self.store.contact_id(contact)  # from memory: sending reads no row
         body = _message_body(text)
@@ -1015,11 +1015,13 @@ class Node:
         return conn is not None and self.delivery.send_new(conn, list(messages))
 
     def find_message(self, ref: str, *, contact: str | None = None) -> Message:
-        """A message by id or by a unique prefix of it (at least 4 characters), in
-        one conversation (``contact``: a reference, as for ``find_contact``) or in any.
-        Edits and deletions themselves are not messages here."""
+        """A message by id or by a unique end of it (at least 4 characters, with or
+        without the ``#`` it is shown with: ids begin with the time they were made,
+        ``store.messages.new_message_id``), in one conversation (``contact``: a
+        reference, as for ``find_contact``) or in any.  Edits and deletions themselves
+        are not messages here."""
         peer = self.store.find_contact(contact).peer_id if contact is not None else None
-        ref = ref.strip().lower()
+        ref = ref.strip().lower().removeprefix("#")
         exact = self.store.get_message(ref, peer_id=peer)
         if exact is not None and exact.kind == "text":
             return exact

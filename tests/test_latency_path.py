@@ -446,3 +446,25 @@ async def test_acks_are_announced_from_memory_and_written_with_a_later_commit(
     a.delivery.flush()  # what the MARK_DELAY timer does, if nothing did it first
     assert [committed_state(a, m.id) for m in sent] == ["delivered"] * 3
     assert not a.store.outbox(b.peer_id)
+
+
+async def test_a_burst_is_folded_once_fold_at_messages_wait(
+    start_node: StartNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folds wait for ``MARK_DELAY`` (made long here), except when ``FOLD_AT`` journaled
+    messages wait: then the end of the turn folds them, on both sides, without any read."""
+    monkeypatch.setattr(delivery_module, "MARK_DELAY", 60.0)
+    monkeypatch.setattr(delivery_module, "FOLD_AT", 8)
+    a, b = await one_connection(start_node)
+    for node in (a, b):  # the nodes' own periodic reads fold and settle nothing here
+        monkeypatch.setattr(node.store, "_fold_for_read", lambda: None)
+        monkeypatch.setattr(node.store, "before_read", None)
+    few = a.send_messages("b", ["one", "two"])
+    await wait_until(lambda: b.store.pending_messages == 2)  # journaled, not folded
+    await asyncio.sleep(0.2)
+    assert a.store.pending and b.store.pending
+    assert committed_state(b, few[0].id) is None
+    burst = a.send_messages("b", [f"m {i}" for i in range(10)])
+    await wait_until(lambda: all(committed_state(b, m.id) for m in burst))
+    assert committed_state(b, few[0].id) is not None  # folded with the burst, in order
+    assert all(committed_state(a, m.id) for m in few + burst)

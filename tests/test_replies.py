@@ -18,11 +18,13 @@ from p2pchat.core import chat
 from p2pchat.core.errors import RemoteProtocolError
 from p2pchat.core.events import MessageDeleted, MessageEdited, MessageReceived
 from p2pchat.node import NodeError
+from p2pchat.store import Store
 
 from .conftest import EventLog, StartNode, free_udp_port, friends, make_home, wait_until
 from .daemons import Daemon, run_cli
 
 ID_A, ID_B = "a" * 32, "b" * 32
+PEER = "b2" * 26
 
 
 def roundtrip(frame: chat.ChatMessage) -> chat.ChatFrame:
@@ -64,7 +66,7 @@ async def test_reply_edit_and_delete_both_sides(start_node: StartNode) -> None:
     try:
         question = a.send_message("bob", "lunch at 12?")
         await wait_until(lambda: [m.body for m in b.history("alice")] == ["lunch at 12?"])
-        answer = b.send_message("alice", "yes!", reply_to=question.id[:6])
+        answer = b.send_message("alice", "yes!", reply_to=question.id[-6:])
         assert answer.reply_to == question.id
         await wait_until(lambda: len(a.history("bob")) == 2)
         received = a.history("bob")[1]
@@ -181,12 +183,12 @@ async def test_history_json_and_the_cli_commands(tmp_path: Path, start_node: Sta
 
         await wait_until(lambda: [m.state for m in bob.history("alice")] == ["delivered"])
         sent = json.loads(
-            await cli("msg", "bob", "an answer", "--reply-to", first.id[:8], "--json")
+            await cli("msg", "bob", "an answer", "--reply-to", f"#{first.id[-8:]}", "--json")
         )
         assert sent["state"] == "delivered"
-        await cli("edit", sent["id"][:8], "a better answer")
+        await cli("edit", sent["id"][-8:], "a better answer")
         written = json.loads(await cli("msg", "bob", "oops", "--json"))
-        assert (await cli("delete", written["id"])).startswith(f"deleted #{written['id'][:8]}")
+        assert (await cli("delete", written["id"])).startswith(f"deleted #{written['id'][-8:]}")
         history = json.loads(await cli("history", "bob", "--json"))
         assert [(m["body"], m["reply_to"], m["edited"], m["deleted"]) for m in history] == [
             ("first", None, False, False),
@@ -196,7 +198,7 @@ async def test_history_json_and_the_cli_commands(tmp_path: Path, start_node: Sta
         assert all("kind" not in m and m["created_at"] for m in history)
         plain = await cli("history", "bob")
         assert "↳ reply to them: first" in plain and "(edited)" in plain
-        assert "(deleted)" in plain and f"#{first.id[:8]}" in plain
+        assert "(deleted)" in plain and f"#{first.id[-8:]}" in plain
         await wait_until(lambda: [m.body for m in bob.history("alice")][1:] == [
             "a better answer", "",
         ])  # fmt: skip
@@ -204,3 +206,24 @@ async def test_history_json_and_the_cli_commands(tmp_path: Path, start_node: Sta
         assert bad.returncode == 1 and "own messages" in bad.stderr
     finally:
         await daemon.stop()
+
+
+def test_ids_begin_with_the_time_and_are_found_by_their_end(tmp_path: Path) -> None:
+    """Ids made one after another sort in that order (the index of ids grows at its
+    end); what tells them apart, and what people type, is their end."""
+    store = Store(tmp_path / "p2pchat.db", journal=True)
+    try:
+        store.add_contact(PEER, "bob", now=0.0)
+        made = [store.queue_message(PEER, f"m {i}", now=1000.0 + i).id for i in range(5)]
+        made += [m.id for m in store.queue_messages(PEER, ["a", "b"], now=2000.0)]
+        assert all(len(i) == 32 and int(i, 16) >= 0 for i in made)
+        heads = [i[:12] for i in made]
+        assert heads == sorted(heads) and heads[0] == f"{1000 * 1000:012x}"
+        assert len(set(made)) == len(made)
+        for message_id in made:
+            assert store.message_ids(message_id[-8:], peer_id=PEER) == [message_id]
+            assert store.message_ids(message_id[-8:]) == [message_id]
+        # The start of an id names nothing: every id of that millisecond shares it.
+        assert store.message_ids(made[-1][:8], peer_id=PEER) == []
+    finally:
+        store.close()

@@ -89,8 +89,8 @@ MAX_PENDING = 4096
 """Journaled messages waiting for a fold beyond which received ones are no longer
 journaled: each then goes through a transaction (``receive_messages``), which folds
 first, so a database that cannot fold (a full disk) refuses them instead of memory
-filling up.  A fold runs at least every ``delivery.MARK_DELAY``: a burst at 10,000
-messages a second leaves about 500 pending."""
+filling up.  A node folds at least every ``delivery.MARK_DELAY`` and as soon as
+``delivery.FOLD_AT`` (1,024) wait, so this is only reached when folds fail."""
 
 
 def database_is_plaintext(path: Path) -> bool | None:
@@ -513,6 +513,11 @@ class StoreBase:
     def pending(self) -> bool:
         """Whether journaled messages wait to be folded into the tables."""
         return bool(self._pending)
+
+    @property
+    def pending_messages(self) -> int:
+        """How many journaled messages wait to be folded into the tables."""
+        return len(self._pending)
 
     def fold(self) -> None:
         """Fold the journaled messages into the tables now, in one transaction."""

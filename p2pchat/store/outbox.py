@@ -10,15 +10,13 @@ transactions, numbered by the journal's holder only (``_numbering``).
 
 from __future__ import annotations
 
-import os
-import secrets
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from p2pchat.store.database import Sending
 from p2pchat.store.errors import StoreError
-from p2pchat.store.messages import MessageRows
+from p2pchat.store.messages import MessageRows, id_head, new_message_id
 from p2pchat.store.records import (
     _JOINED_MESSAGE_COLUMNS,
     _MESSAGE_COLUMNS,
@@ -50,9 +48,9 @@ class OutboxMixin(MessageRows):
             raise ValueError("peer_id must not be empty")
         if message_id is None and self._holds_journal():
             return self._journal_queue(peer_id, [body], now, reply_to)[0]
-        if message_id is None:  # a fresh random id names no stored message
+        if message_id is None:  # a fresh id names no stored message
             with self._numbering(), self._write() as db:
-                return self._queue(db, peer_id, secrets.token_hex(16), body, now, reply_to=reply_to)
+                return self._queue(db, peer_id, new_message_id(now), body, now, reply_to=reply_to)
         mid = message_id
         with self._numbering(), self._write() as db:
             row = db.execute(
@@ -110,10 +108,10 @@ class OutboxMixin(MessageRows):
         with self._lock:
             sending = self._sending_state(peer_id)
             first = sending.send_seq + 1
+            head = id_head(now)
             messages = [
-                # A fresh random id, as secrets.token_hex draws it (os.urandom), cheaper.
-                Message(os.urandom(16).hex(), peer_id, "out", seq, body, now, None, "queued",
-                        now, reply_to)
+                Message(new_message_id(now, head), peer_id, "out", seq, body, now, None,
+                        "queued", now, reply_to)
                 for seq, body in enumerate(bodies, first)
             ]  # fmt: skip
             self._journal_append(messages)
@@ -170,7 +168,7 @@ class OutboxMixin(MessageRows):
                 (body, now, now, message.peer_id, message_id),
             )
             edit = self._queue(
-                db, message.peer_id, secrets.token_hex(16), body, now,
+                db, message.peer_id, new_message_id(now), body, now,
                 kind="edit", target=message_id,
             )  # fmt: skip
             changed = self._get_message(db, message.peer_id, message_id)
@@ -194,7 +192,7 @@ class OutboxMixin(MessageRows):
                 (message.peer_id, message_id),
             )
             delete = self._queue(
-                db, message.peer_id, secrets.token_hex(16), "", now,
+                db, message.peer_id, new_message_id(now), "", now,
                 kind="delete", target=message_id,
             )  # fmt: skip
             changed = self._get_message(db, message.peer_id, message_id)
@@ -220,10 +218,12 @@ class OutboxMixin(MessageRows):
                 ).fetchall()[0][0]
             )
             first = last - len(bodies) + 1
+            head = id_head(now)
             messages = [
-                Message(secrets.token_hex(16), peer_id, "out", seq, body, now, None, "queued", now)
+                Message(new_message_id(now, head), peer_id, "out", seq, body, now, None,
+                        "queued", now)
                 for seq, body in enumerate(bodies, first)
-            ]
+            ]  # fmt: skip
             db.executemany(
                 "INSERT INTO messages (id, peer_id, direction, seq, body, created_at,"
                 " received_at, state, updated_at)"

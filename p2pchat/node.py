@@ -414,6 +414,7 @@ class Node:
             self._endpoint = Endpoint(self.identity)
             self._endpoint.on_incoming = self._incoming
             self._endpoint.known_source = lambda ip: ip in self._known_ips
+            self._endpoint.after_datagrams = self.delivery.flush_turn_now
             bound = await self._endpoint.start(host, port)
             await self.transfers.start(bound[0])
             if dht is not None:

@@ -546,6 +546,9 @@ class Endpoint(asyncio.DatagramProtocol):
         self.gate = InitialGate()
         self.known_source: Callable[[str], bool] | None = None
         """Whether an IP belongs to a known contact (it may use the gate's reserve)."""
+        self.after_datagrams: Callable[[], None] | None = None
+        """Called once the datagrams queued on the socket were read this turn: what
+        they brought can be applied now, in this turn, rather than in the next."""
         self.socket_buffers: tuple[int, int] | None = None
         self._drain: socket.socket | None = None
         self._released = asyncio.Event()
@@ -616,19 +619,25 @@ class Endpoint(asyncio.DatagramProtocol):
         """asyncio reads one datagram per loop turn; whatever else is already queued
         on the socket is read now too (up to ``DRAIN_DATAGRAMS``), so the chat frames
         of a burst are applied in one group commit and answered with one ack
-        (``delivery.py``), instead of one commit and one ack per datagram."""
+        (``delivery.py``), instead of one commit and one ack per datagram; then
+        ``after_datagrams`` applies them, still in this turn."""
         self._receive(data, addr, None)
         for _ in range(DRAIN_DATAGRAMS):
             if self._drain is None:
-                return  # closed by what the datagram did
+                break  # closed by what the datagram did
             try:
                 data, addr = self._drain.recvfrom(MAX_DATAGRAM_READ)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # as asyncio's own reader does
                 self.error_received(exc)
-                return
+                break
             self._receive(data, addr, None)
+        if self.after_datagrams is not None:
+            try:
+                self.after_datagrams()
+            except Exception:  # as for a datagram: never take the node down
+                log.exception("applying what the datagrams brought failed")
 
     def _receive(self, data: bytes, addr: tuple[str | int, ...], via: AuxSocket | None) -> None:
         address = (str(addr[0]), int(addr[1]))

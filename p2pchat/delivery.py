@@ -532,20 +532,31 @@ class Delivery:
         quota = self._daily_quota()
         received: list[tuple[Link, str, list[tuple[chat.ChatMessage, ReceiveResult]]]] = []
         for conn, frames in incoming.items():
-            peer = conn.peer_id
-            assert peer is not None
-            if peer in self._refusing:
-                # refused earlier this turn: it was told when to come back
-                self.counters["dropped_while_refusing"] += len(frames)
-                continue
             try:
-                results = self.store.receive_messages(peer, frames, now=wall, daily_quota=quota)
+                self._store_incoming(conn, frames, wall, quota, received)
             except StoreError as exc:
                 self.storage_failed(exc)
                 self._storage_refusal(conn, frames[0].seq, exc)
-                continue
-            received.append((conn, peer, list(zip(frames, results, strict=False))))
         self._answer_all(received, asked, wall)
+
+    def _store_incoming(
+        self,
+        conn: Link,
+        frames: list[chat.ChatMessage],
+        wall: float,
+        quota: int | None,
+        received: list[tuple[Link, str, list[tuple[chat.ChatMessage, ReceiveResult]]]],
+    ) -> None:
+        """One contact's messages of this turn, stored (journaled, or in the batch under
+        way) and kept in ``received`` for the answer; dropped unread while it is
+        refused (it was told earlier this turn when to come back)."""
+        peer = conn.peer_id
+        assert peer is not None
+        if peer in self._refusing:
+            self.counters["dropped_while_refusing"] += len(frames)
+            return
+        results = self.store.receive_messages(peer, frames, now=wall, daily_quota=quota)
+        received.append((conn, peer, list(zip(frames, results, strict=False))))
 
     def _request_marks(self) -> None:
         """``sent`` marks are bookkeeping: they wait up to ``MARK_DELAY`` for a flush that
@@ -584,14 +595,7 @@ class Delivery:
         try:
             with self.store.batch():
                 for conn, frames in incoming.items():
-                    peer = conn.peer_id
-                    assert peer is not None
-                    if peer in self._refusing:
-                        # refused earlier this turn: it was told when to come back
-                        self.counters["dropped_while_refusing"] += len(frames)
-                        continue
-                    results = self.store.receive_messages(peer, frames, now=wall, daily_quota=quota)
-                    received.append((conn, peer, list(zip(frames, results, strict=False))))
+                    self._store_incoming(conn, frames, wall, quota, received)
                 for peer, (first, last) in sent.items():
                     marked.append((peer, self.store.mark_sent(peer, last, wall, from_seq=first)))
                 for peer, seq in acks.items():

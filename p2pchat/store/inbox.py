@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from p2pchat.core.events import MessageState
 from p2pchat.core.window import Verdict, classify_incoming
@@ -22,6 +23,44 @@ from p2pchat.store.records import (
 
 _InboxRow = tuple[str, str, int, str, float, float, str, float, str | None, str, str | None]
 """The parameters of one received message's INSERT, in its column order."""
+
+
+@dataclass(slots=True)
+class _Window:
+    """A contact's receive window and day's intake while a burst is decided, message
+    by message, the same way whether the burst is journaled or committed."""
+
+    recv_seq: int
+    intake: int
+    known: set[str]
+    """Ids this conversation holds already (ids are unique per conversation, whatever
+    the direction), and those accepted so far in this burst."""
+    quota: int | None
+    retry_at: float
+
+    def admit(self, frame: IncomingMessage) -> ReceiveResult | None:
+        """None when ``frame`` is accepted (the window, intake and ids move on), else
+        its refusal; a ``quota`` refusal ends the burst.  The common case (the next
+        seq, an id not seen) is decided without a call: this runs once per message."""
+        message_id = frame.id
+        seq = frame.seq
+        known = self.known
+        if seq != self.recv_seq + 1 or message_id in known:
+            verdict: Verdict = (
+                "duplicate"
+                if message_id in known
+                else classify_incoming(seq, frame.base, self.recv_seq)
+            )
+            if verdict != "accept":
+                return ReceiveResult(verdict, None, self.recv_seq)
+        body = frame.body
+        size = len(body) if body.isascii() else len(body.encode("utf-8"))
+        if self.quota is not None and self.intake + size > self.quota:
+            return ReceiveResult("quota", None, self.recv_seq, self.retry_at)
+        self.intake += size
+        self.recv_seq = seq
+        known.add(message_id)
+        return None
 
 
 class InboxMixin(MessageRows):
@@ -188,31 +227,25 @@ class InboxMixin(MessageRows):
             # looking up: a resent one (``seq <= recv_seq``) is a duplicate whatever
             # its id, and a burst of them (a reconnect's resend) costs no lookup.
             ids = list(dict.fromkeys([f.id for f in frames if f.seq > recv_seq]))
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                known.update(
-                    r[0]
-                    for r in db.execute(
-                        "SELECT id FROM messages WHERE peer_id = ? AND id IN"
-                        f" ({','.join('?' * len(part))})",
-                        (peer_id, *part),
-                    )
-                )
+            if ids:
+                known.update(self._stored_ids(peer_id, ids))
             used = db.execute(
                 "SELECT bytes FROM intake WHERE peer_id = ? AND day = ?", (peer_id, day)
             ).fetchone()
-            intake = 0 if used is None else int(used[0])
+            window = _Window(
+                recv_seq, 0 if used is None else int(used[0]), known, daily_quota,
+                (day + 1) * 86400.0,
+            )  # fmt: skip
             # Accepted rows not inserted yet, built as the INSERT takes them.
             pending: list[_InboxRow] = []
             count = 0
             # The loop below runs once per message of a burst: names bound once,
             # positional arguments (``Message`` and ``ReceiveResult`` use
-            # ``quick_init``), and the common case (the next seq, an id not seen)
-            # decided without a call; anything else goes to ``classify_incoming``.
+            # ``quick_init``).
             append = results.append
             pend = pending.append
             kinds = _INCOMING_KINDS
-            retry_at = (day + 1) * 86400.0
+            admit = window.admit
 
             def insert_pending() -> None:
                 # Our messages queued before these arrived keep the lower ``pos``.
@@ -226,26 +259,14 @@ class InboxMixin(MessageRows):
                 pending.clear()
 
             for frame in frames:
-                message_id = frame.id
-                seq = frame.seq
-                if seq != recv_seq + 1 or message_id in known:
-                    verdict: Verdict = (
-                        "duplicate"
-                        if message_id in known
-                        else classify_incoming(seq, frame.base, recv_seq)
-                    )
-                    if verdict != "accept":
-                        append(ReceiveResult(verdict, None, recv_seq))
-                        continue
-                body = frame.body
-                size = len(body) if body.isascii() else len(body.encode("utf-8"))
-                if daily_quota is not None and intake + size > daily_quota:
-                    append(ReceiveResult("quota", None, recv_seq, retry_at))
-                    break
-                intake += size
+                refused = admit(frame)
+                if refused is not None:
+                    append(refused)
+                    if refused.verdict == "quota":
+                        break
+                    continue
                 count += 1
-                recv_seq = seq
-                known.add(message_id)
+                message_id, seq, body = frame.id, frame.seq, frame.body
                 kind = kinds.get(frame.kind, "text")
                 changed: Message | None = None
                 state: MessageState = "delivered"
@@ -270,12 +291,12 @@ class InboxMixin(MessageRows):
                     "INSERT INTO intake (peer_id, day, bytes, messages) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (peer_id, day) DO UPDATE"
                     " SET bytes = excluded.bytes, messages = messages + excluded.messages",
-                    (peer_id, day, intake, count),
+                    (peer_id, day, window.intake, count),
                 )
                 db.execute(
                     "INSERT INTO conversations (peer_id, recv_seq) VALUES (?, ?)"
                     " ON CONFLICT (peer_id) DO UPDATE SET recv_seq = excluded.recv_seq",
-                    (peer_id, recv_seq),
+                    (peer_id, window.recv_seq),
                 )
         return results
 
@@ -311,35 +332,22 @@ class InboxMixin(MessageRows):
                 )
             )
             known = self._stored_ids(peer_id, ids) if ids else set()
-            known.update(state.ids)
-            intake = state.intake
+            known.update(pending)
+            admit = _Window(recv_seq, state.intake, known, daily_quota, (day + 1) * 86400.0).admit
             accepted: list[Message] = []
             append = results.append
             keep = accepted.append
-            retry_at = (day + 1) * 86400.0
             for frame in frames:
-                message_id = frame.id
+                refused = admit(frame)
+                if refused is not None:
+                    append(refused)
+                    if refused.verdict == "quota":
+                        break
+                    continue
                 seq = frame.seq
-                if seq != recv_seq + 1 or message_id in known:
-                    verdict: Verdict = (
-                        "duplicate"
-                        if message_id in known
-                        else classify_incoming(seq, frame.base, recv_seq)
-                    )
-                    if verdict != "accept":
-                        append(ReceiveResult(verdict, None, recv_seq))
-                        continue
-                body = frame.body
-                size = len(body) if body.isascii() else len(body.encode("utf-8"))
-                if daily_quota is not None and intake + size > daily_quota:
-                    append(ReceiveResult("quota", None, recv_seq, retry_at))
-                    break
-                intake += size
-                recv_seq = seq
-                known.add(message_id)
                 message = Message(
-                    message_id, peer_id, "in", seq, body, frame.sent_at, now, "delivered", now,
-                    frame.reply_to, None, None, "text", None,
+                    frame.id, peer_id, "in", seq, frame.body, frame.sent_at, now, "delivered",
+                    now, frame.reply_to, None, None, "text", None,
                 )  # fmt: skip
                 keep(message)
                 append(ReceiveResult("accept", message, seq, None, None))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,17 +19,23 @@ PEER = "p" * 52
 NOW = 86400.0 * 20000 + 5.0
 IDS = [f"{i:032x}" for i in range(6)]
 
-frame_strategy = st.builds(
-    chat.ChatMessage,
-    id=st.sampled_from(IDS),
-    seq=st.integers(1, 8),
-    base=st.integers(1, 8),
-    sent_at=st.just(1.0),
-    # ASCII and not: the quota counts UTF-8 bytes
-    body=st.sampled_from(["", "hi", "héllo", "日本語のテキスト", "x" * 40]),
-    reply_to=st.one_of(st.none(), st.sampled_from(IDS)),
-    kind=st.sampled_from(["text", "text", "edit", "delete", "reaction"]),
-    target=st.one_of(st.none(), st.sampled_from(IDS)),
+def frames(kinds: list[str], targets: st.SearchStrategy[str | None]) -> st.SearchStrategy[Any]:
+    return st.builds(
+        chat.ChatMessage,
+        id=st.sampled_from(IDS),
+        seq=st.integers(1, 8),
+        base=st.integers(1, 8),
+        sent_at=st.just(1.0),
+        # ASCII and not: the quota counts UTF-8 bytes
+        body=st.sampled_from(["", "hi", "héllo", "日本語のテキスト", "x" * 40]),
+        reply_to=st.one_of(st.none(), st.sampled_from(IDS)),
+        kind=st.sampled_from(kinds),
+        target=targets,
+    )
+
+
+frame_strategy = frames(
+    ["text", "text", "edit", "delete", "reaction"], st.one_of(st.none(), st.sampled_from(IDS))
 )
 
 
@@ -78,16 +85,7 @@ def test_a_burst_is_decided_as_one_message_at_a_time(
             batched.close()
 
 
-text_strategy = st.builds(
-    chat.ChatMessage,
-    id=st.sampled_from(IDS),
-    seq=st.integers(1, 8),
-    base=st.integers(1, 8),
-    sent_at=st.just(1.0),
-    body=st.sampled_from(["", "hi", "héllo", "日本語のテキスト", "x" * 40]),
-    reply_to=st.one_of(st.none(), st.sampled_from(IDS)),
-    kind=st.sampled_from(["text", "reaction"]),
-)
+text_strategy = frames(["text", "reaction"], st.none())
 """Messages a node's store journals (text, no target): a burst of only these is
 decided in memory; one with an edit or a delete goes through a transaction."""
 

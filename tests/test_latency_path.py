@@ -471,3 +471,36 @@ async def test_a_burst_is_folded_once_fold_at_messages_wait(
     await wait_until(lambda: all(committed_state(b, m.id) for m in burst))
     assert committed_state(b, few[0].id) is not None  # folded with the burst, in order
     assert all(committed_state(a, m.id) for m in few + burst)
+
+
+async def test_messages_are_stored_in_the_turn_that_read_their_datagram(
+    start_node: StartNode,
+) -> None:
+    """The endpoint hands over once the socket's queued datagrams are read
+    (``after_datagrams``): what they brought is journaled and answered in that turn,
+    not one loop iteration later."""
+    a, b = await one_connection(start_node)
+    endpoint = b._endpoint
+    assert endpoint is not None
+    log: list[tuple[str, int]] = []
+    with turn_counter() as turns:
+        receive, flush = endpoint._receive, b.delivery._flush_turn
+
+        def traced_receive(data: bytes, addr: Any, via: Any) -> None:
+            log.append(("datagram", turns[0]))
+            receive(data, addr, via)
+
+        def traced_flush() -> None:
+            if b.delivery._flush_requested and b.delivery._incoming:
+                log.append(("stored", turns[0]))
+            flush()
+
+        endpoint._receive = traced_receive  # type: ignore[method-assign]
+        b.delivery._flush_turn = traced_flush  # type: ignore[method-assign]
+        for i in range(5):
+            log.clear()
+            sent = a.send_message("b", f"m {i}")
+            await wait_until(lambda m=sent.id: any(x.id == m for x in b.history("a")))
+            stored = [turn for kind, turn in log if kind == "stored"]
+            assert stored, log
+            assert ("datagram", stored[0]) in log, log

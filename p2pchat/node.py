@@ -950,9 +950,12 @@ class Node:
         self, contact: str, *, limit: int | None = None, before: str | None = None
     ) -> list[Message]:
         """The conversation in order: the newest ``limit`` messages, or with ``before``
-        (a message id) the ``limit`` just before that message, to page back as the
-        user scrolls up.  Each page costs the same however long the history is."""
+        (a message id, or its end as shown: ``find_message``) the ``limit`` just before
+        that message, to page back as the user scrolls up.  Each page costs the same
+        however long the history is."""
         peer = self.store.find_contact(contact).peer_id
+        if before is not None and len(before) != 32:
+            before = self.find_message(before, contact=contact).id
         return self.store.history(peer, limit=limit, before=before)
 
     def search(

@@ -199,6 +199,9 @@ async def test_history_json_and_the_cli_commands(tmp_path: Path, start_node: Sta
         plain = await cli("history", "bob")
         assert "↳ reply to them: first" in plain and "(edited)" in plain
         assert "(deleted)" in plain and f"#{first.id[-8:]}" in plain
+        # Paging back from a message as the plain output shows it.
+        older = json.loads(await cli("history", "bob", "--before", f"#{sent['id'][-8:]}", "--json"))
+        assert [m["id"] for m in older] == [first.id]
         await wait_until(lambda: [m.body for m in bob.history("alice")][1:] == [
             "a better answer", "",
         ])  # fmt: skip

@@ -34,13 +34,14 @@ own messages (the messages the user queued, durable already in the same journal,
 ``sent`` marks, acks received): that commit (``flush``, one transaction,
 ``Store.batch``) waits for up to ``MARK_DELAY`` (or ``FOLD_AT`` messages), or runs
 before any read of the store, so a conversation costs no transaction per message on
-its path.  A store
-that cannot journal (not the node's, or too much pending) receives in the
-turn's transaction instead, as does an ack that only the tables can check.  A
-crash before the append loses nothing that was acknowledged; a crash after it
-and before the ack leaves the messages stored (the next opening folds them) and
-unacknowledged, and the sender's resend is then a duplicate that is acknowledged
-again.
+its path.  A store that cannot journal (not the node's, or too much pending)
+receives in the turn's transaction instead, as does an ack that only the tables can
+check.  A crash before the append loses nothing that was acknowledged; a crash
+after it and before the ack leaves the messages stored (the next opening folds
+them) and unacknowledged, and the sender's resend is then a duplicate that is
+acknowledged again.  The turn's end comes early for datagrams: the node applies
+what they brought as soon as the socket's queued ones are read
+(``flush_turn_now``).
 
 Nothing here owns sockets or tasks: the node calls in with frames and on its
 dial-loop tick, and every decision reads an injected clock.

@@ -29,8 +29,9 @@ so a message is accepted, made durable and acknowledged without a transaction.
 The rule that nothing can tell the difference lives here, in one place: every
 read and every write (``_read``, ``_write``, ``batch``) folds what is pending
 first, inside its own transaction when it writes, so it sees exactly what it
-would have seen had each message been committed on its own.  The file is emptied after the fold
-committed; a rollback puts the records back.  Opening folds what a crash left.
+would have seen had each message been committed on its own.  The file is emptied
+after the fold committed; a rollback puts the records back.  Opening folds what a
+crash left.
 """
 
 from __future__ import annotations

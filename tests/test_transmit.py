@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from p2pchat.core.events import MessageReceived, NodeEvent
-from p2pchat.identity import Identity
 from p2pchat.net import endpoint as endpoint_module
 from p2pchat.net import sendable
 from p2pchat.net.endpoint import ACK_DELAY, Endpoint, QuicLink
-from p2pchat.node import Node
 
 from .conftest import EventLog, StartNode, wait_until
+from .test_keepalive import _pair as linked_pair
+from .test_latency_path import one_connection
 
 pytestmark = pytest.mark.skipif(
     not sendable.ENABLED, reason="an aioquic version sendable.py was not checked against"
@@ -82,17 +82,10 @@ class Sink:
 
 
 async def _pair() -> tuple[Endpoint, Endpoint, QuicLink, QuicLink, Sink]:
-    dialler, accepter = Endpoint(Identity.generate()), Endpoint(Identity.generate())
-    await dialler.start("127.0.0.1", 0)
-    address = await accepter.start("127.0.0.1", 0)
-    accepted: list[QuicLink] = []
-    accepter.on_incoming = accepted.append
-    link = dialler.connect(address)
-    await wait_until(lambda: link.handshake_done and bool(accepted), timeout=20)
-    await wait_until(lambda: accepted[0].handshake_done, timeout=20)
+    dialler, accepter, link, server = await linked_pair()
     sink = Sink()
-    accepted[0].handler = sink
-    return dialler, accepter, link, accepted[0], sink
+    server.handler = sink
+    return dialler, accepter, link, server, sink
 
 
 @pytest.fixture
@@ -103,15 +96,6 @@ async def pair() -> Any:
     finally:
         dialler.close()
         accepter.close()
-
-
-async def one_connection(start_node: StartNode) -> tuple[Node, Node]:
-    a = await start_node("alice")
-    b = await start_node("bob")
-    b.add_contact(a.peer_id, name="a")
-    a.add_contact(b.peer_id, name="b", addresses=b.addresses)
-    await wait_until(lambda: a.is_online(b.peer_id) and b.is_online(a.peer_id))
-    return a, b
 
 
 async def test_a_conversation_builds_no_empty_packets(

@@ -5,7 +5,7 @@ quota of a contact's bytes, edits and deletes from the peer, and read marks.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from p2pchat.core.events import MessageState
@@ -61,6 +61,21 @@ class _Window:
         self.recv_seq = seq
         known.add(message_id)
         return None
+
+    def accepted(
+        self, frames: Sequence[IncomingMessage], refused: Callable[[ReceiveResult], None]
+    ) -> Iterator[IncomingMessage]:
+        """The frames of a burst this window accepts, in order; each refusal goes to
+        ``refused`` in its place, and one over the quota ends the burst."""
+        admit = self.admit
+        for frame in frames:
+            result = admit(frame)
+            if result is None:
+                yield frame
+                continue
+            refused(result)
+            if result.verdict == "quota":
+                return
 
 
 class InboxMixin(MessageRows):
@@ -245,7 +260,6 @@ class InboxMixin(MessageRows):
             append = results.append
             pend = pending.append
             kinds = _INCOMING_KINDS
-            admit = window.admit
 
             def insert_pending() -> None:
                 # Our messages queued before these arrived keep the lower ``pos``.
@@ -258,13 +272,7 @@ class InboxMixin(MessageRows):
                 )
                 pending.clear()
 
-            for frame in frames:
-                refused = admit(frame)
-                if refused is not None:
-                    append(refused)
-                    if refused.verdict == "quota":
-                        break
-                    continue
+            for frame in window.accepted(frames, append):
                 count += 1
                 message_id, seq, body = frame.id, frame.seq, frame.body
                 kind = kinds.get(frame.kind, "text")
@@ -333,17 +341,11 @@ class InboxMixin(MessageRows):
             )
             known = self._stored_ids(peer_id, ids) if ids else set()
             known.update(pending)
-            admit = _Window(recv_seq, state.intake, known, daily_quota, (day + 1) * 86400.0).admit
+            window = _Window(recv_seq, state.intake, known, daily_quota, (day + 1) * 86400.0)
             accepted: list[Message] = []
             append = results.append
             keep = accepted.append
-            for frame in frames:
-                refused = admit(frame)
-                if refused is not None:
-                    append(refused)
-                    if refused.verdict == "quota":
-                        break
-                    continue
+            for frame in window.accepted(frames, append):
                 seq = frame.seq
                 message = Message(
                     frame.id, peer_id, "in", seq, frame.body, frame.sent_at, now, "delivered",

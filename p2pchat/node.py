@@ -934,10 +934,13 @@ class Node:
         raise UnknownContact(f"no contact, request or peer ID matches {ref!r}")
 
     def _forget_peer(self, peer: str, reason: str) -> None:
-        """End every session with ``peer`` and stop dialling and looking it up."""
-        for conns in (self._active, self._requests):
-            conn = conns.get(peer)
-            if conn is not None:
+        """End every session with ``peer`` and stop dialling and looking it up.
+
+        Not only the active one: a second session (both sides dialled at once) may
+        have authenticated and still wait for the peer's Hello, which would make it
+        the active session a moment after the block or removal."""
+        for conn in list(self._conns):
+            if conn.peer_id == peer and not conn.closed and not self.groups.owns(conn):
                 conn.close(reason)
         if self._dialer is not None:
             self._dialer.forget(peer)
@@ -1698,6 +1701,9 @@ class Node:
             self.groups.frame_received(conn, frame)
             return
         if isinstance(frame, chat.Hello):
+            if peer in self._blocked:
+                conn.close("refused")  # blocked after this session authenticated
+                return
             if self._active.get(peer) is not conn and self._requests.get(peer) is not conn:
                 self._on_hello(conn, frame)
             return

@@ -14,6 +14,7 @@ import pytest
 
 from p2pchat.core.events import BlockChanged, ContactChanged, ContactRemoved, PeerOffline
 from p2pchat.identity import Identity
+from p2pchat.net.peer import PeerConnection
 from p2pchat.store import UnknownContact
 
 from .conftest import EventLog, StartNode, free_udp_port, friends, make_home, wait_until
@@ -80,6 +81,28 @@ async def test_block_refuses_sessions_and_requests_and_unblock_restores(
         assert a.history("bob")[-1].body == "are you there?"
     finally:
         await log.close()
+
+
+async def test_a_block_ends_a_session_still_waiting_for_the_peers_hello(
+    start_node: StartNode,
+) -> None:
+    """Both sides dial at once, so a second session may have authenticated and still
+    wait for the peer's Hello when the user blocks: that session ends too, it does
+    not become the active one a moment later."""
+    a, b = await friends(start_node)
+    established = a.session_established
+
+    def block_midway(conn: PeerConnection) -> None:
+        established(conn)  # our Hello leaves; theirs is on its way
+        if not a.is_blocked(b.peer_id):
+            a.block("bob")
+
+    a.session_established = block_midway  # type: ignore[method-assign]
+    a._active[b.peer_id].close("test: a new session")
+    await wait_until(lambda: a.is_blocked(b.peer_id))
+    await asyncio.sleep(1.5)  # the peer's Hello has long arrived
+    assert not a.is_online(b.peer_id)
+    await wait_until(lambda: not b.is_online(a.peer_id))
 
 
 async def test_blocking_a_stranger_drops_the_request_and_later_knocks(

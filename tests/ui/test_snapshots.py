@@ -88,6 +88,17 @@ def then(
     async def run_before(pilot: Pilot[Any]) -> None:
         main = await settle_main(pilot, scene)
         await action(pilot, main)
+        # A conversation that follows its newest row gets there a layout after a row
+        # is added; a snapshot taken before would catch the scroll bar on its way.
+        timeline = main.conversation.timeline
+        await until(
+            pilot,
+            lambda: (
+                not timeline.following
+                or timeline.max_scroll_y <= 0
+                or timeline.scroll_y == timeline.max_scroll_y
+            ),
+        )
         still_cursors(pilot.app)
         await pilot.pause()
 
@@ -177,6 +188,11 @@ async def offer_arrives(pilot: Pilot[Any], main: MainScreen) -> None:
     event = TransferOffered(OFFER_ID, main.current or "", OFFER_FILES, total)
     main.post_message(NodeEventArrived(event))
     await until(pilot, lambda: showing(pilot.app, OfferScreen))
+    # Behind the modal, the offer's card joins the conversation (laid out a refresh
+    # later, on a busy machine after the modal is up; ``then`` waits for the scroll).
+    await until(
+        pilot, lambda: (card := main.conversation.card(OFFER_ID)) is not None and card.size.height
+    )
 
 
 async def open_transfers(pilot: Pilot[Any], main: MainScreen) -> None:

@@ -884,7 +884,7 @@ class Node:
             raise NodeError("that is your own ID")
         blocked = self.store.block(peer, name=name, now=self.clock())
         self._blocked.add(peer)
-        self._forget_peer(peer, "blocked")
+        self._forget_peer(peer, "blocked", group_sessions=True)
         self._nearby.pop(peer, None)
         self._emit(BlockChanged(peer, True))
         return blocked
@@ -933,14 +933,18 @@ class Node:
             return invite.peer_id, repair_name(invite.name)
         raise UnknownContact(f"no contact, request or peer ID matches {ref!r}")
 
-    def _forget_peer(self, peer: str, reason: str) -> None:
+    def _forget_peer(self, peer: str, reason: str, *, group_sessions: bool = False) -> None:
         """End every session with ``peer`` and stop dialling and looking it up.
 
         Not only the active one: a second session (both sides dialled at once) may
         have authenticated and still wait for the peer's Hello, which would make it
-        the active session a moment after the block or removal."""
+        the active session a moment after the block or removal.  A group session is
+        ended only with ``group_sessions`` (a block; a removed contact may still share
+        a group with us)."""
         for conn in list(self._conns):
-            if conn.peer_id == peer and not conn.closed and not self.groups.owns(conn):
+            if conn.peer_id != peer or conn.closed:
+                continue
+            if group_sessions or not self.groups.owns(conn):
                 conn.close(reason)
         if self._dialer is not None:
             self._dialer.forget(peer)

@@ -85,6 +85,29 @@ async def test_members_who_are_not_contacts_talk_without_a_request(
     await log_c.close()
 
 
+async def test_blocking_a_member_ends_the_group_session_and_it_is_not_redialled(
+    start_node: StartNode,
+) -> None:
+    a = await start_node("alice")
+    b = await start_node("bob")
+    c = await start_node("carol")
+    befriend(a, b)
+    befriend(a, c)  # b and c meet only as members of the group
+    await eventually(lambda: a.is_online(b.peer_id) and a.is_online(c.peer_id))
+    view = a.groups.create("trio", ["bob", "carol"])
+    await accept_when_invited(b, view.group_id)
+    await accept_when_invited(c, view.group_id)
+    await eventually(lambda: b.groups.session(c.peer_id) is not None)
+    b.block(c.peer_id)
+    await eventually(
+        lambda: b.groups.session(c.peer_id) is None and c.groups.session(b.peer_id) is None
+    )
+    assert b._dialer is not None
+    for _ in range(15):  # bob's group loop runs every tick: it never dials carol again
+        await asyncio.sleep(0.2)
+        assert b.groups.session(c.peer_id) is None and not b._dialer.busy(c.peer_id)
+
+
 class Members:
     """Nodes that come and go, each keeping its home; events of every run collected."""
 

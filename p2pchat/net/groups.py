@@ -110,6 +110,8 @@ class GroupHost(Protocol):
 
     def _emit(self, event: NodeEvent) -> None: ...
 
+    def is_blocked(self, peer_id: str) -> bool: ...
+
     def _poke(self) -> None: ...
 
     def _spawn(self, coro: Any) -> None: ...
@@ -854,7 +856,11 @@ class GroupService:
         for peer in wanted:
             if dialer is None:
                 break
-            if self.session(peer) is not None or self.node.store.get_contact(peer) is not None:
+            if (
+                self.session(peer) is not None
+                or self.node.store.get_contact(peer) is not None
+                or self.node.is_blocked(peer)
+            ):
                 continue
             running = dialer.busy(peer)
             if not running and budget <= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from p2pchat.core.group.events import (
     GroupMessageReceived,
     GroupMessageView,
 )
+from p2pchat.identity import key_from_peer_id
 from p2pchat.net.endpoint import EndpointError
 from p2pchat.net.groups import GroupError
 from p2pchat.node import Node
@@ -268,6 +270,27 @@ async def test_concurrent_changes_by_two_admins_converge(start_node: StartNode) 
     await eventually(lambda: len({n.groups.get(group).name for n in everyone}) == 1)
     assert a.groups.get(group).name in ("renamed by alice", "renamed by bob")
     await eventually(lambda: c.groups.get(group).status == "removed")
+
+
+async def test_a_removed_member_learns_it_from_a_member_other_than_the_remover(
+    start_node: StartNode,
+) -> None:
+    """The admin who removes carol reaches her through nobody (no session yet); alice,
+    her contact, passes the removal on to her although carol is no member any more."""
+    nodes, group = await group_of(start_node, ["alice", "bob", "carol"])
+    a, b, c = nodes
+    a.groups.promote(group, b.peer_id)
+    await eventually(lambda: b.groups.get(group).role == "admin")
+    carol = key_from_peer_id(c.peer_id)
+    send = b.groups._send
+
+    def not_to_carol(key: bytes, frame: Any) -> bool:
+        return key != carol and send(key, frame)
+
+    b.groups._send = not_to_carol  # type: ignore[method-assign]
+    b.groups.remove_member(group, c.peer_id)
+    await eventually(lambda: members_of(a, group) == sorted([a.peer_id, b.peer_id]))
+    await eventually(lambda: c.groups.get(group).status == "removed", timeout=30)
 
 
 async def test_removed_member_gets_nothing_sent_after_its_removal(

@@ -1093,16 +1093,21 @@ class GroupService:
             return
         self.db.add_ops(gid, receipt.added)
         key = conn.peer_key
-        # Pass new operations on to the other online members, and to a member they
-        # remove: its remover may have had no session with it, and once removed it
-        # is no member to sync with, so it would believe itself in the group for good.
+        # Pass new operations on to the other online members, and its removal to a
+        # member they remove: its remover may have had no session with it, and once
+        # removed it is nobody's member to sync with, so it would believe itself in the
+        # group until its next summary.
         if row.status == "joined":
-            targets = set(self._online(replica))
-            targets.update(op.target for op in receipt.added if op.target is not None)
-            targets.difference_update((key, self.me))
-            for other in targets:
-                for f in op_frames(gid, [op.wire for op in receipt.added]):
-                    self._send(other, f)
+            for other in self._online(replica):
+                if other != key:
+                    for f in op_frames(gid, [op.wire for op in receipt.added]):
+                        self._send(other, f)
+            state = replica.state()
+            removed = {op.target for op in receipt.added if op.is_removal and op.target}
+            for member in removed - {key, self.me}:
+                if not state.is_member(member):
+                    for f in op_frames(gid, list(replica.removal_of(member))):
+                        self._send(member, f)
         if receipt.changed:
             self._state_changed(gid, replica, before)
         now = self._mono()

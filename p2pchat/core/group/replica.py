@@ -556,11 +556,20 @@ class GroupReplica:
         if not state.is_member(peer):
             if not self.membership.knows(summary.heads):
                 view.deferred = summary  # perhaps added by an operation still on its way
-            removals = [op.id for op in self.membership.ordered()
-                        if op.is_removal and op.target == peer]
-            missing = self.membership.missing_for(summary.heads, upto=removals)
-            return SyncPlan(ops=tuple(op.wire for op in missing) if removals else ())
+            return SyncPlan(ops=self.removal_of(peer))
         return self._plan(peer, view, summary, state, now)
+
+    def removal_of(self, peer: bytes) -> tuple[WireOp, ...]:
+        """What a member we know was removed is sent: the operations that removed it and
+        those of their ancestors its last summary did not name, so it learns it is out
+        and nothing more (nothing when it was not removed)."""
+        ops = self.membership.ordered()
+        removals = [op.id for op in ops if op.is_removal and op.target == peer]
+        if not removals:
+            return ()
+        view = self._peers.get(peer)
+        missing = self.membership.missing_for(view.heads if view else (), upto=removals)
+        return tuple(op.wire for op in missing)
 
     def deferred_plans(self, now: float) -> list[tuple[bytes, SyncPlan]]:
         """Answers to summaries set aside because their senders were not members to

@@ -289,8 +289,12 @@ async def test_a_removed_member_learns_it_from_a_member_other_than_the_remover(
 
     b.groups._send = not_to_carol  # type: ignore[method-assign]
     b.groups.remove_member(group, c.peer_id)
+    b.groups.rename(group, "without carol")
     await eventually(lambda: members_of(a, group) == sorted([a.peer_id, b.peer_id]))
     await eventually(lambda: c.groups.get(group).status == "removed", timeout=30)
+    await eventually(lambda: a.groups.get(group).name == "without carol")
+    await asyncio.sleep(0.5)
+    assert c.groups.get(group).name == "crowd"  # her removal, nothing after it
 
 
 async def test_removed_member_gets_nothing_sent_after_its_removal(

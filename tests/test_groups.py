@@ -63,23 +63,29 @@ async def test_invite_accept_and_talk(start_node: StartNode) -> None:
     await log_b.close()
 
 
-async def test_members_who_are_not_contacts_talk_without_a_request(
-    start_node: StartNode,
-) -> None:
+async def trio(start_node: StartNode) -> tuple[Node, Node, Node, str]:
+    """alice, bob and carol in one group; bob and carol are no contacts of each other
+    and have found each other through alice's hints (a group session)."""
     a = await start_node("alice")
     b = await start_node("bob")
     c = await start_node("carol")
     befriend(a, b)
-    befriend(a, c)  # b and c do not know each other
-    log_b, log_c = EventLog(b), EventLog(c)
+    befriend(a, c)
     await eventually(lambda: a.is_online(b.peer_id) and a.is_online(c.peer_id))
-    view = a.groups.create("trio", ["bob", "carol"])
-    await accept_when_invited(b, view.group_id)
-    await accept_when_invited(c, view.group_id)
-    # b and c find each other through a's hints and open a group session.
+    group = a.groups.create("trio", ["bob", "carol"]).group_id
+    await accept_when_invited(b, group)
+    await accept_when_invited(c, group)
     await eventually(lambda: b.groups.session(c.peer_id) is not None)
-    b.groups.send(view.group_id, "hello carol")
-    await eventually(lambda: "hello carol" in texts(c, view.group_id))
+    return a, b, c, group
+
+
+async def test_members_who_are_not_contacts_talk_without_a_request(
+    start_node: StartNode,
+) -> None:
+    _, b, c, group = await trio(start_node)
+    log_b, log_c = EventLog(b), EventLog(c)
+    b.groups.send(group, "hello carol")
+    await eventually(lambda: "hello carol" in texts(c, group))
     assert b.store.get_contact(c.peer_id) is None and c.store.get_contact(b.peer_id) is None
     assert not log_b.of(ContactRequestReceived) and not log_c.of(ContactRequestReceived)
     assert b.requests() == [] and c.requests() == []
@@ -90,16 +96,7 @@ async def test_members_who_are_not_contacts_talk_without_a_request(
 async def test_blocking_a_member_ends_the_group_session_and_it_is_not_redialled(
     start_node: StartNode,
 ) -> None:
-    a = await start_node("alice")
-    b = await start_node("bob")
-    c = await start_node("carol")
-    befriend(a, b)
-    befriend(a, c)  # b and c meet only as members of the group
-    await eventually(lambda: a.is_online(b.peer_id) and a.is_online(c.peer_id))
-    view = a.groups.create("trio", ["bob", "carol"])
-    await accept_when_invited(b, view.group_id)
-    await accept_when_invited(c, view.group_id)
-    await eventually(lambda: b.groups.session(c.peer_id) is not None)
+    _, b, c, _ = await trio(start_node)
     b.block(c.peer_id)
     await eventually(
         lambda: b.groups.session(c.peer_id) is None and c.groups.session(b.peer_id) is None

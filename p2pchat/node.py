@@ -1705,9 +1705,6 @@ class Node:
             self.groups.frame_received(conn, frame)
             return
         if isinstance(frame, chat.Hello):
-            if peer in self._blocked:
-                conn.close("refused")  # blocked after this session authenticated
-                return
             if self._active.get(peer) is not conn and self._requests.get(peer) is not conn:
                 self._on_hello(conn, frame)
             return
